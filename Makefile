@@ -1,0 +1,42 @@
+# batchembed: everything a fresh machine needs goes through these targets.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+JOB    ?= jobs/example.toml
+
+.PHONY: setup test lint run demo bench bench-large clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check batchembed tests benchmarks
+	$(BIN)/ruff format --check batchembed tests benchmarks
+
+run: setup
+	$(BIN)/batchembed run $(JOB)
+
+demo: setup
+	$(BIN)/python jobs/make_sample.py --out data/sample --rows 3000
+	$(BIN)/batchembed run jobs/example.toml
+	@echo
+	@echo "Output: out/example/part-*.parquet (vectors in column 'embedding', 384 dims)."
+	@echo "Look at it:  $(BIN)/python -c \"import polars as pl; print(pl.read_parquet('out/example/*.parquet'))\""
+
+bench: setup
+	$(BIN)/python -m benchmarks.run --rows 20000 100000
+
+bench-large: setup
+	$(BIN)/python -m benchmarks.run --rows 100000 1000000
+
+clean:
+	rm -rf out .pytest_cache

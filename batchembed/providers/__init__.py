@@ -1,0 +1,1 @@
+"""Providers: one small module per wire shape, all behind the ``Embedder`` protocol in ``base``."""

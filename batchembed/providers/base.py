@@ -1,0 +1,44 @@
+"""The protocol every embedding provider implements, and the value it returns.
+
+The scheduler (``runner``) only ever sees this interface, so a remote HTTP API and the in-process
+ONNX model are interchangeable: batching, limits, retries, checkpointing and output are shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass
+class EmbeddingResult:
+    """Vectors for one request, row ``i`` answering input ``i`` (already mapped back by ``index``).
+
+    ``vectors`` is a C-contiguous float32 array of shape (n_inputs, dim). ``prompt_tokens`` is the
+    usage the server reported (None when it reported none). ``headers`` carries response headers
+    that matter to rate limiting (lower-cased names), so the limiter can adapt.
+    """
+
+    vectors: np.ndarray
+    prompt_tokens: int | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class Embedder(Protocol):
+    """Something that turns a list of non-empty strings into vectors."""
+
+    #: Human-readable provider name, recorded in shard metadata ("fireworks", "local", ...).
+    provider: str
+    #: Model id as sent to / reported by the provider.
+    model: str
+
+    async def embed(self, texts: list[str]) -> EmbeddingResult:
+        """Embed ``texts`` in one request. Raises ``batchembed.errors.APIError`` subclasses."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections, threads or sessions."""
+        ...
