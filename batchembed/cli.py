@@ -1,0 +1,107 @@
+"""The ``batchembed`` command: parse arguments, call the library, map errors to exit codes.
+
+Exit codes: 0 success; 1 the job failed (config, input, auth, I/O, server refuses); 2 usage error;
+3 finished but some rows are in ``_failed.parquet``; 130/143 stopped by SIGINT/SIGTERM (resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from batchembed import __version__
+from batchembed.errors import BatchEmbedError, UsageError, redact
+
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+def _job_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", help="job file (TOML)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a job setting, e.g. --set model.dimensions=256 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="batchembed", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"batchembed {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) an embedding job")
+    _job_arguments(run)
+    run.add_argument("--quiet", "-q", action="store_true", help="plain periodic log lines instead of a progress bar")
+    run.add_argument("--restart", action="store_true", help="discard existing output and start over")
+    run.add_argument(
+        "--no-retry-failed", dest="retry_failed", action="store_false", help="do not retry rows in _failed.parquet"
+    )
+
+    status = sub.add_parser("status", help="how far a job has got")
+    _job_arguments(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    verify = sub.add_parser("verify", help="prove the output holds every input row exactly once")
+    _job_arguments(verify)
+
+    serve = sub.add_parser("serve", help="serve the local model over an OpenAI/Fireworks-compatible HTTP API")
+    from batchembed import serve as serve_module
+
+    serve_module.add_arguments(serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return dispatch(args)
+    except UsageError as exc:
+        print(f"batchembed: usage error: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except BatchEmbedError as exc:
+        print(f"batchembed: error: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the chosen subcommand."""
+    if args.command == "serve":
+        from batchembed import serve
+
+        return serve.command(args)
+    from batchembed.config import load_job
+
+    job = load_job(args.job, args.overrides)
+    if args.command == "run":
+        from batchembed.providers.factory import build
+        from batchembed.runner import JobRunner
+
+        built = build(job)
+        runner = JobRunner(
+            job,
+            built.embedder,
+            built.counter,
+            model_identity=built.identity,
+            quiet=args.quiet,
+            restart=args.restart,
+            retry_failed=args.retry_failed,
+            max_tokens_per_input=built.max_tokens,
+        )
+        return runner.run()
+    from batchembed import inspect
+
+    if args.command == "status":
+        return inspect.status(job, as_json=args.json)
+    return inspect.verify(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""Job configuration: frozen dataclasses, loaded from TOML, checked field by field.
+
+Every field has a default and a comment; the TOML tables map one-to-one onto the dataclasses below.
+Unknown keys and wrong types are ``ConfigError``s that name the key (``limits.concurrency``), so a
+typo in a job file is caught before anything is read or sent. Secrets never live here: only the
+*name* of the environment variable holding the API key does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import string
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from batchembed.errors import ConfigError, UsageError
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """``[input]``: where rows come from and how a row becomes text."""
+
+    path: str = ""  # a file, a directory or a glob of .parquet / .csv files
+    text: str = "text"  # a column name, or a template over columns: "{title}\n\n{body}"
+    id: str | None = None  # id column; without it an id "file:row" is generated
+    keep: tuple[str, ...] = ()  # columns copied next to the vector
+    on_empty: Literal["skip", "fail"] = "skip"  # null/blank text: keep the row with a null vector, or fail
+    role: Literal["document", "query"] = "document"  # queries get the model's query instruction
+    instruction: str | None = None  # task for Qwen3-style query prefixes: "Instruct: {task}\nQuery:{text}"
+    prefix: str = ""  # literal prefix for every text, e.g. nomic's "search_query: "
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``[model]``: which provider and model turn text into vectors."""
+
+    provider: Literal["fireworks", "openai", "openai-compatible", "local"] = "fireworks"
+    name: str | None = None  # default taken from the provider
+    base_url: str | None = None  # default taken from the provider
+    api_key_env: str | None = None  # default taken from the provider
+    dimensions: int | None = None  # sent as `dimensions` (Matryoshka truncation)
+    encoding: Literal["auto", "float", "base64"] = "auto"
+    path: str | None = None  # local provider: a directory with model.onnx + tokenizer.json
+    timeout: float = 120.0  # seconds for one request
+    threads: int | None = None  # local provider: intra-op threads (default: all cores)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """``[limits]``: the provider's limits and how hard to push them."""
+
+    requests_per_minute: int | None = None  # default taken from the provider
+    tokens_per_minute: int | None = None
+    concurrency: int = 16  # requests in flight at most
+    batch_inputs: int = 256  # inputs per request at most
+    batch_tokens: int = 100_000  # summed tokens per request at most
+    input_tokens: int = 8192  # tokens per input at most
+    on_too_long: Literal["truncate", "skip", "fail"] = "truncate"
+    max_retries: int = 8
+    tokenizer: str = "estimate"  # estimate | path to tokenizer.json | tiktoken encoding name
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """``[output]``: where the Parquet shards go."""
+
+    path: str = ""  # a directory of shards
+    column: str = "embedding"
+    shard_rows: int = 100_000
+    compression: Literal["none", "snappy", "zstd", "lz4"] = "snappy"
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """A whole job file."""
+
+    input: InputConfig = field(default_factory=InputConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+@dataclass(frozen=True)
+class ProviderDefaults:
+    """What a provider name implies when the job file does not say."""
+
+    model: str
+    base_url: str | None
+    api_key_env: str | None
+    base64: bool  # known to accept encoding_format=base64
+    requests_per_minute: int
+    tokens_per_minute: int
+    max_inputs: int  # the provider's own per-request cap
+
+
+PROVIDERS: dict[str, ProviderDefaults] = {
+    # Fireworks' schema does not list encoding_format=base64 (unverified), so auto sends floats there.
+    "fireworks": ProviderDefaults(
+        "fireworks/qwen3-embedding-8b",
+        "https://api.fireworks.ai/inference/v1",
+        "FIREWORKS_API_KEY",
+        False,
+        600,
+        1_000_000,
+        2048,
+    ),
+    "openai": ProviderDefaults(
+        "text-embedding-3-small", "https://api.openai.com/v1", "OPENAI_API_KEY", True, 3000, 1_000_000, 2048
+    ),
+    "openai-compatible": ProviderDefaults("default", None, None, False, 6000, 10_000_000, 2048),
+    "local": ProviderDefaults("all-MiniLM-L6-v2", None, None, False, 1_000_000, 1_000_000_000, 256),
+}
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_job(path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
+    """Read a TOML job file, apply ``--set key=value`` overrides, and validate everything.
+
+    Raises ``ConfigError`` naming the file and key for anything wrong, ``UsageError`` for a
+    malformed override.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"job file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read job file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for item in overrides:
+        apply_override(raw, item)
+    try:
+        return validate(from_mapping(JobConfig, raw, ""))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one ``section.key=value`` override; the value is parsed as TOML, else taken as a string."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or "." not in key:
+        raise UsageError(f"--set expects section.key=value, got {item!r}")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UsageError(f"--set {key}: {part} is not a table")
+        node = child
+    node[leaf] = value
+
+
+def from_mapping(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
+    """Build dataclass ``cls`` from a TOML table, rejecting unknown keys and wrong types by name."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{prefix or 'job'} must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        where = f"[{prefix}]" if prefix else "the job file"
+        raise ConfigError(f"unknown key {_join(prefix, unknown[0])} in {where}; known keys: {', '.join(sorted(known))}")
+    values = {}
+    for name, value in raw.items():
+        key = _join(prefix, name)
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = from_mapping(hint, value, key)
+        else:
+            values[name] = _coerce(hint, value, key)
+    return cls(**values)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against a type hint, converting lists to tuples; raise ConfigError naming ``key``."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        errors = []
+        for option in options:
+            try:
+                return _coerce(option, value, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[-1] if len(options) == 2 and type(None) in options else ConfigError(
+            f"{key}: {value!r} is not valid here"
+        )
+    if hint is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected nothing, got {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value in allowed:
+            return value
+        raise ConfigError(f"{key} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+    if origin is tuple:
+        (item_type, _) = typing.get_args(hint)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list of {item_type.__name__}, got {type(value).__name__}")
+        return tuple(_coerce(item_type, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, bool):
+        raise ConfigError(f"{key} must be an integer, got a boolean")
+    if isinstance(value, hint):
+        return value
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    raise ConfigError(f"{key} must be {names.get(hint, hint.__name__)}, got {type(value).__name__} {value!r}")
+
+
+def validate(job: JobConfig) -> JobConfig:
+    """Cross-field checks that a type hint cannot express."""
+    if not job.input.path:
+        raise ConfigError("input.path is required")
+    if not job.output.path:
+        raise ConfigError("output.path is required")
+    text_fields(job.input.text)  # raises on a malformed template
+    for key, value in (
+        ("limits.concurrency", job.limits.concurrency),
+        ("limits.batch_inputs", job.limits.batch_inputs),
+        ("limits.batch_tokens", job.limits.batch_tokens),
+        ("limits.input_tokens", job.limits.input_tokens),
+        ("output.shard_rows", job.output.shard_rows),
+        ("limits.requests_per_minute", job.limits.requests_per_minute),
+        ("limits.tokens_per_minute", job.limits.tokens_per_minute),
+    ):
+        if value is not None and value < 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")
+    if job.limits.max_retries < 0:
+        raise ConfigError(f"limits.max_retries must be 0 or more, got {job.limits.max_retries}")
+    if job.limits.input_tokens > job.limits.batch_tokens:
+        raise ConfigError(
+            f"limits.input_tokens ({job.limits.input_tokens}) cannot exceed limits.batch_tokens "
+            f"({job.limits.batch_tokens}): such an input could never be sent"
+        )
+    if job.model.dimensions is not None and job.model.dimensions < 1:
+        raise ConfigError(f"model.dimensions must be at least 1, got {job.model.dimensions}")
+    if job.model.provider == "openai-compatible" and not job.model.base_url:
+        raise ConfigError('model.base_url is required when model.provider = "openai-compatible"')
+    if job.model.timeout <= 0:
+        raise ConfigError("model.timeout must be positive")
+    keep = job.input.keep
+    if len(set(keep)) != len(keep):
+        raise ConfigError("input.keep lists a column twice")
+    if job.output.column in keep or job.output.column == job.input.id:
+        raise ConfigError(f"output.column {job.output.column!r} clashes with an input column of the same name")
+    return job
+
+
+def text_fields(template: str) -> list[str]:
+    """Column names a text spec refers to: the spec itself if it has no ``{}``, else the template's fields."""
+    if "{" not in template and "}" not in template:
+        return [template]
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ConfigError(f"input.text: malformed template {template!r}: {exc}") from None
+    if not names or any(not n for n in names):
+        raise ConfigError(f"input.text: template {template!r} must name its columns, like {{title}}")
+    return list(dict.fromkeys(names))
+
+
+# ------------------------------------------------------------------------------------ resolved settings
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """The model settings with provider defaults filled in."""
+
+    provider: str
+    name: str
+    base_url: str | None
+    api_key_env: str | None
+    use_base64: bool
+    requests_per_minute: int
+    tokens_per_minute: int
+    batch_inputs: int
+
+
+def resolve_model(job: JobConfig) -> ResolvedModel:
+    """Fill provider defaults into the model and limits settings."""
+    defaults = PROVIDERS[job.model.provider]
+    m = job.model
+    if m.encoding == "auto":
+        use_base64 = defaults.base64
+    else:
+        use_base64 = m.encoding == "base64"
+    return ResolvedModel(
+        provider=m.provider,
+        name=m.name or defaults.model,
+        base_url=(m.base_url or defaults.base_url or "").rstrip("/") or None,
+        api_key_env=m.api_key_env if m.api_key_env is not None else defaults.api_key_env,
+        use_base64=use_base64,
+        requests_per_minute=job.limits.requests_per_minute or defaults.requests_per_minute,
+        tokens_per_minute=job.limits.tokens_per_minute or defaults.tokens_per_minute,
+        batch_inputs=min(job.limits.batch_inputs, defaults.max_inputs),
+    )
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass as plain JSON-able dicts (tuples become lists)."""
+    return dataclasses.asdict(obj, dict_factory=lambda items: {k: list(v) if isinstance(v, tuple) else v for k, v in items})

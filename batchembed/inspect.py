@@ -1,0 +1,184 @@
+"""``batchembed status`` and ``batchembed verify``: read an output directory, never write it.
+
+``verify`` proves exactly-once from first principles rather than trusting the manifest: the
+recorded ranges of every input file must tile it with no gap or overlap, every shard must match
+its recorded checksum, and the ids in each shard must be exactly the input ids of its range (in
+order) minus the rows listed as failed; retry shards must hold exactly the failed rows they resolve.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from batchembed.checkpoint import SUCCESS, Manifest, check_shards
+from batchembed.config import JobConfig
+from batchembed.errors import OutputError
+from batchembed.plan import units_in
+from batchembed.sources import SourceFile, discover, iter_batches
+
+
+def _load(job: JobConfig) -> tuple[Path, Manifest]:
+    out = Path(job.output.path)
+    manifest = Manifest.load(out) if out.exists() else None
+    if manifest is None:
+        raise OutputError(f"{out}: no batchembed output here yet (no _manifest.json)")
+    return out, manifest
+
+
+def status(job: JobConfig, as_json: bool = False) -> int:
+    """Print done/total rows and shards, failed rows, tokens, completeness. Exit 0."""
+    out, manifest = _load(job)
+    sources = discover(job.input.path)
+    total_rows = None if any(s.rows is None for s in sources) else sum(s.rows for s in sources)
+    shard_rows = job.output.shard_rows
+    total_shards = None if total_rows is None else sum(units_in(s.rows, shard_rows) for s in sources)
+    failed = sum(pq.ParquetFile(out / f).metadata.num_rows for f in manifest.unresolved_failures())
+    doc: dict[str, Any] = {
+        "output": str(out),
+        "complete": manifest.complete and (out / SUCCESS).exists(),
+        "rows_done": manifest.rows(),
+        "rows_total": total_rows,
+        "shards_done": sum(1 for s in manifest.shards if s.kind == "range"),
+        "shards_total": total_shards,
+        "retry_shards": sum(1 for s in manifest.shards if s.kind == "retry"),
+        "failed_rows": failed,
+        "tokens": manifest.tokens(),
+        "same_job": [f.identity() for f in sources] == manifest.fingerprint.get("files"),
+    }
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    of = lambda x: f" of {x:,}" if x is not None else ""  # noqa: E731
+    print(f"output:   {out}")
+    print(f"state:    {'complete' if doc['complete'] else 'incomplete'}")
+    print(f"rows:     {doc['rows_done']:,}{of(total_rows)} in shards")
+    print(f"shards:   {doc['shards_done']:,}{of(total_shards)} (+{doc['retry_shards']} retry shards)")
+    print(f"failed:   {failed:,} rows in _failed.parquet")
+    print(f"tokens:   {doc['tokens']:,}")
+    if not doc["same_job"]:
+        print("warning:  the input files changed since this output was written; `run` will refuse to resume")
+    return 0
+
+
+def verify(job: JobConfig) -> int:
+    """Check the output holds every input row exactly once; print a report; exit 0 or 1."""
+    out, manifest = _load(job)
+    problems: list[str] = []
+    try:
+        check_shards(out, manifest, full=True)
+    except OutputError as exc:
+        problems.append(str(exc))
+    sources = {s.name: s for s in discover(job.input.path)}
+    id_col = job.input.id or ("_row_id" if "id" in job.input.keep else "id")
+    failed_rows: dict[str, pa.Table] = {}
+    for rec in manifest.shards:
+        if rec.failed_file and (out / rec.failed_file).exists():
+            failed_rows[rec.failed_file] = pq.read_table(out / rec.failed_file)
+    checked_rows = 0
+    for name, src in sources.items():
+        ranges = manifest.ranges_of(name)
+        expected = 0
+        for rec in ranges:
+            if rec.start != expected:
+                problems.append(f"{name}: rows {expected}..{rec.start} are in no shard" if rec.start > expected
+                                else f"{name}: rows {rec.start}..{expected} are in two shards")
+            expected = max(expected, rec.end)
+        total = src.rows if src.rows is not None else _count_rows(src)
+        if expected != total:
+            problems.append(f"{name}: rows {expected}..{total} are in no shard")
+        for rec in ranges:
+            if not problems or (out / rec.name).exists():
+                checked_rows += _check_range(out, rec, src, job, id_col, failed_rows, problems)
+    for rec in manifest.shards:
+        if rec.kind == "retry":
+            _check_retry(out, rec, id_col, failed_rows, problems)
+    all_ids = [pq.read_table(out / rec.name, columns=[id_col]).column(id_col) for rec in manifest.shards
+               if (out / rec.name).exists()]
+    if all_ids:
+        ids = pa.chunked_array([c for col in all_ids for c in col.chunks]).cast(pa.string())
+        counts = pc.value_counts(ids)
+        dup = pc.filter(counts, pc.greater(counts.field("counts"), 1))
+        if len(dup):
+            problems.append(f"{len(dup)} ids appear more than once in the output, e.g. {dup[0]['values']}")
+    outstanding = sum(t.num_rows for f, t in failed_rows.items() if f not in set(manifest.resolved))
+    print(f"checked {len(manifest.shards)} shards, {checked_rows:,} rows against {len(sources)} input files")
+    if outstanding:
+        problems.append(f"{outstanding} rows failed and are only in _failed.parquet (run again to retry them)")
+    if problems:
+        for p in problems:
+            print(f"FAIL: {p}")
+        return 1
+    print("OK: every input row is in the output exactly once, with a well-formed vector column")
+    return 0
+
+
+def _count_rows(src: SourceFile) -> int:
+    return sum(b.num_rows for b in iter_batches(src, [_first_column(src)]))
+
+
+def _first_column(src: SourceFile) -> str:
+    from batchembed.sources import columns_of
+
+    return columns_of(src)[0]
+
+
+def _expected_ids(src: SourceFile, job: JobConfig, start: int, end: int) -> pa.Array:
+    if job.input.id:
+        parts = []
+        pos = start
+        for batch in iter_batches(src, [job.input.id], start):
+            take = min(batch.num_rows, end - pos)
+            parts.append(batch.column(0).slice(0, take))
+            pos += take
+            if pos >= end:
+                break
+        return pa.concat_arrays(parts).cast(pa.string()) if parts else pa.array([], pa.string())
+    return pa.array([f"{src.name}:{r}" for r in range(start, end)], pa.string())
+
+
+def _check_vectors(table: pa.Table, column: str, name: str, problems: list[str]) -> None:
+    if column not in table.column_names:
+        problems.append(f"{name}: no vector column {column!r}")
+        return
+    col = table.column(column)
+    if not pa.types.is_fixed_size_list(col.type) or col.type.value_type != pa.float32():
+        problems.append(f"{name}: vector column has type {col.type}, expected fixed_size_list<float32>")
+        return
+    values = pc.list_flatten(col).to_numpy(zero_copy_only=False) if len(col) else np.zeros(0)
+    if not np.isfinite(values).all():
+        problems.append(f"{name}: vector column holds NaN or infinite values")
+
+
+def _check_range(out, rec, src, job, id_col, failed_rows, problems) -> int:
+    table = pq.read_table(out / rec.name)
+    _check_vectors(table, job.output.column, rec.name, problems)
+    expected = _expected_ids(src, job, rec.start, rec.end)
+    if rec.failed_file in failed_rows:
+        failed = failed_rows[rec.failed_file].column("row").to_numpy()
+        keep = ~np.isin(np.arange(rec.start, rec.end), failed)
+        expected = expected.filter(pa.array(keep))
+    got = table.column(id_col).combine_chunks().cast(pa.string())
+    if not got.equals(expected):
+        problems.append(
+            f"{rec.name}: holds {len(got)} rows whose ids do not match input {src.name} rows "
+            f"{rec.start}..{rec.end} ({len(expected)} expected)"
+        )
+    return table.num_rows
+
+
+def _check_retry(out, rec, id_col, failed_rows, problems) -> None:
+    table = pq.read_table(out / rec.name, columns=[id_col])
+    wanted = [failed_rows[f].column("id") for f in rec.resolves if f in failed_rows]
+    expected = set(pa.chunked_array([c for w in wanted for c in w.chunks], pa.string()).to_pylist()) if wanted else set()
+    if rec.failed_file in failed_rows:
+        expected -= set(failed_rows[rec.failed_file].column("id").to_pylist())
+    got = table.column(id_col).cast(pa.string()).to_pylist()
+    if sorted(got) != sorted(expected):
+        problems.append(f"{rec.name}: retry shard does not hold exactly the failed rows it resolves")

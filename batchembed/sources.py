@@ -1,0 +1,180 @@
+"""Stream rows out of Parquet and CSV files as Arrow record batches, with stable row positions.
+
+Nothing here holds a whole file: Parquet is read record batch by record batch (and a resume starts
+at the row group that holds its first row), CSV through pyarrow's streaming reader in blocks. CSV
+columns are read as text, so type inference on the first block can never break on a later one.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from batchembed.errors import InputError
+
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One input file. ``name`` is its path relative to the input root: stable across machines."""
+
+    index: int
+    path: Path
+    name: str
+    format: str
+    size: int
+    mtime_ns: int
+    rows: int | None  # known up front for Parquet, None for CSV
+
+    def identity(self) -> dict[str, object]:
+        """What the job fingerprint records about this file."""
+        return {"name": self.name, "size": self.size, "mtime_ns": self.mtime_ns}
+
+
+def discover(spec: str) -> list[SourceFile]:
+    """Expand a file, directory or glob into the sorted list of .parquet/.csv files it names."""
+    path = Path(spec)
+    if any(ch in spec for ch in "*?["):
+        matches = [Path(p) for p in glob.glob(spec, recursive=True)]
+        root = Path(_glob_root(spec))
+    elif path.is_dir():
+        matches = [p for p in path.rglob("*") if p.is_file()]
+        root = path
+    elif path.is_file():
+        matches = [path]
+        root = path.parent
+    else:
+        raise InputError(f"input.path {spec!r}: no such file or directory")
+    files = sorted(p for p in matches if p.suffix.lower() in FORMATS and p.is_file())
+    if not files:
+        raise InputError(f"input.path {spec!r} matches no .parquet or .csv file")
+    out = []
+    for i, p in enumerate(files):
+        st = p.stat()
+        fmt = FORMATS[p.suffix.lower()]
+        rows = None
+        if fmt == "parquet":
+            try:
+                rows = pq.ParquetFile(p).metadata.num_rows
+            except (pa.ArrowException, OSError) as exc:
+                raise InputError(f"{p}: not a readable Parquet file: {exc}") from None
+        name = os.path.relpath(p, root) if root != Path("") else str(p)
+        out.append(SourceFile(i, p, name, fmt, st.st_size, st.st_mtime_ns, rows))
+    return out
+
+
+def _glob_root(spec: str) -> str:
+    parts = Path(spec).parts
+    fixed = []
+    for part in parts:
+        if any(ch in part for ch in "*?["):
+            break
+        fixed.append(part)
+    return str(Path(*fixed)) if fixed else "."
+
+
+def columns_of(source: SourceFile) -> list[str]:
+    """The column names of a file (a CSV's header row)."""
+    if source.format == "parquet":
+        return list(pq.ParquetFile(source.path).schema_arrow.names)
+    try:
+        with open(source.path, newline="", encoding="utf-8") as fh:
+            header = next(csv.reader(fh), None)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{source.path}: cannot read CSV header: {exc}") from None
+    if not header:
+        raise InputError(f"{source.path}: CSV file has no header row")
+    return header
+
+
+def check_columns(source: SourceFile, needed: list[str]) -> None:
+    """Raise InputError naming the file and column if any of ``needed`` is missing."""
+    have = columns_of(source)
+    for col in needed:
+        if col not in have:
+            raise InputError(f"{source.path}: no column {col!r} (columns: {', '.join(have)})")
+
+
+def iter_batches(
+    source: SourceFile, columns: list[str], start_row: int = 0, batch_rows: int = 8192
+) -> Iterator[pa.RecordBatch]:
+    """Yield record batches of ``columns`` from row ``start_row`` to the end of the file, in order."""
+    try:
+        if source.format == "parquet":
+            yield from _parquet_batches(source, columns, start_row, batch_rows)
+        else:
+            yield from _csv_batches(source, columns, start_row)
+    except pa.ArrowInvalid as exc:
+        raise InputError(f"{source.path}: {exc}") from None
+    except OSError as exc:
+        raise InputError(f"{source.path}: read failed: {exc}") from None
+
+
+def _parquet_batches(source: SourceFile, columns: list[str], start_row: int, batch_rows: int):
+    pf = pq.ParquetFile(source.path)
+    meta = pf.metadata
+    first_group, skip = 0, start_row
+    while first_group < meta.num_row_groups and skip >= meta.row_group(first_group).num_rows:
+        skip -= meta.row_group(first_group).num_rows
+        first_group += 1
+    groups = list(range(first_group, meta.num_row_groups))
+    if not groups:
+        return
+    for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=columns, use_threads=True):
+        if skip:
+            if skip >= batch.num_rows:
+                skip -= batch.num_rows
+                continue
+            batch = batch.slice(skip)
+            skip = 0
+        yield batch
+
+
+def _csv_batches(source: SourceFile, columns: list[str], start_row: int):
+    header = columns_of(source)
+    reader = pacsv.open_csv(
+        source.path,
+        read_options=pacsv.ReadOptions(block_size=4 << 20, skip_rows_after_names=start_row),
+        convert_options=pacsv.ConvertOptions(
+            column_types={name: pa.string() for name in header},
+            include_columns=columns,
+            strings_can_be_null=False,
+        ),
+    )
+    for batch in reader:
+        if batch.num_rows:
+            yield batch
+
+
+def read_rows(source: SourceFile, columns: list[str], rows: list[int]) -> pa.Table:
+    """Read the given row positions (sorted ascending) of one file; used to retry failed rows."""
+    wanted = sorted(set(rows))
+    pieces = []
+    pos = 0
+    it = iter(wanted)
+    target = next(it, None)
+    for batch in iter_batches(source, columns, 0):
+        end = pos + batch.num_rows
+        take = []
+        while target is not None and target < end:
+            take.append(target - pos)
+            target = next(it, None)
+        if take:
+            pieces.append(batch.take(pa.array(take, pa.int64())))
+        pos = end
+        if target is None:
+            break
+    if target is not None:
+        raise InputError(f"{source.path}: row {target} is past the end of the file ({pos} rows)")
+    if not pieces:
+        return pa.Table.from_batches([], schema=pa.schema([]))
+    return pa.Table.from_batches(pieces)

@@ -1,0 +1,100 @@
+"""Parquet shard writing: rows appended in order to a temporary file, then fsync and rename.
+
+A shard is only ever visible under its final name once it is complete and durable, so a reader
+(or a resume after ``kill -9``) never sees half a shard. Vectors are stored as
+``fixed_size_list<float32>[dim]`` built straight from the float32 buffer, without Python lists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TMP_SUFFIX = ".tmp"
+
+
+def vector_array(vectors: np.ndarray, valid: np.ndarray | None = None) -> pa.FixedSizeListArray:
+    """A ``fixed_size_list<float32>[dim]`` array over an (n, dim) float32 buffer; null where not ``valid``."""
+    n, dim = vectors.shape
+    values = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())
+    mask = None if valid is None or valid.all() else pa.array(~valid)
+    return pa.FixedSizeListArray.from_arrays(values, dim, mask=mask)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    """What the manifest records about a committed file."""
+
+    name: str
+    rows: int
+    size: int
+    sha256: str
+
+
+class ShardWriter:
+    """Writes one Parquet file: ``write`` tables in order, then ``commit`` (or ``abort``)."""
+
+    def __init__(self, directory: Path, name: str, schema: pa.Schema, compression: str = "snappy") -> None:
+        self.directory = directory
+        self.name = name
+        self.final = directory / name
+        self.tmp = directory / (name + TMP_SUFFIX)
+        self.schema = schema
+        self.rows = 0
+        self._writer = pq.ParquetWriter(self.tmp, schema, compression=compression)
+
+    def write(self, table: pa.Table) -> None:
+        """Append ``table`` (cast to the shard's schema) as one row group."""
+        if table.num_rows:
+            self._writer.write_table(table.cast(self.schema) if table.schema != self.schema else table)
+            self.rows += table.num_rows
+
+    def commit(self) -> WrittenFile:
+        """Close, fsync, rename into place, and return size and checksum for the manifest."""
+        self._writer.close()
+        with open(self.tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        digest = sha256_of(self.tmp)
+        size = self.tmp.stat().st_size
+        os.replace(self.tmp, self.final)
+        fsync_dir(self.directory)
+        return WrittenFile(self.name, self.rows, size, digest)
+
+    def abort(self) -> None:
+        """Drop the temporary file."""
+        try:
+            self._writer.close()
+        except Exception:  # the file is being thrown away; its writer state does not matter
+            pass
+        self.tmp.unlink(missing_ok=True)
+
+
+def write_table_atomically(directory: Path, name: str, table: pa.Table) -> WrittenFile:
+    """Write a whole small table (failed rows, summaries) as one file, atomically."""
+    writer = ShardWriter(directory, name, table.schema)
+    writer.write(table)
+    return writer.commit()
