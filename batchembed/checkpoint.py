@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -105,6 +106,7 @@ class Manifest:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        failpoint("manifest-before-rename")
         os.replace(tmp, directory / MANIFEST)
         fsync_dir(directory)
 
@@ -136,6 +138,16 @@ class Manifest:
                 f"{path} is corrupt ({exc}); it cannot be trusted to resume. "
                 "Run again with --restart to discard this output and start over."
             ) from None
+
+
+def failpoint(name: str) -> None:
+    """Crash-test hook: SIGKILL this process at ``name`` when BATCHEMBED_FAILPOINT says so.
+
+    Lets the resume tests kill a real process at an exact step of the commit protocol (for
+    instance between writing the new manifest and renaming it into place).
+    """
+    if os.environ.get("BATCHEMBED_FAILPOINT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fingerprint_hash(fp: dict[str, Any]) -> str:
@@ -227,12 +239,13 @@ def check_shards(directory: Path, manifest: Manifest, full: bool = False) -> Non
     With ``full``, also re-hash every file and compare with the recorded sha256.
     """
     for s in manifest.shards:
-        _check_file(directory / s.name, s.size, s.sha256 if full else None)
+        check_file(directory / s.name, s.size, s.sha256 if full else None)
         if s.failed_file:
-            _check_file(directory / s.failed_file, None, None)
+            check_file(directory / s.failed_file, None, None)
 
 
-def _check_file(path: Path, size: int | None, digest: str | None) -> None:
+def check_file(path: Path, size: int | None, digest: str | None) -> None:
+    """Raise OutputError unless ``path`` exists, has ``size`` bytes, a Parquet footer and ``digest``."""
     hint = "Run with --restart to start over."
     if not path.exists():
         raise OutputError(f"{path} is recorded in {MANIFEST} but missing. {hint}")

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from batchembed import __version__
-from batchembed.errors import BatchEmbedError, UsageError, redact
+from batchembed.errors import BatchEmbedError, ConfigError, UsageError, redact
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
@@ -38,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", "-q", action="store_true", help="plain periodic log lines instead of a progress bar")
     run.add_argument("--restart", action="store_true", help="discard existing output and start over")
     run.add_argument(
-        "--no-retry-failed", dest="retry_failed", action="store_false", help="do not retry rows in _failed.parquet"
+        "--no-retry-failed",
+        dest="retry_failed",
+        action="store_false",
+        help="do not retry rows in _failed.parquet",
     )
 
     status = sub.add_parser("status", help="how far a job has got")
@@ -49,9 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     _job_arguments(verify)
 
     serve = sub.add_parser("serve", help="serve the local model over an OpenAI/Fireworks-compatible HTTP API")
-    from batchembed import serve as serve_module
-
-    serve_module.add_arguments(serve)
+    try:
+        from batchembed import serve as serve_module
+    except ImportError as exc:  # the local extra (onnxruntime, tokenizers) is not installed
+        serve.set_defaults(serve_unavailable=str(exc))
+    else:
+        serve_module.add_arguments(serve)
     return parser
 
 
@@ -74,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
 def dispatch(args: argparse.Namespace) -> int:
     """Run the chosen subcommand."""
     if args.command == "serve":
+        if getattr(args, "serve_unavailable", None):
+            raise ConfigError(
+                f"batchembed serve needs the local extra: pip install 'batchembed[local]' ({args.serve_unavailable})"
+            )
         from batchembed import serve
 
         return serve.command(args)

@@ -200,8 +200,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
                 return _coerce(option, value, key)
             except ConfigError as exc:
                 errors.append(exc)
-        raise errors[-1] if len(options) == 2 and type(None) in options else ConfigError(
-            f"{key}: {value!r} is not valid here"
+        raise (
+            errors[-1]
+            if len(options) == 2 and type(None) in options
+            else ConfigError(f"{key}: {value!r} is not valid here")
         )
     if hint is type(None):
         if value is None:
@@ -302,10 +304,7 @@ def resolve_model(job: JobConfig) -> ResolvedModel:
     """Fill provider defaults into the model and limits settings."""
     defaults = PROVIDERS[job.model.provider]
     m = job.model
-    if m.encoding == "auto":
-        use_base64 = defaults.base64
-    else:
-        use_base64 = m.encoding == "base64"
+    use_base64 = defaults.base64 if m.encoding == "auto" else m.encoding == "base64"
     return ResolvedModel(
         provider=m.provider,
         name=m.name or defaults.model,
@@ -320,4 +319,6 @@ def resolve_model(job: JobConfig) -> ResolvedModel:
 
 def to_dict(obj: Any) -> dict[str, Any]:
     """A dataclass as plain JSON-able dicts (tuples become lists)."""
-    return dataclasses.asdict(obj, dict_factory=lambda items: {k: list(v) if isinstance(v, tuple) else v for k, v in items})
+    return dataclasses.asdict(
+        obj, dict_factory=lambda items: {k: list(v) if isinstance(v, tuple) else v for k, v in items}
+    )

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from batchembed.checkpoint import SUCCESS, Manifest, check_shards
+from batchembed.checkpoint import SUCCESS, Manifest, check_file
 from batchembed.config import JobConfig
 from batchembed.errors import OutputError
 from batchembed.plan import units_in
@@ -71,10 +71,13 @@ def verify(job: JobConfig) -> int:
     """Check the output holds every input row exactly once; print a report; exit 0 or 1."""
     out, manifest = _load(job)
     problems: list[str] = []
-    try:
-        check_shards(out, manifest, full=True)
-    except OutputError as exc:
-        problems.append(str(exc))
+    bad: set[str] = set()
+    for rec in manifest.shards:
+        try:
+            check_file(out / rec.name, rec.size, rec.sha256)
+        except OutputError as exc:
+            problems.append(str(exc))
+            bad.add(rec.name)
     sources = {s.name: s for s in discover(job.input.path)}
     id_col = job.input.id or ("_row_id" if "id" in job.input.keep else "id")
     failed_rows: dict[str, pa.Table] = {}
@@ -87,20 +90,23 @@ def verify(job: JobConfig) -> int:
         expected = 0
         for rec in ranges:
             if rec.start != expected:
-                problems.append(f"{name}: rows {expected}..{rec.start} are in no shard" if rec.start > expected
-                                else f"{name}: rows {rec.start}..{expected} are in two shards")
+                problems.append(
+                    f"{name}: rows {expected}..{rec.start} are in no shard"
+                    if rec.start > expected
+                    else f"{name}: rows {rec.start}..{expected} are in two shards"
+                )
             expected = max(expected, rec.end)
         total = src.rows if src.rows is not None else _count_rows(src)
         if expected != total:
             problems.append(f"{name}: rows {expected}..{total} are in no shard")
         for rec in ranges:
-            if not problems or (out / rec.name).exists():
+            if rec.name not in bad:
                 checked_rows += _check_range(out, rec, src, job, id_col, failed_rows, problems)
-    for rec in manifest.shards:
+    good = [rec for rec in manifest.shards if rec.name not in bad]
+    for rec in good:
         if rec.kind == "retry":
             _check_retry(out, rec, id_col, failed_rows, problems)
-    all_ids = [pq.read_table(out / rec.name, columns=[id_col]).column(id_col) for rec in manifest.shards
-               if (out / rec.name).exists()]
+    all_ids = [pq.read_table(out / rec.name, columns=[id_col]).column(id_col) for rec in good]
     if all_ids:
         ids = pa.chunked_array([c for col in all_ids for c in col.chunks]).cast(pa.string())
         counts = pc.value_counts(ids)
@@ -176,7 +182,9 @@ def _check_range(out, rec, src, job, id_col, failed_rows, problems) -> int:
 def _check_retry(out, rec, id_col, failed_rows, problems) -> None:
     table = pq.read_table(out / rec.name, columns=[id_col])
     wanted = [failed_rows[f].column("id") for f in rec.resolves if f in failed_rows]
-    expected = set(pa.chunked_array([c for w in wanted for c in w.chunks], pa.string()).to_pylist()) if wanted else set()
+    expected = (
+        set(pa.chunked_array([c for w in wanted for c in w.chunks], pa.string()).to_pylist()) if wanted else set()
+    )
     if rec.failed_file in failed_rows:
         expected -= set(failed_rows[rec.failed_file].column("id").to_pylist())
     got = table.column(id_col).cast(pa.string()).to_pylist()

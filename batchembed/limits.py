@@ -17,7 +17,7 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from aiolimiter import AsyncLimiter
 
@@ -46,10 +46,8 @@ class AdaptiveWindow:
             while True:
                 wait = self._paused_until - self._clock()
                 if wait > 0:
-                    try:
+                    with suppress(TimeoutError):
                         await asyncio.wait_for(self._cond.wait(), timeout=wait)
-                    except TimeoutError:
-                        pass
                     continue
                 if self.in_flight < self.current:
                     break

@@ -32,7 +32,7 @@ class Unit:
 
     @property
     def kind(self) -> str:
-        """"range" or "retry" (as recorded in the manifest)."""
+        """ "range" or "retry" (as recorded in the manifest)."""
         return "retry" if self.source is None else "range"
 
 

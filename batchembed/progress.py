@@ -89,7 +89,10 @@ class Progress:
                 self._bar.total = s.rows_total
             self._bar.n = s.rows_done
             self._bar.set_postfix(
-                tok_s=f"{s.tokens / elapsed:,.0f}", in_flight=s.in_flight, retries=sum(s.retries.values()), refresh=False
+                tok_s=f"{s.tokens / elapsed:,.0f}",
+                in_flight=s.in_flight,
+                retries=sum(s.retries.values()),
+                refresh=False,
             )
             self._bar.refresh()
         elif time.monotonic() - self._last_line >= self.interval:

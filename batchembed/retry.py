@@ -36,6 +36,7 @@ _TOO_LONG_MARKERS = (
     "exceeds the maximum",
     "input length",
     "token limit",
+    "must have less than",  # TEI: "inputs must have less than 512 tokens"
 )
 
 
@@ -56,8 +57,9 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     try:
         value = float(ra)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(ra) if ra.strip() else None
-        if parsed is None:
+        try:
+            parsed = email.utils.parsedate_to_datetime(ra)
+        except (TypeError, ValueError):
             return None
         value = parsed.timestamp() - (time.time() if now is None else now)
     if value < 0:

@@ -33,6 +33,7 @@ from batchembed.checkpoint import (
     SUCCESS,
     Manifest,
     ShardRecord,
+    failpoint,
     open_output,
 )
 from batchembed.config import JobConfig, ResolvedModel, resolve_model, text_fields
@@ -124,9 +125,7 @@ class JobRunner:
         self.out = Path(job.output.path)
         self.stats = Stats()
         self.progress = Progress(self.stats, quiet=quiet)
-        self.limits = RateLimits(
-            self.model.requests_per_minute, self.model.tokens_per_minute, job.limits.concurrency
-        )
+        self.limits = RateLimits(self.model.requests_per_minute, self.model.tokens_per_minute, job.limits.concurrency)
         self.prefix = query_prefix(job.input)
         self.dim: int | None = job.model.dimensions
         self.stopping: int | None = None  # the signal number once asked to stop
@@ -589,6 +588,7 @@ class JobRunner:
     def _commit(self, unit: Unit, shard: ShardWriter, failures: list[pa.Table]) -> None:
         """Make a unit durable: shard, its failed rows, then the manifest entry (the commit point)."""
         written = shard.commit()
+        failpoint("shard-before-manifest")
         failed_file = None
         n_failed = 0
         if failures:
@@ -630,9 +630,7 @@ class JobRunner:
         if self.manifest is None:
             return
         unresolved = self.manifest.unresolved_failures()
-        self._unresolved = sum(
-            pq.ParquetFile(self.out / f).metadata.num_rows for f in unresolved
-        )
+        self._unresolved = sum(pq.ParquetFile(self.out / f).metadata.num_rows for f in unresolved)
         if unresolved:
             write_table_atomically(self.out, FAILED, pa.concat_tables(pq.read_table(self.out / f) for f in unresolved))
         else:

@@ -41,7 +41,7 @@ def build_texts(batch: pa.RecordBatch | pa.Table, spec: str) -> pa.Array:
             all_null = mask if all_null is None else pc.and_(all_null, mask)
         texts = pc.binary_join_element_wise(*pieces, "", null_handling="replace", null_replacement="")
         texts = pc.if_else(all_null, pa.scalar(None, pa.string()), texts)
-    return texts
+    return texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
 
 
 def add_prefix(texts: pa.Array, prefix: str) -> pa.Array:

@@ -134,7 +134,9 @@ class TiktokenCounter:
         try:
             import tiktoken
         except ImportError:
-            raise ConfigError("limits.tokenizer: a tiktoken encoding needs `pip install batchembed[tiktoken]`") from None
+            raise ConfigError(
+                "limits.tokenizer: a tiktoken encoding needs `pip install batchembed[tiktoken]`"
+            ) from None
         try:
             self._enc = tiktoken.get_encoding(encoding)
         except Exception as exc:

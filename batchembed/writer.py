@@ -7,6 +7,7 @@ A shard is only ever visible under its final name once it is complete and durabl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ TMP_SUFFIX = ".tmp"
 
 def vector_array(vectors: np.ndarray, valid: np.ndarray | None = None) -> pa.FixedSizeListArray:
     """A ``fixed_size_list<float32>[dim]`` array over an (n, dim) float32 buffer; null where not ``valid``."""
-    n, dim = vectors.shape
+    _n, dim = vectors.shape
     values = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())
     mask = None if valid is None or valid.all() else pa.array(~valid)
     return pa.FixedSizeListArray.from_arrays(values, dim, mask=mask)
@@ -86,10 +87,8 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Drop the temporary file."""
-        try:
+        with contextlib.suppress(Exception):  # the file is thrown away; its writer state does not matter
             self._writer.close()
-        except Exception:  # the file is being thrown away; its writer state does not matter
-            pass
         self.tmp.unlink(missing_ok=True)
 
 

@@ -1,0 +1,130 @@
+"""Shared helpers: job files, running the real CLI as a subprocess, reading output back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.fakeserver import FakeServer, expected_vector
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def toml_value(value) -> str:
+    """A Python value as a TOML literal."""
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return str(value)
+
+
+def write_job(path: Path, sections: dict[str, dict]) -> Path:
+    """Write a job file from {"input": {...}, "model": {...}, ...}."""
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in values.items() if v is not None]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def job_for(tmp_path: Path, srv: FakeServer, input_path: Path, **sections) -> Path:
+    """A job against the fake server with small, fast defaults; ``sections`` override per section."""
+    base = {
+        "input": {"path": str(input_path), "text": "text", "id": "id"},
+        "model": {"provider": "openai-compatible", "base_url": srv.url, "name": "fake", "timeout": 5.0},
+        "limits": {"batch_inputs": 32, "concurrency": 4, "max_retries": 4},
+        "output": {"path": str(tmp_path / "out"), "shard_rows": 200},
+    }
+    for name, values in sections.items():
+        base.setdefault(name, {}).update(values)
+    return write_job(tmp_path / "job.toml", base)
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """Environment for the child: this repo importable, nothing secret inherited."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run ``batchembed ARGS`` to completion; returns the CompletedProcess (text output)."""
+    return subprocess.run(
+        [sys.executable, "-m", "batchembed.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env or cli_env(),
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``batchembed ARGS`` in the background."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchembed.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or cli_env(),
+        cwd=ROOT,
+    )
+
+
+def read_output(out: Path) -> pa.Table:
+    """All shards of an output directory, in shard order."""
+    shards = sorted(out.glob("part-*.parquet"))
+    return pa.concat_tables(pq.read_table(p) for p in shards) if shards else pa.table({})
+
+
+def assert_vectors(table: pa.Table, text_of: dict, dim: int, id_column: str = "id", column: str = "embedding"):
+    """Every row's vector is exactly the fake server's vector for its text (null for blank text)."""
+    ids = table.column(id_column).to_pylist()
+    vectors = table.column(column)
+    combined = vectors.combine_chunks()
+    # .values keeps the slots of null rows (flatten() would drop them and shift every later row)
+    flat = combined.values.to_numpy(zero_copy_only=False).reshape(-1, dim)[combined.offset :]
+    valid = vectors.is_valid().to_numpy(zero_copy_only=False)
+    for i, row_id in enumerate(ids):
+        text = text_of[row_id]
+        if text is None or not str(text).strip():
+            assert not valid[i], f"row {row_id}: blank text should have a null vector"
+            continue
+        assert valid[i], f"row {row_id}: missing vector"
+        np.testing.assert_allclose(flat[i], expected_vector(text, dim), atol=1e-6, err_msg=str(row_id))
+
+
+def make_texts(n: int, seed: int = 0) -> list[str]:
+    """Distinct realistic-ish texts of varied length."""
+    rng = np.random.default_rng(seed)
+    words = "alpha beta gamma delta river stone cloud quiet rapid green orange market data vector".split()
+    return [f"doc {i}: " + " ".join(rng.choice(words, size=int(rng.integers(3, 40)))) for i in range(n)]
+
+
+def write_parquet(path: Path, texts: list, row_group_size: int = 128, **extra_columns) -> Path:
+    """Input Parquet with ``id`` (0..n-1) and ``text``."""
+    table = pa.table(
+        {"id": pa.array(range(len(texts)), pa.int64()), "text": pa.array(texts, pa.string()), **extra_columns}
+    )
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return path
+
+
+@pytest.fixture
+def srv():
+    """A fresh fake provider on 127.0.0.1 with 16-dimensional vectors."""
+    with FakeServer(dim=16) as server:
+        yield server
