@@ -91,21 +91,9 @@ def dispatch(args: argparse.Namespace) -> int:
 
     job = load_job(args.job, args.overrides)
     if args.command == "run":
-        from batchembed.providers.factory import build
-        from batchembed.runner import JobRunner
+        from batchembed.job import build_runner
 
-        built = build(job)
-        runner = JobRunner(
-            job,
-            built.embedder,
-            built.counter,
-            model_identity=built.identity,
-            quiet=args.quiet,
-            restart=args.restart,
-            retry_failed=args.retry_failed,
-            max_tokens_per_input=built.max_tokens,
-        )
-        return runner.run()
+        return build_runner(job, quiet=args.quiet, restart=args.restart, retry_failed=args.retry_failed).run()
     from batchembed import inspect
 
     if args.command == "status":

@@ -77,13 +77,44 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    """``[cache]``: never pay twice for the same text."""
+
+    path: str | None = None  # SQLite file keeping vectors across runs (keyed by model, dimensions, text)
+    memory_mb: int = 64  # in-memory memo of recent vectors, for duplicates within a run
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    """``[rerank]``: score (query, document) pairs instead of embedding texts."""
+
+    layout: Literal["pairs", "lists"] = "pairs"  # one row per pair | one row per query with a list of documents
+    query: str = "query"  # query text column
+    query_id: str | None = None  # query id column (default: the query text)
+    document: str = "document"  # document text column (lists: a list<string> column)
+    doc_id: str | None = None  # document id column (lists: a list column; default: "file:row" / list position)
+    top_n: int | None = None  # keep the n best documents per query (default: all)
+    return_documents: bool = False  # copy the document text into the output
+    task: str | None = None  # instruction for Qwen3 rerankers (sent as Fireworks' `task`)
+    format: Literal["auto", "fireworks", "cohere", "jina", "voyage", "vllm", "tei"] = "auto"  # response shape
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """A whole job file."""
 
+    kind: Literal["embed", "rerank"] | None = None  # default: "rerank" when [rerank] is present
     input: InputConfig = field(default_factory=InputConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    rerank: RerankConfig | None = None
+
+    @property
+    def is_rerank(self) -> bool:
+        """Whether this job scores pairs rather than embedding texts."""
+        return self.kind == "rerank" or (self.kind is None and self.rerank is not None)
 
 
 @dataclass(frozen=True)
@@ -177,12 +208,21 @@ def from_mapping(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
     values = {}
     for name, value in raw.items():
         key = _join(prefix, name)
-        hint = hints[name]
+        hint = _optional_dataclass(hints[name])
         if dataclasses.is_dataclass(hint):
             values[name] = from_mapping(hint, value, key)
         else:
             values[name] = _coerce(hint, value, key)
     return cls(**values)
+
+
+def _optional_dataclass(hint: Any) -> Any:
+    """``X | None`` where X is a dataclass -> X (a present table builds X); anything else unchanged."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(options) == 1 and dataclasses.is_dataclass(options[0]):
+            return options[0]
+    return hint
 
 
 def _join(prefix: str, name: str) -> str:
@@ -256,6 +296,12 @@ def validate(job: JobConfig) -> JobConfig:
             f"limits.input_tokens ({job.limits.input_tokens}) cannot exceed limits.batch_tokens "
             f"({job.limits.batch_tokens}): such an input could never be sent"
         )
+    if job.is_rerank:
+        rr = job.rerank or RerankConfig()
+        if rr.top_n is not None and rr.top_n < 1:
+            raise ConfigError(f"rerank.top_n must be at least 1, got {rr.top_n}")
+    if job.cache.memory_mb < 0:
+        raise ConfigError("cache.memory_mb must be 0 or more")
     if job.model.dimensions is not None and job.model.dimensions < 1:
         raise ConfigError(f"model.dimensions must be at least 1, got {job.model.dimensions}")
     if job.model.provider == "openai-compatible" and not job.model.base_url:
@@ -265,7 +311,7 @@ def validate(job: JobConfig) -> JobConfig:
     keep = job.input.keep
     if len(set(keep)) != len(keep):
         raise ConfigError("input.keep lists a column twice")
-    if job.output.column in keep or job.output.column == job.input.id:
+    if not job.is_rerank and (job.output.column in keep or job.output.column == job.input.id):
         raise ConfigError(f"output.column {job.output.column!r} clashes with an input column of the same name")
     return job
 

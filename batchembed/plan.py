@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from batchembed.checkpoint import Manifest
+from batchembed.checkpoint import Manifest, ShardRecord
 from batchembed.sources import SourceFile, iter_batches, read_rows
 
 
@@ -54,18 +56,24 @@ def shard_name(ordinal: int) -> str:
 
 
 def units_in(rows: int, shard_rows: int) -> int:
-    """How many units a file of ``rows`` rows has."""
+    """How many units a file of ``rows`` rows has (without grouping)."""
     return -(-rows // shard_rows)
 
 
-def known_units(source: SourceFile, manifest: Manifest, shard_rows: int) -> int | None:
-    """Number of units of a file when known without reading it (Parquet; CSV once its end was committed)."""
+def _tiled_end(committed: dict[int, ShardRecord], start: int = 0) -> int:
+    """Follow committed ranges from ``start`` while they are contiguous; return where they stop."""
+    pos = start
+    while pos in committed and committed[pos].end > pos:
+        pos = committed[pos].end
+    return pos
+
+
+def file_done(source: SourceFile, committed: dict[int, ShardRecord]) -> bool:
+    """Whether committed ranges cover the whole file (a CSV's end is known once its last unit is committed)."""
+    end = _tiled_end(committed)
     if source.rows is not None:
-        return units_in(source.rows, shard_rows)
-    for rec in manifest.ranges_of(source.name):
-        if rec.eof:
-            return rec.start // shard_rows + 1
-    return None
+        return end == source.rows
+    return any(r.eof and r.end == end for r in committed.values())
 
 
 def pending_rows(sources: list[SourceFile], manifest: Manifest) -> int | None:
@@ -84,98 +92,135 @@ def iter_chunks(
     columns: list[str],
     shard_rows: int,
     chunk_rows: int,
+    group_key: str | None = None,
 ) -> Iterator[Chunk]:
-    """Chunks of every unit not yet committed, in unit order."""
+    """Chunks of every unit not yet committed, in unit order.
+
+    Units are ``shard_rows`` long; with ``group_key`` a unit (and a chunk) is extended to the end of
+    the run of equal keys it has started, so a group (a query's documents) never straddles two.
+    Reading starts at the first row not committed (Parquet seeks to its row group; CSV skips rows
+    without converting them); rows of later committed units, if any, are dropped unread.
+    """
     base = 0
     for src in sources:
-        done = {r.start for r in manifest.ranges_of(src.name)}
-        count = known_units(src, manifest, shard_rows)
-        if count is not None and all(k * shard_rows in done for k in range(count)):
-            base += count
+        committed = {r.start: r for r in manifest.ranges_of(src.name)}
+        if file_done(src, committed):
+            base += len(committed)
             continue
-        if src.rows is not None:  # Parquet: seek to each missing unit
-            for k in range(count or 0):
-                start = k * shard_rows
-                if start in done:
-                    continue
-                end = min(start + shard_rows, src.rows)
-                slices = _slices(_offsets(iter_batches(src, columns, start, chunk_rows), start, end), shard_rows, done)
-                yield from _chunks(src, slices, base, shard_rows, chunk_rows, reaches_eof=end == src.rows)
-            base += count or 0
-        else:  # CSV: one pass from the first missing unit, dropping committed ones
-            first = 0
-            while first in done:
-                first += shard_rows
-            seen = [first]
-            batches = _counting(_offsets(iter_batches(src, columns, first), first, None), seen)
-            yield from _chunks(src, _slices(batches, shard_rows, done), base, shard_rows, chunk_rows, True)
-            base += units_in(seen[0], shard_rows)
+        first = _tiled_end(committed)
+        batches = _offsets(iter_batches(src, columns, first, chunk_rows), first)
+        if group_key:
+            batches = _group_aligned(batches, group_key)
+        walk = _Walk(src, committed, base, shard_rows, chunk_rows, group_key, first)
+        yield from walk.chunks(batches)
+        base += walk.index
 
 
-def _offsets(batches: Iterator[pa.RecordBatch], start: int, end: int | None) -> Iterator[tuple[int, pa.RecordBatch]]:
-    """Attach the file row number of each batch's first row; stop at ``end``."""
+def _offsets(batches: Iterator[pa.RecordBatch], start: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """Attach the file row number of each batch's first row."""
     pos = start
     for batch in batches:
-        if end is not None and pos + batch.num_rows > end:
-            batch = batch.slice(0, end - pos)
         if batch.num_rows:
             yield pos, batch
         pos += batch.num_rows
-        if end is not None and pos >= end:
-            return
 
 
-def _counting(batches: Iterator[tuple[int, pa.RecordBatch]], seen: list[int]):
-    """Pass batches through, recording in ``seen[0]`` how many rows the file has so far."""
+def _group_aligned(batches, key: str) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """Re-cut batches so that none ends inside a run of equal ``key`` values."""
+    carry: pa.RecordBatch | None = None
+    carry_pos = 0
     for pos, batch in batches:
-        seen[0] = pos + batch.num_rows
-        yield pos, batch
+        if carry is not None:
+            batch = pa.Table.from_batches([carry, batch]).combine_chunks().to_batches()[0]
+            pos = carry_pos
+        keys = batch.column(key)
+        changes = np.flatnonzero(~pc.equal(keys[1:], keys[:-1]).fill_null(False).to_numpy(zero_copy_only=False))
+        if len(changes) == 0:
+            carry, carry_pos = batch, pos
+            continue
+        cut = int(changes[-1]) + 1
+        yield pos, batch.slice(0, cut)
+        carry, carry_pos = batch.slice(cut), pos + cut
+    if carry is not None and carry.num_rows:
+        yield carry_pos, carry
 
 
-def _slices(batches: Iterator[tuple[int, pa.RecordBatch]], shard_rows: int, done: set[int]):
-    """Cut batches at unit boundaries, dropping rows of committed units: yields (unit_start, row, batch)."""
-    for pos, batch in batches:
-        offset = 0
-        while offset < batch.num_rows:
-            row = pos + offset
-            unit_start = row - row % shard_rows
-            take = min(batch.num_rows - offset, unit_start + shard_rows - row)
-            if unit_start not in done:
-                yield unit_start, row, batch.slice(offset, take)
-            offset += take
+def _first_change_at_or_after(batch: pa.RecordBatch, key: str, offset: int) -> int:
+    """Index of the first row >= ``offset`` whose key differs from the row before it (or len(batch))."""
+    if offset <= 0:
+        return 0
+    keys = batch.column(key)
+    tail = keys.slice(offset - 1)
+    changes = np.flatnonzero(~pc.equal(tail[1:], tail[:-1]).fill_null(False).to_numpy(zero_copy_only=False))
+    return offset + int(changes[0]) if len(changes) else batch.num_rows
 
 
-def _chunks(src: SourceFile, slices, base: int, shard_rows: int, chunk_rows: int, reaches_eof: bool):
-    """Group consecutive slices of one unit into chunks of about ``chunk_rows`` rows.
+class _Walk:
+    """Walks one file's rows from ``start`` and cuts them into units and chunks."""
 
-    A chunk is cut for size only when the next slice belongs to the same unit, so whether a chunk
-    is its unit's last is always known when it is yielded, without reading ahead.
-    """
-    unit: Unit | None = None
-    buf: list[pa.RecordBatch] = []
-    first = rows = 0
+    def __init__(self, src, committed, base, shard_rows, chunk_rows, group_key, start):
+        self.src, self.committed, self.base = src, committed, base
+        self.shard_rows, self.chunk_rows, self.group_key = shard_rows, chunk_rows, group_key
+        # units before ``start`` are all committed and contiguous: count them
+        self.index = sum(1 for r in committed.values() if r.end <= start)
+        self.unit: Unit | None = None
+        self.unit_start = start
+        self.buf: list[pa.RecordBatch] = []
+        self.buf_first = 0
+        self.buf_rows = 0
 
-    def finish(last: bool, eof: bool = False) -> Chunk:
-        nonlocal buf, rows
-        chunk = Chunk(unit, src, first, pa.Table.from_batches(buf), last=last)
+    def _boundary(self, batch: pa.RecordBatch, row0: int, offset: int) -> int:
+        """Where in ``batch`` (rows from ``offset``) the current unit ends, or len(batch) if it goes on."""
+        nominal = self.unit_start + self.shard_rows - row0
+        if nominal >= batch.num_rows:
+            return batch.num_rows
+        at = max(nominal, offset)
+        return _first_change_at_or_after(batch, self.group_key, at) if self.group_key else at
+
+    def _flush(self, last: bool, eof: bool = False) -> Chunk:
+        chunk = Chunk(self.unit, self.src, self.buf_first, pa.Table.from_batches(self.buf), last=last)
         if last:
-            unit.end, unit.eof = first + rows, eof
-        buf, rows = [], 0
+            self.unit.end, self.unit.eof = self.buf_first + self.buf_rows, eof
+        self.buf, self.buf_rows = [], 0
         return chunk
 
-    for unit_start, row, batch in slices:
-        if buf and unit_start != unit.start:
-            yield finish(last=True)
-        elif buf and rows >= chunk_rows:
-            yield finish(last=False)
-        if not buf:
-            if unit is None or unit.start != unit_start:
-                unit = Unit(shard_name(base + unit_start // shard_rows), src, unit_start)
-            first = row
-        buf.append(batch)
-        rows += batch.num_rows
-    if buf:
-        yield finish(last=True, eof=reaches_eof)
+    def _next_unit(self, start: int) -> None:
+        self.index += 1
+        self.unit_start = start
+        self.unit = None
+
+    def chunks(self, batches) -> Iterator[Chunk]:
+        for row0, batch in batches:
+            offset = 0
+            while offset < batch.num_rows:
+                row = row0 + offset
+                rec = self.committed.get(self.unit_start)
+                if rec is not None:  # a committed unit: drop its rows
+                    take = min(batch.num_rows - offset, rec.end - row)
+                    offset += take
+                    if row + take >= rec.end:
+                        self._next_unit(rec.end)
+                    continue
+                cut = self._boundary(batch, row0, offset)
+                if cut == offset:  # the unit is full at a group boundary
+                    yield self._flush(last=True)
+                    self._next_unit(row)
+                    continue
+                if self.buf and self.buf_rows >= self.chunk_rows:
+                    yield self._flush(last=False)
+                if self.unit is None:
+                    self.unit = Unit(shard_name(self.base + self.index), self.src, self.unit_start)
+                if not self.buf:
+                    self.buf_first = row
+                self.buf.append(batch.slice(offset, cut - offset))
+                self.buf_rows += cut - offset
+                offset = cut
+                if cut < batch.num_rows:
+                    yield self._flush(last=True)
+                    self._next_unit(row0 + cut)
+        if self.buf:
+            yield self._flush(last=True, eof=True)
+            self.index += 1
 
 
 def retry_chunks(

@@ -16,16 +16,13 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from batchembed import __version__
-from batchembed.batching import halves, pack
+from batchembed.batching import halves
 from batchembed.checkpoint import (
     FAILED,
     FAILED_DIR,
@@ -36,7 +33,7 @@ from batchembed.checkpoint import (
     failpoint,
     open_output,
 )
-from batchembed.config import JobConfig, ResolvedModel, resolve_model, text_fields
+from batchembed.config import JobConfig, ResolvedModel, resolve_model
 from batchembed.errors import (
     APIError,
     AuthError,
@@ -49,14 +46,13 @@ from batchembed.errors import (
     redact,
 )
 from batchembed.limits import RateLimits
-from batchembed.plan import Chunk, Unit, iter_chunks, pending_rows, retry_chunks
+from batchembed.plan import Unit, iter_chunks, pending_rows, retry_chunks
 from batchembed.progress import Progress, Stats
-from batchembed.providers.base import Embedder
 from batchembed.retry import backoff
 from batchembed.sources import SourceFile, check_columns, discover
-from batchembed.texts import add_prefix, blank_mask, build_texts, query_prefix
+from batchembed.tasks import Piece, Request, Task
 from batchembed.tokens import TokenCounter
-from batchembed.writer import ShardWriter, fsync_dir, vector_array, write_table_atomically
+from batchembed.writer import ShardWriter, fsync_dir, shard_metadata, write_table_atomically
 
 #: Rows per chunk: the grain of text building, token counting and dedup.
 CHUNK_ROWS = 4096
@@ -66,33 +62,6 @@ STOP_GRACE = 30.0
 GIVE_UP_AFTER = 5
 
 EXIT_OK, EXIT_FAILED, EXIT_PARTIAL, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 3, 130, 143
-
-
-@dataclass
-class Piece:
-    """A chunk on its way: unique texts to embed, their vectors as they arrive, and the rows they map to."""
-
-    chunk: Chunk
-    table: pa.Table  # id + keep columns
-    positions: np.ndarray  # file row number of each row
-    row_to_text: np.ndarray  # index into ``texts`` per row, -1 for rows never sent (blank or skipped)
-    texts: list[str]
-    tokens: np.ndarray  # tokens per unique text
-    skipped: int
-    vectors: np.ndarray | None = None  # (len(texts), dim) once the first answer arrives
-    errors: dict[int, str] = field(default_factory=dict)  # text index -> why it failed
-    pending: int = 0
-    abandoned: bool = False
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-@dataclass
-class Request:
-    """Some of a piece's unique texts, sent together."""
-
-    piece: Piece
-    index: np.ndarray  # indices into piece.texts
-    tokens: int
 
 
 class Stop(Exception):
@@ -105,34 +74,33 @@ class JobRunner:
     def __init__(
         self,
         job: JobConfig,
-        embedder: Embedder,
+        task: Task,
+        provider: Any,
         counter: TokenCounter,
         *,
+        stats: Stats,
         model_identity: dict[str, Any],
         quiet: bool = False,
         restart: bool = False,
         retry_failed: bool = True,
-        max_tokens_per_input: int | None = None,
     ) -> None:
         self.job = job
         self.model: ResolvedModel = resolve_model(job)
-        self.embedder = embedder
+        self.task = task
+        self.provider = provider
         self.counter = counter
         self.model_identity = model_identity
         self.restart = restart
         self.retry_failed = retry_failed
-        self.input_tokens = min(job.limits.input_tokens, max_tokens_per_input or job.limits.input_tokens)
         self.out = Path(job.output.path)
-        self.stats = Stats()
+        self.stats = stats
         self.progress = Progress(self.stats, quiet=quiet)
         self.limits = RateLimits(self.model.requests_per_minute, self.model.tokens_per_minute, job.limits.concurrency)
-        self.prefix = query_prefix(job.input)
-        self.dim: int | None = job.model.dimensions
         self.stopping: int | None = None  # the signal number once asked to stop
         self.succeeded_once = False
         self.exhausted_in_a_row = 0
         self.manifest: Manifest | None = None
-        self.id_column = job.input.id or ("_row_id" if "id" in job.input.keep else "id")
+        self._unresolved = 0
 
     # ------------------------------------------------------------------------------ public entry
 
@@ -149,7 +117,7 @@ class JobRunner:
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-            await self.embedder.aclose()
+            await self.provider.aclose()
 
     def _on_signal(self, sig: int) -> None:
         if self.stopping is not None:
@@ -172,35 +140,19 @@ class JobRunner:
 
     def fingerprint(self, sources: list[SourceFile]) -> dict[str, Any]:
         """What the vectors depend on; a resume with a different fingerprint is refused."""
-        j = self.job
         return {
-            "input.text": j.input.text,
-            "input.id": j.input.id,
-            "input.keep": list(j.input.keep),
-            "input.on_empty": j.input.on_empty,
-            "input.prefix": self.prefix,
+            **self.task.fingerprint(),
             "model.provider": self.model.provider,
             "model.name": self.model.name,
-            "model.dimensions": j.model.dimensions,
+            "model.dimensions": self.job.model.dimensions,
             **{f"model.{k}": v for k, v in self.model_identity.items()},
-            "limits.input_tokens": self.input_tokens,
-            "limits.on_too_long": j.limits.on_too_long,
-            "limits.tokenizer": self.counter.name,
-            "output.column": j.output.column,
-            "output.shard_rows": j.output.shard_rows,
+            "output.shard_rows": self.job.output.shard_rows,
             "files": [s.identity() for s in sources],
         }
 
-    def _columns(self) -> list[str]:
-        cols = list(text_fields(self.job.input.text))
-        for c in ([self.job.input.id] if self.job.input.id else []) + list(self.job.input.keep):
-            if c not in cols:
-                cols.append(c)
-        return cols
-
     async def _run(self) -> int:
         sources = await asyncio.to_thread(discover, self.job.input.path)
-        columns = self._columns()
+        columns = self.task.columns
         for src in sources:
             await asyncio.to_thread(check_columns, src, columns)
         self.manifest = manifest = await asyncio.to_thread(
@@ -270,7 +222,9 @@ class JobRunner:
             n = sum(1 for s in self.manifest.shards if s.kind == "retry")
             unit = Unit(f"part-r{n:05d}.parquet", None, resolves=resolves)
             yield from retry_chunks([(src, rows) for _, src, rows in retry_units], columns, unit, CHUNK_ROWS)
-        yield from iter_chunks(sources, self.manifest, columns, self.job.output.shard_rows, CHUNK_ROWS)
+        yield from iter_chunks(
+            sources, self.manifest, columns, self.job.output.shard_rows, CHUNK_ROWS, self.task.group_key
+        )
 
     async def _reader(self, sources, columns, retry_units, n_workers: int) -> None:
         stream = self._chunk_stream(sources, columns, retry_units)
@@ -282,7 +236,8 @@ class JobRunner:
                 if chunk is sentinel or self.stopping is not None:
                     self._slots.release()
                     break
-                piece, requests = await asyncio.to_thread(self._prepare, chunk)
+                piece, requests = await asyncio.to_thread(self.task.prepare, chunk)
+                piece.pending = len(requests)
                 await self._pieces.put(piece)
                 for request in requests:
                     self._requests.put_nowait(request)
@@ -293,77 +248,6 @@ class JobRunner:
             await self._pieces.put(None)
             for _ in range(n_workers):
                 await self._requests.put(None)
-
-    # ----------------------------------------------------------------------------- prepare (pure)
-
-    def _prepare(self, chunk: Chunk) -> tuple[Piece, list[Request]]:
-        """Texts, blank rows, dedup, token counts, too-long policy and request packing for one chunk."""
-        job = self.job
-        table = chunk.table
-        n = table.num_rows
-        positions = (
-            np.asarray(chunk.rows, dtype=np.int64)
-            if chunk.rows is not None
-            else np.arange(chunk.first_row, chunk.first_row + n, dtype=np.int64)
-        )
-        texts = build_texts(table, job.input.text)
-        blank = blank_mask(texts)
-        if blank.any() and job.input.on_empty == "fail":
-            row = int(positions[np.flatnonzero(blank)[0]])
-            raise InputError(f"{chunk.source.path}: row {row}: text is empty or null (input.on_empty = 'fail')")
-        texts = add_prefix(texts, self.prefix)
-        sendable = np.flatnonzero(~blank)
-        encoded = pc.dictionary_encode(texts.take(pa.array(sendable, pa.int64())))
-        unique = encoded.dictionary
-        row_to_text = np.full(n, -1, dtype=np.int64)
-        row_to_text[sendable] = encoded.indices.to_numpy(zero_copy_only=False)
-        counts = self.counter.count(unique) if len(unique) else np.zeros(0, np.int64)
-        unique_texts = unique.to_pylist()
-        skipped = int(blank.sum())
-        too_long = np.flatnonzero(counts > self.input_tokens)
-        if len(too_long):
-            policy = job.limits.on_too_long
-            if policy == "fail":
-                row = int(positions[np.flatnonzero(row_to_text == too_long[0])[0]])
-                raise InputError(
-                    f"{chunk.source.path}: row {row}: text has about {counts[too_long[0]]} tokens, over "
-                    f"limits.input_tokens = {self.input_tokens} (limits.on_too_long = 'fail')"
-                )
-            if policy == "truncate":
-                for i in too_long:
-                    unique_texts[i] = self.counter.truncate(unique_texts[i], self.input_tokens)
-                cut = self.counter.count(pa.array([unique_texts[i] for i in too_long], pa.string()))
-                counts[too_long] = np.minimum(cut, self.input_tokens)
-            else:  # skip: keep the rows with a null vector, never send them
-                dropped = np.isin(row_to_text, too_long)
-                skipped += int(dropped.sum())
-                row_to_text[dropped] = -1
-        sent = row_to_text[row_to_text >= 0]
-        self.stats.tokens_saved += int(counts[sent].sum() - counts[np.unique(sent)].sum())
-        keep_cols = {}
-        if job.input.id:
-            keep_cols[self.id_column] = table.column(job.input.id)
-        else:
-            keep_cols[self.id_column] = pc.binary_join_element_wise(
-                f"{chunk.source.name}:", pc.cast(pa.array(positions), pa.string()), ""
-            )
-        for name in job.input.keep:
-            if name not in keep_cols:
-                keep_cols[name] = table.column(name)
-        piece = Piece(
-            chunk=chunk,
-            table=pa.table(keep_cols),
-            positions=positions,
-            row_to_text=row_to_text,
-            texts=unique_texts,
-            tokens=counts,
-            skipped=skipped,
-        )
-        to_send = np.unique(row_to_text[row_to_text >= 0])
-        batches = pack(counts[to_send], self.model.batch_inputs, job.limits.batch_tokens)
-        piece.pending = len(batches)
-        requests = [Request(piece, to_send[a:b], int(counts[to_send[a:b]].sum())) for a, b in batches]
-        return piece, requests
 
     # ------------------------------------------------------------------------------------ sending
 
@@ -395,8 +279,6 @@ class JobRunner:
 
     async def _send(self, request: Request) -> None:
         """Send one request with retries; split on 413 and too-long; dead-letter what still fails."""
-        piece = request.piece
-        texts = [piece.texts[i] for i in request.index]
         attempt = 0
         while True:
             if self.stopping is not None and attempt:
@@ -408,7 +290,7 @@ class JobRunner:
                 self.stats.requests += 1
                 began = time.monotonic()
                 try:
-                    result = await self.embedder.embed(texts)
+                    answer = await self.task.call(request)
                 except APIError as exc:
                     error = exc
                 finally:
@@ -416,10 +298,11 @@ class JobRunner:
                     self.stats.latencies.append(time.monotonic() - began)
             if error is None:
                 try:
-                    self._accept(request, result)
+                    reported = self.task.accept(request, answer)
                 except MalformedResponse as exc:
                     error = exc
                 else:
+                    self._on_success(request, reported, getattr(answer, "headers", {}))
                     return
             if isinstance(error, AuthError):
                 raise error
@@ -448,48 +331,37 @@ class JobRunner:
             await asyncio.sleep(delay)
 
     async def _split_or_fail(self, request: Request, error: APIError) -> None:
-        if len(request.index) == 1:
+        n = len(request.items)
+        if n == 1:
             self._dead_letter(request, str(error))
             return
         self.stats.retries[f"split-{error.label}"] += 1
-        (a0, a1), (b0, b1) = halves(0, len(request.index))
-        piece = request.piece
-        parts = [request.index[a0:a1], request.index[b0:b1]]
-        await asyncio.gather(*(self._send(Request(piece, p, int(piece.tokens[p].sum()))) for p in parts))
+        halves_ = [request.items[a:b] for a, b in halves(0, n)]
+        # charge each half its share of the tokens (items are not all the same size, but close enough)
+        parts = [Request(request.piece, h, max(1, request.tokens * len(h) // n)) for h in halves_]
+        await asyncio.gather(*(self._send(p) for p in parts))
 
-    def _accept(self, request: Request, result) -> None:
-        vectors = result.vectors
-        if vectors.shape[0] != len(request.index):
-            raise MalformedResponse(f"asked for {len(request.index)} vectors, got {vectors.shape[0]}")
-        dim = vectors.shape[1]
-        if self.dim is None:
-            self.dim = dim
-        elif dim != self.dim:
-            raise MalformedResponse(f"got {dim}-dimensional vectors, expected {self.dim}")
-        piece = request.piece
-        if piece.vectors is None:
-            piece.vectors = np.zeros((len(piece.texts), dim), dtype=np.float32)
-        piece.vectors[request.index] = vectors
+    def _on_success(self, request: Request, reported: int | None, headers) -> None:
         self.succeeded_once = True
         self.exhausted_in_a_row = 0
         self.limits.window.on_success()
-        self.limits.observe_headers(result.headers)
-        reported = result.prompt_tokens
+        self.limits.observe_headers(headers)
         if reported:
             self.counter.observe(request.tokens, reported)
-        self.stats.tokens += reported or request.tokens
-        piece.chunk.unit.tokens += reported or request.tokens
+        spent = reported or request.tokens
+        self.stats.tokens += spent
+        request.piece.chunk.unit.tokens += spent
 
     def _dead_letter(self, request: Request, message: str) -> None:
-        for i in request.index:
+        for i in request.items:
             request.piece.errors[int(i)] = redact(message)
 
     def _piece_done(self, piece: Piece) -> None:
         if not piece.abandoned:
-            failed = int(np.isin(piece.row_to_text, list(piece.errors)).sum()) if piece.errors else 0
+            failed = self.task.failed_rows(piece)
             self.stats.rows_failed += failed
             self.stats.rows_skipped += piece.skipped
-            self.stats.rows_embedded += piece.table.num_rows - failed - piece.skipped
+            self.stats.rows_embedded += piece.rows - failed - piece.skipped
         piece.done.set()
 
     # ------------------------------------------------------------------------------------ writing
@@ -516,11 +388,11 @@ class JobRunner:
                         shard = None
                     self._slots.release()
                     continue
-                table, failed = self._piece_tables(piece)
                 if shard is None:
-                    if self.dim is None:
-                        await self._probe_dimension()
-                    schema = table.schema.with_metadata(self._metadata())
+                    await self.task.ready()
+                table, failed = self.task.tables(piece)
+                if shard is None:
+                    schema = table.schema.with_metadata(shard_metadata(self.task.metadata()))
                     shard = await asyncio.to_thread(
                         ShardWriter, self.out, unit.name, schema, self.job.output.compression
                     )
@@ -534,56 +406,6 @@ class JobRunner:
         finally:
             if shard is not None:
                 shard.abort()
-
-    async def _probe_dimension(self) -> None:
-        """Learn the vector size when the first shard starts with rows that were never sent."""
-        result = await self.embedder.embed(["dimension probe"])
-        self.dim = result.vectors.shape[1]
-
-    def _metadata(self) -> dict[str, str]:
-        return {
-            "batchembed": json.dumps(
-                {
-                    "version": __version__,
-                    "provider": self.model.provider,
-                    "model": self.model.name,
-                    "dimensions": self.dim,
-                    "column": self.job.output.column,
-                    "text": self.job.input.text,
-                }
-            )
-        }
-
-    def _piece_tables(self, piece: Piece) -> tuple[pa.Table, pa.Table | None]:
-        """The shard rows of a piece (failed rows left out) and the failed rows' table, if any."""
-        n = piece.table.num_rows
-        dim = self.dim
-        rows = piece.row_to_text
-        valid = rows >= 0
-        failed_mask = np.zeros(n, dtype=bool)
-        if piece.errors:
-            failed_mask = np.isin(rows, np.fromiter(piece.errors, np.int64))
-            valid &= ~failed_mask
-        if piece.vectors is not None:
-            vectors = piece.vectors[np.where(valid, rows, 0)]
-        else:
-            vectors = np.zeros((n, dim), dtype=np.float32)
-        table = piece.table.append_column(
-            pa.field(self.job.output.column, pa.list_(pa.float32(), dim)), vector_array(vectors, valid)
-        )
-        failed = None
-        if failed_mask.any():
-            idx = np.flatnonzero(failed_mask)
-            failed = pa.table(
-                {
-                    "id": pc.cast(piece.table.column(self.id_column).take(pa.array(idx)), pa.string()),
-                    "file": pa.array([piece.chunk.source.name] * len(idx), pa.string()),
-                    "row": pa.array(piece.positions[idx], pa.int64()),
-                    "error": pa.array([piece.errors[int(rows[i])] for i in idx], pa.string()),
-                }
-            )
-            table = table.filter(pa.array(~failed_mask))
-        return table, failed
 
     def _commit(self, unit: Unit, shard: ShardWriter, failures: list[pa.Table]) -> None:
         """Make a unit durable: shard, its failed rows, then the manifest entry (the commit point)."""
@@ -639,7 +461,7 @@ class JobRunner:
             version=__version__,
             model=self.model.name,
             provider=self.model.provider,
-            dimensions=self.dim,
+            dimensions=self.task.metadata().get("dimensions"),
             output=str(self.out),
             failed_rows_outstanding=self._unresolved,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,3 +98,8 @@ def write_table_atomically(directory: Path, name: str, table: pa.Table) -> Writt
     writer = ShardWriter(directory, name, table.schema)
     writer.write(table)
     return writer.commit()
+
+
+def shard_metadata(meta: dict) -> dict[str, str]:
+    """Parquet key/value metadata (one JSON document under "batchembed") from a task's metadata."""
+    return {"batchembed": json.dumps(meta)}

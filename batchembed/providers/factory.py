@@ -19,7 +19,7 @@ from batchembed.tokens import TokenCounter, make_counter
 class Built:
     """An embedder with what the runner needs to know about it."""
 
-    embedder: Embedder
+    provider: Embedder  # or a reranker, for rerank jobs
     counter: TokenCounter
     identity: dict[str, Any]  # extra fingerprint facts (e.g. the local model's sha256)
     max_tokens: int | None  # the model's own input limit, when known

@@ -1,0 +1,107 @@
+"""Never pay for the same text twice: a bounded in-memory memo plus an optional on-disk cache.
+
+Keys are 16-byte blake2b digests of (model namespace, final text). The in-memory part is an LRU
+bounded in bytes, so duplicates anywhere near each other in a job are embedded once; the optional
+SQLite cache (``[cache] path``) keeps every vector across runs, so re-embedding a corpus with a few
+changed rows only pays for the changes. SQLite is in the standard library, transactional, and safe
+against a crash mid-write (WAL journal).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from batchembed.errors import ConfigError
+
+
+def text_keys(texts: list[str], namespace: bytes = b"") -> np.ndarray:
+    """16-byte digest per text (an object array of bytes)."""
+    out = np.empty(len(texts), dtype=object)
+    for i, text in enumerate(texts):
+        out[i] = hashlib.blake2b(text.encode("utf-8"), digest_size=16, key=namespace[:64]).digest()
+    return out
+
+
+class VectorMemo:
+    """Vectors by text key: LRU in memory (``max_bytes``), backed by an optional SQLite file."""
+
+    def __init__(self, max_bytes: int = 64 << 20, cache_path: str | None = None, namespace: str = "") -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._namespace = namespace
+        self.hits_memory = 0
+        self.hits_cache = 0
+        if cache_path:
+            self._open(Path(cache_path))
+
+    def _open(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("CREATE TABLE IF NOT EXISTS vectors (ns TEXT, key BLOB, vec BLOB, PRIMARY KEY (ns, key))")
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cache.path: cannot open {path} as a cache: {exc}") from None
+        self._db = db
+
+    def lookup(self, keys: np.ndarray) -> dict[bytes, np.ndarray]:
+        """The vectors known for ``keys`` (memory first, then the cache file)."""
+        found: dict[bytes, np.ndarray] = {}
+        missing = []
+        with self._lock:
+            for key in keys:
+                vec = self._entries.get(key)
+                if vec is not None:
+                    self._entries.move_to_end(key)
+                    found[key] = vec
+                else:
+                    missing.append(key)
+            self.hits_memory += len(found)
+            if self._db is not None and missing:
+                for start in range(0, len(missing), 500):
+                    part = missing[start : start + 500]
+                    marks = ",".join("?" * len(part))
+                    rows = self._db.execute(
+                        f"SELECT key, vec FROM vectors WHERE ns = ? AND key IN ({marks})", [self._namespace, *part]
+                    ).fetchall()
+                    for key, blob in rows:
+                        found[key] = np.frombuffer(blob, dtype="<f4")
+                        self.hits_cache += 1
+        return found
+
+    def store(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Remember ``vectors[i]`` for ``keys[i]``."""
+        with self._lock:
+            if self.max_bytes > 0:
+                for key, vec in zip(keys, vectors, strict=True):
+                    if key not in self._entries:
+                        self._entries[key] = vec.copy()
+                        self._bytes += vec.nbytes + 80
+                while self._bytes > self.max_bytes and self._entries:
+                    _, old = self._entries.popitem(last=False)
+                    self._bytes -= old.nbytes + 80
+            if self._db is not None:
+                rows = [
+                    (self._namespace, k, np.asarray(v, dtype="<f4").tobytes())
+                    for k, v in zip(keys, vectors, strict=True)
+                ]
+                self._db.execute("BEGIN")
+                self._db.executemany("INSERT OR IGNORE INTO vectors VALUES (?, ?, ?)", rows)
+                self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the cache file."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None

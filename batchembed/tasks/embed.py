@@ -1,0 +1,263 @@
+"""The embedding task: rows -> texts -> unique texts -> vectors -> ``fixed_size_list<float32>`` column.
+
+Identical texts are embedded once: within a chunk by dictionary encoding, across chunks and runs
+through the ``VectorMemo`` (a bounded in-memory map, plus the optional ``[cache]`` file), and every
+row that shares a text gets the same vector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from batchembed import __version__
+from batchembed.batching import pack
+from batchembed.config import JobConfig, ResolvedModel, text_fields
+from batchembed.errors import InputError, MalformedResponse
+from batchembed.memo import VectorMemo, text_keys
+from batchembed.plan import Chunk
+from batchembed.progress import Stats
+from batchembed.providers.base import Embedder, EmbeddingResult
+from batchembed.tasks import Piece, Request, failure_table
+from batchembed.texts import add_prefix, blank_mask, build_texts
+from batchembed.tokens import TokenCounter
+from batchembed.writer import vector_array
+
+
+@dataclass
+class EmbedWork:
+    """Per-chunk state of the embed task."""
+
+    table: pa.Table  # id + keep columns
+    positions: np.ndarray  # file row number of each row
+    row_to_text: np.ndarray  # index into ``texts`` per row; -1 for rows never embedded
+    texts: list[str]  # unique texts of the chunk
+    tokens: np.ndarray  # tokens per unique text
+    keys: np.ndarray  # memo key per unique text
+    vectors: np.ndarray | None = None  # (len(texts), dim) once the first answer (or memo hit) arrives
+
+
+def id_column_name(job: JobConfig) -> str:
+    """Output column holding each row's id: the input's id column, else a generated "file:row" column."""
+    return job.input.id or ("_row_id" if "id" in job.input.keep else "id")
+
+
+def row_ids(table: pa.Table, job: JobConfig, source_name: str, positions: np.ndarray) -> pa.Array:
+    """The id of each row: the id column, or "file:row"."""
+    if job.input.id:
+        col = table.column(job.input.id)
+        return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return pc.binary_join_element_wise(f"{source_name}:", pc.cast(pa.array(positions), pa.string()), "")
+
+
+def chunk_positions(chunk: Chunk) -> np.ndarray:
+    """File row number of each row of a chunk."""
+    if chunk.rows is not None:
+        return np.asarray(chunk.rows, dtype=np.int64)
+    return np.arange(chunk.first_row, chunk.first_row + chunk.table.num_rows, dtype=np.int64)
+
+
+class EmbedTask:
+    """Embeds ``input.text`` of every row with ``embedder``."""
+
+    group_key = None
+
+    def __init__(
+        self,
+        job: JobConfig,
+        model: ResolvedModel,
+        embedder: Embedder,
+        counter: TokenCounter,
+        *,
+        prefix: str,
+        input_tokens: int,
+        stats: Stats,
+        memo: VectorMemo,
+    ) -> None:
+        self.job = job
+        self.model = model
+        self.embedder = embedder
+        self.counter = counter
+        self.prefix = prefix
+        self.input_tokens = input_tokens
+        self.stats = stats
+        self.memo = memo
+        self.dim: int | None = job.model.dimensions
+        self.id_column = id_column_name(job)
+        cols = list(text_fields(job.input.text))
+        for c in ([job.input.id] if job.input.id else []) + list(job.input.keep):
+            if c not in cols:
+                cols.append(c)
+        self.columns = cols
+
+    # ------------------------------------------------------------------------------- preparing
+
+    def prepare(self, chunk: Chunk) -> tuple[Piece, list[Request]]:
+        """Texts, blank rows, dedup, memo hits, token counts, too-long policy and request packing."""
+        job = self.job
+        table = chunk.table
+        n = table.num_rows
+        positions = chunk_positions(chunk)
+        texts = build_texts(table, job.input.text)
+        blank = blank_mask(texts)
+        if blank.any() and job.input.on_empty == "fail":
+            row = int(positions[np.flatnonzero(blank)[0]])
+            raise InputError(f"{chunk.source.path}: row {row}: text is empty or null (input.on_empty = 'fail')")
+        texts = add_prefix(texts, self.prefix)
+        sendable = np.flatnonzero(~blank)
+        encoded = pc.dictionary_encode(texts.take(pa.array(sendable, pa.int64())))
+        unique = encoded.dictionary
+        row_to_text = np.full(n, -1, dtype=np.int64)
+        row_to_text[sendable] = encoded.indices.to_numpy(zero_copy_only=False)
+        counts = self.counter.count(unique) if len(unique) else np.zeros(0, np.int64)
+        unique_texts = unique.to_pylist()
+        skipped = int(blank.sum())
+        too_long = np.flatnonzero(counts > self.input_tokens)
+        if len(too_long):
+            policy = job.limits.on_too_long
+            if policy == "fail":
+                row = int(positions[np.flatnonzero(row_to_text == too_long[0])[0]])
+                raise InputError(
+                    f"{chunk.source.path}: row {row}: text has about {counts[too_long[0]]} tokens, over "
+                    f"limits.input_tokens = {self.input_tokens} (limits.on_too_long = 'fail')"
+                )
+            if policy == "truncate":
+                for i in too_long:
+                    unique_texts[i] = self.counter.truncate(unique_texts[i], self.input_tokens)
+                cut = self.counter.count(pa.array([unique_texts[i] for i in too_long], pa.string()))
+                counts[too_long] = np.minimum(cut, self.input_tokens)
+            else:  # skip: keep the rows with a null vector, never send them
+                dropped = np.isin(row_to_text, too_long)
+                skipped += int(dropped.sum())
+                row_to_text[dropped] = -1
+        keys = text_keys(unique_texts)
+        used = np.unique(row_to_text[row_to_text >= 0])
+        work = EmbedWork(
+            table=self._output_columns(table, chunk, positions),
+            positions=positions,
+            row_to_text=row_to_text,
+            texts=unique_texts,
+            tokens=counts,
+            keys=keys,
+        )
+        hits = self.memo.lookup(keys[used]) if len(used) else {}
+        if hits:
+            dim = len(next(iter(hits.values())))
+            work.vectors = np.zeros((len(unique_texts), dim), dtype=np.float32)
+            for i in used:
+                vec = hits.get(keys[i])
+                if vec is not None:
+                    work.vectors[i] = vec
+        to_send = np.array([i for i in used if keys[i] not in hits], dtype=np.int64)
+        rows_tokens = int(counts[row_to_text[row_to_text >= 0]].sum())
+        self.stats.tokens_saved += rows_tokens - int(counts[to_send].sum())
+        piece = Piece(chunk=chunk, rows=n, skipped=skipped, work=work)
+        batches = pack(counts[to_send], self.model.batch_inputs, job.limits.batch_tokens)
+        requests = [Request(piece, to_send[a:b], int(counts[to_send[a:b]].sum())) for a, b in batches]
+        return piece, requests
+
+    def _output_columns(self, table: pa.Table, chunk: Chunk, positions: np.ndarray) -> pa.Table:
+        cols = {self.id_column: row_ids(table, self.job, chunk.source.name, positions)}
+        for name in self.job.input.keep:
+            if name not in cols:
+                cols[name] = table.column(name)
+        return pa.table(cols)
+
+    # --------------------------------------------------------------------------------- sending
+
+    async def call(self, request: Request) -> EmbeddingResult:
+        """Embed the request's texts."""
+        work: EmbedWork = request.piece.work
+        return await self.embedder.embed([work.texts[i] for i in request.items])
+
+    def accept(self, request: Request, answer: EmbeddingResult) -> int | None:
+        """Store vectors (checking count and dimension) and remember them for duplicates."""
+        vectors = answer.vectors
+        if vectors.shape[0] != len(request.items):
+            raise MalformedResponse(f"asked for {len(request.items)} vectors, got {vectors.shape[0]}")
+        dim = vectors.shape[1]
+        if self.dim is None:
+            self.dim = dim
+        elif dim != self.dim:
+            raise MalformedResponse(f"got {dim}-dimensional vectors, expected {self.dim}")
+        work: EmbedWork = request.piece.work
+        if work.vectors is None:
+            work.vectors = np.zeros((len(work.texts), dim), dtype=np.float32)
+        work.vectors[request.items] = vectors
+        self.memo.store(work.keys[request.items], vectors)
+        return answer.prompt_tokens
+
+    def failed_rows(self, piece: Piece) -> int:
+        """Rows whose text failed."""
+        if not piece.errors:
+            return 0
+        return int(np.isin(piece.work.row_to_text, np.fromiter(piece.errors, np.int64)).sum())
+
+    async def ready(self) -> None:
+        """Learn the vector size when the first shard starts with rows that were never sent."""
+        if self.dim is None:
+            result = await self.embedder.embed(["dimension probe"])
+            self.dim = result.vectors.shape[1]
+
+    # --------------------------------------------------------------------------------- output
+
+    def tables(self, piece: Piece) -> tuple[pa.Table, pa.Table | None]:
+        """Shard rows (failed rows left out, vector column appended) and the failed rows."""
+        work: EmbedWork = piece.work
+        n = piece.rows
+        rows = work.row_to_text
+        valid = rows >= 0
+        failed_mask = np.zeros(n, dtype=bool)
+        if piece.errors:
+            failed_mask = np.isin(rows, np.fromiter(piece.errors, np.int64))
+            valid &= ~failed_mask
+        if work.vectors is not None:
+            vectors = work.vectors[np.where(valid, rows, 0)]
+        else:
+            vectors = np.zeros((n, self.dim), dtype=np.float32)
+        column = self.job.output.column
+        table = work.table.append_column(
+            pa.field(column, pa.list_(pa.float32(), self.dim)), vector_array(vectors, valid)
+        )
+        failed = None
+        if failed_mask.any():
+            idx = np.flatnonzero(failed_mask)
+            failed = failure_table(
+                pc.cast(work.table.column(self.id_column).take(pa.array(idx)), pa.string()),
+                piece.chunk.source.name,
+                work.positions[idx],
+                [piece.errors[int(rows[i])] for i in idx],
+            )
+            table = table.filter(pa.array(~failed_mask))
+        return table, failed
+
+    def metadata(self) -> dict[str, Any]:
+        """Recorded in every shard's Parquet metadata."""
+        return {
+            "version": __version__,
+            "task": "embed",
+            "provider": self.model.provider,
+            "model": self.model.name,
+            "dimensions": self.dim,
+            "column": self.job.output.column,
+            "text": self.job.input.text,
+        }
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Settings that change the vectors or the output's shape."""
+        j = self.job
+        return {
+            "input.text": j.input.text,
+            "input.id": j.input.id,
+            "input.keep": list(j.input.keep),
+            "input.on_empty": j.input.on_empty,
+            "input.prefix": self.prefix,
+            "limits.input_tokens": self.input_tokens,
+            "limits.on_too_long": j.limits.on_too_long,
+            "limits.tokenizer": self.counter.name,
+            "output.column": j.output.column,
+        }
