@@ -51,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="prove the output holds every input row exactly once")
     _job_arguments(verify)
 
+    plan = sub.add_parser("plan", help="dry run: rows, unique texts, tokens, requests, cost and ETA; sends nothing")
+    _job_arguments(plan)
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+    plan.add_argument("--price", type=float, metavar="USD_PER_1M", help="price per million tokens for the estimate")
+
+    models = sub.add_parser("models", help="list the built-in model presets")
+    models.add_argument("--json", action="store_true", help="machine-readable output")
+
     serve = sub.add_parser("serve", help="serve the local model over an OpenAI/Fireworks-compatible HTTP API")
     try:
         from batchembed import serve as serve_module
@@ -87,6 +95,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from batchembed import serve
 
         return serve.command(args)
+    if args.command == "models":
+        from batchembed.catalog import models_command
+
+        return models_command(args.json)
     from batchembed.config import load_job
 
     job = load_job(args.job, args.overrides)
@@ -94,6 +106,15 @@ def dispatch(args: argparse.Namespace) -> int:
         from batchembed.job import build_runner
 
         return build_runner(job, quiet=args.quiet, restart=args.restart, retry_failed=args.retry_failed).run()
+    if args.command == "plan":
+        from batchembed.dryrun import plan
+        from batchembed.job import check_model, text_prefix
+        from batchembed.providers.factory import counter_for
+
+        check_model(job)
+        counter, max_tokens = counter_for(job)
+        price = args.price if args.price is not None else job.model.price_per_million_tokens
+        return plan(job, counter, args.json, price, prefix=text_prefix(job), max_tokens_per_input=max_tokens)
     from batchembed import inspect
 
     if args.command == "status":

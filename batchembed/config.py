@@ -49,6 +49,7 @@ class ModelConfig:
     path: str | None = None  # local provider: a directory with model.onnx + tokenizer.json
     timeout: float = 120.0  # seconds for one request
     threads: int | None = None  # local provider: intra-op threads (default: all cores)
+    price_per_million_tokens: float | None = None  # USD, for `batchembed plan` (default: the catalogue's)
 
 
 @dataclass(frozen=True)

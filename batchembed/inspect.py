@@ -101,12 +101,15 @@ def verify(job: JobConfig) -> int:
             problems.append(f"{name}: rows {expected}..{total} are in no shard")
         for rec in ranges:
             if rec.name not in bad:
-                checked_rows += _check_range(out, rec, src, job, id_col, failed_rows, problems)
+                check = _check_rerank_range if job.is_rerank else _check_range
+                checked_rows += check(out, rec, src, job, id_col, failed_rows, problems)
     good = [rec for rec in manifest.shards if rec.name not in bad]
+    if job.is_rerank:
+        _check_rerank_pairs(out, good, problems)
     for rec in good:
-        if rec.kind == "retry":
+        if rec.kind == "retry" and not job.is_rerank:
             _check_retry(out, rec, id_col, failed_rows, problems)
-    all_ids = [pq.read_table(out / rec.name, columns=[id_col]).column(id_col) for rec in good]
+    all_ids = [] if job.is_rerank else [pq.read_table(out / rec.name, columns=[id_col]).column(id_col) for rec in good]
     if all_ids:
         ids = pa.chunked_array([c for col in all_ids for c in col.chunks]).cast(pa.string())
         counts = pc.value_counts(ids)
@@ -190,3 +193,43 @@ def _check_retry(out, rec, id_col, failed_rows, problems) -> None:
     got = table.column(id_col).cast(pa.string()).to_pylist()
     if sorted(got) != sorted(expected):
         problems.append(f"{rec.name}: retry shard does not hold exactly the failed rows it resolves")
+
+
+def _check_rerank_range(out, rec, src, job, id_col, failed_rows, problems) -> int:
+    """A rerank shard: score/rank types, and (pairs layout, no top_n) one output row per input pair."""
+    table = pq.read_table(out / rec.name)
+    for name, kind in (("score", pa.float32()), ("rank", pa.int32())):
+        if name not in table.column_names or table.schema.field(name).type != kind:
+            problems.append(f"{rec.name}: column {name!r} missing or not {kind}")
+    rr = job.rerank
+    if rr is not None and rr.layout == "pairs" and rr.top_n is None:
+        failed = failed_rows[rec.failed_file].num_rows if rec.failed_file in failed_rows else 0
+        if table.num_rows != rec.end - rec.start - failed:
+            problems.append(
+                f"{rec.name}: {table.num_rows} rows for input rows {rec.start}..{rec.end} of {src.name} "
+                f"({rec.end - rec.start - failed} expected)"
+            )
+    return table.num_rows
+
+
+def _check_rerank_pairs(out, shards, problems) -> None:
+    """Every (query_id, doc_id) once, and every query in one shard only."""
+    owner: dict = {}
+    pairs = []
+    for rec in shards:
+        table = pq.read_table(out / rec.name, columns=["query_id", "doc_id"])
+        for qid in set(table.column("query_id").to_pylist()):
+            if qid in owner and owner[qid] != rec.name and rec.kind == "range":
+                problems.append(f"query {qid!r} is split across {owner[qid]} and {rec.name}")
+            owner.setdefault(qid, rec.name)
+        pairs.append(
+            pa.table(
+                {"q": pc.cast(table.column("query_id"), pa.string()), "d": pc.cast(table.column("doc_id"), pa.string())}
+            )
+        )
+    if pairs:
+        both = pa.concat_tables(pairs)
+        counts = both.group_by(["q", "d"]).aggregate([([], "count_all")])
+        dup = counts.filter(pc.greater(counts.column("count_all"), 1))
+        if dup.num_rows:
+            problems.append(f"{dup.num_rows} (query, document) pairs appear more than once")

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+from batchembed import catalog
 from batchembed.config import JobConfig, resolve_model
 from batchembed.memo import VectorMemo
 from batchembed.progress import Stats
 from batchembed.providers.factory import build
 from batchembed.runner import JobRunner
-from batchembed.texts import query_prefix
+
+
+def text_prefix(job: JobConfig) -> str:
+    """What goes before every text: the model's query instruction or document prefix, and ``input.prefix``."""
+    cfg = job.input
+    return catalog.document_prefix(resolve_model(job).name, cfg.role, cfg.instruction, cfg.prefix)
+
+
+def check_model(job: JobConfig) -> None:
+    """Checks against the model catalogue that need no request (the ``dimensions`` range)."""
+    if not (job.model.provider == "local" and job.model.path):
+        catalog.check_dimensions(resolve_model(job).name, job.model.dimensions, job.model.provider)
 
 
 def build_runner(job: JobConfig, *, quiet: bool = False, restart: bool = False, retry_failed: bool = True) -> JobRunner:
     """A ``JobRunner`` for ``job`` with every part chosen from its settings."""
+    check_model(job)
     built = build(job)
     model = resolve_model(job)
     stats = Stats()
@@ -32,7 +45,7 @@ def build_runner(job: JobConfig, *, quiet: bool = False, restart: bool = False, 
             model,
             built.provider,
             built.counter,
-            prefix=query_prefix(job.input),
+            prefix=text_prefix(job),
             input_tokens=input_tokens,
             stats=stats,
             memo=memo,

@@ -125,6 +125,16 @@ def _offsets(batches: Iterator[pa.RecordBatch], start: int) -> Iterator[tuple[in
         pos += batch.num_rows
 
 
+def key_changes(keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Indices ``i`` (>= 1) where ``keys[i]`` differs from ``keys[i - 1]``: where runs of equal keys start."""
+    if isinstance(keys, pa.ChunkedArray):
+        keys = keys.combine_chunks()
+    if len(keys) < 2:
+        return np.zeros(0, np.int64)
+    same = pc.equal(keys[1:], keys[:-1]).fill_null(False).to_numpy(zero_copy_only=False)
+    return np.flatnonzero(~same) + 1
+
+
 def _group_aligned(batches, key: str) -> Iterator[tuple[int, pa.RecordBatch]]:
     """Re-cut batches so that none ends inside a run of equal ``key`` values."""
     carry: pa.RecordBatch | None = None
@@ -133,12 +143,11 @@ def _group_aligned(batches, key: str) -> Iterator[tuple[int, pa.RecordBatch]]:
         if carry is not None:
             batch = pa.Table.from_batches([carry, batch]).combine_chunks().to_batches()[0]
             pos = carry_pos
-        keys = batch.column(key)
-        changes = np.flatnonzero(~pc.equal(keys[1:], keys[:-1]).fill_null(False).to_numpy(zero_copy_only=False))
+        changes = key_changes(batch.column(key))
         if len(changes) == 0:
             carry, carry_pos = batch, pos
             continue
-        cut = int(changes[-1]) + 1
+        cut = int(changes[-1])
         yield pos, batch.slice(0, cut)
         carry, carry_pos = batch.slice(cut), pos + cut
     if carry is not None and carry.num_rows:
@@ -149,10 +158,8 @@ def _first_change_at_or_after(batch: pa.RecordBatch, key: str, offset: int) -> i
     """Index of the first row >= ``offset`` whose key differs from the row before it (or len(batch))."""
     if offset <= 0:
         return 0
-    keys = batch.column(key)
-    tail = keys.slice(offset - 1)
-    changes = np.flatnonzero(~pc.equal(tail[1:], tail[:-1]).fill_null(False).to_numpy(zero_copy_only=False))
-    return offset + int(changes[0]) if len(changes) else batch.num_rows
+    changes = key_changes(batch.column(key).slice(offset - 1))
+    return offset - 1 + int(changes[0]) if len(changes) else batch.num_rows
 
 
 class _Walk:
@@ -224,15 +231,28 @@ class _Walk:
 
 
 def retry_chunks(
-    failures: list[tuple[SourceFile, list[int]]], columns: list[str], unit: Unit, chunk_rows: int
+    failures: list[tuple[SourceFile, list[int]]],
+    columns: list[str],
+    unit: Unit,
+    chunk_rows: int,
+    group_key: str | None = None,
 ) -> Iterator[Chunk]:
-    """Chunks holding previously failed rows, file by file; the final one is marked last."""
+    """Chunks holding previously failed rows, file by file; the final one is marked last.
+
+    With ``group_key`` a chunk is only cut where the key changes, so a failed query is redone whole.
+    """
     chunks = []
     for src, rows in failures:
         table = read_rows(src, columns, rows)
         ordered = sorted(set(rows))
-        for i in range(0, table.num_rows, chunk_rows):
-            chunks.append(Chunk(unit, src, ordered[i], table.slice(i, chunk_rows), rows=ordered[i : i + chunk_rows]))
+        start = 0
+        while start < table.num_rows:
+            end = min(start + chunk_rows, table.num_rows)
+            if group_key and end < table.num_rows:
+                batch = table.combine_chunks().to_batches()[0]
+                end = _first_change_at_or_after(batch, group_key, end)
+            chunks.append(Chunk(unit, src, ordered[start], table.slice(start, end - start), rows=ordered[start:end]))
+            start = end
     if chunks:
         chunks[-1].last = True
     yield from chunks

@@ -221,7 +221,8 @@ class JobRunner:
             resolves = list(dict.fromkeys(f for f, _, _ in retry_units))
             n = sum(1 for s in self.manifest.shards if s.kind == "retry")
             unit = Unit(f"part-r{n:05d}.parquet", None, resolves=resolves)
-            yield from retry_chunks([(src, rows) for _, src, rows in retry_units], columns, unit, CHUNK_ROWS)
+            failures = [(src, rows) for _, src, rows in retry_units]
+            yield from retry_chunks(failures, columns, unit, CHUNK_ROWS, self.task.group_key)
         yield from iter_chunks(
             sources, self.manifest, columns, self.job.output.shard_rows, CHUNK_ROWS, self.task.group_key
         )

@@ -38,6 +38,8 @@ MICRO_BATCH_WAIT = 0.003
 #: ... or until this many inputs are waiting.
 MICRO_BATCH_INPUTS = 128
 RERANK_SUFFIX = " (cosine similarity, not a cross-encoder)"
+#: Response header: how many inputs the model call that answered this request held (micro-batching).
+BATCH_HEADER = "X-Batchembed-Batch-Inputs"
 
 
 class APIErrorResponse(Exception):
@@ -48,11 +50,12 @@ class APIErrorResponse(Exception):
         self.status, self.message, self.type, self.code = status, message, type_, code
 
 
-def _json(data: object, status: int = 200) -> web.Response:
+def _json(data: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         body=orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY),
         status=status,
         content_type="application/json",
+        headers=headers,
     )
 
 
@@ -80,8 +83,8 @@ class MicroBatcher:
         self.task: asyncio.Task | None = None
         self.calls = 0  # number of model calls, for tests and curiosity
 
-    async def embed(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Native-width vectors and token counts for ``texts``, computed in a shared batch."""
+    async def embed(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
+        """Native-width vectors and token counts for ``texts``, and the size of the shared batch."""
         if self.task is None:
             self.task = asyncio.create_task(self._worker())
         future = asyncio.get_running_loop().create_future()
@@ -118,11 +121,11 @@ class MicroBatcher:
                     if not job.future.done():
                         job.future.set_exception(exc)
                 continue
-            start = 0
+            start, total = 0, len(vectors)
             for job in jobs:
                 stop = start + len(job.texts)
                 if not job.future.done():
-                    job.future.set_result((vectors[start:stop], counts[start:stop]))
+                    job.future.set_result((vectors[start:stop], counts[start:stop], total))
                 start = stop
 
     async def close(self) -> None:
@@ -232,7 +235,7 @@ class Server:
         fmt = body.get("encoding_format") or "float"
         if fmt not in ("float", "base64"):
             raise APIErrorResponse(400, "'encoding_format' must be 'float' or 'base64'")
-        vectors, counts = await self.batcher.embed(texts)
+        vectors, counts, shared = await self.batcher.embed(texts)
         vectors = matryoshka(vectors, dims or self.embedder.dimensions, self.embedder.normalized)
         if fmt == "base64":
             le = vectors.astype("<f4", copy=False)
@@ -246,7 +249,8 @@ class Server:
                 "model": self.embedder.model,
                 "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(items)],
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-            }
+            },
+            headers={BATCH_HEADER: str(shared)},
         )
 
     async def rerank(self, request: web.Request) -> web.Response:
@@ -263,7 +267,7 @@ class Server:
         return_documents = body.get("return_documents", True)
         if not isinstance(return_documents, bool):
             raise APIErrorResponse(400, "'return_documents' must be a boolean")
-        vectors, counts = await self.batcher.embed([query, *documents])
+        vectors, counts, _ = await self.batcher.embed([query, *documents])
         vectors = vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
         scores = vectors[1:] @ vectors[0]
         order = np.argsort(-scores, kind="stable")[:top_n]

@@ -11,16 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batchembed.config import InputConfig, text_fields
-
-
-def query_prefix(cfg: InputConfig) -> str:
-    """The prefix every text gets: Qwen3's query instruction for role=query, plus any literal prefix."""
-    prefix = cfg.prefix
-    if cfg.role == "query" and cfg.instruction:
-        # Qwen3-Embedding's documented query format: no space after "Query:".
-        prefix = f"Instruct: {cfg.instruction}\nQuery:" + prefix
-    return prefix
+from batchembed.config import text_fields
 
 
 def build_texts(batch: pa.RecordBatch | pa.Table, spec: str) -> pa.Array:

@@ -42,6 +42,14 @@ def api_key(job: JobConfig) -> str | None:
     return None
 
 
+def counter_for(job: JobConfig) -> tuple[TokenCounter, int | None]:
+    """The job's token counter and the model's input limit, without any API key or request."""
+    if resolve_model(job).provider == "local":
+        built = build(job)
+        return built.counter, built.max_tokens
+    return make_counter(job.limits.tokenizer), None
+
+
 def build(job: JobConfig) -> Built:
     """Construct the provider for ``job``."""
     model = resolve_model(job)
@@ -52,7 +60,28 @@ def build(job: JobConfig) -> Built:
         counter = (
             LocalModelCounter(embedder) if job.limits.tokenizer == "estimate" else make_counter(job.limits.tokenizer)
         )
-        return Built(embedder, counter, {"sha256": embedder.sha256}, embedder.max_tokens)
+        provider: Any = embedder
+        if job.is_rerank:
+            from batchembed.providers.rerank import LocalCosineReranker
+
+            provider = LocalCosineReranker(embedder)
+        return Built(provider, counter, {"sha256": embedder.sha256}, embedder.max_tokens)
+    if job.is_rerank:
+        from batchembed.providers.rerank import HTTPReranker
+
+        fmt = job.rerank.format if job.rerank else "auto"
+        if fmt == "auto" and model.provider == "fireworks":
+            fmt = "fireworks"
+        reranker = HTTPReranker(
+            provider=model.provider,
+            model=model.name,
+            base_url=model.base_url or "",
+            api_key=api_key(job),
+            fmt=fmt,
+            timeout=job.model.timeout,
+            max_connections=job.limits.concurrency,
+        )
+        return Built(reranker, make_counter(job.limits.tokenizer), {}, None)
     from batchembed.providers.openai_compat import OpenAICompatibleEmbedder
 
     embedder = OpenAICompatibleEmbedder(

@@ -12,14 +12,12 @@ import base64
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
 import numpy as np
 import orjson
 
-from batchembed import __version__
-from batchembed.errors import MalformedResponse, TransientAPIError, redact
+from batchembed.errors import MalformedResponse
 from batchembed.providers.base import EmbeddingResult
-from batchembed.retry import classify
+from batchembed.providers.http import JSONClient, rate_headers
 
 
 class OpenAICompatibleEmbedder:
@@ -39,23 +37,9 @@ class OpenAICompatibleEmbedder:
     ) -> None:
         self.provider = provider
         self.model = model
-        self.url = f"{base_url.rstrip('/')}/embeddings"
         self.dimensions = dimensions
         self.use_base64 = use_base64
-        self._headers = {"Content-Type": "application/json", "User-Agent": f"batchembed/{__version__}"}
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 30.0))
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=60)
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, headers=self._headers, json_serialize=_dumps
-            )
-        return self._session
+        self._http = JSONClient(base_url, api_key, timeout, max_connections)
 
     def request_body(self, texts: list[str]) -> dict[str, Any]:
         """The JSON body for ``texts``: only fields every compatible server knows."""
@@ -70,51 +54,13 @@ class OpenAICompatibleEmbedder:
 
     async def embed(self, texts: list[str]) -> EmbeddingResult:
         """Send one request; raise the ``APIError`` subclass that says what to do on failure."""
-        session = self._client()
-        try:
-            async with session.post(self.url, data=_dumps(self.request_body(texts))) as resp:
-                payload = await resp.read()
-                headers = {k.lower(): v for k, v in resp.headers.items()}
-                status = resp.status
-        except TimeoutError:
-            raise TransientAPIError("request timed out") from None
-        except aiohttp.ClientError as exc:
-            raise TransientAPIError(redact(f"connection failed: {type(exc).__name__}: {exc}")) from None
-        if status != 200:
-            message, code = _error_message(payload)
-            raise classify(status, redact(f"HTTP {status} from {self.url}: {message}"), code, headers)
+        payload, headers = await self._http.post("/embeddings", self.request_body(texts))
         vectors, tokens = parse_embeddings(payload, len(texts), self.dimensions)
-        return EmbeddingResult(vectors, tokens, {k: v for k, v in headers.items() if k.startswith("x-ratelimit")})
+        return EmbeddingResult(vectors, tokens, rate_headers(headers))
 
     async def aclose(self) -> None:
         """Close the pooled session."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-
-def _dumps(obj: Any) -> str:
-    return orjson.dumps(obj).decode()
-
-
-def _error_message(payload: bytes) -> tuple[str, str | None]:
-    """The server's own message and code from an error body, whatever its shape."""
-    try:
-        doc = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        text = payload.decode("utf-8", errors="replace").strip()
-        return (text[:500] or "(empty body)"), None
-    if isinstance(doc, dict):
-        err = doc.get("error", doc)
-        if isinstance(err, dict):
-            msg = err.get("message") or err.get("detail") or orjson.dumps(err).decode()[:500]
-            code = err.get("code") or err.get("type") or err.get("error_type")
-            return str(msg), (str(code) if code is not None else None)
-        if isinstance(err, str):  # TEI: {"error": "...", "error_type": "..."}
-            return err, doc.get("error_type")
-        if "detail" in doc:
-            return str(doc["detail"])[:500], None
-    return orjson.dumps(doc).decode()[:500], None
+        await self._http.aclose()
 
 
 def parse_embeddings(payload: bytes, expected: int, dimensions: int | None) -> tuple[np.ndarray, int | None]:

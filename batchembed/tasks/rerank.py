@@ -1,0 +1,277 @@
+"""The rerank task: (query, document) pairs -> relevance scores -> long-format rows with ranks.
+
+Input layouts: **pairs** (one row per pair; consecutive rows with the same query form one group)
+and **lists** (one row per query with a list<string> column of documents). A group's documents
+are packed into requests under ``batch_inputs`` and ``batch_tokens`` (the query's tokens counted
+once per document, as the server sees them); split groups are merged before ``top_n`` and ranks
+are applied, so the result equals one big request. A group whose scoring fails is failed whole,
+so a retry redoes the whole query and its ranks stay exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from batchembed import __version__
+from batchembed.batching import pack
+from batchembed.config import JobConfig, RerankConfig, ResolvedModel
+from batchembed.errors import ConfigError, InputError, MalformedResponse
+from batchembed.plan import Chunk, key_changes
+from batchembed.progress import Stats
+from batchembed.providers.rerank import RerankResult
+from batchembed.tasks import Piece, Request, failure_table
+from batchembed.tasks.embed import chunk_positions
+from batchembed.texts import blank_mask
+from batchembed.tokens import TokenCounter
+
+
+@dataclass
+class RerankWork:
+    """Per-chunk state: pairs, the group (query) each belongs to, and scores as they arrive."""
+
+    queries: list[str]  # per group
+    query_ids: pa.Array  # per group
+    group_rows: list[np.ndarray]  # per group: the chunk rows it came from
+    pair_group: np.ndarray  # per pair
+    pair_row: np.ndarray  # per pair: chunk row it came from
+    documents: list[str]  # per pair
+    doc_ids: pa.Array  # per pair
+    sendable: np.ndarray  # per pair: False for blank documents/queries (kept, score null)
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    keep: pa.Table | None = None  # keep columns per chunk row
+    positions: np.ndarray | None = None  # file row per chunk row
+
+
+class RerankTask:
+    """Scores every (query, document) pair of the input with ``reranker``."""
+
+    def __init__(
+        self,
+        job: JobConfig,
+        model: ResolvedModel,
+        reranker: Any,
+        counter: TokenCounter,
+        *,
+        input_tokens: int,
+        stats: Stats,
+    ) -> None:
+        self.job = job
+        self.cfg: RerankConfig = job.rerank or RerankConfig()
+        self.model = model
+        self.reranker = reranker
+        self.counter = counter
+        self.input_tokens = input_tokens
+        self.stats = stats
+        cfg = self.cfg
+        names = [cfg.query, cfg.query_id, cfg.document, cfg.doc_id, *job.input.keep]
+        self.columns = list(dict.fromkeys(n for n in names if n))
+        self.group_key = (cfg.query_id or cfg.query) if cfg.layout == "pairs" else None
+        for clash in ("query_id", "doc_id", "score", "rank", "document"):
+            if clash in job.input.keep and clash not in (cfg.query_id, cfg.doc_id):
+                raise ConfigError(f"input.keep: {clash!r} clashes with an output column of rerank jobs")
+
+    # ------------------------------------------------------------------------------- preparing
+
+    def prepare(self, chunk: Chunk) -> tuple[Piece, list[Request]]:
+        """Pairs, groups, token counts, too-long policy, and one or more requests per group."""
+        work = self._pairs(chunk)
+        q_tokens = self.counter.count(pa.array(work.queries, pa.string())) if work.queries else np.zeros(0, np.int64)
+        d_tokens = self.counter.count(pa.array(work.documents, pa.string()))
+        budget = self.input_tokens - q_tokens[work.pair_group] if len(work.documents) else np.zeros(0, np.int64)
+        over = np.flatnonzero(work.sendable & (d_tokens > budget))
+        if len(over):
+            policy = self.job.limits.on_too_long
+            if policy == "fail":
+                row = int(work.positions[work.pair_row[over[0]]])
+                raise InputError(
+                    f"{chunk.source.path}: row {row}: query + document exceed limits.input_tokens = "
+                    f"{self.input_tokens} (limits.on_too_long = 'fail')"
+                )
+            if policy == "truncate":
+                for i in over:
+                    work.documents[i] = self.counter.truncate(work.documents[i], max(int(budget[i]), 1))
+                cut = self.counter.count(pa.array([work.documents[i] for i in over], pa.string()))
+                d_tokens[over] = np.minimum(cut, np.maximum(budget[over], 1))
+            else:
+                work.sendable[over] = False
+        work.scores = np.full(len(work.documents), np.nan, dtype=np.float32)
+        pair_tokens = d_tokens + (q_tokens[work.pair_group] if len(work.documents) else 0)
+        skipped_rows = chunk.table.num_rows - len(np.unique(work.pair_row[work.sendable]))
+        piece = Piece(chunk=chunk, rows=chunk.table.num_rows, skipped=skipped_rows, work=work)
+        requests = []
+        for g in range(len(work.queries)):
+            items = np.flatnonzero((work.pair_group == g) & work.sendable)
+            for a, b in pack(pair_tokens[items], self.model.batch_inputs, self.job.limits.batch_tokens):
+                requests.append(Request(piece, items[a:b], int(pair_tokens[items[a:b]].sum())))
+        return piece, requests
+
+    def _pairs(self, chunk: Chunk) -> RerankWork:
+        cfg = self.cfg
+        table = chunk.table
+        positions = chunk_positions(chunk)
+        n = table.num_rows
+        queries_col = _strings(table.column(cfg.query))
+        blank_query = blank_mask(queries_col)
+        keep = table.select(list(self.job.input.keep)) if self.job.input.keep else None
+        if cfg.layout == "pairs":
+            starts = [0, *key_changes(table.column(self.group_key)).tolist()] if n else []
+            bounds = list(zip(starts, [*starts[1:], n], strict=True))
+            pair_group = np.repeat(np.arange(len(bounds)), [b - a for a, b in bounds])
+            pair_row = np.arange(n)
+            documents = _strings(table.column(cfg.document))
+            doc_ids = (
+                table.column(cfg.doc_id).combine_chunks()
+                if cfg.doc_id
+                else pc.binary_join_element_wise(f"{chunk.source.name}:", pc.cast(pa.array(positions), pa.string()), "")
+            )
+            group_first = np.array([a for a, _ in bounds], dtype=np.int64)
+            group_rows = [np.arange(a, b) for a, b in bounds]
+        else:
+            lists = table.column(cfg.document).combine_chunks()
+            if not pa.types.is_list(lists.type) and not pa.types.is_large_list(lists.type):
+                raise InputError(
+                    f"{chunk.source.path}: rerank.document column {cfg.document!r} must be a list of strings"
+                )
+            lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False)
+            pair_row = np.repeat(np.arange(n), lengths)
+            pair_group = pair_row
+            documents = _strings(pc.list_flatten(lists))
+            if cfg.doc_id:
+                doc_ids = pc.list_flatten(table.column(cfg.doc_id).combine_chunks())
+                if len(doc_ids) != len(documents):
+                    raise InputError(f"{chunk.source.path}: rerank.doc_id lists differ in length from the documents")
+            else:
+                doc_ids = pa.array(np.concatenate([np.arange(k) for k in lengths]) if n else [], pa.int64())
+            group_first = np.arange(n)
+            group_rows = [np.array([i]) for i in range(n)]
+        queries = queries_col.take(pa.array(group_first, pa.int64())).to_pylist() if len(group_first) else []
+        query_ids = (
+            table.column(cfg.query_id).combine_chunks().take(pa.array(group_first, pa.int64()))
+            if cfg.query_id
+            else pa.array(queries, pa.string())
+        )
+        sendable = ~blank_mask(documents) & ~blank_query[pair_row] if len(documents) else np.zeros(0, bool)
+        return RerankWork(
+            queries=[q or "" for q in queries],
+            query_ids=query_ids,
+            group_rows=group_rows,
+            pair_group=pair_group,
+            pair_row=pair_row,
+            documents=[d or "" for d in documents.to_pylist()],
+            doc_ids=doc_ids,
+            sendable=sendable,
+            keep=keep,
+            positions=positions,
+        )
+
+    # --------------------------------------------------------------------------------- sending
+
+    async def call(self, request: Request) -> RerankResult:
+        """Score the request's documents against their (single) query."""
+        work: RerankWork = request.piece.work
+        query = work.queries[int(work.pair_group[request.items[0]])]
+        return await self.reranker.rerank(query, [work.documents[i] for i in request.items], self.cfg.task)
+
+    def accept(self, request: Request, answer: RerankResult) -> int | None:
+        """Store scores (checking the count)."""
+        if len(answer.scores) != len(request.items):
+            raise MalformedResponse(f"asked for {len(request.items)} scores, got {len(answer.scores)}")
+        request.piece.work.scores[request.items] = answer.scores
+        return answer.prompt_tokens
+
+    def _failed_groups(self, piece: Piece) -> np.ndarray:
+        work: RerankWork = piece.work
+        if not piece.errors:
+            return np.zeros(0, np.int64)
+        return np.unique(work.pair_group[np.fromiter(piece.errors, np.int64)])
+
+    def failed_rows(self, piece: Piece) -> int:
+        """Input rows of the groups that failed (a group fails whole)."""
+        work: RerankWork = piece.work
+        return sum(len(work.group_rows[g]) for g in self._failed_groups(piece))
+
+    async def ready(self) -> None:
+        """Nothing to learn before writing."""
+
+    # --------------------------------------------------------------------------------- output
+
+    def tables(self, piece: Piece) -> tuple[pa.Table, pa.Table | None]:
+        """Long-format rows ranked within each query (top_n applied), and the failed groups' rows."""
+        work: RerankWork = piece.work
+        failed_groups = self._failed_groups(piece)
+        ok = ~np.isin(work.pair_group, failed_groups)
+        scores = work.scores
+        # order: group, then score descending; pairs without a score last, unranked
+        missing = np.isnan(scores)
+        order = np.lexsort((np.arange(len(scores)), np.where(missing, np.inf, -scores), work.pair_group))
+        order = order[ok[order]]
+        groups = work.pair_group[order]
+        first = np.r_[True, groups[1:] != groups[:-1]] if len(groups) else np.zeros(0, bool)
+        starts = np.maximum.accumulate(np.where(first, np.arange(len(groups)), 0)) if len(groups) else groups
+        rank = (np.arange(len(groups)) - starts + 1).astype(np.int32)
+        ranked = ~missing[order]
+        keep_mask = np.ones(len(order), bool)
+        if self.cfg.top_n is not None:
+            keep_mask = ranked & (rank <= self.cfg.top_n)
+        order, rank, ranked = order[keep_mask], rank[keep_mask], ranked[keep_mask]
+        idx = pa.array(order, pa.int64())
+        cols: dict[str, Any] = {
+            "query_id": work.query_ids.take(pa.array(work.pair_group[order], pa.int64())),
+            "doc_id": work.doc_ids.take(idx),
+            "score": pa.array(scores[order], pa.float32(), mask=~ranked),
+            "rank": pa.array(rank, pa.int32(), mask=~ranked),
+        }
+        if self.cfg.return_documents:
+            cols["document"] = pa.array([work.documents[i] for i in order], pa.string())
+        if work.keep is not None:
+            rows = pa.array(work.pair_row[order], pa.int64())
+            for name in work.keep.column_names:
+                if name not in cols:
+                    cols[name] = work.keep.column(name).take(rows)
+        table = pa.table(cols)
+        failed = None
+        if len(failed_groups):
+            rows = np.concatenate([work.group_rows[g] for g in failed_groups])
+            first_error = {int(work.pair_group[i]): msg for i, msg in piece.errors.items()}
+            errors = []
+            group_of_row = {}
+            for g in failed_groups:
+                for r in work.group_rows[g]:
+                    group_of_row[int(r)] = int(g)
+            for r in rows:
+                errors.append(first_error.get(group_of_row[int(r)], "another document of this query failed"))
+            ids = pc.cast(work.query_ids.take(pa.array([group_of_row[int(r)] for r in rows], pa.int64())), pa.string())
+            failed = failure_table(ids, piece.chunk.source.name, work.positions[rows], errors)
+        return table, failed
+
+    def metadata(self) -> dict[str, Any]:
+        """Recorded in every shard's Parquet metadata."""
+        return {
+            "version": __version__,
+            "task": "rerank",
+            "provider": self.model.provider,
+            "model": self.model.name,
+            "top_n": self.cfg.top_n,
+            "layout": self.cfg.layout,
+        }
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Settings that change the scores or the output's shape."""
+        return {
+            **{f"rerank.{k}": v for k, v in vars(self.cfg).items()},
+            "input.keep": list(self.job.input.keep),
+            "limits.input_tokens": self.input_tokens,
+            "limits.on_too_long": self.job.limits.on_too_long,
+            "limits.tokenizer": self.counter.name,
+        }
+
+
+def _strings(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column if pa.types.is_string(column.type) else pc.cast(column, pa.string())

@@ -1,0 +1,168 @@
+"""Batch rerank jobs end to end: layouts, split-and-merge, top_n, response shapes, retries, resume."""
+
+from __future__ import annotations
+
+import signal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import read_output, run_cli, start_cli, write_job
+from tests.fakeserver import Respond, expected_score
+
+
+def _pairs_dataset(path, n_queries=40, seed=3):
+    rng = np.random.default_rng(seed)
+    rows = {"qid": [], "query": [], "did": [], "document": [], "lang": []}
+    for q in range(n_queries):
+        for d in range(int(rng.integers(1, 13))):
+            rows["qid"].append(f"q{q}")
+            rows["query"].append(f"what about topic {q}?")
+            rows["did"].append(f"q{q}-d{d}")
+            rows["document"].append(f"document {d} for topic {q} " + "words " * int(rng.integers(1, 20)))
+            rows["lang"].append("en")
+    pq.write_table(pa.table(rows), path, row_group_size=37)
+    return rows
+
+
+def _job(tmp_path, srv, src, out="out", **rerank):
+    settings = {"layout": "pairs", "query": "query", "query_id": "qid", "document": "document", "doc_id": "did"}
+    settings.update(rerank)
+    return write_job(
+        tmp_path / f"{out}.toml",
+        {
+            "input": {"path": str(src), "keep": ["lang"]},
+            "model": {"provider": "openai-compatible", "base_url": srv.url, "name": "fake-reranker", "timeout": 5.0},
+            "limits": {"batch_inputs": settings.pop("batch_inputs", 4), "concurrency": 4, "max_retries": 5},
+            "output": {"path": str(tmp_path / out), "shard_rows": 50},
+            "rerank": settings,
+        },
+    )
+
+
+def _expected(rows, top_n=None):
+    """(qid, did, score, rank) as one big request per query would give, best first."""
+    by_query: dict[str, list] = {}
+    for qid, query, did, doc in zip(rows["qid"], rows["query"], rows["did"], rows["document"], strict=True):
+        by_query.setdefault(qid, []).append((did, np.float32(expected_score(query, doc))))
+    out = []
+    for qid, docs in by_query.items():
+        ranked = sorted(docs, key=lambda d: -d[1])[: top_n or None]
+        out += [(qid, did, float(score), rank) for rank, (did, score) in enumerate(ranked, 1)]
+    return out
+
+
+def _got(table):
+    return list(
+        zip(
+            table.column("query_id").to_pylist(),
+            table.column("doc_id").to_pylist(),
+            [float(np.float32(s)) for s in table.column("score").to_pylist()],
+            table.column("rank").to_pylist(),
+            strict=True,
+        )
+    )
+
+
+def test_pairs_split_across_requests_equal_one_big_request(tmp_path, srv):
+    rows = _pairs_dataset(tmp_path / "pairs.parquet")
+    job = _job(tmp_path, srv, tmp_path / "pairs.parquet")
+
+    result = run_cli("run", str(job), "--quiet")
+
+    assert result.returncode == 0, result.stderr
+    table = read_output(tmp_path / "out")
+    assert _got(table) == _expected(rows)
+    assert table.schema.field("score").type == pa.float32() and table.schema.field("rank").type == pa.int32()
+    assert set(table.column("lang").to_pylist()) == {"en"}
+    assert max(len(r.inputs) for r in srv.requests) <= 4  # documents were split across requests
+    assert {r.body.get("return_documents") for r in srv.requests} == {False}
+    # a query never straddles two shards
+    seen: dict[str, str] = {}
+    for shard in sorted((tmp_path / "out").glob("part-*.parquet")):
+        for qid in set(pq.read_table(shard).column("query_id").to_pylist()):
+            assert qid not in seen, (qid, seen.get(qid), shard.name)
+            seen[qid] = shard.name
+    assert run_cli("verify", str(job)).returncode == 0
+
+
+def test_top_n_is_applied_after_merging(tmp_path, srv):
+    rows = _pairs_dataset(tmp_path / "pairs.parquet")
+    job = _job(tmp_path, srv, tmp_path / "pairs.parquet", top_n=3, return_documents=True)
+    result = run_cli("run", str(job), "--quiet")
+    assert result.returncode == 0, result.stderr
+    table = read_output(tmp_path / "out")
+    assert _got(table) == _expected(rows, top_n=3)
+    docs = dict(zip(rows["did"], rows["document"], strict=True))
+    assert all(docs[d] == t for d, t in zip(table.column("doc_id").to_pylist(), table.column("document").to_pylist(), strict=True))
+
+
+def test_lists_layout(tmp_path, srv):
+    queries = [f"question {i}" for i in range(25)]
+    docs = [[f"answer {i}.{j}" for j in range(i % 7 + 1)] for i in range(25)]
+    ids = [[f"a{i}.{j}" for j in range(i % 7 + 1)] for i in range(25)]
+    src = tmp_path / "lists.parquet"
+    pq.write_table(pa.table({"q": queries, "docs": docs, "ids": ids, "lang": ["en"] * 25}), src)
+    job = _job(tmp_path, srv, src, layout="lists", query="q", query_id=None, document="docs", doc_id="ids")
+    result = run_cli("run", str(job), "--quiet")
+    assert result.returncode == 0, result.stderr
+    table = read_output(tmp_path / "out")
+    rows = {"qid": [], "query": [], "did": [], "document": []}
+    for q, ds, dids in zip(queries, docs, ids, strict=True):
+        for d, did in zip(ds, dids, strict=True):
+            rows["qid"].append(q)
+            rows["query"].append(q)
+            rows["did"].append(did)
+            rows["document"].append(d)
+    assert _got(table) == _expected(rows)
+
+
+@pytest.mark.parametrize("fmt", ["fireworks", "cohere", "voyage", "tei"])
+def test_every_response_shape(tmp_path, srv, fmt):
+    rows = _pairs_dataset(tmp_path / "pairs.parquet", n_queries=8)
+    srv.rerank_format = fmt
+    srv.strict = True
+    job = _job(tmp_path, srv, tmp_path / "pairs.parquet", format=fmt, task="Given a question, find answers")
+    result = run_cli("run", str(job), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert _got(read_output(tmp_path / "out")) == _expected(rows)
+    sent_task = {r.body.get("task") for r in srv.requests}
+    assert sent_task == ({"Given a question, find answers"} if fmt == "fireworks" else {None})
+
+
+def test_retries_and_a_failed_query_is_retried_whole(tmp_path, srv):
+    rows = _pairs_dataset(tmp_path / "pairs.parquet")
+    poison = rows["document"][5]
+    srv.poison = {poison}
+    srv.script(Respond(429, headers={"Retry-After": "0"}), Respond(503), Respond(500))
+    job = _job(tmp_path, srv, tmp_path / "pairs.parquet")
+    first = run_cli("run", str(job), "--quiet")
+    assert first.returncode == 3, first.stderr
+    failed = pq.read_table(tmp_path / "out" / "_failed.parquet")
+    bad_query = rows["qid"][5]
+    assert set(failed.column("id").to_pylist()) == {bad_query}
+    assert failed.num_rows == rows["qid"].count(bad_query)  # the whole query, not just one document
+    assert bad_query not in read_output(tmp_path / "out").column("query_id").to_pylist()
+
+    srv.poison = set()
+    second = run_cli("run", str(job), "--quiet")
+    assert second.returncode == 0, second.stderr
+    got = sorted(_got(read_output(tmp_path / "out")))
+    assert got == sorted(_expected(rows))
+
+
+def test_sigkill_and_resume_rerank(tmp_path, srv):
+    rows = _pairs_dataset(tmp_path / "pairs.parquet", n_queries=80)
+    job = _job(tmp_path, srv, tmp_path / "pairs.parquet")
+    proc = start_cli("run", str(job), "--quiet")
+    srv.wait_for_requests(40, timeout=60)
+    srv.hold()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    srv.release()
+    result = run_cli("run", str(job), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert _got(read_output(tmp_path / "out")) == _expected(rows)
+    assert run_cli("verify", str(job)).returncode == 0
