@@ -6,10 +6,11 @@ packed into requests with the very calls the runner makes, so the request and to
 what a fresh run of the job would send (token figures are as good as the job's tokenizer: the
 ``estimate`` counter errs on the high side).
 
-Two dedup figures are reported. The runner deduplicates within each chunk: ``tokens_to_send`` and
-``requests`` are what it really sends. ``unique_texts`` / ``unique_tokens`` are exact job-wide
-figures (what a cross-chunk cache could bring it down to), counted memory-bounded from 64-bit
-blake2b digests of the texts held in numpy arrays, never a Python set of strings.
+Each distinct text is counted once job-wide, as a run sends it: a run shares texts in flight
+between chunks and remembers recent vectors (``cache.memory_mb``), and with ``[cache] path`` every
+vector. (Without a cache file, a duplicate further away than the memory memo reaches is paid
+again, so for huge jobs with far-apart duplicates the figures are a lower bound.) Distinct texts
+are tracked memory-bounded as 64-bit blake2b digests in numpy arrays, never a Python set of strings.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from batchembed.tokens import TokenCounter
 #: Rows per chunk; must equal ``runner.CHUNK_ROWS`` (a test checks) so requests are packed alike.
 CHUNK_ROWS = 4096
 #: Digests gathered before they are folded into the sorted job-wide set (bounds memory to the uniques).
-_COMPACT_EVERY = 1 << 22
+_COMPACT_EVERY = 1 << 16
 
 
 @dataclass
@@ -57,7 +58,7 @@ class PlanReport:
     on_too_long: str = "truncate"
     unique_texts: int = 0  # exact job-wide (up to 64-bit digest collisions)
     tokens: int = 0  # every embedded row counted, no dedup at all
-    tokens_to_send: int = 0  # what the run sends (dedup within chunks, as the runner does)
+    tokens_to_send: int = 0  # what the run sends: each distinct text once
     tokens_saved_by_dedup: int = 0
     unique_tokens: int = 0  # if every distinct text were sent exactly once job-wide
     requests: int = 0
@@ -73,37 +74,36 @@ class PlanReport:
     warnings: list[str] = field(default_factory=list)
 
 
-class _Uniques:
-    """Exact job-wide distinct-text counter over 64-bit digests, memory proportional to the uniques."""
+class _Seen:
+    """Job-wide set of 64-bit text digests, memory proportional to the distinct texts.
+
+    A large sorted array plus a small sorted one that is merged in when it grows (like an LSM tree),
+    so checking a chunk costs two binary searches rather than a re-sort of everything seen.
+    """
 
     def __init__(self) -> None:
-        self._digests = np.zeros(0, np.uint64)  # sorted, distinct
-        self._tokens = np.zeros(0, np.int64)
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
-        self._pending_n = 0
+        self._main = np.zeros(0, np.uint64)
+        self._recent = np.zeros(0, np.uint64)
+        self.tokens = 0
 
-    def add(self, digests: np.ndarray, tokens: np.ndarray) -> None:
-        self._pending.append((digests, tokens))
-        self._pending_n += len(digests)
-        if self._pending_n >= _COMPACT_EVERY:
-            self._compact()
+    @staticmethod
+    def _isin(sorted_array: np.ndarray, values: np.ndarray) -> np.ndarray:
+        pos = np.searchsorted(sorted_array, values)
+        pos[pos == len(sorted_array)] = 0
+        return sorted_array[pos] == values if len(sorted_array) else np.zeros(len(values), bool)
 
-    def _compact(self) -> None:
-        if not self._pending:
-            return
-        d = np.concatenate([self._digests, *(p[0] for p in self._pending)])
-        t = np.concatenate([self._tokens, *(p[1] for p in self._pending)])
-        self._pending, self._pending_n = [], 0
-        order = np.argsort(d, kind="stable")
-        d, t = d[order], t[order]
-        first = np.ones(len(d), dtype=bool)
-        first[1:] = d[1:] != d[:-1]
-        self._digests, self._tokens = d[first], t[first]
+    def first_seen(self, digests: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """Mask of ``digests`` (distinct within the call) never seen before; records them."""
+        new = ~(self._isin(self._main, digests) | self._isin(self._recent, digests))
+        self._recent = np.sort(np.concatenate([self._recent, digests[new]]))
+        self.tokens += int(tokens[new].sum())
+        if len(self._recent) > _COMPACT_EVERY:
+            self._main = np.sort(np.concatenate([self._main, self._recent]))
+            self._recent = np.zeros(0, np.uint64)
+        return new
 
-    def totals(self) -> tuple[int, int]:
-        """(distinct texts, their tokens)."""
-        self._compact()
-        return len(self._digests), int(self._tokens.sum())
+    def __len__(self) -> int:
+        return len(self._main) + len(self._recent)
 
 
 def _digests(texts: pa.Array, which: np.ndarray) -> np.ndarray:
@@ -173,7 +173,7 @@ def estimate(
         check_columns(src, every)
     report.files = [{"name": s.name, "format": s.format, "rows": s.rows} for s in sources]
     rows_of: dict[str, int] = {}
-    uniques = _Uniques()
+    seen = _Seen()
     first_blank = first_too_long = None
     chunks = iter_chunks(sources, Manifest(fingerprint={}), needed, job.output.shard_rows, CHUNK_ROWS)
     for chunk in chunks:
@@ -212,15 +212,16 @@ def estimate(
         to_send = np.unique(row_text)
         if not len(to_send):
             continue
+        # the run sends each distinct text once (in-flight sharing, memo, cache): first occurrences only
+        to_send = to_send[seen.first_seen(_digests(unique, to_send), counts[to_send])]
         report.tokens_to_send += int(counts[to_send].sum())
         report.requests += len(pack(counts[to_send], model.batch_inputs, limits.batch_tokens))
-        uniques.add(_digests(unique, to_send), counts[to_send])
 
     for f in report.files:
         f["rows"] = rows_of.get(f["name"], 0)
     report.skipped_rows += report.blank_rows
     report.tokens_saved_by_dedup = report.tokens - report.tokens_to_send
-    report.unique_texts, report.unique_tokens = uniques.totals()
+    report.unique_texts, report.unique_tokens = len(seen), seen.tokens
     if job.input.on_empty == "fail" and first_blank:
         report.warnings.append(
             f"input.on_empty = 'fail': the run would stop at {first_blank[0]} row {first_blank[1]} "
@@ -292,7 +293,7 @@ def format_report(r: PlanReport) -> str:
         f"  rows to embed    {r.rows_to_embed:,}",
         f"  unique texts     {r.unique_texts:,} job-wide ({r.unique_tokens:,} tokens)",
         f"  tokens           {r.tokens:,} (every row)",
-        f"  tokens to send   {r.tokens_to_send:,} (dedup within {CHUNK_ROWS}-row chunks saves "
+        f"  tokens to send   {r.tokens_to_send:,} (each distinct text once: dedup saves "
         f"{r.tokens_saved_by_dedup:,}{pct})",
         f"  requests         {r.requests:,} (at most {r.batch_inputs:,} inputs / {r.batch_tokens:,} tokens each)",
         f"  estimated cost   {cost}",

@@ -238,7 +238,8 @@ class JobRunner:
                     self._slots.release()
                     break
                 piece, requests = await asyncio.to_thread(self.task.prepare, chunk)
-                piece.pending = len(requests)
+                requests = self.task.claim(piece, requests)
+                piece.pending = len(requests) + piece.waits
                 await self._pieces.put(piece)
                 for request in requests:
                     self._requests.put_nowait(request)
@@ -274,9 +275,15 @@ class JobRunner:
                         raise
                 except Stop:
                     piece.abandoned = True
-            piece.pending -= 1
-            if piece.pending == 0:
-                self._piece_done(piece)
+            self._settle(piece)
+            for waiter in self.task.release(request):
+                self._settle(waiter)
+
+    def _settle(self, piece: Piece) -> None:
+        """One request or wait of ``piece`` is over."""
+        piece.pending -= 1
+        if piece.pending == 0:
+            self._piece_done(piece)
 
     async def _send(self, request: Request) -> None:
         """Send one request with retries; split on 413 and too-long; dead-letter what still fails."""

@@ -131,9 +131,7 @@ def expected_vector(text: str, dim: int) -> np.ndarray:
 
 def expected_score(query: str, document: str) -> float:
     """The rerank relevance score of ``document`` for ``query``: a pure function in ``[0, 1)``."""
-    digest = hashlib.blake2b(
-        query.encode("utf-8") + b"\x00" + document.encode("utf-8"), digest_size=8
-    ).digest()
+    digest = hashlib.blake2b(query.encode("utf-8") + b"\x00" + document.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "little") / 2.0**64
 
 
@@ -670,17 +668,13 @@ class FakeServer:
         self._check_texts([query, *docs])
 
         tokens = token_count(query) + sum(token_count(d) for d in docs)
-        scored = sorted(
-            ((expected_score(query, d), i) for i, d in enumerate(docs)), key=lambda si: (-si[0], si[1])
-        )
+        scored = sorted(((expected_score(query, d), i) for i, d in enumerate(docs)), key=lambda si: (-si[0], si[1]))
         if top is not None:
             scored = scored[:top]
         default_return = fmt == "fireworks"
         if fmt == "tei":
             return_docs = bool(body.get("return_text", False))
-            items = [
-                {"index": i, "score": s, **({"text": docs[i]} if return_docs else {})} for s, i in scored
-            ]
+            items = [{"index": i, "score": s, **({"text": docs[i]} if return_docs else {})} for s, i in scored]
             return items, tokens
         return_docs = bool(body.get("return_documents", default_return))
         items = []
@@ -695,11 +689,7 @@ class FakeServer:
                 "results": items,
                 "meta": {"billed_units": {"search_units": 1}, "tokens": {"input_tokens": tokens}},
             }, tokens
-        usage = (
-            {"prompt_tokens": tokens, "total_tokens": tokens}
-            if fmt == "fireworks"
-            else {"total_tokens": tokens}
-        )
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens} if fmt == "fireworks" else {"total_tokens": tokens}
         return {"object": "list", "model": model, "data": items, "usage": usage}, tokens
 
     # ---- rate limiting (loop thread) ------------------------------------------------------------
@@ -743,9 +733,7 @@ class FakeServer:
                 return self._rate_limit_headers_locked(now)
             headers = self._rate_limit_headers_locked(now)
             headers["Retry-After"] = str(max(1, math.ceil(wait)))
-        raise _Reply(
-            429, f"Rate limit reached for {reason}. Please try again later.", "rate_limit_exceeded", headers
-        )
+        raise _Reply(429, f"Rate limit reached for {reason}. Please try again later.", "rate_limit_exceeded", headers)
 
     def _rate_limit_headers(self) -> dict[str, str]:
         with self._lock:

@@ -105,10 +105,10 @@ def expected(files, prefix="", policy="truncate", max_inputs=16, max_tokens=300,
             cost = {t: min(est(t), limit) if policy == "truncate" else est(t) for t in texts}
             e["rows_to_embed"] += len(texts)
             e["tokens"] += sum(cost[t] for t in texts)
-            uniq = list(dict.fromkeys(texts))
+            uniq = [t for t in dict.fromkeys(texts) if t not in distinct]  # first occurrences job-wide
             e["tokens_to_send"] += sum(cost[t] for t in uniq)
             e["requests"] += greedy([cost[t] for t in uniq], max_inputs, max_tokens)
-            distinct.update(cost)
+            distinct.update({t: cost[t] for t in uniq})
     e["unique_texts"] = len(distinct)
     e["unique_tokens"] = sum(distinct.values())
     return e
@@ -136,7 +136,7 @@ def test_plan_counts_parquet_and_csv(tmp_path, capsys):
     want = expected(files)
     check(report, want)
     assert want["rows"] == 2600 and want["blank_rows"] > 0 and want["too_long_rows"] > 0
-    assert want["tokens_to_send"] < want["tokens"] and want["unique_tokens"] < want["tokens_to_send"]
+    assert want["tokens_to_send"] < want["tokens"] and want["unique_tokens"] == want["tokens_to_send"]
     assert report["files"] == [
         {"name": "a.parquet", "format": "parquet", "rows": 1700},
         {"name": "b.csv", "format": "csv", "rows": 900},
@@ -255,15 +255,14 @@ def test_duration_text():
     assert dryrun._duration(86400 * 3 + 3600) == "3d 01h"
 
 
-def test_uniques_compaction_is_exact(monkeypatch):
-    monkeypatch.setattr(dryrun, "_COMPACT_EVERY", 3)
-    u = dryrun._Uniques()
+def test_seen_set_compaction_is_exact(monkeypatch):
+    monkeypatch.setattr(dryrun, "_COMPACT_EVERY", 2)
+    seen = dryrun._Seen()
     arr = pa.array(["a", "b", "a", "c", "d", "b", "e"])
-    for i in range(len(arr)):
-        u.add(dryrun._digests(arr, np.array([i])), np.array([i + 1]))
-    distinct, tokens = u.totals()
-    assert distinct == 5
-    assert tokens == 1 + 2 + 4 + 5 + 7  # first occurrence of each text keeps its count
+    firsts = [bool(seen.first_seen(dryrun._digests(arr, np.array([i])), np.array([i + 1]))[0]) for i in range(len(arr))]
+    assert firsts == [True, True, False, True, True, False, True]
+    assert len(seen) == 5
+    assert seen.tokens == 1 + 2 + 4 + 5 + 7  # first occurrence of each text keeps its count
 
 
 def test_plan_predicts_what_a_run_sends(tmp_path, capsys, srv):
@@ -278,7 +277,6 @@ def test_plan_predicts_what_a_run_sends(tmp_path, capsys, srv):
     assert result.returncode == 0, result.stderr
     assert report["requests"] == len(srv.requests)
     assert report["rows_to_embed"] == sum(1 for t in texts if t)
-    per_chunk_unique = sum(len({t for t in texts[s : s + 1000] if t}) for s in range(0, len(texts), 1000))
-    assert len(srv.received_texts()) == per_chunk_unique
+    assert sorted(srv.received_texts()) == sorted({t for t in texts if t})  # each distinct text once
     assert report["unique_texts"] == len({t for t in texts if t})
     assert pq.read_metadata(src).num_rows == report["rows"]

@@ -197,9 +197,7 @@ def test_auth(srv):
     status, _, raw = post(f"{srv.url}/embeddings", {"model": "m", "input": ["a"]})
     assert status == 401
     assert "sk-secret-123" not in json.dumps(raw)
-    status, _, doc = post(
-        f"{srv.url}/embeddings", {"model": "m", "input": ["a"]}, {"Authorization": "Bearer sk-wrong"}
-    )
+    status, _, doc = post(f"{srv.url}/embeddings", {"model": "m", "input": ["a"]}, {"Authorization": "Bearer sk-wrong"})
     assert status == 401 and "sk-" not in doc["error"]["message"]
     status, _, _ = post(
         f"{srv.url}/embeddings", {"model": "m", "input": ["a"]}, {"Authorization": "Bearer sk-secret-123"}

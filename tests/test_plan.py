@@ -77,7 +77,9 @@ def test_walk_covers_rows_once_keeps_groups_and_resumes_identically(
     committed = [u for u, done in zip(units, done_mask, strict=False) if done]
     manifest = Manifest({})
     for name, start, end, eof in committed:
-        manifest.shards.append(ShardRecord(name, "range", sources[0].name, start, end, eof, end - start, 0, None, 0, "", 0))
+        manifest.shards.append(
+            ShardRecord(name, "range", sources[0].name, start, end, eof, end - start, 0, None, 0, "", 0)
+        )
     again, rows2 = _units(iter_chunks(sources, manifest, cols, shard_rows, chunk_rows, group))
     assert [u[:3] for u in again] == [u[:3] for u in units if u not in committed]
     assert sorted(int(r) for r in rows2) == [r for u in again for r in range(u[1], u[2])]

@@ -96,7 +96,10 @@ def test_top_n_is_applied_after_merging(tmp_path, srv):
     table = read_output(tmp_path / "out")
     assert _got(table) == _expected(rows, top_n=3)
     docs = dict(zip(rows["did"], rows["document"], strict=True))
-    assert all(docs[d] == t for d, t in zip(table.column("doc_id").to_pylist(), table.column("document").to_pylist(), strict=True))
+    assert all(
+        docs[d] == t
+        for d, t in zip(table.column("doc_id").to_pylist(), table.column("document").to_pylist(), strict=True)
+    )
 
 
 def test_lists_layout(tmp_path, srv):

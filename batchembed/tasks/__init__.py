@@ -30,7 +30,8 @@ class Piece:
     skipped: int  # rows kept with an empty result (blank text, too long with on_too_long=skip)
     work: Any  # the task's own state (texts and vectors, pairs and scores)
     errors: dict[int, str] = field(default_factory=dict)  # item index -> why it failed
-    pending: int = 0
+    pending: int = 0  # requests and waits outstanding
+    waits: int = 0  # answers this piece waits for from other pieces' requests
     abandoned: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -58,6 +59,17 @@ class Task(Protocol):
 
     async def call(self, request: Request) -> Any:
         """Send one request to the provider; raise ``APIError`` subclasses on failure."""
+        ...
+
+    def claim(self, piece: Piece, requests: list[Request]) -> list[Request]:
+        """On the event loop, just before sending: drop work another piece already has in flight.
+
+        Returns the requests still to send; the piece's ``waits`` counts what it now waits for."""
+        ...
+
+    def release(self, request: Request) -> list[Piece]:
+        """After a request is settled (answered, failed or abandoned): hand its answers to pieces
+        that waited for them; return one entry per wait that is now over."""
         ...
 
     def accept(self, request: Request, answer: Any) -> int | None:

@@ -86,6 +86,8 @@ class EmbedTask:
         self.input_tokens = input_tokens
         self.stats = stats
         self.memo = memo
+        # texts in flight: key -> [(waiting piece, its text index)], owned by the first piece sending it
+        self._in_flight: dict[bytes, list[tuple[Piece, int]]] = {}
         self.dim: int | None = job.model.dimensions
         self.id_column = id_column_name(job)
         cols = list(text_fields(job.input.text))
@@ -156,9 +158,8 @@ class EmbedTask:
         rows_tokens = int(counts[row_to_text[row_to_text >= 0]].sum())
         self.stats.tokens_saved += rows_tokens - int(counts[to_send].sum())
         piece = Piece(chunk=chunk, rows=n, skipped=skipped, work=work)
-        batches = pack(counts[to_send], self.model.batch_inputs, job.limits.batch_tokens)
-        requests = [Request(piece, to_send[a:b], int(counts[to_send[a:b]].sum())) for a, b in batches]
-        return piece, requests
+        # one unpacked request: ``claim`` drops texts already in flight, then packs the rest
+        return piece, [Request(piece, to_send, int(counts[to_send].sum()))]
 
     def _output_columns(self, table: pa.Table, chunk: Chunk, positions: np.ndarray) -> pa.Table:
         cols = {self.id_column: row_ids(table, self.job, chunk.source.name, positions)}
@@ -166,6 +167,45 @@ class EmbedTask:
             if name not in cols:
                 cols[name] = table.column(name)
         return pa.table(cols)
+
+    def claim(self, piece: Piece, requests: list[Request]) -> list[Request]:
+        """Wait for texts another piece is already embedding instead of paying for them again, then pack."""
+        work: EmbedWork = piece.work
+        keep = []
+        for request in requests:
+            for i in request.items:
+                key = work.keys[i]
+                waiters = self._in_flight.get(key)
+                if waiters is not None:
+                    waiters.append((piece, int(i)))
+                    piece.waits += 1
+                    self.stats.tokens_saved += int(work.tokens[i])
+                    continue
+                self._in_flight[key] = []
+                keep.append(i)
+        items = np.asarray(keep, dtype=np.int64)
+        tokens = work.tokens[items]
+        batches = pack(tokens, self.model.batch_inputs, self.job.limits.batch_tokens)
+        return [Request(piece, items[a:b], int(tokens[a:b].sum())) for a, b in batches]
+
+    def release(self, request: Request) -> list[Piece]:
+        """Copy each settled text's vector (or its error) to the pieces that waited for it."""
+        piece = request.piece
+        work: EmbedWork = piece.work
+        released = []
+        for i in request.items:
+            for waiter, j in self._in_flight.pop(work.keys[i], ()):
+                if piece.abandoned:
+                    waiter.abandoned = True
+                elif int(i) in piece.errors:
+                    waiter.errors[j] = piece.errors[int(i)]
+                else:
+                    wwork: EmbedWork = waiter.work
+                    if wwork.vectors is None:
+                        wwork.vectors = np.zeros((len(wwork.texts), self.dim), dtype=np.float32)
+                    wwork.vectors[j] = work.vectors[i]
+                released.append(waiter)
+        return released
 
     # --------------------------------------------------------------------------------- sending
 

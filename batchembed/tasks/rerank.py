@@ -177,6 +177,14 @@ class RerankTask:
         query = work.queries[int(work.pair_group[request.items[0]])]
         return await self.reranker.rerank(query, [work.documents[i] for i in request.items], self.cfg.task)
 
+    def claim(self, piece: Piece, requests: list[Request]) -> list[Request]:
+        """Pairs are never shared between pieces: send everything."""
+        return requests
+
+    def release(self, request: Request) -> list[Piece]:
+        """Nobody waits for rerank answers."""
+        return []
+
     def accept(self, request: Request, answer: RerankResult) -> int | None:
         """Store scores (checking the count)."""
         if len(answer.scores) != len(request.items):
