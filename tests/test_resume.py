@@ -226,3 +226,22 @@ def test_status_reports_progress(tmp_path, srv, dataset):
     assert status["tokens"] > 0
     text = run_cli("status", str(job)).stdout
     assert "complete" in text and f"{N:,}" in text
+
+
+def test_second_ctrl_c_exits_at_once_and_the_next_run_resumes(tmp_path, srv, dataset):
+    texts, src = dataset
+    job = _job(tmp_path, srv, src)
+    proc = start_cli("run", str(job), "--quiet")
+    srv.wait_for_requests(30, timeout=60)
+    srv.hold()  # requests stay in flight: the first Ctrl-C alone would wait for them
+    proc.send_signal(signal.SIGINT)
+    proc.stderr.readline()  # "SIGINT: finishing requests in flight ..." — the first signal was handled
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    srv.release()
+    assert proc.returncode == 130
+    assert "stopped at once" in stderr
+
+    result = run_cli("run", str(job), "--quiet")
+    assert result.returncode == 0, result.stderr
+    _assert_exactly_once(tmp_path, job, texts)

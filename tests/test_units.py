@@ -266,3 +266,19 @@ def test_window_pause_blocks_new_slots():
         assert acquired.is_set()
 
     asyncio.run(scenario())
+
+
+def test_tokenizer_json_counts_exactly_and_truncates_token_accurately():
+    from batchembed.providers.local import default_model_files
+    from batchembed.tokens import HFTokenizerCounter
+
+    counter = HFTokenizerCounter(str(default_model_files()[1]))
+    text = "Tokenizers split unbelievably long words into several pieces. " * 40
+    full = int(counter.count(pa.array([text]))[0])
+    assert full > 300
+    for limit in (5, 17, 64, 255):
+        cut = counter.truncate(text, limit)
+        assert text.startswith(cut)
+        n = int(counter.count(pa.array([cut]))[0])
+        assert limit - 2 <= n <= limit  # at most the limit, and nothing thrown away needlessly
+    assert counter.truncate("short", 50) == "short"
