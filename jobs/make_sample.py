@@ -129,9 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rng = random.Random(args.seed)
     rows = [make_row(rng, i) for i in range(args.rows)]
-    schema = pa.schema(
-        [("id", pa.int64()), ("title", pa.string()), ("body", pa.string()), ("category", pa.string())]
-    )
+    schema = pa.schema([("id", pa.int64()), ("title", pa.string()), ("body", pa.string()), ("category", pa.string())])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("part-*.parquet"):
