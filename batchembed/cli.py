@@ -60,13 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true", help="machine-readable output")
 
     serve = sub.add_parser("serve", help="serve the local model over an OpenAI/Fireworks-compatible HTTP API")
-    try:
-        from batchembed import serve as serve_module
-    except ImportError as exc:  # the local extra (onnxruntime, tokenizers) is not installed
-        serve.set_defaults(serve_unavailable=str(exc))
-    else:
-        serve_module.add_arguments(serve)
+    add_serve_arguments(serve)
     return parser
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """``batchembed serve``'s options (here, so that other commands never import the server)."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    parser.add_argument("--model", metavar="PATH", help="ONNX sentence-transformers directory (default: MiniLM)")
+    parser.add_argument("--threads", type=int, help="onnxruntime threads (default: all CPUs)")
+    parser.add_argument("--max-batch", type=int, default=2048, help="max inputs per request (default 2048)")
+    parser.add_argument("--max-body-bytes", type=int, default=8 << 20, help="max request body in bytes (default 8 MiB)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,11 +93,12 @@ def main(argv: list[str] | None = None) -> int:
 def dispatch(args: argparse.Namespace) -> int:
     """Run the chosen subcommand."""
     if args.command == "serve":
-        if getattr(args, "serve_unavailable", None):
+        try:
+            from batchembed import serve
+        except ImportError as exc:  # the local extra (onnxruntime, tokenizers) is not installed
             raise ConfigError(
-                f"batchembed serve needs the local extra: pip install 'batchembed[local]' ({args.serve_unavailable})"
-            )
-        from batchembed import serve
+                f"batchembed serve needs the local extra: pip install 'batchembed[local]' ({exc})"
+            ) from None
 
         return serve.command(args)
     if args.command == "models":

@@ -145,7 +145,8 @@ PROVIDERS: dict[str, ProviderDefaults] = {
     "openai": ProviderDefaults(
         "text-embedding-3-small", "https://api.openai.com/v1", "OPENAI_API_KEY", True, 3000, 1_000_000, 2048
     ),
-    "openai-compatible": ProviderDefaults("default", None, None, False, 6000, 10_000_000, 2048),
+    # unknown servers: base64 first, falling back to float if refused (see OpenAICompatibleEmbedder)
+    "openai-compatible": ProviderDefaults("default", None, None, True, 6000, 10_000_000, 2048),
     "local": ProviderDefaults("all-MiniLM-L6-v2", None, None, False, 1_000_000, 1_000_000_000, 256),
 }
 

@@ -1,7 +1,12 @@
 """Stay inside the provider's limits: requests/min, tokens/min, and an adaptive concurrency window.
 
 * requests/min and tokens/min are aiolimiter leaky buckets; a request acquires 1 from the first and
-  its token count from the second before it is sent.
+  its token count from the second before it is sent. Each bucket holds one second of budget
+  (C = limit/60) and leaks at (limit - C)/60 per second, so no 60-second window — the way providers
+  count — can ever see more than the limit, even at start-up, while the steady rate stays within
+  2% of it. (A bucket holding a whole minute, aiolimiter's obvious setup, lets a full minute's
+  budget out at once and then keeps going: the provider answers 429 for most of the next minute.)
+  A request bigger than the bucket is charged in bucket-sized parts.
 * Concurrency is AIMD, like TCP congestion control and Beam's adaptive throttler: the window starts
   at ``limits.concurrency``, grows by one request per window's worth of successes (additive
   increase), halves on a 429 or 503 (multiplicative decrease, at most once per second so one burst
@@ -114,20 +119,39 @@ def exhausted_for(headers: Mapping[str, str]) -> float | None:
     return max(waits) if waits else None
 
 
+def per_minute_bucket(limit: int) -> AsyncLimiter:
+    """A leaky bucket that never lets more than ``limit`` through in any 60-second window."""
+    capacity = max(1, limit // 60)
+    if limit <= capacity:  # a limit under 2/minute: one at a time, spaced to fit the minute
+        return AsyncLimiter(1, 60 / max(limit, 1))
+    rate = (limit - capacity) / 60.0  # per second
+    return AsyncLimiter(capacity, capacity / rate)
+
+
 class RateLimits:
     """requests/min and tokens/min buckets plus the adaptive window, acquired together per request."""
 
     def __init__(self, requests_per_minute: int, tokens_per_minute: int, concurrency: int) -> None:
-        self.requests = AsyncLimiter(requests_per_minute, 60)
-        self.tokens = AsyncLimiter(tokens_per_minute, 60)
-        self.tokens_per_minute = tokens_per_minute
+        self.requests = per_minute_bucket(requests_per_minute)
+        self.tokens = per_minute_bucket(tokens_per_minute)
         self.window = AdaptiveWindow(concurrency)
+        # what the server counts per token we estimate (learned from usage.prompt_tokens)
+        self.charge_ratio = 1.0
+
+    def observe_usage(self, estimated: int, reported: int) -> None:
+        """Learn how the server's token counts compare with ours, so the bucket is charged its count."""
+        if estimated > 0 and reported > 0:
+            ratio = min(max(reported / estimated, 0.2), 2.0)
+            self.charge_ratio += 0.2 * (ratio - self.charge_ratio)
 
     async def admit(self, tokens: int) -> None:
-        """Wait until one more request of ``tokens`` tokens fits the per-minute budgets."""
+        """Wait until one more request of ``tokens`` (estimated) tokens fits the per-minute budgets."""
         await self.requests.acquire()
-        # A batch bigger than the whole bucket could never be admitted: charge the bucket's size.
-        await self.tokens.acquire(min(max(tokens, 1), self.tokens_per_minute))
+        remaining = max(int(tokens * self.charge_ratio * 1.02), 1)  # 2% margin over the learned ratio
+        while remaining > 0:
+            part = min(remaining, self.tokens.max_rate)
+            await self.tokens.acquire(part)
+            remaining -= part
 
     def observe_headers(self, headers: Mapping[str, str]) -> None:
         """Pause everyone when the server says a budget is spent until its reset time."""

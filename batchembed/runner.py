@@ -355,6 +355,7 @@ class JobRunner:
         self.limits.window.on_success()
         self.limits.observe_headers(headers)
         if reported:
+            self.limits.observe_usage(request.tokens, reported)
             self.counter.observe(request.tokens, reported)
         spent = reported or request.tokens
         self.stats.tokens += spent

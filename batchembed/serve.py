@@ -321,16 +321,6 @@ class Server:
         return _json({"status": "ok"})
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``batchembed serve``'s options to ``parser``."""
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
-    parser.add_argument("--model", metavar="PATH", help="ONNX sentence-transformers directory (default: MiniLM)")
-    parser.add_argument("--threads", type=int, help="onnxruntime threads (default: all CPUs)")
-    parser.add_argument("--max-batch", type=int, default=2048, help="max inputs per request (default 2048)")
-    parser.add_argument("--max-body-bytes", type=int, default=8 << 20, help="max request body in bytes (default 8 MiB)")
-
-
 async def _serve(args: argparse.Namespace) -> None:
     embedder = LocalEmbedder(path=args.model, threads=args.threads)
     server = Server(embedder, max_batch=args.max_batch, max_body_bytes=args.max_body_bytes)
@@ -363,8 +353,10 @@ def command(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
+    from batchembed.cli import add_serve_arguments
+
     _parser = argparse.ArgumentParser(prog="python -m batchembed.serve", description=__doc__.splitlines()[0])
-    add_arguments(_parser)
+    add_serve_arguments(_parser)
     try:
         sys.exit(command(_parser.parse_args()))
     except BatchEmbedError as _exc:

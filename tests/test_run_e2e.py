@@ -260,3 +260,18 @@ def test_on_empty_fail_names_the_row(tmp_path, srv):
     result = run_cli("run", str(job))
     assert result.returncode == 1
     assert "row 7" in result.stderr and "in.parquet" in result.stderr
+
+
+def test_auto_encoding_falls_back_to_float_when_base64_is_refused(tmp_path, srv):
+    texts = make_texts(100)
+    src = write_parquet(tmp_path / "in.parquet", texts)
+    srv.base64 = False
+    job = job_for(tmp_path, srv, src)  # openai-compatible, encoding = "auto"
+    result = run_cli("run", str(job), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert_vectors(read_output(tmp_path / "out"), dict(enumerate(texts)), 16)
+    formats = [r.body["encoding_format"] for r in srv.requests]
+    assert formats[0] == "base64" and set(formats[-3:]) == {"float"}
+    explicit = run_cli("run", str(job), "--quiet", "--restart", "--set", "model.encoding='base64'")
+    assert explicit.returncode == 1  # asked for base64 explicitly: no silent fallback
+    assert "encoding" in explicit.stderr

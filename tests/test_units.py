@@ -282,3 +282,23 @@ def test_tokenizer_json_counts_exactly_and_truncates_token_accurately():
         n = int(counter.count(pa.array([cut]))[0])
         assert limit - 2 <= n <= limit  # at most the limit, and nothing thrown away needlessly
     assert counter.truncate("short", 50) == "short"
+
+
+@pytest.mark.parametrize("limit", [1, 2, 59, 60, 61, 600, 10_000, 600_000, 1_000_000_000])
+def test_per_minute_bucket_never_exceeds_the_limit_in_any_minute(limit):
+    from batchembed.limits import per_minute_bucket
+
+    bucket = per_minute_bucket(limit)
+    rate = bucket.max_rate / bucket.time_period  # per second
+    # the most a leaky bucket lets through in any 60 s: a full bucket plus 60 s of leaking
+    assert bucket.max_rate + rate * 60 <= limit * (1 + 1e-9) or limit < 2
+    assert rate * 60 >= 0.98 * limit or limit < 120  # and the steady rate stays close to the limit
+
+
+def test_limiter_learns_what_the_server_counts():
+    from batchembed.limits import RateLimits
+
+    limits = RateLimits(600, 600_000, 4)
+    for _ in range(50):
+        limits.observe_usage(estimated=1000, reported=800)
+    assert limits.charge_ratio == pytest.approx(0.8, abs=0.01)

@@ -93,6 +93,7 @@ def build(job: JobConfig) -> Built:
         use_base64=model.use_base64,
         timeout=job.model.timeout,
         max_connections=job.limits.concurrency,
+        fall_back_to_float=job.model.encoding == "auto",
     )
     return Built(embedder, make_counter(job.limits.tokenizer), {}, None)
 
