@@ -34,6 +34,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.run --rows 20000 100000
+	$(BIN)/python -m benchmarks.local_model
 
 bench-large: setup
 	$(BIN)/python -m benchmarks.run --rows 100000 1000000
