@@ -6,7 +6,10 @@
   count — can ever see more than the limit, even at start-up, while the steady rate stays within
   2% of it. (A bucket holding a whole minute, aiolimiter's obvious setup, lets a full minute's
   budget out at once and then keeps going: the provider answers 429 for most of the next minute.)
-  A request bigger than the bucket is charged in bucket-sized parts.
+  A request bigger than the bucket is charged in bucket-sized parts; requests are admitted one at
+  a time, so their parts never interleave (interleaved, several requests finish charging together
+  and go out in one burst), and a log of the last minute's charges holds back a request that would
+  still push any 60-second window over the limit.
 * Concurrency is AIMD, like TCP congestion control and Beam's adaptive throttler: the window starts
   at ``limits.concurrency``, grows by one request per window's worth of successes (additive
   increase), halves on a 429 or 503 (multiplicative decrease, at most once per second so one burst
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 
@@ -128,6 +132,33 @@ def per_minute_bucket(limit: int) -> AsyncLimiter:
     return AsyncLimiter(capacity, capacity / rate)
 
 
+class MinuteLog:
+    """What was charged in the last 60 seconds, to hold back a request that would overfill it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._events: deque[tuple[float, int]] = deque()
+        self._total = 0
+
+    def wait_for(self, amount: int, now: float) -> float:
+        """Seconds until ``amount`` more fits in the trailing minute (0 if it fits now)."""
+        while self._events and self._events[0][0] <= now - 60.0:
+            self._total -= self._events.popleft()[1]
+        excess = self._total + amount - self.limit
+        if excess <= 0 or not self._events:
+            return 0.0
+        for when, charged in self._events:
+            excess -= charged
+            if excess <= 0:
+                return when + 60.0 - now
+        return self._events[-1][0] + 60.0 - now
+
+    def add(self, amount: int, now: float) -> None:
+        """Record a charge."""
+        self._events.append((now, amount))
+        self._total += amount
+
+
 class RateLimits:
     """requests/min and tokens/min buckets plus the adaptive window, acquired together per request."""
 
@@ -135,23 +166,40 @@ class RateLimits:
         self.requests = per_minute_bucket(requests_per_minute)
         self.tokens = per_minute_bucket(tokens_per_minute)
         self.window = AdaptiveWindow(concurrency)
-        # what the server counts per token we estimate (learned from usage.prompt_tokens)
-        self.charge_ratio = 1.0
+        self.minute = MinuteLog(tokens_per_minute)
+        self._admitting = asyncio.Lock()
+        # what the server counts per token we estimate, over the last requests (from usage.prompt_tokens)
+        self._ratios: deque[float] = deque(maxlen=16)
+
+    @property
+    def charge_ratio(self) -> float:
+        """Server tokens per estimated token: the highest of the recent ratios (1 until one is known).
+
+        The highest, not an average: the estimate recalibrates itself as the job runs, so an
+        average lags behind exactly when the estimate drops, and then undercharges the bucket.
+        """
+        return max(self._ratios) if self._ratios else 1.0
 
     def observe_usage(self, estimated: int, reported: int) -> None:
         """Learn how the server's token counts compare with ours, so the bucket is charged its count."""
         if estimated > 0 and reported > 0:
-            ratio = min(max(reported / estimated, 0.2), 2.0)
-            self.charge_ratio += 0.2 * (ratio - self.charge_ratio)
+            self._ratios.append(min(max(reported / estimated, 0.2), 2.0))
 
     async def admit(self, tokens: int) -> None:
         """Wait until one more request of ``tokens`` (estimated) tokens fits the per-minute budgets."""
-        await self.requests.acquire()
-        remaining = max(int(tokens * self.charge_ratio * 1.02), 1)  # 2% margin over the learned ratio
-        while remaining > 0:
-            part = min(remaining, self.tokens.max_rate)
-            await self.tokens.acquire(part)
-            remaining -= part
+        loop = asyncio.get_running_loop()
+        async with self._admitting:
+            await self.requests.acquire()
+            charge = max(int(tokens * self.charge_ratio * 1.02), 1)  # 2% margin over the learned ratio
+            remaining = charge
+            while remaining > 0:
+                part = min(remaining, self.tokens.max_rate)
+                await self.tokens.acquire(part)
+                remaining -= part
+            charge = min(charge, self.minute.limit)  # one request bigger than the limit goes alone
+            while (wait := self.minute.wait_for(charge, loop.time())) > 0:
+                await asyncio.sleep(wait)
+            self.minute.add(charge, loop.time())
 
     def observe_headers(self, headers: Mapping[str, str]) -> None:
         """Pause everyone when the server says a budget is spent until its reset time."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from batchembed import __version__
 from batchembed.batching import halves
@@ -181,8 +182,6 @@ class JobRunner:
 
     def _retry_plan(self, sources: list[SourceFile], manifest: Manifest):
         """Failed rows of earlier runs, grouped by file: [(failure_file, source, rows)]."""
-        import pyarrow.parquet as pq
-
         by_name = {s.name: s for s in sources}
         plan = []
         for failure_file in manifest.unresolved_failures():
@@ -456,8 +455,6 @@ class JobRunner:
 
     def _finish_files(self) -> None:
         """Rebuild _failed.parquet from the unresolved failure files and write _report.json."""
-        import pyarrow.parquet as pq
-
         if self.manifest is None:
             return
         unresolved = self.manifest.unresolved_failures()

@@ -299,6 +299,22 @@ def test_limiter_learns_what_the_server_counts():
     from batchembed.limits import RateLimits
 
     limits = RateLimits(600, 600_000, 4)
+    assert limits.charge_ratio == 1.0
     for _ in range(50):
         limits.observe_usage(estimated=1000, reported=800)
-    assert limits.charge_ratio == pytest.approx(0.8, abs=0.01)
+    assert limits.charge_ratio == pytest.approx(0.8)
+    limits.observe_usage(estimated=1000, reported=900)  # the server counts more: charged at once
+    assert limits.charge_ratio == pytest.approx(0.9)
+
+
+def test_minute_log_holds_back_what_would_overfill_the_trailing_minute():
+    from batchembed.limits import MinuteLog
+
+    log = MinuteLog(100)
+    assert log.wait_for(60, now=0.0) == 0.0
+    log.add(60, now=0.0)
+    log.add(30, now=10.0)
+    assert log.wait_for(10, now=20.0) == 0.0
+    assert log.wait_for(40, now=20.0) == pytest.approx(40.0)  # the first charge leaves the window at 60
+    assert log.wait_for(80, now=20.0) == pytest.approx(50.0)  # both must leave
+    assert log.wait_for(40, now=61.0) == 0.0
