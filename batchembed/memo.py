@@ -79,6 +79,14 @@ class VectorMemo:
                         self.hits_cache += 1
         return found
 
+    def recall(self, key: bytes) -> np.ndarray | None:
+        """The in-memory vector for one key, if any (no file access: cheap enough for the event loop)."""
+        with self._lock:
+            vec = self._entries.get(key)
+            if vec is not None:
+                self.hits_memory += 1
+            return vec
+
     def store(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         """Remember ``vectors[i]`` for ``keys[i]``."""
         with self._lock:

@@ -181,6 +181,13 @@ class EmbedTask:
                     piece.waits += 1
                     self.stats.tokens_saved += int(work.tokens[i])
                     continue
+                vec = self.memo.recall(key)  # answered since ``prepare`` looked
+                if vec is not None:
+                    if work.vectors is None:
+                        work.vectors = np.zeros((len(work.texts), len(vec)), dtype=np.float32)
+                    work.vectors[i] = vec
+                    self.stats.tokens_saved += int(work.tokens[i])
+                    continue
                 self._in_flight[key] = []
                 keep.append(i)
         items = np.asarray(keep, dtype=np.int64)
