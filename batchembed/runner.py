@@ -119,6 +119,7 @@ class JobRunner:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             await self.provider.aclose()
+            self.task.close()
 
     def _on_signal(self, sig: int) -> None:
         if self.stopping is not None:

@@ -98,6 +98,10 @@ class Task(Protocol):
         """Task settings that change the output (merged into the job fingerprint)."""
         ...
 
+    def close(self) -> None:
+        """Release what the task holds (the embed task's cache file)."""
+        ...
+
 
 def failure_table(ids: pa.Array, file: str, rows: np.ndarray, errors: list[str]) -> pa.Table:
     """The rows of ``_failed.parquet``: id, input file, input row, error."""

@@ -282,6 +282,10 @@ class EmbedTask:
             table = table.filter(pa.array(~failed_mask))
         return table, failed
 
+    def close(self) -> None:
+        """Close the vector cache."""
+        self.memo.close()
+
     def metadata(self) -> dict[str, Any]:
         """Recorded in every shard's Parquet metadata."""
         return {

@@ -206,6 +206,9 @@ class RerankTask:
     async def ready(self) -> None:
         """Nothing to learn before writing."""
 
+    def close(self) -> None:
+        """Nothing to release."""
+
     # --------------------------------------------------------------------------------- output
 
     def tables(self, piece: Piece) -> tuple[pa.Table, pa.Table | None]:
