@@ -79,6 +79,10 @@ class Manifest:
         done = set(self.resolved)
         return [s.failed_file for s in self.shards if s.failed_file and s.failed_file not in done]
 
+    def unresolved_rows(self, directory: Path) -> int:
+        """Rows in failure files not yet answered by a retry shard (what ``_failed.parquet`` holds)."""
+        return sum(pq.ParquetFile(directory / f).metadata.num_rows for f in self.unresolved_failures())
+
     def tokens(self) -> int:
         """Tokens spent on everything committed."""
         return sum(s.tokens for s in self.shards)

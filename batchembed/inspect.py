@@ -22,6 +22,7 @@ from batchembed.config import JobConfig
 from batchembed.errors import OutputError
 from batchembed.plan import units_in
 from batchembed.sources import SourceFile, discover, iter_batches
+from batchembed.tasks.embed import generated_ids, id_column_name
 
 
 def _load(job: JobConfig) -> tuple[Path, Manifest]:
@@ -39,7 +40,7 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     total_rows = None if any(s.rows is None for s in sources) else sum(s.rows for s in sources)
     shard_rows = job.output.shard_rows
     total_shards = None if total_rows is None else sum(units_in(s.rows, shard_rows) for s in sources)
-    failed = sum(pq.ParquetFile(out / f).metadata.num_rows for f in manifest.unresolved_failures())
+    failed = manifest.unresolved_rows(out)
     doc: dict[str, Any] = {
         "output": str(out),
         "complete": manifest.complete and (out / SUCCESS).exists(),
@@ -79,7 +80,7 @@ def verify(job: JobConfig) -> int:
             problems.append(str(exc))
             bad.add(rec.name)
     sources = {s.name: s for s in discover(job.input.path)}
-    id_col = job.input.id or ("_row_id" if "id" in job.input.keep else "id")
+    id_col = id_column_name(job)
     failed_rows: dict[str, pa.Table] = {}
     for rec in manifest.shards:
         if rec.failed_file and (out / rec.failed_file).exists():
@@ -149,7 +150,7 @@ def _expected_ids(src: SourceFile, job: JobConfig, start: int, end: int) -> pa.A
             if pos >= end:
                 break
         return pa.concat_arrays(parts).cast(pa.string()) if parts else pa.array([], pa.string())
-    return pa.array([f"{src.name}:{r}" for r in range(start, end)], pa.string())
+    return generated_ids(src.name, np.arange(start, end, dtype=np.int64))
 
 
 def _check_vectors(table: pa.Table, column: str, name: str, problems: list[str]) -> None:

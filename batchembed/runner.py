@@ -62,7 +62,7 @@ STOP_GRACE = 30.0
 #: Consecutive requests that exhaust their retries before the job gives up instead of dead-lettering.
 GIVE_UP_AFTER = 5
 
-EXIT_OK, EXIT_FAILED, EXIT_PARTIAL, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 3, 130, 143
+EXIT_OK, EXIT_PARTIAL, EXIT_SIGINT, EXIT_SIGTERM = 0, 3, 130, 143
 
 
 class Stop(Exception):
@@ -459,7 +459,7 @@ class JobRunner:
         if self.manifest is None:
             return
         unresolved = self.manifest.unresolved_failures()
-        self._unresolved = sum(pq.ParquetFile(self.out / f).metadata.num_rows for f in unresolved)
+        self._unresolved = self.manifest.unresolved_rows(self.out)
         if unresolved:
             write_table_atomically(self.out, FAILED, pa.concat_tables(pq.read_table(self.out / f) for f in unresolved))
         else:

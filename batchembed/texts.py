@@ -18,14 +18,14 @@ def build_texts(batch: pa.RecordBatch | pa.Table, spec: str) -> pa.Array:
     """The text of each row: the column, or the template filled in; null where every source is null."""
     fields = text_fields(spec)
     if fields == [spec] and "{" not in spec:
-        texts = _as_string(batch.column(spec))
+        texts = as_string(batch.column(spec))
     else:
         pieces: list[pa.Array | str] = []
         for literal, name, _, _ in string.Formatter().parse(spec):
             if literal:
                 pieces.append(literal)
             if name is not None:
-                pieces.append(_as_string(batch.column(name)))
+                pieces.append(as_string(batch.column(name)))
         all_null = None
         for name in fields:
             mask = pc.is_null(batch.column(name))
@@ -40,7 +40,8 @@ def add_prefix(texts: pa.Array, prefix: str) -> pa.Array:
     return pc.binary_join_element_wise(prefix, texts, "") if prefix else texts
 
 
-def _as_string(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+def as_string(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A column as one contiguous ``string`` array (any other type cast to text)."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):

@@ -46,12 +46,17 @@ def id_column_name(job: JobConfig) -> str:
     return job.input.id or ("_row_id" if "id" in job.input.keep else "id")
 
 
+def generated_ids(source_name: str, positions: np.ndarray) -> pa.Array:
+    """Stable ids for rows without an id column: "file:row" (``verify`` rebuilds them the same way)."""
+    return pc.binary_join_element_wise(f"{source_name}:", pc.cast(pa.array(positions), pa.string()), "")
+
+
 def row_ids(table: pa.Table, job: JobConfig, source_name: str, positions: np.ndarray) -> pa.Array:
     """The id of each row: the id column, or "file:row"."""
     if job.input.id:
         col = table.column(job.input.id)
         return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    return pc.binary_join_element_wise(f"{source_name}:", pc.cast(pa.array(positions), pa.string()), "")
+    return generated_ids(source_name, positions)
 
 
 def chunk_positions(chunk: Chunk) -> np.ndarray:

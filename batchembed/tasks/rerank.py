@@ -25,8 +25,8 @@ from batchembed.plan import Chunk, key_changes
 from batchembed.progress import Stats
 from batchembed.providers.rerank import RerankResult
 from batchembed.tasks import Piece, Request, failure_table
-from batchembed.tasks.embed import chunk_positions
-from batchembed.texts import blank_mask
+from batchembed.tasks.embed import chunk_positions, generated_ids
+from batchembed.texts import as_string, blank_mask
 from batchembed.tokens import TokenCounter
 
 
@@ -115,7 +115,7 @@ class RerankTask:
         table = chunk.table
         positions = chunk_positions(chunk)
         n = table.num_rows
-        queries_col = _strings(table.column(cfg.query))
+        queries_col = as_string(table.column(cfg.query))
         blank_query = blank_mask(queries_col)
         keep = table.select(list(self.job.input.keep)) if self.job.input.keep else None
         if cfg.layout == "pairs":
@@ -123,11 +123,9 @@ class RerankTask:
             bounds = list(zip(starts, [*starts[1:], n], strict=True))
             pair_group = np.repeat(np.arange(len(bounds)), [b - a for a, b in bounds])
             pair_row = np.arange(n)
-            documents = _strings(table.column(cfg.document))
+            documents = as_string(table.column(cfg.document))
             doc_ids = (
-                table.column(cfg.doc_id).combine_chunks()
-                if cfg.doc_id
-                else pc.binary_join_element_wise(f"{chunk.source.name}:", pc.cast(pa.array(positions), pa.string()), "")
+                table.column(cfg.doc_id).combine_chunks() if cfg.doc_id else generated_ids(chunk.source.name, positions)
             )
             group_first = np.array([a for a, _ in bounds], dtype=np.int64)
             group_rows = [np.arange(a, b) for a, b in bounds]
@@ -140,7 +138,7 @@ class RerankTask:
             lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False)
             pair_row = np.repeat(np.arange(n), lengths)
             pair_group = pair_row
-            documents = _strings(pc.list_flatten(lists))
+            documents = as_string(pc.list_flatten(lists))
             if cfg.doc_id:
                 doc_ids = pc.list_flatten(table.column(cfg.doc_id).combine_chunks())
                 if len(doc_ids) != len(documents):
@@ -280,9 +278,3 @@ class RerankTask:
             "limits.on_too_long": self.job.limits.on_too_long,
             "limits.tokenizer": self.counter.name,
         }
-
-
-def _strings(column: pa.Array | pa.ChunkedArray) -> pa.Array:
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    return column if pa.types.is_string(column.type) else pc.cast(column, pa.string())
