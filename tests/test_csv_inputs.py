@@ -1,0 +1,192 @@
+"""CSV as exports write it: record-exact row numbers through run, kill -9, resume and verify; BOM,
+huge cells, malformed rows and invalid UTF-8 named by row and line."""
+
+from __future__ import annotations
+
+import io
+import signal
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from batchembed import sources
+from batchembed.checkpoint import Manifest, ShardRecord
+from batchembed.errors import InputError
+from batchembed.plan import iter_chunks
+from batchembed.sources import discover, iter_batches
+from tests.conftest import assert_vectors, job_for, read_output, run_cli, start_cli
+
+
+def write_csv(path: Path, rows: list[tuple], *, crlf=True, bom=True, blank_every=0, header=("id", "text")) -> Path:
+    """A CSV as Excel/pandas write it: quoted newlines, optional BOM, CRLF and blank lines between records."""
+    end = "\r\n" if crlf else "\n"
+    buf = io.StringIO()
+    buf.write(",".join(_field(v) for v in header) + end)
+    for i, row in enumerate(rows):
+        buf.write(",".join(_field(v) for v in row) + end)
+        if blank_every and i % blank_every == blank_every - 1:
+            buf.write(end)
+    path.write_bytes(("\ufeff" if bom else "").encode() + buf.getvalue().encode("utf-8"))
+    return path
+
+
+def _field(value) -> str:
+    """RFC 4180 quoting: only fields holding a comma, a quote or a line break are quoted."""
+    text = str(value)
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in '\r\n,"') else text
+
+
+def messy_texts(n: int) -> list[str]:
+    return [f'row {i}, said "hi"\r\nline two of {i}\n\nend {i}' if i % 3 else f"plain {i}" for i in range(n)]
+
+
+# ------------------------------------------------------------------------------ property: skip by records
+
+_text = st.text(alphabet=st.sampled_from(list('ab ,"\n\r\té')), max_size=12)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    texts=st.lists(_text, min_size=1, max_size=40),
+    crlf=st.booleans(),
+    bom=st.booleans(),
+    blank_every=st.integers(0, 4),
+    shard_rows=st.integers(1, 7),
+    chunk_rows=st.integers(1, 5),
+    data=st.data(),
+)
+def test_resume_from_any_committed_units_reads_every_record_exactly_once(
+    tmp_path_factory, texts, crlf, bom, blank_every, shard_rows, chunk_rows, data
+):
+    path = write_csv(
+        tmp_path_factory.mktemp("csv") / "in.csv",
+        [(f"id{i}", t) for i, t in enumerate(texts)],
+        crlf=crlf,
+        bom=bom,
+        blank_every=blank_every,
+    )
+    truth = [(f"id{i}", t) for i, t in enumerate(texts)]  # what any CSV reader must see
+    src = discover(str(path))[0]
+    empty = Manifest(fingerprint={})
+
+    def rows_of(chunks):
+        units: dict[str, list] = {}
+        for chunk in chunks:
+            ids = chunk.table.column("id").to_pylist()
+            got = chunk.table.column("text").to_pylist()
+            units.setdefault(chunk.unit.name, []).extend((chunk.first_row + k, ids[k], got[k]) for k in range(len(ids)))
+            if chunk.last:
+                units[chunk.unit.name] = (chunk.unit, units[chunk.unit.name])
+        return units
+
+    first = rows_of(iter_chunks([src], empty, ["id", "text"], shard_rows, chunk_rows))
+    assert [(i, t) for _, (_, rows) in first.items() for _, i, t in rows] == truth
+    assert all(pos == truth.index((i, t)) for _, (_, rows) in first.items() for pos, i, t in rows)
+
+    # "kill": any subset of the units was committed (the writer commits in order, but holes happen on stop)
+    names = list(first)
+    committed = data.draw(st.lists(st.sampled_from(names), unique=True)) if names else []
+    manifest = Manifest(fingerprint={})
+    for name in committed:
+        unit, rows = first[name]
+        manifest.shards.append(
+            ShardRecord(name, "range", src.name, unit.start, unit.end, unit.eof, len(rows), 0, None, 0, "", 0)
+        )
+    second = rows_of(iter_chunks([src], manifest, ["id", "text"], shard_rows, chunk_rows))
+    assert not set(second) & set(committed)
+    everything = sorted([r for n in committed for r in first[n][1]] + [r for _, rows in second.values() for r in rows])
+    assert [(i, t) for _, i, t in everything] == truth  # every record once, with its own row number
+    assert [p for p, _, _ in everything] == list(range(len(truth)))
+
+
+# ------------------------------------------------------------------------------------ real processes
+
+
+def test_sigkill_resume_of_a_messy_csv_is_exactly_once_and_verifies(tmp_path, srv):
+    n = 1200
+    texts = messy_texts(n)
+    src = write_csv(tmp_path / "in.csv", [(i, t) for i, t in enumerate(texts)], blank_every=10)
+    srv.latency = 0.005
+    job = job_for(tmp_path, srv, src, limits={"batch_inputs": 20, "concurrency": 4}, output={"shard_rows": 200})
+    proc = start_cli("run", str(job), "--quiet")
+    srv.wait_for_requests(25, timeout=60)
+    srv.hold()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    srv.release()
+    assert proc.returncode == -signal.SIGKILL
+    assert 0 < len(list((tmp_path / "out").glob("part-*.parquet"))) < n // 200  # killed half way
+
+    result = run_cli("run", str(job), "--quiet")
+    assert result.returncode == 0, result.stderr
+
+    table = read_output(tmp_path / "out")
+    assert table.column("id").to_pylist() == [str(i) for i in range(n)]  # none twice, none lost, in order
+    assert_vectors(table, {str(i): t for i, t in enumerate(texts)}, 16)
+    verify = run_cli("verify", str(job))
+    assert verify.returncode == 0, verify.stdout
+    status = run_cli("status", str(job), "--json")
+    assert '"rows_done": 1200' in status.stdout
+
+
+def test_generated_ids_count_records_not_lines(tmp_path, srv):
+    texts = ["one\nline two", "two", "three\r\nmore"]
+    src = write_csv(tmp_path / "in.csv", [(i, t) for i, t in enumerate(texts)], blank_every=1)
+    job = job_for(tmp_path, srv, src, input={"id": None, "keep": ["id"]})
+    result = run_cli("run", str(job), "--quiet")
+    assert result.returncode == 0, result.stderr
+    table = read_output(tmp_path / "out")
+    assert table.column("_row_id").to_pylist() == ["in.csv:0", "in.csv:1", "in.csv:2"]
+    assert table.column("id").to_pylist() == ["0", "1", "2"]
+    assert run_cli("verify", str(job)).returncode == 0
+
+
+def _one_error_line(result) -> str:
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def test_malformed_row_is_named_by_its_line(tmp_path, srv):
+    path = tmp_path / "in.csv"
+    path.write_bytes(b'id,text\r\n0,"a\r\nquoted"\r\n\r\n1,fine\r\n2,one,too many\r\n3,x\r\n')
+    line = _one_error_line(run_cli("run", str(job_for(tmp_path, srv, path)), "--quiet"))
+    assert f"{path}: line 6 (row 2) has 3 fields, the header has 2" in line
+    assert srv.requests == []  # nothing was sent for a file that cannot be read
+
+
+def test_invalid_utf8_is_named_by_row(tmp_path, srv):
+    path = tmp_path / "in.csv"
+    path.write_bytes(b'id,text\n0,ok\n1,"multi\nline"\n2,caf\xe9\n')
+    line = _one_error_line(run_cli("run", str(job_for(tmp_path, srv, path)), "--quiet"))
+    assert f"{path}: row 2 (line 5) is not valid UTF-8" in line
+
+
+# ------------------------------------------------------------------------------------------- big cells
+
+
+def test_a_cell_of_64_mb_is_read(tmp_path):
+    big = "x" * (64 << 20)
+    path = tmp_path / "big.csv"
+    with open(path, "w", newline="") as fh:
+        fh.write("id,text\n0,small\n1,")
+        fh.write(big)
+        fh.write("\n2,after\n")
+    del big
+    src = discover(str(path))[0]
+    lengths = [len(t) for b in iter_batches(src, ["text"]) for t in b.column(0).to_pylist()]
+    assert lengths == [5, 64 << 20, 5]
+    resumed = [t for b in iter_batches(src, ["id"], start_row=2) for t in b.column(0).to_pylist()]
+    assert resumed == ["2"]
+
+
+def test_a_row_over_the_block_limit_is_named_with_the_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "CSV_BLOCK", 1 << 16)
+    monkeypatch.setattr(sources, "CSV_MAX_BLOCK", 1 << 18)
+    path = write_csv(tmp_path / "in.csv", [(0, "a"), (1, "b\nc"), (2, "y" * (1 << 19))], bom=False)
+    src = discover(str(path))[0]
+    with pytest.raises(InputError, match=r"in\.csv: row 2 \(line 5\) is larger than the 0 MB"):
+        list(iter_batches(src, ["id", "text"]))
