@@ -86,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     except BatchEmbedError as exc:
         print(f"batchembed: error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as exc:  # disk full, permission denied, read-only file system...: one line, no traceback
+        from batchembed.faults import describe_fault
+
+        print(f"batchembed: error: {redact(describe_fault(exc))}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
 

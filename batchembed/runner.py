@@ -46,6 +46,7 @@ from batchembed.errors import (
     TransientAPIError,
     redact,
 )
+from batchembed.faults import with_path
 from batchembed.limits import RateLimits
 from batchembed.plan import Unit, iter_chunks, pending_rows, retry_chunks
 from batchembed.progress import Progress, Stats
@@ -174,11 +175,19 @@ class JobRunner:
                 f"resuming {self.out}: {len(manifest.shards)} shards ({manifest.rows():,} rows) already committed"
             )
         self.progress.start()
+        failed = True
         try:
             await self._pipeline(sources, columns, retry_units)
+            failed = False
+        except OSError as exc:  # pyarrow's write errors name no file: name the output directory
+            raise with_path(exc, self.out) from None
         finally:
             self.progress.close()
-            await asyncio.to_thread(self._finish_files)
+            try:
+                await asyncio.to_thread(self._finish_files)
+            except OSError:
+                if not failed:  # a full disk fails the report too: keep the first, real, error
+                    raise
         return self._conclude()
 
     def _retry_plan(self, sources: list[SourceFile], manifest: Manifest):

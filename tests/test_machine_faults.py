@@ -1,0 +1,149 @@
+"""The machine's faults end in one line naming the path, the cause and what to do (exit 1), keep
+everything committed, and the next run resumes exactly once."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pathlib
+
+import pytest
+
+from batchembed import checkpoint, cli
+from tests.conftest import assert_vectors, job_for, make_texts, read_output, run_cli, write_job, write_parquet
+
+N = 600
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    texts = make_texts(N, seed=3)
+    return texts, write_parquet(tmp_path / "in.parquet", texts, row_group_size=100)
+
+
+def _one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def _assert_complete(tmp_path, job, texts):
+    table = read_output(tmp_path / "out")
+    assert table.column("id").to_pylist() == list(range(N))
+    assert_vectors(table, dict(enumerate(texts)), 16)
+    verify = run_cli("verify", str(job))
+    assert verify.returncode == 0, verify.stdout
+
+
+def test_output_path_under_a_regular_file(tmp_path, srv, dataset):
+    _, src = dataset
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where a directory is expected")
+    job = job_for(tmp_path, srv, src, output={"path": str(blocker / "out")})
+    result = run_cli("run", str(job), "--quiet")
+    assert result.returncode == 1
+    line = _one_line(result.stderr)
+    assert str(blocker / "out") in line and "is a regular file, not a directory" in line
+    assert srv.requests == []
+
+
+def test_disk_full_while_writing_a_shard_keeps_what_is_committed_and_resumes(tmp_path, srv, dataset):
+    texts, src = dataset
+    out = tmp_path / "out"
+    out.mkdir()
+    # a real ENOSPC: the third shard's temporary file is /dev/full, which refuses every write
+    os.symlink("/dev/full", out / "part-00002.parquet.tmp")
+    job = job_for(tmp_path, srv, src, limits={"concurrency": 1}, output={"shard_rows": 100})
+    result = run_cli("run", str(job), "--quiet")
+    assert result.returncode == 1, result.stderr
+    line = _one_line(result.stderr)
+    assert f"{out}: the disk is full" in line and "run the same command again to resume" in line
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert [s["name"] for s in manifest["shards"]] == ["part-00000.parquet", "part-00001.parquet"]
+
+    again = run_cli("run", str(job), "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stderr
+    _assert_complete(tmp_path, job, texts)
+
+
+def test_disk_full_while_writing_the_manifest(tmp_path, srv, dataset, monkeypatch, capsys):
+    texts, src = dataset
+    job = job_for(tmp_path, srv, src, limits={"concurrency": 1}, output={"shard_rows": 100})
+    real_save = checkpoint.Manifest.save
+    saves = []
+
+    def save(self, directory):
+        saves.append(len(self.shards))
+        if len(self.shards) == 3:  # the third commit finds the disk full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory / "_manifest.json.tmp"))
+        real_save(self, directory)
+
+    monkeypatch.setattr(checkpoint.Manifest, "save", save)
+    assert cli.main(["run", str(job), "--quiet"]) == 1
+    line = _one_line(capsys.readouterr().err)
+    assert "_manifest.json.tmp: the disk is full" in line
+    monkeypatch.setattr(checkpoint.Manifest, "save", real_save)
+
+    result = run_cli("run", str(job), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "2 shards (200 rows) already committed" in result.stderr
+    _assert_complete(tmp_path, job, texts)
+
+
+@pytest.mark.parametrize(
+    ("code", "says"),
+    [
+        (errno.EACCES, "permission denied: make it writable"),
+        (errno.EROFS, "the file system is read-only"),
+    ],
+)
+def test_unwritable_output_is_one_clear_line(tmp_path, srv, dataset, monkeypatch, capsys, code, says):
+    # root ignores file modes and this machine cannot mount: the fault is injected where mkdir fails
+    _, src = dataset
+    job = job_for(tmp_path, srv, src)
+    real_mkdir = pathlib.Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self.name == "out":
+            raise OSError(code, os.strerror(code), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    assert cli.main(["run", str(job), "--quiet"]) == 1
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith(f"batchembed: error: {tmp_path / 'out'}: {says}")
+
+
+# -------------------------------------------------------------------------------------------- API keys
+
+
+def test_an_openai_compatible_server_needs_no_key(tmp_path, srv, dataset):
+    """provider = "openai" pointed at another server: no OPENAI_API_KEY needed unless the job names one."""
+    _, src = dataset
+    job = job_for(tmp_path, srv, src)
+    text = job.read_text().replace('provider = "openai-compatible"', 'provider = "openai"')
+    job.write_text(text)
+    result = run_cli("run", str(job), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert all("authorization" not in {k.lower() for k in r.headers} for r in srv.requests)
+
+
+def test_a_key_the_job_names_is_required(tmp_path, srv, dataset):
+    _, src = dataset
+    job = job_for(tmp_path, srv, src, model={"api_key_env": "MY_SERVER_KEY"})
+    result = run_cli("run", str(job), "--quiet")
+    assert result.returncode == 1
+    assert "MY_SERVER_KEY is not set" in result.stderr
+
+
+def test_the_hosted_api_still_needs_its_key(tmp_path, dataset):
+    _, src = dataset
+    job = write_job(
+        tmp_path / "job.toml",
+        {"input": {"path": str(src)}, "model": {"provider": "fireworks"}, "output": {"path": str(tmp_path / "o")}},
+    )
+    result = run_cli("run", str(job), "--quiet")
+    assert result.returncode == 1
+    assert "FIREWORKS_API_KEY is not set" in result.stderr
