@@ -34,6 +34,7 @@ class InputConfig:
     role: Literal["document", "query"] = "document"  # queries get the model's query instruction
     instruction: str | None = None  # task for Qwen3-style query prefixes: "Instruct: {task}\nQuery:{text}"
     prefix: str = ""  # literal prefix for every text, e.g. nomic's "search_query: "
+    cast_text: bool = False  # embed a non-string text column as its text form (else such a column is an error)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from batchembed.errors import (
     redact,
 )
 from batchembed.faults import with_path
+from batchembed.inputcheck import check_inputs
 from batchembed.limits import RateLimits
 from batchembed.plan import Unit, iter_chunks, pending_rows, retry_chunks
 from batchembed.progress import Progress, Stats
@@ -158,6 +159,7 @@ class JobRunner:
         columns = self.task.columns
         for src in sources:
             await asyncio.to_thread(check_columns, src, columns)
+        await asyncio.to_thread(check_inputs, self.job, sources, columns)
         self.manifest = manifest = await asyncio.to_thread(
             open_output, self.out, self.fingerprint(sources), self.restart
         )

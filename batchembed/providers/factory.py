@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from batchembed.config import PROVIDERS, JobConfig, resolve_model
+from batchembed.config import JobConfig, resolve_model
 from batchembed.errors import ConfigError, register_secret
 from batchembed.providers.base import Embedder
 from batchembed.tokens import TokenCounter, make_counter
@@ -28,8 +28,8 @@ class Built:
 def api_key(job: JobConfig) -> str | None:
     """The API key from the configured environment variable; ConfigError when a provider needs one.
 
-    A key is required only by the hosted Fireworks and OpenAI APIs, or when the job names
-    ``model.api_key_env`` itself; any other (OpenAI-compatible) server is sent no key when none is set.
+    Fireworks and OpenAI need their key; an ``openai-compatible`` server is sent a key only when the
+    job names ``model.api_key_env`` (then it must be set), never another provider's key.
     """
     model = resolve_model(job)
     if not model.api_key_env:
@@ -38,8 +38,7 @@ def api_key(job: JobConfig) -> str | None:
     if key:
         register_secret(key)
         return key
-    hosted = model.provider in ("fireworks", "openai") and model.base_url == PROVIDERS[model.provider].base_url
-    if hosted or job.model.api_key_env:
+    if model.provider in ("fireworks", "openai") or job.model.api_key_env:
         raise ConfigError(
             f"model.api_key_env: environment variable {model.api_key_env} is not set "
             f"(the {model.provider} provider needs an API key)"
