@@ -7,6 +7,12 @@ atomically (temp file, fsync, rename, fsync of the directory), so after a crash 
 old or the new version, never half of one. Anything in the directory the manifest does not
 account for (temp files, a shard renamed just before the crash) is removed on the next start.
 
+Committing a shard does not rewrite the manifest: it appends one line to ``_commits.jsonl`` (write,
+fsync), so committing stays O(1) per shard however many shards there are. ``Manifest.load`` replays
+the lines over ``_manifest.json`` (a torn last line, from a crash mid-append, is ignored: its shard
+was not committed and is removed as an orphan); each run start and the final save fold the lines
+back into ``_manifest.json`` and drop the journal.
+
 Rows that could not be embedded are kept per shard in ``_failed/<shard>.parquet``; a later retry
 commits their vectors as a new shard *and* marks those failure files resolved in the same manifest
 write, so no row is ever in the output twice.
@@ -14,6 +20,7 @@ write, so no row is ever in the output twice.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -31,6 +38,7 @@ from batchembed.errors import OutputError, ResumeRefused
 from batchembed.writer import TMP_SUFFIX, fsync_dir, sha256_of
 
 MANIFEST = "_manifest.json"
+JOURNAL = "_commits.jsonl"
 SUCCESS = "_SUCCESS"
 REPORT = "_report.json"
 FAILED = "_failed.parquet"
@@ -55,6 +63,7 @@ class ShardRecord:
     sha256: str
     tokens: int
     resolves: list[str] = field(default_factory=list)  # failure files this retry shard answers
+    files: list[list] = field(default_factory=list)  # "files" shards: [[input file, rows], ...] held whole
 
 
 @dataclass
@@ -67,12 +76,25 @@ class Manifest:
     complete: bool = False
     version: int = FORMAT_VERSION
     created: float = field(default_factory=time.time)
+    journaled: bool = field(default=False, compare=False, repr=False)  # loaded with journal lines to fold in
 
     # --------------------------------------------------------------------------------- queries
 
     def ranges_of(self, file: str) -> list[ShardRecord]:
-        """Committed range shards of one input file, in row order."""
-        return sorted((s for s in self.shards if s.kind == "range" and s.file == file), key=lambda s: s.start)
+        """Committed row ranges of one input file, in row order.
+
+        A "files" shard (several whole small files) appears here as one range 0..rows of each of its
+        files, under the shard's name, so tiling, resume and progress treat both kinds alike.
+        """
+        found = [s for s in self.shards if s.kind == "range" and s.file == file]
+        for s in self.shards:
+            if s.kind == "files":
+                found += [
+                    dataclasses.replace(s, file=file, start=0, end=int(rows), eof=True, rows=int(rows), files=[])
+                    for name, rows in s.files
+                    if name == file
+                ]
+        return sorted(found, key=lambda s: s.start)
 
     def unresolved_failures(self) -> list[str]:
         """Failure files whose rows have not been retried successfully yet."""
@@ -93,8 +115,43 @@ class Manifest:
 
     # ---------------------------------------------------------------------------------- storage
 
+    def commit(self, directory: Path, record: ShardRecord, resolves: list[str]) -> None:
+        """Record a committed shard (and the failure files it resolves): one fsynced journal line."""
+        line = json.dumps({"shard": asdict(record), "resolves": list(resolves)}, sort_keys=True) + "\n"
+        path = directory / JOURNAL
+        new = not path.exists()
+        with open(path, "ab") as fh:
+            if os.environ.get("BATCHEMBED_FAILPOINT") == "journal-torn":
+                fh.write(line.encode()[: len(line) // 2])
+                fh.flush()
+                failpoint("journal-torn")
+            fh.write(line.encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+        if new:
+            fsync_dir(directory)
+        self.shards.append(record)
+        self.resolved.extend(resolves)
+
+    def _replay(self, directory: Path) -> bool:
+        """Apply the journal's complete lines (skipping what the manifest already holds); True if any."""
+        try:
+            raw = (directory / JOURNAL).read_bytes()
+        except FileNotFoundError:
+            return False
+        known = {s.name for s in self.shards}
+        for line in raw.split(b"\n")[:-1]:  # the part after the last newline is torn (or empty)
+            entry = json.loads(line)
+            record = ShardRecord(**entry["shard"])
+            if record.name in known:
+                continue
+            known.add(record.name)
+            self.shards.append(record)
+            self.resolved.extend(r for r in entry["resolves"] if r not in self.resolved)
+        return True
+
     def save(self, directory: Path) -> None:
-        """Atomically replace ``directory/_manifest.json`` with this manifest."""
+        """Atomically replace ``directory/_manifest.json`` with this manifest (folding in the journal)."""
         doc = {
             "version": self.version,
             "created": self.created,
@@ -113,6 +170,7 @@ class Manifest:
         failpoint("manifest-before-rename")
         os.replace(tmp, directory / MANIFEST)
         fsync_dir(directory)
+        (directory / JOURNAL).unlink(missing_ok=True)  # every line is in the manifest now
 
     @classmethod
     def load(cls, directory: Path) -> Manifest | None:
@@ -129,7 +187,7 @@ class Manifest:
             if doc["fingerprint_sha256"] != fingerprint_hash(doc["fingerprint"]):
                 raise ValueError("its fingerprint does not match its own checksum")
             shards = [ShardRecord(**s) for s in doc["shards"]]
-            return cls(
+            manifest = cls(
                 fingerprint=doc["fingerprint"],
                 shards=shards,
                 resolved=list(doc["resolved"]),
@@ -137,6 +195,8 @@ class Manifest:
                 version=doc["version"],
                 created=doc["created"],
             )
+            manifest.journaled = manifest._replay(directory)
+            return manifest
         except (ValueError, KeyError, TypeError) as exc:
             raise OutputError(
                 f"{path} is corrupt ({exc}); it cannot be trusted to resume. "
@@ -211,6 +271,8 @@ def open_output(directory: Path, fingerprint: dict[str, Any], restart: bool) -> 
         )
     remove_orphans(directory, manifest)
     check_shards(directory, manifest)
+    if manifest.journaled:
+        manifest.save(directory)  # fold the last run's journal in: each run starts from one file
     return manifest
 
 

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from batchembed.checkpoint import SUCCESS, Manifest, check_file
 from batchembed.config import JobConfig
 from batchembed.errors import OutputError
-from batchembed.plan import units_in
+from batchembed.plan import planned_units
 from batchembed.sources import SourceFile, discover, iter_batches
 from batchembed.tasks.embed import generated_ids, id_column_name
 
@@ -39,14 +39,16 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     sources = discover(job.input.path)
     total_rows = None if any(s.rows is None for s in sources) else sum(s.rows for s in sources)
     shard_rows = job.output.shard_rows
-    total_shards = None if total_rows is None else sum(units_in(s.rows, shard_rows) for s in sources)
+    total_shards = (
+        None if total_rows is None else planned_units([s.rows for s in sources], shard_rows, not job.is_rerank)
+    )
     failed = manifest.unresolved_rows(out)
     doc: dict[str, Any] = {
         "output": str(out),
         "complete": manifest.complete and (out / SUCCESS).exists(),
         "rows_done": manifest.rows(),
         "rows_total": total_rows,
-        "shards_done": sum(1 for s in manifest.shards if s.kind == "range"),
+        "shards_done": sum(1 for s in manifest.shards if s.kind in ("range", "files")),
         "shards_total": total_shards,
         "retry_shards": sum(1 for s in manifest.shards if s.kind == "retry"),
         "failed_rows": failed,
@@ -101,10 +103,13 @@ def verify(job: JobConfig) -> int:
         if expected != total:
             problems.append(f"{name}: rows {expected}..{total} are in no shard")
         for rec in ranges:
-            if rec.name not in bad:
+            if rec.name not in bad and rec.kind == "range":
                 check = _check_rerank_range if job.is_rerank else _check_range
                 checked_rows += check(out, rec, src, job, id_col, failed_rows, problems)
     good = [rec for rec in manifest.shards if rec.name not in bad]
+    for rec in good:
+        if rec.kind == "files":
+            checked_rows += _check_files(out, rec, sources, job, id_col, failed_rows, problems)
     if job.is_rerank:
         _check_rerank_pairs(out, good, problems)
     for rec in good:
@@ -179,6 +184,33 @@ def _check_range(out, rec, src, job, id_col, failed_rows, problems) -> int:
         problems.append(
             f"{rec.name}: holds {len(got)} rows whose ids do not match input {src.name} rows "
             f"{rec.start}..{rec.end} ({len(expected)} expected)"
+        )
+    return table.num_rows
+
+
+def _check_files(out, rec, sources, job, id_col, failed_rows, problems) -> int:
+    """A shard of several whole small files: their ids, file after file, minus their failed rows."""
+    table = pq.read_table(out / rec.name)
+    _check_vectors(table, job.output.column, rec.name, problems)
+    failed = failed_rows.get(rec.failed_file)
+    parts = []
+    for name, rows in rec.files:
+        if name not in sources:
+            problems.append(f"{rec.name}: holds rows of {name}, which is no longer an input")
+            return table.num_rows
+        expected = _expected_ids(sources[name], job, 0, rows)
+        if failed is not None:
+            mine = pc.equal(failed.column("file"), name).to_numpy(zero_copy_only=False)
+            dropped = failed.column("row").to_numpy()[mine]
+            expected = expected.filter(pa.array(~np.isin(np.arange(rows), dropped)))
+        parts.append(expected)
+    expected = pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+    got = table.column(id_col).combine_chunks().cast(pa.string())
+    if not got.equals(expected):
+        names = ", ".join(name for name, _ in rec.files[:3]) + (", ..." if len(rec.files) > 3 else "")
+        problems.append(
+            f"{rec.name}: holds {len(got)} rows whose ids do not match the rows of {len(rec.files)} whole input "
+            f"files ({names}; {len(expected)} expected)"
         )
     return table.num_rows
 

@@ -9,6 +9,7 @@ streamed once and the rows of committed units are dropped without building any t
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchembed.checkpoint import Manifest, ShardRecord
+from batchembed.errors import OutputError
 from batchembed.sources import SourceFile, iter_batches, read_rows
 
 
@@ -31,10 +33,13 @@ class Unit:
     eof: bool = False
     resolves: list[str] = field(default_factory=list)  # failure files a retry unit answers
     tokens: int = 0  # tokens spent on this unit's rows
+    files: list[tuple[str, int]] = field(default_factory=list)  # a "files" unit: whole small files, in order
 
     @property
     def kind(self) -> str:
-        """ "range" or "retry" (as recorded in the manifest)."""
+        """ "range", "files" (several whole small files) or "retry" (as recorded in the manifest)."""
+        if self.files:
+            return "files"
         return "retry" if self.source is None else "range"
 
 
@@ -47,7 +52,31 @@ class Chunk:
     first_row: int  # file row number of the first row (range units)
     table: pa.Table
     last: bool = False  # the unit's final chunk
-    rows: list[int] | None = None  # explicit file row numbers (retry units)
+    rows: list[int] | np.ndarray | None = None  # explicit file row numbers (retry and "files" units)
+    parts: list[tuple[SourceFile, int]] | None = None  # rows from several files: (file, rows) in order
+
+    def segments(self) -> list[tuple[SourceFile, int, int]]:
+        """(file, first index, end index) of each file's rows within the chunk's table."""
+        if not self.parts:
+            return [(self.source, 0, self.table.num_rows)]
+        out, at = [], 0
+        for src, n in self.parts:
+            out.append((src, at, at + n))
+            at += n
+        return out
+
+    def source_at(self, index: int) -> SourceFile:
+        """The input file of the chunk's row ``index`` (for error messages)."""
+        for src, a, b in self.segments():
+            if a <= index < b:
+                return src
+        return self.source
+
+    def file_names(self) -> pa.Array:
+        """The input file name of every row (for failure tables and generated ids)."""
+        if not self.parts:
+            return pa.array([self.source.name] * self.table.num_rows, pa.string())
+        return pa.array([src.name for src, n in self.parts for _ in range(n)], pa.string())
 
 
 def shard_name(ordinal: int) -> str:
@@ -55,9 +84,32 @@ def shard_name(ordinal: int) -> str:
     return f"part-{ordinal:05d}.parquet"
 
 
+#: Files of at most this many rows (and at most ``shard_rows``) are packed whole, several to a unit.
+SMALL_FILE_ROWS = 4096
+
+
 def units_in(rows: int, shard_rows: int) -> int:
     """How many units a file of ``rows`` rows has (without grouping)."""
     return -(-rows // shard_rows)
+
+
+def small_limit(shard_rows: int) -> int:
+    """Rows up to which a file is "small" and shares a unit with its neighbours."""
+    return min(SMALL_FILE_ROWS, shard_rows)
+
+
+def planned_units(row_counts: list[int], shard_rows: int, pack_small_files: bool = True) -> int:
+    """How many shards files of these sizes make (small files packed whole up to ``shard_rows``)."""
+    total, group = 0, None
+    for rows in row_counts:
+        if pack_small_files and 0 < rows <= small_limit(shard_rows):
+            if group is None or group + rows > shard_rows:
+                total, group = total + 1, 0
+            group += rows
+            continue
+        group = None
+        total += units_in(rows, shard_rows)
+    return total
 
 
 def _tiled_end(committed: dict[int, ShardRecord], start: int = 0) -> int:
@@ -93,6 +145,8 @@ def iter_chunks(
     shard_rows: int,
     chunk_rows: int,
     group_key: str | None = None,
+    *,
+    pack_small_files: bool = False,
 ) -> Iterator[Chunk]:
     """Chunks of every unit not yet committed, in unit order.
 
@@ -100,20 +154,106 @@ def iter_chunks(
     the run of equal keys it has started, so a group (a query's documents) never straddles two.
     Reading starts at the first row not committed (Parquet seeks to its row group; CSV skips rows
     without converting them); rows of later committed units, if any, are dropped unread.
+
+    With ``pack_small_files``, consecutive small files (see ``small_limit``) of the same schema are
+    packed whole into one unit of up to ``shard_rows`` rows, and their rows into shared chunks, so
+    requests stay full and shards near ``shard_rows`` however small the files.
     """
+    taken = {s.name for s in manifest.shards}
+    counted: set[str] = set()
+    pack = _Packer(shard_rows, chunk_rows, taken)
     base = 0
     for src in sources:
         committed = {r.start: r for r in manifest.ranges_of(src.name)}
         if file_done(src, committed):
-            base += len(committed)
+            yield from pack.close()
+            fresh = {r.name for r in committed.values()} - counted
+            counted |= fresh
+            base += len(fresh)
             continue
         first = _tiled_end(committed)
-        batches = _offsets(iter_batches(src, columns, first, chunk_rows), first)
+        reader = iter_batches(src, columns, first, chunk_rows)
+        if pack_small_files and not committed:
+            table, reader = _read_if_small(src, reader, small_limit(shard_rows))
+            if table is not None:
+                if table.num_rows:
+                    base, chunks = pack.add(src, table, base)
+                    yield from chunks
+                continue
+        yield from pack.close()
+        batches = _offsets(reader, first)
         if group_key:
             batches = _group_aligned(batches, group_key)
         walk = _Walk(src, committed, base, shard_rows, chunk_rows, group_key, first)
         yield from walk.chunks(batches)
         base += walk.index
+    yield from pack.close()
+
+
+def _read_if_small(src: SourceFile, reader: Iterator[pa.RecordBatch], limit: int):
+    """(the whole file as a table, None) if it has at most ``limit`` rows, else (None, the same batches).
+
+    Reads at most ``limit`` rows plus one batch ahead; a big file's reader goes on where it stopped.
+    """
+    if src.rows is not None and src.rows > limit:
+        return None, reader
+    batches, rows = [], 0
+    for batch in reader:
+        batches.append(batch)
+        rows += batch.num_rows
+        if rows > limit:
+            return None, itertools.chain(batches, reader)
+    if not rows:
+        return pa.table({}), None
+    return pa.Table.from_batches(batches).replace_schema_metadata(None), None
+
+
+class _Packer:
+    """Packs whole small files into "files" units and their rows into chunks of up to ``chunk_rows``."""
+
+    def __init__(self, shard_rows: int, chunk_rows: int, taken: set[str]) -> None:
+        self.shard_rows, self.chunk_rows, self.taken = shard_rows, chunk_rows, taken
+        self.unit: Unit | None = None
+        self.rows = 0  # rows in the open unit
+        self.schema: pa.Schema | None = None
+        self.buf: list[tuple[SourceFile, pa.Table]] = []
+
+    def add(self, src: SourceFile, table: pa.Table, base: int) -> tuple[int, list[Chunk]]:
+        """Add a small file; returns the next unit ordinal and the chunks now complete."""
+        out: list[Chunk] = []
+        if self.unit is not None and (self.rows + table.num_rows > self.shard_rows or table.schema != self.schema):
+            out += self.close()
+        if self.unit is None:
+            name = shard_name(base)
+            if name in self.taken:
+                raise OutputError(
+                    f"{name} is already committed for other rows: this output cannot be resumed by this version; "
+                    "run with --restart"
+                )
+            self.unit, self.rows, self.schema = Unit(name, None, 0), 0, table.schema
+            base += 1
+        if self.buf and sum(t.num_rows for _, t in self.buf) + table.num_rows > self.chunk_rows:
+            out.append(self._flush(last=False))
+        self.buf.append((src, table))
+        self.unit.files.append((src.name, table.num_rows))
+        self.rows += table.num_rows
+        return base, out
+
+    def _flush(self, last: bool) -> Chunk:
+        table = pa.concat_tables([t for _, t in self.buf])
+        positions = np.concatenate([np.arange(t.num_rows, dtype=np.int64) for _, t in self.buf])
+        parts = [(src, t.num_rows) for src, t in self.buf]
+        self.buf = []
+        return Chunk(self.unit, parts[0][0], 0, table, last=last, rows=positions, parts=parts)
+
+    def close(self) -> list[Chunk]:
+        """End the open unit: its final chunk (marked last), if there is one."""
+        if self.unit is None:
+            return []
+        self.unit.eof = True
+        chunk = self._flush(last=True)
+        self.unit = None
+        return [chunk]
 
 
 def _offsets(batches: Iterator[pa.RecordBatch], start: int) -> Iterator[tuple[int, pa.RecordBatch]]:

@@ -235,7 +235,13 @@ class JobRunner:
             failures = [(src, rows) for _, src, rows in retry_units]
             yield from retry_chunks(failures, columns, unit, CHUNK_ROWS, self.task.group_key)
         yield from iter_chunks(
-            sources, self.manifest, columns, self.job.output.shard_rows, CHUNK_ROWS, self.task.group_key
+            sources,
+            self.manifest,
+            columns,
+            self.job.output.shard_rows,
+            CHUNK_ROWS,
+            self.task.group_key,
+            pack_small_files=not self.job.is_rerank,  # the rerank task reads one file per chunk
         )
 
     async def _reader(self, sources, columns, retry_units, n_workers: int) -> None:
@@ -453,10 +459,9 @@ class JobRunner:
             sha256=written.sha256,
             tokens=unit.tokens,
             resolves=list(unit.resolves),
+            files=[[name, rows] for name, rows in unit.files],
         )
-        self.manifest.shards.append(record)
-        self.manifest.resolved.extend(unit.resolves)
-        self.manifest.save(self.out)
+        self.manifest.commit(self.out, record, list(unit.resolves))
 
     # ------------------------------------------------------------------------------------- ending
 

@@ -4,7 +4,6 @@ everything committed, and the next run resumes exactly once."""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import pathlib
 
@@ -59,8 +58,8 @@ def test_disk_full_while_writing_a_shard_keeps_what_is_committed_and_resumes(tmp
     assert result.returncode == 1, result.stderr
     line = _one_line(result.stderr)
     assert f"{out}: the disk is full" in line and "run the same command again to resume" in line
-    manifest = json.loads((out / "_manifest.json").read_text())
-    assert [s["name"] for s in manifest["shards"]] == ["part-00000.parquet", "part-00001.parquet"]
+    manifest = checkpoint.Manifest.load(out)
+    assert [s.name for s in manifest.shards] == ["part-00000.parquet", "part-00001.parquet"]
 
     again = run_cli("run", str(job), "--quiet")
     assert again.returncode == 0, again.stderr
@@ -68,23 +67,21 @@ def test_disk_full_while_writing_a_shard_keeps_what_is_committed_and_resumes(tmp
     _assert_complete(tmp_path, job, texts)
 
 
-def test_disk_full_while_writing_the_manifest(tmp_path, srv, dataset, monkeypatch, capsys):
+def test_disk_full_while_recording_a_commit(tmp_path, srv, dataset, monkeypatch, capsys):
     texts, src = dataset
     job = job_for(tmp_path, srv, src, limits={"concurrency": 1}, output={"shard_rows": 100})
-    real_save = checkpoint.Manifest.save
-    saves = []
+    real_commit = checkpoint.Manifest.commit
 
-    def save(self, directory):
-        saves.append(len(self.shards))
-        if len(self.shards) == 3:  # the third commit finds the disk full
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory / "_manifest.json.tmp"))
-        real_save(self, directory)
+    def commit(self, directory, record, resolves):
+        if len(self.shards) == 2:  # the third commit finds the disk full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory / checkpoint.JOURNAL))
+        real_commit(self, directory, record, resolves)
 
-    monkeypatch.setattr(checkpoint.Manifest, "save", save)
+    monkeypatch.setattr(checkpoint.Manifest, "commit", commit)
     assert cli.main(["run", str(job), "--quiet"]) == 1
     line = _one_line(capsys.readouterr().err)
-    assert "_manifest.json.tmp: the disk is full" in line
-    monkeypatch.setattr(checkpoint.Manifest, "save", real_save)
+    assert f"{checkpoint.JOURNAL}: the disk is full" in line
+    monkeypatch.setattr(checkpoint.Manifest, "commit", real_commit)
 
     result = run_cli("run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr

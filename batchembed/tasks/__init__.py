@@ -103,12 +103,12 @@ class Task(Protocol):
         ...
 
 
-def failure_table(ids: pa.Array, file: str, rows: np.ndarray, errors: list[str]) -> pa.Table:
-    """The rows of ``_failed.parquet``: id, input file, input row, error."""
+def failure_table(ids: pa.Array, file: str | pa.Array, rows: np.ndarray, errors: list[str]) -> pa.Table:
+    """The rows of ``_failed.parquet``: id, input file (one name, or one per row), input row, error."""
     return pa.table(
         {
             "id": ids,
-            "file": pa.array([file] * len(rows), pa.string()),
+            "file": pa.array([file] * len(rows), pa.string()) if isinstance(file, str) else file,
             "row": pa.array(rows, pa.int64()),
             "error": pa.array(errors, pa.string()),
         }

@@ -51,12 +51,13 @@ def generated_ids(source_name: str, positions: np.ndarray) -> pa.Array:
     return pc.binary_join_element_wise(f"{source_name}:", pc.cast(pa.array(positions), pa.string()), "")
 
 
-def row_ids(table: pa.Table, job: JobConfig, source_name: str, positions: np.ndarray) -> pa.Array:
-    """The id of each row: the id column, or "file:row"."""
+def row_ids(table: pa.Table, job: JobConfig, chunk: Chunk, positions: np.ndarray) -> pa.Array:
+    """The id of each row: the id column, or "file:row" (a chunk may hold rows of several small files)."""
     if job.input.id:
         col = table.column(job.input.id)
         return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    return generated_ids(source_name, positions)
+    parts = [generated_ids(src.name, positions[a:b]) for src, a, b in chunk.segments()]
+    return pa.concat_arrays(parts) if len(parts) > 1 else parts[0]
 
 
 def chunk_positions(chunk: Chunk) -> np.ndarray:
@@ -112,8 +113,10 @@ class EmbedTask:
         texts = build_texts(table, job.input.text)
         blank = blank_mask(texts)
         if blank.any() and job.input.on_empty == "fail":
-            row = int(positions[np.flatnonzero(blank)[0]])
-            raise InputError(f"{chunk.source.path}: row {row}: text is empty or null (input.on_empty = 'fail')")
+            at = int(np.flatnonzero(blank)[0])
+            raise InputError(
+                f"{chunk.source_at(at).path}: row {int(positions[at])}: text is empty or null (input.on_empty = 'fail')"
+            )
         texts = add_prefix(texts, self.prefix)
         sendable = np.flatnonzero(~blank)
         encoded = pc.dictionary_encode(texts.take(pa.array(sendable, pa.int64())))
@@ -127,10 +130,10 @@ class EmbedTask:
         if len(too_long):
             policy = job.limits.on_too_long
             if policy == "fail":
-                row = int(positions[np.flatnonzero(row_to_text == too_long[0])[0]])
+                at = int(np.flatnonzero(row_to_text == too_long[0])[0])
                 raise InputError(
-                    f"{chunk.source.path}: row {row}: text has about {counts[too_long[0]]} tokens, over "
-                    f"limits.input_tokens = {self.input_tokens} (limits.on_too_long = 'fail')"
+                    f"{chunk.source_at(at).path}: row {int(positions[at])}: text has about {counts[too_long[0]]} "
+                    f"tokens, over limits.input_tokens = {self.input_tokens} (limits.on_too_long = 'fail')"
                 )
             if policy == "truncate":
                 for i in too_long:
@@ -167,7 +170,7 @@ class EmbedTask:
         return piece, [Request(piece, to_send, int(counts[to_send].sum()))]
 
     def _output_columns(self, table: pa.Table, chunk: Chunk, positions: np.ndarray) -> pa.Table:
-        cols = {self.id_column: row_ids(table, self.job, chunk.source.name, positions)}
+        cols = {self.id_column: row_ids(table, self.job, chunk, positions)}
         for name in self.job.input.keep:
             if name not in cols:
                 cols[name] = table.column(name)
@@ -280,7 +283,7 @@ class EmbedTask:
             idx = np.flatnonzero(failed_mask)
             failed = failure_table(
                 pc.cast(work.table.column(self.id_column).take(pa.array(idx)), pa.string()),
-                piece.chunk.source.name,
+                piece.chunk.file_names().take(pa.array(idx)),
                 work.positions[idx],
                 [piece.errors[int(rows[i])] for i in idx],
             )
