@@ -20,11 +20,10 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from batchembed.config import JobConfig, text_fields
 from batchembed.errors import InputError
-from batchembed.sources import SourceFile, columns_of, iter_batches
+from batchembed.sources import SourceFile, arrow_schema, columns_of, iter_batches
 
 #: Hashes kept in memory before spilling to bucket files (8 bytes each: 256 MB).
 DIGESTS_IN_MEMORY = 32_000_000
@@ -66,7 +65,7 @@ def check_text_types(source: SourceFile, fields: list[str], cast_text: bool) -> 
     """Text columns must be strings (CSV columns always are); ``input.cast_text`` accepts any type."""
     if cast_text or source.format != "parquet":
         return
-    schema = pq.ParquetFile(source.path).schema_arrow
+    schema = arrow_schema(source)
     for name in fields:
         kind = schema.field(name).type
         if not _is_text(kind):
@@ -125,22 +124,42 @@ def _digests(ids: pa.Array) -> np.ndarray:
 
 
 def _id_batches(sources: list[SourceFile], column: str):
-    """(source, first row, ids as strings) for every batch of the id column of every file."""
+    """(ids as strings, their files, the first row of each file's part) over the id column of every file.
+
+    Parts of several small files travel together (up to ``_SCAN_ROWS``), so hashing is per block."""
+    parts: list[tuple[SourceFile, int, pa.Array]] = []
+    held = 0
     for src in sources:
         pos = 0
         for batch in iter_batches(src, [column], 0, _SCAN_ROWS):
             ids = batch.column(0)
-            yield src, pos, ids if pa.types.is_string(ids.type) else pc.cast(ids, pa.string())
+            parts.append((src, pos, ids if pa.types.is_string(ids.type) else pc.cast(ids, pa.string())))
             pos += batch.num_rows
+            held += batch.num_rows
+            if held >= _SCAN_ROWS:
+                yield parts
+                parts, held = [], 0
+    if parts:
+        yield parts
+
+
+def _where(parts, index: int) -> tuple[SourceFile, int]:
+    """The file and row of position ``index`` of a block of parts."""
+    for src, pos, ids in parts:
+        if index < len(ids):
+            return src, pos + index
+        index -= len(ids)
+    raise IndexError(index)
 
 
 def check_ids(sources: list[SourceFile], column: str, limit: int = DIGESTS_IN_MEMORY) -> None:
     """No null or empty id, and no id twice (across all files); the error names the id and its rows."""
     seen = DigestSet(limit)
-    for src, pos, ids in _id_batches(sources, column):
+    for parts in _id_batches(sources, column):
+        ids = pa.concat_arrays([p[2] for p in parts])
         missing = pc.or_(pc.is_null(ids), pc.equal(ids, "")).fill_null(True)
         if pc.any(missing).as_py():
-            row = pos + int(np.flatnonzero(missing.to_numpy(zero_copy_only=False))[0])
+            src, row = _where(parts, int(np.flatnonzero(missing.to_numpy(zero_copy_only=False))[0]))
             raise InputError(
                 f"{src.path}: row {row} ({src.name}:{row}) has no id: input.id column {column!r} is null or empty"
             )
@@ -149,10 +168,11 @@ def check_ids(sources: list[SourceFile], column: str, limit: int = DIGESTS_IN_ME
     if not len(suspects):
         return
     rows: dict[str, list[str]] = {}
-    for src, pos, ids in _id_batches(sources, column):
-        hit = np.flatnonzero(np.isin(_digests(ids), suspects))
-        for i in hit:
-            rows.setdefault(ids[int(i)].as_py(), []).append(f"{src.name}:{pos + int(i)}")
+    for parts in _id_batches(sources, column):
+        ids = pa.concat_arrays([p[2] for p in parts])
+        for i in np.flatnonzero(np.isin(_digests(ids), suspects)):
+            src, row = _where(parts, int(i))
+            rows.setdefault(ids[int(i)].as_py(), []).append(f"{src.name}:{row}")
     repeated = {k: v for k, v in rows.items() if len(v) > 1}
     if repeated:  # else only hashes collided
         first, where = next(iter(repeated.items()))

@@ -217,6 +217,7 @@ class _Packer:
         self.rows = 0  # rows in the open unit
         self.schema: pa.Schema | None = None
         self.buf: list[tuple[SourceFile, pa.Table]] = []
+        self.buf_rows = 0
 
     def add(self, src: SourceFile, table: pa.Table, base: int) -> tuple[int, list[Chunk]]:
         """Add a small file; returns the next unit ordinal and the chunks now complete."""
@@ -232,9 +233,10 @@ class _Packer:
                 )
             self.unit, self.rows, self.schema = Unit(name, None, 0), 0, table.schema
             base += 1
-        if self.buf and sum(t.num_rows for _, t in self.buf) + table.num_rows > self.chunk_rows:
+        if self.buf and self.buf_rows + table.num_rows > self.chunk_rows:
             out.append(self._flush(last=False))
         self.buf.append((src, table))
+        self.buf_rows += table.num_rows
         self.unit.files.append((src.name, table.num_rows))
         self.rows += table.num_rows
         return base, out
@@ -243,7 +245,7 @@ class _Packer:
         table = pa.concat_tables([t for _, t in self.buf])
         positions = np.concatenate([np.arange(t.num_rows, dtype=np.int64) for _, t in self.buf])
         parts = [(src, t.num_rows) for src, t in self.buf]
-        self.buf = []
+        self.buf, self.buf_rows = [], 0
         return Chunk(self.unit, parts[0][0], 0, table, last=last, rows=positions, parts=parts)
 
     def close(self) -> list[Chunk]:

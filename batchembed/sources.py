@@ -8,6 +8,7 @@ columns are read as text, so type inference on the first block can never break o
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import os
 from collections.abc import Iterator
@@ -82,10 +83,16 @@ def _glob_root(spec: str) -> str:
     return str(Path(*fixed)) if fixed else "."
 
 
+@functools.lru_cache(maxsize=4096)
+def arrow_schema(source: SourceFile) -> pa.Schema:
+    """A Parquet file's Arrow schema (cached: the input checks ask for it several times per file)."""
+    return pq.ParquetFile(source.path).schema_arrow
+
+
 def columns_of(source: SourceFile) -> list[str]:
     """The column names of a file (a CSV's header row)."""
     if source.format == "parquet":
-        return list(pq.ParquetFile(source.path).schema_arrow.names)
+        return list(arrow_schema(source).names)
     try:
         # the header alone is decoded strictly; later rows are checked (and named) by the reader
         with open(source.path, newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
@@ -134,7 +141,9 @@ def _parquet_batches(source: SourceFile, columns: list[str], start_row: int, bat
     groups = list(range(first_group, meta.num_row_groups))
     if not groups:
         return
-    for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=columns, use_threads=True):
+    # a small file gains nothing from the thread pool and pays for starting it (many small files)
+    threads = meta.num_rows > 65_536
+    for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=columns, use_threads=threads):
         if skip:
             if skip >= batch.num_rows:
                 skip -= batch.num_rows
