@@ -4,6 +4,7 @@ huge cells, malformed rows and invalid UTF-8 named by row and line."""
 from __future__ import annotations
 
 import io
+import itertools
 import signal
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from batchembed.checkpoint import Manifest, ShardRecord
 from batchembed.errors import InputError
 from batchembed.plan import iter_chunks
 from batchembed.sources import discover, iter_batches
+from batchembed.tasks.embed import chunk_positions
 from tests.conftest import assert_vectors, job_for, read_output, run_cli, start_cli
 
 
@@ -47,58 +49,73 @@ def messy_texts(n: int) -> list[str]:
 _text = st.text(alphabet=st.sampled_from(list('ab ,"\n\r\té')), max_size=12)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     texts=st.lists(_text, min_size=1, max_size=40),
-    crlf=st.booleans(),
-    bom=st.booleans(),
-    blank_every=st.integers(0, 4),
-    shard_rows=st.integers(1, 7),
+    shard_rows=st.integers(1, 16),
     chunk_rows=st.integers(1, 5),
+    pack=st.booleans(),
     data=st.data(),
 )
 def test_resume_from_any_committed_units_reads_every_record_exactly_once(
-    tmp_path_factory, texts, crlf, bom, blank_every, shard_rows, chunk_rows, data
+    tmp_path_factory, texts, shard_rows, chunk_rows, pack, data
 ):
-    path = write_csv(
-        tmp_path_factory.mktemp("csv") / "in.csv",
-        [(f"id{i}", t) for i, t in enumerate(texts)],
-        crlf=crlf,
-        bom=bom,
-        blank_every=blank_every,
-    )
-    truth = [(f"id{i}", t) for i, t in enumerate(texts)]  # what any CSV reader must see
-    src = discover(str(path))[0]
-    empty = Manifest(fingerprint={})
+    """CSVs with quoted newlines, commas, quotes, blank lines, CRLF or LF and a BOM, one or several
+    files (small ones packed together or not), "killed" after any set of committed units: the
+    resumed walk yields exactly the records not committed, each with its own file and record number,
+    and every unit keeps its name and its rows."""
+    directory = tmp_path_factory.mktemp("csv")
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(texts)), max_size=8)))
+    bounds = [0, *cuts, len(texts)]
+    truth = []  # (file, record number, id, text): what any CSV reader must see
+    for f, (a, b) in enumerate(itertools.pairwise(bounds)):
+        name = f"f{f}.csv"
+        write_csv(
+            directory / name,
+            [(f"id{i}", texts[i]) for i in range(a, b)],
+            crlf=data.draw(st.booleans()),
+            bom=data.draw(st.booleans()),
+            blank_every=data.draw(st.integers(0, 4)),
+        )
+        truth += [(name, i - a, f"id{i}", texts[i]) for i in range(a, b)]
+    sources = discover(str(directory))
 
-    def rows_of(chunks):
-        units: dict[str, list] = {}
-        for chunk in chunks:
+    def walk(manifest):
+        units: dict[str, tuple] = {}
+        for chunk in iter_chunks(sources, manifest, ["id", "text"], shard_rows, chunk_rows, pack_small_files=pack):
             ids = chunk.table.column("id").to_pylist()
             got = chunk.table.column("text").to_pylist()
-            units.setdefault(chunk.unit.name, []).extend((chunk.first_row + k, ids[k], got[k]) for k in range(len(ids)))
-            if chunk.last:
-                units[chunk.unit.name] = (chunk.unit, units[chunk.unit.name])
+            files = chunk.file_names().to_pylist()
+            positions = chunk_positions(chunk).tolist()
+            unit, rows = units.get(chunk.unit.name, (chunk.unit, []))
+            rows += [(files[k], positions[k], ids[k], got[k]) for k in range(len(ids))]
+            units[chunk.unit.name] = (unit, rows)
         return units
 
-    first = rows_of(iter_chunks([src], empty, ["id", "text"], shard_rows, chunk_rows))
-    assert [(i, t) for _, (_, rows) in first.items() for _, i, t in rows] == truth
-    assert all(pos == truth.index((i, t)) for _, (_, rows) in first.items() for pos, i, t in rows)
+    first = walk(Manifest(fingerprint={}))
+    assert [r for _, rows in first.values() for r in rows] == truth
 
     # "kill": any subset of the units was committed (the writer commits in order, but holes happen on stop)
-    names = list(first)
-    committed = data.draw(st.lists(st.sampled_from(names), unique=True)) if names else []
+    committed = data.draw(st.lists(st.sampled_from(list(first)), unique=True)) if first else []
     manifest = Manifest(fingerprint={})
     for name in committed:
         unit, rows = first[name]
+        file = unit.source.name if unit.source else None
+        files = [[n, r] for n, r in unit.files]
+        end = unit.end if unit.end is not None else 0
         manifest.shards.append(
-            ShardRecord(name, "range", src.name, unit.start, unit.end, unit.eof, len(rows), 0, None, 0, "", 0)
+            ShardRecord(name, unit.kind, file, unit.start, end, unit.eof, len(rows), 0, None, 0, "", 0, files=files)
         )
-    second = rows_of(iter_chunks([src], manifest, ["id", "text"], shard_rows, chunk_rows))
+    second = walk(manifest)
     assert not set(second) & set(committed)
-    everything = sorted([r for n in committed for r in first[n][1]] + [r for _, rows in second.values() for r in rows])
-    assert [(i, t) for _, i, t in everything] == truth  # every record once, with its own row number
-    assert [p for p, _, _ in everything] == list(range(len(truth)))
+    for name, (_, rows) in second.items():
+        assert rows == first[name][1]  # a unit redone has the same name and the same rows
+    order = {name: i for i, name in enumerate(sorted({t[0] for t in truth}))}
+    everything = sorted(
+        [r for n in committed for r in first[n][1]] + [r for _, rows in second.values() for r in rows],
+        key=lambda r: (order[r[0]], r[1]),
+    )
+    assert everything == truth  # every record exactly once, with its own file and record number
 
 
 # ------------------------------------------------------------------------------------ real processes
