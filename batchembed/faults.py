@@ -12,8 +12,8 @@ import os
 import re
 
 _ADVICE = {
-    errno.ENOSPC: "the disk is full: free space there (or set output.path on another disk)",
-    errno.EDQUOT: "the disk quota is used up: free space there (or set output.path on another disk)",
+    errno.ENOSPC: "the disk is full: free space there (or move that path to another disk)",
+    errno.EDQUOT: "the disk quota is used up: free space there (or move that path to another disk)",
     errno.EACCES: "permission denied: make it writable for this user (or set output.path elsewhere)",
     errno.EPERM: "operation not permitted: make it writable for this user (or set output.path elsewhere)",
     errno.EROFS: "the file system is read-only: set output.path on a writable disk",

@@ -9,6 +9,7 @@ against a crash mid-write (WAL journal).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import sqlite3
 import threading
@@ -53,6 +54,7 @@ class VectorMemo:
         except sqlite3.Error as exc:
             raise ConfigError(f"cache.path: cannot open {path} as a cache: {exc}") from None
         self._db = db
+        self._path = path
 
     def lookup(self, keys: np.ndarray) -> dict[bytes, np.ndarray]:
         """The vectors known for ``keys`` (memory first, then the cache file)."""
@@ -103,9 +105,14 @@ class VectorMemo:
                     (self._namespace, k, np.asarray(v, dtype="<f4").tobytes())
                     for k, v in zip(keys, vectors, strict=True)
                 ]
-                self._db.execute("BEGIN")
-                self._db.executemany("INSERT OR IGNORE INTO vectors VALUES (?, ?, ?)", rows)
-                self._db.execute("COMMIT")
+                try:
+                    self._db.execute("BEGIN")
+                    self._db.executemany("INSERT OR IGNORE INTO vectors VALUES (?, ?, ?)", rows)
+                    self._db.execute("COMMIT")
+                except sqlite3.OperationalError as exc:  # a full disk: one clear line, not a traceback
+                    self._db.rollback()
+                    code = errno.ENOSPC if "full" in str(exc) else errno.EIO
+                    raise OSError(code, str(exc), f"{self._path} (cache.path)") from None
 
     def close(self) -> None:
         """Close the cache file."""

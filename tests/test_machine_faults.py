@@ -143,3 +143,28 @@ def test_the_hosted_api_still_needs_its_key(tmp_path, dataset):
     result = run_cli("run", str(job), "--quiet")
     assert result.returncode == 1
     assert "FIREWORKS_API_KEY is not set" in result.stderr
+
+
+def test_full_disk_under_the_vector_cache(tmp_path, srv, dataset, monkeypatch, capsys):
+    """A real SQLITE_FULL (the cache file may not grow past a few pages) is one line naming cache.path."""
+    from batchembed import memo
+
+    texts, src = dataset
+    cache = tmp_path / "cache.sqlite"
+    job = job_for(tmp_path, srv, src, cache={"path": str(cache)}, output={"shard_rows": 100})
+    real_connect = memo.sqlite3.connect
+
+    def connect(*args, **kwargs):
+        db = real_connect(*args, **kwargs)
+        db.execute("PRAGMA max_page_count = 8")
+        return db
+
+    monkeypatch.setattr(memo.sqlite3, "connect", connect)
+    assert cli.main(["run", str(job), "--quiet"]) == 1
+    line = _one_line(capsys.readouterr().err)
+    assert f"{cache} (cache.path): the disk is full" in line
+    monkeypatch.setattr(memo.sqlite3, "connect", real_connect)
+
+    result = run_cli("run", str(job), "--quiet")
+    assert result.returncode == 0, result.stderr
+    _assert_complete(tmp_path, job, texts)
