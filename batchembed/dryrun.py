@@ -28,6 +28,7 @@ from batchembed import catalog
 from batchembed.batching import pack
 from batchembed.checkpoint import Manifest
 from batchembed.config import JobConfig, resolve_model, text_fields
+from batchembed.inputcheck import check_inputs
 from batchembed.plan import iter_chunks
 from batchembed.sources import check_columns, discover
 from batchembed.texts import add_prefix, blank_mask, build_texts
@@ -171,6 +172,7 @@ def estimate(
     every = list(dict.fromkeys([*needed, *([job.input.id] if job.input.id else []), *job.input.keep]))
     for src in sources:
         check_columns(src, every)
+    check_inputs(job, sources, every)  # the same refusals as `run` (ids, duplicate columns, text types)
     report.files = [{"name": s.name, "format": s.format, "rows": s.rows} for s in sources]
     rows_of: dict[str, int] = {}
     seen = _Seen()

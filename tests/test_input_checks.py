@@ -81,3 +81,12 @@ def test_repeated_ids_are_found_after_spilling_to_disk(tmp_path):
     ids[40_001] = "unique"
     pq.write_table(pa.table({"id": ids}), tmp_path / "in.parquet", row_group_size=5_000)
     inputcheck.check_ids(discover(str(tmp_path / "in.parquet")), "id", limit=3_000)
+
+
+def test_plan_refuses_the_same_inputs_without_sending(tmp_path, srv):
+    path = tmp_path / "in.csv"
+    path.write_text("id,text\n1,a\n2,b\n1,c\n")
+    result = run_cli("plan", str(job_for(tmp_path, srv, path)))
+    assert result.returncode == 1
+    assert "input.id '1' appears in rows in.csv:0 and in.csv:2" in result.stderr
+    assert srv.requests == []
