@@ -8,17 +8,22 @@ columns are read as text, so type inference on the first block can never break o
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
+import io
 import os
+import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from batchembed.errors import InputError
+from batchembed.location import Location, StorageOptions, locate
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 
@@ -28,20 +33,38 @@ class SourceFile:
     """One input file. ``name`` is its path relative to the input root: stable across machines."""
 
     index: int
-    path: Path
+    path: Path | str  # a local path, or the file's URI ("s3://bucket/key") in an object store
     name: str
     format: str
     size: int
     mtime_ns: int
     rows: int | None  # known up front for Parquet, None for CSV
+    location: Location | None = field(default=None, compare=False)  # set for object-store files
+
+    def open(self):
+        """What pyarrow readers take: the local path, or a random-access file read by ranged GETs."""
+        if self.location is None:
+            return self.path
+        return self.location.fs.open_input_file(self.location.fs_path)
+
+    def open_stream(self):
+        """A sequential binary stream of the file (CSV): the local path, or a streaming remote reader."""
+        if self.location is None:
+            return self.path
+        return self.location.fs.open_input_stream(self.location.fs_path)
 
     def identity(self) -> dict[str, object]:
         """What the job fingerprint records about this file."""
         return {"name": self.name, "size": self.size, "mtime_ns": self.mtime_ns}
 
 
-def discover(spec: str) -> list[SourceFile]:
-    """Expand a file, directory or glob into the sorted list of .parquet/.csv files it names."""
+def discover(spec: str, storage: StorageOptions | None = None) -> list[SourceFile]:
+    """Expand a file, directory or glob (local, or a URI such as ``s3://b/data/*.parquet``) into the
+    sorted list of .parquet/.csv files it names."""
+    where = locate(spec, storage, "input.path")
+    if not where.is_local:
+        return _discover_remote(spec, where)
+    spec = where.key
     path = Path(spec)
     if any(ch in spec for ch in "*?["):
         matches = [Path(p) for p in glob.glob(spec, recursive=True)]
@@ -72,6 +95,82 @@ def discover(spec: str) -> list[SourceFile]:
     return out
 
 
+def _discover_remote(spec: str, where: Location) -> list[SourceFile]:
+    """``discover`` for an object store: list the prefix through pyarrow.fs and match the glob."""
+    key = where.key
+    pattern = None
+    if any(ch in key for ch in "*?["):
+        pattern = key
+        key = _glob_root(key).strip(".").strip("/")
+    base = dataclasses.replace(where, key=key)
+    fs = where.fs
+    try:
+        info = fs.get_file_info(base.fs_path)
+        if info.type == pafs.FileType.File and pattern is None:
+            infos, root = [info], base.fs_path.rsplit("/", 1)[0]
+        else:
+            infos = fs.get_file_info(pafs.FileSelector(base.fs_path, recursive=True, allow_not_found=True))
+            root = base.fs_path
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"input.path {where.uri!r}: cannot list: {_first_line(exc)}") from None
+    bucket_prefix = f"{where.bucket}/"
+    matches = []
+    for info in infos:
+        rel_key = info.path[len(bucket_prefix) :] if info.path.startswith(bucket_prefix) else info.path
+        if info.type != pafs.FileType.File or os.path.splitext(info.path)[1].lower() not in FORMATS:
+            continue
+        if pattern is not None and not _glob_match(rel_key, pattern):
+            continue
+        matches.append(info)
+    if not matches:
+        raise InputError(f"input.path {spec!r} matches no .parquet or .csv file")
+    out = []
+    for i, info in enumerate(sorted(matches, key=lambda x: x.path)):
+        rel_key = info.path[len(bucket_prefix) :]
+        loc = dataclasses.replace(where, key=rel_key, uri=f"{where.uri.split('://')[0]}://{where.bucket}/{rel_key}")
+        fmt = FORMATS[os.path.splitext(info.path)[1].lower()]
+        name = info.path[len(root) :].lstrip("/") if info.path.startswith(root + "/") else info.base_name
+        src = SourceFile(i, loc.uri, name, fmt, info.size or 0, info.mtime_ns or 0, None, loc)
+        if fmt == "parquet":
+            try:
+                rows = pq.ParquetFile(src.open()).metadata.num_rows
+            except (pa.ArrowException, OSError) as exc:
+                raise InputError(f"{loc.uri}: not a readable Parquet file: {_first_line(exc)}") from None
+            src = SourceFile(i, loc.uri, name, fmt, src.size, src.mtime_ns, rows, loc)
+        out.append(src)
+    return out
+
+
+def _glob_match(key: str, pattern: str) -> bool:
+    """Shell-style match of an object key: ``*`` and ``?`` stay within one level, ``**/`` spans levels."""
+    regex, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            regex.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            regex.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            regex.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            regex.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 1 :]:
+            end = pattern.index("]", i + 1)
+            regex.append("[" + pattern[i + 1 : end].replace("!", "^", 1) + "]")
+            i = end + 1
+        else:
+            regex.append(re.escape(pattern[i]))
+            i += 1
+    return re.fullmatch("".join(regex), key) is not None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 def _glob_root(spec: str) -> str:
     parts = Path(spec).parts
     fixed = []
@@ -85,11 +184,15 @@ def _glob_root(spec: str) -> str:
 def columns_of(source: SourceFile) -> list[str]:
     """The column names of a file (a CSV's header row)."""
     if source.format == "parquet":
-        return list(pq.ParquetFile(source.path).schema_arrow.names)
+        return list(pq.ParquetFile(source.open()).schema_arrow.names)
     try:
-        with open(source.path, newline="", encoding="utf-8") as fh:
-            header = next(csv.reader(fh), None)
-    except (OSError, UnicodeDecodeError) as exc:
+        if source.location is None:
+            with open(source.path, newline="", encoding="utf-8") as fh:
+                header = next(csv.reader(fh), None)
+        else:
+            with source.open_stream() as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as fh:
+                header = next(csv.reader(fh), None)
+    except (OSError, UnicodeDecodeError, pa.ArrowException) as exc:
         raise InputError(f"{source.path}: cannot read CSV header: {exc}") from None
     if not header:
         raise InputError(f"{source.path}: CSV file has no header row")
@@ -122,7 +225,7 @@ def iter_batches(
 def _parquet_batches(source: SourceFile, columns: list[str], start_row: int, batch_rows: int):
     # pre_buffer=False: with read-ahead caching on, the reader keeps every column chunk it has read
     # until it is closed, so memory would grow with the file (~30 MB per 100k rows of text).
-    pf = pq.ParquetFile(source.path, pre_buffer=False)
+    pf = pq.ParquetFile(source.open(), pre_buffer=False)
     meta = pf.metadata
     first_group, skip = 0, start_row
     while first_group < meta.num_row_groups and skip >= meta.row_group(first_group).num_rows:
@@ -144,7 +247,7 @@ def _parquet_batches(source: SourceFile, columns: list[str], start_row: int, bat
 def _csv_batches(source: SourceFile, columns: list[str], start_row: int):
     header = columns_of(source)
     reader = pacsv.open_csv(
-        source.path,
+        source.open_stream(),
         read_options=pacsv.ReadOptions(block_size=4 << 20, skip_rows_after_names=start_row),
         convert_options=pacsv.ConvertOptions(
             column_types={name: pa.string() for name in header},

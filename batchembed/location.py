@@ -1,0 +1,162 @@
+"""Where data lives: local paths and ``s3://``, ``gs://``, ``az://``/``abfs://`` and ``file://`` URIs.
+
+Every path a job names (``input.path``, ``output.path``) goes through :func:`locate`, which picks a
+``pyarrow.fs`` filesystem for its scheme. Reads then go through that filesystem: Parquet with ranged
+reads of the row groups it needs (a big file is never downloaded whole), CSV as a stream.
+
+Credentials come only from each cloud's standard chain (``AWS_*`` incl. ``AWS_ENDPOINT_URL`` and
+``AWS_PROFILE``; ``GOOGLE_APPLICATION_CREDENTIALS``; ``AZURE_STORAGE_*``); the optional ``[storage]``
+table says what the environment cannot (endpoint, region, anonymous access). A URI is never shown
+with anything but scheme, bucket and key, so no secret reaches a message.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from batchembed.errors import ConfigError
+
+#: Schemes with their store kind. ``az`` is ours (pyarrow knows ``abfs``/``abfss`` only).
+SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure"}
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """What ``[storage]`` adds to the environment's own settings (all optional)."""
+
+    endpoint: str | None = None
+    region: str | None = None
+    anonymous: bool = False
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed path: its store ``kind`` ("local", "s3", "gcs", "azure"), bucket and key inside it.
+
+    ``uri`` is what messages show (never credentials); ``fs_path`` is the path to hand ``fs``.
+    """
+
+    kind: str
+    uri: str
+    bucket: str  # bucket / container ("" for local)
+    key: str  # path inside the bucket without leading or trailing "/" (local: the OS path)
+    account: str | None  # Azure storage account, when the URI names it
+    options: StorageOptions
+
+    @property
+    def is_local(self) -> bool:
+        """Whether this is a path on this machine's disk."""
+        return self.kind == "local"
+
+    @property
+    def fs_path(self) -> str:
+        """The path in ``fs``'s own terms ("bucket/key" for object stores)."""
+        if self.is_local:
+            return self.key
+        return f"{self.bucket}/{self.key}" if self.key else self.bucket
+
+    @property
+    def fs(self) -> pafs.FileSystem:
+        """The pyarrow filesystem serving this location (one per store and options, reused)."""
+        return _filesystem(self.kind, self.account, self.options)
+
+    def child(self, name: str) -> Location:
+        """The location of ``name`` (a relative key) under this one."""
+        name = name.strip("/")
+        if self.is_local:
+            return Location("local", os.path.join(self.uri, name), "", os.path.join(self.key, name), None, self.options)
+        key = f"{self.key}/{name}" if self.key else name
+        return Location(self.kind, f"{self.uri.rstrip('/')}/{name}", self.bucket, key, self.account, self.options)
+
+    def __str__(self) -> str:
+        return self.uri
+
+
+def scheme_of(spec: str) -> str | None:
+    """The URI scheme of ``spec`` ("s3"), or None for a plain local path (including Windows drives)."""
+    head, sep, _ = spec.partition("://")
+    if not sep or not head or not head.replace("+", "").replace("-", "").replace(".", "").isalnum():
+        return None
+    return head.lower()
+
+
+def locate(spec: str, options: StorageOptions | None = None, field: str = "path") -> Location:
+    """Parse a job path or URI; ``ConfigError`` naming ``field`` and the scheme if it is not supported."""
+    options = options or StorageOptions()
+    scheme = scheme_of(spec)
+    if scheme is None:
+        return Location("local", spec, "", spec, None, options)
+    rest = spec.split("://", 1)[1]
+    if scheme == "file":
+        return Location("local", rest, "", rest, None, options)
+    kind = SCHEMES.get(scheme)
+    if kind is None:
+        known = ", ".join(f"{s}://" for s in ("s3", "gs", "az", "abfs", "abfss", "file"))
+        raise ConfigError(
+            f"{field}: unsupported scheme {scheme}:// in {_safe(spec)!r}; supported: {known} or a local path"
+        )
+    bucket, _, key = rest.partition("/")
+    account = None
+    if "@" in bucket:  # abfs://container@account.dfs.core.windows.net/path
+        bucket, _, host = bucket.partition("@")
+        account = host.split(".", 1)[0] or None
+    if ":" in bucket or not bucket:
+        raise ConfigError(f"{field}: {_safe(spec)!r} names no bucket (expected {scheme}://BUCKET/PATH)")
+    key = key.strip("/")
+    uri = f"{scheme}://{bucket}/{key}" if key else f"{scheme}://{bucket}"
+    return Location(kind, uri, bucket, key, account, options)
+
+
+def _safe(spec: str) -> str:
+    """A URI without any ``user:password@`` part, for messages."""
+    head, sep, rest = spec.partition("://")
+    if sep and "@" in rest.split("/", 1)[0] and ":" in rest.split("@", 1)[0]:
+        rest = "***@" + rest.split("@", 1)[1]
+    return head + sep + rest
+
+
+def s3_endpoint(options: StorageOptions) -> str | None:
+    """The S3 endpoint: ``[storage] endpoint``, else ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``."""
+    return options.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+@cache
+def _filesystem(kind: str, account: str | None, options: StorageOptions) -> pafs.FileSystem:
+    if kind == "local":
+        return pafs.LocalFileSystem()
+    if kind == "s3":
+        kwargs: dict[str, Any] = {"anonymous": options.anonymous}
+        endpoint = s3_endpoint(options)
+        if endpoint:
+            kwargs["endpoint_override"] = endpoint
+        region = options.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            kwargs["region"] = region
+        return pafs.S3FileSystem(**kwargs)
+    if kind == "gcs":
+        kwargs = {"anonymous": options.anonymous}
+        endpoint = options.endpoint or os.environ.get("STORAGE_EMULATOR_HOST")
+        if endpoint:
+            scheme, _, host = endpoint.rpartition("://")
+            kwargs.update(endpoint_override=host or endpoint, scheme=scheme or "https")
+        return pafs.GcsFileSystem(**kwargs)
+    account = account or os.environ.get("AZURE_STORAGE_ACCOUNT_NAME") or os.environ.get("AZURE_STORAGE_ACCOUNT")
+    if not account:
+        raise ConfigError(
+            "Azure paths need a storage account: use abfs://CONTAINER@ACCOUNT.dfs.core.windows.net/PATH "
+            "or set AZURE_STORAGE_ACCOUNT_NAME"
+        )
+    kwargs = {"account_name": account}
+    key = os.environ.get("AZURE_STORAGE_ACCOUNT_KEY") or os.environ.get("AZURE_STORAGE_KEY")
+    if key:
+        kwargs["account_key"] = key
+    if options.endpoint:
+        scheme, _, host = options.endpoint.rpartition("://")
+        kwargs.update(blob_storage_authority=host, dfs_storage_authority=host, blob_storage_scheme=scheme or "https")
+        kwargs.update(dfs_storage_scheme=scheme or "https")
+    return pafs.AzureFileSystem(**kwargs)

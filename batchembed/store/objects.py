@@ -1,0 +1,290 @@
+"""The output store on S3, GCS or Azure Blob: exactly once without rename.
+
+Object stores have no atomic rename, but a PUT (or a completed multipart upload) appears whole or
+not at all, and a PUT can be made conditional. So:
+
+* a shard is spooled to a local temporary file while it is written, then uploaded straight to its
+  final key; it counts only once the manifest records it;
+* the manifest is the only truth, replaced with a conditional PUT on the ETag this run last saw
+  (create-only for the first one): a run that lost the output to another cannot overwrite it;
+* a resume deletes every object the manifest does not record; ``_SUCCESS`` is written last;
+* one writer: a lease object (``_lease/job.json``, see :mod:`batchembed.store.lease`), and every
+  write first checks the lease is still ours (fencing).
+
+Data reads go through ``pyarrow.fs`` (ranged reads); writes, listings and deletes through obstore.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from typing import Any
+
+import pyarrow as pa
+
+from batchembed.errors import ConfigError, OutputError, redact, register_secret
+from batchembed.location import Location, s3_endpoint
+from batchembed.store.base import LEASE_DIR, OutputStore, lease_name
+from batchembed.writer import WrittenFile, parquet_writer
+
+MANIFEST = "_manifest.json"
+#: Environment variables holding cloud secrets: scrubbed from every message.
+SECRET_VARIABLES = (
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_SAS_KEY",
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_CLIENT_SECRET",
+    "GOOGLE_SERVICE_ACCOUNT_KEY",
+)
+
+
+def _obstore():
+    try:
+        import obstore
+    except ImportError:
+        raise ConfigError(
+            "output on an object store needs the cloud extra: pip install 'batchembed[cloud]' (obstore)"
+        ) from None
+    return obstore
+
+
+def message(exc: BaseException) -> str:
+    """The first line of an obstore/pyarrow error, without any secret."""
+    text = str(exc).strip().splitlines()
+    return redact(text[0] if text else type(exc).__name__)
+
+
+def connect(where: Location) -> Any:
+    """An obstore store rooted at the output prefix, configured from the environment and ``[storage]``."""
+    obstore = _obstore()
+    from obstore.store import from_url
+
+    for name in SECRET_VARIABLES:
+        register_secret(os.environ.get(name))
+    opts = where.options
+    config: dict[str, Any] = {}
+    client: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {}
+    if where.kind == "s3":
+        url = f"s3://{where.bucket}/{where.key}"
+        endpoint = s3_endpoint(opts)
+        if endpoint:
+            config["endpoint"] = endpoint
+            client["allow_http"] = endpoint.startswith("http://")
+        if opts.region:
+            config["region"] = opts.region
+        if opts.anonymous:
+            config["skip_signature"] = True
+        if os.environ.get("AWS_PROFILE") and not os.environ.get("AWS_ACCESS_KEY_ID") and not opts.anonymous:
+            kwargs["credential_provider"] = _profile_credentials()
+    elif where.kind == "gcs":
+        url = f"gs://{where.bucket}/{where.key}"
+        if opts.anonymous:
+            config["skip_signature"] = True
+    else:
+        url = f"az://{where.bucket}/{where.key}"
+        if where.account:
+            config["account_name"] = where.account
+        if opts.endpoint:
+            config["endpoint"] = opts.endpoint
+            client["allow_http"] = opts.endpoint.startswith("http://")
+        if opts.anonymous:
+            config["skip_signature"] = True
+    try:
+        return from_url(url, config=config or None, client_options=client or None, **kwargs)
+    except (obstore.exceptions.BaseError, ValueError, TypeError) as exc:
+        raise ConfigError(f"output.path {where.uri}: {message(exc)}") from None
+
+
+def _profile_credentials():
+    """AWS_PROFILE (shared config/credentials files, SSO) through boto3, which resolves profiles."""
+    try:
+        import boto3
+        from obstore.auth.boto3 import Boto3CredentialProvider
+    except ImportError:
+        raise ConfigError("AWS_PROFILE needs boto3 to read the profile: pip install 'batchembed[cloud]'") from None
+    return Boto3CredentialProvider(boto3.Session())
+
+
+class SpooledShard:
+    """A shard written to an anonymous local temp file, uploaded to its final key on ``commit``."""
+
+    def __init__(self, store: ObjectStore, name: str, schema: pa.Schema, compression: str) -> None:
+        self.store = store
+        self.name = name
+        self.rows = 0
+        self.schema = schema
+        self._file = tempfile.TemporaryFile(prefix="batchembed-shard-")  # noqa: SIM115 - closed in commit/abort
+        self._writer = parquet_writer(self._file, schema, compression)
+
+    def write(self, table: pa.Table) -> None:
+        """Append ``table`` as one row group."""
+        if table.num_rows:
+            self._writer.write_table(table.cast(self.schema) if table.schema != self.schema else table)
+            self.rows += table.num_rows
+
+    def commit(self) -> WrittenFile:
+        """Close, hash, check the lease, upload (multipart for big shards) and return the manifest facts."""
+        self._writer.close()
+        fh = self._file
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(0)
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        fh.seek(0)
+        try:
+            self.store.upload(self.name, fh)
+        finally:
+            fh.close()
+        return WrittenFile(self.name, self.rows, size, digest)
+
+    def abort(self) -> None:
+        """Drop the spool file; nothing was uploaded."""
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        self._file.close()
+
+
+class ObjectStore(OutputStore):
+    """An output prefix in S3, GCS or Azure Blob."""
+
+    def __init__(self, where: Location, lease_seconds: float = 60.0) -> None:
+        super().__init__(where)
+        self.lease_seconds = lease_seconds
+        self._store: Any = None
+        self._manifest_etag: str | None = None
+
+    @property
+    def client(self) -> Any:
+        """The obstore store (connected on first use)."""
+        if self._store is None:
+            self._store = connect(self.where)
+        return self._store
+
+    def _fail(self, what: str, name: str, exc: BaseException) -> OutputError:
+        return OutputError(f"{self.describe(name)}: {what} failed: {message(exc)}")
+
+    # ----------------------------------------------------------------------------- locking
+
+    def acquire(self, shard: tuple[int, int] | None = None):
+        """Take the lease (``OutputLocked`` naming the holder if a live run has it)."""
+        from batchembed.store.lease import ObjectLease
+
+        self.lock = ObjectLease.acquire(self, lease_name(shard) + ".json", self.lease_seconds)
+        return self.lock
+
+    # ----------------------------------------------------------------------------- writing
+
+    def prepare(self) -> None:
+        """Nothing to create: a prefix exists as soon as an object is under it."""
+
+    def shard_writer(self, name: str, schema: pa.Schema, compression: str) -> SpooledShard:
+        """A shard spooled locally and uploaded whole on commit."""
+        return SpooledShard(self, name, schema, compression)
+
+    def upload(self, name: str, fh) -> None:
+        """Fencing check, then PUT ``fh`` at ``name`` (multipart above a few MB, so memory stays flat)."""
+        obstore = _obstore()
+        self.fence()
+        try:
+            obstore.put(self.client, name, fh)
+        except obstore.exceptions.BaseError as exc:
+            raise self._fail("upload", name, exc) from None
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Fencing check, then one PUT (whole or nothing)."""
+        obstore = _obstore()
+        self.fence()
+        try:
+            obstore.put(self.client, name, data)
+        except obstore.exceptions.BaseError as exc:
+            raise self._fail("write", name, exc) from None
+
+    def replace_manifest(self, data: bytes) -> None:
+        """Fencing check, then a PUT conditional on the manifest's ETag (create-only the first time)."""
+        obstore = _obstore()
+        self.fence()
+        mode: Any = {"e_tag": self._manifest_etag} if self._manifest_etag else "create"
+        try:
+            result = obstore.put(self.client, MANIFEST, data, mode=mode, use_multipart=False)
+        except (obstore.exceptions.PreconditionError, obstore.exceptions.AlreadyExistsError):
+            raise OutputError(
+                f"{self.describe(MANIFEST)} was replaced by another run since this run read it: this run no longer "
+                "owns the output and stops without committing. Check which run is writing it (`batchembed status`)."
+            ) from None
+        except obstore.exceptions.BaseError as exc:
+            raise self._fail("manifest write", MANIFEST, exc) from None
+        self._manifest_etag = result["e_tag"]
+
+    def delete(self, name: str) -> None:
+        """Fencing check, then DELETE (a prefix: every object under it)."""
+        obstore = _obstore()
+        self.fence()
+        try:
+            keys = [name] + [m["path"] for m in obstore.list(self.client, name).collect()]
+            for key in keys:
+                with contextlib.suppress(obstore.exceptions.NotFoundError):
+                    obstore.delete(self.client, key)
+        except obstore.exceptions.BaseError as exc:
+            raise self._fail("delete", name, exc) from None
+
+    # ----------------------------------------------------------------------------- reading
+
+    def read_manifest(self) -> bytes | None:
+        """GET the manifest and remember its ETag for the conditional replace."""
+        got = self.get(MANIFEST)
+        if got is None:
+            self._manifest_etag = None
+            return None
+        data, meta = got
+        self._manifest_etag = meta["e_tag"]
+        return data
+
+    def get(self, name: str) -> tuple[bytes, dict] | None:
+        """Bytes and metadata (``e_tag``...), None if absent."""
+        obstore = _obstore()
+        try:
+            result = obstore.get(self.client, name)
+            return bytes(result.bytes()), result.meta
+        except obstore.exceptions.NotFoundError:
+            return None
+        except obstore.exceptions.BaseError as exc:
+            raise self._fail("read", name, exc) from None
+
+    def list_names(self) -> list[str]:
+        """Every object under the prefix (relative keys), the lease objects excluded."""
+        obstore = _obstore()
+        try:
+            names = [m["path"] for m in obstore.list(self.client).collect()]
+        except obstore.exceptions.BaseError as exc:
+            raise self._fail("list", "", exc) from None
+        return sorted(n for n in names if not n.startswith(LEASE_DIR + "/"))
+
+    def size(self, name: str) -> int | None:
+        """HEAD: the object's size, None if absent."""
+        obstore = _obstore()
+        try:
+            return obstore.head(self.client, name)["size"]
+        except obstore.exceptions.NotFoundError:
+            return None
+        except obstore.exceptions.BaseError as exc:
+            raise self._fail("head", name, exc) from None
+
+    def open_read(self, name: str):
+        """A random-access pyarrow file over ranged GETs."""
+        loc = self.where.child(name)
+        try:
+            return loc.fs.open_input_file(loc.fs_path)
+        except (OSError, pa.ArrowException) as exc:
+            raise self._fail("open", name, exc) from None
+
+    def read_bytes(self, name: str) -> bytes | None:
+        """A small object's bytes, None if absent."""
+        got = self.get(name)
+        return None if got is None else got[0]
