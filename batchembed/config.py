@@ -342,8 +342,8 @@ def check_locations(job: JobConfig) -> None:
             f"cache.path {cache!r}: the vector cache is a SQLite database, which needs a local disk "
             "(object stores have no file locking or partial writes); give it a local path"
         )
-    if job.storage.lease_seconds < 5:
-        raise ConfigError(f"storage.lease_seconds must be at least 5, got {job.storage.lease_seconds}")
+    if job.storage.lease_seconds < 1:
+        raise ConfigError(f"storage.lease_seconds must be at least 1, got {job.storage.lease_seconds}")
 
 
 def text_fields(template: str) -> list[str]:

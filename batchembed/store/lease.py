@@ -28,7 +28,7 @@ from typing import Any
 
 from batchembed.errors import OutputError
 from batchembed.store.base import LEASE_DIR, LeaseLost, OutputLocked, WriterLock
-from batchembed.store.objects import ObjectStore, _obstore, message
+from batchembed.store.objects import NOT_FOUND, STORE_ERRORS, ObjectStore, _obstore, message
 
 
 def _when(ts: float) -> str:
@@ -95,7 +95,7 @@ class ObjectLease(WriterLock):
                 return cls(store, key, seconds, doc, result["e_tag"])
             except obstore.exceptions.AlreadyExistsError:
                 pass
-            except obstore.exceptions.BaseError as exc:
+            except STORE_ERRORS as exc:
                 raise OutputError(f"{store.describe(key)}: cannot create the lease: {message(exc)}") from None
             got = store.get(key)
             if got is None:
@@ -115,7 +115,7 @@ class ObjectLease(WriterLock):
                 return cls(store, key, seconds, doc, result["e_tag"])
             except (obstore.exceptions.PreconditionError, obstore.exceptions.AlreadyExistsError):
                 continue  # another run took it over first: read who, and refuse (or retry if it is gone)
-            except obstore.exceptions.BaseError as exc:
+            except STORE_ERRORS as exc:
                 if "409" in str(exc):  # S3 ConditionalRequestConflict: a concurrent conditional write
                     continue
                 raise OutputError(f"{store.describe(key)}: cannot take over the lease: {message(exc)}") from None
@@ -138,10 +138,10 @@ class ObjectLease(WriterLock):
                         mode={"e_tag": self.etag},
                         use_multipart=False,
                     )
-                except (obstore.exceptions.PreconditionError, obstore.exceptions.NotFoundError):
+                except (obstore.exceptions.PreconditionError, *NOT_FOUND):
                     self.lost = "another run took the lease over (this run was paused or cut off past its term)"
                     return
-                except obstore.exceptions.BaseError:
+                except STORE_ERRORS:
                     if time.time() >= self.until:
                         self.lost = "the lease could not be renewed before it expired"
                         return
@@ -157,9 +157,9 @@ class ObjectLease(WriterLock):
             if not self.lost:
                 try:
                     current = obstore.head(self.store.client, self.key)["e_tag"]
-                except obstore.exceptions.NotFoundError:
+                except NOT_FOUND:
                     current = None
-                except obstore.exceptions.BaseError as exc:
+                except STORE_ERRORS as exc:
                     raise OutputError(
                         f"{self.store.describe(self.key)}: cannot check the lease: {message(exc)}"
                     ) from None
@@ -183,7 +183,7 @@ class ObjectLease(WriterLock):
             try:
                 if obstore.head(self.store.client, self.key)["e_tag"] == self.etag:
                     obstore.delete(self.store.client, self.key)
-            except obstore.exceptions.BaseError:
+            except STORE_ERRORS:
                 pass  # it expires on its own
 
 
@@ -216,7 +216,7 @@ def _check_conditional_writes(store: ObjectStore) -> None:
             obstore.put(store.client, probe, b"2", mode="create", use_multipart=False)
         except obstore.exceptions.AlreadyExistsError:
             return
-        except obstore.exceptions.BaseError as exc:
+        except STORE_ERRORS as exc:
             if "412" in str(exc) or "409" in str(exc):
                 return
             raise
@@ -225,8 +225,8 @@ def _check_conditional_writes(store: ObjectStore) -> None:
             "from writing the output at once, nor protect its manifest. Use a store that supports them (S3, GCS, "
             "Azure, recent MinIO/R2/Ceph) or write to a local disk."
         )
-    except obstore.exceptions.BaseError as exc:
+    except STORE_ERRORS as exc:
         raise OutputError(f"{store.uri}: cannot write to the output: {message(exc)}") from None
     finally:
-        with contextlib.suppress(obstore.exceptions.BaseError):
+        with contextlib.suppress(*STORE_ERRORS):
             obstore.delete(store.client, probe)

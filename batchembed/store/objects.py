@@ -24,10 +24,25 @@ from typing import Any
 
 import pyarrow as pa
 
+from batchembed.checkpoint import failpoint
 from batchembed.errors import ConfigError, OutputError, redact, register_secret
 from batchembed.location import Location, s3_endpoint
 from batchembed.store.base import LEASE_DIR, OutputStore, lease_name
 from batchembed.writer import WrittenFile, parquet_writer
+
+try:
+    import obstore as _obstore_module
+except ImportError:  # the cloud extra is not installed: _obstore() says so when an object store is used
+    _obstore_module = None
+
+#: What obstore raises for a missing object (a builtin FileNotFoundError or its own NotFoundError).
+NOT_FOUND: tuple[type[BaseException], ...] = (FileNotFoundError,) + (
+    (_obstore_module.exceptions.NotFoundError,) if _obstore_module else ()
+)
+#: Any failure of a store request.
+STORE_ERRORS: tuple[type[BaseException], ...] = (OSError,) + (
+    (_obstore_module.exceptions.BaseError,) if _obstore_module else ()
+)
 
 MANIFEST = "_manifest.json"
 #: Environment variables holding cloud secrets: scrubbed from every message.
@@ -46,13 +61,9 @@ SECRET_VARIABLES = (
 
 
 def _obstore():
-    try:
-        import obstore
-    except ImportError:
-        raise ConfigError(
-            "output on an object store needs the cloud extra: pip install 'batchembed[cloud]' (obstore)"
-        ) from None
-    return obstore
+    if _obstore_module is None:
+        raise ConfigError("output on an object store needs the cloud extra: pip install 'batchembed[cloud]' (obstore)")
+    return _obstore_module
 
 
 def message(exc: BaseException) -> str:
@@ -63,7 +74,7 @@ def message(exc: BaseException) -> str:
 
 def connect(where: Location) -> Any:
     """An obstore store rooted at the output prefix, configured from the environment and ``[storage]``."""
-    obstore = _obstore()
+    _obstore()  # a clear error if the cloud extra is missing
     from obstore.store import from_url
 
     for name in SECRET_VARIABLES:
@@ -99,7 +110,7 @@ def connect(where: Location) -> Any:
             config["skip_signature"] = True
     try:
         return from_url(url, config=config or None, client_options=client or None, **kwargs)
-    except (obstore.exceptions.BaseError, ValueError, TypeError) as exc:
+    except (*STORE_ERRORS, ValueError, TypeError) as exc:
         raise ConfigError(f"output.path {where.uri}: {message(exc)}") from None
 
 
@@ -194,7 +205,7 @@ class ObjectStore(OutputStore):
         self.fence()
         try:
             obstore.put(self.client, name, fh)
-        except obstore.exceptions.BaseError as exc:
+        except STORE_ERRORS as exc:
             raise self._fail("upload", name, exc) from None
 
     def write_bytes(self, name: str, data: bytes) -> None:
@@ -203,7 +214,7 @@ class ObjectStore(OutputStore):
         self.fence()
         try:
             obstore.put(self.client, name, data)
-        except obstore.exceptions.BaseError as exc:
+        except STORE_ERRORS as exc:
             raise self._fail("write", name, exc) from None
 
     def replace_manifest(self, data: bytes) -> None:
@@ -211,6 +222,7 @@ class ObjectStore(OutputStore):
         obstore = _obstore()
         self.fence()
         mode: Any = {"e_tag": self._manifest_etag} if self._manifest_etag else "create"
+        failpoint("manifest-before-put")
         try:
             result = obstore.put(self.client, MANIFEST, data, mode=mode, use_multipart=False)
         except (obstore.exceptions.PreconditionError, obstore.exceptions.AlreadyExistsError):
@@ -218,7 +230,7 @@ class ObjectStore(OutputStore):
                 f"{self.describe(MANIFEST)} was replaced by another run since this run read it: this run no longer "
                 "owns the output and stops without committing. Check which run is writing it (`batchembed status`)."
             ) from None
-        except obstore.exceptions.BaseError as exc:
+        except STORE_ERRORS as exc:
             raise self._fail("manifest write", MANIFEST, exc) from None
         self._manifest_etag = result["e_tag"]
 
@@ -229,9 +241,9 @@ class ObjectStore(OutputStore):
         try:
             keys = [name] + [m["path"] for m in obstore.list(self.client, name).collect()]
             for key in keys:
-                with contextlib.suppress(obstore.exceptions.NotFoundError):
+                with contextlib.suppress(*NOT_FOUND):
                     obstore.delete(self.client, key)
-        except obstore.exceptions.BaseError as exc:
+        except STORE_ERRORS as exc:
             raise self._fail("delete", name, exc) from None
 
     # ----------------------------------------------------------------------------- reading
@@ -252,9 +264,9 @@ class ObjectStore(OutputStore):
         try:
             result = obstore.get(self.client, name)
             return bytes(result.bytes()), result.meta
-        except obstore.exceptions.NotFoundError:
+        except NOT_FOUND:
             return None
-        except obstore.exceptions.BaseError as exc:
+        except STORE_ERRORS as exc:
             raise self._fail("read", name, exc) from None
 
     def list_names(self) -> list[str]:
@@ -262,7 +274,7 @@ class ObjectStore(OutputStore):
         obstore = _obstore()
         try:
             names = [m["path"] for m in obstore.list(self.client).collect()]
-        except obstore.exceptions.BaseError as exc:
+        except STORE_ERRORS as exc:
             raise self._fail("list", "", exc) from None
         return sorted(n for n in names if not n.startswith(LEASE_DIR + "/"))
 
@@ -271,9 +283,9 @@ class ObjectStore(OutputStore):
         obstore = _obstore()
         try:
             return obstore.head(self.client, name)["size"]
-        except obstore.exceptions.NotFoundError:
+        except NOT_FOUND:
             return None
-        except obstore.exceptions.BaseError as exc:
+        except STORE_ERRORS as exc:
             raise self._fail("head", name, exc) from None
 
     def open_read(self, name: str):
