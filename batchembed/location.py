@@ -155,8 +155,9 @@ def _filesystem(kind: str, account: str | None, options: StorageOptions) -> pafs
     key = os.environ.get("AZURE_STORAGE_ACCOUNT_KEY") or os.environ.get("AZURE_STORAGE_KEY")
     if key:
         kwargs["account_key"] = key
-    if options.endpoint:
-        scheme, _, host = options.endpoint.rpartition("://")
-        kwargs.update(blob_storage_authority=host, dfs_storage_authority=host, blob_storage_scheme=scheme or "https")
-        kwargs.update(dfs_storage_scheme=scheme or "https")
+    if options.endpoint:  # e.g. Azurite: http://127.0.0.1:10000/devstoreaccount1 (pyarrow wants host:port)
+        scheme, _, rest = options.endpoint.rpartition("://")
+        host = rest.split("/", 1)[0]
+        kwargs.update(blob_storage_authority=host, dfs_storage_authority=host)
+        kwargs.update(blob_storage_scheme=scheme or "https", dfs_storage_scheme=scheme or "https")
     return pafs.AzureFileSystem(**kwargs)

@@ -225,7 +225,7 @@ def test_killed_holder_elsewhere_blocks_until_its_lease_expires_then_is_taken_ov
     texts = make_texts(N, seed=9)
     _upload_input(s3, bucket, texts)
     env = _env(s3)
-    job = _job(tmp_path, srv, f"s3://{bucket}/in/data.parquet", f"s3://{bucket}/out", lease_seconds=3)
+    job = _job(tmp_path, srv, f"s3://{bucket}/in/data.parquet", f"s3://{bucket}/out", lease_seconds=2)
     proc = start_cli("run", str(job), "--quiet", env=env)
     _kill_after(proc, srv, 10)
     # make the dead holder look like a run on another machine: only the expiry can free its lease
@@ -379,3 +379,58 @@ def test_local_output_second_run_refused_and_kill_9_of_the_holder_does_not_block
     assert table.column("id").to_pylist() == list(range(N))
     assert_vectors(table, dict(enumerate(texts)), 16)
     assert run_cli("verify", str(job)).returncode == 0
+
+
+# ---------------------------------------------------------------------------- Azure (Azurite)
+
+
+@pytest.fixture(scope="module")
+def azurite():
+    from tests.azurite import BINARY, Azurite
+
+    if not BINARY.exists():
+        pytest.skip("Azurite is not installed (make setup installs it with npm when npm is available)")
+    server = Azurite().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_azure_input_and_output_through_the_same_protocol(tmp_path, azurite, srv):
+    import pyarrow.parquet as pq
+
+    from tests.azurite import ACCOUNT
+
+    texts = make_texts(N, seed=13)
+    container = azurite.new_container()
+    table = pa.table({"id": pa.array(range(N), pa.int64()), "text": texts})
+    pq.write_table(table, f"{container}/in/data.parquet", filesystem=azurite.fs, row_group_size=100)
+    env = cli_env(**azurite.env())
+    job = _job(
+        tmp_path,
+        srv,
+        f"abfs://{container}@{ACCOUNT}.dfs.core.windows.net/in/*.parquet",
+        f"az://{container}/out",
+        storage={"endpoint": azurite.endpoint},
+    )
+    srv.latency = 0.005
+    proc = start_cli("run", str(job), "--quiet", env=env)
+    _kill_after(proc, srv, 15)
+    holder = start_cli("run", str(job), "--quiet", env=env)
+    srv.wait_for_requests(len(srv.requests) + 2, timeout=60)
+    srv.hold()
+    refused = run_cli("run", str(job), "--quiet", env=env)
+    srv.release()
+    assert refused.returncode == 1 and f"pid {holder.pid} on host" in refused.stderr
+
+    assert holder.wait(timeout=120) == 0, holder.stderr.read()
+    shards = [k for k in azurite.keys(container, "out") if k.startswith("part-")]
+    out = pa.concat_tables(pq.read_table(f"{container}/out/{k}", filesystem=azurite.fs) for k in shards)
+    assert out.column("id").to_pylist() == list(range(N))
+    assert_vectors(out, dict(enumerate(texts)), 16)
+    manifest = json.loads(azurite.fs.open_input_stream(f"{container}/out/_manifest.json").read())
+    recorded = {s["name"] for s in manifest["shards"]}
+    assert set(azurite.keys(container, "out")) == recorded | {"_manifest.json", "_report.json", "_SUCCESS"}
+    verify = run_cli("verify", str(job), env=env)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
