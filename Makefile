@@ -38,6 +38,7 @@ demo: setup
 bench: setup
 	$(BIN)/python -m benchmarks.run --rows 20000 100000
 	$(BIN)/python -m benchmarks.local_model
+	$(BIN)/python -m benchmarks.object_store --rows 100000 --repeat 3
 
 bench-large: setup
 	$(BIN)/python -m benchmarks.run --rows 100000 1000000

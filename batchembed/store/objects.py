@@ -3,8 +3,8 @@
 Object stores have no atomic rename, but a PUT (or a completed multipart upload) appears whole or
 not at all, and a PUT can be made conditional. So:
 
-* a shard is spooled to a local temporary file while it is written, then uploaded straight to its
-  final key; it counts only once the manifest records it;
+* a shard is uploaded straight to its final key while it is written (a multipart upload, completed
+  at commit, so it appears whole or not at all); it counts only once the manifest records it;
 * the manifest is the only truth, replaced with a conditional PUT on the ETag this run last saw
   (create-only for the first one): a run that lost the output to another cannot overwrite it;
 * a resume deletes every object the manifest does not record; ``_SUCCESS`` is written last;
@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
 from typing import Any
 
 import pyarrow as pa
@@ -124,42 +123,90 @@ def _profile_credentials():
     return Boto3CredentialProvider(boto3.Session())
 
 
-class SpooledShard:
-    """A shard written to an anonymous local temp file, uploaded to its final key on ``commit``."""
+class _HashingSink:
+    """A write-only file for pyarrow that hashes and counts what passes on to an obstore writer."""
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.closed = False
+
+    def write(self, data) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        self.sink.write(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        """Parts are sent as they fill; nothing to do until the upload is completed."""
+
+    def close(self) -> None:
+        """pyarrow's end of writing; the upload itself is completed (or aborted) by the shard."""
+        self.closed = True
+
+    def writable(self) -> bool:
+        return True
+
+
+class StreamedShard:
+    """A shard uploaded while it is written (a multipart upload), made visible only by ``commit``.
+
+    Row groups go out in parts as they are written, so uploading overlaps embedding and memory
+    holds a few parts at most. Nothing is visible at the final key until the upload is completed
+    in ``commit``, after the fencing check; ``abort`` (or a kill) leaves no object.
+    """
+
+    PART_BYTES = 5 << 20  # the smallest part S3 accepts
+    PARALLEL_PARTS = 2
 
     def __init__(self, store: ObjectStore, name: str, schema: pa.Schema, compression: str) -> None:
+        obstore = _obstore()
         self.store = store
         self.name = name
         self.rows = 0
         self.schema = schema
-        self._file = tempfile.TemporaryFile(prefix="batchembed-shard-")  # noqa: SIM115 - closed in commit/abort
-        self._writer = parquet_writer(self._file, schema, compression)
+        try:
+            self._upload = obstore.open_writer(
+                store.client, name, buffer_size=self.PART_BYTES, max_concurrency=self.PARALLEL_PARTS
+            )
+        except STORE_ERRORS as exc:
+            raise store._fail("upload", name, exc) from None
+        self._sink = _HashingSink(self._upload)
+        self._writer = parquet_writer(self._sink, schema, compression)
 
     def write(self, table: pa.Table) -> None:
-        """Append ``table`` as one row group."""
+        """Append ``table`` as one row group (its bytes stream out as parts fill)."""
         if table.num_rows:
-            self._writer.write_table(table.cast(self.schema) if table.schema != self.schema else table)
+            try:
+                self._writer.write_table(table.cast(self.schema) if table.schema != self.schema else table)
+            except STORE_ERRORS as exc:
+                raise self.store._fail("upload", self.name, exc) from None
             self.rows += table.num_rows
 
     def commit(self) -> WrittenFile:
-        """Close, hash, check the lease, upload (multipart for big shards) and return the manifest facts."""
-        self._writer.close()
-        fh = self._file
-        size = fh.seek(0, os.SEEK_END)
-        fh.seek(0)
-        digest = hashlib.file_digest(fh, "sha256").hexdigest()
-        fh.seek(0)
+        """Write the footer, check the lease, complete the upload; return the manifest facts."""
         try:
-            self.store.upload(self.name, fh)
-        finally:
-            fh.close()
-        return WrittenFile(self.name, self.rows, size, digest)
+            self._writer.close()
+            self.store.fence()
+            self._upload.close()  # completes the multipart upload: the shard appears whole
+        except STORE_ERRORS as exc:
+            self.abort()
+            raise self.store._fail("upload", self.name, exc) from None
+        except BaseException:
+            self.abort()
+            raise
+        return WrittenFile(self.name, self.rows, self._sink.size, self._sink.hash.hexdigest())
 
     def abort(self) -> None:
-        """Drop the spool file; nothing was uploaded."""
+        """Abort the upload: no object appears."""
         with contextlib.suppress(Exception):
             self._writer.close()
-        self._file.close()
+        with contextlib.suppress(Exception):
+            self._upload.__exit__(RuntimeError, RuntimeError("shard abandoned"), None)
 
 
 class ObjectStore(OutputStore):
@@ -195,18 +242,9 @@ class ObjectStore(OutputStore):
     def prepare(self) -> None:
         """Nothing to create: a prefix exists as soon as an object is under it."""
 
-    def shard_writer(self, name: str, schema: pa.Schema, compression: str) -> SpooledShard:
-        """A shard spooled locally and uploaded whole on commit."""
-        return SpooledShard(self, name, schema, compression)
-
-    def upload(self, name: str, fh) -> None:
-        """Fencing check, then PUT ``fh`` at ``name`` (multipart above a few MB, so memory stays flat)."""
-        obstore = _obstore()
-        self.fence()
-        try:
-            obstore.put(self.client, name, fh)
-        except STORE_ERRORS as exc:
-            raise self._fail("upload", name, exc) from None
+    def shard_writer(self, name: str, schema: pa.Schema, compression: str) -> StreamedShard:
+        """A shard streamed to its final key and made visible on commit."""
+        return StreamedShard(self, name, schema, compression)
 
     def write_bytes(self, name: str, data: bytes) -> None:
         """Fencing check, then one PUT (whole or nothing)."""
