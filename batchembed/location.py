@@ -12,14 +12,17 @@ with anything but scheme, bucket and key, so no secret reaches a message.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+from collections.abc import Container
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 import pyarrow.fs as pafs
 
-from batchembed.errors import ConfigError
+from batchembed.errors import ConfigError, InputError
 
 #: Schemes with their store kind. ``az`` is ours (pyarrow knows ``abfs``/``abfss`` only).
 SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure"}
@@ -161,3 +164,88 @@ def _filesystem(kind: str, account: str | None, options: StorageOptions) -> pafs
         kwargs.update(blob_storage_authority=host, dfs_storage_authority=host)
         kwargs.update(blob_storage_scheme=scheme or "https", dfs_storage_scheme=scheme or "https")
     return pafs.AzureFileSystem(**kwargs)
+
+
+@dataclass(frozen=True)
+class FoundFile:
+    """A file ``list_files`` found: where it is, its name relative to the listing root, size, mtime."""
+
+    location: Location
+    name: str
+    size: int
+    mtime_ns: int
+
+
+def list_files(where: Location, suffixes: Container[str]) -> list[FoundFile]:
+    """The files with one of ``suffixes`` that an object-store file, prefix or glob names, sorted by key.
+
+    A prefix means every file under it (recursively); in a glob, ``*`` and ``?`` stay within one
+    level of the key and ``**/`` spans levels. Names are relative to the part before the first
+    wildcard (a single file: its base name), as for local inputs.
+    """
+    key, pattern = where.key, None
+    if any(ch in key for ch in "*?["):
+        pattern = key
+        key = "/".join(part for part in _until_wildcard(key.split("/")))
+    base = dataclasses.replace(where, key=key)
+    fs = where.fs
+    try:
+        info = fs.get_file_info(base.fs_path)
+        if info.type == pafs.FileType.File and pattern is None:
+            infos, root = [info], base.fs_path.rsplit("/", 1)[0]
+        else:
+            infos = fs.get_file_info(pafs.FileSelector(base.fs_path, recursive=True, allow_not_found=True))
+            root = base.fs_path
+    except (OSError, ValueError) as exc:
+        raise InputError(f"input.path {where.uri!r}: cannot list: {first_line(exc)}") from None
+    scheme = where.uri.split("://", 1)[0]
+    found = []
+    for info in sorted(infos, key=lambda x: x.path):
+        rel_key = info.path[len(where.bucket) + 1 :]
+        if info.type != pafs.FileType.File or os.path.splitext(rel_key)[1].lower() not in suffixes:
+            continue
+        if pattern is not None and not glob_match(rel_key, pattern):
+            continue
+        loc = dataclasses.replace(where, key=rel_key, uri=f"{scheme}://{where.bucket}/{rel_key}")
+        name = info.path[len(root) + 1 :] if info.path.startswith(root + "/") else info.base_name
+        found.append(FoundFile(loc, name, info.size or 0, info.mtime_ns or 0))
+    return found
+
+
+def _until_wildcard(parts: list[str]):
+    for part in parts:
+        if any(ch in part for ch in "*?["):
+            return
+        yield part
+
+
+def glob_match(key: str, pattern: str) -> bool:
+    """Shell-style match of an object key: ``*`` and ``?`` stay within one level, ``**/`` spans levels."""
+    regex, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            regex.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            regex.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            regex.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            regex.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 1 :]:
+            end = pattern.index("]", i + 1)
+            regex.append("[" + pattern[i + 1 : end].replace("!", "^", 1) + "]")
+            i = end + 1
+        else:
+            regex.append(re.escape(pattern[i]))
+            i += 1
+    return re.fullmatch("".join(regex), key) is not None
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (pyarrow and obstore append long debug dumps)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

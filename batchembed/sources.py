@@ -12,18 +12,16 @@ import dataclasses
 import glob
 import io
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from batchembed.errors import InputError
-from batchembed.location import Location, StorageOptions, locate
+from batchembed.location import Location, StorageOptions, first_line, list_files, locate
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 
@@ -96,79 +94,21 @@ def discover(spec: str, storage: StorageOptions | None = None) -> list[SourceFil
 
 
 def _discover_remote(spec: str, where: Location) -> list[SourceFile]:
-    """``discover`` for an object store: list the prefix through pyarrow.fs and match the glob."""
-    key = where.key
-    pattern = None
-    if any(ch in key for ch in "*?["):
-        pattern = key
-        key = _glob_root(key).strip(".").strip("/")
-    base = dataclasses.replace(where, key=key)
-    fs = where.fs
-    try:
-        info = fs.get_file_info(base.fs_path)
-        if info.type == pafs.FileType.File and pattern is None:
-            infos, root = [info], base.fs_path.rsplit("/", 1)[0]
-        else:
-            infos = fs.get_file_info(pafs.FileSelector(base.fs_path, recursive=True, allow_not_found=True))
-            root = base.fs_path
-    except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"input.path {where.uri!r}: cannot list: {_first_line(exc)}") from None
-    bucket_prefix = f"{where.bucket}/"
-    matches = []
-    for info in infos:
-        rel_key = info.path[len(bucket_prefix) :] if info.path.startswith(bucket_prefix) else info.path
-        if info.type != pafs.FileType.File or os.path.splitext(info.path)[1].lower() not in FORMATS:
-            continue
-        if pattern is not None and not _glob_match(rel_key, pattern):
-            continue
-        matches.append(info)
-    if not matches:
-        raise InputError(f"input.path {spec!r} matches no .parquet or .csv file")
+    """``discover`` for an object store: the files ``list_files`` finds, with Parquet row counts."""
     out = []
-    for i, info in enumerate(sorted(matches, key=lambda x: x.path)):
-        rel_key = info.path[len(bucket_prefix) :]
-        loc = dataclasses.replace(where, key=rel_key, uri=f"{where.uri.split('://')[0]}://{where.bucket}/{rel_key}")
-        fmt = FORMATS[os.path.splitext(info.path)[1].lower()]
-        name = info.path[len(root) :].lstrip("/") if info.path.startswith(root + "/") else info.base_name
-        src = SourceFile(i, loc.uri, name, fmt, info.size or 0, info.mtime_ns or 0, None, loc)
+    for i, found in enumerate(list_files(where, FORMATS)):
+        fmt = FORMATS[os.path.splitext(found.location.key)[1].lower()]
+        src = SourceFile(i, found.location.uri, found.name, fmt, found.size, found.mtime_ns, None, found.location)
         if fmt == "parquet":
             try:
                 rows = pq.ParquetFile(src.open()).metadata.num_rows
             except (pa.ArrowException, OSError) as exc:
-                raise InputError(f"{loc.uri}: not a readable Parquet file: {_first_line(exc)}") from None
-            src = SourceFile(i, loc.uri, name, fmt, src.size, src.mtime_ns, rows, loc)
+                raise InputError(f"{src.path}: not a readable Parquet file: {first_line(exc)}") from None
+            src = dataclasses.replace(src, rows=rows)
         out.append(src)
+    if not out:
+        raise InputError(f"input.path {spec!r} matches no .parquet or .csv file")
     return out
-
-
-def _glob_match(key: str, pattern: str) -> bool:
-    """Shell-style match of an object key: ``*`` and ``?`` stay within one level, ``**/`` spans levels."""
-    regex, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            regex.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            regex.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            regex.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            regex.append("[^/]")
-            i += 1
-        elif pattern[i] == "[" and "]" in pattern[i + 1 :]:
-            end = pattern.index("]", i + 1)
-            regex.append("[" + pattern[i + 1 : end].replace("!", "^", 1) + "]")
-            i = end + 1
-        else:
-            regex.append(re.escape(pattern[i]))
-            i += 1
-    return re.fullmatch("".join(regex), key) is not None
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _glob_root(spec: str) -> str:

@@ -434,3 +434,23 @@ def test_azure_input_and_output_through_the_same_protocol(tmp_path, azurite, srv
     assert set(azurite.keys(container, "out")) == recorded | {"_manifest.json", "_report.json", "_SUCCESS"}
     verify = run_cli("verify", str(job), env=env)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+@pytest.mark.parametrize(
+    ("key", "pattern", "matches"),
+    [
+        ("in/a.parquet", "in/*.parquet", True),
+        ("in/deeper/a.parquet", "in/*.parquet", False),
+        ("in/deeper/a.parquet", "in/**/*.parquet", True),
+        ("in/a.parquet", "in/**/*.parquet", True),
+        ("in/part-7.csv", "in/part-?.csv", True),
+        ("in/part-17.csv", "in/part-?.csv", False),
+        ("in/b.parquet", "in/[ab].parquet", True),
+        ("in/c.parquet", "in/[!ab].parquet", True),
+        ("in/a+b.parquet", "in/a+b.parquet", True),
+    ],
+)
+def test_object_store_glob_matches_like_a_shell(key, pattern, matches):
+    from batchembed.location import glob_match
+
+    assert glob_match(key, pattern) is matches

@@ -165,6 +165,8 @@ class ObjectLease(WriterLock):
                     ) from None
                 if current != self.etag:
                     self.lost = "another run took the lease over (this run was paused or cut off past its term)"
+                elif time.time() >= self.until:  # the check itself took long (a slow or partitioned store)
+                    self.lost = "the lease expired before it could be renewed"
             if self.lost:
                 raise LeaseLost(
                     f"{self.store.uri}: this run no longer holds the output's lease: {self.lost}. "

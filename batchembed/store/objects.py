@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import time
 from typing import Any
 
 import pyarrow as pa
@@ -262,7 +263,7 @@ class ObjectStore(OutputStore):
         mode: Any = {"e_tag": self._manifest_etag} if self._manifest_etag else "create"
         failpoint("manifest-before-put")
         try:
-            result = obstore.put(self.client, MANIFEST, data, mode=mode, use_multipart=False)
+            result = self._conditional_put(MANIFEST, data, mode)
         except (obstore.exceptions.PreconditionError, obstore.exceptions.AlreadyExistsError):
             raise OutputError(
                 f"{self.describe(MANIFEST)} was replaced by another run since this run read it: this run no longer "
@@ -271,6 +272,20 @@ class ObjectStore(OutputStore):
         except STORE_ERRORS as exc:
             raise self._fail("manifest write", MANIFEST, exc) from None
         self._manifest_etag = result["e_tag"]
+
+    def _conditional_put(self, name: str, data: bytes, mode: Any) -> dict:
+        """A conditional PUT, retried on S3's 409 ConditionalRequestConflict (two conditional writes raced)."""
+        obstore = _obstore()
+        for attempt in range(4):
+            try:
+                return obstore.put(self.client, name, data, mode=mode, use_multipart=False)
+            except (obstore.exceptions.PreconditionError, obstore.exceptions.AlreadyExistsError):
+                raise
+            except STORE_ERRORS as exc:
+                if "409" not in str(exc) or attempt == 3:
+                    raise
+                time.sleep(0.2 * (attempt + 1))  # then the condition is evaluated again by the store
+        raise AssertionError("unreachable")
 
     def delete(self, name: str) -> None:
         """Fencing check, then DELETE (a prefix: every object under it)."""
