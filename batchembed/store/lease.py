@@ -28,7 +28,7 @@ from typing import Any
 
 from batchembed.errors import OutputError
 from batchembed.store.base import LEASE_DIR, LeaseLost, OutputLocked, WriterLock
-from batchembed.store.objects import NOT_FOUND, STORE_ERRORS, ObjectStore, _obstore, message
+from batchembed.store.objects import NOT_FOUND, STORE_ERRORS, ObjectStore, _obstore, message, version_of
 
 
 def _when(ts: float) -> str:
@@ -59,12 +59,13 @@ def describe_holder(doc: dict[str, Any]) -> str:
 class ObjectLease(WriterLock):
     """A held lease; a daemon thread renews it until ``release``."""
 
-    def __init__(self, store: ObjectStore, key: str, seconds: float, doc: dict[str, Any], etag: str) -> None:
+    def __init__(self, store: ObjectStore, key: str, seconds: float, doc: dict[str, Any], version: dict) -> None:
         self.store = store
         self.key = key
         self.seconds = seconds
         self.doc = doc
-        self.etag = etag
+        self.version = version  # what the next renewal must match
+        self.etag = version["e_tag"]
         self.until = doc["until"]
         self.lost: str | None = None
         self._mutex = threading.Lock()
@@ -92,7 +93,7 @@ class ObjectLease(WriterLock):
             doc["until"] = time.time() + seconds
             try:
                 result = obstore.put(store.client, key, json.dumps(doc).encode(), mode="create", use_multipart=False)
-                return cls(store, key, seconds, doc, result["e_tag"])
+                return cls(store, key, seconds, doc, version_of(result))
             except obstore.exceptions.AlreadyExistsError:
                 pass
             except STORE_ERRORS as exc:
@@ -110,9 +111,9 @@ class ObjectLease(WriterLock):
             doc["until"] = time.time() + seconds
             try:
                 result = obstore.put(
-                    store.client, key, json.dumps(doc).encode(), mode={"e_tag": meta["e_tag"]}, use_multipart=False
+                    store.client, key, json.dumps(doc).encode(), mode=version_of(meta), use_multipart=False
                 )
-                return cls(store, key, seconds, doc, result["e_tag"])
+                return cls(store, key, seconds, doc, version_of(result))
             except (obstore.exceptions.PreconditionError, obstore.exceptions.AlreadyExistsError):
                 continue  # another run took it over first: read who, and refuse (or retry if it is gone)
             except STORE_ERRORS as exc:
@@ -135,7 +136,7 @@ class ObjectLease(WriterLock):
                         self.store.client,
                         self.key,
                         json.dumps(doc).encode(),
-                        mode={"e_tag": self.etag},
+                        mode=self.version,
                         use_multipart=False,
                     )
                 except (obstore.exceptions.PreconditionError, *NOT_FOUND):
@@ -146,7 +147,8 @@ class ObjectLease(WriterLock):
                         self.lost = "the lease could not be renewed before it expired"
                         return
                     continue  # a transient failure: the next beat retries
-                self.doc, self.etag, self.until = doc, result["e_tag"], doc["until"]
+                self.doc, self.version, self.until = doc, version_of(result), doc["until"]
+                self.etag = self.version["e_tag"]
 
     def check(self) -> None:
         """Fencing: raise ``LeaseLost`` unless the lease object is still the one this run last wrote."""

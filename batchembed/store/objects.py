@@ -66,6 +66,12 @@ def _obstore():
     return _obstore_module
 
 
+def version_of(meta: dict) -> dict[str, str]:
+    """The version a conditional PUT must match: the ETag, plus the generation where the store has
+    one (GCS matches on ``ifGenerationMatch``, S3 and Azure on ``If-Match``)."""
+    return {k: meta[k] for k in ("e_tag", "version") if meta.get(k)}
+
+
 def message(exc: BaseException) -> str:
     """The first line of an obstore/pyarrow error, without any secret."""
     text = str(exc).strip().splitlines()
@@ -217,7 +223,7 @@ class ObjectStore(OutputStore):
         super().__init__(where)
         self.lease_seconds = lease_seconds
         self._store: Any = None
-        self._manifest_etag: str | None = None
+        self._manifest_version: dict[str, str] | None = None
 
     @property
     def client(self) -> Any:
@@ -260,7 +266,7 @@ class ObjectStore(OutputStore):
         """Fencing check, then a PUT conditional on the manifest's ETag (create-only the first time)."""
         obstore = _obstore()
         self.fence()
-        mode: Any = {"e_tag": self._manifest_etag} if self._manifest_etag else "create"
+        mode: Any = self._manifest_version or "create"
         failpoint("manifest-before-put")
         try:
             result = self._conditional_put(MANIFEST, data, mode)
@@ -271,7 +277,7 @@ class ObjectStore(OutputStore):
             ) from None
         except STORE_ERRORS as exc:
             raise self._fail("manifest write", MANIFEST, exc) from None
-        self._manifest_etag = result["e_tag"]
+        self._manifest_version = version_of(result)
 
     def _conditional_put(self, name: str, data: bytes, mode: Any) -> dict:
         """A conditional PUT, retried on S3's 409 ConditionalRequestConflict (two conditional writes raced)."""
@@ -305,10 +311,10 @@ class ObjectStore(OutputStore):
         """GET the manifest and remember its ETag for the conditional replace."""
         got = self.get(MANIFEST)
         if got is None:
-            self._manifest_etag = None
+            self._manifest_version = None
             return None
         data, meta = got
-        self._manifest_etag = meta["e_tag"]
+        self._manifest_version = version_of(meta)
         return data
 
     def get(self, name: str) -> tuple[bytes, dict] | None:
