@@ -22,7 +22,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from batchembed.errors import ConfigError, InputError
+from batchembed.errors import ConfigError, InputError, register_secret
 
 #: Schemes with their store kind. ``az`` is ours (pyarrow knows ``abfs``/``abfss`` only).
 SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure"}
@@ -128,10 +128,32 @@ def s3_endpoint(options: StorageOptions) -> str | None:
     return options.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+#: Environment variables holding cloud secrets: scrubbed from every message once a store is used.
+SECRET_VARIABLES = (
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_SAS_KEY",
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_CLIENT_SECRET",
+    "GOOGLE_SERVICE_ACCOUNT_KEY",
+)
+
+
+def register_cloud_secrets() -> None:
+    """Make ``errors.redact`` scrub the cloud credentials found in the environment."""
+    for name in SECRET_VARIABLES:
+        register_secret(os.environ.get(name))
+
+
 @cache
 def _filesystem(kind: str, account: str | None, options: StorageOptions) -> pafs.FileSystem:
     if kind == "local":
         return pafs.LocalFileSystem()
+    register_cloud_secrets()
     if kind == "s3":
         kwargs: dict[str, Any] = {"anonymous": options.anonymous}
         endpoint = s3_endpoint(options)

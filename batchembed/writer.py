@@ -108,13 +108,6 @@ class ShardWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-def write_table_atomically(directory: Path, name: str, table: pa.Table) -> WrittenFile:
-    """Write a whole small table (failed rows, summaries) as one file, atomically."""
-    writer = ShardWriter(directory, name, table.schema)
-    writer.write(table)
-    return writer.commit()
-
-
 def shard_metadata(meta: dict) -> dict[str, str]:
     """Parquet key/value metadata (one JSON document under "batchembed") from a task's metadata."""
     return {"batchembed": json.dumps(meta)}

@@ -25,8 +25,8 @@ from typing import Any
 import pyarrow as pa
 
 from batchembed.checkpoint import failpoint
-from batchembed.errors import ConfigError, OutputError, redact, register_secret
-from batchembed.location import Location, s3_endpoint
+from batchembed.errors import ConfigError, OutputError, redact
+from batchembed.location import Location, register_cloud_secrets, s3_endpoint
 from batchembed.store.base import LEASE_DIR, OutputStore, lease_name
 from batchembed.writer import WrittenFile, parquet_writer
 
@@ -45,19 +45,6 @@ STORE_ERRORS: tuple[type[BaseException], ...] = (OSError,) + (
 )
 
 MANIFEST = "_manifest.json"
-#: Environment variables holding cloud secrets: scrubbed from every message.
-SECRET_VARIABLES = (
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_ACCESS_KEY_ID",
-    "AZURE_STORAGE_ACCOUNT_KEY",
-    "AZURE_STORAGE_KEY",
-    "AZURE_STORAGE_SAS_TOKEN",
-    "AZURE_STORAGE_SAS_KEY",
-    "AZURE_STORAGE_CONNECTION_STRING",
-    "AZURE_CLIENT_SECRET",
-    "GOOGLE_SERVICE_ACCOUNT_KEY",
-)
 
 
 def _obstore():
@@ -83,8 +70,7 @@ def connect(where: Location) -> Any:
     _obstore()  # a clear error if the cloud extra is missing
     from obstore.store import from_url
 
-    for name in SECRET_VARIABLES:
-        register_secret(os.environ.get(name))
+    register_cloud_secrets()
     opts = where.options
     config: dict[str, Any] = {}
     client: dict[str, Any] = {}
