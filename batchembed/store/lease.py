@@ -72,6 +72,7 @@ class ObjectLease(WriterLock):
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._heartbeat, name="batchembed-lease", daemon=True)
         self._thread.start()
+        _remove_old_probes(store)
 
     # ------------------------------------------------------------------------------ taking
 
@@ -234,3 +235,15 @@ def _check_conditional_writes(store: ObjectStore) -> None:
     finally:
         with contextlib.suppress(*STORE_ERRORS):
             obstore.delete(store.client, probe)
+
+
+def _remove_old_probes(store: ObjectStore) -> None:
+    """Delete probe objects a killed run left behind (older than a minute: never one in use)."""
+    obstore = _obstore()
+    try:
+        for meta in obstore.list(store.client, f"{LEASE_DIR}/").collect():
+            old = time.time() - meta["last_modified"].timestamp() > 60
+            if meta["path"].startswith(f"{LEASE_DIR}/probe-") and old:
+                obstore.delete(store.client, meta["path"])
+    except STORE_ERRORS:
+        pass  # best effort: a probe left over is harmless and tiny
