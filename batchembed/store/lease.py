@@ -203,11 +203,14 @@ def _expired(holder: dict[str, Any]) -> bool:
 
 
 def _refusal(store: ObjectStore, holder: dict[str, Any]) -> str:
-    seconds = holder.get("lease_seconds", "storage.lease_seconds")
+    try:
+        renews = f"every {float(holder['lease_seconds']) / 3:.0f} s"
+    except (KeyError, TypeError, ValueError):
+        renews = "regularly"
     return (
         f"{store.uri} is being written by another run ({describe_holder(holder)}). Only one run may write an output "
-        f"at a time. That run renews its lease every {seconds}/3 s while alive; if it was killed, the lease expires "
-        "at the time above and the next run takes over. Run again after that, or stop the other run."
+        f"at a time. That run renews its lease {renews} while alive; if it was killed, the lease expires at the "
+        "time above and the next run takes over. Run again after that, or stop the other run."
     )
 
 
