@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,bench]'
+	@# Azurite (Azure Storage emulator) for the Azure tests; they are skipped where npm is missing.
+	if command -v npm >/dev/null; then npm install --silent --no-audit --no-fund --prefix $(VENV)/node azurite@3.37.0; \
+	else echo "npm not found: the Azure (Azurite) tests will be skipped"; fi
 	touch $(STAMP)
 
 test: setup
@@ -36,6 +39,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.run --rows 20000 100000
 	$(BIN)/python -m benchmarks.local_model
 	$(BIN)/python -m benchmarks.small_files --files 2000 --rows-per-file 10
+	$(BIN)/python -m benchmarks.object_store --rows 100000 --repeat 3
 
 bench-large: setup
 	$(BIN)/python -m benchmarks.run --rows 100000 1000000

@@ -7,11 +7,15 @@ atomically (temp file, fsync, rename, fsync of the directory), so after a crash 
 old or the new version, never half of one. Anything in the directory the manifest does not
 account for (temp files, a shard renamed just before the crash) is removed on the next start.
 
-Committing a shard does not rewrite the manifest: it appends one line to ``_commits.jsonl`` (write,
-fsync), so committing stays O(1) per shard however many shards there are. ``Manifest.load`` replays
-the lines over ``_manifest.json`` (a torn last line, from a crash mid-append, is ignored: its shard
-was not committed and is removed as an orphan); each run start and the final save fold the lines
-back into ``_manifest.json`` and drop the journal.
+Committing a shard does not rewrite the manifest where the store can append (a local disk): it
+appends one line to ``_commits.jsonl`` (write, fsync), so committing stays O(1) per shard however many
+shards there are. ``Manifest.load`` replays the lines over ``_manifest.json`` (a torn last line, from a
+crash mid-append, is ignored: its shard was not committed and is removed as an orphan); each run start
+and the final save fold the lines back into ``_manifest.json`` and drop the journal.
+
+Where the files live is an :class:`~batchembed.store.base.OutputStore`: on a local disk the
+manifest is replaced by rename; on an object store (no rename, no append) by a PUT conditional on
+its ETag, at every commit.
 
 Rows that could not be embedded are kept per shard in ``_failed/<shard>.parquet``; a later retry
 commits their vectors as a new shard *and* marks those failure files resolved in the same manifest
@@ -24,18 +28,18 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import signal
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from batchembed.errors import OutputError, ResumeRefused
-from batchembed.writer import TMP_SUFFIX, fsync_dir, sha256_of
+from batchembed.writer import TMP_SUFFIX
+
+if TYPE_CHECKING:
+    from batchembed.store.base import OutputStore
 
 MANIFEST = "_manifest.json"
 JOURNAL = "_commits.jsonl"
@@ -76,7 +80,9 @@ class Manifest:
     complete: bool = False
     version: int = FORMAT_VERSION
     created: float = field(default_factory=time.time)
-    journaled: bool = field(default=False, compare=False, repr=False)  # loaded with journal lines to fold in
+    #: The run that last saved it: a run that takes an output over re-saves it, which changes its
+    #: ETag, so a paused previous writer's conditional replace fails.
+    writer: str = field(default_factory=lambda: os.urandom(8).hex())
 
     # --------------------------------------------------------------------------------- queries
 
@@ -101,9 +107,9 @@ class Manifest:
         done = set(self.resolved)
         return [s.failed_file for s in self.shards if s.failed_file and s.failed_file not in done]
 
-    def unresolved_rows(self, directory: Path) -> int:
+    def unresolved_rows(self, store: OutputStore) -> int:
         """Rows in failure files not yet answered by a retry shard (what ``_failed.parquet`` holds)."""
-        return sum(pq.ParquetFile(directory / f).metadata.num_rows for f in self.unresolved_failures())
+        return sum(store.parquet_file(f).metadata.num_rows for f in self.unresolved_failures())
 
     def tokens(self) -> int:
         """Tokens spent on everything committed."""
@@ -115,29 +121,22 @@ class Manifest:
 
     # ---------------------------------------------------------------------------------- storage
 
-    def commit(self, directory: Path, record: ShardRecord, resolves: list[str]) -> None:
-        """Record a committed shard (and the failure files it resolves): one fsynced journal line."""
+    def commit(self, store: OutputStore, record: ShardRecord, resolves: list[str]) -> None:
+        """Record a committed shard (and the failure files it resolves).
+
+        Where the store can append durably (a local disk) this is one fsynced journal line, O(1) per
+        shard; elsewhere (object stores: no appends) the manifest is replaced, conditionally."""
         line = json.dumps({"shard": asdict(record), "resolves": list(resolves)}, sort_keys=True) + "\n"
-        path = directory / JOURNAL
-        new = not path.exists()
-        with open(path, "ab") as fh:
-            if os.environ.get("BATCHEMBED_FAILPOINT") == "journal-torn":
-                fh.write(line.encode()[: len(line) // 2])
-                fh.flush()
-                failpoint("journal-torn")
-            fh.write(line.encode())
-            fh.flush()
-            os.fsync(fh.fileno())
-        if new:
-            fsync_dir(directory)
+        appended = store.append_commit(line.encode())
         self.shards.append(record)
         self.resolved.extend(resolves)
+        if not appended:
+            self.save(store)
 
-    def _replay(self, directory: Path) -> bool:
-        """Apply the journal's complete lines (skipping what the manifest already holds); True if any."""
-        try:
-            raw = (directory / JOURNAL).read_bytes()
-        except FileNotFoundError:
+    def _replay(self, store: OutputStore) -> bool:
+        """Apply the commit journal's complete lines (skipping what the manifest holds); True if any."""
+        raw = store.read_commits()
+        if raw is None:
             return False
         known = {s.name for s in self.shards}
         for line in raw.split(b"\n")[:-1]:  # the part after the last newline is torn (or empty)
@@ -150,8 +149,8 @@ class Manifest:
             self.resolved.extend(r for r in entry["resolves"] if r not in self.resolved)
         return True
 
-    def save(self, directory: Path) -> None:
-        """Atomically replace ``directory/_manifest.json`` with this manifest (folding in the journal)."""
+    def save(self, store: OutputStore) -> None:
+        """Atomically replace the output's ``_manifest.json`` with this manifest (folding in the journal)."""
         doc = {
             "version": self.version,
             "created": self.created,
@@ -160,25 +159,17 @@ class Manifest:
             "fingerprint_sha256": fingerprint_hash(self.fingerprint),
             "resolved": self.resolved,
             "shards": [asdict(s) for s in self.shards],
+            "writer": self.writer,
         }
-        data = json.dumps(doc, indent=1, sort_keys=True).encode()
-        tmp = directory / (MANIFEST + TMP_SUFFIX)
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        failpoint("manifest-before-rename")
-        os.replace(tmp, directory / MANIFEST)
-        fsync_dir(directory)
-        (directory / JOURNAL).unlink(missing_ok=True)  # every line is in the manifest now
+        store.replace_manifest(json.dumps(doc, indent=1, sort_keys=True).encode())
+        store.drop_commits()  # every journal line is in the manifest now
 
     @classmethod
-    def load(cls, directory: Path) -> Manifest | None:
-        """The manifest in ``directory``, None if there is none; OutputError if it cannot be trusted."""
-        path = directory / MANIFEST
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
+    def load(cls, store: OutputStore) -> Manifest | None:
+        """The output's manifest, None if there is none; OutputError if it cannot be trusted."""
+        path = store.describe(MANIFEST)
+        raw = store.read_manifest()
+        if raw is None:
             return None
         try:
             doc = json.loads(raw)
@@ -195,7 +186,7 @@ class Manifest:
                 version=doc["version"],
                 created=doc["created"],
             )
-            manifest.journaled = manifest._replay(directory)
+            manifest._replay(store)
             return manifest
         except (ValueError, KeyError, TypeError) as exc:
             raise OutputError(
@@ -241,82 +232,82 @@ def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return changes
 
 
-def open_output(directory: Path, fingerprint: dict[str, Any], restart: bool) -> Manifest:
-    """Prepare ``directory`` for a run and return its manifest (new or resumed).
+def open_output(store: OutputStore, fingerprint: dict[str, Any], restart: bool) -> Manifest:
+    """Prepare the output for a run (the caller holds its lock) and return its manifest (new or resumed).
 
-    Refuses (``ResumeRefused``) when it holds another job's output, unless ``restart``; removes
-    temp files and any shard the manifest does not record; checks that every recorded shard is
-    still there with the recorded size and a readable footer.
+    Refuses (``ResumeRefused``) when it holds another job's output, unless ``restart``; claims the
+    manifest (re-saves it, so a previous writer can no longer replace it); removes temp files and
+    anything the manifest does not record; checks that every recorded shard is still there with
+    the recorded size and a readable footer.
     """
-    if restart and directory.exists():
-        remove_output(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest.load(directory)
+    if restart:
+        remove_output(store)
+    store.prepare()
+    manifest = Manifest.load(store)
     if manifest is None:
-        stray = [p.name for p in directory.iterdir() if p.name.startswith("part-") and p.suffix == ".parquet"]
+        stray = [n for n in store.list_names() if n.startswith("part-") and n.endswith(".parquet")]
         if stray:
             raise ResumeRefused(
-                f"{directory} holds shards ({stray[0]}, ...) but no {MANIFEST}: it is not a batchembed output "
+                f"{store.uri} holds shards ({stray[0]}, ...) but no {MANIFEST}: it is not a batchembed output "
                 "this job can resume. Use another output.path, or --restart to delete them."
             )
         manifest = Manifest(fingerprint=fingerprint)
-        manifest.save(directory)
+        manifest.save(store)
         return manifest
     if fingerprint_hash(manifest.fingerprint) != fingerprint_hash(fingerprint):
         changes = describe_changes(manifest.fingerprint, fingerprint)
         raise ResumeRefused(
-            f"{directory} holds output of a different job: "
+            f"{store.uri} holds output of a different job: "
             + "; ".join(changes or ["fingerprint differs"])
             + ". Resuming would mix vectors of two jobs. Run with --restart to discard the old output."
         )
-    remove_orphans(directory, manifest)
-    check_shards(directory, manifest)
-    if manifest.journaled:
-        manifest.save(directory)  # fold the last run's journal in: each run starts from one file
+    manifest.writer = os.urandom(8).hex()
+    manifest.save(store)  # also folds the last run's commit journal in: each run starts from one file
+    remove_orphans(store, manifest)
+    check_shards(store, manifest)
     return manifest
 
 
-def remove_output(directory: Path) -> None:
-    """Delete everything batchembed writes in ``directory`` (used by --restart)."""
-    if not directory.exists():
-        return
-    for p in directory.iterdir():
-        if p.name.startswith(("part-", "_")):
-            if p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
+def remove_output(store: OutputStore) -> None:
+    """Delete everything batchembed writes in the output (used by --restart); the lock stays."""
+    for name in store.list_names():
+        if name.startswith(("part-", "_")) and ("/" not in name or name.startswith(FAILED_DIR + "/")):
+            store.delete(name)
 
 
-def remove_orphans(directory: Path, manifest: Manifest) -> None:
+def remove_orphans(store: OutputStore, manifest: Manifest) -> None:
     """Delete temp files and shards/failure files that the manifest does not record."""
     known = {s.name for s in manifest.shards} | {s.failed_file for s in manifest.shards if s.failed_file}
-    for p in list(directory.iterdir()) + list((directory / FAILED_DIR).glob("*")):
-        rel = str(p.relative_to(directory))
-        if p.name.endswith(TMP_SUFFIX) or (p.name.startswith("part-") and rel not in known):
-            p.unlink(missing_ok=True)
+    for name in store.list_names():
+        base = name.rsplit("/", 1)[-1]
+        if "/" in name and not name.startswith(FAILED_DIR + "/"):
+            continue  # not ours
+        if base.endswith(TMP_SUFFIX) or (base.startswith("part-") and name not in known):
+            store.delete(name)
     if not manifest.complete:
-        (directory / SUCCESS).unlink(missing_ok=True)
+        store.delete(SUCCESS)
 
 
-def check_shards(directory: Path, manifest: Manifest) -> None:
+def check_shards(store: OutputStore, manifest: Manifest) -> None:
     """Every recorded file exists with its recorded size and a readable Parquet footer."""
     for s in manifest.shards:
-        check_file(directory / s.name, s.size, None)  # hashing every shard is `verify`'s job
+        check_file(store, s.name, s.size, None)  # hashing every shard is `verify`'s job
         if s.failed_file:
-            check_file(directory / s.failed_file, None, None)
+            check_file(store, s.failed_file, None, None)
 
 
-def check_file(path: Path, size: int | None, digest: str | None) -> None:
-    """Raise OutputError unless ``path`` exists, has ``size`` bytes, a Parquet footer and ``digest``."""
+def check_file(store: OutputStore, name: str, size: int | None, digest: str | None) -> None:
+    """Raise OutputError unless ``name`` exists, has ``size`` bytes, a Parquet footer and ``digest``."""
     hint = "Run with --restart to start over."
-    if not path.exists():
+    path = store.describe(name)
+    have = store.size(name)
+    if have is None:
         raise OutputError(f"{path} is recorded in {MANIFEST} but missing. {hint}")
-    if size is not None and path.stat().st_size != size:
-        raise OutputError(f"{path} has {path.stat().st_size} bytes, {MANIFEST} recorded {size}: truncated? {hint}")
+    if size is not None and have != size:
+        raise OutputError(f"{path} has {have} bytes, {MANIFEST} recorded {size}: truncated? {hint}")
     try:
-        pq.ParquetFile(path).metadata  # noqa: B018 - reading the footer is the check
+        store.parquet_file(name).metadata  # noqa: B018 - reading the footer is the check
     except (pa.ArrowException, OSError) as exc:
         raise OutputError(f"{path} is not a readable Parquet file ({exc}). {hint}") from None
-    if digest is not None and sha256_of(path) != digest:
+    if digest is not None and store.sha256(name) != digest:
         raise OutputError(f"{path} does not match the checksum in {MANIFEST}. {hint}")

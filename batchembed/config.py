@@ -87,6 +87,16 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    """``[storage]``: object-store settings the environment cannot give (credentials never go here)."""
+
+    endpoint: str | None = None  # S3-compatible endpoint (MinIO, R2, Ceph); default AWS_ENDPOINT_URL
+    region: str | None = None  # default AWS_REGION / AWS_DEFAULT_REGION
+    anonymous: bool = False  # read public buckets without credentials
+    lease_seconds: float = 60.0  # object-store output: a killed run's lease blocks others this long at most
+
+
+@dataclass(frozen=True)
 class RerankConfig:
     """``[rerank]``: score (query, document) pairs instead of embedding texts."""
 
@@ -112,6 +122,7 @@ class JobConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     rerank: RerankConfig | None = None
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     @property
     def is_rerank(self) -> bool:
@@ -305,6 +316,7 @@ def validate(job: JobConfig) -> JobConfig:
             raise ConfigError(f"rerank.top_n must be at least 1, got {rr.top_n}")
     if job.cache.memory_mb < 0:
         raise ConfigError("cache.memory_mb must be 0 or more")
+    check_locations(job)
     if job.model.dimensions is not None and job.model.dimensions < 1:
         raise ConfigError(f"model.dimensions must be at least 1, got {job.model.dimensions}")
     if job.model.provider == "openai-compatible" and not job.model.base_url:
@@ -317,6 +329,22 @@ def validate(job: JobConfig) -> JobConfig:
     if not job.is_rerank and (job.output.column in keep or job.output.column == job.input.id):
         raise ConfigError(f"output.column {job.output.column!r} clashes with an input column of the same name")
     return job
+
+
+def check_locations(job: JobConfig) -> None:
+    """Paths and URIs: known schemes only; the SQLite cache on a local disk; a sane lease."""
+    from batchembed.location import locate, scheme_of
+
+    locate(job.input.path, field="input.path")
+    locate(job.output.path, field="output.path")
+    cache = job.cache.path
+    if cache and scheme_of(cache) not in (None, "file"):
+        raise ConfigError(
+            f"cache.path {cache!r}: the vector cache is a SQLite database, which needs a local disk "
+            "(object stores have no file locking or partial writes); give it a local path"
+        )
+    if job.storage.lease_seconds < 1:
+        raise ConfigError(f"storage.lease_seconds must be at least 1, got {job.storage.lease_seconds}")
 
 
 def text_fields(template: str) -> list[str]:

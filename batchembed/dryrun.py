@@ -31,6 +31,7 @@ from batchembed.config import JobConfig, resolve_model, text_fields
 from batchembed.inputcheck import check_inputs
 from batchembed.plan import iter_chunks
 from batchembed.sources import check_columns, discover
+from batchembed.store import storage_options
 from batchembed.texts import add_prefix, blank_mask, build_texts
 from batchembed.tokens import TokenCounter
 
@@ -167,7 +168,7 @@ def estimate(
     if preset and preset.kind == "rerank":
         report.warnings.append(f"{preset.id} is a reranker, not an embedding model")
 
-    sources = discover(job.input.path)
+    sources = discover(job.input.path, storage_options(job))
     needed = text_fields(job.input.text)
     every = list(dict.fromkeys([*needed, *([job.input.id] if job.input.id else []), *job.input.keep]))
     for src in sources:

@@ -9,34 +9,35 @@ order) minus the rows listed as failed; retry shards must hold exactly the faile
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from batchembed.checkpoint import SUCCESS, Manifest, check_file
 from batchembed.config import JobConfig
 from batchembed.errors import OutputError
 from batchembed.plan import planned_units
 from batchembed.sources import SourceFile, discover, iter_batches
+from batchembed.store import open_store, storage_options
+from batchembed.store.base import OutputStore
 from batchembed.tasks.embed import generated_ids, id_column_name
 
 
-def _load(job: JobConfig) -> tuple[Path, Manifest]:
-    out = Path(job.output.path)
-    manifest = Manifest.load(out) if out.exists() else None
+def _load(job: JobConfig) -> tuple[OutputStore, Manifest]:
+    """The output store and its manifest, read without taking the writer lock."""
+    out = open_store(job)
+    manifest = Manifest.load(out)
     if manifest is None:
-        raise OutputError(f"{out}: no batchembed output here yet (no _manifest.json)")
+        raise OutputError(f"{out.uri}: no batchembed output here yet (no _manifest.json)")
     return out, manifest
 
 
 def status(job: JobConfig, as_json: bool = False) -> int:
     """Print done/total rows and shards, failed rows, tokens, completeness. Exit 0."""
     out, manifest = _load(job)
-    sources = discover(job.input.path)
+    sources = discover(job.input.path, storage_options(job))
     total_rows = None if any(s.rows is None for s in sources) else sum(s.rows for s in sources)
     shard_rows = job.output.shard_rows
     total_shards = (
@@ -44,8 +45,8 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     )
     failed = manifest.unresolved_rows(out)
     doc: dict[str, Any] = {
-        "output": str(out),
-        "complete": manifest.complete and (out / SUCCESS).exists(),
+        "output": out.uri,
+        "complete": manifest.complete and out.exists(SUCCESS),
         "rows_done": manifest.rows(),
         "rows_total": total_rows,
         "shards_done": sum(1 for s in manifest.shards if s.kind in ("range", "files")),
@@ -59,7 +60,7 @@ def status(job: JobConfig, as_json: bool = False) -> int:
         print(json.dumps(doc, indent=2))
         return 0
     of = lambda x: f" of {x:,}" if x is not None else ""  # noqa: E731
-    print(f"output:   {out}")
+    print(f"output:   {out.uri}")
     print(f"state:    {'complete' if doc['complete'] else 'incomplete'}")
     print(f"rows:     {doc['rows_done']:,}{of(total_rows)} in shards")
     print(f"shards:   {doc['shards_done']:,}{of(total_shards)} (+{doc['retry_shards']} retry shards)")
@@ -77,16 +78,16 @@ def verify(job: JobConfig) -> int:
     bad: set[str] = set()
     for rec in manifest.shards:
         try:
-            check_file(out / rec.name, rec.size, rec.sha256)
+            check_file(out, rec.name, rec.size, rec.sha256)
         except OutputError as exc:
             problems.append(str(exc))
             bad.add(rec.name)
-    sources = {s.name: s for s in discover(job.input.path)}
+    sources = {s.name: s for s in discover(job.input.path, storage_options(job))}
     id_col = id_column_name(job)
     failed_rows: dict[str, pa.Table] = {}
     for rec in manifest.shards:
-        if rec.failed_file and (out / rec.failed_file).exists():
-            failed_rows[rec.failed_file] = pq.read_table(out / rec.failed_file)
+        if rec.failed_file and out.exists(rec.failed_file):
+            failed_rows[rec.failed_file] = out.read_table(rec.failed_file)
     checked_rows = 0
     for name, src in sources.items():
         ranges = manifest.ranges_of(name)
@@ -115,7 +116,7 @@ def verify(job: JobConfig) -> int:
     for rec in good:
         if rec.kind == "retry" and not job.is_rerank:
             _check_retry(out, rec, id_col, failed_rows, problems)
-    all_ids = [] if job.is_rerank else [pq.read_table(out / rec.name, columns=[id_col]).column(id_col) for rec in good]
+    all_ids = [] if job.is_rerank else [out.read_table(rec.name, columns=[id_col]).column(id_col) for rec in good]
     if all_ids:
         ids = pa.chunked_array([c for col in all_ids for c in col.chunks]).cast(pa.string())
         counts = pc.value_counts(ids)
@@ -172,7 +173,7 @@ def _check_vectors(table: pa.Table, column: str, name: str, problems: list[str])
 
 
 def _check_range(out, rec, src, job, id_col, failed_rows, problems) -> int:
-    table = pq.read_table(out / rec.name)
+    table = out.read_table(rec.name)
     _check_vectors(table, job.output.column, rec.name, problems)
     expected = _expected_ids(src, job, rec.start, rec.end)
     if rec.failed_file in failed_rows:
@@ -190,7 +191,7 @@ def _check_range(out, rec, src, job, id_col, failed_rows, problems) -> int:
 
 def _check_files(out, rec, sources, job, id_col, failed_rows, problems) -> int:
     """A shard of several whole small files: their ids, file after file, minus their failed rows."""
-    table = pq.read_table(out / rec.name)
+    table = out.read_table(rec.name)
     _check_vectors(table, job.output.column, rec.name, problems)
     failed = failed_rows.get(rec.failed_file)
     parts = []
@@ -216,7 +217,7 @@ def _check_files(out, rec, sources, job, id_col, failed_rows, problems) -> int:
 
 
 def _check_retry(out, rec, id_col, failed_rows, problems) -> None:
-    table = pq.read_table(out / rec.name, columns=[id_col])
+    table = out.read_table(rec.name, columns=[id_col])
     wanted = [failed_rows[f].column("id") for f in rec.resolves if f in failed_rows]
     expected = (
         set(pa.chunked_array([c for w in wanted for c in w.chunks], pa.string()).to_pylist()) if wanted else set()
@@ -230,7 +231,7 @@ def _check_retry(out, rec, id_col, failed_rows, problems) -> None:
 
 def _check_rerank_range(out, rec, src, job, id_col, failed_rows, problems) -> int:
     """A rerank shard: score/rank types, and (pairs layout, no top_n) one output row per input pair."""
-    table = pq.read_table(out / rec.name)
+    table = out.read_table(rec.name)
     for name, kind in (("score", pa.float32()), ("rank", pa.int32())):
         if name not in table.column_names or table.schema.field(name).type != kind:
             problems.append(f"{rec.name}: column {name!r} missing or not {kind}")
@@ -250,7 +251,7 @@ def _check_rerank_pairs(out, shards, problems) -> None:
     owner: dict = {}
     pairs = []
     for rec in shards:
-        table = pq.read_table(out / rec.name, columns=["query_id", "doc_id"])
+        table = out.read_table(rec.name, columns=["query_id", "doc_id"])
         for qid in set(table.column("query_id").to_pylist()):
             if qid in owner and owner[qid] != rec.name and rec.kind == "range":
                 problems.append(f"query {qid!r} is split across {owner[qid]} and {rec.name}")

@@ -39,7 +39,8 @@ def build_runner(job: JobConfig, *, quiet: bool = False, restart: bool = False, 
         namespace = "|".join(
             str(x) for x in (model.provider, model.name, job.model.dimensions, *built.identity.values())
         )
-        memo = VectorMemo(job.cache.memory_mb << 20, job.cache.path, namespace)
+        cache_path = job.cache.path.removeprefix("file://") if job.cache.path else None
+        memo = VectorMemo(job.cache.memory_mb << 20, cache_path, namespace)
         task = EmbedTask(
             job,
             model,

@@ -16,11 +16,9 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from batchembed import __version__
 from batchembed.batching import halves
@@ -33,6 +31,7 @@ from batchembed.checkpoint import (
     ShardRecord,
     failpoint,
     open_output,
+    remove_orphans,
 )
 from batchembed.config import JobConfig, ResolvedModel, resolve_model
 from batchembed.errors import (
@@ -53,9 +52,10 @@ from batchembed.plan import Unit, iter_chunks, pending_rows, retry_chunks
 from batchembed.progress import Progress, Stats
 from batchembed.retry import backoff
 from batchembed.sources import SourceFile, check_columns, discover
+from batchembed.store import open_store, storage_options
 from batchembed.tasks import Piece, Request, Task
 from batchembed.tokens import TokenCounter
-from batchembed.writer import ShardWriter, fsync_dir, shard_metadata, write_table_atomically
+from batchembed.writer import shard_metadata
 
 #: Rows per chunk: the grain of text building, token counting and dedup.
 CHUNK_ROWS = 4096
@@ -95,7 +95,8 @@ class JobRunner:
         self.model_identity = model_identity
         self.restart = restart
         self.retry_failed = retry_failed
-        self.out = Path(job.output.path)
+        self.store = open_store(job)
+        self.out = self.store.uri  # for messages
         self.stats = stats
         self.progress = Progress(self.stats, quiet=quiet)
         self.limits = RateLimits(self.model.requests_per_minute, self.model.tokens_per_minute, job.limits.concurrency)
@@ -118,6 +119,7 @@ class JobRunner:
         try:
             return await self._run()
         finally:
+            await asyncio.to_thread(self.store.release)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             await self.provider.aclose()
@@ -155,15 +157,16 @@ class JobRunner:
         }
 
     async def _run(self) -> int:
-        sources = await asyncio.to_thread(discover, self.job.input.path)
+        sources = await asyncio.to_thread(discover, self.job.input.path, storage_options(self.job))
         columns = self.task.columns
         for src in sources:
             await asyncio.to_thread(check_columns, src, columns)
+        await asyncio.to_thread(self.store.acquire)  # one writer per output: OutputLocked names the holder
         await asyncio.to_thread(check_inputs, self.job, sources, columns)
         self.manifest = manifest = await asyncio.to_thread(
-            open_output, self.out, self.fingerprint(sources), self.restart
+            open_output, self.store, self.fingerprint(sources), self.restart
         )
-        if manifest.complete and (self.out / SUCCESS).exists():
+        if manifest.complete and self.store.exists(SUCCESS):
             self.progress.line(f"{self.out}: job already complete ({manifest.rows():,} rows); nothing to do")
             return EXIT_OK
         self.stats.rows_resumed = manifest.rows()
@@ -197,7 +200,7 @@ class JobRunner:
         by_name = {s.name: s for s in sources}
         plan = []
         for failure_file in manifest.unresolved_failures():
-            table = pq.read_table(self.out / failure_file, columns=["file", "row"])
+            table = self.store.read_table(failure_file, columns=["file", "row"])
             files = table.column("file").to_pylist()
             rows = table.column("row").to_pylist()
             for name in dict.fromkeys(files):
@@ -395,7 +398,7 @@ class JobRunner:
     async def _writer(self) -> None:
         """Write pieces in unit order; commit a unit's shard when its last piece is written."""
         current: Unit | None = None
-        shard: ShardWriter | None = None
+        shard: Any = None  # the store's shard writer
         failures: list[pa.Table] = []
         broken: Unit | None = None  # a unit with an abandoned piece cannot be committed
         try:
@@ -420,7 +423,7 @@ class JobRunner:
                 if shard is None:
                     schema = table.schema.with_metadata(shard_metadata(self.task.metadata()))
                     shard = await asyncio.to_thread(
-                        ShardWriter, self.out, unit.name, schema, self.job.output.compression
+                        self.store.shard_writer, unit.name, schema, self.job.output.compression
                     )
                 await asyncio.to_thread(shard.write, table)
                 if failed is not None:
@@ -433,18 +436,17 @@ class JobRunner:
             if shard is not None:
                 shard.abort()
 
-    def _commit(self, unit: Unit, shard: ShardWriter, failures: list[pa.Table]) -> None:
+    def _commit(self, unit: Unit, shard: Any, failures: list[pa.Table]) -> None:
         """Make a unit durable: shard, its failed rows, then the manifest entry (the commit point)."""
         written = shard.commit()
         failpoint("shard-before-manifest")
         failed_file = None
         n_failed = 0
         if failures:
-            (self.out / FAILED_DIR).mkdir(exist_ok=True)
             table = pa.concat_tables(failures)
             n_failed = table.num_rows
             failed_file = f"{FAILED_DIR}/{unit.name}"
-            write_table_atomically(self.out / FAILED_DIR, unit.name, table)
+            self.store.write_table(failed_file, table)
         record = ShardRecord(
             name=unit.name,
             kind=unit.kind,
@@ -461,7 +463,7 @@ class JobRunner:
             resolves=list(unit.resolves),
             files=[[name, rows] for name, rows in unit.files],
         )
-        self.manifest.commit(self.out, record, list(unit.resolves))
+        self.manifest.commit(self.store, record, list(unit.resolves))
 
     # ------------------------------------------------------------------------------------- ending
 
@@ -475,11 +477,11 @@ class JobRunner:
         if self.manifest is None:
             return
         unresolved = self.manifest.unresolved_failures()
-        self._unresolved = self.manifest.unresolved_rows(self.out)
+        self._unresolved = self.manifest.unresolved_rows(self.store)
         if unresolved:
-            write_table_atomically(self.out, FAILED, pa.concat_tables(pq.read_table(self.out / f) for f in unresolved))
-        else:
-            (self.out / FAILED).unlink(missing_ok=True)
+            self.store.write_table(FAILED, pa.concat_tables(self.store.read_table(f) for f in unresolved))
+        elif self.store.exists(FAILED):
+            self.store.delete(FAILED)
         report = self.stats.report(
             version=__version__,
             model=self.model.name,
@@ -488,9 +490,7 @@ class JobRunner:
             output=str(self.out),
             failed_rows_outstanding=self._unresolved,
         )
-        tmp = self.out / (REPORT + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2))
-        os.replace(tmp, self.out / REPORT)
+        self.store.write_bytes(REPORT, json.dumps(report, indent=2).encode())
 
     def _conclude(self) -> int:
         s = self.stats
@@ -507,14 +507,14 @@ class JobRunner:
         self.progress.line(summary)
         if self._unresolved:
             self.progress.line(
-                f"{self._unresolved:,} rows failed and are listed in {self.out / FAILED}; "
+                f"{self._unresolved:,} rows failed and are listed in {self.store.describe(FAILED)}; "
                 "run the same command again to retry them"
             )
             return EXIT_PARTIAL
         self.manifest.complete = True
-        self.manifest.save(self.out)
-        (self.out / SUCCESS).write_bytes(b"")
-        fsync_dir(self.out)
+        self.manifest.save(self.store)
+        remove_orphans(self.store, self.manifest)  # nothing but recorded files once _SUCCESS is there
+        self.store.write_bytes(SUCCESS, b"")
         return EXIT_OK
 
 

@@ -8,11 +8,13 @@ columns are read as text, so type inference on the first block can never break o
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import glob
+import io
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,6 +22,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from batchembed.errors import InputError
+from batchembed.location import Location, StorageOptions, first_line, list_files, locate
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 
@@ -29,20 +32,38 @@ class SourceFile:
     """One input file. ``name`` is its path relative to the input root: stable across machines."""
 
     index: int
-    path: Path
+    path: Path | str  # a local path, or the file's URI ("s3://bucket/key") in an object store
     name: str
     format: str
     size: int
     mtime_ns: int
     rows: int | None  # known up front for Parquet, None for CSV
+    location: Location | None = field(default=None, compare=False)  # set for object-store files
+
+    def open(self):
+        """What pyarrow readers take: the local path, or a random-access file read by ranged GETs."""
+        if self.location is None:
+            return self.path
+        return self.location.fs.open_input_file(self.location.fs_path)
+
+    def open_stream(self):
+        """A sequential binary stream of the file (CSV): the local path, or a streaming remote reader."""
+        if self.location is None:
+            return self.path
+        return self.location.fs.open_input_stream(self.location.fs_path)
 
     def identity(self) -> dict[str, object]:
         """What the job fingerprint records about this file."""
         return {"name": self.name, "size": self.size, "mtime_ns": self.mtime_ns}
 
 
-def discover(spec: str) -> list[SourceFile]:
-    """Expand a file, directory or glob into the sorted list of .parquet/.csv files it names."""
+def discover(spec: str, storage: StorageOptions | None = None) -> list[SourceFile]:
+    """Expand a file, directory or glob (local, or a URI such as ``s3://b/data/*.parquet``) into the
+    sorted list of .parquet/.csv files it names."""
+    where = locate(spec, storage, "input.path")
+    if not where.is_local:
+        return _discover_remote(spec, where)
+    spec = where.key
     path = Path(spec)
     if any(ch in spec for ch in "*?["):
         matches = [Path(p) for p in glob.glob(spec, recursive=True)]
@@ -73,6 +94,34 @@ def discover(spec: str) -> list[SourceFile]:
     return out
 
 
+def _discover_remote(spec: str, where: Location) -> list[SourceFile]:
+    """``discover`` for an object store: the files ``list_files`` finds, with Parquet row counts."""
+    out = []
+    for i, found in enumerate(list_files(where, FORMATS)):
+        fmt = FORMATS[os.path.splitext(found.location.key)[1].lower()]
+        src = SourceFile(i, found.location.uri, found.name, fmt, found.size, found.mtime_ns, None, found.location)
+        if fmt == "parquet":
+            try:
+                rows = pq.ParquetFile(src.open()).metadata.num_rows
+            except (pa.ArrowException, OSError) as exc:
+                raise InputError(f"{src.path}: not a readable Parquet file: {first_line(exc)}") from None
+            src = dataclasses.replace(src, rows=rows)
+        out.append(src)
+    if not out:
+        raise InputError(f"input.path {spec!r} matches no .parquet or .csv file")
+    return out
+
+
+def _glob_root(spec: str) -> str:
+    parts = Path(spec).parts
+    fixed = []
+    for part in parts:
+        if any(ch in part for ch in "*?["):
+            break
+        fixed.append(part)
+    return str(Path(*fixed)) if fixed else "."
+
+
 def _glob_root(spec: str) -> str:
     parts = Path(spec).parts
     fixed = []
@@ -86,7 +135,7 @@ def _glob_root(spec: str) -> str:
 @functools.lru_cache(maxsize=4096)
 def arrow_schema(source: SourceFile) -> pa.Schema:
     """A Parquet file's Arrow schema (cached: the input checks ask for it several times per file)."""
-    return pq.ParquetFile(source.path).schema_arrow
+    return pq.ParquetFile(source.open()).schema_arrow
 
 
 def columns_of(source: SourceFile) -> list[str]:
@@ -95,15 +144,22 @@ def columns_of(source: SourceFile) -> list[str]:
         return list(arrow_schema(source).names)
     try:
         # the header alone is decoded strictly; later rows are checked (and named) by the reader
-        with open(source.path, newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
+        with _text(source) as fh:
             header = next(csv.reader(fh), None)
-    except (OSError, csv.Error) as exc:
+    except (OSError, csv.Error, pa.ArrowException) as exc:
         raise InputError(f"{source.path}: cannot read CSV header: {exc}") from None
     if not header:
         raise InputError(f"{source.path}: CSV file has no header row")
     if any("\udc80" <= ch <= "\udcff" for name in header for ch in name):
         raise InputError(f"{source.path}: the header row is not valid UTF-8 text; re-export the file as UTF-8")
     return header
+
+
+def _text(source: SourceFile):
+    """The file as text for Python's csv module (BOM dropped; bad UTF-8 kept as surrogates to be named)."""
+    if source.location is None:
+        return open(source.path, newline="", encoding="utf-8-sig", errors="surrogateescape")
+    return io.TextIOWrapper(source.open_stream(), encoding="utf-8-sig", errors="surrogateescape", newline="")
 
 
 def check_columns(source: SourceFile, needed: list[str]) -> None:
@@ -132,7 +188,7 @@ def iter_batches(
 def _parquet_batches(source: SourceFile, columns: list[str], start_row: int, batch_rows: int):
     # pre_buffer=False: with read-ahead caching on, the reader keeps every column chunk it has read
     # until it is closed, so memory would grow with the file (~30 MB per 100k rows of text).
-    pf = pq.ParquetFile(source.path, pre_buffer=False)
+    pf = pq.ParquetFile(source.open(), pre_buffer=False)
     meta = pf.metadata
     first_group, skip = 0, start_row
     while first_group < meta.num_row_groups and skip >= meta.row_group(first_group).num_rows:
@@ -161,7 +217,7 @@ CSV_MAX_BLOCK = 1 << 30
 
 def _open_csv(source: SourceFile, columns: list[str], header: list[str], block_size: int):
     return pacsv.open_csv(
-        source.path,
+        source.open_stream(),
         read_options=pacsv.ReadOptions(block_size=block_size),
         # quoted newlines are part of a value: records, not lines, are rows
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
@@ -243,7 +299,7 @@ def _scan_csv(source: SourceFile, bad, start: int = 0):
     limit = csv.field_size_limit()
     csv.field_size_limit(CSV_MAX_BLOCK)
     try:
-        with open(source.path, newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
+        with _text(source) as fh:
             reader = csv.reader(fh)
             next(reader, None)
             row, line = -1, reader.line_num

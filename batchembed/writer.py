@@ -57,6 +57,21 @@ class WrittenFile:
     sha256: str
 
 
+def parquet_writer(sink, schema: pa.Schema, compression: str) -> pq.ParquetWriter:
+    """A shard's Parquet writer on ``sink`` (a path or a binary file object)."""
+    # Vector columns are stored plain: float vectors barely compress (4% with snappy) and
+    # dictionary encoding and min/max statistics over them are wasted work (40% of write time).
+    vectors = {f.name for f in schema if pa.types.is_fixed_size_list(f.type)}
+    others = [f.name for f in schema if f.name not in vectors]
+    return pq.ParquetWriter(
+        sink,
+        schema,
+        compression={f.name: "none" if f.name in vectors else compression for f in schema},
+        use_dictionary=others,
+        write_statistics=others,
+    )
+
+
 class ShardWriter:
     """Writes one Parquet file: ``write`` tables in order, then ``commit`` (or ``abort``)."""
 
@@ -67,17 +82,7 @@ class ShardWriter:
         self.tmp = directory / (name + TMP_SUFFIX)
         self.schema = schema
         self.rows = 0
-        # Vector columns are stored plain: float vectors barely compress (4% with snappy) and
-        # dictionary encoding and min/max statistics over them are wasted work (40% of write time).
-        vectors = {f.name for f in schema if pa.types.is_fixed_size_list(f.type)}
-        others = [f.name for f in schema if f.name not in vectors]
-        self._writer = pq.ParquetWriter(
-            self.tmp,
-            schema,
-            compression={f.name: "none" if f.name in vectors else compression for f in schema},
-            use_dictionary=others,
-            write_statistics=others,
-        )
+        self._writer = parquet_writer(self.tmp, schema, compression)
 
     def write(self, table: pa.Table) -> None:
         """Append ``table`` (cast to the shard's schema) as one row group."""
@@ -101,13 +106,6 @@ class ShardWriter:
         with contextlib.suppress(Exception):  # the file is thrown away; its writer state does not matter
             self._writer.close()
         self.tmp.unlink(missing_ok=True)
-
-
-def write_table_atomically(directory: Path, name: str, table: pa.Table) -> WrittenFile:
-    """Write a whole small table (failed rows, summaries) as one file, atomically."""
-    writer = ShardWriter(directory, name, table.schema)
-    writer.write(table)
-    return writer.commit()
 
 
 def shard_metadata(meta: dict) -> dict[str, str]:

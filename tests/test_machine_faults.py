@@ -10,6 +10,8 @@ import pathlib
 import pytest
 
 from batchembed import checkpoint, cli
+from batchembed.location import locate
+from batchembed.store.local import LocalStore
 from tests.conftest import assert_vectors, cli_env, job_for, make_texts, read_output, run_cli, write_job, write_parquet
 
 N = 600
@@ -58,7 +60,7 @@ def test_disk_full_while_writing_a_shard_keeps_what_is_committed_and_resumes(tmp
     assert result.returncode == 1, result.stderr
     line = _one_line(result.stderr)
     assert f"{out}: the disk is full" in line and "run the same command again to resume" in line
-    manifest = checkpoint.Manifest.load(out)
+    manifest = checkpoint.Manifest.load(LocalStore(locate(str(out))))
     assert [s.name for s in manifest.shards] == ["part-00000.parquet", "part-00001.parquet"]
 
     again = run_cli("run", str(job), "--quiet")
@@ -72,10 +74,10 @@ def test_disk_full_while_recording_a_commit(tmp_path, srv, dataset, monkeypatch,
     job = job_for(tmp_path, srv, src, limits={"concurrency": 1}, output={"shard_rows": 100})
     real_commit = checkpoint.Manifest.commit
 
-    def commit(self, directory, record, resolves):
+    def commit(self, store, record, resolves):
         if len(self.shards) == 2:  # the third commit finds the disk full
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory / checkpoint.JOURNAL))
-        real_commit(self, directory, record, resolves)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), store.describe(checkpoint.JOURNAL))
+        real_commit(self, store, record, resolves)
 
     monkeypatch.setattr(checkpoint.Manifest, "commit", commit)
     assert cli.main(["run", str(job), "--quiet"]) == 1
