@@ -30,6 +30,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -275,13 +276,18 @@ def remove_output(store: OutputStore) -> None:
             store.delete(name)
 
 
-def remove_orphans(store: OutputStore, manifest: Manifest) -> None:
-    """Delete temp files and shards/failure files that the manifest does not record."""
+def remove_orphans(store: OutputStore, manifest: Manifest, owns: Callable[[str], bool] | None = None) -> None:
+    """Delete temp files and shards/failure files that the manifest does not record.
+
+    ``owns(shard file name)`` limits this to the files of one ``--shard I/N`` part (the other parts'
+    files, committed or in progress, belong to their own manifests)."""
     known = {s.name for s in manifest.shards} | {s.failed_file for s in manifest.shards if s.failed_file}
     for name in store.list_names():
         base = name.rsplit("/", 1)[-1]
         if "/" in name and not name.startswith(FAILED_DIR + "/"):
             continue  # not ours
+        if owns is not None and not (base.startswith("part-") and owns(base.removesuffix(TMP_SUFFIX))):
+            continue  # another part's file
         if base.endswith(TMP_SUFFIX) or (base.startswith("part-") and name not in known):
             store.delete(name)
     if not manifest.complete:

@@ -43,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not retry rows in _failed.parquet",
     )
+    run.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="run only part I of N (I from 0) of the job, e.g. from a Slurm array or Kubernetes indexed job; "
+        "paced to 1/N of the limits (engine.shard_pacing=full to override)",
+    )
+    run.add_argument("--engine", choices=["local", "ray"], help="where to run (default: [engine] kind, else local)")
+    run.add_argument("--workers", type=int, metavar="N", help="Ray workers (default: [engine] workers)")
 
     status = sub.add_parser("status", help="how far a job has got")
     _job_arguments(status)
@@ -114,9 +122,17 @@ def dispatch(args: argparse.Namespace) -> int:
 
     job = load_job(args.job, args.overrides)
     if args.command == "run":
-        from batchembed.job import build_runner
+        from batchembed.engines import run_job
 
-        return build_runner(job, quiet=args.quiet, restart=args.restart, retry_failed=args.retry_failed).run()
+        return run_job(
+            job,
+            quiet=args.quiet,
+            restart=args.restart,
+            retry_failed=args.retry_failed,
+            engine=args.engine,
+            workers=args.workers,
+            shard=args.shard,
+        )
     if args.command == "plan":
         from batchembed.dryrun import plan
         from batchembed.job import check_model, text_prefix

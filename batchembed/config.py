@@ -97,6 +97,19 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class EngineConfig:
+    """``[engine]``: where the job runs: this process, or a Ray cluster (``docs/scaling.md``)."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = None  # Ray cluster address; default RAY_ADDRESS, else a local Ray started for the run
+    workers: int = 2  # Ray workers (each runs the pipeline on the units it is handed)
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    # --shard I/N: "share" paces each shard to 1/N of [limits]/[model] rates; "full" gives each the whole rate
+    shard_pacing: Literal["share", "full"] = "share"
+
+
+@dataclass(frozen=True)
 class RerankConfig:
     """``[rerank]``: score (query, document) pairs instead of embedding texts."""
 
@@ -123,6 +136,7 @@ class JobConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     rerank: RerankConfig | None = None
     storage: StorageConfig = field(default_factory=StorageConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
     @property
     def is_rerank(self) -> bool:
@@ -298,6 +312,7 @@ def validate(job: JobConfig) -> JobConfig:
         ("limits.batch_tokens", job.limits.batch_tokens),
         ("limits.input_tokens", job.limits.input_tokens),
         ("output.shard_rows", job.output.shard_rows),
+        ("engine.workers", job.engine.workers),
         ("limits.requests_per_minute", job.limits.requests_per_minute),
         ("limits.tokens_per_minute", job.limits.tokens_per_minute),
     ):

@@ -26,9 +26,11 @@ from batchembed.tasks.embed import generated_ids, id_column_name
 
 
 def _load(job: JobConfig) -> tuple[OutputStore, Manifest]:
-    """The output store and its manifest, read without taking the writer lock."""
+    """The output store and its manifest (every ``--shard`` part's, merged), read without taking a lock."""
+    from batchembed.engines.parts import load_whole
+
     out = open_store(job)
-    manifest = Manifest.load(out)
+    manifest, _ = load_whole(out)
     if manifest is None:
         raise OutputError(f"{out.uri}: no batchembed output here yet (no _manifest.json)")
     return out, manifest

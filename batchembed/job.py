@@ -22,8 +22,17 @@ def check_model(job: JobConfig) -> None:
         catalog.check_dimensions(resolve_model(job).name, job.model.dimensions, job.model.provider)
 
 
-def build_runner(job: JobConfig, *, quiet: bool = False, restart: bool = False, retry_failed: bool = True) -> JobRunner:
-    """A ``JobRunner`` for ``job`` with every part chosen from its settings."""
+def build_runner(
+    job: JobConfig,
+    *,
+    quiet: bool = False,
+    restart: bool = False,
+    retry_failed: bool = True,
+    runner_class: type[JobRunner] = JobRunner,
+    **engine_options,
+) -> JobRunner:
+    """A ``JobRunner`` (or an engine's subclass, given ``engine_options``) for ``job`` with every part
+    chosen from its settings."""
     check_model(job)
     built = build(job)
     model = resolve_model(job)
@@ -51,7 +60,7 @@ def build_runner(job: JobConfig, *, quiet: bool = False, restart: bool = False, 
             stats=stats,
             memo=memo,
         )
-    return JobRunner(
+    return runner_class(
         job,
         task,
         built.provider,
@@ -61,4 +70,5 @@ def build_runner(job: JobConfig, *, quiet: bool = False, restart: bool = False, 
         quiet=quiet,
         restart=restart,
         retry_failed=retry_failed,
+        **engine_options,
     )

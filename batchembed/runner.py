@@ -72,7 +72,18 @@ class Stop(Exception):
 
 
 class JobRunner:
-    """Runs one job to completion (or to a clean stop). Use ``run()``; it returns an exit code."""
+    """Runs one job to completion (or to a clean stop). Use ``run()``; it returns an exit code.
+
+    The engines in :mod:`batchembed.engines` subclass it to run part of a job (``--shard I/N``, a
+    Ray worker's units) through the seams ``_acquire``, ``_open_manifest``, ``_chunk_stream``,
+    ``_record``, ``_retry_unit_name`` and ``_complete``.
+    """
+
+    #: Install SIGINT/SIGTERM handlers (only possible in a process's main thread).
+    handles_signals = True
+    #: Where this run's failed rows and report go (a ``--shard`` part writes its own).
+    failed_name = FAILED
+    report_name = REPORT
 
     def __init__(
         self,
@@ -114,13 +125,14 @@ class JobRunner:
 
     async def _main(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        signals = (signal.SIGINT, signal.SIGTERM) if self.handles_signals else ()
+        for sig in signals:
             loop.add_signal_handler(sig, self._on_signal, sig)
         try:
             return await self._run()
         finally:
             await asyncio.to_thread(self.store.release)
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in signals:
                 loop.remove_signal_handler(sig)
             await self.provider.aclose()
             self.task.close()
@@ -161,17 +173,15 @@ class JobRunner:
         columns = self.task.columns
         for src in sources:
             await asyncio.to_thread(check_columns, src, columns)
-        await asyncio.to_thread(self.store.acquire)  # one writer per output: OutputLocked names the holder
+        await asyncio.to_thread(self._acquire)  # one writer per output: OutputLocked names the holder
         await asyncio.to_thread(check_inputs, self.job, sources, columns)
-        self.manifest = manifest = await asyncio.to_thread(
-            open_output, self.store, self.fingerprint(sources), self.restart
-        )
+        self.manifest = manifest = await asyncio.to_thread(self._open_manifest, sources)
         if manifest.complete and self.store.exists(SUCCESS):
             self.progress.line(f"{self.out}: job already complete ({manifest.rows():,} rows); nothing to do")
             return EXIT_OK
         self.stats.rows_resumed = manifest.rows()
         retry_units = self._retry_plan(sources, manifest) if self.retry_failed else []
-        todo = pending_rows(sources, manifest)
+        todo = self._pending_rows(sources, manifest)
         if todo is not None:
             todo += sum(len(rows) for _, _, rows in retry_units)
         self.stats.rows_total = todo
@@ -194,6 +204,25 @@ class JobRunner:
                 if not failed:  # a full disk fails the report too: keep the first, real, error
                     raise
         return self._conclude()
+
+    def _acquire(self) -> None:
+        """Take the output's one-writer lock (a ``--shard`` part takes its own)."""
+        from batchembed.engines.parts import refuse_mixing
+
+        self.store.acquire()
+        refuse_mixing(self.store, None)
+
+    def _open_manifest(self, sources: list[SourceFile]) -> Manifest:
+        """Load (or create) the manifest this run records its shards in."""
+        return open_output(self.store, self.fingerprint(sources), self.restart)
+
+    def _pending_rows(self, sources: list[SourceFile], manifest: Manifest) -> int | None:
+        """Rows this run has still to do (None when unknown before reading)."""
+        return pending_rows(sources, manifest)
+
+    def _retry_unit_name(self, n: int) -> str:
+        """Name of the shard holding this run's retried rows (``n`` retry shards exist already)."""
+        return f"part-r{n:05d}.parquet"
 
     def _retry_plan(self, sources: list[SourceFile], manifest: Manifest):
         """Failed rows of earlier runs, grouped by file: [(failure_file, source, rows)]."""
@@ -234,7 +263,7 @@ class JobRunner:
         if retry_units:
             resolves = list(dict.fromkeys(f for f, _, _ in retry_units))
             n = sum(1 for s in self.manifest.shards if s.kind == "retry")
-            unit = Unit(f"part-r{n:05d}.parquet", None, resolves=resolves)
+            unit = Unit(self._retry_unit_name(n), None, resolves=resolves)
             failures = [(src, rows) for _, src, rows in retry_units]
             yield from retry_chunks(failures, columns, unit, CHUNK_ROWS, self.task.group_key)
         yield from iter_chunks(
@@ -463,7 +492,11 @@ class JobRunner:
             resolves=list(unit.resolves),
             files=[[name, rows] for name, rows in unit.files],
         )
-        self.manifest.commit(self.store, record, list(unit.resolves))
+        self._record(record, list(unit.resolves))
+
+    def _record(self, record: ShardRecord, resolves: list[str]) -> None:
+        """The commit point: record a written shard in the manifest (a Ray worker hands it back instead)."""
+        self.manifest.commit(self.store, record, resolves)
 
     # ------------------------------------------------------------------------------------- ending
 
@@ -479,9 +512,10 @@ class JobRunner:
         unresolved = self.manifest.unresolved_failures()
         self._unresolved = self.manifest.unresolved_rows(self.store)
         if unresolved:
-            self.store.write_table(FAILED, pa.concat_tables(self.store.read_table(f) for f in unresolved))
-        elif self.store.exists(FAILED):
-            self.store.delete(FAILED)
+            tables = (self.store.read_table(f) for f in unresolved)
+            self.store.write_table(self.failed_name, pa.concat_tables(tables))
+        elif self.store.exists(self.failed_name):
+            self.store.delete(self.failed_name)
         report = self.stats.report(
             version=__version__,
             model=self.model.name,
@@ -490,7 +524,7 @@ class JobRunner:
             output=str(self.out),
             failed_rows_outstanding=self._unresolved,
         )
-        self.store.write_bytes(REPORT, json.dumps(report, indent=2).encode())
+        self.store.write_bytes(self.report_name, json.dumps(report, indent=2).encode())
 
     def _conclude(self) -> int:
         s = self.stats
@@ -507,15 +541,19 @@ class JobRunner:
         self.progress.line(summary)
         if self._unresolved:
             self.progress.line(
-                f"{self._unresolved:,} rows failed and are listed in {self.store.describe(FAILED)}; "
+                f"{self._unresolved:,} rows failed and are listed in {self.store.describe(self.failed_name)}; "
                 "run the same command again to retry them"
             )
             return EXIT_PARTIAL
+        self._complete()
+        return EXIT_OK
+
+    def _complete(self) -> None:
+        """Every unit is committed: mark the manifest complete, drop what it does not record, write _SUCCESS."""
         self.manifest.complete = True
         self.manifest.save(self.store)
         remove_orphans(self.store, self.manifest)  # nothing but recorded files once _SUCCESS is there
         self.store.write_bytes(SUCCESS, b"")
-        return EXIT_OK
 
 
 def _first_error(group: BaseExceptionGroup) -> BaseException:

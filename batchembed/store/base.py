@@ -30,6 +30,20 @@ def lease_name(shard: tuple[int, int] | None = None) -> str:
     return f"{LEASE_DIR}/shard-{index:04d}-of-{count:04d}"
 
 
+def part_suffix(shard: tuple[int, int]) -> str:
+    """The tag of one ``--shard I/N`` part in file names: ``shard-0001-of-0004``."""
+    index, count = shard
+    return f"shard-{index:04d}-of-{count:04d}"
+
+
+def manifest_names(shard: tuple[int, int] | None) -> tuple[str, str]:
+    """(manifest, commit journal) file names of the whole job or of one ``--shard`` part."""
+    if shard is None:
+        return "_manifest.json", "_commits.jsonl"
+    tag = part_suffix(shard)
+    return f"_manifest.{tag}.json", f"_commits.{tag}.jsonl"
+
+
 class OutputLocked(OutputError):
     """Another live run holds this output's lock or lease."""
 
@@ -65,6 +79,14 @@ class OutputStore(abc.ABC):
     def __init__(self, where: Location) -> None:
         self.where = where
         self.lock: WriterLock | None = None
+        #: The manifest and commit journal this run reads and replaces: the whole job's, or one
+        #: ``--shard I/N`` part's (see ``use_part``).
+        self.manifest_name = "_manifest.json"
+        self.journal_name = "_commits.jsonl"
+
+    def use_part(self, shard: tuple[int, int] | None) -> None:
+        """Read and write the manifest of one ``--shard I/N`` part (``_manifest.shard-0001-of-0004.json``)."""
+        self.manifest_name, self.journal_name = manifest_names(shard)
 
     @property
     def uri(self) -> str:

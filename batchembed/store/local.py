@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from batchembed.checkpoint import JOURNAL, MANIFEST, failpoint
+from batchembed.checkpoint import failpoint
 from batchembed.errors import OutputError
 from batchembed.location import Location
 from batchembed.store.base import LEASE_DIR, OutputLocked, OutputStore, WriterLock, lease_name
@@ -105,18 +105,18 @@ class LocalStore(OutputStore):
 
     def replace_manifest(self, data: bytes) -> None:
         """Temp file, fsync, (failpoint), rename, fsync the directory."""
-        tmp = self.directory / (MANIFEST + TMP_SUFFIX)
+        tmp = self.directory / (self.manifest_name + TMP_SUFFIX)
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         failpoint("manifest-before-rename")
-        os.replace(tmp, self.directory / MANIFEST)
+        os.replace(tmp, self.directory / self.manifest_name)
         fsync_dir(self.directory)
 
     def append_commit(self, line: bytes) -> bool:
         """One write + fsync on ``_commits.jsonl``: committing stays O(1) however many shards there are."""
-        path = self.directory / JOURNAL
+        path = self.directory / self.journal_name
         new = not path.exists()
         with open(path, "ab") as fh:
             if os.environ.get("BATCHEMBED_FAILPOINT") == "journal-torn":
@@ -132,11 +132,11 @@ class LocalStore(OutputStore):
 
     def read_commits(self) -> bytes | None:
         """The journal's bytes, None if absent."""
-        return self.read_bytes(JOURNAL)
+        return self.read_bytes(self.journal_name)
 
     def drop_commits(self) -> None:
         """Unlink the journal (its lines are in the manifest now)."""
-        (self.directory / JOURNAL).unlink(missing_ok=True)
+        (self.directory / self.journal_name).unlink(missing_ok=True)
 
     def delete(self, name: str) -> None:
         """Unlink (a directory is removed with what is in it)."""
@@ -151,11 +151,11 @@ class LocalStore(OutputStore):
     def read_manifest(self) -> bytes | None:
         """The manifest's bytes, None if absent."""
         try:
-            return (self.directory / MANIFEST).read_bytes()
+            return (self.directory / self.manifest_name).read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise OutputError(f"{self.directory / MANIFEST}: cannot read: {exc}") from None
+            raise OutputError(f"{self.directory / self.manifest_name}: cannot read: {exc}") from None
 
     def list_names(self) -> list[str]:
         """Files under the directory, relative, the lease directory excluded."""

@@ -255,14 +255,15 @@ class ObjectStore(OutputStore):
         mode: Any = self._manifest_version or "create"
         failpoint("manifest-before-put")
         try:
-            result = self._conditional_put(MANIFEST, data, mode)
+            result = self._conditional_put(self.manifest_name, data, mode)
         except (obstore.exceptions.PreconditionError, obstore.exceptions.AlreadyExistsError):
             raise OutputError(
-                f"{self.describe(MANIFEST)} was replaced by another run since this run read it: this run no longer "
-                "owns the output and stops without committing. Check which run is writing it (`batchembed status`)."
+                f"{self.describe(self.manifest_name)} was replaced by another run since this run read it: this run "
+                "no longer owns the output and stops without committing. "
+                "Check which run is writing it (`batchembed status`)."
             ) from None
         except STORE_ERRORS as exc:
-            raise self._fail("manifest write", MANIFEST, exc) from None
+            raise self._fail("manifest write", self.manifest_name, exc) from None
         self._manifest_version = version_of(result)
 
     def _conditional_put(self, name: str, data: bytes, mode: Any) -> dict:
@@ -295,7 +296,7 @@ class ObjectStore(OutputStore):
 
     def read_manifest(self) -> bytes | None:
         """GET the manifest and remember its ETag for the conditional replace."""
-        got = self.get(MANIFEST)
+        got = self.get(self.manifest_name)
         if got is None:
             self._manifest_version = None
             return None

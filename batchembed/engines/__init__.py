@@ -1,0 +1,43 @@
+"""Engines: where a job's units run. ``local`` is this process (optionally one ``--shard I/N`` part of
+the job); ``ray`` spreads the units over Ray workers (:mod:`.ray_engine`, imported only when chosen)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from batchembed.config import JobConfig
+from batchembed.errors import UsageError
+
+
+def run_job(
+    job: JobConfig,
+    *,
+    quiet: bool = False,
+    restart: bool = False,
+    retry_failed: bool = True,
+    engine: str | None = None,
+    workers: int | None = None,
+    shard: str | None = None,
+) -> int:
+    """Run ``job`` on the chosen engine (CLI flags override ``[engine]``); return the exit code."""
+    from batchembed.job import build_runner
+
+    kind = engine or job.engine.kind
+    if workers is not None:
+        if workers < 1:
+            raise UsageError(f"--workers must be at least 1, got {workers}")
+        job = dataclasses.replace(job, engine=dataclasses.replace(job.engine, workers=workers))
+    options = {"quiet": quiet, "restart": restart, "retry_failed": retry_failed}
+    if shard is not None:
+        if kind == "ray":
+            raise UsageError("--shard and --engine ray do not go together: Ray already splits the job over workers")
+        from batchembed.engines.parts import parse_shard
+        from batchembed.engines.shard import ShardRunner
+
+        return build_runner(job, runner_class=ShardRunner, shard=parse_shard(shard), **options).run()
+    if kind == "ray":
+        from batchembed.engines.ray_engine import RayDriver, import_ray
+
+        import_ray()  # a clear error naming the extra to install, before anything else
+        return build_runner(job, runner_class=RayDriver, **options).run()
+    return build_runner(job, **options).run()

@@ -1,0 +1,102 @@
+"""``run --shard I/N``: N processes split one job on one output, each with its own manifest part."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tests.conftest import assert_vectors, cli_env, job_for, make_texts, read_output, run_cli, start_cli
+
+
+def _inputs(tmp_path, files: int = 3, rows: int = 500):
+    src = tmp_path / "in"
+    src.mkdir()
+    text_of = {}
+    for f in range(files):
+        texts = make_texts(rows, seed=f)
+        ids = [f * rows + i for i in range(rows)]
+        pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "text": texts}), src / f"f{f}.parquet")
+        text_of.update(zip(ids, texts, strict=True))
+    return src, text_of
+
+
+def test_three_shards_at_once_make_one_exact_output_within_the_limits(tmp_path, srv):
+    src, text_of = _inputs(tmp_path)
+    rpm = 600
+    srv.rate_limit(rpm=rpm)
+    job = job_for(tmp_path, srv, src, limits={"requests_per_minute": rpm, "batch_inputs": 16})
+
+    procs = [start_cli("run", str(job), "--quiet", "--shard", f"{i}/3") for i in range(3)]
+    results = [p.communicate(timeout=240) for p in procs]
+
+    for p, (_, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, err
+    out = tmp_path / "out"
+    table = read_output(out)
+    assert sorted(table.column("id").to_pylist()) == sorted(text_of)
+    assert_vectors(table, text_of, 16)
+    assert (out / "_SUCCESS").exists()
+    assert sorted(p.name for p in out.glob("_manifest.*")) == [
+        f"_manifest.shard-{i:04d}-of-0003.json" for i in range(3)
+    ]
+    status = run_cli("status", str(job), "--json")
+    doc = json.loads(status.stdout)
+    assert doc["complete"] and doc["rows_done"] == doc["rows_total"] == 1500
+    assert doc["shards_done"] == doc["shards_total"] == 9
+    assert run_cli("verify", str(job)).returncode == 0
+    throttled = sum(1 for r in srv.requests if r.status == 429)
+    assert throttled < 0.02 * len(srv.requests), f"{throttled} of {len(srv.requests)} requests were 429"
+
+
+def test_rerunning_one_shard_resumes_only_that_shard_and_the_last_writes_success(tmp_path, srv):
+    src, text_of = _inputs(tmp_path, files=2, rows=400)
+    job = job_for(tmp_path, srv, src)
+    out = tmp_path / "out"
+
+    first = run_cli("run", str(job), "--quiet", "--shard", "0/2")
+    assert first.returncode == 0, first.stderr
+    assert not (out / "_SUCCESS").exists()
+    mine = {p.name for p in out.glob("part-*")}
+    assert mine == {f"part-{i:05d}.parquet" for i in (0, 2)}
+    srv.reset_records()
+    again = run_cli("run", str(job), "--quiet", "--shard", "0/2")
+    assert again.returncode == 0, again.stderr
+    assert srv.requests == []  # part 0 is done: nothing redone, part 1 untouched
+    assert {p.name for p in out.glob("part-*")} == mine
+    status = json.loads(run_cli("status", str(job), "--json").stdout)
+    assert not status["complete"] and status["rows_done"] == 400
+
+    last = run_cli("run", str(job), "--quiet", "--shard", "1/2")
+    assert last.returncode == 0, last.stderr
+    assert (out / "_SUCCESS").exists()
+    table = read_output(out)
+    assert sorted(table.column("id").to_pylist()) == sorted(text_of)
+    assert_vectors(table, text_of, 16)
+    assert run_cli("verify", str(job)).returncode == 0
+
+
+def test_mixing_sharded_and_unsharded_runs_is_refused(tmp_path, srv):
+    src, _ = _inputs(tmp_path, files=1, rows=300)
+    job = job_for(tmp_path, srv, src)
+    assert run_cli("run", str(job), "--quiet", "--shard", "0/2").returncode == 0
+
+    plain = run_cli("run", str(job), "--quiet")
+    assert plain.returncode == 1
+    assert "--shard I/2" in plain.stderr and "unsharded run would" in plain.stderr
+    other_split = run_cli("run", str(job), "--quiet", "--shard", "0/3")
+    assert other_split.returncode == 1 and "split into 2 parts" in other_split.stderr
+
+    job2 = job_for(tmp_path, srv, src, output={"path": str(tmp_path / "out2")})
+    assert run_cli("run", str(job2), "--quiet").returncode == 0
+    sharded = run_cli("run", str(job2), "--quiet", "--shard", "1/2")
+    assert sharded.returncode == 1 and "unsharded run" in sharded.stderr
+
+
+def test_bad_shard_argument_is_a_usage_error(tmp_path, srv):
+    src, _ = _inputs(tmp_path, files=1, rows=10)
+    job = job_for(tmp_path, srv, src)
+    for bad in ("3/3", "x", "1/0"):
+        result = run_cli("run", str(job), "--shard", bad, env=cli_env())
+        assert result.returncode == 2 and "--shard" in result.stderr, result.stderr
