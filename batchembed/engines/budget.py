@@ -1,0 +1,131 @@
+"""One rate limit for a whole job spread over workers: a budget every worker reserves from.
+
+:class:`JobBudget` is plain Python (tested without Ray); the Ray engine runs it as an actor and each
+worker's :class:`SharedLimits` reserves one request and its tokens from it before sending. The
+budget is a GCRA (virtual scheduling) pacer per limit: it holds one second's budget as burst and
+spaces the rest at ``(limit - burst) / 60`` per second, so no 60-second window sees more than the
+limit however many workers ask (the same arithmetic as the single-process buckets in
+:mod:`batchembed.limits`). What workers learn from the server lowers it for everyone: a pause
+(Retry-After, a budget exhausted until its reset) holds every worker, and a lower
+``x-ratelimit-limit-*`` than configured becomes the job's limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from batchembed.limits import AdaptiveWindow, RateLimits, exhausted_for
+
+
+class _Pacer:
+    """GCRA pacing of one per-minute limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.tat = 0.0  # theoretical arrival time of the next unit of budget
+        self.set_limit(limit)
+
+    def set_limit(self, limit: int) -> None:
+        self.limit = max(1, int(limit))
+        burst = max(1, self.limit // 60)
+        self.interval = 60.0 / (self.limit - burst) if self.limit > burst else 60.0 / self.limit
+        self.tolerance = (burst - 1) * self.interval  # ``burst`` units may go at once
+
+    def reserve(self, amount: int, now: float, not_before: float) -> float:
+        """Reserve ``amount`` and return the time at which it may be spent."""
+        amount = min(amount, self.limit)  # one request bigger than the limit goes alone
+        start = max(self.tat, now, not_before)
+        at = max(now, not_before, start - self.tolerance)
+        self.tat = start + amount * self.interval
+        return at
+
+
+class JobBudget:
+    """The job's requests/min and tokens/min, shared by every worker (run as a Ray actor)."""
+
+    def __init__(self, requests_per_minute: int, tokens_per_minute: int, clock=time.monotonic) -> None:
+        self.configured = (requests_per_minute, tokens_per_minute)
+        self.requests = _Pacer(requests_per_minute)
+        self.tokens = _Pacer(tokens_per_minute)
+        self.paused_until = 0.0
+        self.clock = clock
+        self.granted = 0
+
+    def reserve(self, requests: int, tokens: int) -> float:
+        """Reserve budget for ``requests`` requests of ``tokens`` tokens; seconds the caller must wait."""
+        now = self.clock()
+        at = max(self.requests.reserve(requests, now, self.paused_until), self.tokens.reserve(tokens, now, 0.0))
+        self.granted += requests
+        return max(0.0, at - now)
+
+    def pause(self, seconds: float) -> None:
+        """The server asked for a pause (429 Retry-After, a budget spent until reset): hold every worker."""
+        self.paused_until = max(self.paused_until, self.clock() + min(seconds, 120.0))
+
+    def learn(self, requests_per_minute: int | None, tokens_per_minute: int | None) -> None:
+        """The server's own limits (``x-ratelimit-limit-*``): never exceed them, never the configured ones."""
+        if requests_per_minute and requests_per_minute < self.requests.limit:
+            self.requests.set_limit(min(requests_per_minute, self.configured[0]))
+        if tokens_per_minute and tokens_per_minute < self.tokens.limit:
+            self.tokens.set_limit(min(tokens_per_minute, self.configured[1]))
+
+    def limits(self) -> dict[str, Any]:
+        """What the budget enforces now (for the report and tests)."""
+        return {
+            "requests_per_minute": self.requests.limit,
+            "tokens_per_minute": self.tokens.limit,
+            "granted": self.granted,
+        }
+
+
+def learned_limits(headers: Mapping[str, str]) -> tuple[int | None, int | None]:
+    """(requests/min, tokens/min) the server states in OpenAI-style ``x-ratelimit-limit-*`` headers."""
+    found: list[int | None] = []
+    for kind in ("requests", "tokens"):
+        try:
+            found.append(int(float(headers[f"x-ratelimit-limit-{kind}"])))
+        except (KeyError, ValueError):
+            found.append(None)
+    return found[0], found[1]
+
+
+class _SharedWindow(AdaptiveWindow):
+    """The worker's own AIMD window whose pauses are also sent to the job's budget."""
+
+    def __init__(self, maximum: int, budget: Any) -> None:
+        super().__init__(maximum)
+        self.budget = budget
+
+    def pause(self, seconds: float) -> None:
+        super().pause(seconds)
+        self.budget.pause.remote(seconds)
+
+
+class SharedLimits(RateLimits):
+    """A worker's limits: its own concurrency window, the job's budget (an actor handle) for rates."""
+
+    def __init__(self, budget: Any, concurrency: int, requests_per_minute: int, tokens_per_minute: int) -> None:
+        super().__init__(requests_per_minute, tokens_per_minute, concurrency)
+        self.budget = budget
+        self.window = _SharedWindow(concurrency, budget)
+        self._known: tuple[int | None, int | None] = (None, None)
+
+    async def admit(self, tokens: int) -> None:
+        """Wait for the job-wide budget of one request of ``tokens`` (estimated, charged as the server counts)."""
+        charge = max(int(tokens * self.charge_ratio * 1.02), 1)
+        async with self._admitting:
+            wait = await self.budget.reserve.remote(1, charge)
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+    def observe_headers(self, headers: Mapping[str, str]) -> None:
+        """Share what the server says: a spent budget pauses every worker; stated limits cap the job's."""
+        wait = exhausted_for(headers)
+        if wait:
+            self.window.pause(wait)
+        stated = learned_limits(headers)
+        if any(stated) and stated != self._known:
+            self._known = stated
+            self.budget.learn.remote(*stated)

@@ -1,0 +1,278 @@
+"""``batchembed run JOB --engine ray``: one job's units spread over Ray workers, committed by the driver.
+
+The driver (this process) does what a plain run does before and after the pipeline — discover the
+inputs, take the output's lock/lease, load the manifest, and at the end write the report and
+``_SUCCESS`` — but instead of running the pipeline it hands slices of the units to Ray tasks:
+slice ``i`` of ``W`` is the units whose ordinal is ``i`` modulo ``W`` (slice 0 also retries the
+failed rows of earlier runs). Each task runs the same pipeline (:class:`SliceRunner`) on its units,
+writes their shards to the output and *streams back* each written shard's record; the driver records
+it in the manifest (the commit point), so a unit is committed as soon as its shard is written.
+
+Ray schedules the tasks (``cpus_per_worker``, ``gpus_per_worker``) and detects a dead worker process
+or node; the driver then re-submits that slice with the manifest as it stands, so a killed worker
+costs only the unit it was writing (its partial or unrecorded shard is an orphan, deleted before
+``_SUCCESS``). A killed driver takes its tasks with it (Ray ends a dead driver's tasks); rerunning the
+same command resumes from the manifest like any run.
+
+All workers share one rate limit: a :class:`~batchembed.engines.budget.JobBudget` actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import queue
+import threading
+from collections import Counter
+from typing import Any
+
+from batchembed.checkpoint import Manifest, ShardRecord
+from batchembed.engines.budget import JobBudget, SharedLimits
+from batchembed.engines.parts import owned_by
+from batchembed.errors import BatchEmbedError, ConfigError
+from batchembed.runner import EXIT_OK, JobRunner
+from batchembed.sources import SourceFile
+
+#: Times one slice is re-submitted after its worker process or node died, before the job gives up.
+MAX_SLICE_ATTEMPTS = 4
+_COUNTERS = ("rows_embedded", "rows_skipped", "rows_failed", "tokens", "tokens_saved", "requests")
+
+
+class EngineError(BatchEmbedError):
+    """The Ray engine could not run the job (Ray unreachable, workers dying over and over)."""
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or a ConfigError saying which extra to install."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "--engine ray needs Ray, which is not installed: pip install 'batchembed[ray]' "
+            "(or run without --engine ray)"
+        ) from None
+    return ray
+
+
+def connect(ray: Any, engine: Any) -> bool:
+    """Join the Ray cluster (engine.address, else RAY_ADDRESS) or start a local, loopback-only one.
+
+    Returns whether this call connected (and so must disconnect at the end)."""
+    if ray.is_initialized():
+        return False
+    address = engine.address or os.environ.get("RAY_ADDRESS")
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+        else:
+            ray.init(
+                num_cpus=max(1, int(engine.workers * engine.cpus_per_worker + 0.999)),
+                num_gpus=int(engine.workers * engine.gpus_per_worker + 0.999),
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                log_to_driver=False,
+                logging_level=logging.ERROR,
+            )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = address or "a local Ray"
+        raise EngineError(f"cannot start or join Ray at {where}: {exc}") from None
+    return True
+
+
+# ------------------------------------------------------------------------------------------ worker
+
+
+class SliceRunner(JobRunner):
+    """A worker's pipeline: only the units of its slice, each written shard handed to ``sink``."""
+
+    handles_signals = False  # runs in a thread of a Ray worker; Ray ends the process
+
+    def __init__(self, *args: Any, part: tuple[int, int], manifest: Manifest, budget: Any, sink, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.owns = owned_by(part)
+        self._given = manifest
+        self._sink = sink
+        model = self.model
+        self.limits = SharedLimits(
+            budget, self.job.limits.concurrency, model.requests_per_minute, model.tokens_per_minute
+        )
+
+    def _acquire(self) -> None:
+        return None  # the driver holds the output's lock/lease for the whole run
+
+    def _open_manifest(self, sources: list[SourceFile]) -> Manifest:
+        return self._given  # the driver's, as of the slice's submission; never saved here
+
+    def _pending_rows(self, sources, manifest) -> int | None:
+        return None
+
+    def _chunk_stream(self, sources, columns, retry_units):
+        for chunk in super()._chunk_stream(sources, columns, retry_units):
+            if chunk.unit.kind == "retry" or self.owns(chunk.unit.name):
+                yield chunk
+
+    def _record(self, record: ShardRecord, resolves: list[str]) -> None:
+        self._sink((record, resolves))  # written but not recorded: the driver commits it
+
+    def _finish_files(self) -> None:
+        return None  # the driver writes the report and _failed.parquet
+
+    def _conclude(self) -> int:
+        return EXIT_OK
+
+    def counters(self) -> dict[str, Any]:
+        """The stats the driver adds up."""
+        s = self.stats
+        return {**{k: getattr(s, k) for k in _COUNTERS}, "retries": dict(s.retries), "latencies": list(s.latencies)}
+
+
+def _delta(now: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    out = {k: now[k] - before.get(k, 0) for k in _COUNTERS}
+    out["retries"] = {k: v - before.get("retries", {}).get(k, 0) for k, v in now["retries"].items()}
+    out["latencies"] = now["latencies"][len(before.get("latencies", [])) :]
+    return out
+
+
+def run_slice(job, part: tuple[int, int], manifest: Manifest, budget: Any, retry_failed: bool):
+    """The Ray task: run slice ``part`` of the job; yield ("record", record, resolves, stats delta)
+    per written shard, then ("end", stats delta)."""
+    from batchembed.job import build_runner
+
+    sink: queue.Queue = queue.Queue()
+    runner = build_runner(
+        job, quiet=True, retry_failed=retry_failed, runner_class=SliceRunner, part=part, manifest=manifest,
+        budget=budget, sink=sink.put,
+    )  # fmt: skip
+    outcome: dict[str, Any] = {}
+
+    def main() -> None:
+        try:
+            outcome["code"] = runner.run()
+        except BaseException as exc:
+            outcome["error"] = exc
+        finally:
+            sink.put(None)
+
+    thread = threading.Thread(target=main, name=f"batchembed-slice-{part[0]}", daemon=True)
+    thread.start()
+    sent: dict[str, Any] = {}
+    while (item := sink.get()) is not None:
+        record, resolves = item
+        now = runner.counters()
+        yield ("record", dataclasses.asdict(record), resolves, _delta(now, sent))
+        sent = now
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    yield ("end", None, None, _delta(runner.counters(), sent))
+
+
+# ------------------------------------------------------------------------------------------ driver
+
+
+class RayDriver(JobRunner):
+    """A run whose pipeline is Ray tasks over slices of the units; this process commits what they write."""
+
+    def run(self) -> int:
+        """Join (or start) Ray in the main thread, run the job, leave Ray."""
+        ray = import_ray()
+        started = connect(ray, self.job.engine)
+        try:
+            return super().run()
+        finally:
+            if started:
+                ray.shutdown()
+
+    async def _pipeline(self, sources, columns, retry_units) -> None:
+        self._workers = []
+        await asyncio.to_thread(self._dispatch, bool(retry_units))
+
+    def _dispatch(self, retry: bool) -> None:
+        ray = import_ray()
+        engine = self.job.engine
+        budget = (
+            ray.remote(JobBudget)
+            .options(num_cpus=0)
+            .remote(self.model.requests_per_minute, self.model.tokens_per_minute)
+        )
+        task = ray.remote(run_slice).options(
+            num_returns="streaming",
+            num_cpus=engine.cpus_per_worker,
+            num_gpus=engine.gpus_per_worker,
+            max_retries=0,  # a dead worker's slice is re-planned here, from the manifest as it is now
+        )
+        self._run_slices(ray, task, budget, engine.workers, retry)
+
+    def _run_slices(self, ray: Any, task: Any, budget: Any, count: int, retry: bool) -> None:
+        events: queue.Queue = queue.Queue()
+        generators: dict[int, Any] = {}
+        attempts: Counter = Counter()
+
+        def pump(index: int, generator: Any) -> None:
+            try:
+                for ref in generator:
+                    events.put((index, generator, "item", ray.get(ref)))
+                events.put((index, generator, "done", None))
+            except BaseException as exc:
+                events.put((index, generator, "error", exc))
+
+        def submit(index: int) -> None:
+            snapshot = dataclasses.replace(self.manifest, shards=list(self.manifest.shards))
+            snapshot.resolved = list(self.manifest.resolved)
+            generator = task.remote(self.job, (index, count), snapshot, budget, retry and index == 0)
+            generators[index] = generator
+            threading.Thread(target=pump, args=(index, generator), daemon=True).start()
+
+        for index in range(count):
+            submit(index)
+        active = set(range(count))
+        while active:
+            if self.stopping is not None:
+                for generator in generators.values():
+                    with contextlib.suppress(Exception):  # already finished or gone
+                        ray.cancel(generator, force=True)
+                return
+            try:
+                index, generator, kind, payload = events.get(timeout=0.5)
+            except queue.Empty:
+                self.progress.refresh()
+                continue
+            if generator is not generators[index]:
+                continue  # a late event of a slice attempt already replaced
+            if kind == "item":
+                self._take(payload)
+            elif kind == "done":
+                active.discard(index)
+            else:
+                self._slice_failed(ray, index, payload, attempts)
+                submit(index)
+
+    def _slice_failed(self, ray: Any, index: int, exc: BaseException, attempts: Counter) -> None:
+        """A slice's task failed: re-raise the job's own error, or count a dead worker and allow a redo."""
+        if isinstance(exc, ray.exceptions.RayTaskError):
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, (BatchEmbedError, OSError)):
+                raise cause
+            raise EngineError(f"a Ray worker failed: {cause or exc}") from None
+        attempts[index] += 1
+        if attempts[index] >= MAX_SLICE_ATTEMPTS:
+            raise EngineError(
+                f"the worker running slice {index} died {attempts[index]} times ({type(exc).__name__}); giving up. "
+                "Committed shards are kept: run the same command again to resume."
+            )
+        self.progress.line(f"a Ray worker died ({type(exc).__name__}); its slice {index} resumes on another worker")
+
+    def _take(self, payload: tuple) -> None:
+        """Commit one shard a worker wrote (the commit point), and add up the worker's counters."""
+        kind, record, resolves, delta = payload
+        if kind == "record" and record["name"] not in {s.name for s in self.manifest.shards}:
+            self.manifest.commit(self.store, ShardRecord(**record), resolves)
+        s = self.stats
+        for key in _COUNTERS:
+            setattr(s, key, getattr(s, key) + delta[key])
+        s.retries.update(delta["retries"])
+        s.latencies.extend(delta["latencies"])
+        self.progress.refresh()
