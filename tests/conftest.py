@@ -128,3 +128,20 @@ def srv():
     """A fresh fake provider on 127.0.0.1 with 16-dimensional vectors."""
     with FakeServer(dim=16) as server:
         yield server
+
+
+def most_in_window(times: list[float], seconds: float) -> int:
+    """The most events (``received_at`` times) that fall in any window of ``seconds``."""
+    times = sorted(times)
+    most, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] > seconds:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+def paced_allowance(per_minute: int, seconds: float) -> float:
+    """What a pacer keeping ``per_minute`` (one second of budget as burst) may send in ``seconds``, plus
+    two for clock jitter between the sender and the server."""
+    return per_minute / 60 * (1 + seconds) + 2

@@ -7,7 +7,17 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tests.conftest import assert_vectors, cli_env, job_for, make_texts, read_output, run_cli, start_cli
+from tests.conftest import (
+    assert_vectors,
+    cli_env,
+    job_for,
+    make_texts,
+    most_in_window,
+    paced_allowance,
+    read_output,
+    run_cli,
+    start_cli,
+)
 
 
 def _inputs(tmp_path, files: int = 3, rows: int = 500):
@@ -48,6 +58,8 @@ def test_three_shards_at_once_make_one_exact_output_within_the_limits(tmp_path, 
     assert run_cli("verify", str(job)).returncode == 0
     throttled = sum(1 for r in srv.requests if r.status == 429)
     assert throttled < 0.02 * len(srv.requests), f"{throttled} of {len(srv.requests)} requests were 429"
+    # together the three parts keep the job's rate (each alone at the full rate would send three times this)
+    assert most_in_window([r.received_at for r in srv.requests], 5.0) <= paced_allowance(rpm, 5.0)
 
 
 def test_rerunning_one_shard_resumes_only_that_shard_and_the_last_writes_success(tmp_path, srv):

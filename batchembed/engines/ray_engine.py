@@ -69,6 +69,7 @@ def connect(ray: Any, engine: Any) -> bool:
             ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
         else:
             ray.init(
+                address="local",  # a new Ray of our own, never one that happens to run on this machine
                 num_cpus=max(1, int(engine.workers * engine.cpus_per_worker + 0.999)),
                 num_gpus=int(engine.workers * engine.gpus_per_worker + 0.999),
                 include_dashboard=False,

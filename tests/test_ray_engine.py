@@ -1,0 +1,168 @@
+"""``run --engine ray`` on a real local Ray (one per module, 127.0.0.1, 4 CPUs): faults and the shared limit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import (
+    ROOT,
+    assert_vectors,
+    cli_env,
+    job_for,
+    make_texts,
+    most_in_window,
+    paced_allowance,
+    read_output,
+    run_cli,
+    start_cli,
+)
+
+pytest.importorskip("ray")
+
+_HEAD = (
+    "import sys, ray\n"
+    "ray.init(address='local', num_cpus=4, include_dashboard=False, _node_ip_address='127.0.0.1',\n"
+    "         logging_level='ERROR')\n"
+    "print(ray.get_runtime_context().gcs_address, flush=True)\n"
+    "sys.stdin.read()\n"
+    "ray.shutdown()\n"
+)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    # the test cluster lives for one module on this machine: no token to hand around
+    return cli_env(RAY_AUTH_MODE="disabled", **extra)
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """A local Ray for this module's tests; it ends when its stdin closes."""
+    head = subprocess.Popen(
+        [sys.executable, "-c", _HEAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env(), cwd=ROOT
+    )
+    address = head.stdout.readline().strip()
+    assert address, "the test Ray did not start"
+    yield address
+    head.stdin.close()
+    head.wait(timeout=120)
+
+
+def _inputs(tmp_path: Path, files: int, rows: int):
+    src = tmp_path / "in"
+    src.mkdir()
+    text_of = {}
+    for f in range(files):
+        texts = make_texts(rows, seed=f)
+        ids = [f * rows + i for i in range(rows)]
+        pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "text": texts}), src / f"f{f}.parquet")
+        text_of.update(zip(ids, texts, strict=True))
+    return src, text_of
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _commits(out: Path) -> int:
+    journal = out / "_commits.jsonl"
+    return journal.read_bytes().count(b"\n") if journal.exists() else 0
+
+
+def _slice_workers() -> list[int]:
+    """Pids of Ray worker processes running a slice of a job right now (Ray titles them ``ray::run_slice``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(b"ray::run_slice"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_worker_then_driver_killed_then_rerun_gives_every_row_once(tmp_path, srv, ray_address):
+    src, text_of = _inputs(tmp_path, files=3, rows=400)
+    shard_rows = 80
+    job = job_for(
+        tmp_path,
+        srv,
+        src,
+        limits={"requests_per_minute": 900, "batch_inputs": 10},
+        output={"shard_rows": shard_rows},
+    )
+    out = tmp_path / "out"
+    env = _env(RAY_ADDRESS=ray_address)
+
+    driver = start_cli("run", str(job), "--quiet", "--engine", "ray", "--workers", "3", env=env)
+    _wait_for(lambda: _commits(out) >= 3 or driver.poll() is not None, 60, "first shards")
+    assert driver.poll() is None, driver.communicate()[1]
+    _wait_for(lambda: len(_slice_workers()) == 3, 30, "three busy workers")
+    os.kill(_slice_workers()[0], signal.SIGKILL)
+    at_kill = _commits(out)
+    _wait_for(lambda: _commits(out) >= at_kill + 3, 60, "shards after the worker was killed")
+    driver.send_signal(signal.SIGKILL)
+    _, err = driver.communicate(timeout=30)
+    assert "a Ray worker died" in err
+    assert not (out / "_SUCCESS").exists()
+    _wait_for(lambda: not _slice_workers(), 60, "Ray to end the dead driver's tasks")
+
+    rerun = run_cli("run", str(job), "--quiet", "--engine", "ray", "--workers", "3", env=env)
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert (out / "_SUCCESS").exists()
+    table = read_output(out)
+    assert sorted(table.column("id").to_pylist()) == sorted(text_of)
+    assert_vectors(table, text_of, 16)
+    manifest = json.loads((out / "_manifest.json").read_text())
+    recorded = {s["name"] for s in manifest["shards"]}
+    assert {p.name for p in out.iterdir() if p.name.startswith("part-")} == recorded  # no partial shard left
+    assert run_cli("verify", str(job)).returncode == 0
+    # each kill cost at most the units in progress: one for the worker, three for the driver's workers
+    assert len(srv.received_texts()) <= len(text_of) + 4 * shard_rows
+
+
+def test_workers_share_one_rate_limit(tmp_path, srv, ray_address):
+    src, text_of = _inputs(tmp_path, files=3, rows=500)
+    rpm = 600
+    srv.rate_limit(rpm=rpm)
+    job = job_for(tmp_path, srv, src, limits={"requests_per_minute": rpm, "batch_inputs": 10})
+
+    result = run_cli("run", str(job), "--quiet", "--engine", "ray", "--workers", "3", env=_env(RAY_ADDRESS=ray_address))
+
+    assert result.returncode == 0, result.stderr
+    assert_vectors(read_output(tmp_path / "out"), text_of, 16)
+    throttled = sum(1 for r in srv.requests if r.status == 429)
+    assert throttled < 0.02 * len(srv.requests), f"{throttled} of {len(srv.requests)} requests were 429"
+    # three workers each at the full rate would send three times this many
+    assert most_in_window([r.received_at for r in srv.requests], 5.0) <= paced_allowance(rpm, 5.0)
+    assert json.loads(run_cli("status", str(job), "--json").stdout)["complete"]
+
+
+def test_engine_ray_without_ray_installed_says_what_to_install(tmp_path, srv):
+    src, _ = _inputs(tmp_path, files=1, rows=10)
+    job = job_for(tmp_path, srv, src)
+    blocker = tmp_path / "noray"
+    (blocker / "ray").mkdir(parents=True)
+    (blocker / "ray" / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    env = cli_env()
+    env["PYTHONPATH"] = f"{blocker}{os.pathsep}{env['PYTHONPATH']}"
+
+    result = run_cli("run", str(job), "--engine", "ray", env=env)
+
+    assert result.returncode == 1
+    assert "pip install 'batchembed[ray]'" in result.stderr
+    assert not (tmp_path / "out").exists()
