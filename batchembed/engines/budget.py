@@ -65,10 +65,10 @@ class JobBudget:
         self.paused_until = max(self.paused_until, self.clock() + min(seconds, 120.0))
 
     def learn(self, requests_per_minute: int | None, tokens_per_minute: int | None) -> None:
-        """The server's own limits (``x-ratelimit-limit-*``): never exceed them, never the configured ones."""
-        if requests_per_minute and requests_per_minute < self.requests.limit:
+        """The server's own limits (``x-ratelimit-limit-*``): follow them, up to the configured ones."""
+        if requests_per_minute:
             self.requests.set_limit(min(requests_per_minute, self.configured[0]))
-        if tokens_per_minute and tokens_per_minute < self.tokens.limit:
+        if tokens_per_minute:
             self.tokens.set_limit(min(tokens_per_minute, self.configured[1]))
 
     def limits(self) -> dict[str, Any]:

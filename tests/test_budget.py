@@ -1,0 +1,64 @@
+"""The job-wide budget the Ray workers share: no 60-second window over the limit, pauses and learned limits."""
+
+from __future__ import annotations
+
+from batchembed.engines.budget import JobBudget, learned_limits
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _send_times(budget: JobBudget, clock: Clock, n: int, tokens: int = 1, callers: int = 3) -> list[float]:
+    """When ``n`` requests, asked for round-robin by ``callers`` workers as fast as allowed, may go out."""
+    times = []
+    for i in range(n):
+        wait = budget.reserve(1, tokens)
+        times.append(clock.now + wait)
+        if i % callers == callers - 1:
+            clock.now = max(clock.now, times[-1])  # the workers wait for their grants
+    return times
+
+
+def _most_in(times: list[float], seconds: float) -> int:
+    times = sorted(times)
+    most, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= seconds:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+def test_no_minute_sees_more_than_the_requests_limit_and_the_rate_stays_close_to_it():
+    clock = Clock()
+    budget = JobBudget(600, 10**9, clock=clock)
+    times = _send_times(budget, clock, 3000)
+    assert _most_in(times, 60.0) <= 600
+    span = max(times) - min(times)
+    assert 3000 / span * 60 > 0.97 * 600  # and it does not leave much of the budget unused
+
+
+def test_tokens_limit_paces_big_requests():
+    clock = Clock()
+    budget = JobBudget(10**6, 60_000, clock=clock)
+    times = _send_times(budget, clock, 300, tokens=1000)
+    # 1000 tokens each: at most 60 requests in any minute
+    assert _most_in(times, 60.0) <= 60
+
+
+def test_a_pause_holds_every_worker_and_learned_limits_lower_the_rate():
+    clock = Clock()
+    budget = JobBudget(600, 10**9, clock=clock)
+    budget.pause(5.0)
+    assert budget.reserve(1, 1) >= 5.0
+    budget.learn(120, None)
+    assert budget.limits()["requests_per_minute"] == 120
+    budget.learn(6000, None)  # a server raising its limit is followed, never above the configured one
+    assert budget.limits()["requests_per_minute"] == 600
+    assert learned_limits({"x-ratelimit-limit-requests": "300", "x-ratelimit-limit-tokens": "1e6"}) == (300, 10**6)
+    assert learned_limits({}) == (None, None)
