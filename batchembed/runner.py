@@ -210,7 +210,8 @@ class JobRunner:
         from batchembed.engines.parts import refuse_mixing
 
         self.store.acquire()
-        refuse_mixing(self.store, None)
+        if not self.restart:  # --restart discards a split output whole
+            refuse_mixing(self.store, None)
 
     def _open_manifest(self, sources: list[SourceFile]) -> Manifest:
         """Load (or create) the manifest this run records its shards in."""

@@ -99,6 +99,10 @@ def test_mixing_sharded_and_unsharded_runs_is_refused(tmp_path, srv):
     assert "--shard I/2" in plain.stderr and "unsharded run would" in plain.stderr
     other_split = run_cli("run", str(job), "--quiet", "--shard", "0/3")
     assert other_split.returncode == 1 and "split into 2 parts" in other_split.stderr
+    restarted = run_cli("run", str(job), "--quiet", "--restart")  # discards the split output whole
+    assert restarted.returncode == 0, restarted.stderr
+    assert not list((tmp_path / "out").glob("_manifest.shard-*"))
+    assert run_cli("verify", str(job)).returncode == 0
 
     job2 = job_for(tmp_path, srv, src, output={"path": str(tmp_path / "out2")})
     assert run_cli("run", str(job2), "--quiet").returncode == 0

@@ -142,6 +142,10 @@ def run_slice(job, part: tuple[int, int], manifest: Manifest, budget: Any, retry
     per written shard, then ("end", stats delta)."""
     from batchembed.job import build_runner
 
+    if job.model.provider == "local" and job.model.threads is None:
+        # the embedded model on a worker uses the CPUs Ray gave it, not every core of the machine
+        threads = max(1, round(job.engine.cpus_per_worker))
+        job = dataclasses.replace(job, model=dataclasses.replace(job.model, threads=threads))
     sink: queue.Queue = queue.Queue()
     runner = build_runner(
         job, quiet=True, retry_failed=retry_failed, runner_class=SliceRunner, part=part, manifest=manifest,
