@@ -32,6 +32,7 @@ from batchembed.checkpoint import (
     Manifest,
     ShardRecord,
     failpoint,
+    fingerprint_hash,
     open_output,
 )
 from batchembed.config import JobConfig, ResolvedModel, resolve_model
@@ -46,6 +47,7 @@ from batchembed.errors import (
     TransientAPIError,
     redact,
 )
+from batchembed.journal import JOURNAL_DIR, Journal, LocalJournalStore
 from batchembed.limits import RateLimits
 from batchembed.plan import Unit, iter_chunks, pending_rows, retry_chunks
 from batchembed.progress import Progress, Stats
@@ -101,6 +103,7 @@ class JobRunner:
         self.succeeded_once = False
         self.exhausted_in_a_row = 0
         self.manifest: Manifest | None = None
+        self.journal: Journal | None = None
         self._unresolved = 0
 
     # ------------------------------------------------------------------------------ public entry
@@ -164,6 +167,13 @@ class JobRunner:
             self.progress.line(f"{self.out}: job already complete ({manifest.rows():,} rows); nothing to do")
             return EXIT_OK
         self.stats.rows_resumed = manifest.rows()
+        self.journal = Journal(
+            LocalJournalStore(self.out / JOURNAL_DIR),
+            fingerprint_hash(manifest.fingerprint),
+            self.task,
+            self.stats,
+            committed={s.name.removesuffix(".parquet") for s in manifest.shards},
+        )
         retry_units = self._retry_plan(sources, manifest) if self.retry_failed else []
         todo = pending_rows(sources, manifest)
         if todo is not None:
@@ -174,10 +184,14 @@ class JobRunner:
                 f"resuming {self.out}: {len(manifest.shards)} shards ({manifest.rows():,} rows) already committed"
             )
         self.progress.start()
+        finished = False
         try:
             await self._pipeline(sources, columns, retry_units)
+            finished = self.stopping is None
         finally:
             self.progress.close()
+            # a finished run has committed every unit it could: no journal is worth keeping
+            await asyncio.to_thread(self.journal.close, finished)
             await asyncio.to_thread(self._finish_files)
         return self._conclude()
 
@@ -237,8 +251,9 @@ class JobRunner:
                 if chunk is sentinel or self.stopping is not None:
                     self._slots.release()
                     break
-                piece, requests = await asyncio.to_thread(self.task.prepare, chunk)
+                piece, requests = await asyncio.to_thread(self.journal.prepare, chunk)
                 requests = self.task.claim(piece, requests)
+                self.journal.borrowed(piece)  # texts the memo answered since prepare
                 piece.pending = len(requests) + piece.waits
                 await self._pieces.put(piece)
                 for request in requests:
@@ -276,8 +291,11 @@ class JobRunner:
                 except Stop:
                     piece.abandoned = True
             self._settle(piece)
-            for waiter in self.task.release(request):
+            waiters = self.task.release(request)
+            for waiter in waiters:
                 self._settle(waiter)
+            for waiter in {id(w): w for w in waiters}.values():
+                self.journal.borrowed(waiter)
 
     def _settle(self, piece: Piece) -> None:
         """One request or wait of ``piece`` is over."""
@@ -288,6 +306,7 @@ class JobRunner:
     async def _send(self, request: Request) -> None:
         """Send one request with retries; split on 413 and too-long; dead-letter what still fails."""
         attempt = 0
+        self.journal.sent(request)
         while True:
             if self.stopping is not None and attempt:
                 raise Stop()
@@ -310,6 +329,7 @@ class JobRunner:
                 except MalformedResponse as exc:
                     error = exc
                 else:
+                    self.journal.answered(request)
                     self._on_success(request, reported, getattr(answer, "headers", {}))
                     return
             if isinstance(error, AuthError):
@@ -371,6 +391,7 @@ class JobRunner:
             self.stats.rows_failed += failed
             self.stats.rows_skipped += piece.skipped
             self.stats.rows_embedded += piece.rows - failed - piece.skipped
+            self.journal.borrowed(piece)
         piece.done.set()
 
     # ------------------------------------------------------------------------------------ writing
@@ -446,12 +467,14 @@ class JobRunner:
         self.manifest.shards.append(record)
         self.manifest.resolved.extend(unit.resolves)
         self.manifest.save(self.out)
+        self.journal.committed(unit.name)
 
     # ------------------------------------------------------------------------------------- ending
 
     async def _ticker(self, writer: asyncio.Task) -> None:
         while not writer.done():
             self.progress.refresh()
+            self.journal.tick()
             await asyncio.wait({writer}, timeout=0.5)
 
     def _finish_files(self) -> None:
@@ -489,6 +512,11 @@ class JobRunner:
             f"{s.tokens:,} tokens, {s.requests:,} requests in {s.elapsed:.1f}s -> {self.out}"
         )
         self.progress.line(summary)
+        if s.rows_recovered or s.rows_resent:
+            self.progress.line(
+                f"after the interrupted run: {s.rows_recovered:,} rows recovered from its journal, "
+                f"{s.rows_resent:,} rows sent again (their answers were still in flight when it stopped)"
+            )
         if self._unresolved:
             self.progress.line(
                 f"{self._unresolved:,} rows failed and are listed in {self.out / FAILED}; "

@@ -1,0 +1,379 @@
+"""The answer journal: every answer kept the moment it arrives, so a crash costs only the requests in flight.
+
+Without it, everything answered for a shard that was not yet committed is lost with the process and
+bought again. With it, each answered request (text keys and vectors, or pair keys and scores) is
+appended to a journal of its unit as soon as the answer is accepted, and read back on the next run
+*before anything is sent*: only rows without a durable answer are requested again.
+
+The journal is an optimisation under the manifest, never the truth. Exactly-once still comes from
+shard commits alone; a journal only saves requests. Hence:
+
+* a torn or corrupt tail (a frame cut short by the kill, bytes that fail their CRC) is ignored;
+* a journal written under another job fingerprint is discarded whole;
+* the journal of a unit is removed right after its shard is committed (and, at start-up, any journal
+  of a unit already committed), so disk use stays bounded by the units in flight.
+
+Format: a unit's journal is a set of *segments*; a segment is a sequence of *frames*
+``[u32 length][u32 crc32][Arrow IPC stream of one record batch]``. Each batch carries, in its schema
+metadata, the job fingerprint's sha256, its kind (``answers``: key + answer column; ``sent``: keys of
+a request about to be sent, to count rows re-sent after a crash) and the input rows it covers.
+
+Storage sits behind ``JournalStore``. The local store appends frames to one segment file per unit and
+run (``_journal/part-00007/000001.seg``): each frame is written with one ``write`` as it arrives (it
+survives ``kill -9`` at once: the page cache outlives the process) and fsynced in groups, about once
+a second, against power loss. An object store, which has no appends, implements the same interface by
+buffering frames and putting each group as one small object written once (``sync``), removed at commit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from batchembed.writer import fsync_dir
+
+if TYPE_CHECKING:
+    from batchembed.plan import Chunk
+    from batchembed.progress import Stats
+    from batchembed.tasks import Piece, Request, Task
+
+JOURNAL_DIR = "_journal"
+FORMAT_VERSION = 1
+META_KEY = b"batchembed.journal"
+SEGMENT_SUFFIX = ".seg"
+#: Seconds between fsyncs of the segments being written (kill -9 loses nothing written; power loss this much).
+SYNC_SECONDS = 1.0
+_FRAME = struct.Struct("<II")  # payload length, crc32 of the payload
+
+
+# ---------------------------------------------------------------------------------------- storage
+
+
+class SegmentWriter(Protocol):
+    """One segment of one unit's journal, being written by this run."""
+
+    def append(self, frame: bytes) -> None:
+        """Add a frame. Locally it is in the file (page cache) when this returns."""
+        ...
+
+    def sync(self) -> None:
+        """Make the frames appended so far durable (fsync; on an object store: put them as one object)."""
+        ...
+
+    def close(self) -> None:
+        """Sync and release the segment."""
+        ...
+
+
+class JournalStore(Protocol):
+    """Where journal segments live: a directory, or (issue #13) a prefix of an object store."""
+
+    def open_segment(self, unit: str) -> SegmentWriter:
+        """A new segment of ``unit``'s journal, after (and never overwriting) the existing ones."""
+        ...
+
+    def segments(self, unit: str) -> Iterator[bytes]:
+        """The bytes of each existing segment of ``unit``, oldest first."""
+        ...
+
+    def units(self) -> list[str]:
+        """Units that have a journal."""
+        ...
+
+    def remove(self, unit: str) -> None:
+        """Delete ``unit``'s journal (after its shard is committed, or when it cannot be used)."""
+        ...
+
+    def clear(self) -> None:
+        """Delete every journal (the job is complete)."""
+        ...
+
+
+class _LocalSegment:
+    """An append-only segment file: one ``write`` per frame, fsync on ``sync``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        self._dirty = False
+        fsync_dir(path.parent)
+
+    def append(self, frame: bytes) -> None:
+        view = memoryview(frame)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        self._dirty = True
+
+    def sync(self) -> None:
+        if self._dirty and self._fd >= 0:
+            os.fsync(self._fd)
+            self._dirty = False
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self.sync()
+            os.close(self._fd)
+            self._fd = -1
+
+
+class LocalJournalStore:
+    """Journals under ``<output>/_journal/<unit>/NNNNNN.seg``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _dir(self, unit: str) -> Path:
+        return self.root / unit
+
+    def open_segment(self, unit: str) -> _LocalSegment:
+        directory = self._dir(unit)
+        if not directory.exists():
+            directory.mkdir(parents=True, exist_ok=True)
+            fsync_dir(self.root)
+        numbers = [int(p.stem) for p in directory.glob("*" + SEGMENT_SUFFIX) if p.stem.isdigit()]
+        return _LocalSegment(directory / f"{max(numbers, default=0) + 1:06d}{SEGMENT_SUFFIX}")
+
+    def segments(self, unit: str) -> Iterator[bytes]:
+        paths = sorted(self._dir(unit).glob("*" + SEGMENT_SUFFIX))
+        for path in paths:
+            try:
+                yield path.read_bytes()
+            except FileNotFoundError:
+                continue
+
+    def units(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir())
+
+    def remove(self, unit: str) -> None:
+        shutil.rmtree(self._dir(unit), ignore_errors=True)
+
+    def clear(self) -> None:
+        """Delete the whole journal directory."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def unit_key(shard_name: str) -> str:
+    """Journal name of a unit: its shard name without ``.parquet`` (``part-00007``)."""
+    return shard_name.removesuffix(".parquet")
+
+
+# ----------------------------------------------------------------------------------------- frames
+
+
+def encode_frame(batch: pa.RecordBatch, meta: dict[str, Any]) -> bytes:
+    """One frame: length, crc32 and an Arrow IPC stream of ``batch`` with ``meta`` in its schema."""
+    batch = batch.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    payload = sink.getvalue()
+    return _FRAME.pack(payload.size, zlib.crc32(payload)) + payload.to_pybytes()
+
+
+def decode_frames(data: bytes) -> Iterator[tuple[pa.RecordBatch, dict[str, Any]]]:
+    """Frames of a segment in order; stops quietly at the first torn or corrupt one (the tail a kill cut)."""
+    buf = pa.py_buffer(data)
+    pos = 0
+    while pos + _FRAME.size <= len(data):
+        length, crc = _FRAME.unpack_from(data, pos)
+        start, end = pos + _FRAME.size, pos + _FRAME.size + length
+        if end > len(data) or zlib.crc32(memoryview(data)[start:end]) != crc:
+            return
+        try:
+            reader = pa.ipc.open_stream(buf.slice(start, length))
+            batches = list(reader)
+            meta = json.loads(reader.schema.metadata[META_KEY])
+        except (pa.ArrowException, KeyError, TypeError, ValueError):
+            return
+        for batch in batches:
+            yield batch, meta
+        pos = end
+
+
+# ---------------------------------------------------------------------------------------- reading
+
+
+@dataclass
+class Recovered:
+    """What an earlier run left in a unit's journal."""
+
+    answers: pa.Table | None  # columns "key" and the task's answer column; later duplicates win nothing
+    sent: set[bytes] = field(default_factory=set)  # keys sent without a durable answer
+    rows: int = 0  # input rows the answers covered when they were written
+    _index: dict[bytes, int] | None = None
+    _values: dict[str, Any] = field(default_factory=dict)
+
+    def find(self, keys: list[bytes]) -> np.ndarray:
+        """Row of ``answers`` holding each key's answer, -1 where there is none."""
+        if self._index is None:
+            keys_col = self.answers.column("key").to_pylist() if self.answers is not None else []
+            self._index = {k: i for i, k in enumerate(keys_col)}
+        index = self._index
+        return np.fromiter((index.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+
+    def values(self, column: str) -> np.ndarray:
+        """An answer column as numpy: (n, dim) float32 for vectors, (n,) for scores."""
+        if self.answers is None:
+            return np.zeros(0, dtype=np.float32)
+        if column not in self._values:
+            col = self.answers.column(column).combine_chunks()
+            if pa.types.is_fixed_size_list(col.type):
+                dim = col.type.list_size
+                flat = col.values.to_numpy(zero_copy_only=False)[col.offset * dim :]
+                self._values[column] = flat[: len(col) * dim].reshape(-1, dim)
+            else:
+                self._values[column] = col.to_numpy(zero_copy_only=False)
+        return self._values[column]
+
+
+def read_unit(store: JournalStore, unit: str, fingerprint: str) -> Recovered | None:
+    """A unit's journal, or None if it has none, holds nothing usable, or belongs to another fingerprint."""
+    answers: list[pa.RecordBatch] = []
+    sent: set[bytes] = set()
+    rows = 0
+    for data in store.segments(unit):
+        for batch, meta in decode_frames(data):
+            if meta.get("version") != FORMAT_VERSION or meta.get("fingerprint") != fingerprint:
+                return None
+            if meta.get("kind") == "answers":
+                answers.append(batch.replace_schema_metadata(None))
+                rows += int(meta.get("rows", 0))
+            elif meta.get("kind") == "sent":
+                sent.update(batch.column(0).to_pylist())
+    if not answers and not sent:
+        return None
+    table = pa.Table.from_batches(answers) if answers else None
+    if table is not None:
+        sent.difference_update(table.column("key").to_pylist())
+    return Recovered(table, sent, rows)
+
+
+def answered_rows(store: JournalStore, unit: str, fingerprint: str) -> int:
+    """Input rows answered in ``unit``'s journal but not yet in a shard (0 if unusable); for ``status``."""
+    rec = read_unit(store, unit, fingerprint)
+    return rec.rows if rec is not None else 0
+
+
+# ---------------------------------------------------------------------------------------- the run
+
+
+class Journal:
+    """The runner's side: recover answers before sending, record answers as they arrive, drop at commit.
+
+    Writes run on one background thread, in submission order, so the event loop never waits for
+    the disk and a unit's removal at commit always comes after its last frame.
+    """
+
+    def __init__(self, store: JournalStore, fingerprint: str, task: Task, stats: Stats, committed: set[str]) -> None:
+        self.store = store
+        self.fingerprint = fingerprint
+        self.task = task
+        self.stats = stats
+        self._writers: dict[str, SegmentWriter] = {}
+        self._recovered: dict[str, Recovered | None] = {}
+        self._last_sync = time.monotonic()
+        self._lock = threading.Lock()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="batchembed-journal")
+        for unit in store.units():
+            if unit in committed:  # the run died between the manifest write and this removal
+                store.remove(unit)
+
+    # -------------------------------------------------------------------------- before sending
+
+    def prepare(self, chunk: Chunk) -> tuple[Piece, list[Request]]:
+        """``task.prepare`` minus the answers the unit's journal already holds (reader thread)."""
+        piece, requests = self.task.prepare(chunk)
+        unit = unit_key(chunk.unit.name)
+        if unit not in self._recovered:
+            rec = read_unit(self.store, unit, self.fingerprint)
+            if rec is None and unit in self.store.units():
+                self.store.remove(unit)  # another job's, or nothing readable: start it afresh
+            self._recovered[unit] = rec
+        rec = self._recovered[unit]
+        if chunk.last:
+            self._recovered[unit] = None  # the unit is fully read: free the answers (key stays: loaded)
+        if rec is not None:
+            requests, recovered, resent = self.task.recover(piece, requests, rec)
+            self.stats.rows_recovered += recovered
+            self.stats.rows_resent += resent
+        self.borrowed(piece)  # memo hits: kept now, the memo dies with the process
+        return piece, requests
+
+    # --------------------------------------------------------------------------------- writing
+
+    def sent(self, request: Request) -> None:
+        """Note the keys of a request about to be sent (so a later run can count what it re-sends)."""
+        batch = pa.record_batch({"key": self.task.journal_keys(request)})
+        self._submit(request.piece.chunk.unit.name, batch, "sent", 0)
+
+    def answered(self, request: Request) -> None:
+        """Keep the answers of a request the moment they are accepted."""
+        batch, rows = self.task.journal_answers(request.piece, request.items)
+        self._submit(request.piece.chunk.unit.name, batch, "answers", rows)
+
+    def borrowed(self, piece: Piece) -> None:
+        """Keep the answers a piece got from elsewhere (dedup memo, another piece's request)."""
+        found = self.task.journal_borrowed(piece)
+        if found is not None:
+            self._submit(piece.chunk.unit.name, found[0], "answers", found[1])
+
+    def _submit(self, shard: str, batch: pa.RecordBatch, kind: str, rows: int) -> None:
+        if batch.num_rows:
+            meta = {"version": FORMAT_VERSION, "fingerprint": self.fingerprint, "kind": kind, "rows": rows}
+            self._thread.submit(self._append, unit_key(shard), batch, meta)
+
+    def _append(self, unit: str, batch: pa.RecordBatch, meta: dict[str, Any]) -> None:
+        writer = self._writers.get(unit)
+        if writer is None:
+            writer = self._writers[unit] = self.store.open_segment(unit)
+        writer.append(encode_frame(batch, meta))
+        if time.monotonic() - self._last_sync >= SYNC_SECONDS:
+            self._sync()
+
+    def _sync(self) -> None:
+        for writer in self._writers.values():
+            writer.sync()
+        self._last_sync = time.monotonic()
+
+    def tick(self) -> None:
+        """Called periodically: fsync what was appended if the last sync is a second old."""
+        if time.monotonic() - self._last_sync >= SYNC_SECONDS:
+            self._thread.submit(self._sync)
+
+    def committed(self, shard: str) -> None:
+        """The unit's shard is in the manifest: its journal is no longer needed (blocks until removed)."""
+        self._thread.submit(self._remove, unit_key(shard)).result()
+
+    def _remove(self, unit: str) -> None:
+        writer = self._writers.pop(unit, None)
+        if writer is not None:
+            writer.close()
+        self.store.remove(unit)
+
+    def close(self, complete: bool = False) -> None:
+        """Finish pending writes and sync them; with ``complete`` delete every journal left."""
+        done: Future = self._thread.submit(self._close_all, complete)
+        done.result()
+        self._thread.shutdown()
+
+    def _close_all(self, complete: bool) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+        if complete:
+            self.store.clear()
