@@ -52,8 +52,12 @@ class Stats:
                 "skipped": self.rows_skipped,
                 "failed": self.rows_failed,
                 "already_done": self.rows_resumed,
-                "recovered_from_journal": self.rows_recovered,
-                "resent_after_crash": self.rows_resent,
+            },
+            "after_crash": {
+                # rows an interrupted run had answered, read back from its journal instead of being sent
+                "rows_recovered_from_journal": self.rows_recovered,
+                # rows it had sent whose answers were lost with it (in flight at the crash): sent again
+                "rows_sent_again": self.rows_resent,
             },
             "tokens": self.tokens,
             "tokens_saved_by_dedup": self.tokens_saved,

@@ -79,11 +79,11 @@ def test_repeated_sigkill_mid_shard_pays_only_for_requests_in_flight(tmp_path, s
     ratio = len(sent) / n
     assert ratio <= bound, f"server answered {len(sent)} rows for {n} distinct texts ({ratio:.3f}x)"
     assert max(Counter(sent).values()) <= 2
-    report = _report(tmp_path)["rows"]
-    assert report["recovered_from_journal"] > 0
+    report = _report(tmp_path)
+    assert report["after_crash"]["rows_recovered_from_journal"] > 0
     # the last kill lost at most the held requests; the final run says what it sent again
-    assert 0 < report["resent_after_crash"] <= IN_FLIGHT
-    assert report["embedded"] == n - report["already_done"]
+    assert 0 < report["after_crash"]["rows_sent_again"] <= IN_FLIGHT
+    assert report["rows"]["embedded"] == n - report["rows"]["already_done"]
     assert not (out / "_journal").exists()  # removed once every unit is committed
     assert "recovered from its journal" in final.stderr
 
@@ -125,7 +125,7 @@ def test_torn_tail_and_foreign_journal_on_resume(tmp_path, srv):
     assert result.returncode == 0, result.stderr
     assert_vectors(read_output(tmp_path / "out"), dict(enumerate(texts)), 16)
     assert run_cli("verify", str(job)).returncode == 0
-    assert _report(tmp_path)["rows"]["recovered_from_journal"] > 0
+    assert _report(tmp_path)["after_crash"]["rows_recovered_from_journal"] > 0
     assert not journal.exists()
 
 
