@@ -65,8 +65,8 @@ _FRAME = struct.Struct("<II")  # payload length, crc32 of the payload
 class SegmentWriter(Protocol):
     """One segment of one unit's journal, being written by this run."""
 
-    def append(self, frame: bytes) -> None:
-        """Add a frame. Locally it is in the file (page cache) when this returns."""
+    def append(self, frame: list) -> None:
+        """Add a frame (its parts: header and payload buffers). Locally it is in the file when this returns."""
         ...
 
     def sync(self) -> None:
@@ -111,10 +111,13 @@ class _LocalSegment:
         self._dirty = False
         fsync_dir(path.parent)
 
-    def append(self, frame: bytes) -> None:
-        view = memoryview(frame)
-        while view:
-            view = view[os.write(self._fd, view) :]
+    def append(self, frame: list) -> None:
+        total = sum(len(memoryview(part)) for part in frame)
+        written = os.writev(self._fd, frame)
+        if written < total:  # a short write (rare): write the rest byte-exactly
+            rest = memoryview(b"".join(bytes(memoryview(p)) for p in frame))[written:]
+            while rest:
+                rest = rest[os.write(self._fd, rest) :]
         self._dirty = True
 
     def sync(self) -> None:
@@ -175,14 +178,15 @@ def unit_key(shard_name: str) -> str:
 # ----------------------------------------------------------------------------------------- frames
 
 
-def encode_frame(batch: pa.RecordBatch, meta: dict[str, Any]) -> bytes:
-    """One frame: length, crc32 and an Arrow IPC stream of ``batch`` with ``meta`` in its schema."""
+def encode_frame(batch: pa.RecordBatch, meta: dict[str, Any]) -> list:
+    """One frame as [header, payload]: length and crc32, then an Arrow IPC stream of ``batch`` (``meta`` in
+    its schema). Two parts so that writing it copies nothing more (``os.writev``)."""
     batch = batch.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, batch.schema) as writer:
         writer.write_batch(batch)
     payload = sink.getvalue()
-    return _FRAME.pack(payload.size, zlib.crc32(payload)) + payload.to_pybytes()
+    return [_FRAME.pack(payload.size, zlib.crc32(payload)), payload]
 
 
 def decode_frames(data: bytes) -> Iterator[tuple[pa.RecordBatch, dict[str, Any]]]:

@@ -47,7 +47,7 @@ SCENARIOS = {
 DIM = 1024
 
 
-def _job(path: Path, input_path: Path, url: str, out: Path, shard_rows: int) -> Path:
+def _job(path: Path, input_path: Path, url: str, out: Path, shard_rows: int, concurrency: int, batch: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         f"""[input]
@@ -63,6 +63,8 @@ encoding = "base64"
 [limits]
 requests_per_minute = 1000000
 tokens_per_minute = 1000000000
+concurrency = {concurrency}
+batch_inputs = {batch}
 
 [output]
 path = "{out}"
@@ -97,7 +99,7 @@ def _kill_after(cmd: list[str], env, srv: Server, answered: int, log: Path) -> f
     return time.perf_counter() - t0
 
 
-def scenario(name: str, seed: int, src: str | None, min_gap: int, max_gap: int) -> dict:
+def scenario(name: str, seed: int, src: str | None, min_gap: int, max_gap: int, concurrency: int, batch: int) -> dict:
     """Run one crash scenario; return its figures."""
     spec = SCENARIOS[name]
     rows, shard_rows, kills = spec["rows"], spec["shard_rows"], spec["kills"]
@@ -112,7 +114,7 @@ def scenario(name: str, seed: int, src: str | None, min_gap: int, max_gap: int) 
     env = _env(src)
     rng = np.random.default_rng(seed)
     with Server(DIM) as srv:
-        job = _job(WORK / "jobs" / f"resume-{name}.toml", input_path, srv.url, out, shard_rows)
+        job = _job(WORK / "jobs" / f"resume-{name}.toml", input_path, srv.url, out, shard_rows, concurrency, batch)
         srv.reset()
         gaps = [int(g) for g in rng.integers(min_gap, max_gap, size=kills)]
         killed_after = [round(_kill_after([*entry, "run", str(job), "--quiet"], env, srv, g, log), 2) for g in gaps]
@@ -133,6 +135,9 @@ def scenario(name: str, seed: int, src: str | None, min_gap: int, max_gap: int) 
         "shard_rows": shard_rows,
         "kills": kills,
         "seed": seed,
+        "concurrency": concurrency,
+        "batch_inputs": batch,
+        "in_flight_rows": concurrency * batch,
         "src": src or "this tree",
         "distinct_texts": distinct,
         "kill_after_answered": gaps,
@@ -178,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--min-gap", type=int, default=3_000, help="fewest inputs answered before a kill")
     parser.add_argument("--max-gap", type=int, default=14_000, help="most inputs answered before a kill")
+    parser.add_argument("--concurrency", type=int, default=16, help="limits.concurrency (default: the default)")
+    parser.add_argument("--batch-inputs", type=int, default=256, help="limits.batch_inputs (default: the default)")
     parser.add_argument("--src", default=None, help="directory put first on the children's PYTHONPATH")
     parser.add_argument("--throughput", type=int, default=None, help="rows: measure uninterrupted rows/s instead")
     parser.add_argument("--repeat", type=int, default=3)
@@ -188,7 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         docs = [throughput(args.throughput, args.repeat, args.src)]
     else:
         names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
-        docs = [scenario(n, args.seed, args.src, args.min_gap, args.max_gap) for n in names]
+        docs = [
+            scenario(n, args.seed, args.src, args.min_gap, args.max_gap, args.concurrency, args.batch_inputs)
+            for n in names
+        ]
     for doc in docs:
         print(json.dumps(doc), flush=True)
     path = Path(args.out)

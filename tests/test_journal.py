@@ -117,7 +117,7 @@ def test_torn_tail_and_foreign_journal_on_resume(tmp_path, srv):
     data = segment.read_bytes()
     segment.write_bytes(data[:-7])  # the kill cut the last frame short
     foreign = LocalJournalStore(journal).open_segment("part-00001")
-    foreign.append(_frame([b"k" * 16], fingerprint="another job"))
+    foreign.append([_frame([b"k" * 16], fingerprint="another job")])
     foreign.close()
 
     result = run_cli("run", str(job), "--quiet")
@@ -134,14 +134,14 @@ def _frame(keys: list[bytes], fingerprint: str = "fp", kind: str = "answers", ro
         {"key": pa.array(keys, pa.binary(16)), "score": pa.array(np.arange(len(keys)), pa.float32())}
     )
     meta = {"version": 1, "fingerprint": fingerprint, "kind": kind, "rows": len(keys) if rows is None else rows}
-    return encode_frame(batch, meta)
+    return b"".join(bytes(part) for part in encode_frame(batch, meta))
 
 
 def _store_with(tmp_path, *frames: bytes) -> LocalJournalStore:
     store = LocalJournalStore(tmp_path / "_journal")
     seg = store.open_segment("part-00000")
     for frame in frames:
-        seg.append(frame)
+        seg.append([frame])
     seg.close()
     return store
 
@@ -172,7 +172,7 @@ def test_corrupt_frame_stops_the_read_there(tmp_path):
 def test_a_later_segment_is_read_after_a_torn_one(tmp_path):
     store = _store_with(tmp_path, _frame([b"a" * 16]), _frame([b"b" * 16])[:-5])
     seg = store.open_segment("part-00000")  # the next run writes a new segment, never after the torn tail
-    seg.append(_frame([b"c" * 16]))
+    seg.append([_frame([b"c" * 16])])
     seg.close()
     rec = read_unit(store, "part-00000", "fp")
     assert rec.answers.column("key").to_pylist() == [b"a" * 16, b"c" * 16]
@@ -200,7 +200,7 @@ def test_frames_survive_without_close(tmp_path):
     root = tmp_path / "_journal" / "part-00000"
     root.mkdir(parents=True)
     seg = _LocalSegment(root / "000001.seg")
-    seg.append(_frame([b"a" * 16]))
+    seg.append([_frame([b"a" * 16])])
     batches = list(decode_frames((root / "000001.seg").read_bytes()))
     assert len(batches) == 1 and batches[0][1]["kind"] == "answers"
     seg.close()
