@@ -218,40 +218,39 @@ def decode_frames(data: bytes) -> Iterator[tuple[pa.RecordBatch, dict[str, Any]]
 
 @dataclass
 class Recovered:
-    """What an earlier run left in a unit's journal."""
+    """What an earlier run left in a unit's journal (answers copied out of the segments' bytes)."""
 
-    answers: pa.Table | None  # columns "key" and the task's answer column; later duplicates win nothing
+    keys: list[bytes]  # key of each answer, in journal order
+    columns: dict[str, np.ndarray]  # answer columns: "vector" (n, dim) float32, or "score" (n,)
     sent: set[bytes] = field(default_factory=set)  # keys sent without a durable answer
     rows: int = 0  # input rows the answers covered when they were written
     _index: dict[bytes, int] | None = None
-    _values: dict[str, Any] = field(default_factory=dict)
 
     def find(self, keys: list[bytes]) -> np.ndarray:
-        """Row of ``answers`` holding each key's answer, -1 where there is none."""
+        """Position of each key's answer in ``columns``, -1 where there is none."""
         if self._index is None:
-            keys_col = self.answers.column("key").to_pylist() if self.answers is not None else []
-            self._index = {k: i for i, k in enumerate(keys_col)}
+            self._index = {k: i for i, k in enumerate(self.keys)}
         index = self._index
         return np.fromiter((index.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
 
     def values(self, column: str) -> np.ndarray:
-        """An answer column as numpy: (n, dim) float32 for vectors, (n,) for scores."""
-        if self.answers is None:
-            return np.zeros(0, dtype=np.float32)
-        if column not in self._values:
-            col = self.answers.column(column).combine_chunks()
-            if pa.types.is_fixed_size_list(col.type):
-                dim = col.type.list_size
-                flat = col.values.to_numpy(zero_copy_only=False)[col.offset * dim :]
-                self._values[column] = flat[: len(col) * dim].reshape(-1, dim)
-            else:
-                self._values[column] = col.to_numpy(zero_copy_only=False)
-        return self._values[column]
+        """An answer column (empty if the journal holds only sent keys)."""
+        return self.columns.get(column, np.zeros(0, dtype=np.float32))
+
+
+def _numpy(col: pa.Array) -> np.ndarray:
+    """A journal column as numpy: fixed-size lists become (n, dim)."""
+    if pa.types.is_fixed_size_list(col.type):
+        dim = col.type.list_size
+        flat = col.values.to_numpy(zero_copy_only=False)[col.offset * dim :]
+        return flat[: len(col) * dim].reshape(-1, dim)
+    return col.to_numpy(zero_copy_only=False)
 
 
 def read_unit(store: JournalStore, unit: str, fingerprint: str) -> Recovered | None:
     """A unit's journal, or None if it has none, holds nothing usable, or belongs to another fingerprint."""
-    answers: list[pa.RecordBatch] = []
+    keys: list[bytes] = []
+    parts: dict[str, list[np.ndarray]] = {}
     sent: set[bytes] = set()
     rows = 0
     for data in store.segments(unit):
@@ -259,16 +258,23 @@ def read_unit(store: JournalStore, unit: str, fingerprint: str) -> Recovered | N
             if meta.get("version") != FORMAT_VERSION or meta.get("fingerprint") != fingerprint:
                 return None
             if meta.get("kind") == "answers":
-                answers.append(batch.replace_schema_metadata(None))
+                keys.extend(batch.column("key").to_pylist())
+                for name in batch.schema.names:
+                    if name != "key":
+                        parts.setdefault(name, []).append(_numpy(batch.column(name)))
                 rows += int(meta.get("rows", 0))
             elif meta.get("kind") == "sent":
-                sent.update(batch.column(0).to_pylist())
-    if not answers and not sent:
+                sent.update(batch.column("key").to_pylist())
+    if not keys and not sent:
         return None
-    table = pa.Table.from_batches(answers) if answers else None
-    if table is not None:
-        sent.difference_update(table.column("key").to_pylist())
-    return Recovered(table, sent, rows)
+    try:
+        columns = {name: np.concatenate(arrays) for name, arrays in parts.items()}  # copies: segments freed
+    except ValueError:  # answers of different shapes: not one job's
+        return None
+    if any(len(c) != len(keys) for c in columns.values()):
+        return None
+    sent.difference_update(keys)
+    return Recovered(keys, columns, sent, rows)
 
 
 def answered_rows(store: JournalStore, unit: str, fingerprint: str) -> int:

@@ -17,6 +17,7 @@ from batchembed.journal import (
     encode_frame,
     read_unit,
 )
+from tests import test_rerank
 from tests.conftest import (
     assert_vectors,
     job_for,
@@ -129,6 +130,26 @@ def test_torn_tail_and_foreign_journal_on_resume(tmp_path, srv):
     assert not journal.exists()
 
 
+def test_rerank_scores_are_recovered_after_a_kill(tmp_path, srv):
+    rows = test_rerank._pairs_dataset(tmp_path / "pairs.parquet", n_queries=300)
+    pairs = len(rows["qid"])
+    job = test_rerank._job(tmp_path, srv, tmp_path / "pairs.parquet")  # 4 requests of 4 pairs in flight
+    job.write_text(job.read_text().replace("shard_rows = 50", f"shard_rows = {pairs}"))  # one unit: all uncommitted
+    _kill_mid_run(srv, job, 150)
+    scored_before = sum(len(r.inputs) for r in srv.requests if r.kind == "rerank")
+
+    result = run_cli("run", str(job), "--quiet")
+
+    assert result.returncode == 0, result.stderr
+    assert test_rerank._got(read_output(tmp_path / "out")) == test_rerank._expected(rows)
+    assert run_cli("verify", str(job)).returncode == 0
+    scored = sum(len(r.inputs) for r in srv.requests if r.kind == "rerank")
+    assert scored <= pairs + 16, (scored, pairs)  # only the 4 held requests were scored twice
+    report = _report(tmp_path)["after_crash"]
+    assert report["rows_recovered_from_journal"] >= scored_before - 16
+    assert 0 < report["rows_sent_again"] <= 16
+
+
 def _frame(keys: list[bytes], fingerprint: str = "fp", kind: str = "answers", rows: int | None = None) -> bytes:
     batch = pa.record_batch(
         {"key": pa.array(keys, pa.binary(16)), "score": pa.array(np.arange(len(keys)), pa.float32())}
@@ -155,8 +176,9 @@ def test_torn_journal_tail_is_ignored(tmp_path, cut):
 
     rec = read_unit(store, "part-00000", "fp")
 
-    assert rec is not None and rec.answers.num_rows == 9 and rec.rows == 9
-    assert b"z" * 16 not in rec.answers.column("key").to_pylist()
+    assert rec is not None and len(rec.keys) == 9 and rec.rows == 9
+    assert b"z" * 16 not in rec.keys
+    assert list(rec.values("score")) == [0, 1, 2] * 3
     assert list(rec.find([bytes([4]) * 16, b"z" * 16])) == [4, -1]
 
 
@@ -166,7 +188,7 @@ def test_corrupt_frame_stops_the_read_there(tmp_path):
     middle[-3] ^= 0xFF  # a flipped bit: the crc no longer matches
     store = _store_with(tmp_path, frames[0], bytes(middle), frames[2])
     rec = read_unit(store, "part-00000", "fp")
-    assert rec.answers.column("key").to_pylist() == [bytes([0]) * 16]
+    assert rec.keys == [bytes([0]) * 16]
 
 
 def test_a_later_segment_is_read_after_a_torn_one(tmp_path):
@@ -175,7 +197,7 @@ def test_a_later_segment_is_read_after_a_torn_one(tmp_path):
     seg.append([_frame([b"c" * 16])])
     seg.close()
     rec = read_unit(store, "part-00000", "fp")
-    assert rec.answers.column("key").to_pylist() == [b"a" * 16, b"c" * 16]
+    assert rec.keys == [b"a" * 16, b"c" * 16]
 
 
 def test_foreign_fingerprint_journal_is_discarded(tmp_path):
