@@ -35,6 +35,7 @@ demo: setup
 bench: setup
 	$(BIN)/python -m benchmarks.run --rows 20000 100000
 	$(BIN)/python -m benchmarks.local_model
+	$(BIN)/python -m benchmarks.resume
 
 bench-large: setup
 	$(BIN)/python -m benchmarks.run --rows 100000 1000000

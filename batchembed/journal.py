@@ -54,6 +54,9 @@ JOURNAL_DIR = "_journal"
 FORMAT_VERSION = 1
 META_KEY = b"batchembed.journal"
 SEGMENT_SUFFIX = ".seg"
+#: Frames the writer thread may have queued; past that the caller writes its frame itself. Bounds what
+#: a kill -9 can lose beyond the requests in flight: answers accepted but not yet in the file.
+MAX_BACKLOG = 2
 #: Seconds between fsyncs of the segments being written (kill -9 loses nothing written; power loss this much).
 SYNC_SECONDS = 1.0
 _FRAME = struct.Struct("<II")  # payload length, crc32 of the payload
@@ -289,9 +292,13 @@ def answered_rows(store: JournalStore, unit: str, fingerprint: str) -> int:
 class Journal:
     """The runner's side: recover answers before sending, record answers as they arrive, drop at commit.
 
-    A frame is appended in the thread that has the answer (the event loop: one ``writev`` into the
-    page cache, about 0.5 ms per MB), so an accepted answer survives a kill -9 from that moment on;
-    the fsyncs against power loss run on a background thread, at most once a second.
+    Frames are encoded and appended (one ``writev`` into the page cache) on a writer thread a few
+    milliseconds after the answer is accepted: the event loop, which is what limits throughput,
+    only builds the batch. From then on a kill -9 no longer loses the answer. When the writer
+    thread has ``MAX_BACKLOG`` frames queued, the caller writes its frame itself, so at most that
+    many accepted answers are ever at risk. The fsyncs
+    against power loss run on another thread, at most once a second. A unit's removal at commit
+    goes through the writer thread too, so it always comes after the unit's last frame.
     """
 
     def __init__(self, store: JournalStore, fingerprint: str, task: Task, stats: Stats, committed: set[str]) -> None:
@@ -303,8 +310,11 @@ class Journal:
         self._recovered: dict[str, Recovered | None] = {}
         self._last_sync = time.monotonic()
         self._lock = threading.Lock()
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="batchembed-journal")  # fsyncs only
+        self._appender = ThreadPoolExecutor(1, thread_name_prefix="batchembed-journal")
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="batchembed-journal-sync")
         self._pending: Future | None = None
+        self._backlog = 0  # frames queued for the writer thread
+        self._backlog_lock = threading.Lock()
         for unit in store.units():
             if unit in committed:  # the run died between the manifest write and this removal
                 store.remove(unit)
@@ -349,12 +359,27 @@ class Journal:
             self._submit(piece.chunk.unit.name, found[0], "answers", found[1])
 
     def _submit(self, shard: str, batch: pa.RecordBatch, kind: str, rows: int) -> None:
-        """Append a frame now, in the caller's thread: once this returns, a kill -9 no longer loses it."""
         if not batch.num_rows:
             return
         meta = {"version": FORMAT_VERSION, "fingerprint": self.fingerprint, "kind": kind, "rows": rows}
+        with self._backlog_lock:
+            queue = self._backlog < MAX_BACKLOG
+            if queue:
+                self._backlog += 1
+        if queue:
+            self._appender.submit(self._append_queued, unit_key(shard), batch, meta)
+        else:  # the writer thread is behind: write this one here, so a kill never loses more than a few
+            self._append(unit_key(shard), batch, meta)
+
+    def _append_queued(self, unit: str, batch: pa.RecordBatch, meta: dict[str, Any]) -> None:
+        try:
+            self._append(unit, batch, meta)
+        finally:
+            with self._backlog_lock:
+                self._backlog -= 1
+
+    def _append(self, unit: str, batch: pa.RecordBatch, meta: dict[str, Any]) -> None:
         frame = encode_frame(batch, meta)
-        unit = unit_key(shard)
         with self._lock:
             writer = self._writers.get(unit)
             if writer is None:
@@ -374,8 +399,10 @@ class Journal:
             writer.sync()
 
     def committed(self, shard: str) -> None:
-        """The unit's shard is in the manifest: its journal is no longer needed."""
-        unit = unit_key(shard)
+        """The unit's shard is in the manifest: its journal is no longer needed (waits for its removal)."""
+        self._appender.submit(self._drop, unit_key(shard)).result()
+
+    def _drop(self, unit: str) -> None:
         with self._lock:
             writer = self._writers.pop(unit, None)
         if writer is not None:
@@ -384,6 +411,7 @@ class Journal:
 
     def close(self, complete: bool = False) -> None:
         """Sync and close every segment; with ``complete`` delete every journal left."""
+        self._appender.shutdown(wait=True)
         self._thread.shutdown(wait=True)
         with self._lock:
             writers = list(self._writers.values())

@@ -306,13 +306,14 @@ class JobRunner:
     async def _send(self, request: Request) -> None:
         """Send one request with retries; split on 413 and too-long; dead-letter what still fails."""
         attempt = 0
-        self.journal.sent(request)
         while True:
             if self.stopping is not None and attempt:
                 raise Stop()
             error: APIError | None = None
             async with self.limits.window.slot():
                 await self.limits.admit(request.tokens)
+                if attempt == 0:
+                    self.journal.sent(request)
                 self.stats.in_flight += 1
                 self.stats.requests += 1
                 began = time.monotonic()

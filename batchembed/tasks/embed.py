@@ -266,8 +266,12 @@ class EmbedTask:
         """Keys and vectors of ``items``, and the rows of the piece that use them."""
         work: EmbedWork = piece.work
         work.mark_journaled(items)
+        if len(items) and (np.diff(items) == 1).all():  # a run of texts: a view, no copy
+            vectors = work.vectors[items[0] : items[-1] + 1]
+        else:
+            vectors = work.vectors[items]
         batch = pa.record_batch(
-            {"key": pa.array(work.keys[items].tolist(), pa.binary(16)), "vector": vector_array(work.vectors[items])}
+            {"key": pa.array(work.keys[items].tolist(), pa.binary(16)), "vector": vector_array(vectors)}
         )
         return batch, int(work.row_counts()[items].sum())
 
