@@ -315,6 +315,7 @@ class Journal:
         self._pending: Future | None = None
         self._backlog = 0  # frames queued for the writer thread
         self._backlog_lock = threading.Lock()
+        self.error: str | None = None  # why the journal stopped writing, if it did
         for unit in store.units():
             if unit in committed:  # the run died between the manifest write and this removal
                 store.remove(unit)
@@ -343,9 +344,13 @@ class Journal:
     # --------------------------------------------------------------------------------- writing
 
     def sent(self, request: Request) -> None:
-        """Note the keys of a request about to be sent (so a later run can count what it re-sends)."""
+        """Note the keys of a request about to be sent (so a later run can count what it re-sends).
+
+        Written here and now (a few KB), not queued: the requests in flight at a kill are exactly the
+        ones whose note must not be lost."""
         batch = pa.record_batch({"key": self.task.journal_keys(request)})
-        self._submit(request.piece.chunk.unit.name, batch, "sent", 0)
+        meta = {"version": FORMAT_VERSION, "fingerprint": self.fingerprint, "kind": "sent", "rows": 0}
+        self._append(unit_key(request.piece.chunk.unit.name), batch, meta)
 
     def answered(self, request: Request) -> None:
         """Keep the answers of a request the moment they are accepted."""
@@ -379,12 +384,17 @@ class Journal:
                 self._backlog -= 1
 
     def _append(self, unit: str, batch: pa.RecordBatch, meta: dict[str, Any]) -> None:
+        if self.error is not None:
+            return
         frame = encode_frame(batch, meta)
         with self._lock:
-            writer = self._writers.get(unit)
-            if writer is None:
-                writer = self._writers[unit] = self.store.open_segment(unit)
-            writer.append(frame)
+            try:
+                writer = self._writers.get(unit)
+                if writer is None:
+                    writer = self._writers[unit] = self.store.open_segment(unit)
+                writer.append(frame)
+            except OSError as exc:  # a full disk, say: the job goes on, only without this optimisation
+                self.error = f"{exc.strerror or exc} ({exc.filename or unit})"
 
     def tick(self) -> None:
         """Called periodically: fsync (on the journal's thread) what was appended, at most once a second."""

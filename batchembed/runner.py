@@ -192,6 +192,8 @@ class JobRunner:
             self.progress.close()
             # a finished run has committed every unit it could: no journal is worth keeping
             await asyncio.to_thread(self.journal.close, finished)
+            if self.journal.error:
+                self.progress.line(f"warning: the answer journal stopped writing: {self.journal.error}")
             await asyncio.to_thread(self._finish_files)
         return self._conclude()
 

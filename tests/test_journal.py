@@ -56,9 +56,9 @@ def _report(tmp_path) -> dict:
     return json.loads((tmp_path / "out" / "_report.json").read_text())
 
 
-@pytest.mark.parametrize(("kills", "bound"), [(4, 1.05), (5, 1.02)])
-def test_repeated_sigkill_mid_shard_pays_only_for_requests_in_flight(tmp_path, srv, kills, bound):
-    n, shard_rows = 12000, 6000
+@pytest.mark.parametrize(("kills", "bound", "n"), [(4, 1.05, 8000), (5, 1.02, 12000)])
+def test_repeated_sigkill_mid_shard_pays_only_for_requests_in_flight(tmp_path, srv, kills, bound, n):
+    shard_rows = n // 2
     texts = make_texts(n, seed=11)
     src = write_parquet(tmp_path / "in.parquet", texts, row_group_size=500)
     job = _job(tmp_path, srv, src, n, shard_rows)
