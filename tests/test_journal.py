@@ -12,12 +12,14 @@ import pytest
 
 from batchembed.journal import (
     MAX_BACKLOG,
+    Journal,
     LocalJournalStore,
     _LocalSegment,
     decode_frames,
     encode_frame,
     read_unit,
 )
+from batchembed.progress import Stats
 from tests import test_rerank
 from tests.conftest import (
     assert_vectors,
@@ -228,3 +230,17 @@ def test_frames_survive_without_close(tmp_path):
     batches = list(decode_frames((root / "000001.seg").read_bytes()))
     assert len(batches) == 1 and batches[0][1]["kind"] == "answers"
     seg.close()
+
+
+def test_a_journal_that_cannot_write_steps_aside(tmp_path):
+    """A full disk stops the journal (the job goes on and says so), it does not fail the job."""
+
+    class FullDisk(LocalJournalStore):
+        def open_segment(self, unit):
+            raise OSError(28, "No space left on device", str(self.root / unit))
+
+    journal = Journal(FullDisk(tmp_path / "_journal"), "fp", task=None, stats=Stats(), committed=set())
+    batch = pa.record_batch({"key": pa.array([b"a" * 16], pa.binary(16))})
+    journal._append("part-00000", batch, {"version": 1, "fingerprint": "fp", "kind": "sent", "rows": 0})
+    journal.close()
+    assert "No space left on device" in journal.error and "part-00000" in journal.error
