@@ -72,6 +72,10 @@ def test_repeated_sigkill_mid_shard_pays_only_for_requests_in_flight(tmp_path, s
 
     status = json.loads(run_cli("status", str(job), "--json").stdout)
     assert 0 < status["rows_answered_uncommitted"] <= n - status["rows_done"]
+    assert (
+        f"{status['rows_answered_uncommitted']:,} rows answered but not yet in a committed shard"
+        in run_cli("status", str(job)).stdout
+    )
 
     final = run_cli("run", str(job), "--quiet")
 
