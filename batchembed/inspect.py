@@ -15,9 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batchembed.checkpoint import SUCCESS, Manifest, check_file
+from batchembed.checkpoint import SUCCESS, Manifest, check_file, fingerprint_hash
 from batchembed.config import JobConfig
 from batchembed.errors import OutputError
+from batchembed.journal import answered_rows, journal_store
 from batchembed.plan import planned_units
 from batchembed.sources import SourceFile, discover, iter_batches
 from batchembed.store import open_store, storage_options
@@ -55,6 +56,7 @@ def status(job: JobConfig, as_json: bool = False) -> int:
         "shards_total": total_shards,
         "retry_shards": sum(1 for s in manifest.shards if s.kind == "retry"),
         "failed_rows": failed,
+        "rows_answered_uncommitted": _answered_uncommitted(out, manifest),
         "tokens": manifest.tokens(),
         "same_job": [f.identity() for f in sources] == manifest.fingerprint.get("files"),
     }
@@ -67,10 +69,23 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     print(f"rows:     {doc['rows_done']:,}{of(total_rows)} in shards")
     print(f"shards:   {doc['shards_done']:,}{of(total_shards)} (+{doc['retry_shards']} retry shards)")
     print(f"failed:   {failed:,} rows in _failed.parquet")
+    if doc["rows_answered_uncommitted"]:
+        print(
+            f"journal:  {doc['rows_answered_uncommitted']:,} rows answered but not yet in a committed shard "
+            "(a resume reads them back instead of paying for them again)"
+        )
     print(f"tokens:   {doc['tokens']:,}")
     if not doc["same_job"]:
         print("warning:  the input files changed since this output was written; `run` will refuse to resume")
     return 0
+
+
+def _answered_uncommitted(out: OutputStore, manifest: Manifest) -> int:
+    """Rows the journals of units not yet committed hold answers for."""
+    store = journal_store(out)
+    committed = {s.name.removesuffix(".parquet") for s in manifest.shards}
+    fingerprint = fingerprint_hash(manifest.fingerprint)
+    return sum(answered_rows(store, unit, fingerprint) for unit in store.units() if unit not in committed)
 
 
 def verify(job: JobConfig) -> int:

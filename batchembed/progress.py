@@ -20,6 +20,8 @@ class Stats:
     rows_resumed: int = 0  # rows already committed by earlier runs
     rows_embedded: int = 0
     rows_skipped: int = 0
+    rows_recovered: int = 0  # rows whose answer an interrupted run left in the journal (not sent again)
+    rows_resent: int = 0  # rows sent again because an interrupted run's answer never became durable
     rows_failed: int = 0
     tokens: int = 0  # tokens sent in successful requests (server's count when it reports one)
     tokens_saved: int = 0  # tokens not sent thanks to de-duplication
@@ -50,6 +52,12 @@ class Stats:
                 "skipped": self.rows_skipped,
                 "failed": self.rows_failed,
                 "already_done": self.rows_resumed,
+            },
+            "after_crash": {
+                # rows an interrupted run had answered, read back from its journal instead of being sent
+                "rows_recovered_from_journal": self.rows_recovered,
+                # rows it had sent whose answers were lost with it (in flight at the crash): sent again
+                "rows_sent_again": self.rows_resent,
             },
             "tokens": self.tokens,
             "tokens_saved_by_dedup": self.tokens_saved,

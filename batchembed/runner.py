@@ -30,6 +30,7 @@ from batchembed.checkpoint import (
     Manifest,
     ShardRecord,
     failpoint,
+    fingerprint_hash,
     open_output,
     remove_orphans,
 )
@@ -47,6 +48,7 @@ from batchembed.errors import (
 )
 from batchembed.faults import with_path
 from batchembed.inputcheck import check_inputs
+from batchembed.journal import Journal, journal_store
 from batchembed.limits import RateLimits
 from batchembed.plan import Unit, iter_chunks, pending_rows, retry_chunks
 from batchembed.progress import Progress, Stats
@@ -81,6 +83,8 @@ class JobRunner:
 
     #: Install SIGINT/SIGTERM handlers (only possible in a process's main thread).
     handles_signals = True
+    #: A finished run deletes every answer journal left (not a part of a job: other parts may be running).
+    clears_journals = True
     #: Where this run's failed rows and report go (a ``--shard`` part writes its own).
     failed_name = FAILED
     report_name = REPORT
@@ -115,6 +119,7 @@ class JobRunner:
         self.succeeded_once = False
         self.exhausted_in_a_row = 0
         self.manifest: Manifest | None = None
+        self.journal: Journal | None = None
         self._unresolved = 0
 
     # ------------------------------------------------------------------------------ public entry
@@ -180,6 +185,13 @@ class JobRunner:
             self.progress.line(f"{self.out}: job already complete ({manifest.rows():,} rows); nothing to do")
             return EXIT_OK
         self.stats.rows_resumed = manifest.rows()
+        self.journal = Journal(
+            journal_store(self.store),
+            fingerprint_hash(manifest.fingerprint),
+            self.task,
+            self.stats,
+            committed={s.name.removesuffix(".parquet") for s in manifest.shards},
+        )
         retry_units = self._retry_plan(sources, manifest) if self.retry_failed else []
         todo = self._pending_rows(sources, manifest)
         if todo is not None:
@@ -191,13 +203,19 @@ class JobRunner:
             )
         self.progress.start()
         failed = True
+        finished = False
         try:
             await self._pipeline(sources, columns, retry_units)
             failed = False
+            finished = self.stopping is None
         except OSError as exc:  # pyarrow's write errors name no file: name the output directory
             raise with_path(exc, self.out) from None
         finally:
             self.progress.close()
+            # a finished run has committed every unit it could: no journal is worth keeping
+            await asyncio.to_thread(self.journal.close, finished and self.clears_journals)
+            if self.journal.error:
+                self.progress.line(f"warning: the answer journal stopped writing: {self.journal.error}")
             try:
                 await asyncio.to_thread(self._finish_files)
             except OSError:
@@ -287,8 +305,9 @@ class JobRunner:
                 if chunk is sentinel or self.stopping is not None:
                     self._slots.release()
                     break
-                piece, requests = await asyncio.to_thread(self.task.prepare, chunk)
+                piece, requests = await asyncio.to_thread(self.journal.prepare, chunk)
                 requests = self.task.claim(piece, requests)
+                self.journal.borrowed(piece)  # texts the memo answered since prepare
                 piece.pending = len(requests) + piece.waits
                 await self._pieces.put(piece)
                 for request in requests:
@@ -326,8 +345,11 @@ class JobRunner:
                 except Stop:
                     piece.abandoned = True
             self._settle(piece)
-            for waiter in self.task.release(request):
+            waiters = self.task.release(request)
+            for waiter in waiters:
                 self._settle(waiter)
+            for waiter in {id(w): w for w in waiters}.values():
+                self.journal.borrowed(waiter)
 
     def _settle(self, piece: Piece) -> None:
         """One request or wait of ``piece`` is over."""
@@ -344,6 +366,8 @@ class JobRunner:
             error: APIError | None = None
             async with self.limits.window.slot():
                 await self.limits.admit(request.tokens)
+                if attempt == 0:
+                    self.journal.sent(request)
                 self.stats.in_flight += 1
                 self.stats.requests += 1
                 began = time.monotonic()
@@ -360,6 +384,7 @@ class JobRunner:
                 except MalformedResponse as exc:
                     error = exc
                 else:
+                    self.journal.answered(request)
                     self._on_success(request, reported, getattr(answer, "headers", {}))
                     return
             if isinstance(error, AuthError):
@@ -421,6 +446,7 @@ class JobRunner:
             self.stats.rows_failed += failed
             self.stats.rows_skipped += piece.skipped
             self.stats.rows_embedded += piece.rows - failed - piece.skipped
+            self.journal.borrowed(piece)
         piece.done.set()
 
     # ------------------------------------------------------------------------------------ writing
@@ -494,6 +520,7 @@ class JobRunner:
             files=[[name, rows] for name, rows in unit.files],
         )
         self._record(record, list(unit.resolves))
+        self.journal.committed(unit.name)
 
     def _record(self, record: ShardRecord, resolves: list[str]) -> None:
         """The commit point: record a written shard in the manifest (a Ray worker hands it back instead)."""
@@ -504,6 +531,7 @@ class JobRunner:
     async def _ticker(self, writer: asyncio.Task) -> None:
         while not writer.done():
             self.progress.refresh()
+            self.journal.tick()
             await asyncio.wait({writer}, timeout=0.5)
 
     def _finish_files(self) -> None:
@@ -540,6 +568,11 @@ class JobRunner:
             f"{s.tokens:,} tokens, {s.requests:,} requests in {s.elapsed:.1f}s -> {self.out}"
         )
         self.progress.line(summary)
+        if s.rows_recovered or s.rows_resent:
+            self.progress.line(
+                f"after the interrupted run: {s.rows_recovered:,} rows recovered from its journal, "
+                f"{s.rows_resent:,} rows sent again (their answers were still in flight when it stopped)"
+            )
         if self._unresolved:
             self.progress.line(
                 f"{self._unresolved:,} rows failed and are listed in {self.store.describe(self.failed_name)}; "

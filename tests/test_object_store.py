@@ -180,6 +180,34 @@ def test_sigkill_several_times_then_resume_exactly_once_with_no_stray_objects(tm
     assert len(srv.all_texts()) < N  # the last run only embedded what was not committed
 
 
+def test_answers_of_a_killed_run_are_kept_as_journal_objects_and_not_bought_again(tmp_path, s3, bucket, srv):
+    texts = make_texts(N, seed=11)
+    _upload_input(s3, bucket, texts)
+    env = _env(s3)
+    # one unit for the whole input: without the journal a kill would lose every answer so far
+    job = _job(tmp_path, srv, f"s3://{bucket}/in/data.parquet", f"s3://{bucket}/out", output={"shard_rows": N})
+    proc = start_cli("run", str(job), "--quiet", env=env)
+    srv.wait_for_requests(10, timeout=60)
+    srv.hold()
+    # segments are put about once a second while the unit is in flight; each is an object written once
+    _wait_for(lambda: any(k.startswith("_journal/part-00000/") for k in _output_keys(s3, bucket)), what="a segment")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    srv.release()
+    answered_before = len(srv.all_texts())
+    srv.reset_records()
+
+    result = run_cli("run", str(job), "--quiet", env=env)
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads(s3.get(bucket, "out/_report.json"))
+    recovered = report["after_crash"]["rows_recovered_from_journal"]
+    assert recovered > 0
+    assert len(srv.all_texts()) <= N - recovered  # what the journal held was not requested again
+    assert answered_before + len(srv.all_texts()) < 2 * N
+    _assert_exactly_once_on_s3(s3, bucket, job, texts, env)  # the journal objects are gone too
+
+
 @pytest.mark.parametrize("point", ["shard-before-manifest", "manifest-before-put"])
 def test_sigkill_between_shard_upload_and_manifest(tmp_path, s3, bucket, srv, point):
     texts = make_texts(N, seed=6)

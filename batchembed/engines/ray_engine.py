@@ -90,6 +90,7 @@ class SliceRunner(JobRunner):
     """A worker's pipeline: only the units of its slice, each written shard handed to ``sink``."""
 
     handles_signals = False  # runs in a thread of a Ray worker; Ray ends the process
+    clears_journals = False  # other parts of the job may have units in flight
 
     def __init__(self, *args: Any, part: tuple[int, int], manifest: Manifest, budget: Any, sink, **kwargs: Any):
         super().__init__(*args, **kwargs)

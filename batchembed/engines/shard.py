@@ -21,6 +21,8 @@ from batchembed.store.base import part_suffix
 class ShardRunner(JobRunner):
     """A ``JobRunner`` confined to part ``shard = (I, N)`` of the job."""
 
+    clears_journals = False  # other parts of the job may have units in flight
+
     def __init__(self, *args: Any, shard: tuple[int, int], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.part = shard

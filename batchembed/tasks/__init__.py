@@ -102,6 +102,27 @@ class Task(Protocol):
         """Release what the task holds (the embed task's cache file)."""
         ...
 
+    # The answer journal (``batchembed.journal``): keys identify an answer across runs.
+
+    def journal_keys(self, request: Request) -> pa.Array:
+        """16-byte key of each item of ``request`` (``fixed_size_binary(16)``)."""
+        ...
+
+    def journal_answers(self, piece: Piece, items: np.ndarray) -> tuple[pa.RecordBatch, int]:
+        """Answers of ``items`` as a batch (``key`` + answer column) and the input rows they cover."""
+        ...
+
+    def journal_borrowed(self, piece: Piece) -> tuple[pa.RecordBatch, int] | None:
+        """Answers the piece holds without its own request (dedup) and not yet journaled."""
+        ...
+
+    def recover(self, piece: Piece, requests: list[Request], recovered: Any) -> tuple[list[Request], int, int]:
+        """Fill answers found in ``recovered`` (a ``journal.Recovered``) and drop them from ``requests``.
+
+        Returns the requests left, the input rows recovered, and the rows about to be sent again
+        although an earlier run had sent them (its answer never became durable)."""
+        ...
+
 
 def failure_table(ids: pa.Array, file: str | pa.Array, rows: np.ndarray, errors: list[str]) -> pa.Table:
     """The rows of ``_failed.parquet``: id, input file (one name, or one per row), input row, error."""

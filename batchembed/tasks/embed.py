@@ -39,6 +39,30 @@ class EmbedWork:
     tokens: np.ndarray  # tokens per unique text
     keys: np.ndarray  # memo key per unique text
     vectors: np.ndarray | None = None  # (len(texts), dim) once the first answer (or memo hit) arrives
+    journaled: np.ndarray | None = None  # per unique text: its answer is in the unit's journal
+    answered: np.ndarray | None = None  # per unique text: ``vectors`` holds its answer
+    _row_counts: np.ndarray | None = None
+
+    def row_counts(self) -> np.ndarray:
+        """Input rows sharing each unique text (0 for texts no row sends)."""
+        if self._row_counts is None:
+            used = self.row_to_text[self.row_to_text >= 0]
+            self._row_counts = np.bincount(used, minlength=len(self.texts))
+        return self._row_counts
+
+    def set_vectors(self, items, vectors: np.ndarray) -> None:
+        """Store answers (allocating the matrix on the first one)."""
+        if self.vectors is None:
+            self.vectors = np.zeros((len(self.texts), vectors.shape[-1]), dtype=np.float32)
+            self.answered = np.zeros(len(self.texts), dtype=bool)
+        self.vectors[items] = vectors
+        self.answered[items] = True
+
+    def mark_journaled(self, items: np.ndarray) -> None:
+        """Remember that these texts' answers are in the journal."""
+        if self.journaled is None:
+            self.journaled = np.zeros(len(self.texts), dtype=bool)
+        self.journaled[items] = True
 
 
 def id_column_name(job: JobConfig) -> str:
@@ -156,12 +180,8 @@ class EmbedTask:
         )
         hits = self.memo.lookup(keys[used]) if len(used) else {}
         if hits:
-            dim = len(next(iter(hits.values())))
-            work.vectors = np.zeros((len(unique_texts), dim), dtype=np.float32)
-            for i in used:
-                vec = hits.get(keys[i])
-                if vec is not None:
-                    work.vectors[i] = vec
+            found = [i for i in used if keys[i] in hits]
+            work.set_vectors(found, np.stack([hits[keys[i]] for i in found]))
         to_send = np.array([i for i in used if keys[i] not in hits], dtype=np.int64)
         rows_tokens = int(counts[row_to_text[row_to_text >= 0]].sum())
         self.stats.tokens_saved += rows_tokens - int(counts[to_send].sum())
@@ -191,9 +211,7 @@ class EmbedTask:
                     continue
                 vec = self.memo.recall(key)  # answered since ``prepare`` looked
                 if vec is not None:
-                    if work.vectors is None:
-                        work.vectors = np.zeros((len(work.texts), len(vec)), dtype=np.float32)
-                    work.vectors[i] = vec
+                    work.set_vectors(i, vec)
                     self.stats.tokens_saved += int(work.tokens[i])
                     continue
                 self._in_flight[key] = []
@@ -215,10 +233,7 @@ class EmbedTask:
                 elif int(i) in piece.errors:
                     waiter.errors[j] = piece.errors[int(i)]
                 else:
-                    wwork: EmbedWork = waiter.work
-                    if wwork.vectors is None:
-                        wwork.vectors = np.zeros((len(wwork.texts), self.dim), dtype=np.float32)
-                    wwork.vectors[j] = work.vectors[i]
+                    waiter.work.set_vectors(j, work.vectors[i])
                 released.append(waiter)
         return released
 
@@ -240,11 +255,70 @@ class EmbedTask:
         elif dim != self.dim:
             raise MalformedResponse(f"got {dim}-dimensional vectors, expected {self.dim}")
         work: EmbedWork = request.piece.work
-        if work.vectors is None:
-            work.vectors = np.zeros((len(work.texts), dim), dtype=np.float32)
-        work.vectors[request.items] = vectors
+        work.set_vectors(request.items, vectors)
         self.memo.store(work.keys[request.items], vectors)
         return answer.prompt_tokens
+
+    # --------------------------------------------------------------------------------- journal
+
+    def journal_keys(self, request: Request) -> pa.Array:
+        """The memo key of each text: a text's answer is found again wherever it recurs."""
+        return pa.array(request.piece.work.keys[request.items].tolist(), pa.binary(16))
+
+    def journal_answers(self, piece: Piece, items: np.ndarray) -> tuple[pa.RecordBatch, int]:
+        """Keys and vectors of ``items``, and the rows of the piece that use them."""
+        work: EmbedWork = piece.work
+        work.mark_journaled(items)
+        if len(items) and (np.diff(items) == 1).all():  # a run of texts: a view, no copy
+            vectors = work.vectors[items[0] : items[-1] + 1]
+        else:
+            vectors = work.vectors[items]
+        batch = pa.record_batch(
+            {"key": pa.array(work.keys[items].tolist(), pa.binary(16)), "vector": vector_array(vectors)}
+        )
+        return batch, int(work.row_counts()[items].sum())
+
+    def journal_borrowed(self, piece: Piece) -> tuple[pa.RecordBatch, int] | None:
+        """Texts answered by the memo or by another piece's request: journaled too, so that a crash
+        before this unit commits does not buy them again (the memo dies with the process)."""
+        work: EmbedWork = piece.work
+        if work.answered is None or piece.abandoned:
+            return None
+        wanted = work.answered & (work.row_counts() > 0)
+        if work.journaled is not None:
+            wanted &= ~work.journaled
+        items = np.flatnonzero(wanted)
+        return self.journal_answers(piece, items) if len(items) else None
+
+    def recover(self, piece: Piece, requests: list[Request], recovered: Any) -> tuple[list[Request], int, int]:
+        """Vectors of texts the journal holds go straight into the piece (and the memo); the rest is sent."""
+        work: EmbedWork = piece.work
+        counts = work.row_counts()
+        used = np.flatnonzero(counts > 0)
+        at = recovered.find(work.keys[used].tolist())
+        found, rows = used[at >= 0], at[at >= 0]
+        if len(found):
+            vectors = recovered.values("vector")
+            if self.dim is None:
+                self.dim = vectors.shape[1]
+            work.set_vectors(found, vectors[rows])
+            work.mark_journaled(found)
+            self.memo.store(work.keys[found], vectors[rows])
+        have = np.zeros(len(work.texts), dtype=bool)
+        have[found] = True
+        left, resent = [], 0
+        sent_before = recovered.sent
+        recovered_rows = 0
+        for request in requests:
+            items = request.items
+            hit = have[items]
+            recovered_rows += int(counts[items[hit]].sum())
+            rest = items[~hit]
+            if sent_before:
+                resent += int(sum(counts[i] for i in rest if work.keys[i] in sent_before))
+            if len(rest):
+                left.append(Request(piece, rest, int(work.tokens[rest].sum())))
+        return left, recovered_rows, resent
 
     def failed_rows(self, piece: Piece) -> int:
         """Rows whose text failed."""

@@ -10,6 +10,7 @@ so a retry redoes the whole query and its ranks stay exact.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,7 @@ class RerankWork:
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     keep: pa.Table | None = None  # keep columns per chunk row
     positions: np.ndarray | None = None  # file row per chunk row
+    keys: pa.Array | None = None  # per pair: journal key (file, file row, pair within the row)
 
 
 class RerankTask:
@@ -189,6 +191,57 @@ class RerankTask:
             raise MalformedResponse(f"asked for {len(request.items)} scores, got {len(answer.scores)}")
         request.piece.work.scores[request.items] = answer.scores
         return answer.prompt_tokens
+
+    # --------------------------------------------------------------------------------- journal
+
+    @staticmethod
+    def _keys(piece: Piece) -> pa.Array:
+        """16 bytes per pair: file row (int64), its index within the row (int32), crc32 of the file name."""
+        work: RerankWork = piece.work
+        if work.keys is None:
+            n = len(work.pair_row)
+            per_row = np.bincount(work.pair_row, minlength=len(work.positions)) if n else np.zeros(0, np.int64)
+            first_pair = np.cumsum(per_row) - per_row
+            raw = np.zeros(n, dtype=[("row", "<i8"), ("pair", "<i4"), ("file", "<u4")])
+            raw["row"] = work.positions[work.pair_row] if n else 0
+            raw["pair"] = np.arange(n) - first_pair[work.pair_row] if n else 0
+            raw["file"] = zlib.crc32(piece.chunk.source.name.encode())
+            work.keys = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(raw.tobytes())])
+        return work.keys
+
+    def journal_keys(self, request: Request) -> pa.Array:
+        """Pairs are identified by where they are in the input (file, row, position in the row)."""
+        return self._keys(request.piece).take(pa.array(request.items, pa.int64()))
+
+    def journal_answers(self, piece: Piece, items: np.ndarray) -> tuple[pa.RecordBatch, int]:
+        """Keys and scores of ``items``; each pair counts as one row."""
+        keys = self._keys(piece).take(pa.array(items, pa.int64()))
+        scores = pa.array(piece.work.scores[items], pa.float32())
+        return pa.record_batch({"key": keys, "score": scores}), len(items)
+
+    def journal_borrowed(self, piece: Piece) -> None:
+        """Pairs are never shared between pieces: nothing borrowed."""
+        return None
+
+    def recover(self, piece: Piece, requests: list[Request], recovered: Any) -> tuple[list[Request], int, int]:
+        """Scores the journal holds go into the piece; requests keep only pairs without one."""
+        work: RerankWork = piece.work
+        keys = self._keys(piece).to_pylist()
+        scores = recovered.values("score")
+        left, found_pairs, resent = [], 0, 0
+        for request in requests:
+            items = request.items
+            at = recovered.find([keys[i] for i in items])
+            hit = at >= 0
+            work.scores[items[hit]] = scores[at[hit]]
+            found_pairs += int(hit.sum())
+            rest = items[~hit]
+            resent += sum(1 for i in rest if keys[i] in recovered.sent)
+            if len(rest) == len(items):
+                left.append(request)
+            elif len(rest):
+                left.append(Request(piece, rest, max(1, request.tokens * len(rest) // len(items))))
+        return left, found_pairs, resent
 
     def _failed_groups(self, piece: Piece) -> np.ndarray:
         work: RerankWork = piece.work
