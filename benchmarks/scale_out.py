@@ -3,7 +3,8 @@
     python -m benchmarks.scale_out [--rows 6000]
 
 The same job (the shipped sample data, ``provider = "local"``, 8 shards) is run from scratch
-(``--restart``) as child processes: ``batchembed run`` (all cores in one process), then
+(``--restart``) as child processes: ``batchembed run`` (all cores in one process), the same with
+one onnxruntime thread (what one Ray worker gets: the difference to "ray, 1 worker" is Ray's cost), then
 ``--engine ray --workers 1`` and ``--workers 2`` (one CPU and one onnxruntime thread per worker, a
 local Ray started by the run). Wall time counts everything from spawn to exit, Ray's start-up
 included, so the figures include Ray's fixed cost of a few seconds per run.
@@ -73,6 +74,7 @@ def main() -> None:
         job = make_job(Path(tmp), args.rows)
         runs = {
             "plain run": timed(job),
+            "plain, 1 thread": timed(job, "--set", "model.threads=1"),
             "ray, 1 worker": timed(job, "--engine", "ray", "--workers", "1"),
             "ray, 2 workers": timed(job, "--engine", "ray", "--workers", "2"),
         }
