@@ -35,6 +35,8 @@ SUCCESS = "_SUCCESS"
 REPORT = "_report.json"
 FAILED = "_failed.parquet"
 FAILED_DIR = "_failed"
+TRUNCATED = "_truncated.parquet"
+TRUNCATED_DIR = "_truncated"
 FORMAT_VERSION = 1
 
 
@@ -55,6 +57,7 @@ class ShardRecord:
     sha256: str
     tokens: int
     resolves: list[str] = field(default_factory=list)  # failure files this retry shard answers
+    truncated: int = 0  # rows of this shard whose text was cut (listed in _truncated/<shard>)
 
 
 @dataclass
@@ -67,6 +70,7 @@ class Manifest:
     complete: bool = False
     version: int = FORMAT_VERSION
     created: float = field(default_factory=time.time)
+    server: dict[str, Any] = field(default_factory=dict)  # served model and canary vector (servers.py)
 
     # --------------------------------------------------------------------------------- queries
 
@@ -82,6 +86,10 @@ class Manifest:
     def unresolved_rows(self, directory: Path) -> int:
         """Rows in failure files not yet answered by a retry shard (what ``_failed.parquet`` holds)."""
         return sum(pq.ParquetFile(directory / f).metadata.num_rows for f in self.unresolved_failures())
+
+    def truncated(self) -> int:
+        """Committed rows whose text was cut before embedding."""
+        return sum(s.truncated for s in self.shards)
 
     def tokens(self) -> int:
         """Tokens spent on everything committed."""
@@ -103,6 +111,7 @@ class Manifest:
             "fingerprint_sha256": fingerprint_hash(self.fingerprint),
             "resolved": self.resolved,
             "shards": [asdict(s) for s in self.shards],
+            "server": self.server,
         }
         data = json.dumps(doc, indent=1, sort_keys=True).encode()
         tmp = directory / (MANIFEST + TMP_SUFFIX)
@@ -136,6 +145,7 @@ class Manifest:
                 complete=bool(doc["complete"]),
                 version=doc["version"],
                 created=doc["created"],
+                server=dict(doc.get("server") or {}),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise OutputError(
@@ -202,6 +212,13 @@ def open_output(directory: Path, fingerprint: dict[str, Any], restart: bool) -> 
         manifest = Manifest(fingerprint=fingerprint)
         manifest.save(directory)
         return manifest
+    if fingerprint_hash(manifest.fingerprint) != fingerprint_hash(fingerprint) and not manifest.shards:
+        # Nothing committed binds this output yet (a run that failed before its first shard, e.g. on a
+        # typo in model.name): the corrected job simply takes it over.
+        remove_orphans(directory, manifest)
+        manifest = Manifest(fingerprint=fingerprint)
+        manifest.save(directory)
+        return manifest
     if fingerprint_hash(manifest.fingerprint) != fingerprint_hash(fingerprint):
         changes = describe_changes(manifest.fingerprint, fingerprint)
         raise ResumeRefused(
@@ -229,7 +246,9 @@ def remove_output(directory: Path) -> None:
 def remove_orphans(directory: Path, manifest: Manifest) -> None:
     """Delete temp files and shards/failure files that the manifest does not record."""
     known = {s.name for s in manifest.shards} | {s.failed_file for s in manifest.shards if s.failed_file}
-    for p in list(directory.iterdir()) + list((directory / FAILED_DIR).glob("*")):
+    known |= {f"{TRUNCATED_DIR}/{s.name}" for s in manifest.shards if s.truncated}
+    extra = list((directory / FAILED_DIR).glob("*")) + list((directory / TRUNCATED_DIR).glob("*"))
+    for p in list(directory.iterdir()) + extra:
         rel = str(p.relative_to(directory))
         if p.name.endswith(TMP_SUFFIX) or (p.name.startswith("part-") and rel not in known):
             p.unlink(missing_ok=True)

@@ -50,6 +50,8 @@ def status(job: JobConfig, as_json: bool = False) -> int:
         "shards_total": total_shards,
         "retry_shards": sum(1 for s in manifest.shards if s.kind == "retry"),
         "failed_rows": failed,
+        "truncated_rows": manifest.truncated(),
+        "served_model": manifest.server.get("served_model"),
         "tokens": manifest.tokens(),
         "same_job": [f.identity() for f in sources] == manifest.fingerprint.get("files"),
     }
@@ -62,6 +64,9 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     print(f"rows:     {doc['rows_done']:,}{of(total_rows)} in shards")
     print(f"shards:   {doc['shards_done']:,}{of(total_shards)} (+{doc['retry_shards']} retry shards)")
     print(f"failed:   {failed:,} rows in _failed.parquet")
+    print(f"cut:      {doc['truncated_rows']:,} rows truncated to fit (listed in _truncated.parquet)")
+    if doc["served_model"]:
+        print(f"model:    {doc['served_model']} (as the server named it)")
     print(f"tokens:   {doc['tokens']:,}")
     if not doc["same_job"]:
         print("warning:  the input files changed since this output was written; `run` will refuse to resume")

@@ -15,6 +15,11 @@ compute what the output must hold without talking to the server.
 
 Routes (each also answers under ``/v1``): ``POST /embeddings``, ``POST /rerank``, ``GET /models``.
 Every POST is recorded as a :class:`RecordedRequest` (in arrival order, whatever the answer).
+
+batchembed embeds a fixed canary text at the start of every run (``batchembed.servers.CANARY_TEXT``).
+Canary requests are answered like any other, but they never consume a scripted rule (unless the rule
+matches the canary text) and are left out of :attr:`requests`, :meth:`received_texts`,
+:meth:`all_texts` and :meth:`wait_for_requests`; :meth:`canary_requests` lists them.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ import numpy as np
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
+
+from batchembed.servers import CANARY_TEXT
 
 __all__ = [
     "MAX_DIM",
@@ -262,7 +269,8 @@ class FakeServer:
         self.max_input_chars: int | None = None
         """Any longer input -> 400 ``context_length_exceeded``."""
         self.poison: set[str] = set()
-        """Texts that always get 400 ``context_length_exceeded`` when present in a request."""
+        """Texts that always get 400 ``context_length_exceeded`` when present in a request, and so do their
+        prefixes (a client that cuts a refused text and sends it again is refused again)."""
         self.reorder = False
         """Return ``data`` in reversed order (indices stay correct)."""
         self.latency = 0.0
@@ -425,19 +433,29 @@ class FakeServer:
 
     @property
     def requests(self) -> list[RecordedRequest]:
-        """A snapshot of every POST received so far, in arrival order."""
+        """A snapshot of every POST received so far (canary requests left out), in arrival order."""
         with self._lock:
-            return list(self._requests)
+            return [r for r in self._requests if not _is_canary(r)]
+
+    def canary_requests(self) -> list[RecordedRequest]:
+        """The canary requests batchembed sent at the start of its runs."""
+        with self._lock:
+            return [r for r in self._requests if _is_canary(r)]
 
     def received_texts(self) -> list[str]:
-        """All inputs of embedding requests answered 200, in arrival order."""
+        """All inputs of embedding requests answered 200 (canary left out), in arrival order."""
         with self._lock:
-            return [t for r in self._requests if r.kind == "embeddings" and r.status == 200 for t in r.inputs]
+            return [
+                t
+                for r in self._requests
+                if r.kind == "embeddings" and r.status == 200 and not _is_canary(r)
+                for t in r.inputs
+            ]
 
     def all_texts(self) -> list[str]:
-        """All inputs of all embedding requests received, whatever the answer."""
+        """All inputs of all embedding requests received (canary left out), whatever the answer."""
         with self._lock:
-            return [t for r in self._requests if r.kind == "embeddings" for t in r.inputs]
+            return [t for r in self._requests if r.kind == "embeddings" and not _is_canary(r) for t in r.inputs]
 
     def reset_records(self) -> None:
         """Forget recorded requests (scripted rules and limits stay)."""
@@ -460,8 +478,9 @@ class FakeServer:
     def wait_for_requests(self, n: int, timeout: float = 10) -> bool:
         """Block until at least ``n`` POSTs were received; return True, raise TimeoutError on timeout."""
         with self._lock:
-            if not self._lock.wait_for(lambda: len(self._requests) >= n, timeout=timeout):
-                raise TimeoutError(f"expected {n} requests within {timeout}s, got {len(self._requests)}")
+            count = lambda: sum(1 for r in self._requests if not _is_canary(r))  # noqa: E731
+            if not self._lock.wait_for(lambda: count() >= n, timeout=timeout):
+                raise TimeoutError(f"expected {n} requests within {timeout}s, got {count()}")
         return True
 
     # ---- request handling -----------------------------------------------------------------------
@@ -507,7 +526,10 @@ class FakeServer:
 
     def _take_rule(self, inputs: list[str], query: str | None) -> Rule | None:
         """Pop the first queued rule that applies to a request with these texts (lock held)."""
+        canary = inputs == [CANARY_TEXT]
         for i, rule in enumerate(self._rules):
+            if canary and rule.match != CANARY_TEXT:
+                continue
             if rule.match is None or rule.match in inputs or (query is not None and rule.match == query):
                 return self._rules.pop(i)
         return None
@@ -587,7 +609,7 @@ class FakeServer:
         limit = self.max_input_chars
         poison = self.poison
         for t in texts:
-            if (limit is not None and len(t) > limit) or (poison and t in poison):
+            if (limit is not None and len(t) > limit) or (poison and any(p.startswith(t) for p in poison)):
                 raise _Reply(
                     400,
                     f"This model's maximum context length is {limit or 0} characters, "
@@ -759,6 +781,10 @@ class FakeServer:
             headers["x-ratelimit-remaining-tokens"] = str(max(0, self._tpm - used))
             headers["x-ratelimit-reset-tokens"] = _fmt_duration(reset)
         return headers
+
+
+def _is_canary(record: RecordedRequest) -> bool:
+    return record.kind == "embeddings" and record.inputs == [CANARY_TEXT]
 
 
 def _extract_inputs(body: Any, kind: str, rerank_format: str) -> tuple[list[str], str | None]:
