@@ -97,10 +97,20 @@ def exhausted_for(headers: Mapping[str, str]) -> float | None:
 
 def per_minute_bucket(limit: int) -> AsyncLimiter:
     """A leaky bucket that never lets more than ``limit`` through in any 60-second window."""
-    capacity = max(1, limit // 60)
-    if limit <= capacity:  # a limit under 2/minute: one at a time, spaced to fit the minute
-        return AsyncLimiter(1, 60 / max(limit, 1))
-    rate = (limit - capacity) / 60.0  # per second
+    return window_bucket(limit, 60.0)
+
+
+def window_bucket(quota: int, window: float) -> AsyncLimiter:
+    """A leaky bucket that never lets more than ``quota`` through in any ``window`` seconds.
+
+    It holds 1/max(window, 10) of the quota (one second of budget for a minute's quota; a tenth of it
+    for short windows, such as a gateway's ``10;w=1``) and leaks the rest evenly over the window, so
+    the steady rate stays within 2% (windows of a minute) to 10% (short windows) of the quota.
+    """
+    capacity = max(1, int(quota // max(window, 10.0)))
+    if quota <= capacity:  # a quota under 2 per window: one at a time, spaced to fit the window
+        return AsyncLimiter(1, window / max(quota, 1))
+    rate = (quota - capacity) / window  # per second
     return AsyncLimiter(capacity, capacity / rate)
 
 
@@ -158,6 +168,7 @@ class PacedLimit:
         self.value = float(configured)
         self.source = "configured"
         self.announced: float | None = None
+        self.window = 60.0  # seconds of the quota the bucket enforces
         self.bucket = per_minute_bucket(configured)
         self.minute = MinuteLog(configured)
         self._clock = clock
@@ -166,13 +177,15 @@ class PacedLimit:
         self._first: float | None = None
         self._last_cut = -1e9
 
-    def set(self, value: float, source: str) -> None:
-        """Pace to ``value`` per minute (never above the configured limit)."""
+    def set(self, value: float, source: str, window: float | None = None) -> None:
+        """Pace to ``value`` per minute (never above the configured limit), in quotas of ``window`` seconds."""
         value = max(1.0, min(float(self.configured), value))
         if value >= self.configured and source == "server" and (self.announced or 0) > self.configured:
             source = "configured"  # the server allows more than the job asked for
-        if abs(value - self.value) > 0.005 * self.value:
-            self.bucket = per_minute_bucket(int(value))
+        window = self.window if window is None or value >= self.configured else min(window, 60.0)
+        if abs(value - self.value) > 0.005 * self.value or window != self.window:
+            self.bucket = window_bucket(int(value * window / 60.0), window)
+            self.window = window
         self.value = value
         self.minute.limit = max(1, int(value))
         self.source = source
@@ -192,10 +205,11 @@ class PacedLimit:
             await asyncio.sleep(wait)
         self.minute.add(min(amount, self.minute.limit), loop.time())
 
-    def learn(self, announced: float) -> None:
-        """The server announced its limit (already scaled to what we should use of it)."""
+    def learn(self, announced: float, window: float = 60.0) -> None:
+        """The server announced its limit per minute (already scaled to what we should use of it),
+        counted over quotas of ``window`` seconds."""
         self.announced = announced
-        self.set(announced, "server")
+        self.set(announced, "server", window)
 
     def accepted(self, amount: float) -> None:
         """A request charged ``amount`` was answered; in adaptive mode, grow a little."""
@@ -226,10 +240,8 @@ class PacedLimit:
         if now - self._last_cut < DECREASE_EVERY:
             return
         self._last_cut = now
-        if status == 429:
-            target = max(AIMD_DECREASE * self.accepted_rate(), self.value / 2)
-        else:
-            target = self.value * 0.9
+        sharp = max(AIMD_DECREASE * self.accepted_rate(), self.value / 2)
+        target = sharp if status == 429 else self.value * 0.9
         self.set(min(self.value, target), "adaptive")
 
     def describe(self) -> str:
@@ -302,9 +314,9 @@ class RateLimits:
             self._adaptive_share = min(ADAPTIVE_SHARE, self._adaptive_share + 0.002)
         share = self._adaptive_share if found.adaptive else 1.0
         if found.requests_per_minute is not None:
-            self.requests.learn(found.requests_per_minute * share)
+            self.requests.learn(found.requests_per_minute * share, found.requests_window)
         if found.tokens_per_minute is not None:
-            self.tokens.learn(found.tokens_per_minute * share)
+            self.tokens.learn(found.tokens_per_minute * share, found.tokens_window)
         if found.wait:
             self.window.pause(found.wait)
         if status == 200:

@@ -43,6 +43,8 @@ class Announced:
     style: str | None = None  # "openai", "ietf", "ietf-structured", "x-ratelimit", "fireworks"
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
+    requests_window: float = 60.0  # seconds of the tightest quota (a bucket must fit it, not just a minute)
+    tokens_window: float = 60.0
     requests_remaining: float | None = None
     tokens_remaining: float | None = None
     wait: float | None = None  # seconds until a budget that reached 0 refills
@@ -56,7 +58,10 @@ class Announced:
         per_minute = value * 60.0 / window
         attr = f"{resource}_per_minute"
         current = getattr(self, attr)
-        setattr(self, attr, per_minute if current is None else min(current, per_minute))
+        if current is None or per_minute < current:
+            setattr(self, attr, per_minute)
+        if window < getattr(self, f"{resource}_window"):
+            setattr(self, f"{resource}_window", window)
 
     def remaining(self, resource: str, value: float | None, reset: float | None) -> None:
         """Record what is left of ``resource``; a spent budget with a reset time becomes a wait."""
