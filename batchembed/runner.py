@@ -52,7 +52,7 @@ from batchembed.limits import RateLimits
 from batchembed.plan import Unit, iter_chunks, pending_rows, retry_chunks
 from batchembed.progress import Progress, Stats
 from batchembed.retry import backoff
-from batchembed.servers import ServedModel, UsageCheck, check_canary, embed_canary, model_request_fingerprint
+from batchembed.servers import ServedModel, UsageCheck, model_request_fingerprint, run_canary
 from batchembed.sources import SourceFile, check_columns, discover
 from batchembed.tasks import Piece, Request, Task
 from batchembed.tokens import TokenCounter
@@ -192,30 +192,22 @@ class JobRunner:
         return self._conclude()
 
     async def _check_server(self, manifest: Manifest) -> None:
-        """Embed the canary (it also teaches the limiter the server's limits) and compare it with the
-        one stored by earlier runs: committed rows must not be mixed with another model's vectors."""
+        """The canary: teaches the limiter the server's limits and refuses a model swapped behind its name."""
         if self.job.is_rerank:
             return
-        answer = await embed_canary(self.provider, self.limits, self.job.limits.max_retries)
-        self.served.observe(answer.model)
-        vector = answer.vectors[0]
-        if getattr(self.task, "dim", 0) is None:
-            self.task.dim = len(vector)
-        manifest.server["canary"] = check_canary(
-            manifest.server.get("canary"),
-            vector,
-            committed=bool(manifest.shards),
+        vector = await run_canary(
+            self.provider,
+            self.limits,
+            manifest,
+            self.served,
+            max_retries=self.job.limits.max_retries,
             accept_change=self.accept_model_change,
             where=str(self.out),
             say=self.progress.line,
         )
-        self._record_served(manifest)
+        if getattr(self.task, "dim", 0) is None:
+            self.task.dim = len(vector)
         await asyncio.to_thread(manifest.save, self.out)
-
-    def _record_served(self, manifest: Manifest) -> None:
-        if self.served.served:
-            manifest.server["served_model"] = self.served.served
-            manifest.server["requested_model"] = self.model.name
 
     def _retry_plan(self, sources: list[SourceFile], manifest: Manifest):
         """Failed rows of earlier runs, grouped by file: [(failure_file, source, rows)]."""
@@ -496,7 +488,7 @@ class JobRunner:
             resolves=list(unit.resolves),
             truncated=n_cut,
         )
-        self._record_served(self.manifest)
+        self.served.record(self.manifest)
         self.manifest.shards.append(record)
         self.manifest.resolved.extend(unit.resolves)
         self.manifest.save(self.out)

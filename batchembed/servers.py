@@ -97,6 +97,42 @@ class ServedModel:
                 "recorded in the manifest and the shards' metadata"
             )
 
+    def record(self, manifest: Any) -> None:
+        """Keep the served model in the manifest (saved with the next commit)."""
+        if self.served:
+            manifest.server["served_model"] = self.served
+            manifest.server["requested_model"] = self.requested
+
+
+async def run_canary(
+    embedder: Any,
+    limits: Any,
+    manifest: Any,
+    served: ServedModel,
+    *,
+    max_retries: int,
+    accept_change: bool,
+    where: str,
+    say: Callable[[str], None],
+) -> np.ndarray:
+    """At the start of a run: embed the canary, check it against the manifest's, record both there.
+
+    Returns the canary vector (its length is the job's vector size). The caller saves the manifest.
+    """
+    answer = await embed_canary(embedder, limits, max_retries)
+    served.observe(answer.model)
+    vector = answer.vectors[0]
+    manifest.server["canary"] = check_canary(
+        manifest.server.get("canary"),
+        vector,
+        committed=bool(manifest.shards),
+        accept_change=accept_change,
+        where=where,
+        say=say,
+    )
+    served.record(manifest)
+    return vector
+
 
 async def embed_canary(embedder: Any, limits: Any, max_retries: int) -> Any:
     """Embed ``CANARY_TEXT`` (retrying transient failures); the answer also teaches the limiter.
