@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 JOB    ?= jobs/example.toml
 
-.PHONY: setup test lint run demo bench bench-large clean
+.PHONY: setup test lint run demo bench bench-large bench-ratelimits clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,11 @@ demo: setup
 bench: setup
 	$(BIN)/python -m benchmarks.run --rows 20000 100000
 	$(BIN)/python -m benchmarks.local_model
+	$(BIN)/python -m benchmarks.ratelimit_styles
+
+# the rate-limit styles alone (~9 min: six 90 s runs)
+bench-ratelimits: setup
+	$(BIN)/python -m benchmarks.ratelimit_styles
 
 bench-large: setup
 	$(BIN)/python -m benchmarks.run --rows 100000 1000000

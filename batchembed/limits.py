@@ -143,7 +143,7 @@ class MinuteLog:
 
 #: Share of an adaptive (Fireworks) limit to run at: just under it, so it keeps growing without
 #: over-limit answers (their limit is measured over shorter windows than a minute).
-ADAPTIVE_SHARE = 0.92
+ADAPTIVE_SHARE = 0.94
 #: No announced limit: on a 429 the pace drops to this share of the rate the server accepted...
 AIMD_DECREASE = 0.92
 #: ...and then grows by this share of each accepted charge (about +2% per minute at the limit).
@@ -174,7 +174,6 @@ class PacedLimit:
         self._clock = clock
         self._accepted: deque[tuple[float, float]] = deque()
         self._accepted_total = 0.0
-        self._first: float | None = None
         self._last_cut = -1e9
 
     def set(self, value: float, source: str, window: float | None = None) -> None:
@@ -193,8 +192,6 @@ class PacedLimit:
     async def acquire(self, amount: int) -> None:
         """Wait until ``amount`` fits the bucket and the trailing minute, then charge it."""
         loop = asyncio.get_running_loop()
-        if self._first is None:
-            self._first = self._clock()
         remaining = amount
         while remaining > 0:
             bucket = self.bucket
@@ -221,18 +218,20 @@ class PacedLimit:
         if self.source == "adaptive":
             self.set(self.value + AIMD_INCREASE * amount, "adaptive")
 
-    def accepted_rate(self) -> float:
-        """What the server accepted over the last minute, per minute (scaled up early in a run)."""
+    def accepted_last_minute(self) -> float:
+        """What the server accepted over the last 60 s: what its own trailing window holds."""
         now = self._clock()
-        span = min(60.0, max(now - (self._first if self._first is not None else now), 5.0))
-        return self._accepted_total * 60.0 / span
+        while self._accepted and self._accepted[0][0] <= now - 60.0:
+            self._accepted_total -= self._accepted.popleft()[1]
+        return self._accepted_total
 
     def throttled(self, status: int | None) -> None:
         """A 429 (or 503) without an announced limit: multiplicative decrease of the pace.
 
-        A 429 cuts to a little under the rate the server was accepting, but never below half the
-        current pace (when we send little, the accepted rate says nothing about the limit); a 503 is
-        load shedding, not a limit, and only trims the pace by 10%.
+        A 429 cuts the pace to a little under what the server accepted over the last minute — the
+        server's own window is full at that moment, so that is its limit — unless we sent too little
+        for that to say anything (then the pace halves); a 503 is load shedding, not a limit, and only
+        trims the pace by 10%.
         """
         if self.announced is not None:
             return
@@ -240,8 +239,13 @@ class PacedLimit:
         if now - self._last_cut < DECREASE_EVERY:
             return
         self._last_cut = now
-        sharp = max(AIMD_DECREASE * self.accepted_rate(), self.value / 2)
-        target = sharp if status == 429 else self.value * 0.9
+        accepted = self.accepted_last_minute()
+        if status != 429:
+            target = self.value * 0.9
+        elif accepted >= 0.25 * self.value:
+            target = AIMD_DECREASE * accepted
+        else:
+            target = self.value / 2
         self.set(min(self.value, target), "adaptive")
 
     def describe(self) -> str:

@@ -182,8 +182,8 @@ def _fireworks(h: dict[str, str], out: Announced) -> None:
     out.style_is("fireworks")
     out.adaptive = True
     out.over_limit = (over or "").strip().lower() in ("yes", "true", "1")
-    if prompt is not None:
-        out.limit("tokens", prompt, 60.0 if prompt >= FIREWORKS_PER_MINUTE_FROM else 1.0)
+    if prompt is not None:  # a rate, not a one-second quota: paced per minute like the others
+        out.limit("tokens", prompt if prompt >= FIREWORKS_PER_MINUTE_FROM else prompt * 60.0)
 
 
 def _openai(h: dict[str, str], out: Announced) -> None:
