@@ -315,7 +315,7 @@ class RateLimits:
                 self._last_trim = now
                 self._adaptive_share = max(0.6, self._adaptive_share * 0.95)
         elif found.adaptive and status == 200:
-            self._adaptive_share = min(ADAPTIVE_SHARE, self._adaptive_share + 0.002)
+            self._adaptive_share = min(ADAPTIVE_SHARE, self._adaptive_share + 0.0005)  # ~+5% per 100 answers
         share = self._adaptive_share if found.adaptive else 1.0
         if found.requests_per_minute is not None:
             self.requests.learn(found.requests_per_minute * share, found.requests_window)

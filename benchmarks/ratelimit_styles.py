@@ -8,8 +8,9 @@ enforced limit (tokens/min and requests/min), on more input than fits the run, a
 SIGTERM after ``--seconds``. From the server's ``/stats`` timeline:
 
 * windowed styles (600k tokens/min, 600 requests/min over a sliding 60 s window): how full the
-  server's trailing 60 s token window was kept on average from t = 60 s on (% of the limit), and the
-  share of requests answered 429;
+  server's trailing 60 s token window was kept on average over the last 30 s of the run (% of the
+  limit), and the share of requests answered 429. The no-headers run lasts ``--none-seconds`` (180):
+  AIMD only learns the limit from its first 429, after the server's first window has filled;
 * fireworks-adaptive (starts at 300k tokens/min, doubles after each ``--adaptive-period`` seconds of
   >= 70% use measured over 10 s, up to 2.4M; the run is told 4.8M): tokens accepted as a share of
   the announced limit integrated over the run, and the shares of responses marked over-limit and of 429s.
@@ -151,7 +152,9 @@ def summarise(style: str, st: dict, seconds: float) -> dict:
         res["final_limit_tpm"] = int(known[-1] * 60) if len(known) else 0
         return res
     csum = np.concatenate([[0], np.cumsum(tok)])
-    fills = [(csum[s + 1] - csum[max(0, s - 59)]) / TPM for s in range(59, min(secs, len(tok)))]
+    # the server's trailing 60 s window, averaged over the last 30 s of the run
+    end = min(secs, len(tok))
+    fills = [(csum[s + 1] - csum[max(0, s - 59)]) / TPM for s in range(max(59, end - 31), end)]
     res["pct_of_limit"] = round(100 * float(np.mean(fills)), 1) if fills else 0.0
     return res
 
@@ -160,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--styles", nargs="+", default=STYLES, choices=STYLES)
     parser.add_argument("--seconds", type=float, default=90.0, help="length of each run")
+    parser.add_argument(
+        "--none-seconds", type=float, default=180.0, help="length of the no-headers run (AIMD needs a first 429)"
+    )
     parser.add_argument("--adaptive-period", type=float, default=15.0, help="seconds of >= 70%% use per doubling")
     parser.add_argument("--batch-inputs", type=int, default=64)
     parser.add_argument("--client-path", help="directory whose batchembed package is the client")
@@ -171,12 +177,18 @@ def main(argv: list[str] | None = None) -> int:
     input_path = data.dataset(max(40_000, int(args.seconds / 60 * ADAPTIVE_CAP / 100)))
     results = []
     for style in args.styles:
-        res = run_style(style, args, input_path)
+        seconds = args.none_seconds if style == "none" else args.seconds
+        res = run_style(style, argparse.Namespace(**{**vars(args), "seconds": seconds}), input_path)
         results.append(res)
         print(json.dumps(res), flush=True)
     path = Path(args.out)
     doc = json.loads(path.read_text()) if path.exists() else {}
-    doc[args.label] = {"seconds": args.seconds, "adaptive_period": args.adaptive_period, "results": results}
+    doc[args.label] = {
+        "seconds": args.seconds,
+        "none_seconds": args.none_seconds,
+        "adaptive_period": args.adaptive_period,
+        "results": results,
+    }
     path.write_text(json.dumps(doc, indent=1))
     print(f"\n{'style':<20}{'% of limit':>12}{'% 429':>8}{'% over-limit':>14}")
     for r in results:
