@@ -145,7 +145,7 @@ class MinuteLog:
 #: over-limit answers (their limit is measured over shorter windows than a minute).
 ADAPTIVE_SHARE = 0.94
 #: No announced limit: on a 429 the pace drops to this share of the rate the server accepted...
-AIMD_DECREASE = 0.92
+AIMD_DECREASE = 0.95
 #: ...and then grows by this share of each accepted charge (about +2% per minute at the limit).
 AIMD_INCREASE = 0.02
 #: At most one decrease per this many seconds (a burst of 429s is one signal).
@@ -170,6 +170,7 @@ class PacedLimit:
         self.announced: float | None = None
         self.window = 60.0  # seconds of the quota the bucket enforces
         self.bucket = per_minute_bucket(configured)
+        self._bucket_value = float(configured)  # the pace the bucket was built for
         self.minute = MinuteLog(configured)
         self._clock = clock
         self._accepted: deque[tuple[float, float]] = deque()
@@ -182,9 +183,10 @@ class PacedLimit:
         if value >= self.configured and source == "server" and (self.announced or 0) > self.configured:
             source = "configured"  # the server allows more than the job asked for
         window = self.window if window is None or value >= self.configured else min(window, 60.0)
-        if abs(value - self.value) > 0.005 * self.value or window != self.window:
+        if abs(value - self._bucket_value) > 0.005 * self._bucket_value or window != self.window:
             self.bucket = window_bucket(int(value * window / 60.0), window)
             self.window = window
+            self._bucket_value = value
         self.value = value
         self.minute.limit = max(1, int(value))
         self.source = source

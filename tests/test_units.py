@@ -318,3 +318,31 @@ def test_minute_log_holds_back_what_would_overfill_the_trailing_minute():
     assert log.wait_for(40, now=20.0) == pytest.approx(40.0)  # the first charge leaves the window at 60
     assert log.wait_for(80, now=20.0) == pytest.approx(50.0)  # both must leave
     assert log.wait_for(40, now=61.0) == 0.0
+
+
+def test_paced_limit_follows_announcements_and_aimd():
+    from batchembed.limits import AIMD_DECREASE, PacedLimit
+
+    now = [0.0]
+    pace = PacedLimit("tokens", 1_200_000, clock=lambda: now[0])
+    pace.learn(600_000)  # the server's announcement wins over the configured limit
+    assert (pace.value, pace.source) == (600_000, "server")
+    assert pace.bucket.max_rate == 10_000  # rebuilt for the announced pace
+    pace.learn(2_000_000)  # never above what the job was told
+    assert (pace.value, pace.source) == (1_200_000, "configured")
+
+    blind = PacedLimit("tokens", 1_200_000, clock=lambda: now[0])
+    for _ in range(60):  # 600k accepted over the last 30 s, then a 429: the server's window is full
+        now[0] += 0.5
+        blind.accepted(10_000)
+    blind.throttled(429)
+    assert blind.source == "adaptive" and blind.value == pytest.approx(AIMD_DECREASE * 600_000)
+    built = blind.bucket
+    for _ in range(100):  # additive increase, and the bucket follows the drift
+        blind.accepted(10_000)
+    assert blind.value == pytest.approx(AIMD_DECREASE * 600_000 + 0.02 * 1_000_000)
+    assert blind.bucket is not built
+    now[0] += 1  # within 5 s of the last cut: one burst of 429s counts once
+    before = blind.value
+    blind.throttled(429)
+    assert blind.value == before
