@@ -143,11 +143,13 @@ class MinuteLog:
 
 #: Share of an adaptive (Fireworks) limit to run at: just under it, so it keeps growing without
 #: over-limit answers (their limit is measured over shorter windows than a minute).
-ADAPTIVE_SHARE = 0.94
+ADAPTIVE_SHARE = 0.95
 #: No announced limit: on a 429 the pace drops to this share of the rate the server accepted...
 AIMD_DECREASE = 0.95
 #: ...and then grows by this share of each accepted charge (about +2% per minute at the limit).
 AIMD_INCREASE = 0.02
+#: The bucket is rebuilt when the pace moved this much since it was built.
+REBUILD_AT = 0.049
 #: At most one decrease per this many seconds (a burst of 429s is one signal).
 DECREASE_EVERY = 5.0
 
@@ -183,7 +185,9 @@ class PacedLimit:
         if value >= self.configured and source == "server" and (self.announced or 0) > self.configured:
             source = "configured"  # the server allows more than the job asked for
         window = self.window if window is None or value >= self.configured else min(window, 60.0)
-        if abs(value - self._bucket_value) > 0.005 * self._bucket_value or window != self.window:
+        # A new bucket starts empty (one extra second of budget): rebuild only for a real change (5%);
+        # the trailing-minute log follows every change exactly.
+        if abs(value - self._bucket_value) >= REBUILD_AT * self._bucket_value or window != self.window:
             self.bucket = window_bucket(int(value * window / 60.0), window)
             self.window = window
             self._bucket_value = value

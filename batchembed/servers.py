@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from batchembed.config import JobConfig
-from batchembed.errors import APIError, AuthError, ResumeRefused, TerminalAPIError
+from batchembed.errors import APIError, AuthError, ResumeRefused, ServerIgnoredSettings, TerminalAPIError
 from batchembed.retry import backoff
 
 #: Embedded at the start of every run; its vector identifies the model behind the name.
@@ -146,7 +146,7 @@ async def embed_canary(embedder: Any, limits: Any, max_retries: int) -> Any:
             result = await embedder.embed([CANARY_TEXT])
         except APIError as exc:
             limits.observe(exc.headers, exc.status, 20)
-            if isinstance(exc, (AuthError, TerminalAPIError)) or attempt >= max_retries:
+            if isinstance(exc, (AuthError, TerminalAPIError, ServerIgnoredSettings)) or attempt >= max_retries:
                 raise
             if exc.status in (429, 503):
                 limits.window.on_throttled(exc.retry_after)

@@ -24,7 +24,7 @@ STYLES = {
     "x-ratelimit": (60.0, 60_000),
     "ietf": (3.0, 1_200_000),  # 60,000 per 3 s
     "ietf-structured": (3.0, 1_200_000),
-    "fireworks": (60.0, 60_000 * 0.94),  # 1,000 tokens/s, run just under it
+    "fireworks": (60.0, 60_000 * 0.95),  # 1,000 tokens/s, run just under it
 }
 
 
@@ -175,7 +175,7 @@ def test_a_server_ignoring_dimensions_stops_the_job_at_once(tmp_path, srv):
     assert result.returncode == 1
     assert "asked for 8 dimensions" in result.stderr and "16" in result.stderr
     assert "dimensions_by" in result.stderr
-    assert len(srv.requests) + len(srv.canary_requests()) <= 5  # a handful of requests, no retry loop
+    assert len(srv.requests) + len(srv.canary_requests()) <= 2  # the first answer stops it: no retry loop
 
 
 def test_dimensions_cut_by_the_client(tmp_path, srv):
