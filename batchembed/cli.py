@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not retry rows in _failed.parquet",
     )
+    run.add_argument(
+        "--accept-model-change",
+        action="store_true",
+        help="resume even though the server's model changed since the committed rows (the canary check)",
+    )
 
     status = sub.add_parser("status", help="how far a job has got")
     _job_arguments(status)
@@ -116,7 +121,13 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from batchembed.job import build_runner
 
-        return build_runner(job, quiet=args.quiet, restart=args.restart, retry_failed=args.retry_failed).run()
+        return build_runner(
+            job,
+            quiet=args.quiet,
+            restart=args.restart,
+            retry_failed=args.retry_failed,
+            accept_model_change=args.accept_model_change,
+        ).run()
     if args.command == "plan":
         from batchembed.dryrun import plan
         from batchembed.job import check_model, text_prefix

@@ -22,7 +22,14 @@ def check_model(job: JobConfig) -> None:
         catalog.check_dimensions(resolve_model(job).name, job.model.dimensions, job.model.provider)
 
 
-def build_runner(job: JobConfig, *, quiet: bool = False, restart: bool = False, retry_failed: bool = True) -> JobRunner:
+def build_runner(
+    job: JobConfig,
+    *,
+    quiet: bool = False,
+    restart: bool = False,
+    retry_failed: bool = True,
+    accept_model_change: bool = False,
+) -> JobRunner:
     """A ``JobRunner`` for ``job`` with every part chosen from its settings."""
     check_model(job)
     built = build(job)
@@ -61,4 +68,5 @@ def build_runner(job: JobConfig, *, quiet: bool = False, restart: bool = False, 
         quiet=quiet,
         restart=restart,
         retry_failed=retry_failed,
+        accept_model_change=accept_model_change,
     )
