@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 JOB    ?= jobs/example.toml
 
-.PHONY: setup test lint run demo bench bench-large clean
+.PHONY: setup test lint run demo bench bench-large bench-ratelimits clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,11 @@ bench: setup
 	$(BIN)/python -m benchmarks.object_store --rows 100000 --repeat 3
 	$(BIN)/python -m benchmarks.resume
 	$(BIN)/python -m benchmarks.scale_out --rows 3000
+	$(BIN)/python -m benchmarks.ratelimit_styles
+
+# the rate-limit styles alone (~9 min: six 90 s runs)
+bench-ratelimits: setup
+	$(BIN)/python -m benchmarks.ratelimit_styles
 
 bench-large: setup
 	$(BIN)/python -m benchmarks.run --rows 100000 1000000

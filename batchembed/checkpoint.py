@@ -48,6 +48,8 @@ SUCCESS = "_SUCCESS"
 REPORT = "_report.json"
 FAILED = "_failed.parquet"
 FAILED_DIR = "_failed"
+TRUNCATED = "_truncated.parquet"
+TRUNCATED_DIR = "_truncated"
 FORMAT_VERSION = 1
 
 
@@ -69,6 +71,7 @@ class ShardRecord:
     tokens: int
     resolves: list[str] = field(default_factory=list)  # failure files this retry shard answers
     files: list[list] = field(default_factory=list)  # "files" shards: [[input file, rows], ...] held whole
+    truncated: int = 0  # rows of this shard whose text was cut (listed in _truncated/<shard>)
 
 
 @dataclass
@@ -84,6 +87,7 @@ class Manifest:
     #: The run that last saved it: a run that takes an output over re-saves it, which changes its
     #: ETag, so a paused previous writer's conditional replace fails.
     writer: str = field(default_factory=lambda: os.urandom(8).hex())
+    server: dict[str, Any] = field(default_factory=dict)  # served model and canary vector (servers.py)
 
     # --------------------------------------------------------------------------------- queries
 
@@ -111,6 +115,10 @@ class Manifest:
     def unresolved_rows(self, store: OutputStore) -> int:
         """Rows in failure files not yet answered by a retry shard (what ``_failed.parquet`` holds)."""
         return sum(store.parquet_file(f).metadata.num_rows for f in self.unresolved_failures())
+
+    def truncated(self) -> int:
+        """Committed rows whose text was cut before embedding."""
+        return sum(s.truncated for s in self.shards)
 
     def tokens(self) -> int:
         """Tokens spent on everything committed."""
@@ -161,6 +169,7 @@ class Manifest:
             "resolved": self.resolved,
             "shards": [asdict(s) for s in self.shards],
             "writer": self.writer,
+            "server": self.server,
         }
         store.replace_manifest(json.dumps(doc, indent=1, sort_keys=True).encode())
         store.drop_commits()  # every journal line is in the manifest now
@@ -186,6 +195,7 @@ class Manifest:
                 complete=bool(doc["complete"]),
                 version=doc["version"],
                 created=doc["created"],
+                server=dict(doc.get("server") or {}),
             )
             manifest._replay(store)
             return manifest
@@ -255,6 +265,13 @@ def open_output(store: OutputStore, fingerprint: dict[str, Any], restart: bool) 
         manifest = Manifest(fingerprint=fingerprint)
         manifest.save(store)
         return manifest
+    if fingerprint_hash(manifest.fingerprint) != fingerprint_hash(fingerprint) and not manifest.shards:
+        # Nothing committed binds this output yet (a run that failed before its first shard, e.g. on a
+        # typo in model.name): the corrected job simply takes it over.
+        remove_orphans(store, manifest)
+        manifest = Manifest(fingerprint=fingerprint)
+        manifest.save(store)
+        return manifest
     if fingerprint_hash(manifest.fingerprint) != fingerprint_hash(fingerprint):
         changes = describe_changes(manifest.fingerprint, fingerprint)
         raise ResumeRefused(
@@ -272,7 +289,9 @@ def open_output(store: OutputStore, fingerprint: dict[str, Any], restart: bool) 
 def remove_output(store: OutputStore) -> None:
     """Delete everything batchembed writes in the output (used by --restart); the lock stays."""
     for name in store.list_names():
-        if name.startswith(("part-", "_")) and ("/" not in name or name.startswith(FAILED_DIR + "/")):
+        if name.startswith(("part-", "_")) and (
+            "/" not in name or name.startswith((FAILED_DIR + "/", TRUNCATED_DIR + "/"))
+        ):
             store.delete(name)
 
 
@@ -282,9 +301,10 @@ def remove_orphans(store: OutputStore, manifest: Manifest, owns: Callable[[str],
     ``owns(shard file name)`` limits this to the files of one ``--shard I/N`` part (the other parts'
     files, committed or in progress, belong to their own manifests)."""
     known = {s.name for s in manifest.shards} | {s.failed_file for s in manifest.shards if s.failed_file}
+    known |= {f"{TRUNCATED_DIR}/{s.name}" for s in manifest.shards if s.truncated}
     for name in store.list_names():
         base = name.rsplit("/", 1)[-1]
-        if "/" in name and not name.startswith(FAILED_DIR + "/"):
+        if "/" in name and not name.startswith((FAILED_DIR + "/", TRUNCATED_DIR + "/")):
             continue  # not ours
         if owns is not None and not (base.startswith("part-") and owns(base.removesuffix(TMP_SUFFIX))):
             continue  # another part's file

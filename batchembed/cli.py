@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not retry rows in _failed.parquet",
     )
     run.add_argument(
+        "--accept-model-change",
+        action="store_true",
+        help="resume even though the server's model changed since the committed rows (the canary check)",
+    )
+    run.add_argument(
         "--shard",
         metavar="I/N",
         help="run only part I of N (I from 0) of the job, e.g. from a Slurm array or Kubernetes indexed job; "
@@ -129,6 +134,7 @@ def dispatch(args: argparse.Namespace) -> int:
             quiet=args.quiet,
             restart=args.restart,
             retry_failed=args.retry_failed,
+            accept_model_change=args.accept_model_change,
             engine=args.engine,
             workers=args.workers,
             shard=args.shard,

@@ -51,6 +51,8 @@ class ModelConfig:
     timeout: float = 120.0  # seconds for one request
     threads: int | None = None  # local provider: intra-op threads (default: all cores)
     price_per_million_tokens: float | None = None  # USD, for `batchembed plan` (default: the catalogue's)
+    dimensions_by: Literal["server", "client"] = "server"  # client: cut Matryoshka vectors here, L2-normalise
+    extra_body: dict[str, Any] | None = None  # merged into every request body, e.g. {input_type = "passage"}
 
 
 @dataclass(frozen=True)
@@ -282,6 +284,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if value in allowed:
             return value
         raise ConfigError(f"{key} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f'{key} must be a table, like {{ input_type = "passage" }}; got {type(value).__name__}')
+        return dict(value)
     if origin is tuple:
         (item_type, _) = typing.get_args(hint)
         if isinstance(value, str):
@@ -336,6 +342,14 @@ def validate(job: JobConfig) -> JobConfig:
         raise ConfigError(f"model.dimensions must be at least 1, got {job.model.dimensions}")
     if job.model.provider == "openai-compatible" and not job.model.base_url:
         raise ConfigError('model.base_url is required when model.provider = "openai-compatible"')
+    reserved = sorted(set(job.model.extra_body or {}) & RESERVED_BODY_FIELDS)
+    if reserved:
+        raise ConfigError(
+            f"model.extra_body cannot set {', '.join(reserved)}: batchembed sends those itself "
+            "(use model.name, model.dimensions, model.encoding; the texts come from [input])"
+        )
+    if job.model.dimensions_by == "client" and job.model.dimensions is None:
+        raise ConfigError('model.dimensions_by = "client" needs model.dimensions (the size to cut vectors to)')
     if job.model.timeout <= 0:
         raise ConfigError("model.timeout must be positive")
     keep = job.input.keep
@@ -360,6 +374,12 @@ def check_locations(job: JobConfig) -> None:
         )
     if job.storage.lease_seconds < 1:
         raise ConfigError(f"storage.lease_seconds must be at least 1, got {job.storage.lease_seconds}")
+
+
+#: Request fields ``model.extra_body`` may not set: batchembed owns them.
+RESERVED_BODY_FIELDS = frozenset(
+    {"model", "input", "dimensions", "encoding_format", "query", "documents", "texts", "top_n", "top_k"}
+)
 
 
 def text_fields(template: str) -> list[str]:

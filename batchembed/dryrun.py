@@ -33,7 +33,7 @@ from batchembed.plan import iter_chunks
 from batchembed.sources import check_columns, discover
 from batchembed.store import storage_options
 from batchembed.texts import add_prefix, blank_mask, build_texts
-from batchembed.tokens import TokenCounter
+from batchembed.tokens import TokenCounter, over_limit
 
 #: Rows per chunk; must equal ``runner.CHUNK_ROWS`` (a test checks) so requests are packed alike.
 CHUNK_ROWS = 4096
@@ -198,7 +198,7 @@ def estimate(
         unique = encoded.dictionary
         row_text = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         counts = np.array(counter.count(unique), dtype=np.int64)
-        too_long = np.flatnonzero(counts > input_tokens)
+        too_long, counts = over_limit(counter, unique, counts, input_tokens)
         if len(too_long):
             long_rows = np.isin(row_text, too_long)
             report.too_long_rows += int(long_rows.sum())

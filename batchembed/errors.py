@@ -52,6 +52,7 @@ class APIError(BatchEmbedError):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+        self.headers: dict[str, str] = {}  # rate-limit headers of the answer, for the limiter
 
     @property
     def label(self) -> str:
@@ -73,6 +74,11 @@ class InputTooLong(APIError):
 
 class MalformedResponse(APIError):
     """The response did not match the request (count, dimension, non-finite values, bad JSON)."""
+
+
+class ServerIgnoredSettings(MalformedResponse):
+    """Every vector of an answer has the wrong length: the server ignored ``dimensions`` or serves
+    another model. Retrying cannot help; the job stops at once."""
 
 
 class TerminalAPIError(APIError):

@@ -57,6 +57,8 @@ def status(job: JobConfig, as_json: bool = False) -> int:
         "retry_shards": sum(1 for s in manifest.shards if s.kind == "retry"),
         "failed_rows": failed,
         "rows_answered_uncommitted": _answered_uncommitted(out, manifest),
+        "truncated_rows": manifest.truncated(),
+        "served_model": manifest.server.get("served_model"),
         "tokens": manifest.tokens(),
         "same_job": [f.identity() for f in sources] == manifest.fingerprint.get("files"),
     }
@@ -74,6 +76,9 @@ def status(job: JobConfig, as_json: bool = False) -> int:
             f"journal:  {doc['rows_answered_uncommitted']:,} rows answered but not yet in a committed shard "
             "(a resume reads them back instead of paying for them again)"
         )
+    print(f"cut:      {doc['truncated_rows']:,} rows truncated to fit (listed in _truncated.parquet)")
+    if doc["served_model"]:
+        print(f"model:    {doc['served_model']} (as the server named it)")
     print(f"tokens:   {doc['tokens']:,}")
     if not doc["same_job"]:
         print("warning:  the input files changed since this output was written; `run` will refuse to resume")

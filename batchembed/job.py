@@ -28,6 +28,7 @@ def build_runner(
     quiet: bool = False,
     restart: bool = False,
     retry_failed: bool = True,
+    accept_model_change: bool = False,
     runner_class: type[JobRunner] = JobRunner,
     **engine_options,
 ) -> JobRunner:
@@ -70,5 +71,6 @@ def build_runner(
         quiet=quiet,
         restart=restart,
         retry_failed=retry_failed,
+        accept_model_change=accept_model_change,
         **engine_options,
     )

@@ -23,12 +23,14 @@ class Stats:
     rows_recovered: int = 0  # rows whose answer an interrupted run left in the journal (not sent again)
     rows_resent: int = 0  # rows sent again because an interrupted run's answer never became durable
     rows_failed: int = 0
+    rows_truncated: int = 0  # rows whose text was cut to fit (listed in _truncated.parquet)
     tokens: int = 0  # tokens sent in successful requests (server's count when it reports one)
     tokens_saved: int = 0  # tokens not sent thanks to de-duplication
     requests: int = 0  # HTTP requests sent, successful or not
     retries: Counter = field(default_factory=Counter)  # by status / error class
     latencies: list[float] = field(default_factory=list)
     in_flight: int = 0
+    pace: str = ""  # the limits being paced to, e.g. "tokens/min 600k (server), requests/min 600 (configured)"
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -59,6 +61,7 @@ class Stats:
                 # rows it had sent whose answers were lost with it (in flight at the crash): sent again
                 "rows_sent_again": self.rows_resent,
             },
+            "rows_truncated": self.rows_truncated,
             "tokens": self.tokens,
             "tokens_saved_by_dedup": self.tokens_saved,
             "requests": self.requests,
@@ -100,6 +103,7 @@ class Progress:
                 tok_s=f"{s.tokens / elapsed:,.0f}",
                 in_flight=s.in_flight,
                 retries=sum(s.retries.values()),
+                pace=s.pace,
                 refresh=False,
             )
             self._bar.refresh()
@@ -115,7 +119,7 @@ class Progress:
         return (
             f"rows {s.rows_done:,}{total} ({s.rows_done / elapsed:,.0f}/s), tokens {s.tokens:,} "
             f"({s.tokens / elapsed:,.0f}/s), in flight {s.in_flight}, retries {sum(s.retries.values())}, "
-            f"failed {s.rows_failed}"
+            f"failed {s.rows_failed}, truncated {s.rows_truncated}" + (f"; {s.pace}" if s.pace else "")
         )
 
     def line(self, text: str) -> None:

@@ -27,6 +27,7 @@ from batchembed.checkpoint import (
     FAILED_DIR,
     REPORT,
     SUCCESS,
+    TRUNCATED,
     Manifest,
     ShardRecord,
     failpoint,
@@ -42,6 +43,7 @@ from batchembed.errors import (
     InputTooLong,
     MalformedResponse,
     PayloadTooLarge,
+    ServerIgnoredSettings,
     TerminalAPIError,
     TransientAPIError,
     redact,
@@ -53,10 +55,12 @@ from batchembed.limits import RateLimits
 from batchembed.plan import Unit, iter_chunks, pending_rows, retry_chunks
 from batchembed.progress import Progress, Stats
 from batchembed.retry import backoff
+from batchembed.servers import ServedModel, UsageCheck, model_request_fingerprint, run_canary
 from batchembed.sources import SourceFile, check_columns, discover
 from batchembed.store import open_store, storage_options
 from batchembed.tasks import Piece, Request, Task
 from batchembed.tokens import TokenCounter
+from batchembed.truncated import rebuild_truncated, write_truncated
 from batchembed.writer import shard_metadata
 
 #: Rows per chunk: the grain of text building, token counting and dedup.
@@ -101,6 +105,7 @@ class JobRunner:
         quiet: bool = False,
         restart: bool = False,
         retry_failed: bool = True,
+        accept_model_change: bool = False,
     ) -> None:
         self.job = job
         self.model: ResolvedModel = resolve_model(job)
@@ -121,6 +126,9 @@ class JobRunner:
         self.manifest: Manifest | None = None
         self.journal: Journal | None = None
         self._unresolved = 0
+        self.accept_model_change = accept_model_change
+        self.usage_check = UsageCheck(self.progress.line, counter.name)
+        self.served = ServedModel(self.model.name, self.progress.line)
 
     # ------------------------------------------------------------------------------ public entry
 
@@ -168,6 +176,7 @@ class JobRunner:
             "model.provider": self.model.provider,
             "model.name": self.model.name,
             "model.dimensions": self.job.model.dimensions,
+            **model_request_fingerprint(self.job),
             **{f"model.{k}": v for k, v in self.model_identity.items()},
             "output.shard_rows": self.job.output.shard_rows,
             "files": [s.identity() for s in sources],
@@ -184,6 +193,7 @@ class JobRunner:
         if manifest.complete and self.store.exists(SUCCESS):
             self.progress.line(f"{self.out}: job already complete ({manifest.rows():,} rows); nothing to do")
             return EXIT_OK
+        await self._check_server(manifest)
         self.stats.rows_resumed = manifest.rows()
         self.journal = Journal(
             journal_store(self.store),
@@ -242,6 +252,24 @@ class JobRunner:
     def _retry_unit_name(self, n: int) -> str:
         """Name of the shard holding this run's retried rows (``n`` retry shards exist already)."""
         return f"part-r{n:05d}.parquet"
+
+    async def _check_server(self, manifest: Manifest) -> None:
+        """The canary: teaches the limiter the server's limits and refuses a model swapped behind its name."""
+        if self.job.is_rerank:
+            return
+        vector = await run_canary(
+            self.provider,
+            self.limits,
+            manifest,
+            self.served,
+            max_retries=self.job.limits.max_retries,
+            accept_change=self.accept_model_change,
+            where=str(self.out),
+            say=self.progress.line,
+        )
+        if getattr(self.task, "dim", 0) is None:
+            self.task.dim = len(vector)
+        await asyncio.to_thread(manifest.save, self.store)
 
     def _retry_plan(self, sources: list[SourceFile], manifest: Manifest):
         """Failed rows of earlier runs, grouped by file: [(failure_file, source, rows)]."""
@@ -379,15 +407,19 @@ class JobRunner:
                     self.stats.in_flight -= 1
                     self.stats.latencies.append(time.monotonic() - began)
             if error is None:
+                self.limits.observe(getattr(answer, "headers", {}), 200, request.tokens)
                 try:
                     reported = self.task.accept(request, answer)
                 except MalformedResponse as exc:
                     error = exc
                 else:
                     self.journal.answered(request)
-                    self._on_success(request, reported, getattr(answer, "headers", {}))
+                    self._on_success(request, reported)
+                    self.served.observe(getattr(answer, "model", None))
                     return
-            if isinstance(error, AuthError):
+            else:
+                self.limits.observe(error.headers, error.status, request.tokens)
+            if isinstance(error, (AuthError, ServerIgnoredSettings)):
                 raise error
             if isinstance(error, (InputTooLong, PayloadTooLarge, TerminalAPIError)):
                 if isinstance(error, TerminalAPIError) and not self.succeeded_once:
@@ -416,6 +448,11 @@ class JobRunner:
     async def _split_or_fail(self, request: Request, error: APIError) -> None:
         n = len(request.items)
         if n == 1:
+            if isinstance(error, InputTooLong) and self.task.shorten(request):
+                # the server's "too long" is the last word: cut this one row and send it again
+                self.stats.retries["cut-too-long"] += 1
+                await self._send(request)
+                return
             self._dead_letter(request, str(error))
             return
         self.stats.retries[f"split-{error.label}"] += 1
@@ -424,14 +461,14 @@ class JobRunner:
         parts = [Request(request.piece, h, max(1, request.tokens * len(h) // n)) for h in halves_]
         await asyncio.gather(*(self._send(p) for p in parts))
 
-    def _on_success(self, request: Request, reported: int | None, headers) -> None:
+    def _on_success(self, request: Request, reported: int | None) -> None:
         self.succeeded_once = True
         self.exhausted_in_a_row = 0
         self.limits.window.on_success()
-        self.limits.observe_headers(headers)
         if reported:
+            # the server's count tunes pacing only; it never decides what text is sent or how it is packed
             self.limits.observe_usage(request.tokens, reported)
-            self.counter.observe(request.tokens, reported)
+            self.usage_check.observe(request.tokens, reported)
         spent = reported or request.tokens
         self.stats.tokens += spent
         request.piece.chunk.unit.tokens += spent
@@ -456,6 +493,7 @@ class JobRunner:
         current: Unit | None = None
         shard: Any = None  # the store's shard writer
         failures: list[pa.Table] = []
+        cuts: list[pa.Table] = []
         broken: Unit | None = None  # a unit with an abandoned piece cannot be committed
         try:
             while True:
@@ -465,7 +503,7 @@ class JobRunner:
                 await piece.done.wait()
                 unit = piece.chunk.unit
                 if unit is not current:
-                    current, failures = unit, []
+                    current, failures, cuts = unit, [], []
                 if piece.abandoned or broken is unit:
                     broken = unit
                     if shard is not None:
@@ -477,24 +515,30 @@ class JobRunner:
                     await self.task.ready()
                 table, failed = self.task.tables(piece)
                 if shard is None:
-                    schema = table.schema.with_metadata(shard_metadata(self.task.metadata()))
+                    served = {"served_model": self.served.served} if self.served.served else {}
+                    schema = table.schema.with_metadata(shard_metadata({**self.task.metadata(), **served}))
                     shard = await asyncio.to_thread(
                         self.store.shard_writer, unit.name, schema, self.job.output.compression
                     )
                 await asyncio.to_thread(shard.write, table)
                 if failed is not None:
                     failures.append(failed)
+                cut = self.task.truncated_rows(piece)
+                if cut is not None:
+                    cuts.append(cut)
+                    self.stats.rows_truncated += cut.num_rows
                 self._slots.release()
                 if piece.chunk.last:
-                    await asyncio.to_thread(self._commit, unit, shard, failures)
-                    shard, current, failures = None, None, []
+                    await asyncio.to_thread(self._commit, unit, shard, failures, cuts)
+                    shard, current, failures, cuts = None, None, [], []
         finally:
             if shard is not None:
                 shard.abort()
 
-    def _commit(self, unit: Unit, shard: Any, failures: list[pa.Table]) -> None:
-        """Make a unit durable: shard, its failed rows, then the manifest entry (the commit point)."""
+    def _commit(self, unit: Unit, shard: Any, failures: list[pa.Table], cuts: list[pa.Table]) -> None:
+        """Make a unit durable: shard, its failed and cut rows, then the manifest entry (the commit point)."""
         written = shard.commit()
+        n_cut = write_truncated(self.store, unit.name, cuts)
         failpoint("shard-before-manifest")
         failed_file = None
         n_failed = 0
@@ -518,7 +562,9 @@ class JobRunner:
             tokens=unit.tokens,
             resolves=list(unit.resolves),
             files=[[name, rows] for name, rows in unit.files],
+            truncated=n_cut,
         )
+        self.served.record(self.manifest)
         self._record(record, list(unit.resolves))
         self.journal.committed(unit.name)
 
@@ -530,6 +576,7 @@ class JobRunner:
 
     async def _ticker(self, writer: asyncio.Task) -> None:
         while not writer.done():
+            self.stats.pace = self.limits.describe()
             self.progress.refresh()
             self.journal.tick()
             await asyncio.wait({writer}, timeout=0.5)
@@ -545,7 +592,11 @@ class JobRunner:
             self.store.write_table(self.failed_name, pa.concat_tables(tables))
         elif self.store.exists(self.failed_name):
             self.store.delete(self.failed_name)
+        rebuild_truncated(self.store, self.manifest)
         report = self.stats.report(
+            limits=self.limits.report(),
+            served_model=self.served.served,
+            usage_ratio=round(self.usage_check.ratio, 3) if self.usage_check.ratio else None,
             version=__version__,
             model=self.model.name,
             provider=self.model.provider,
@@ -563,15 +614,21 @@ class JobRunner:
                 "Run the same command again to resume."
             )
             return EXIT_SIGINT if self.stopping == signal.SIGINT else EXIT_SIGTERM
+        verb = "scored" if self.job.is_rerank else "embedded"
         summary = (
-            f"done: {s.rows_embedded:,} rows embedded, {s.rows_skipped:,} skipped, {s.rows_failed:,} failed, "
-            f"{s.tokens:,} tokens, {s.requests:,} requests in {s.elapsed:.1f}s -> {self.out}"
+            f"done: {s.rows_embedded:,} rows {verb}, {s.rows_skipped:,} skipped, {s.rows_failed:,} failed, "
+            f"{s.rows_truncated:,} truncated, {s.tokens:,} tokens, {s.requests:,} requests in {s.elapsed:.1f}s "
+            f"-> {self.out}"
         )
         self.progress.line(summary)
         if s.rows_recovered or s.rows_resent:
             self.progress.line(
                 f"after the interrupted run: {s.rows_recovered:,} rows recovered from its journal, "
                 f"{s.rows_resent:,} rows sent again (their answers were still in flight when it stopped)"
+            )
+        if s.rows_truncated:
+            self.progress.line(
+                f"{s.rows_truncated:,} rows were cut to fit; they are listed in {self.store.describe(TRUNCATED)}"
             )
         if self._unresolved:
             self.progress.line(

@@ -209,6 +209,8 @@ class Server:
     def _texts(self, value: object, name: str, allow_single: bool = True) -> list[str]:
         if allow_single and isinstance(value, str):
             value = [value]
+        if not allow_single and isinstance(value, list):  # rerank documents: Jina/Cohere send {"text": ...}
+            value = [item["text"] if isinstance(item, dict) and "text" in item else item for item in value]
         if not isinstance(value, list) or not value:
             raise APIErrorResponse(400, f"'{name}' must be a non-empty {'string or ' * allow_single}array of strings")
         if len(value) > self.max_batch:

@@ -122,16 +122,6 @@ def _glob_root(spec: str) -> str:
     return str(Path(*fixed)) if fixed else "."
 
 
-def _glob_root(spec: str) -> str:
-    parts = Path(spec).parts
-    fixed = []
-    for part in parts:
-        if any(ch in part for ch in "*?["):
-            break
-        fixed.append(part)
-    return str(Path(*fixed)) if fixed else "."
-
-
 @functools.lru_cache(maxsize=4096)
 def arrow_schema(source: SourceFile) -> pa.Schema:
     """A Parquet file's Arrow schema (cached: the input checks ask for it several times per file)."""

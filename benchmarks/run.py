@@ -462,7 +462,7 @@ def summarise_rate_limited(st: dict, tpm: int, rpm: int) -> dict:
     duration = (st["last_ts"] - st["first_ts"]) if st.get("first_ts") else 0.0
     secs = int(duration) + 1
     tok = np.zeros(secs + 1, dtype=np.int64)
-    for s, _ok, _thr, t in timeline:
+    for s, _ok, _thr, t, *_ in timeline:
         tok[s] += t
     steady_from = 60 if duration > 90 else 0
     steady = tok[steady_from:secs]
@@ -472,7 +472,7 @@ def summarise_rate_limited(st: dict, tpm: int, rpm: int) -> dict:
     fills = [(csum[s + 1] - csum[max(0, s - 59)]) / tpm for s in range(max(steady_from, 59), secs)]
     per_min = [int(tok[i : i + 60].sum()) for i in range(0, secs, 60)]
     per10 = np.zeros((secs // 10 + 1, 3), dtype=np.int64)
-    for s, ok, thr, t in timeline:
+    for s, ok, thr, t, *_ in timeline:
         per10[s // 10] += (ok, thr, t)
     return {
         "tpm": tpm,

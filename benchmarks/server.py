@@ -20,6 +20,17 @@ like a real provider: a request that would exceed either limit is answered 429 w
 ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` headers (also sent on 200s). Throttled
 requests do not count against the window.
 
+``--style`` picks how the limits are announced (the rate-limit styles benchmark runs each):
+``openai`` (default: the ``x-ratelimit-*`` headers above), ``ietf`` (``RateLimit-Limit/-Remaining/-Reset``
++ ``RateLimit-Policy: 600000;w=60``), ``ietf-structured`` (``RateLimit-Policy: "tpm";q=600000;w=60`` +
+``RateLimit: "tpm";r=...;t=...``), ``x-ratelimit`` (``X-RateLimit-*``, reset as an epoch time in seconds),
+``none`` (only 429 + ``Retry-After``), and ``fireworks-adaptive``: a Fireworks-style adaptive limit that
+starts at ``--adaptive-start`` tokens/min and doubles (up to ``--adaptive-cap``) after every
+``--adaptive-period`` seconds during which the last ``--adaptive-window`` seconds used >= 70% of it;
+every answer carries ``x-ratelimit-limit-tokens-prompt`` (tokens per *second*) and
+``x-ratelimit-over-limit: yes|no`` (over the limit in the trailing window: served, but marked);
+more than 1.5x over the limit is refused with 429.
+
 ``GET /stats`` returns ``{"requests", "ok", "throttled", "bad", "tokens_accepted", "first_ts",
 "last_ts", ...}``; ``GET /stats?timeline=1`` adds per-second buckets ``[second, ok, throttled,
 tokens]`` relative to ``first_ts``; ``POST /stats/reset`` zeroes everything (and the rate window).
@@ -130,6 +141,84 @@ class SlidingWindow:
         return out
 
 
+class AdaptiveLimit:
+    """A Fireworks-style adaptive prompt-token limit measured over a short trailing window."""
+
+    GROW_AT = 0.7  # share of the limit used, sustained, that makes it grow
+    REFUSE_AT = 1.5  # this far over the limit a request is refused (429)
+
+    def __init__(self, start_tpm: int, cap_tpm: int, period: float, window: float) -> None:
+        self.per_second = start_tpm / 60.0
+        self.cap = cap_tpm / 60.0
+        self.period = period
+        self.window = window
+        self.events: deque[tuple[float, int]] = deque()
+        self.tokens = 0
+        self.busy_since: float | None = None
+
+    def _expire(self, now: float) -> None:
+        while self.events and self.events[0][0] <= now - self.window:
+            self.tokens -= self.events.popleft()[1]
+
+    def admit(self, now: float, tokens: int) -> tuple[bool, bool, float]:
+        """(accepted, over the limit, retry_after)."""
+        self._expire(now)
+        budget = self.per_second * self.window
+        if self.tokens / budget >= self.GROW_AT:
+            if self.busy_since is None:
+                self.busy_since = now
+            elif now - self.busy_since >= self.period and self.per_second < self.cap:
+                self.per_second = min(self.cap, self.per_second * 2)
+                self.busy_since = now
+                budget = self.per_second * self.window
+        else:
+            self.busy_since = None
+        after = self.tokens + tokens
+        if after > self.REFUSE_AT * budget:
+            return False, True, 1.0
+        self.events.append((now, tokens))
+        self.tokens = after
+        return True, after > budget, 0.0
+
+    def headers(self, over: bool) -> dict[str, str]:
+        return {
+            "x-ratelimit-limit-tokens-prompt": str(int(self.per_second)),
+            "x-ratelimit-over-limit": "yes" if over else "no",
+        }
+
+
+def style_headers(style: str, window: SlidingWindow, now: float) -> dict[str, str]:
+    """The rate-limit headers of ``style`` describing ``window`` (empty for ``none``)."""
+    if style == "openai":
+        return window.headers(now)
+    if style == "none" or window.tpm is None:
+        return {}
+    tpm = window.tpm
+    remaining = max(0, tpm - window.tokens)
+    reset = (window.events[0][0] + WINDOW - now) if window.events else 0.0
+    if style == "ietf":
+        return {
+            "RateLimit-Limit": str(tpm),
+            "RateLimit-Remaining": str(remaining),
+            "RateLimit-Reset": str(math.ceil(max(reset, 0.0))),
+            "RateLimit-Policy": f"{tpm};w={WINDOW:g}",
+        }
+    if style == "ietf-structured":
+        policies = f'"tpm";q={tpm};w={WINDOW:g}'
+        states = f'"tpm";r={remaining};t={math.ceil(max(reset, 0.0))}'
+        if window.rpm is not None:
+            policies = f'"rpm";q={window.rpm};w={WINDOW:g};qu="requests", ' + policies
+            states = f'"rpm";r={max(0, window.rpm - len(window.events))};t={math.ceil(max(reset, 0.0))}, ' + states
+        return {"RateLimit-Policy": policies, "RateLimit": states}
+    if style == "x-ratelimit":
+        return {
+            "X-RateLimit-Limit": str(tpm),
+            "X-RateLimit-Remaining": str(remaining),
+            "X-RateLimit-Reset": str(math.ceil(time.time() + max(reset, 0.0))),
+        }
+    raise ValueError(f"unknown style {style!r}")
+
+
 class Stats:
     """Counters exposed on ``GET /stats``."""
 
@@ -137,6 +226,7 @@ class Stats:
         self.requests = 0
         self.ok = 0
         self.throttled = 0
+        self.over_limit = 0
         self.throttled_by: dict[str, int] = {"requests": 0, "tokens": 0}
         self.bad = 0
         self.inputs = 0
@@ -153,7 +243,7 @@ class Stats:
         sec = int(now - self.first_ts)
         b = self.timeline.get(sec)
         if b is None:
-            b = self.timeline[sec] = [0, 0, 0]
+            b = self.timeline[sec] = [0, 0, 0, 0]
         return b
 
     def as_dict(self, timeline: bool) -> dict:
@@ -161,6 +251,7 @@ class Stats:
             "requests": self.requests,
             "ok": self.ok,
             "throttled": self.throttled,
+            "over_limit": self.over_limit,
             "throttled_by": self.throttled_by,
             "bad": self.bad,
             "inputs": self.inputs,
@@ -178,9 +269,18 @@ class EmbeddingServer:
     """The aiohttp application and its precomputed response fragments."""
 
     def __init__(
-        self, dim: int, pool: int = 4096, rpm: int | None = None, tpm: int | None = None, seed: int = 0
+        self,
+        dim: int,
+        pool: int = 4096,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        seed: int = 0,
+        style: str = "openai",
+        adaptive: AdaptiveLimit | None = None,
     ) -> None:
         self.dim = dim
+        self.style = style
+        self.adaptive = adaptive
         self.pool = pool
         self.vectors = vecs = make_pool(dim, pool, seed)
         # {"object":"embedding","embedding":<...>,"index":  then  N}
@@ -259,9 +359,19 @@ class EmbeddingServer:
         tokens = sum(-(-len(b) // 4) + 1 for b in encoded)
 
         headers: dict[str, str] | None = None
+        if self.adaptive is not None:
+            accepted, over, wait = self.adaptive.admit(now, tokens)
+            headers = self.adaptive.headers(over)
+            bucket[3] = max(bucket[3], int(self.adaptive.per_second))
+            if not accepted:
+                stats.throttled += 1
+                bucket[1] += 1
+                headers["Retry-After"] = "1"
+                return self._error(429, "Too many requests: far over the limit", "rate_limit_error", None, headers)
+            stats.over_limit += over
         if self.limits is not None:
             accepted, wait, which = self.limits.admit(now, tokens)
-            headers = self.limits.headers(now)
+            headers = style_headers(self.style, self.limits, now)
             if not accepted:
                 stats.throttled += 1
                 stats.throttled_by[which] += 1
@@ -301,7 +411,11 @@ class EmbeddingServer:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    server = EmbeddingServer(args.dim, args.pool, args.rpm, args.tpm, args.seed)
+    adaptive = None
+    if args.style == "fireworks-adaptive":
+        adaptive = AdaptiveLimit(args.adaptive_start, args.adaptive_cap, args.adaptive_period, args.adaptive_window)
+        args.rpm = args.tpm = None
+    server = EmbeddingServer(args.dim, args.pool, args.rpm, args.tpm, args.seed, args.style, adaptive)
     runner = web.AppRunner(server.app(), access_log=None, handle_signals=True)
     await runner.setup()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -327,6 +441,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rpm", type=int, default=None, help="requests per minute (sliding 60 s window)")
     parser.add_argument("--tpm", type=int, default=None, help="tokens per minute (sliding 60 s window)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--style",
+        default="openai",
+        choices=["openai", "ietf", "ietf-structured", "x-ratelimit", "none", "fireworks-adaptive"],
+        help="how limits are announced (fireworks-adaptive: an adaptive limit instead of --rpm/--tpm)",
+    )
+    parser.add_argument("--adaptive-start", type=int, default=300_000, help="adaptive limit at start, tokens/min")
+    parser.add_argument("--adaptive-cap", type=int, default=2_400_000, help="adaptive limit ceiling, tokens/min")
+    parser.add_argument("--adaptive-period", type=float, default=30.0, help="seconds of >= 70%% use per doubling")
+    parser.add_argument("--adaptive-window", type=float, default=10.0, help="seconds the use is measured over")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args))

@@ -15,6 +15,11 @@ compute what the output must hold without talking to the server.
 
 Routes (each also answers under ``/v1``): ``POST /embeddings``, ``POST /rerank``, ``GET /models``.
 Every POST is recorded as a :class:`RecordedRequest` (in arrival order, whatever the answer).
+
+batchembed embeds a fixed canary text at the start of every run (``batchembed.servers.CANARY_TEXT``).
+Canary requests are answered like any other, but they never consume a scripted rule (unless the rule
+matches the canary text) and are left out of :attr:`requests`, :meth:`received_texts`,
+:meth:`all_texts` and :meth:`wait_for_requests`; :meth:`canary_requests` lists them.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ import numpy as np
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
+
+from batchembed.servers import CANARY_TEXT
 
 __all__ = [
     "MAX_DIM",
@@ -262,7 +269,8 @@ class FakeServer:
         self.max_input_chars: int | None = None
         """Any longer input -> 400 ``context_length_exceeded``."""
         self.poison: set[str] = set()
-        """Texts that always get 400 ``context_length_exceeded`` when present in a request."""
+        """Texts that always get 400 ``context_length_exceeded`` when present in a request, and so do their
+        prefixes (a client that cuts a refused text and sends it again is refused again)."""
         self.reorder = False
         """Return ``data`` in reversed order (indices stay correct)."""
         self.latency = 0.0
@@ -271,6 +279,14 @@ class FakeServer:
         """Whether ``encoding_format: "base64"`` is honoured (False: 400 like a strict server)."""
         self.strict = False
         """Reject unknown JSON fields with 400 (like Fireworks' ``additionalProperties: false``)."""
+        self.usage_scale = 1.0
+        """Multiplies the ``usage`` reported (Infinity reports characters: about 5x tokens)."""
+        self.ignore_dimensions = False
+        """Answer the native ``dim`` whatever ``dimensions`` asks (a server that does not support it)."""
+        self.served_model: str | None = None
+        """The ``model`` named in answers (default: the requested one)."""
+        self.vector_salt = ""
+        """Prepended to every text before its vector is drawn: a different model behind the same name."""
         self.rerank_format = "fireworks"
         """Rerank wire shape: ``fireworks``, ``cohere`` (``results``), ``voyage`` (``top_k``) or ``tei``."""
 
@@ -282,6 +298,7 @@ class FakeServer:
         self._rpm: int | None = None
         self._tpm: int | None = None
         self._window = 60.0
+        self._style = "openai"
         self._rl_log: deque[tuple[float, int]] = deque()
 
         self._held = False
@@ -380,18 +397,25 @@ class FakeServer:
         with self._lock:
             return list(self._rules)
 
-    def rate_limit(self, rpm: int | None = None, tpm: int | None = None, *, window: float = 60.0) -> None:
+    def rate_limit(
+        self, rpm: int | None = None, tpm: int | None = None, *, window: float = 60.0, style: str = "openai"
+    ) -> None:
         """Enforce ``rpm`` requests and ``tpm`` tokens per sliding ``window`` seconds (None: no limit).
 
-        Over the limit: 429 with ``Retry-After`` (integer seconds, >= 1) and ``x-ratelimit-*`` headers.
-        While any limit is set, every answer carries OpenAI's ``x-ratelimit-limit-requests/-tokens``,
-        ``-remaining-*`` and ``-reset-*`` headers. Tokens are :func:`token_count` per input (rerank:
-        query and documents). Rejected requests do not count. Calling this clears the window.
+        Over the limit: 429 with ``Retry-After`` (integer seconds, >= 1) and the style's headers. While
+        any limit is set, every answer announces it in ``style``: ``openai`` (``x-ratelimit-limit|
+        remaining|reset-requests|tokens``), ``ietf`` (``RateLimit-Limit/-Remaining/-Reset`` +
+        ``RateLimit-Policy: T;w=W``, tokens), ``ietf-structured`` (``RateLimit-Policy: "tpm";q=T;w=W`` +
+        ``RateLimit: "tpm";r=..;t=..``), ``x-ratelimit`` (``X-RateLimit-*``, reset as epoch ms), ``fireworks``
+        (``x-ratelimit-limit-tokens-prompt`` in tokens per second, ``x-ratelimit-over-limit``) or ``none``.
+        Tokens are :func:`token_count` per input (rerank: query and documents). Rejected requests do not
+        count. Calling this clears the window.
         """
         with self._lock:
             self._rpm = rpm
             self._tpm = tpm
             self._window = float(window)
+            self._style = style
             self._rl_log.clear()
 
     def hold(self) -> None:
@@ -425,19 +449,29 @@ class FakeServer:
 
     @property
     def requests(self) -> list[RecordedRequest]:
-        """A snapshot of every POST received so far, in arrival order."""
+        """A snapshot of every POST received so far (canary requests left out), in arrival order."""
         with self._lock:
-            return list(self._requests)
+            return [r for r in self._requests if not _is_canary(r)]
+
+    def canary_requests(self) -> list[RecordedRequest]:
+        """The canary requests batchembed sent at the start of its runs."""
+        with self._lock:
+            return [r for r in self._requests if _is_canary(r)]
 
     def received_texts(self) -> list[str]:
-        """All inputs of embedding requests answered 200, in arrival order."""
+        """All inputs of embedding requests answered 200 (canary left out), in arrival order."""
         with self._lock:
-            return [t for r in self._requests if r.kind == "embeddings" and r.status == 200 for t in r.inputs]
+            return [
+                t
+                for r in self._requests
+                if r.kind == "embeddings" and r.status == 200 and not _is_canary(r)
+                for t in r.inputs
+            ]
 
     def all_texts(self) -> list[str]:
-        """All inputs of all embedding requests received, whatever the answer."""
+        """All inputs of all embedding requests received (canary left out), whatever the answer."""
         with self._lock:
-            return [t for r in self._requests if r.kind == "embeddings" for t in r.inputs]
+            return [t for r in self._requests if r.kind == "embeddings" and not _is_canary(r) for t in r.inputs]
 
     def reset_records(self) -> None:
         """Forget recorded requests (scripted rules and limits stay)."""
@@ -460,8 +494,9 @@ class FakeServer:
     def wait_for_requests(self, n: int, timeout: float = 10) -> bool:
         """Block until at least ``n`` POSTs were received; return True, raise TimeoutError on timeout."""
         with self._lock:
-            if not self._lock.wait_for(lambda: len(self._requests) >= n, timeout=timeout):
-                raise TimeoutError(f"expected {n} requests within {timeout}s, got {len(self._requests)}")
+            count = lambda: sum(1 for r in self._requests if not _is_canary(r))  # noqa: E731
+            if not self._lock.wait_for(lambda: count() >= n, timeout=timeout):
+                raise TimeoutError(f"expected {n} requests within {timeout}s, got {count()}")
         return True
 
     # ---- request handling -----------------------------------------------------------------------
@@ -507,7 +542,10 @@ class FakeServer:
 
     def _take_rule(self, inputs: list[str], query: str | None) -> Rule | None:
         """Pop the first queued rule that applies to a request with these texts (lock held)."""
+        canary = inputs == [CANARY_TEXT]
         for i, rule in enumerate(self._rules):
+            if canary and rule.match != CANARY_TEXT:
+                continue
             if rule.match is None or rule.match in inputs or (query is not None and rule.match == query):
                 return self._rules.pop(i)
         return None
@@ -587,7 +625,7 @@ class FakeServer:
         limit = self.max_input_chars
         poison = self.poison
         for t in texts:
-            if (limit is not None and len(t) > limit) or (poison and t in poison):
+            if (limit is not None and len(t) > limit) or (poison and any(p.startswith(t) for p in poison)):
                 raise _Reply(
                     400,
                     f"This model's maximum context length is {limit or 0} characters, "
@@ -624,7 +662,7 @@ class FakeServer:
         if any(t == "" for t in texts):
             raise _Reply(400, "'input' must not contain empty strings")
         dims = body.get("dimensions")
-        if dims is None:
+        if dims is None or self.ignore_dimensions:
             dims = self.dim
         elif not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= self.dim:
             raise _Reply(400, f"'dimensions' must be an integer between 1 and {self.dim}, got {dims!r}")
@@ -639,12 +677,15 @@ class FakeServer:
         tokens = sum(token_count(t) for t in texts)
         order = range(len(texts) - 1, -1, -1) if self.reorder else range(len(texts))
         encode = _float_json if fmt == "float" else _base64_json
+        salt = self.vector_salt
         # Assembled from per-vector cached JSON fragments: large float answers stay cheap.
         items = b",".join(
-            b'{"object":"embedding","index":%d,"embedding":%s}' % (i, encode(texts[i], dims)) for i in order
+            b'{"object":"embedding","index":%d,"embedding":%s}' % (i, encode(salt + texts[i], dims)) for i in order
         )
-        usage = orjson.dumps({"prompt_tokens": tokens, "total_tokens": tokens})
-        payload = b'{"object":"list","model":%s,"data":[%s],"usage":%s}' % (orjson.dumps(model), items, usage)
+        reported = round(tokens * self.usage_scale)
+        usage = orjson.dumps({"prompt_tokens": reported, "total_tokens": reported})
+        served = orjson.dumps(self.served_model or model)
+        payload = b'{"object":"list","model":%s,"data":[%s],"usage":%s}' % (served, items, usage)
         return payload, tokens
 
     def _rerank(self, body: dict[str, Any]) -> tuple[Any, int]:
@@ -744,6 +785,8 @@ class FakeServer:
             return self._rate_limit_headers_locked(now)
 
     def _rate_limit_headers_locked(self, now: float) -> dict[str, str]:
+        if self._style != "openai":
+            return self._styled_headers_locked(now)
         log_ = self._rl_log
         headers: dict[str, str] = {}
         if self._rpm is not None:
@@ -759,6 +802,46 @@ class FakeServer:
             headers["x-ratelimit-remaining-tokens"] = str(max(0, self._tpm - used))
             headers["x-ratelimit-reset-tokens"] = _fmt_duration(reset)
         return headers
+
+    def _styled_headers_locked(self, now: float) -> dict[str, str]:
+        log_ = self._rl_log
+        used = sum(t for _, t in log_)
+        reset = (log_[0][0] + self._window - now) if log_ else 0.0
+        return _styled_headers(self._style, self._tpm, used, reset, self._window)
+
+
+def _styled_headers(style: str, tpm: int | None, used: int, reset: float, window: float) -> dict[str, str]:
+    """Rate-limit headers of a non-OpenAI ``style`` for a tokens limit ``tpm`` per ``window`` seconds."""
+    if style == "none" or tpm is None:
+        return {}
+    remaining = max(0, tpm - used)
+    reset_s = str(math.ceil(max(reset, 0.0)))
+    if style == "ietf":
+        return {
+            "RateLimit-Limit": str(tpm),
+            "RateLimit-Remaining": str(remaining),
+            "RateLimit-Reset": reset_s,
+            "RateLimit-Policy": f"{tpm};w={window:g}",
+        }
+    if style == "ietf-structured":
+        return {"RateLimit-Policy": f'"tpm";q={tpm};w={window:g}', "RateLimit": f'"tpm";r={remaining};t={reset_s}'}
+    if style == "x-ratelimit":
+        return {
+            "X-RateLimit-Limit": str(tpm),
+            "X-RateLimit-Remaining": str(remaining),
+            "X-RateLimit-Reset": str(int((time.time() + max(reset, 0.0)) * 1000)),
+        }
+    if style == "fireworks":
+        per_second = tpm / window
+        return {
+            "x-ratelimit-limit-tokens-prompt": str(int(per_second)),
+            "x-ratelimit-over-limit": "yes" if used > tpm else "no",
+        }
+    raise ValueError(f"unknown rate-limit style {style!r}")
+
+
+def _is_canary(record: RecordedRequest) -> bool:
+    return record.kind == "embeddings" and record.inputs == [CANARY_TEXT]
 
 
 def _extract_inputs(body: Any, kind: str, rerank_format: str) -> tuple[list[str], str | None]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from batchembed.engines.budget import JobBudget, learned_limits
+from batchembed.engines.budget import JobBudget
 
 
 class Clock:
@@ -60,5 +60,3 @@ def test_a_pause_holds_every_worker_and_learned_limits_lower_the_rate():
     assert budget.limits()["requests_per_minute"] == 120
     budget.learn(6000, None)  # a server raising its limit is followed, never above the configured one
     assert budget.limits()["requests_per_minute"] == 600
-    assert learned_limits({"x-ratelimit-limit-requests": "300", "x-ratelimit-limit-tokens": "1e6"}) == (300, 10**6)
-    assert learned_limits({}) == (None, None)

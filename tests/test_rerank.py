@@ -73,6 +73,7 @@ def test_pairs_split_across_requests_equal_one_big_request(tmp_path, srv):
     result = run_cli("run", str(job), "--quiet")
 
     assert result.returncode == 0, result.stderr
+    assert "rows scored" in result.stderr and "embedded" not in result.stderr
     table = read_output(tmp_path / "out")
     assert _got(table) == _expected(rows)
     assert table.schema.field("score").type == pa.float32() and table.schema.field("rank").type == pa.int32()

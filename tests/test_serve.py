@@ -135,6 +135,15 @@ def test_rerank_sorted_top_n_and_return_documents(server):
     assert [d["index"] for d in top["data"]] == [d["index"] for d in body["data"][:2]]
     assert all("document" not in d for d in top["data"])
 
+    # Jina/Cohere clients send documents as {"text": ...} objects: the same scores
+    status, objects, _ = http(
+        f"{server}/v1/rerank", {"query": query, "documents": [{"text": d} for d in documents], "top_n": 2}
+    )
+    assert status == 200, objects
+    assert [(d["index"], d["relevance_score"]) for d in objects["data"]] == [
+        (d["index"], d["relevance_score"]) for d in body["data"][:2]
+    ]
+
 
 def test_models_health_and_prefixes(server, embedder):
     status, models, _ = http(f"{server}/v1/models")

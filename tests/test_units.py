@@ -166,16 +166,16 @@ def test_malformed_override_is_a_usage_error(tmp_path):
 # ------------------------------------------------------------------------------------------ tokens
 
 
-def test_estimate_is_conservative_then_calibrates_down_fast_and_up_slowly():
+def test_estimate_is_conservative_and_no_server_count_changes_it():
+    # Issue 11: a server's usage (Infinity counts characters, ~5x tokens) must never change what is cut or
+    # packed; it tunes pacing only (RateLimits.observe_usage).
     counter = EstimateCounter()
     texts = pa.array(["a" * 400, None, ""])
     first = counter.count(texts)
     assert list(first) == [136, 2, 2]
-    counter.observe(estimated=136, reported=200)  # server counts more: trust it at once
-    assert counter.count(texts)[0] > 200
-    ratio = counter.bytes_per_token
-    counter.observe(estimated=100, reported=20)  # server counts far less: move slowly, bounded
-    assert ratio < counter.bytes_per_token <= EstimateCounter.CEILING
+    for reported in (200, 20, 5 * 136):
+        counter.observe(estimated=136, reported=reported)
+        assert list(counter.count(texts)) == [136, 2, 2]
 
 
 def test_estimate_truncates_on_character_boundaries():
@@ -318,3 +318,34 @@ def test_minute_log_holds_back_what_would_overfill_the_trailing_minute():
     assert log.wait_for(40, now=20.0) == pytest.approx(40.0)  # the first charge leaves the window at 60
     assert log.wait_for(80, now=20.0) == pytest.approx(50.0)  # both must leave
     assert log.wait_for(40, now=61.0) == 0.0
+
+
+def test_paced_limit_follows_announcements_and_aimd():
+    from batchembed.limits import AIMD_DECREASE, PacedLimit
+
+    now = [0.0]
+    pace = PacedLimit("tokens", 1_200_000, clock=lambda: now[0])
+    pace.learn(600_000)  # the server's announcement wins over the configured limit
+    assert (pace.value, pace.source) == (600_000, "server")
+    assert pace.bucket.max_rate == 10_000  # rebuilt for the announced pace
+    pace.learn(2_000_000)  # never above what the job was told
+    assert (pace.value, pace.source) == (1_200_000, "configured")
+
+    blind = PacedLimit("tokens", 1_200_000, clock=lambda: now[0])
+    for _ in range(60):  # 600k accepted over the last 30 s, then a 429: the server's window is full
+        now[0] += 0.5
+        blind.accepted(10_000)
+    blind.throttled(429)
+    assert blind.source == "adaptive" and blind.value == pytest.approx(AIMD_DECREASE * 600_000)
+    built = blind.bucket
+    for _ in range(20):  # additive increase; the bucket follows once the drift is real (5%)
+        blind.accepted(10_000)
+    assert blind.bucket is built
+    for _ in range(180):
+        blind.accepted(10_000)
+    assert blind.value == pytest.approx(AIMD_DECREASE * 600_000 + 0.02 * 2_000_000)
+    assert blind.bucket is not built
+    now[0] += 1  # within 5 s of the last cut: one burst of 429s counts once
+    before = blind.value
+    blind.throttled(429)
+    assert blind.value == before

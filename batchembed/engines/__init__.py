@@ -15,6 +15,7 @@ def run_job(
     quiet: bool = False,
     restart: bool = False,
     retry_failed: bool = True,
+    accept_model_change: bool = False,
     engine: str | None = None,
     workers: int | None = None,
     shard: str | None = None,
@@ -27,7 +28,12 @@ def run_job(
         if workers < 1:
             raise UsageError(f"--workers must be at least 1, got {workers}")
         job = dataclasses.replace(job, engine=dataclasses.replace(job.engine, workers=workers))
-    options = {"quiet": quiet, "restart": restart, "retry_failed": retry_failed}
+    options = {
+        "quiet": quiet,
+        "restart": restart,
+        "retry_failed": retry_failed,
+        "accept_model_change": accept_model_change,
+    }
     if shard is not None:
         if kind == "ray":
             raise UsageError("--shard and --engine ray do not go together: Ray already splits the job over workers")

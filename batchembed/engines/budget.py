@@ -17,7 +17,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from batchembed.limits import AdaptiveWindow, RateLimits, exhausted_for
+from batchembed.limits import AdaptiveWindow, RateLimits
+from batchembed.ratelimit_headers import Announced
 
 
 class _Pacer:
@@ -80,17 +81,6 @@ class JobBudget:
         }
 
 
-def learned_limits(headers: Mapping[str, str]) -> tuple[int | None, int | None]:
-    """(requests/min, tokens/min) the server states in OpenAI-style ``x-ratelimit-limit-*`` headers."""
-    found: list[int | None] = []
-    for kind in ("requests", "tokens"):
-        try:
-            found.append(int(float(headers[f"x-ratelimit-limit-{kind}"])))
-        except (KeyError, ValueError):
-            found.append(None)
-    return found[0], found[1]
-
-
 class _SharedWindow(AdaptiveWindow):
     """The worker's own AIMD window whose pauses are also sent to the job's budget."""
 
@@ -110,22 +100,21 @@ class SharedLimits(RateLimits):
         super().__init__(requests_per_minute, tokens_per_minute, concurrency)
         self.budget = budget
         self.window = _SharedWindow(concurrency, budget)
-        self._known: tuple[int | None, int | None] = (None, None)
+        self._known: tuple[float | None, float | None] = (None, None)
 
     async def admit(self, tokens: int) -> None:
         """Wait for the job-wide budget of one request of ``tokens`` (estimated, charged as the server counts)."""
-        charge = max(int(tokens * self.charge_ratio * 1.02), 1)
         async with self._admitting:
-            wait = await self.budget.reserve.remote(1, charge)
+            wait = await self.budget.reserve.remote(1, self.charge(tokens))
             if wait > 0:
                 await asyncio.sleep(wait)
 
-    def observe_headers(self, headers: Mapping[str, str]) -> None:
-        """Share what the server says: a spent budget pauses every worker; stated limits cap the job's."""
-        wait = exhausted_for(headers)
-        if wait:
-            self.window.pause(wait)
-        stated = learned_limits(headers)
-        if any(stated) and stated != self._known:
+    def observe(self, headers: Mapping[str, str], status: int | None, tokens: int) -> Announced:
+        """Learn as a single process does (``RateLimits.observe``: every header style), and share it: a
+        spent budget pauses every worker (through the window); announced limits become the job's."""
+        found = super().observe(headers, status, tokens)
+        stated = (found.requests_per_minute, found.tokens_per_minute)
+        if any(v is not None for v in stated) and stated != self._known:
             self._known = stated
-            self.budget.learn.remote(*stated)
+            self.budget.learn.remote(*(None if v is None else int(v) for v in stated))
+        return found

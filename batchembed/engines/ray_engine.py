@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import logging
 import os
@@ -34,6 +35,7 @@ from batchembed.engines.budget import JobBudget, SharedLimits
 from batchembed.engines.parts import owned_by
 from batchembed.errors import BatchEmbedError, ConfigError
 from batchembed.runner import EXIT_OK, JobRunner
+from batchembed.servers import run_canary
 from batchembed.sources import SourceFile
 
 #: Times one slice is re-submitted after its worker process or node died, before the job gives up.
@@ -104,6 +106,23 @@ class SliceRunner(JobRunner):
 
     def _acquire(self) -> None:
         return None  # the driver holds the output's lock/lease for the whole run
+
+    async def _check_server(self, manifest: Manifest) -> None:
+        """The canary as the driver ran it, on a copy: a worker never saves the driver's manifest."""
+        if self.job.is_rerank:
+            return
+        vector = await run_canary(
+            self.provider,
+            self.limits,
+            copy.deepcopy(manifest),
+            self.served,
+            max_retries=self.job.limits.max_retries,
+            accept_change=True,  # the driver's canary already decided
+            where=str(self.out),
+            say=lambda _line: None,
+        )
+        if getattr(self.task, "dim", 0) is None:
+            self.task.dim = len(vector)
 
     def _open_manifest(self, sources: list[SourceFile]) -> Manifest:
         return self._given  # the driver's, as of the slice's submission; never saved here

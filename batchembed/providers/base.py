@@ -19,12 +19,14 @@ class EmbeddingResult:
 
     ``vectors`` is a C-contiguous float32 array of shape (n_inputs, dim). ``prompt_tokens`` is the
     usage the server reported (None when it reported none). ``headers`` carries response headers
-    that matter to rate limiting (lower-cased names), so the limiter can adapt.
+    that matter to rate limiting (lower-cased names), so the limiter can adapt; ``model`` is the
+    model the answer names, checked against the one asked for.
     """
 
     vectors: np.ndarray
     prompt_tokens: int | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    model: str | None = None  # the model the server says answered (its ``model`` field)
 
 
 class Embedder(Protocol):

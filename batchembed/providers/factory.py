@@ -51,7 +51,7 @@ def counter_for(job: JobConfig) -> tuple[TokenCounter, int | None]:
     if resolve_model(job).provider == "local":
         built = build(job)
         return built.counter, built.max_tokens
-    return make_counter(job.limits.tokenizer), None
+    return make_counter(job.limits.tokenizer, resolve_model(job).name), None
 
 
 def build(job: JobConfig) -> Built:
@@ -84,8 +84,9 @@ def build(job: JobConfig) -> Built:
             fmt=fmt,
             timeout=job.model.timeout,
             max_connections=job.limits.concurrency,
+            extra_body=job.model.extra_body,
         )
-        return Built(reranker, make_counter(job.limits.tokenizer), {}, None)
+        return Built(reranker, make_counter(job.limits.tokenizer, model.name), {}, None)
     from batchembed.providers.openai_compat import OpenAICompatibleEmbedder
 
     embedder = OpenAICompatibleEmbedder(
@@ -98,8 +99,10 @@ def build(job: JobConfig) -> Built:
         timeout=job.model.timeout,
         max_connections=job.limits.concurrency,
         fall_back_to_float=job.model.encoding == "auto",
+        dimensions_by=job.model.dimensions_by,
+        extra_body=job.model.extra_body,
     )
-    return Built(embedder, make_counter(job.limits.tokenizer), {}, None)
+    return Built(embedder, make_counter(job.limits.tokenizer, model.name), {}, None)
 
 
 class LocalModelCounter:

@@ -9,6 +9,7 @@ import orjson
 
 from batchembed import __version__
 from batchembed.errors import TransientAPIError, redact
+from batchembed.ratelimit_headers import is_rate_header
 from batchembed.retry import classify
 
 
@@ -44,7 +45,9 @@ class JSONClient:
             raise TransientAPIError(redact(f"connection failed: {type(exc).__name__}: {exc}")) from None
         if status != 200:
             message, code = error_message(payload)
-            raise classify(status, redact(f"HTTP {status} from {url}: {message}"), code, headers)
+            error = classify(status, redact(f"HTTP {status} from {url}: {message}"), code, headers)
+            error.headers = rate_headers(headers)  # a 429 still says what the limits are
+            raise error
         return payload, headers
 
     async def aclose(self) -> None:
@@ -56,7 +59,7 @@ class JSONClient:
 
 def rate_headers(headers: dict[str, str]) -> dict[str, str]:
     """The response headers the limiter adapts to."""
-    return {k: v for k, v in headers.items() if k.startswith("x-ratelimit")}
+    return {k: v for k, v in headers.items() if is_rate_header(k)}
 
 
 def error_message(payload: bytes) -> tuple[str, str | None]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from batchembed.errors import MalformedResponse, TerminalAPIError
+from batchembed.errors import MalformedResponse, ServerIgnoredSettings, TerminalAPIError
 from batchembed.providers.base import EmbeddingResult
 from batchembed.providers.http import JSONClient, rate_headers
 
@@ -35,10 +35,14 @@ class OpenAICompatibleEmbedder:
         timeout: float,
         max_connections: int,
         fall_back_to_float: bool = False,
+        dimensions_by: str = "server",
+        extra_body: Mapping[str, Any] | None = None,
     ) -> None:
         self.provider = provider
         self.model = model
         self.dimensions = dimensions
+        self.dimensions_by = dimensions_by  # "client": never send `dimensions`, cut Matryoshka vectors here
+        self.extra_body = dict(extra_body or {})
         self.use_base64 = use_base64
         self.fall_back_to_float = fall_back_to_float
         self._http = JSONClient(base_url, api_key, timeout, max_connections)
@@ -46,11 +50,12 @@ class OpenAICompatibleEmbedder:
     def request_body(self, texts: list[str]) -> dict[str, Any]:
         """The JSON body for ``texts``: only fields every compatible server knows."""
         body: dict[str, Any] = {
+            **self.extra_body,  # [model] extra_body; config validation keeps it off model/input
             "model": self.model,
             "input": texts,
             "encoding_format": "base64" if self.use_base64 else "float",
         }
-        if self.dimensions is not None:
+        if self.dimensions is not None and self.dimensions_by == "server":
             body["dimensions"] = self.dimensions
         return body
 
@@ -66,8 +71,11 @@ class OpenAICompatibleEmbedder:
                 self.use_base64 = False
                 return await self.embed(texts)
             raise
-        vectors, tokens = parse_embeddings(payload, len(texts), self.dimensions)
-        return EmbeddingResult(vectors, tokens, rate_headers(headers))
+        client_cut = self.dimensions_by == "client" and self.dimensions is not None
+        vectors, tokens, served = parse_answer(payload, len(texts), None if client_cut else self.dimensions)
+        if client_cut:
+            vectors = cut_dimensions(vectors, self.dimensions)
+        return EmbeddingResult(vectors, tokens, rate_headers(headers), served)
 
     async def aclose(self) -> None:
         """Close the pooled session."""
@@ -82,8 +90,15 @@ def _rejects_base64(exc: TerminalAPIError) -> bool:
 def parse_embeddings(payload: bytes, expected: int, dimensions: int | None) -> tuple[np.ndarray, int | None]:
     """Decode an embeddings response into a (expected, dim) float32 array ordered by ``index``.
 
-    Raises ``MalformedResponse`` when the count, the indices, the dimension or the values are wrong.
+    Raises ``MalformedResponse`` when the count, the indices, the dimension or the values are wrong,
+    ``ServerIgnoredSettings`` when every vector has a length other than ``dimensions``.
     """
+    vectors, tokens, _ = parse_answer(payload, expected, dimensions)
+    return vectors, tokens
+
+
+def parse_answer(payload: bytes, expected: int, dimensions: int | None) -> tuple[np.ndarray, int | None, str | None]:
+    """``parse_embeddings`` plus the ``model`` the answer names (None when it names none)."""
     try:
         doc = orjson.loads(payload)
         items = doc["data"]
@@ -95,6 +110,12 @@ def parse_embeddings(payload: bytes, expected: int, dimensions: int | None) -> t
     rows = [_decode(item.get("embedding") if isinstance(item, dict) else None) for item in items]
     dim = len(rows[0]) if rows else (dimensions or 0)
     if dimensions is not None and dim != dimensions:
+        if all(len(r) == dim for r in rows):  # the whole answer: the server ignores the setting
+            raise ServerIgnoredSettings(
+                f"asked for {dimensions} dimensions, the server answered {dim} for every input: it ignores "
+                f"`dimensions` or serves another model. Set model.dimensions = {dim} (or remove it), or "
+                'model.dimensions_by = "client" to cut Matryoshka vectors to size here'
+            )
         raise MalformedResponse(f"asked for {dimensions} dimensions, got {dim}")
     out = np.empty((expected, dim), dtype=np.float32)
     seen = np.zeros(expected, dtype=bool)
@@ -110,7 +131,8 @@ def parse_embeddings(payload: bytes, expected: int, dimensions: int | None) -> t
         raise MalformedResponse("response holds NaN or infinite values")
     usage = doc.get("usage") if isinstance(doc, dict) else None
     tokens = usage.get("prompt_tokens") if isinstance(usage, Mapping) else None
-    return out, (int(tokens) if isinstance(tokens, int) else None)
+    served = doc.get("model") if isinstance(doc, dict) else None
+    return out, (int(tokens) if isinstance(tokens, int) else None), (served if isinstance(served, str) else None)
 
 
 def _decode(value: Any) -> np.ndarray:
@@ -128,3 +150,16 @@ def _decode(value: Any) -> np.ndarray:
         except (TypeError, ValueError):
             raise MalformedResponse("embedding holds non-numbers") from None
     raise MalformedResponse(f"embedding has unexpected type {type(value).__name__}")
+
+
+def cut_dimensions(vectors: np.ndarray, dimensions: int) -> np.ndarray:
+    """Matryoshka truncation done here: the first ``dimensions`` components, L2-normalised again."""
+    if vectors.shape[1] < dimensions:
+        raise ServerIgnoredSettings(
+            f"model.dimensions = {dimensions} cannot be cut from the server's {vectors.shape[1]}-dimensional "
+            f"vectors; set model.dimensions to at most {vectors.shape[1]}"
+        )
+    cut = np.ascontiguousarray(vectors[:, :dimensions], dtype=np.float32)
+    norms = np.linalg.norm(cut, axis=1, keepdims=True)
+    np.divide(cut, norms, out=cut, where=norms > 0)
+    return cut

@@ -99,15 +99,17 @@ class HTTPReranker:
         fmt: str,
         timeout: float,
         max_connections: int,
+        extra_body: dict[str, Any] | None = None,
     ) -> None:
         self.provider = provider
         self.model = model
         self.format = fmt
+        self.extra_body = dict(extra_body or {})
         self._http = JSONClient(base_url, api_key, timeout, max_connections)
 
     async def rerank(self, query: str, documents: list[str], task: str | None = None) -> RerankResult:
         """Score every document against ``query``."""
-        body = request_body(self.format, self.model, query, documents, task)
+        body = {**self.extra_body, **request_body(self.format, self.model, query, documents, task)}
         payload, headers = await self._http.post("/rerank", body)
         scores, tokens = parse_scores(payload, len(documents))
         return RerankResult(scores, tokens, rate_headers(headers))

@@ -7,7 +7,7 @@ row that shares a text gets the same vector.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,14 +17,14 @@ import pyarrow.compute as pc
 from batchembed import __version__
 from batchembed.batching import pack
 from batchembed.config import JobConfig, ResolvedModel, text_fields
-from batchembed.errors import InputError, MalformedResponse
+from batchembed.errors import InputError, MalformedResponse, ServerIgnoredSettings
 from batchembed.memo import VectorMemo, text_keys
 from batchembed.plan import Chunk
 from batchembed.progress import Stats
 from batchembed.providers.base import Embedder, EmbeddingResult
 from batchembed.tasks import Piece, Request, failure_table
 from batchembed.texts import add_prefix, blank_mask, build_texts
-from batchembed.tokens import TokenCounter
+from batchembed.tokens import TokenCounter, exact_counts, over_limit
 from batchembed.writer import vector_array
 
 
@@ -64,6 +64,10 @@ class EmbedWork:
             self.journaled = np.zeros(len(self.texts), dtype=bool)
         self.journaled[items] = True
 
+    # text index -> (why it was cut, its tokens and characters before the cut)
+    truncated: dict[int, tuple[str, int, int]] = field(default_factory=dict)
+    server_cuts: dict[int, int] = field(default_factory=dict)  # text index -> cuts after "too long" answers
+
 
 def id_column_name(job: JobConfig) -> str:
     """Output column holding each row's id: the input's id column, else a generated "file:row" column."""
@@ -89,6 +93,10 @@ def chunk_positions(chunk: Chunk) -> np.ndarray:
     if chunk.rows is not None:
         return np.asarray(chunk.rows, dtype=np.int64)
     return np.arange(chunk.first_row, chunk.first_row + chunk.table.num_rows, dtype=np.int64)
+
+
+#: How often one text is cut again after the server answered "input too long" before it fails.
+MAX_SERVER_CUTS = 3
 
 
 class EmbedTask:
@@ -150,7 +158,8 @@ class EmbedTask:
         counts = self.counter.count(unique) if len(unique) else np.zeros(0, np.int64)
         unique_texts = unique.to_pylist()
         skipped = int(blank.sum())
-        too_long = np.flatnonzero(counts > self.input_tokens)
+        too_long, counts = over_limit(self.counter, unique, counts, self.input_tokens)
+        truncated: dict[int, tuple[str, int, int]] = {}
         if len(too_long):
             policy = job.limits.on_too_long
             if policy == "fail":
@@ -161,6 +170,7 @@ class EmbedTask:
                 )
             if policy == "truncate":
                 for i in too_long:
+                    truncated[int(i)] = ("limits.input_tokens", int(counts[i]), len(unique_texts[i]))
                     unique_texts[i] = self.counter.truncate(unique_texts[i], self.input_tokens)
                 cut = self.counter.count(pa.array([unique_texts[i] for i in too_long], pa.string()))
                 counts[too_long] = np.minimum(cut, self.input_tokens)
@@ -177,6 +187,7 @@ class EmbedTask:
             texts=unique_texts,
             tokens=counts,
             keys=keys,
+            truncated=truncated,
         )
         hits = self.memo.lookup(keys[used]) if len(used) else {}
         if hits:
@@ -252,8 +263,12 @@ class EmbedTask:
         dim = vectors.shape[1]
         if self.dim is None:
             self.dim = dim
-        elif dim != self.dim:
-            raise MalformedResponse(f"got {dim}-dimensional vectors, expected {self.dim}")
+        elif dim != self.dim:  # every vector of the answer: the server ignores dimensions or changed model
+            raise ServerIgnoredSettings(
+                f"the server answered {dim}-dimensional vectors for every input, where this job's vectors have "
+                f"{self.dim}: it ignores model.dimensions or serves another model. Set model.dimensions = {dim} "
+                'and run with --restart, or model.dimensions_by = "client" to cut vectors here'
+            )
         work: EmbedWork = request.piece.work
         work.set_vectors(request.items, vectors)
         self.memo.store(work.keys[request.items], vectors)
@@ -319,6 +334,48 @@ class EmbedTask:
             if len(rest):
                 left.append(Request(piece, rest, int(work.tokens[rest].sum())))
         return left, recovered_rows, resent
+
+    def shorten(self, request: Request) -> bool:
+        """The server said this one text is too long although it fits our count: cut it by a quarter.
+
+        The server's answer is the last word on length. Returns False when nothing more can be cut
+        (the request is then dead-lettered)."""
+        work: EmbedWork = request.piece.work
+        i = int(request.items[0])
+        if work.server_cuts.get(i, 0) >= MAX_SERVER_CUTS:
+            return False
+        work.server_cuts[i] = work.server_cuts.get(i, 0) + 1
+        text = work.texts[i]
+        tokens = int(exact_counts(self.counter, pa.array([text], pa.string()))[0])
+        limit = int(min(tokens, self.input_tokens) * 0.75)
+        cut = self.counter.truncate(text, limit) if limit >= 1 else ""
+        if not cut or cut == text:
+            return False
+        before = work.truncated.get(i, ("", tokens, len(text)))
+        work.truncated[i] = ("server: input too long", before[1], before[2])
+        work.texts[i] = cut
+        request.tokens = int(self.counter.count(pa.array([cut], pa.string()))[0])
+        return True
+
+    def truncated_rows(self, piece: Piece) -> pa.Table | None:
+        """Rows of a finished piece whose text was cut: id, file, row, reason, tokens and chars before/after."""
+        work: EmbedWork = piece.work
+        cut = {i: v for i, v in work.truncated.items() if i not in piece.errors}
+        if not cut:
+            return None
+        idx = np.flatnonzero(np.isin(work.row_to_text, np.fromiter(cut, np.int64)))
+        texts = work.row_to_text[idx]
+        return pa.table(
+            {
+                "id": pc.cast(work.table.column(self.id_column).take(pa.array(idx)), pa.string()),
+                "file": piece.chunk.file_names().take(pa.array(idx)),
+                "row": pa.array(work.positions[idx], pa.int64()),
+                "reason": pa.array([cut[int(t)][0] for t in texts], pa.string()),
+                "tokens_before": pa.array([cut[int(t)][1] for t in texts], pa.int64()),
+                "chars_before": pa.array([cut[int(t)][2] for t in texts], pa.int64()),
+                "chars_after": pa.array([len(work.texts[int(t)]) for t in texts], pa.int64()),
+            }
+        )
 
     def failed_rows(self, piece: Piece) -> int:
         """Rows whose text failed."""

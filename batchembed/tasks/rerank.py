@@ -28,7 +28,7 @@ from batchembed.providers.rerank import RerankResult
 from batchembed.tasks import Piece, Request, failure_table
 from batchembed.tasks.embed import chunk_positions, generated_ids
 from batchembed.texts import as_string, blank_mask
-from batchembed.tokens import TokenCounter
+from batchembed.tokens import TokenCounter, over_limit
 
 
 @dataclass
@@ -85,7 +85,8 @@ class RerankTask:
         q_tokens = self.counter.count(pa.array(work.queries, pa.string())) if work.queries else np.zeros(0, np.int64)
         d_tokens = self.counter.count(pa.array(work.documents, pa.string()))
         budget = self.input_tokens - q_tokens[work.pair_group] if len(work.documents) else np.zeros(0, np.int64)
-        over = np.flatnonzero(work.sendable & (d_tokens > budget))
+        over, d_tokens = over_limit(self.counter, pa.array(work.documents, pa.string()), d_tokens, budget)
+        over = over[work.sendable[over]]
         if len(over):
             policy = self.job.limits.on_too_long
             if policy == "fail":
@@ -248,6 +249,14 @@ class RerankTask:
         if not piece.errors:
             return np.zeros(0, np.int64)
         return np.unique(work.pair_group[np.fromiter(piece.errors, np.int64)])
+
+    def shorten(self, request: Request) -> bool:
+        """A pair the server finds too long is not cut again (it fails like any other row)."""
+        return False
+
+    def truncated_rows(self, piece: Piece) -> pa.Table | None:
+        """Rerank jobs cut documents to fit ``limits.input_tokens`` but do not list them."""
+        return None
 
     def failed_rows(self, piece: Piece) -> int:
         """Input rows of the groups that failed (a group fails whole)."""
