@@ -6,8 +6,8 @@ budget is a GCRA (virtual scheduling) pacer per limit: it holds one second's bud
 spaces the rest at ``(limit - burst) / 60`` per second, so no 60-second window sees more than the
 limit however many workers ask (the same arithmetic as the single-process buckets in
 :mod:`batchembed.limits`). What workers learn from the server lowers it for everyone: a pause
-(Retry-After, a budget exhausted until its reset) holds every worker, and a lower
-``x-ratelimit-limit-*`` than configured becomes the job's limit.
+(Retry-After, a budget exhausted until its reset) holds every worker, and the limits a server
+announces (any header style ``RateLimits.observe`` reads) become the job's, up to the configured ones.
 """
 
 from __future__ import annotations
