@@ -28,36 +28,11 @@ import psutil
 import pyarrow.parquet as pq
 
 from benchmarks import data
-from benchmarks.run import WORK, Server, batchembed_command, run_measured
+from benchmarks.common import HERE, ROOT, WORK, Server, batchembed_command, run_measured, unlimited, write_job
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.s3server import MotoServer  # noqa: E402 - the same server the tests use
-
-
-def job_text(input_path: str, output_path: str, url: str, shard_rows: int) -> str:
-    return f"""[input]
-path = "{input_path}"
-text = "text"
-id = "id"
-
-[model]
-provider = "openai-compatible"
-base_url = "{url}"
-encoding = "base64"
-
-[limits]
-requests_per_minute = 1000000
-tokens_per_minute = 1000000000
-concurrency = 16
-batch_inputs = 256
-
-[output]
-path = "{output_path}"
-shard_rows = {shard_rows}
-"""
+from tests.s3server import MotoServer
 
 
 def check_local(out: Path, rows: int) -> str:
@@ -108,9 +83,14 @@ def main(argv: list[str] | None = None) -> int:
             moto = psutil.Process(s3.proc.pid)
             for i in range(args.repeat):
                 for name, (src, out) in jobs.items():
-                    job = WORK / "jobs" / f"object-store-{name.split()[0].lower()}.toml"
-                    job.parent.mkdir(parents=True, exist_ok=True)
-                    job.write_text(job_text(src, out, srv.url, args.shard_rows))
+                    job = write_job(
+                        WORK / "jobs" / f"object-store-{name.split()[0].lower()}.toml",
+                        input_path=src,
+                        url=srv.url,
+                        out=out,
+                        limits=unlimited(),
+                        shard_rows=args.shard_rows,
+                    )
                     moto_cpu0 = sum(moto.cpu_times()[:2])
                     m = run_measured(
                         [*entry, "run", str(job), "--quiet", "--restart"],

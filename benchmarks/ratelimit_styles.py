@@ -24,105 +24,59 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import select
 import signal
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks import data
+from benchmarks.common import HERE, PY, WORK, MeasuredChild, Server, child_env, write_job
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-WORK = data.DATA_DIR
-PY = sys.executable
 STYLES = ["openai", "ietf", "ietf-structured", "x-ratelimit", "none", "fireworks-adaptive"]
 TPM, RPM = 600_000, 600
 ADAPTIVE_START, ADAPTIVE_CAP = 300_000, 2_400_000
 
 
-def start_server(style: str, period: float) -> tuple[subprocess.Popen, str]:
-    cmd = [PY, "-m", "benchmarks.server", "--port", "0", "--dim", "256", "--style", style]
+def server_options(style: str, period: float) -> list[str]:
+    """``benchmarks.server`` options for ``style``: its adaptive schedule, or the fixed limits."""
     if style == "fireworks-adaptive":
-        cmd += ["--adaptive-start", str(ADAPTIVE_START), "--adaptive-cap", str(ADAPTIVE_CAP)]
-        cmd += ["--adaptive-period", str(period)]
+        limits = {"--adaptive-start": ADAPTIVE_START, "--adaptive-cap": ADAPTIVE_CAP, "--adaptive-period": period}
     else:
-        cmd += ["--tpm", str(TPM), "--rpm", str(RPM)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT)
-    ready, _, _ = select.select([proc.stdout], [], [], 60)
-    line = proc.stdout.readline().decode().strip() if ready else ""
-    if not line.startswith("listening on "):
-        proc.kill()
-        raise RuntimeError(f"benchmark server did not start (got {line!r})")
-    return proc, line.removeprefix("listening on ")
-
-
-def write_job(path: Path, input_path: Path, url: str, out: Path, tpm: int, rpm: int, batch: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        f"""[input]
-path = "{input_path}"
-text = "text"
-id = "id"
-
-[model]
-provider = "openai-compatible"
-base_url = "{url}/v1"
-encoding = "base64"
-
-[limits]
-tokens_per_minute = {tpm}
-requests_per_minute = {rpm}
-concurrency = 16
-batch_inputs = {batch}
-
-[output]
-path = "{out}"
-shard_rows = 20000
-"""
-    )
-    return path
+        limits = {"--tpm": TPM, "--rpm": RPM}
+    return ["--style", style, *(str(x) for option in limits.items() for x in option)]
 
 
 def run_style(style: str, args: argparse.Namespace, input_path: Path) -> dict:
-    proc, root = start_server(style, args.adaptive_period)
     adaptive = style == "fireworks-adaptive"
     told_tpm = 2 * (ADAPTIVE_CAP if adaptive else TPM)
     out = WORK / "out" / f"rl-{style}"
-    job = write_job(WORK / "jobs" / f"rl-{style}.toml", input_path, root, out, told_tpm, 2 * RPM, args.batch_inputs)
-    env = dict(os.environ)
-    if args.client_path:  # first on the path (the client runs outside this checkout, so it is not shadowed)
-        env["PYTHONPATH"] = os.pathsep.join([args.client_path, env.get("PYTHONPATH", "")])
-    log = open(WORK / "logs" / f"rl-{style}.log", "w")  # noqa: SIM115 - closed below
-    try:
-        client = subprocess.Popen(
-            [PY, "-m", "batchembed.cli", "run", str(job), "--quiet", "--restart"],
-            cwd=WORK,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+    with Server(256, args=server_options(style, args.adaptive_period)) as srv:
+        job = write_job(
+            WORK / "jobs" / f"rl-{style}.toml",
+            input_path=input_path,
+            url=srv.url,
+            out=out,
+            limits={
+                "tokens_per_minute": told_tpm,
+                "requests_per_minute": 2 * RPM,
+                "concurrency": 16,
+                "batch_inputs": args.batch_inputs,
+            },
+            shard_rows=20_000,
         )
-        deadline = time.monotonic() + args.seconds
-        while time.monotonic() < deadline and client.poll() is None:
-            time.sleep(0.5)
-        with urllib.request.urlopen(root + "/stats?timeline=1", timeout=30) as r:
-            st = json.loads(r.read())
-        if client.poll() is None:
-            client.send_signal(signal.SIGTERM)
-        try:
-            client.wait(60)
-        except subprocess.TimeoutExpired:
-            client.kill()
-            client.wait()
-    finally:
-        log.close()
-        proc.terminate()
-        proc.wait(10)
+        # ``python -m`` from outside this checkout: a --client-path package is not shadowed by ours
+        client = MeasuredChild(
+            [PY, "-m", "batchembed.cli", "run", str(job), "--quiet", "--restart"],
+            WORK / "logs" / f"rl-{style}.log",
+            env=child_env(args.client_path),
+            cwd=WORK,
+            poll=0.5,
+        )
+        while client.running() and client.elapsed < args.seconds:
+            pass
+        st = srv.stats(timeline=True)
+        client.stop(signal.SIGTERM)
     return summarise(style, st, args.seconds)
 
 

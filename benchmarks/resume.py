@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -37,7 +36,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from benchmarks import data
-from benchmarks.run import PY, ROOT, SERVER_POOL, WORK, Server, batchembed_command, check_output, run_batchembed
+from benchmarks.common import (
+    PY,
+    SERVER_POOL,
+    WORK,
+    MeasuredChild,
+    Server,
+    batchembed_command,
+    child_env,
+    unlimited,
+    write_job,
+)
+from benchmarks.run import check_output, run_batchembed
 from benchmarks.server import make_pool
 
 SCENARIOS = {
@@ -47,56 +57,19 @@ SCENARIOS = {
 DIM = 1024
 
 
-def _job(path: Path, input_path: Path, url: str, out: Path, shard_rows: int, concurrency: int, batch: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        f"""[input]
-path = "{input_path}"
-text = "text"
-id = "id"
-
-[model]
-provider = "openai-compatible"
-base_url = "{url}"
-encoding = "base64"
-
-[limits]
-requests_per_minute = 1000000
-tokens_per_minute = 1000000000
-concurrency = {concurrency}
-batch_inputs = {batch}
-
-[output]
-path = "{out}"
-shard_rows = {shard_rows}
-"""
-    )
-    return path
-
-
-def _env(src: str | None) -> dict[str, str]:
-    env = dict(os.environ)
-    if src:
-        env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-def _kill_after(cmd: list[str], env, srv: Server, answered: int, log: Path) -> float:
+def _kill_after(cmd: list[str], env: dict[str, str], srv: Server, answered: int, log: Path) -> float:
     """Run ``cmd`` and SIGKILL it once the server has answered ``answered`` more inputs; seconds it ran."""
     start_inputs = srv.stats()["inputs"]
-    t0 = time.perf_counter()
-    with open(log, "ab") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    child = MeasuredChild(cmd, log, env=env, append_log=True, poll=0.005)
     deadline = time.monotonic() + 600
-    while proc.poll() is None and time.monotonic() < deadline:
+    while child.running() and time.monotonic() < deadline:
         if srv.stats()["inputs"] - start_inputs >= answered:
-            proc.send_signal(signal.SIGKILL)
+            child.stop(signal.SIGKILL)
             break
-        time.sleep(0.005)
-    proc.wait()
-    if proc.returncode != -signal.SIGKILL:
-        raise RuntimeError(f"run ended by itself (exit {proc.returncode}) before the kill; see {log}")
-    return time.perf_counter() - t0
+    m = child.wait()
+    if m.returncode != -signal.SIGKILL:
+        raise RuntimeError(f"run ended by itself (exit {m.returncode}) before the kill; see {log}")
+    return m.wall
 
 
 def scenario(name: str, seed: int, src: str | None, min_gap: int, max_gap: int, concurrency: int, batch: int) -> dict:
@@ -111,17 +84,22 @@ def scenario(name: str, seed: int, src: str | None, min_gap: int, max_gap: int, 
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_bytes(b"")
     entry, _ = batchembed_command()
-    env = _env(src)
+    env = child_env(src)
     rng = np.random.default_rng(seed)
     with Server(DIM) as srv:
-        job = _job(WORK / "jobs" / f"resume-{name}.toml", input_path, srv.url, out, shard_rows, concurrency, batch)
+        job = write_job(
+            WORK / "jobs" / f"resume-{name}.toml",
+            input_path=input_path,
+            url=srv.url,
+            out=out,
+            limits=unlimited(concurrency, batch),
+            shard_rows=shard_rows,
+        )
+        run = [*entry, "run", str(job), "--quiet"]
         srv.reset()
         gaps = [int(g) for g in rng.integers(min_gap, max_gap, size=kills)]
-        killed_after = [round(_kill_after([*entry, "run", str(job), "--quiet"], env, srv, g, log), 2) for g in gaps]
-        t0 = time.perf_counter()
-        with open(log, "ab") as fh:
-            final = subprocess.run([*entry, "run", str(job), "--quiet"], stdout=fh, stderr=subprocess.STDOUT, env=env)
-        final_seconds = time.perf_counter() - t0
+        killed_after = [round(_kill_after(run, env, srv, g, log), 2) for g in gaps]
+        final = MeasuredChild(run, log, env=env, append_log=True).wait()
         answered = srv.stats()["inputs"]
     if final.returncode != 0:
         raise RuntimeError(f"final run exited {final.returncode}; see {log}")
@@ -142,7 +120,7 @@ def scenario(name: str, seed: int, src: str | None, min_gap: int, max_gap: int, 
         "distinct_texts": distinct,
         "kill_after_answered": gaps,
         "seconds_before_each_kill": killed_after,
-        "final_run_seconds": round(final_seconds, 2),
+        "final_run_seconds": round(final.wall, 2),
         "server_answered": answered,
         "ratio": round(answered / distinct, 4),
         "final_report_rows": report.get("rows"),
@@ -156,16 +134,8 @@ def throughput(rows: int, repeat: int, src: str | None) -> dict:
     """rows/s of uninterrupted runs (``benchmarks.run``'s batchembed base64 measurement)."""
     pool = make_pool(DIM, SERVER_POOL)
     entry, _ = batchembed_command()
-    saved = os.environ.get("PYTHONPATH")
-    os.environ.update(_env(src))
-    try:
-        with Server(DIM) as srv:
-            results = [run_batchembed(srv, rows, "base64", pool, entry, 16) for _ in range(repeat)]
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
+    with Server(DIM) as srv:
+        results = [run_batchembed(srv, rows, "base64", pool, entry, 16, child_env(src)) for _ in range(repeat)]
     rates = [r.rows_per_second for r in results]
     return {
         "throughput_rows": rows,

@@ -11,7 +11,7 @@ same server process (``benchmarks.server``), run as child processes:
 
 Each child is measured from outside: wall time from spawn to exit (interpreter start-up, reading,
 embedding and writing included), CPU seconds (user + system, from ``os.wait4``), and peak RSS (the
-kernel's ``ru_maxrss`` from ``os.wait4``, cross-checked by polling psutil every 50 ms). The server's
+kernel's ``VmHWM`` high-water mark, polled every 20 ms: ``benchmarks.common.MeasuredChild``). The server's
 own CPU time during each run is reported too: both share the machine's cores. Every output is
 checked (row count, ids, and 256 sampled vectors against what the server must have sent).
 
@@ -32,15 +32,11 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import platform
-import select
 import shutil
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -50,175 +46,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmarks import data
+from benchmarks.common import (
+    HERE,
+    PY,
+    ROOT,
+    SERVER_POOL,
+    WORK,
+    Measured,
+    Server,
+    batchembed_command,
+    run_measured,
+    unlimited,
+    write_job,
+)
 from benchmarks.server import expected_vectors, make_pool
-
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-WORK = data.DATA_DIR
-PY = sys.executable
-SERVER_POOL = 4096
-
-
-# ------------------------------------------------------------------------------------ processes
-
-
-@dataclass
-class Measured:
-    """What one child process cost."""
-
-    returncode: int
-    wall: float
-    cpu: float
-    peak_rss_mb: float
-    interrupted: bool = False
-    log: str = ""
-
-
-def vm_hwm(pid: int) -> int:
-    """The kernel's RSS high-water mark (VmHWM) of ``pid`` in bytes; 0 if unavailable."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as fh:
-            for line in fh:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def run_measured(cmd: list[str], log_path: Path, timeout: float, poll: float = 0.02) -> Measured:
-    """Run ``cmd``; wall time, CPU (user+sys incl. threads) from wait4, peak RSS from VmHWM polling.
-
-    Peak RSS is the child's own ``VmHWM`` (a high-water mark, so polling every 20 ms only misses a
-    peak reached in the last 20 ms), plus the RSS of any grandchildren. ``ru_maxrss`` from wait4 is
-    NOT used: Linux carries the forking parent's high-water mark into the child across fork+exec,
-    so it reports max(driver's RSS, child's peak), which made runs look alike.
-
-    After ``timeout`` seconds the child gets SIGINT (batchembed stops cleanly), 60 s later SIGKILL.
-    """
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    try:
-        ps = psutil.Process(proc.pid)
-    except psutil.NoSuchProcess:
-        ps = None
-    peak = 0
-    interrupted = False
-    killed = False
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if ps is not None:
-            try:
-                rss = max(vm_hwm(proc.pid), ps.memory_info().rss)
-                for child in ps.children(recursive=True):
-                    rss += child.memory_info().rss
-                peak = max(peak, rss)
-            except psutil.Error:
-                pass
-        elapsed = time.perf_counter() - t0
-        if elapsed > timeout and not interrupted:
-            proc.send_signal(signal.SIGINT)
-            interrupted = True
-        elif elapsed > timeout + 60 and not killed:
-            proc.kill()
-            killed = True
-        time.sleep(poll)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    peak_mb = peak / 2**20
-    return Measured(
-        proc.returncode,
-        wall,
-        usage.ru_utime + usage.ru_stime,
-        peak_mb,
-        interrupted,
-        log_path.read_text(errors="replace")[-2000:],
-    )
-
-
-class Server:
-    """``benchmarks.server`` as a child process; ``url`` is its ``/v1`` base URL."""
-
-    def __init__(self, dim: int, rpm: int | None = None, tpm: int | None = None) -> None:
-        cmd = [PY, "-m", "benchmarks.server", "--port", "0", "--dim", str(dim), "--pool", str(SERVER_POOL)]
-        if rpm:
-            cmd += ["--rpm", str(rpm)]
-        if tpm:
-            cmd += ["--tpm", str(tpm)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT)
-        ready, _, _ = select.select([self.proc.stdout], [], [], 60)
-        line = self.proc.stdout.readline().decode().strip() if ready else ""
-        if not line.startswith("listening on "):
-            self.close()
-            raise RuntimeError(f"benchmark server did not start (got {line!r})")
-        self.root = line.removeprefix("listening on ")
-        self.url = self.root + "/v1"
-        self.ps = psutil.Process(self.proc.pid)
-
-    def cpu(self) -> float:
-        t = self.ps.cpu_times()
-        return t.user + t.system
-
-    def stats(self, timeline: bool = False) -> dict:
-        with urllib.request.urlopen(self.root + "/stats" + ("?timeline=1" if timeline else ""), timeout=30) as r:
-            return json.loads(r.read())
-
-    def reset(self) -> None:
-        req = urllib.request.Request(self.root + "/stats/reset", method="POST", data=b"")
-        urllib.request.urlopen(req, timeout=30).read()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def __enter__(self) -> Server:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def batchembed_command() -> tuple[list[str], str]:
-    """How to start ``batchembed``: the venv's console script, else ``python -m batchembed.cli``."""
-    script = Path(PY).parent / "batchembed"
-    if script.exists():
-        return [str(script)], "console script"
-    return [PY, "-m", "batchembed.cli"], "python -m batchembed.cli"
-
-
-def write_job(path: Path, *, input_path: Path, url: str, encoding: str, out: Path, limits: dict) -> Path:
-    lim = "\n".join(f"{k} = {v}" for k, v in limits.items())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        f"""[input]
-path = "{input_path}"
-text = "text"
-id = "id"
-
-[model]
-provider = "openai-compatible"
-base_url = "{url}"
-encoding = "{encoding}"
-
-[limits]
-{lim}
-
-[output]
-path = "{out}"
-shard_rows = 100000
-"""
-    )
-    return path
-
 
 # ------------------------------------------------------------------------------------ checking
 
@@ -291,23 +132,24 @@ def run_baseline(srv: Server, rows: int, encoding: str, pool: np.ndarray, cap: i
 
 
 def run_batchembed(
-    srv: Server, rows: int, encoding: str, pool: np.ndarray, entry: list[str], concurrency: int
+    srv: Server,
+    rows: int,
+    encoding: str,
+    pool: np.ndarray,
+    entry: list[str],
+    concurrency: int,
+    env: dict[str, str] | None = None,
 ) -> Result:
+    """One measured ``batchembed run`` of ``rows`` rows (``env``: the child's environment, default this one)."""
     input_path = data.dataset(rows)
     out = WORK / "out" / f"batchembed-{encoding}-{rows}"
-    limits = {
-        "requests_per_minute": 1_000_000,
-        "tokens_per_minute": 1_000_000_000,
-        "concurrency": concurrency,
-        "batch_inputs": 256,
-    }
     job = write_job(
         WORK / "jobs" / f"batchembed-{encoding}-{rows}.toml",
         input_path=input_path,
         url=srv.url,
         encoding=encoding,
         out=out,
-        limits=limits,
+        limits=unlimited(concurrency),
     )
     srv.reset()
     cpu0 = srv.cpu()
@@ -315,6 +157,7 @@ def run_batchembed(
         [*entry, "run", str(job), "--quiet", "--restart"],
         WORK / "logs" / f"batchembed-{encoding}-{rows}.log",
         timeout=120 + rows * 0.02,
+        env=env,
     )
     server_cpu = srv.cpu() - cpu0
     st = srv.stats()
@@ -509,12 +352,7 @@ def profile(args, entry: list[str]) -> None:
             url=srv.url,
             encoding=args.profile_encoding,
             out=out,
-            limits={
-                "requests_per_minute": 1_000_000,
-                "tokens_per_minute": 1_000_000_000,
-                "concurrency": args.concurrency,
-                "batch_inputs": 256,
-            },
+            limits=unlimited(args.concurrency),
         )
         cmd = [PY, "-m", "pyinstrument", "-r", "pyisession", "-o", str(session), "-m", "batchembed.cli"]
         cmd += ["run", str(job), "--quiet", "--restart"]

@@ -19,7 +19,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from benchmarks import data
-from benchmarks.run import Server, batchembed_command, run_measured
+from benchmarks.common import Server, batchembed_command, run_measured, write_job
 
 WORK = data.DATA_DIR / "small-files"
 
@@ -44,26 +44,9 @@ def write_inputs(files: int, rows_per_file: int, fmt: str) -> tuple[Path, Path]:
 
 def run_one(name: str, input_path: Path, url: str, rows: int) -> dict:
     out = WORK / "out" / name
-    job = WORK / "jobs" / f"{name}.toml"
-    job.parent.mkdir(parents=True, exist_ok=True)
-    job.write_text(
-        f"""[input]
-path = "{input_path}"
-text = "text"
-id = "id"
-
-[model]
-provider = "openai-compatible"
-base_url = "{url}"
-
-[limits]
-concurrency = 16
-batch_inputs = 256
-
-[output]
-path = "{out}"
-shard_rows = 100000
-"""
+    limits = {"concurrency": 16, "batch_inputs": 256}  # the default rate limits
+    job = write_job(
+        WORK / "jobs" / f"{name}.toml", input_path=input_path, url=url, out=out, limits=limits, encoding="auto"
     )
     cmd, _ = batchembed_command()
     m = run_measured([*cmd, "run", str(job), "--quiet", "--restart"], WORK / "logs" / f"{name}.log", timeout=600)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import pyarrow.fs as pafs
+
+from tests.serverprocess import ServerProcess
 
 #: Azurite's documented development account and key (public, not a secret).
 ACCOUNT = "devstoreaccount1"
@@ -18,35 +17,17 @@ KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr
 BINARY = Path(__file__).resolve().parents[1] / ".venv" / "node" / "node_modules" / ".bin" / "azurite-blob"
 
 
-class Azurite:
+class Azurite(ServerProcess):
     """``azurite-blob`` as a child process with its data in a temporary directory."""
 
     def __init__(self) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        super().__init__()
         self.endpoint = f"http://127.0.0.1:{self.port}/{ACCOUNT}"
         self.dir = tempfile.mkdtemp(prefix="azurite-")
-        self.proc: subprocess.Popen | None = None
 
     def start(self) -> Azurite:
         args = ["--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--location", self.dir, "--silent"]
-        self.proc = subprocess.Popen(
-            [str(BINARY), *args, "--skipApiVersionCheck", "--loose"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                break
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("azurite exited at start-up") from None
-                time.sleep(0.05)
-        else:
-            raise RuntimeError("azurite did not open its port within 60 s")
+        self.launch([str(BINARY), *args, "--skipApiVersionCheck", "--loose"], "azurite", timeout=60)
         host = f"127.0.0.1:{self.port}"
         self.fs = pafs.AzureFileSystem(
             account_name=ACCOUNT,
@@ -59,9 +40,7 @@ class Azurite:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None:  # its state is thrown away: no need for a graceful exit
-            self.proc.kill()
-            self.proc.wait(timeout=30)
+        super().stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def env(self) -> dict[str, str]:

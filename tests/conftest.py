@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,32 @@ def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen
         env=env or cli_env(),
         cwd=ROOT,
     )
+
+
+def hold_mid_run(
+    srv: FakeServer, job: Path, requests: int, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.Popen:
+    """Start ``batchembed run JOB --quiet``; once the server has seen ``requests`` requests, hold
+    every answer (requests stay in flight until ``srv.release()``) and return the running process."""
+    proc = start_cli("run", str(job), "--quiet", env=env)
+    srv.wait_for_requests(requests, timeout=timeout)
+    srv.hold()
+    return proc
+
+
+def kill_held(proc: subprocess.Popen, srv: FakeServer) -> None:
+    """SIGKILL ``proc`` while the server holds its requests in flight, then let the server answer again."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    srv.release()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def kill_mid_run(
+    srv: FakeServer, job: Path, requests: int, env: dict[str, str] | None = None, timeout: float = 60
+) -> None:
+    """Run the job and SIGKILL it once the server has seen ``requests`` requests, with requests in flight."""
+    kill_held(hold_mid_run(srv, job, requests, env, timeout), srv)
 
 
 def read_output(out: Path) -> pa.Table:

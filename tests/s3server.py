@@ -3,51 +3,30 @@
 from __future__ import annotations
 
 import io
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tests.serverprocess import ServerProcess
+
 #: Credentials the tests hand the child processes; every output is scanned for them.
 ACCESS_KEY_ID = "AKIATESTKEYID7QX5ZR2"
 SECRET_ACCESS_KEY = "sEcReT/pa55-Zq8WnL3vX0tYb9Kd4MuHj6Gf2Rc1"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MotoServer:
+class MotoServer(ServerProcess):
     """``moto_server -H 127.0.0.1 -p PORT`` as a child process, plus a boto3 client to inspect buckets."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        super().__init__()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
 
     def start(self) -> MotoServer:
         exe = Path(sys.executable).with_name("moto_server")
-        self.proc = subprocess.Popen(
-            [str(exe), "-H", "127.0.0.1", "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                break
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("moto_server exited at start-up") from None
-                time.sleep(0.05)
-        else:
-            raise RuntimeError("moto_server did not open its port within 30 s")
+        self.launch([str(exe), "-H", "127.0.0.1", "-p", str(self.port)], "moto_server", timeout=30)
         import boto3
 
         self.client = boto3.client(
@@ -58,11 +37,6 @@ class MotoServer:
             region_name="us-east-1",
         )
         return self
-
-    def stop(self) -> None:
-        if self.proc is not None:  # its state is thrown away: no need for a graceful exit
-            self.proc.kill()
-            self.proc.wait(timeout=30)
 
     def env(self) -> dict[str, str]:
         """What a child needs to reach this server through the standard AWS variables."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import signal
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from batchembed.errors import InputError
 from batchembed.plan import iter_chunks
 from batchembed.sources import discover, iter_batches
 from batchembed.tasks.embed import chunk_positions
-from tests.conftest import assert_vectors, job_for, read_output, run_cli, start_cli
+from tests.conftest import assert_vectors, job_for, kill_mid_run, read_output, run_cli
 
 
 def write_csv(path: Path, rows: list[tuple], *, crlf=True, bom=True, blank_every=0, header=("id", "text")) -> Path:
@@ -127,13 +126,7 @@ def test_sigkill_resume_of_a_messy_csv_is_exactly_once_and_verifies(tmp_path, sr
     src = write_csv(tmp_path / "in.csv", [(i, t) for i, t in enumerate(texts)], blank_every=10)
     srv.latency = 0.005
     job = job_for(tmp_path, srv, src, limits={"batch_inputs": 20, "concurrency": 4}, output={"shard_rows": 200})
-    proc = start_cli("run", str(job), "--quiet")
-    srv.wait_for_requests(25, timeout=60)
-    srv.hold()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    srv.release()
-    assert proc.returncode == -signal.SIGKILL
+    kill_mid_run(srv, job, 25)
     assert 0 < len(list((tmp_path / "out").glob("part-*.parquet"))) < n // 200  # killed half way
 
     result = run_cli("run", str(job), "--quiet")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 from collections import Counter
 
 import numpy as np
@@ -21,15 +20,7 @@ from batchembed.journal import (
 )
 from batchembed.progress import Stats
 from tests import test_rerank
-from tests.conftest import (
-    assert_vectors,
-    job_for,
-    make_texts,
-    read_output,
-    run_cli,
-    start_cli,
-    write_parquet,
-)
+from tests.conftest import assert_vectors, job_for, kill_mid_run, make_texts, read_output, run_cli, write_parquet
 
 BATCH = 10
 CONCURRENCY = 2
@@ -44,14 +35,7 @@ def _job(tmp_path, srv, src, rows: int, shard_rows: int, **sections):
 
 def _kill_mid_run(srv, job, new_requests: int) -> None:
     """Start the job, SIGKILL it once the server has seen ``new_requests`` more requests, held in flight."""
-    seen = len(srv.requests)
-    proc = start_cli("run", str(job), "--quiet")
-    srv.wait_for_requests(seen + new_requests, timeout=120)
-    srv.hold()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    srv.release()
-    assert proc.returncode == -signal.SIGKILL
+    kill_mid_run(srv, job, len(srv.requests) + new_requests, timeout=120)
 
 
 def _report(tmp_path) -> dict:

@@ -29,12 +29,25 @@ def _one_line(stderr: str) -> str:
     return lines[0]
 
 
-def _assert_complete(tmp_path, job, texts):
+def _fails_in_one_line(job, monkeypatch, capsys, target, name: str, fault) -> str:
+    """Run the job in this process with ``target.name`` replaced by ``fault``: it must exit 1 with a
+    single line on stderr, returned. The fault is gone again afterwards."""
+    with monkeypatch.context() as patch:
+        patch.setattr(target, name, fault)
+        assert cli.main(["run", str(job), "--quiet"]) == 1
+    return _one_line(capsys.readouterr().err)
+
+
+def _resume_completes(tmp_path, job, texts):
+    """The next run succeeds and the output is complete, exactly once, and verifies; its result."""
+    result = run_cli("run", str(job), "--quiet")
+    assert result.returncode == 0, result.stderr
     table = read_output(tmp_path / "out")
     assert table.column("id").to_pylist() == list(range(N))
     assert_vectors(table, dict(enumerate(texts)), 16)
     verify = run_cli("verify", str(job))
     assert verify.returncode == 0, verify.stdout
+    return result
 
 
 def test_output_path_under_a_regular_file(tmp_path, srv, dataset):
@@ -63,10 +76,8 @@ def test_disk_full_while_writing_a_shard_keeps_what_is_committed_and_resumes(tmp
     manifest = checkpoint.Manifest.load(LocalStore(locate(str(out))))
     assert [s.name for s in manifest.shards] == ["part-00000.parquet", "part-00001.parquet"]
 
-    again = run_cli("run", str(job), "--quiet")
-    assert again.returncode == 0, again.stderr
+    again = _resume_completes(tmp_path, job, texts)
     assert "resuming" in again.stderr
-    _assert_complete(tmp_path, job, texts)
 
 
 def test_disk_full_while_recording_a_commit(tmp_path, srv, dataset, monkeypatch, capsys):
@@ -79,16 +90,11 @@ def test_disk_full_while_recording_a_commit(tmp_path, srv, dataset, monkeypatch,
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), store.describe(checkpoint.JOURNAL))
         real_commit(self, store, record, resolves)
 
-    monkeypatch.setattr(checkpoint.Manifest, "commit", commit)
-    assert cli.main(["run", str(job), "--quiet"]) == 1
-    line = _one_line(capsys.readouterr().err)
+    line = _fails_in_one_line(job, monkeypatch, capsys, checkpoint.Manifest, "commit", commit)
     assert f"{checkpoint.JOURNAL}: the disk is full" in line
-    monkeypatch.setattr(checkpoint.Manifest, "commit", real_commit)
 
-    result = run_cli("run", str(job), "--quiet")
-    assert result.returncode == 0, result.stderr
+    result = _resume_completes(tmp_path, job, texts)
     assert "2 shards (200 rows) already committed" in result.stderr
-    _assert_complete(tmp_path, job, texts)
 
 
 @pytest.mark.parametrize(
@@ -109,9 +115,7 @@ def test_unwritable_output_is_one_clear_line(tmp_path, srv, dataset, monkeypatch
             raise OSError(code, os.strerror(code), str(self))
         return real_mkdir(self, *args, **kwargs)
 
-    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
-    assert cli.main(["run", str(job), "--quiet"]) == 1
-    line = _one_line(capsys.readouterr().err)
+    line = _fails_in_one_line(job, monkeypatch, capsys, pathlib.Path, "mkdir", mkdir)
     assert line.startswith(f"batchembed: error: {tmp_path / 'out'}: {says}")
 
 
@@ -161,12 +165,7 @@ def test_full_disk_under_the_vector_cache(tmp_path, srv, dataset, monkeypatch, c
         db.execute("PRAGMA max_page_count = 8")
         return db
 
-    monkeypatch.setattr(memo.sqlite3, "connect", connect)
-    assert cli.main(["run", str(job), "--quiet"]) == 1
-    line = _one_line(capsys.readouterr().err)
+    line = _fails_in_one_line(job, monkeypatch, capsys, memo.sqlite3, "connect", connect)
     assert f"{cache} (cache.path): the disk is full" in line
-    monkeypatch.setattr(memo.sqlite3, "connect", real_connect)
 
-    result = run_cli("run", str(job), "--quiet")
-    assert result.returncode == 0, result.stderr
-    _assert_complete(tmp_path, job, texts)
+    _resume_completes(tmp_path, job, texts)

@@ -17,7 +17,17 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
-from tests.conftest import assert_vectors, cli_env, make_texts, run_cli, start_cli, write_job
+from tests.conftest import (
+    assert_vectors,
+    cli_env,
+    hold_mid_run,
+    kill_held,
+    kill_mid_run,
+    make_texts,
+    run_cli,
+    start_cli,
+    write_job,
+)
 from tests.s3server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer
 
 pytest.importorskip("obstore")
@@ -63,6 +73,14 @@ def _job(tmp_path, srv, input_path, output_path, lease_seconds=None, **sections)
     return write_job(tmp_path / "job.toml", base)
 
 
+def _s3_job(tmp_path, s3, bucket, srv, seed, rows=N, **job_options):
+    """``rows`` texts (from ``seed``) uploaded as in/data.parquet and a job from there to out/: (texts, env, job)."""
+    texts = make_texts(rows, seed=seed)
+    _upload_input(s3, bucket, texts)
+    job = _job(tmp_path, srv, f"s3://{bucket}/in/data.parquet", f"s3://{bucket}/out", **job_options)
+    return texts, _env(s3), job
+
+
 def _output_keys(s3, bucket, prefix="out"):
     return [k[len(prefix) + 1 :] for k in s3.keys(bucket, prefix + "/")]
 
@@ -79,14 +97,6 @@ def _assert_exactly_once_on_s3(s3, bucket, job, texts, env, prefix="out"):
     assert manifest["complete"] is True
     verify = run_cli("verify", str(job), env=env)
     assert verify.returncode == 0, verify.stdout + verify.stderr
-
-
-def _kill_after(proc, srv, requests):
-    srv.wait_for_requests(requests, timeout=60)
-    srv.hold()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    srv.release()
 
 
 def _wait_for(condition, timeout=30.0, what="condition"):
@@ -156,17 +166,12 @@ def test_csv_input_streamed_from_s3(tmp_path, s3, bucket, srv):
 
 
 def test_sigkill_several_times_then_resume_exactly_once_with_no_stray_objects(tmp_path, s3, bucket, srv):
-    texts = make_texts(N, seed=5)
-    _upload_input(s3, bucket, texts)
+    texts, env, job = _s3_job(tmp_path, s3, bucket, srv, seed=5)
     srv.latency = 0.005
-    env = _env(s3)
-    job = _job(tmp_path, srv, f"s3://{bucket}/in/data.parquet", f"s3://{bucket}/out")
     killed_with_shards = 0
     for kill_after in (4, 14, 26):
         srv.reset_records()
-        proc = start_cli("run", str(job), "--quiet", env=env)
-        _kill_after(proc, srv, kill_after)
-        assert proc.returncode == -signal.SIGKILL
+        kill_mid_run(srv, job, kill_after, env=env)
         manifest = json.loads(s3.get(bucket, "out/_manifest.json") or b"{}")
         killed_with_shards += bool(manifest.get("shards"))
     srv.reset_records()
@@ -181,19 +186,12 @@ def test_sigkill_several_times_then_resume_exactly_once_with_no_stray_objects(tm
 
 
 def test_answers_of_a_killed_run_are_kept_as_journal_objects_and_not_bought_again(tmp_path, s3, bucket, srv):
-    texts = make_texts(N, seed=11)
-    _upload_input(s3, bucket, texts)
-    env = _env(s3)
     # one unit for the whole input: without the journal a kill would lose every answer so far
-    job = _job(tmp_path, srv, f"s3://{bucket}/in/data.parquet", f"s3://{bucket}/out", output={"shard_rows": N})
-    proc = start_cli("run", str(job), "--quiet", env=env)
-    srv.wait_for_requests(10, timeout=60)
-    srv.hold()
+    texts, env, job = _s3_job(tmp_path, s3, bucket, srv, seed=11, output={"shard_rows": N})
+    proc = hold_mid_run(srv, job, 10, env=env)
     # segments are put about once a second while the unit is in flight; each is an object written once
     _wait_for(lambda: any(k.startswith("_journal/part-00000/") for k in _output_keys(s3, bucket)), what="a segment")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    srv.release()
+    kill_held(proc, srv)
     answered_before = len(srv.all_texts())
     srv.reset_records()
 
@@ -210,10 +208,7 @@ def test_answers_of_a_killed_run_are_kept_as_journal_objects_and_not_bought_agai
 
 @pytest.mark.parametrize("point", ["shard-before-manifest", "manifest-before-put"])
 def test_sigkill_between_shard_upload_and_manifest(tmp_path, s3, bucket, srv, point):
-    texts = make_texts(N, seed=6)
-    _upload_input(s3, bucket, texts)
-    env = _env(s3)
-    job = _job(tmp_path, srv, f"s3://{bucket}/in/data.parquet", f"s3://{bucket}/out")
+    texts, env, job = _s3_job(tmp_path, s3, bucket, srv, seed=6)
 
     crashed = run_cli("run", str(job), "--quiet", env=_env(s3, BATCHEMBED_FAILPOINT=point))
 
@@ -231,13 +226,8 @@ def test_sigkill_between_shard_upload_and_manifest(tmp_path, s3, bucket, srv, po
 
 
 def test_second_concurrent_run_is_refused_naming_the_holder(tmp_path, s3, bucket, srv):
-    texts = make_texts(N, seed=8)
-    _upload_input(s3, bucket, texts)
-    env = _env(s3)
-    job = _job(tmp_path, srv, f"s3://{bucket}/in/data.parquet", f"s3://{bucket}/out")
-    first = start_cli("run", str(job), "--quiet", env=env)
-    srv.wait_for_requests(3, timeout=60)
-    srv.hold()  # the first run stays alive with requests in flight
+    texts, env, job = _s3_job(tmp_path, s3, bucket, srv, seed=8)
+    first = hold_mid_run(srv, job, 3, env=env)  # the first run stays alive with requests in flight
 
     second = run_cli("run", str(job), "--quiet", env=env)
 
@@ -250,12 +240,8 @@ def test_second_concurrent_run_is_refused_naming_the_holder(tmp_path, s3, bucket
 
 
 def test_killed_holder_elsewhere_blocks_until_its_lease_expires_then_is_taken_over(tmp_path, s3, bucket, srv):
-    texts = make_texts(N, seed=9)
-    _upload_input(s3, bucket, texts)
-    env = _env(s3)
-    job = _job(tmp_path, srv, f"s3://{bucket}/in/data.parquet", f"s3://{bucket}/out", lease_seconds=2)
-    proc = start_cli("run", str(job), "--quiet", env=env)
-    _kill_after(proc, srv, 10)
+    texts, env, job = _s3_job(tmp_path, s3, bucket, srv, seed=9, lease_seconds=2)
+    kill_mid_run(srv, job, 10, env=env)
     # make the dead holder look like a run on another machine: only the expiry can free its lease
     lease = json.loads(s3.get(bucket, "out/_lease/job.json"))
     lease["host"] = "worker-elsewhere-7"
@@ -273,11 +259,8 @@ def test_killed_holder_elsewhere_blocks_until_its_lease_expires_then_is_taken_ov
 
 
 def test_paused_holder_that_lost_its_lease_cannot_commit(tmp_path, s3, bucket, srv):
-    texts = make_texts(N, seed=10)
-    _upload_input(s3, bucket, texts)
+    texts, env, job = _s3_job(tmp_path, s3, bucket, srv, seed=10, lease_seconds=2)
     srv.latency = 0.02
-    env = _env(s3)
-    job = _job(tmp_path, srv, f"s3://{bucket}/in/data.parquet", f"s3://{bucket}/out", lease_seconds=2)
     stale = start_cli("run", str(job), "--quiet", env=env)
     _wait_for(
         lambda: json.loads(s3.get(bucket, "out/_manifest.json") or b'{"shards": []}')["shards"],
@@ -328,10 +311,7 @@ def test_manifest_replace_is_refused_after_another_run_replaced_it(s3, bucket):
 
 
 def test_credentials_never_reach_output_logs_or_errors(tmp_path, s3, bucket, srv):
-    texts = make_texts(300, seed=11)
-    _upload_input(s3, bucket, texts)
-    env = _env(s3)
-    job = _job(tmp_path, srv, f"s3://{bucket}/in/data.parquet", f"s3://{bucket}/out")
+    _, env, job = _s3_job(tmp_path, s3, bucket, srv, seed=11, rows=300)
     messages = []
     for args in (("plan", str(job)), ("run", str(job)), ("status", str(job)), ("verify", str(job))):
         done = run_cli(*args, env=env)
@@ -390,17 +370,13 @@ def test_local_output_second_run_refused_and_kill_9_of_the_holder_does_not_block
     texts = make_texts(N, seed=12)
     src = write_parquet(tmp_path / "in.parquet", texts, row_group_size=100)
     job = _job(tmp_path, srv, str(src), str(tmp_path / "out"))
-    holder = start_cli("run", str(job), "--quiet")
-    srv.wait_for_requests(3, timeout=60)
-    srv.hold()
+    holder = hold_mid_run(srv, job, 3)
 
     refused = run_cli("run", str(job), "--quiet")
 
     assert refused.returncode == 1
     assert f"pid {holder.pid} on host" in refused.stderr and "started" in refused.stderr
-    holder.send_signal(signal.SIGKILL)
-    holder.wait(timeout=30)
-    srv.release()
+    kill_held(holder, srv)
     result = run_cli("run", str(job), "--quiet")  # at once: the kernel dropped the dead holder's lock
     assert result.returncode == 0, result.stderr
     table = read_output(tmp_path / "out")
@@ -443,11 +419,8 @@ def test_azure_input_and_output_through_the_same_protocol(tmp_path, azurite, srv
         storage={"endpoint": azurite.endpoint},
     )
     srv.latency = 0.005
-    proc = start_cli("run", str(job), "--quiet", env=env)
-    _kill_after(proc, srv, 15)
-    holder = start_cli("run", str(job), "--quiet", env=env)
-    srv.wait_for_requests(len(srv.requests) + 2, timeout=60)
-    srv.hold()
+    kill_mid_run(srv, job, 15, env=env)
+    holder = hold_mid_run(srv, job, len(srv.requests) + 2, env=env)
     refused = run_cli("run", str(job), "--quiet", env=env)
     srv.release()
     assert refused.returncode == 1 and f"pid {holder.pid} on host" in refused.stderr

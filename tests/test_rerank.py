@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import signal
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import read_output, run_cli, start_cli, write_job
+from tests.conftest import kill_mid_run, read_output, run_cli, write_job
 from tests.fakeserver import Respond, expected_score
 
 
@@ -160,12 +158,7 @@ def test_retries_and_a_failed_query_is_retried_whole(tmp_path, srv):
 def test_sigkill_and_resume_rerank(tmp_path, srv):
     rows = _pairs_dataset(tmp_path / "pairs.parquet", n_queries=80)
     job = _job(tmp_path, srv, tmp_path / "pairs.parquet")
-    proc = start_cli("run", str(job), "--quiet")
-    srv.wait_for_requests(40, timeout=60)
-    srv.hold()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    srv.release()
+    kill_mid_run(srv, job, 40)
     result = run_cli("run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
     assert _got(read_output(tmp_path / "out")) == _expected(rows)

@@ -11,11 +11,12 @@ import pytest
 from tests.conftest import (
     assert_vectors,
     cli_env,
+    hold_mid_run,
     job_for,
+    kill_mid_run,
     make_texts,
     read_output,
     run_cli,
-    start_cli,
     write_parquet,
 )
 
@@ -48,23 +49,12 @@ def _assert_exactly_once(tmp_path, job, texts):
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
-def _kill_after(proc, srv, requests: int):
-    """SIGKILL the job once the server has seen ``requests`` requests, with requests held in flight."""
-    srv.wait_for_requests(requests, timeout=60)
-    srv.hold()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    srv.release()
-
-
 @pytest.mark.parametrize("kill_after", [1, 12, 35, 55])
 def test_sigkill_at_any_point_then_resume_is_exactly_once(tmp_path, srv, dataset, kill_after):
     texts, src = dataset
     srv.latency = 0.005
     job = _job(tmp_path, srv, src)
-    proc = start_cli("run", str(job), "--quiet")
-    _kill_after(proc, srv, kill_after)
-    assert proc.returncode == -signal.SIGKILL
+    kill_mid_run(srv, job, kill_after)
 
     result = run_cli("run", str(job), "--quiet")
 
@@ -96,9 +86,7 @@ def test_sigkill_inside_the_commit_protocol(tmp_path, srv, dataset, point):
 def test_sigterm_and_sigint_stop_cleanly_and_resume(tmp_path, srv, dataset, sig, code):
     texts, src = dataset
     job = _job(tmp_path, srv, src)
-    proc = start_cli("run", str(job), "--quiet")
-    srv.wait_for_requests(30, timeout=60)
-    srv.hold()  # requests are in flight when the signal lands
+    proc = hold_mid_run(srv, job, 30)  # requests are in flight when the signal lands
     proc.send_signal(sig)
     srv.release()
     _, stderr = proc.communicate(timeout=60)
@@ -189,8 +177,7 @@ def test_no_retry_failed_leaves_them(tmp_path, srv, dataset):
 def test_corrupt_manifest_is_refused(tmp_path, srv, dataset):
     _texts, src = dataset
     job = _job(tmp_path, srv, src)
-    proc = start_cli("run", str(job), "--quiet")
-    _kill_after(proc, srv, 40)
+    kill_mid_run(srv, job, 40)
     manifest = tmp_path / "out" / "_manifest.json"
     manifest.write_text(manifest.read_text()[:-40])
     result = run_cli("run", str(job))
@@ -217,8 +204,7 @@ def test_truncated_shard_is_detected(tmp_path, srv, dataset):
 def test_status_reports_progress(tmp_path, srv, dataset):
     _texts, src = dataset
     job = _job(tmp_path, srv, src)
-    proc = start_cli("run", str(job), "--quiet")
-    _kill_after(proc, srv, 1)
+    kill_mid_run(srv, job, 1)
     status = json.loads(run_cli("status", str(job), "--json").stdout)
     assert status["complete"] is False and status["rows_total"] == N and status["shards_total"] == N // SHARD
     assert run_cli("run", str(job), "--quiet").returncode == 0
@@ -232,9 +218,7 @@ def test_status_reports_progress(tmp_path, srv, dataset):
 def test_second_ctrl_c_exits_at_once_and_the_next_run_resumes(tmp_path, srv, dataset):
     texts, src = dataset
     job = _job(tmp_path, srv, src)
-    proc = start_cli("run", str(job), "--quiet")
-    srv.wait_for_requests(30, timeout=60)
-    srv.hold()  # requests stay in flight: the first Ctrl-C alone would wait for them
+    proc = hold_mid_run(srv, job, 30)  # requests stay in flight: the first Ctrl-C alone would wait for them
     proc.send_signal(signal.SIGINT)
     proc.stderr.readline()  # "SIGINT: finishing requests in flight ..." — the first signal was handled
     proc.send_signal(signal.SIGINT)

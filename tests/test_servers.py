@@ -28,20 +28,27 @@ STYLES = {
 }
 
 
-@pytest.mark.parametrize("style", sorted(STYLES))
-def test_every_header_style_sets_the_pace(tmp_path, srv, style):
-    window, learned = STYLES[style]
-    srv.rate_limit(tpm=60_000, window=window, style=style)
+def _run_told_far_more(tmp_path, srv, *, tpm: float, window: float, style: str, batch_inputs: int):
+    """120 rows against a server allowing ``tpm`` tokens per ``window`` s (announced in ``style``), the
+    job told far more (5M tokens/min): the run must succeed with every vector right. (result, report)"""
+    srv.rate_limit(tpm=tpm, window=window, style=style)
     texts = make_texts(120)
     src = write_parquet(tmp_path / "in.parquet", texts)
-    # told far more than the server allows: the announced limit must win
-    job = job_for(tmp_path, srv, src, limits={"tokens_per_minute": 5_000_000, "batch_inputs": 16})
+    job = job_for(tmp_path, srv, src, limits={"tokens_per_minute": 5_000_000, "batch_inputs": batch_inputs})
 
     result = run_cli("run", str(job), "--quiet")
 
     assert result.returncode == 0, result.stderr
     assert_vectors(read_output(tmp_path / "out"), dict(enumerate(texts)), 16)
-    report = json.loads((tmp_path / "out" / "_report.json").read_text())
+    return result, json.loads((tmp_path / "out" / "_report.json").read_text())
+
+
+@pytest.mark.parametrize("style", sorted(STYLES))
+def test_every_header_style_sets_the_pace(tmp_path, srv, style):
+    window, learned = STYLES[style]
+    # told far more than the server allows: the announced limit must win
+    _, report = _run_told_far_more(tmp_path, srv, tpm=60_000, window=window, style=style, batch_inputs=16)
+
     limits = report["limits"]
     assert limits["header_style"] == style.replace("fireworks", "fireworks")
     assert limits["tokens_per_minute"] == pytest.approx(learned, rel=0.02)
@@ -52,34 +59,19 @@ def test_every_header_style_sets_the_pace(tmp_path, srv, style):
 def test_short_window_limit_is_kept_without_429s(tmp_path, srv):
     # 3,000 tokens per 2 s, announced in IETF style: the job (~6,000 tokens) must pace itself over
     # several windows instead of bursting and being refused.
-    srv.rate_limit(tpm=3_000, window=2.0, style="ietf-structured")
-    texts = make_texts(120)
-    src = write_parquet(tmp_path / "in.parquet", texts)
-    job = job_for(tmp_path, srv, src, limits={"tokens_per_minute": 5_000_000, "batch_inputs": 8})
+    result, report = _run_told_far_more(tmp_path, srv, tpm=3_000, window=2.0, style="ietf-structured", batch_inputs=8)
 
-    result = run_cli("run", str(job), "--quiet")
-
-    assert result.returncode == 0, result.stderr
-    assert_vectors(read_output(tmp_path / "out"), dict(enumerate(texts)), 16)
     statuses = [r.status for r in srv.requests]
     assert statuses.count(429) <= 1, statuses
-    assert "tokens/min 90k (server)" in result.stderr or json.loads((tmp_path / "out" / "_report.json").read_text())[
-        "limits"
-    ]["tokens_per_minute"] == pytest.approx(90_000, rel=0.02)
+    assert "tokens/min 90k (server)" in result.stderr or report["limits"]["tokens_per_minute"] == pytest.approx(
+        90_000, rel=0.02
+    )
 
 
 def test_without_headers_the_sending_rate_adapts(tmp_path, srv):
     # only 429 + Retry-After: AIMD on the sending rate, reported as "adaptive"
-    srv.rate_limit(tpm=3_000, window=2.0, style="none")
-    texts = make_texts(120)
-    src = write_parquet(tmp_path / "in.parquet", texts)
-    job = job_for(tmp_path, srv, src, limits={"tokens_per_minute": 5_000_000, "batch_inputs": 8})
+    _, report = _run_told_far_more(tmp_path, srv, tpm=3_000, window=2.0, style="none", batch_inputs=8)
 
-    result = run_cli("run", str(job), "--quiet")
-
-    assert result.returncode == 0, result.stderr
-    assert_vectors(read_output(tmp_path / "out"), dict(enumerate(texts)), 16)
-    report = json.loads((tmp_path / "out" / "_report.json").read_text())
     assert report["limits"]["header_style"] is None
     assert report["limits"]["tokens_per_minute_source"] == "adaptive"
     assert report["limits"]["tokens_per_minute"] < 5_000_000  # cut after the first 429s

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchembed.checkpoint import JOURNAL, MANIFEST
-from tests.conftest import assert_vectors, cli_env, job_for, make_texts, read_output, run_cli, start_cli
+from tests.conftest import assert_vectors, cli_env, job_for, kill_mid_run, make_texts, read_output, run_cli
 from tests.test_csv_inputs import messy_texts, write_csv
 
 
@@ -91,12 +91,7 @@ def test_sigkill_with_many_small_csv_files_is_exactly_once(tmp_path, srv):
         write_csv(data / f"f{f:03d}.csv", [(i, texts[i]) for i in range(f * rows, (f + 1) * rows)], blank_every=2)
     srv.latency = 0.01
     job = job_for(tmp_path, srv, data, limits={"batch_inputs": 10, "concurrency": 2}, output={"shard_rows": 50})
-    proc = start_cli("run", str(job), "--quiet")
-    srv.wait_for_requests(25, timeout=60)
-    srv.hold()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    srv.release()
+    kill_mid_run(srv, job, 25)
     out = tmp_path / "out"
     assert (out / JOURNAL).exists()  # commits so far are journal lines
 
