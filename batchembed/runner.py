@@ -255,21 +255,26 @@ class JobRunner:
 
     async def _check_server(self, manifest: Manifest) -> None:
         """The canary: teaches the limiter the server's limits and refuses a model swapped behind its name."""
+        if await self._canary(manifest, self.accept_model_change, self.progress.line):
+            await asyncio.to_thread(manifest.save, self.store)
+
+    async def _canary(self, manifest: Manifest, accept_change: bool, say) -> bool:
+        """Embed the canary text against ``manifest`` (recording it there); False for rerank jobs (none)."""
         if self.job.is_rerank:
-            return
+            return False
         vector = await run_canary(
             self.provider,
             self.limits,
             manifest,
             self.served,
             max_retries=self.job.limits.max_retries,
-            accept_change=self.accept_model_change,
+            accept_change=accept_change,
             where=str(self.out),
-            say=self.progress.line,
+            say=say,
         )
         if getattr(self.task, "dim", 0) is None:
             self.task.dim = len(vector)
-        await asyncio.to_thread(manifest.save, self.store)
+        return True
 
     def _retry_plan(self, sources: list[SourceFile], manifest: Manifest):
         """Failed rows of earlier runs, grouped by file: [(failure_file, source, rows)]."""

@@ -35,7 +35,6 @@ from batchembed.engines.budget import JobBudget, SharedLimits
 from batchembed.engines.parts import owned_by
 from batchembed.errors import BatchEmbedError, ConfigError
 from batchembed.runner import EXIT_OK, JobRunner
-from batchembed.servers import run_canary
 from batchembed.sources import SourceFile
 
 #: Times one slice is re-submitted after its worker process or node died, before the job gives up.
@@ -109,20 +108,8 @@ class SliceRunner(JobRunner):
 
     async def _check_server(self, manifest: Manifest) -> None:
         """The canary as the driver ran it, on a copy: a worker never saves the driver's manifest."""
-        if self.job.is_rerank:
-            return
-        vector = await run_canary(
-            self.provider,
-            self.limits,
-            copy.deepcopy(manifest),
-            self.served,
-            max_retries=self.job.limits.max_retries,
-            accept_change=True,  # the driver's canary already decided
-            where=str(self.out),
-            say=lambda _line: None,
-        )
-        if getattr(self.task, "dim", 0) is None:
-            self.task.dim = len(vector)
+        # accept: the driver's canary already decided
+        await self._canary(copy.deepcopy(manifest), accept_change=True, say=lambda _line: None)
 
     def _open_manifest(self, sources: list[SourceFile]) -> Manifest:
         return self._given  # the driver's, as of the slice's submission; never saved here
