@@ -91,8 +91,8 @@ class LocalStore(OutputStore):
         path.parent.mkdir(parents=True, exist_ok=True)
         return ShardWriter(path.parent, path.name, schema, compression)
 
-    def write_bytes(self, name: str, data: bytes) -> None:
-        """Temp file, fsync, rename, fsync the directory."""
+    def write_bytes(self, name: str, data: bytes, before_rename: str | None = None) -> None:
+        """Temp file, fsync, (the ``before_rename`` failpoint), rename, fsync the directory."""
         path = self.directory / name
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + TMP_SUFFIX)
@@ -100,19 +100,14 @@ class LocalStore(OutputStore):
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        if before_rename:
+            failpoint(before_rename)
         os.replace(tmp, path)
         fsync_dir(path.parent)
 
     def replace_manifest(self, data: bytes) -> None:
-        """Temp file, fsync, (failpoint), rename, fsync the directory."""
-        tmp = self.directory / (self.manifest_name + TMP_SUFFIX)
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        failpoint("manifest-before-rename")
-        os.replace(tmp, self.directory / self.manifest_name)
-        fsync_dir(self.directory)
+        """The manifest written like any small file; a crash test can stop it just before the rename."""
+        self.write_bytes(self.manifest_name, data, before_rename="manifest-before-rename")
 
     def append_commit(self, line: bytes) -> bool:
         """One write + fsync on ``_commits.jsonl``: committing stays O(1) however many shards there are."""
