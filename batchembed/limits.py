@@ -337,10 +337,6 @@ class RateLimits:
             self.tokens.throttled(status)
         return found
 
-    def observe_headers(self, headers: Mapping[str, str]) -> None:
-        """Learn from a successful response's headers (kept for callers that have no token count)."""
-        self.observe(headers, None, 0)
-
     def describe(self) -> str:
         """The paces for the progress line: "tokens/min 600k (server), requests/min 600 (configured)"."""
         return f"tokens/min {self.tokens.describe()}, requests/min {self.requests.describe()}"

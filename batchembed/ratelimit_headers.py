@@ -78,11 +78,6 @@ class Announced:
         if self.style is None:
             self.style = name
 
-    @property
-    def any_limit(self) -> bool:
-        """Whether the response announced any limit at all."""
-        return self.requests_per_minute is not None or self.tokens_per_minute is not None
-
 
 def parse_duration(text: str) -> float | None:
     """OpenAI's durations ("6m0s", "12ms", "1.5s", "1h2m3s", or bare seconds) in seconds."""
