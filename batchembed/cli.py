@@ -140,19 +140,19 @@ def dispatch(args: argparse.Namespace) -> int:
             shard=args.shard,
         )
     if args.command == "plan":
-        from batchembed.dryrun import plan
         from batchembed.job import check_model, text_prefix
+        from batchembed.plan import plan
         from batchembed.providers.factory import counter_for
 
         check_model(job)
         counter, max_tokens = counter_for(job)
         price = args.price if args.price is not None else job.model.price_per_million_tokens
         return plan(job, counter, args.json, price, prefix=text_prefix(job), max_tokens_per_input=max_tokens)
-    from batchembed import inspect
+    from batchembed import audit
 
     if args.command == "status":
-        return inspect.status(job, as_json=args.json)
-    return inspect.verify(job)
+        return audit.status(job, as_json=args.json)
+    return audit.verify(job)
 
 
 if __name__ == "__main__":

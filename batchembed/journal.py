@@ -47,10 +47,10 @@ from batchembed.errors import OutputError
 from batchembed.writer import fsync_dir
 
 if TYPE_CHECKING:
-    from batchembed.plan import Chunk
     from batchembed.progress import Stats
     from batchembed.store.base import OutputStore
     from batchembed.tasks import Piece, Request, Task
+    from batchembed.units import Chunk
 
 JOURNAL_DIR = "_journal"
 FORMAT_VERSION = 1

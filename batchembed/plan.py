@@ -1,400 +1,309 @@
-"""Work units and chunks: which rows of which file go into which shard, skipping what is done.
+"""``batchembed plan JOB.toml``: a dry run that reads the input the way a run would and sends nothing.
 
-A unit is ``shard_rows`` consecutive rows of one file (the last one shorter) and is named by its
-global ordinal (``part-00007.parquet``): files in sorted order, units in row order. The reader
-yields *chunks*: a few thousand consecutive rows of one unit, the grain at which texts are built,
-tokens counted and requests packed. Parquet units are read by seeking to their row group; CSV is
-streamed once and the rows of committed units are dropped without building any text.
+The input is streamed chunk by chunk exactly as the runner cuts it (``plan.iter_chunks``: the same
+units and ~4096-row chunks), texts are built, prefixed, blank-checked, counted, deduplicated and
+packed into requests with the very calls the runner makes, so the request and token figures are
+what a fresh run of the job would send (token figures are as good as the job's tokenizer: the
+``estimate`` counter errs on the high side).
+
+Each distinct text is counted once job-wide, as a run sends it: a run shares texts in flight
+between chunks and remembers recent vectors (``cache.memory_mb``), and with ``[cache] path`` every
+vector. (Without a cache file, a duplicate further away than the memory memo reaches is paid
+again, so for huge jobs with far-apart duplicates the figures are a lower bound.) Distinct texts
+are tracked memory-bounded as 64-bit blake2b digests in numpy arrays, never a Python set of strings.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batchembed.checkpoint import Manifest, ShardRecord
-from batchembed.errors import OutputError
-from batchembed.sources import SourceFile, iter_batches, read_rows
+from batchembed import catalog
+from batchembed.batching import pack
+from batchembed.checkpoint import Manifest
+from batchembed.config import JobConfig, resolve_model, text_fields
+from batchembed.inputcheck import check_inputs
+from batchembed.sources import check_columns, discover
+from batchembed.store import storage_options
+from batchembed.texts import add_prefix, blank_mask, build_texts
+from batchembed.tokens import TokenCounter, over_limit
+from batchembed.units import iter_chunks
+
+#: Rows per chunk; must equal ``runner.CHUNK_ROWS`` (a test checks) so requests are packed alike.
+CHUNK_ROWS = 4096
+#: Digests gathered before they are folded into the sorted job-wide set (bounds memory to the uniques).
+_COMPACT_EVERY = 1 << 16
 
 
 @dataclass
-class Unit:
-    """One future shard."""
+class PlanReport:
+    """Everything ``plan`` prints."""
 
-    name: str
-    source: SourceFile | None  # None for a retry unit (rows of several files)
-    start: int = 0
-    end: int | None = None  # known when the unit's last chunk is read
-    eof: bool = False
-    resolves: list[str] = field(default_factory=list)  # failure files a retry unit answers
-    tokens: int = 0  # tokens spent on this unit's rows
-    files: list[tuple[str, int]] = field(default_factory=list)  # a "files" unit: whole small files, in order
-
-    @property
-    def kind(self) -> str:
-        """ "range", "files" (several whole small files) or "retry" (as recorded in the manifest)."""
-        if self.files:
-            return "files"
-        return "retry" if self.source is None else "range"
-
-
-@dataclass
-class Chunk:
-    """Consecutive rows of one file within one unit."""
-
-    unit: Unit
-    source: SourceFile
-    first_row: int  # file row number of the first row (range units)
-    table: pa.Table
-    last: bool = False  # the unit's final chunk
-    rows: list[int] | np.ndarray | None = None  # explicit file row numbers (retry and "files" units)
-    parts: list[tuple[SourceFile, int]] | None = None  # rows from several files: (file, rows) in order
-
-    def segments(self) -> list[tuple[SourceFile, int, int]]:
-        """(file, first index, end index) of each file's rows within the chunk's table."""
-        if not self.parts:
-            return [(self.source, 0, self.table.num_rows)]
-        out, at = [], 0
-        for src, n in self.parts:
-            out.append((src, at, at + n))
-            at += n
-        return out
-
-    def source_at(self, index: int) -> SourceFile:
-        """The input file of the chunk's row ``index`` (for error messages)."""
-        for src, a, b in self.segments():
-            if a <= index < b:
-                return src
-        return self.source
-
-    def file_names(self) -> pa.Array:
-        """The input file name of every row (for failure tables and generated ids)."""
-        if not self.parts:
-            return pa.array([self.source.name] * self.table.num_rows, pa.string())
-        return pa.array([src.name for src, n in self.parts for _ in range(n)], pa.string())
+    provider: str
+    model: str
+    preset: str | None  # the catalogue entry used, if any
+    dimensions: int | None
+    prefix: str
+    files: list[dict] = field(default_factory=list)  # name, format, rows
+    rows: int = 0
+    blank_rows: int = 0  # null or whitespace-only text: kept with a null vector, never sent
+    too_long_rows: int = 0  # rows whose text counts more than input_tokens
+    skipped_rows: int = 0  # blank + too long under on_too_long = "skip"
+    rows_to_embed: int = 0
+    input_tokens: int = 0  # effective limit per input
+    on_too_long: str = "truncate"
+    unique_texts: int = 0  # exact job-wide (up to 64-bit digest collisions)
+    tokens: int = 0  # every embedded row counted, no dedup at all
+    tokens_to_send: int = 0  # what the run sends: each distinct text once
+    tokens_saved_by_dedup: int = 0
+    unique_tokens: int = 0  # if every distinct text were sent exactly once job-wide
+    requests: int = 0
+    batch_inputs: int = 0
+    batch_tokens: int = 0
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
+    price_per_million_tokens: float | None = None
+    price_source: str | None = None  # "argument" | "catalog" | None (unknown)
+    estimated_cost_usd: float | None = None
+    eta_seconds: float = 0.0  # lower bound from the rate limits alone
+    eta_bound: str = "requests"  # which limit dominates: "requests" | "tokens"
+    warnings: list[str] = field(default_factory=list)
 
 
-def shard_name(ordinal: int) -> str:
-    """File name of the range shard with this ordinal."""
-    return f"part-{ordinal:05d}.parquet"
+class _Seen:
+    """Job-wide set of 64-bit text digests, memory proportional to the distinct texts.
+
+    A large sorted array plus a small sorted one that is merged in when it grows (like an LSM tree),
+    so checking a chunk costs two binary searches rather than a re-sort of everything seen.
+    """
+
+    def __init__(self) -> None:
+        self._main = np.zeros(0, np.uint64)
+        self._recent = np.zeros(0, np.uint64)
+        self.tokens = 0
+
+    @staticmethod
+    def _isin(sorted_array: np.ndarray, values: np.ndarray) -> np.ndarray:
+        pos = np.searchsorted(sorted_array, values)
+        pos[pos == len(sorted_array)] = 0
+        return sorted_array[pos] == values if len(sorted_array) else np.zeros(len(values), bool)
+
+    def first_seen(self, digests: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """Mask of ``digests`` (distinct within the call) never seen before; records them."""
+        new = ~(self._isin(self._main, digests) | self._isin(self._recent, digests))
+        self._recent = np.sort(np.concatenate([self._recent, digests[new]]))
+        self.tokens += int(tokens[new].sum())
+        if len(self._recent) > _COMPACT_EVERY:
+            self._main = np.sort(np.concatenate([self._main, self._recent]))
+            self._recent = np.zeros(0, np.uint64)
+        return new
+
+    def __len__(self) -> int:
+        return len(self._main) + len(self._recent)
 
 
-#: Files of at most this many rows (and at most ``shard_rows``) are packed whole, several to a unit.
-SMALL_FILE_ROWS = 4096
+def _digests(texts: pa.Array, which: np.ndarray) -> np.ndarray:
+    """64-bit blake2b digest of texts ``which``, hashed straight from the Arrow buffers (no str objects)."""
+    if not pa.types.is_string(texts.type):
+        texts = texts.cast(pa.string())
+    _, offsets_buf, data_buf = texts.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int32)[texts.offset : texts.offset + len(texts) + 1]
+    data = memoryview(data_buf) if data_buf is not None else memoryview(b"")
+    starts, ends = offsets[which].tolist(), offsets[which + 1].tolist()
+    b2 = hashlib.blake2b
+    raw = b"".join([b2(data[s:e], digest_size=8).digest() for s, e in zip(starts, ends, strict=True)])
+    return np.frombuffer(raw, dtype=np.uint64)
 
 
-def units_in(rows: int, shard_rows: int) -> int:
-    """How many units a file of ``rows`` rows has (without grouping)."""
-    return -(-rows // shard_rows)
+def estimate(
+    job: JobConfig,
+    counter: TokenCounter,
+    price_per_million: float | None = None,
+    prefix: str | None = None,
+    max_tokens_per_input: int | None = None,
+) -> PlanReport:
+    """Stream the job's input and compute the plan (no printing, nothing sent).
 
+    ``prefix``: the prefix the run puts before every text; ``None`` = ``catalog.document_prefix``
+    for the job's model, role, instruction and ``input.prefix``. ``max_tokens_per_input``: the
+    model's own limit when the provider knows it (``providers.factory.build(job).max_tokens``).
+    Raises ``ConfigError`` for a ``model.dimensions`` the model cannot return and ``InputError``
+    for missing files or columns, as a run would before sending anything.
+    """
+    model = resolve_model(job)
+    local_custom = model.provider == "local" and job.model.path is not None
+    preset = None if local_custom else catalog.lookup(model.name, model.provider)
+    if not local_custom:
+        catalog.check_dimensions(model.name, job.model.dimensions, model.provider)
+    if prefix is None:
+        prefix = catalog.document_prefix(
+            None if local_custom else model.name, job.input.role, job.input.instruction, job.input.prefix
+        )
+    limits = job.limits
+    input_tokens = min(limits.input_tokens, max_tokens_per_input or limits.input_tokens)
+    report = PlanReport(
+        provider=model.provider,
+        model=model.name,
+        preset=preset.id if preset else None,
+        dimensions=job.model.dimensions or (preset.native_dim if preset else None),
+        prefix=prefix,
+        input_tokens=input_tokens,
+        on_too_long=limits.on_too_long,
+        batch_inputs=model.batch_inputs,
+        batch_tokens=limits.batch_tokens,
+        requests_per_minute=model.requests_per_minute,
+        tokens_per_minute=model.tokens_per_minute,
+    )
+    if preset and preset.max_input_tokens and input_tokens > preset.max_input_tokens:
+        report.warnings.append(
+            f"limits.input_tokens = {input_tokens} exceeds {preset.id}'s context of {preset.max_input_tokens} "
+            f"tokens: longer texts will be refused by the server; set limits.input_tokens = {preset.max_input_tokens}"
+        )
+    if preset and preset.kind == "rerank":
+        report.warnings.append(f"{preset.id} is a reranker, not an embedding model")
 
-def small_limit(shard_rows: int) -> int:
-    """Rows up to which a file is "small" and shares a unit with its neighbours."""
-    return min(SMALL_FILE_ROWS, shard_rows)
-
-
-def planned_units(row_counts: list[int], shard_rows: int, pack_small_files: bool = True) -> int:
-    """How many shards files of these sizes make (small files packed whole up to ``shard_rows``)."""
-    total, group = 0, None
-    for rows in row_counts:
-        if pack_small_files and 0 < rows <= small_limit(shard_rows):
-            if group is None or group + rows > shard_rows:
-                total, group = total + 1, 0
-            group += rows
-            continue
-        group = None
-        total += units_in(rows, shard_rows)
-    return total
-
-
-def _tiled_end(committed: dict[int, ShardRecord], start: int = 0) -> int:
-    """Follow committed ranges from ``start`` while they are contiguous; return where they stop."""
-    pos = start
-    while pos in committed and committed[pos].end > pos:
-        pos = committed[pos].end
-    return pos
-
-
-def file_done(source: SourceFile, committed: dict[int, ShardRecord]) -> bool:
-    """Whether committed ranges cover the whole file (a CSV's end is known once its last unit is committed)."""
-    end = _tiled_end(committed)
-    if source.rows is not None:
-        return end == source.rows
-    return any(r.eof and r.end == end for r in committed.values())
-
-
-def pending_rows(sources: list[SourceFile], manifest: Manifest) -> int | None:
-    """Rows still to do, when every file's size is known (None as soon as one CSV is involved)."""
-    total = 0
+    sources = discover(job.input.path, storage_options(job))
+    needed = text_fields(job.input.text)
+    every = list(dict.fromkeys([*needed, *([job.input.id] if job.input.id else []), *job.input.keep]))
     for src in sources:
-        if src.rows is None:
-            return None
-        total += src.rows - sum(r.end - r.start for r in manifest.ranges_of(src.name))
-    return total
-
-
-def iter_chunks(
-    sources: list[SourceFile],
-    manifest: Manifest,
-    columns: list[str],
-    shard_rows: int,
-    chunk_rows: int,
-    group_key: str | None = None,
-    *,
-    pack_small_files: bool = False,
-) -> Iterator[Chunk]:
-    """Chunks of every unit not yet committed, in unit order.
-
-    Units are ``shard_rows`` long; with ``group_key`` a unit (and a chunk) is extended to the end of
-    the run of equal keys it has started, so a group (a query's documents) never straddles two.
-    Reading starts at the first row not committed (Parquet seeks to its row group; CSV skips rows
-    without converting them); rows of later committed units, if any, are dropped unread.
-
-    With ``pack_small_files``, consecutive small files (see ``small_limit``) of the same schema are
-    packed whole into one unit of up to ``shard_rows`` rows, and their rows into shared chunks, so
-    requests stay full and shards near ``shard_rows`` however small the files.
-    """
-    taken = {s.name for s in manifest.shards}
-    counted: set[str] = set()
-    pack = _Packer(shard_rows, chunk_rows, taken)
-    base = 0
-    for src in sources:
-        committed = {r.start: r for r in manifest.ranges_of(src.name)}
-        if file_done(src, committed):
-            yield from pack.close()
-            fresh = {r.name for r in committed.values()} - counted
-            counted |= fresh
-            base += len(fresh)
+        check_columns(src, every)
+    check_inputs(job, sources, every)  # the same refusals as `run` (ids, duplicate columns, text types)
+    report.files = [{"name": s.name, "format": s.format, "rows": s.rows} for s in sources]
+    rows_of: dict[str, int] = {}
+    seen = _Seen()
+    first_blank = first_too_long = None
+    chunks = iter_chunks(sources, Manifest(fingerprint={}), needed, job.output.shard_rows, CHUNK_ROWS)
+    for chunk in chunks:
+        table = chunk.table
+        n = table.num_rows
+        report.rows += n
+        rows_of[chunk.source.name] = rows_of.get(chunk.source.name, 0) + n
+        texts = build_texts(table, job.input.text)
+        blank = blank_mask(texts)
+        n_blank = int(blank.sum())
+        report.blank_rows += n_blank
+        if n_blank and first_blank is None:
+            first_blank = (chunk.source.name, chunk.first_row + int(np.flatnonzero(blank)[0]))
+        sendable = np.flatnonzero(~blank)
+        if not len(sendable):
             continue
-        first = _tiled_end(committed)
-        reader = iter_batches(src, columns, first, chunk_rows)
-        if pack_small_files and not committed:
-            table, reader = _read_if_small(src, reader, small_limit(shard_rows))
-            if table is not None:
-                if table.num_rows:
-                    base, chunks = pack.add(src, table, base)
-                    yield from chunks
-                continue
-        yield from pack.close()
-        batches = _offsets(reader, first)
-        if group_key:
-            batches = _group_aligned(batches, group_key)
-        walk = _Walk(src, committed, base, shard_rows, chunk_rows, group_key, first)
-        yield from walk.chunks(batches)
-        base += walk.index
-    yield from pack.close()
-
-
-def _read_if_small(src: SourceFile, reader: Iterator[pa.RecordBatch], limit: int):
-    """(the whole file as a table, None) if it has at most ``limit`` rows, else (None, the same batches).
-
-    Reads at most ``limit`` rows plus one batch ahead; a big file's reader goes on where it stopped.
-    """
-    if src.rows is not None and src.rows > limit:
-        return None, reader
-    batches, rows = [], 0
-    for batch in reader:
-        batches.append(batch)
-        rows += batch.num_rows
-        if rows > limit:
-            return None, itertools.chain(batches, reader)
-    if not rows:
-        return pa.table({}), None
-    return pa.Table.from_batches(batches).replace_schema_metadata(None), None
-
-
-class _Packer:
-    """Packs whole small files into "files" units and their rows into chunks of up to ``chunk_rows``."""
-
-    def __init__(self, shard_rows: int, chunk_rows: int, taken: set[str]) -> None:
-        self.shard_rows, self.chunk_rows, self.taken = shard_rows, chunk_rows, taken
-        self.unit: Unit | None = None
-        self.rows = 0  # rows in the open unit
-        self.schema: pa.Schema | None = None
-        self.buf: list[tuple[SourceFile, pa.Table]] = []
-        self.buf_rows = 0
-
-    def add(self, src: SourceFile, table: pa.Table, base: int) -> tuple[int, list[Chunk]]:
-        """Add a small file; returns the next unit ordinal and the chunks now complete."""
-        out: list[Chunk] = []
-        if self.unit is not None and (self.rows + table.num_rows > self.shard_rows or table.schema != self.schema):
-            out += self.close()
-        if self.unit is None:
-            name = shard_name(base)
-            if name in self.taken:
-                raise OutputError(
-                    f"{name} is already committed for other rows: this output cannot be resumed by this version; "
-                    "run with --restart"
-                )
-            self.unit, self.rows, self.schema = Unit(name, None, 0), 0, table.schema
-            base += 1
-        if self.buf and self.buf_rows + table.num_rows > self.chunk_rows:
-            out.append(self._flush(last=False))
-        self.buf.append((src, table))
-        self.buf_rows += table.num_rows
-        self.unit.files.append((src.name, table.num_rows))
-        self.rows += table.num_rows
-        return base, out
-
-    def _flush(self, last: bool) -> Chunk:
-        table = pa.concat_tables([t for _, t in self.buf])
-        positions = np.concatenate([np.arange(t.num_rows, dtype=np.int64) for _, t in self.buf])
-        parts = [(src, t.num_rows) for src, t in self.buf]
-        self.buf, self.buf_rows = [], 0
-        return Chunk(self.unit, parts[0][0], 0, table, last=last, rows=positions, parts=parts)
-
-    def close(self) -> list[Chunk]:
-        """End the open unit: its final chunk (marked last), if there is one."""
-        if self.unit is None:
-            return []
-        self.unit.eof = True
-        chunk = self._flush(last=True)
-        self.unit = None
-        return [chunk]
-
-
-def _offsets(batches: Iterator[pa.RecordBatch], start: int) -> Iterator[tuple[int, pa.RecordBatch]]:
-    """Attach the file row number of each batch's first row."""
-    pos = start
-    for batch in batches:
-        if batch.num_rows:
-            yield pos, batch
-        pos += batch.num_rows
-
-
-def key_changes(keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """Indices ``i`` (>= 1) where ``keys[i]`` differs from ``keys[i - 1]``: where runs of equal keys start."""
-    if isinstance(keys, pa.ChunkedArray):
-        keys = keys.combine_chunks()
-    if len(keys) < 2:
-        return np.zeros(0, np.int64)
-    same = pc.equal(keys[1:], keys[:-1]).fill_null(False).to_numpy(zero_copy_only=False)
-    return np.flatnonzero(~same) + 1
-
-
-def _group_aligned(batches, key: str) -> Iterator[tuple[int, pa.RecordBatch]]:
-    """Re-cut batches so that none ends inside a run of equal ``key`` values."""
-    carry: pa.RecordBatch | None = None
-    carry_pos = 0
-    for pos, batch in batches:
-        if carry is not None:
-            batch = pa.Table.from_batches([carry, batch]).combine_chunks().to_batches()[0]
-            pos = carry_pos
-        changes = key_changes(batch.column(key))
-        if len(changes) == 0:
-            carry, carry_pos = batch, pos
+        texts = add_prefix(texts, prefix)
+        encoded = pc.dictionary_encode(texts.take(pa.array(sendable, pa.int64())))
+        unique = encoded.dictionary
+        row_text = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        counts = np.array(counter.count(unique), dtype=np.int64)
+        too_long, counts = over_limit(counter, unique, counts, input_tokens)
+        if len(too_long):
+            long_rows = np.isin(row_text, too_long)
+            report.too_long_rows += int(long_rows.sum())
+            if first_too_long is None:
+                first_too_long = (chunk.source.name, chunk.first_row + int(sendable[np.flatnonzero(long_rows)[0]]))
+            if limits.on_too_long == "truncate":  # exactly the runner's cut, so counts match a run
+                cut = [counter.truncate(t, input_tokens) for t in unique.take(pa.array(too_long)).to_pylist()]
+                counts[too_long] = np.minimum(counter.count(pa.array(cut, pa.string())), input_tokens)
+            elif limits.on_too_long == "skip":
+                report.skipped_rows += int(long_rows.sum())
+                row_text = row_text[~long_rows]
+        report.tokens += int(counts[row_text].sum())
+        report.rows_to_embed += len(row_text)
+        to_send = np.unique(row_text)
+        if not len(to_send):
             continue
-        cut = int(changes[-1])
-        yield pos, batch.slice(0, cut)
-        carry, carry_pos = batch.slice(cut), pos + cut
-    if carry is not None and carry.num_rows:
-        yield carry_pos, carry
+        # the run sends each distinct text once (in-flight sharing, memo, cache): first occurrences only
+        to_send = to_send[seen.first_seen(_digests(unique, to_send), counts[to_send])]
+        report.tokens_to_send += int(counts[to_send].sum())
+        report.requests += len(pack(counts[to_send], model.batch_inputs, limits.batch_tokens))
+
+    for f in report.files:
+        f["rows"] = rows_of.get(f["name"], 0)
+    report.skipped_rows += report.blank_rows
+    report.tokens_saved_by_dedup = report.tokens - report.tokens_to_send
+    report.unique_texts, report.unique_tokens = len(seen), seen.tokens
+    if job.input.on_empty == "fail" and first_blank:
+        report.warnings.append(
+            f"input.on_empty = 'fail': the run would stop at {first_blank[0]} row {first_blank[1]} "
+            f"({report.blank_rows} blank rows in all)"
+        )
+    if limits.on_too_long == "fail" and first_too_long:
+        report.warnings.append(
+            f"limits.on_too_long = 'fail': the run would stop at {first_too_long[0]} row {first_too_long[1]} "
+            f"({report.too_long_rows} rows over {input_tokens} tokens in all)"
+        )
+
+    if price_per_million is not None:
+        report.price_per_million_tokens, report.price_source = float(price_per_million), "argument"
+    elif preset and preset.price_per_million_tokens is not None:
+        report.price_per_million_tokens, report.price_source = preset.price_per_million_tokens, "catalog"
+    if report.price_per_million_tokens is not None:
+        report.estimated_cost_usd = report.tokens_to_send / 1e6 * report.price_per_million_tokens
+    by_requests = report.requests / report.requests_per_minute
+    by_tokens = report.tokens_to_send / report.tokens_per_minute
+    report.eta_seconds = max(by_requests, by_tokens) * 60.0
+    report.eta_bound = "tokens" if by_tokens > by_requests else "requests"
+    return report
 
 
-def _first_change_at_or_after(batch: pa.RecordBatch, key: str, offset: int) -> int:
-    """Index of the first row >= ``offset`` whose key differs from the row before it (or len(batch))."""
-    if offset <= 0:
-        return 0
-    changes = key_changes(batch.column(key).slice(offset - 1))
-    return offset - 1 + int(changes[0]) if len(changes) else batch.num_rows
+def plan(
+    job: JobConfig,
+    counter: TokenCounter,
+    as_json: bool = False,
+    price_per_million: float | None = None,
+    prefix: str | None = None,
+    max_tokens_per_input: int | None = None,
+) -> int:
+    """``batchembed plan``: print what a run of ``job`` would read, send and cost; returns 0."""
+    report = estimate(job, counter, price_per_million, prefix, max_tokens_per_input)
+    print(json.dumps(asdict(report), indent=2) if as_json else format_report(report))
+    return 0
 
 
-class _Walk:
-    """Walks one file's rows from ``start`` and cuts them into units and chunks."""
-
-    def __init__(self, src, committed, base, shard_rows, chunk_rows, group_key, start):
-        self.src, self.committed, self.base = src, committed, base
-        self.shard_rows, self.chunk_rows, self.group_key = shard_rows, chunk_rows, group_key
-        # units before ``start`` are all committed and contiguous: count them
-        self.index = sum(1 for r in committed.values() if r.end <= start)
-        self.unit: Unit | None = None
-        self.unit_start = start
-        self.buf: list[pa.RecordBatch] = []
-        self.buf_first = 0
-        self.buf_rows = 0
-
-    def _boundary(self, batch: pa.RecordBatch, row0: int, offset: int) -> int:
-        """Where in ``batch`` (rows from ``offset``) the current unit ends, or len(batch) if it goes on."""
-        nominal = self.unit_start + self.shard_rows - row0
-        if nominal >= batch.num_rows:
-            return batch.num_rows
-        at = max(nominal, offset)
-        return _first_change_at_or_after(batch, self.group_key, at) if self.group_key else at
-
-    def _flush(self, last: bool, eof: bool = False) -> Chunk:
-        chunk = Chunk(self.unit, self.src, self.buf_first, pa.Table.from_batches(self.buf), last=last)
-        if last:
-            self.unit.end, self.unit.eof = self.buf_first + self.buf_rows, eof
-        self.buf, self.buf_rows = [], 0
-        return chunk
-
-    def _next_unit(self, start: int) -> None:
-        self.index += 1
-        self.unit_start = start
-        self.unit = None
-
-    def chunks(self, batches) -> Iterator[Chunk]:
-        for row0, batch in batches:
-            offset = 0
-            while offset < batch.num_rows:
-                row = row0 + offset
-                rec = self.committed.get(self.unit_start)
-                if rec is not None:  # a committed unit: drop its rows
-                    take = min(batch.num_rows - offset, rec.end - row)
-                    offset += take
-                    if row + take >= rec.end:
-                        self._next_unit(rec.end)
-                    continue
-                cut = self._boundary(batch, row0, offset)
-                if cut == offset:  # the unit is full at a group boundary
-                    yield self._flush(last=True)
-                    self._next_unit(row)
-                    continue
-                if self.buf and self.buf_rows >= self.chunk_rows:
-                    yield self._flush(last=False)
-                if self.unit is None:
-                    self.unit = Unit(shard_name(self.base + self.index), self.src, self.unit_start)
-                if not self.buf:
-                    self.buf_first = row
-                self.buf.append(batch.slice(offset, cut - offset))
-                self.buf_rows += cut - offset
-                offset = cut
-                if cut < batch.num_rows:
-                    yield self._flush(last=True)
-                    self._next_unit(row0 + cut)
-        if self.buf:
-            yield self._flush(last=True, eof=True)
-            self.index += 1
+def _duration(seconds: float) -> str:
+    seconds = math.ceil(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, s = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {s:02d}s"
+    hours, m = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h {m:02d}m"
+    days, h = divmod(hours, 24)
+    return f"{days}d {h:02d}h"
 
 
-def retry_chunks(
-    failures: list[tuple[SourceFile, list[int]]],
-    columns: list[str],
-    unit: Unit,
-    chunk_rows: int,
-    group_key: str | None = None,
-) -> Iterator[Chunk]:
-    """Chunks holding previously failed rows, file by file; the final one is marked last.
-
-    With ``group_key`` a chunk is only cut where the key changes, so a failed query is redone whole.
-    """
-    chunks = []
-    for src, rows in failures:
-        table = read_rows(src, columns, rows)
-        ordered = sorted(set(rows))
-        start = 0
-        while start < table.num_rows:
-            end = min(start + chunk_rows, table.num_rows)
-            if group_key and end < table.num_rows:
-                batch = table.combine_chunks().to_batches()[0]
-                end = _first_change_at_or_after(batch, group_key, end)
-            chunks.append(Chunk(unit, src, ordered[start], table.slice(start, end - start), rows=ordered[start:end]))
-            start = end
-    if chunks:
-        chunks[-1].last = True
-    yield from chunks
+def format_report(r: PlanReport) -> str:
+    """The human-readable plan."""
+    model = f"{r.model} ({r.provider}" + (f", {r.dimensions} dims)" if r.dimensions else ")")
+    known = f"catalogue: {r.preset}" if r.preset else "not in the catalogue: no model checks"
+    pct = f" ({r.tokens_saved_by_dedup / r.tokens:.1%})" if r.tokens else ""
+    policy = {"truncate": "truncated", "skip": "skipped", "fail": "the run would stop"}[r.on_too_long]
+    if r.estimated_cost_usd is not None:
+        cost = f"${r.estimated_cost_usd:,.2f} at ${r.price_per_million_tokens:g} per 1M tokens ({r.price_source})"
+    else:
+        cost = "unknown (no price known for this model; pass one with --price USD_PER_1M_TOKENS)"
+    lines = [
+        f"plan for {model} -- {known}; nothing is sent",
+        f"  files            {len(r.files):,}",
+        f"  rows             {r.rows:,}",
+        f"  blank rows       {r.blank_rows:,} (kept with a null vector, not sent)",
+        f"  too long         {r.too_long_rows:,} rows over {r.input_tokens:,} tokens ({policy})",
+        f"  rows to embed    {r.rows_to_embed:,}",
+        f"  unique texts     {r.unique_texts:,} job-wide ({r.unique_tokens:,} tokens)",
+        f"  tokens           {r.tokens:,} (every row)",
+        f"  tokens to send   {r.tokens_to_send:,} (each distinct text once: dedup saves "
+        f"{r.tokens_saved_by_dedup:,}{pct})",
+        f"  requests         {r.requests:,} (at most {r.batch_inputs:,} inputs / {r.batch_tokens:,} tokens each)",
+        f"  estimated cost   {cost}",
+        f"  ETA              at least {_duration(r.eta_seconds)} at {r.requests_per_minute:,} requests/min and "
+        f"{r.tokens_per_minute:,} tokens/min ({r.eta_bound} bound)",
+    ]
+    if r.prefix:
+        lines.insert(1, f"  prefix           {r.prefix!r}")
+    lines += [f"warning: {w}" for w in r.warnings]
+    return "\n".join(lines)

@@ -52,7 +52,6 @@ from batchembed.faults import with_path
 from batchembed.inputcheck import check_inputs
 from batchembed.journal import Journal, journal_store
 from batchembed.limits import RateLimits
-from batchembed.plan import Unit, iter_chunks, pending_rows, retry_chunks
 from batchembed.progress import Progress, Stats
 from batchembed.retry import backoff
 from batchembed.servers import ServedModel, UsageCheck, model_request_fingerprint, run_canary
@@ -61,6 +60,7 @@ from batchembed.store import open_store, storage_options
 from batchembed.tasks import Piece, Request, Task
 from batchembed.tokens import TokenCounter
 from batchembed.truncated import rebuild_truncated, write_truncated
+from batchembed.units import Unit, iter_chunks, pending_rows, retry_chunks
 from batchembed.writer import shard_metadata
 
 #: Rows per chunk: the grain of text building, token counting and dedup.

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from batchembed import sources
 from batchembed.checkpoint import Manifest, ShardRecord
 from batchembed.errors import InputError
-from batchembed.plan import iter_chunks
 from batchembed.sources import discover, iter_batches
 from batchembed.tasks.embed import chunk_positions
+from batchembed.units import iter_chunks
 from tests.conftest import assert_vectors, job_for, kill_mid_run, read_output, run_cli
 
 

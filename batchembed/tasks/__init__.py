@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-from batchembed.plan import Chunk
+from batchembed.units import Chunk
 
 
 @dataclass

@@ -19,12 +19,12 @@ from batchembed.batching import pack
 from batchembed.config import JobConfig, ResolvedModel, text_fields
 from batchembed.errors import InputError, MalformedResponse, ServerIgnoredSettings
 from batchembed.memo import VectorMemo, text_keys
-from batchembed.plan import Chunk
 from batchembed.progress import Stats
 from batchembed.providers.base import Embedder, EmbeddingResult
 from batchembed.tasks import Piece, Request, failure_table
 from batchembed.texts import add_prefix, blank_mask, build_texts
 from batchembed.tokens import TokenCounter, exact_counts, over_limit
+from batchembed.units import Chunk
 from batchembed.writer import vector_array
 
 

@@ -22,13 +22,13 @@ from batchembed import __version__
 from batchembed.batching import pack
 from batchembed.config import JobConfig, RerankConfig, ResolvedModel
 from batchembed.errors import ConfigError, InputError, MalformedResponse
-from batchembed.plan import Chunk, key_changes
 from batchembed.progress import Stats
 from batchembed.providers.rerank import RerankResult
 from batchembed.tasks import Piece, Request, failure_table
 from batchembed.tasks.embed import chunk_positions, generated_ids
 from batchembed.texts import as_string, blank_mask
 from batchembed.tokens import TokenCounter, over_limit
+from batchembed.units import Chunk, key_changes
 
 
 @dataclass

@@ -19,11 +19,11 @@ from batchembed.checkpoint import SUCCESS, Manifest, check_file, fingerprint_has
 from batchembed.config import JobConfig
 from batchembed.errors import OutputError
 from batchembed.journal import answered_rows, journal_store
-from batchembed.plan import planned_units
 from batchembed.sources import SourceFile, discover, iter_batches
 from batchembed.store import open_store, storage_options
 from batchembed.store.base import OutputStore
 from batchembed.tasks.embed import generated_ids, id_column_name
+from batchembed.units import planned_units
 
 
 def _load(job: JobConfig) -> tuple[OutputStore, Manifest]:
