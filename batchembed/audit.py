@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from batchembed.checkpoint import SUCCESS, Manifest, check_file, fingerprint_hash
 from batchembed.config import JobConfig
 from batchembed.errors import OutputError
+from batchembed.exitcodes import ExitCode
 from batchembed.journal import answered_rows, journal_store
 from batchembed.sources import SourceFile, discover, iter_batches
 from batchembed.store import open_store, storage_options
@@ -64,7 +65,7 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     }
     if as_json:
         print(json.dumps(doc, indent=2))
-        return 0
+        return ExitCode.OK
     of = lambda x: f" of {x:,}" if x is not None else ""  # noqa: E731
     print(f"output:   {out.uri}")
     print(f"state:    {'complete' if doc['complete'] else 'incomplete'}")
@@ -82,7 +83,7 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     print(f"tokens:   {doc['tokens']:,}")
     if not doc["same_job"]:
         print("warning:  the input files changed since this output was written; `run` will refuse to resume")
-    return 0
+    return ExitCode.OK
 
 
 def _answered_uncommitted(out: OutputStore, manifest: Manifest) -> int:
@@ -152,9 +153,9 @@ def verify(job: JobConfig) -> int:
     if problems:
         for p in problems:
             print(f"FAIL: {p}")
-        return 1
+        return ExitCode.FAILED
     print("OK: every input row is in the output exactly once, with a well-formed vector column")
-    return 0
+    return ExitCode.OK
 
 
 def _count_rows(src: SourceFile) -> int:

@@ -20,6 +20,7 @@ import json
 from dataclasses import dataclass
 
 from batchembed.errors import ConfigError
+from batchembed.exitcodes import ExitCode
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ _PRESETS = [
 
 PRESETS: dict[str, ModelPreset] = {p.id: p for p in _PRESETS}
 _BY_LOWER = {p.id.lower(): p for p in _PRESETS}
-#: Names the local provider accepts for its embedded model (see providers/local.py).
+#: Names the local provider accepts for its embedded model (see providers/model_files.py).
 _LOCAL_ALIASES = ("all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
 
 
@@ -241,4 +242,4 @@ def models_command(as_json: bool = False) -> int:
         print(json.dumps([dataclasses.asdict(p) for p in PRESETS.values()], indent=2))
     else:
         print(format_table())
-    return 0
+    return ExitCode.OK

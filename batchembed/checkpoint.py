@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from batchembed.atomic import TMP_SUFFIX
 from batchembed.errors import OutputError, ResumeRefused
-from batchembed.writer import TMP_SUFFIX
 
 if TYPE_CHECKING:
     from batchembed.store.base import OutputStore

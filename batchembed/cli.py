@@ -1,7 +1,8 @@
 """The ``batchembed`` command: parse arguments, call the library, map errors to exit codes.
 
-Exit codes: 0 success; 1 the job failed (config, input, auth, I/O, server refuses); 2 usage error;
-3 finished but some rows are in ``_failed.parquet``; 130/143 stopped by SIGINT/SIGTERM (resumable).
+Exit codes (``batchembed.exitcodes.ExitCode``): 0 success; 1 the job failed (config, input, auth, I/O,
+server refuses); 2 usage error; 3 finished but some rows are in ``_failed.parquet``; 130/143 stopped
+by SIGINT/SIGTERM (resumable).
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ import sys
 
 from batchembed import __version__
 from batchembed.errors import BatchEmbedError, ConfigError, UsageError, redact
-
-EXIT_FAILED, EXIT_USAGE = 1, 2
+from batchembed.exitcodes import ExitCode
 
 
 def _job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,17 +95,17 @@ def main(argv: list[str] | None = None) -> int:
         return dispatch(args)
     except UsageError as exc:
         print(f"batchembed: usage error: {redact(str(exc))}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except BatchEmbedError as exc:
         print(f"batchembed: error: {redact(str(exc))}", file=sys.stderr)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     except OSError as exc:  # disk full, permission denied, read-only file system...: one line, no traceback
         from batchembed.faults import describe_fault
 
         print(f"batchembed: error: {redact(describe_fault(exc))}", file=sys.stderr)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.SIGINT
 
 
 def dispatch(args: argparse.Namespace) -> int:

@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pyarrow as pa
 
+from batchembed.atomic import fsync_dir
 from batchembed.errors import OutputError
-from batchembed.writer import fsync_dir
 
 if TYPE_CHECKING:
     from batchembed.progress import Stats

@@ -48,6 +48,7 @@ from batchembed.errors import (
     TransientAPIError,
     redact,
 )
+from batchembed.exitcodes import ExitCode
 from batchembed.faults import with_path
 from batchembed.inputcheck import check_inputs
 from batchembed.journal import Journal, journal_store
@@ -70,7 +71,7 @@ STOP_GRACE = 30.0
 #: Consecutive requests that exhaust their retries before the job gives up instead of dead-lettering.
 GIVE_UP_AFTER = 5
 
-EXIT_OK, EXIT_PARTIAL, EXIT_SIGINT, EXIT_SIGTERM = 0, 3, 130, 143
+EXIT_OK, EXIT_PARTIAL, EXIT_SIGINT, EXIT_SIGTERM = ExitCode.OK, ExitCode.PARTIAL, ExitCode.SIGINT, ExitCode.SIGTERM
 
 
 class Stop(Exception):

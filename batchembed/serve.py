@@ -31,13 +31,15 @@ import orjson
 from aiohttp import web
 
 from batchembed.errors import BatchEmbedError
-from batchembed.providers.local import DEFAULT_MODEL_ALIASES, LocalEmbedder, matryoshka
+from batchembed.exitcodes import ExitCode
+from batchembed.providers.cosine import RERANK_SUFFIX, cosine_rerank_scores
+from batchembed.providers.local import LocalEmbedder, matryoshka
+from batchembed.providers.model_files import DEFAULT_MODEL_ALIASES
 
 #: Gather concurrent requests for at most this long before running the model.
 MICRO_BATCH_WAIT = 0.003
 #: ... or until this many inputs are waiting.
 MICRO_BATCH_INPUTS = 128
-RERANK_SUFFIX = " (cosine similarity, not a cross-encoder)"
 #: Response header: how many inputs the model call that answered this request held (micro-batching).
 BATCH_HEADER = "X-Batchembed-Batch-Inputs"
 
@@ -270,8 +272,7 @@ class Server:
         if not isinstance(return_documents, bool):
             raise APIErrorResponse(400, "'return_documents' must be a boolean")
         vectors, counts, _ = await self.batcher.embed([query, *documents])
-        vectors = vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
-        scores = vectors[1:] @ vectors[0]
+        scores = cosine_rerank_scores(vectors)
         order = np.argsort(-scores, kind="stable")[:top_n]
         data = []
         for i in order:
@@ -351,7 +352,7 @@ def command(args: argparse.Namespace) -> int:
     Configuration problems (bad model directory, checksum mismatch) raise ``ConfigError``.
     """
     asyncio.run(_serve(args))
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":
@@ -363,4 +364,4 @@ if __name__ == "__main__":
         sys.exit(command(_parser.parse_args()))
     except BatchEmbedError as _exc:
         print(f"batchembed serve: error: {_exc}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(ExitCode.FAILED)

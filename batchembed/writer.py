@@ -1,4 +1,4 @@
-"""Parquet shard writing: rows appended in order to a temporary file, then fsync and rename.
+"""Parquet shard writing: rows appended in order to a temporary file, then published by ``atomic``.
 
 A shard is only ever visible under its final name once it is complete and durable, so a reader
 (or a resume after ``kill -9``) never sees half a shard. Vectors are stored as
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-TMP_SUFFIX = ".tmp"
+from batchembed.atomic import publish, temp_path
 
 
 def vector_array(vectors: np.ndarray, valid: np.ndarray | None = None) -> pa.FixedSizeListArray:
@@ -27,18 +26,6 @@ def vector_array(vectors: np.ndarray, valid: np.ndarray | None = None) -> pa.Fix
     values = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())
     mask = None if valid is None or valid.all() else pa.array(~valid)
     return pa.FixedSizeListArray.from_arrays(values, dim, mask=mask)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def sha256_of(path: Path) -> str:
@@ -79,7 +66,7 @@ class ShardWriter:
         self.directory = directory
         self.name = name
         self.final = directory / name
-        self.tmp = directory / (name + TMP_SUFFIX)
+        self.tmp = temp_path(self.final)
         self.schema = schema
         self.rows = 0
         self._writer = parquet_writer(self.tmp, schema, compression)
@@ -93,12 +80,9 @@ class ShardWriter:
     def commit(self) -> WrittenFile:
         """Close, fsync, rename into place, and return size and checksum for the manifest."""
         self._writer.close()
-        with open(self.tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
         digest = sha256_of(self.tmp)
         size = self.tmp.stat().st_size
-        os.replace(self.tmp, self.final)
-        fsync_dir(self.directory)
+        publish(self.tmp, self.final)
         return WrittenFile(self.name, self.rows, size, digest)
 
     def abort(self) -> None:

@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batchembed.atomic import atomic_path
+
 DATA_DIR = Path(__file__).resolve().parent / ".data"
 BLOCK = 10_000
 SEED = 20240611
@@ -87,9 +89,8 @@ def dataset(rows: int, directory: Path = DATA_DIR) -> Path:
         return path
     texts = make_texts(rows)
     table = pa.table({"id": pa.array(np.arange(rows, dtype=np.int64)), "text": pa.array(texts, pa.string())})
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(table, tmp, row_group_size=100_000)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:  # a killed generation never leaves a half file under the cached name
+        pq.write_table(table, tmp, row_group_size=100_000)
     return path
 
 

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from batchembed.errors import ConfigError
-from batchembed.providers import local
+from batchembed.providers import model_files
 from batchembed.providers.base import EmbeddingResult
-from batchembed.providers.local import LocalEmbedder, default_model_files
+from batchembed.providers.local import LocalEmbedder
+from batchembed.providers.model_files import default_model_files
 
 TEXTS = [
     "The delivery arrived two days late and the box was damaged.",
@@ -54,7 +55,7 @@ def test_vectors_are_384_dim_unit_norm_and_deterministic(embedder):
     again, _ = embedder.encode(TEXTS)
     np.testing.assert_array_equal(vectors, again)
     assert embedder.native_dim == 384 and embedder.dim == 384 and embedder.max_tokens == 256
-    assert embedder.sha256 == local.MODEL_SHA256
+    assert embedder.sha256 == model_files.MODEL_SHA256
     assert counts.tolist() == np.minimum(embedder.count_tokens(TEXTS), 256).tolist()
 
 
@@ -128,11 +129,11 @@ def test_dimensions_truncate_and_renormalise(embedder):
 
 
 def test_pinned_sha256_mismatch_is_a_config_error(monkeypatch):
-    monkeypatch.setattr(local, "MODEL_SHA256", "0" * 64)
+    monkeypatch.setattr(model_files, "MODEL_SHA256", "0" * 64)
     with pytest.raises(ConfigError, match=r"sha256 of .*model\.onnx"):
         LocalEmbedder()
     monkeypatch.undo()
-    monkeypatch.setattr(local, "TOKENIZER_SHA256", "f" * 64)
+    monkeypatch.setattr(model_files, "TOKENIZER_SHA256", "f" * 64)
     with pytest.raises(ConfigError, match=r"sha256 of .*tokenizer\.json"):
         LocalEmbedder()
 

@@ -269,7 +269,7 @@ def test_window_pause_blocks_new_slots():
 
 
 def test_tokenizer_json_counts_exactly_and_truncates_token_accurately():
-    from batchembed.providers.local import default_model_files
+    from batchembed.providers.model_files import default_model_files
     from batchembed.tokens import HFTokenizerCounter
 
     counter = HFTokenizerCounter(str(default_model_files()[1]))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import re
 
+from batchembed.atomic import TMP_SUFFIX
 from batchembed.checkpoint import SUCCESS, Manifest, check_shards, fingerprint_hash, remove_orphans
 from batchembed.errors import ResumeRefused, UsageError
 from batchembed.store.base import OutputStore, manifest_names, part_suffix
@@ -97,7 +98,7 @@ def open_part(store: OutputStore, fingerprint: dict, restart: bool, part: tuple[
     if restart:
         for name in store.list_names():
             base = name.rsplit("/", 1)[-1]
-            if base.startswith("part-") and owns(base.removesuffix(".tmp")):
+            if base.startswith("part-") and owns(base.removesuffix(TMP_SUFFIX)):
                 store.delete(name)
         store.delete(store.manifest_name)
         store.delete(store.journal_name)

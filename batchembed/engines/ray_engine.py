@@ -34,7 +34,8 @@ from batchembed.checkpoint import Manifest, ShardRecord
 from batchembed.engines.budget import JobBudget, SharedLimits
 from batchembed.engines.parts import owned_by
 from batchembed.errors import BatchEmbedError, ConfigError
-from batchembed.runner import EXIT_OK, JobRunner
+from batchembed.exitcodes import ExitCode
+from batchembed.runner import JobRunner
 from batchembed.sources import SourceFile
 
 #: Times one slice is re-submitted after its worker process or node died, before the job gives up.
@@ -129,7 +130,7 @@ class SliceRunner(JobRunner):
         return None  # the driver writes the report and _failed.parquet
 
     def _conclude(self) -> int:
-        return EXIT_OK
+        return ExitCode.OK
 
     def counters(self) -> dict[str, Any]:
         """The stats the driver adds up."""

