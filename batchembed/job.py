@@ -98,7 +98,8 @@ def vector_memo(job: ResolvedJob) -> VectorMemo:
     Keyed by provider, model, dimensions and the model's identity, so a cache file shared by jobs
     never hands one model's vectors to another."""
     model, cache = job.model, job.config.cache
-    namespace = "|".join(str(x) for x in (model.provider, model.name, job.config.model.dimensions, *job.identity.values()))
+    facts = (model.provider, model.name, job.config.model.dimensions, *job.identity.values())
+    namespace = "|".join(str(x) for x in facts)
     cache_path = cache.path.removeprefix("file://") if cache.path else None
     return VectorMemo(cache.memory_mb << 20, cache_path, namespace)
 

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchembed import plan as plan_command
-from batchembed import runner
 from batchembed.config import load_job
 from batchembed.errors import ConfigError, InputError
+from batchembed.memo import text_keys
 from batchembed.tokens import EstimateCounter
 from tests.conftest import job_for, run_cli, toml_value, write_parquet
 
@@ -124,10 +124,6 @@ def run_plan(capsys, job_path: str, **kwargs) -> dict:
 def check(report: dict, want: dict) -> None:
     for key, value in want.items():
         assert report[key] == value, key
-
-
-def test_chunk_rows_match_the_runner():
-    assert plan_command.CHUNK_ROWS == runner.CHUNK_ROWS
 
 
 def test_plan_counts_parquet_and_csv(tmp_path, capsys):
@@ -259,9 +255,9 @@ def test_duration_text():
 def test_seen_set_compaction_is_exact(monkeypatch):
     monkeypatch.setattr(plan_command, "_COMPACT_EVERY", 2)
     seen = plan_command._Seen()
-    arr = pa.array(["a", "b", "a", "c", "d", "b", "e"])
+    arr = ["a", "b", "a", "c", "d", "b", "e"]
     firsts = [
-        bool(seen.first_seen(plan_command._digests(arr, np.array([i])), np.array([i + 1]))[0]) for i in range(len(arr))
+        bool(seen.first_seen(plan_command._digests(text_keys([arr[i]])), np.array([i + 1]))[0]) for i in range(len(arr))
     ]
     assert firsts == [True, True, False, True, True, False, True]
     assert len(seen) == 5
