@@ -14,6 +14,7 @@ from batchembed import plan as plan_command
 from batchembed.config import load_job
 from batchembed.errors import ConfigError, InputError
 from batchembed.memo import text_keys
+from batchembed.plan_report import duration
 from batchembed.tokens import EstimateCounter
 from tests.conftest import job_for, run_cli, toml_value, write_parquet
 
@@ -246,10 +247,10 @@ def test_missing_column_is_an_input_error(tmp_path):
 
 
 def test_duration_text():
-    assert plan_command._duration(0) == "0s"
-    assert plan_command._duration(59.2) == "1m 00s"
-    assert plan_command._duration(3600 * 5 + 61) == "5h 01m"
-    assert plan_command._duration(86400 * 3 + 3600) == "3d 01h"
+    assert duration(0) == "0s"
+    assert duration(59.2) == "1m 00s"
+    assert duration(3600 * 5 + 61) == "5h 01m"
+    assert duration(86400 * 3 + 3600) == "3d 01h"
 
 
 def test_seen_set_compaction_is_exact(monkeypatch):
