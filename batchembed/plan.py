@@ -19,7 +19,8 @@ query is counted once per document, as the server sees it); requests are the rer
 one query per request.
 
 Policies that stop a run (``on_empty``/``on_too_long = "fail"``) are reported as warnings naming the
-row where the run would stop; the figures then count the rows as if they were sent whole.
+row where the run would stop; the figures then count an embed job's too-long texts whole, and leave
+a rerank job's too-long pairs out.
 """
 
 from __future__ import annotations
@@ -160,8 +161,10 @@ class _EmbedTally:
         used = rows[rows >= 0]
         report.tokens += int(counts[used].sum())
         report.rows_to_embed += len(used)
-        (request,) = requests  # the embed task's one unpacked request: the chunk's texts to send
-        to_send = request.items[np.isin(request.items, used)] if policy == "skip" and len(cut) else request.items
+        # the chunk's texts to send, as prepared (the embed task leaves packing until just before sending)
+        to_send = np.concatenate([r.items for r in requests]) if requests else np.zeros(0, np.int64)
+        if policy == "skip" and len(cut):
+            to_send = to_send[np.isin(to_send, used)]
         if not len(to_send):
             return
         # the run sends each distinct text once (in-flight sharing, memo, cache): first occurrences only

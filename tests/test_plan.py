@@ -280,3 +280,17 @@ def test_plan_predicts_what_a_run_sends(tmp_path, capsys, srv):
     assert sorted(srv.received_texts()) == sorted({t for t in texts if t})  # each distinct text once
     assert report["unique_texts"] == len({t for t in texts if t})
     assert pq.read_metadata(src).num_rows == report["rows"]
+
+
+def test_a_filled_vector_cache_does_not_change_the_plan(tmp_path, capsys, srv):
+    """The plan's task gets an empty memo: what a cache file holds never hides a text from the figures."""
+    texts = [f"cached text {i % 300}" for i in range(1000)]
+    src = write_parquet(tmp_path / "in.parquet", texts, row_group_size=250)
+    job_path = str(job_for(tmp_path, srv, src, cache={"path": str(tmp_path / "vectors.sqlite")}))
+    before = run_plan(capsys, job_path)
+    result = run_cli("run", job_path, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "vectors.sqlite").stat().st_size > 0  # the run filled the cache
+    assert run_plan(capsys, job_path) == before
+    assert (before["unique_texts"], before["rows_to_embed"]) == (300, 1000)
+    assert before["requests"] == len(srv.requests)
