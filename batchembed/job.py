@@ -104,7 +104,9 @@ def vector_memo(job: ResolvedJob) -> VectorMemo:
     return VectorMemo(cache.memory_mb << 20, cache_path, namespace)
 
 
-def build_task(job: ResolvedJob, provider: Any, counter: TokenCounter, *, stats: Stats, memo: VectorMemo) -> Task:
+def build_task(
+    job: ResolvedJob, provider: Any, counter: TokenCounter, *, stats: Stats, memo: VectorMemo | None
+) -> Task:
     """The job's task: ``RerankTask`` for rerank jobs (``memo`` unused), else ``EmbedTask``.
 
     ``provider`` may be ``None`` when only ``prepare`` will be called (``batchembed plan``)."""
