@@ -140,14 +140,10 @@ def dispatch(args: argparse.Namespace) -> int:
             shard=args.shard,
         )
     if args.command == "plan":
-        from batchembed.job import check_model, text_prefix
         from batchembed.plan import plan
-        from batchembed.providers.factory import counter_for
 
-        check_model(job)
-        counter, max_tokens = counter_for(job)
         price = args.price if args.price is not None else job.model.price_per_million_tokens
-        return plan(job, counter, args.json, price, prefix=text_prefix(job), max_tokens_per_input=max_tokens)
+        return plan(job, as_json=args.json, price_per_million=price)
     from batchembed import audit
 
     if args.command == "status":

@@ -146,39 +146,6 @@ class JobConfig:
         return self.kind == "rerank" or (self.kind is None and self.rerank is not None)
 
 
-@dataclass(frozen=True)
-class ProviderDefaults:
-    """What a provider name implies when the job file does not say."""
-
-    model: str
-    base_url: str | None
-    api_key_env: str | None
-    base64: bool  # known to accept encoding_format=base64
-    requests_per_minute: int
-    tokens_per_minute: int
-    max_inputs: int  # the provider's own per-request cap
-
-
-PROVIDERS: dict[str, ProviderDefaults] = {
-    # Fireworks' schema does not list encoding_format=base64 (unverified), so auto sends floats there.
-    "fireworks": ProviderDefaults(
-        "fireworks/qwen3-embedding-8b",
-        "https://api.fireworks.ai/inference/v1",
-        "FIREWORKS_API_KEY",
-        False,
-        600,
-        1_000_000,
-        2048,
-    ),
-    "openai": ProviderDefaults(
-        "text-embedding-3-small", "https://api.openai.com/v1", "OPENAI_API_KEY", True, 3000, 1_000_000, 2048
-    ),
-    # unknown servers: base64 first, falling back to float if refused (see OpenAICompatibleEmbedder)
-    "openai-compatible": ProviderDefaults("default", None, None, True, 6000, 10_000_000, 2048),
-    "local": ProviderDefaults("all-MiniLM-L6-v2", None, None, False, 1_000_000, 1_000_000_000, 256),
-}
-
-
 # ---------------------------------------------------------------------------------------------- loading
 
 
@@ -393,40 +360,6 @@ def text_fields(template: str) -> list[str]:
     if not names or any(not n for n in names):
         raise ConfigError(f"input.text: template {template!r} must name its columns, like {{title}}")
     return list(dict.fromkeys(names))
-
-
-# ------------------------------------------------------------------------------------ resolved settings
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """The model settings with provider defaults filled in."""
-
-    provider: str
-    name: str
-    base_url: str | None
-    api_key_env: str | None
-    use_base64: bool
-    requests_per_minute: int
-    tokens_per_minute: int
-    batch_inputs: int
-
-
-def resolve_model(job: JobConfig) -> ResolvedModel:
-    """Fill provider defaults into the model and limits settings."""
-    defaults = PROVIDERS[job.model.provider]
-    m = job.model
-    use_base64 = defaults.base64 if m.encoding == "auto" else m.encoding == "base64"
-    return ResolvedModel(
-        provider=m.provider,
-        name=m.name or defaults.model,
-        base_url=(m.base_url or defaults.base_url or "").rstrip("/") or None,
-        api_key_env=m.api_key_env if m.api_key_env is not None else defaults.api_key_env,
-        use_base64=use_base64,
-        requests_per_minute=job.limits.requests_per_minute or defaults.requests_per_minute,
-        tokens_per_minute=job.limits.tokens_per_minute or defaults.tokens_per_minute,
-        batch_inputs=min(job.limits.batch_inputs, defaults.max_inputs),
-    )
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

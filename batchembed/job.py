@@ -1,29 +1,126 @@
-"""Assemble a runnable job from its configuration: provider, token counter, task, runner."""
+"""Assemble a runnable job from its resolved settings: API key, provider, token counter, task, runner.
+
+The one place that reads an API key and chooses a provider class for a job; ``batchembed.providers``
+holds only the wire shapes. Everything is built from one ``ResolvedJob`` (``batchembed.resolved``),
+so the provider, the counter, the task and the runner all see the same model, prefix and limits.
+"""
 
 from __future__ import annotations
 
-from batchembed import catalog
-from batchembed.config import JobConfig, resolve_model
+import os
+from typing import Any
+
+from batchembed.config import JobConfig
+from batchembed.errors import ConfigError, register_secret
 from batchembed.memo import VectorMemo
 from batchembed.progress import Stats
-from batchembed.providers.factory import build
+from batchembed.resolved import ResolvedJob, resolve
 from batchembed.runner import JobRunner
+from batchembed.tasks import Task
+from batchembed.tokens import LocalModelCounter, TokenCounter, make_counter
 
 
-def text_prefix(job: JobConfig) -> str:
-    """What goes before every text: the model's query instruction or document prefix, and ``input.prefix``."""
-    cfg = job.input
-    return catalog.document_prefix(resolve_model(job).name, cfg.role, cfg.instruction, cfg.prefix)
+def api_key(job: ResolvedJob) -> str | None:
+    """The API key from the configured environment variable; ConfigError when a provider needs one.
+
+    Fireworks and OpenAI need their key; an ``openai-compatible`` server is sent a key only when the
+    job names ``model.api_key_env`` (then it must be set), never another provider's key.
+    """
+    model = job.model
+    if not model.api_key_env:
+        return None
+    key = os.environ.get(model.api_key_env)
+    if key:
+        register_secret(key)
+        return key
+    if model.provider in ("fireworks", "openai") or job.config.model.api_key_env:
+        raise ConfigError(
+            f"model.api_key_env: environment variable {model.api_key_env} is not set "
+            f"(the {model.provider} provider needs an API key)"
+        )
+    return None
 
 
-def check_model(job: JobConfig) -> None:
-    """Checks against the model catalogue that need no request (the ``dimensions`` range)."""
-    if not (job.model.provider == "local" and job.model.path):
-        catalog.check_dimensions(resolve_model(job).name, job.model.dimensions, job.model.provider)
+def build_counter(job: ResolvedJob) -> TokenCounter:
+    """The job's token counter, without any API key or request (``plan`` uses it alone)."""
+    if job.model.provider == "local":
+        if job.tokenizer == "estimate":
+            return LocalModelCounter(job.local_model)
+        return make_counter(job.tokenizer)
+    return make_counter(job.tokenizer, job.model.name)
+
+
+def build_provider(job: ResolvedJob) -> Any:
+    """The embedder (or, for rerank jobs, the reranker) that answers the job's requests."""
+    config, model = job.config, job.model
+    if model.provider == "local":
+        if job.is_rerank:
+            from batchembed.providers.rerank import LocalCosineReranker
+
+            return LocalCosineReranker(job.local_model)
+        return job.local_model
+    if job.is_rerank:
+        from batchembed.providers.rerank import HTTPReranker
+
+        fmt = config.rerank.format if config.rerank else "auto"
+        if fmt == "auto" and model.provider == "fireworks":
+            fmt = "fireworks"
+        return HTTPReranker(
+            provider=model.provider,
+            model=model.name,
+            base_url=model.base_url or "",
+            api_key=api_key(job),
+            fmt=fmt,
+            timeout=config.model.timeout,
+            max_connections=config.limits.concurrency,
+            extra_body=config.model.extra_body,
+        )
+    from batchembed.providers.openai_compat import OpenAICompatibleEmbedder
+
+    return OpenAICompatibleEmbedder(
+        provider=model.provider,
+        model=model.name,
+        base_url=model.base_url or "",
+        api_key=api_key(job),
+        dimensions=config.model.dimensions,
+        use_base64=job.encoding == "base64",
+        timeout=config.model.timeout,
+        max_connections=config.limits.concurrency,
+        fall_back_to_float=job.fall_back_to_float,
+        dimensions_by=config.model.dimensions_by,
+        extra_body=config.model.extra_body,
+    )
+
+
+def vector_memo(job: ResolvedJob) -> VectorMemo:
+    """The embed task's memo of recent vectors, backed by ``[cache] path`` when set.
+
+    Keyed by provider, model, dimensions and the model's identity, so a cache file shared by jobs
+    never hands one model's vectors to another."""
+    model, cache = job.model, job.config.cache
+    facts = (model.provider, model.name, job.config.model.dimensions, *job.identity.values())
+    namespace = "|".join(str(x) for x in facts)
+    cache_path = cache.path.removeprefix("file://") if cache.path else None
+    return VectorMemo(cache.memory_mb << 20, cache_path, namespace)
+
+
+def build_task(
+    job: ResolvedJob, provider: Any, counter: TokenCounter, *, stats: Stats, memo: VectorMemo | None
+) -> Task:
+    """The job's task: ``RerankTask`` for rerank jobs (``memo`` unused), else ``EmbedTask``.
+
+    ``provider`` may be ``None`` when only ``prepare`` will be called (``batchembed plan``)."""
+    if job.is_rerank:
+        from batchembed.tasks.rerank import RerankTask
+
+        return RerankTask(job, provider, counter, stats=stats)
+    from batchembed.tasks.embed import EmbedTask
+
+    return EmbedTask(job, provider, counter, stats=stats, memo=memo)
 
 
 def build_runner(
-    job: JobConfig,
+    job: JobConfig | ResolvedJob,
     *,
     quiet: bool = False,
     restart: bool = False,
@@ -32,42 +129,21 @@ def build_runner(
     runner_class: type[JobRunner] = JobRunner,
     **engine_options,
 ) -> JobRunner:
-    """A ``JobRunner`` (or an engine's subclass, given ``engine_options``) for ``job`` with every part
-    chosen from its settings."""
-    check_model(job)
-    built = build(job)
-    model = resolve_model(job)
+    """A ``JobRunner`` (or an engine's subclass, given ``engine_options``) for ``job`` (a ``JobConfig``,
+    resolved here, or a ``ResolvedJob``) with every part chosen from its settings."""
+    resolved = resolve(job)
+    provider = build_provider(resolved)
+    counter = build_counter(resolved)
     stats = Stats()
-    input_tokens = min(job.limits.input_tokens, built.max_tokens or job.limits.input_tokens)
-    if job.is_rerank:
-        from batchembed.tasks.rerank import RerankTask
-
-        task = RerankTask(job, model, built.provider, built.counter, input_tokens=input_tokens, stats=stats)
-    else:
-        from batchembed.tasks.embed import EmbedTask
-
-        namespace = "|".join(
-            str(x) for x in (model.provider, model.name, job.model.dimensions, *built.identity.values())
-        )
-        cache_path = job.cache.path.removeprefix("file://") if job.cache.path else None
-        memo = VectorMemo(job.cache.memory_mb << 20, cache_path, namespace)
-        task = EmbedTask(
-            job,
-            model,
-            built.provider,
-            built.counter,
-            prefix=text_prefix(job),
-            input_tokens=input_tokens,
-            stats=stats,
-            memo=memo,
-        )
+    memo = vector_memo(resolved) if not resolved.is_rerank else None
+    task = build_task(resolved, provider, counter, stats=stats, memo=memo)
     return runner_class(
-        job,
+        resolved.config,
         task,
-        built.provider,
-        built.counter,
+        provider,
+        counter,
         stats=stats,
-        model_identity=built.identity,
+        model_identity=dict(resolved.identity),
         quiet=quiet,
         restart=restart,
         retry_failed=retry_failed,

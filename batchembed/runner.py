@@ -35,7 +35,7 @@ from batchembed.checkpoint import (
     open_output,
     remove_orphans,
 )
-from batchembed.config import JobConfig, ResolvedModel, resolve_model
+from batchembed.config import JobConfig
 from batchembed.errors import (
     APIError,
     AuthError,
@@ -54,6 +54,7 @@ from batchembed.inputcheck import check_inputs
 from batchembed.journal import Journal, journal_store
 from batchembed.limits import RateLimits
 from batchembed.progress import Progress, Stats
+from batchembed.resolved import ResolvedModel, resolve_model
 from batchembed.retry import backoff
 from batchembed.servers import ServedModel, UsageCheck, model_request_fingerprint, run_canary
 from batchembed.sources import SourceFile, check_columns, discover

@@ -213,3 +213,23 @@ def make_counter(spec: str, model_name: str | None = None) -> TokenCounter:
             raise ConfigError(f"limits.tokenizer: no such file {spec!r}")
         return HFTokenizerCounter(spec)
     return TiktokenCounter(spec)
+
+
+class LocalModelCounter:
+    """Exact counts and truncation with the local model's own tokenizer (``[model] provider = "local"``)."""
+
+    name = "local-model"
+
+    def __init__(self, model) -> None:
+        self._model = model
+
+    def count(self, texts: pa.Array) -> np.ndarray:
+        """Tokens per text as the model sees them."""
+        return self._model.count_tokens([t if t is not None else "" for t in texts.to_pylist()])
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        """Token-accurate cut."""
+        return self._model.truncate(text, max_tokens)
+
+    def observe(self, estimated: int, reported: int) -> None:
+        """Exact counts need no calibration."""

@@ -11,9 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchembed import plan as plan_command
-from batchembed import runner
 from batchembed.config import load_job
 from batchembed.errors import ConfigError, InputError
+from batchembed.memo import text_keys
+from batchembed.plan_report import duration
 from batchembed.tokens import EstimateCounter
 from tests.conftest import job_for, run_cli, toml_value, write_parquet
 
@@ -124,10 +125,6 @@ def run_plan(capsys, job_path: str, **kwargs) -> dict:
 def check(report: dict, want: dict) -> None:
     for key, value in want.items():
         assert report[key] == value, key
-
-
-def test_chunk_rows_match_the_runner():
-    assert plan_command.CHUNK_ROWS == runner.CHUNK_ROWS
 
 
 def test_plan_counts_parquet_and_csv(tmp_path, capsys):
@@ -250,18 +247,18 @@ def test_missing_column_is_an_input_error(tmp_path):
 
 
 def test_duration_text():
-    assert plan_command._duration(0) == "0s"
-    assert plan_command._duration(59.2) == "1m 00s"
-    assert plan_command._duration(3600 * 5 + 61) == "5h 01m"
-    assert plan_command._duration(86400 * 3 + 3600) == "3d 01h"
+    assert duration(0) == "0s"
+    assert duration(59.2) == "1m 00s"
+    assert duration(3600 * 5 + 61) == "5h 01m"
+    assert duration(86400 * 3 + 3600) == "3d 01h"
 
 
 def test_seen_set_compaction_is_exact(monkeypatch):
     monkeypatch.setattr(plan_command, "_COMPACT_EVERY", 2)
     seen = plan_command._Seen()
-    arr = pa.array(["a", "b", "a", "c", "d", "b", "e"])
+    arr = ["a", "b", "a", "c", "d", "b", "e"]
     firsts = [
-        bool(seen.first_seen(plan_command._digests(arr, np.array([i])), np.array([i + 1]))[0]) for i in range(len(arr))
+        bool(seen.first_seen(plan_command._digests(text_keys([arr[i]])), np.array([i + 1]))[0]) for i in range(len(arr))
     ]
     assert firsts == [True, True, False, True, True, False, True]
     assert len(seen) == 5
@@ -283,3 +280,17 @@ def test_plan_predicts_what_a_run_sends(tmp_path, capsys, srv):
     assert sorted(srv.received_texts()) == sorted({t for t in texts if t})  # each distinct text once
     assert report["unique_texts"] == len({t for t in texts if t})
     assert pq.read_metadata(src).num_rows == report["rows"]
+
+
+def test_a_filled_vector_cache_does_not_change_the_plan(tmp_path, capsys, srv):
+    """The plan's task gets an empty memo: what a cache file holds never hides a text from the figures."""
+    texts = [f"cached text {i % 300}" for i in range(1000)]
+    src = write_parquet(tmp_path / "in.parquet", texts, row_group_size=250)
+    job_path = str(job_for(tmp_path, srv, src, cache={"path": str(tmp_path / "vectors.sqlite")}))
+    before = run_plan(capsys, job_path)
+    result = run_cli("run", job_path, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "vectors.sqlite").stat().st_size > 0  # the run filled the cache
+    assert run_plan(capsys, job_path) == before
+    assert (before["unique_texts"], before["rows_to_embed"]) == (300, 1000)
+    assert before["requests"] == len(srv.requests)

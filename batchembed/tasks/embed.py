@@ -16,11 +16,12 @@ import pyarrow.compute as pc
 
 from batchembed import __version__
 from batchembed.batching import pack
-from batchembed.config import JobConfig, ResolvedModel, text_fields
+from batchembed.config import JobConfig, text_fields
 from batchembed.errors import InputError, MalformedResponse, ServerIgnoredSettings
 from batchembed.memo import VectorMemo, text_keys
 from batchembed.progress import Stats
 from batchembed.providers.base import Embedder, EmbeddingResult
+from batchembed.resolved import ResolvedJob
 from batchembed.tasks import Piece, Request, failure_table
 from batchembed.texts import add_prefix, blank_mask, build_texts
 from batchembed.tokens import TokenCounter, exact_counts, over_limit
@@ -106,22 +107,21 @@ class EmbedTask:
 
     def __init__(
         self,
-        job: JobConfig,
-        model: ResolvedModel,
-        embedder: Embedder,
+        resolved: ResolvedJob,
+        embedder: Embedder | None,
         counter: TokenCounter,
         *,
-        prefix: str,
-        input_tokens: int,
         stats: Stats,
         memo: VectorMemo,
     ) -> None:
+        """``embedder`` may be ``None`` when only ``prepare`` is called (``batchembed plan``)."""
+        job = resolved.config
         self.job = job
-        self.model = model
+        self.model = resolved.model
         self.embedder = embedder
         self.counter = counter
-        self.prefix = prefix
-        self.input_tokens = input_tokens
+        self.prefix = resolved.prefix
+        self.input_tokens = resolved.input_tokens
         self.stats = stats
         self.memo = memo
         # texts in flight: key -> [(waiting piece, its text index)], owned by the first piece sending it

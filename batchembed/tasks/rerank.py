@@ -20,10 +20,11 @@ import pyarrow.compute as pc
 
 from batchembed import __version__
 from batchembed.batching import pack
-from batchembed.config import JobConfig, RerankConfig, ResolvedModel
+from batchembed.config import RerankConfig
 from batchembed.errors import ConfigError, InputError, MalformedResponse
 from batchembed.progress import Stats
 from batchembed.providers.rerank import RerankResult
+from batchembed.resolved import ResolvedJob
 from batchembed.tasks import Piece, Request, failure_table
 from batchembed.tasks.embed import chunk_positions, generated_ids
 from batchembed.texts import as_string, blank_mask
@@ -52,22 +53,15 @@ class RerankWork:
 class RerankTask:
     """Scores every (query, document) pair of the input with ``reranker``."""
 
-    def __init__(
-        self,
-        job: JobConfig,
-        model: ResolvedModel,
-        reranker: Any,
-        counter: TokenCounter,
-        *,
-        input_tokens: int,
-        stats: Stats,
-    ) -> None:
+    def __init__(self, resolved: ResolvedJob, reranker: Any, counter: TokenCounter, *, stats: Stats) -> None:
+        """``reranker`` may be ``None`` when only ``prepare`` is called (``batchembed plan``)."""
+        job = resolved.config
         self.job = job
         self.cfg: RerankConfig = job.rerank or RerankConfig()
-        self.model = model
+        self.model = resolved.model
         self.reranker = reranker
         self.counter = counter
-        self.input_tokens = input_tokens
+        self.input_tokens = resolved.input_tokens
         self.stats = stats
         cfg = self.cfg
         names = [cfg.query, cfg.query_id, cfg.document, cfg.doc_id, *job.input.keep]

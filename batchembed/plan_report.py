@@ -1,0 +1,111 @@
+"""What ``batchembed plan`` reports: the figures of a plan, and their human-readable form."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass
+class PlanReport:
+    """Everything ``plan`` prints. Rerank jobs fill the pair fields and leave the embed-only ones 0."""
+
+    provider: str
+    model: str
+    preset: str | None  # the catalogue entry used, if any
+    dimensions: int | None
+    prefix: str
+    task: str = "embed"  # "embed" | "rerank"
+    files: list[dict] = field(default_factory=list)  # name, format, rows
+    rows: int = 0
+    blank_rows: int = 0  # null or whitespace-only text: kept with a null vector, never sent
+    too_long_rows: int = 0  # rows whose text counts more than input_tokens
+    skipped_rows: int = 0  # blank + too long under on_too_long = "skip" (rerank: rows with no pair sent)
+    rows_to_embed: int = 0
+    input_tokens: int = 0  # effective limit per input
+    on_too_long: str = "truncate"
+    unique_texts: int = 0  # exact job-wide (up to 64-bit digest collisions)
+    tokens: int = 0  # every embedded row counted, no dedup at all
+    tokens_to_send: int = 0  # what the run sends: each distinct text once (rerank: every pair)
+    tokens_saved_by_dedup: int = 0
+    unique_tokens: int = 0  # if every distinct text were sent exactly once job-wide
+    queries: int = 0  # rerank: groups of documents scored against one query
+    pairs: int = 0  # rerank: (query, document) pairs
+    blank_pairs: int = 0  # rerank: blank query or document: kept with a null score, never sent
+    too_long_pairs: int = 0  # rerank: query + document over input_tokens
+    pairs_to_score: int = 0  # rerank: pairs sent
+    requests: int = 0
+    batch_inputs: int = 0
+    batch_tokens: int = 0
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
+    price_per_million_tokens: float | None = None
+    price_source: str | None = None  # "argument" | "catalog" | None (unknown)
+    estimated_cost_usd: float | None = None
+    eta_seconds: float = 0.0  # lower bound from the rate limits alone
+    eta_bound: str = "requests"  # which limit dominates: "requests" | "tokens"
+    warnings: list[str] = field(default_factory=list)
+
+
+def duration(seconds: float) -> str:
+    """A lower-bound ETA as a short text: "59s", "5h 01m", "3d 01h"."""
+    seconds = math.ceil(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, s = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {s:02d}s"
+    hours, m = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h {m:02d}m"
+    days, h = divmod(hours, 24)
+    return f"{days}d {h:02d}h"
+
+
+def format_report(r: PlanReport) -> str:
+    """The human-readable plan."""
+    model = f"{r.model} ({r.provider}" + (f", {r.dimensions} dims)" if r.dimensions else ")")
+    known = f"catalogue: {r.preset}" if r.preset else "not in the catalogue: no model checks"
+    pct = f" ({r.tokens_saved_by_dedup / r.tokens:.1%})" if r.tokens else ""
+    policy = {"truncate": "truncated", "skip": "skipped", "fail": "the run would stop"}[r.on_too_long]
+    if r.estimated_cost_usd is not None:
+        cost = f"${r.estimated_cost_usd:,.2f} at ${r.price_per_million_tokens:g} per 1M tokens ({r.price_source})"
+    else:
+        cost = "unknown (no price known for this model; pass one with --price USD_PER_1M_TOKENS)"
+    if r.task == "rerank":
+        lines = [
+            f"rerank plan for {model} -- {known}; nothing is sent",
+            f"  files            {len(r.files):,}",
+            f"  rows             {r.rows:,}",
+            f"  queries          {r.queries:,} (each scored against its documents)",
+            f"  pairs            {r.pairs:,}",
+            f"  blank pairs      {r.blank_pairs:,} (kept with a null score, not sent)",
+            f"  too long         {r.too_long_pairs:,} pairs over {r.input_tokens:,} tokens ({policy})",
+            f"  pairs to score   {r.pairs_to_score:,}",
+            f"  tokens to send   {r.tokens_to_send:,} (the query counted once per document, as sent)",
+            f"  requests         {r.requests:,} (one query each; at most {r.batch_inputs:,} documents / "
+            f"{r.batch_tokens:,} tokens)",
+        ]
+    else:
+        lines = [
+            f"plan for {model} -- {known}; nothing is sent",
+            f"  files            {len(r.files):,}",
+            f"  rows             {r.rows:,}",
+            f"  blank rows       {r.blank_rows:,} (kept with a null vector, not sent)",
+            f"  too long         {r.too_long_rows:,} rows over {r.input_tokens:,} tokens ({policy})",
+            f"  rows to embed    {r.rows_to_embed:,}",
+            f"  unique texts     {r.unique_texts:,} job-wide ({r.unique_tokens:,} tokens)",
+            f"  tokens           {r.tokens:,} (every row)",
+            f"  tokens to send   {r.tokens_to_send:,} (each distinct text once: dedup saves "
+            f"{r.tokens_saved_by_dedup:,}{pct})",
+            f"  requests         {r.requests:,} (at most {r.batch_inputs:,} inputs / {r.batch_tokens:,} tokens each)",
+        ]
+    lines += [
+        f"  estimated cost   {cost}",
+        f"  ETA              at least {duration(r.eta_seconds)} at {r.requests_per_minute:,} requests/min and "
+        f"{r.tokens_per_minute:,} tokens/min ({r.eta_bound} bound)",
+    ]
+    if r.prefix:
+        lines.insert(1, f"  prefix           {r.prefix!r}")
+    lines += [f"warning: {w}" for w in r.warnings]
+    return "\n".join(lines)
