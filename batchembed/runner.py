@@ -15,13 +15,11 @@ import json
 import os
 import signal
 import sys
-import time
 from typing import Any
 
 import pyarrow as pa
 
 from batchembed import __version__
-from batchembed.batching import halves
 from batchembed.checkpoint import (
     FAILED,
     FAILED_DIR,
@@ -37,23 +35,14 @@ from batchembed.checkpoint import (
 )
 from batchembed.config import JobConfig, ResolvedModel, resolve_model
 from batchembed.errors import (
-    APIError,
-    AuthError,
     InputError,
-    InputTooLong,
-    MalformedResponse,
-    PayloadTooLarge,
-    ServerIgnoredSettings,
-    TerminalAPIError,
-    TransientAPIError,
-    redact,
 )
 from batchembed.faults import with_path
 from batchembed.inputcheck import check_inputs
 from batchembed.journal import Journal, journal_store
 from batchembed.limits import RateLimits
 from batchembed.progress import Progress, Stats
-from batchembed.retry import backoff
+from batchembed.sender import Sender, SendHooks, Stop
 from batchembed.servers import ServedModel, UsageCheck, model_request_fingerprint, run_canary
 from batchembed.sources import SourceFile, check_columns, discover
 from batchembed.store import open_store, storage_options
@@ -67,14 +56,8 @@ from batchembed.writer import shard_metadata
 CHUNK_ROWS = 4096
 #: Seconds in-flight requests get to finish after SIGINT/SIGTERM before they are abandoned.
 STOP_GRACE = 30.0
-#: Consecutive requests that exhaust their retries before the job gives up instead of dead-lettering.
-GIVE_UP_AFTER = 5
 
 EXIT_OK, EXIT_PARTIAL, EXIT_SIGINT, EXIT_SIGTERM = 0, 3, 130, 143
-
-
-class Stop(Exception):
-    """Raised inside the pipeline when a signal asked it to stop."""
 
 
 class JobRunner:
@@ -121,14 +104,32 @@ class JobRunner:
         self.progress = Progress(self.stats, quiet=quiet)
         self.limits = RateLimits(self.model.requests_per_minute, self.model.tokens_per_minute, job.limits.concurrency)
         self.stopping: int | None = None  # the signal number once asked to stop
-        self.succeeded_once = False
-        self.exhausted_in_a_row = 0
         self.manifest: Manifest | None = None
         self.journal: Journal | None = None
         self._unresolved = 0
         self.accept_model_change = accept_model_change
         self.usage_check = UsageCheck(self.progress.line, counter.name)
         self.served = ServedModel(self.model.name, self.progress.line)
+        self.sender: Sender | None = None  # made once the engine's limits are in place
+
+    def _make_sender(self) -> Sender:
+        sender = Sender(
+            self.task,
+            self.limits,
+            self.stats,
+            max_retries=self.job.limits.max_retries,
+            hooks=SendHooks(sent=self._sent, answered=self._answered, usage=self.usage_check.observe),
+            shorten=getattr(self.task, "shorten", None),
+        )
+        sender.stopping = self.stopping is not None
+        return sender
+
+    def _sent(self, request: Request) -> None:
+        self.journal.sent(request)
+
+    def _answered(self, request: Request, answer: Any) -> None:
+        self.journal.answered(request)
+        self.served.observe(getattr(answer, "model", None))
 
     # ------------------------------------------------------------------------------ public entry
 
@@ -157,6 +158,8 @@ class JobRunner:
             print("batchembed: stopped at once; run the same command again to resume.", file=sys.stderr)
             os._exit(EXIT_SIGINT if sig == signal.SIGINT else EXIT_SIGTERM)
         self.stopping = sig
+        if self.sender is not None:
+            self.sender.stopping = True
         self.progress.line(
             f"{signal.Signals(sig).name}: finishing requests in flight (up to {STOP_GRACE:.0f}s), then stopping; "
             "press Ctrl-C again to stop at once"
@@ -211,6 +214,7 @@ class JobRunner:
             self.progress.line(
                 f"resuming {self.out}: {len(manifest.shards)} shards ({manifest.rows():,} rows) already committed"
             )
+        self.sender = self._make_sender()
         self.progress.start()
         failed = True
         finished = False
@@ -370,7 +374,7 @@ class JobRunner:
                 piece.abandoned = True
             else:
                 try:
-                    await self._send(request)
+                    await self.sender.send(request)
                 except asyncio.CancelledError:
                     piece.abandoned = True
                     if self.stopping is None:
@@ -389,98 +393,6 @@ class JobRunner:
         piece.pending -= 1
         if piece.pending == 0:
             self._piece_done(piece)
-
-    async def _send(self, request: Request) -> None:
-        """Send one request with retries; split on 413 and too-long; dead-letter what still fails."""
-        attempt = 0
-        while True:
-            if self.stopping is not None and attempt:
-                raise Stop()
-            error: APIError | None = None
-            async with self.limits.window.slot():
-                await self.limits.admit(request.tokens)
-                if attempt == 0:
-                    self.journal.sent(request)
-                self.stats.in_flight += 1
-                self.stats.requests += 1
-                began = time.monotonic()
-                try:
-                    answer = await self.task.call(request)
-                except APIError as exc:
-                    error = exc
-                finally:
-                    self.stats.in_flight -= 1
-                    self.stats.latencies.append(time.monotonic() - began)
-            if error is None:
-                self.limits.observe(getattr(answer, "headers", {}), 200, request.tokens)
-                try:
-                    reported = self.task.accept(request, answer)
-                except MalformedResponse as exc:
-                    error = exc
-                else:
-                    self.journal.answered(request)
-                    self._on_success(request, reported)
-                    self.served.observe(getattr(answer, "model", None))
-                    return
-            else:
-                self.limits.observe(error.headers, error.status, request.tokens)
-            if isinstance(error, (AuthError, ServerIgnoredSettings)):
-                raise error
-            if isinstance(error, (InputTooLong, PayloadTooLarge, TerminalAPIError)):
-                if isinstance(error, TerminalAPIError) and not self.succeeded_once:
-                    # Nothing has worked yet: this is the job's settings, not one row. Stop now.
-                    raise error
-                await self._split_or_fail(request, error)
-                return
-            # transient or malformed: back off and retry
-            attempt += 1
-            self.stats.retries[error.label] += 1
-            if attempt > self.job.limits.max_retries:
-                self.exhausted_in_a_row += 1
-                if self.exhausted_in_a_row >= GIVE_UP_AFTER:
-                    raise TransientAPIError(
-                        f"{GIVE_UP_AFTER} requests in a row failed after {self.job.limits.max_retries} retries; "
-                        f"giving up (last error: {error}). Committed shards are kept; run again to resume.",
-                        error.status,
-                    )
-                self._dead_letter(request, f"gave up after {self.job.limits.max_retries} retries: {error}")
-                return
-            delay = backoff(attempt - 1, error.retry_after)
-            if error.status in (429, 503):
-                self.limits.window.on_throttled(error.retry_after)
-            await asyncio.sleep(delay)
-
-    async def _split_or_fail(self, request: Request, error: APIError) -> None:
-        n = len(request.items)
-        if n == 1:
-            if isinstance(error, InputTooLong) and self.task.shorten(request):
-                # the server's "too long" is the last word: cut this one row and send it again
-                self.stats.retries["cut-too-long"] += 1
-                await self._send(request)
-                return
-            self._dead_letter(request, str(error))
-            return
-        self.stats.retries[f"split-{error.label}"] += 1
-        halves_ = [request.items[a:b] for a, b in halves(0, n)]
-        # charge each half its share of the tokens (items are not all the same size, but close enough)
-        parts = [Request(request.piece, h, max(1, request.tokens * len(h) // n)) for h in halves_]
-        await asyncio.gather(*(self._send(p) for p in parts))
-
-    def _on_success(self, request: Request, reported: int | None) -> None:
-        self.succeeded_once = True
-        self.exhausted_in_a_row = 0
-        self.limits.window.on_success()
-        if reported:
-            # the server's count tunes pacing only; it never decides what text is sent or how it is packed
-            self.limits.observe_usage(request.tokens, reported)
-            self.usage_check.observe(request.tokens, reported)
-        spent = reported or request.tokens
-        self.stats.tokens += spent
-        request.piece.chunk.unit.tokens += spent
-
-    def _dead_letter(self, request: Request, message: str) -> None:
-        for i in request.items:
-            request.piece.errors[int(i)] = redact(message)
 
     def _piece_done(self, piece: Piece) -> None:
         if not piece.abandoned:

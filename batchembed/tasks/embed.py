@@ -250,10 +250,11 @@ class EmbedTask:
 
     # --------------------------------------------------------------------------------- sending
 
-    async def call(self, request: Request) -> EmbeddingResult:
+    async def call(self, request: Request, meter: Any) -> EmbeddingResult:
         """Embed the request's texts."""
         work: EmbedWork = request.piece.work
-        return await self.embedder.embed([work.texts[i] for i in request.items])
+        async with meter(request.tokens):
+            return await self.embedder.embed([work.texts[i] for i in request.items])
 
     def accept(self, request: Request, answer: EmbeddingResult) -> int | None:
         """Store vectors (checking count and dimension) and remember them for duplicates."""

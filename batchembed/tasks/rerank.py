@@ -172,11 +172,12 @@ class RerankTask:
 
     # --------------------------------------------------------------------------------- sending
 
-    async def call(self, request: Request) -> RerankResult:
+    async def call(self, request: Request, meter: Any) -> RerankResult:
         """Score the request's documents against their (single) query."""
         work: RerankWork = request.piece.work
         query = work.queries[int(work.pair_group[request.items[0]])]
-        return await self.reranker.rerank(query, [work.documents[i] for i in request.items], self.cfg.task)
+        async with meter(request.tokens):
+            return await self.reranker.rerank(query, [work.documents[i] for i in request.items], self.cfg.task)
 
     def claim(self, piece: Piece, requests: list[Request]) -> list[Request]:
         """Pairs are never shared between pieces: send everything."""
