@@ -1,15 +1,10 @@
-"""The asyncio pipeline: wires source -> task -> sender -> output, plus signals and the progress ticker.
+"""One run of a job: wires source -> task -> sender -> output, plus signals and the progress ticker.
 
-The only module that creates tasks. Stages hand each other plain values; memory is bounded by a
-window of pieces (read but not yet written), so a slow provider pushes back on the reader.
-
-    reader (thread)  ──chunks──►  task.prepare + journal.resume  ──requests──►  N workers (sender)
-                                                                                     │
-    output.commit ◄── output.unit (in unit order, one row group per piece) ◄─────────┘
-
+Setup (inputs found and checked, the output's lock taken, its manifest opened, the canary), then the
+stages of :mod:`pipeline` over this run's chunks, then the ending (report, summary, ``_SUCCESS``).
 What a request goes through is the :mod:`sender`'s; what makes a unit count is the :mod:`output`'s.
 A run may be confined to a subset of the job's units (``units``): a ``--shard`` part or a Ray
-worker's slice is this same pipeline on its units.
+worker's slice is this same run on its units.
 """
 
 from __future__ import annotations
@@ -28,13 +23,14 @@ from batchembed.faults import with_path
 from batchembed.inputcheck import check_inputs
 from batchembed.journal import Journal, journal_store
 from batchembed.limits import RateLimits
-from batchembed.output import JobOutput, RetryUnit, UnitWriter
+from batchembed.output import JobOutput, RetryUnit
+from batchembed.pipeline import Pipeline
 from batchembed.progress import Progress, Stats
-from batchembed.sender import Sender, SendHooks, Stop
+from batchembed.sender import Sender, SendHooks
 from batchembed.servers import ServedModel, UsageCheck, model_request_fingerprint, run_canary
 from batchembed.sources import SourceFile, check_columns, discover
 from batchembed.store import open_store, storage_options
-from batchembed.tasks import Piece, Request, Task
+from batchembed.tasks import Request, Task
 from batchembed.tokens import TokenCounter
 from batchembed.units import Unit, iter_chunks, pending_rows, retry_chunks
 
@@ -92,7 +88,7 @@ class JobRunner:
         self.stopping: int | None = None  # the signal number once asked to stop
         self.journal: Journal | None = None
         self.sender: Sender | None = None  # made once the engine's limits are in place
-        self._workers: list[asyncio.Task] = []
+        self._stages: Pipeline | None = None
         self._unresolved = 0
         self.accept_model_change = accept_model_change
         self.usage_check = UsageCheck(self.progress.line, counter.name)
@@ -136,6 +132,8 @@ class JobRunner:
         self.stopping = sig
         if self.sender is not None:
             self.sender.stopping = True
+        if self._stages is not None:
+            self._stages.stop()
         self.progress.line(
             f"{signal.Signals(sig).name}: finishing requests in flight (up to {STOP_GRACE:.0f}s), then stopping; "
             "press Ctrl-C again to stop at once"
@@ -143,8 +141,8 @@ class JobRunner:
         asyncio.get_running_loop().call_later(STOP_GRACE, self._abandon_in_flight)
 
     def _abandon_in_flight(self) -> None:
-        for task in list(self._workers):
-            task.cancel()
+        if self._stages is not None:
+            self._stages.abandon()
 
     # ------------------------------------------------------------------------------------ setup
 
@@ -259,21 +257,22 @@ class JobRunner:
     # --------------------------------------------------------------------------------- pipeline
 
     async def _pipeline(self, sources, columns, retry_units: list[RetryUnit]) -> None:
-        limits = self.job.limits
-        window = max(4, -(-limits.concurrency * self.model.batch_inputs * 2 // CHUNK_ROWS) + 2)
-        self._slots = asyncio.Semaphore(window)
-        self._requests: asyncio.Queue[Request | None] = asyncio.Queue()
-        self._pieces: asyncio.Queue[Piece | None] = asyncio.Queue()
-        n_workers = limits.concurrency
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._reader(sources, columns, retry_units, n_workers))
-                self._workers = [tg.create_task(self._worker()) for _ in range(n_workers)]
-                writer = tg.create_task(self._writer())
-                tg.create_task(self._ticker(writer))
-        except BaseExceptionGroup as group:
-            # Surface the first real failure (an AuthError, an InputError...), not the group.
-            raise _first_error(group) from None
+        """Run the stages over this run's chunks (the Ray driver hands the units to workers instead)."""
+        window = max(4, -(-self.job.limits.concurrency * self.model.batch_inputs * 2 // CHUNK_ROWS) + 2)
+        self._stages = Pipeline(
+            self.task,
+            self.journal,
+            self.sender,
+            self.output,
+            self.stats,
+            tick=self._tick,
+            served=self.served,
+            window=window,
+            workers=self.job.limits.concurrency,
+        )
+        if self.stopping is not None:  # a signal before the stages existed
+            self._stages.stop()
+        await self._stages.run(self._chunk_stream(sources, columns, retry_units))
 
     def _chunk_stream(self, sources, columns, retry_units: list[RetryUnit]):
         """This run's chunks: previously failed rows first, then the units not yet committed (of ``units``)."""
@@ -300,110 +299,13 @@ class JobRunner:
                 if self.units is None or self.units(chunk.unit):
                     yield chunk
 
-    async def _reader(self, sources, columns, retry_units, n_workers: int) -> None:
-        stream = self._chunk_stream(sources, columns, retry_units)
-        sentinel = object()
-        try:
-            while self.stopping is None:
-                await self._slots.acquire()
-                chunk = await asyncio.to_thread(next, stream, sentinel)
-                if chunk is sentinel or self.stopping is not None:
-                    self._slots.release()
-                    break
-                piece, requests = await asyncio.to_thread(self._prepare, chunk)
-                piece.pending = len(requests)
-                await self._pieces.put(piece)
-                for request in requests:
-                    self._requests.put_nowait(request)
-                if piece.pending == 0:
-                    piece.done.set()
-        finally:
-            stream.close()
-            await self._pieces.put(None)
-            for _ in range(n_workers):
-                await self._requests.put(None)
-
-    def _prepare(self, chunk) -> tuple[Piece, list[Request]]:
-        """A chunk's piece and the requests still to send once its unit's journal is read (reader thread)."""
-        piece, requests = self.task.prepare(chunk)
-        return piece, self.journal.resume(piece, requests)
-
-    async def _worker(self) -> None:
-        while True:
-            try:
-                request = await self._requests.get()
-            except asyncio.CancelledError:
-                if self.stopping is None:
-                    raise
-                continue  # cancelled by the stop grace timer while idle: keep draining
-            if request is None:
-                return
-            piece = request.piece
-            if self.stopping is not None or piece.abandoned:
-                piece.abandoned = True
-            else:
-                try:
-                    await self.sender.send(request)
-                except asyncio.CancelledError:
-                    piece.abandoned = True
-                    if self.stopping is None:
-                        raise
-                except Stop:
-                    piece.abandoned = True
-            piece.pending -= 1
-            if piece.pending == 0:
-                piece.done.set()
-
-    async def _writer(self) -> None:
-        """Write pieces in unit order; commit a unit when its last piece is written."""
-        unit_writer: UnitWriter | None = None
-        broken: Unit | None = None  # a unit with an abandoned piece cannot be committed
-        try:
-            while (piece := await self._pieces.get()) is not None:
-                await piece.done.wait()
-                unit = piece.chunk.unit
-                if piece.abandoned or broken is unit:
-                    broken = unit
-                    if unit_writer is not None:
-                        unit_writer.abort()
-                        unit_writer = None
-                    self._slots.release()
-                    continue
-                if unit_writer is None:
-                    served = {"served_model": self.served.served} if self.served.served else {}
-                    unit_writer = self.output.unit(unit, {**self.task.metadata(), **served})
-                rows, failed, cut = self.task.tables(piece)
-                self._count(piece, failed, cut)
-                await asyncio.to_thread(unit_writer.write, rows, failed, cut)
-                self._slots.release()
-                if piece.chunk.last:
-                    await asyncio.to_thread(self._commit, unit_writer)
-                    unit_writer = None
-        finally:
-            if unit_writer is not None:
-                unit_writer.abort()
-
-    def _count(self, piece: Piece, failed, cut) -> None:
-        """Add a written piece's rows to the stats."""
-        n_failed = failed.num_rows if failed is not None else 0
-        self.stats.rows_failed += n_failed
-        self.stats.rows_skipped += piece.skipped
-        self.stats.rows_embedded += piece.rows - n_failed - piece.skipped
-        self.stats.rows_truncated += cut.num_rows if cut is not None else 0
-
-    def _commit(self, unit_writer: UnitWriter) -> None:
-        self.served.record(self.manifest)
-        self.output.commit(unit_writer)
-        self.journal.committed(unit_writer.unit.name)
+    def _tick(self) -> None:
+        """Twice a second while the pipeline runs: the pace, the progress bar, the journal's fsyncs."""
+        self.stats.pace = self.limits.describe()
+        self.progress.refresh()
+        self.journal.tick()
 
     # ------------------------------------------------------------------------------------- ending
-
-    async def _ticker(self, writer: asyncio.Task) -> None:
-        while not writer.done():
-            self.stats.pace = self.limits.describe()
-            self.progress.refresh()
-            self.journal.tick()
-            await asyncio.wait({writer}, timeout=0.5)
 
     def _report(self, outstanding: int) -> dict[str, Any]:
         """The content of ``_report.json``."""
@@ -451,13 +353,3 @@ class JobRunner:
             return EXIT_PARTIAL
         self.output.complete(self.progress.line)
         return EXIT_OK
-
-
-def _first_error(group: BaseExceptionGroup) -> BaseException:
-    """The first exception in a (nested) group that is not a cancellation."""
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_error(exc)
-        if not isinstance(exc, asyncio.CancelledError):
-            return exc
-    return group

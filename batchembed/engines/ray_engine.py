@@ -206,7 +206,6 @@ class RayDriver(JobRunner):
                 ray.shutdown()
 
     async def _pipeline(self, sources, columns, retry_units) -> None:
-        self._workers = []
         await asyncio.to_thread(self._dispatch, bool(retry_units))
 
     def _dispatch(self, retry: bool) -> None:
