@@ -217,14 +217,12 @@ class Journal:
         rec = self._recovered[unit]
         if chunk.last:
             self._recovered[unit] = None  # the unit is fully read: free the answers (key stays: loaded)
-        if rec is not None:
-            requests, recovered, resent = self.codec.recover(piece, requests, rec)
-            self.stats.rows_recovered += recovered
-            self.stats.rows_resent += resent
-        held = self.codec.held(piece)  # memo hits: kept now, the memo dies with the process
-        if held is not None:
-            self._submit(chunk.unit.name, held[0], "answers", held[1])
-        return requests
+        resumed = self.codec.resume(piece, requests, rec)
+        self.stats.rows_recovered += resumed.rows_recovered
+        self.stats.rows_resent += resumed.rows_resent
+        if resumed.held is not None:  # memo hits: kept now, the memo dies with the process
+            self._submit(chunk.unit.name, resumed.held[0], "answers", resumed.held[1])
+        return resumed.requests
 
     # --------------------------------------------------------------------------------- writing
 

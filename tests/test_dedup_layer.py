@@ -115,10 +115,10 @@ def test_when_the_sender_of_a_shared_text_fails_the_waiter_sends_it_itself():
     assert b.vectors.tolist() == [[2, 1], [2, 1]]
 
 
-def test_units_waiting_for_a_text_are_told_once_it_is_answered():
+def test_a_text_another_unit_awaits_is_marked_and_its_units_are_told_once_it_is_answered():
     layer, _ = _layer(FakeEmbedder())
     keys = text_keys(["aa", "bbb"])
-    layer.expect("part-00001.parquet", keys[1:])
-    layer.expect("part-00002.parquet", keys)
+    assert layer.expect("part-00001.parquet", keys[1:]).tolist() == [False]
+    assert layer.expect("part-00002.parquet", keys).tolist() == [False, True]  # "bbb" is sent by unit 1
     assert layer.expecting(keys) == {"part-00002.parquet": [0, 1], "part-00001.parquet": [1]}
     assert layer.expecting(keys) == {}  # told once

@@ -56,6 +56,15 @@ class PieceTables(NamedTuple):
     cut: pa.Table | None
 
 
+class Resumed(NamedTuple):
+    """A prepared piece after its unit's journal was read (``JournalCodec.resume``)."""
+
+    requests: list[Request]  # what is left to send
+    rows_recovered: int  # input rows answered by the killed run's journal
+    rows_resent: int  # rows about to be sent again although the killed run had sent them
+    held: tuple[pa.RecordBatch, int] | None  # answers already held, to journal now (batch, rows)
+
+
 class JournalCodec(Protocol):
     """How a task's answers go into the answer journal (``batchembed.journal``) and come back out.
 
@@ -71,17 +80,10 @@ class JournalCodec(Protocol):
         same texts."""
         ...
 
-    def held(self, piece: Piece) -> tuple[pa.RecordBatch, int] | None:
-        """Called once per prepared piece (after recovery): answers it already holds without sending
-        (the embed task's memo hits), to journal at once since the memo dies with the process; None
-        when it holds none."""
-        ...
-
-    def recover(self, piece: Piece, requests: list[Request], recovered: Any) -> tuple[list[Request], int, int]:
-        """Fill answers found in ``recovered`` (a ``journal.Recovered``) and drop them from ``requests``.
-
-        Returns the requests left, the input rows recovered, and the rows about to be sent again
-        although an earlier run had sent them (its answer never became durable)."""
+    def resume(self, piece: Piece, requests: list[Request], recovered: Any) -> Resumed:
+        """Called once per piece a run prepares: fill the answers found in ``recovered`` (a
+        ``journal.Recovered`` of the unit's journal, or None) and say what is left to send and what
+        the piece already holds to journal at once (the embed task's memo hits)."""
         ...
 
 

@@ -70,11 +70,19 @@ class SharedEmbedder:
         """The memo's in-memory vector for one text, if any (cheap: no file access)."""
         return self.memo.recall(key)
 
-    def expect(self, unit: str, keys: np.ndarray) -> None:
-        """Note that ``unit`` waits for the answers of ``keys`` (any thread)."""
+    def expect(self, unit: str, keys: np.ndarray) -> np.ndarray:
+        """Note that ``unit`` waits for the answers of ``keys`` (any thread); True where another piece
+        (of any unit) already waits for the same text, i.e. will send it first."""
+        elsewhere = np.zeros(len(keys), dtype=bool)
         with self._expected_lock:
-            for key in keys:
-                self._expected.setdefault(key, set()).add(unit)
+            for at, key in enumerate(keys):
+                units = self._expected.get(key)
+                if units is None:
+                    self._expected[key] = {unit}
+                else:
+                    elsewhere[at] = True
+                    units.add(unit)
+        return elsewhere
 
     def expecting(self, keys: np.ndarray) -> dict[str, list[int]]:
         """Units that wait for ``keys`` now answered: {unit: positions in ``keys``}; they stop waiting."""

@@ -4,7 +4,9 @@ A text's key is its memo key, so an answer is found again wherever the text recu
 (through the memo) in any later one. What the journal keeps of a unit is every answer its pieces
 hold or wait for: the memo's hits as soon as a piece is prepared (the memo dies with the process),
 the answers its requests bring (shared ones included) as they are accepted, and the answers other
-units' requests bring for texts it still waits for (the dedup layer's ``expect``), at once.
+units' requests bring for texts it still waits for (the dedup layer's ``expect``), at once. Since
+``resume`` sees which texts another piece already sends, it is also where a piece's requests are
+packed for good: its own texts first, the shared ones apart.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from batchembed.tasks import Piece, Request
+from batchembed.tasks import Piece, Request, Resumed
 from batchembed.writer import vector_array
 
 if TYPE_CHECKING:
@@ -56,48 +58,50 @@ class EmbedJournalCodec:
         )
         return batch, int(work.row_counts()[items].sum())
 
-    def held(self, piece: Piece) -> tuple[pa.RecordBatch, int] | None:
-        """Texts the memo answered while the piece was prepared, and not yet journaled: journaled too, so
-        that a crash before this unit commits does not buy them again. The texts still without an answer
-        are noted as awaited by the unit (the memo is asked once more, for answers that came meanwhile)."""
+    def resume(self, piece: Piece, requests: list[Request], recovered: Any) -> Resumed:
+        """A prepared piece in a run: answers from the killed run's journal (``recovered``, or None) go into
+        the piece and the memo; the texts still without an answer are noted as awaited by the unit and
+        packed again: first the ones nobody else is sending (packed as ``plan`` counts them), then the
+        ones another piece sends first (their requests wait for those answers and send nothing). The
+        memo's answers go into the journal at once (the memo dies with the process)."""
+        task = self.task
         work: EmbedWork = piece.work
-        shared = self.task.shared
-        used = work.row_counts() > 0
+        counts = work.row_counts()
+        used = counts > 0
+        recovered_rows = 0
+        if recovered is not None:
+            wanted = np.flatnonzero(used)
+            at = recovered.find(work.keys[wanted].tolist())
+            found, rows = wanted[at >= 0], at[at >= 0]
+            if len(found):
+                vectors = recovered.values("vector")
+                if task.dim is None:
+                    task.dim = vectors.shape[1]
+                work.set_vectors(found, vectors[rows])
+                work.mark_journaled(found)
+                task.shared.remember(work.keys[found], vectors[rows])
+                in_requests = np.concatenate([r.items for r in requests]) if requests else found[:0]
+                recovered_rows = int(counts[np.intersect1d(found, in_requests)].sum())
         waiting = np.flatnonzero(used & ~work.answered if work.answered is not None else used)
-        shared.expect(piece.chunk.unit.name, work.keys[waiting])
-        late = [(i, vec) for i in waiting if (vec := shared.recall(work.keys[i])) is not None]
-        if late:
+        elsewhere = task.shared.expect(piece.chunk.unit.name, work.keys[waiting])
+        late = [(i, vec) for i in waiting if (vec := task.shared.recall(work.keys[i])) is not None]
+        if late:  # answered between the memo lookup and ``expect``
             work.set_vectors([i for i, _ in late], np.stack([vec for _, vec in late]))
-        if work.answered is None or piece.abandoned:
+            keep = ~work.answered[waiting]
+            waiting, elsewhere = waiting[keep], elsewhere[keep]
+        resent = 0
+        if recovered is not None and recovered.sent:
+            resent = int(sum(counts[i] for i in waiting if work.keys[i] in recovered.sent))
+        left = task.pack(piece, waiting[~elsewhere]) + task.pack(piece, waiting[elsewhere])
+        return Resumed(left, recovered_rows, resent, self._held(piece))
+
+    def _held(self, piece: Piece) -> tuple[pa.RecordBatch, int] | None:
+        """The piece's answers not yet in the journal (memo hits), or None."""
+        work: EmbedWork = piece.work
+        if work.answered is None:
             return None
-        wanted = work.answered & used
+        wanted = work.answered & (work.row_counts() > 0)
         if work.journaled is not None:
             wanted &= ~work.journaled
         items = np.flatnonzero(wanted)
         return self._batch(piece, items) if len(items) else None
-
-    def recover(self, piece: Piece, requests: list[Request], recovered: Any) -> tuple[list[Request], int, int]:
-        """Vectors of texts the journal holds go straight into the piece (and the memo); the rest is
-        packed into requests again."""
-        task = self.task
-        work: EmbedWork = piece.work
-        counts = work.row_counts()
-        used = np.flatnonzero(counts > 0)
-        at = recovered.find(work.keys[used].tolist())
-        found, rows = used[at >= 0], at[at >= 0]
-        if len(found):
-            vectors = recovered.values("vector")
-            if task.dim is None:
-                task.dim = vectors.shape[1]
-            work.set_vectors(found, vectors[rows])
-            work.mark_journaled(found)
-            task.shared.remember(work.keys[found], vectors[rows])
-        have = np.zeros(len(work.texts), dtype=bool)
-        have[found] = True
-        rest = [r.items[~have[r.items]] for r in requests]
-        items = np.concatenate(rest) if rest else np.zeros(0, np.int64)
-        recovered_rows = sum(int(counts[r.items[have[r.items]]].sum()) for r in requests)
-        resent = 0
-        if recovered.sent:
-            resent = int(sum(counts[i] for i in items if work.keys[i] in recovered.sent))
-        return task.pack(piece, items), recovered_rows, resent

@@ -24,7 +24,7 @@ from batchembed.config import JobConfig, RerankConfig, ResolvedModel
 from batchembed.errors import ConfigError, InputError, MalformedResponse
 from batchembed.progress import Stats
 from batchembed.providers.rerank import RerankResult
-from batchembed.tasks import Piece, PieceTables, Request, failure_table
+from batchembed.tasks import Piece, PieceTables, Request, Resumed, failure_table
 from batchembed.tasks.embed import chunk_positions, generated_ids
 from batchembed.texts import as_string, blank_mask
 from batchembed.tokens import TokenCounter, over_limit
@@ -305,12 +305,11 @@ class RerankJournalCodec:
         scores = pa.array(piece.work.scores[items], pa.float32())
         return [(piece.chunk.unit.name, pa.record_batch({"key": keys, "score": scores}), len(items))]
 
-    def held(self, piece: Piece) -> None:
-        """A prepared piece holds no score before its requests are answered (nothing is shared)."""
-        return None
-
-    def recover(self, piece: Piece, requests: list[Request], recovered: Any) -> tuple[list[Request], int, int]:
-        """Scores the journal holds go into the piece; requests keep only pairs without one."""
+    def resume(self, piece: Piece, requests: list[Request], recovered: Any) -> Resumed:
+        """Scores the journal holds go into the piece; requests keep only pairs without one. A prepared
+        piece holds no score yet (pairs are never shared), so nothing is journaled here."""
+        if recovered is None:
+            return Resumed(requests, 0, 0, None)
         work: RerankWork = piece.work
         keys = self._keys(piece).to_pylist()
         scores = recovered.values("score")
@@ -327,4 +326,4 @@ class RerankJournalCodec:
                 left.append(request)
             elif len(rest):
                 left.append(Request(piece, rest, max(1, request.tokens * len(rest) // len(items))))
-        return left, found_pairs, resent
+        return Resumed(left, found_pairs, resent, None)
