@@ -6,7 +6,7 @@ this layer does the rest, at the moment a request is sent:
 * a text the ``VectorMemo`` knows (answered earlier in the run, or in the ``[cache]`` file) is
   answered from there;
 * a text another request is sending right now is not sent again: this request waits for that
-  answer (an asyncio future per text, outside any concurrency slot);
+  answer (the sending request's future, awaited outside any concurrency slot);
 * only the rest goes to the provider, through the sender's meter, so the request is paced and
   charged for what it really sends (nothing at all when every text was found elsewhere).
 
@@ -58,7 +58,8 @@ class SharedEmbedder:
         self.memo = memo
         self.stats = stats
         self.check = check
-        self._in_flight: dict[bytes, asyncio.Future] = {}
+        # text key -> (the future of the request sending it: its vectors, the text's row in them)
+        self._in_flight: dict[bytes, tuple[asyncio.Future, int]] = {}
         self._expected: dict[bytes, set[str]] = {}  # text key -> units whose pieces wait for its answer
         self._expected_lock = threading.Lock()  # ``expect`` runs on the reader thread
 
@@ -118,9 +119,9 @@ class SharedEmbedder:
                 answers.append(result)
                 for at, j in enumerate(own):
                     vectors[j] = result.vectors[at]
-            for j, future in waits:
+            for j, future, row in waits:
                 try:
-                    vectors[j] = await asyncio.shield(future)  # never cancel the sender's future
+                    vectors[j] = (await asyncio.shield(future))[row]  # never cancel the sender's future
                 except _Unanswered:
                     pending.append(j)  # its sender failed: send it here
                 else:
@@ -128,42 +129,49 @@ class SharedEmbedder:
             first = False
         return _combined(np.stack(vectors) if n else np.zeros((0, 0), np.float32), answers)
 
-    def _claim(self, keys, pending, vectors, tokens) -> tuple[list[int], list[tuple[int, asyncio.Future]]]:
+    def _claim(self, keys, pending, vectors, tokens) -> tuple[list[int], list[tuple[int, asyncio.Future, int]]]:
         """Split ``pending`` into texts to send (now in flight here), to wait for, and known (filled in)."""
         own: list[int] = []
-        waits: list[tuple[int, asyncio.Future]] = []
-        loop = asyncio.get_running_loop()
+        waits: list[tuple[int, asyncio.Future, int]] = []
         for j in pending:
             key = keys[j]
-            future = self._in_flight.get(key)
-            if future is not None:
-                waits.append((j, future))
+            sending = self._in_flight.get(key)
+            if sending is not None:
+                waits.append((j, *sending))
                 continue
             vec = self.memo.recall(key)  # answered since ``prepare`` looked
             if vec is not None:
                 vectors[j] = vec
                 self.stats.tokens_saved += int(tokens[j])
                 continue
-            future = self._in_flight[key] = loop.create_future()
-            future.add_done_callback(_quiet)
             own.append(j)
+        if own:
+            future = asyncio.get_running_loop().create_future()  # one per request sent: its vectors
+            future.add_done_callback(_quiet)
+            for row, j in enumerate(own):
+                self._in_flight[keys[j]] = (future, row)
         return own, waits
 
     async def _send(self, keys, texts, own: list[int], cost: int, meter: Any) -> EmbeddingResult:
-        """Send the texts ``own`` through the meter; settle their futures whatever happens."""
+        """Send the texts ``own`` through the meter; settle their future whatever happens."""
         mine = [keys[j] for j in own]
+        future = self._in_flight[mine[0]][0]
         try:
             async with meter(cost):
                 result = await self.embedder.embed([texts[j] for j in own])
             self.check(result, len(own))
             self.memo.store(np.asarray(mine, dtype=object), result.vectors)
         except BaseException:
-            for key in mine:
-                self._in_flight.pop(key).set_exception(_Unanswered())
+            self._forget(mine)
+            future.set_exception(_Unanswered())
             raise
-        for key, vec in zip(mine, result.vectors, strict=True):
-            self._in_flight.pop(key).set_result(vec)
+        self._forget(mine)
+        future.set_result(result.vectors)
         return result
+
+    def _forget(self, keys: list[bytes]) -> None:
+        for key in keys:
+            del self._in_flight[key]
 
     def close(self) -> None:
         """Close the memo's cache file."""
