@@ -138,12 +138,11 @@ def build_runner(
     memo = vector_memo(resolved) if not resolved.is_rerank else None
     task = build_task(resolved, provider, counter, stats=stats, memo=memo)
     return runner_class(
-        resolved.config,
+        resolved,
         task,
         provider,
         counter,
         stats=stats,
-        model_identity=dict(resolved.identity),
         quiet=quiet,
         restart=restart,
         retry_failed=retry_failed,

@@ -18,18 +18,15 @@ Format: a unit's journal is a set of *segments*; a segment is a sequence of *fra
 metadata, the job fingerprint's sha256, its kind (``answers``: key + answer column; ``sent``: keys of
 a request about to be sent, to count rows re-sent after a crash) and the input rows it covers.
 
-Storage sits behind ``JournalStore``. The local store appends frames to one segment file per unit and
-run (``_journal/part-00007/000001.seg``): each frame is written with one ``write`` as it arrives (it
-survives ``kill -9`` at once: the page cache outlives the process) and fsynced in groups, about once
-a second, against power loss. An object store, which has no appends, implements the same interface by
-buffering frames and putting each group as one small object written once (``sync``), removed at commit.
+Storage sits behind ``JournalStore`` (:mod:`batchembed.journal_store`: segment files locally, segment
+objects on an object store). What a frame holds is the task's business: its :class:`JournalCodec`
+(``task.journal_codec()``) turns a request into keys and answers and recovered answers back into a
+piece; this module knows neither texts nor scores.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import struct
 import threading
 import time
@@ -37,218 +34,28 @@ import zlib
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from batchembed.atomic import fsync_dir
 from batchembed.errors import OutputError
+from batchembed.journal_store import JournalStore, SegmentWriter, journal_store
 
 if TYPE_CHECKING:
     from batchembed.progress import Stats
-    from batchembed.store.base import OutputStore
-    from batchembed.tasks import Piece, Request, Task
-    from batchembed.units import Chunk
+    from batchembed.tasks import JournalCodec, Piece, Request
 
-JOURNAL_DIR = "_journal"
+__all__ = ["Journal", "Recovered", "answered_rows", "journal_store", "read_unit"]
+
 FORMAT_VERSION = 1
 META_KEY = b"batchembed.journal"
-SEGMENT_SUFFIX = ".seg"
 #: Frames the writer thread may have queued; past that the caller writes its frame itself. Bounds what
 #: a kill -9 can lose beyond the requests in flight: answers accepted but not yet in the file.
 MAX_BACKLOG = 2
 #: Seconds between fsyncs of the segments being written (kill -9 loses nothing written; power loss this much).
 SYNC_SECONDS = 1.0
 _FRAME = struct.Struct("<II")  # payload length, crc32 of the payload
-
-
-# ---------------------------------------------------------------------------------------- storage
-
-
-class SegmentWriter(Protocol):
-    """One segment of one unit's journal, being written by this run."""
-
-    def append(self, frame: list) -> None:
-        """Add a frame (its parts: header and payload buffers). Locally it is in the file when this returns."""
-        ...
-
-    def sync(self) -> None:
-        """Make the frames appended so far durable (fsync; on an object store: put them as one object)."""
-        ...
-
-    def close(self, sync: bool = True) -> None:
-        """Release the segment, after a sync unless ``sync`` is False (the journal is being deleted)."""
-        ...
-
-
-class JournalStore(Protocol):
-    """Where journal segments live: a directory, or (issue #13) a prefix of an object store."""
-
-    def open_segment(self, unit: str) -> SegmentWriter:
-        """A new segment of ``unit``'s journal, after (and never overwriting) the existing ones."""
-        ...
-
-    def segments(self, unit: str) -> Iterator[bytes]:
-        """The bytes of each existing segment of ``unit``, oldest first."""
-        ...
-
-    def units(self) -> list[str]:
-        """Units that have a journal."""
-        ...
-
-    def remove(self, unit: str) -> None:
-        """Delete ``unit``'s journal (after its shard is committed, or when it cannot be used)."""
-        ...
-
-    def clear(self) -> None:
-        """Delete every journal (the job is complete)."""
-        ...
-
-
-class _LocalSegment:
-    """An append-only segment file: one ``write`` per frame, fsync on ``sync``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        self._dirty = False
-        self._closing = threading.Lock()
-        fsync_dir(path.parent)
-
-    def append(self, frame: list) -> None:
-        total = sum(len(memoryview(part)) for part in frame)
-        written = os.writev(self._fd, frame)
-        if written < total:  # a short write (rare): write the rest byte-exactly
-            rest = memoryview(b"".join(bytes(memoryview(p)) for p in frame))[written:]
-            while rest:
-                rest = rest[os.write(self._fd, rest) :]
-        self._dirty = True
-
-    def sync(self) -> None:
-        with self._closing:  # never fsync a descriptor that close() is releasing (it could be reused)
-            if self._dirty and self._fd >= 0:
-                self._dirty = False
-                os.fsync(self._fd)
-
-    def close(self, sync: bool = True) -> None:
-        if sync:
-            self.sync()
-        with self._closing:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
-
-
-class LocalJournalStore:
-    """Journals under ``<output>/_journal/<unit>/NNNNNN.seg``."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def _dir(self, unit: str) -> Path:
-        return self.root / unit
-
-    def open_segment(self, unit: str) -> _LocalSegment:
-        directory = self._dir(unit)
-        if not directory.exists():
-            directory.mkdir(parents=True, exist_ok=True)
-            fsync_dir(self.root)
-        numbers = [int(p.stem) for p in directory.glob("*" + SEGMENT_SUFFIX) if p.stem.isdigit()]
-        return _LocalSegment(directory / f"{max(numbers, default=0) + 1:06d}{SEGMENT_SUFFIX}")
-
-    def segments(self, unit: str) -> Iterator[bytes]:
-        paths = sorted(self._dir(unit).glob("*" + SEGMENT_SUFFIX))
-        for path in paths:
-            try:
-                yield path.read_bytes()
-            except FileNotFoundError:
-                continue
-
-    def units(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir())
-
-    def remove(self, unit: str) -> None:
-        shutil.rmtree(self._dir(unit), ignore_errors=True)
-
-    def clear(self) -> None:
-        """Delete the whole journal directory."""
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-class _ObjectSegment:
-    """Frames buffered in memory; each ``sync`` puts what was added since as one object written once."""
-
-    def __init__(self, store: OutputStore, prefix: str, first: int) -> None:
-        self.store = store
-        self.prefix = prefix
-        self.number = first
-        self._frames: list[bytes] = []
-        self._lock = threading.Lock()
-
-    def append(self, frame: list) -> None:
-        data = b"".join(bytes(memoryview(part)) for part in frame)
-        with self._lock:
-            self._frames.append(data)
-
-    def sync(self) -> None:
-        with self._lock:
-            frames, self._frames = self._frames, []
-            number, self.number = self.number, self.number + 1
-        if frames:
-            self.store.write_bytes(f"{self.prefix}/{number:06d}{SEGMENT_SUFFIX}", b"".join(frames))
-
-    def close(self, sync: bool = True) -> None:
-        if sync:
-            self.sync()
-        with self._lock:
-            self._frames = []
-
-
-class ObjectJournalStore:
-    """Journals in an object store (no appends): ``_journal/<unit>/NNNNNN.seg``, each segment a small
-    object written once (about once a second while its unit is in flight), removed at commit."""
-
-    def __init__(self, store: OutputStore) -> None:
-        self.store = store
-
-    def _names(self, unit: str | None = None) -> list[str]:
-        prefix = f"{JOURNAL_DIR}/{unit}/" if unit else f"{JOURNAL_DIR}/"
-        return [n for n in self.store.list_names() if n.startswith(prefix) and n.endswith(SEGMENT_SUFFIX)]
-
-    def open_segment(self, unit: str) -> _ObjectSegment:
-        stems = [n.rsplit("/", 1)[1].removesuffix(SEGMENT_SUFFIX) for n in self._names(unit)]
-        numbers = [int(stem) for stem in stems if stem.isdigit()]
-        return _ObjectSegment(self.store, f"{JOURNAL_DIR}/{unit}", max(numbers, default=0) + 1)
-
-    def segments(self, unit: str) -> Iterator[bytes]:
-        for name in sorted(self._names(unit)):
-            data = self.store.read_bytes(name)
-            if data is not None:
-                yield data
-
-    def units(self) -> list[str]:
-        return sorted({n.split("/")[1] for n in self._names()})
-
-    def remove(self, unit: str) -> None:
-        for name in self._names(unit):
-            self.store.delete(name)
-
-    def clear(self) -> None:
-        """Delete every journal object."""
-        for name in self._names():
-            self.store.delete(name)
-
-
-def journal_store(store: OutputStore) -> JournalStore:
-    """The journal beside an output: segment files on a local disk, segment objects on an object store."""
-    directory = getattr(store, "directory", None)
-    if directory is not None:
-        return LocalJournalStore(Path(directory) / JOURNAL_DIR)
-    return ObjectJournalStore(store)
 
 
 def unit_key(shard_name: str) -> str:
@@ -375,10 +182,12 @@ class Journal:
     goes through the writer thread too, so it always comes after the unit's last frame.
     """
 
-    def __init__(self, store: JournalStore, fingerprint: str, task: Task, stats: Stats, committed: set[str]) -> None:
+    def __init__(
+        self, store: JournalStore, fingerprint: str, codec: JournalCodec, stats: Stats, committed: set[str]
+    ) -> None:
         self.store = store
         self.fingerprint = fingerprint
-        self.task = task
+        self.codec = codec
         self.stats = stats
         self._writers: dict[str, SegmentWriter] = {}
         self._recovered: dict[str, Recovered | None] = {}
@@ -396,9 +205,9 @@ class Journal:
 
     # -------------------------------------------------------------------------- before sending
 
-    def prepare(self, chunk: Chunk) -> tuple[Piece, list[Request]]:
-        """``task.prepare`` minus the answers the unit's journal already holds (reader thread)."""
-        piece, requests = self.task.prepare(chunk)
+    def resume(self, piece: Piece, requests: list[Request]) -> list[Request]:
+        """A prepared piece's requests minus the answers its unit's journal already holds (reader thread)."""
+        chunk = piece.chunk
         unit = unit_key(chunk.unit.name)
         if unit not in self._recovered:
             rec = read_unit(self.store, unit, self.fingerprint)
@@ -408,12 +217,12 @@ class Journal:
         rec = self._recovered[unit]
         if chunk.last:
             self._recovered[unit] = None  # the unit is fully read: free the answers (key stays: loaded)
-        if rec is not None:
-            requests, recovered, resent = self.task.recover(piece, requests, rec)
-            self.stats.rows_recovered += recovered
-            self.stats.rows_resent += resent
-        self.borrowed(piece)  # memo hits: kept now, the memo dies with the process
-        return piece, requests
+        resumed = self.codec.resume(piece, requests, rec)
+        self.stats.rows_recovered += resumed.rows_recovered
+        self.stats.rows_resent += resumed.rows_resent
+        if resumed.held is not None:  # memo hits: kept now, the memo dies with the process
+            self._submit(chunk.unit.name, resumed.held[0], "answers", resumed.held[1])
+        return resumed.requests
 
     # --------------------------------------------------------------------------------- writing
 
@@ -422,20 +231,14 @@ class Journal:
 
         Written here and now (a few KB), not queued: the requests in flight at a kill are exactly the
         ones whose note must not be lost."""
-        batch = pa.record_batch({"key": self.task.journal_keys(request)})
+        batch = pa.record_batch({"key": self.codec.keys(request)})
         meta = {"version": FORMAT_VERSION, "fingerprint": self.fingerprint, "kind": "sent", "rows": 0}
         self._append(unit_key(request.piece.chunk.unit.name), batch, meta)
 
     def answered(self, request: Request) -> None:
-        """Keep the answers of a request the moment they are accepted."""
-        batch, rows = self.task.journal_answers(request.piece, request.items)
-        self._submit(request.piece.chunk.unit.name, batch, "answers", rows)
-
-    def borrowed(self, piece: Piece) -> None:
-        """Keep the answers a piece got from elsewhere (dedup memo, another piece's request)."""
-        found = self.task.journal_borrowed(piece)
-        if found is not None:
-            self._submit(piece.chunk.unit.name, found[0], "answers", found[1])
+        """Keep the answers of a request the moment they are accepted (in every unit waiting for them)."""
+        for unit, batch, rows in self.codec.answers(request):
+            self._submit(unit, batch, "answers", rows)
 
     def _submit(self, shard: str, batch: pa.RecordBatch, kind: str, rows: int) -> None:
         if not batch.num_rows:

@@ -1,136 +1,107 @@
-"""The asyncio pipeline: reader -> pieces -> request workers -> ordered writer -> manifest.
+"""One run of a job: wires source -> task -> sender -> output, plus signals and the progress ticker.
 
-The only module that creates tasks. Stages hand each other plain values; memory is bounded by a
-window of pieces (read but not yet written), so a slow provider pushes back on the reader.
-
-    reader (thread)  ──chunks──►  prepare (texts, tokens, dedup, pack)  ──requests──►  N workers
-                                                                                         │
-    manifest ◄── commit shard ◄── writer (in unit order, one row group per piece) ◄──────┘
+Setup (inputs found and checked, the output's lock taken, its manifest opened, the canary), then the
+stages of :mod:`pipeline` over this run's chunks, then the ending (report, summary, ``_SUCCESS``).
+What a request goes through is the :mod:`sender`'s; what makes a unit count is the :mod:`output`'s.
+A run may be confined to a subset of the job's units (``units``): a ``--shard`` part or a Ray
+worker's slice is this same run on its units.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
-import time
+from collections.abc import Callable
 from typing import Any
 
-import pyarrow as pa
-
 from batchembed import __version__
-from batchembed.batching import halves
-from batchembed.checkpoint import (
-    FAILED,
-    FAILED_DIR,
-    REPORT,
-    SUCCESS,
-    TRUNCATED,
-    Manifest,
-    ShardRecord,
-    failpoint,
-    fingerprint_hash,
-    open_output,
-    remove_orphans,
-)
-from batchembed.config import JobConfig
-from batchembed.errors import (
-    APIError,
-    AuthError,
-    InputError,
-    InputTooLong,
-    MalformedResponse,
-    PayloadTooLarge,
-    ServerIgnoredSettings,
-    TerminalAPIError,
-    TransientAPIError,
-    redact,
-)
+from batchembed.checkpoint import TRUNCATED, Manifest, fingerprint_hash
 from batchembed.exitcodes import ExitCode
 from batchembed.faults import with_path
 from batchembed.inputcheck import check_inputs
 from batchembed.journal import Journal, journal_store
 from batchembed.limits import RateLimits
+from batchembed.output import JobOutput, RetryUnit
+from batchembed.pipeline import Pipeline
 from batchembed.progress import Progress, Stats
-from batchembed.resolved import ResolvedModel, resolve_model
-from batchembed.retry import backoff
-from batchembed.servers import ServedModel, UsageCheck, model_request_fingerprint, run_canary
+from batchembed.resolved import ResolvedJob
+from batchembed.sender import Sender, SendHooks
+from batchembed.servers import ServedModel, UsageCheck, run_canary
 from batchembed.sources import SourceFile, check_columns, discover
 from batchembed.store import open_store, storage_options
-from batchembed.tasks import Piece, Request, Task
+from batchembed.tasks import Request, Task
 from batchembed.tokens import TokenCounter
-from batchembed.truncated import rebuild_truncated, write_truncated
 from batchembed.units import Unit, iter_chunks, pending_rows, retry_chunks
-from batchembed.writer import shard_metadata
 
 #: Rows per chunk: the grain of text building, token counting and dedup.
 CHUNK_ROWS = 4096
 #: Seconds in-flight requests get to finish after SIGINT/SIGTERM before they are abandoned.
 STOP_GRACE = 30.0
-#: Consecutive requests that exhaust their retries before the job gives up instead of dead-lettering.
-GIVE_UP_AFTER = 5
 
 EXIT_OK, EXIT_PARTIAL, EXIT_SIGINT, EXIT_SIGTERM = ExitCode.OK, ExitCode.PARTIAL, ExitCode.SIGINT, ExitCode.SIGTERM
 
 
-class Stop(Exception):
-    """Raised inside the pipeline when a signal asked it to stop."""
-
-
 class JobRunner:
-    """Runs one job to completion (or to a clean stop). Use ``run()``; it returns an exit code.
+    """Runs one job (or the subset ``units`` of its units) to completion or a clean stop; ``run()`` returns
+    an exit code.
 
-    The engines in :mod:`batchembed.engines` subclass it to run part of a job (``--shard I/N``, a
-    Ray worker's units) through the seams ``_acquire``, ``_open_manifest``, ``_chunk_stream``,
-    ``_record``, ``_retry_unit_name`` and ``_complete``.
+    The engines in :mod:`batchembed.engines` subclass it: they pass ``units`` (which units this run
+    does), give it their own output (``_make_output``: where a commit goes), limits, and class
+    attributes; the Ray driver replaces ``_pipeline`` and a Ray worker ``_check_server``.
     """
 
     #: Install SIGINT/SIGTERM handlers (only possible in a process's main thread).
     handles_signals = True
     #: A finished run deletes every answer journal left (not a part of a job: other parts may be running).
     clears_journals = True
-    #: Where this run's failed rows and report go (a ``--shard`` part writes its own).
-    failed_name = FAILED
-    report_name = REPORT
 
     def __init__(
         self,
-        job: JobConfig,
+        resolved: ResolvedJob,
         task: Task,
         provider: Any,
         counter: TokenCounter,
         *,
         stats: Stats,
-        model_identity: dict[str, Any],
         quiet: bool = False,
         restart: bool = False,
         retry_failed: bool = True,
         accept_model_change: bool = False,
+        units: Callable[[Unit], bool] | None = None,
     ) -> None:
-        self.job = job
-        self.model: ResolvedModel = resolve_model(job)
+        self.resolved = resolved
+        self.job = job = resolved.config
+        self.model = resolved.model
         self.task = task
         self.provider = provider
         self.counter = counter
-        self.model_identity = model_identity
         self.restart = restart
         self.retry_failed = retry_failed
-        self.store = open_store(job)
-        self.out = self.store.uri  # for messages
+        self.units = units
+        self.output = self._make_output()
+        self.out = self.output.uri  # for messages
         self.stats = stats
         self.progress = Progress(self.stats, quiet=quiet)
         self.limits = RateLimits(self.model.requests_per_minute, self.model.tokens_per_minute, job.limits.concurrency)
         self.stopping: int | None = None  # the signal number once asked to stop
-        self.succeeded_once = False
-        self.exhausted_in_a_row = 0
-        self.manifest: Manifest | None = None
         self.journal: Journal | None = None
+        self.sender: Sender | None = None  # made once the engine's limits are in place
+        self._stages: Pipeline | None = None
         self._unresolved = 0
         self.accept_model_change = accept_model_change
         self.usage_check = UsageCheck(self.progress.line, counter.name)
         self.served = ServedModel(self.model.name, self.progress.line)
+
+    def _make_output(self) -> JobOutput:
+        """Where this run commits its units (an engine's part or worker commits elsewhere)."""
+        return JobOutput(open_store(self.job), self.job.output.compression)
+
+    @property
+    def manifest(self) -> Manifest | None:
+        """The manifest this run records its units in (once opened)."""
+        return self.output.manifest
 
     # ------------------------------------------------------------------------------ public entry
 
@@ -146,7 +117,7 @@ class JobRunner:
         try:
             return await self._run()
         finally:
-            await asyncio.to_thread(self.store.release)
+            await asyncio.to_thread(self.output.release)
             for sig in signals:
                 loop.remove_signal_handler(sig)
             await self.provider.aclose()
@@ -159,6 +130,10 @@ class JobRunner:
             print("batchembed: stopped at once; run the same command again to resume.", file=sys.stderr)
             os._exit(EXIT_SIGINT if sig == signal.SIGINT else EXIT_SIGTERM)
         self.stopping = sig
+        if self.sender is not None:
+            self.sender.stopping = True
+        if self._stages is not None:
+            self._stages.stop()
         self.progress.line(
             f"{signal.Signals(sig).name}: finishing requests in flight (up to {STOP_GRACE:.0f}s), then stopping; "
             "press Ctrl-C again to stop at once"
@@ -166,8 +141,8 @@ class JobRunner:
         asyncio.get_running_loop().call_later(STOP_GRACE, self._abandon_in_flight)
 
     def _abandon_in_flight(self) -> None:
-        for task in list(self._workers):
-            task.cancel()
+        if self._stages is not None:
+            self._stages.abandon()
 
     # ------------------------------------------------------------------------------------ setup
 
@@ -175,12 +150,7 @@ class JobRunner:
         """What the vectors depend on; a resume with a different fingerprint is refused."""
         return {
             **self.task.fingerprint(),
-            "model.provider": self.model.provider,
-            "model.name": self.model.name,
-            "model.dimensions": self.job.model.dimensions,
-            **model_request_fingerprint(self.job),
-            **{f"model.{k}": v for k, v in self.model_identity.items()},
-            "output.shard_rows": self.job.output.shard_rows,
+            **self.resolved.fingerprint(),
             "files": [s.identity() for s in sources],
         }
 
@@ -189,23 +159,24 @@ class JobRunner:
         columns = self.task.columns
         for src in sources:
             await asyncio.to_thread(check_columns, src, columns)
-        await asyncio.to_thread(self._acquire)  # one writer per output: OutputLocked names the holder
+        await asyncio.to_thread(self.output.acquire, self.restart)  # one writer per output (or part)
         await asyncio.to_thread(check_inputs, self.job, sources, columns)
-        self.manifest = manifest = await asyncio.to_thread(self._open_manifest, sources)
-        if manifest.complete and self.store.exists(SUCCESS):
+        manifest = await asyncio.to_thread(self.output.open, self.fingerprint(sources), self.restart)
+        if self.output.finished_before():
             self.progress.line(f"{self.out}: job already complete ({manifest.rows():,} rows); nothing to do")
             return EXIT_OK
         await self._check_server(manifest)
         self.stats.rows_resumed = manifest.rows()
         self.journal = Journal(
-            journal_store(self.store),
+            journal_store(self.output.store),
             fingerprint_hash(manifest.fingerprint),
-            self.task,
+            self.task.journal_codec(),
             self.stats,
-            committed={s.name.removesuffix(".parquet") for s in manifest.shards},
+            committed=self.output.committed(),
         )
-        retry_units = self._retry_plan(sources, manifest) if self.retry_failed else []
-        todo = self._pending_rows(sources, manifest)
+        retry_units = await asyncio.to_thread(self.output.retry_plan, sources) if self.retry_failed else []
+        # a subset's share of the rows is known only once its units are read
+        todo = pending_rows(sources, manifest) if self.units is None else None
         if todo is not None:
             todo += sum(len(rows) for _, _, rows in retry_units)
         self.stats.rows_total = todo
@@ -213,6 +184,7 @@ class JobRunner:
             self.progress.line(
                 f"resuming {self.out}: {len(manifest.shards)} shards ({manifest.rows():,} rows) already committed"
             )
+        self.sender = self._make_sender()
         self.progress.start()
         failed = True
         finished = False
@@ -229,36 +201,35 @@ class JobRunner:
             if self.journal.error:
                 self.progress.line(f"warning: the answer journal stopped writing: {self.journal.error}")
             try:
-                await asyncio.to_thread(self._finish_files)
+                self._unresolved = await asyncio.to_thread(self.output.close, self._report)
             except OSError:
                 if not failed:  # a full disk fails the report too: keep the first, real, error
                     raise
         return self._conclude()
 
-    def _acquire(self) -> None:
-        """Take the output's one-writer lock (a ``--shard`` part takes its own)."""
-        from batchembed.engines.parts import refuse_mixing
+    def _make_sender(self) -> Sender:
+        sender = Sender(
+            self.task,
+            self.limits,
+            self.stats,
+            max_retries=self.job.limits.max_retries,
+            hooks=SendHooks(sent=self._sent, answered=self._answered, usage=self.usage_check.observe),
+            shorten=getattr(self.task, "shorten", None),
+        )
+        sender.stopping = self.stopping is not None
+        return sender
 
-        self.store.acquire()
-        if not self.restart:  # --restart discards a split output whole
-            refuse_mixing(self.store, None)
+    def _sent(self, request: Request) -> None:
+        self.journal.sent(request)
 
-    def _open_manifest(self, sources: list[SourceFile]) -> Manifest:
-        """Load (or create) the manifest this run records its shards in."""
-        return open_output(self.store, self.fingerprint(sources), self.restart)
-
-    def _pending_rows(self, sources: list[SourceFile], manifest: Manifest) -> int | None:
-        """Rows this run has still to do (None when unknown before reading)."""
-        return pending_rows(sources, manifest)
-
-    def _retry_unit_name(self, n: int) -> str:
-        """Name of the shard holding this run's retried rows (``n`` retry shards exist already)."""
-        return f"part-r{n:05d}.parquet"
+    def _answered(self, request: Request, answer: Any) -> None:
+        self.journal.answered(request)
+        self.served.observe(getattr(answer, "model", None))
 
     async def _check_server(self, manifest: Manifest) -> None:
         """The canary: teaches the limiter the server's limits and refuses a model swapped behind its name."""
         if await self._canary(manifest, self.accept_model_change, self.progress.line):
-            await asyncio.to_thread(manifest.save, self.store)
+            await asyncio.to_thread(manifest.save, self.output.store)
 
     async def _canary(self, manifest: Manifest, accept_change: bool, say) -> bool:
         """Embed the canary text against ``manifest`` (recording it there); False for rerank jobs (none)."""
@@ -278,329 +249,62 @@ class JobRunner:
             self.task.dim = len(vector)
         return True
 
-    def _retry_plan(self, sources: list[SourceFile], manifest: Manifest):
-        """Failed rows of earlier runs, grouped by file: [(failure_file, source, rows)]."""
-        by_name = {s.name: s for s in sources}
-        plan = []
-        for failure_file in manifest.unresolved_failures():
-            table = self.store.read_table(failure_file, columns=["file", "row"])
-            files = table.column("file").to_pylist()
-            rows = table.column("row").to_pylist()
-            for name in dict.fromkeys(files):
-                if name not in by_name:
-                    raise InputError(f"{failure_file}: failed rows come from {name}, which is no longer an input")
-                plan.append((failure_file, by_name[name], [r for f, r in zip(files, rows, strict=True) if f == name]))
-        return plan
-
     # --------------------------------------------------------------------------------- pipeline
 
-    async def _pipeline(self, sources, columns, retry_units) -> None:
-        limits = self.job.limits
-        window = max(4, -(-limits.concurrency * self.model.batch_inputs * 2 // CHUNK_ROWS) + 2)
-        self._slots = asyncio.Semaphore(window)
-        self._requests: asyncio.Queue[Request | None] = asyncio.Queue()
-        self._pieces: asyncio.Queue[Piece | None] = asyncio.Queue()
-        self._workers: list[asyncio.Task] = []
-        n_workers = limits.concurrency
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._reader(sources, columns, retry_units, n_workers))
-                self._workers = [tg.create_task(self._worker()) for _ in range(n_workers)]
-                writer = tg.create_task(self._writer())
-                tg.create_task(self._ticker(writer))
-        except BaseExceptionGroup as group:
-            # Surface the first real failure (an AuthError, an InputError...), not the group.
-            raise _first_error(group) from None
+    async def _pipeline(self, sources, columns, retry_units: list[RetryUnit]) -> None:
+        """Run the stages over this run's chunks (the Ray driver hands the units to workers instead)."""
+        window = max(4, -(-self.job.limits.concurrency * self.model.batch_inputs * 2 // CHUNK_ROWS) + 2)
+        self._stages = Pipeline(
+            self.task,
+            self.journal,
+            self.sender,
+            self.output,
+            self.stats,
+            tick=self._tick,
+            served=self.served,
+            window=window,
+            workers=self.job.limits.concurrency,
+        )
+        if self.stopping is not None:  # a signal before the stages existed
+            self._stages.stop()
+        await self._stages.run(self._chunk_stream(sources, columns, retry_units))
 
-    def _chunk_stream(self, sources, columns, retry_units):
-        """All chunks of this run: previously failed rows first, then the units not yet committed."""
+    def _chunk_stream(self, sources, columns, retry_units: list[RetryUnit]):
+        """This run's chunks: previously failed rows first, then the units not yet committed (of ``units``)."""
+        chunks = []
         if retry_units:
             resolves = list(dict.fromkeys(f for f, _, _ in retry_units))
             n = sum(1 for s in self.manifest.shards if s.kind == "retry")
-            unit = Unit(self._retry_unit_name(n), None, resolves=resolves)
+            unit = Unit(self.output.retry_unit_name(n), None, resolves=resolves)
             failures = [(src, rows) for _, src, rows in retry_units]
-            yield from retry_chunks(failures, columns, unit, CHUNK_ROWS, self.task.group_key)
-        yield from iter_chunks(
-            sources,
-            self.manifest,
-            columns,
-            self.job.output.shard_rows,
-            CHUNK_ROWS,
-            self.task.group_key,
-            pack_small_files=not self.job.is_rerank,  # the rerank task reads one file per chunk
+            chunks.append(retry_chunks(failures, columns, unit, CHUNK_ROWS, self.task.group_key))
+        chunks.append(
+            iter_chunks(
+                sources,
+                self.manifest,
+                columns,
+                self.job.output.shard_rows,
+                CHUNK_ROWS,
+                self.task.group_key,
+                pack_small_files=not self.job.is_rerank,  # the rerank task reads one file per chunk
+            )
         )
+        for stream in chunks:
+            for chunk in stream:
+                if self.units is None or self.units(chunk.unit):
+                    yield chunk
 
-    async def _reader(self, sources, columns, retry_units, n_workers: int) -> None:
-        stream = self._chunk_stream(sources, columns, retry_units)
-        sentinel = object()
-        try:
-            while self.stopping is None:
-                await self._slots.acquire()
-                chunk = await asyncio.to_thread(next, stream, sentinel)
-                if chunk is sentinel or self.stopping is not None:
-                    self._slots.release()
-                    break
-                piece, requests = await asyncio.to_thread(self.journal.prepare, chunk)
-                requests = self.task.claim(piece, requests)
-                self.journal.borrowed(piece)  # texts the memo answered since prepare
-                piece.pending = len(requests) + piece.waits
-                await self._pieces.put(piece)
-                for request in requests:
-                    self._requests.put_nowait(request)
-                if piece.pending == 0:
-                    self._piece_done(piece)
-        finally:
-            stream.close()
-            await self._pieces.put(None)
-            for _ in range(n_workers):
-                await self._requests.put(None)
-
-    # ------------------------------------------------------------------------------------ sending
-
-    async def _worker(self) -> None:
-        while True:
-            try:
-                request = await self._requests.get()
-            except asyncio.CancelledError:
-                if self.stopping is None:
-                    raise
-                continue  # cancelled by the stop grace timer while idle: keep draining
-            if request is None:
-                return
-            piece = request.piece
-            if self.stopping is not None or piece.abandoned:
-                piece.abandoned = True
-            else:
-                try:
-                    await self._send(request)
-                except asyncio.CancelledError:
-                    piece.abandoned = True
-                    if self.stopping is None:
-                        raise
-                except Stop:
-                    piece.abandoned = True
-            self._settle(piece)
-            waiters = self.task.release(request)
-            for waiter in waiters:
-                self._settle(waiter)
-            for waiter in {id(w): w for w in waiters}.values():
-                self.journal.borrowed(waiter)
-
-    def _settle(self, piece: Piece) -> None:
-        """One request or wait of ``piece`` is over."""
-        piece.pending -= 1
-        if piece.pending == 0:
-            self._piece_done(piece)
-
-    async def _send(self, request: Request) -> None:
-        """Send one request with retries; split on 413 and too-long; dead-letter what still fails."""
-        attempt = 0
-        while True:
-            if self.stopping is not None and attempt:
-                raise Stop()
-            error: APIError | None = None
-            async with self.limits.window.slot():
-                await self.limits.admit(request.tokens)
-                if attempt == 0:
-                    self.journal.sent(request)
-                self.stats.in_flight += 1
-                self.stats.requests += 1
-                began = time.monotonic()
-                try:
-                    answer = await self.task.call(request)
-                except APIError as exc:
-                    error = exc
-                finally:
-                    self.stats.in_flight -= 1
-                    self.stats.latencies.append(time.monotonic() - began)
-            if error is None:
-                self.limits.observe(getattr(answer, "headers", {}), 200, request.tokens)
-                try:
-                    reported = self.task.accept(request, answer)
-                except MalformedResponse as exc:
-                    error = exc
-                else:
-                    self.journal.answered(request)
-                    self._on_success(request, reported)
-                    self.served.observe(getattr(answer, "model", None))
-                    return
-            else:
-                self.limits.observe(error.headers, error.status, request.tokens)
-            if isinstance(error, (AuthError, ServerIgnoredSettings)):
-                raise error
-            if isinstance(error, (InputTooLong, PayloadTooLarge, TerminalAPIError)):
-                if isinstance(error, TerminalAPIError) and not self.succeeded_once:
-                    # Nothing has worked yet: this is the job's settings, not one row. Stop now.
-                    raise error
-                await self._split_or_fail(request, error)
-                return
-            # transient or malformed: back off and retry
-            attempt += 1
-            self.stats.retries[error.label] += 1
-            if attempt > self.job.limits.max_retries:
-                self.exhausted_in_a_row += 1
-                if self.exhausted_in_a_row >= GIVE_UP_AFTER:
-                    raise TransientAPIError(
-                        f"{GIVE_UP_AFTER} requests in a row failed after {self.job.limits.max_retries} retries; "
-                        f"giving up (last error: {error}). Committed shards are kept; run again to resume.",
-                        error.status,
-                    )
-                self._dead_letter(request, f"gave up after {self.job.limits.max_retries} retries: {error}")
-                return
-            delay = backoff(attempt - 1, error.retry_after)
-            if error.status in (429, 503):
-                self.limits.window.on_throttled(error.retry_after)
-            await asyncio.sleep(delay)
-
-    async def _split_or_fail(self, request: Request, error: APIError) -> None:
-        n = len(request.items)
-        if n == 1:
-            if isinstance(error, InputTooLong) and self.task.shorten(request):
-                # the server's "too long" is the last word: cut this one row and send it again
-                self.stats.retries["cut-too-long"] += 1
-                await self._send(request)
-                return
-            self._dead_letter(request, str(error))
-            return
-        self.stats.retries[f"split-{error.label}"] += 1
-        halves_ = [request.items[a:b] for a, b in halves(0, n)]
-        # charge each half its share of the tokens (items are not all the same size, but close enough)
-        parts = [Request(request.piece, h, max(1, request.tokens * len(h) // n)) for h in halves_]
-        await asyncio.gather(*(self._send(p) for p in parts))
-
-    def _on_success(self, request: Request, reported: int | None) -> None:
-        self.succeeded_once = True
-        self.exhausted_in_a_row = 0
-        self.limits.window.on_success()
-        if reported:
-            # the server's count tunes pacing only; it never decides what text is sent or how it is packed
-            self.limits.observe_usage(request.tokens, reported)
-            self.usage_check.observe(request.tokens, reported)
-        spent = reported or request.tokens
-        self.stats.tokens += spent
-        request.piece.chunk.unit.tokens += spent
-
-    def _dead_letter(self, request: Request, message: str) -> None:
-        for i in request.items:
-            request.piece.errors[int(i)] = redact(message)
-
-    def _piece_done(self, piece: Piece) -> None:
-        if not piece.abandoned:
-            failed = self.task.failed_rows(piece)
-            self.stats.rows_failed += failed
-            self.stats.rows_skipped += piece.skipped
-            self.stats.rows_embedded += piece.rows - failed - piece.skipped
-            self.journal.borrowed(piece)
-        piece.done.set()
-
-    # ------------------------------------------------------------------------------------ writing
-
-    async def _writer(self) -> None:
-        """Write pieces in unit order; commit a unit's shard when its last piece is written."""
-        current: Unit | None = None
-        shard: Any = None  # the store's shard writer
-        failures: list[pa.Table] = []
-        cuts: list[pa.Table] = []
-        broken: Unit | None = None  # a unit with an abandoned piece cannot be committed
-        try:
-            while True:
-                piece = await self._pieces.get()
-                if piece is None:
-                    break
-                await piece.done.wait()
-                unit = piece.chunk.unit
-                if unit is not current:
-                    current, failures, cuts = unit, [], []
-                if piece.abandoned or broken is unit:
-                    broken = unit
-                    if shard is not None:
-                        shard.abort()
-                        shard = None
-                    self._slots.release()
-                    continue
-                if shard is None:
-                    await self.task.ready()
-                table, failed = self.task.tables(piece)
-                if shard is None:
-                    served = {"served_model": self.served.served} if self.served.served else {}
-                    schema = table.schema.with_metadata(shard_metadata({**self.task.metadata(), **served}))
-                    shard = await asyncio.to_thread(
-                        self.store.shard_writer, unit.name, schema, self.job.output.compression
-                    )
-                await asyncio.to_thread(shard.write, table)
-                if failed is not None:
-                    failures.append(failed)
-                cut = self.task.truncated_rows(piece)
-                if cut is not None:
-                    cuts.append(cut)
-                    self.stats.rows_truncated += cut.num_rows
-                self._slots.release()
-                if piece.chunk.last:
-                    await asyncio.to_thread(self._commit, unit, shard, failures, cuts)
-                    shard, current, failures, cuts = None, None, [], []
-        finally:
-            if shard is not None:
-                shard.abort()
-
-    def _commit(self, unit: Unit, shard: Any, failures: list[pa.Table], cuts: list[pa.Table]) -> None:
-        """Make a unit durable: shard, its failed and cut rows, then the manifest entry (the commit point)."""
-        written = shard.commit()
-        n_cut = write_truncated(self.store, unit.name, cuts)
-        failpoint("shard-before-manifest")
-        failed_file = None
-        n_failed = 0
-        if failures:
-            table = pa.concat_tables(failures)
-            n_failed = table.num_rows
-            failed_file = f"{FAILED_DIR}/{unit.name}"
-            self.store.write_table(failed_file, table)
-        record = ShardRecord(
-            name=unit.name,
-            kind=unit.kind,
-            file=unit.source.name if unit.source else None,
-            start=unit.start,
-            end=unit.end if unit.end is not None else unit.start,
-            eof=unit.eof,
-            rows=written.rows,
-            failed=n_failed,
-            failed_file=failed_file,
-            size=written.size,
-            sha256=written.sha256,
-            tokens=unit.tokens,
-            resolves=list(unit.resolves),
-            files=[[name, rows] for name, rows in unit.files],
-            truncated=n_cut,
-        )
-        self.served.record(self.manifest)
-        self._record(record, list(unit.resolves))
-        self.journal.committed(unit.name)
-
-    def _record(self, record: ShardRecord, resolves: list[str]) -> None:
-        """The commit point: record a written shard in the manifest (a Ray worker hands it back instead)."""
-        self.manifest.commit(self.store, record, resolves)
+    def _tick(self) -> None:
+        """Twice a second while the pipeline runs: the pace, the progress bar, the journal's fsyncs."""
+        self.stats.pace = self.limits.describe()
+        self.progress.refresh()
+        self.journal.tick()
 
     # ------------------------------------------------------------------------------------- ending
 
-    async def _ticker(self, writer: asyncio.Task) -> None:
-        while not writer.done():
-            self.stats.pace = self.limits.describe()
-            self.progress.refresh()
-            self.journal.tick()
-            await asyncio.wait({writer}, timeout=0.5)
-
-    def _finish_files(self) -> None:
-        """Rebuild _failed.parquet from the unresolved failure files and write _report.json."""
-        if self.manifest is None:
-            return
-        unresolved = self.manifest.unresolved_failures()
-        self._unresolved = self.manifest.unresolved_rows(self.store)
-        if unresolved:
-            tables = (self.store.read_table(f) for f in unresolved)
-            self.store.write_table(self.failed_name, pa.concat_tables(tables))
-        elif self.store.exists(self.failed_name):
-            self.store.delete(self.failed_name)
-        rebuild_truncated(self.store, self.manifest)
-        report = self.stats.report(
+    def _report(self, outstanding: int) -> dict[str, Any]:
+        """The content of ``_report.json``."""
+        return self.stats.report(
             limits=self.limits.report(),
             served_model=self.served.served,
             usage_ratio=round(self.usage_check.ratio, 3) if self.usage_check.ratio else None,
@@ -609,9 +313,8 @@ class JobRunner:
             provider=self.model.provider,
             dimensions=self.task.metadata().get("dimensions"),
             output=str(self.out),
-            failed_rows_outstanding=self._unresolved,
+            failed_rows_outstanding=outstanding,
         )
-        self.store.write_bytes(self.report_name, json.dumps(report, indent=2).encode())
 
     def _conclude(self) -> int:
         s = self.stats
@@ -635,30 +338,13 @@ class JobRunner:
             )
         if s.rows_truncated:
             self.progress.line(
-                f"{s.rows_truncated:,} rows were cut to fit; they are listed in {self.store.describe(TRUNCATED)}"
+                f"{s.rows_truncated:,} rows were cut to fit; they are listed in {self.output.store.describe(TRUNCATED)}"
             )
         if self._unresolved:
             self.progress.line(
-                f"{self._unresolved:,} rows failed and are listed in {self.store.describe(self.failed_name)}; "
-                "run the same command again to retry them"
+                f"{self._unresolved:,} rows failed and are listed in "
+                f"{self.output.store.describe(self.output.failed_name)}; run the same command again to retry them"
             )
             return EXIT_PARTIAL
-        self._complete()
+        self.output.complete(self.progress.line)
         return EXIT_OK
-
-    def _complete(self) -> None:
-        """Every unit is committed: mark the manifest complete, drop what it does not record, write _SUCCESS."""
-        self.manifest.complete = True
-        self.manifest.save(self.store)
-        remove_orphans(self.store, self.manifest)  # nothing but recorded files once _SUCCESS is there
-        self.store.write_bytes(SUCCESS, b"")
-
-
-def _first_error(group: BaseExceptionGroup) -> BaseException:
-    """The first exception in a (nested) group that is not a cancellation."""
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_error(exc)
-        if not isinstance(exc, asyncio.CancelledError):
-            return exc
-    return group

@@ -9,15 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from batchembed.journal import (
-    MAX_BACKLOG,
-    Journal,
-    LocalJournalStore,
-    _LocalSegment,
-    decode_frames,
-    encode_frame,
-    read_unit,
-)
+from batchembed.journal import MAX_BACKLOG, Journal, decode_frames, encode_frame, read_unit
+from batchembed.journal_store import LocalJournalStore, _LocalSegment
 from batchembed.progress import Stats
 from tests import test_rerank
 from tests.conftest import assert_vectors, job_for, kill_mid_run, make_texts, read_output, run_cli, write_parquet
@@ -227,7 +220,7 @@ def test_a_journal_that_cannot_write_steps_aside(tmp_path):
         def open_segment(self, unit):
             raise OSError(28, "No space left on device", str(self.root / unit))
 
-    journal = Journal(FullDisk(tmp_path / "_journal"), "fp", task=None, stats=Stats(), committed=set())
+    journal = Journal(FullDisk(tmp_path / "_journal"), "fp", codec=None, stats=Stats(), committed=set())
     batch = pa.record_batch({"key": pa.array([b"a" * 16], pa.binary(16))})
     journal._append("part-00000", batch, {"version": 1, "fingerprint": "fp", "kind": "sent", "rows": 0})
     journal.close()

@@ -35,8 +35,9 @@ from batchembed.engines.budget import JobBudget, SharedLimits
 from batchembed.engines.parts import owned_by
 from batchembed.errors import BatchEmbedError, ConfigError
 from batchembed.exitcodes import ExitCode
+from batchembed.output import JobOutput
 from batchembed.runner import JobRunner
-from batchembed.sources import SourceFile
+from batchembed.store import open_store
 
 #: Times one slice is re-submitted after its worker process or node died, before the job gives up.
 MAX_SLICE_ATTEMPTS = 4
@@ -88,6 +89,30 @@ def connect(ray: Any, engine: Any) -> bool:
 # ------------------------------------------------------------------------------------------ worker
 
 
+class SliceOutput(JobOutput):
+    """A worker's output: the driver's manifest as given, each written shard handed to ``sink`` uncommitted.
+
+    The driver holds the lock/lease and records every shard (the commit point), then writes the report
+    and ``_failed.parquet``: a worker does none of that."""
+
+    def __init__(self, store: Any, compression: str, manifest: Manifest, sink) -> None:
+        super().__init__(store, compression)
+        self.manifest = manifest  # the driver's, as of the slice's submission; never saved here
+        self._sink = sink
+
+    def acquire(self, restart: bool) -> None:
+        return None  # the driver holds the output's lock/lease for the whole run
+
+    def open(self, fingerprint: dict[str, Any], restart: bool) -> Manifest:
+        return self.manifest
+
+    def record(self, record: ShardRecord, resolves: list[str]) -> None:
+        self._sink((record, resolves))  # written but not recorded: the driver commits it
+
+    def close(self, report) -> int:
+        return 0  # the driver writes the report and _failed.parquet
+
+
 class SliceRunner(JobRunner):
     """A worker's pipeline: only the units of its slice, each written shard handed to ``sink``."""
 
@@ -95,39 +120,21 @@ class SliceRunner(JobRunner):
     clears_journals = False  # other parts of the job may have units in flight
 
     def __init__(self, *args: Any, part: tuple[int, int], manifest: Manifest, budget: Any, sink, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.owns = owned_by(part)
-        self._given = manifest
-        self._sink = sink
+        self._given = (manifest, sink)
+        owns = owned_by(part)
+        super().__init__(*args, units=lambda unit: unit.kind == "retry" or owns(unit.name), **kwargs)
         model = self.model
         self.limits = SharedLimits(
             budget, self.job.limits.concurrency, model.requests_per_minute, model.tokens_per_minute
         )
 
-    def _acquire(self) -> None:
-        return None  # the driver holds the output's lock/lease for the whole run
+    def _make_output(self) -> SliceOutput:
+        return SliceOutput(open_store(self.job), self.job.output.compression, *self._given)
 
     async def _check_server(self, manifest: Manifest) -> None:
         """The canary as the driver ran it, on a copy: a worker never saves the driver's manifest."""
         # accept: the driver's canary already decided
         await self._canary(copy.deepcopy(manifest), accept_change=True, say=lambda _line: None)
-
-    def _open_manifest(self, sources: list[SourceFile]) -> Manifest:
-        return self._given  # the driver's, as of the slice's submission; never saved here
-
-    def _pending_rows(self, sources, manifest) -> int | None:
-        return None
-
-    def _chunk_stream(self, sources, columns, retry_units):
-        for chunk in super()._chunk_stream(sources, columns, retry_units):
-            if chunk.unit.kind == "retry" or self.owns(chunk.unit.name):
-                yield chunk
-
-    def _record(self, record: ShardRecord, resolves: list[str]) -> None:
-        self._sink((record, resolves))  # written but not recorded: the driver commits it
-
-    def _finish_files(self) -> None:
-        return None  # the driver writes the report and _failed.parquet
 
     def _conclude(self) -> int:
         return ExitCode.OK
@@ -200,7 +207,6 @@ class RayDriver(JobRunner):
                 ray.shutdown()
 
     async def _pipeline(self, sources, columns, retry_units) -> None:
-        self._workers = []
         await asyncio.to_thread(self._dispatch, bool(retry_units))
 
     def _dispatch(self, retry: bool) -> None:
@@ -282,7 +288,7 @@ class RayDriver(JobRunner):
         """Commit one shard a worker wrote (the commit point), and add up the worker's counters."""
         kind, record, resolves, delta = payload
         if kind == "record" and record["name"] not in {s.name for s in self.manifest.shards}:
-            self.manifest.commit(self.store, ShardRecord(**record), resolves)
+            self.output.record(ShardRecord(**record), resolves)
         s = self.stats
         for key in _COUNTERS:
             setattr(s, key, getattr(s, key) + delta[key])

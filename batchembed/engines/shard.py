@@ -8,14 +8,50 @@ that finishes last and finds every part complete writes ``_SUCCESS``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from batchembed.checkpoint import SUCCESS, Manifest, remove_orphans
 from batchembed.engines.parts import every_part_complete, open_part, owned_by, refuse_mixing
 from batchembed.limits import RateLimits
+from batchembed.output import JobOutput
 from batchembed.runner import JobRunner
-from batchembed.sources import SourceFile
-from batchembed.store.base import part_suffix
+from batchembed.store import open_store
+from batchembed.store.base import OutputStore, part_suffix
+
+
+class PartOutput(JobOutput):
+    """The output of part ``(I, N)``: its own lock/lease, manifest, failed rows, report and retry shard."""
+
+    def __init__(self, store: OutputStore, compression: str, part: tuple[int, int]) -> None:
+        super().__init__(store, compression)
+        self.part = part
+        self.owns = owned_by(part)
+        tag = part_suffix(part)
+        self.failed_name = f"_failed.{tag}.parquet"
+        self.report_name = f"_report.{tag}.json"
+
+    def acquire(self, restart: bool) -> None:
+        self.store.acquire(self.part)  # lease_name((I, N)): parts never block each other
+        refuse_mixing(self.store, self.part)
+
+    def open(self, fingerprint: dict[str, Any], restart: bool) -> Manifest:
+        self.manifest = open_part(self.store, fingerprint, restart, self.part)
+        return self.manifest
+
+    def retry_unit_name(self, n: int) -> str:
+        return f"part-r{n:05d}-{part_suffix(self.part)}.parquet"
+
+    def complete(self, say: Callable[[str], None]) -> None:
+        """Mark this part complete; the part that finds every part complete writes ``_SUCCESS``."""
+        self.manifest.complete = True
+        self.manifest.save(self.store)
+        remove_orphans(self.store, self.manifest, self.owns)
+        if every_part_complete(self.store, self.part[1]):
+            self.store.write_bytes(SUCCESS, b"")
+            say(f"every part of {self.uri} is complete: wrote {SUCCESS}")
+        else:
+            say(f"part {self.part[0]}/{self.part[1]} complete; other parts are still running")
 
 
 class ShardRunner(JobRunner):
@@ -24,12 +60,9 @@ class ShardRunner(JobRunner):
     clears_journals = False  # other parts of the job may have units in flight
 
     def __init__(self, *args: Any, shard: tuple[int, int], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
         self.part = shard
-        self.owns = owned_by(shard)
-        tag = part_suffix(shard)
-        self.failed_name = f"_failed.{tag}.parquet"
-        self.report_name = f"_report.{tag}.json"
+        owns = owned_by(shard)
+        super().__init__(*args, units=lambda unit: owns(unit.name), **kwargs)
         if self.job.engine.shard_pacing == "share":
             count = shard[1]
             self.limits = RateLimits(
@@ -38,31 +71,5 @@ class ShardRunner(JobRunner):
                 self.job.limits.concurrency,
             )
 
-    def _acquire(self) -> None:
-        self.store.acquire(self.part)  # lease_name((I, N)): parts never block each other
-        refuse_mixing(self.store, self.part)
-
-    def _open_manifest(self, sources: list[SourceFile]) -> Manifest:
-        return open_part(self.store, self.fingerprint(sources), self.restart, self.part)
-
-    def _pending_rows(self, sources: list[SourceFile], manifest: Manifest) -> int | None:
-        return None  # the part's share of the rows is known only once its units are read
-
-    def _retry_unit_name(self, n: int) -> str:
-        return f"part-r{n:05d}-{part_suffix(self.part)}.parquet"
-
-    def _chunk_stream(self, sources, columns, retry_units):
-        for chunk in super()._chunk_stream(sources, columns, retry_units):
-            if self.owns(chunk.unit.name):
-                yield chunk
-
-    def _complete(self) -> None:
-        """Mark this part complete; the part that finds every part complete writes ``_SUCCESS``."""
-        self.manifest.complete = True
-        self.manifest.save(self.store)
-        remove_orphans(self.store, self.manifest, self.owns)
-        if every_part_complete(self.store, self.part[1]):
-            self.store.write_bytes(SUCCESS, b"")
-            self.progress.line(f"every part of {self.out} is complete: wrote {SUCCESS}")
-        else:
-            self.progress.line(f"part {self.part[0]}/{self.part[1]} complete; other parts are still running")
+    def _make_output(self) -> PartOutput:
+        return PartOutput(open_store(self.job), self.job.output.compression, self.part)

@@ -1,9 +1,12 @@
 """What a job computes, behind one interface the scheduler (``runner``) drives.
 
 A task turns a chunk of input rows into a *piece* (its work items plus the output rows they feed)
-and a list of *requests* (contiguous runs of work items that travel together); it sends a request,
-stores an answer, and finally turns a finished piece into output rows and failed rows. Everything
-else (limits, retries, splitting, ordering, shards, manifest, resume) is shared.
+and a list of *requests* (runs of work items that travel together); it sends a request, stores an
+answer, and finally turns a finished piece into output rows, failed rows and cut rows. Everything
+else (limits, retries, splitting, ordering, shards, manifest, resume) is shared: the sender sends,
+the output commits. What the answer journal needs of a task is a separate object, its
+:class:`JournalCodec`; a task that can cut one text the server finds too long offers ``shorten``
+(the embed task), which the sender uses when present.
 
     embed:   item = a unique text of the chunk;         answer = its vector
     rerank:  item = one (query, document) pair;         answer = its relevance score
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -30,8 +33,7 @@ class Piece:
     skipped: int  # rows kept with an empty result (blank text, too long with on_too_long=skip)
     work: Any  # the task's own state (texts and vectors, pairs and scores)
     errors: dict[int, str] = field(default_factory=dict)  # item index -> why it failed
-    pending: int = 0  # requests and waits outstanding
-    waits: int = 0  # answers this piece waits for from other pieces' requests
+    pending: int = 0  # requests outstanding
     abandoned: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -43,6 +45,46 @@ class Request:
     piece: Piece
     items: np.ndarray
     tokens: int
+
+
+class PieceTables(NamedTuple):
+    """What a finished piece writes: its output rows, its failed rows (id, file, row, error) and the
+    rows whose text was cut to fit (None when there are none)."""
+
+    rows: pa.Table
+    failed: pa.Table | None
+    cut: pa.Table | None
+
+
+class Resumed(NamedTuple):
+    """A prepared piece after its unit's journal was read (``JournalCodec.resume``)."""
+
+    requests: list[Request]  # what is left to send
+    rows_recovered: int  # input rows answered by the killed run's journal
+    rows_resent: int  # rows about to be sent again although the killed run had sent them
+    held: tuple[pa.RecordBatch, int] | None  # answers already held, to journal now (batch, rows)
+
+
+class JournalCodec(Protocol):
+    """How a task's answers go into the answer journal (``batchembed.journal``) and come back out.
+
+    Keys identify an answer across runs: 16 bytes per work item (``fixed_size_binary(16)``)."""
+
+    def keys(self, request: Request) -> pa.Array:
+        """The key of each item of ``request``."""
+        ...
+
+    def answers(self, request: Request) -> list[tuple[str, pa.RecordBatch, int]]:
+        """An accepted request's answers as journal frames: (unit, batch of ``key`` + answer column, input
+        rows covered). The request's own unit first; the embed task adds other units waiting for the
+        same texts."""
+        ...
+
+    def resume(self, piece: Piece, requests: list[Request], recovered: Any) -> Resumed:
+        """Called once per piece a run prepares: fill the answers found in ``recovered`` (a
+        ``journal.Recovered`` of the unit's journal, or None) and say what is left to send and what
+        the piece already holds to journal at once (the embed task's memo hits)."""
+        ...
 
 
 class Task(Protocol):
@@ -57,19 +99,9 @@ class Task(Protocol):
         """Build a piece and its requests from a chunk (runs in a worker thread: no asyncio here)."""
         ...
 
-    async def call(self, request: Request) -> Any:
-        """Send one request to the provider; raise ``APIError`` subclasses on failure."""
-        ...
-
-    def claim(self, piece: Piece, requests: list[Request]) -> list[Request]:
-        """On the event loop, just before sending: drop work another piece already has in flight.
-
-        Returns the requests still to send; the piece's ``waits`` counts what it now waits for."""
-        ...
-
-    def release(self, request: Request) -> list[Piece]:
-        """After a request is settled (answered, failed or abandoned): hand its answers to pieces
-        that waited for them; return one entry per wait that is now over."""
+    async def call(self, request: Request, meter: Any) -> Any:
+        """Send one request to the provider, inside ``async with meter(tokens)`` (``sender.Meter``: what
+        goes out is paced and charged); raise ``APIError`` subclasses on failure."""
         ...
 
     def accept(self, request: Request, answer: Any) -> int | None:
@@ -78,16 +110,8 @@ class Task(Protocol):
         Raises ``MalformedResponse`` when the answer does not fit the request."""
         ...
 
-    def failed_rows(self, piece: Piece) -> int:
-        """Input rows of a finished piece that failed."""
-        ...
-
-    async def ready(self) -> None:
-        """Called before the first shard is opened (the embed task learns the vector size here)."""
-        ...
-
-    def tables(self, piece: Piece) -> tuple[pa.Table, pa.Table | None]:
-        """Output rows of a finished piece, and its failed rows (id, file, row, error) if any."""
+    def tables(self, piece: Piece) -> PieceTables:
+        """Output rows of a finished piece, its failed rows and its cut rows."""
         ...
 
     def metadata(self) -> dict[str, Any]:
@@ -98,29 +122,12 @@ class Task(Protocol):
         """Task settings that change the output (merged into the job fingerprint)."""
         ...
 
+    def journal_codec(self) -> JournalCodec:
+        """The task's answers as the answer journal stores them."""
+        ...
+
     def close(self) -> None:
         """Release what the task holds (the embed task's cache file)."""
-        ...
-
-    # The answer journal (``batchembed.journal``): keys identify an answer across runs.
-
-    def journal_keys(self, request: Request) -> pa.Array:
-        """16-byte key of each item of ``request`` (``fixed_size_binary(16)``)."""
-        ...
-
-    def journal_answers(self, piece: Piece, items: np.ndarray) -> tuple[pa.RecordBatch, int]:
-        """Answers of ``items`` as a batch (``key`` + answer column) and the input rows they cover."""
-        ...
-
-    def journal_borrowed(self, piece: Piece) -> tuple[pa.RecordBatch, int] | None:
-        """Answers the piece holds without its own request (dedup) and not yet journaled."""
-        ...
-
-    def recover(self, piece: Piece, requests: list[Request], recovered: Any) -> tuple[list[Request], int, int]:
-        """Fill answers found in ``recovered`` (a ``journal.Recovered``) and drop them from ``requests``.
-
-        Returns the requests left, the input rows recovered, and the rows about to be sent again
-        although an earlier run had sent them (its answer never became durable)."""
         ...
 
 

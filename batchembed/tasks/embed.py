@@ -1,8 +1,9 @@
 """The embedding task: rows -> texts -> unique texts -> vectors -> ``fixed_size_list<float32>`` column.
 
 Identical texts are embedded once: within a chunk by dictionary encoding, across chunks and runs
-through the ``VectorMemo`` (a bounded in-memory map, plus the optional ``[cache]`` file), and every
-row that shares a text gets the same vector.
+through the dedup layer in front of the embedder (``tasks/dedup.py``: the ``VectorMemo`` and the
+texts in flight), and every row that shares a text gets the same vector. How its answers go into
+the answer journal is ``tasks/embed_journal.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from batchembed.memo import VectorMemo, text_keys
 from batchembed.progress import Stats
 from batchembed.providers.base import Embedder, EmbeddingResult
 from batchembed.resolved import ResolvedJob
-from batchembed.tasks import Piece, Request, failure_table
+from batchembed.tasks import Piece, PieceTables, Request, failure_table
+from batchembed.tasks.dedup import SharedEmbedder
+from batchembed.tasks.embed_journal import EmbedJournalCodec
 from batchembed.texts import add_prefix, blank_mask, build_texts
 from batchembed.tokens import TokenCounter, exact_counts, over_limit
 from batchembed.units import Chunk
@@ -123,9 +126,7 @@ class EmbedTask:
         self.prefix = resolved.prefix
         self.input_tokens = resolved.input_tokens
         self.stats = stats
-        self.memo = memo
-        # texts in flight: key -> [(waiting piece, its text index)], owned by the first piece sending it
-        self._in_flight: dict[bytes, list[tuple[Piece, int]]] = {}
+        self.shared = SharedEmbedder(embedder, memo, stats, self._check_answer)
         self.dim: int | None = job.model.dimensions
         self.id_column = id_column_name(job)
         cols = list(text_fields(job.input.text))
@@ -189,7 +190,7 @@ class EmbedTask:
             keys=keys,
             truncated=truncated,
         )
-        hits = self.memo.lookup(keys[used]) if len(used) else {}
+        hits = self.shared.lookup(keys[used])
         if hits:
             found = [i for i in used if keys[i] in hits]
             work.set_vectors(found, np.stack([hits[keys[i]] for i in found]))
@@ -197,8 +198,13 @@ class EmbedTask:
         rows_tokens = int(counts[row_to_text[row_to_text >= 0]].sum())
         self.stats.tokens_saved += rows_tokens - int(counts[to_send].sum())
         piece = Piece(chunk=chunk, rows=n, skipped=skipped, work=work)
-        # one unpacked request: ``claim`` drops texts already in flight, then packs the rest
-        return piece, [Request(piece, to_send, int(counts[to_send].sum()))]
+        return piece, self.pack(piece, to_send)
+
+    def pack(self, piece: Piece, items: np.ndarray) -> list[Request]:
+        """Requests for ``items`` of ``piece``, in order, under ``batch_inputs`` and ``batch_tokens``."""
+        tokens = piece.work.tokens[items]
+        batches = pack(tokens, self.model.batch_inputs, self.job.limits.batch_tokens)
+        return [Request(piece, items[a:b], int(tokens[a:b].sum())) for a, b in batches]
 
     def _output_columns(self, table: pa.Table, chunk: Chunk, positions: np.ndarray) -> pa.Table:
         cols = {self.id_column: row_ids(table, self.job, chunk, positions)}
@@ -207,59 +213,20 @@ class EmbedTask:
                 cols[name] = table.column(name)
         return pa.table(cols)
 
-    def claim(self, piece: Piece, requests: list[Request]) -> list[Request]:
-        """Wait for texts another piece is already embedding instead of paying for them again, then pack."""
-        work: EmbedWork = piece.work
-        keep = []
-        for request in requests:
-            for i in request.items:
-                key = work.keys[i]
-                waiters = self._in_flight.get(key)
-                if waiters is not None:
-                    waiters.append((piece, int(i)))
-                    piece.waits += 1
-                    self.stats.tokens_saved += int(work.tokens[i])
-                    continue
-                vec = self.memo.recall(key)  # answered since ``prepare`` looked
-                if vec is not None:
-                    work.set_vectors(i, vec)
-                    self.stats.tokens_saved += int(work.tokens[i])
-                    continue
-                self._in_flight[key] = []
-                keep.append(i)
-        items = np.asarray(keep, dtype=np.int64)
-        tokens = work.tokens[items]
-        batches = pack(tokens, self.model.batch_inputs, self.job.limits.batch_tokens)
-        return [Request(piece, items[a:b], int(tokens[a:b].sum())) for a, b in batches]
-
-    def release(self, request: Request) -> list[Piece]:
-        """Copy each settled text's vector (or its error) to the pieces that waited for it."""
-        piece = request.piece
-        work: EmbedWork = piece.work
-        released = []
-        for i in request.items:
-            for waiter, j in self._in_flight.pop(work.keys[i], ()):
-                if piece.abandoned:
-                    waiter.abandoned = True
-                elif int(i) in piece.errors:
-                    waiter.errors[j] = piece.errors[int(i)]
-                else:
-                    waiter.work.set_vectors(j, work.vectors[i])
-                released.append(waiter)
-        return released
-
     # --------------------------------------------------------------------------------- sending
 
-    async def call(self, request: Request) -> EmbeddingResult:
-        """Embed the request's texts."""
+    async def call(self, request: Request, meter: Any) -> EmbeddingResult:
+        """Embed the request's texts through the dedup layer (only texts nobody else has are sent)."""
         work: EmbedWork = request.piece.work
-        return await self.embedder.embed([work.texts[i] for i in request.items])
+        items = request.items
+        texts = [work.texts[i] for i in items]
+        return await self.shared.embed(work.keys[items], texts, work.tokens[items], request.tokens, meter)
 
-    def accept(self, request: Request, answer: EmbeddingResult) -> int | None:
-        """Store vectors (checking count and dimension) and remember them for duplicates."""
+    def _check_answer(self, answer: EmbeddingResult, n: int) -> None:
+        """An answer for ``n`` texts has ``n`` vectors of the job's size (learned from the first answer)."""
         vectors = answer.vectors
-        if vectors.shape[0] != len(request.items):
-            raise MalformedResponse(f"asked for {len(request.items)} vectors, got {vectors.shape[0]}")
+        if vectors.shape[0] != n:
+            raise MalformedResponse(f"asked for {n} vectors, got {vectors.shape[0]}")
         dim = vectors.shape[1]
         if self.dim is None:
             self.dim = dim
@@ -269,71 +236,15 @@ class EmbedTask:
                 f"{self.dim}: it ignores model.dimensions or serves another model. Set model.dimensions = {dim} "
                 'and run with --restart, or model.dimensions_by = "client" to cut vectors here'
             )
-        work: EmbedWork = request.piece.work
-        work.set_vectors(request.items, vectors)
-        self.memo.store(work.keys[request.items], vectors)
+
+    def accept(self, request: Request, answer: EmbeddingResult) -> int | None:
+        """Store the request's vectors in its piece (checked on arrival by the dedup layer)."""
+        request.piece.work.set_vectors(request.items, answer.vectors)
         return answer.prompt_tokens
 
-    # --------------------------------------------------------------------------------- journal
-
-    def journal_keys(self, request: Request) -> pa.Array:
-        """The memo key of each text: a text's answer is found again wherever it recurs."""
-        return pa.array(request.piece.work.keys[request.items].tolist(), pa.binary(16))
-
-    def journal_answers(self, piece: Piece, items: np.ndarray) -> tuple[pa.RecordBatch, int]:
-        """Keys and vectors of ``items``, and the rows of the piece that use them."""
-        work: EmbedWork = piece.work
-        work.mark_journaled(items)
-        if len(items) and (np.diff(items) == 1).all():  # a run of texts: a view, no copy
-            vectors = work.vectors[items[0] : items[-1] + 1]
-        else:
-            vectors = work.vectors[items]
-        batch = pa.record_batch(
-            {"key": pa.array(work.keys[items].tolist(), pa.binary(16)), "vector": vector_array(vectors)}
-        )
-        return batch, int(work.row_counts()[items].sum())
-
-    def journal_borrowed(self, piece: Piece) -> tuple[pa.RecordBatch, int] | None:
-        """Texts answered by the memo or by another piece's request: journaled too, so that a crash
-        before this unit commits does not buy them again (the memo dies with the process)."""
-        work: EmbedWork = piece.work
-        if work.answered is None or piece.abandoned:
-            return None
-        wanted = work.answered & (work.row_counts() > 0)
-        if work.journaled is not None:
-            wanted &= ~work.journaled
-        items = np.flatnonzero(wanted)
-        return self.journal_answers(piece, items) if len(items) else None
-
-    def recover(self, piece: Piece, requests: list[Request], recovered: Any) -> tuple[list[Request], int, int]:
-        """Vectors of texts the journal holds go straight into the piece (and the memo); the rest is sent."""
-        work: EmbedWork = piece.work
-        counts = work.row_counts()
-        used = np.flatnonzero(counts > 0)
-        at = recovered.find(work.keys[used].tolist())
-        found, rows = used[at >= 0], at[at >= 0]
-        if len(found):
-            vectors = recovered.values("vector")
-            if self.dim is None:
-                self.dim = vectors.shape[1]
-            work.set_vectors(found, vectors[rows])
-            work.mark_journaled(found)
-            self.memo.store(work.keys[found], vectors[rows])
-        have = np.zeros(len(work.texts), dtype=bool)
-        have[found] = True
-        left, resent = [], 0
-        sent_before = recovered.sent
-        recovered_rows = 0
-        for request in requests:
-            items = request.items
-            hit = have[items]
-            recovered_rows += int(counts[items[hit]].sum())
-            rest = items[~hit]
-            if sent_before:
-                resent += int(sum(counts[i] for i in rest if work.keys[i] in sent_before))
-            if len(rest):
-                left.append(Request(piece, rest, int(work.tokens[rest].sum())))
-        return left, recovered_rows, resent
+    def journal_codec(self) -> EmbedJournalCodec:
+        """Texts' answers in the journal: keyed by text (a text's answer is found wherever it recurs)."""
+        return EmbedJournalCodec(self)
 
     def shorten(self, request: Request) -> bool:
         """The server said this one text is too long although it fits our count: cut it by a quarter.
@@ -355,6 +266,7 @@ class EmbedTask:
         work.truncated[i] = ("server: input too long", before[1], before[2])
         work.texts[i] = cut
         request.tokens = int(self.counter.count(pa.array([cut], pa.string()))[0])
+        work.tokens[i] = request.tokens
         return True
 
     def truncated_rows(self, piece: Piece) -> pa.Table | None:
@@ -377,22 +289,10 @@ class EmbedTask:
             }
         )
 
-    def failed_rows(self, piece: Piece) -> int:
-        """Rows whose text failed."""
-        if not piece.errors:
-            return 0
-        return int(np.isin(piece.work.row_to_text, np.fromiter(piece.errors, np.int64)).sum())
-
-    async def ready(self) -> None:
-        """Learn the vector size when the first shard starts with rows that were never sent."""
-        if self.dim is None:
-            result = await self.embedder.embed(["dimension probe"])
-            self.dim = result.vectors.shape[1]
-
     # --------------------------------------------------------------------------------- output
 
-    def tables(self, piece: Piece) -> tuple[pa.Table, pa.Table | None]:
-        """Shard rows (failed rows left out, vector column appended) and the failed rows."""
+    def tables(self, piece: Piece) -> PieceTables:
+        """Shard rows (failed rows left out, vector column appended), the failed rows and the cut rows."""
         work: EmbedWork = piece.work
         n = piece.rows
         rows = work.row_to_text
@@ -419,11 +319,11 @@ class EmbedTask:
                 [piece.errors[int(rows[i])] for i in idx],
             )
             table = table.filter(pa.array(~failed_mask))
-        return table, failed
+        return PieceTables(table, failed, self.truncated_rows(piece))
 
     def close(self) -> None:
         """Close the vector cache."""
-        self.memo.close()
+        self.shared.close()
 
     def metadata(self) -> dict[str, Any]:
         """Recorded in every shard's Parquet metadata."""

@@ -25,7 +25,7 @@ from batchembed.errors import ConfigError, InputError, MalformedResponse
 from batchembed.progress import Stats
 from batchembed.providers.rerank import RerankResult
 from batchembed.resolved import ResolvedJob
-from batchembed.tasks import Piece, Request, failure_table
+from batchembed.tasks import Piece, PieceTables, Request, Resumed, failure_table
 from batchembed.tasks.embed import chunk_positions, generated_ids
 from batchembed.texts import as_string, blank_mask
 from batchembed.tokens import TokenCounter, over_limit
@@ -166,19 +166,12 @@ class RerankTask:
 
     # --------------------------------------------------------------------------------- sending
 
-    async def call(self, request: Request) -> RerankResult:
+    async def call(self, request: Request, meter: Any) -> RerankResult:
         """Score the request's documents against their (single) query."""
         work: RerankWork = request.piece.work
         query = work.queries[int(work.pair_group[request.items[0]])]
-        return await self.reranker.rerank(query, [work.documents[i] for i in request.items], self.cfg.task)
-
-    def claim(self, piece: Piece, requests: list[Request]) -> list[Request]:
-        """Pairs are never shared between pieces: send everything."""
-        return requests
-
-    def release(self, request: Request) -> list[Piece]:
-        """Nobody waits for rerank answers."""
-        return []
+        async with meter(request.tokens):
+            return await self.reranker.rerank(query, [work.documents[i] for i in request.items], self.cfg.task)
 
     def accept(self, request: Request, answer: RerankResult) -> int | None:
         """Store scores (checking the count)."""
@@ -187,56 +180,9 @@ class RerankTask:
         request.piece.work.scores[request.items] = answer.scores
         return answer.prompt_tokens
 
-    # --------------------------------------------------------------------------------- journal
-
-    @staticmethod
-    def _keys(piece: Piece) -> pa.Array:
-        """16 bytes per pair: file row (int64), its index within the row (int32), crc32 of the file name."""
-        work: RerankWork = piece.work
-        if work.keys is None:
-            n = len(work.pair_row)
-            per_row = np.bincount(work.pair_row, minlength=len(work.positions)) if n else np.zeros(0, np.int64)
-            first_pair = np.cumsum(per_row) - per_row
-            raw = np.zeros(n, dtype=[("row", "<i8"), ("pair", "<i4"), ("file", "<u4")])
-            raw["row"] = work.positions[work.pair_row] if n else 0
-            raw["pair"] = np.arange(n) - first_pair[work.pair_row] if n else 0
-            raw["file"] = zlib.crc32(piece.chunk.source.name.encode())
-            work.keys = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(raw.tobytes())])
-        return work.keys
-
-    def journal_keys(self, request: Request) -> pa.Array:
-        """Pairs are identified by where they are in the input (file, row, position in the row)."""
-        return self._keys(request.piece).take(pa.array(request.items, pa.int64()))
-
-    def journal_answers(self, piece: Piece, items: np.ndarray) -> tuple[pa.RecordBatch, int]:
-        """Keys and scores of ``items``; each pair counts as one row."""
-        keys = self._keys(piece).take(pa.array(items, pa.int64()))
-        scores = pa.array(piece.work.scores[items], pa.float32())
-        return pa.record_batch({"key": keys, "score": scores}), len(items)
-
-    def journal_borrowed(self, piece: Piece) -> None:
-        """Pairs are never shared between pieces: nothing borrowed."""
-        return None
-
-    def recover(self, piece: Piece, requests: list[Request], recovered: Any) -> tuple[list[Request], int, int]:
-        """Scores the journal holds go into the piece; requests keep only pairs without one."""
-        work: RerankWork = piece.work
-        keys = self._keys(piece).to_pylist()
-        scores = recovered.values("score")
-        left, found_pairs, resent = [], 0, 0
-        for request in requests:
-            items = request.items
-            at = recovered.find([keys[i] for i in items])
-            hit = at >= 0
-            work.scores[items[hit]] = scores[at[hit]]
-            found_pairs += int(hit.sum())
-            rest = items[~hit]
-            resent += sum(1 for i in rest if keys[i] in recovered.sent)
-            if len(rest) == len(items):
-                left.append(request)
-            elif len(rest):
-                left.append(Request(piece, rest, max(1, request.tokens * len(rest) // len(items))))
-        return left, found_pairs, resent
+    def journal_codec(self) -> RerankJournalCodec:
+        """Pairs' scores in the journal, keyed by where each pair is in the input."""
+        return RerankJournalCodec()
 
     def _failed_groups(self, piece: Piece) -> np.ndarray:
         work: RerankWork = piece.work
@@ -244,29 +190,16 @@ class RerankTask:
             return np.zeros(0, np.int64)
         return np.unique(work.pair_group[np.fromiter(piece.errors, np.int64)])
 
-    def shorten(self, request: Request) -> bool:
-        """A pair the server finds too long is not cut again (it fails like any other row)."""
-        return False
-
-    def truncated_rows(self, piece: Piece) -> pa.Table | None:
-        """Rerank jobs cut documents to fit ``limits.input_tokens`` but do not list them."""
-        return None
-
-    def failed_rows(self, piece: Piece) -> int:
-        """Input rows of the groups that failed (a group fails whole)."""
-        work: RerankWork = piece.work
-        return sum(len(work.group_rows[g]) for g in self._failed_groups(piece))
-
-    async def ready(self) -> None:
-        """Nothing to learn before writing."""
-
     def close(self) -> None:
         """Nothing to release."""
 
     # --------------------------------------------------------------------------------- output
 
-    def tables(self, piece: Piece) -> tuple[pa.Table, pa.Table | None]:
-        """Long-format rows ranked within each query (top_n applied), and the failed groups' rows."""
+    def tables(self, piece: Piece) -> PieceTables:
+        """Long-format rows ranked within each query (top_n applied) and the failed groups' rows.
+
+        No cut rows: documents cut to fit ``limits.input_tokens`` are not listed, and a pair the server
+        finds too long fails like any other row (rerank has no ``shorten``)."""
         work: RerankWork = piece.work
         failed_groups = self._failed_groups(piece)
         ok = ~np.isin(work.pair_group, failed_groups)
@@ -312,7 +245,7 @@ class RerankTask:
                 errors.append(first_error.get(group_of_row[int(r)], "another document of this query failed"))
             ids = pc.cast(work.query_ids.take(pa.array([group_of_row[int(r)] for r in rows], pa.int64())), pa.string())
             failed = failure_table(ids, piece.chunk.source.name, work.positions[rows], errors)
-        return table, failed
+        return PieceTables(table, failed, None)
 
     def metadata(self) -> dict[str, Any]:
         """Recorded in every shard's Parquet metadata."""
@@ -334,3 +267,57 @@ class RerankTask:
             "limits.on_too_long": self.job.limits.on_too_long,
             "limits.tokenizer": self.counter.name,
         }
+
+
+class RerankJournalCodec:
+    """Scores in the answer journal: a pair is keyed by its place in the input (file, row, position in
+    the row), since pairs are never shared between pieces."""
+
+    @staticmethod
+    def _keys(piece: Piece) -> pa.Array:
+        """16 bytes per pair: file row (int64), its index within the row (int32), crc32 of the file name."""
+        work: RerankWork = piece.work
+        if work.keys is None:
+            n = len(work.pair_row)
+            per_row = np.bincount(work.pair_row, minlength=len(work.positions)) if n else np.zeros(0, np.int64)
+            first_pair = np.cumsum(per_row) - per_row
+            raw = np.zeros(n, dtype=[("row", "<i8"), ("pair", "<i4"), ("file", "<u4")])
+            raw["row"] = work.positions[work.pair_row] if n else 0
+            raw["pair"] = np.arange(n) - first_pair[work.pair_row] if n else 0
+            raw["file"] = zlib.crc32(piece.chunk.source.name.encode())
+            work.keys = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(raw.tobytes())])
+        return work.keys
+
+    def keys(self, request: Request) -> pa.Array:
+        """The place of each pair of ``request``."""
+        return self._keys(request.piece).take(pa.array(request.items, pa.int64()))
+
+    def answers(self, request: Request) -> list[tuple[str, pa.RecordBatch, int]]:
+        """Keys and scores of the request's pairs, for its unit; each pair counts as one row."""
+        piece, items = request.piece, request.items
+        keys = self._keys(piece).take(pa.array(items, pa.int64()))
+        scores = pa.array(piece.work.scores[items], pa.float32())
+        return [(piece.chunk.unit.name, pa.record_batch({"key": keys, "score": scores}), len(items))]
+
+    def resume(self, piece: Piece, requests: list[Request], recovered: Any) -> Resumed:
+        """Scores the journal holds go into the piece; requests keep only pairs without one. A prepared
+        piece holds no score yet (pairs are never shared), so nothing is journaled here."""
+        if recovered is None:
+            return Resumed(requests, 0, 0, None)
+        work: RerankWork = piece.work
+        keys = self._keys(piece).to_pylist()
+        scores = recovered.values("score")
+        left, found_pairs, resent = [], 0, 0
+        for request in requests:
+            items = request.items
+            at = recovered.find([keys[i] for i in items])
+            hit = at >= 0
+            work.scores[items[hit]] = scores[at[hit]]
+            found_pairs += int(hit.sum())
+            rest = items[~hit]
+            resent += sum(1 for i in rest if keys[i] in recovered.sent)
+            if len(rest) == len(items):
+                left.append(request)
+            elif len(rest):
+                left.append(Request(piece, rest, max(1, request.tokens * len(rest) // len(items))))
+        return Resumed(left, found_pairs, resent, None)

@@ -1,0 +1,207 @@
+"""The output side of a run: the commit protocol on top of the store's bytes.
+
+It owns what makes a unit count: open (or resume) the manifest, write a unit's shard with its
+``_failed/`` and ``_truncated/`` files, record it in the manifest (the commit point), list what is
+committed, remove what is not, and at the end rebuild ``_failed.parquet``/``_truncated.parquet``
+and write ``_report.json`` and ``_SUCCESS``. The store (``store/``: a local directory, an object
+store) stays the byte layer underneath: whole-or-nothing files, a conditional manifest write, a lock.
+
+It lives here rather than in ``store/`` because it is the layer *above* the byte stores: it reads
+and writes the manifest (``checkpoint``), the cut rows' files (``truncated``) and the shards'
+metadata (``writer``), none of which a byte store knows about. Like a dlt load package or a datasets
+``ArrowWriter``: rows go in piece by piece, and a unit appears whole at its commit or not at all.
+
+The engines change where a commit goes through subclasses: a ``--shard I/N`` part commits into its
+own manifest (``engines/shard.py``), a Ray worker hands each written shard to its driver
+(``engines/ray_engine.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+
+from batchembed.checkpoint import (
+    FAILED,
+    FAILED_DIR,
+    REPORT,
+    SUCCESS,
+    Manifest,
+    ShardRecord,
+    failpoint,
+    open_output,
+    remove_orphans,
+)
+from batchembed.errors import InputError
+from batchembed.sources import SourceFile
+from batchembed.store.base import OutputStore
+from batchembed.truncated import rebuild_truncated, write_truncated
+from batchembed.units import Unit
+from batchembed.writer import shard_metadata
+
+#: A failed rows' file, one input file of it, and its rows: what a run retries.
+RetryUnit = tuple[str, SourceFile, list[int]]
+
+
+class UnitWriter:
+    """One unit on its way to a commit: its shard (opened at the first rows), its failed and cut rows."""
+
+    def __init__(self, output: JobOutput, unit: Unit, metadata: dict[str, Any]) -> None:
+        self.output = output
+        self.unit = unit
+        self.metadata = metadata
+        self.shard: Any = None  # the store's shard writer, once the first rows arrive
+        self.failures: list[pa.Table] = []
+        self.cuts: list[pa.Table] = []
+
+    def write(self, rows: pa.Table, failed: pa.Table | None, cut: pa.Table | None) -> None:
+        """Append one piece's output rows (one row group) and keep its failed and cut rows."""
+        if self.shard is None:
+            schema = rows.schema.with_metadata(shard_metadata(self.metadata))
+            self.shard = self.output.store.shard_writer(self.unit.name, schema, self.output.compression)
+        self.shard.write(rows)
+        if failed is not None:
+            self.failures.append(failed)
+        if cut is not None:
+            self.cuts.append(cut)
+
+    def abort(self) -> None:
+        """Drop what was written: the unit is not committed (a later run redoes it)."""
+        if self.shard is not None:
+            self.shard.abort()
+            self.shard = None
+
+
+class JobOutput:
+    """Commits the units of one run into the output's manifest, and closes the output at the end."""
+
+    #: Where this run's failed rows and report go (a ``--shard`` part writes its own).
+    failed_name = FAILED
+    report_name = REPORT
+
+    def __init__(self, store: OutputStore, compression: str) -> None:
+        self.store = store
+        self.compression = compression
+        self.manifest: Manifest | None = None
+
+    @property
+    def uri(self) -> Any:
+        """The output's location, for messages."""
+        return self.store.uri
+
+    # ------------------------------------------------------------------------------ opening
+
+    def acquire(self, restart: bool) -> None:
+        """Take the output's one-writer lock (``OutputLocked`` names the holder)."""
+        from batchembed.engines.parts import refuse_mixing
+
+        self.store.acquire()
+        if not restart:  # --restart discards a split output whole
+            refuse_mixing(self.store, None)
+
+    def release(self) -> None:
+        """Release the lock (or lease)."""
+        self.store.release()
+
+    def open(self, fingerprint: dict[str, Any], restart: bool) -> Manifest:
+        """Load (or create) the manifest this run records its units in; clean what it does not record."""
+        self.manifest = open_output(self.store, fingerprint, restart)
+        return self.manifest
+
+    def finished_before(self) -> bool:
+        """Whether an earlier run already completed the whole job."""
+        return self.manifest.complete and self.store.exists(SUCCESS)
+
+    def committed(self) -> set[str]:
+        """Names of the units committed so far (without ``.parquet``: a unit's journal name)."""
+        return {s.name.removesuffix(".parquet") for s in self.manifest.shards}
+
+    def retry_unit_name(self, n: int) -> str:
+        """Name of the shard holding this run's retried rows (``n`` retry shards exist already)."""
+        return f"part-r{n:05d}.parquet"
+
+    def retry_plan(self, sources: list[SourceFile]) -> list[RetryUnit]:
+        """Failed rows of earlier runs, grouped by file: [(failure_file, source, rows)]."""
+        by_name = {s.name: s for s in sources}
+        plan = []
+        for failure_file in self.manifest.unresolved_failures():
+            table = self.store.read_table(failure_file, columns=["file", "row"])
+            files = table.column("file").to_pylist()
+            rows = table.column("row").to_pylist()
+            for name in dict.fromkeys(files):
+                if name not in by_name:
+                    raise InputError(f"{failure_file}: failed rows come from {name}, which is no longer an input")
+                plan.append((failure_file, by_name[name], [r for f, r in zip(files, rows, strict=True) if f == name]))
+        return plan
+
+    # ----------------------------------------------------------------------------- committing
+
+    def unit(self, unit: Unit, metadata: dict[str, Any]) -> UnitWriter:
+        """A writer for ``unit``'s shard; ``metadata`` goes into the shard's Parquet metadata."""
+        return UnitWriter(self, unit, metadata)
+
+    def commit(self, writer: UnitWriter) -> ShardRecord:
+        """Make a unit durable: shard, its failed and cut rows, then the manifest entry (the commit point)."""
+        unit = writer.unit
+        written = writer.shard.commit()
+        n_cut = write_truncated(self.store, unit.name, writer.cuts)
+        failpoint("shard-before-manifest")
+        failed_file = None
+        n_failed = 0
+        if writer.failures:
+            table = pa.concat_tables(writer.failures)
+            n_failed = table.num_rows
+            failed_file = f"{FAILED_DIR}/{unit.name}"
+            self.store.write_table(failed_file, table)
+        record = ShardRecord(
+            name=unit.name,
+            kind=unit.kind,
+            file=unit.source.name if unit.source else None,
+            start=unit.start,
+            end=unit.end if unit.end is not None else unit.start,
+            eof=unit.eof,
+            rows=written.rows,
+            failed=n_failed,
+            failed_file=failed_file,
+            size=written.size,
+            sha256=written.sha256,
+            tokens=unit.tokens,
+            resolves=list(unit.resolves),
+            files=[[name, rows] for name, rows in unit.files],
+            truncated=n_cut,
+        )
+        self.record(record, list(unit.resolves))
+        return record
+
+    def record(self, record: ShardRecord, resolves: list[str]) -> None:
+        """The commit point: record a written shard in the manifest (a Ray worker hands it back instead)."""
+        self.manifest.commit(self.store, record, resolves)
+
+    # --------------------------------------------------------------------------------- ending
+
+    def close(self, report: Callable[[int], dict[str, Any]]) -> int:
+        """Rebuild ``_failed.parquet`` and ``_truncated.parquet``, write the report; return the rows still failed.
+
+        ``report(outstanding)`` builds the report's content once the failed rows are counted."""
+        if self.manifest is None:
+            return 0
+        unresolved = self.manifest.unresolved_failures()
+        outstanding = self.manifest.unresolved_rows(self.store)
+        if unresolved:
+            tables = (self.store.read_table(f) for f in unresolved)
+            self.store.write_table(self.failed_name, pa.concat_tables(tables))
+        elif self.store.exists(self.failed_name):
+            self.store.delete(self.failed_name)
+        rebuild_truncated(self.store, self.manifest)
+        self.store.write_bytes(self.report_name, json.dumps(report(outstanding), indent=2).encode())
+        return outstanding
+
+    def complete(self, say: Callable[[str], None]) -> None:
+        """Every unit is committed: mark the manifest complete, drop what it does not record, write _SUCCESS."""
+        self.manifest.complete = True
+        self.manifest.save(self.store)
+        remove_orphans(self.store, self.manifest)  # nothing but recorded files once _SUCCESS is there
+        self.store.write_bytes(SUCCESS, b"")
