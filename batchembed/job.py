@@ -7,6 +7,7 @@ from batchembed.config import JobConfig, resolve_model
 from batchembed.memo import VectorMemo
 from batchembed.progress import Stats
 from batchembed.providers.factory import build
+from batchembed.providers.transport import Transport
 from batchembed.runner import JobRunner
 
 
@@ -30,12 +31,14 @@ def build_runner(
     retry_failed: bool = True,
     accept_model_change: bool = False,
     runner_class: type[JobRunner] = JobRunner,
+    transport: Transport | None = None,
     **engine_options,
 ) -> JobRunner:
     """A ``JobRunner`` (or an engine's subclass, given ``engine_options``) for ``job`` with every part
-    chosen from its settings."""
+    chosen from its settings; ``transport`` (tests: an in-process ``HandlerTransport``) carries
+    every HTTP request of the run."""
     check_model(job)
-    built = build(job)
+    built = build(job, transport)
     model = resolve_model(job)
     stats = Stats()
     input_tokens = min(job.limits.input_tokens, built.max_tokens or job.limits.input_tokens)

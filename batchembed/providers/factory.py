@@ -12,6 +12,7 @@ import pyarrow as pa
 from batchembed.config import JobConfig, resolve_model
 from batchembed.errors import ConfigError, register_secret
 from batchembed.providers.base import Embedder
+from batchembed.providers.transport import Transport
 from batchembed.tokens import TokenCounter, make_counter
 
 
@@ -54,8 +55,8 @@ def counter_for(job: JobConfig) -> tuple[TokenCounter, int | None]:
     return make_counter(job.limits.tokenizer, resolve_model(job).name), None
 
 
-def build(job: JobConfig) -> Built:
-    """Construct the provider for ``job``."""
+def build(job: JobConfig, transport: Transport | None = None) -> Built:
+    """Construct the provider for ``job``; HTTP providers send through ``transport`` (default: aiohttp)."""
     model = resolve_model(job)
     if model.provider == "local":
         from batchembed.providers.local import LocalEmbedder
@@ -85,6 +86,7 @@ def build(job: JobConfig) -> Built:
             timeout=job.model.timeout,
             max_connections=job.limits.concurrency,
             extra_body=job.model.extra_body,
+            transport=transport,
         )
         return Built(reranker, make_counter(job.limits.tokenizer, model.name), {}, None)
     from batchembed.providers.openai_compat import OpenAICompatibleEmbedder
@@ -101,6 +103,7 @@ def build(job: JobConfig) -> Built:
         fall_back_to_float=job.model.encoding == "auto",
         dimensions_by=job.model.dimensions_by,
         extra_body=job.model.extra_body,
+        transport=transport,
     )
     return Built(embedder, make_counter(job.limits.tokenizer, model.name), {}, None)
 
