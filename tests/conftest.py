@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.fakeserver import FakeServer, expected_vector
+from batchembed.testing import FakeServer, expected_vector
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from tests.fakeserver import (
+from batchembed.testing import (
     Delay,
     FakeServer,
     Reset,

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from batchembed.testing import Respond, expected_score
 from tests.conftest import kill_mid_run, read_output, run_cli, write_job
-from tests.fakeserver import Respond, expected_score
 
 
 def _pairs_dataset(path, n_queries=40, seed=3):

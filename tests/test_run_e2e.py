@@ -9,8 +9,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import tiktoken
 
+from batchembed.testing import Delay, Reset, Respond
 from tests.conftest import assert_vectors, cli_env, job_for, make_texts, read_output, run_cli, write_parquet
-from tests.fakeserver import Delay, Reset, Respond
 
 
 def test_parquet_job_writes_every_row_once_with_its_vector(tmp_path, srv):

@@ -1,0 +1,94 @@
+"""The fake server's rate limits: requests and tokens per sliding window, announced in one header style.
+
+Not thread-safe on its own: the server calls it under its lock.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+
+from batchembed.testing.answers import Reply, fmt_duration, styled_headers
+
+
+class RateWindow:
+    """``rpm`` requests and ``tpm`` tokens per sliding ``window`` seconds (None: no limit)."""
+
+    def __init__(self, rpm: int | None = None, tpm: int | None = None, window: float = 60.0, style: str = "openai"):
+        self.rpm = rpm
+        self.tpm = tpm
+        self.window = float(window)
+        self.style = style
+        self._log: deque[tuple[float, int]] = deque()
+
+    @property
+    def active(self) -> bool:
+        """Whether any limit is set (only then are limits announced)."""
+        return self.rpm is not None or self.tpm is not None
+
+    def _prune(self, now: float) -> None:
+        log_ = self._log
+        while log_ and log_[0][0] <= now - self.window:
+            log_.popleft()
+
+    def admit(self, tokens: int) -> dict[str, str]:
+        """Count one request of ``tokens`` against the limits and return the headers announcing them,
+        or raise a 429 ``Reply`` (with ``Retry-After``) when it does not fit; refused requests do not count."""
+        rpm, tpm = self.rpm, self.tpm
+        if rpm is None and tpm is None:
+            return {}
+        now = time.monotonic()
+        self._prune(now)
+        log_ = self._log
+        wait = 0.0
+        reason = None
+        if rpm is not None and len(log_) + 1 > rpm:
+            # the entry whose expiry makes room for one more request
+            idx = len(log_) - rpm
+            wait = max(wait, log_[idx][0] + self.window - now) if idx >= 0 else self.window
+            reason = f"requests per {self.window:g}s: limit {rpm}"
+        if tpm is not None:
+            used = sum(t for _, t in log_)
+            if tokens > tpm:
+                wait = max(wait, self.window)
+                reason = f"tokens per {self.window:g}s: limit {tpm}, requested {tokens}"
+            elif used + tokens > tpm:
+                freed = 0
+                for ts, t in log_:
+                    freed += t
+                    if used - freed + tokens <= tpm:
+                        wait = max(wait, ts + self.window - now)
+                        break
+                reason = f"tokens per {self.window:g}s: limit {tpm}, used {used}, requested {tokens}"
+        if reason is None:
+            log_.append((now, tokens))
+            return self._headers(now)
+        headers = self._headers(now)
+        headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        raise Reply(429, f"Rate limit reached for {reason}. Please try again later.", "rate_limit_exceeded", headers)
+
+    def headers(self) -> dict[str, str]:
+        """The headers announcing the limits now (empty while no limit is set)."""
+        if not self.active:
+            return {}
+        now = time.monotonic()
+        self._prune(now)
+        return self._headers(now)
+
+    def _headers(self, now: float) -> dict[str, str]:
+        log_ = self._log
+        used = sum(t for _, t in log_)
+        reset = (log_[0][0] + self.window - now) if log_ else 0.0
+        if self.style != "openai":
+            return styled_headers(self.style, self.tpm, used, reset, self.window)
+        headers: dict[str, str] = {}
+        if self.rpm is not None:
+            headers["x-ratelimit-limit-requests"] = str(self.rpm)
+            headers["x-ratelimit-remaining-requests"] = str(max(0, self.rpm - len(log_)))
+            headers["x-ratelimit-reset-requests"] = fmt_duration(reset)
+        if self.tpm is not None:
+            headers["x-ratelimit-limit-tokens"] = str(self.tpm)
+            headers["x-ratelimit-remaining-tokens"] = str(max(0, self.tpm - used))
+            headers["x-ratelimit-reset-tokens"] = fmt_duration(reset)
+        return headers
