@@ -223,6 +223,8 @@ def test_rate_limit_requests(srv):
 
 
 def test_rate_limit_tokens_and_window(srv):
+    now = [1000.0]
+    srv.clock = lambda: now[0]  # the window moves when the test says so, not after a sleep
     srv.rate_limit(tpm=10, window=0.5)
     text = "x" * 16  # 5 tokens
     assert embed(srv, [text])[0] == 200
@@ -230,7 +232,9 @@ def test_rate_limit_tokens_and_window(srv):
     assert status == 200 and headers["x-ratelimit-remaining-tokens"] == "0"
     status, headers, _ = embed(srv, [text])
     assert status == 429 and headers["Retry-After"] == "1"
-    time.sleep(0.55)
+    now[0] += 0.49  # still inside the window: still refused
+    assert embed(srv, [text])[0] == 429
+    now[0] += 0.02  # both accepted requests have left the window
     assert embed(srv, [text])[0] == 200
 
 
@@ -286,15 +290,16 @@ def test_hold_release_and_wait_for_requests(srv):
     threads = [threading.Thread(target=worker, args=(f"t{i}",)) for i in range(3)]
     for t in threads:
         t.start()
-    assert srv.wait_for_requests(3, timeout=10)
-    time.sleep(0.1)
-    assert results == [] and srv.in_flight == 3
+    srv.wait_for_requests(3, timeout=10)  # raises TimeoutError when fewer arrive
+    srv.wait_for_held(3, timeout=10)  # all three parked at the hold: none can be answered before release()
+    assert srv.held == 3 and srv.in_flight == 3
+    assert results == []
     assert all(r.status == 0 for r in srv.requests)
     srv.release()
     for t in threads:
         t.join(10)
     assert results == [200, 200, 200]
-    assert srv.max_in_flight == 3 and srv.in_flight == 0
+    assert srv.max_in_flight == 3 and srv.in_flight == 0 and srv.held == 0
     with pytest.raises(TimeoutError):
         srv.wait_for_requests(4, timeout=0.2)
 

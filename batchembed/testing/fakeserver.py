@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -165,6 +166,8 @@ class FakeProvider:
         self._rules: list[Rule] = []
         self._in_flight = 0
         self._max_in_flight = 0
+        self.clock: Callable[[], float] = time.monotonic
+        """The rate limits' clock (seconds); a test sets its own to move the window on without sleeping."""
         self._limits = RateWindow()
         self._held = False
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -213,7 +216,7 @@ class FakeProvider:
         count. Calling this clears the window.
         """
         with self._lock:
-            self._limits = RateWindow(rpm, tpm, window, style)
+            self._limits = RateWindow(rpm, tpm, window, style, clock=lambda: self.clock())
 
     def hold(self) -> None:
         """Receive and record POSTs but answer none of them until :meth:`release`."""
@@ -229,6 +232,18 @@ class FakeProvider:
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
                 loop.call_soon_threadsafe(_settle, future)
 
+    @property
+    def held(self) -> int:
+        """Requests parked by :meth:`hold`: recorded, and certain not to be answered before :meth:`release`."""
+        with self._lock:
+            return len(self._waiters)
+
+    def wait_for_held(self, n: int, timeout: float = 10) -> None:
+        """Block until ``n`` requests are parked by :meth:`hold`; raise TimeoutError otherwise."""
+        with self._lock:
+            if not self._lock.wait_for(lambda: len(self._waiters) >= n, timeout=timeout):
+                raise TimeoutError(f"expected {n} held requests within {timeout}s, got {len(self._waiters)}")
+
     async def _wait_while_held(self) -> None:
         with self._lock:
             if not self._held:
@@ -236,6 +251,7 @@ class FakeProvider:
             loop = asyncio.get_running_loop()
             future: asyncio.Future[None] = loop.create_future()
             self._waiters.append((loop, future))
+            self._lock.notify_all()
         await future
 
     # ---- records -----------------------------------------------------------------------------------

@@ -8,14 +8,24 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 
 from batchembed.testing.answers import Reply, fmt_duration, styled_headers
 
 
 class RateWindow:
-    """``rpm`` requests and ``tpm`` tokens per sliding ``window`` seconds (None: no limit)."""
+    """``rpm`` requests and ``tpm`` tokens per sliding ``window`` seconds (None: no limit), timed by
+    ``clock`` (seconds; a test may pass its own to move time on without waiting)."""
 
-    def __init__(self, rpm: int | None = None, tpm: int | None = None, window: float = 60.0, style: str = "openai"):
+    def __init__(
+        self,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        window: float = 60.0,
+        style: str = "openai",
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.clock = clock
         self.rpm = rpm
         self.tpm = tpm
         self.window = float(window)
@@ -38,7 +48,7 @@ class RateWindow:
         rpm, tpm = self.rpm, self.tpm
         if rpm is None and tpm is None:
             return {}
-        now = time.monotonic()
+        now = self.clock()
         self._prune(now)
         log_ = self._log
         wait = 0.0
@@ -72,7 +82,7 @@ class RateWindow:
         """The headers announcing the limits now (empty while no limit is set)."""
         if not self.active:
             return {}
-        now = time.monotonic()
+        now = self.clock()
         self._prune(now)
         return self._headers(now)
 
