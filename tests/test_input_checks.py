@@ -10,7 +10,7 @@ import pytest
 from batchembed import inputcheck
 from batchembed.errors import InputError
 from batchembed.sources import discover
-from tests.conftest import job_for, read_output, run_cli
+from tests.conftest import job_for, read_output, run_cli, run_here
 
 
 def _run(tmp_path, srv, path, **sections):
@@ -83,10 +83,10 @@ def test_repeated_ids_are_found_after_spilling_to_disk(tmp_path):
     inputcheck.check_ids(discover(str(tmp_path / "in.parquet")), "id", limit=3_000)
 
 
-def test_plan_refuses_the_same_inputs_without_sending(tmp_path, srv):
+def test_plan_refuses_the_same_inputs_without_sending(tmp_path, fake):
     path = tmp_path / "in.csv"
     path.write_text("id,text\n1,a\n2,b\n1,c\n")
-    result = run_cli("plan", str(job_for(tmp_path, srv, path)))
+    result = run_here(fake, "plan", str(job_for(tmp_path, fake, path)))
     assert result.returncode == 1
     assert "input.id '1' appears in rows in.csv:0 and in.csv:2" in result.stderr
-    assert srv.requests == []
+    assert fake.requests == []
