@@ -25,6 +25,7 @@ from tests.conftest import (
     kill_mid_run,
     make_texts,
     run_cli,
+    run_here,
     start_cli,
     write_job,
 )
@@ -111,7 +112,7 @@ def _wait_for(condition, timeout=30.0, what="condition"):
 # ------------------------------------------------------------------------------------- inputs
 
 
-def test_input_glob_and_output_on_s3_with_status_plan_and_verify(tmp_path, s3, bucket, srv):
+def test_input_glob_and_output_on_s3_with_status_plan_and_verify(tmp_path, s3, bucket, fake):
     texts = make_texts(N, seed=3)
     # two Parquet files at the top level; a file one level down, a CSV and a text file must not match
     s3.put_table(bucket, "in/a.parquet", pa.table({"id": pa.array(range(500), pa.int64()), "text": texts[:500]}))
@@ -120,18 +121,18 @@ def test_input_glob_and_output_on_s3_with_status_plan_and_verify(tmp_path, s3, b
     s3.put(bucket, "in/c.csv", b"id,text\n7,not this one either\n")
     s3.put(bucket, "in/readme.txt", b"not data")
     env = _env(s3)
-    job = _job(tmp_path, srv, f"s3://{bucket}/in/*.parquet", f"s3://{bucket}/out")
+    job = _job(tmp_path, fake, f"s3://{bucket}/in/*.parquet", f"s3://{bucket}/out")
 
-    plan = run_cli("plan", str(job), "--json", env=env)
+    plan = run_here(fake, "plan", str(job), "--json", env=env)
     assert plan.returncode == 0, plan.stderr
     assert json.loads(plan.stdout)["rows"] == N
 
-    result = run_cli("run", str(job), "--quiet", env=env)
+    result = run_here(fake, "run", str(job), "--quiet", env=env)
 
     assert result.returncode == 0, result.stderr
     _assert_exactly_once_on_s3(s3, bucket, job, texts, env)
     assert not (tmp_path / "s3:").exists() and not os.path.exists("s3:")
-    status = run_cli("status", str(job), "--json", env=env)
+    status = run_here(fake, "status", str(job), "--json", env=env)
     assert status.returncode == 0, status.stderr
     doc = json.loads(status.stdout)
     assert doc["output"] == f"s3://{bucket}/out" and doc["complete"] and doc["rows_done"] == N
@@ -139,26 +140,26 @@ def test_input_glob_and_output_on_s3_with_status_plan_and_verify(tmp_path, s3, b
     assert [f["name"] for f in manifest["fingerprint"]["files"]] == ["a.parquet", "b.parquet"]
     # a second run finds the job complete and changes nothing
     before = {k: s3.get(bucket, k) for k in s3.keys(bucket, "out/") if "part-" in k}
-    again = run_cli("run", str(job), "--quiet", env=env)
+    again = run_here(fake, "run", str(job), "--quiet", env=env)
     assert again.returncode == 0 and "already complete" in again.stderr
     assert {k: s3.get(bucket, k) for k in s3.keys(bucket, "out/") if "part-" in k} == before
 
 
-def test_csv_input_streamed_from_s3(tmp_path, s3, bucket, srv):
+def test_csv_input_streamed_from_s3(tmp_path, s3, bucket, fake):
     texts = make_texts(300, seed=4)
     buf = io.BytesIO()
     pacsv.write_csv(pa.table({"id": [str(i) for i in range(300)], "text": texts}), buf)
     s3.put(bucket, "csv/rows.csv", buf.getvalue())
     env = _env(s3)
-    job = _job(tmp_path, srv, f"s3://{bucket}/csv/rows.csv", f"s3://{bucket}/out")
+    job = _job(tmp_path, fake, f"s3://{bucket}/csv/rows.csv", f"s3://{bucket}/out")
 
-    result = run_cli("run", str(job), "--quiet", env=env)
+    result = run_here(fake, "run", str(job), "--quiet", env=env)
 
     assert result.returncode == 0, result.stderr
     table = s3.read_output(bucket, "out")
     assert table.column("id").to_pylist() == [str(i) for i in range(300)]
     assert_vectors(table, {str(i): t for i, t in enumerate(texts)}, 16)
-    verify = run_cli("verify", str(job), env=env)
+    verify = run_here(fake, "verify", str(job), env=env)
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
@@ -310,19 +311,19 @@ def test_manifest_replace_is_refused_after_another_run_replaced_it(s3, bucket):
 # -------------------------------------------------------------------------- secrets and schemes
 
 
-def test_credentials_never_reach_output_logs_or_errors(tmp_path, s3, bucket, srv):
-    _, env, job = _s3_job(tmp_path, s3, bucket, srv, seed=11, rows=300)
+def test_credentials_never_reach_output_logs_or_errors(tmp_path, s3, bucket, fake):
+    _, env, job = _s3_job(tmp_path, s3, bucket, fake, seed=11, rows=300)
     messages = []
     for args in (("plan", str(job)), ("run", str(job)), ("status", str(job)), ("verify", str(job))):
-        done = run_cli(*args, env=env)
+        done = run_here(fake, *args, env=env)
         assert done.returncode == 0, done.stderr
         messages += [done.stdout, done.stderr]
-    missing = _job(tmp_path, srv, f"s3://{bucket}/in/data.parquet", "s3://no-such-bucket-here/out")
-    failed = run_cli("run", str(missing), "--quiet", env=env)
+    missing = _job(tmp_path, fake, f"s3://{bucket}/in/data.parquet", "s3://no-such-bucket-here/out")
+    failed = run_here(fake, "run", str(missing), "--quiet", env=env)
     assert failed.returncode == 1 and "no-such-bucket-here" in failed.stderr and "Traceback" not in failed.stderr
     messages += [failed.stdout, failed.stderr]
-    bad_input = _job(tmp_path, srv, f"s3://{bucket}/in/nothing-*.parquet", f"s3://{bucket}/out2")
-    failed = run_cli("run", str(bad_input), "--quiet", env=env)
+    bad_input = _job(tmp_path, fake, f"s3://{bucket}/in/nothing-*.parquet", f"s3://{bucket}/out2")
+    failed = run_here(fake, "run", str(bad_input), "--quiet", env=env)
     assert failed.returncode == 1 and "matches no .parquet or .csv file" in failed.stderr
     messages += [failed.stdout, failed.stderr]
     objects = [s3.get(bucket, k) for k in s3.keys(bucket, "out/")]
@@ -336,7 +337,7 @@ def test_credentials_never_reach_output_logs_or_errors(tmp_path, s3, bucket, srv
     ("section", "path", "scheme"),
     [("output", "s3x://bucket/out", "s3x://"), ("input", "hdfs://namenode/data/*.parquet", "hdfs://")],
 )
-def test_unknown_scheme_is_an_error_naming_it(tmp_path, srv, section, path, scheme):
+def test_unknown_scheme_is_an_error_naming_it(tmp_path, fake, section, path, scheme):
     src = tmp_path / "in.parquet"
     pa_table = pa.table({"id": [1], "text": ["x"]})
     import pyarrow.parquet as pq
@@ -344,9 +345,9 @@ def test_unknown_scheme_is_an_error_naming_it(tmp_path, srv, section, path, sche
     pq.write_table(pa_table, src)
     paths = {"input": str(src), "output": str(tmp_path / "out")}
     paths[section] = path
-    job = _job(tmp_path, srv, paths["input"], paths["output"])
+    job = _job(tmp_path, fake, paths["input"], paths["output"])
 
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(fake, "run", str(job), "--quiet")
 
     assert result.returncode == 1
     assert f"{section}.path: unsupported scheme {scheme}" in result.stderr
@@ -354,9 +355,9 @@ def test_unknown_scheme_is_an_error_naming_it(tmp_path, srv, section, path, sche
     assert not os.path.exists("s3x:")
 
 
-def test_cache_on_an_object_store_is_refused_with_the_reason(tmp_path, srv):
-    job = _job(tmp_path, srv, str(tmp_path / "in.parquet"), str(tmp_path / "out"), cache={"path": "s3://b/cache.db"})
-    result = run_cli("plan", str(job))
+def test_cache_on_an_object_store_is_refused_with_the_reason(tmp_path, fake):
+    job = _job(tmp_path, fake, str(tmp_path / "in.parquet"), str(tmp_path / "out"), cache={"path": "s3://b/cache.db"})
+    result = run_here(fake, "plan", str(job))
     assert result.returncode == 1
     assert "cache.path" in result.stderr and "SQLite" in result.stderr and "local" in result.stderr
 
