@@ -341,3 +341,33 @@ def test_aiohttp_keepalive_client_survives_resets_and_concurrency(srv):
     assert [s for i, s in enumerate(statuses) if i != 3] == [200] * 7
     assert srv.max_in_flight > 1
     assert sorted(srv.received_texts()) == sorted(t for t in texts if t != "t3")
+
+
+def test_pool_mode_stats_and_no_records_as_the_benchmarks_use_it():
+    """The benchmarks' settings: vectors from a seeded pool by CRC32, counters only, native dimension only."""
+    from batchembed.providers.transport import Request
+    from batchembed.testing.answers import make_pool, pool_vectors
+
+    fake = FakeServer(dim=8)  # not started: the same handler, called in-process
+    fake.pool, fake.keep_records = 16, False
+    texts = ["a", "bb", "ccc"]
+
+    async def main():
+        ok = await fake.handle(
+            Request("POST", "/v1/embeddings", {}, json.dumps({"model": "m", "input": texts}).encode())
+        )
+        bad = await fake.handle(
+            Request("POST", "/v1/embeddings", {}, json.dumps({"model": "m", "input": ["a"], "dimensions": 4}).encode())
+        )
+        stats = await fake.handle(Request("GET", "/stats?timeline=1", {}))
+        return ok, bad, stats
+
+    ok, bad, stats = asyncio.run(main())
+    doc = json.loads(ok.body)
+    got = np.array([d["embedding"] for d in sorted(doc["data"], key=lambda d: d["index"])], dtype=np.float32)
+    np.testing.assert_array_equal(got, pool_vectors(texts, make_pool(8, 16)))
+    assert bad.status == 400
+    counted = json.loads(stats.body)
+    assert counted["requests"] == 2 and counted["ok"] == 1 and counted["bad"] == 1 and counted["inputs"] == 3
+    assert counted["tokens_accepted"] == sum(token_count(t) for t in texts) and counted["timeline"][0][1] == 1
+    assert fake.requests == []

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import math
 import time
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -104,8 +105,9 @@ def expected_score(query: str, document: str) -> float:
 class Reply(Exception):
     """Raised while answering a request to answer it with an error status instead."""
 
-    def __init__(self, status: int, message: str | None = None, code: str | None = None, headers=None):
+    def __init__(self, status: int, message: str | None = None, code: str | None = None, headers=None, limit=None):
         super().__init__(message)
+        self.limit = limit  # a 429's limit: "requests" or "tokens"
         self.status = status
         self.message = message
         self.code = code
@@ -190,3 +192,25 @@ def extract_inputs(body: Any, kind: str, rerank_format: str) -> tuple[list[str],
 def strings(items: Iterable[Any]) -> list[str]:
     """The string items of ``items``."""
     return [x for x in items if isinstance(x, str)]
+
+
+def make_pool(dim: int, pool: int = 4096, seed: int = 0) -> np.ndarray:
+    """The (pool, dim) float32 unit vectors a fake in pool mode (the benchmarks' server) answers with."""
+    vecs = np.random.default_rng(seed).standard_normal((pool, dim), dtype=np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    return vecs
+
+
+def pool_vectors(texts: list[str], vectors: np.ndarray) -> np.ndarray:
+    """What a fake in pool mode returns for ``texts`` given its pool ``vectors``: entry CRC32(text) mod pool."""
+    idx = np.fromiter((zlib.crc32(t.encode("utf-8")) % len(vectors) for t in texts), np.int64, len(texts))
+    return vectors[idx]
+
+
+@functools.lru_cache(maxsize=8)
+def pool_fragments(dim: int, pool: int, seed: int, fmt: str) -> list[bytes]:
+    """The JSON of each pool vector as sent in ``fmt`` (``float`` or ``base64``), made once per pool."""
+    vectors = make_pool(dim, pool, seed)
+    if fmt == "float":
+        return [orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY) for v in vectors]
+    return [b'"%s"' % base64.b64encode(v.astype("<f4", copy=False).tobytes()) for v in vectors]

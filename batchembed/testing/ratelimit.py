@@ -76,7 +76,9 @@ class RateWindow:
             return self._headers(now)
         headers = self._headers(now)
         headers["Retry-After"] = str(max(1, math.ceil(wait)))
-        raise Reply(429, f"Rate limit reached for {reason}. Please try again later.", "rate_limit_exceeded", headers)
+        limit = "tokens" if reason.startswith("tokens") else "requests"
+        message = f"Rate limit reached for {reason}. Please try again later."
+        raise Reply(429, message, "rate_limit_exceeded", headers, limit=limit)
 
     def headers(self) -> dict[str, str]:
         """The headers announcing the limits now (empty while no limit is set)."""
@@ -102,3 +104,52 @@ class RateWindow:
             headers["x-ratelimit-remaining-tokens"] = str(max(0, self.tpm - used))
             headers["x-ratelimit-reset-tokens"] = fmt_duration(reset)
         return headers
+
+
+class AdaptiveLimit:
+    """A Fireworks-style adaptive prompt-token limit measured over a short trailing window: it starts at
+    ``start_tpm`` and doubles (up to ``cap_tpm``) after every ``period`` seconds during which the last
+    ``window`` seconds used >= 70% of it; over the limit is served but marked, 1.5x over is refused."""
+
+    GROW_AT = 0.7  # share of the limit used, sustained, that makes it grow
+    REFUSE_AT = 1.5  # this far over the limit a request is refused (429)
+
+    def __init__(self, start_tpm: int, cap_tpm: int, period: float, window: float) -> None:
+        self.per_second = start_tpm / 60.0
+        self.cap = cap_tpm / 60.0
+        self.period = period
+        self.window = window
+        self.events: deque[tuple[float, int]] = deque()
+        self.tokens = 0
+        self.busy_since: float | None = None
+
+    def _expire(self, now: float) -> None:
+        while self.events and self.events[0][0] <= now - self.window:
+            self.tokens -= self.events.popleft()[1]
+
+    def admit(self, now: float, tokens: int) -> tuple[bool, bool, float]:
+        """(accepted, over the limit, retry_after)."""
+        self._expire(now)
+        budget = self.per_second * self.window
+        if self.tokens / budget >= self.GROW_AT:
+            if self.busy_since is None:
+                self.busy_since = now
+            elif now - self.busy_since >= self.period and self.per_second < self.cap:
+                self.per_second = min(self.cap, self.per_second * 2)
+                self.busy_since = now
+                budget = self.per_second * self.window
+        else:
+            self.busy_since = None
+        after = self.tokens + tokens
+        if after > self.REFUSE_AT * budget:
+            return False, True, 1.0
+        self.events.append((now, tokens))
+        self.tokens = after
+        return True, after > budget, 0.0
+
+    def headers(self, over: bool) -> dict[str, str]:
+        """``x-ratelimit-limit-tokens-prompt`` (tokens per second) and ``x-ratelimit-over-limit``."""
+        return {
+            "x-ratelimit-limit-tokens-prompt": str(int(self.per_second)),
+            "x-ratelimit-over-limit": "yes" if over else "no",
+        }
