@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import tiktoken
 
-from tests.conftest import assert_vectors, job_for, make_texts, read_output, run_cli, run_here, write_parquet
+from tests.conftest import assert_vectors, job_for, make_texts, read_output, run_here, write_parquet
 
 # --------------------------------------------------------------------------------------- rate limits
 
@@ -28,15 +28,15 @@ STYLES = {
 }
 
 
-def _run_told_far_more(tmp_path, srv, *, tpm: float, window: float, style: str, batch_inputs: int):
+def _run_told_far_more(tmp_path, fake, *, tpm: float, window: float, style: str, batch_inputs: int):
     """120 rows against a server allowing ``tpm`` tokens per ``window`` s (announced in ``style``), the
     job told far more (5M tokens/min): the run must succeed with every vector right. (result, report)"""
-    srv.rate_limit(tpm=tpm, window=window, style=style)
+    fake.rate_limit(tpm=tpm, window=window, style=style)
     texts = make_texts(120)
     src = write_parquet(tmp_path / "in.parquet", texts)
-    job = job_for(tmp_path, srv, src, limits={"tokens_per_minute": 5_000_000, "batch_inputs": batch_inputs})
+    job = job_for(tmp_path, fake, src, limits={"tokens_per_minute": 5_000_000, "batch_inputs": batch_inputs})
 
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(fake, "run", str(job), "--quiet")
 
     assert result.returncode == 0, result.stderr
     assert_vectors(read_output(tmp_path / "out"), dict(enumerate(texts)), 16)
@@ -44,33 +44,33 @@ def _run_told_far_more(tmp_path, srv, *, tpm: float, window: float, style: str, 
 
 
 @pytest.mark.parametrize("style", sorted(STYLES))
-def test_every_header_style_sets_the_pace(tmp_path, srv, style):
+def test_every_header_style_sets_the_pace(tmp_path, fake, style):
     window, learned = STYLES[style]
     # told far more than the server allows: the announced limit must win
-    _, report = _run_told_far_more(tmp_path, srv, tpm=60_000, window=window, style=style, batch_inputs=16)
+    _, report = _run_told_far_more(tmp_path, fake, tpm=60_000, window=window, style=style, batch_inputs=16)
 
     limits = report["limits"]
     assert limits["header_style"] == style.replace("fireworks", "fireworks")
     assert limits["tokens_per_minute"] == pytest.approx(learned, rel=0.02)
     assert limits["tokens_per_minute_source"] == "server"
-    assert not any(r.status == 429 for r in srv.requests)
+    assert not any(r.status == 429 for r in fake.requests)
 
 
-def test_short_window_limit_is_kept_without_429s(tmp_path, srv):
+def test_short_window_limit_is_kept_without_429s(tmp_path, fake):
     # 3,000 tokens per 2 s, announced in IETF style: the job (~6,000 tokens) must pace itself over
     # several windows instead of bursting and being refused.
-    result, report = _run_told_far_more(tmp_path, srv, tpm=3_000, window=2.0, style="ietf-structured", batch_inputs=8)
+    result, report = _run_told_far_more(tmp_path, fake, tpm=3_000, window=2.0, style="ietf-structured", batch_inputs=8)
 
-    statuses = [r.status for r in srv.requests]
+    statuses = [r.status for r in fake.requests]
     assert statuses.count(429) <= 1, statuses
     assert "tokens/min 90k (server)" in result.stderr or report["limits"]["tokens_per_minute"] == pytest.approx(
         90_000, rel=0.02
     )
 
 
-def test_without_headers_the_sending_rate_adapts(tmp_path, srv):
+def test_without_headers_the_sending_rate_adapts(tmp_path, fake):
     # only 429 + Retry-After: AIMD on the sending rate, reported as "adaptive"
-    _, report = _run_told_far_more(tmp_path, srv, tpm=3_000, window=2.0, style="none", batch_inputs=8)
+    _, report = _run_told_far_more(tmp_path, fake, tpm=3_000, window=2.0, style="none", batch_inputs=8)
 
     assert report["limits"]["header_style"] is None
     assert report["limits"]["tokens_per_minute_source"] == "adaptive"
