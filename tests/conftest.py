@@ -93,14 +93,15 @@ def environment(env: dict[str, str] | None) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def run_here(fake: FakeProvider, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_here(fake: FakeProvider | None, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``batchembed ARGS`` run by ``cli.main`` in this process, every request answered in-process by
-    ``fake`` (no socket): the exit code, stdout and stderr as ``run_cli`` would give them, in a fraction
-    of a subprocess's start-up time. Use ``run_cli`` where the process matters (kill, signals)."""
+    ``fake`` (no socket; None for commands that send nothing: ``status``, ``verify``, ``plan``): the exit
+    code, stdout and stderr as ``run_cli`` would give them, in a fraction of a subprocess's start-up
+    time. Use ``run_cli`` where the process matters (kill, signals, failpoints)."""
     out, err = io.StringIO(), io.StringIO()
     with environment(env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            code = cli.main(list(args), transport=fake.transport())
+            code = cli.main(list(args), transport=fake.transport() if fake is not None else None)
         except SystemExit as exc:  # argparse: --help, usage errors
             code = exc.code if isinstance(exc.code, int) else 2
     return subprocess.CompletedProcess(["batchembed", *args], code, out.getvalue(), err.getvalue())

@@ -17,7 +17,7 @@ from batchembed.errors import InputError
 from batchembed.sources import discover, iter_batches
 from batchembed.tasks.embed import chunk_positions
 from batchembed.units import iter_chunks
-from tests.conftest import assert_vectors, job_for, kill_mid_run, read_output, run_cli, run_here
+from tests.conftest import assert_vectors, job_for, kill_mid_run, read_output, run_here
 
 
 def write_csv(path: Path, rows: list[tuple], *, crlf=True, bom=True, blank_every=0, header=("id", "text")) -> Path:
@@ -129,15 +129,15 @@ def test_sigkill_resume_of_a_messy_csv_is_exactly_once_and_verifies(tmp_path, sr
     kill_mid_run(srv, job, 25)
     assert 0 < len(list((tmp_path / "out").glob("part-*.parquet"))) < n // 200  # killed half way
 
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(srv, "run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
 
     table = read_output(tmp_path / "out")
     assert table.column("id").to_pylist() == [str(i) for i in range(n)]  # none twice, none lost, in order
     assert_vectors(table, {str(i): t for i, t in enumerate(texts)}, 16)
-    verify = run_cli("verify", str(job))
+    verify = run_here(None, "verify", str(job))
     assert verify.returncode == 0, verify.stdout
-    status = run_cli("status", str(job), "--json")
+    status = run_here(None, "status", str(job), "--json")
     assert '"rows_done": 1200' in status.stdout
 
 

@@ -10,11 +10,11 @@ import pytest
 from batchembed import inputcheck
 from batchembed.errors import InputError
 from batchembed.sources import discover
-from tests.conftest import job_for, read_output, run_cli, run_here
+from tests.conftest import job_for, read_output, run_here
 
 
 def _run(tmp_path, srv, path, **sections):
-    result = run_cli("run", str(job_for(tmp_path, srv, path, **sections)), "--quiet")
+    result = run_here(srv, "run", str(job_for(tmp_path, srv, path, **sections)), "--quiet")
     return result
 
 

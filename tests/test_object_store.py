@@ -96,7 +96,7 @@ def _assert_exactly_once_on_s3(s3, bucket, job, texts, env, prefix="out"):
     # no stray objects: exactly the recorded shards and the run's own files, no lease left behind
     assert set(keys) == recorded | {"_manifest.json", "_report.json", "_SUCCESS"}, keys
     assert manifest["complete"] is True
-    verify = run_cli("verify", str(job), env=env)
+    verify = run_here(None, "verify", str(job), env=env)
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
@@ -178,7 +178,7 @@ def test_sigkill_several_times_then_resume_exactly_once_with_no_stray_objects(tm
     srv.reset_records()
 
     # the killed run's lease is on this host and its pid is gone: the next run takes over at once
-    result = run_cli("run", str(job), "--quiet", env=env)
+    result = run_here(srv, "run", str(job), "--quiet", env=env)
 
     assert result.returncode == 0, result.stderr
     assert killed_with_shards >= 1  # some kills landed after shards were committed: a real resume
@@ -196,7 +196,7 @@ def test_answers_of_a_killed_run_are_kept_as_journal_objects_and_not_bought_agai
     answered_before = len(srv.all_texts())
     srv.reset_records()
 
-    result = run_cli("run", str(job), "--quiet", env=env)
+    result = run_here(srv, "run", str(job), "--quiet", env=env)
 
     assert result.returncode == 0, result.stderr
     report = json.loads(s3.get(bucket, "out/_report.json"))
@@ -218,7 +218,7 @@ def test_sigkill_between_shard_upload_and_manifest(tmp_path, s3, bucket, srv, po
         # the uploaded shard is at its final key but unrecorded: it does not count
         assert "part-00000.parquet" in _output_keys(s3, bucket)
         assert json.loads(s3.get(bucket, "out/_manifest.json"))["shards"] == []
-    result = run_cli("run", str(job), "--quiet", env=env)
+    result = run_here(srv, "run", str(job), "--quiet", env=env)
     assert result.returncode == 0, result.stderr
     _assert_exactly_once_on_s3(s3, bucket, job, texts, env)
 
@@ -230,7 +230,7 @@ def test_second_concurrent_run_is_refused_naming_the_holder(tmp_path, s3, bucket
     texts, env, job = _s3_job(tmp_path, s3, bucket, srv, seed=8)
     first = hold_mid_run(srv, job, 3, env=env)  # the first run stays alive with requests in flight
 
-    second = run_cli("run", str(job), "--quiet", env=env)
+    second = run_here(srv, "run", str(job), "--quiet", env=env)
 
     srv.release()
     assert second.returncode == 1
@@ -248,13 +248,13 @@ def test_killed_holder_elsewhere_blocks_until_its_lease_expires_then_is_taken_ov
     lease["host"] = "worker-elsewhere-7"
     s3.put(bucket, "out/_lease/job.json", json.dumps(lease).encode())
 
-    refused = run_cli("run", str(job), "--quiet", env=env)
+    refused = run_here(srv, "run", str(job), "--quiet", env=env)
 
     assert refused.returncode == 1
     assert f"pid {lease['pid']} on host worker-elsewhere-7" in refused.stderr
     assert time.strftime("%H:%M:%S", time.gmtime(lease["until"])) in refused.stderr
     _wait_for(lambda: time.time() > lease["until"], timeout=10, what="the killed run's lease to expire")
-    result = run_cli("run", str(job), "--quiet", env=env)
+    result = run_here(srv, "run", str(job), "--quiet", env=env)
     assert result.returncode == 0, result.stderr
     _assert_exactly_once_on_s3(s3, bucket, job, texts, env)
 
@@ -272,7 +272,7 @@ def test_paused_holder_that_lost_its_lease_cannot_commit(tmp_path, s3, bucket, s
     try:
         until = json.loads(s3.get(bucket, "out/_lease/job.json"))["until"]
         _wait_for(lambda: time.time() > until, timeout=10, what="the paused run's lease to expire")
-        taker = run_cli("run", str(job), "--quiet", env=env)
+        taker = run_here(srv, "run", str(job), "--quiet", env=env)
         assert taker.returncode == 0, taker.stderr
     finally:
         stale.send_signal(signal.SIGCONT)
@@ -373,17 +373,17 @@ def test_local_output_second_run_refused_and_kill_9_of_the_holder_does_not_block
     job = _job(tmp_path, srv, str(src), str(tmp_path / "out"))
     holder = hold_mid_run(srv, job, 3)
 
-    refused = run_cli("run", str(job), "--quiet")
+    refused = run_here(srv, "run", str(job), "--quiet")
 
     assert refused.returncode == 1
     assert f"pid {holder.pid} on host" in refused.stderr and "started" in refused.stderr
     kill_held(holder, srv)
-    result = run_cli("run", str(job), "--quiet")  # at once: the kernel dropped the dead holder's lock
+    result = run_here(srv, "run", str(job), "--quiet")  # at once: the kernel dropped the dead holder's lock
     assert result.returncode == 0, result.stderr
     table = read_output(tmp_path / "out")
     assert table.column("id").to_pylist() == list(range(N))
     assert_vectors(table, dict(enumerate(texts)), 16)
-    assert run_cli("verify", str(job)).returncode == 0
+    assert run_here(None, "verify", str(job)).returncode == 0
 
 
 # ---------------------------------------------------------------------------- Azure (Azurite)
@@ -422,7 +422,7 @@ def test_azure_input_and_output_through_the_same_protocol(tmp_path, azurite, srv
     srv.latency = 0.005
     kill_mid_run(srv, job, 15, env=env)
     holder = hold_mid_run(srv, job, len(srv.requests) + 2, env=env)
-    refused = run_cli("run", str(job), "--quiet", env=env)
+    refused = run_here(srv, "run", str(job), "--quiet", env=env)
     srv.release()
     assert refused.returncode == 1 and f"pid {holder.pid} on host" in refused.stderr
 
@@ -434,7 +434,7 @@ def test_azure_input_and_output_through_the_same_protocol(tmp_path, azurite, srv
     manifest = json.loads(azurite.fs.open_input_stream(f"{container}/out/_manifest.json").read())
     recorded = {s["name"] for s in manifest["shards"]}
     assert set(azurite.keys(container, "out")) == recorded | {"_manifest.json", "_report.json", "_SUCCESS"}
-    verify = run_cli("verify", str(job), env=env)
+    verify = run_here(None, "verify", str(job), env=env)
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 

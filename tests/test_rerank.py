@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchembed.testing import Respond, expected_score
-from tests.conftest import kill_mid_run, read_output, run_cli, run_here, write_job
+from tests.conftest import kill_mid_run, read_output, run_here, write_job
 
 
 def _pairs_dataset(path, n_queries=40, seed=3):
@@ -159,7 +159,7 @@ def test_sigkill_and_resume_rerank(tmp_path, srv):
     rows = _pairs_dataset(tmp_path / "pairs.parquet", n_queries=80)
     job = _job(tmp_path, srv, tmp_path / "pairs.parquet")
     kill_mid_run(srv, job, 40)
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(srv, "run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
     assert _got(read_output(tmp_path / "out")) == _expected(rows)
-    assert run_cli("verify", str(job)).returncode == 0
+    assert run_here(None, "verify", str(job)).returncode == 0

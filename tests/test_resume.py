@@ -46,7 +46,7 @@ def _assert_exactly_once(tmp_path, job, texts):
     assert table.column("id").to_pylist() == list(range(N))  # range shards in order
     assert_vectors(table, dict(enumerate(texts)), 16)
     assert (out / "_SUCCESS").exists()
-    verify = run_cli("verify", str(job))
+    verify = run_here(None, "verify", str(job))
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
@@ -57,7 +57,7 @@ def test_sigkill_at_any_point_then_resume_is_exactly_once(tmp_path, srv, dataset
     job = _job(tmp_path, srv, src)
     kill_mid_run(srv, job, kill_after)
 
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(srv, "run", str(job), "--quiet")
 
     assert result.returncode == 0, result.stderr
     _assert_exactly_once(tmp_path, job, texts)
@@ -76,7 +76,7 @@ def test_sigkill_inside_the_commit_protocol(tmp_path, srv, dataset, point):
     out = tmp_path / "out"
     assert list(out.glob("*.tmp")) or list(out.glob("part-*.parquet"))  # it died holding uncommitted work
 
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(srv, "run", str(job), "--quiet")
 
     assert result.returncode == 0, result.stderr
     assert not list(out.glob("*.tmp"))
@@ -94,7 +94,7 @@ def test_sigterm_and_sigint_stop_cleanly_and_resume(tmp_path, srv, dataset, sig,
     assert proc.returncode == code, stderr
     assert "run the same command again to resume" in stderr.lower()
 
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(srv, "run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
     _assert_exactly_once(tmp_path, job, texts)
 
@@ -181,7 +181,7 @@ def test_corrupt_manifest_is_refused(tmp_path, srv, dataset):
     kill_mid_run(srv, job, 40)
     manifest = tmp_path / "out" / "_manifest.json"
     manifest.write_text(manifest.read_text()[:-40])
-    result = run_cli("run", str(job))
+    result = run_here(srv, "run", str(job))
     assert result.returncode == 1
     assert "_manifest.json is corrupt" in result.stderr and "--restart" in result.stderr
 
@@ -206,13 +206,13 @@ def test_status_reports_progress(tmp_path, srv, dataset):
     _texts, src = dataset
     job = _job(tmp_path, srv, src)
     kill_mid_run(srv, job, 1)
-    status = json.loads(run_cli("status", str(job), "--json").stdout)
+    status = json.loads(run_here(None, "status", str(job), "--json").stdout)
     assert status["complete"] is False and status["rows_total"] == N and status["shards_total"] == N // SHARD
-    assert run_cli("run", str(job), "--quiet").returncode == 0
-    status = json.loads(run_cli("status", str(job), "--json").stdout)
+    assert run_here(srv, "run", str(job), "--quiet").returncode == 0
+    status = json.loads(run_here(None, "status", str(job), "--json").stdout)
     assert status["complete"] is True and status["rows_done"] == N and status["shards_done"] == N // SHARD
     assert status["tokens"] > 0
-    text = run_cli("status", str(job)).stdout
+    text = run_here(None, "status", str(job)).stdout
     assert "complete" in text and f"{N:,}" in text
 
 
@@ -228,6 +228,6 @@ def test_second_ctrl_c_exits_at_once_and_the_next_run_resumes(tmp_path, srv, dat
     assert proc.returncode == 130
     assert "stopped at once" in stderr
 
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(srv, "run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
     _assert_exactly_once(tmp_path, job, texts)

@@ -15,7 +15,6 @@ from tests.conftest import (
     most_in_window,
     paced_allowance,
     read_output,
-    run_cli,
     run_here,
     start_cli,
 )
@@ -52,11 +51,11 @@ def test_three_shards_at_once_make_one_exact_output_within_the_limits(tmp_path, 
     assert sorted(p.name for p in out.glob("_manifest.*")) == [
         f"_manifest.shard-{i:04d}-of-0003.json" for i in range(3)
     ]
-    status = run_cli("status", str(job), "--json")
+    status = run_here(None, "status", str(job), "--json")
     doc = json.loads(status.stdout)
     assert doc["complete"] and doc["rows_done"] == doc["rows_total"] == 1500
     assert doc["shards_done"] == doc["shards_total"] == 9
-    assert run_cli("verify", str(job)).returncode == 0
+    assert run_here(None, "verify", str(job)).returncode == 0
     throttled = sum(1 for r in srv.requests if r.status == 429)
     assert throttled < 0.02 * len(srv.requests), f"{throttled} of {len(srv.requests)} requests were 429"
     # together the three parts keep the job's rate (each alone at the full rate would send three times this)
@@ -115,5 +114,5 @@ def test_bad_shard_argument_is_a_usage_error(tmp_path, srv):
     src, _ = _inputs(tmp_path, files=1, rows=10)
     job = job_for(tmp_path, srv, src)
     for bad in ("3/3", "x", "1/0"):
-        result = run_cli("run", str(job), "--shard", bad, env=cli_env())
+        result = run_here(srv, "run", str(job), "--shard", bad, env=cli_env())
         assert result.returncode == 2 and "--shard" in result.stderr, result.stderr

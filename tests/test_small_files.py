@@ -95,13 +95,13 @@ def test_sigkill_with_many_small_csv_files_is_exactly_once(tmp_path, srv):
     out = tmp_path / "out"
     assert (out / JOURNAL).exists()  # commits so far are journal lines
 
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(srv, "run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
     assert "already committed" in result.stderr
     table = read_output(out)
     assert table.column("id").to_pylist() == [str(i) for i in range(files * rows)]
     assert_vectors(table, {str(i): t for i, t in enumerate(texts)}, 16)
-    assert run_cli("verify", str(job)).returncode == 0
+    assert run_here(None, "verify", str(job)).returncode == 0
 
 
 def test_torn_journal_line_is_not_a_commit(tmp_path, srv):
@@ -114,10 +114,10 @@ def test_torn_journal_line_is_not_a_commit(tmp_path, srv):
     out = tmp_path / "out"
     assert not (out / JOURNAL).read_bytes().endswith(b"\n")  # died half way through the first line
 
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(srv, "run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
     assert read_output(out).column("id").to_pylist() == list(range(files * rows))
-    assert run_cli("verify", str(job)).returncode == 0
+    assert run_here(None, "verify", str(job)).returncode == 0
 
 
 def test_failed_rows_of_packed_files_are_retried_once(tmp_path, fake):
