@@ -17,9 +17,9 @@ from batchembed.testing.answers import (
     EMBEDDING_FIELDS,
     RERANK_FIELDS,
     Reply,
-    _base64_json,
-    _float_json,
+    base64_json,
     expected_score,
+    float_json,
     pool_fragments,
     token_count,
 )
@@ -138,7 +138,7 @@ class Answering:
 
         tokens = sum(token_count(t) for t in texts)
         order = range(len(texts) - 1, -1, -1) if self.reorder else range(len(texts))
-        encode = _float_json if fmt == "float" else _base64_json
+        encode = float_json if fmt == "float" else base64_json
         if self.pool is not None:
             if dims != self.dim:
                 raise Reply(400, f"this server only serves {self.dim} dimensions")

@@ -61,7 +61,8 @@ def token_count(text: str) -> int:
 
 
 @functools.lru_cache(maxsize=1 << 15)
-def _cached_vector(text: str, dim: int) -> np.ndarray:
+def cached_vector(text: str, dim: int) -> np.ndarray:
+    """The (read-only, cached) vector of ``text`` at ``dim``: see :func:`expected_vector`."""
     seed = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
     # Generator.standard_normal(n) yields the first n values of standard_normal(MAX_DIM): the prefix
     # property that makes "dimensions" truncation consistent (Matryoshka) without drawing MAX_DIM values.
@@ -72,15 +73,15 @@ def _cached_vector(text: str, dim: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=1 << 14)
-def _float_json(text: str, dim: int) -> bytes:
-    """The JSON array of ``_cached_vector(text, dim)`` (float32 shortest repr, exact round trip)."""
-    return orjson.dumps(_cached_vector(text, dim), option=orjson.OPT_SERIALIZE_NUMPY)
+def float_json(text: str, dim: int) -> bytes:
+    """The JSON array of ``cached_vector(text, dim)`` (float32 shortest repr, exact round trip)."""
+    return orjson.dumps(cached_vector(text, dim), option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 @functools.lru_cache(maxsize=1 << 14)
-def _base64_json(text: str, dim: int) -> bytes:
-    """The JSON string of the base64 of ``_cached_vector(text, dim)`` as little-endian float32."""
-    return b'"%s"' % base64.b64encode(_cached_vector(text, dim).astype("<f4", copy=False).tobytes())
+def base64_json(text: str, dim: int) -> bytes:
+    """The JSON string of the base64 of ``cached_vector(text, dim)`` as little-endian float32."""
+    return b'"%s"' % base64.b64encode(cached_vector(text, dim).astype("<f4", copy=False).tobytes())
 
 
 def expected_vector(text: str, dim: int) -> np.ndarray:
@@ -93,7 +94,7 @@ def expected_vector(text: str, dim: int) -> np.ndarray:
     """
     if dim < 1:
         raise ValueError(f"dim must be >= 1, got {dim}")
-    return _cached_vector(text, int(dim)).copy()
+    return cached_vector(text, int(dim)).copy()
 
 
 def expected_score(query: str, document: str) -> float:
