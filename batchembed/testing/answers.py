@@ -146,7 +146,9 @@ def fmt_duration(seconds: float) -> str:
     return f"{int(minutes)}m{rest_s}s" if minutes else f"{rest_s}s"
 
 
-def styled_headers(style: str, tpm: int | None, used: int, reset: float, window: float) -> dict[str, str]:
+def styled_headers(
+    style: str, tpm: int | None, used: int, reset: float, window: float, rpm: int | None = None, requests: int = 0
+) -> dict[str, str]:
     """Rate-limit headers of a non-OpenAI ``style`` for a tokens limit ``tpm`` per ``window`` seconds."""
     if style == "none" or tpm is None:
         return {}
@@ -160,7 +162,11 @@ def styled_headers(style: str, tpm: int | None, used: int, reset: float, window:
             "RateLimit-Policy": f"{tpm};w={window:g}",
         }
     if style == "ietf-structured":
-        return {"RateLimit-Policy": f'"tpm";q={tpm};w={window:g}', "RateLimit": f'"tpm";r={remaining};t={reset_s}'}
+        policies, states = f'"tpm";q={tpm};w={window:g}', f'"tpm";r={remaining};t={reset_s}'
+        if rpm is not None:  # both limits: a requests policy too, named by its quota unit
+            policies = f'"rpm";q={rpm};w={window:g};qu="requests", ' + policies
+            states = f'"rpm";r={max(0, rpm - requests)};t={reset_s}, ' + states
+        return {"RateLimit-Policy": policies, "RateLimit": states}
     if style == "x-ratelimit":
         return {
             "X-RateLimit-Limit": str(tpm),

@@ -93,7 +93,7 @@ class RateWindow:
         used = sum(t for _, t in log_)
         reset = (log_[0][0] + self.window - now) if log_ else 0.0
         if self.style != "openai":
-            return styled_headers(self.style, self.tpm, used, reset, self.window)
+            return styled_headers(self.style, self.tpm, used, reset, self.window, self.rpm, len(log_))
         headers: dict[str, str] = {}
         if self.rpm is not None:
             headers["x-ratelimit-limit-requests"] = str(self.rpm)
