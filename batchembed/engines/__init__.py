@@ -27,7 +27,8 @@ def run_job(
 ) -> int:
     """Run ``job`` on the chosen engine (CLI flags override ``[engine]``); return the exit code.
 
-    ``transport`` carries this process's HTTP requests (tests: the fake provider in-process)."""
+    ``transport`` carries this process's HTTP requests (tests: the fake provider in-process); Ray
+    workers, being other processes, always use the network."""
     from batchembed.job import build_runner
 
     kind = engine or job.engine.kind
