@@ -110,9 +110,9 @@ def test_mixing_sharded_and_unsharded_runs_is_refused(tmp_path, fake):
     assert sharded.returncode == 1 and "unsharded run" in sharded.stderr
 
 
-def test_bad_shard_argument_is_a_usage_error(tmp_path, srv):
+def test_bad_shard_argument_is_a_usage_error(tmp_path, fake):
     src, _ = _inputs(tmp_path, files=1, rows=10)
-    job = job_for(tmp_path, srv, src)
+    job = job_for(tmp_path, fake, src)
     for bad in ("3/3", "x", "1/0"):
-        result = run_here(srv, "run", str(job), "--shard", bad, env=cli_env())
+        result = run_here(fake, "run", str(job), "--shard", bad, env=cli_env())
         assert result.returncode == 2 and "--shard" in result.stderr, result.stderr
