@@ -96,6 +96,8 @@ class AiohttpTransport:
             ) as resp:
                 body = await resp.read()
                 return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, body)
+        except TimeoutError:
+            raise  # aiohttp's ServerTimeoutError is a ClientError too: it stays a timeout
         except aiohttp.ClientError as exc:
             raise TransportError(f"{type(exc).__name__}: {exc}") from None
 
