@@ -8,8 +8,9 @@ import the same one.
 """
 
 from batchembed.testing.answers import MAX_DIM, expected_score, expected_vector, token_count
-from batchembed.testing.fakeserver import Delay, FakeProvider, RecordedRequest, Reset, Respond
+from batchembed.testing.fakeserver import FakeProvider
 from batchembed.testing.loopback import FakeServer
+from batchembed.testing.rules import Delay, RecordedRequest, Reset, Respond
 
 __all__ = [
     "MAX_DIM",
