@@ -422,7 +422,7 @@ def test_azure_input_and_output_through_the_same_protocol(tmp_path, azurite, srv
     srv.latency = 0.005
     kill_mid_run(srv, job, 15, env=env)
     holder = hold_mid_run(srv, job, len(srv.requests) + 2, env=env)
-    refused = run_here(srv, "run", str(job), "--quiet", env=env)
+    refused = run_cli("run", str(job), "--quiet", env=env)
     srv.release()
     assert refused.returncode == 1 and f"pid {holder.pid} on host" in refused.stderr
 
@@ -434,7 +434,7 @@ def test_azure_input_and_output_through_the_same_protocol(tmp_path, azurite, srv
     manifest = json.loads(azurite.fs.open_input_stream(f"{container}/out/_manifest.json").read())
     recorded = {s["name"] for s in manifest["shards"]}
     assert set(azurite.keys(container, "out")) == recorded | {"_manifest.json", "_report.json", "_SUCCESS"}
-    verify = run_here(None, "verify", str(job), env=env)
+    verify = run_cli("verify", str(job), env=env)
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
