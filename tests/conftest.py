@@ -131,7 +131,11 @@ def hold_mid_run(
 
 
 def kill_held(proc: subprocess.Popen, srv: FakeServer) -> None:
-    """SIGKILL ``proc`` while the server holds its requests in flight, then let the server answer again."""
+    """SIGKILL ``proc`` while the server holds its requests in flight, then let the server answer again.
+
+    The kill waits until at least one request is parked by the hold, so the killed run always had a
+    request unanswered (without it, every request in flight at ``hold()`` could be answered first)."""
+    srv.wait_for_held(1, timeout=60)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     srv.release()
