@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from batchembed import __version__
 from batchembed.errors import BatchEmbedError, ConfigError, UsageError, redact
 from batchembed.exitcodes import ExitCode
+
+if TYPE_CHECKING:  # aiohttp is imported only by commands that send requests
+    from batchembed.providers.transport import Transport
 
 
 def _job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,12 +91,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=8 << 20, help="max request body in bytes (default 8 MiB)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit code."""
+def main(argv: list[str] | None = None, *, transport: Transport | None = None) -> int:
+    """Entry point of the console script; returns the exit code. ``transport`` (tests: the fake provider
+    in-process) carries a run's HTTP requests instead of the network."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return dispatch(args)
+        return dispatch(args, transport)
     except UsageError as exc:
         print(f"batchembed: usage error: {redact(str(exc))}", file=sys.stderr)
         return ExitCode.USAGE
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.SIGINT
 
 
-def dispatch(args: argparse.Namespace) -> int:
+def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> int:
     """Run the chosen subcommand."""
     if args.command == "serve":
         try:
@@ -138,6 +143,7 @@ def dispatch(args: argparse.Namespace) -> int:
             engine=args.engine,
             workers=args.workers,
             shard=args.shard,
+            transport=transport,
         )
     if args.command == "plan":
         from batchembed.plan import plan

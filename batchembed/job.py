@@ -8,7 +8,7 @@ so the provider, the counter, the task and the runner all see the same model, pr
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchembed.config import JobConfig
 from batchembed.errors import ConfigError, register_secret
@@ -18,6 +18,9 @@ from batchembed.resolved import ResolvedJob, resolve
 from batchembed.runner import JobRunner
 from batchembed.tasks import Task
 from batchembed.tokens import LocalModelCounter, TokenCounter, make_counter
+
+if TYPE_CHECKING:  # aiohttp is imported only when a provider is built
+    from batchembed.providers.transport import Transport
 
 
 def api_key(job: ResolvedJob) -> str | None:
@@ -50,8 +53,9 @@ def build_counter(job: ResolvedJob) -> TokenCounter:
     return make_counter(job.tokenizer, job.model.name)
 
 
-def build_provider(job: ResolvedJob) -> Any:
-    """The embedder (or, for rerank jobs, the reranker) that answers the job's requests."""
+def build_provider(job: ResolvedJob, transport: Transport | None = None) -> Any:
+    """The embedder (or, for rerank jobs, the reranker) that answers the job's requests; HTTP providers
+    send through ``transport`` (default: a pooled aiohttp session)."""
     config, model = job.config, job.model
     if model.provider == "local":
         if job.is_rerank:
@@ -74,6 +78,7 @@ def build_provider(job: ResolvedJob) -> Any:
             timeout=config.model.timeout,
             max_connections=config.limits.concurrency,
             extra_body=config.model.extra_body,
+            transport=transport,
         )
     from batchembed.providers.openai_compat import OpenAICompatibleEmbedder
 
@@ -89,6 +94,7 @@ def build_provider(job: ResolvedJob) -> Any:
         fall_back_to_float=job.fall_back_to_float,
         dimensions_by=config.model.dimensions_by,
         extra_body=config.model.extra_body,
+        transport=transport,
     )
 
 
@@ -127,12 +133,14 @@ def build_runner(
     retry_failed: bool = True,
     accept_model_change: bool = False,
     runner_class: type[JobRunner] = JobRunner,
+    transport: Transport | None = None,
     **engine_options,
 ) -> JobRunner:
     """A ``JobRunner`` (or an engine's subclass, given ``engine_options``) for ``job`` (a ``JobConfig``,
-    resolved here, or a ``ResolvedJob``) with every part chosen from its settings."""
+    resolved here, or a ``ResolvedJob``) with every part chosen from its settings; ``transport`` (tests:
+    an in-process ``HandlerTransport``) carries every HTTP request of the run."""
     resolved = resolve(job)
-    provider = build_provider(resolved)
+    provider = build_provider(resolved, transport)
     counter = build_counter(resolved)
     stats = Stats()
     memo = vector_memo(resolved) if not resolved.is_rerank else None

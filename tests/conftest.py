@@ -1,12 +1,16 @@
-"""Shared helpers: job files, running the real CLI as a subprocess, reading output back."""
+"""Shared helpers: job files, running the CLI (in this process against the in-process fake provider, or
+as a real subprocess where the process itself matters), reading output back."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.fakeserver import FakeServer, expected_vector
+from batchembed import cli
+from batchembed.testing import FakeProvider, FakeServer, expected_vector
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,6 +80,33 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 180)
     )
 
 
+@contextlib.contextmanager
+def environment(env: dict[str, str] | None) -> Iterator[None]:
+    """Within the block, ``os.environ`` is ``env`` (default: ``cli_env()``, no API keys); restored after."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env if env is not None else cli_env())
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def run_here(fake: FakeProvider | None, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``batchembed ARGS`` run by ``cli.main`` in this process, every request answered in-process by
+    ``fake`` (no socket; None for commands that send nothing: ``status``, ``verify``, ``plan``): the exit
+    code, stdout and stderr as ``run_cli`` would give them, in a fraction of a subprocess's start-up
+    time. Use ``run_cli`` where the process matters (kill, signals, failpoints)."""
+    out, err = io.StringIO(), io.StringIO()
+    with environment(env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main(list(args), transport=fake.transport() if fake is not None else None)
+        except SystemExit as exc:  # argparse: --help, usage errors
+            code = exc.code if isinstance(exc.code, int) else 2
+    return subprocess.CompletedProcess(["batchembed", *args], code, out.getvalue(), err.getvalue())
+
+
 def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start ``batchembed ARGS`` in the background."""
     return subprocess.Popen(
@@ -99,7 +131,11 @@ def hold_mid_run(
 
 
 def kill_held(proc: subprocess.Popen, srv: FakeServer) -> None:
-    """SIGKILL ``proc`` while the server holds its requests in flight, then let the server answer again."""
+    """SIGKILL ``proc`` while the server holds its requests in flight, then let the server answer again.
+
+    The kill waits until at least one request is parked by the hold, so the killed run always had a
+    request unanswered (without it, every request in flight at ``hold()`` could be answered first)."""
+    srv.wait_for_held(1, timeout=60)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     srv.release()
@@ -157,6 +193,12 @@ def srv():
     """A fresh fake provider on 127.0.0.1 with 16-dimensional vectors."""
     with FakeServer(dim=16) as server:
         yield server
+
+
+@pytest.fixture
+def fake():
+    """A fresh fake provider in-process with 16-dimensional vectors (pass it to ``run_here``)."""
+    return FakeProvider(dim=16)
 
 
 def most_in_window(times: list[float], seconds: float) -> int:

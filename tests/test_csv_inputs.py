@@ -17,7 +17,7 @@ from batchembed.errors import InputError
 from batchembed.sources import discover, iter_batches
 from batchembed.tasks.embed import chunk_positions
 from batchembed.units import iter_chunks
-from tests.conftest import assert_vectors, job_for, kill_mid_run, read_output, run_cli
+from tests.conftest import assert_vectors, job_for, kill_mid_run, read_output, run_here
 
 
 def write_csv(path: Path, rows: list[tuple], *, crlf=True, bom=True, blank_every=0, header=("id", "text")) -> Path:
@@ -129,28 +129,28 @@ def test_sigkill_resume_of_a_messy_csv_is_exactly_once_and_verifies(tmp_path, sr
     kill_mid_run(srv, job, 25)
     assert 0 < len(list((tmp_path / "out").glob("part-*.parquet"))) < n // 200  # killed half way
 
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(srv, "run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
 
     table = read_output(tmp_path / "out")
     assert table.column("id").to_pylist() == [str(i) for i in range(n)]  # none twice, none lost, in order
     assert_vectors(table, {str(i): t for i, t in enumerate(texts)}, 16)
-    verify = run_cli("verify", str(job))
+    verify = run_here(None, "verify", str(job))
     assert verify.returncode == 0, verify.stdout
-    status = run_cli("status", str(job), "--json")
+    status = run_here(None, "status", str(job), "--json")
     assert '"rows_done": 1200' in status.stdout
 
 
-def test_generated_ids_count_records_not_lines(tmp_path, srv):
+def test_generated_ids_count_records_not_lines(tmp_path, fake):
     texts = ["one\nline two", "two", "three\r\nmore"]
     src = write_csv(tmp_path / "in.csv", [(i, t) for i, t in enumerate(texts)], blank_every=1)
-    job = job_for(tmp_path, srv, src, input={"id": None, "keep": ["id"]})
-    result = run_cli("run", str(job), "--quiet")
+    job = job_for(tmp_path, fake, src, input={"id": None, "keep": ["id"]})
+    result = run_here(fake, "run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
     table = read_output(tmp_path / "out")
     assert table.column("_row_id").to_pylist() == ["in.csv:0", "in.csv:1", "in.csv:2"]
     assert table.column("id").to_pylist() == ["0", "1", "2"]
-    assert run_cli("verify", str(job)).returncode == 0
+    assert run_here(fake, "verify", str(job)).returncode == 0
 
 
 def _one_error_line(result) -> str:
@@ -160,18 +160,18 @@ def _one_error_line(result) -> str:
     return lines[0]
 
 
-def test_malformed_row_is_named_by_its_line(tmp_path, srv):
+def test_malformed_row_is_named_by_its_line(tmp_path, fake):
     path = tmp_path / "in.csv"
     path.write_bytes(b'id,text\r\n0,"a\r\nquoted"\r\n\r\n1,fine\r\n2,one,too many\r\n3,x\r\n')
-    line = _one_error_line(run_cli("run", str(job_for(tmp_path, srv, path)), "--quiet"))
+    line = _one_error_line(run_here(fake, "run", str(job_for(tmp_path, fake, path)), "--quiet"))
     assert f"{path}: line 6 (row 2) has 3 fields, the header has 2" in line
-    assert srv.requests == []  # nothing was sent for a file that cannot be read
+    assert fake.requests == []  # nothing was sent for a file that cannot be read
 
 
-def test_invalid_utf8_is_named_by_row(tmp_path, srv):
+def test_invalid_utf8_is_named_by_row(tmp_path, fake):
     path = tmp_path / "in.csv"
     path.write_bytes(b'id,text\n0,ok\n1,"multi\nline"\n2,caf\xe9\n')
-    line = _one_error_line(run_cli("run", str(job_for(tmp_path, srv, path)), "--quiet"))
+    line = _one_error_line(run_here(fake, "run", str(job_for(tmp_path, fake, path)), "--quiet"))
     assert f"{path}: row 2 (line 5) is not valid UTF-8" in line
 
 

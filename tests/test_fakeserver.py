@@ -16,7 +16,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from tests.fakeserver import (
+from batchembed.testing import (
     Delay,
     FakeServer,
     Reset,
@@ -223,6 +223,8 @@ def test_rate_limit_requests(srv):
 
 
 def test_rate_limit_tokens_and_window(srv):
+    now = [1000.0]
+    srv.clock = lambda: now[0]  # the window moves when the test says so, not after a sleep
     srv.rate_limit(tpm=10, window=0.5)
     text = "x" * 16  # 5 tokens
     assert embed(srv, [text])[0] == 200
@@ -230,7 +232,9 @@ def test_rate_limit_tokens_and_window(srv):
     assert status == 200 and headers["x-ratelimit-remaining-tokens"] == "0"
     status, headers, _ = embed(srv, [text])
     assert status == 429 and headers["Retry-After"] == "1"
-    time.sleep(0.55)
+    now[0] += 0.49  # still inside the window: still refused
+    assert embed(srv, [text])[0] == 429
+    now[0] += 0.02  # both accepted requests have left the window
     assert embed(srv, [text])[0] == 200
 
 
@@ -286,15 +290,16 @@ def test_hold_release_and_wait_for_requests(srv):
     threads = [threading.Thread(target=worker, args=(f"t{i}",)) for i in range(3)]
     for t in threads:
         t.start()
-    assert srv.wait_for_requests(3, timeout=10)
-    time.sleep(0.1)
-    assert results == [] and srv.in_flight == 3
+    srv.wait_for_requests(3, timeout=10)  # raises TimeoutError when fewer arrive
+    srv.wait_for_held(3, timeout=10)  # all three parked at the hold: none can be answered before release()
+    assert srv.held == 3 and srv.in_flight == 3
+    assert results == []
     assert all(r.status == 0 for r in srv.requests)
     srv.release()
     for t in threads:
         t.join(10)
     assert results == [200, 200, 200]
-    assert srv.max_in_flight == 3 and srv.in_flight == 0
+    assert srv.max_in_flight == 3 and srv.in_flight == 0 and srv.held == 0
     with pytest.raises(TimeoutError):
         srv.wait_for_requests(4, timeout=0.2)
 
@@ -336,3 +341,33 @@ def test_aiohttp_keepalive_client_survives_resets_and_concurrency(srv):
     assert [s for i, s in enumerate(statuses) if i != 3] == [200] * 7
     assert srv.max_in_flight > 1
     assert sorted(srv.received_texts()) == sorted(t for t in texts if t != "t3")
+
+
+def test_pool_mode_stats_and_no_records_as_the_benchmarks_use_it():
+    """The benchmarks' settings: vectors from a seeded pool by CRC32, counters only, native dimension only."""
+    from batchembed.providers.transport import Request
+    from batchembed.testing.answers import make_pool, pool_vectors
+
+    fake = FakeServer(dim=8)  # not started: the same handler, called in-process
+    fake.pool, fake.keep_records = 16, False
+    texts = ["a", "bb", "ccc"]
+
+    async def main():
+        ok = await fake.handle(
+            Request("POST", "/v1/embeddings", {}, json.dumps({"model": "m", "input": texts}).encode())
+        )
+        bad = await fake.handle(
+            Request("POST", "/v1/embeddings", {}, json.dumps({"model": "m", "input": ["a"], "dimensions": 4}).encode())
+        )
+        stats = await fake.handle(Request("GET", "/stats?timeline=1", {}))
+        return ok, bad, stats
+
+    ok, bad, stats = asyncio.run(main())
+    doc = json.loads(ok.body)
+    got = np.array([d["embedding"] for d in sorted(doc["data"], key=lambda d: d["index"])], dtype=np.float32)
+    np.testing.assert_array_equal(got, pool_vectors(texts, make_pool(8, 16)))
+    assert bad.status == 400
+    counted = json.loads(stats.body)
+    assert counted["requests"] == 2 and counted["ok"] == 1 and counted["bad"] == 1 and counted["inputs"] == 3
+    assert counted["tokens_accepted"] == sum(token_count(t) for t in texts) and counted["timeline"][0][1] == 1
+    assert fake.requests == []

@@ -13,7 +13,15 @@ from batchembed.journal import MAX_BACKLOG, Journal, decode_frames, encode_frame
 from batchembed.journal_store import LocalJournalStore, _LocalSegment
 from batchembed.progress import Stats
 from tests import test_rerank
-from tests.conftest import assert_vectors, job_for, kill_mid_run, make_texts, read_output, run_cli, write_parquet
+from tests.conftest import (
+    assert_vectors,
+    job_for,
+    kill_mid_run,
+    make_texts,
+    read_output,
+    run_here,
+    write_parquet,
+)
 
 BATCH = 10
 CONCURRENCY = 2
@@ -47,20 +55,20 @@ def test_repeated_sigkill_mid_shard_pays_only_for_requests_in_flight(tmp_path, s
         _kill_mid_run(srv, job, int(rng.integers(10, n // BATCH // (kills + 1))))
         assert (out / "_journal").is_dir()
 
-    status = json.loads(run_cli("status", str(job), "--json").stdout)
+    status = json.loads(run_here(None, "status", str(job), "--json").stdout)
     assert 0 < status["rows_answered_uncommitted"] <= n - status["rows_done"]
     assert (
         f"{status['rows_answered_uncommitted']:,} rows answered but not yet in a committed shard"
-        in run_cli("status", str(job)).stdout
+        in run_here(None, "status", str(job)).stdout
     )
 
-    final = run_cli("run", str(job), "--quiet")
+    final = run_here(srv, "run", str(job), "--quiet")
 
     assert final.returncode == 0, final.stderr
     table = read_output(out)
     assert table.column("id").to_pylist() == list(range(n))
     assert_vectors(table, dict(enumerate(texts)), 16)
-    assert run_cli("verify", str(job)).returncode == 0
+    assert run_here(None, "verify", str(job)).returncode == 0
     sent = srv.all_texts()  # every text the server received in all runs, held ones included
     ratio = len(sent) / n
     assert ratio <= bound, f"server answered {len(sent)} rows for {n} distinct texts ({ratio:.3f}x)"
@@ -84,12 +92,12 @@ def test_dedup_across_units_survives_a_kill(tmp_path, srv):
     job = _job(tmp_path, srv, src, len(texts), 2000)
     _kill_mid_run(srv, job, 240)  # unit 1 (200 requests) is committed, unit 2 is under way
 
-    assert run_cli("run", str(job), "--quiet").returncode == 0
+    assert run_here(srv, "run", str(job), "--quiet").returncode == 0
     counts = Counter(srv.all_texts())
     assert all(counts[t] == 1 for t in first[:2000])  # the repeated texts were sent once, ever
     assert sum(counts.values()) <= len(set(texts)) + IN_FLIGHT + LAG
     assert_vectors(read_output(tmp_path / "out"), dict(enumerate(texts)), 16)
-    assert run_cli("verify", str(job)).returncode == 0
+    assert run_here(None, "verify", str(job)).returncode == 0
 
 
 def test_torn_tail_and_foreign_journal_on_resume(tmp_path, srv):
@@ -106,11 +114,11 @@ def test_torn_tail_and_foreign_journal_on_resume(tmp_path, srv):
     foreign.append([_frame([b"k" * 16], fingerprint="another job")])
     foreign.close()
 
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(srv, "run", str(job), "--quiet")
 
     assert result.returncode == 0, result.stderr
     assert_vectors(read_output(tmp_path / "out"), dict(enumerate(texts)), 16)
-    assert run_cli("verify", str(job)).returncode == 0
+    assert run_here(None, "verify", str(job)).returncode == 0
     assert _report(tmp_path)["after_crash"]["rows_recovered_from_journal"] > 0
     assert not journal.exists()
 
@@ -123,11 +131,11 @@ def test_rerank_scores_are_recovered_after_a_kill(tmp_path, srv):
     _kill_mid_run(srv, job, 150)
     scored_before = sum(len(r.inputs) for r in srv.requests if r.kind == "rerank")
 
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(srv, "run", str(job), "--quiet")
 
     assert result.returncode == 0, result.stderr
     assert test_rerank._got(read_output(tmp_path / "out")) == test_rerank._expected(rows)
-    assert run_cli("verify", str(job)).returncode == 0
+    assert run_here(None, "verify", str(job)).returncode == 0
     scored = sum(len(r.inputs) for r in srv.requests if r.kind == "rerank")
     assert scored <= pairs + 16, (scored, pairs)  # only the 4 held requests were scored twice
     report = _report(tmp_path)["after_crash"]

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchembed.providers.local import LocalEmbedder
-from tests.conftest import ROOT, cli_env, read_output, run_cli, write_job
+from tests.conftest import ROOT, cli_env, read_output, run_here, write_job
 
 TEXTS = [
     "The cat sat on the mat.",
@@ -73,7 +73,7 @@ def test_local_provider_job_matches_the_model(tmp_path, embedder, dimensions):
             "output": {"path": str(tmp_path / "out"), "shard_rows": 10},
         },
     )
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(None, "run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
     table = read_output(tmp_path / "out")
     col, got = _vectors(table)
@@ -101,7 +101,7 @@ def test_openai_compatible_job_against_batchembed_serve(tmp_path, embedder, serv
             "output": {"path": str(tmp_path / "out")},
         },
     )
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(None, "run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
     _, got = _vectors(read_output(tmp_path / "out"))
     sendable = [i for i, t in enumerate(TEXTS) if t]
@@ -131,7 +131,7 @@ def test_rerank_job_scores_by_cosine(tmp_path, embedder, where, request):
             "rerank": {"layout": "pairs", "top_n": 2},
         },
     )
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(None, "run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
     table = read_output(tmp_path / "out").to_pylist()
     vq, _ = embedder.encode(queries)

@@ -25,6 +25,7 @@ from tests.conftest import (
     kill_mid_run,
     make_texts,
     run_cli,
+    run_here,
     start_cli,
     write_job,
 )
@@ -95,7 +96,7 @@ def _assert_exactly_once_on_s3(s3, bucket, job, texts, env, prefix="out"):
     # no stray objects: exactly the recorded shards and the run's own files, no lease left behind
     assert set(keys) == recorded | {"_manifest.json", "_report.json", "_SUCCESS"}, keys
     assert manifest["complete"] is True
-    verify = run_cli("verify", str(job), env=env)
+    verify = run_here(None, "verify", str(job), env=env)
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
@@ -111,7 +112,7 @@ def _wait_for(condition, timeout=30.0, what="condition"):
 # ------------------------------------------------------------------------------------- inputs
 
 
-def test_input_glob_and_output_on_s3_with_status_plan_and_verify(tmp_path, s3, bucket, srv):
+def test_input_glob_and_output_on_s3_with_status_plan_and_verify(tmp_path, s3, bucket, fake):
     texts = make_texts(N, seed=3)
     # two Parquet files at the top level; a file one level down, a CSV and a text file must not match
     s3.put_table(bucket, "in/a.parquet", pa.table({"id": pa.array(range(500), pa.int64()), "text": texts[:500]}))
@@ -120,18 +121,18 @@ def test_input_glob_and_output_on_s3_with_status_plan_and_verify(tmp_path, s3, b
     s3.put(bucket, "in/c.csv", b"id,text\n7,not this one either\n")
     s3.put(bucket, "in/readme.txt", b"not data")
     env = _env(s3)
-    job = _job(tmp_path, srv, f"s3://{bucket}/in/*.parquet", f"s3://{bucket}/out")
+    job = _job(tmp_path, fake, f"s3://{bucket}/in/*.parquet", f"s3://{bucket}/out")
 
-    plan = run_cli("plan", str(job), "--json", env=env)
+    plan = run_here(fake, "plan", str(job), "--json", env=env)
     assert plan.returncode == 0, plan.stderr
     assert json.loads(plan.stdout)["rows"] == N
 
-    result = run_cli("run", str(job), "--quiet", env=env)
+    result = run_here(fake, "run", str(job), "--quiet", env=env)
 
     assert result.returncode == 0, result.stderr
     _assert_exactly_once_on_s3(s3, bucket, job, texts, env)
     assert not (tmp_path / "s3:").exists() and not os.path.exists("s3:")
-    status = run_cli("status", str(job), "--json", env=env)
+    status = run_here(fake, "status", str(job), "--json", env=env)
     assert status.returncode == 0, status.stderr
     doc = json.loads(status.stdout)
     assert doc["output"] == f"s3://{bucket}/out" and doc["complete"] and doc["rows_done"] == N
@@ -139,26 +140,26 @@ def test_input_glob_and_output_on_s3_with_status_plan_and_verify(tmp_path, s3, b
     assert [f["name"] for f in manifest["fingerprint"]["files"]] == ["a.parquet", "b.parquet"]
     # a second run finds the job complete and changes nothing
     before = {k: s3.get(bucket, k) for k in s3.keys(bucket, "out/") if "part-" in k}
-    again = run_cli("run", str(job), "--quiet", env=env)
+    again = run_here(fake, "run", str(job), "--quiet", env=env)
     assert again.returncode == 0 and "already complete" in again.stderr
     assert {k: s3.get(bucket, k) for k in s3.keys(bucket, "out/") if "part-" in k} == before
 
 
-def test_csv_input_streamed_from_s3(tmp_path, s3, bucket, srv):
+def test_csv_input_streamed_from_s3(tmp_path, s3, bucket, fake):
     texts = make_texts(300, seed=4)
     buf = io.BytesIO()
     pacsv.write_csv(pa.table({"id": [str(i) for i in range(300)], "text": texts}), buf)
     s3.put(bucket, "csv/rows.csv", buf.getvalue())
     env = _env(s3)
-    job = _job(tmp_path, srv, f"s3://{bucket}/csv/rows.csv", f"s3://{bucket}/out")
+    job = _job(tmp_path, fake, f"s3://{bucket}/csv/rows.csv", f"s3://{bucket}/out")
 
-    result = run_cli("run", str(job), "--quiet", env=env)
+    result = run_here(fake, "run", str(job), "--quiet", env=env)
 
     assert result.returncode == 0, result.stderr
     table = s3.read_output(bucket, "out")
     assert table.column("id").to_pylist() == [str(i) for i in range(300)]
     assert_vectors(table, {str(i): t for i, t in enumerate(texts)}, 16)
-    verify = run_cli("verify", str(job), env=env)
+    verify = run_here(fake, "verify", str(job), env=env)
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
@@ -177,7 +178,7 @@ def test_sigkill_several_times_then_resume_exactly_once_with_no_stray_objects(tm
     srv.reset_records()
 
     # the killed run's lease is on this host and its pid is gone: the next run takes over at once
-    result = run_cli("run", str(job), "--quiet", env=env)
+    result = run_here(srv, "run", str(job), "--quiet", env=env)
 
     assert result.returncode == 0, result.stderr
     assert killed_with_shards >= 1  # some kills landed after shards were committed: a real resume
@@ -195,7 +196,7 @@ def test_answers_of_a_killed_run_are_kept_as_journal_objects_and_not_bought_agai
     answered_before = len(srv.all_texts())
     srv.reset_records()
 
-    result = run_cli("run", str(job), "--quiet", env=env)
+    result = run_here(srv, "run", str(job), "--quiet", env=env)
 
     assert result.returncode == 0, result.stderr
     report = json.loads(s3.get(bucket, "out/_report.json"))
@@ -217,7 +218,7 @@ def test_sigkill_between_shard_upload_and_manifest(tmp_path, s3, bucket, srv, po
         # the uploaded shard is at its final key but unrecorded: it does not count
         assert "part-00000.parquet" in _output_keys(s3, bucket)
         assert json.loads(s3.get(bucket, "out/_manifest.json"))["shards"] == []
-    result = run_cli("run", str(job), "--quiet", env=env)
+    result = run_here(srv, "run", str(job), "--quiet", env=env)
     assert result.returncode == 0, result.stderr
     _assert_exactly_once_on_s3(s3, bucket, job, texts, env)
 
@@ -229,7 +230,7 @@ def test_second_concurrent_run_is_refused_naming_the_holder(tmp_path, s3, bucket
     texts, env, job = _s3_job(tmp_path, s3, bucket, srv, seed=8)
     first = hold_mid_run(srv, job, 3, env=env)  # the first run stays alive with requests in flight
 
-    second = run_cli("run", str(job), "--quiet", env=env)
+    second = run_here(srv, "run", str(job), "--quiet", env=env)
 
     srv.release()
     assert second.returncode == 1
@@ -247,13 +248,13 @@ def test_killed_holder_elsewhere_blocks_until_its_lease_expires_then_is_taken_ov
     lease["host"] = "worker-elsewhere-7"
     s3.put(bucket, "out/_lease/job.json", json.dumps(lease).encode())
 
-    refused = run_cli("run", str(job), "--quiet", env=env)
+    refused = run_here(srv, "run", str(job), "--quiet", env=env)
 
     assert refused.returncode == 1
     assert f"pid {lease['pid']} on host worker-elsewhere-7" in refused.stderr
     assert time.strftime("%H:%M:%S", time.gmtime(lease["until"])) in refused.stderr
     _wait_for(lambda: time.time() > lease["until"], timeout=10, what="the killed run's lease to expire")
-    result = run_cli("run", str(job), "--quiet", env=env)
+    result = run_here(srv, "run", str(job), "--quiet", env=env)
     assert result.returncode == 0, result.stderr
     _assert_exactly_once_on_s3(s3, bucket, job, texts, env)
 
@@ -271,7 +272,7 @@ def test_paused_holder_that_lost_its_lease_cannot_commit(tmp_path, s3, bucket, s
     try:
         until = json.loads(s3.get(bucket, "out/_lease/job.json"))["until"]
         _wait_for(lambda: time.time() > until, timeout=10, what="the paused run's lease to expire")
-        taker = run_cli("run", str(job), "--quiet", env=env)
+        taker = run_here(srv, "run", str(job), "--quiet", env=env)
         assert taker.returncode == 0, taker.stderr
     finally:
         stale.send_signal(signal.SIGCONT)
@@ -310,19 +311,19 @@ def test_manifest_replace_is_refused_after_another_run_replaced_it(s3, bucket):
 # -------------------------------------------------------------------------- secrets and schemes
 
 
-def test_credentials_never_reach_output_logs_or_errors(tmp_path, s3, bucket, srv):
-    _, env, job = _s3_job(tmp_path, s3, bucket, srv, seed=11, rows=300)
+def test_credentials_never_reach_output_logs_or_errors(tmp_path, s3, bucket, fake):
+    _, env, job = _s3_job(tmp_path, s3, bucket, fake, seed=11, rows=300)
     messages = []
     for args in (("plan", str(job)), ("run", str(job)), ("status", str(job)), ("verify", str(job))):
-        done = run_cli(*args, env=env)
+        done = run_here(fake, *args, env=env)
         assert done.returncode == 0, done.stderr
         messages += [done.stdout, done.stderr]
-    missing = _job(tmp_path, srv, f"s3://{bucket}/in/data.parquet", "s3://no-such-bucket-here/out")
-    failed = run_cli("run", str(missing), "--quiet", env=env)
+    missing = _job(tmp_path, fake, f"s3://{bucket}/in/data.parquet", "s3://no-such-bucket-here/out")
+    failed = run_here(fake, "run", str(missing), "--quiet", env=env)
     assert failed.returncode == 1 and "no-such-bucket-here" in failed.stderr and "Traceback" not in failed.stderr
     messages += [failed.stdout, failed.stderr]
-    bad_input = _job(tmp_path, srv, f"s3://{bucket}/in/nothing-*.parquet", f"s3://{bucket}/out2")
-    failed = run_cli("run", str(bad_input), "--quiet", env=env)
+    bad_input = _job(tmp_path, fake, f"s3://{bucket}/in/nothing-*.parquet", f"s3://{bucket}/out2")
+    failed = run_here(fake, "run", str(bad_input), "--quiet", env=env)
     assert failed.returncode == 1 and "matches no .parquet or .csv file" in failed.stderr
     messages += [failed.stdout, failed.stderr]
     objects = [s3.get(bucket, k) for k in s3.keys(bucket, "out/")]
@@ -336,7 +337,7 @@ def test_credentials_never_reach_output_logs_or_errors(tmp_path, s3, bucket, srv
     ("section", "path", "scheme"),
     [("output", "s3x://bucket/out", "s3x://"), ("input", "hdfs://namenode/data/*.parquet", "hdfs://")],
 )
-def test_unknown_scheme_is_an_error_naming_it(tmp_path, srv, section, path, scheme):
+def test_unknown_scheme_is_an_error_naming_it(tmp_path, fake, section, path, scheme):
     src = tmp_path / "in.parquet"
     pa_table = pa.table({"id": [1], "text": ["x"]})
     import pyarrow.parquet as pq
@@ -344,9 +345,9 @@ def test_unknown_scheme_is_an_error_naming_it(tmp_path, srv, section, path, sche
     pq.write_table(pa_table, src)
     paths = {"input": str(src), "output": str(tmp_path / "out")}
     paths[section] = path
-    job = _job(tmp_path, srv, paths["input"], paths["output"])
+    job = _job(tmp_path, fake, paths["input"], paths["output"])
 
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(fake, "run", str(job), "--quiet")
 
     assert result.returncode == 1
     assert f"{section}.path: unsupported scheme {scheme}" in result.stderr
@@ -354,9 +355,9 @@ def test_unknown_scheme_is_an_error_naming_it(tmp_path, srv, section, path, sche
     assert not os.path.exists("s3x:")
 
 
-def test_cache_on_an_object_store_is_refused_with_the_reason(tmp_path, srv):
-    job = _job(tmp_path, srv, str(tmp_path / "in.parquet"), str(tmp_path / "out"), cache={"path": "s3://b/cache.db"})
-    result = run_cli("plan", str(job))
+def test_cache_on_an_object_store_is_refused_with_the_reason(tmp_path, fake):
+    job = _job(tmp_path, fake, str(tmp_path / "in.parquet"), str(tmp_path / "out"), cache={"path": "s3://b/cache.db"})
+    result = run_here(fake, "plan", str(job))
     assert result.returncode == 1
     assert "cache.path" in result.stderr and "SQLite" in result.stderr and "local" in result.stderr
 
@@ -372,17 +373,17 @@ def test_local_output_second_run_refused_and_kill_9_of_the_holder_does_not_block
     job = _job(tmp_path, srv, str(src), str(tmp_path / "out"))
     holder = hold_mid_run(srv, job, 3)
 
-    refused = run_cli("run", str(job), "--quiet")
+    refused = run_here(srv, "run", str(job), "--quiet")
 
     assert refused.returncode == 1
     assert f"pid {holder.pid} on host" in refused.stderr and "started" in refused.stderr
     kill_held(holder, srv)
-    result = run_cli("run", str(job), "--quiet")  # at once: the kernel dropped the dead holder's lock
+    result = run_here(srv, "run", str(job), "--quiet")  # at once: the kernel dropped the dead holder's lock
     assert result.returncode == 0, result.stderr
     table = read_output(tmp_path / "out")
     assert table.column("id").to_pylist() == list(range(N))
     assert_vectors(table, dict(enumerate(texts)), 16)
-    assert run_cli("verify", str(job)).returncode == 0
+    assert run_here(None, "verify", str(job)).returncode == 0
 
 
 # ---------------------------------------------------------------------------- Azure (Azurite)

@@ -16,7 +16,7 @@ from batchembed.errors import ConfigError, InputError
 from batchembed.memo import text_keys
 from batchembed.plan_report import duration
 from batchembed.tokens import EstimateCounter
-from tests.conftest import job_for, run_cli, toml_value, write_parquet
+from tests.conftest import job_for, run_here, toml_value, write_parquet
 
 SHARD = 500  # shard_rows below CHUNK_ROWS: every chunk is exactly one 500-row unit of one file
 LIMIT = 64  # limits.input_tokens
@@ -265,32 +265,32 @@ def test_seen_set_compaction_is_exact(monkeypatch):
     assert seen.tokens == 1 + 2 + 4 + 5 + 7  # first occurrence of each text keeps its count
 
 
-def test_plan_predicts_what_a_run_sends(tmp_path, capsys, srv):
+def test_plan_predicts_what_a_run_sends(tmp_path, capsys, fake):
     """Inputs per request are the binding limit, so the estimate's calibration cannot change packing."""
     texts = [f"row {i % 700} " + "z" * (i % 30) if i % 41 else "" for i in range(2300)]
     src = write_parquet(tmp_path / "in.parquet", texts, row_group_size=333)
     job_path = job_for(
-        tmp_path, srv, src, limits={"batch_inputs": 32, "batch_tokens": 100_000}, output={"shard_rows": 1000}
+        tmp_path, fake, src, limits={"batch_inputs": 32, "batch_tokens": 100_000}, output={"shard_rows": 1000}
     )
     report = run_plan(capsys, str(job_path))
-    result = run_cli("run", str(job_path), "--quiet")
+    result = run_here(fake, "run", str(job_path), "--quiet")
     assert result.returncode == 0, result.stderr
-    assert report["requests"] == len(srv.requests)
+    assert report["requests"] == len(fake.requests)
     assert report["rows_to_embed"] == sum(1 for t in texts if t)
-    assert sorted(srv.received_texts()) == sorted({t for t in texts if t})  # each distinct text once
+    assert sorted(fake.received_texts()) == sorted({t for t in texts if t})  # each distinct text once
     assert report["unique_texts"] == len({t for t in texts if t})
     assert pq.read_metadata(src).num_rows == report["rows"]
 
 
-def test_a_filled_vector_cache_does_not_change_the_plan(tmp_path, capsys, srv):
+def test_a_filled_vector_cache_does_not_change_the_plan(tmp_path, capsys, fake):
     """The plan's task gets an empty memo: what a cache file holds never hides a text from the figures."""
     texts = [f"cached text {i % 300}" for i in range(1000)]
     src = write_parquet(tmp_path / "in.parquet", texts, row_group_size=250)
-    job_path = str(job_for(tmp_path, srv, src, cache={"path": str(tmp_path / "vectors.sqlite")}))
+    job_path = str(job_for(tmp_path, fake, src, cache={"path": str(tmp_path / "vectors.sqlite")}))
     before = run_plan(capsys, job_path)
-    result = run_cli("run", job_path, "--quiet")
+    result = run_here(fake, "run", job_path, "--quiet")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "vectors.sqlite").stat().st_size > 0  # the run filled the cache
     assert run_plan(capsys, job_path) == before
     assert (before["unique_texts"], before["rows_to_embed"]) == (300, 1000)
-    assert before["requests"] == len(srv.requests)
+    assert before["requests"] == len(fake.requests)

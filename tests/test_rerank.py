@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import kill_mid_run, read_output, run_cli, write_job
-from tests.fakeserver import Respond, expected_score
+from batchembed.testing import Respond, expected_score
+from tests.conftest import kill_mid_run, read_output, run_here, write_job
 
 
 def _pairs_dataset(path, n_queries=40, seed=3):
@@ -64,11 +64,11 @@ def _got(table):
     )
 
 
-def test_pairs_split_across_requests_equal_one_big_request(tmp_path, srv):
+def test_pairs_split_across_requests_equal_one_big_request(tmp_path, fake):
     rows = _pairs_dataset(tmp_path / "pairs.parquet")
-    job = _job(tmp_path, srv, tmp_path / "pairs.parquet")
+    job = _job(tmp_path, fake, tmp_path / "pairs.parquet")
 
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(fake, "run", str(job), "--quiet")
 
     assert result.returncode == 0, result.stderr
     assert "rows scored" in result.stderr and "embedded" not in result.stderr
@@ -76,21 +76,21 @@ def test_pairs_split_across_requests_equal_one_big_request(tmp_path, srv):
     assert _got(table) == _expected(rows)
     assert table.schema.field("score").type == pa.float32() and table.schema.field("rank").type == pa.int32()
     assert set(table.column("lang").to_pylist()) == {"en"}
-    assert max(len(r.inputs) for r in srv.requests) <= 4  # documents were split across requests
-    assert {r.body.get("return_documents") for r in srv.requests} == {False}
+    assert max(len(r.inputs) for r in fake.requests) <= 4  # documents were split across requests
+    assert {r.body.get("return_documents") for r in fake.requests} == {False}
     # a query never straddles two shards
     seen: dict[str, str] = {}
     for shard in sorted((tmp_path / "out").glob("part-*.parquet")):
         for qid in set(pq.read_table(shard).column("query_id").to_pylist()):
             assert qid not in seen, (qid, seen.get(qid), shard.name)
             seen[qid] = shard.name
-    assert run_cli("verify", str(job)).returncode == 0
+    assert run_here(fake, "verify", str(job)).returncode == 0
 
 
-def test_top_n_is_applied_after_merging(tmp_path, srv):
+def test_top_n_is_applied_after_merging(tmp_path, fake):
     rows = _pairs_dataset(tmp_path / "pairs.parquet")
-    job = _job(tmp_path, srv, tmp_path / "pairs.parquet", top_n=3, return_documents=True)
-    result = run_cli("run", str(job), "--quiet")
+    job = _job(tmp_path, fake, tmp_path / "pairs.parquet", top_n=3, return_documents=True)
+    result = run_here(fake, "run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
     table = read_output(tmp_path / "out")
     assert _got(table) == _expected(rows, top_n=3)
@@ -101,14 +101,14 @@ def test_top_n_is_applied_after_merging(tmp_path, srv):
     )
 
 
-def test_lists_layout(tmp_path, srv):
+def test_lists_layout(tmp_path, fake):
     queries = [f"question {i}" for i in range(25)]
     docs = [[f"answer {i}.{j}" for j in range(i % 7 + 1)] for i in range(25)]
     ids = [[f"a{i}.{j}" for j in range(i % 7 + 1)] for i in range(25)]
     src = tmp_path / "lists.parquet"
     pq.write_table(pa.table({"q": queries, "docs": docs, "ids": ids, "lang": ["en"] * 25}), src)
-    job = _job(tmp_path, srv, src, layout="lists", query="q", query_id=None, document="docs", doc_id="ids")
-    result = run_cli("run", str(job), "--quiet")
+    job = _job(tmp_path, fake, src, layout="lists", query="q", query_id=None, document="docs", doc_id="ids")
+    result = run_here(fake, "run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
     table = read_output(tmp_path / "out")
     rows = {"qid": [], "query": [], "did": [], "document": []}
@@ -122,25 +122,25 @@ def test_lists_layout(tmp_path, srv):
 
 
 @pytest.mark.parametrize("fmt", ["fireworks", "cohere", "voyage", "tei"])
-def test_every_response_shape(tmp_path, srv, fmt):
+def test_every_response_shape(tmp_path, fake, fmt):
     rows = _pairs_dataset(tmp_path / "pairs.parquet", n_queries=8)
-    srv.rerank_format = fmt
-    srv.strict = True
-    job = _job(tmp_path, srv, tmp_path / "pairs.parquet", format=fmt, task="Given a question, find answers")
-    result = run_cli("run", str(job), "--quiet")
+    fake.rerank_format = fmt
+    fake.strict = True
+    job = _job(tmp_path, fake, tmp_path / "pairs.parquet", format=fmt, task="Given a question, find answers")
+    result = run_here(fake, "run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
     assert _got(read_output(tmp_path / "out")) == _expected(rows)
-    sent_task = {r.body.get("task") for r in srv.requests}
+    sent_task = {r.body.get("task") for r in fake.requests}
     assert sent_task == ({"Given a question, find answers"} if fmt == "fireworks" else {None})
 
 
-def test_retries_and_a_failed_query_is_retried_whole(tmp_path, srv):
+def test_retries_and_a_failed_query_is_retried_whole(tmp_path, fake):
     rows = _pairs_dataset(tmp_path / "pairs.parquet")
     poison = rows["document"][5]
-    srv.poison = {poison}
-    srv.script(Respond(429, headers={"Retry-After": "0"}), Respond(503), Respond(500))
-    job = _job(tmp_path, srv, tmp_path / "pairs.parquet")
-    first = run_cli("run", str(job), "--quiet")
+    fake.poison = {poison}
+    fake.script(Respond(429, headers={"Retry-After": "0"}), Respond(503), Respond(500))
+    job = _job(tmp_path, fake, tmp_path / "pairs.parquet")
+    first = run_here(fake, "run", str(job), "--quiet")
     assert first.returncode == 3, first.stderr
     failed = pq.read_table(tmp_path / "out" / "_failed.parquet")
     bad_query = rows["qid"][5]
@@ -148,8 +148,8 @@ def test_retries_and_a_failed_query_is_retried_whole(tmp_path, srv):
     assert failed.num_rows == rows["qid"].count(bad_query)  # the whole query, not just one document
     assert bad_query not in read_output(tmp_path / "out").column("query_id").to_pylist()
 
-    srv.poison = set()
-    second = run_cli("run", str(job), "--quiet")
+    fake.poison = set()
+    second = run_here(fake, "run", str(job), "--quiet")
     assert second.returncode == 0, second.stderr
     got = sorted(_got(read_output(tmp_path / "out")))
     assert got == sorted(_expected(rows))
@@ -159,7 +159,7 @@ def test_sigkill_and_resume_rerank(tmp_path, srv):
     rows = _pairs_dataset(tmp_path / "pairs.parquet", n_queries=80)
     job = _job(tmp_path, srv, tmp_path / "pairs.parquet")
     kill_mid_run(srv, job, 40)
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(srv, "run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
     assert _got(read_output(tmp_path / "out")) == _expected(rows)
-    assert run_cli("verify", str(job)).returncode == 0
+    assert run_here(None, "verify", str(job)).returncode == 0

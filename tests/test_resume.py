@@ -17,6 +17,7 @@ from tests.conftest import (
     make_texts,
     read_output,
     run_cli,
+    run_here,
     write_parquet,
 )
 
@@ -45,7 +46,7 @@ def _assert_exactly_once(tmp_path, job, texts):
     assert table.column("id").to_pylist() == list(range(N))  # range shards in order
     assert_vectors(table, dict(enumerate(texts)), 16)
     assert (out / "_SUCCESS").exists()
-    verify = run_cli("verify", str(job))
+    verify = run_here(None, "verify", str(job))
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
@@ -56,7 +57,7 @@ def test_sigkill_at_any_point_then_resume_is_exactly_once(tmp_path, srv, dataset
     job = _job(tmp_path, srv, src)
     kill_mid_run(srv, job, kill_after)
 
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(srv, "run", str(job), "--quiet")
 
     assert result.returncode == 0, result.stderr
     _assert_exactly_once(tmp_path, job, texts)
@@ -75,7 +76,7 @@ def test_sigkill_inside_the_commit_protocol(tmp_path, srv, dataset, point):
     out = tmp_path / "out"
     assert list(out.glob("*.tmp")) or list(out.glob("part-*.parquet"))  # it died holding uncommitted work
 
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(srv, "run", str(job), "--quiet")
 
     assert result.returncode == 0, result.stderr
     assert not list(out.glob("*.tmp"))
@@ -93,84 +94,84 @@ def test_sigterm_and_sigint_stop_cleanly_and_resume(tmp_path, srv, dataset, sig,
     assert proc.returncode == code, stderr
     assert "run the same command again to resume" in stderr.lower()
 
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(srv, "run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
     _assert_exactly_once(tmp_path, job, texts)
 
 
-def test_finished_job_rerun_is_a_noop(tmp_path, srv, dataset):
+def test_finished_job_rerun_is_a_noop(tmp_path, fake, dataset):
     _texts, src = dataset
-    job = _job(tmp_path, srv, src)
-    assert run_cli("run", str(job), "--quiet").returncode == 0
+    job = _job(tmp_path, fake, src)
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("part-*")}
-    srv.reset_records()
+    fake.reset_records()
 
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(fake, "run", str(job), "--quiet")
 
     assert result.returncode == 0
     assert "already complete" in result.stderr
-    assert srv.requests == []
+    assert fake.requests == []
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("part-*")} == before
 
 
-def test_fingerprint_change_is_refused_and_restart_works(tmp_path, srv, dataset):
+def test_fingerprint_change_is_refused_and_restart_works(tmp_path, fake, dataset):
     texts, src = dataset
-    job = _job(tmp_path, srv, src)
-    assert run_cli("run", str(job), "--quiet").returncode == 0
+    job = _job(tmp_path, fake, src)
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0
 
-    refused = run_cli("run", str(job), "--set", "model.dimensions=8")
+    refused = run_here(fake, "run", str(job), "--set", "model.dimensions=8")
     assert refused.returncode == 1
     assert "model.dimensions: None -> 8" in refused.stderr and "--restart" in refused.stderr
 
     # settings that do not change vectors may change
-    assert run_cli("run", str(job), "--set", "limits.concurrency=2").returncode == 0
+    assert run_here(fake, "run", str(job), "--set", "limits.concurrency=2").returncode == 0
 
-    restarted = run_cli("run", str(job), "--set", "model.dimensions=8", "--restart", "--quiet")
+    restarted = run_here(fake, "run", str(job), "--set", "model.dimensions=8", "--restart", "--quiet")
     assert restarted.returncode == 0, restarted.stderr
     assert_vectors(read_output(tmp_path / "out"), dict(enumerate(texts)), 8)
 
 
-def test_changed_input_file_is_refused(tmp_path, srv, dataset):
+def test_changed_input_file_is_refused(tmp_path, fake, dataset):
     texts, src = dataset
-    job = _job(tmp_path, srv, src)
-    srv.poison = {texts[3]}
-    assert run_cli("run", str(job), "--quiet").returncode == 3
+    job = _job(tmp_path, fake, src)
+    fake.poison = {texts[3]}
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 3
     write_parquet(src, texts[:-1])
-    refused = run_cli("run", str(job))
+    refused = run_here(fake, "run", str(job))
     assert refused.returncode == 1
     assert "input file in.parquet changed" in refused.stderr
 
 
-def test_failed_rows_are_retried_into_a_shard(tmp_path, srv, dataset):
+def test_failed_rows_are_retried_into_a_shard(tmp_path, fake, dataset):
     texts, src = dataset
-    job = _job(tmp_path, srv, src)
-    srv.poison = {texts[3], texts[700]}
-    first = run_cli("run", str(job), "--quiet")
+    job = _job(tmp_path, fake, src)
+    fake.poison = {texts[3], texts[700]}
+    first = run_here(fake, "run", str(job), "--quiet")
     assert first.returncode == 3
     out = tmp_path / "out"
     assert pq.read_table(out / "_failed.parquet").column("row").to_pylist() == [3, 700]
-    assert run_cli("verify", str(job)).returncode == 1  # rows outstanding
+    assert run_here(fake, "verify", str(job)).returncode == 1  # rows outstanding
 
-    srv.poison = set()
-    srv.reset_records()
-    second = run_cli("run", str(job), "--quiet")
+    fake.poison = set()
+    fake.reset_records()
+    second = run_here(fake, "run", str(job), "--quiet")
 
     assert second.returncode == 0, second.stderr
-    assert sorted(srv.received_texts()) == sorted([texts[3], texts[700]])  # only the failed rows
+    assert sorted(fake.received_texts()) == sorted([texts[3], texts[700]])  # only the failed rows
     assert not (out / "_failed.parquet").exists()
     table = read_output(out)
     assert sorted(table.column("id").to_pylist()) == list(range(N))
     assert_vectors(table, dict(enumerate(texts)), 16)
-    assert run_cli("verify", str(job)).returncode == 0
+    assert run_here(fake, "verify", str(job)).returncode == 0
 
 
-def test_no_retry_failed_leaves_them(tmp_path, srv, dataset):
+def test_no_retry_failed_leaves_them(tmp_path, fake, dataset):
     texts, src = dataset
-    job = _job(tmp_path, srv, src)
-    srv.poison = {texts[3]}
-    assert run_cli("run", str(job), "--quiet").returncode == 3
-    srv.poison = set()
-    again = run_cli("run", str(job), "--quiet", "--no-retry-failed")
+    job = _job(tmp_path, fake, src)
+    fake.poison = {texts[3]}
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 3
+    fake.poison = set()
+    again = run_here(fake, "run", str(job), "--quiet", "--no-retry-failed")
     assert again.returncode == 3
 
 
@@ -180,24 +181,24 @@ def test_corrupt_manifest_is_refused(tmp_path, srv, dataset):
     kill_mid_run(srv, job, 40)
     manifest = tmp_path / "out" / "_manifest.json"
     manifest.write_text(manifest.read_text()[:-40])
-    result = run_cli("run", str(job))
+    result = run_here(srv, "run", str(job))
     assert result.returncode == 1
     assert "_manifest.json is corrupt" in result.stderr and "--restart" in result.stderr
 
 
-def test_truncated_shard_is_detected(tmp_path, srv, dataset):
+def test_truncated_shard_is_detected(tmp_path, fake, dataset):
     _texts, src = dataset
-    job = _job(tmp_path, srv, src)
-    assert run_cli("run", str(job), "--quiet").returncode == 0
+    job = _job(tmp_path, fake, src)
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0
     shard = tmp_path / "out" / "part-00002.parquet"
     shard.write_bytes(shard.read_bytes()[:-100])
     # a complete job is re-checked by verify; an incomplete one on resume
-    verify = run_cli("verify", str(job))
+    verify = run_here(fake, "verify", str(job))
     assert verify.returncode == 1 and "part-00002.parquet" in verify.stdout
     (tmp_path / "out" / "_SUCCESS").unlink()
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert manifest["complete"] is True
-    resumed = run_cli("run", str(job))
+    resumed = run_here(fake, "run", str(job))
     assert resumed.returncode == 1 and "part-00002.parquet" in resumed.stderr
 
 
@@ -205,13 +206,13 @@ def test_status_reports_progress(tmp_path, srv, dataset):
     _texts, src = dataset
     job = _job(tmp_path, srv, src)
     kill_mid_run(srv, job, 1)
-    status = json.loads(run_cli("status", str(job), "--json").stdout)
+    status = json.loads(run_here(None, "status", str(job), "--json").stdout)
     assert status["complete"] is False and status["rows_total"] == N and status["shards_total"] == N // SHARD
-    assert run_cli("run", str(job), "--quiet").returncode == 0
-    status = json.loads(run_cli("status", str(job), "--json").stdout)
+    assert run_here(srv, "run", str(job), "--quiet").returncode == 0
+    status = json.loads(run_here(None, "status", str(job), "--json").stdout)
     assert status["complete"] is True and status["rows_done"] == N and status["shards_done"] == N // SHARD
     assert status["tokens"] > 0
-    text = run_cli("status", str(job)).stdout
+    text = run_here(None, "status", str(job)).stdout
     assert "complete" in text and f"{N:,}" in text
 
 
@@ -227,6 +228,6 @@ def test_second_ctrl_c_exits_at_once_and_the_next_run_resumes(tmp_path, srv, dat
     assert proc.returncode == 130
     assert "stopped at once" in stderr
 
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(srv, "run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
     _assert_exactly_once(tmp_path, job, texts)

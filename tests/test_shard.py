@@ -15,7 +15,7 @@ from tests.conftest import (
     most_in_window,
     paced_allowance,
     read_output,
-    run_cli,
+    run_here,
     start_cli,
 )
 
@@ -51,68 +51,68 @@ def test_three_shards_at_once_make_one_exact_output_within_the_limits(tmp_path, 
     assert sorted(p.name for p in out.glob("_manifest.*")) == [
         f"_manifest.shard-{i:04d}-of-0003.json" for i in range(3)
     ]
-    status = run_cli("status", str(job), "--json")
+    status = run_here(None, "status", str(job), "--json")
     doc = json.loads(status.stdout)
     assert doc["complete"] and doc["rows_done"] == doc["rows_total"] == 1500
     assert doc["shards_done"] == doc["shards_total"] == 9
-    assert run_cli("verify", str(job)).returncode == 0
+    assert run_here(None, "verify", str(job)).returncode == 0
     throttled = sum(1 for r in srv.requests if r.status == 429)
     assert throttled < 0.02 * len(srv.requests), f"{throttled} of {len(srv.requests)} requests were 429"
     # together the three parts keep the job's rate (each alone at the full rate would send three times this)
     assert most_in_window([r.received_at for r in srv.requests], 5.0) <= paced_allowance(rpm, 5.0)
 
 
-def test_rerunning_one_shard_resumes_only_that_shard_and_the_last_writes_success(tmp_path, srv):
+def test_rerunning_one_shard_resumes_only_that_shard_and_the_last_writes_success(tmp_path, fake):
     src, text_of = _inputs(tmp_path, files=2, rows=400)
-    job = job_for(tmp_path, srv, src)
+    job = job_for(tmp_path, fake, src)
     out = tmp_path / "out"
 
-    first = run_cli("run", str(job), "--quiet", "--shard", "0/2")
+    first = run_here(fake, "run", str(job), "--quiet", "--shard", "0/2")
     assert first.returncode == 0, first.stderr
     assert not (out / "_SUCCESS").exists()
     mine = {p.name for p in out.glob("part-*")}
     assert mine == {f"part-{i:05d}.parquet" for i in (0, 2)}
-    srv.reset_records()
-    again = run_cli("run", str(job), "--quiet", "--shard", "0/2")
+    fake.reset_records()
+    again = run_here(fake, "run", str(job), "--quiet", "--shard", "0/2")
     assert again.returncode == 0, again.stderr
-    assert srv.requests == []  # part 0 is done: nothing redone, part 1 untouched
+    assert fake.requests == []  # part 0 is done: nothing redone, part 1 untouched
     assert {p.name for p in out.glob("part-*")} == mine
-    status = json.loads(run_cli("status", str(job), "--json").stdout)
+    status = json.loads(run_here(fake, "status", str(job), "--json").stdout)
     assert not status["complete"] and status["rows_done"] == 400
 
-    last = run_cli("run", str(job), "--quiet", "--shard", "1/2")
+    last = run_here(fake, "run", str(job), "--quiet", "--shard", "1/2")
     assert last.returncode == 0, last.stderr
     assert (out / "_SUCCESS").exists()
     table = read_output(out)
     assert sorted(table.column("id").to_pylist()) == sorted(text_of)
     assert_vectors(table, text_of, 16)
-    assert run_cli("verify", str(job)).returncode == 0
+    assert run_here(fake, "verify", str(job)).returncode == 0
 
 
-def test_mixing_sharded_and_unsharded_runs_is_refused(tmp_path, srv):
+def test_mixing_sharded_and_unsharded_runs_is_refused(tmp_path, fake):
     src, _ = _inputs(tmp_path, files=1, rows=300)
-    job = job_for(tmp_path, srv, src)
-    assert run_cli("run", str(job), "--quiet", "--shard", "0/2").returncode == 0
+    job = job_for(tmp_path, fake, src)
+    assert run_here(fake, "run", str(job), "--quiet", "--shard", "0/2").returncode == 0
 
-    plain = run_cli("run", str(job), "--quiet")
+    plain = run_here(fake, "run", str(job), "--quiet")
     assert plain.returncode == 1
     assert "--shard I/2" in plain.stderr and "unsharded run would" in plain.stderr
-    other_split = run_cli("run", str(job), "--quiet", "--shard", "0/3")
+    other_split = run_here(fake, "run", str(job), "--quiet", "--shard", "0/3")
     assert other_split.returncode == 1 and "split into 2 parts" in other_split.stderr
-    restarted = run_cli("run", str(job), "--quiet", "--restart")  # discards the split output whole
+    restarted = run_here(fake, "run", str(job), "--quiet", "--restart")  # discards the split output whole
     assert restarted.returncode == 0, restarted.stderr
     assert not list((tmp_path / "out").glob("_manifest.shard-*"))
-    assert run_cli("verify", str(job)).returncode == 0
+    assert run_here(fake, "verify", str(job)).returncode == 0
 
-    job2 = job_for(tmp_path, srv, src, output={"path": str(tmp_path / "out2")})
-    assert run_cli("run", str(job2), "--quiet").returncode == 0
-    sharded = run_cli("run", str(job2), "--quiet", "--shard", "1/2")
+    job2 = job_for(tmp_path, fake, src, output={"path": str(tmp_path / "out2")})
+    assert run_here(fake, "run", str(job2), "--quiet").returncode == 0
+    sharded = run_here(fake, "run", str(job2), "--quiet", "--shard", "1/2")
     assert sharded.returncode == 1 and "unsharded run" in sharded.stderr
 
 
-def test_bad_shard_argument_is_a_usage_error(tmp_path, srv):
+def test_bad_shard_argument_is_a_usage_error(tmp_path, fake):
     src, _ = _inputs(tmp_path, files=1, rows=10)
-    job = job_for(tmp_path, srv, src)
+    job = job_for(tmp_path, fake, src)
     for bad in ("3/3", "x", "1/0"):
-        result = run_cli("run", str(job), "--shard", bad, env=cli_env())
+        result = run_here(fake, "run", str(job), "--shard", bad, env=cli_env())
         assert result.returncode == 2 and "--shard" in result.stderr, result.stderr

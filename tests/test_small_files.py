@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchembed.checkpoint import JOURNAL, MANIFEST
-from tests.conftest import assert_vectors, cli_env, job_for, kill_mid_run, make_texts, read_output, run_cli
+from tests.conftest import assert_vectors, cli_env, job_for, kill_mid_run, make_texts, read_output, run_cli, run_here
 from tests.test_csv_inputs import messy_texts, write_csv
 
 
@@ -29,13 +29,13 @@ def _manifest(out):
     return json.loads((out / MANIFEST).read_text())
 
 
-def test_small_files_share_shards_and_full_requests(tmp_path, srv):
+def test_small_files_share_shards_and_full_requests(tmp_path, fake):
     files, rows = 60, 7
     texts = make_texts(files * rows, seed=11)
     src = _parquet_files(tmp_path / "in", files, rows, texts)
-    job = job_for(tmp_path, srv, src, limits={"batch_inputs": 32}, output={"shard_rows": 100})
+    job = job_for(tmp_path, fake, src, limits={"batch_inputs": 32}, output={"shard_rows": 100})
 
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(fake, "run", str(job), "--quiet")
 
     assert result.returncode == 0, result.stderr
     out = tmp_path / "out"
@@ -45,19 +45,19 @@ def test_small_files_share_shards_and_full_requests(tmp_path, srv):
     table = read_output(out)
     assert table.column("id").to_pylist() == list(range(files * rows))
     assert_vectors(table, dict(enumerate(texts)), 16)
-    sizes = sorted(len(r.inputs) for r in srv.requests)
-    assert len(srv.requests) <= 20 and sizes[len(sizes) // 2] == 32, sizes  # rows of many files per request
+    sizes = sorted(len(r.inputs) for r in fake.requests)
+    assert len(fake.requests) <= 20 and sizes[len(sizes) // 2] == 32, sizes  # rows of many files per request
     assert not (out / JOURNAL).exists()  # folded into the manifest at the end
     doc = _manifest(out)
     assert [s["kind"] for s in doc["shards"]] == ["files"] * 5
     assert doc["shards"][0]["files"][:2] == [["f000.parquet", 7], ["f001.parquet", 7]]
-    verify = run_cli("verify", str(job))
+    verify = run_here(fake, "verify", str(job))
     assert verify.returncode == 0, verify.stdout
-    status = json.loads(run_cli("status", str(job), "--json").stdout)
+    status = json.loads(run_here(fake, "status", str(job), "--json").stdout)
     assert status["shards_done"] == status["shards_total"] == 5 and status["rows_done"] == files * rows
 
 
-def test_small_and_big_files_and_other_schemas_keep_their_order(tmp_path, srv):
+def test_small_and_big_files_and_other_schemas_keep_their_order(tmp_path, fake):
     texts = make_texts(400, seed=5)
     data = tmp_path / "in"
     data.mkdir()
@@ -66,9 +66,9 @@ def test_small_and_big_files_and_other_schemas_keep_their_order(tmp_path, srv):
     write_csv(data / "c.csv", [(i, texts[i]) for i in range(20, 30)])  # strings too, but from a CSV
     pq.write_table(pa.table({"id": [str(i) for i in range(30, 330)], "text": texts[30:330]}), data / "d.parquet")
     pq.write_table(pa.table({"id": [str(i) for i in range(330, 400)], "text": texts[330:400]}), data / "e.parquet")
-    job = job_for(tmp_path, srv, data, output={"shard_rows": 100})
+    job = job_for(tmp_path, fake, data, output={"shard_rows": 100})
 
-    assert run_cli("run", str(job), "--quiet").returncode == 0
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0
     out = tmp_path / "out"
     doc = _manifest(out)
     assert [(s["kind"], s["rows"]) for s in doc["shards"]] == [
@@ -79,7 +79,7 @@ def test_small_and_big_files_and_other_schemas_keep_their_order(tmp_path, srv):
         ("files", 70),
     ]
     assert read_output(out).column("id").to_pylist() == [str(i) for i in range(400)]
-    assert run_cli("verify", str(job)).returncode == 0
+    assert run_here(fake, "verify", str(job)).returncode == 0
 
 
 def test_sigkill_with_many_small_csv_files_is_exactly_once(tmp_path, srv):
@@ -95,13 +95,13 @@ def test_sigkill_with_many_small_csv_files_is_exactly_once(tmp_path, srv):
     out = tmp_path / "out"
     assert (out / JOURNAL).exists()  # commits so far are journal lines
 
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(srv, "run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
     assert "already committed" in result.stderr
     table = read_output(out)
     assert table.column("id").to_pylist() == [str(i) for i in range(files * rows)]
     assert_vectors(table, {str(i): t for i, t in enumerate(texts)}, 16)
-    assert run_cli("verify", str(job)).returncode == 0
+    assert run_here(None, "verify", str(job)).returncode == 0
 
 
 def test_torn_journal_line_is_not_a_commit(tmp_path, srv):
@@ -114,20 +114,20 @@ def test_torn_journal_line_is_not_a_commit(tmp_path, srv):
     out = tmp_path / "out"
     assert not (out / JOURNAL).read_bytes().endswith(b"\n")  # died half way through the first line
 
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(srv, "run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
     assert read_output(out).column("id").to_pylist() == list(range(files * rows))
-    assert run_cli("verify", str(job)).returncode == 0
+    assert run_here(None, "verify", str(job)).returncode == 0
 
 
-def test_failed_rows_of_packed_files_are_retried_once(tmp_path, srv):
+def test_failed_rows_of_packed_files_are_retried_once(tmp_path, fake):
     files, rows = 12, 5
     texts = make_texts(files * rows, seed=9)
     src = _parquet_files(tmp_path / "in", files, rows, texts)
-    srv.poison = {texts[23]}  # file 4, row 3
-    job = job_for(tmp_path, srv, src, input={"id": None}, output={"shard_rows": 100})
+    fake.poison = {texts[23]}  # file 4, row 3
+    job = job_for(tmp_path, fake, src, input={"id": None}, output={"shard_rows": 100})
 
-    first = run_cli("run", str(job), "--quiet")
+    first = run_here(fake, "run", str(job), "--quiet")
     assert first.returncode == 3, first.stderr
     out = tmp_path / "out"
     failed = pq.read_table(out / "_failed.parquet").to_pylist()
@@ -143,11 +143,11 @@ def test_failed_rows_of_packed_files_are_retried_once(tmp_path, srv):
     ]
     assert "f004.parquet:3" not in ids and len(ids) == files * rows - 1
 
-    srv.poison = set()
-    again = run_cli("run", str(job), "--quiet")
+    fake.poison = set()
+    again = run_here(fake, "run", str(job), "--quiet")
     assert again.returncode == 0, again.stderr
     assert sorted(read_output(out).column("id").to_pylist()) == sorted(
         f"f{f:03d}.parquet:{r}" for f in range(files) for r in range(rows)
     )
-    verify = run_cli("verify", str(job))
+    verify = run_here(fake, "verify", str(job))
     assert verify.returncode == 0, verify.stdout

@@ -4,9 +4,13 @@ the job); ``ray`` spreads the units over Ray workers (:mod:`.ray_engine`, import
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from batchembed.config import JobConfig
 from batchembed.errors import UsageError
+
+if TYPE_CHECKING:  # aiohttp is imported only by commands that send requests
+    from batchembed.providers.transport import Transport
 
 
 def run_job(
@@ -19,8 +23,12 @@ def run_job(
     engine: str | None = None,
     workers: int | None = None,
     shard: str | None = None,
+    transport: Transport | None = None,
 ) -> int:
-    """Run ``job`` on the chosen engine (CLI flags override ``[engine]``); return the exit code."""
+    """Run ``job`` on the chosen engine (CLI flags override ``[engine]``); return the exit code.
+
+    ``transport`` carries this process's HTTP requests (tests: the fake provider in-process); Ray
+    workers, being other processes, always use the network."""
     from batchembed.job import build_runner
 
     kind = engine or job.engine.kind
@@ -33,6 +41,7 @@ def run_job(
         "restart": restart,
         "retry_failed": retry_failed,
         "accept_model_change": accept_model_change,
+        "transport": transport,
     }
     if shard is not None:
         if kind == "ray":

@@ -1,60 +1,61 @@
-"""One pooled aiohttp session per job, JSON in and out, failures classified by the retry policy."""
+"""JSON in and out over the job's transport, failures classified by the retry policy."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 import orjson
 
 from batchembed import __version__
 from batchembed.errors import TransientAPIError, redact
+from batchembed.providers.transport import AiohttpTransport, Request, Transport, TransportError
 from batchembed.ratelimit_headers import is_rate_header
 from batchembed.retry import classify
 
 
 class JSONClient:
-    """POSTs JSON to one base URL; raises the ``APIError`` subclass that says what to do on failure."""
+    """POSTs JSON to one base URL; raises the ``APIError`` subclass that says what to do on failure.
 
-    def __init__(self, base_url: str, api_key: str | None, timeout: float, max_connections: int) -> None:
+    ``transport`` carries the bytes (default: a pooled aiohttp session with ``max_connections``);
+    tests pass a ``HandlerTransport`` to answer in-process.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        timeout: float,
+        max_connections: int,
+        transport: Transport | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = {"Content-Type": "application/json", "User-Agent": f"batchembed/{__version__}"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 30.0))
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=60)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, headers=self._headers)
-        return self._session
+        self._timeout = timeout
+        self._transport: Transport = transport if transport is not None else AiohttpTransport(max_connections)
 
     async def post(self, path: str, body: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
         """POST ``body`` to ``base_url + path``; return the 200 response's bytes and lower-cased headers."""
         url = self.base_url + path
+        request = Request("POST", url, self._headers, orjson.dumps(body), self._timeout)
         try:
-            async with self._client().post(url, data=orjson.dumps(body)) as resp:
-                payload = await resp.read()
-                headers = {k.lower(): v for k, v in resp.headers.items()}
-                status = resp.status
+            resp = await self._transport.send(request)
         except TimeoutError:
             raise TransientAPIError("request timed out") from None
-        except aiohttp.ClientError as exc:
-            raise TransientAPIError(redact(f"connection failed: {type(exc).__name__}: {exc}")) from None
-        if status != 200:
-            message, code = error_message(payload)
-            error = classify(status, redact(f"HTTP {status} from {url}: {message}"), code, headers)
+        except TransportError as exc:
+            raise TransientAPIError(redact(f"connection failed: {exc}")) from None
+        headers = dict(resp.headers)
+        if resp.status != 200:
+            message, code = error_message(resp.body)
+            error = classify(resp.status, redact(f"HTTP {resp.status} from {url}: {message}"), code, headers)
             error.headers = rate_headers(headers)  # a 429 still says what the limits are
             raise error
-        return payload, headers
+        return resp.body, headers
 
     async def aclose(self) -> None:
-        """Close the pooled session."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close the transport's connections."""
+        await self._transport.aclose()
 
 
 def rate_headers(headers: dict[str, str]) -> dict[str, str]:

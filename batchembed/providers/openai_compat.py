@@ -1,4 +1,4 @@
-"""OpenAI-compatible ``POST {base_url}/embeddings`` over one pooled aiohttp session.
+"""OpenAI-compatible ``POST {base_url}/embeddings`` over the job's transport (pooled aiohttp by default).
 
 Used for Fireworks, OpenAI and any compatible server (vLLM, TEI's OpenAI route, Infinity,
 ``batchembed serve``). Responses are mapped back by ``index`` and checked (count, dimension, finite
@@ -18,6 +18,7 @@ import orjson
 from batchembed.errors import MalformedResponse, ServerIgnoredSettings, TerminalAPIError
 from batchembed.providers.base import EmbeddingResult
 from batchembed.providers.http import JSONClient, rate_headers
+from batchembed.providers.transport import Transport
 
 
 class OpenAICompatibleEmbedder:
@@ -37,6 +38,7 @@ class OpenAICompatibleEmbedder:
         fall_back_to_float: bool = False,
         dimensions_by: str = "server",
         extra_body: Mapping[str, Any] | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.provider = provider
         self.model = model
@@ -45,7 +47,7 @@ class OpenAICompatibleEmbedder:
         self.extra_body = dict(extra_body or {})
         self.use_base64 = use_base64
         self.fall_back_to_float = fall_back_to_float
-        self._http = JSONClient(base_url, api_key, timeout, max_connections)
+        self._http = JSONClient(base_url, api_key, timeout, max_connections, transport)
 
     def request_body(self, texts: list[str]) -> dict[str, Any]:
         """The JSON body for ``texts``: only fields every compatible server knows."""
@@ -78,7 +80,7 @@ class OpenAICompatibleEmbedder:
         return EmbeddingResult(vectors, tokens, rate_headers(headers), served)
 
     async def aclose(self) -> None:
-        """Close the pooled session."""
+        """Close the transport's connections."""
         await self._http.aclose()
 
 

@@ -26,6 +26,7 @@ import orjson
 from batchembed.errors import MalformedResponse
 from batchembed.providers.cosine import RERANK_SUFFIX, cosine_rerank_scores
 from batchembed.providers.http import JSONClient, rate_headers
+from batchembed.providers.transport import Transport
 
 FORMATS = ("auto", "fireworks", "cohere", "jina", "vllm", "voyage", "tei")
 
@@ -101,12 +102,13 @@ class HTTPReranker:
         timeout: float,
         max_connections: int,
         extra_body: dict[str, Any] | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.provider = provider
         self.model = model
         self.format = fmt
         self.extra_body = dict(extra_body or {})
-        self._http = JSONClient(base_url, api_key, timeout, max_connections)
+        self._http = JSONClient(base_url, api_key, timeout, max_connections, transport)
 
     async def rerank(self, query: str, documents: list[str], task: str | None = None) -> RerankResult:
         """Score every document against ``query``."""
@@ -116,7 +118,7 @@ class HTTPReranker:
         return RerankResult(scores, tokens, rate_headers(headers))
 
     async def aclose(self) -> None:
-        """Close the pooled session."""
+        """Close the transport's connections."""
         await self._http.aclose()
 
 

@@ -1,0 +1,132 @@
+"""How a provider's HTTP request reaches a server: the transport seam.
+
+Providers build a :class:`Request` (method, URL, headers, body bytes, timeout) and get a
+:class:`Response` (status, lower-cased headers, body bytes) back from a :class:`Transport`; they never
+see the library underneath. Two transports exist (the pattern of httpx's ``AsyncBaseTransport`` and
+``MockTransport``):
+
+* :class:`AiohttpTransport` -- production: one pooled aiohttp session per job (connection limit,
+  keep-alive, per-request timeout), closed by ``aclose``;
+* :class:`HandlerTransport` -- in-process: awaits an async handler function with the request, no
+  sockets at all. Tests hand it to a whole run (``build_runner(job, transport=...)``) with the fake
+  server's handler (``batchembed.testing``), so behaviour tests need neither a port nor a subprocess.
+
+A request that got no HTTP answer (connection refused or reset, a malformed response) raises
+:class:`TransportError`; one that ran out of time raises ``TimeoutError``. ``JSONClient`` turns both
+into the same ``TransientAPIError`` whichever transport is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import aiohttp
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request as a provider sends it: ``timeout`` is the whole request's budget in seconds."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes = b""
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class Response:
+    """One HTTP answer: status, headers with lower-cased names, and the body's bytes."""
+
+    status: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+class TransportError(Exception):
+    """The request got no HTTP answer (connection refused, reset or cut short); the message names why."""
+
+
+class Transport(Protocol):
+    """Sends a request and returns its answer; raises ``TransportError`` or ``TimeoutError`` otherwise."""
+
+    async def send(self, request: Request) -> Response:
+        """Send ``request`` and read the whole answer."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections (a no-op for transports holding none)."""
+        ...
+
+
+class AiohttpTransport:
+    """Production transport: one pooled aiohttp session, at most ``max_connections`` connections."""
+
+    def __init__(self, max_connections: int, keepalive_timeout: float = 60.0) -> None:
+        self._max_connections = max_connections
+        self._keepalive = keepalive_timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=self._keepalive)
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
+    def _timeout(self, seconds: float | None) -> aiohttp.ClientTimeout:
+        timeout = self._timeouts.get(seconds)
+        if timeout is None:
+            connect = None if seconds is None else min(seconds, 30.0)
+            timeout = self._timeouts[seconds] = aiohttp.ClientTimeout(total=seconds, sock_connect=connect)
+        return timeout
+
+    async def send(self, request: Request) -> Response:
+        """Send over the pooled session; connection failures become ``TransportError``."""
+        try:
+            async with self._client().request(
+                request.method,
+                request.url,
+                data=request.body,
+                headers=dict(request.headers),
+                timeout=self._timeout(request.timeout),
+            ) as resp:
+                body = await resp.read()
+                return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, body)
+        except TimeoutError:
+            raise  # aiohttp's ServerTimeoutError is a ClientError too: it stays a timeout
+        except aiohttp.ClientError as exc:
+            raise TransportError(f"{type(exc).__name__}: {exc}") from None
+
+    async def aclose(self) -> None:
+        """Close the pooled session (a later ``send`` opens a new one)."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+"""An in-process server: an async function from a request to its answer."""
+
+
+class HandlerTransport:
+    """In-process transport: each request awaits ``handler(request)`` on the caller's event loop.
+
+    The request's ``timeout`` is enforced like on the network (``TimeoutError``), so a slow handler
+    behaves as a slow server. The handler raises ``TransportError`` to act as a dropped connection.
+    """
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    async def send(self, request: Request) -> Response:
+        """Hand ``request`` to the handler; lower-case its answer's header names."""
+        async with asyncio.timeout(request.timeout):
+            response = await self.handler(request)
+        return Response(response.status, {k.lower(): v for k, v in response.headers.items()}, response.body)
+
+    async def aclose(self) -> None:
+        """Nothing to release: the handler belongs to whoever made this transport."""
