@@ -41,12 +41,6 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 @dataclass(frozen=True)
 class WrittenFile:
     """What the manifest records about a committed file."""
@@ -72,6 +66,36 @@ def parquet_writer(sink, schema: pa.Schema, compression: str) -> pq.ParquetWrite
     )
 
 
+class _HashingFile:
+    """A write-only file for pyarrow that hashes what it writes, so the checksum is ready at commit
+    (hashing a finished 400 MB shard took ~0.5 s at the end of every unit, with nothing else to do)."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "wb")  # noqa: SIM115 - closed by ShardWriter.commit / abort
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.closed = False
+
+    def write(self, data) -> int:
+        self.hash.update(data)  # releases the GIL on large buffers, like the write itself
+        self.file.write(data)
+        self.size += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        """pyarrow's end of writing; the file itself is fsynced and closed by the shard."""
+        self.closed = True
+
+    def writable(self) -> bool:
+        return True
+
+
 class ShardWriter:
     """Writes one Parquet file: ``write`` tables in order, then ``commit`` (or ``abort``)."""
 
@@ -82,7 +106,12 @@ class ShardWriter:
         self.tmp = directory / (name + TMP_SUFFIX)
         self.schema = schema
         self.rows = 0
-        self._writer = parquet_writer(self.tmp, schema, compression)
+        self._file = _HashingFile(self.tmp)
+        try:
+            self._writer = parquet_writer(self._file, schema, compression)
+        except BaseException:
+            self._file.file.close()
+            raise
 
     def write(self, table: pa.Table) -> None:
         """Append ``table`` (cast to the shard's schema) as one row group."""
@@ -93,10 +122,14 @@ class ShardWriter:
     def commit(self) -> WrittenFile:
         """Close, fsync, rename into place, and return size and checksum for the manifest."""
         self._writer.close()
-        with open(self.tmp, "rb+") as fh:
+        fh = self._file.file
+        try:
+            fh.flush()
             os.fsync(fh.fileno())
-        digest = sha256_of(self.tmp)
-        size = self.tmp.stat().st_size
+        finally:
+            fh.close()
+        digest = self._file.hash.hexdigest()
+        size = self._file.size
         os.replace(self.tmp, self.final)
         fsync_dir(self.directory)
         return WrittenFile(self.name, self.rows, size, digest)
@@ -105,6 +138,8 @@ class ShardWriter:
         """Drop the temporary file."""
         with contextlib.suppress(Exception):  # the file is thrown away; its writer state does not matter
             self._writer.close()
+        with contextlib.suppress(Exception):
+            self._file.file.close()
         self.tmp.unlink(missing_ok=True)
 
 

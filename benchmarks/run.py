@@ -93,6 +93,9 @@ def check_output(files: list[Path], input_path: Path, rows: int, pool: np.ndarra
 
 # ------------------------------------------------------------------------------------ comparison
 
+#: The clients of the side-by-side runs, in the order they run.
+TOOLS = ("transport", "decode", "baseline", "batchembed")
+
 
 @dataclass
 class Result:
@@ -458,6 +461,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-rows", type=int, default=None, help="default: min(max(--rows), 100000)")
     parser.add_argument("--profile-encoding", choices=["float", "base64"], default="float")
     parser.add_argument("--skip-compare", action="store_true", help="skip the side-by-side runs")
+    parser.add_argument(
+        "--tools",
+        nargs="+",
+        choices=TOOLS,
+        default=list(TOOLS),
+        help="which clients the side-by-side runs measure (default: all)",
+    )
     parser.add_argument("--out", default=str(HERE / "results.json"))
     args = parser.parse_args(argv)
 
@@ -496,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         with Server(args.dim) as srv:
             for n in args.rows:
                 for enc in args.encodings:
-                    for tool in ("transport", "decode", "baseline", "batchembed"):
+                    for tool in args.tools:
                         print(f"  {n:>9,} rows  {tool:<10} {enc:<6} ...", end=" ", flush=True)
                         if tool == "baseline":
                             cap = float_cap if enc == "float" else None

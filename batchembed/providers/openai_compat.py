@@ -2,12 +2,13 @@
 
 Used for Fireworks, OpenAI and any compatible server (vLLM, TEI's OpenAI route, Infinity,
 ``batchembed serve``). Responses are mapped back by ``index`` and checked (count, dimension, finite
-values); vectors go straight into one float32 array: base64 through ``numpy.frombuffer``, float
-JSON through orjson and a single ``numpy`` conversion.
+values); vectors go straight into one float32 array: base64 answers decoded in bulk off the event
+loop (``bulk_answer``), float JSON through orjson and a single ``numpy`` conversion.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Mapping
 from typing import Any
@@ -17,7 +18,11 @@ import orjson
 
 from batchembed.errors import MalformedResponse, ServerIgnoredSettings, TerminalAPIError
 from batchembed.providers.base import EmbeddingResult
+from batchembed.providers.bulk_answer import parse_base64_answer
 from batchembed.providers.http import JSONClient, rate_headers
+
+#: Answers at least this large are decoded on a worker thread (a 256-input base64 answer is ~1.4 MB).
+OFF_LOOP_BYTES = 256 << 10
 
 
 class OpenAICompatibleEmbedder:
@@ -72,7 +77,11 @@ class OpenAICompatibleEmbedder:
                 return await self.embed(texts)
             raise
         client_cut = self.dimensions_by == "client" and self.dimensions is not None
-        vectors, tokens, served = parse_answer(payload, len(texts), None if client_cut else self.dimensions)
+        want = None if client_cut else self.dimensions
+        if len(payload) >= OFF_LOOP_BYTES:  # decoding releases the GIL: the event loop keeps sending meanwhile
+            vectors, tokens, served = await asyncio.to_thread(parse_answer, payload, len(texts), want)
+        else:
+            vectors, tokens, served = parse_answer(payload, len(texts), want)
         if client_cut:
             vectors = cut_dimensions(vectors, self.dimensions)
         return EmbeddingResult(vectors, tokens, rate_headers(headers), served)
@@ -98,7 +107,13 @@ def parse_embeddings(payload: bytes, expected: int, dimensions: int | None) -> t
 
 
 def parse_answer(payload: bytes, expected: int, dimensions: int | None) -> tuple[np.ndarray, int | None, str | None]:
-    """``parse_embeddings`` plus the ``model`` the answer names (None when it names none)."""
+    """``parse_embeddings`` plus the ``model`` the answer names (None when it names none).
+
+    A base64 answer is decoded in bulk (``bulk_answer``); anything that path is unsure of is parsed
+    here item by item, which raises the precise error."""
+    fast = parse_base64_answer(payload, expected, dimensions)
+    if fast is not None:
+        return fast
     try:
         doc = orjson.loads(payload)
         items = doc["data"]
@@ -159,7 +174,7 @@ def cut_dimensions(vectors: np.ndarray, dimensions: int) -> np.ndarray:
             f"model.dimensions = {dimensions} cannot be cut from the server's {vectors.shape[1]}-dimensional "
             f"vectors; set model.dimensions to at most {vectors.shape[1]}"
         )
-    cut = np.ascontiguousarray(vectors[:, :dimensions], dtype=np.float32)
+    cut = np.array(vectors[:, :dimensions], dtype=np.float32, order="C")  # a copy: answers may be read-only
     norms = np.linalg.norm(cut, axis=1, keepdims=True)
     np.divide(cut, norms, out=cut, where=norms > 0)
     return cut

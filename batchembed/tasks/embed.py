@@ -18,7 +18,7 @@ from batchembed import __version__
 from batchembed.batching import pack
 from batchembed.config import JobConfig, ResolvedModel, text_fields
 from batchembed.errors import InputError, MalformedResponse, ServerIgnoredSettings
-from batchembed.memo import VectorMemo, text_keys
+from batchembed.memo import VectorMemo, key_array, text_keys
 from batchembed.progress import Stats
 from batchembed.providers.base import Embedder, EmbeddingResult
 from batchembed.tasks import Piece, Request, failure_table
@@ -50,11 +50,22 @@ class EmbedWork:
             self._row_counts = np.bincount(used, minlength=len(self.texts))
         return self._row_counts
 
+    def allocate(self, dim: int) -> None:
+        """The answer matrix, zeroed now: ``prepare`` calls this on the reader thread when the vector
+        size is known, so that the event loop does not fault its pages in answer by answer."""
+        if self.vectors is None:
+            vectors = np.empty((len(self.texts), dim), dtype=np.float32)
+            vectors[...] = 0  # touches every page (numpy releases the GIL for it)
+            self.vectors = vectors
+            self.answered = np.zeros(len(self.texts), dtype=bool)
+
     def set_vectors(self, items, vectors: np.ndarray) -> None:
         """Store answers (allocating the matrix on the first one)."""
         if self.vectors is None:
-            self.vectors = np.zeros((len(self.texts), vectors.shape[-1]), dtype=np.float32)
-            self.answered = np.zeros(len(self.texts), dtype=bool)
+            self.allocate(vectors.shape[-1])
+        run = _run_of(items)
+        if run is not None:  # a run of texts (how requests are packed): a slice copy, no fancy indexing
+            items = run
         self.vectors[items] = vectors
         self.answered[items] = True
 
@@ -67,6 +78,21 @@ class EmbedWork:
     # text index -> (why it was cut, its tokens and characters before the cut)
     truncated: dict[int, tuple[str, int, int]] = field(default_factory=dict)
     server_cuts: dict[int, int] = field(default_factory=dict)  # text index -> cuts after "too long" answers
+
+
+def _run_of(items) -> slice | None:
+    """``items`` as a slice when they are consecutive ascending indices (an int array of at least 2)."""
+    if not isinstance(items, np.ndarray) or items.ndim != 1 or len(items) < 2:
+        return None
+    first, last = int(items[0]), int(items[-1])
+    if last - first + 1 != len(items) or not (np.diff(items) == 1).all():
+        return None
+    return slice(first, last + 1)
+
+
+def _is_identity(rows: np.ndarray) -> bool:
+    """True when ``rows`` is 0, 1, ..., n-1."""
+    return bool((rows == np.arange(len(rows))).all())
 
 
 def id_column_name(job: JobConfig) -> str:
@@ -189,11 +215,15 @@ class EmbedTask:
             keys=keys,
             truncated=truncated,
         )
+        if self.dim is not None and len(used):
+            work.allocate(self.dim)
         hits = self.memo.lookup(keys[used]) if len(used) else {}
         if hits:
             found = [i for i in used if keys[i] in hits]
             work.set_vectors(found, np.stack([hits[keys[i]] for i in found]))
-        to_send = np.array([i for i in used if keys[i] not in hits], dtype=np.int64)
+            to_send = np.array([i for i in used if keys[i] not in hits], dtype=np.int64)
+        else:
+            to_send = used.astype(np.int64, copy=False)
         rows_tokens = int(counts[row_to_text[row_to_text >= 0]].sum())
         self.stats.tokens_saved += rows_tokens - int(counts[to_send].sum())
         piece = Piece(chunk=chunk, rows=n, skipped=skipped, work=work)
@@ -211,21 +241,25 @@ class EmbedTask:
         """Wait for texts another piece is already embedding instead of paying for them again, then pack."""
         work: EmbedWork = piece.work
         keep = []
+        in_flight = self._in_flight
         for request in requests:
-            for i in request.items:
-                key = work.keys[i]
-                waiters = self._in_flight.get(key)
+            fresh = []
+            for i, key in zip(request.items.tolist(), work.keys[request.items], strict=True):
+                waiters = in_flight.get(key)
                 if waiters is not None:
-                    waiters.append((piece, int(i)))
+                    waiters.append((piece, i))
                     piece.waits += 1
                     self.stats.tokens_saved += int(work.tokens[i])
-                    continue
-                vec = self.memo.recall(key)  # answered since ``prepare`` looked
+                else:
+                    fresh.append((i, key))
+            recalled = self.memo.recall_many([key for _, key in fresh])  # answered since ``prepare`` looked
+            for i, key in fresh:
+                vec = recalled.get(key)
                 if vec is not None:
                     work.set_vectors(i, vec)
                     self.stats.tokens_saved += int(work.tokens[i])
                     continue
-                self._in_flight[key] = []
+                in_flight[key] = []
                 keep.append(i)
         items = np.asarray(keep, dtype=np.int64)
         tokens = work.tokens[items]
@@ -271,14 +305,18 @@ class EmbedTask:
             )
         work: EmbedWork = request.piece.work
         work.set_vectors(request.items, vectors)
-        self.memo.store(work.keys[request.items], vectors)
+        run = _run_of(request.items)
+        if run is not None:  # the memo keeps views of the piece's matrix (written once): no second copy
+            self.memo.store(work.keys[run], work.vectors[run], copy=False)
+        else:
+            self.memo.store(work.keys[request.items], vectors)
         return answer.prompt_tokens
 
     # --------------------------------------------------------------------------------- journal
 
     def journal_keys(self, request: Request) -> pa.Array:
         """The memo key of each text: a text's answer is found again wherever it recurs."""
-        return pa.array(request.piece.work.keys[request.items].tolist(), pa.binary(16))
+        return key_array(request.piece.work.keys[request.items])
 
     def journal_answers(self, piece: Piece, items: np.ndarray) -> tuple[pa.RecordBatch, int]:
         """Keys and vectors of ``items``, and the rows of the piece that use them."""
@@ -288,9 +326,7 @@ class EmbedTask:
             vectors = work.vectors[items[0] : items[-1] + 1]
         else:
             vectors = work.vectors[items]
-        batch = pa.record_batch(
-            {"key": pa.array(work.keys[items].tolist(), pa.binary(16)), "vector": vector_array(vectors)}
-        )
+        batch = pa.record_batch({"key": key_array(work.keys[items]), "vector": vector_array(vectors)})
         return batch, int(work.row_counts()[items].sum())
 
     def journal_borrowed(self, piece: Piece) -> tuple[pa.RecordBatch, int] | None:
@@ -401,7 +437,9 @@ class EmbedTask:
         if piece.errors:
             failed_mask = np.isin(rows, np.fromiter(piece.errors, np.int64))
             valid &= ~failed_mask
-        if work.vectors is not None:
+        if work.vectors is not None and len(work.vectors) == n and valid.all() and _is_identity(rows):
+            vectors = work.vectors  # every row its own text, in order: the matrix as it is, no gather
+        elif work.vectors is not None:
             vectors = work.vectors[np.where(valid, rows, 0)]
         else:
             vectors = np.zeros((n, self.dim), dtype=np.float32)
