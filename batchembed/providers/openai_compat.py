@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,9 @@ class OpenAICompatibleEmbedder:
         self.use_base64 = use_base64
         self.fall_back_to_float = fall_back_to_float
         self._http = JSONClient(base_url, api_key, timeout, max_connections)
+        # One thread decodes large answers: the second core works while the event loop sends, and
+        # only one answer at a time is being decoded (more threads held more buffers, not more speed).
+        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="batchembed-decode")
 
     def request_body(self, texts: list[str]) -> dict[str, Any]:
         """The JSON body for ``texts``: only fields every compatible server knows."""
@@ -79,7 +83,8 @@ class OpenAICompatibleEmbedder:
         client_cut = self.dimensions_by == "client" and self.dimensions is not None
         want = None if client_cut else self.dimensions
         if len(payload) >= OFF_LOOP_BYTES:  # decoding releases the GIL: the event loop keeps sending meanwhile
-            vectors, tokens, served = await asyncio.to_thread(parse_answer, payload, len(texts), want)
+            loop = asyncio.get_running_loop()
+            vectors, tokens, served = await loop.run_in_executor(self._decoder, parse_answer, payload, len(texts), want)
         else:
             vectors, tokens, served = parse_answer(payload, len(texts), want)
         if client_cut:
@@ -87,8 +92,9 @@ class OpenAICompatibleEmbedder:
         return EmbeddingResult(vectors, tokens, rate_headers(headers), served)
 
     async def aclose(self) -> None:
-        """Close the pooled session."""
+        """Close the pooled session and the decoding thread."""
         await self._http.aclose()
+        self._decoder.shutdown(wait=False)
 
 
 def _rejects_base64(exc: TerminalAPIError) -> bool:
