@@ -19,6 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 TMP_SUFFIX = ".tmp"
+#: A shard being written is flushed to disk every this many bytes (see ``ShardWriter.write``).
+SYNC_BYTES = 64 << 20
 
 
 def vector_array(vectors: np.ndarray, valid: np.ndarray | None = None) -> pa.FixedSizeListArray:
@@ -66,6 +68,9 @@ def parquet_writer(sink, schema: pa.Schema, compression: str) -> pq.ParquetWrite
     )
 
 
+_datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+
+
 class _HashingFile:
     """A write-only file for pyarrow that hashes what it writes, so the checksum is ready at commit
     (hashing a finished 400 MB shard took ~0.5 s at the end of every unit, with nothing else to do)."""
@@ -107,6 +112,7 @@ class ShardWriter:
         self.schema = schema
         self.rows = 0
         self._file = _HashingFile(self.tmp)
+        self._synced = 0  # bytes already flushed to disk by ``write``
         try:
             self._writer = parquet_writer(self._file, schema, compression)
         except BaseException:
@@ -114,10 +120,17 @@ class ShardWriter:
             raise
 
     def write(self, table: pa.Table) -> None:
-        """Append ``table`` (cast to the shard's schema) as one row group."""
+        """Append ``table`` (cast to the shard's schema) as one row group.
+
+        Every ``SYNC_BYTES`` written are flushed to disk here (on the writer's thread, while requests
+        go on), so the fsync at ``commit`` finds little left to do: it used to wait ~0.2 s per 400 MB."""
         if table.num_rows:
             self._writer.write_table(table.cast(self.schema) if table.schema != self.schema else table)
             self.rows += table.num_rows
+            if self._file.size - self._synced >= SYNC_BYTES:
+                self._file.flush()
+                _datasync(self._file.file.fileno())
+                self._synced = self._file.size
 
     def commit(self) -> WrittenFile:
         """Close, fsync, rename into place, and return size and checksum for the manifest."""
