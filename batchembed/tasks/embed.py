@@ -271,8 +271,9 @@ class EmbedTask:
         piece = request.piece
         work: EmbedWork = piece.work
         released = []
-        for i in request.items:
-            for waiter, j in self._in_flight.pop(work.keys[i], ()):
+        in_flight = self._in_flight
+        for i, key in zip(request.items.tolist(), work.keys[request.items], strict=True):
+            for waiter, j in in_flight.pop(key, ()):
                 if piece.abandoned:
                     waiter.abandoned = True
                 elif int(i) in piece.errors:
@@ -287,7 +288,8 @@ class EmbedTask:
     async def call(self, request: Request) -> EmbeddingResult:
         """Embed the request's texts."""
         work: EmbedWork = request.piece.work
-        return await self.embedder.embed([work.texts[i] for i in request.items])
+        texts = work.texts
+        return await self.embedder.embed([texts[i] for i in request.items.tolist()])
 
     def accept(self, request: Request, answer: EmbeddingResult) -> int | None:
         """Store vectors (checking count and dimension) and remember them for duplicates."""
