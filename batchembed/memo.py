@@ -106,7 +106,7 @@ class VectorMemo:
         """``recall`` for several keys under one lock: the in-memory vectors found."""
         with self._lock:
             entries = self._entries
-            found = {key: vec for key in keys if (vec := entries.get(key)) is not None}
+            found = {key: entries[key] for key in entries.keys() & keys} if entries else {}
             self.hits_memory += len(found)
             return found
 

@@ -240,27 +240,36 @@ class EmbedTask:
     def claim(self, piece: Piece, requests: list[Request]) -> list[Request]:
         """Wait for texts another piece is already embedding instead of paying for them again, then pack."""
         work: EmbedWork = piece.work
-        keep = []
+        keep: list[int] = []
         in_flight = self._in_flight
         for request in requests:
-            fresh = []
-            for i, key in zip(request.items.tolist(), work.keys[request.items], strict=True):
-                waiters = in_flight.get(key)
-                if waiters is not None:
-                    waiters.append((piece, i))
-                    piece.waits += 1
-                    self.stats.tokens_saved += int(work.tokens[i])
-                else:
-                    fresh.append((i, key))
-            recalled = self.memo.recall_many([key for _, key in fresh])  # answered since ``prepare`` looked
-            for i, key in fresh:
-                vec = recalled.get(key)
-                if vec is not None:
-                    work.set_vectors(i, vec)
-                    self.stats.tokens_saved += int(work.tokens[i])
-                    continue
-                in_flight[key] = []
-                keep.append(i)
+            items = request.items.tolist()
+            keys = work.keys[request.items].tolist()
+            if not in_flight.keys().isdisjoint(keys):  # some are being embedded for another piece: wait for those
+                fresh_items, fresh_keys = [], []
+                for i, key in zip(items, keys, strict=True):
+                    waiters = in_flight.get(key)
+                    if waiters is not None:
+                        waiters.append((piece, i))
+                        piece.waits += 1
+                        self.stats.tokens_saved += int(work.tokens[i])
+                    else:
+                        fresh_items.append(i)
+                        fresh_keys.append(key)
+                items, keys = fresh_items, fresh_keys
+            recalled = self.memo.recall_many(keys)  # answered since ``prepare`` looked
+            if recalled:
+                for i, key in zip(items, keys, strict=True):
+                    vec = recalled.get(key)
+                    if vec is not None:
+                        work.set_vectors(i, vec)
+                        self.stats.tokens_saved += int(work.tokens[i])
+                    else:
+                        in_flight[key] = []
+                        keep.append(i)
+            else:  # the usual case: every text is new, claimed in one go
+                in_flight.update({key: [] for key in keys})
+                keep.extend(items)
         items = np.asarray(keep, dtype=np.int64)
         tokens = work.tokens[items]
         batches = pack(tokens, self.model.batch_inputs, self.job.limits.batch_tokens)
@@ -271,9 +280,12 @@ class EmbedTask:
         piece = request.piece
         work: EmbedWork = piece.work
         released = []
-        in_flight = self._in_flight
-        for i, key in zip(request.items.tolist(), work.keys[request.items], strict=True):
-            for waiter, j in in_flight.pop(key, ()):
+        pop = self._in_flight.pop
+        pairs = zip(request.items.tolist(), work.keys[request.items].tolist(), strict=True)
+        # settle every key; only the few that other pieces wait for need more
+        waited = [(i, waiters) for i, key in pairs if (waiters := pop(key, None))]
+        for i, waiters in waited:
+            for waiter, j in waiters:
                 if piece.abandoned:
                     waiter.abandoned = True
                 elif int(i) in piece.errors:
