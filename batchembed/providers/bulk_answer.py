@@ -22,6 +22,10 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+#: What reading an answer may raise when it is not the shape expected; a polars panic is a
+#: BaseException, named here so that the general parser decides rather than the run failing.
+_UNSURE = (pl.exceptions.PolarsError, pl.exceptions.PanicException, pa.ArrowException, ValueError, TypeError, KeyError)
+
 #: What ``parse_base64_answer`` returns: vectors (n, dim) float32, usage prompt tokens, served model.
 Answer = tuple[np.ndarray, int | None, str | None]
 
@@ -47,7 +51,7 @@ def parse_base64_answer(payload: bytes, expected: int, dimensions: int | None) -
         decoded = strings.str.decode("base64", strict=True).to_arrow()
         usage = _usage(doc)
         model = _model(doc)
-    except (pl.exceptions.PolarsError, pa.ArrowException, ValueError, TypeError, KeyError):
+    except _UNSURE:
         return None
     if usage is False or model is False:
         return None
