@@ -129,6 +129,9 @@ class EmbedTask:
     """Embeds ``input.text`` of every row with ``embedder``."""
 
     group_key = None
+    #: ``prepare`` allocates (and touches) each piece's answer matrix on the calling thread once the
+    #: vector size is known; a caller that never sends (the ``plan`` command) can turn it off.
+    allocate_answers = True
 
     def __init__(
         self,
@@ -215,7 +218,7 @@ class EmbedTask:
             keys=keys,
             truncated=truncated,
         )
-        if self.dim is not None and len(used):
+        if self.allocate_answers and self.dim is not None and len(used):
             work.allocate(self.dim)
         hits = self.memo.lookup(keys[used]) if len(used) else {}
         if hits:
