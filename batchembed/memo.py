@@ -17,16 +17,27 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from batchembed.errors import ConfigError
 
 
 def text_keys(texts: list[str], namespace: bytes = b"") -> np.ndarray:
     """16-byte digest per text (an object array of bytes)."""
+    key = namespace[:64]
+    blake2b = hashlib.blake2b
     out = np.empty(len(texts), dtype=object)
-    for i, text in enumerate(texts):
-        out[i] = hashlib.blake2b(text.encode("utf-8"), digest_size=16, key=namespace[:64]).digest()
+    out[:] = [blake2b(text.encode("utf-8"), digest_size=16, key=key).digest() for text in texts]
     return out
+
+
+def key_array(keys: np.ndarray) -> pa.FixedSizeBinaryArray:
+    """Keys (an object array of 16-byte digests) as one Arrow ``binary(16)`` column, built from one
+    joined buffer rather than key by key (the journal writes one per request)."""
+    raw = b"".join(keys)
+    if len(raw) != 16 * len(keys):
+        raise ValueError("memo keys must be 16 bytes each")
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(keys), [None, pa.py_buffer(raw)])
 
 
 class VectorMemo:
@@ -64,6 +75,8 @@ class VectorMemo:
             for key in keys:
                 vec = self._entries.get(key)
                 if vec is not None:
+                    # a copy of its own, so that a popular vector does not keep its whole stored block alive
+                    vec = self._entries[key] = vec.copy()
                     self._entries.move_to_end(key)
                     found[key] = vec
                 else:
@@ -89,14 +102,30 @@ class VectorMemo:
                 self.hits_memory += 1
             return vec
 
-    def store(self, keys: np.ndarray, vectors: np.ndarray) -> None:
-        """Remember ``vectors[i]`` for ``keys[i]``."""
+    def recall_many(self, keys: list[bytes]) -> dict[bytes, np.ndarray]:
+        """``recall`` for several keys under one lock: the in-memory vectors found."""
         with self._lock:
-            if self.max_bytes > 0:
-                for key, vec in zip(keys, vectors, strict=True):
-                    if key not in self._entries:
-                        self._entries[key] = vec.copy()
-                        self._bytes += vec.nbytes + 80
+            entries = self._entries
+            found = {key: entries[key] for key in entries.keys() & keys} if entries else {}
+            self.hits_memory += len(found)
+            return found
+
+    def store(self, keys: np.ndarray, vectors: np.ndarray, *, copy: bool = True) -> None:
+        """Remember ``vectors[i]`` for ``keys[i]``.
+
+        Entries are rows of one block: a copy of ``vectors``, or with ``copy=False`` views of it (the
+        caller promises never to change those rows). A block lives while any of its rows is here;
+        entries leave in the order they came (a hit is re-kept as a copy of its own), so at most
+        one block is ever kept alive by a few rows."""
+        if len(keys) != len(vectors):
+            raise ValueError(f"{len(keys)} keys for {len(vectors)} vectors")
+        with self._lock:
+            if self.max_bytes > 0 and len(keys):
+                rows = list(np.array(vectors, dtype=np.float32, copy=True if copy else None))
+                entries = self._entries
+                fresh = {key: row for key, row in zip(keys, rows, strict=True) if key not in entries}
+                entries.update(fresh)
+                self._bytes += len(fresh) * (rows[0].nbytes + 80)
                 while self._bytes > self.max_bytes and self._entries:
                     _, old = self._entries.popitem(last=False)
                     self._bytes -= old.nbytes + 80

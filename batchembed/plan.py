@@ -124,7 +124,9 @@ def plan_task(resolved: ResolvedJob, counter: TokenCounter) -> Task:
             input=dataclasses.replace(config.input, on_empty="skip"),
             limits=dataclasses.replace(config.limits, on_too_long="truncate"),
         )
-    return build_task(dataclasses.replace(resolved, config=config), None, counter, stats=Stats(), memo=VectorMemo(0))
+    task = build_task(dataclasses.replace(resolved, config=config), None, counter, stats=Stats(), memo=VectorMemo(0))
+    task.allocate_answers = False  # nothing is answered: no answer matrices
+    return task
 
 
 class _EmbedTally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,9 @@ import pyarrow.parquet as pq
 
 from batchembed.atomic import publish, temp_path
 
+#: A shard being written is flushed to disk every this many bytes (see ``ShardWriter.write``).
+SYNC_BYTES = 64 << 20
+
 
 def vector_array(vectors: np.ndarray, valid: np.ndarray | None = None) -> pa.FixedSizeListArray:
     """A ``fixed_size_list<float32>[dim]`` array over an (n, dim) float32 buffer; null where not ``valid``."""
@@ -26,12 +30,6 @@ def vector_array(vectors: np.ndarray, valid: np.ndarray | None = None) -> pa.Fix
     values = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())
     mask = None if valid is None or valid.all() else pa.array(~valid)
     return pa.FixedSizeListArray.from_arrays(values, dim, mask=mask)
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 @dataclass(frozen=True)
@@ -59,6 +57,39 @@ def parquet_writer(sink, schema: pa.Schema, compression: str) -> pq.ParquetWrite
     )
 
 
+_datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+
+
+class _HashingFile:
+    """A write-only file for pyarrow that hashes what it writes, so the checksum is ready at commit
+    (hashing a finished 400 MB shard took ~0.5 s at the end of every unit, with nothing else to do)."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "wb")  # noqa: SIM115 - closed by ShardWriter.commit / abort
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.closed = False
+
+    def write(self, data) -> int:
+        self.hash.update(data)  # releases the GIL on large buffers, like the write itself
+        self.file.write(data)
+        self.size += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        """pyarrow's end of writing; the file itself is fsynced and closed by the shard."""
+        self.closed = True
+
+    def writable(self) -> bool:
+        return True
+
+
 class ShardWriter:
     """Writes one Parquet file: ``write`` tables in order, then ``commit`` (or ``abort``)."""
 
@@ -69,26 +100,46 @@ class ShardWriter:
         self.tmp = temp_path(self.final)
         self.schema = schema
         self.rows = 0
-        self._writer = parquet_writer(self.tmp, schema, compression)
+        self._file = _HashingFile(self.tmp)
+        self._synced = 0  # bytes already flushed to disk by ``write``
+        try:
+            self._writer = parquet_writer(self._file, schema, compression)
+        except BaseException:
+            self._file.file.close()
+            raise
 
     def write(self, table: pa.Table) -> None:
-        """Append ``table`` (cast to the shard's schema) as one row group."""
+        """Append ``table`` (cast to the shard's schema) as one row group.
+
+        Every ``SYNC_BYTES`` written are flushed to disk here (on the writer's thread, while requests
+        go on), so the fsync at ``commit`` finds little left to do: it used to wait ~0.2 s per 400 MB."""
         if table.num_rows:
             self._writer.write_table(table.cast(self.schema) if table.schema != self.schema else table)
             self.rows += table.num_rows
+            if self._file.size - self._synced >= SYNC_BYTES:
+                self._file.flush()
+                _datasync(self._file.file.fileno())
+                self._synced = self._file.size
 
     def commit(self) -> WrittenFile:
         """Close, fsync, rename into place, and return size and checksum for the manifest."""
         self._writer.close()
-        digest = sha256_of(self.tmp)
-        size = self.tmp.stat().st_size
-        publish(self.tmp, self.final)
+        fh = self._file.file
+        try:
+            fh.flush()
+        finally:
+            fh.close()
+        digest = self._file.hash.hexdigest()
+        size = self._file.size
+        publish(self.tmp, self.final)  # fsync, rename, fsync the directory
         return WrittenFile(self.name, self.rows, size, digest)
 
     def abort(self) -> None:
         """Drop the temporary file."""
         with contextlib.suppress(Exception):  # the file is thrown away; its writer state does not matter
             self._writer.close()
+        with contextlib.suppress(Exception):
+            self._file.file.close()
         self.tmp.unlink(missing_ok=True)
 
 

@@ -7,7 +7,11 @@ same server process (``benchmarks.server``), run as child processes:
 
 * ``baseline`` (``benchmarks.baseline``: AsyncOpenAI + gather + Semaphore(32), one Parquet file),
   with ``encoding_format`` float and base64;
-* ``batchembed run JOB --quiet --restart`` with ``model.encoding`` float and base64.
+* ``batchembed run JOB --quiet --restart`` with ``model.encoding`` float and base64;
+* the two ceiling clients of ``benchmarks.ceiling`` with the same batches and concurrency as
+  batchembed: ``transport`` (reads the answers' bytes, nothing else: the transport's limit on this
+  machine) and ``decode`` (also decodes every vector into one numpy matrix, writes nothing).
+  batchembed's rows/s is reported as a share of theirs.
 
 Each child is measured from outside: wall time from spawn to exit (interpreter start-up, reading,
 embedding and writing included), CPU seconds (user + system, from ``os.wait4``), and peak RSS (the
@@ -88,6 +92,9 @@ def check_output(files: list[Path], input_path: Path, rows: int, pool: np.ndarra
 
 
 # ------------------------------------------------------------------------------------ comparison
+
+#: The clients of the side-by-side runs, in the order they run.
+TOOLS = ("transport", "decode", "baseline", "batchembed")
 
 
 @dataclass
@@ -173,6 +180,29 @@ def run_batchembed(
     return _result(rows, rows, "batchembed", encoding, m, server_cpu, st, check, "", extra)
 
 
+def run_ceiling(srv: Server, rows: int, encoding: str, mode: str, concurrency: int) -> Result:
+    """One measured ``benchmarks.ceiling`` client (``mode`` transport or decode) on ``rows`` rows."""
+    input_path = data.dataset(rows)
+    srv.reset()
+    cpu0 = srv.cpu()
+    cmd = [PY, "-m", "benchmarks.ceiling", "--mode", mode, "--input", str(input_path), "--base-url", srv.url]
+    cmd += ["--encoding", encoding, "--concurrency", str(concurrency)]
+    m = run_measured(cmd, WORK / "logs" / f"{mode}-{encoding}-{rows}.log", timeout=120 + rows * 0.02)
+    server_cpu = srv.cpu() - cpu0
+    st = srv.stats()
+    extra = {}
+    for line in m.log.splitlines():
+        if line.startswith("{"):
+            extra = json.loads(line)
+    if m.returncode != 0:
+        check = f"exit {m.returncode}: {m.log[-300:]}"
+    elif st.get("inputs") != rows or (mode == "decode" and extra.get("matrix", [0])[0] != rows):
+        check = f"server answered {st.get('inputs')} inputs, expected {rows}"
+    else:
+        check = "ok"  # writes nothing: the server's count is what can be checked
+    return _result(rows, rows, mode, encoding, m, server_cpu, st, check, "", extra)
+
+
 def _result(rows, n, tool, encoding, m: Measured, server_cpu, st, check, note, extra) -> Result:
     return Result(
         rows=rows,
@@ -193,9 +223,11 @@ def _result(rows, n, tool, encoding, m: Measured, server_cpu, st, check, note, e
     )
 
 
-def print_table(results: list[Result]) -> list[dict]:
+def print_table(results: list[Result]) -> tuple[list[dict], list[dict]]:
+    """Print the runs, batchembed's share of the ceiling clients' rows/s and its ratios to the
+    baseline; return (ratios to the baseline, shares of the ceilings)."""
     head = (
-        f"{'rows':>9} {'tool':<10} {'enc':<6} {'wall s':>8} {'rows/s':>9} {'CPU s/1k':>9} "
+        f"{'rows':>9} {'tool':<10} {'enc':<6} {'wall s':>8} {'rows/s':>9} {'CPU s':>7} {'CPU s/1k':>9} "
         f"{'peak RSS MB':>11} {'srv CPU s':>9}  check"
     )
     print()
@@ -205,10 +237,31 @@ def print_table(results: list[Result]) -> list[dict]:
         mark = "*" if r.note else " "
         print(
             f"{r.rows:>9,} {r.tool:<10} {r.encoding:<6} {r.wall_seconds:>8.2f} {r.rows_per_second:>8,.0f}{mark} "
-            f"{r.cpu_s_per_1k_rows:>9.3f} {r.peak_rss_mb:>11,.0f} {r.server_cpu_seconds:>9.2f}  {r.check}"
+            f"{r.cpu_seconds:>7.2f} {r.cpu_s_per_1k_rows:>9.3f} {r.peak_rss_mb:>11,.0f} "
+            f"{r.server_cpu_seconds:>9.2f}  {r.check}"
         )
     if any(r.note for r in results):
         print("* " + next(r.note for r in results if r.note) + "; its RSS is for that smaller run")
+    ceilings = []
+    print("\nbatchembed / transport limit (the ceiling clients, benchmarks.ceiling):")
+    for r in results:
+        if r.tool != "batchembed":
+            continue
+        limit = {x.tool: x for x in results if x.rows == r.rows and x.encoding == r.encoding}
+        if "transport" not in limit:
+            continue
+        row = {
+            "rows": r.rows,
+            "encoding": r.encoding,
+            "pct_of_transport": round(r.rows_per_second / limit["transport"].rows_per_second * 100, 1),
+        }
+        if "decode" in limit:
+            row["pct_of_decode"] = round(r.rows_per_second / limit["decode"].rows_per_second * 100, 1)
+        ceilings.append(row)
+        print(
+            f"  {r.rows:>9,} {r.encoding:<6}  {row['pct_of_transport']:.1f}% of the transport limit"
+            + (f", {row['pct_of_decode']:.1f}% of the minimal decoding client" if "pct_of_decode" in row else "")
+        )
     ratios = []
     print("\nbatchembed / baseline:")
     for r in results:
@@ -231,7 +284,7 @@ def print_table(results: list[Result]) -> list[dict]:
             f"CPU/row x{ratio['cpu_per_row']:<6}  peak RSS "
             + (f"x{ratio['peak_rss']}" if ratio["peak_rss"] is not None else "n/a (baseline capped)")
         )
-    return ratios
+    return ratios, ceilings
 
 
 # ------------------------------------------------------------------------------------ rate-limited
@@ -408,6 +461,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-rows", type=int, default=None, help="default: min(max(--rows), 100000)")
     parser.add_argument("--profile-encoding", choices=["float", "base64"], default="float")
     parser.add_argument("--skip-compare", action="store_true", help="skip the side-by-side runs")
+    parser.add_argument(
+        "--tools",
+        nargs="+",
+        choices=TOOLS,
+        default=list(TOOLS),
+        help="which clients the side-by-side runs measure (default: all)",
+    )
     parser.add_argument("--out", default=str(HERE / "results.json"))
     args = parser.parse_args(argv)
 
@@ -446,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         with Server(args.dim) as srv:
             for n in args.rows:
                 for enc in args.encodings:
-                    for tool in ("baseline", "batchembed"):
+                    for tool in args.tools:
                         print(f"  {n:>9,} rows  {tool:<10} {enc:<6} ...", end=" ", flush=True)
                         if tool == "baseline":
                             cap = float_cap if enc == "float" else None
@@ -456,8 +516,10 @@ def main(argv: list[str] | None = None) -> int:
                                 r.note = f"measured on the first {key[0]:,} rows (--baseline-float-max-rows)"
                             else:
                                 r = baselines[key] = run_baseline(srv, n, enc, pool, cap)
-                        else:
+                        elif tool == "batchembed":
                             r = run_batchembed(srv, n, enc, pool, entry, args.concurrency)
+                        else:
+                            r = run_ceiling(srv, n, enc, tool, args.concurrency)
                         failures += r.check != "ok"
                         print(
                             f"{r.wall_seconds:7.1f}s {r.rows_per_second:9,.0f} rows/s "
@@ -466,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
                         )
                         results.append(r)
         doc["runs"] = [asdict(r) for r in results]
-        doc["ratios"] = print_table(results)
+        doc["ratios"], doc["ceilings"] = print_table(results)
     if args.rate_limited_minutes > 0:
         doc["rate_limited"] = rate_limited(args, entry)
     doc["total_seconds"] = round(time.perf_counter() - t_start, 1)

@@ -2,14 +2,16 @@
 
 Used for Fireworks, OpenAI and any compatible server (vLLM, TEI's OpenAI route, Infinity,
 ``batchembed serve``). Responses are mapped back by ``index`` and checked (count, dimension, finite
-values); vectors go straight into one float32 array: base64 through ``numpy.frombuffer``, float
-JSON through orjson and a single ``numpy`` conversion.
+values); vectors go straight into one float32 array: base64 answers decoded in bulk off the event
+loop (``bulk_answer``), float JSON through orjson and a single ``numpy`` conversion.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -17,8 +19,12 @@ import orjson
 
 from batchembed.errors import MalformedResponse, ServerIgnoredSettings, TerminalAPIError
 from batchembed.providers.base import EmbeddingResult
+from batchembed.providers.bulk_answer import parse_base64_answer
 from batchembed.providers.http import JSONClient, rate_headers
 from batchembed.providers.transport import Transport
+
+#: Answers at least this large are decoded on a worker thread (a 256-input base64 answer is ~1.4 MB).
+OFF_LOOP_BYTES = 256 << 10
 
 
 class OpenAICompatibleEmbedder:
@@ -48,6 +54,9 @@ class OpenAICompatibleEmbedder:
         self.use_base64 = use_base64
         self.fall_back_to_float = fall_back_to_float
         self._http = JSONClient(base_url, api_key, timeout, max_connections, transport)
+        # One thread decodes large answers: the second core works while the event loop sends, and
+        # only one answer at a time is being decoded (more threads held more buffers, not more speed).
+        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="batchembed-decode")
 
     def request_body(self, texts: list[str]) -> dict[str, Any]:
         """The JSON body for ``texts``: only fields every compatible server knows."""
@@ -74,14 +83,20 @@ class OpenAICompatibleEmbedder:
                 return await self.embed(texts)
             raise
         client_cut = self.dimensions_by == "client" and self.dimensions is not None
-        vectors, tokens, served = parse_answer(payload, len(texts), None if client_cut else self.dimensions)
+        want = None if client_cut else self.dimensions
+        if len(payload) >= OFF_LOOP_BYTES:  # decoding releases the GIL: the event loop keeps sending meanwhile
+            loop = asyncio.get_running_loop()
+            vectors, tokens, served = await loop.run_in_executor(self._decoder, parse_answer, payload, len(texts), want)
+        else:
+            vectors, tokens, served = parse_answer(payload, len(texts), want)
         if client_cut:
             vectors = cut_dimensions(vectors, self.dimensions)
         return EmbeddingResult(vectors, tokens, rate_headers(headers), served)
 
     async def aclose(self) -> None:
-        """Close the transport's connections."""
+        """Close the transport's connections and the decoding thread."""
         await self._http.aclose()
+        self._decoder.shutdown(wait=False)
 
 
 def _rejects_base64(exc: TerminalAPIError) -> bool:
@@ -100,7 +115,13 @@ def parse_embeddings(payload: bytes, expected: int, dimensions: int | None) -> t
 
 
 def parse_answer(payload: bytes, expected: int, dimensions: int | None) -> tuple[np.ndarray, int | None, str | None]:
-    """``parse_embeddings`` plus the ``model`` the answer names (None when it names none)."""
+    """``parse_embeddings`` plus the ``model`` the answer names (None when it names none).
+
+    A base64 answer is decoded in bulk (``bulk_answer``); anything that path is unsure of is parsed
+    here item by item, which raises the precise error."""
+    fast = parse_base64_answer(payload, expected, dimensions)
+    if fast is not None:
+        return fast
     try:
         doc = orjson.loads(payload)
         items = doc["data"]
@@ -161,7 +182,7 @@ def cut_dimensions(vectors: np.ndarray, dimensions: int) -> np.ndarray:
             f"model.dimensions = {dimensions} cannot be cut from the server's {vectors.shape[1]}-dimensional "
             f"vectors; set model.dimensions to at most {vectors.shape[1]}"
         )
-    cut = np.ascontiguousarray(vectors[:, :dimensions], dtype=np.float32)
+    cut = np.array(vectors[:, :dimensions], dtype=np.float32, order="C")  # a copy: answers may be read-only
     norms = np.linalg.norm(cut, axis=1, keepdims=True)
     np.divide(cut, norms, out=cut, where=norms > 0)
     return cut

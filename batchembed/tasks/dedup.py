@@ -116,6 +116,8 @@ class SharedEmbedder:
             if own:
                 cost = charge if first and len(own) == n else int(tokens[own].sum())
                 result = await self._send(keys, texts, own, cost, meter)
+                if len(own) == n:  # the usual case: all of it was sent here, the answer is the request's
+                    return result
                 answers.append(result)
                 for at, j in enumerate(own):
                     vectors[j] = result.vectors[at]
@@ -133,13 +135,17 @@ class SharedEmbedder:
         """Split ``pending`` into texts to send (now in flight here), to wait for, and known (filled in)."""
         own: list[int] = []
         waits: list[tuple[int, asyncio.Future, int]] = []
+        wanted = [keys[j] for j in pending]
+        recalled = self.memo.recall_many(wanted)  # answered since ``prepare`` looked
+        if not recalled and self._in_flight.keys().isdisjoint(wanted):
+            pending, own = [], list(pending)  # the usual case: every text is new, claimed in one go
         for j in pending:
             key = keys[j]
             sending = self._in_flight.get(key)
             if sending is not None:
                 waits.append((j, *sending))
                 continue
-            vec = self.memo.recall(key)  # answered since ``prepare`` looked
+            vec = recalled.get(key)
             if vec is not None:
                 vectors[j] = vec
                 self.stats.tokens_saved += int(tokens[j])

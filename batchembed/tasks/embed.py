@@ -54,11 +54,22 @@ class EmbedWork:
             self._row_counts = np.bincount(used, minlength=len(self.texts))
         return self._row_counts
 
+    def allocate(self, dim: int) -> None:
+        """The answer matrix, zeroed now: ``prepare`` calls this on the reader thread when the vector
+        size is known, so that the event loop does not fault its pages in answer by answer."""
+        if self.vectors is None:
+            vectors = np.empty((len(self.texts), dim), dtype=np.float32)
+            vectors[...] = 0  # touches every page (numpy releases the GIL for it)
+            self.vectors = vectors
+            self.answered = np.zeros(len(self.texts), dtype=bool)
+
     def set_vectors(self, items, vectors: np.ndarray) -> None:
         """Store answers (allocating the matrix on the first one)."""
         if self.vectors is None:
-            self.vectors = np.zeros((len(self.texts), vectors.shape[-1]), dtype=np.float32)
-            self.answered = np.zeros(len(self.texts), dtype=bool)
+            self.allocate(vectors.shape[-1])
+        run = _run_of(items)
+        if run is not None:  # a run of texts (how requests are packed): a slice copy, no fancy indexing
+            items = run
         self.vectors[items] = vectors
         self.answered[items] = True
 
@@ -71,6 +82,21 @@ class EmbedWork:
     # text index -> (why it was cut, its tokens and characters before the cut)
     truncated: dict[int, tuple[str, int, int]] = field(default_factory=dict)
     server_cuts: dict[int, int] = field(default_factory=dict)  # text index -> cuts after "too long" answers
+
+
+def _run_of(items) -> slice | None:
+    """``items`` as a slice when they are consecutive ascending indices (an int array of at least 2)."""
+    if not isinstance(items, np.ndarray) or items.ndim != 1 or len(items) < 2:
+        return None
+    first, last = int(items[0]), int(items[-1])
+    if last - first + 1 != len(items) or not (np.diff(items) == 1).all():
+        return None
+    return slice(first, last + 1)
+
+
+def _is_identity(rows: np.ndarray) -> bool:
+    """True when ``rows`` is 0, 1, ..., n-1."""
+    return bool((rows == np.arange(len(rows))).all())
 
 
 def id_column_name(job: JobConfig) -> str:
@@ -107,6 +133,9 @@ class EmbedTask:
     """Embeds ``input.text`` of every row with ``embedder``."""
 
     group_key = None
+    #: ``prepare`` allocates (and touches) each piece's answer matrix on the calling thread once the
+    #: vector size is known; a caller that never sends (the ``plan`` command) can turn it off.
+    allocate_answers = True
 
     def __init__(
         self,
@@ -190,11 +219,15 @@ class EmbedTask:
             keys=keys,
             truncated=truncated,
         )
+        if self.allocate_answers and self.dim is not None and len(used):
+            work.allocate(self.dim)
         hits = self.shared.lookup(keys[used])
         if hits:
             found = [i for i in used if keys[i] in hits]
             work.set_vectors(found, np.stack([hits[keys[i]] for i in found]))
-        to_send = np.array([i for i in used if keys[i] not in hits], dtype=np.int64)
+            to_send = np.array([i for i in used if keys[i] not in hits], dtype=np.int64)
+        else:
+            to_send = used.astype(np.int64, copy=False)
         rows_tokens = int(counts[row_to_text[row_to_text >= 0]].sum())
         self.stats.tokens_saved += rows_tokens - int(counts[to_send].sum())
         piece = Piece(chunk=chunk, rows=n, skipped=skipped, work=work)
@@ -219,7 +252,8 @@ class EmbedTask:
         """Embed the request's texts through the dedup layer (only texts nobody else has are sent)."""
         work: EmbedWork = request.piece.work
         items = request.items
-        texts = [work.texts[i] for i in items]
+        all_texts = work.texts
+        texts = [all_texts[i] for i in items.tolist()]
         return await self.shared.embed(work.keys[items], texts, work.tokens[items], request.tokens, meter)
 
     def _check_answer(self, answer: EmbeddingResult, n: int) -> None:
@@ -301,7 +335,9 @@ class EmbedTask:
         if piece.errors:
             failed_mask = np.isin(rows, np.fromiter(piece.errors, np.int64))
             valid &= ~failed_mask
-        if work.vectors is not None:
+        if work.vectors is not None and len(work.vectors) == n and valid.all() and _is_identity(rows):
+            vectors = work.vectors  # every row its own text, in order: the matrix as it is, no gather
+        elif work.vectors is not None:
             vectors = work.vectors[np.where(valid, rows, 0)]
         else:
             vectors = np.zeros((n, self.dim), dtype=np.float32)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from batchembed.memo import key_array
 from batchembed.tasks import Piece, Request, Resumed
 from batchembed.writer import vector_array
 
@@ -31,7 +32,7 @@ class EmbedJournalCodec:
 
     def keys(self, request: Request) -> pa.Array:
         """The memo key of each text of ``request``."""
-        return pa.array(request.piece.work.keys[request.items].tolist(), pa.binary(16))
+        return key_array(request.piece.work.keys[request.items])
 
     def answers(self, request: Request) -> list[tuple[str, pa.RecordBatch, int]]:
         """The request's keys and vectors for its own unit (with the rows using them), and the same answers
@@ -53,9 +54,7 @@ class EmbedJournalCodec:
             vectors = work.vectors[items[0] : items[-1] + 1]
         else:
             vectors = work.vectors[items]
-        batch = pa.record_batch(
-            {"key": pa.array(work.keys[items].tolist(), pa.binary(16)), "vector": vector_array(vectors)}
-        )
+        batch = pa.record_batch({"key": key_array(work.keys[items]), "vector": vector_array(vectors)})
         return batch, int(work.row_counts()[items].sum())
 
     def resume(self, piece: Piece, requests: list[Request], recovered: Any) -> Resumed:
