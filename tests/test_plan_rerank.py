@@ -12,7 +12,7 @@ import pytest
 from batchembed import plan as plan_command
 from batchembed.config import load_job
 from batchembed.tokens import EstimateCounter
-from tests.conftest import run_cli, write_job
+from tests.conftest import run_here, write_job
 
 LIMIT = 64  # limits.input_tokens
 MAX_INPUTS, MAX_TOKENS = 4, 120  # limits.batch_inputs, limits.batch_tokens
@@ -203,18 +203,20 @@ def test_rerank_plan_human_output_and_preset_warning(tmp_path, capsys, pairs_inp
     assert "text-embedding-3-small is an embedding model, not a reranker" in run_plan(capsys, embedder)["warnings"]
 
 
-def test_rerank_plan_predicts_what_a_run_sends(tmp_path, srv):
+def test_rerank_plan_predicts_what_a_run_sends(tmp_path, fake):
     groups = make_groups(50, "r")
     src = tmp_path / "pairs.parquet"
     write_pairs(src, groups)
-    job = rerank_job(tmp_path, src, base_url=srv.url, limits={"tokenizer": "estimate"})
+    # limits high enough not to pace the run: packing depends on batch limits only
+    fast = {"tokenizer": "estimate", "requests_per_minute": 600_000, "tokens_per_minute": 100_000_000}
+    job = rerank_job(tmp_path, src, base_url=fake.url, limits=fast)
 
-    planned = run_cli("plan", str(job), "--json")  # the command, with the job's own counter
+    planned = run_here(None, "plan", str(job), "--json")  # the command, with the job's own counter
     assert planned.returncode == 0, planned.stderr
     report = json.loads(planned.stdout)
-    result = run_cli("run", str(job), "--quiet")
+    result = run_here(fake, "run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
 
-    assert report["task"] == "rerank" and report["requests"] == len(srv.requests)
-    assert report["pairs_to_score"] == sum(len(r.inputs) for r in srv.requests)
+    assert report["task"] == "rerank" and report["requests"] == len(fake.requests)
+    assert report["pairs_to_score"] == sum(len(r.inputs) for r in fake.requests)
     assert report["queries"] == len(groups)
