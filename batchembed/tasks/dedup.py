@@ -166,7 +166,8 @@ class SharedEmbedder:
             async with meter(cost):
                 result = await self.embedder.embed([texts[j] for j in own])
             self.check(result, len(own))
-            self.memo.store(np.asarray(mine, dtype=object), result.vectors)
+            # the memo keeps views of the answer's own matrix (never written to again): no second copy
+            self.memo.store(np.asarray(mine, dtype=object), result.vectors, copy=False)
         except BaseException:
             self._forget(mine)
             future.set_exception(_Unanswered())
