@@ -13,6 +13,7 @@ from batchembed import plan as plan_command
 from batchembed.config import load_job
 from batchembed.tokens import EstimateCounter
 from tests.conftest import run_here, write_job
+from tests.test_plan import greedy
 
 LIMIT = 64  # limits.input_tokens
 MAX_INPUTS, MAX_TOKENS = 4, 120  # limits.batch_inputs, limits.batch_tokens
@@ -21,16 +22,6 @@ MAX_INPUTS, MAX_TOKENS = 4, 120  # limits.batch_inputs, limits.batch_tokens
 def est(text: str) -> int:
     """EstimateCounter's starting estimate, computed by hand: ceil(bytes / 3) + 2."""
     return -(-len(text.encode("utf-8")) // 3) + 2
-
-
-def greedy(counts: list[int], max_inputs: int, max_tokens: int) -> int:
-    """Requests needed to send ``counts`` in order, as many per request as fit (one alone if too big)."""
-    requests, n, total = 0, 0, 0
-    for c in counts:
-        if n and (n == max_inputs or total + c > max_tokens):
-            requests, n, total = requests + 1, 0, 0
-        n, total = n + 1, total + c
-    return requests + (1 if n else 0)
 
 
 def make_groups(n: int, salt: str) -> list[tuple[str, str | None, list[str | None]]]:
