@@ -17,9 +17,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import settings
 
 from batchembed import cli
 from batchembed.testing import FakeProvider, FakeServer, expected_vector
+
+# Property tests check behaviour, not speed: no per-example deadline (the suite runs more xdist workers
+# than cores, so one example can wait for a core far longer than hypothesis' default 200 ms).
+settings.register_profile("batchembed", deadline=None)
+settings.load_profile("batchembed")
 
 ROOT = Path(__file__).resolve().parents[1]
 
