@@ -360,10 +360,3 @@ def text_fields(template: str) -> list[str]:
     if not names or any(not n for n in names):
         raise ConfigError(f"input.text: template {template!r} must name its columns, like {{title}}")
     return list(dict.fromkeys(names))
-
-
-def to_dict(obj: Any) -> dict[str, Any]:
-    """A dataclass as plain JSON-able dicts (tuples become lists)."""
-    return dataclasses.asdict(
-        obj, dict_factory=lambda items: {k: list(v) if isinstance(v, tuple) else v for k, v in items}
-    )

@@ -151,7 +151,8 @@ class Pipeline:
                 if unit_writer is None:
                     served = {"served_model": self.served.served} if self.served.served else {}
                     unit_writer = self.output.unit(unit, {**self.task.metadata(), **served})
-                rows, failed, cut = self.task.tables(piece)
+                # the piece is finished (nothing changes it any more): its tables are built off the event loop
+                rows, failed, cut = await asyncio.to_thread(self.task.tables, piece)
                 self._count(piece, failed, cut)
                 await asyncio.to_thread(unit_writer.write, rows, failed, cut)
                 self._slots.release()
