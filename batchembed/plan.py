@@ -163,7 +163,7 @@ class _EmbedTally:
         used = rows[rows >= 0]
         report.tokens += int(counts[used].sum())
         report.rows_to_embed += len(used)
-        # the chunk's texts to send, as prepared (the embed task leaves packing until just before sending)
+        # the chunk's texts to send, as prepared; packed below across chunks, first occurrences only
         to_send = np.concatenate([r.items for r in requests]) if requests else np.zeros(0, np.int64)
         if policy == "skip" and len(cut):
             to_send = to_send[np.isin(to_send, used)]
