@@ -50,7 +50,10 @@ FAILED = "_failed.parquet"
 FAILED_DIR = "_failed"
 TRUNCATED = "_truncated.parquet"
 TRUNCATED_DIR = "_truncated"
-FORMAT_VERSION = 1
+#: 2: the fingerprint holds the job's settings only; every shard records the input files it holds
+#: (``inputs``: name -> identity) and its stable ``unit`` name; refresh generations; a Delta table.
+FORMAT_VERSION = 2
+OLD_VERSIONS = (1,)
 
 
 @dataclass
@@ -72,6 +75,26 @@ class ShardRecord:
     resolves: list[str] = field(default_factory=list)  # failure files this retry shard answers
     files: list[list] = field(default_factory=list)  # "files" shards: [[input file, rows], ...] held whole
     truncated: int = 0  # rows of this shard whose text was cut (listed in _truncated/<shard>)
+    unit: str = ""  # the stable unit name (``part-00007``): journal and ownership; ``name`` is the file
+    inputs: dict[str, dict] = field(default_factory=dict)  # input file name -> its identity when read
+
+    @property
+    def unit_name(self) -> str:
+        """The unit this shard commits (its stable name, whatever attempt wrote the file)."""
+        return self.unit or self.name.removesuffix(".parquet")
+
+    def files_held(self) -> list[str]:
+        """The files this shard holds rows of (or recorded identities for)."""
+        return list(self.inputs)
+
+    def owned_files(self) -> list[str]:
+        """Every output file that belongs to this shard: the shard, its failed rows and its cut rows."""
+        out = [self.name]
+        if self.failed_file:
+            out.append(self.failed_file)
+        if self.truncated:
+            out.append(f"{TRUNCATED_DIR}/{self.name}")
+        return out
 
 
 @dataclass
@@ -88,6 +111,20 @@ class Manifest:
     #: ETag, so a paused previous writer's conditional replace fails.
     writer: str = field(default_factory=lambda: os.urandom(8).hex())
     server: dict[str, Any] = field(default_factory=dict)  # served model and canary vector (servers.py)
+    #: Refresh generation: 0 for the first run; +1 whenever a run finds inputs changed (refresh.py).
+    generation: int = 0
+    #: The files (name -> identity) the current generation was planned over: a resume of an
+    #: interrupted refresh over the same inputs continues it; other inputs start a new generation.
+    work: dict[str, dict] = field(default_factory=dict)
+    #: Shards replaced or dropped by the current generation, still in the published table until
+    #: the next publish (their files stay until then).
+    retiring: list[ShardRecord] = field(default_factory=list)
+    #: Files removed from the table but kept for ``output.history_days``: [[name, removed at (s)]].
+    retired: list[list] = field(default_factory=list)
+    #: The last publish tag written to the Delta table (0: never published).
+    published: int = 0
+    #: Rows of the inputs as of the last completed generation (for the removal guard and reports).
+    removed_rows: int = 0
 
     # --------------------------------------------------------------------------------- queries
 
@@ -170,6 +207,12 @@ class Manifest:
             "shards": [asdict(s) for s in self.shards],
             "writer": self.writer,
             "server": self.server,
+            "generation": self.generation,
+            "work": self.work,
+            "retiring": [asdict(s) for s in self.retiring],
+            "retired": self.retired,
+            "published": self.published,
+            "removed_rows": self.removed_rows,
         }
         store.replace_manifest(json.dumps(doc, indent=1, sort_keys=True).encode())
         store.drop_commits()  # every journal line is in the manifest now
@@ -183,6 +226,13 @@ class Manifest:
             return None
         try:
             doc = json.loads(raw)
+            if doc.get("version") in OLD_VERSIONS:
+                raise ResumeRefused(
+                    f"{path} was written by an older batchembed (manifest format {doc.get('version')}, now "
+                    f"{FORMAT_VERSION}): its shards do not record the input files and texts a refresh needs. "
+                    "Run once with --restart to rebuild this output (every row is embedded again), or "
+                    "give output.path a new directory and delete the old one when the new one is complete."
+                )
             if doc.get("version") != FORMAT_VERSION:
                 raise ValueError(f"format version {doc.get('version')!r}, expected {FORMAT_VERSION}")
             if doc["fingerprint_sha256"] != fingerprint_hash(doc["fingerprint"]):
@@ -196,6 +246,12 @@ class Manifest:
                 version=doc["version"],
                 created=doc["created"],
                 server=dict(doc.get("server") or {}),
+                generation=int(doc.get("generation", 0)),
+                work=dict(doc.get("work") or {}),
+                retiring=[ShardRecord(**r) for r in doc.get("retiring", [])],
+                retired=list(doc.get("retired", [])),
+                published=int(doc.get("published", 0)),
+                removed_rows=int(doc.get("removed_rows", 0)),
             )
             manifest._replay(store)
             return manifest
@@ -224,20 +280,7 @@ def fingerprint_hash(fp: dict[str, Any]) -> str:
 def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Human-readable differences between two fingerprints ("model.name: 'a' -> 'b'")."""
     changes = []
-    old_files = {f["name"]: f for f in old.get("files", [])}
-    new_files = {f["name"]: f for f in new.get("files", [])}
-    for name in sorted(set(old_files) | set(new_files)):
-        a, b = old_files.get(name), new_files.get(name)
-        if a is None:
-            changes.append(f"input file {name} was added")
-        elif b is None:
-            changes.append(f"input file {name} was removed")
-        elif a != b:
-            what = [k for k in ("size", "mtime_ns") if a.get(k) != b.get(k)]
-            changes.append(f"input file {name} changed ({', '.join(what)})")
     for key in sorted(set(old) | set(new)):
-        if key == "files":
-            continue
         if old.get(key) != new.get(key):
             changes.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
     return changes
@@ -277,7 +320,9 @@ def open_output(store: OutputStore, fingerprint: dict[str, Any], restart: bool) 
         raise ResumeRefused(
             f"{store.uri} holds output of a different job: "
             + "; ".join(changes or ["fingerprint differs"])
-            + ". Resuming would mix vectors of two jobs. Run with --restart to discard the old output."
+            + ". Its vectors were made with other settings, and mixing them would give a table of two jobs "
+            "(changed input files are fine: a rerun refreshes the output). Run with --restart to discard "
+            "the old output, or use another output.path."
         )
     manifest.writer = os.urandom(8).hex()
     manifest.save(store)  # also folds the last run's commit journal in: each run starts from one file
@@ -300,8 +345,8 @@ def remove_orphans(store: OutputStore, manifest: Manifest, owns: Callable[[str],
 
     ``owns(shard file name)`` limits this to the files of one ``--shard I/N`` part (the other parts'
     files, committed or in progress, belong to their own manifests)."""
-    known = {s.name for s in manifest.shards} | {s.failed_file for s in manifest.shards if s.failed_file}
-    known |= {f"{TRUNCATED_DIR}/{s.name}" for s in manifest.shards if s.truncated}
+    known = {name for s in manifest.shards + manifest.retiring for name in s.owned_files()}
+    known |= {name for name, _ in manifest.retired}  # replaced files kept for time travel
     for name in store.list_names():
         base = name.rsplit("/", 1)[-1]
         if "/" in name and not name.startswith((FAILED_DIR + "/", TRUNCATED_DIR + "/")):
@@ -316,7 +361,7 @@ def remove_orphans(store: OutputStore, manifest: Manifest, owns: Callable[[str],
 
 def check_shards(store: OutputStore, manifest: Manifest) -> None:
     """Every recorded file exists with its recorded size and a readable Parquet footer."""
-    for s in manifest.shards:
+    for s in manifest.shards + manifest.retiring:
         check_file(store, s.name, s.size, None)  # hashing every shard is `verify`'s job
         if s.failed_file:
             check_file(store, s.failed_file, None, None)

@@ -78,6 +78,10 @@ class OutputConfig:
     column: str = "embedding"
     shard_rows: int = 100_000
     compression: Literal["none", "snappy", "zstd", "lz4"] = "snappy"
+    #: Days a file replaced or dropped by a refresh stays (for Delta time travel); 0 deletes it at once.
+    history_days: float = 0.0
+    #: The largest share of the output's rows a refresh may remove without --allow-removal.
+    max_removed: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -304,6 +308,10 @@ def validate(job: JobConfig) -> JobConfig:
             raise ConfigError(f"rerank.top_n must be at least 1, got {rr.top_n}")
     if job.cache.memory_mb < 0:
         raise ConfigError("cache.memory_mb must be 0 or more")
+    if job.output.history_days < 0:
+        raise ConfigError(f"output.history_days must be 0 or more, got {job.output.history_days}")
+    if not 0 <= job.output.max_removed <= 1:
+        raise ConfigError(f"output.max_removed must be between 0 and 1, got {job.output.max_removed}")
     check_locations(job)
     if job.model.dimensions is not None and job.model.dimensions < 1:
         raise ConfigError(f"model.dimensions must be at least 1, got {job.model.dimensions}")

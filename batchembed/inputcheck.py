@@ -31,15 +31,20 @@ _BUCKET_BITS = 6
 _SCAN_ROWS = 65_536
 
 
-def check_inputs(job: JobConfig, sources: list[SourceFile], columns: list[str]) -> None:
-    """Raise InputError for duplicate column names, non-string text columns and bad ids (see module doc)."""
+def check_inputs(
+    job: JobConfig, sources: list[SourceFile], columns: list[str], held: list[tuple[str, pa.Array]] | None = None
+) -> None:
+    """Raise InputError for duplicate column names, non-string text columns and bad ids (see module doc).
+
+    ``held``: ids a refresh keeps without reading their files again ([(where, ids)], from the output);
+    a new row may not repeat one of them either."""
     for src in sources:
         check_unique_columns(src, columns)
     if not job.is_rerank:
         for src in sources:
             check_text_types(src, text_fields(job.input.text), job.input.cast_text)
         if job.input.id:
-            check_ids(sources, job.input.id)
+            check_ids(sources, job.input.id, held=held or [])
 
 
 def check_unique_columns(source: SourceFile, needed: list[str]) -> None:
@@ -152,9 +157,18 @@ def _where(parts, index: int) -> tuple[SourceFile, int]:
     raise IndexError(index)
 
 
-def check_ids(sources: list[SourceFile], column: str, limit: int = DIGESTS_IN_MEMORY) -> None:
-    """No null or empty id, and no id twice (across all files); the error names the id and its rows."""
+def check_ids(
+    sources: list[SourceFile],
+    column: str,
+    limit: int = DIGESTS_IN_MEMORY,
+    held: list[tuple[str, pa.Array]] | None = None,
+) -> None:
+    """No null or empty id, and no id twice (across all files and the ``held`` ids of rows already in
+    the output); the error names the id and its rows."""
+    held = held or []
     seen = DigestSet(limit)
+    for _, ids in held:
+        seen.add(_digests(ids))
     for parts in _id_batches(sources, column):
         ids = pa.concat_arrays([p[2] for p in parts])
         missing = pc.or_(pc.is_null(ids), pc.equal(ids, "")).fill_null(True)
@@ -168,6 +182,9 @@ def check_ids(sources: list[SourceFile], column: str, limit: int = DIGESTS_IN_ME
     if not len(suspects):
         return
     rows: dict[str, list[str]] = {}
+    for where, ids in held:
+        for i in np.flatnonzero(np.isin(_digests(ids), suspects)):
+            rows.setdefault(ids[int(i)].as_py(), []).append(where)
     for parts in _id_batches(sources, column):
         ids = pa.concat_arrays([p[2] for p in parts])
         for i in np.flatnonzero(np.isin(_digests(ids), suspects)):

@@ -19,6 +19,8 @@ own manifest (``engines/shard.py``), a Ray worker hands each written shard to it
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -35,8 +37,11 @@ from batchembed.checkpoint import (
     open_output,
     remove_orphans,
 )
+from batchembed import output_refresh
 from batchembed.errors import InputError
-from batchembed.sources import SourceFile
+from batchembed.output_cache import OutputCache
+from batchembed.refresh import InputDiff, identity_of, known_rows
+from batchembed.sources import SourceFile, restat
 from batchembed.store.base import OutputStore
 from batchembed.truncated import rebuild_truncated, write_truncated
 from batchembed.units import Unit
@@ -52,6 +57,7 @@ class UnitWriter:
     def __init__(self, output: JobOutput, unit: Unit, metadata: dict[str, Any]) -> None:
         self.output = output
         self.unit = unit
+        self.file = output.file_name(unit)  # unique to this attempt: a late writer never lands on a commit
         self.metadata = metadata
         self.shard: Any = None  # the store's shard writer, once the first rows arrive
         self.failures: list[pa.Table] = []
@@ -61,7 +67,7 @@ class UnitWriter:
         """Append one piece's output rows (one row group) and keep its failed and cut rows."""
         if self.shard is None:
             schema = rows.schema.with_metadata(shard_metadata(self.metadata))
-            self.shard = self.output.store.shard_writer(self.unit.name, schema, self.output.compression)
+            self.shard = self.output.store.shard_writer(self.file, schema, self.output.compression)
         self.shard.write(rows)
         if failed is not None:
             self.failures.append(failed)
@@ -86,6 +92,15 @@ class JobOutput:
         self.store = store
         self.compression = compression
         self.manifest: Manifest | None = None
+        #: Part of every shard file name this run writes (issue: a writer that lost its lease must
+        #: never complete an upload over a committed shard's key).
+        self.attempt = os.urandom(4).hex()
+        #: Each committing file's input identities (name -> identity), set by the runner.
+        self.identities: dict[str, dict] = {}
+
+    def file_name(self, unit: Unit) -> str:
+        """The shard file for ``unit`` written by this run: ``part-00007-<attempt>.parquet``."""
+        return f"{unit.name.removesuffix('.parquet')}-{self.attempt}.parquet"
 
     @property
     def uri(self) -> Any:
@@ -111,13 +126,78 @@ class JobOutput:
         self.manifest = open_output(self.store, fingerprint, restart)
         return self.manifest
 
+    # ------------------------------------------------------------------------------ refreshing
+
+    def known_rows(self) -> dict[str, tuple[dict, int]]:
+        """Row counts of the files the output holds whole, by their identity (no lock needed: a hint
+        that lets ``discover`` skip opening unchanged files; a wrong hint only costs a read)."""
+        try:
+            return known_rows(Manifest.load(self.store))
+        except Exception:  # a missing, foreign or old output: ``open`` gives the real answer
+            return {}
+
+    def refresh_plan(self, sources: list[SourceFile]) -> InputDiff:
+        """What changed in the inputs since the output's shards read them (nothing written)."""
+        self.identities = {src.name: identity_of(src) for src in sources}
+        self.sources = {src.name: src for src in sources}
+        self.diff = output_refresh.plan(self.manifest, sources)
+        return self.diff
+
+    def work_files(self, sources: list[SourceFile]) -> list[SourceFile]:
+        """The input files this run reads (the others are held whole by shards it keeps)."""
+        self.reading = output_refresh.work_files(self.manifest, self.diff, sources)
+        return self.reading
+
+    def held_ids(self, column: str, diff: InputDiff) -> list[tuple[str, pa.Array]]:
+        """Ids of kept rows this run does not read again (for the id check)."""
+        return output_refresh.held_ids(self.store, self.manifest, diff, column, self.reading)
+
+    def begin_refresh(self, diff: InputDiff, sources: list[SourceFile], max_removed: float) -> bool:
+        """Start a refresh generation if the inputs changed (see ``output_refresh.begin``)."""
+        return output_refresh.begin(self.store, self.manifest, diff, sources, max_removed)
+
+    def describe_refresh(self, diff: InputDiff) -> str:
+        """One log line on what this refresh does."""
+        return output_refresh.describe(diff, self.manifest)
+
+    def reuse_answers(self, task: Any) -> None:
+        """Let the task find vectors the output already holds (kept and retiring shards)."""
+        if not hasattr(task, "output_cache") or not (self.manifest.shards or self.manifest.retiring):
+            return
+        if self.manifest.complete:
+            return
+        task.output_cache = OutputCache(self.store, self.manifest.shards + self.manifest.retiring, task.job.output.column)
+
+    def next_retry(self) -> int:
+        """The number of the next retry unit (past every retry unit this output ever committed)."""
+        numbers = [int(m.group(1)) for s in self.manifest.shards + self.manifest.retiring
+                   if (m := re.match(r"part-r(\d+)", s.unit_name))]
+        return max(numbers, default=-1) + 1
+
+    def check_unchanged(self, unit: Unit) -> None:
+        """Refuse to commit rows of a file that changed while this run read it (a torn read)."""
+        for name in self.inputs_of(unit):
+            src = self.sources.get(name) if hasattr(self, "sources") else None
+            if src is None:
+                continue
+            now = restat(src)
+            if now is not None and now != self.identities[name]:
+                raise InputError(
+                    f"{src.path} changed while this run read it (size/modification time differ); none of its "
+                    "rows from that read were committed. Run the same command again once the file is complete."
+                )
+
+    def publish(self, table: Any, history_days: float, say: Callable[[str], None]) -> None:
+        """After every unit is committed: the Delta table becomes the manifest's shards (publish/)."""
+        output_refresh.publish(self.store, self.manifest, history_days, table, say)
+
     def finished_before(self) -> bool:
         """Whether an earlier run already completed the whole job."""
         return self.manifest.complete and self.store.exists(SUCCESS)
 
     def committed(self) -> set[str]:
         """Names of the units committed so far (without ``.parquet``: a unit's journal name)."""
-        return {s.name.removesuffix(".parquet") for s in self.manifest.shards}
+        return {s.unit_name for s in self.manifest.shards}
 
     def retry_unit_name(self, n: int) -> str:
         """Name of the shard holding this run's retried rows (``n`` retry shards exist already)."""
@@ -146,18 +226,21 @@ class JobOutput:
     def commit(self, writer: UnitWriter) -> ShardRecord:
         """Make a unit durable: shard, its failed and cut rows, then the manifest entry (the commit point)."""
         unit = writer.unit
+        self.check_unchanged(unit)
         written = writer.shard.commit()
-        n_cut = write_truncated(self.store, unit.name, writer.cuts)
+        n_cut = write_truncated(self.store, writer.file, writer.cuts)
         failpoint("shard-before-manifest")
         failed_file = None
         n_failed = 0
         if writer.failures:
             table = pa.concat_tables(writer.failures)
             n_failed = table.num_rows
-            failed_file = f"{FAILED_DIR}/{unit.name}"
+            failed_file = f"{FAILED_DIR}/{writer.file}"
             self.store.write_table(failed_file, table)
         record = ShardRecord(
-            name=unit.name,
+            name=writer.file,
+            unit=unit.name.removesuffix(".parquet"),
+            inputs=self.inputs_of(unit),
             kind=unit.kind,
             file=unit.source.name if unit.source else None,
             start=unit.start,
@@ -175,6 +258,16 @@ class JobOutput:
         )
         self.record(record, list(unit.resolves))
         return record
+
+    def inputs_of(self, unit: Unit) -> dict[str, dict]:
+        """The identities of the input files whose rows ``unit`` holds."""
+        if unit.files:
+            names = [name for name, _ in unit.files]
+        elif unit.source is not None:
+            names = [unit.source.name]
+        else:
+            names = list(unit.sources)
+        return {name: self.identities[name] for name in names if name in self.identities}
 
     def record(self, record: ShardRecord, resolves: list[str]) -> None:
         """The commit point: record a written shard in the manifest (a Ray worker hands it back instead)."""

@@ -27,11 +27,19 @@ class Stats:
     tokens: int = 0  # tokens sent in successful requests (server's count when it reports one)
     tokens_saved: int = 0  # tokens not sent thanks to de-duplication
     requests: int = 0  # HTTP requests sent, successful or not
+    rows_reused: int = 0  # rows of changed files whose vector was already in the output (not bought)
+    rows_removed: int = 0  # rows taken out of the output by this refresh (changed or deleted inputs)
+    refresh: dict = field(default_factory=dict)  # files added/changed/removed/unchanged, generation
     retries: Counter = field(default_factory=Counter)  # by status / error class
     latencies: list[float] = field(default_factory=list)
     in_flight: int = 0
     pace: str = ""  # the limits being paced to, e.g. "tokens/min 600k (server), requests/min 600 (configured)"
     started: float = field(default_factory=time.monotonic)
+
+    def note_refresh(self, diff: Any, manifest: Any) -> None:
+        """What this run found changed in the inputs (for the summary and ``_report.json``)."""
+        self.rows_removed = diff.rows_removed
+        self.refresh = {**diff.summary(), "generation": manifest.generation}
 
     @property
     def rows_done(self) -> int:
@@ -54,7 +62,11 @@ class Stats:
                 "skipped": self.rows_skipped,
                 "failed": self.rows_failed,
                 "already_done": self.rows_resumed,
+                "reused_from_output": self.rows_reused,
+                "bought": max(0, self.rows_embedded - self.rows_reused - self.rows_recovered),
+                "removed": self.rows_removed,
             },
+            "refresh": self.refresh,
             "after_crash": {
                 # rows an interrupted run had answered, read back from its journal instead of being sent
                 "rows_recovered_from_journal": self.rows_recovered,

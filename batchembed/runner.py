@@ -26,6 +26,7 @@ from batchembed.limits import RateLimits
 from batchembed.output import JobOutput, RetryUnit
 from batchembed.pipeline import Pipeline
 from batchembed.progress import Progress, Stats
+from batchembed.refresh import first_ordinal
 from batchembed.resolved import ResolvedJob
 from batchembed.sender import Sender, SendHooks
 from batchembed.servers import ServedModel, UsageCheck, run_canary
@@ -56,6 +57,8 @@ class JobRunner:
     handles_signals = True
     #: A finished run deletes every answer journal left (not a part of a job: other parts may be running).
     clears_journals = True
+    #: A finished run publishes the output's table (a part leaves that to the last part to finish).
+    publishes = True
 
     def __init__(
         self,
@@ -70,6 +73,7 @@ class JobRunner:
         retry_failed: bool = True,
         accept_model_change: bool = False,
         units: Callable[[Unit], bool] | None = None,
+        allow_removal: bool = False,
     ) -> None:
         self.resolved = resolved
         self.job = job = resolved.config
@@ -79,6 +83,7 @@ class JobRunner:
         self.counter = counter
         self.restart = restart
         self.retry_failed = retry_failed
+        self.allow_removal = allow_removal
         self.units = units
         self.output = self._make_output()
         self.out = self.output.uri  # for messages
@@ -146,25 +151,36 @@ class JobRunner:
 
     # ------------------------------------------------------------------------------------ setup
 
-    def fingerprint(self, sources: list[SourceFile]) -> dict[str, Any]:
-        """What the vectors depend on; a resume with a different fingerprint is refused."""
-        return {
-            **self.task.fingerprint(),
-            **self.resolved.fingerprint(),
-            "files": [s.identity() for s in sources],
-        }
+    def fingerprint(self, sources: list[SourceFile] | None = None) -> dict[str, Any]:
+        """The job's settings the vectors depend on (the input files are its work, not part of it)."""
+        return {**self.task.fingerprint(), **self.resolved.fingerprint()}
 
     async def _run(self) -> int:
-        sources = await asyncio.to_thread(discover, self.job.input.path, storage_options(self.job))
+        known = await asyncio.to_thread(self.output.known_rows)
+        sources = await asyncio.to_thread(discover, self.job.input.path, storage_options(self.job), known)
         columns = self.task.columns
-        for src in sources:
-            await asyncio.to_thread(check_columns, src, columns)
         await asyncio.to_thread(self.output.acquire, self.restart)  # one writer per output (or part)
-        await asyncio.to_thread(check_inputs, self.job, sources, columns)
-        manifest = await asyncio.to_thread(self.output.open, self.fingerprint(sources), self.restart)
+        manifest = await asyncio.to_thread(self.output.open, self.fingerprint(), self.restart)
+        diff = await asyncio.to_thread(self.output.refresh_plan, sources)
+        work = self.output.work_files(sources)
+        for src in work:
+            await asyncio.to_thread(check_columns, src, columns)
+        if work:
+            held = []
+            if self.job.input.id:
+                held = await asyncio.to_thread(self.output.held_ids, self.job.input.id, diff)
+            await asyncio.to_thread(check_inputs, self.job, work, columns, held)
+        await asyncio.to_thread(
+            self.output.begin_refresh, diff, sources, 1.0 if self.allow_removal else self.job.output.max_removed
+        )
+        self.stats.note_refresh(diff, manifest)
         if self.output.finished_before():
-            self.progress.line(f"{self.out}: job already complete ({manifest.rows():,} rows); nothing to do")
+            self.progress.line(
+                f"{self.out}: up to date with its {len(sources):,} input files ({manifest.rows():,} rows); nothing to do"
+            )
             return EXIT_OK
+        if diff.stale or diff.added:
+            self.progress.line(self.output.describe_refresh(diff))
         await self._check_server(manifest)
         self.stats.rows_resumed = manifest.rows()
         self.journal = Journal(
@@ -174,6 +190,7 @@ class JobRunner:
             self.stats,
             committed=self.output.committed(),
         )
+        self.output.reuse_answers(self.task)
         retry_units = await asyncio.to_thread(self.output.retry_plan, sources) if self.retry_failed else []
         # a subset's share of the rows is known only once its units are read
         todo = pending_rows(sources, manifest) if self.units is None else None
@@ -205,7 +222,15 @@ class JobRunner:
             except OSError:
                 if not failed:  # a full disk fails the report too: keep the first, real, error
                     raise
+        if finished and self.publishes:
+            await asyncio.to_thread(self.output.publish, self._table(), self.job.output.history_days, self.progress.line)
         return self._conclude()
+
+    def _table(self):
+        """``publish(shards, tag)``: the Delta table of this output (publish/)."""
+        from batchembed.publish.table import delta_publisher
+
+        return delta_publisher(self.output.store, self.job)
 
     def _make_sender(self) -> Sender:
         sender = Sender(
@@ -274,8 +299,8 @@ class JobRunner:
         chunks = []
         if retry_units:
             resolves = list(dict.fromkeys(f for f, _, _ in retry_units))
-            n = sum(1 for s in self.manifest.shards if s.kind == "retry")
-            unit = Unit(self.output.retry_unit_name(n), None, resolves=resolves)
+            unit = Unit(self.output.retry_unit_name(self.output.next_retry()), None, resolves=resolves)
+            unit.sources = list(dict.fromkeys(src.name for _, src, _ in retry_units))
             failures = [(src, rows) for _, src, rows in retry_units]
             chunks.append(retry_chunks(failures, columns, unit, CHUNK_ROWS, self.task.group_key))
         chunks.append(
@@ -287,6 +312,7 @@ class JobRunner:
                 CHUNK_ROWS,
                 self.task.group_key,
                 pack_small_files=not self.job.is_rerank,  # the rerank task reads one file per chunk
+                first_ordinal=first_ordinal(self.manifest),
             )
         )
         for stream in chunks:

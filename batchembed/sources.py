@@ -57,12 +57,35 @@ class SourceFile:
         return {"name": self.name, "size": self.size, "mtime_ns": self.mtime_ns}
 
 
-def discover(spec: str, storage: StorageOptions | None = None) -> list[SourceFile]:
+def restat(src: SourceFile) -> dict | None:
+    """The file's identity now (size and modification time), or None if it cannot be read."""
+    try:
+        if src.location is None:
+            st = os.stat(src.path)
+            return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        info = src.location.fs.get_file_info(src.location.fs_path)
+        return {"size": info.size or 0, "mtime_ns": info.mtime_ns or 0}
+    except (OSError, ValueError):
+        return None
+
+
+def _known(known: dict | None, name: str, size: int, mtime_ns: int) -> int | None:
+    """The row count recorded for a file whose identity is unchanged (so it need not be opened)."""
+    if not known or name not in known:
+        return None
+    identity, rows = known[name]
+    return rows if identity == {"size": size, "mtime_ns": mtime_ns} else None
+
+
+def discover(spec: str, storage: StorageOptions | None = None, known: dict | None = None) -> list[SourceFile]:
     """Expand a file, directory or glob (local, or a URI such as ``s3://b/data/*.parquet``) into the
-    sorted list of .parquet/.csv files it names."""
+    sorted list of .parquet/.csv files it names.
+
+    ``known`` (name -> (identity, rows)) gives the row counts of files the output already holds whole:
+    such a file, unchanged, is listed but not opened."""
     where = locate(spec, storage, "input.path")
     if not where.is_local:
-        return _discover_remote(spec, where)
+        return _discover_remote(spec, where, known)
     spec = where.key
     path = Path(spec)
     if any(ch in spec for ch in "*?["):
@@ -83,24 +106,27 @@ def discover(spec: str, storage: StorageOptions | None = None) -> list[SourceFil
     for i, p in enumerate(files):
         st = p.stat()
         fmt = FORMATS[p.suffix.lower()]
-        rows = None
-        if fmt == "parquet":
+        name = os.path.relpath(p, root) if root != Path("") else str(p)
+        rows = _known(known, name, st.st_size, st.st_mtime_ns) if fmt == "parquet" else None
+        if fmt == "parquet" and rows is None:
             try:
                 rows = pq.ParquetFile(p).metadata.num_rows
             except (pa.ArrowException, OSError) as exc:
                 raise InputError(f"{p}: not a readable Parquet file: {exc}") from None
-        name = os.path.relpath(p, root) if root != Path("") else str(p)
         out.append(SourceFile(i, p, name, fmt, st.st_size, st.st_mtime_ns, rows))
     return out
 
 
-def _discover_remote(spec: str, where: Location) -> list[SourceFile]:
+def _discover_remote(spec: str, where: Location, known: dict | None = None) -> list[SourceFile]:
     """``discover`` for an object store: the files ``list_files`` finds, with Parquet row counts."""
     out = []
     for i, found in enumerate(list_files(where, FORMATS)):
         fmt = FORMATS[os.path.splitext(found.location.key)[1].lower()]
         src = SourceFile(i, found.location.uri, found.name, fmt, found.size, found.mtime_ns, None, found.location)
-        if fmt == "parquet":
+        rows = _known(known, found.name, found.size, found.mtime_ns) if fmt == "parquet" else None
+        if rows is not None:
+            src = dataclasses.replace(src, rows=rows)
+        elif fmt == "parquet":
             try:
                 rows = pq.ParquetFile(src.open()).metadata.num_rows
             except (pa.ArrowException, OSError) as exc:

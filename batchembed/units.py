@@ -34,6 +34,7 @@ class Unit:
     resolves: list[str] = field(default_factory=list)  # failure files a retry unit answers
     tokens: int = 0  # tokens spent on this unit's rows
     files: list[tuple[str, int]] = field(default_factory=list)  # a "files" unit: whole small files, in order
+    sources: list[str] = field(default_factory=list)  # a retry unit: the files its rows come from
 
     @property
     def kind(self) -> str:
@@ -121,11 +122,11 @@ def _tiled_end(committed: dict[int, ShardRecord], start: int = 0) -> int:
 
 
 def file_done(source: SourceFile, committed: dict[int, ShardRecord]) -> bool:
-    """Whether committed ranges cover the whole file (a CSV's end is known once its last unit is committed)."""
+    """Whether committed ranges cover the whole file (its last unit recorded reaching the end of file)."""
     end = _tiled_end(committed)
-    if source.rows is not None:
-        return end == source.rows
-    return any(r.eof and r.end == end for r in committed.values())
+    if any(r.eof and r.end == end for r in committed.values()):
+        return True
+    return source.rows is not None and end == source.rows
 
 
 def pending_rows(sources: list[SourceFile], manifest: Manifest) -> int | None:
@@ -147,6 +148,7 @@ def iter_chunks(
     group_key: str | None = None,
     *,
     pack_small_files: bool = False,
+    first_ordinal: int = 0,
 ) -> Iterator[Chunk]:
     """Chunks of every unit not yet committed, in unit order.
 
@@ -159,10 +161,10 @@ def iter_chunks(
     packed whole into one unit of up to ``shard_rows`` rows, and their rows into shared chunks, so
     requests stay full and shards near ``shard_rows`` however small the files.
     """
-    taken = {s.name for s in manifest.shards}
+    taken = {s.unit_name for s in manifest.shards}
     counted: set[str] = set()
     pack = _Packer(shard_rows, chunk_rows, taken)
-    base = 0
+    base = first_ordinal  # a refresh generation names its units from its own range (refresh.py)
     for src in sources:
         committed = {r.start: r for r in manifest.ranges_of(src.name)}
         if file_done(src, committed):
@@ -226,7 +228,7 @@ class _Packer:
             out += self.close()
         if self.unit is None:
             name = shard_name(base)
-            if name in self.taken:
+            if name.removesuffix(".parquet") in self.taken:
                 raise OutputError(
                     f"{name} is already committed for other rows: this output cannot be resumed by this version; "
                     "run with --restart"

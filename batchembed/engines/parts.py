@@ -20,8 +20,10 @@ from batchembed.checkpoint import SUCCESS, Manifest, check_shards, fingerprint_h
 from batchembed.errors import ResumeRefused, UsageError
 from batchembed.store.base import OutputStore, manifest_names, part_suffix
 
-_RANGE = re.compile(r"part-(\d+)\.parquet$")
-_RETRY = re.compile(r"part-r\d+-shard-(\d+)-of-(\d+)\.parquet$")
+# a unit name (``part-00007``), a unit's file (``part-00007.parquet``) or a shard file of one
+# attempt (``part-00007-1a2b3c4d.parquet``)
+_RANGE = re.compile(r"part-(\d+)(?:-[0-9a-f]{8})?(?:\.parquet)?$")
+_RETRY = re.compile(r"part-r\d+-shard-(\d+)-of-(\d+)(?:-[0-9a-f]{8})?(?:\.parquet)?$")
 _PART_MANIFEST = re.compile(r"_manifest\.shard-(\d+)-of-(\d+)\.json$")
 
 

@@ -20,6 +20,7 @@ from batchembed.batching import pack
 from batchembed.config import JobConfig, text_fields
 from batchembed.errors import InputError, MalformedResponse, ServerIgnoredSettings
 from batchembed.memo import VectorMemo, text_keys
+from batchembed.output_cache import KEY_COLUMN, key_column
 from batchembed.progress import Stats
 from batchembed.providers.base import Embedder, EmbeddingResult
 from batchembed.resolved import ResolvedJob
@@ -158,6 +159,8 @@ class EmbedTask:
         self.shared = SharedEmbedder(embedder, memo, stats, self._check_answer)
         self.dim: int | None = job.model.dimensions
         self.id_column = id_column_name(job)
+        #: Vectors the output already holds (``output_cache.OutputCache``), set by the run before a refresh.
+        self.output_cache = None
         cols = list(text_fields(job.input.text))
         for c in ([job.input.id] if job.input.id else []) + list(job.input.keep):
             if c not in cols:
@@ -222,6 +225,8 @@ class EmbedTask:
         if self.allocate_answers and self.dim is not None and len(used):
             work.allocate(self.dim)
         hits = self.shared.lookup(keys[used])
+        if self.output_cache is not None:
+            self._reuse(keys, used, row_to_text, hits)
         if hits:
             found = [i for i in used if keys[i] in hits]
             work.set_vectors(found, np.stack([hits[keys[i]] for i in found]))
@@ -232,6 +237,16 @@ class EmbedTask:
         self.stats.tokens_saved += rows_tokens - int(counts[to_send].sum())
         piece = Piece(chunk=chunk, rows=n, skipped=skipped, work=work)
         return piece, self.pack(piece, to_send)
+
+    def _reuse(self, keys: np.ndarray, used: np.ndarray, row_to_text: np.ndarray, hits: dict) -> None:
+        """Add to ``hits`` the vectors the output already holds (a refresh buys only new texts)."""
+        missing = [keys[i] for i in used if keys[i] not in hits]
+        found = self.output_cache.lookup(missing) if missing else {}
+        if not found:
+            return
+        hits.update(found)
+        reused = np.fromiter((i for i in used if keys[i] in found), np.int64)
+        self.stats.rows_reused += int(np.isin(row_to_text, reused).sum())
 
     def pack(self, piece: Piece, items: np.ndarray) -> list[Request]:
         """Requests for ``items`` of ``piece``, in order, under ``batch_inputs`` and ``batch_tokens``."""
@@ -344,7 +359,7 @@ class EmbedTask:
         column = self.job.output.column
         table = work.table.append_column(
             pa.field(column, pa.list_(pa.float32(), self.dim)), vector_array(vectors, valid)
-        )
+        ).append_column(pa.field(KEY_COLUMN, pa.binary(16)), key_column(work.keys, rows, valid))
         failed = None
         if failed_mask.any():
             idx = np.flatnonzero(failed_mask)

@@ -1,0 +1,149 @@
+"""The output's side of a refresh: plan it, start it durably, and finish it by publishing the table.
+
+``JobOutput`` calls these around a run (``refresh.py`` holds the pure decisions):
+
+1. ``plan`` compares the inputs with the shards' recorded identities (nothing is written);
+2. ``held_ids`` reads the ids of the rows the refresh keeps (from the output, not the inputs), so
+   the id check needs only the files this refresh reads;
+3. ``begin`` refuses a refresh that would remove most of the output (unless allowed), then starts a
+   generation: stale shards move to ``retiring``, the manifest is saved (the refresh's first
+   durable step) and ``_SUCCESS`` is removed (a glob reader is told the output is changing);
+4. ``publish`` (after every unit is committed) makes the Delta table exactly the manifest's shards
+   in one commit, then deletes the files it replaced (or keeps them ``output.history_days``).
+
+A crash anywhere leaves the manifest the truth: ``retiring`` files are deleted only once the table
+no longer names them, and a publish that already happened is recognised and not repeated.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from batchembed.checkpoint import FAILED_DIR, SUCCESS, Manifest, ShardRecord
+from batchembed.refresh import (
+    InputDiff,
+    begin_generation,
+    diff_inputs,
+    expired,
+    guard_removal,
+    needs_new_generation,
+    plan_identities,
+)
+from batchembed.units import file_done
+
+if TYPE_CHECKING:
+    from batchembed.sources import SourceFile
+    from batchembed.store.base import OutputStore
+
+
+def plan(manifest: Manifest, sources: list[SourceFile]) -> InputDiff:
+    """What changed in the inputs since the output's shards read them (nothing is written)."""
+    return diff_inputs(manifest, sources)
+
+
+def work_files(manifest: Manifest, diff: InputDiff, sources: list[SourceFile]) -> list[SourceFile]:
+    """The files this run reads: those not fully held by shards the refresh keeps."""
+    stale = {s.name for s in diff.stale}
+    view = Manifest(fingerprint=manifest.fingerprint, shards=[s for s in manifest.shards if s.name not in stale])
+    out = []
+    for src in sources:
+        committed = {r.start: r for r in view.ranges_of(src.name)}
+        if not file_done(src, committed):
+            out.append(src)
+    return out
+
+
+def held_ids(
+    store: OutputStore, manifest: Manifest, diff: InputDiff, column: str, work: list[SourceFile]
+) -> list[tuple[str, pa.Array]]:
+    """Ids of the rows the refresh keeps and does not read again: [(where, ids)].
+
+    Shards holding rows of a file this run reads are left out (that file's ids are scanned anyway)."""
+    stale = {s.name for s in diff.stale}
+    reading = {src.name for src in work}
+    out = []
+    for s in manifest.shards:
+        if s.name in stale or reading & set(s.inputs):
+            continue
+        files = ", ".join(s.inputs) or s.name
+        if s.rows:
+            out.append((f"{files} (already in the output, {s.name})", _ids(store, s.name, column)))
+        if s.failed_file and s.failed_file not in manifest.resolved:
+            out.append((f"{files} (failed rows, {s.failed_file})", _ids(store, s.failed_file, "id")))
+    return out
+
+
+def _ids(store: OutputStore, name: str, column: str) -> pa.Array:
+    ids = store.read_table(name, columns=[column]).column(0).combine_chunks()
+    return ids if pa.types.is_string(ids.type) else ids.cast(pa.string())
+
+
+def begin(store: OutputStore, manifest: Manifest, diff: InputDiff, sources: list[SourceFile], max_removed: float) -> bool:
+    """Start a refresh generation when the inputs changed (True), after the removal guard; else record
+    the first run's plan. The manifest is saved before anything else changes."""
+    if needs_new_generation(manifest, diff, sources):
+        guard_removal(manifest, diff, max_removed, str(store.uri))
+        begin_generation(manifest, diff, sources)
+        manifest.save(store)
+        store.delete(SUCCESS)
+        return True
+    if not manifest.work:
+        manifest.work = plan_identities(sources)
+        manifest.save(store)
+    return False
+
+
+def describe(diff: InputDiff, manifest: Manifest) -> str:
+    """One line for the log: what this refresh does."""
+    return (
+        f"refresh (generation {manifest.generation}): {len(diff.added)} files added, {len(diff.changed)} changed, "
+        f"{len(diff.removed)} removed, {len(diff.unchanged)} unchanged; {diff.rows_removed:,} rows leave the "
+        "output; texts already in it are reused, not bought"
+    )
+
+
+def protected(manifest: Manifest) -> set[str]:
+    """Files the orphan sweep must keep besides the current shards': those still in the table or history."""
+    keep: set[str] = set()
+    for s in manifest.retiring:
+        keep.update(s.owned_files())
+    keep.update(name for name, _ in manifest.retired)
+    return keep
+
+
+def publish(
+    store: OutputStore, manifest: Manifest, history_days: float, table: Any, say, now: float | None = None
+) -> None:
+    """Make the table exactly the manifest's shards, then drop (or keep for history) what it replaced.
+
+    ``table(files, tag)`` publishes; it must be idempotent for the same files and tag (publish/)."""
+    now = time.time() if now is None else now
+    tag = manifest.generation + 1  # one publish per generation's content; retry shards re-publish it
+    table(manifest.shards, tag)
+    replaced = [name for s in manifest.retiring for name in s.owned_files()]
+    current = {name for s in manifest.shards for name in s.owned_files()}
+    replaced = [n for n in replaced if n not in current]
+    if history_days > 0:
+        manifest.retired.extend([name, now] for name in replaced if not name.startswith(FAILED_DIR + "/"))
+        drop = [n for n in replaced if n.startswith(FAILED_DIR + "/")]
+    else:
+        drop = replaced
+    drop += expired(manifest.retired, history_days, now)
+    dropped = set(drop)
+    manifest.retired = [r for r in manifest.retired if r[0] not in dropped]
+    manifest.retiring = []
+    manifest.published = tag
+    manifest.save(store)  # the table no longer names them: now they may go
+    for name in drop:
+        store.delete(name)
+    if replaced:
+        kept = f"; kept {history_days:g} days for time travel" if history_days > 0 else ""
+        say(f"published the refreshed table: {len(replaced)} replaced files removed from it{kept}")
+
+
+def stale_records(manifest: Manifest) -> list[ShardRecord]:
+    """Shards retired by the current generation (still in the published table)."""
+    return list(manifest.retiring)
