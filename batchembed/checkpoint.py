@@ -48,6 +48,7 @@ SUCCESS = "_SUCCESS"
 REPORT = "_report.json"
 FAILED = "_failed.parquet"
 FAILED_DIR = "_failed"
+DELTA_LOG = "_delta_log"  # the Delta table's log (publish/)
 TRUNCATED = "_truncated.parquet"
 TRUNCATED_DIR = "_truncated"
 #: 2: the fingerprint holds the job's settings only; every shard records the input files it holds
@@ -335,7 +336,7 @@ def remove_output(store: OutputStore) -> None:
     """Delete everything batchembed writes in the output (used by --restart); the lock stays."""
     for name in store.list_names():
         if name.startswith(("part-", "_")) and (
-            "/" not in name or name.startswith((FAILED_DIR + "/", TRUNCATED_DIR + "/"))
+            "/" not in name or name.startswith((FAILED_DIR + "/", TRUNCATED_DIR + "/", DELTA_LOG + "/"))
         ):
             store.delete(name)
 

@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not retry rows in _failed.parquet",
     )
     run.add_argument(
+        "--allow-removal",
+        action="store_true",
+        help="let a refresh remove more than output.max_removed of the output's rows (inputs really deleted)",
+    )
+    run.add_argument(
         "--accept-model-change",
         action="store_true",
         help="resume even though the server's model changed since the committed rows (the canary check)",
@@ -133,6 +138,11 @@ def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> in
     job = load_job(args.job, args.overrides)
     if args.command == "run":
         from batchembed.engines import run_job
+
+        if args.allow_removal:
+            import dataclasses
+
+            job = dataclasses.replace(job, output=dataclasses.replace(job.output, max_removed=1.0))
 
         return run_job(
             job,

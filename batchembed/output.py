@@ -26,6 +26,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from batchembed import output_refresh
 from batchembed.checkpoint import (
     FAILED,
     FAILED_DIR,
@@ -37,7 +38,6 @@ from batchembed.checkpoint import (
     open_output,
     remove_orphans,
 )
-from batchembed import output_refresh
 from batchembed.errors import InputError
 from batchembed.output_cache import OutputCache
 from batchembed.refresh import InputDiff, identity_of, known_rows
@@ -166,12 +166,17 @@ class JobOutput:
             return
         if self.manifest.complete:
             return
-        task.output_cache = OutputCache(self.store, self.manifest.shards + self.manifest.retiring, task.job.output.column)
+        task.output_cache = OutputCache(
+            self.store, self.manifest.shards + self.manifest.retiring, task.job.output.column
+        )
 
     def next_retry(self) -> int:
         """The number of the next retry unit (past every retry unit this output ever committed)."""
-        numbers = [int(m.group(1)) for s in self.manifest.shards + self.manifest.retiring
-                   if (m := re.match(r"part-r(\d+)", s.unit_name))]
+        numbers = [
+            int(m.group(1))
+            for s in self.manifest.shards + self.manifest.retiring
+            if (m := re.match(r"part-r(\d+)", s.unit_name))
+        ]
         return max(numbers, default=-1) + 1
 
     def check_unchanged(self, unit: Unit) -> None:

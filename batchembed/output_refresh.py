@@ -81,7 +81,9 @@ def _ids(store: OutputStore, name: str, column: str) -> pa.Array:
     return ids if pa.types.is_string(ids.type) else ids.cast(pa.string())
 
 
-def begin(store: OutputStore, manifest: Manifest, diff: InputDiff, sources: list[SourceFile], max_removed: float) -> bool:
+def begin(
+    store: OutputStore, manifest: Manifest, diff: InputDiff, sources: list[SourceFile], max_removed: float
+) -> bool:
     """Start a refresh generation when the inputs changed (True), after the removal guard; else record
     the first run's plan. The manifest is saved before anything else changes."""
     if needs_new_generation(manifest, diff, sources):

@@ -50,6 +50,7 @@ class InputDiff:
     removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     stale: list[ShardRecord] = field(default_factory=list)  # committed shards to retire
+    rows_coming_back: int = 0  # rows the changed files hold now (where known: Parquet footers)
 
     @property
     def rows_removed(self) -> int:
@@ -108,6 +109,8 @@ def diff_inputs(manifest: Manifest, sources: list[SourceFile]) -> InputDiff:
             diff.unchanged.append(name)
     gone = set(diff.changed) | set(diff.removed)
     diff.stale = [s for s in manifest.shards if any(name in gone for name in s.inputs)]
+    back = {name for s in diff.stale for name in s.inputs} - set(diff.removed)
+    diff.rows_coming_back = sum(src.rows or 0 for src in sources if src.name in back)
     return diff
 
 
@@ -156,7 +159,7 @@ def guard_removal(manifest: Manifest, diff: InputDiff, max_removed: float, where
     An upstream step that failed and left an empty or half-written folder looks like most of the
     inputs were deleted; a pipeline should stop there rather than empty its table."""
     held = sum(s.rows for s in manifest.shards)
-    removed = diff.rows_removed
+    removed = diff.rows_removed - diff.rows_coming_back
     if not held or removed <= max_removed * held:
         return
     raise ResumeRefused(

@@ -73,7 +73,6 @@ class JobRunner:
         retry_failed: bool = True,
         accept_model_change: bool = False,
         units: Callable[[Unit], bool] | None = None,
-        allow_removal: bool = False,
     ) -> None:
         self.resolved = resolved
         self.job = job = resolved.config
@@ -83,7 +82,6 @@ class JobRunner:
         self.counter = counter
         self.restart = restart
         self.retry_failed = retry_failed
-        self.allow_removal = allow_removal
         self.units = units
         self.output = self._make_output()
         self.out = self.output.uri  # for messages
@@ -170,18 +168,18 @@ class JobRunner:
             if self.job.input.id:
                 held = await asyncio.to_thread(self.output.held_ids, self.job.input.id, diff)
             await asyncio.to_thread(check_inputs, self.job, work, columns, held)
-        await asyncio.to_thread(
-            self.output.begin_refresh, diff, sources, 1.0 if self.allow_removal else self.job.output.max_removed
-        )
+        await asyncio.to_thread(self.output.begin_refresh, diff, sources, self.job.output.max_removed)
         self.stats.note_refresh(diff, manifest)
         if self.output.finished_before():
             self.progress.line(
-                f"{self.out}: up to date with its {len(sources):,} input files ({manifest.rows():,} rows); nothing to do"
+                f"{self.out}: job already complete and up to date with its {len(sources):,} input files "
+                f"({manifest.rows():,} rows); nothing to do"
             )
             return EXIT_OK
-        if diff.stale or diff.added:
+        if manifest.generation and (diff.stale or diff.added):
             self.progress.line(self.output.describe_refresh(diff))
-        await self._check_server(manifest)
+        if work or (self.retry_failed and manifest.unresolved_failures()):
+            await self._check_server(manifest)  # nothing to send (a refresh that only removes): no canary
         self.stats.rows_resumed = manifest.rows()
         self.journal = Journal(
             journal_store(self.output.store),
@@ -223,7 +221,9 @@ class JobRunner:
                 if not failed:  # a full disk fails the report too: keep the first, real, error
                     raise
         if finished and self.publishes:
-            await asyncio.to_thread(self.output.publish, self._table(), self.job.output.history_days, self.progress.line)
+            await asyncio.to_thread(
+                self.output.publish, self._table(), self.job.output.history_days, self.progress.line
+            )
         return self._conclude()
 
     def _table(self):
