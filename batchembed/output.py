@@ -51,6 +51,11 @@ from batchembed.writer import shard_metadata
 RetryUnit = tuple[str, SourceFile, list[int]]
 
 
+def new_attempt() -> str:
+    """A fresh attempt tag for the shard files of one run (8 hex digits)."""
+    return os.urandom(4).hex()
+
+
 class UnitWriter:
     """One unit on its way to a commit: its shard (opened at the first rows), its failed and cut rows."""
 
@@ -94,7 +99,7 @@ class JobOutput:
         self.manifest: Manifest | None = None
         #: Part of every shard file name this run writes (issue: a writer that lost its lease must
         #: never complete an upload over a committed shard's key).
-        self.attempt = os.urandom(4).hex()
+        self.attempt = new_attempt()
         #: Each committing file's input identities (name -> identity), set by the runner.
         self.identities: dict[str, dict] = {}
 

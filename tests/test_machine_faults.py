@@ -72,20 +72,22 @@ def test_output_path_under_a_regular_file(tmp_path, fake, dataset):
     assert fake.requests == []
 
 
-def test_disk_full_while_writing_a_shard_keeps_what_is_committed_and_resumes(tmp_path, fake, dataset):
+def test_disk_full_while_writing_a_shard_keeps_what_is_committed_and_resumes(tmp_path, fake, dataset, monkeypatch):
     texts, src = dataset
     out = tmp_path / "out"
     out.mkdir()
+    monkeypatch.setattr("batchembed.output.new_attempt", lambda: "0000dead")
     # a real ENOSPC: the third shard's temporary file is /dev/full, which refuses every write
-    os.symlink("/dev/full", out / "part-00002.parquet.tmp")
+    os.symlink("/dev/full", out / "part-00002-0000dead.parquet.tmp")
     job = job_for(tmp_path, fake, src, limits={"concurrency": 1}, output={"shard_rows": 100})
     result = run_here(fake, "run", str(job), "--quiet")
     assert result.returncode == 1, result.stderr
     line = _one_line(result.stderr)
     assert f"{out}: the disk is full" in line and "run the same command again to resume" in line
     manifest = checkpoint.Manifest.load(LocalStore(locate(str(out))))
-    assert [s.name for s in manifest.shards] == ["part-00000.parquet", "part-00001.parquet"]
+    assert [s.name for s in manifest.shards] == ["part-00000-0000dead.parquet", "part-00001-0000dead.parquet"]
 
+    monkeypatch.undo()
     again = _resume_completes(tmp_path, job, texts, fake)
     assert "resuming" in again.stderr
 

@@ -41,11 +41,13 @@ def test_a_unit_counts_once_its_shard_and_side_files_are_recorded(tmp_path):
 
     out = tmp_path / "out"
     assert (record.rows, record.failed, record.truncated, record.tokens) == (5, 1, 1, 42)
-    assert pq.read_table(out / "part-r00000.parquet").column("id").to_pylist() == [1, 2, 3, 4, 5]
-    assert json.loads(pq.read_schema(out / "part-r00000.parquet").metadata[b"batchembed"])["model"] == "fake"
-    assert pq.read_table(out / "_failed" / "part-r00000.parquet").column("error").to_pylist() == ["too long"]
-    assert (out / "_truncated" / "part-r00000.parquet").exists()
-    assert [s.name for s in Manifest.load(output.store).shards] == ["part-r00000.parquet"]
+    name = record.name  # the unit's file of this attempt
+    assert name == f"part-r00000-{output.attempt}.parquet" and record.unit == "part-r00000"
+    assert pq.read_table(out / name).column("id").to_pylist() == [1, 2, 3, 4, 5]
+    assert json.loads(pq.read_schema(out / name).metadata[b"batchembed"])["model"] == "fake"
+    assert pq.read_table(out / "_failed" / name).column("error").to_pylist() == ["too long"]
+    assert (out / "_truncated" / name).exists()
+    assert [s.name for s in Manifest.load(output.store).shards] == [name]
     assert output.committed() == {"part-r00000"}
 
     outstanding = output.close(lambda n: {"failed_rows_outstanding": n})
@@ -62,13 +64,13 @@ def test_an_aborted_unit_leaves_nothing_and_orphans_go_at_the_next_open(tmp_path
     writer.abort()
     committed = output.unit(Unit("part-r00001.parquet", None), {})
     committed.write(_rows([2]), None, None)
-    output.commit(committed)
+    kept = output.commit(committed).name
     output.release()
     pq.write_table(_rows([9]), tmp_path / "out" / "part-r00009.parquet")  # a shard no manifest records
 
     again = _output(tmp_path)
     names = sorted(p.name for p in (tmp_path / "out").glob("part-*"))
-    assert names == ["part-r00001.parquet"] and again.committed() == {"part-r00001"}
+    assert names == [kept] and again.committed() == {"part-r00001"}
     assert not again.finished_before()
     again.close(lambda n: {})
     again.complete(lambda line: None)

@@ -71,8 +71,8 @@ def test_assembly_builds_every_part_from_the_resolved_job(tmp_path, monkeypatch)
         assert isinstance(runner.task, EmbedTask) and isinstance(runner.provider, OpenAICompatibleEmbedder)
         assert runner.job is resolved.config and runner.model == resolved.model
         assert runner.task.prefix == "p: " and runner.task.input_tokens == resolved.input_tokens
-        # the job fingerprint's model part is the resolved job's (the runner adds the task's and the files)
-        assert runner.fingerprint([]) == {**runner.task.fingerprint(), **resolved.fingerprint(), "files": []}
+        # the job fingerprint is the task's settings and the resolved job's (the input files are its work)
+        assert runner.fingerprint() == {**runner.task.fingerprint(), **resolved.fingerprint()}
         assert "sk-test" not in repr(resolved)  # the key never lives in the resolved job
     finally:
         runner.task.close()

@@ -38,13 +38,14 @@ def test_parquet_job_writes_every_row_once_with_its_vector(tmp_path, srv):
     out = tmp_path / "out"
     table = read_output(out)
     assert table.column("id").to_pylist() == list(range(1000))
-    assert table.column_names == ["id", "title", "embedding"]
+    assert table.column_names == ["id", "title", "embedding", "_text_key"]
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 16)
     assert table.column("title").to_pylist()[:2] == ["t0", "t1"]
     assert_vectors(table, dict(enumerate(texts)), 16)
     assert (out / "_SUCCESS").exists()
     assert sorted(p.name for p in out.glob("part-*")) == [f"part-{i:05d}.parquet" for i in range(5)]
-    meta = json.loads(pq.read_schema(out / "part-00000.parquet").metadata[b"batchembed"])
+    (first,) = out.glob("part-00000-*.parquet")
+    meta = json.loads(pq.read_schema(first).metadata[b"batchembed"])
     assert meta["model"] == "fake" and meta["dimensions"] == 16 and meta["provider"] == "openai-compatible"
     report = json.loads((out / "_report.json").read_text())
     assert report["rows"] == {"embedded": 997, "skipped": 3, "failed": 0, "already_done": 0}

@@ -213,7 +213,8 @@ def test_served_model_is_recorded_and_a_mismatch_warned_once(tmp_path, fake):
     assert result.stderr.count("answered with model 'some-other-model'") == 1
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert manifest["server"]["served_model"] == "some-other-model"
-    meta = json.loads(pq.read_schema(tmp_path / "out" / "part-00000.parquet").metadata[b"batchembed"])
+    (shard,) = (tmp_path / "out").glob("part-00000-*.parquet")
+    meta = json.loads(pq.read_schema(shard).metadata[b"batchembed"])
     assert meta["served_model"] == "some-other-model" and meta["model"] == "fake"
     report = json.loads((tmp_path / "out" / "_report.json").read_text())
     assert report["served_model"] == "some-other-model"

@@ -118,6 +118,7 @@ class SliceRunner(JobRunner):
 
     handles_signals = False  # runs in a thread of a Ray worker; Ray ends the process
     clears_journals = False  # other parts of the job may have units in flight
+    publishes = False  # the driver publishes the table once every slice is committed
 
     def __init__(self, *args: Any, part: tuple[int, int], manifest: Manifest, budget: Any, sink, **kwargs: Any):
         self._given = (manifest, sink)

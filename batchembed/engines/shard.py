@@ -58,6 +58,7 @@ class ShardRunner(JobRunner):
     """A ``JobRunner`` confined to part ``shard = (I, N)`` of the job."""
 
     clears_journals = False  # other parts of the job may have units in flight
+    publishes = False  # the part that finds every part complete publishes the whole table
 
     def __init__(self, *args: Any, shard: tuple[int, int], **kwargs: Any) -> None:
         self.part = shard
