@@ -268,7 +268,7 @@ def test_storage_options_carry_settings_but_never_credentials(monkeypatch):
     assert delta_storage_options(azure) == {
         "AZURE_STORAGE_ACCOUNT_NAME": "acct",
         "AZURE_STORAGE_ENDPOINT": "http://127.0.0.1:10000/acct",
-        "AZURE_STORAGE_ALLOW_HTTP": "true",
+        "AZURE_ALLOW_HTTP": "true",
     }
     assert delta_storage_options(locate("/tmp/out")) == {}
     with pytest.raises(ConfigError, match=r"storage\.endpoint"):
@@ -389,3 +389,66 @@ def test_copied_output_is_still_a_table(tmp_path, fake):
     publish(str(out), None, _entries(out), tag=1)
     moved = shutil.copytree(out, tmp_path / "moved")
     assert DeltaTable(str(moved)).to_pyarrow_table().num_rows == ROWS
+
+
+def test_readers_follow_the_log_across_checkpoints(tmp_path, fake, monkeypatch):
+    """A checkpoint every 10 commits (a load then replays few JSON files); every reader still sees the last one."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    import duckdb
+    from duckdb_extensions import import_extension
+
+    out = _run(tmp_path, fake)
+    files = _entries(out)
+    publish(str(out), None, files, tag=1)
+    spare = _rewrite(out, files[0].name, "part-00000-b.parquet")
+    for tag in range(2, 15):  # 13 commits swapping shard 0 for its negated twin and back; the last names the twin
+        publish(str(out), None, [spare if tag % 2 == 0 else files[0], *files[1:]], tag=tag)
+    assert list((out / "_delta_log").glob("*.checkpoint.parquet"))
+
+    dt = DeltaTable(str(out))
+    assert dt.version() == 13 and dt.transaction_version("batchembed") == 14
+    assert table_files(str(out)) == {f.name: f.size for f in [spare, *files[1:]]}
+    negated = [-v for v in pq.read_table(out / files[0].name).column("embedding").to_pylist()[0]]
+    con = duckdb.connect()
+    import_extension("delta", con=con)
+    (first,) = con.sql(f"SELECT embedding FROM delta_scan('{out}') WHERE id = 0").fetchall()
+    assert first[0] == pytest.approx(negated)
+    assert _vectors_by_id(dt.to_pyarrow_table())[0] == pytest.approx(negated)
+    assert con.sql(f"SELECT count(*) FROM delta_scan('{out}')").fetchone()[0] == ROWS
+
+
+# --------------------------------------------------------------------------- Azure (Azurite)
+
+
+@pytest.fixture(scope="module")
+def azurite():
+    from tests.azurite import BINARY, Azurite
+
+    if not BINARY.exists():
+        pytest.skip("Azurite is not installed (make setup installs it with npm when npm is available)")
+    server = Azurite().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_publish_replace_and_read_on_azure(tmp_path, fake, azurite, monkeypatch):
+    out = _run(tmp_path, fake)
+    files = _entries(out)
+    replacement = _rewrite(out, files[1].name, "part-00001-b.parquet")
+    container = azurite.new_container()
+    for f in [*files, replacement]:
+        with azurite.fs.open_output_stream(f"{container}/out/{f.name}") as sink:
+            sink.write((out / f.name).read_bytes())
+    for name, value in azurite.env().items():  # the account key only in the environment
+        monkeypatch.setenv(name, value)
+    where = locate(f"az://{container}/out", StorageOptions(endpoint=azurite.endpoint))
+    options = delta_storage_options(where)
+    assert azurite.env()["AZURE_STORAGE_ACCOUNT_KEY"] not in str(options)
+
+    assert publish(where, options, files, tag=1) == 0
+    assert publish(where, options, [files[0], replacement, files[2]], tag=2) == 1
+    table = DeltaTable(f"az://{container}/out", storage_options=options).to_pyarrow_table()
+    assert sorted(table.column("id").to_pylist()) == list(range(ROWS))
+    assert table_files(where, options) == {f.name: f.size for f in [files[0], replacement, files[2]]}
