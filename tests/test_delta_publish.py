@@ -196,6 +196,23 @@ def test_a_writer_committing_between_our_read_and_our_commit_makes_us_decide_aga
     assert table_files(str(out)) == {f.name: f.size for f in (files[1:] if outcome == "refused" else ours)}
 
 
+def test_a_writer_creating_the_table_first_makes_us_decide_again(tmp_path, fake, monkeypatch):
+    out = _run(tmp_path, fake)
+    files = _entries(out)
+    publish(str(out), None, files, tag=1)  # the other writer's create lands first
+    opened = []
+    real_open = delta_module._open
+
+    def no_table_at_first(uri, options, version=None):
+        opened.append(uri)
+        return None if len(opened) == 1 else real_open(uri, options, version)
+
+    monkeypatch.setattr(delta_module, "_open", no_table_at_first)
+    assert publish(str(out), None, files, tag=1) == 0  # our create failed: read again, the same files: no-op
+    assert len(opened) == 3  # the first read, the check after the failed create, the second decision
+    assert _log_versions(out) == ["00000000000000000000.json"]
+
+
 def test_a_file_replaced_under_its_own_name_is_refused(tmp_path, fake):
     out = _run(tmp_path, fake)
     files = _entries(out)
