@@ -16,6 +16,7 @@ recorded with another file set is refused. Commits are made with no automatic re
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from batchembed.errors import OutputError, redact
-from batchembed.location import Location, first_line, locate
+from batchembed.location import Location, locate, register_cloud_secrets
 from batchembed.publish.files import TableFile, delta_schema, read_arrow_schema
 from batchembed.publish.stores import delta_storage_options, table_uri
 
@@ -31,6 +32,9 @@ from batchembed.publish.stores import delta_storage_options, table_uri
 APP_ID = "batchembed"
 #: Reads-and-decides before a publish that keeps losing races gives up.
 ATTEMPTS = 8
+#: Table properties set at creation. A checkpoint every 10 commits (delta-rs' default: 100) keeps what a
+#: reader replays small: on S3, each JSON commit since the last checkpoint is one more GET per table load.
+TABLE_CONFIGURATION = {"delta.checkpointInterval": "10"}
 
 
 class PublishRefused(OutputError):
@@ -47,6 +51,19 @@ def _deltalake():
     return deltalake
 
 
+def reason(exc: BaseException) -> str:
+    """A delta-rs error as one line: its cause chain (colour codes dropped), no query strings, no secrets.
+
+    delta-rs puts the useful part ("URL scheme is not allowed", "NoSuchBucket") on the lines after the
+    first, so they are kept, joined; a URL's query (where a SAS token would travel) is cut."""
+    register_cloud_secrets()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    parts = [p.strip(" \t↳") for p in text.splitlines()]
+    text = " - ".join(p for p in parts if p) or type(exc).__name__
+    text = re.sub(r"(https?://[^\s?]+)\?\S*", r"\1?…", text)
+    return redact(text if len(text) <= 400 else text[:400] + "…")
+
+
 def _resolve(location: Location | str, storage_options: Mapping[str, str] | None) -> tuple[Location, str, dict]:
     where = locate(location, field="output.path") if isinstance(location, str) else location
     options = dict(storage_options) if storage_options is not None else delta_storage_options(where)
@@ -61,7 +78,7 @@ def _open(uri: str, options: dict, version: int | None = None):
     except dl.exceptions.TableNotFoundError:
         return None
     except Exception as exc:  # network, permissions: delta-rs raises its own tree and bare OSErrors
-        raise OutputError(f"{uri}: cannot read the Delta log: {redact(first_line(exc))}") from None
+        raise OutputError(f"{uri}: cannot read the Delta log: {reason(exc)}") from None
 
 
 def _files_of(table) -> dict[str, int]:
@@ -141,13 +158,14 @@ def publish(
                     delta_schema(arrow_schema),
                     adds,
                     mode="error",
+                    configuration=TABLE_CONFIGURATION,
                     storage_options=options or None,
                     commit_properties=_commit_properties(tag, metadata),
                 )
             except (dl.exceptions.CommitFailedError, dl.exceptions.DeltaError) as exc:
                 if _open(uri, options) is not None:  # another writer created it first: decide again
                     continue
-                raise OutputError(f"{uri}: cannot create the Delta table: {redact(first_line(exc))}") from None
+                raise OutputError(f"{uri}: cannot create the Delta table: {reason(exc)}") from None
             return 0
         current = _files_of(table)
         version = table.version()
@@ -190,7 +208,7 @@ def publish(
         except dl.exceptions.CommitFailedError:
             continue  # someone committed since we read: read again and decide again
         except Exception as exc:
-            raise OutputError(f"{uri}: cannot commit to the Delta log: {redact(first_line(exc))}") from None
+            raise OutputError(f"{uri}: cannot commit to the Delta log: {reason(exc)}") from None
         return version + 1  # no automatic retry: the commit landed right after the version we read
     raise OutputError(f"{uri}: gave up publishing after {ATTEMPTS} commits lost to concurrent writers")
 

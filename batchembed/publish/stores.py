@@ -67,7 +67,7 @@ def delta_storage_options(location: Location) -> dict[str, str]:
     if options.endpoint:  # e.g. Azurite: http://127.0.0.1:10000/devstoreaccount1
         found["AZURE_STORAGE_ENDPOINT"] = options.endpoint.rstrip("/")
         if options.endpoint.lower().startswith("http://"):
-            found["AZURE_STORAGE_ALLOW_HTTP"] = "true"
+            found["AZURE_ALLOW_HTTP"] = "true"
     if options.anonymous:
         found["AZURE_SKIP_SIGNATURE"] = "true"
     return found
