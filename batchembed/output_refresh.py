@@ -122,28 +122,51 @@ def publish(
     """Make the table exactly the manifest's shards, then drop (or keep for history) what it replaced.
 
     ``table(files, tag)`` publishes; it must be idempotent for the same files and tag (publish/)."""
-    now = time.time() if now is None else now
     tag = manifest.generation + 1  # one publish per generation's content; retry shards re-publish it
     table(manifest.shards, tag)
-    replaced = [name for s in manifest.retiring for name in s.owned_files()]
+    replaced = retire(store, manifest, history_days, tag, now)
+    _say_replaced(say, replaced, history_days)
+
+
+def publish_parts(
+    parts: list[tuple[OutputStore, Manifest]], history_days: float, table: Any, say, now: float | None = None
+) -> None:
+    """``publish`` for a split output: the table is every part's shards, published once, complete;
+    then each part's replaced files go (each part's manifest records it)."""
+    tag = max(m.generation for _, m in parts) + 1
+    table([s for _, m in parts for s in m.shards], tag)
+    replaced = sum(retire(store, m, history_days, tag, now) for store, m in parts)
+    _say_replaced(say, replaced, history_days)
+
+
+def retire(store: OutputStore, manifest: Manifest, history_days: float, tag: int, now: float | None = None) -> int:
+    """After a publish: the files the table no longer names are deleted (or kept ``history_days``),
+    once the manifest says so; retired files past their days go too. Returns how many were replaced."""
+    now = time.time() if now is None else now
     current = {name for s in manifest.shards for name in s.owned_files()}
-    replaced = [n for n in replaced if n not in current]
-    if history_days > 0:
+    replaced = [n for s in manifest.retiring for n in s.owned_files() if n not in current]
+    if history_days > 0:  # shards and their cut rows stay for time travel; failure files are not in the table
         manifest.retired.extend([name, now] for name in replaced if not name.startswith(FAILED_DIR + "/"))
         drop = [n for n in replaced if n.startswith(FAILED_DIR + "/")]
     else:
-        drop = replaced
+        drop = list(replaced)
     drop += expired(manifest.retired, history_days, now)
     dropped = set(drop)
+    changed = bool(manifest.retiring or dropped or manifest.published != tag)
     manifest.retired = [r for r in manifest.retired if r[0] not in dropped]
     manifest.retiring = []
     manifest.published = tag
-    manifest.save(store)  # the table no longer names them: now they may go
+    if changed:
+        manifest.save(store)  # the table no longer names them: now they may go
     for name in drop:
         store.delete(name)
+    return len(replaced)
+
+
+def _say_replaced(say, replaced: int, history_days: float) -> None:
     if replaced:
         kept = f"; kept {history_days:g} days for time travel" if history_days > 0 else ""
-        say(f"published the refreshed table: {len(replaced)} replaced files removed from it{kept}")
+        say(f"published the refreshed table: {replaced} replaced files removed from it{kept}")
 
 
 def stale_records(manifest: Manifest) -> list[ShardRecord]:

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
-from tests.conftest import assert_vectors, job_for, make_texts, read_output, run_here, write_parquet
+from tests.conftest import assert_vectors, job_for, make_texts, read_output, run_here
 
 SHARD = 100
 

@@ -43,12 +43,22 @@ def test_parquet_job_writes_every_row_once_with_its_vector(tmp_path, srv):
     assert table.column("title").to_pylist()[:2] == ["t0", "t1"]
     assert_vectors(table, dict(enumerate(texts)), 16)
     assert (out / "_SUCCESS").exists()
-    assert sorted(p.name for p in out.glob("part-*")) == [f"part-{i:05d}.parquet" for i in range(5)]
+    names = sorted(p.name for p in out.glob("part-*"))
+    assert [n.rsplit("-", 1)[0] for n in names] == [f"part-{i:05d}" for i in range(5)]  # part-00000-<attempt>
+    assert len({n.rsplit("-", 1)[1] for n in names}) == 1  # one run, one attempt tag
     (first,) = out.glob("part-00000-*.parquet")
     meta = json.loads(pq.read_schema(first).metadata[b"batchembed"])
     assert meta["model"] == "fake" and meta["dimensions"] == 16 and meta["provider"] == "openai-compatible"
     report = json.loads((out / "_report.json").read_text())
-    assert report["rows"] == {"embedded": 997, "skipped": 3, "failed": 0, "already_done": 0}
+    assert report["rows"] == {
+        "embedded": 997,
+        "skipped": 3,
+        "failed": 0,
+        "already_done": 0,
+        "reused_from_output": 0,
+        "bought": 997,
+        "removed": 0,
+    }
     assert report["requests"] == len(srv.requests)
     assert report["latency_seconds"]["p95"] is not None
     sent = srv.received_texts()

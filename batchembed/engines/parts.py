@@ -18,6 +18,7 @@ import re
 from batchembed.atomic import TMP_SUFFIX
 from batchembed.checkpoint import SUCCESS, Manifest, check_shards, fingerprint_hash, remove_orphans
 from batchembed.errors import ResumeRefused, UsageError
+from batchembed.refresh import GENERATION_SPAN
 from batchembed.store.base import OutputStore, manifest_names, part_suffix
 
 # a unit name (``part-00007``), a unit's file (``part-00007.parquet``) or a shard file of one
@@ -41,7 +42,8 @@ def parse_shard(text: str) -> tuple[int, int]:
 def owner(name: str, count: int) -> int | None:
     """Which of ``count`` parts owns the shard file ``name`` (None: not a unit of a split)."""
     if match := _RANGE.match(name):
-        return int(match.group(1)) % count
+        # by the unit's position within its refresh generation: a unit keeps its owner in every generation
+        return int(match.group(1)) % GENERATION_SPAN % count
     if (match := _RETRY.match(name)) and int(match.group(2)) == count:
         return int(match.group(1))
     return None
@@ -137,6 +139,14 @@ def _load_part(store: OutputStore, part: tuple[int, int] | None) -> Manifest | N
     reader = copy.copy(store)
     reader.use_part(part)
     return Manifest.load(reader)
+
+
+def load_part(store: OutputStore, part: tuple[int, int]) -> tuple[OutputStore, Manifest] | None:
+    """Another part's manifest with a store through which it can be saved again (conditionally)."""
+    reader = copy.copy(store)
+    reader.use_part(part)
+    manifest = Manifest.load(reader)
+    return None if manifest is None else (reader, manifest)
 
 
 def load_whole(store: OutputStore) -> tuple[Manifest | None, dict]:

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from batchembed import output_refresh
 from batchembed.checkpoint import SUCCESS, Manifest, remove_orphans
-from batchembed.engines.parts import every_part_complete, open_part, owned_by, refuse_mixing
+from batchembed.engines.parts import every_part_complete, load_part, open_part, owned_by, refuse_mixing
 from batchembed.limits import RateLimits
 from batchembed.output import JobOutput
 from batchembed.runner import JobRunner
@@ -48,6 +49,12 @@ class PartOutput(JobOutput):
         self.manifest.save(self.store)
         remove_orphans(self.store, self.manifest, self.owns)
         if every_part_complete(self.store, self.part[1]):
+            parts = [(self.store, self.manifest)] + [
+                loaded
+                for other in range(self.part[1])
+                if other != self.part[0] and (loaded := load_part(self.store, (other, self.part[1])))
+            ]
+            output_refresh.publish_parts(parts, self.history_days, self.table, say)
             self.store.write_bytes(SUCCESS, b"")
             say(f"every part of {self.uri} is complete: wrote {SUCCESS}")
         else:
@@ -73,4 +80,9 @@ class ShardRunner(JobRunner):
             )
 
     def _make_output(self) -> PartOutput:
-        return PartOutput(open_store(self.job), self.job.output.compression, self.part)
+        output = PartOutput(open_store(self.job), self.job.output.compression, self.part)
+        from batchembed.publish.table import delta_publisher
+
+        output.table = delta_publisher(output.store, self.job)  # the part completing the split publishes
+        output.history_days = self.job.output.history_days
+        return output
