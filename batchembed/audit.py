@@ -20,6 +20,7 @@ from batchembed.config import JobConfig
 from batchembed.errors import OutputError
 from batchembed.exitcodes import ExitCode
 from batchembed.journal import answered_rows, journal_store
+from batchembed.refresh import diff_inputs
 from batchembed.sources import SourceFile, discover, iter_batches
 from batchembed.store import open_store, storage_options
 from batchembed.store.base import OutputStore
@@ -61,7 +62,7 @@ def status(job: JobConfig, as_json: bool = False) -> int:
         "truncated_rows": manifest.truncated(),
         "served_model": manifest.server.get("served_model"),
         "tokens": manifest.tokens(),
-        "same_job": [f.identity() for f in sources] == manifest.fingerprint.get("files"),
+        **_freshness(manifest, sources),
     }
     if as_json:
         print(json.dumps(doc, indent=2))
@@ -81,15 +82,33 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     if doc["served_model"]:
         print(f"model:    {doc['served_model']} (as the server named it)")
     print(f"tokens:   {doc['tokens']:,}")
-    if not doc["same_job"]:
-        print("warning:  the input files changed since this output was written; `run` will refuse to resume")
+    print(f"inputs:   {_describe_freshness(doc)}")
     return ExitCode.OK
+
+
+def _freshness(manifest: Manifest, sources: list[SourceFile]) -> dict[str, Any]:
+    """Whether the output is up to date with the input files (what a run would refresh)."""
+    diff = diff_inputs(manifest, sources)
+    pending = bool(diff.added or diff.changed or diff.removed or manifest.retiring)
+    return {"up_to_date": not pending and manifest.complete, "inputs": diff.summary()}
+
+
+def _describe_freshness(doc: dict[str, Any]) -> str:
+    counts = doc["inputs"]
+    if doc["up_to_date"]:
+        return f"up to date with its {counts['files_unchanged']:,} input files"
+    changes = ", ".join(
+        f"{counts['files_' + k]:,} {k}" for k in ("added", "changed", "removed") if counts["files_" + k]
+    )
+    if not changes:
+        return "not complete yet: `run` resumes it"
+    return f"not up to date: {changes} since it was written; `run` refreshes it"
 
 
 def _answered_uncommitted(out: OutputStore, manifest: Manifest) -> int:
     """Rows the journals of units not yet committed hold answers for."""
     store = journal_store(out)
-    committed = {s.name.removesuffix(".parquet") for s in manifest.shards}
+    committed = {s.unit_name for s in manifest.shards}
     fingerprint = fingerprint_hash(manifest.fingerprint)
     return sum(answered_rows(store, unit, fingerprint) for unit in store.units() if unit not in committed)
 
@@ -147,6 +166,7 @@ def verify(job: JobConfig) -> int:
         if len(dup):
             problems.append(f"{len(dup)} ids appear more than once in the output, e.g. {dup[0]['values']}")
     outstanding = sum(t.num_rows for f, t in failed_rows.items() if f not in set(manifest.resolved))
+    problems += _table_problems(out, manifest, list(sources.values()))
     print(f"checked {len(manifest.shards)} shards, {checked_rows:,} rows against {len(sources)} input files")
     if outstanding:
         problems.append(f"{outstanding} rows failed and are only in _failed.parquet (run again to retry them)")
@@ -156,6 +176,22 @@ def verify(job: JobConfig) -> int:
         return ExitCode.FAILED
     print("OK: every input row is in the output exactly once, with a well-formed vector column")
     return ExitCode.OK
+
+
+def _table_problems(out: OutputStore, manifest: Manifest, sources: list[SourceFile]) -> list[str]:
+    """The Delta table and the manifest must agree once a run has finished; the inputs must be the ones
+    the output was made from."""
+    problems = []
+    diff = diff_inputs(manifest, sources)
+    if diff.added or diff.changed or diff.removed:
+        problems.append(
+            f"the inputs changed since the output was written ({_describe_freshness(_freshness(manifest, sources))})"
+        )
+    if manifest.complete and not manifest.retiring:
+        from batchembed.publish.table import table_disagreements
+
+        problems += [f"Delta table: {p}" for p in table_disagreements(out, manifest.shards)]
+    return problems
 
 
 def _count_rows(src: SourceFile) -> int:

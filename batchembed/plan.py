@@ -38,8 +38,10 @@ from batchembed.config import JobConfig
 from batchembed.inputcheck import check_inputs
 from batchembed.job import build_counter, build_task
 from batchembed.memo import VectorMemo
+from batchembed.plan_refresh import ExistingOutput, existing_output
 from batchembed.plan_report import PlanReport, format_report
 from batchembed.progress import Stats
+from batchembed.refresh import GENERATION_SPAN, known_rows
 from batchembed.resolved import ResolvedJob, resolve
 from batchembed.runner import CHUNK_ROWS
 from batchembed.sources import check_columns, discover
@@ -127,6 +129,11 @@ def plan_task(resolved: ResolvedJob, counter: TokenCounter) -> Task:
     task = build_task(dataclasses.replace(resolved, config=config), None, counter, stats=Stats(), memo=VectorMemo(0))
     task.allocate_answers = False  # nothing is answered: no answer matrices
     return task
+
+
+def _existing_output(resolved: ResolvedJob, task: Task) -> ExistingOutput | None:
+    """The job's output, if it holds this job's shards (then the plan is of the refresh a run would make)."""
+    return existing_output(resolved, task.fingerprint())
 
 
 class _EmbedTally:
@@ -266,21 +273,31 @@ def estimate(
     if preset and preset.kind == "embed" and resolved.is_rerank:
         report.warnings.append(f"{preset.id} is an embedding model, not a reranker")
 
-    sources = discover(config.input.path, storage_options(config))
-    for src in sources:
+    existing = _existing_output(resolved, task)
+    sources = discover(config.input.path, storage_options(config), known_rows(existing.manifest if existing else None))
+    view = Manifest(fingerprint={})
+    reading = sources
+    first = 0
+    if existing is not None:
+        view, reading = existing.plan(sources, task)
+        report.refresh = existing.refresh
+        first = (existing.manifest.generation + 1) * GENERATION_SPAN  # names clear of every kept unit
+    for src in reading:
         check_columns(src, task.columns)
-    check_inputs(config, sources, task.columns)  # the same refusals as `run` (ids, duplicate columns, text types)
-    report.files = [{"name": s.name, "format": s.format, "rows": s.rows} for s in sources]
+    held = existing.held_ids(config, reading) if existing is not None and config.input.id else []
+    check_inputs(config, reading, task.columns, held)  # the same refusals as `run` (ids, columns, text types)
+    report.files = [{"name": s.name, "format": s.format, "rows": s.rows} for s in reading]
     rows_of: dict[str, int] = {}
     tally = _RerankTally(report, resolved, counting) if resolved.is_rerank else _EmbedTally(report, resolved)
     chunks = iter_chunks(
-        sources,
-        Manifest(fingerprint={}),
+        reading,
+        view,
         task.columns,
         config.output.shard_rows,
         CHUNK_ROWS,
         task.group_key,
         pack_small_files=not resolved.is_rerank,  # as the run reads them
+        first_ordinal=first,
     )
     for chunk in chunks:
         piece, requests = task.prepare(chunk)
@@ -289,6 +306,8 @@ def estimate(
             rows_of[src.name] = rows_of.get(src.name, 0) + b - a
         tally.add(piece, requests)
     tally.finish()
+    if report.refresh:
+        report.refresh["rows_reused"] = task.stats.rows_reused
     for f in report.files:
         f["rows"] = rows_of.get(f["name"], 0)
 

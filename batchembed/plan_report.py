@@ -45,6 +45,9 @@ class PlanReport:
     eta_seconds: float = 0.0  # lower bound from the rate limits alone
     eta_bound: str = "requests"  # which limit dominates: "requests" | "tokens"
     warnings: list[str] = field(default_factory=list)
+    #: Against an existing output: files added/changed/removed/unchanged (names), rows removed and
+    #: rows reused from the output; the other figures then count only what the refresh reads and sends.
+    refresh: dict = field(default_factory=dict)
 
 
 def duration(seconds: float) -> str:
@@ -107,5 +110,28 @@ def format_report(r: PlanReport) -> str:
     ]
     if r.prefix:
         lines.insert(1, f"  prefix           {r.prefix!r}")
+    if r.refresh:
+        lines[1:1] = refresh_lines(r.refresh)
     lines += [f"warning: {w}" for w in r.warnings]
     return "\n".join(lines)
+
+
+def refresh_lines(refresh: dict) -> list[str]:
+    """What a rerun over an existing output changes: files by state, rows removed and reused."""
+
+    def names(key: str) -> str:
+        found = refresh[key]
+        shown = ", ".join(found[:5]) + (f", ... ({len(found)} in all)" if len(found) > 5 else "")
+        return f"{len(found):,}" + (f" ({shown})" if found and key != "unchanged" else "")
+
+    if not (refresh["added"] or refresh["changed"] or refresh["removed"]) and refresh["up_to_date"]:
+        return ["  output           up to date with the inputs: a run sends nothing"]
+    return [
+        "  refresh of the existing output (the figures below count only what it reads and sends):",
+        f"    files added      {names('added')}",
+        f"    files changed    {names('changed')}",
+        f"    files removed    {names('removed')}",
+        f"    files unchanged  {names('unchanged')} (not read)",
+        f"    rows removed     {refresh['rows_removed']:,} (leave the output: changed or deleted inputs)",
+        f"    rows reused      {refresh['rows_reused']:,} (their texts' vectors are already in the output)",
+    ]

@@ -243,3 +243,31 @@ def test_output_of_an_older_version_is_refused_with_what_to_do(tmp_path, fake, d
 
     assert refused.returncode == 1
     assert "older batchembed" in refused.stderr and "--restart" in refused.stderr
+
+
+def test_plan_and_status_show_the_refresh_before_it_is_spent(tmp_path, fake, days):
+    data, texts = days
+    job = _job(tmp_path, fake, data)
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0
+    done = run_here(None, "status", str(job), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["up_to_date"] is True
+    plan = json.loads(run_here(None, "plan", str(job), "--json").stdout)
+    assert plan["refresh"]["up_to_date"] and plan["rows"] == 0 and plan["tokens_to_send"] == 0
+
+    _write(data / "day2.parquet", list(range(500, 520)), texts[500:520])
+    _write(data / "day1.parquet", list(range(250, 260)), [*texts[250:255], *[f"new {i}" for i in range(5)]])
+    status = run_here(None, "status", str(job))
+    assert "not up to date: 1 added, 1 changed" in status.stdout
+    plan = json.loads(run_here(None, "plan", str(job), "--json").stdout)
+    refresh = plan["refresh"]
+    assert refresh["added"] == ["day2.parquet"] and refresh["changed"] == ["day1.parquet"]
+    assert refresh["unchanged"] == ["day0.parquet"] and refresh["rows_removed"] == 250
+    assert refresh["rows_reused"] == 5  # five of day1's texts are already in the output
+    assert plan["rows"] == 30 and plan["unique_texts"] == 25  # texts to buy: 20 new rows, 5 edited texts
+    text = run_here(None, "plan", str(job)).stdout
+    assert "files added      1 (day2.parquet)" in text and "rows reused      5" in text
+
+    fake.reset_records()
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0
+    assert len(fake.received_texts()) == 25  # what the plan said: 20 new rows + 5 edited texts
