@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from batchembed.checkpoint import FAILED_DIR, SUCCESS, Manifest, ShardRecord
+from batchembed.checkpoint import FAILED_DIR, SUCCESS, Manifest, ShardRecord, failpoint
 from batchembed.refresh import (
     InputDiff,
     begin_generation,
@@ -90,6 +90,7 @@ def begin(
         guard_removal(manifest, diff, max_removed, str(store.uri))
         begin_generation(manifest, diff, sources)
         manifest.save(store)
+        failpoint("refresh-begun")
         store.delete(SUCCESS)
         return True
     if not manifest.work:
@@ -123,7 +124,9 @@ def publish(
 
     ``table(files, tag)`` publishes; it must be idempotent for the same files and tag (publish/)."""
     tag = manifest.generation + 1  # one publish per generation's content; retry shards re-publish it
+    failpoint("before-publish")
     table(manifest.shards, tag)
+    failpoint("published-before-retire")
     replaced = retire(store, manifest, history_days, tag, now)
     _say_replaced(say, replaced, history_days)
 
@@ -158,6 +161,7 @@ def retire(store: OutputStore, manifest: Manifest, history_days: float, tag: int
     manifest.published = tag
     if changed:
         manifest.save(store)  # the table no longer names them: now they may go
+    failpoint("retired-before-delete")
     for name in drop:
         store.delete(name)
     return len(replaced)

@@ -357,6 +357,13 @@ class JobRunner:
             f"-> {self.out}"
         )
         self.progress.line(summary)
+        if s.refresh.get("generation"):
+            self.progress.line(
+                f"refresh: {s.rows_reused:,} rows reused from the output, "
+                f"{max(0, s.rows_embedded - s.rows_reused - s.rows_recovered):,} bought, {s.rows_removed:,} removed "
+                f"({s.refresh['files_added']} files added, {s.refresh['files_changed']} changed, "
+                f"{s.refresh['files_removed']} removed, {s.refresh['files_unchanged']} unchanged and not read)"
+            )
         if s.rows_recovered or s.rows_resent:
             self.progress.line(
                 f"after the interrupted run: {s.rows_recovered:,} rows recovered from its journal, "
