@@ -234,6 +234,11 @@ def list_files(where: Location, suffixes: Container[str]) -> list[FoundFile]:
     return found
 
 
+def until_wildcard(parts: list[str]):
+    """The leading parts of a key up to (not including) the first one with a wildcard."""
+    return _until_wildcard(parts)
+
+
 def _until_wildcard(parts: list[str]):
     for part in parts:
         if any(ch in part for ch in "*?["):

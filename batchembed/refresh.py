@@ -37,8 +37,10 @@ DEFAULT_MAX_REMOVED = 0.5
 
 
 def identity_of(src: SourceFile) -> dict:
-    """A file's identity as recorded per shard: size and modification time (nanoseconds)."""
-    return {"size": src.size, "mtime_ns": src.mtime_ns}
+    """A file's identity as recorded per shard: size and mtime (ns) on disk, size and ETag in a bucket."""
+    from batchembed.sources import file_identity
+
+    return file_identity(src.size, src.mtime_ns, src.etag)
 
 
 @dataclass

@@ -22,7 +22,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from batchembed.errors import InputError
-from batchembed.location import Location, StorageOptions, first_line, list_files, locate
+from batchembed.location import Location, StorageOptions, first_line, list_files, locate, until_wildcard
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 
@@ -39,6 +39,7 @@ class SourceFile:
     mtime_ns: int
     rows: int | None  # known up front for Parquet, None for CSV
     location: Location | None = field(default=None, compare=False)  # set for object-store files
+    etag: str | None = None  # an object's ETag (buckets): its identity with the size
 
     def open(self):
         """What pyarrow readers take: the local path, or a random-access file read by ranged GETs."""
@@ -62,19 +63,27 @@ def restat(src: SourceFile) -> dict | None:
     try:
         if src.location is None:
             st = os.stat(src.path)
-            return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+            return file_identity(st.st_size, st.st_mtime_ns)
+        if src.etag:
+            found = object_etags(src.location, single=True)
+            return file_identity(src.size if src.location.key in found else -1, 0, found.get(src.location.key))
         info = src.location.fs.get_file_info(src.location.fs_path)
-        return {"size": info.size or 0, "mtime_ns": info.mtime_ns or 0}
+        return file_identity(info.size or 0, info.mtime_ns or 0)
     except (OSError, ValueError):
         return None
 
 
-def _known(known: dict | None, name: str, size: int, mtime_ns: int) -> int | None:
+def file_identity(size: int, mtime_ns: int, etag: str | None = None) -> dict:
+    """What identifies a version of an input file: size and mtime on disk, size and ETag in a bucket."""
+    return {"size": size, "etag": etag} if etag else {"size": size, "mtime_ns": mtime_ns}
+
+
+def _known(known: dict | None, name: str, size: int, mtime_ns: int, etag: str | None = None) -> int | None:
     """The row count recorded for a file whose identity is unchanged (so it need not be opened)."""
     if not known or name not in known:
         return None
     identity, rows = known[name]
-    return rows if identity == {"size": size, "mtime_ns": mtime_ns} else None
+    return rows if identity == file_identity(size, mtime_ns, etag) else None
 
 
 def discover(spec: str, storage: StorageOptions | None = None, known: dict | None = None) -> list[SourceFile]:
@@ -120,10 +129,15 @@ def discover(spec: str, storage: StorageOptions | None = None, known: dict | Non
 def _discover_remote(spec: str, where: Location, known: dict | None = None) -> list[SourceFile]:
     """``discover`` for an object store: the files ``list_files`` finds, with Parquet row counts."""
     out = []
-    for i, found in enumerate(list_files(where, FORMATS)):
+    listed = list_files(where, FORMATS)
+    etags = object_etags(where, single=len(listed) == 1 and listed[0].location.key == where.key)
+    for i, found in enumerate(listed):
         fmt = FORMATS[os.path.splitext(found.location.key)[1].lower()]
-        src = SourceFile(i, found.location.uri, found.name, fmt, found.size, found.mtime_ns, None, found.location)
-        rows = _known(known, found.name, found.size, found.mtime_ns) if fmt == "parquet" else None
+        etag = etags.get(found.location.key)
+        src = SourceFile(
+            i, found.location.uri, found.name, fmt, found.size, found.mtime_ns, None, found.location, etag=etag
+        )
+        rows = _known(known, found.name, found.size, found.mtime_ns, etag) if fmt == "parquet" else None
         if rows is not None:
             src = dataclasses.replace(src, rows=rows)
         elif fmt == "parquet":
@@ -136,6 +150,32 @@ def _discover_remote(spec: str, where: Location, known: dict | None = None) -> l
     if not out:
         raise InputError(f"input.path {spec!r} matches no .parquet or .csv file")
     return out
+
+
+def object_etags(where: Location, single: bool = False) -> dict[str, str]:
+    """ETags of the objects under ``where`` (a file, prefix or glob): {key: etag}; {} where they cannot
+    be had (no obstore), and the identity falls back to the last-modified time."""
+    try:
+        import obstore
+
+        from batchembed.store.objects import STORE_ERRORS, connect
+    except ImportError:
+        return {}
+    key = where.key
+    store = connect(dataclasses.replace(where, key=""))
+    try:
+        if single:
+            meta = obstore.head(store, key)
+            return {key: meta["e_tag"]} if meta.get("e_tag") else {}
+        prefix = "/".join(part for part in until_wildcard(key.split("/")))
+        return {
+            meta["path"]: meta["e_tag"]
+            for batch in obstore.list(store, prefix=prefix or None)
+            for meta in batch
+            if meta.get("e_tag")
+        }
+    except (*STORE_ERRORS, ValueError):
+        return {}
 
 
 def _glob_root(spec: str) -> str:

@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import (
     assert_vectors,
     cli_env,
+    environment,
     hold_mid_run,
     kill_held,
     kill_mid_run,
@@ -462,3 +463,39 @@ def test_object_store_glob_matches_like_a_shell(key, pattern, matches):
     from batchembed.location import glob_match
 
     assert glob_match(key, pattern) is matches
+
+
+def test_refresh_in_a_bucket_buys_only_changed_texts_and_publishes_the_table_there(tmp_path, s3, bucket, srv):
+    texts = make_texts(400, seed=21)
+    for day in (0, 1):
+        part = pa.table(
+            {"id": pa.array(range(200 * day, 200 * day + 200), pa.int64()), "text": texts[200 * day : 200 * day + 200]}
+        )
+        s3.put_table(bucket, f"in/day{day}.parquet", part)
+    job = _job(tmp_path, srv, f"s3://{bucket}/in/*.parquet", f"s3://{bucket}/out")
+    env = _env(s3)
+    assert run_here(srv, "run", str(job), "--quiet", env=env).returncode == 0
+    # day1 rewritten with the same size: one character of five texts changed (only its ETag tells)
+    edited = list(texts[200:400])
+    for i in range(5):
+        edited[i] = ("X" + edited[i][1:]) if edited[i][0] != "X" else ("Y" + edited[i][1:])
+    s3.put_table(bucket, "in/day1.parquet", pa.table({"id": pa.array(range(200, 400), pa.int64()), "text": edited}))
+    srv.reset_records()
+
+    result = run_here(srv, "run", str(job), "--quiet", env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert sorted(srv.received_texts()) == sorted(edited[:5])
+    want = {**dict(enumerate(texts[:200])), **{200 + i: t for i, t in enumerate(edited)}}
+    table = s3.read_output(bucket, "out")
+    assert sorted(table.column("id").to_pylist()) == sorted(want)
+    assert_vectors(table, want, 16)
+    with environment(env):
+        from deltalake import DeltaTable
+
+        options = {"AWS_ENDPOINT_URL": s3.url, "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1"}
+        published = DeltaTable(f"s3://{bucket}/out", storage_options=options).to_pyarrow_table()
+    assert sorted(published.column("id").to_pylist()) == sorted(want)
+    assert_vectors(published, want, 16)
+    verify = run_here(None, "verify", str(job), env=env)
+    assert verify.returncode == 0, verify.stdout

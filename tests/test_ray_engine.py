@@ -166,3 +166,36 @@ def test_engine_ray_without_ray_installed_says_what_to_install(tmp_path, srv):
     assert result.returncode == 1
     assert "pip install 'batchembed[ray]'" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_refresh_on_ray_buys_only_new_texts_and_publishes_once(tmp_path, srv, ray_address):
+    src, text_of = _inputs(tmp_path, files=3, rows=200)
+    job = job_for(tmp_path, srv, src, limits={"batch_inputs": 20}, output={"shard_rows": 100})
+    env = _env(RAY_ADDRESS=ray_address)
+    assert run_cli("run", str(job), "--quiet", "--engine", "ray", "--workers", "2", env=env).returncode == 0
+    # f1 loses its last 50 rows and changes 10 texts; f3 is new
+    ids = list(range(200, 350))
+    texts = {i: text_of[i] for i in ids}
+    for i in ids[:10]:
+        texts[i] = f"changed on day two {i}"
+    pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "text": [texts[i] for i in ids]}), src / "f1.parquet")
+    fresh = make_texts(100, seed=99)
+    pq.write_table(pa.table({"id": pa.array(range(900, 1000), pa.int64()), "text": fresh}), src / "f3.parquet")
+    want = {i: t for i, t in text_of.items() if not 200 <= i < 400}
+    want.update(texts)
+    want.update(zip(range(900, 1000), fresh, strict=True))
+    srv.reset_records()
+
+    result = run_cli("run", str(job), "--quiet", "--engine", "ray", "--workers", "2", env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert sorted(srv.received_texts()) == sorted([texts[i] for i in ids[:10]] + fresh)
+    out = tmp_path / "out"
+    table = read_output(out)
+    assert sorted(table.column("id").to_pylist()) == sorted(want)
+    assert_vectors(table, want, 16)
+    from deltalake import DeltaTable
+
+    published = DeltaTable(str(out)).to_pyarrow_table()
+    assert sorted(published.column("id").to_pylist()) == sorted(want)
+    assert run_cli("verify", str(job), env=env).returncode == 0

@@ -106,6 +106,9 @@ class SliceOutput(JobOutput):
     def open(self, fingerprint: dict[str, Any], restart: bool) -> Manifest:
         return self.manifest
 
+    def begin_refresh(self, diff, sources, max_removed: float) -> bool:
+        return False  # the driver started (or continued) the refresh generation before handing out slices
+
     def record(self, record: ShardRecord, resolves: list[str]) -> None:
         self._sink((record, resolves))  # written but not recorded: the driver commits it
 
