@@ -120,3 +120,35 @@ def test_bad_shard_argument_is_a_usage_error(tmp_path, fake):
     for bad in ("3/3", "x", "1/0"):
         result = run_here(fake, "run", str(job), "--shard", bad, env=cli_env())
         assert result.returncode == 2 and "--shard" in result.stderr, result.stderr
+
+
+def test_split_output_refreshes_part_by_part_and_publishes_once_complete(tmp_path, fake):
+    src, text_of = _inputs(tmp_path, files=3, rows=300)
+    job = job_for(tmp_path, fake, src, output={"shard_rows": 100})
+    out = tmp_path / "out"
+    for part in ("0/3", "1/3", "2/3"):
+        assert run_here(fake, "run", str(job), "--quiet", "--shard", part).returncode == 0
+    version = DeltaTable(str(out)).version()
+    # f1 edited (20 texts) and f3 added
+    ids = list(range(300, 600))
+    edited = {i: (f"edited {i}" if i < 320 else text_of[i]) for i in ids}
+    pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "text": [edited[i] for i in ids]}), src / "f1.parquet")
+    extra = make_texts(150, seed=42)
+    pq.write_table(pa.table({"id": pa.array(range(900, 1050), pa.int64()), "text": extra}), src / "f3.parquet")
+    want = {**text_of, **edited, **dict(zip(range(900, 1050), extra, strict=True))}
+    fake.reset_records()
+
+    for part in ("2/3", "0/3"):
+        assert run_here(fake, "run", str(job), "--quiet", "--shard", part).returncode == 0
+        assert DeltaTable(str(out)).version() == version  # readers keep the old table until the split completes
+    assert run_here(fake, "run", str(job), "--quiet", "--shard", "1/3").returncode == 0
+
+    assert sorted(fake.received_texts()) == sorted([edited[i] for i in range(300, 320)] + extra)
+    table = read_output(out)
+    assert sorted(table.column("id").to_pylist()) == sorted(want)
+    assert_vectors(table, want, 16)
+    published = DeltaTable(str(out))
+    assert published.version() == version + 1
+    assert sorted(published.to_pyarrow_table().column("id").to_pylist()) == sorted(want)
+    assert (out / "_SUCCESS").exists()
+    assert run_here(fake, "verify", str(job)).returncode == 0

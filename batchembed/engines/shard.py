@@ -48,15 +48,22 @@ class PartOutput(JobOutput):
         self.manifest.complete = True
         self.manifest.save(self.store)
         remove_orphans(self.store, self.manifest, self.owns)
-        if every_part_complete(self.store, self.part[1]):
-            parts = [(self.store, self.manifest)] + [
-                loaded
-                for other in range(self.part[1])
-                if other != self.part[0] and (loaded := load_part(self.store, (other, self.part[1])))
-            ]
+        parts = [(self.store, self.manifest)] + [
+            loaded
+            for other in range(self.part[1])
+            if other != self.part[0] and (loaded := load_part(self.store, (other, self.part[1])))
+        ]
+        # every part complete, and over the same inputs (a part not yet refreshed holds the old table's rows)
+        current = all(m.work == self.manifest.work for _, m in parts)
+        if current and every_part_complete(self.store, self.part[1]):
             output_refresh.publish_parts(parts, self.history_days, self.table, say)
             self.store.write_bytes(SUCCESS, b"")
             say(f"every part of {self.uri} is complete: wrote {SUCCESS}")
+        elif not current:
+            say(
+                f"part {self.part[0]}/{self.part[1]} is up to date with the inputs; other parts still have to "
+                "refresh (the table is published when the last one has)"
+            )
         else:
             say(f"part {self.part[0]}/{self.part[1]} complete; other parts are still running")
 
