@@ -141,7 +141,7 @@ def verify(job: JobConfig) -> int:
             _check_retry(out, rec, id_col, failed_rows, problems)
     all_ids = [] if job.is_rerank else [out.read_table(rec.name, columns=[id_col]).column(id_col) for rec in good]
     if all_ids:
-        ids = pa.chunked_array([c for col in all_ids for c in col.chunks]).cast(pa.string())
+        ids = pa.chunked_array([id_text(c) for col in all_ids for c in col.chunks], pa.string())
         counts = pc.value_counts(ids)
         dup = pc.filter(counts, pc.greater(counts.field("counts"), 1))
         if len(dup):
@@ -178,8 +178,14 @@ def _expected_ids(src: SourceFile, job: JobConfig, start: int, end: int) -> pa.A
             pos += take
             if pos >= end:
                 break
-        return pa.concat_arrays(parts).cast(pa.string()) if parts else pa.array([], pa.string())
+        return pa.concat_arrays([id_text(p) for p in parts]) if parts else pa.array([], pa.string())
     return generated_ids(src.name, np.arange(start, end, dtype=np.int64))
+
+
+def id_text(ids: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Ids by their text form, as the id check (``inputcheck``) compares them: CSV text ids, Parquet
+    integer ids, ``string`` and ``large_string`` columns all meet as ``string`` (42 and "42" are one id)."""
+    return ids if ids.type == pa.string() else pc.cast(ids, pa.string())
 
 
 def _check_vectors(table: pa.Table, column: str, name: str, problems: list[str]) -> None:
@@ -203,7 +209,7 @@ def _check_range(out, rec, src, job, id_col, failed_rows, problems) -> int:
         failed = failed_rows[rec.failed_file].column("row").to_numpy()
         keep = ~np.isin(np.arange(rec.start, rec.end), failed)
         expected = expected.filter(pa.array(keep))
-    got = table.column(id_col).combine_chunks().cast(pa.string())
+    got = id_text(table.column(id_col).combine_chunks())
     if not got.equals(expected):
         problems.append(
             f"{rec.name}: holds {len(got)} rows whose ids do not match input {src.name} rows "
@@ -229,7 +235,7 @@ def _check_files(out, rec, sources, job, id_col, failed_rows, problems) -> int:
             expected = expected.filter(pa.array(~np.isin(np.arange(rows), dropped)))
         parts.append(expected)
     expected = pa.concat_arrays(parts) if parts else pa.array([], pa.string())
-    got = table.column(id_col).combine_chunks().cast(pa.string())
+    got = id_text(table.column(id_col).combine_chunks())
     if not got.equals(expected):
         names = ", ".join(name for name, _ in rec.files[:3]) + (", ..." if len(rec.files) > 3 else "")
         problems.append(
@@ -243,11 +249,13 @@ def _check_retry(out, rec, id_col, failed_rows, problems) -> None:
     table = out.read_table(rec.name, columns=[id_col])
     wanted = [failed_rows[f].column("id") for f in rec.resolves if f in failed_rows]
     expected = (
-        set(pa.chunked_array([c for w in wanted for c in w.chunks], pa.string()).to_pylist()) if wanted else set()
+        set(pa.chunked_array([id_text(c) for w in wanted for c in w.chunks], pa.string()).to_pylist())
+        if wanted
+        else set()
     )
     if rec.failed_file in failed_rows:
-        expected -= set(failed_rows[rec.failed_file].column("id").to_pylist())
-    got = table.column(id_col).cast(pa.string()).to_pylist()
+        expected -= set(id_text(failed_rows[rec.failed_file].column("id")).to_pylist())
+    got = id_text(table.column(id_col)).to_pylist()
     if sorted(got) != sorted(expected):
         problems.append(f"{rec.name}: retry shard does not hold exactly the failed rows it resolves")
 

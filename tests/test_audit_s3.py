@@ -1,0 +1,71 @@
+"""What ``status`` says about an output in a bucket, and who may take a lease over (a real moto server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pyarrow as pa
+import pytest
+
+from tests.conftest import assert_vectors, cli_env, hold_mid_run, make_texts, run_here, write_job
+from tests.s3server import MotoServer
+
+pytest.importorskip("obstore")
+
+N = 600
+SHARD = 150
+
+
+@pytest.fixture(scope="module")
+def s3():
+    server = MotoServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _s3_job(tmp_path, s3, srv, seed, **storage):
+    """``N`` texts uploaded to a new bucket and a job from there to its out/: (texts, env, job, bucket)."""
+    bucket = s3.new_bucket()
+    texts = make_texts(N, seed=seed)
+    s3.put_table(bucket, "in/data.parquet", pa.table({"id": pa.array(range(N), pa.int64()), "text": texts}))
+    sections = {
+        "input": {"path": f"s3://{bucket}/in/data.parquet", "text": "text", "id": "id"},
+        "model": {"provider": "openai-compatible", "base_url": srv.url, "name": "fake", "timeout": 5.0},
+        "limits": {"batch_inputs": 20, "concurrency": 4, "max_retries": 6},
+        "output": {"path": f"s3://{bucket}/out", "shard_rows": SHARD},
+    }
+    if storage:
+        sections["storage"] = storage
+    return texts, cli_env(**s3.env()), write_job(tmp_path / "job.toml", sections), bucket
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as fh:
+        stat = fh.read()
+    return stat[stat.rfind(")") + 2]
+
+
+def test_a_killed_holder_not_yet_reaped_counts_as_dead_and_its_lease_is_taken_over(tmp_path, s3, srv):
+    texts, env, job, bucket = _s3_job(tmp_path, s3, srv, seed=31, lease_seconds=600)
+    holder = hold_mid_run(srv, job, 5, env=env)
+    srv.wait_for_held(1, timeout=60)
+    holder.send_signal(signal.SIGKILL)
+    os.waitid(os.P_PID, holder.pid, os.WEXITED | os.WNOWAIT)  # dead, but its parent has not reaped it yet
+    srv.release()
+    try:
+        assert _state(holder.pid) == "Z"
+        lease = json.loads(s3.get(bucket, "out/_lease/job.json"))
+        assert lease["pid"] == holder.pid
+
+        result = run_here(srv, "run", str(job), "--quiet", env=env)  # the lease has ~10 minutes left
+
+        assert result.returncode == 0, result.stderr
+    finally:
+        holder.wait(timeout=30)
+    table = s3.read_output(bucket, "out")
+    assert table.column("id").to_pylist() == list(range(N))
+    assert_vectors(table, dict(enumerate(texts)), 16)
