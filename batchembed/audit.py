@@ -19,7 +19,7 @@ from batchembed.checkpoint import SUCCESS, Manifest, check_file, fingerprint_has
 from batchembed.config import JobConfig
 from batchembed.errors import OutputError
 from batchembed.exitcodes import ExitCode
-from batchembed.journal import answered_rows, journal_store
+from batchembed.journal import answered, journal_store
 from batchembed.sources import SourceFile, discover, iter_batches
 from batchembed.store import open_store, storage_options
 from batchembed.store.base import OutputStore
@@ -48,6 +48,7 @@ def status(job: JobConfig, as_json: bool = False) -> int:
         None if total_rows is None else planned_units([s.rows for s in sources], shard_rows, not job.is_rerank)
     )
     failed = manifest.unresolved_rows(out)
+    uncommitted_rows, uncommitted_tokens = _answered_uncommitted(out, manifest)
     doc: dict[str, Any] = {
         "output": out.uri,
         "complete": manifest.complete and out.exists(SUCCESS),
@@ -57,10 +58,11 @@ def status(job: JobConfig, as_json: bool = False) -> int:
         "shards_total": total_shards,
         "retry_shards": sum(1 for s in manifest.shards if s.kind == "retry"),
         "failed_rows": failed,
-        "rows_answered_uncommitted": _answered_uncommitted(out, manifest),
+        "rows_answered_uncommitted": uncommitted_rows,
         "truncated_rows": manifest.truncated(),
         "served_model": manifest.server.get("served_model"),
         "tokens": manifest.tokens(),
+        "tokens_uncommitted": uncommitted_tokens,
         "same_job": [f.identity() for f in sources] == manifest.fingerprint.get("files"),
     }
     if as_json:
@@ -80,18 +82,28 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     print(f"cut:      {doc['truncated_rows']:,} rows truncated to fit (listed in _truncated.parquet)")
     if doc["served_model"]:
         print(f"model:    {doc['served_model']} (as the server named it)")
-    print(f"tokens:   {doc['tokens']:,}")
+    print(_tokens_line(doc["tokens"], uncommitted_tokens))
     if not doc["same_job"]:
         print("warning:  the input files changed since this output was written; `run` will refuse to resume")
     return ExitCode.OK
 
 
-def _answered_uncommitted(out: OutputStore, manifest: Manifest) -> int:
-    """Rows the journals of units not yet committed hold answers for."""
+def _answered_uncommitted(out: OutputStore, manifest: Manifest) -> tuple[int, int]:
+    """Rows the journals of units not yet committed hold answers for, and the tokens paid for them."""
     store = journal_store(out)
     committed = {s.name.removesuffix(".parquet") for s in manifest.shards}
     fingerprint = fingerprint_hash(manifest.fingerprint)
-    return sum(answered_rows(store, unit, fingerprint) for unit in store.units() if unit not in committed)
+    found = [answered(store, unit, fingerprint) for unit in store.units() if unit not in committed]
+    return sum(rows for rows, _ in found), sum(tokens for _, tokens in found)
+
+
+def _tokens_line(committed: int, uncommitted: int) -> str:
+    """Tokens where they were bought: every run's purchases for the committed shards (a resumed unit's
+    shard counts what its killed runs paid for the answers its journal kept), plus those in journals."""
+    line = f"tokens:   {committed:,} paid for the committed shards (by every run, killed ones included)"
+    if uncommitted:
+        line += f"; {uncommitted:,} more for answers not yet in a shard"
+    return line
 
 
 def verify(job: JobConfig) -> int:

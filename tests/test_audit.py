@@ -11,7 +11,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import job_for, make_texts, run_here, write_parquet
+from batchembed.testing import token_count
+from tests.conftest import job_for, kill_mid_run, make_texts, run_here, write_parquet
 
 
 def _run(fake, job, *args):
@@ -96,3 +97,30 @@ def test_a_text_column_of_another_type_in_a_file_with_rows_is_still_refused(tmp_
     result = run_here(fake, "run", str(job), "--quiet")
 
     assert result.returncode == 1 and "text column 'text' holds" in result.stderr
+
+
+# ------------------------------------------------------------------- item 13: tokens where they were bought
+
+
+def test_tokens_after_three_kills_and_a_resume_are_those_of_an_uninterrupted_run(tmp_path, srv, fake):
+    # What is counted: every answer accepted and kept in the journal, by the run that bought it (a kill
+    # loses only the requests in flight: they are bought again by the next run and counted there once).
+    n = 2000
+    texts = make_texts(n, seed=25)
+    src = write_parquet(tmp_path / "in.parquet", texts, row_group_size=250)
+    limits = {"batch_inputs": 10, "concurrency": 2, "max_retries": 6}
+    job = job_for(tmp_path, srv, src, limits=limits, output={"shard_rows": 1000})
+    for more in (30, 45, 60):
+        kill_mid_run(srv, job, len(srv.requests) + more, timeout=120)
+    killed = json.loads(run_here(None, "status", str(job), "--json").stdout)
+    assert killed["tokens_uncommitted"] > 0  # the killed runs' answers, bought and kept, not in a shard yet
+    _run(srv, job)
+
+    (tmp_path / "plain").mkdir()
+    plain = job_for(tmp_path / "plain", fake, src, limits=limits, output={"shard_rows": 1000})
+    _run(fake, plain)
+
+    resumed = json.loads(run_here(None, "status", str(job), "--json").stdout)
+    uninterrupted = json.loads(run_here(None, "status", str(plain), "--json").stdout)
+    assert resumed["tokens"] == uninterrupted["tokens"] == sum(token_count(t) for t in texts)
+    assert resumed["tokens_uncommitted"] == 0
