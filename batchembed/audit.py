@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from batchembed.audit_job import another_job, job_differences
 from batchembed.checkpoint import SUCCESS, Manifest, check_file, fingerprint_hash
 from batchembed.config import JobConfig
 from batchembed.errors import OutputError
@@ -49,9 +50,10 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     )
     failed = manifest.unresolved_rows(out)
     uncommitted_rows, uncommitted_tokens = _answered_uncommitted(out, manifest)
+    differences = job_differences(job, manifest.fingerprint)
     doc: dict[str, Any] = {
         "output": out.uri,
-        "complete": manifest.complete and out.exists(SUCCESS),
+        "complete": manifest.complete and out.exists(SUCCESS) and not differences,
         "rows_done": manifest.rows(),
         "rows_total": total_rows,
         "shards_done": sum(1 for s in manifest.shards if s.kind in ("range", "files")),
@@ -63,7 +65,9 @@ def status(job: JobConfig, as_json: bool = False) -> int:
         "served_model": manifest.server.get("served_model"),
         "tokens": manifest.tokens(),
         "tokens_uncommitted": uncommitted_tokens,
-        "same_job": [f.identity() for f in sources] == manifest.fingerprint.get("files"),
+        "same_job": not differences,
+        "job_differences": differences,
+        "inputs_unchanged": [f.identity() for f in sources] == manifest.fingerprint.get("files"),
     }
     if as_json:
         print(json.dumps(doc, indent=2))
@@ -71,6 +75,8 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     of = lambda x: f" of {x:,}" if x is not None else ""  # noqa: E731
     print(f"output:   {out.uri}")
     print(f"state:    {'complete' if doc['complete'] else 'incomplete'}")
+    if differences:
+        print(f"warning:  {another_job(differences)}")
     print(f"rows:     {doc['rows_done']:,}{of(total_rows)} in shards")
     print(f"shards:   {doc['shards_done']:,}{of(total_shards)} (+{doc['retry_shards']} retry shards)")
     print(f"failed:   {failed:,} rows in _failed.parquet")
@@ -83,7 +89,7 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     if doc["served_model"]:
         print(f"model:    {doc['served_model']} (as the server named it)")
     print(_tokens_line(doc["tokens"], uncommitted_tokens))
-    if not doc["same_job"]:
+    if not doc["inputs_unchanged"]:
         print("warning:  the input files changed since this output was written; `run` will refuse to resume")
     return ExitCode.OK
 
@@ -110,6 +116,8 @@ def verify(job: JobConfig) -> int:
     """Check the output holds every input row exactly once; print a report; exit 0 or 1."""
     out, manifest = _load(job)
     problems: list[str] = []
+    if differences := job_differences(job, manifest.fingerprint):
+        problems.append(another_job(differences))
     bad: set[str] = set()
     for rec in manifest.shards:
         try:

@@ -124,3 +124,40 @@ def test_tokens_after_three_kills_and_a_resume_are_those_of_an_uninterrupted_run
     uninterrupted = json.loads(run_here(None, "status", str(plain), "--json").stdout)
     assert resumed["tokens"] == uninterrupted["tokens"] == sum(token_count(t) for t in texts)
     assert resumed["tokens_uncommitted"] == 0
+
+
+# ------------------------------------------------------------------------ item 12: another job's output
+
+
+def _finished(tmp_path, fake, rows=300):
+    src = write_parquet(tmp_path / "in.parquet", make_texts(rows, seed=26))
+    job = job_for(tmp_path, fake, src, output={"shard_rows": 100})
+    _run(fake, job)
+    return job
+
+
+def test_status_says_when_the_output_belongs_to_another_job_and_what_differs(tmp_path, fake):
+    job = _finished(tmp_path, fake)
+    refused = run_here(fake, "run", str(job), "--quiet", "--set", "output.shard_rows=70")
+    assert refused.returncode == 1 and "output.shard_rows: 100 -> 70" in refused.stderr
+
+    doc = json.loads(run_here(None, "status", str(job), "--json", "--set", "output.shard_rows=70").stdout)
+    text = run_here(None, "status", str(job), "--set", "output.shard_rows=70").stdout
+
+    assert doc["same_job"] is False and doc["complete"] is False
+    assert doc["job_differences"] == ["output.shard_rows: 100 -> 70"]
+    assert "state:    incomplete" in text
+    assert "written by another job (output.shard_rows: 100 -> 70)" in text
+    same = json.loads(run_here(None, "status", str(job), "--json").stdout)
+    assert same["same_job"] is True and same["job_differences"] == [] and same["complete"] is True
+
+
+def test_verify_fails_for_another_job_naming_every_setting_that_differs(tmp_path, fake):
+    job = _finished(tmp_path, fake)
+
+    other = run_here(None, "verify", str(job), "--set", "model.dimensions=8", "--set", "input.text=id")
+
+    assert other.returncode == 1
+    assert "FAIL: this output was written by another job" in other.stdout
+    assert "input.text: 'text' -> 'id'" in other.stdout and "model.dimensions: None -> 8" in other.stdout
+    assert run_here(None, "verify", str(job)).returncode == 0
