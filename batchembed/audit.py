@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchembed.audit_job import another_job, job_differences
+from batchembed.audit_state import OutputNow, files_line, running_line, still_running
 from batchembed.checkpoint import SUCCESS, Manifest, check_file, fingerprint_hash
 from batchembed.config import JobConfig
 from batchembed.errors import OutputError
@@ -51,23 +52,29 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     failed = manifest.unresolved_rows(out)
     uncommitted_rows, uncommitted_tokens = _answered_uncommitted(out, manifest)
     differences = job_differences(job, manifest.fingerprint)
+    now = OutputNow(out)
+    damaged = now.damaged(manifest)
     doc: dict[str, Any] = {
         "output": out.uri,
-        "complete": manifest.complete and out.exists(SUCCESS) and not differences,
+        "complete": manifest.complete and SUCCESS in now.sizes and not differences and not damaged,
         "rows_done": manifest.rows(),
         "rows_total": total_rows,
         "shards_done": sum(1 for s in manifest.shards if s.kind in ("range", "files")),
         "shards_total": total_shards,
         "retry_shards": sum(1 for s in manifest.shards if s.kind == "retry"),
         "failed_rows": failed,
+        "failed_files": now.failed_files(),
         "rows_answered_uncommitted": uncommitted_rows,
         "truncated_rows": manifest.truncated(),
+        "truncated_files": now.truncated_files(),
         "served_model": manifest.server.get("served_model"),
         "tokens": manifest.tokens(),
         "tokens_uncommitted": uncommitted_tokens,
         "same_job": not differences,
         "job_differences": differences,
         "inputs_unchanged": [f.identity() for f in sources] == manifest.fingerprint.get("files"),
+        "running": [{"lease": w.lease, "holder": w.who, "part": w.part} for w in now.writers],
+        "damaged": damaged,
     }
     if as_json:
         print(json.dumps(doc, indent=2))
@@ -77,15 +84,18 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     print(f"state:    {'complete' if doc['complete'] else 'incomplete'}")
     if differences:
         print(f"warning:  {another_job(differences)}")
+    for problem in damaged:
+        print(f"damaged:  {problem} (`run` and `verify` refuse it; --restart starts over)")
+    print(running_line(now.writers))
     print(f"rows:     {doc['rows_done']:,}{of(total_rows)} in shards")
     print(f"shards:   {doc['shards_done']:,}{of(total_shards)} (+{doc['retry_shards']} retry shards)")
-    print(f"failed:   {failed:,} rows in _failed.parquet")
+    print(files_line("failed:", failed, doc["failed_files"], "_failed"))
     if doc["rows_answered_uncommitted"]:
         print(
             f"journal:  {doc['rows_answered_uncommitted']:,} rows answered but not yet in a committed shard "
             "(a resume reads them back instead of paying for them again)"
         )
-    print(f"cut:      {doc['truncated_rows']:,} rows truncated to fit (listed in _truncated.parquet)")
+    print(files_line("cut:", doc["truncated_rows"], doc["truncated_files"], "_truncated", " cut to fit"))
     if doc["served_model"]:
         print(f"model:    {doc['served_model']} (as the server named it)")
     print(_tokens_line(doc["tokens"], uncommitted_tokens))
@@ -118,6 +128,8 @@ def verify(job: JobConfig) -> int:
     problems: list[str] = []
     if differences := job_differences(job, manifest.fingerprint):
         problems.append(another_job(differences))
+    if writers := OutputNow(out).writers:
+        problems.append(still_running(writers))
     bad: set[str] = set()
     for rec in manifest.shards:
         try:

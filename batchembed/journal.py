@@ -331,3 +331,5 @@ class Journal:
                 self.error = self.error or str(exc)
         if complete:
             self.store.clear()
+        else:  # a --shard part: other parts may still journal their units; only an empty _journal/ goes
+            self.store.prune()

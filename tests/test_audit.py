@@ -4,6 +4,7 @@ mixed id types, another job's settings, failure files of a split output, a run h
 from __future__ import annotations
 
 import json
+import signal
 
 import polars as pl
 import pyarrow as pa
@@ -12,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchembed.testing import token_count
-from tests.conftest import job_for, kill_mid_run, make_texts, run_here, write_parquet
+from tests.conftest import hold_mid_run, job_for, kill_mid_run, make_texts, run_here, start_cli, write_parquet
 
 
 def _run(fake, job, *args):
@@ -160,4 +161,86 @@ def test_verify_fails_for_another_job_naming_every_setting_that_differs(tmp_path
     assert other.returncode == 1
     assert "FAIL: this output was written by another job" in other.stdout
     assert "input.text: 'text' -> 'id'" in other.stdout and "model.dimensions: None -> 8" in other.stdout
+    assert run_here(None, "verify", str(job)).returncode == 0
+
+
+# ------------------------------------------------------------- item 9, 16: split outputs and live runs
+
+
+def _split_job(tmp_path, fake, rows=600):
+    texts = make_texts(rows, seed=27)
+    src = write_parquet(tmp_path / "in.parquet", texts, row_group_size=100)
+    limits = {"batch_inputs": 10, "concurrency": 2, "max_retries": 2}
+    return texts, job_for(tmp_path, fake, src, limits=limits, output={"shard_rows": 100})
+
+
+def test_status_of_a_split_output_names_the_failure_files_that_exist(tmp_path, fake):
+    texts, job = _split_job(tmp_path, fake)
+    fake.poison = {texts[5], texts[150]}  # row 5 is in part 0's unit 0, row 150 in part 1's unit 1
+    for part in ("0/2", "1/2"):
+        assert run_here(fake, "run", str(job), "--quiet", "--shard", part).returncode == 3
+    out = tmp_path / "out"
+    files = ["_failed.shard-0000-of-0002.parquet", "_failed.shard-0001-of-0002.parquet"]
+    assert all((out / f).exists() for f in files) and not (out / "_failed.parquet").exists()
+
+    doc = json.loads(run_here(None, "status", str(job), "--json").stdout)
+    text = run_here(None, "status", str(job)).stdout
+
+    assert doc["failed_rows"] == 2 and doc["failed_files"] == files
+    assert f"failed:   2 rows, listed in {', '.join(files)}" in text
+    assert "_failed.parquet" not in text
+
+
+def test_a_finished_split_output_leaves_no_journal_directory(tmp_path, fake):
+    _texts, job = _split_job(tmp_path, fake)
+    for part in ("0/3", "1/3", "2/3"):
+        assert run_here(fake, "run", str(job), "--quiet", "--shard", part).returncode == 0
+    out = tmp_path / "out"
+
+    assert (out / "_SUCCESS").exists()
+    assert not (out / "_journal").exists()
+    assert run_here(None, "verify", str(job)).returncode == 0
+
+
+def test_a_part_tells_a_part_still_running_from_one_that_was_killed(tmp_path, srv, fake):
+    _texts, job = _split_job(tmp_path, srv, rows=1200)
+    killed = start_cli("run", str(job), "--quiet", "--shard", "1/3")
+    srv.wait_for_requests(5, timeout=60)
+    srv.hold()  # every answer waits from here on
+    srv.wait_for_held(1, timeout=60)
+    killed.send_signal(signal.SIGKILL)  # part 1 dies mid-run
+    killed.wait(timeout=30)
+    running = start_cli("run", str(job), "--quiet", "--shard", "0/3")
+    try:
+        srv.wait_for_held(srv.held + 1, timeout=60)  # part 0 is mid-run, holding its lock
+
+        last = run_here(fake, "run", str(job), "--quiet", "--shard", "2/3")  # answered in-process
+
+        assert last.returncode == 0, last.stderr
+        assert "part 2/3 complete; still running: part 0/3;" in last.stderr
+        assert "not complete and not running (never started, stopped or killed): part 1/3" in last.stderr
+        assert "other parts are still running" not in last.stderr
+    finally:
+        srv.release()
+        assert running.wait(timeout=120) == 0
+
+
+def test_status_and_verify_say_that_a_run_is_writing_the_output_now(tmp_path, srv):
+    _texts, job = _split_job(tmp_path, srv, rows=1200)
+    proc = hold_mid_run(srv, job, 5)
+    try:
+        doc = json.loads(run_here(None, "status", str(job), "--json").stdout)
+        text = run_here(None, "status", str(job)).stdout
+        verify = run_here(None, "verify", str(job))
+    finally:
+        srv.release()
+    assert proc.wait(timeout=120) == 0
+
+    assert [(w["lease"], w["part"]) for w in doc["running"]] == [("_lease/job", None)]
+    assert f"pid {proc.pid} on host" in doc["running"][0]["holder"]
+    assert f"running:  a run holds this output now: pid {proc.pid} on host" in text
+    assert verify.returncode == 1
+    assert f"FAIL: the job is still running (pid {proc.pid} on host" in verify.stdout
+    after = run_here(None, "status", str(job)).stdout
+    assert "running:  no run holds this output's lock or lease now" in after
     assert run_here(None, "verify", str(job)).returncode == 0

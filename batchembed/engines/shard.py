@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from batchembed.checkpoint import SUCCESS, Manifest, remove_orphans
-from batchembed.engines.parts import every_part_complete, open_part, owned_by, refuse_mixing
+from batchembed.engines.parts import every_part_complete, open_part, owned_by, parts_left, refuse_mixing
 from batchembed.limits import RateLimits
 from batchembed.output import JobOutput
 from batchembed.runner import JobRunner
@@ -51,7 +51,7 @@ class PartOutput(JobOutput):
             self.store.write_bytes(SUCCESS, b"")
             say(f"every part of {self.uri} is complete: wrote {SUCCESS}")
         else:
-            say(f"part {self.part[0]}/{self.part[1]} complete; other parts are still running")
+            say(parts_left(self.store, self.part))
 
 
 class ShardRunner(JobRunner):
