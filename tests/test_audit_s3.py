@@ -69,3 +69,36 @@ def test_a_killed_holder_not_yet_reaped_counts_as_dead_and_its_lease_is_taken_ov
     table = s3.read_output(bucket, "out")
     assert table.column("id").to_pylist() == list(range(N))
     assert_vectors(table, dict(enumerate(texts)), 16)
+
+
+def test_status_on_s3_is_not_complete_once_a_recorded_shard_was_deleted(tmp_path, s3, fake):
+    _texts, env, job, bucket = _s3_job(tmp_path, s3, fake, seed=32)
+    assert run_here(fake, "run", str(job), "--quiet", env=env).returncode == 0
+    assert json.loads(run_here(None, "status", str(job), "--json", env=env).stdout)["complete"] is True
+    s3.client.delete_object(Bucket=bucket, Key="out/part-00002.parquet")
+
+    doc = json.loads(run_here(None, "status", str(job), "--json", env=env).stdout)
+    text = run_here(None, "status", str(job), env=env).stdout
+
+    assert doc["complete"] is False
+    assert doc["damaged"] == ["part-00002.parquet is recorded in _manifest.json but missing"]
+    assert "state:    incomplete" in text and "damaged:  part-00002.parquet is recorded" in text
+    assert run_here(None, "verify", str(job), env=env).returncode == 1
+
+
+def test_status_on_s3_names_the_run_holding_the_lease_now(tmp_path, s3, srv):
+    _texts, env, job, _bucket = _s3_job(tmp_path, s3, srv, seed=33)
+    proc = hold_mid_run(srv, job, 5, env=env)
+    try:
+        doc = json.loads(run_here(None, "status", str(job), "--json", env=env).stdout)
+        verify = run_here(None, "verify", str(job), env=env)
+    finally:
+        srv.release()
+    assert proc.wait(timeout=120) == 0
+
+    assert [(w["lease"], w["part"]) for w in doc["running"]] == [("_lease/job", None)]
+    assert (
+        f"pid {proc.pid} on host" in doc["running"][0]["holder"] and "lease valid until" in doc["running"][0]["holder"]
+    )
+    assert f"FAIL: the job is still running (pid {proc.pid} on host" in verify.stdout
+    assert json.loads(run_here(None, "status", str(job), "--json", env=env).stdout)["running"] == []
