@@ -71,17 +71,18 @@ def _local(directory: Path) -> list[Writer]:
         except OSError:
             continue
         try:
-            st = os.fstat(fd)
-            key = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
-            if key in held if held is not None else _probe(fd):
+            if os.fstat(fd).st_ino in held if held is not None else _probe(fd):
                 found.append(_writer(path.stem, _read_holder(fd)))
         finally:
             os.close(fd)
     return found
 
 
-def _flocked() -> set[tuple[int, int, int]] | None:
-    """(major, minor, inode) of every file an flock is held on (``/proc/locks``); None without it."""
+def _flocked() -> set[int] | None:
+    """The inode of every file an flock is held on (``/proc/locks``); None without it.
+
+    Inodes only: the device ``/proc/locks`` names is the lock's inode's, which on overlay file
+    systems (containers) is not the ``st_dev`` a ``stat`` of the path reports."""
     try:
         with open("/proc/locks") as fh:
             lines = fh.read().splitlines()
@@ -93,8 +94,7 @@ def _flocked() -> set[tuple[int, int, int]] | None:
         if len(fields) < 6 or fields[1] != "FLOCK":  # "->" marks a waiter; POSIX/OFD locks are not ours
             continue
         try:
-            major, minor, inode = fields[5].split(":")
-            held.add((int(major, 16), int(minor, 16), int(inode)))
+            held.add(int(fields[5].rsplit(":", 1)[1]))
         except ValueError:
             continue
     return held
