@@ -9,6 +9,7 @@ the three commands can never disagree about which job an output belongs to. Only
 
 from __future__ import annotations
 
+import inspect
 from types import SimpleNamespace
 from typing import Any
 
@@ -30,8 +31,11 @@ def run_fingerprint(job: JobConfig) -> dict[str, Any]:
     resolved = resolve(job)
     memo = None if resolved.is_rerank else VectorMemo(0)  # nothing is embedded: an empty memo
     task = build_task(resolved, None, build_counter(resolved), stats=Stats(), memo=memo)
+    runner = SimpleNamespace(resolved=resolved, task=task, job=job, model=resolved.model)  # what it reads
     try:
-        fingerprint = JobRunner.fingerprint(SimpleNamespace(resolved=resolved, task=task, job=job), [])
+        # the input files are no argument once the fingerprint holds the settings only
+        takes_files = len(inspect.signature(JobRunner.fingerprint).parameters) > 1
+        fingerprint = JobRunner.fingerprint(runner, []) if takes_files else JobRunner.fingerprint(runner)
     finally:
         task.close()
     return _settings(fingerprint)
