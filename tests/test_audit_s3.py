@@ -102,3 +102,17 @@ def test_status_on_s3_names_the_run_holding_the_lease_now(tmp_path, s3, srv):
     )
     assert f"FAIL: the job is still running (pid {proc.pid} on host" in verify.stdout
     assert json.loads(run_here(None, "status", str(job), "--json", env=env).stdout)["running"] == []
+
+
+def test_one_process_reads_inputs_from_the_endpoint_its_environment_names_now(tmp_path, s3, fake):
+    # a library user (or this suite) running jobs against two S3 endpoints in one process: the cached
+    # input filesystem must follow AWS_ENDPOINT_URL, not keep talking to the first endpoint
+    other = MotoServer().start()
+    try:
+        for server, name in ((s3, "first"), (other, "second")):
+            (tmp_path / name).mkdir()
+            _texts, env, job, _bucket = _s3_job(tmp_path / name, server, fake, seed=34)
+            result = run_here(fake, "run", str(job), "--quiet", env=env)
+            assert result.returncode == 0, f"{name}: {result.stderr}"
+    finally:
+        other.stop()
