@@ -15,11 +15,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from batchembed.audit_job import another_job, job_differences
+from batchembed.audit_state import OutputNow, files_line, running_line, still_running
 from batchembed.checkpoint import SUCCESS, Manifest, check_file, fingerprint_hash
 from batchembed.config import JobConfig
 from batchembed.errors import OutputError
 from batchembed.exitcodes import ExitCode
-from batchembed.journal import answered_rows, journal_store
+from batchembed.journal import answered, journal_store
 from batchembed.refresh import diff_inputs
 from batchembed.sources import SourceFile, discover, iter_batches
 from batchembed.store import open_store, storage_options
@@ -49,20 +51,31 @@ def status(job: JobConfig, as_json: bool = False) -> int:
         None if total_rows is None else planned_units([s.rows for s in sources], shard_rows, not job.is_rerank)
     )
     failed = manifest.unresolved_rows(out)
+    uncommitted_rows, uncommitted_tokens = _answered_uncommitted(out, manifest)
+    differences = job_differences(job, manifest.fingerprint)
+    now = OutputNow(out)
+    damaged = now.damaged(manifest)
     doc: dict[str, Any] = {
         "output": out.uri,
-        "complete": manifest.complete and out.exists(SUCCESS),
+        "complete": manifest.complete and SUCCESS in now.sizes and not differences and not damaged,
         "rows_done": manifest.rows(),
         "rows_total": total_rows,
         "shards_done": sum(1 for s in manifest.shards if s.kind in ("range", "files")),
         "shards_total": total_shards,
         "retry_shards": sum(1 for s in manifest.shards if s.kind == "retry"),
         "failed_rows": failed,
-        "rows_answered_uncommitted": _answered_uncommitted(out, manifest),
+        "failed_files": now.failed_files(),
+        "rows_answered_uncommitted": uncommitted_rows,
         "truncated_rows": manifest.truncated(),
+        "truncated_files": now.truncated_files(),
         "served_model": manifest.server.get("served_model"),
         "tokens": manifest.tokens(),
+        "tokens_uncommitted": uncommitted_tokens,
+        "same_job": not differences,
+        "job_differences": differences,
         **_freshness(manifest, sources),
+        "running": [{"lease": w.lease, "holder": w.who, "part": w.part} for w in now.writers],
+        "damaged": damaged,
     }
     if as_json:
         print(json.dumps(doc, indent=2))
@@ -70,18 +83,23 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     of = lambda x: f" of {x:,}" if x is not None else ""  # noqa: E731
     print(f"output:   {out.uri}")
     print(f"state:    {'complete' if doc['complete'] else 'incomplete'}")
+    if differences:
+        print(f"warning:  {another_job(differences)}")
+    for problem in damaged:
+        print(f"damaged:  {problem} (`run` and `verify` refuse it; --restart starts over)")
+    print(running_line(now.writers))
     print(f"rows:     {doc['rows_done']:,}{of(total_rows)} in shards")
     print(f"shards:   {doc['shards_done']:,}{of(total_shards)} (+{doc['retry_shards']} retry shards)")
-    print(f"failed:   {failed:,} rows in _failed.parquet")
+    print(files_line("failed:", failed, doc["failed_files"], "_failed"))
     if doc["rows_answered_uncommitted"]:
         print(
             f"journal:  {doc['rows_answered_uncommitted']:,} rows answered but not yet in a committed shard "
             "(a resume reads them back instead of paying for them again)"
         )
-    print(f"cut:      {doc['truncated_rows']:,} rows truncated to fit (listed in _truncated.parquet)")
+    print(files_line("cut:", doc["truncated_rows"], doc["truncated_files"], "_truncated", " cut to fit"))
     if doc["served_model"]:
         print(f"model:    {doc['served_model']} (as the server named it)")
-    print(f"tokens:   {doc['tokens']:,}")
+    print(_tokens_line(doc["tokens"], uncommitted_tokens))
     print(f"inputs:   {_describe_freshness(doc)}")
     return ExitCode.OK
 
@@ -105,18 +123,32 @@ def _describe_freshness(doc: dict[str, Any]) -> str:
     return f"not up to date: {changes} since it was written; `run` refreshes it"
 
 
-def _answered_uncommitted(out: OutputStore, manifest: Manifest) -> int:
-    """Rows the journals of units not yet committed hold answers for."""
+def _answered_uncommitted(out: OutputStore, manifest: Manifest) -> tuple[int, int]:
+    """Rows the journals of units not yet committed hold answers for, and the tokens paid for them."""
     store = journal_store(out)
     committed = {s.unit_name for s in manifest.shards}
     fingerprint = fingerprint_hash(manifest.fingerprint)
-    return sum(answered_rows(store, unit, fingerprint) for unit in store.units() if unit not in committed)
+    found = [answered(store, unit, fingerprint) for unit in store.units() if unit not in committed]
+    return sum(rows for rows, _ in found), sum(tokens for _, tokens in found)
+
+
+def _tokens_line(committed: int, uncommitted: int) -> str:
+    """Tokens where they were bought: every run's purchases for the committed shards (a resumed unit's
+    shard counts what its killed runs paid for the answers its journal kept), plus those in journals."""
+    line = f"tokens:   {committed:,} paid for the committed shards (by every run, killed ones included)"
+    if uncommitted:
+        line += f"; {uncommitted:,} more for answers not yet in a shard"
+    return line
 
 
 def verify(job: JobConfig) -> int:
     """Check the output holds every input row exactly once; print a report; exit 0 or 1."""
     out, manifest = _load(job)
     problems: list[str] = []
+    if differences := job_differences(job, manifest.fingerprint):
+        problems.append(another_job(differences))
+    if writers := OutputNow(out).writers:
+        problems.append(still_running(writers))
     bad: set[str] = set()
     for rec in manifest.shards:
         try:
@@ -160,7 +192,7 @@ def verify(job: JobConfig) -> int:
             _check_retry(out, rec, id_col, failed_rows, problems)
     all_ids = [] if job.is_rerank else [out.read_table(rec.name, columns=[id_col]).column(id_col) for rec in good]
     if all_ids:
-        ids = pa.chunked_array([c for col in all_ids for c in col.chunks]).cast(pa.string())
+        ids = pa.chunked_array([id_text(c) for col in all_ids for c in col.chunks], pa.string())
         counts = pc.value_counts(ids)
         dup = pc.filter(counts, pc.greater(counts.field("counts"), 1))
         if len(dup):
@@ -214,8 +246,14 @@ def _expected_ids(src: SourceFile, job: JobConfig, start: int, end: int) -> pa.A
             pos += take
             if pos >= end:
                 break
-        return pa.concat_arrays(parts).cast(pa.string()) if parts else pa.array([], pa.string())
+        return pa.concat_arrays([id_text(p) for p in parts]) if parts else pa.array([], pa.string())
     return generated_ids(src.name, np.arange(start, end, dtype=np.int64))
+
+
+def id_text(ids: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Ids by their text form, as the id check (``inputcheck``) compares them: CSV text ids, Parquet
+    integer ids, ``string`` and ``large_string`` columns all meet as ``string`` (42 and "42" are one id)."""
+    return ids if ids.type == pa.string() else pc.cast(ids, pa.string())
 
 
 def _check_vectors(table: pa.Table, column: str, name: str, problems: list[str]) -> None:
@@ -239,7 +277,7 @@ def _check_range(out, rec, src, job, id_col, failed_rows, problems) -> int:
         failed = failed_rows[rec.failed_file].column("row").to_numpy()
         keep = ~np.isin(np.arange(rec.start, rec.end), failed)
         expected = expected.filter(pa.array(keep))
-    got = table.column(id_col).combine_chunks().cast(pa.string())
+    got = id_text(table.column(id_col).combine_chunks())
     if not got.equals(expected):
         problems.append(
             f"{rec.name}: holds {len(got)} rows whose ids do not match input {src.name} rows "
@@ -265,7 +303,7 @@ def _check_files(out, rec, sources, job, id_col, failed_rows, problems) -> int:
             expected = expected.filter(pa.array(~np.isin(np.arange(rows), dropped)))
         parts.append(expected)
     expected = pa.concat_arrays(parts) if parts else pa.array([], pa.string())
-    got = table.column(id_col).combine_chunks().cast(pa.string())
+    got = id_text(table.column(id_col).combine_chunks())
     if not got.equals(expected):
         names = ", ".join(name for name, _ in rec.files[:3]) + (", ..." if len(rec.files) > 3 else "")
         problems.append(
@@ -279,11 +317,13 @@ def _check_retry(out, rec, id_col, failed_rows, problems) -> None:
     table = out.read_table(rec.name, columns=[id_col])
     wanted = [failed_rows[f].column("id") for f in rec.resolves if f in failed_rows]
     expected = (
-        set(pa.chunked_array([c for w in wanted for c in w.chunks], pa.string()).to_pylist()) if wanted else set()
+        set(pa.chunked_array([id_text(c) for w in wanted for c in w.chunks], pa.string()).to_pylist())
+        if wanted
+        else set()
     )
     if rec.failed_file in failed_rows:
-        expected -= set(failed_rows[rec.failed_file].column("id").to_pylist())
-    got = table.column(id_col).cast(pa.string()).to_pylist()
+        expected -= set(id_text(failed_rows[rec.failed_file].column("id")).to_pylist())
+    got = id_text(table.column(id_col)).to_pylist()
     if sorted(got) != sorted(expected):
         problems.append(f"{rec.name}: retry shard does not hold exactly the failed rows it resolves")
 

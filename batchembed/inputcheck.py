@@ -67,8 +67,11 @@ def _is_text(kind: pa.DataType) -> bool:
 
 
 def check_text_types(source: SourceFile, fields: list[str], cast_text: bool) -> None:
-    """Text columns must be strings (CSV columns always are); ``input.cast_text`` accepts any type."""
-    if cast_text or source.format != "parquet":
+    """Text columns must be strings (CSV columns always are); ``input.cast_text`` accepts any type.
+
+    A file without rows holds no text to check: its columns may have any type (a writer that saw no
+    value types them ``null``), and it contributes no rows."""
+    if cast_text or source.format != "parquet" or source.rows == 0:
         return
     schema = arrow_schema(source)
     for name in fields:

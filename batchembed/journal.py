@@ -16,7 +16,10 @@ shard commits alone; a journal only saves requests. Hence:
 Format: a unit's journal is a set of *segments*; a segment is a sequence of *frames*
 ``[u32 length][u32 crc32][Arrow IPC stream of one record batch]``. Each batch carries, in its schema
 metadata, the job fingerprint's sha256, its kind (``answers``: key + answer column; ``sent``: keys of
-a request about to be sent, to count rows re-sent after a crash) and the input rows it covers.
+a request about to be sent, to count rows re-sent after a crash), the input rows it covers and, for
+the answers of a request, the tokens paid for them (``tokens``: counted in the unit whose request
+bought them, 0 in the frames of other units it also answers), so a resumed unit's shard records the
+tokens its killed runs bought as well as its own.
 
 Storage sits behind ``JournalStore`` (:mod:`batchembed.journal_store`: segment files locally, segment
 objects on an object store). What a frame holds is the task's business: its :class:`JournalCodec`
@@ -46,7 +49,7 @@ if TYPE_CHECKING:
     from batchembed.progress import Stats
     from batchembed.tasks import JournalCodec, Piece, Request
 
-__all__ = ["Journal", "Recovered", "answered_rows", "journal_store", "read_unit"]
+__all__ = ["Journal", "Recovered", "answered", "answered_rows", "journal_store", "read_unit"]
 
 FORMAT_VERSION = 1
 META_KEY = b"batchembed.journal"
@@ -108,6 +111,7 @@ class Recovered:
     columns: dict[str, np.ndarray]  # answer columns: "vector" (n, dim) float32, or "score" (n,)
     sent: set[bytes] = field(default_factory=set)  # keys sent without a durable answer
     rows: int = 0  # input rows the answers covered when they were written
+    tokens: int = 0  # tokens paid for these answers by the runs that wrote them
     _index: dict[bytes, int] | None = None
 
     def find(self, keys: list[bytes]) -> np.ndarray:
@@ -136,7 +140,7 @@ def read_unit(store: JournalStore, unit: str, fingerprint: str) -> Recovered | N
     keys: list[bytes] = []
     parts: dict[str, list[np.ndarray]] = {}
     sent: set[bytes] = set()
-    rows = 0
+    rows = tokens = 0
     for data in store.segments(unit):
         for batch, meta in decode_frames(data):
             if meta.get("version") != FORMAT_VERSION or meta.get("fingerprint") != fingerprint:
@@ -147,6 +151,7 @@ def read_unit(store: JournalStore, unit: str, fingerprint: str) -> Recovered | N
                     if name != "key":
                         parts.setdefault(name, []).append(_numpy(batch.column(name)))
                 rows += int(meta.get("rows", 0))
+                tokens += int(meta.get("tokens", 0))
             elif meta.get("kind") == "sent":
                 sent.update(batch.column("key").to_pylist())
     if not keys and not sent:
@@ -158,13 +163,19 @@ def read_unit(store: JournalStore, unit: str, fingerprint: str) -> Recovered | N
     if any(len(c) != len(keys) for c in columns.values()):
         return None
     sent.difference_update(keys)
-    return Recovered(keys, columns, sent, rows)
+    return Recovered(keys, columns, sent, rows, tokens)
 
 
 def answered_rows(store: JournalStore, unit: str, fingerprint: str) -> int:
     """Input rows answered in ``unit``'s journal but not yet in a shard (0 if unusable); for ``status``."""
+    return answered(store, unit, fingerprint)[0]
+
+
+def answered(store: JournalStore, unit: str, fingerprint: str) -> tuple[int, int]:
+    """Input rows answered in ``unit``'s journal but not yet in a shard, and the tokens paid for those
+    answers ((0, 0) if unusable); for ``status``."""
     rec = read_unit(store, unit, fingerprint)
-    return rec.rows if rec is not None else 0
+    return (rec.rows, rec.tokens) if rec is not None else (0, 0)
 
 
 # ---------------------------------------------------------------------------------------- the run
@@ -214,6 +225,8 @@ class Journal:
             if rec is None and unit in self.store.units():
                 self.store.remove(unit)  # another job's, or nothing readable: start it afresh
             self._recovered[unit] = rec
+            if rec is not None:  # what the killed runs paid for this unit's answers counts in its shard
+                chunk.unit.tokens += rec.tokens
         rec = self._recovered[unit]
         if chunk.last:
             self._recovered[unit] = None  # the unit is fully read: free the answers (key stays: loaded)
@@ -237,13 +250,18 @@ class Journal:
 
     def answered(self, request: Request) -> None:
         """Keep the answers of a request the moment they are accepted (in every unit waiting for them)."""
+        own = request.piece.chunk.unit.name
         for unit, batch, rows in self.codec.answers(request):
-            self._submit(unit, batch, "answers", rows)
+            self._submit(unit, batch, "answers", rows, request.spent if unit == own else 0)
+            if unit == own:
+                own = None  # the tokens are counted once, in the unit whose request paid them
 
-    def _submit(self, shard: str, batch: pa.RecordBatch, kind: str, rows: int) -> None:
+    def _submit(self, shard: str, batch: pa.RecordBatch, kind: str, rows: int, tokens: int = 0) -> None:
         if not batch.num_rows:
             return
         meta = {"version": FORMAT_VERSION, "fingerprint": self.fingerprint, "kind": kind, "rows": rows}
+        if tokens:
+            meta["tokens"] = tokens
         with self._backlog_lock:
             queue = self._backlog < MAX_BACKLOG
             if queue:
@@ -313,3 +331,5 @@ class Journal:
                 self.error = self.error or str(exc)
         if complete:
             self.store.clear()
+        else:  # a --shard part: other parts may still journal their units; only an empty _journal/ goes
+            self.store.prune()

@@ -10,6 +10,7 @@ What goes into the frames is :mod:`batchembed.journal`'s.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -63,6 +64,10 @@ class JournalStore(Protocol):
 
     def clear(self) -> None:
         """Delete every journal (the job is complete)."""
+        ...
+
+    def prune(self) -> None:
+        """Remove what holds no journal any more (an empty ``_journal/`` directory), leaving the rest."""
         ...
 
 
@@ -137,6 +142,12 @@ class LocalJournalStore:
         """Delete the whole journal directory."""
         shutil.rmtree(self.root, ignore_errors=True)
 
+    def prune(self) -> None:
+        """Remove ``_journal/`` if no unit has a journal in it (``rmdir``: a unit another ``--shard`` part
+        is journaling keeps it, and a part that starts one afterwards creates it again)."""
+        with contextlib.suppress(OSError):
+            self.root.rmdir()
+
 
 class _ObjectSegment:
     """Frames buffered in memory; each ``sync`` puts what was added since as one object written once."""
@@ -200,6 +211,9 @@ class ObjectJournalStore:
         """Delete every journal object."""
         for name in self._names():
             self.store.delete(name)
+
+    def prune(self) -> None:
+        """Nothing to do: a prefix exists only while objects are under it."""
 
 
 def journal_store(store: OutputStore) -> JournalStore:

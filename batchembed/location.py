@@ -66,7 +66,7 @@ class Location:
     @property
     def fs(self) -> pafs.FileSystem:
         """The pyarrow filesystem serving this location (one per store and options, reused)."""
-        return _filesystem(self.kind, self.account, self.options)
+        return _filesystem(self.kind, self.account, self.options, _filesystem_environment())
 
     def child(self, name: str) -> Location:
         """The location of ``name`` (a relative key) under this one."""
@@ -149,8 +149,35 @@ def register_cloud_secrets() -> None:
         register_secret(os.environ.get(name))
 
 
+#: What a filesystem is built from besides ``[storage]``: part of its cache key, so a process whose
+#: environment points elsewhere (another endpoint, region, account or key) never reuses a filesystem
+#: built for the old one.
+_FILESYSTEM_VARIABLES = (
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "STORAGE_EMULATOR_HOST",
+    "AZURE_STORAGE_ACCOUNT_NAME",
+    "AZURE_STORAGE_ACCOUNT",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_KEY",
+)
+
+
+def _filesystem_environment() -> tuple[str | None, ...]:
+    return tuple(os.environ.get(name) for name in _FILESYSTEM_VARIABLES)
+
+
 @cache
-def _filesystem(kind: str, account: str | None, options: StorageOptions) -> pafs.FileSystem:
+def _filesystem(
+    kind: str, account: str | None, options: StorageOptions, environment: tuple[str | None, ...]
+) -> pafs.FileSystem:
+    """The pyarrow filesystem for ``kind`` (cached per settings and ``environment``, which it reads)."""
     if kind == "local":
         return pafs.LocalFileSystem()
     register_cloud_secrets()

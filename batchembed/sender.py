@@ -158,6 +158,7 @@ class Sender:
                 except MalformedResponse as exc:
                     error = exc
                 else:
+                    request.spent = (reported or meter.tokens) if meter.used else 0
                     self.hooks.answered(request, answer)
                     self._on_success(request, reported, meter)
                     return
@@ -215,9 +216,8 @@ class Sender:
             # the server's count tunes pacing only; it never decides what text is sent or how it is packed
             self.limits.observe_usage(meter.tokens, reported)
             self.hooks.usage(meter.tokens, reported)
-        spent = reported or meter.tokens
-        self.stats.tokens += spent
-        request.piece.chunk.unit.tokens += spent
+        self.stats.tokens += request.spent
+        request.piece.chunk.unit.tokens += request.spent
 
 
 def dead_letter(request: Request, message: str) -> None:

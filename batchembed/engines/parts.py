@@ -168,6 +168,30 @@ def load_whole(store: OutputStore) -> tuple[Manifest | None, dict]:
     return merged, {"parts": count, "parts_complete": done, "part_tag": part_suffix((0, count))}
 
 
+def parts_left(store: OutputStore, part: tuple[int, int]) -> str:
+    """What a part that finished says of the parts not complete yet: still running (a run holds the part's
+    lock or lease now) or not running (never started, stopped or killed: someone must run it again)."""
+    from batchembed.store.writers import live_writers, part_writer
+
+    index, count = part
+    writers = live_writers(store)
+    running, idle = [], []
+    for other in range(count):
+        manifest = _load_part(store, (other, count)) if other != index else None
+        if other == index or (manifest is not None and manifest.complete and not manifest.unresolved_failures()):
+            continue
+        (running if part_writer(writers, (other, count)) else idle).append(f"{other}/{count}")
+    said = f"part {index}/{count} complete"
+    if running:
+        said += f"; still running: part {', '.join(running)}"
+    if idle:
+        said += (
+            f"; not complete and not running (never started, stopped or killed): part {', '.join(idle)}; "
+            f"run them (--shard {idle[0]} ...) to finish the job"
+        )
+    return said
+
+
 def every_part_complete(store: OutputStore, count: int) -> bool:
     """Whether all ``count`` parts have recorded their manifest complete (their failures resolved)."""
     for index in range(count):

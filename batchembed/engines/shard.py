@@ -13,7 +13,7 @@ from typing import Any
 
 from batchembed import output_refresh
 from batchembed.checkpoint import SUCCESS, Manifest, remove_orphans
-from batchembed.engines.parts import every_part_complete, load_part, open_part, owned_by, refuse_mixing
+from batchembed.engines.parts import every_part_complete, load_part, open_part, owned_by, parts_left, refuse_mixing
 from batchembed.limits import RateLimits
 from batchembed.output import JobOutput
 from batchembed.runner import JobRunner
@@ -65,7 +65,7 @@ class PartOutput(JobOutput):
                 "refresh (the table is published when the last one has)"
             )
         else:
-            say(f"part {self.part[0]}/{self.part[1]} complete; other parts are still running")
+            say(parts_left(self.store, self.part))
 
 
 class ShardRunner(JobRunner):

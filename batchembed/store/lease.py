@@ -36,13 +36,26 @@ def _when(ts: float) -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process on this host: a zombie (killed, not yet reaped by its
+    parent) still answers ``kill(pid, 0)`` but will never renew a lease again, so it counts as dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """Whether ``/proc/PID/stat`` says state ``Z`` (Linux; elsewhere, or unreadable: False)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return False
+    # "pid (comm) S ...": comm may hold spaces and parentheses, so the state follows the last ")"
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] == b"Z"
 
 
 def describe_holder(doc: dict[str, Any]) -> str:

@@ -45,6 +45,9 @@ class Request:
     piece: Piece
     items: np.ndarray
     tokens: int
+    #: Tokens paid for this request's answer (the server's count, else ours; 0 when nothing was sent):
+    #: set by the sender once the answer is accepted, before the journal keeps it with the answer.
+    spent: int = 0
 
 
 class PieceTables(NamedTuple):
