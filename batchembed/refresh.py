@@ -98,7 +98,8 @@ def known_rows(manifest: Manifest | None) -> dict[str, tuple[dict, int]]:
 def diff_inputs(manifest: Manifest, sources: list[SourceFile]) -> InputDiff:
     """Compare the files found now with the identities the manifest's shards recorded."""
     now = {src.name: identity_of(src) for src in sources}
-    before = recorded_inputs(manifest.shards)
+    # the generation's plan knows the files that hold no rows (no shard records them); shards know the rest
+    before = {**manifest.work, **recorded_inputs(manifest.shards)}
     diff = InputDiff()
     for name in sorted(set(now) | set(before)):
         if name not in before:

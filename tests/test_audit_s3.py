@@ -75,14 +75,16 @@ def test_status_on_s3_is_not_complete_once_a_recorded_shard_was_deleted(tmp_path
     _texts, env, job, bucket = _s3_job(tmp_path, s3, fake, seed=32)
     assert run_here(fake, "run", str(job), "--quiet", env=env).returncode == 0
     assert json.loads(run_here(None, "status", str(job), "--json", env=env).stdout)["complete"] is True
-    s3.client.delete_object(Bucket=bucket, Key="out/part-00002.parquet")
+    (shard,) = [k for k in s3.keys(bucket, "out/") if k.startswith("out/part-00002-")]
+    name = shard.removeprefix("out/")
+    s3.client.delete_object(Bucket=bucket, Key=shard)
 
     doc = json.loads(run_here(None, "status", str(job), "--json", env=env).stdout)
     text = run_here(None, "status", str(job), env=env).stdout
 
     assert doc["complete"] is False
-    assert doc["damaged"] == ["part-00002.parquet is recorded in _manifest.json but missing"]
-    assert "state:    incomplete" in text and "damaged:  part-00002.parquet is recorded" in text
+    assert doc["damaged"] == [f"{name} is recorded in _manifest.json but missing"]
+    assert "state:    incomplete" in text and f"damaged:  {name} is recorded" in text
     assert run_here(None, "verify", str(job), env=env).returncode == 1
 
 
