@@ -113,10 +113,10 @@ def vector_lines(doc: dict[str, Any], shards: int) -> list[str]:
     norms = doc.get("vector_norms")
     if norms:
         covered = f" (the vectors of {norms['shards']} of {shards} shards)" if norms["shards"] < shards else ""
-        lines.append(f"vectors:  vector lengths: {norms['min']:.4f}..{norms['max']:.4f}{covered}")
+        lines.append(f"vectors:  lengths {norms['min']:.4f}..{norms['max']:.4f} (min..max){covered}")
     unit = {True: "are unit length", False: "are not unit length", None: "unknown length"}[doc["model_unit_norm"]]
     here = "normalised here" if doc["normalizes_here"] else "written as the server sent them"
-    lines.append(f"          the model's full vectors {unit}; model.normalize = {doc['normalize']!r}: {here}")
+    lines.append(f'          the model\'s full vectors {unit}; model.normalize = "{doc["normalize"]}": {here}')
     return lines
 
 

@@ -105,14 +105,10 @@ class VectorCheck:
         if first:
             low, high = float(lengths.min()), float(lengths.max())
             self.first_norms = (low, high)
-            why = (
-                "the model's full vectors are unit length"
-                if self.mode == "auto"
-                else 'model.normalize = "always"'
-            )
+            why = "the model's full vectors are unit length" if self.mode == "auto" else 'model.normalize = "always"'
             self.say(
                 f"the server's vectors are not unit length (lengths {low:.3f}..{high:.3f} in the first answer), "
-                f"while {why}: batchembed L2-normalises them before writing (model.normalize = {self.mode!r}; "
+                f'while {why}: batchembed L2-normalises them before writing (model.normalize = "{self.mode}"; '
                 'set "never" to keep them as sent); recorded in _report.json and the shards\' metadata'
             )
 

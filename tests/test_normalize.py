@@ -63,7 +63,7 @@ def test_a_cut_the_server_did_not_normalise_is_normalised_and_said_once(tmp_path
     assert meta["normalize"] == "auto" and meta["normalizes_here"] is True and meta["model_unit_norm"] is True
 
     status = run_here(None, "status", str(job))
-    assert "vector lengths: 1.0000..1.0000" in status.stdout
+    assert "lengths 1.0000..1.0000 (min..max)" in status.stdout
     assert "normalised here" in status.stdout
 
 
