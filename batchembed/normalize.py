@@ -105,11 +105,12 @@ class VectorCheck:
         if first:
             low, high = float(lengths.min()), float(lengths.max())
             self.first_norms = (low, high)
-            why = "the model's full vectors are unit length" if self.mode == "auto" else 'model.normalize = "always"'
+            although = " although the model's full vectors are" if self.mode == "auto" else ""
+            keep = '; "never" keeps them as sent' if self.mode == "auto" else ""
             self.say(
-                f"the server's vectors are not unit length (lengths {low:.3f}..{high:.3f} in the first answer), "
-                f'while {why}: batchembed L2-normalises them before writing (model.normalize = "{self.mode}"; '
-                'set "never" to keep them as sent); recorded in _report.json and the shards\' metadata'
+                f"the server's vectors are not unit length (lengths {low:.3f}..{high:.3f} in the first answer)"
+                f'{although}: batchembed L2-normalises them before writing (model.normalize = "{self.mode}"{keep}); '
+                "recorded in _report.json and the shards' metadata"
             )
 
     def describe(self) -> dict[str, Any]:
