@@ -157,12 +157,14 @@ def test_an_all_zero_vector_is_a_failed_row_never_a_written_one(tmp_path, fake):
 
 
 def test_a_catalogued_model_needs_no_probe(tmp_path):
-    """OpenAI documents unit vectors: the catalogue knows, for its own provider only."""
+    """OpenAI documents unit vectors: the catalogue knows, for its own provider only; a local model knows
+    from its own files."""
     openai = resolve(_job(provider="openai", name="text-embedding-3-small", dimensions=256))
     assert openai.model_unit_norm is True
     elsewhere = _job(provider="openai-compatible", base_url="http://x", name="text-embedding-3-small")
     assert resolve(elsewhere).model_unit_norm is None  # another server serving the name: the canary looks
     assert resolve(_job(provider="fireworks", name="fireworks/qwen3-embedding-8b")).model_unit_norm is None
+    assert resolve(_job(provider="local")).model_unit_norm is True  # the embedded MiniLM normalises itself
 
 
 def _job(**model) -> JobConfig:
