@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from batchembed.errors import InvalidVectors
+from batchembed.errors import APIError, InvalidVectors
 
 #: A length within this of 1 is unit length (float32 rounding, int8-quantised models: ~1e-4).
 UNIT_TOLERANCE = 1e-3
@@ -75,7 +75,6 @@ class VectorCheck:
         self.say = say or (lambda _line: None)
         self.vectors_normalized = 0
         self.answers_normalized = 0
-        self.first_norms: tuple[float, float] | None = None  # min/max length of the first answer normalised
 
     @property
     def active(self) -> bool:
@@ -104,7 +103,6 @@ class VectorCheck:
         self.vectors_normalized += count
         if first:
             low, high = float(lengths.min()), float(lengths.max())
-            self.first_norms = (low, high)
             although = " although the model's full vectors are" if self.mode == "auto" else ""
             keep = '; "never" keeps them as sent' if self.mode == "auto" else ""
             self.say(
@@ -180,24 +178,34 @@ async def learn_unit_norm(
     canary: np.ndarray,
     full_width: bool,
     probe: Callable[[], Awaitable[np.ndarray]] | None,
+    say: Callable[[str], None] = lambda _line: None,
 ) -> bool | None:
     """Whether the model's full vectors are unit length, learned once per job and kept in the manifest.
 
     In order: what the manifest already records (an earlier run of the job); ``known`` (the catalogue's
     preset or the local model's own files); the canary's own vector when it is the full vector
     (``full_width``: the job asks for no ``dimensions``); else ``probe()``, the canary text's full
-    vector asked for once (without ``dimensions``). None when nothing can tell (no probe).
+    vector asked for once (without ``dimensions``). None when nothing can tell (no probe, or the
+    server refused it: said, and not recorded, so the next run asks again).
     """
     server = manifest.server
     if isinstance(server.get("unit_norm"), bool):
         return server["unit_norm"]
     if known is not None:
-        server["unit_norm"], server["unit_norm_by"] = known, "catalogue"
+        server["unit_norm"], server["unit_norm_by"] = known, "the catalogue or the local model's files"
         return known
     if full_width:
         vector, by = canary, "canary"
     elif probe is not None:
-        vector, by = await probe(), "canary's full vector"
+        try:
+            vector, by = await probe(), "canary's full vector"
+        except APIError as exc:
+            say(
+                f"could not learn whether the model's full vectors are unit length (the canary without "
+                f"`dimensions`: {exc}); vectors are written as the server sends them unless model.normalize = "
+                '"always"'
+            )
+            return None
     else:
         return None
     norm = float(vector_norms(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0])

@@ -257,6 +257,7 @@ class JobRunner:
                 canary=vector,
                 full_width=self.job.model.dimensions is None,
                 probe=full_vector_probe(self.provider, self.limits, self.job.limits.max_retries),
+                say=say,
             )
         return True
 

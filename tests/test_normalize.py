@@ -14,6 +14,8 @@ import pytest
 from batchembed.config import JobConfig, ModelConfig
 from batchembed.normalize import VectorCheck
 from batchembed.resolved import resolve
+from batchembed.servers import CANARY_TEXT
+from batchembed.testing import Respond
 from batchembed.testing.answers import expected_vector, raw_cut_vector
 from tests.conftest import job_for, make_texts, read_output, run_here, write_parquet
 
@@ -154,6 +156,23 @@ def test_an_all_zero_vector_is_a_failed_row_never_a_written_one(tmp_path, fake):
     assert sorted(ids) == list(range(300))
     assert np.linalg.norm(vectors, axis=1).min() == pytest.approx(1, abs=1e-5)
     assert len(_full_probes(fake)) == 1  # learned once per job, kept in the manifest
+
+
+def test_a_server_refusing_the_full_vector_leaves_the_vectors_as_sent_and_says_so(tmp_path, fake):
+    fake.cut_unnormalized = True
+    # the canary is answered; the same text without `dimensions` is refused
+    fake.script(Respond(200, match=CANARY_TEXT), Respond(400, body={"error": {"message": "no"}}, match=CANARY_TEXT))
+    texts = make_texts(50)
+    src = write_parquet(tmp_path / "in.parquet", texts)
+    job = job_for(tmp_path, fake, src, model={"dimensions": 8})
+
+    result = run_here(fake, "run", str(job), "--quiet")
+
+    assert result.returncode == 0, result.stderr
+    assert "could not learn whether the model's full vectors are unit length" in result.stderr
+    ids, vectors = _vectors(tmp_path / "out")
+    np.testing.assert_array_equal(vectors, np.stack([raw_cut_vector(texts[i], 8, 16) for i in ids]))
+    assert "unit_norm" not in _json(tmp_path / "out" / "_manifest.json")["server"]  # the next run asks again
 
 
 def test_a_catalogued_model_needs_no_probe(tmp_path):
