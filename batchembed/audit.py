@@ -76,6 +76,7 @@ def status(job: JobConfig, as_json: bool = False) -> int:
         **_freshness(manifest, sources),
         "running": [{"lease": w.lease, "holder": w.who, "part": w.part} for w in now.writers],
         "damaged": damaged,
+        **vector_status(job, manifest),
     }
     if as_json:
         print(json.dumps(doc, indent=2))
@@ -100,6 +101,8 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     if doc["served_model"]:
         print(f"model:    {doc['served_model']} (as the server named it)")
     print(_tokens_line(doc["tokens"], uncommitted_tokens))
+    for line in vector_lines(doc, len(manifest.shards)):
+        print(line)
     print(f"inputs:   {_describe_freshness(doc)}")
     return ExitCode.OK
 
@@ -121,6 +124,37 @@ def _describe_freshness(doc: dict[str, Any]) -> str:
     if not changes:
         return "not complete yet: `run` resumes it"
     return f"not up to date: {changes} since it was written; `run` refreshes it"
+
+
+def vector_status(job: JobConfig, manifest: Manifest) -> dict[str, Any]:
+    """What the manifest records about the vectors written (normalize.py): whether the model's full
+    vectors are unit length, whether vectors are normalised here, and the min/max length of the vectors
+    in the shards its figures cover. Nothing for an output without vectors."""
+    server = manifest.server
+    if job.is_rerank or ("unit_norm" not in server and "vector_norms" not in server):
+        return {}
+    mode, unit = job.model.normalize, server.get("unit_norm")
+    return {
+        "model_unit_norm": unit,
+        "normalize": mode,
+        "normalizes_here": mode == "always" or (mode == "auto" and bool(unit)),
+        "vector_norms": server.get("vector_norms"),
+    }
+
+
+def vector_lines(doc: dict[str, Any], shards: int) -> list[str]:
+    """``status``'s lines about the vectors' lengths (none for an output without them)."""
+    if "normalize" not in doc:
+        return []
+    lines = []
+    norms = doc.get("vector_norms")
+    if norms:
+        covered = f" (the vectors of {norms['shards']} of {shards} shards)" if norms["shards"] < shards else ""
+        lines.append(f"vectors:  lengths {norms['min']:.4f}..{norms['max']:.4f} (min..max){covered}")
+    unit = {True: "are unit length", False: "are not unit length", None: "unknown length"}[doc["model_unit_norm"]]
+    here = "normalised here" if doc["normalizes_here"] else "written as the server sent them"
+    lines.append(f'          the model\'s full vectors {unit}; model.normalize = "{doc["normalize"]}": {here}')
+    return lines
 
 
 def _answered_uncommitted(out: OutputStore, manifest: Manifest) -> tuple[int, int]:

@@ -39,6 +39,8 @@ class ModelPreset:
     max_input_tokens: int | None  # model context per input
     price_per_million_tokens: float | None  # USD; None = not known for sure
     description: str
+    #: Whether the model's full vectors are L2-normalised, when known for sure (None: the canary looks)
+    unit_norm: bool | None = None
 
 
 #: Qwen3-Embedding's own default task (its README's ``get_detailed_instruct`` example).
@@ -57,9 +59,22 @@ def _embed(
     query_format: str | None = None,
     instruction: str | None = None,
     price: float | None = None,
+    unit_norm: bool | None = None,
 ) -> ModelPreset:
     return ModelPreset(
-        id, provider, "embed", native, min_dim, query_format, instruction, None, None, context, price, description
+        id,
+        provider,
+        "embed",
+        native,
+        min_dim,
+        query_format,
+        instruction,
+        None,
+        None,
+        context,
+        price,
+        description,
+        unit_norm,
     )
 
 
@@ -115,20 +130,21 @@ _PRESETS = [
     # OpenAI (list prices, USD per 1M input tokens)
     _embed(
         "text-embedding-3-small", "openai", 1536, 1, 8191,
-        "OpenAI text-embedding-3-small: cheap general-purpose, shortenable", price=0.02,
+        "OpenAI text-embedding-3-small: cheap general-purpose, shortenable", price=0.02, unit_norm=True,
     ),
     _embed(
         "text-embedding-3-large", "openai", 3072, 1, 8191,
-        "OpenAI text-embedding-3-large: OpenAI's best, shortenable", price=0.13,
+        "OpenAI text-embedding-3-large: OpenAI's best, shortenable", price=0.13, unit_norm=True,
     ),
     _embed(
         "text-embedding-ada-002", "openai", 1536, None, 8191,
-        "OpenAI ada-002 (legacy): fixed 1536 dims", price=0.10,
+        "OpenAI ada-002 (legacy): fixed 1536 dims", price=0.10, unit_norm=True,
     ),
     # Embedded in the package: runs in-process, costs nothing but CPU
     _embed(
         "all-MiniLM-L6-v2", "local", 384, 1, 256,
         "Embedded all-MiniLM-L6-v2 (int8 ONNX, CPU, offline); truncates and re-normalises itself", price=0.0,
+        unit_norm=True,
     ),
 ]
 # fmt: on

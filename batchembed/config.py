@@ -53,6 +53,9 @@ class ModelConfig:
     price_per_million_tokens: float | None = None  # USD, for `batchembed plan` (default: the catalogue's)
     dimensions_by: Literal["server", "client"] = "server"  # client: cut Matryoshka vectors here, L2-normalise
     extra_body: dict[str, Any] | None = None  # merged into every request body, e.g. {input_type = "passage"}
+    # auto: L2-normalise vectors that are not unit length when the model's full vectors are (a server cutting
+    # `dimensions` without normalising again); always: normalise every vector; never: write them as sent
+    normalize: Literal["auto", "always", "never"] = "auto"
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ what happened, quoting the server. Messages never contain the API key (see ``red
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class BatchEmbedError(Exception):
     """Base of every error batchembed raises deliberately."""
@@ -74,6 +76,15 @@ class InputTooLong(APIError):
 
 class MalformedResponse(APIError):
     """The response did not match the request (count, dimension, non-finite values, bad JSON)."""
+
+
+class InvalidVectors(MalformedResponse):
+    """Some vectors of an answer are all zeros or hold NaN/inf: retried once, then the request is split
+    until each such row is alone (retried, then dead-lettered). ``items``: their positions in the answer."""
+
+    def __init__(self, message: str, items: Any = None) -> None:
+        super().__init__(message)
+        self.items = items
 
 
 class ServerIgnoredSettings(MalformedResponse):

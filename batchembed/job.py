@@ -102,9 +102,13 @@ def vector_memo(job: ResolvedJob) -> VectorMemo:
     """The embed task's memo of recent vectors, backed by ``[cache] path`` when set.
 
     Keyed by provider, model, dimensions and the model's identity, so a cache file shared by jobs
-    never hands one model's vectors to another."""
-    model, cache = job.model, job.config.cache
-    facts = (model.provider, model.name, job.config.model.dimensions, *job.identity.values())
+    never hands one model's vectors to another; and by ``model.normalize`` where it can change them (any
+    mode but "auto", and "auto" with a server-side cut: vectors cached before it existed may be cuts
+    that were never normalised)."""
+    model, cache, m = job.model, job.config.cache, job.config.model
+    facts: tuple = (model.provider, model.name, m.dimensions, *job.identity.values())
+    if m.normalize != "auto" or (m.dimensions is not None and m.dimensions_by == "server"):
+        facts += (f"normalize={m.normalize}",)
     namespace = "|".join(str(x) for x in facts)
     cache_path = cache.path.removeprefix("file://") if cache.path else None
     return VectorMemo(cache.memory_mb << 20, cache_path, namespace)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from batchembed.journal import Journal
+from batchembed.normalize import record_norms
 from batchembed.output import JobOutput, UnitWriter
 from batchembed.progress import Stats
 from batchembed.sender import Sender, Stop
@@ -173,6 +174,7 @@ class Pipeline:
 
     def _commit(self, unit_writer: UnitWriter) -> None:
         self.served.record(self.output.manifest)
+        record_norms(self.task, self.output.manifest, unit_writer.unit.name)
         self.output.commit(unit_writer)
         self.journal.committed(unit_writer.unit.name)
 

@@ -110,13 +110,28 @@ class ResolvedJob:
         """Whether the job scores pairs rather than embedding texts."""
         return self.config.is_rerank
 
+    @property
+    def model_unit_norm(self) -> bool | None:
+        """Whether the model's full vectors are unit length, when known without asking the server: the
+        local model's own files, or the catalogue's preset served by its own provider (another server
+        may serve the same name otherwise); None: the canary looks (``normalize.learn_unit_norm``)."""
+        if self.local_model is not None:
+            return bool(self.local_model.normalized)
+        if self.preset is not None and self.preset.provider == self.model.provider:
+            return self.preset.unit_norm
+        return None
+
     def fingerprint(self) -> dict[str, Any]:
-        """The job fingerprint's model part: what changes the answers apart from the task and the files."""
+        """The job fingerprint's model part: what changes the answers apart from the task and the files.
+
+        ``model.normalize`` is listed only when it is not the default "auto" (older outputs keep theirs)."""
+        normalize = self.config.model.normalize
         return {
             "model.provider": self.model.provider,
             "model.name": self.model.name,
             "model.dimensions": self.config.model.dimensions,
             **model_request_fingerprint(self.config),
+            **({"model.normalize": normalize} if normalize != "auto" else {}),
             **{f"model.{k}": v for k, v in self.identity.items()},
             "output.shard_rows": self.config.output.shard_rows,
         }

@@ -23,13 +23,14 @@ from batchembed.faults import with_path
 from batchembed.inputcheck import check_inputs
 from batchembed.journal import Journal, journal_store
 from batchembed.limits import RateLimits
+from batchembed.normalize import learn_unit_norm, report_fields
 from batchembed.output import JobOutput, RetryUnit
 from batchembed.pipeline import Pipeline
 from batchembed.progress import Progress, Stats
 from batchembed.refresh import first_ordinal
 from batchembed.resolved import ResolvedJob
 from batchembed.sender import Sender, SendHooks
-from batchembed.servers import ServedModel, UsageCheck, run_canary
+from batchembed.servers import ServedModel, UsageCheck, full_vector_probe, run_canary
 from batchembed.sources import SourceFile, check_columns, discover
 from batchembed.store import open_store, storage_options
 from batchembed.tasks import Request, Task
@@ -272,6 +273,17 @@ class JobRunner:
         )
         if getattr(self.task, "dim", 0) is None:
             self.task.dim = len(vector)
+        check = getattr(self.task, "vector_check", None)
+        if check is not None:  # whether the model's vectors are unit length: once per job, kept in the manifest
+            check.say = say
+            check.unit_norm = await learn_unit_norm(
+                manifest,
+                known=self.resolved.model_unit_norm,
+                canary=vector,
+                full_width=self.job.model.dimensions is None,
+                probe=full_vector_probe(self.provider, self.limits, self.job.limits.max_retries),
+                say=say,
+            )
         return True
 
     # --------------------------------------------------------------------------------- pipeline
@@ -340,6 +352,7 @@ class JobRunner:
             dimensions=self.task.metadata().get("dimensions"),
             output=str(self.out),
             failed_rows_outstanding=outstanding,
+            **report_fields(self.task, self.manifest),
         )
 
     def _conclude(self) -> int:

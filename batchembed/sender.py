@@ -28,6 +28,7 @@ from batchembed.errors import (
     APIError,
     AuthError,
     InputTooLong,
+    InvalidVectors,
     MalformedResponse,
     PayloadTooLarge,
     ServerIgnoredSettings,
@@ -134,7 +135,8 @@ class Sender:
         self.exhausted_in_a_row = 0
 
     async def send(self, request: Request) -> None:
-        """Send one request with retries; split on 413 and too-long; dead-letter what still fails.
+        """Send one request with retries; split on 413, too-long and an all-zero/non-finite vector answered
+        twice; dead-letter what still fails.
 
         Returns once every item of the request has an answer or an error in its piece. Raises what
         stops the job (``AuthError``, ``ServerIgnoredSettings``, a ``TerminalAPIError`` before
@@ -170,6 +172,10 @@ class Sender:
                 if isinstance(error, TerminalAPIError) and not self.succeeded_once:
                     # Nothing has worked yet: this is the job's settings, not one row. Stop now.
                     raise error
+                await self._split_or_fail(request, error)
+                return
+            if isinstance(error, InvalidVectors) and attempt and len(request.items) > 1:
+                # an all-zero or non-finite vector again: find its row by halves (the rest is answered)
                 await self._split_or_fail(request, error)
                 return
             # transient or malformed: back off and retry

@@ -6,13 +6,16 @@
   warning when it is not the model asked for.
 * The canary: at the start of every run a fixed text is embedded and its vector kept in the manifest;
   when a resume's canary points elsewhere (cosine < 0.999) a different model answers behind the same
-  name, and mixing two models' vectors in one output is refused unless the user accepts it.
+  name, and mixing two models' vectors in one output is refused unless the user accepts it. When the
+  job asks for ``dimensions`` and nothing else knows whether the model's full vectors are unit length,
+  ``full_vector_probe`` asks for the canary's full vector once per job (``normalize.learn_unit_norm``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -155,6 +158,19 @@ async def embed_canary(embedder: Any, limits: Any, max_retries: int) -> Any:
             continue
         limits.observe(result.headers, 200, 20)
         return result
+
+
+def full_vector_probe(embedder: Any, limits: Any, max_retries: int) -> Callable[[], Awaitable[np.ndarray]] | None:
+    """What asks for the canary text's full vector (no ``dimensions``; retried like the canary), for
+    learning whether the model's vectors are unit length; None for an embedder that cannot ask."""
+    full = getattr(embedder, "embed_full", None)
+    if full is None:
+        return None
+
+    async def probe() -> np.ndarray:
+        return (await embed_canary(SimpleNamespace(embed=full), limits, max_retries)).vectors[0]
+
+    return probe
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

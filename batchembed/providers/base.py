@@ -27,6 +27,7 @@ class EmbeddingResult:
     prompt_tokens: int | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     model: str | None = None  # the model the server says answered (its ``model`` field)
+    norms: np.ndarray | None = None  # each vector's L2 length, when the provider measured it (off the event loop)
 
 
 class Embedder(Protocol):

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from batchembed.errors import MalformedResponse, ServerIgnoredSettings, TerminalAPIError
+from batchembed.errors import InvalidVectors, MalformedResponse, ServerIgnoredSettings, TerminalAPIError
+from batchembed.normalize import vector_norms
 from batchembed.providers.base import EmbeddingResult
 from batchembed.providers.bulk_answer import parse_base64_answer
 from batchembed.providers.http import JSONClient, rate_headers
@@ -72,7 +73,17 @@ class OpenAICompatibleEmbedder:
 
     async def embed(self, texts: list[str]) -> EmbeddingResult:
         """Send one request; raise the ``APIError`` subclass that says what to do on failure."""
+        return await self._embed(texts, full=False)
+
+    async def embed_full(self, texts: list[str]) -> EmbeddingResult:
+        """The model's full vectors for ``texts``: ``dimensions`` neither sent nor cut here (the canary
+        asks once, to learn whether the model's vectors are unit length)."""
+        return await self._embed(texts, full=True)
+
+    async def _embed(self, texts: list[str], *, full: bool) -> EmbeddingResult:
         body = self.request_body(texts)
+        if full:
+            body.pop("dimensions", None)
         try:
             payload, headers = await self._http.post("/embeddings", body)
         except TerminalAPIError as exc:
@@ -80,18 +91,18 @@ class OpenAICompatibleEmbedder:
             # but a server that rejects it gets floats from then on.
             if body["encoding_format"] == "base64" and self.fall_back_to_float and _rejects_base64(exc):
                 self.use_base64 = False
-                return await self.embed(texts)
+                return await self._embed(texts, full=full)
             raise
         client_cut = self.dimensions_by == "client" and self.dimensions is not None
-        want = None if client_cut else self.dimensions
+        want = None if client_cut or full else self.dimensions
+        cut = self.dimensions if client_cut and not full else None
         if len(payload) >= OFF_LOOP_BYTES:  # decoding releases the GIL: the event loop keeps sending meanwhile
             loop = asyncio.get_running_loop()
-            vectors, tokens, served = await loop.run_in_executor(self._decoder, parse_answer, payload, len(texts), want)
+            decoded = await loop.run_in_executor(self._decoder, decode_answer, payload, len(texts), want, cut)
         else:
-            vectors, tokens, served = parse_answer(payload, len(texts), want)
-        if client_cut:
-            vectors = cut_dimensions(vectors, self.dimensions)
-        return EmbeddingResult(vectors, tokens, rate_headers(headers), served)
+            decoded = decode_answer(payload, len(texts), want, cut)
+        vectors, tokens, served, norms = decoded
+        return EmbeddingResult(vectors, tokens, rate_headers(headers), served, norms)
 
     async def aclose(self) -> None:
         """Close the transport's connections and the decoding thread."""
@@ -102,6 +113,17 @@ class OpenAICompatibleEmbedder:
 def _rejects_base64(exc: TerminalAPIError) -> bool:
     text = str(exc).lower()
     return exc.status in (400, 422) and ("encoding" in text or "base64" in text)
+
+
+def decode_answer(
+    payload: bytes, expected: int, dimensions: int | None, cut: int | None
+) -> tuple[np.ndarray, int | None, str | None, np.ndarray]:
+    """``parse_answer``, the client-side cut to ``cut`` dimensions (when set) and each vector's length
+    (measured here, on the decoding thread for large answers, for ``normalize.VectorCheck``)."""
+    vectors, tokens, served = parse_answer(payload, expected, dimensions)
+    if cut is not None:
+        vectors = cut_dimensions(vectors, cut)
+    return vectors, tokens, served, vector_norms(vectors)
 
 
 def parse_embeddings(payload: bytes, expected: int, dimensions: int | None) -> tuple[np.ndarray, int | None]:
@@ -150,8 +172,10 @@ def parse_answer(payload: bytes, expected: int, dimensions: int | None) -> tuple
             raise MalformedResponse(f"embedding {index} has {len(row)} dimensions, others {dim}")
         seen[index] = True
         out[index] = row
-    if not np.isfinite(out).all():
-        raise MalformedResponse("response holds NaN or infinite values")
+    finite = np.isfinite(out).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise InvalidVectors(f"response holds NaN or infinite values (vector {int(bad[0])})", items=bad)
     usage = doc.get("usage") if isinstance(doc, dict) else None
     tokens = usage.get("prompt_tokens") if isinstance(usage, Mapping) else None
     served = doc.get("model") if isinstance(doc, dict) else None

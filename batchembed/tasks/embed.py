@@ -20,6 +20,7 @@ from batchembed.batching import pack
 from batchembed.config import JobConfig, text_fields
 from batchembed.errors import InputError, MalformedResponse, ServerIgnoredSettings
 from batchembed.memo import VectorMemo, text_keys
+from batchembed.normalize import NormTally, VectorCheck, vector_norms
 from batchembed.output_cache import KEY_COLUMN, key_column
 from batchembed.progress import Stats
 from batchembed.providers.base import Embedder, EmbeddingResult
@@ -157,6 +158,8 @@ class EmbedTask:
         self.input_tokens = resolved.input_tokens
         self.stats = stats
         self.shared = SharedEmbedder(embedder, memo, stats, self._check_answer)
+        self.vector_check = VectorCheck(job.model.normalize)  # the runner tells it the model's unit_norm
+        self.norms = NormTally()  # lengths of the vectors written, per unit (recorded at its commit)
         self.dim: int | None = job.model.dimensions
         self.id_column = id_column_name(job)
         #: Vectors the output already holds (``output_cache.OutputCache``), set by the run before a refresh.
@@ -272,7 +275,8 @@ class EmbedTask:
         return await self.shared.embed(work.keys[items], texts, work.tokens[items], request.tokens, meter)
 
     def _check_answer(self, answer: EmbeddingResult, n: int) -> None:
-        """An answer for ``n`` texts has ``n`` vectors of the job's size (learned from the first answer)."""
+        """An answer for ``n`` texts has ``n`` vectors of the job's size (learned from the first answer),
+        none all-zero or non-finite; they are normalised as ``model.normalize`` says (``VectorCheck``)."""
         vectors = answer.vectors
         if vectors.shape[0] != n:
             raise MalformedResponse(f"asked for {n} vectors, got {vectors.shape[0]}")
@@ -285,6 +289,7 @@ class EmbedTask:
                 f"{self.dim}: it ignores model.dimensions or serves another model. Set model.dimensions = {dim} "
                 'and run with --restart, or model.dimensions_by = "client" to cut vectors here'
             )
+        answer.vectors, answer.norms = self.vector_check.check(vectors, answer.norms)
 
     def accept(self, request: Request, answer: EmbeddingResult) -> int | None:
         """Store the request's vectors in its piece (checked on arrival by the dedup layer)."""
@@ -356,6 +361,8 @@ class EmbedTask:
             vectors = work.vectors[np.where(valid, rows, 0)]
         else:
             vectors = np.zeros((n, self.dim), dtype=np.float32)
+        if valid.any():
+            self.norms.add(piece.chunk.unit.name, vector_norms(vectors)[valid])
         column = self.job.output.column
         table = work.table.append_column(
             pa.field(column, pa.list_(pa.float32(), self.dim)), vector_array(vectors, valid)
@@ -386,6 +393,9 @@ class EmbedTask:
             "dimensions": self.dim,
             "column": self.job.output.column,
             "text": self.job.input.text,
+            "normalize": self.job.model.normalize,
+            "model_unit_norm": self.vector_check.unit_norm,  # the model's full vectors are unit length
+            "normalizes_here": self.vector_check.active,  # vectors not unit length are L2-normalised here
         }
 
     def fingerprint(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from batchembed.testing.answers import (
     expected_score,
     float_json,
     pool_fragments,
+    shaped_encoder,
     token_count,
 )
 
@@ -56,6 +57,13 @@ class Answering:
         """Multiplies the ``usage`` reported (Infinity reports characters: about 5x tokens)."""
         self.ignore_dimensions = False
         """Answer the native ``dim`` whatever ``dimensions`` asks (a server that does not support it)."""
+        self.cut_unnormalized = False
+        """Honour ``dimensions`` by cutting the native vector without normalising it again (as Infinity does):
+        the answer is :func:`~batchembed.testing.answers.raw_cut_vector`, shorter than unit length."""
+        self.vector_scale = 1.0
+        """Multiplies every vector answered (a model whose full vectors are not unit length)."""
+        self.zero_texts: set[str] = set()
+        """Texts always answered with an all-zero vector."""
         self.served_model: str | None = None
         """The ``model`` named in answers (default: the requested one)."""
         self.vector_salt = ""
@@ -145,6 +153,8 @@ class Answering:
             fragments = pool_fragments(self.dim, self.pool, self.pool_seed, fmt)
             pool = self.pool
             encode = lambda text, _dims: fragments[zlib.crc32(text.encode("utf-8")) % pool]  # noqa: E731
+        if self.cut_unnormalized or self.vector_scale != 1.0 or self.zero_texts:
+            encode = shaped_encoder(fmt, self.dim, self.cut_unnormalized, self.vector_scale, self.zero_texts)
         salt = self.vector_salt
         # Assembled from per-vector cached JSON fragments: large float answers stay cheap.
         items = b",".join(

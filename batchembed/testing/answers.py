@@ -97,6 +97,27 @@ def expected_vector(text: str, dim: int) -> np.ndarray:
     return cached_vector(text, int(dim)).copy()
 
 
+def raw_cut_vector(text: str, dims: int, native: int) -> np.ndarray:
+    """What a fake with ``cut_unnormalized`` answers at ``dims``: the first ``dims`` components of the
+    native unit vector, not normalised again (length below 1)."""
+    return cached_vector(text, int(native))[:dims].copy()
+
+
+def shaped_encoder(fmt: str, native: int, cut_raw: bool, scale: float, zero: set[str]):
+    """The JSON of each answer's vector for the fake's shaping knobs (raw cuts, a scale, zero vectors)."""
+
+    def encode(text: str, dims: int) -> bytes:
+        vec = raw_cut_vector(text, dims, native) if cut_raw and dims != native else cached_vector(text, dims)
+        vec = (vec * np.float32(scale)).astype("<f4")
+        if text in zero:
+            vec[:] = 0
+        if fmt == "float":
+            return orjson.dumps(vec, option=orjson.OPT_SERIALIZE_NUMPY)
+        return b'"%s"' % base64.b64encode(vec.tobytes())
+
+    return encode
+
+
 def expected_score(query: str, document: str) -> float:
     """The rerank relevance score of ``document`` for ``query``: a pure function in ``[0, 1)``."""
     digest = hashlib.blake2b(query.encode("utf-8") + b"\x00" + document.encode("utf-8"), digest_size=8).digest()
