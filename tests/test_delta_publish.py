@@ -42,11 +42,16 @@ ROWS = 500
 
 
 def _run(tmp_path: Path, fake) -> Path:
-    """A real embed run of ROWS rows into ``tmp_path/out`` (three shards of up to 200 rows)."""
+    """A real embed run of ROWS rows into ``tmp_path/out`` (three shards of up to 200 rows), its own table
+    taken away and its shards named by their unit alone, so these tests drive the publisher themselves."""
     source = write_parquet(tmp_path / "in.parquet", make_texts(ROWS))
     result = run_here(fake, "run", str(job_for(tmp_path, fake, source)), "--quiet")
     assert result.returncode == 0, result.stderr
-    return tmp_path / "out"
+    out = tmp_path / "out"
+    shutil.rmtree(out / "_delta_log")
+    for shard in out.glob("part-*.parquet"):
+        shard.rename(out / (shard.name.rsplit("-", 1)[0] + ".parquet"))
+    return out
 
 
 def _entries(out: Path) -> list[TableFile]:
@@ -89,7 +94,8 @@ def test_first_publish_makes_the_runs_shards_a_delta_table_with_the_vector_dimen
     assert table.num_rows == ROWS
     assert _vectors_by_id(table) == _vectors_by_id(glob)
     vector = dt.schema().to_arrow().field("embedding")  # Delta has no fixed size: array<float> + the dimension
-    assert dict(dt.schema().fields[-1].metadata) == {DIMENSION_KEY: str(DIM)}
+    (field,) = [f for f in dt.schema().fields if f.name == "embedding"]
+    assert dict(field.metadata) == {DIMENSION_KEY: str(DIM)}
     assert "embedding" in str(vector)
     assert dt.transaction_version("batchembed") == 1
     assert dt.history()[0]["batchembed"] == {"model": "fake", "rows": ROWS}

@@ -61,7 +61,8 @@ def test_a_cut_the_server_did_not_normalise_is_normalised_and_said_once(tmp_path
     }
     assert report["vector_norms"]["min"] == pytest.approx(1, abs=1e-5)
     assert report["vector_norms"]["max"] == pytest.approx(1, abs=1e-5)
-    meta = json.loads(pq.read_schema(tmp_path / "out" / "part-00000.parquet").metadata[b"batchembed"])
+    (first,) = (tmp_path / "out").glob("part-00000-*.parquet")
+    meta = json.loads(pq.read_schema(first).metadata[b"batchembed"])
     assert meta["normalize"] == "auto" and meta["normalizes_here"] is True and meta["model_unit_norm"] is True
 
     status = run_here(None, "status", str(job))
