@@ -10,12 +10,13 @@ What goes into the frames is :mod:`batchembed.journal`'s.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from batchembed.atomic import fsync_dir
 
@@ -42,6 +43,24 @@ class SegmentWriter(Protocol):
         ...
 
 
+class SegmentReader(Protocol):
+    """An existing segment, read once from the start (to index it) and then by ranges (to take answers)."""
+
+    size: int
+
+    def stream(self) -> BinaryIO:
+        """The segment's bytes from the start, read sequentially (closed by the caller)."""
+        ...
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset`` (a frame found by the sequential read)."""
+        ...
+
+    def close(self) -> None:
+        """Release the segment."""
+        ...
+
+
 class JournalStore(Protocol):
     """Where journal segments live: a directory, or (issue #13) a prefix of an object store."""
 
@@ -51,6 +70,11 @@ class JournalStore(Protocol):
 
     def segments(self, unit: str) -> Iterator[bytes]:
         """The bytes of each existing segment of ``unit``, oldest first."""
+        ...
+
+    def readers(self, unit: str) -> list[SegmentReader]:
+        """A reader of each existing segment of ``unit``, oldest first: a resume indexes the answers
+        and takes them a frame at a time, never holding a unit's answers whole."""
         ...
 
     def units(self) -> list[str]:
@@ -100,6 +124,26 @@ class _LocalSegment:
                 self._fd = -1
 
 
+class _LocalReader:
+    """A segment file: buffered sequential reads, then ``pread`` of single frames."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDONLY)
+        self.size = os.fstat(self._fd).st_size
+
+    def stream(self) -> BinaryIO:
+        return open(self.path, "rb")  # the caller closes it
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        return os.pread(self._fd, length, offset)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class LocalJournalStore:
     """Journals under ``<output>/_journal/<unit>/NNNNNN.seg``."""
 
@@ -124,6 +168,15 @@ class LocalJournalStore:
                 yield path.read_bytes()
             except FileNotFoundError:
                 continue
+
+    def readers(self, unit: str) -> list[_LocalReader]:
+        readers = []
+        for path in sorted(self._dir(unit).glob("*" + SEGMENT_SUFFIX)):
+            try:
+                readers.append(_LocalReader(path))
+            except FileNotFoundError:
+                continue
+        return readers
 
     def units(self) -> list[str]:
         if not self.root.is_dir():
@@ -167,6 +220,28 @@ class _ObjectSegment:
             self._frames = []
 
 
+class _ObjectReader:
+    """A segment object: fetched whole for the sequential read (a segment holds about a second of
+    answers), then ranged GETs of single frames."""
+
+    def __init__(self, store: OutputStore, name: str, size: int) -> None:
+        self.store, self.name, self.size = store, name, size
+        self._file = None
+
+    def stream(self) -> BinaryIO:
+        return io.BytesIO(self.store.read_bytes(self.name) or b"")
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        if self._file is None:
+            self._file = self.store.open_read(self.name)
+        return self._file.read_at(length, offset).to_pybytes()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 class ObjectJournalStore:
     """Journals in an object store (no appends): ``_journal/<unit>/NNNNNN.seg``, each segment a small
     object written once (about once a second while its unit is in flight), removed at commit."""
@@ -188,6 +263,14 @@ class ObjectJournalStore:
             data = self.store.read_bytes(name)
             if data is not None:
                 yield data
+
+    def readers(self, unit: str) -> list[_ObjectReader]:
+        readers = []
+        for name in sorted(self._names(unit)):
+            size = self.store.size(name)
+            if size is not None:
+                readers.append(_ObjectReader(self.store, name, size))
+        return readers
 
     def units(self) -> list[str]:
         return sorted({n.split("/")[1] for n in self._names()})

@@ -7,10 +7,12 @@ from collections import Counter
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from batchembed.journal import MAX_BACKLOG, Journal, decode_frames, encode_frame, read_unit
 from batchembed.journal_store import LocalJournalStore, _LocalSegment
+from batchembed.memo import text_keys
 from batchembed.progress import Stats
 from tests import test_rerank
 from tests.conftest import (
@@ -233,3 +235,34 @@ def test_a_journal_that_cannot_write_steps_aside(tmp_path):
     journal._append("part-00000", batch, {"version": 1, "fingerprint": "fp", "kind": "sent", "rows": 0})
     journal.close()
     assert "No space left on device" in journal.error and "part-00000" in journal.error
+
+
+def test_a_row_the_server_cut_is_still_listed_after_a_kill(tmp_path, srv):
+    # row 5 fits our count but not the server's 300 characters: it is cut and sent again, its answer
+    # journaled; the kill comes before the unit is committed, and the resume takes that answer from the
+    # journal (nothing sent again), yet still lists and counts row 5 as cut
+    n = 3000
+    texts = make_texts(n, seed=8)
+    texts[5] = "doc 5: " + "river " * 80
+    srv.max_input_chars = 300
+    src = write_parquet(tmp_path / "in.parquet", texts, row_group_size=500)
+    job = _job(tmp_path, srv, src, n, n)  # one unit: nothing is committed before the kill
+    _kill_mid_run(srv, job, 80)
+    journal = tmp_path / "out" / "_journal"
+    frames = [batch for seg in journal.glob("*/*.seg") for batch, meta in decode_frames(seg.read_bytes())]
+    answered = {k for b in frames if "vector" in b.schema.names for k in b.column("key").to_pylist()}
+    assert text_keys([texts[5]])[0] in answered, "row 5's answer should be in the journal before the kill"
+    sent_before = [t for t in srv.all_texts() if t.startswith("doc 5:")]
+
+    result = run_here(srv, "run", str(job), "--quiet")
+
+    assert result.returncode == 0, result.stderr
+    assert [t for t in srv.all_texts() if t.startswith("doc 5:")] == sent_before  # not bought again
+    assert "1 truncated" in result.stderr
+    cut = pq.read_table(tmp_path / "out" / "_truncated.parquet").to_pylist()
+    assert [(r["row"], r["reason"]) for r in cut] == [(5, "server: input too long")]
+    assert cut[0]["chars_before"] == len(texts[5]) and cut[0]["chars_after"] <= 300
+    assert _report(tmp_path)["rows_truncated"] == 1
+    assert json.loads(run_here(None, "status", str(job), "--json").stdout)["truncated_rows"] == 1
+    table = read_output(tmp_path / "out")
+    assert table.num_rows == n and run_here(None, "verify", str(job)).returncode == 0

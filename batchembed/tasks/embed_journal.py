@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from batchembed.journal import CUT_FIELD, cut_array
 from batchembed.memo import key_array
 from batchembed.tasks import Piece, Request, Resumed
 from batchembed.writer import vector_array
@@ -55,6 +56,10 @@ class EmbedJournalCodec:
         else:
             vectors = work.vectors[items]
         batch = pa.record_batch({"key": key_array(work.keys[items]), "vector": vector_array(vectors)})
+        if work.truncated:
+            cuts = [work.truncated.get(int(i)) for i in items]
+            if any(c is not None for c in cuts):  # a resume must list these rows as cut too
+                batch = batch.append_column(CUT_FIELD, cut_array(cuts))
         return batch, int(work.row_counts()[items].sum())
 
     def resume(self, piece: Piece, requests: list[Request], recovered: Any) -> Resumed:
@@ -73,12 +78,16 @@ class EmbedJournalCodec:
             at = recovered.find(work.keys[wanted].tolist())
             found, rows = wanted[at >= 0], at[at >= 0]
             if len(found):
-                vectors = recovered.values("vector")
+                vectors = recovered.take("vector", rows)  # only this piece's answers are read
                 if task.dim is None:
                     task.dim = vectors.shape[1]
-                work.set_vectors(found, vectors[rows])
+                work.set_vectors(found, vectors)
                 work.mark_journaled(found)
-                task.shared.remember(work.keys[found], vectors[rows])
+                for key in work.keys[found] if recovered.cuts else ():
+                    if key in recovered.cuts:  # cut after the server's "too long": still a cut row
+                        task.shared.cuts[key] = recovered.cuts[key]
+                task.note_server_cuts(work, found)
+                task.shared.remember(work.keys[found], vectors)
                 in_requests = np.concatenate([r.items for r in requests]) if requests else found[:0]
                 recovered_rows = int(counts[np.intersect1d(found, in_requests)].sum())
         waiting = np.flatnonzero(used & ~work.answered if work.answered is not None else used)
@@ -86,6 +95,7 @@ class EmbedJournalCodec:
         late = [(i, vec) for i in waiting if (vec := task.shared.recall(work.keys[i])) is not None]
         if late:  # answered between the memo lookup and ``expect``
             work.set_vectors([i for i, _ in late], np.stack([vec for _, vec in late]))
+            task.note_server_cuts(work, [i for i, _ in late])
             keep = ~work.answered[waiting]
             waiting, elsewhere = waiting[keep], elsewhere[keep]
         resent = 0
