@@ -33,7 +33,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -160,7 +160,7 @@ class Recovered:
         for group in np.split(order, bounds) if len(order) else []:
             values = _numpy(self._read(int(frames[group[0]])).column(column))
             if out is None:
-                out = np.empty((len(positions), *values.shape[1:]), dtype=values.dtype)
+                out = _empty((len(positions), *values.shape[1:]), values.dtype)
             out[group] = values[row_of[positions[group]]]
         return out if out is not None else np.zeros(0, dtype=np.float32)
 
@@ -171,13 +171,20 @@ class Recovered:
     def _read(self, frame: int) -> pa.RecordBatch:
         segment, offset, length, number = self._frames[frame]
         payload = self._readers[segment].read_at(offset, length)
-        return list(pa.ipc.open_stream(pa.py_buffer(payload)))[number]
+        return list(pa.ipc.open_stream(payload))[number]
 
     def close(self) -> None:
         """Release the segments (the unit is fully read, or the run ends)."""
         for reader in self._readers:
             reader.close()
         self._readers = []
+
+
+def _empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array in Arrow's allocator rather than the C heap, whose piece-sized blocks freed
+    in another order than they came would stay in the process (a resume's memory above a first run's)."""
+    buffer = pa.allocate_buffer(int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
 #: An optional column of an answers frame: how the text behind each answer was cut (null: not cut).
@@ -214,7 +221,7 @@ def _numpy(col: pa.Array) -> np.ndarray:
     return col.to_numpy(zero_copy_only=False)
 
 
-def scan_frames(stream: BinaryIO, size: int) -> Iterator[tuple[int, int, list[tuple[pa.RecordBatch, dict]]]]:
+def scan_frames(stream: pa.NativeFile, size: int) -> Iterator[tuple[int, int, list[tuple[pa.RecordBatch, dict]]]]:
     """(payload offset, payload length, its batches and meta) of a segment's frames, read sequentially;
     stops quietly at the first torn or corrupt one (the tail a kill cut). One frame in memory at a time."""
     pos = 0
@@ -225,11 +232,11 @@ def scan_frames(stream: BinaryIO, size: int) -> Iterator[tuple[int, int, list[tu
         length, crc = _FRAME.unpack(head)
         if pos + _FRAME.size + length > size:
             return
-        payload = stream.read(length)
+        payload = stream.read_buffer(length)
         if len(payload) < length or zlib.crc32(payload) != crc:
             return
         try:
-            reader = pa.ipc.open_stream(pa.py_buffer(payload))
+            reader = pa.ipc.open_stream(payload)
             batches = list(reader)
             meta = json.loads(reader.schema.metadata[META_KEY])
         except (pa.ArrowException, KeyError, TypeError, ValueError):

@@ -10,13 +10,14 @@ What goes into the frames is :mod:`batchembed.journal`'s.
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pyarrow as pa
 
 from batchembed.atomic import fsync_dir
 
@@ -44,15 +45,19 @@ class SegmentWriter(Protocol):
 
 
 class SegmentReader(Protocol):
-    """An existing segment, read once from the start (to index it) and then by ranges (to take answers)."""
+    """An existing segment, read once from the start (to index it) and then by ranges (to take answers).
+
+    Reads return Arrow buffers (Arrow's allocator, not the C heap: a resume reading frame after frame of
+    about a megabyte leaves no heap fragments behind, so its memory stays that of a first run)."""
 
     size: int
 
-    def stream(self) -> BinaryIO:
-        """The segment's bytes from the start, read sequentially (closed by the caller)."""
+    def stream(self) -> Any:
+        """A file object reading the segment sequentially from the start (``read_buffer(n)``; closed by
+        the caller)."""
         ...
 
-    def read_at(self, offset: int, length: int) -> bytes:
+    def read_at(self, offset: int, length: int) -> pa.Buffer:
         """``length`` bytes from ``offset`` (a frame found by the sequential read)."""
         ...
 
@@ -125,23 +130,22 @@ class _LocalSegment:
 
 
 class _LocalReader:
-    """A segment file: buffered sequential reads, then ``pread`` of single frames."""
+    """A segment file: sequential reads, then single frames by offset (Arrow buffers, see ``SegmentReader``)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_RDONLY)
-        self.size = os.fstat(self._fd).st_size
+        self._file = pa.OSFile(str(path), "r")
+        self.size = self._file.size()
 
-    def stream(self) -> BinaryIO:
-        return open(self.path, "rb")  # the caller closes it
+    def stream(self) -> pa.NativeFile:
+        return pa.OSFile(str(self.path), "r")
 
-    def read_at(self, offset: int, length: int) -> bytes:
-        return os.pread(self._fd, length, offset)
+    def read_at(self, offset: int, length: int) -> pa.Buffer:
+        self._file.seek(offset)
+        return self._file.read_buffer(length)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._file.close()
 
 
 class LocalJournalStore:
@@ -226,15 +230,16 @@ class _ObjectReader:
 
     def __init__(self, store: OutputStore, name: str, size: int) -> None:
         self.store, self.name, self.size = store, name, size
-        self._file = None
+        self._file: Any = None
 
-    def stream(self) -> BinaryIO:
-        return io.BytesIO(self.store.read_bytes(self.name) or b"")
+    def stream(self) -> pa.NativeFile:
+        return pa.BufferReader(self.store.read_bytes(self.name) or b"")
 
-    def read_at(self, offset: int, length: int) -> bytes:
+    def read_at(self, offset: int, length: int) -> pa.Buffer:
         if self._file is None:
             self._file = self.store.open_read(self.name)
-        return self._file.read_at(length, offset).to_pybytes()
+        self._file.seek(offset)
+        return self._file.read_buffer(length)
 
     def close(self) -> None:
         if self._file is not None:

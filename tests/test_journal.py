@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from collections import Counter
 
 import numpy as np
@@ -14,6 +15,7 @@ from batchembed.journal import MAX_BACKLOG, Journal, decode_frames, encode_frame
 from batchembed.journal_store import LocalJournalStore, _LocalSegment
 from batchembed.memo import text_keys
 from batchembed.progress import Stats
+from batchembed.writer import vector_array
 from tests import test_rerank
 from tests.conftest import (
     assert_vectors,
@@ -266,3 +268,37 @@ def test_a_row_the_server_cut_is_still_listed_after_a_kill(tmp_path, srv):
     assert json.loads(run_here(None, "status", str(job), "--json").stdout)["truncated_rows"] == 1
     table = read_output(tmp_path / "out")
     assert table.num_rows == n and run_here(None, "verify", str(job)).returncode == 0
+
+
+def test_a_resume_reads_the_journal_a_frame_at_a_time(tmp_path):
+    # a unit of 8,000 answers of 256 floats (8 MB) in 40 frames: indexing it, and taking the answers of one
+    # piece, holds about a frame or two at a time, never the unit's answers whole (a 100k x 1024 unit is 400 MB)
+    dim, frames, per_frame = 256, 40, 200
+    rng = np.random.default_rng(1)
+    vectors = rng.random((frames * per_frame, dim), dtype=np.float32)
+    keys = [i.to_bytes(16, "big") for i in range(frames * per_frame)]
+    store = LocalJournalStore(tmp_path / "_journal")
+    seg = store.open_segment("part-00000")
+    for f in range(frames):
+        part = slice(f * per_frame, (f + 1) * per_frame)
+        batch = pa.record_batch({"key": pa.array(keys[part], pa.binary(16)), "vector": vector_array(vectors[part])})
+        seg.append(encode_frame(batch, {"version": 1, "fingerprint": "fp", "kind": "answers", "rows": per_frame}))
+    seg.close()
+    unit_bytes = vectors.nbytes
+
+    tracemalloc.start()
+    try:
+        rec = read_unit(store, "part-00000", "fp")
+        _, indexing_peak = tracemalloc.get_traced_memory()
+        assert indexing_peak < unit_bytes / 4, (indexing_peak, unit_bytes)
+        tracemalloc.reset_peak()
+        piece = np.arange(3000, 3400)  # a piece's texts: answers spread over three frames
+        got = rec.take("vector", rec.find([keys[i] for i in piece]))
+        _, taking_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    rec.close()
+
+    np.testing.assert_array_equal(got, vectors[piece])
+    assert rec.rows == frames * per_frame
+    assert taking_peak < unit_bytes / 4, (taking_peak, unit_bytes)

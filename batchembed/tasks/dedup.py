@@ -98,8 +98,11 @@ class SharedEmbedder:
         return found
 
     def remember(self, keys: np.ndarray, vectors: np.ndarray) -> None:
-        """Keep answers found elsewhere (the answer journal of a killed run) for the texts' duplicates."""
-        self.memo.store(keys, vectors)
+        """Keep answers found elsewhere (the answer journal of a killed run) for the texts' duplicates.
+
+        ``vectors`` must be the caller's own, never written to again: the memo keeps views of it, as it
+        does of the server's answers (no second copy)."""
+        self.memo.store(keys, vectors, copy=False)
 
     async def embed(
         self, keys: np.ndarray, texts: list[str], tokens: np.ndarray, charge: int, meter: Any
