@@ -20,6 +20,7 @@ from batchembed import __version__
 from batchembed.checkpoint import TRUNCATED, Manifest, fingerprint_hash
 from batchembed.exitcodes import ExitCode
 from batchembed.faults import with_path
+from batchembed.filecache import FileCache, released_as_read
 from batchembed.inputcheck import check_inputs
 from batchembed.journal import Journal, journal_store
 from batchembed.limits import RateLimits
@@ -92,6 +93,7 @@ class JobRunner:
         self._unresolved = 0
         self.accept_model_change = accept_model_change
         self.usage_check = UsageCheck(self.progress.line, counter.name)
+        self.files: FileCache | None = None  # the run's small input files (set when the inputs are found)
         self.served = ServedModel(self.model.name, self.progress.line)
 
     def _make_output(self) -> JobOutput:
@@ -155,7 +157,8 @@ class JobRunner:
         }
 
     async def _run(self) -> int:
-        sources = await asyncio.to_thread(discover, self.job.input.path, storage_options(self.job))
+        self.files = FileCache()  # small input files: read once, kept until the reading is past them
+        sources = await asyncio.to_thread(discover, self.job.input.path, storage_options(self.job), self.files)
         columns = self.task.columns
         for src in sources:
             await asyncio.to_thread(check_columns, src, columns)
@@ -279,14 +282,17 @@ class JobRunner:
             failures = [(src, rows) for _, src, rows in retry_units]
             chunks.append(retry_chunks(failures, columns, unit, CHUNK_ROWS, self.task.group_key))
         chunks.append(
-            iter_chunks(
-                sources,
-                self.manifest,
-                columns,
-                self.job.output.shard_rows,
-                CHUNK_ROWS,
-                self.task.group_key,
-                pack_small_files=not self.job.is_rerank,  # the rerank task reads one file per chunk
+            released_as_read(
+                iter_chunks(
+                    sources,
+                    self.manifest,
+                    columns,
+                    self.job.output.shard_rows,
+                    CHUNK_ROWS,
+                    self.task.group_key,
+                    pack_small_files=not self.job.is_rerank,  # the rerank task reads one file per chunk
+                ),
+                self.files,
             )
         )
         for stream in chunks:

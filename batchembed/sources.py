@@ -22,6 +22,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from batchembed.errors import InputError
+from batchembed.filecache import FileCache
 from batchembed.location import Location, StorageOptions, first_line, list_files, locate
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
@@ -39,15 +40,36 @@ class SourceFile:
     mtime_ns: int
     rows: int | None  # known up front for Parquet, None for CSV
     location: Location | None = field(default=None, compare=False)  # set for object-store files
+    cache: FileCache | None = field(default=None, compare=False, repr=False)  # a run's small files, read once
 
     def open(self):
-        """What pyarrow readers take: the local path, or a random-access file read by ranged GETs."""
+        """What pyarrow readers take: the local path, or a random-access file read by ranged GETs (from
+        memory when the run's ``cache`` holds the file)."""
+        if self.cache is not None:
+            return self.cache.open(self, self._read_whole, self._open)
+        return self._open()
+
+    def _open(self):
         if self.location is None:
             return self.path
         return self.location.fs.open_input_file(self.location.fs_path)
 
+    def _read_whole(self) -> pa.Buffer:
+        """The file's bytes, in one read."""
+        if self.location is None:
+            with pa.OSFile(str(self.path), "r") as fh:
+                return fh.read_buffer()
+        with self.location.fs.open_input_file(self.location.fs_path) as fh:
+            return fh.read_buffer()
+
     def open_stream(self):
-        """A sequential binary stream of the file (CSV): the local path, or a streaming remote reader."""
+        """A sequential binary stream of the file (CSV): the local path, or a streaming remote reader (from
+        memory when the run's ``cache`` holds the file)."""
+        if self.cache is not None:
+            return self.cache.open(self, self._read_whole, self._open_stream)
+        return self._open_stream()
+
+    def _open_stream(self):
         if self.location is None:
             return self.path
         return self.location.fs.open_input_stream(self.location.fs_path)
@@ -57,12 +79,13 @@ class SourceFile:
         return {"name": self.name, "size": self.size, "mtime_ns": self.mtime_ns}
 
 
-def discover(spec: str, storage: StorageOptions | None = None) -> list[SourceFile]:
+def discover(spec: str, storage: StorageOptions | None = None, cache: FileCache | None = None) -> list[SourceFile]:
     """Expand a file, directory or glob (local, or a URI such as ``s3://b/data/*.parquet``) into the
-    sorted list of .parquet/.csv files it names."""
+    sorted list of .parquet/.csv files it names. With a run's ``cache``, small files are read once:
+    the opens that follow (checks, reading) are served from memory."""
     where = locate(spec, storage, "input.path")
     if not where.is_local:
-        return _discover_remote(spec, where)
+        return _discover_remote(spec, where, cache)
     spec = where.key
     path = Path(spec)
     if any(ch in spec for ch in "*?["):
@@ -83,23 +106,24 @@ def discover(spec: str, storage: StorageOptions | None = None) -> list[SourceFil
     for i, p in enumerate(files):
         st = p.stat()
         fmt = FORMATS[p.suffix.lower()]
-        rows = None
+        name = os.path.relpath(p, root) if root != Path("") else str(p)
+        src = SourceFile(i, p, name, fmt, st.st_size, st.st_mtime_ns, None, cache=cache)
         if fmt == "parquet":
             try:
-                rows = pq.ParquetFile(p).metadata.num_rows
+                src = dataclasses.replace(src, rows=pq.ParquetFile(src.open()).metadata.num_rows)
             except (pa.ArrowException, OSError) as exc:
                 raise InputError(f"{p}: not a readable Parquet file: {exc}") from None
-        name = os.path.relpath(p, root) if root != Path("") else str(p)
-        out.append(SourceFile(i, p, name, fmt, st.st_size, st.st_mtime_ns, rows))
+        out.append(src)
     return out
 
 
-def _discover_remote(spec: str, where: Location) -> list[SourceFile]:
+def _discover_remote(spec: str, where: Location, cache: FileCache | None) -> list[SourceFile]:
     """``discover`` for an object store: the files ``list_files`` finds, with Parquet row counts."""
     out = []
     for i, found in enumerate(list_files(where, FORMATS)):
         fmt = FORMATS[os.path.splitext(found.location.key)[1].lower()]
-        src = SourceFile(i, found.location.uri, found.name, fmt, found.size, found.mtime_ns, None, found.location)
+        loc = found.location
+        src = SourceFile(i, loc.uri, found.name, fmt, found.size, found.mtime_ns, None, loc, cache=cache)
         if fmt == "parquet":
             try:
                 rows = pq.ParquetFile(src.open()).metadata.num_rows
@@ -147,9 +171,10 @@ def columns_of(source: SourceFile) -> list[str]:
 
 def _text(source: SourceFile):
     """The file as text for Python's csv module (BOM dropped; bad UTF-8 kept as surrogates to be named)."""
-    if source.location is None:
-        return open(source.path, newline="", encoding="utf-8-sig", errors="surrogateescape")
-    return io.TextIOWrapper(source.open_stream(), encoding="utf-8-sig", errors="surrogateescape", newline="")
+    stream = source.open_stream()
+    if isinstance(stream, (str, Path)):
+        return open(stream, newline="", encoding="utf-8-sig", errors="surrogateescape")
+    return io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
 
 
 def check_columns(source: SourceFile, needed: list[str]) -> None:
