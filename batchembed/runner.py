@@ -291,6 +291,7 @@ class JobRunner:
                     CHUNK_ROWS,
                     self.task.group_key,
                     pack_small_files=not self.job.is_rerank,  # the rerank task reads one file per chunk
+                    wanted=self.units,  # a part reads only its own units' rows where it can
                 ),
                 self.files,
             )

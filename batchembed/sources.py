@@ -7,6 +7,7 @@ columns are read as text, so type inference on the first block can never break o
 
 from __future__ import annotations
 
+import bisect
 import csv
 import dataclasses
 import functools
@@ -222,6 +223,39 @@ def _parquet_batches(source: SourceFile, columns: list[str], start_row: int, bat
             batch = batch.slice(skip)
             skip = 0
         yield batch
+
+
+def iter_row_ranges(
+    source: SourceFile, columns: list[str], ranges: list[tuple[int, int]], batch_rows: int = 8192
+) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(file row of its first row, batch) of the rows of a Parquet file within ``ranges`` ([start, end),
+    ascending, apart) only: one open, and only the row groups that hold some of those rows are read
+    (a ``--shard`` part or a Ray worker reads its own units, not the whole file)."""
+    try:
+        pf = pq.ParquetFile(source.open(), pre_buffer=False)
+        meta = pf.metadata
+        starts = [0]
+        for g in range(meta.num_row_groups):
+            starts.append(starts[-1] + meta.row_group(g).num_rows)
+        threads = meta.num_rows > 65_536
+        for a, b in ranges:
+            first = bisect.bisect_right(starts, a) - 1
+            last = bisect.bisect_left(starts, b) - 1
+            pos = starts[first]
+            groups = list(range(first, last + 1))
+            for batch in pf.iter_batches(
+                batch_size=batch_rows, row_groups=groups, columns=columns, use_threads=threads
+            ):
+                lo, hi = max(a, pos), min(b, pos + batch.num_rows)
+                if hi > lo:
+                    yield lo, batch.slice(lo - pos, hi - lo)
+                pos += batch.num_rows
+                if pos >= b:
+                    break
+    except pa.ArrowInvalid as exc:
+        raise InputError(f"{source.path}: {exc}") from None
+    except OSError as exc:
+        raise InputError(f"{source.path}: read failed: {exc}") from None
 
 
 #: First CSV block size; grown (x4) up to ``CSV_MAX_BLOCK`` when a row does not fit in one block.
