@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from batchembed.tasks.embed import EmbedTask, EmbedWork
 
 
+#: The reason ``prepare`` gives its own cuts: made again the same way on resume, so never journaled.
+LIMIT_CUT = "limits.input_tokens"
+
+
 class EmbedJournalCodec:
     """Keys, answers and recovery for one embed task's pieces."""
 
@@ -56,9 +60,11 @@ class EmbedJournalCodec:
         else:
             vectors = work.vectors[items]
         batch = pa.record_batch({"key": key_array(work.keys[items]), "vector": vector_array(vectors)})
-        if work.truncated:
+        if work.truncated:  # cut after the server's "too long" (here or where the answer came from): a
+            # resume must list these rows as cut too (a cut to limits.input_tokens is made again by prepare)
             cuts = [work.truncated.get(int(i)) for i in items]
-            if any(c is not None for c in cuts):  # a resume must list these rows as cut too
+            cuts = [c if c is not None and c[0] != LIMIT_CUT else None for c in cuts]
+            if any(c is not None for c in cuts):
                 batch = batch.append_column(CUT_FIELD, cut_array(cuts))
         return batch, int(work.row_counts()[items].sum())
 
