@@ -36,14 +36,13 @@ import time
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from batchembed.errors import OutputError
-from batchembed.journal_store import JournalStore, SegmentWriter, journal_store
+from batchembed.journal_store import JournalStore, SegmentReader, SegmentWriter, journal_store
 
 if TYPE_CHECKING:
     from batchembed.progress import Stats
@@ -103,27 +102,118 @@ def decode_frames(data: bytes) -> Iterator[tuple[pa.RecordBatch, dict[str, Any]]
 # ---------------------------------------------------------------------------------------- reading
 
 
-@dataclass
 class Recovered:
-    """What an earlier run left in a unit's journal (answers copied out of the segments' bytes)."""
+    """What an earlier run left in a unit's journal: an index of its answers, read a frame at a time.
 
-    keys: list[bytes]  # key of each answer, in journal order
-    columns: dict[str, np.ndarray]  # answer columns: "vector" (n, dim) float32, or "score" (n,)
-    sent: set[bytes] = field(default_factory=set)  # keys sent without a durable answer
-    rows: int = 0  # input rows the answers covered when they were written
-    tokens: int = 0  # tokens paid for these answers by the runs that wrote them
-    _index: dict[bytes, int] | None = None
+    Only the keys and where each answer lies (segment, frame, row) are held; ``take`` reads the frames
+    holding the answers asked for, so a resume holds about one piece's answers, as a first run does,
+    never the unit's whole (a 100k x 1024 unit is 400 MB of vectors). ``close`` releases the segments."""
+
+    def __init__(self, readers: list[SegmentReader]) -> None:
+        self.keys: list[bytes] = []  # key of each answer, in journal order
+        self.sent: set[bytes] = set()  # keys sent without a durable answer
+        self.rows = 0  # input rows the answers covered when they were written
+        self.tokens = 0  # tokens paid for these answers by the runs that wrote them
+        # key -> (reason, tokens and characters before, characters kept) of answers for a cut text
+        self.cuts: dict[bytes, tuple] = {}
+        self._readers = readers
+        self._frames: list[tuple[int, int, int, int]] = []  # (segment, payload offset, length, batch)
+        self._frame_of: list[np.ndarray] = []  # per answers batch: its frame index, once per answer
+        self._row_of: list[np.ndarray] = []  # ... and the answer's row in it
+        self._types: dict[str, pa.DataType] | None = None  # answer columns, the same in every frame
+        self._index: dict[bytes, int] | None = None
+        self._where: tuple[np.ndarray, np.ndarray] | None = None
+
+    def add(self, segment: int, offset: int, length: int, number: int, batch: pa.RecordBatch) -> bool:
+        """Index one answers batch; False if its answer columns differ from the others' (not one job's)."""
+        types = {f.name: f.type for f in batch.schema if f.name not in ("key", CUT_FIELD.name)}
+        if self._types is None:
+            self._types = types
+        elif types != self._types:
+            return False
+        keys = batch.column("key").to_pylist()
+        if CUT_FIELD.name in batch.schema.names:
+            self.cuts.update(_cuts(keys, batch.column(CUT_FIELD.name)))
+        self._frame_of.append(np.full(len(keys), len(self._frames), np.int64))
+        self._row_of.append(np.arange(len(keys), dtype=np.int64))
+        self._frames.append((segment, offset, length, number))
+        self.keys.extend(keys)
+        return True
 
     def find(self, keys: list[bytes]) -> np.ndarray:
-        """Position of each key's answer in ``columns``, -1 where there is none."""
+        """Position of each key's answer (its last one in the journal), -1 where there is none."""
         if self._index is None:
             self._index = {k: i for i, k in enumerate(self.keys)}
         index = self._index
         return np.fromiter((index.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
 
+    def take(self, column: str, positions: np.ndarray) -> np.ndarray:
+        """The answers at ``positions`` (from ``find``) of an answer column: vectors (n, dim), scores (n,).
+
+        Reads each frame holding some of them once, and keeps none."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if self._where is None:
+            frame_of = np.concatenate(self._frame_of) if self._frame_of else np.zeros(0, np.int64)
+            row_of = np.concatenate(self._row_of) if self._row_of else np.zeros(0, np.int64)
+            self._where, self._frame_of, self._row_of = (frame_of, row_of), [], []
+        frame_of, row_of = self._where
+        frames = frame_of[positions]
+        order = np.argsort(frames, kind="stable")
+        bounds = np.flatnonzero(np.diff(frames[order])) + 1
+        out: np.ndarray | None = None
+        for group in np.split(order, bounds) if len(order) else []:
+            values = _numpy(self._read(int(frames[group[0]])).column(column))
+            if out is None:
+                out = _empty((len(positions), *values.shape[1:]), values.dtype)
+            out[group] = values[row_of[positions[group]]]
+        return out if out is not None else np.zeros(0, dtype=np.float32)
+
     def values(self, column: str) -> np.ndarray:
-        """An answer column (empty if the journal holds only sent keys)."""
-        return self.columns.get(column, np.zeros(0, dtype=np.float32))
+        """A whole answer column (empty if the journal holds only sent keys): for tests and small units."""
+        return self.take(column, np.arange(len(self.keys)))
+
+    def _read(self, frame: int) -> pa.RecordBatch:
+        segment, offset, length, number = self._frames[frame]
+        payload = self._readers[segment].read_at(offset, length)
+        return list(pa.ipc.open_stream(payload))[number]
+
+    def close(self) -> None:
+        """Release the segments (the unit is fully read, or the run ends)."""
+        for reader in self._readers:
+            reader.close()
+        self._readers = []
+
+
+def _empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array in Arrow's allocator rather than the C heap, whose piece-sized blocks freed
+    in another order than they came would stay in the process (a resume's memory above a first run's)."""
+    buffer = pa.allocate_buffer(int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+#: An optional column of an answers frame: how the text behind each answer was cut (null: not cut).
+CUT_FIELD = pa.field(
+    "cut",
+    pa.struct(
+        [
+            ("reason", pa.string()),
+            ("tokens_before", pa.int64()),
+            ("chars_before", pa.int64()),
+            ("chars_after", pa.int64()),
+        ]
+    ),
+)
+
+
+def cut_array(cuts: list[tuple | None]) -> pa.Array:
+    """The ``cut`` column of an answers frame from (reason, tokens before, chars before, chars after) or None."""
+    names = [f.name for f in CUT_FIELD.type]
+    return pa.array([dict(zip(names, c, strict=True)) if c else None for c in cuts], CUT_FIELD.type)
+
+
+def _cuts(keys: list[bytes], column: pa.Array) -> dict[bytes, tuple]:
+    """{key: cut} of the answers whose text was cut."""
+    return {k: tuple(c.values()) for k, c in zip(keys, column.to_pylist(), strict=True) if c is not None}
 
 
 def _numpy(col: pa.Array) -> np.ndarray:
@@ -135,35 +225,56 @@ def _numpy(col: pa.Array) -> np.ndarray:
     return col.to_numpy(zero_copy_only=False)
 
 
+def scan_frames(stream: pa.NativeFile, size: int) -> Iterator[tuple[int, int, list[tuple[pa.RecordBatch, dict]]]]:
+    """(payload offset, payload length, its batches and meta) of a segment's frames, read sequentially;
+    stops quietly at the first torn or corrupt one (the tail a kill cut). One frame in memory at a time."""
+    pos = 0
+    while pos + _FRAME.size <= size:
+        head = stream.read(_FRAME.size)
+        if len(head) < _FRAME.size:
+            return
+        length, crc = _FRAME.unpack(head)
+        if pos + _FRAME.size + length > size:
+            return
+        payload = stream.read_buffer(length)
+        if len(payload) < length or zlib.crc32(payload) != crc:
+            return
+        try:
+            reader = pa.ipc.open_stream(payload)
+            batches = list(reader)
+            meta = json.loads(reader.schema.metadata[META_KEY])
+        except (pa.ArrowException, KeyError, TypeError, ValueError):
+            return
+        yield pos + _FRAME.size, length, [(batch, meta) for batch in batches]
+        pos += _FRAME.size + length
+
+
 def read_unit(store: JournalStore, unit: str, fingerprint: str) -> Recovered | None:
-    """A unit's journal, or None if it has none, holds nothing usable, or belongs to another fingerprint."""
-    keys: list[bytes] = []
-    parts: dict[str, list[np.ndarray]] = {}
-    sent: set[bytes] = set()
-    rows = tokens = 0
-    for data in store.segments(unit):
-        for batch, meta in decode_frames(data):
-            if meta.get("version") != FORMAT_VERSION or meta.get("fingerprint") != fingerprint:
-                return None
-            if meta.get("kind") == "answers":
-                keys.extend(batch.column("key").to_pylist())
-                for name in batch.schema.names:
-                    if name != "key":
-                        parts.setdefault(name, []).append(_numpy(batch.column(name)))
-                rows += int(meta.get("rows", 0))
-                tokens += int(meta.get("tokens", 0))
-            elif meta.get("kind") == "sent":
-                sent.update(batch.column("key").to_pylist())
-    if not keys and not sent:
+    """A unit's journal indexed (see ``Recovered``; the caller closes it), or None if it has none, holds
+    nothing usable, or belongs to another fingerprint."""
+    readers = store.readers(unit)
+    rec = Recovered(readers)
+    usable = True
+    for segment, reader in enumerate(readers):
+        with reader.stream() as stream:
+            for offset, length, batches in scan_frames(stream, reader.size):
+                for number, (batch, meta) in enumerate(batches):
+                    if meta.get("version") != FORMAT_VERSION or meta.get("fingerprint") != fingerprint:
+                        usable = False
+                    elif meta.get("kind") == "answers":
+                        usable = rec.add(segment, offset, length, number, batch)
+                        rec.rows += int(meta.get("rows", 0))
+                        rec.tokens += int(meta.get("tokens", 0))
+                    elif meta.get("kind") == "sent":
+                        rec.sent.update(batch.column("key").to_pylist())
+                    if not usable:
+                        rec.close()
+                        return None
+    if not rec.keys and not rec.sent:
+        rec.close()
         return None
-    try:
-        columns = {name: np.concatenate(arrays) for name, arrays in parts.items()}  # copies: segments freed
-    except ValueError:  # answers of different shapes: not one job's
-        return None
-    if any(len(c) != len(keys) for c in columns.values()):
-        return None
-    sent.difference_update(keys)
-    return Recovered(keys, columns, sent, rows, tokens)
+    rec.sent.difference_update(rec.keys)
+    return rec
 
 
 def answered_rows(store: JournalStore, unit: str, fingerprint: str) -> int:
@@ -175,7 +286,10 @@ def answered(store: JournalStore, unit: str, fingerprint: str) -> tuple[int, int
     """Input rows answered in ``unit``'s journal but not yet in a shard, and the tokens paid for those
     answers ((0, 0) if unusable); for ``status``."""
     rec = read_unit(store, unit, fingerprint)
-    return (rec.rows, rec.tokens) if rec is not None else (0, 0)
+    if rec is None:
+        return 0, 0
+    rec.close()
+    return rec.rows, rec.tokens
 
 
 # ---------------------------------------------------------------------------------------- the run
@@ -228,9 +342,10 @@ class Journal:
             if rec is not None:  # what the killed runs paid for this unit's answers counts in its shard
                 chunk.unit.tokens += rec.tokens
         rec = self._recovered[unit]
-        if chunk.last:
-            self._recovered[unit] = None  # the unit is fully read: free the answers (key stays: loaded)
         resumed = self.codec.resume(piece, requests, rec)
+        if chunk.last and rec is not None:
+            rec.close()  # the unit is fully read: release its segments (key stays: loaded)
+            self._recovered[unit] = None
         self.stats.rows_recovered += resumed.rows_recovered
         self.stats.rows_resent += resumed.rows_resent
         if resumed.held is not None:  # memo hits: kept now, the memo dies with the process
@@ -319,6 +434,9 @@ class Journal:
 
     def close(self, complete: bool = False) -> None:
         """Sync and close every segment; with ``complete`` delete every journal left."""
+        for rec in self._recovered.values():
+            if rec is not None:
+                rec.close()
         self._appender.shutdown(wait=True)
         self._thread.shutdown(wait=True)
         with self._lock:

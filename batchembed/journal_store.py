@@ -16,7 +16,9 @@ import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pyarrow as pa
 
 from batchembed.atomic import fsync_dir
 
@@ -43,6 +45,28 @@ class SegmentWriter(Protocol):
         ...
 
 
+class SegmentReader(Protocol):
+    """An existing segment, read once from the start (to index it) and then by ranges (to take answers).
+
+    Reads return Arrow buffers (Arrow's allocator, not the C heap: a resume reading frame after frame of
+    about a megabyte leaves no heap fragments behind, so its memory stays that of a first run)."""
+
+    size: int
+
+    def stream(self) -> Any:
+        """A file object reading the segment sequentially from the start (``read_buffer(n)``; closed by
+        the caller)."""
+        ...
+
+    def read_at(self, offset: int, length: int) -> pa.Buffer:
+        """``length`` bytes from ``offset`` (a frame found by the sequential read)."""
+        ...
+
+    def close(self) -> None:
+        """Release the segment."""
+        ...
+
+
 class JournalStore(Protocol):
     """Where journal segments live: a directory, or (issue #13) a prefix of an object store."""
 
@@ -52,6 +76,11 @@ class JournalStore(Protocol):
 
     def segments(self, unit: str) -> Iterator[bytes]:
         """The bytes of each existing segment of ``unit``, oldest first."""
+        ...
+
+    def readers(self, unit: str) -> list[SegmentReader]:
+        """A reader of each existing segment of ``unit``, oldest first: a resume indexes the answers
+        and takes them a frame at a time, never holding a unit's answers whole."""
         ...
 
     def units(self) -> list[str]:
@@ -105,6 +134,25 @@ class _LocalSegment:
                 self._fd = -1
 
 
+class _LocalReader:
+    """A segment file: sequential reads, then single frames by offset (Arrow buffers, see ``SegmentReader``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = pa.OSFile(str(path), "r")
+        self.size = self._file.size()
+
+    def stream(self) -> pa.NativeFile:
+        return pa.OSFile(str(self.path), "r")
+
+    def read_at(self, offset: int, length: int) -> pa.Buffer:
+        self._file.seek(offset)
+        return self._file.read_buffer(length)
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class LocalJournalStore:
     """Journals under ``<output>/_journal/<unit>/NNNNNN.seg``."""
 
@@ -129,6 +177,15 @@ class LocalJournalStore:
                 yield path.read_bytes()
             except FileNotFoundError:
                 continue
+
+    def readers(self, unit: str) -> list[_LocalReader]:
+        readers = []
+        for path in sorted(self._dir(unit).glob("*" + SEGMENT_SUFFIX)):
+            try:
+                readers.append(_LocalReader(path))
+            except FileNotFoundError:
+                continue
+        return readers
 
     def units(self) -> list[str]:
         if not self.root.is_dir():
@@ -178,6 +235,29 @@ class _ObjectSegment:
             self._frames = []
 
 
+class _ObjectReader:
+    """A segment object: fetched whole for the sequential read (a segment holds about a second of
+    answers), then ranged GETs of single frames."""
+
+    def __init__(self, store: OutputStore, name: str, size: int) -> None:
+        self.store, self.name, self.size = store, name, size
+        self._file: Any = None
+
+    def stream(self) -> pa.NativeFile:
+        return pa.BufferReader(self.store.read_bytes(self.name) or b"")
+
+    def read_at(self, offset: int, length: int) -> pa.Buffer:
+        if self._file is None:
+            self._file = self.store.open_read(self.name)
+        self._file.seek(offset)
+        return self._file.read_buffer(length)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 class ObjectJournalStore:
     """Journals in an object store (no appends): ``_journal/<unit>/NNNNNN.seg``, each segment a small
     object written once (about once a second while its unit is in flight), removed at commit."""
@@ -199,6 +279,14 @@ class ObjectJournalStore:
             data = self.store.read_bytes(name)
             if data is not None:
                 yield data
+
+    def readers(self, unit: str) -> list[_ObjectReader]:
+        readers = []
+        for name in sorted(self._names(unit)):
+            size = self.store.size(name)
+            if size is not None:
+                readers.append(_ObjectReader(self.store, name, size))
+        return readers
 
     def units(self) -> list[str]:
         return sorted({n.split("/")[1] for n in self._names()})

@@ -20,6 +20,7 @@ from batchembed import __version__
 from batchembed.checkpoint import TRUNCATED, Manifest, fingerprint_hash
 from batchembed.exitcodes import ExitCode
 from batchembed.faults import with_path
+from batchembed.filecache import FileCache, released_as_read
 from batchembed.inputcheck import check_inputs
 from batchembed.journal import Journal, journal_store
 from batchembed.limits import RateLimits
@@ -96,6 +97,7 @@ class JobRunner:
         self._unresolved = 0
         self.accept_model_change = accept_model_change
         self.usage_check = UsageCheck(self.progress.line, counter.name)
+        self.files: FileCache | None = None  # the run's small input files (set when the inputs are found)
         self.served = ServedModel(self.model.name, self.progress.line)
 
     def _make_output(self) -> JobOutput:
@@ -156,7 +158,8 @@ class JobRunner:
 
     async def _run(self) -> int:
         known = await asyncio.to_thread(self.output.known_rows)
-        sources = await asyncio.to_thread(discover, self.job.input.path, storage_options(self.job), known)
+        self.files = FileCache()  # small input files: read once, kept until the reading is past them
+        sources = await asyncio.to_thread(discover, self.job.input.path, storage_options(self.job), self.files, known)
         columns = self.task.columns
         await asyncio.to_thread(self.output.acquire, self.restart)  # one writer per output (or part)
         manifest = await asyncio.to_thread(self.output.open, self.fingerprint(), self.restart)
@@ -316,15 +319,19 @@ class JobRunner:
             failures = [(src, rows) for _, src, rows in retry_units]
             chunks.append(retry_chunks(failures, columns, unit, CHUNK_ROWS, self.task.group_key))
         chunks.append(
-            iter_chunks(
-                sources,
-                self.manifest,
-                columns,
-                self.job.output.shard_rows,
-                CHUNK_ROWS,
-                self.task.group_key,
-                pack_small_files=not self.job.is_rerank,  # the rerank task reads one file per chunk
-                first_ordinal=first_ordinal(self.manifest),
+            released_as_read(
+                iter_chunks(
+                    sources,
+                    self.manifest,
+                    columns,
+                    self.job.output.shard_rows,
+                    CHUNK_ROWS,
+                    self.task.group_key,
+                    pack_small_files=not self.job.is_rerank,  # the rerank task reads one file per chunk
+                    wanted=self.units,  # a part reads only its own units' rows where it can
+                    first_ordinal=first_ordinal(self.manifest),
+                ),
+                self.files,
             )
         )
         for stream in chunks:

@@ -7,6 +7,7 @@ columns are read as text, so type inference on the first block can never break o
 
 from __future__ import annotations
 
+import bisect
 import csv
 import dataclasses
 import functools
@@ -22,6 +23,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from batchembed.errors import InputError
+from batchembed.filecache import FileCache
 from batchembed.location import Location, StorageOptions, first_line, list_files, locate, until_wildcard
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
@@ -39,16 +41,37 @@ class SourceFile:
     mtime_ns: int
     rows: int | None  # known up front for Parquet, None for CSV
     location: Location | None = field(default=None, compare=False)  # set for object-store files
+    cache: FileCache | None = field(default=None, compare=False, repr=False)  # a run's small files, read once
     etag: str | None = None  # an object's ETag (buckets): its identity with the size
 
     def open(self):
-        """What pyarrow readers take: the local path, or a random-access file read by ranged GETs."""
+        """What pyarrow readers take: the local path, or a random-access file read by ranged GETs (from
+        memory when the run's ``cache`` holds the file)."""
+        if self.cache is not None:
+            return self.cache.open(self, self._read_whole, self._open)
+        return self._open()
+
+    def _open(self):
         if self.location is None:
             return self.path
         return self.location.fs.open_input_file(self.location.fs_path)
 
+    def _read_whole(self) -> pa.Buffer:
+        """The file's bytes, in one read."""
+        if self.location is None:
+            with pa.OSFile(str(self.path), "r") as fh:
+                return fh.read_buffer()
+        with self.location.fs.open_input_file(self.location.fs_path) as fh:
+            return fh.read_buffer()
+
     def open_stream(self):
-        """A sequential binary stream of the file (CSV): the local path, or a streaming remote reader."""
+        """A sequential binary stream of the file (CSV): the local path, or a streaming remote reader (from
+        memory when the run's ``cache`` holds the file)."""
+        if self.cache is not None:
+            return self.cache.open(self, self._read_whole, self._open_stream)
+        return self._open_stream()
+
+    def _open_stream(self):
         if self.location is None:
             return self.path
         return self.location.fs.open_input_stream(self.location.fs_path)
@@ -86,15 +109,17 @@ def _known(known: dict | None, name: str, size: int, mtime_ns: int, etag: str | 
     return rows if identity == file_identity(size, mtime_ns, etag) else None
 
 
-def discover(spec: str, storage: StorageOptions | None = None, known: dict | None = None) -> list[SourceFile]:
+def discover(
+    spec: str, storage: StorageOptions | None = None, cache: FileCache | None = None, known: dict | None = None
+) -> list[SourceFile]:
     """Expand a file, directory or glob (local, or a URI such as ``s3://b/data/*.parquet``) into the
-    sorted list of .parquet/.csv files it names.
-
-    ``known`` (name -> (identity, rows)) gives the row counts of files the output already holds whole:
-    such a file, unchanged, is listed but not opened."""
+    sorted list of .parquet/.csv files it names. With a run's ``cache``, small files are read once:
+    the opens that follow (checks, reading) are served from memory. ``known`` (name -> (identity, rows))
+    gives the row counts of files the output already holds whole: such a file, unchanged, is listed but
+    not opened."""
     where = locate(spec, storage, "input.path")
     if not where.is_local:
-        return _discover_remote(spec, where, known)
+        return _discover_remote(spec, where, cache, known)
     spec = where.key
     path = Path(spec)
     if any(ch in spec for ch in "*?["):
@@ -116,27 +141,31 @@ def discover(spec: str, storage: StorageOptions | None = None, known: dict | Non
         st = p.stat()
         fmt = FORMATS[p.suffix.lower()]
         name = os.path.relpath(p, root) if root != Path("") else str(p)
+        src = SourceFile(i, p, name, fmt, st.st_size, st.st_mtime_ns, None, cache=cache)
         rows = _known(known, name, st.st_size, st.st_mtime_ns) if fmt == "parquet" else None
-        if fmt == "parquet" and rows is None:
+        if rows is not None:
+            src = dataclasses.replace(src, rows=rows)
+        elif fmt == "parquet":
             try:
-                rows = pq.ParquetFile(p).metadata.num_rows
+                src = dataclasses.replace(src, rows=pq.ParquetFile(src.open()).metadata.num_rows)
             except (pa.ArrowException, OSError) as exc:
                 raise InputError(f"{p}: not a readable Parquet file: {exc}") from None
-        out.append(SourceFile(i, p, name, fmt, st.st_size, st.st_mtime_ns, rows))
+        out.append(src)
     return out
 
 
-def _discover_remote(spec: str, where: Location, known: dict | None = None) -> list[SourceFile]:
+def _discover_remote(
+    spec: str, where: Location, cache: FileCache | None, known: dict | None = None
+) -> list[SourceFile]:
     """``discover`` for an object store: the files ``list_files`` finds, with Parquet row counts."""
     out = []
     listed = list_files(where, FORMATS)
     etags = object_etags(where, single=len(listed) == 1 and listed[0].location.key == where.key)
     for i, found in enumerate(listed):
         fmt = FORMATS[os.path.splitext(found.location.key)[1].lower()]
-        etag = etags.get(found.location.key)
-        src = SourceFile(
-            i, found.location.uri, found.name, fmt, found.size, found.mtime_ns, None, found.location, etag=etag
-        )
+        loc = found.location
+        etag = etags.get(loc.key)
+        src = SourceFile(i, loc.uri, found.name, fmt, found.size, found.mtime_ns, None, loc, cache=cache, etag=etag)
         rows = _known(known, found.name, found.size, found.mtime_ns, etag) if fmt == "parquet" else None
         if rows is not None:
             src = dataclasses.replace(src, rows=rows)
@@ -213,9 +242,10 @@ def columns_of(source: SourceFile) -> list[str]:
 
 def _text(source: SourceFile):
     """The file as text for Python's csv module (BOM dropped; bad UTF-8 kept as surrogates to be named)."""
-    if source.location is None:
-        return open(source.path, newline="", encoding="utf-8-sig", errors="surrogateescape")
-    return io.TextIOWrapper(source.open_stream(), encoding="utf-8-sig", errors="surrogateescape", newline="")
+    stream = source.open_stream()
+    if isinstance(stream, (str, Path)):
+        return open(stream, newline="", encoding="utf-8-sig", errors="surrogateescape")
+    return io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
 
 
 def check_columns(source: SourceFile, needed: list[str]) -> None:
@@ -263,6 +293,39 @@ def _parquet_batches(source: SourceFile, columns: list[str], start_row: int, bat
             batch = batch.slice(skip)
             skip = 0
         yield batch
+
+
+def iter_row_ranges(
+    source: SourceFile, columns: list[str], ranges: list[tuple[int, int]], batch_rows: int = 8192
+) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(file row of its first row, batch) of the rows of a Parquet file within ``ranges`` ([start, end),
+    ascending, apart) only: one open, and only the row groups that hold some of those rows are read
+    (a ``--shard`` part or a Ray worker reads its own units, not the whole file)."""
+    try:
+        pf = pq.ParquetFile(source.open(), pre_buffer=False)
+        meta = pf.metadata
+        starts = [0]
+        for g in range(meta.num_row_groups):
+            starts.append(starts[-1] + meta.row_group(g).num_rows)
+        threads = meta.num_rows > 65_536
+        for a, b in ranges:
+            first = bisect.bisect_right(starts, a) - 1
+            last = bisect.bisect_left(starts, b) - 1
+            pos = starts[first]
+            groups = list(range(first, last + 1))
+            for batch in pf.iter_batches(
+                batch_size=batch_rows, row_groups=groups, columns=columns, use_threads=threads
+            ):
+                lo, hi = max(a, pos), min(b, pos + batch.num_rows)
+                if hi > lo:
+                    yield lo, batch.slice(lo - pos, hi - lo)
+                pos += batch.num_rows
+                if pos >= b:
+                    break
+    except pa.ArrowInvalid as exc:
+        raise InputError(f"{source.path}: {exc}") from None
+    except OSError as exc:
+        raise InputError(f"{source.path}: read failed: {exc}") from None
 
 
 #: First CSV block size; grown (x4) up to ``CSV_MAX_BLOCK`` when a row does not fit in one block.

@@ -10,7 +10,7 @@ streamed once and the rows of committed units are dropped without building any t
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -148,6 +148,7 @@ def iter_chunks(
     group_key: str | None = None,
     *,
     pack_small_files: bool = False,
+    wanted: Callable[[Unit], bool] | None = None,
     first_ordinal: int = 0,
 ) -> Iterator[Chunk]:
     """Chunks of every unit not yet committed, in unit order.
@@ -160,6 +161,10 @@ def iter_chunks(
     With ``pack_small_files``, consecutive small files (see ``small_limit``) of the same schema are
     packed whole into one unit of up to ``shard_rows`` rows, and their rows into shared chunks, so
     requests stay full and shards near ``shard_rows`` however small the files.
+
+    With ``wanted`` (a ``--shard`` part's or a Ray worker's units), the units of a Parquet file are
+    known without reading it (``own_units``): only the rows of the units ``wanted`` takes are read.
+    Other chunks are yielded whatever ``wanted`` says (the caller filters them).
     """
     taken = {s.unit_name for s in manifest.shards}
     counted: set[str] = set()
@@ -172,6 +177,12 @@ def iter_chunks(
             fresh = {r.name for r in committed.values()} - counted
             counted |= fresh
             base += len(fresh)
+            continue
+        from batchembed.ownunits import layout_known, own_units  # (it builds on this module's units)
+
+        if wanted is not None and group_key is None and layout_known(src, committed, shard_rows, pack_small_files):
+            yield from pack.close()
+            base = yield from own_units(src, committed, base, shard_rows, chunk_rows, columns, wanted)
             continue
         first = _tiled_end(committed)
         reader = iter_batches(src, columns, first, chunk_rows)

@@ -4,6 +4,7 @@
     python -m benchmarks.resume --scenario four-kills --seed 3    # one scenario, another set of kill moments
     python -m benchmarks.resume --src /tmp/base                   # the same, with batchembed from another tree
     python -m benchmarks.resume --throughput 100000 --repeat 3 [--src /tmp/base]   # no crash: rows/s
+    python -m benchmarks.resume --memory [--src /tmp/base]       # peak RSS: resume of a 100k x 1024 shard
 
 Scenarios (1024-dim vectors from ``benchmarks.server``, base64, default limits: concurrency 16,
 256 inputs per request):
@@ -147,6 +148,47 @@ def throughput(rows: int, repeat: int, src: str | None) -> dict:
     }
 
 
+def memory(src: str | None, rows: int = 100_000, kill_after: int = 90_000) -> dict:
+    """Peak RSS of a resume of one ``rows`` x 1024 shard killed after ``kill_after`` answers, beside the
+    peak RSS of the same job run uninterrupted (issue 21 item 11: the resume should stay as flat)."""
+    input_path = data.dataset(rows)
+    out = WORK / "out" / "resume-memory"
+    log = WORK / "logs" / "resume-memory.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_bytes(b"")
+    entry, _ = batchembed_command()
+    env = child_env(src)
+    with Server(DIM) as srv:
+        job = write_job(
+            WORK / "jobs" / "resume-memory.toml",
+            input_path=input_path,
+            url=srv.url,
+            out=out,
+            limits=unlimited(16, 256),
+            shard_rows=rows,
+        )
+        run = [*entry, "run", str(job), "--quiet"]
+        shutil.rmtree(out, ignore_errors=True)
+        first = MeasuredChild(run, log, env=env, append_log=True).wait()
+        shutil.rmtree(out, ignore_errors=True)
+        srv.reset()
+        _kill_after(run, env, srv, kill_after, log)
+        final = MeasuredChild(run, log, env=env, append_log=True).wait()
+    if first.returncode != 0 or final.returncode != 0:
+        raise RuntimeError(f"a run failed ({first.returncode}, {final.returncode}); see {log}")
+    report = json.loads((out / "_report.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    return {
+        "memory_rows": rows,
+        "shard_rows": rows,
+        "killed_after_answered": kill_after,
+        "src": src or "this tree",
+        "uninterrupted_peak_rss_mb": round(first.peak_rss_mb, 1),
+        "resume_peak_rss_mb": round(final.peak_rss_mb, 1),
+        "resume_after_crash": report.get("after_crash"),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="all")
@@ -158,10 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--src", default=None, help="directory put first on the children's PYTHONPATH")
     parser.add_argument("--throughput", type=int, default=None, help="rows: measure uninterrupted rows/s instead")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--memory", action="store_true", help="peak RSS of a resume of a 100k x 1024 shard")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "resume.json"))
     args = parser.parse_args(argv)
     print(f"python {PY}", file=sys.stderr)
-    if args.throughput:
+    if args.memory:
+        docs = [memory(args.src)]
+    elif args.throughput:
         docs = [throughput(args.throughput, args.repeat, args.src)]
     else:
         names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from collections import Counter
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from batchembed.journal import MAX_BACKLOG, Journal, decode_frames, encode_frame, read_unit
 from batchembed.journal_store import LocalJournalStore, _LocalSegment
+from batchembed.memo import text_keys
 from batchembed.progress import Stats
+from batchembed.writer import vector_array
 from tests import test_rerank
 from tests.conftest import (
     assert_vectors,
@@ -233,3 +237,68 @@ def test_a_journal_that_cannot_write_steps_aside(tmp_path):
     journal._append("part-00000", batch, {"version": 1, "fingerprint": "fp", "kind": "sent", "rows": 0})
     journal.close()
     assert "No space left on device" in journal.error and "part-00000" in journal.error
+
+
+def test_a_row_the_server_cut_is_still_listed_after_a_kill(tmp_path, srv):
+    # row 5 fits our count but not the server's 300 characters: it is cut and sent again, its answer
+    # journaled; the kill comes before the unit is committed, and the resume takes that answer from the
+    # journal (nothing sent again), yet still lists and counts row 5 as cut
+    n = 3000
+    texts = make_texts(n, seed=8)
+    texts[5] = "doc 5: " + "river " * 80
+    srv.max_input_chars = 300
+    src = write_parquet(tmp_path / "in.parquet", texts, row_group_size=500)
+    job = _job(tmp_path, srv, src, n, n)  # one unit: nothing is committed before the kill
+    _kill_mid_run(srv, job, 80)
+    journal = tmp_path / "out" / "_journal"
+    frames = [batch for seg in journal.glob("*/*.seg") for batch, meta in decode_frames(seg.read_bytes())]
+    answered = {k for b in frames if "vector" in b.schema.names for k in b.column("key").to_pylist()}
+    assert text_keys([texts[5]])[0] in answered, "row 5's answer should be in the journal before the kill"
+    sent_before = [t for t in srv.all_texts() if t.startswith("doc 5:")]
+
+    result = run_here(srv, "run", str(job), "--quiet")
+
+    assert result.returncode == 0, result.stderr
+    assert [t for t in srv.all_texts() if t.startswith("doc 5:")] == sent_before  # not bought again
+    assert "1 truncated" in result.stderr
+    cut = pq.read_table(tmp_path / "out" / "_truncated.parquet").to_pylist()
+    assert [(r["row"], r["reason"]) for r in cut] == [(5, "server: input too long")]
+    assert cut[0]["chars_before"] == len(texts[5]) and cut[0]["chars_after"] <= 300
+    assert _report(tmp_path)["rows_truncated"] == 1
+    assert json.loads(run_here(None, "status", str(job), "--json").stdout)["truncated_rows"] == 1
+    table = read_output(tmp_path / "out")
+    assert table.num_rows == n and run_here(None, "verify", str(job)).returncode == 0
+
+
+def test_a_resume_reads_the_journal_a_frame_at_a_time(tmp_path):
+    # a unit of 8,000 answers of 256 floats (8 MB) in 40 frames: indexing it, and taking the answers of one
+    # piece, holds about a frame or two at a time, never the unit's answers whole (a 100k x 1024 unit is 400 MB)
+    dim, frames, per_frame = 256, 40, 200
+    rng = np.random.default_rng(1)
+    vectors = rng.random((frames * per_frame, dim), dtype=np.float32)
+    keys = [i.to_bytes(16, "big") for i in range(frames * per_frame)]
+    store = LocalJournalStore(tmp_path / "_journal")
+    seg = store.open_segment("part-00000")
+    for f in range(frames):
+        part = slice(f * per_frame, (f + 1) * per_frame)
+        batch = pa.record_batch({"key": pa.array(keys[part], pa.binary(16)), "vector": vector_array(vectors[part])})
+        seg.append(encode_frame(batch, {"version": 1, "fingerprint": "fp", "kind": "answers", "rows": per_frame}))
+    seg.close()
+    unit_bytes = vectors.nbytes
+
+    tracemalloc.start()
+    try:
+        rec = read_unit(store, "part-00000", "fp")
+        _, indexing_peak = tracemalloc.get_traced_memory()
+        assert indexing_peak < unit_bytes / 4, (indexing_peak, unit_bytes)
+        tracemalloc.reset_peak()
+        piece = np.arange(3000, 3400)  # a piece's texts: answers spread over three frames
+        got = rec.take("vector", rec.find([keys[i] for i in piece]))
+        _, taking_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    rec.close()
+
+    np.testing.assert_array_equal(got, vectors[piece])
+    assert rec.rows == frames * per_frame
+    assert taking_peak < unit_bytes / 4, (taking_peak, unit_bytes)

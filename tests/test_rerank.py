@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -163,3 +165,27 @@ def test_sigkill_and_resume_rerank(tmp_path, srv):
     assert result.returncode == 0, result.stderr
     assert _got(read_output(tmp_path / "out")) == _expected(rows)
     assert run_here(None, "verify", str(job)).returncode == 0
+
+
+def test_documents_cut_to_fit_are_listed_and_counted(tmp_path, fake):
+    rows = _pairs_dataset(tmp_path / "pairs.parquet", n_queries=30)
+    long_at = [3, 17, 40]
+    for i in long_at:
+        rows["document"][i] = f"long document {i} " + "river stone " * 300  # ~600 tokens: over the limit
+    pq.write_table(pa.table(rows), tmp_path / "pairs.parquet", row_group_size=37)
+    job = _job(tmp_path, fake, tmp_path / "pairs.parquet")
+    job.write_text(job.read_text().replace("[limits]\n", "[limits]\ninput_tokens = 100\n"))
+
+    result = run_here(fake, "run", str(job), "--quiet")
+
+    assert result.returncode == 0, result.stderr
+    assert "3 truncated" in result.stderr and "_truncated.parquet" in result.stderr
+    cut = pq.read_table(tmp_path / "out" / "_truncated.parquet").to_pylist()
+    assert sorted((r["id"], r["doc_id"], r["row"]) for r in cut) == sorted(
+        (rows["qid"][i], rows["did"][i], i) for i in long_at
+    )
+    assert {(r["file"], r["reason"]) for r in cut} == {("pairs.parquet", "limits.input_tokens")}
+    assert all(r["tokens_before"] > 100 and r["chars_after"] < r["chars_before"] for r in cut)
+    assert {r["chars_before"] for r in cut} == {len(rows["document"][i]) for i in long_at}
+    status = run_here(None, "status", str(job), "--json")
+    assert json.loads(status.stdout)["truncated_rows"] == 3

@@ -264,3 +264,21 @@ def test_extra_body_cannot_override_input_or_model(tmp_path, fake):
     assert result.returncode != 0
     assert "model.extra_body cannot set input, model" in result.stderr
     assert not fake.requests and not fake.canary_requests()
+
+
+def test_a_text_the_server_cut_is_a_cut_row_wherever_its_answer_is_reused(tmp_path, fake):
+    # rows 5 and 2500 hold the same text, in two shards: the second is answered by the memo (no request),
+    # with the vector of the cut text, so it is a cut row too
+    texts = make_texts(3000, seed=4)
+    texts[5] = texts[2500] = "doc 5: " + "river " * 80
+    fake.max_input_chars = 300
+    src = write_parquet(tmp_path / "in.parquet", texts)
+    job = job_for(tmp_path, fake, src, limits={"batch_inputs": 8}, output={"shard_rows": 2000})
+
+    result = run_here(fake, "run", str(job), "--quiet")
+
+    assert result.returncode == 0, result.stderr
+    assert len([t for t in fake.received_texts() if t.startswith("doc 5:")]) == 1
+    cut = pq.read_table(tmp_path / "out" / "_truncated.parquet").to_pylist()
+    assert [(r["row"], r["reason"]) for r in cut] == [(5, "server: input too long"), (2500, "server: input too long")]
+    assert "2 truncated" in result.stderr

@@ -152,3 +152,42 @@ def test_split_output_refreshes_part_by_part_and_publishes_once_complete(tmp_pat
     assert sorted(published.to_pyarrow_table().column("id").to_pylist()) == sorted(want)
     assert (out / "_SUCCESS").exists()
     assert run_here(fake, "verify", str(job)).returncode == 0
+
+
+def test_each_part_reads_only_its_own_units_rows(tmp_path, fake, monkeypatch):
+    # two big files of 15 and 7 units: part I of 3 decodes the texts of its own units' row groups only (the
+    # id check still scans every id: uniqueness is the whole input's); before, every part read every row
+    src = tmp_path / "in"
+    src.mkdir()
+    text_of = {}
+    for f, rows in enumerate([3000, 1300]):
+        texts = make_texts(rows, seed=f)
+        ids = [f * 10_000 + i for i in range(rows)]
+        table = pa.table({"id": pa.array(ids, pa.int64()), "text": texts})
+        pq.write_table(table, src / f"f{f}.parquet", row_group_size=100)
+        text_of.update(zip(ids, texts, strict=True))
+    job = job_for(tmp_path, fake, src)  # shard_rows = 200
+    read: dict[str, int] = {}
+    iter_batches = pq.ParquetFile.iter_batches
+
+    def counting(self, *args, **kwargs):
+        for batch in iter_batches(self, *args, **kwargs):
+            if "text" in batch.schema.names:
+                read["rows"] = read.get("rows", 0) + batch.num_rows
+            yield batch
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", counting)
+    units = [200] * 15 + [200] * 6 + [100]  # unit sizes in ordinal order: part I has those I modulo 3
+    out = tmp_path / "out"
+    for part in range(3):
+        read.clear()
+        result = run_here(fake, "run", str(job), "--quiet", "--shard", f"{part}/3")
+        assert result.returncode == 0, result.stderr
+        own = sum(size for ordinal, size in enumerate(units) if ordinal % 3 == part)
+        assert read["rows"] == own, (part, read, own)  # units end on row group edges here: nothing more
+
+    assert (out / "_SUCCESS").exists()
+    table = read_output(out)
+    assert sorted(table.column("id").to_pylist()) == sorted(text_of)
+    assert_vectors(table, text_of, 16)
+    assert run_here(fake, "verify", str(job)).returncode == 0

@@ -8,9 +8,11 @@ import signal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from batchembed.checkpoint import JOURNAL, MANIFEST
 from tests.conftest import assert_vectors, cli_env, job_for, kill_mid_run, make_texts, read_output, run_cli, run_here
+from tests.opens import OpenCounter
 from tests.test_csv_inputs import messy_texts, write_csv
 
 
@@ -151,3 +153,30 @@ def test_failed_rows_of_packed_files_are_retried_once(tmp_path, fake):
     )
     verify = run_here(fake, "verify", str(job))
     assert verify.returncode == 0, verify.stdout
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_each_small_file_is_opened_once_per_run(tmp_path, fake, fmt):
+    # before: each file was opened 4 times (row count or header, column checks, id check, reading)
+    files, rows = 30, 9
+    texts = make_texts(files * rows, seed=2)
+    if fmt == "parquet":
+        src = _parquet_files(tmp_path / "in", files, rows, texts)
+    else:
+        src = tmp_path / "in"
+        src.mkdir()
+        for f in range(files):
+            write_csv(src / f"g{f:03d}.csv", [(i, texts[i]) for i in range(f * rows, (f + 1) * rows)])
+    job = job_for(tmp_path, fake, src, output={"shard_rows": 100})
+
+    with OpenCounter(src) as opens:
+        result = run_here(fake, "run", str(job), "--quiet")
+
+    assert result.returncode == 0, result.stderr
+    counts = opens.counts()
+    assert set(counts) == {p.name for p in src.iterdir()}
+    assert set(counts.values()) == {1}, counts
+    table = read_output(tmp_path / "out")
+    assert [int(i) for i in table.column("id").to_pylist()] == list(range(len(texts)))
+    assert_vectors(table.set_column(0, "id", pa.array(range(len(texts)))), dict(enumerate(texts)), 16)
+    assert run_here(fake, "verify", str(job)).returncode == 0

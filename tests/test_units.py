@@ -83,3 +83,53 @@ def test_walk_covers_rows_once_keeps_groups_and_resumes_identically(
     again, rows2 = _units(iter_chunks(sources, manifest, cols, shard_rows, chunk_rows, group))
     assert [u[:3] for u in again] == [u[:3] for u in units if u not in committed]
     assert sorted(int(r) for r in rows2) == [r for u in again for r in range(u[1], u[2])]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=300), min_size=1, max_size=4),
+    shard_rows=st.integers(min_value=1, max_value=80),
+    chunk_rows=st.integers(min_value=1, max_value=40),
+    row_group=st.integers(min_value=1, max_value=50),
+    parts=st.integers(min_value=1, max_value=4),
+    done_mask=st.lists(st.booleans(), min_size=0, max_size=40),
+)
+def test_a_part_reading_only_its_units_gets_what_the_walk_gives_it(
+    tmp_path_factory, sizes, shard_rows, chunk_rows, row_group, parts, done_mask
+):
+    # the walk over every row, then filtered, and the part reading only its own units' row groups, give
+    # the same units: names, rows, ends (also after some units are committed)
+    d = tmp_path_factory.mktemp("own")
+    for f, n in enumerate(sizes):
+        table = pa.table({"row": pa.array(range(n), pa.int64())})  # each row's own row number in its file
+        pq.write_table(table, d / f"f{f}.parquet", row_group_size=row_group)
+    sources = discover(str(d))
+    walked = [c.unit for c in iter_chunks(sources, Manifest({}), ["row"], shard_rows, chunk_rows) if c.last]
+    manifest = Manifest({})
+    for u, done in zip(walked, done_mask, strict=False):
+        if done:
+            record = ShardRecord(
+                u.name, "range", u.source.name, u.start, u.end, u.eof, u.end - u.start, 0, None, 0, "", 0
+            )
+            manifest.shards.append(record)
+    for part in range(parts):
+
+        def mine(unit, part=part):
+            return int(unit.name[5:10]) % parts == part
+
+        def describe(chunks):
+            """(name, rows, end, eof) per unit (chunk edges may differ: they follow the batches read)."""
+            units, rows = [], []
+            for c in chunks:
+                assert c.table.num_rows and c.first_row == c.table.column("row")[0].as_py()
+                rows += c.table.column("row").to_pylist()
+                if c.last:
+                    units.append((c.unit.name, rows, c.unit.end, c.unit.eof))
+                    rows = []
+            assert rows == []
+            return units
+
+        everything = iter_chunks(sources, manifest, ["row"], shard_rows, chunk_rows)
+        own = iter_chunks(sources, manifest, ["row"], shard_rows, chunk_rows, wanted=mine)
+        expected = describe(c for c in everything if mine(c.unit))
+        assert describe(c for c in own if mine(c.unit)) == expected

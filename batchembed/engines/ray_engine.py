@@ -211,6 +211,8 @@ class RayDriver(JobRunner):
                 ray.shutdown()
 
     async def _pipeline(self, sources, columns, retry_units) -> None:
+        if self.files is not None:
+            self.files.clear()  # the workers read the inputs: the driver's small files are not needed again
         await asyncio.to_thread(self._dispatch, bool(retry_units))
 
     def _dispatch(self, retry: bool) -> None:

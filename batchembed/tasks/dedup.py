@@ -62,6 +62,9 @@ class SharedEmbedder:
         self._in_flight: dict[bytes, tuple[asyncio.Future, int]] = {}
         self._expected: dict[bytes, set[str]] = {}  # text key -> units whose pieces wait for its answer
         self._expected_lock = threading.Lock()  # ``expect`` runs on the reader thread
+        # text key -> (reason, tokens and characters before, characters kept): texts whose answer is that
+        # of the text cut after the server's "too long" (the memo keeps it under the uncut text's key)
+        self.cuts: dict[bytes, tuple[str, int, int, int]] = {}
 
     def lookup(self, keys: np.ndarray) -> dict[bytes, np.ndarray]:
         """Vectors the memo (or the cache file) already holds for ``keys`` (any thread; used by ``prepare``)."""
@@ -95,8 +98,11 @@ class SharedEmbedder:
         return found
 
     def remember(self, keys: np.ndarray, vectors: np.ndarray) -> None:
-        """Keep answers found elsewhere (the answer journal of a killed run) for the texts' duplicates."""
-        self.memo.store(keys, vectors)
+        """Keep answers found elsewhere (the answer journal of a killed run) for the texts' duplicates.
+
+        ``vectors`` must be the caller's own, never written to again: the memo keeps views of it, as it
+        does of the server's answers (no second copy)."""
+        self.memo.store(keys, vectors, copy=False)
 
     async def embed(
         self, keys: np.ndarray, texts: list[str], tokens: np.ndarray, charge: int, meter: Any

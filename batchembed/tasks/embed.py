@@ -81,8 +81,8 @@ class EmbedWork:
             self.journaled = np.zeros(len(self.texts), dtype=bool)
         self.journaled[items] = True
 
-    # text index -> (why it was cut, its tokens and characters before the cut)
-    truncated: dict[int, tuple[str, int, int]] = field(default_factory=dict)
+    # text index -> (why it was cut, its tokens and characters before the cut, characters kept)
+    truncated: dict[int, tuple[str, int, int, int]] = field(default_factory=dict)
     server_cuts: dict[int, int] = field(default_factory=dict)  # text index -> cuts after "too long" answers
 
 
@@ -195,7 +195,7 @@ class EmbedTask:
         unique_texts = unique.to_pylist()
         skipped = int(blank.sum())
         too_long, counts = over_limit(self.counter, unique, counts, self.input_tokens)
-        truncated: dict[int, tuple[str, int, int]] = {}
+        truncated: dict[int, tuple[str, int, int, int]] = {}
         if len(too_long):
             policy = job.limits.on_too_long
             if policy == "fail":
@@ -206,8 +206,9 @@ class EmbedTask:
                 )
             if policy == "truncate":
                 for i in too_long:
-                    truncated[int(i)] = ("limits.input_tokens", int(counts[i]), len(unique_texts[i]))
-                    unique_texts[i] = self.counter.truncate(unique_texts[i], self.input_tokens)
+                    whole = unique_texts[i]
+                    unique_texts[i] = self.counter.truncate(whole, self.input_tokens)
+                    truncated[int(i)] = ("limits.input_tokens", int(counts[i]), len(whole), len(unique_texts[i]))
                 cut = self.counter.count(pa.array([unique_texts[i] for i in too_long], pa.string()))
                 counts[too_long] = np.minimum(cut, self.input_tokens)
             else:  # skip: keep the rows with a null vector, never send them
@@ -233,6 +234,7 @@ class EmbedTask:
         if hits:
             found = [i for i in used if keys[i] in hits]
             work.set_vectors(found, np.stack([hits[keys[i]] for i in found]))
+            self.note_server_cuts(work, found)
             to_send = np.array([i for i in used if keys[i] not in hits], dtype=np.int64)
         else:
             to_send = used.astype(np.int64, copy=False)
@@ -294,7 +296,18 @@ class EmbedTask:
     def accept(self, request: Request, answer: EmbeddingResult) -> int | None:
         """Store the request's vectors in its piece (checked on arrival by the dedup layer)."""
         request.piece.work.set_vectors(request.items, answer.vectors)
+        self.note_server_cuts(request.piece.work, request.items)
         return answer.prompt_tokens
+
+    def note_server_cuts(self, work: EmbedWork, items) -> None:
+        """Texts among ``items`` whose answer is that of a text cut after the server's "too long" (cut by
+        another piece of this run, or by the killed run whose journal answered) are cut rows here too."""
+        cuts = self.shared.cuts
+        if cuts:
+            for i in items:
+                cut = cuts.get(work.keys[int(i)])
+                if cut is not None:
+                    work.truncated[int(i)] = cut
 
     def journal_codec(self) -> EmbedJournalCodec:
         """Texts' answers in the journal: keyed by text (a text's answer is found wherever it recurs)."""
@@ -316,8 +329,9 @@ class EmbedTask:
         cut = self.counter.truncate(text, limit) if limit >= 1 else ""
         if not cut or cut == text:
             return False
-        before = work.truncated.get(i, ("", tokens, len(text)))
-        work.truncated[i] = ("server: input too long", before[1], before[2])
+        before = work.truncated.get(i, ("", tokens, len(text), len(text)))
+        work.truncated[i] = ("server: input too long", before[1], before[2], len(cut))
+        self.shared.cuts[work.keys[i]] = work.truncated[i]  # its answer, wherever it is used, is a cut text's
         work.texts[i] = cut
         request.tokens = int(self.counter.count(pa.array([cut], pa.string()))[0])
         work.tokens[i] = request.tokens
@@ -339,7 +353,7 @@ class EmbedTask:
                 "reason": pa.array([cut[int(t)][0] for t in texts], pa.string()),
                 "tokens_before": pa.array([cut[int(t)][1] for t in texts], pa.int64()),
                 "chars_before": pa.array([cut[int(t)][2] for t in texts], pa.int64()),
-                "chars_after": pa.array([len(work.texts[int(t)]) for t in texts], pa.int64()),
+                "chars_after": pa.array([cut[int(t)][3] for t in texts], pa.int64()),
             }
         )
 

@@ -16,12 +16,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from batchembed.journal import CUT_FIELD, cut_array
 from batchembed.memo import key_array
 from batchembed.tasks import Piece, Request, Resumed
 from batchembed.writer import vector_array
 
 if TYPE_CHECKING:
     from batchembed.tasks.embed import EmbedTask, EmbedWork
+
+
+#: The reason ``prepare`` gives its own cuts: made again the same way on resume, so never journaled.
+LIMIT_CUT = "limits.input_tokens"
 
 
 class EmbedJournalCodec:
@@ -55,6 +60,12 @@ class EmbedJournalCodec:
         else:
             vectors = work.vectors[items]
         batch = pa.record_batch({"key": key_array(work.keys[items]), "vector": vector_array(vectors)})
+        if work.truncated:  # cut after the server's "too long" (here or where the answer came from): a
+            # resume must list these rows as cut too (a cut to limits.input_tokens is made again by prepare)
+            cuts = [work.truncated.get(int(i)) for i in items]
+            cuts = [c if c is not None and c[0] != LIMIT_CUT else None for c in cuts]
+            if any(c is not None for c in cuts):
+                batch = batch.append_column(CUT_FIELD, cut_array(cuts))
         return batch, int(work.row_counts()[items].sum())
 
     def resume(self, piece: Piece, requests: list[Request], recovered: Any) -> Resumed:
@@ -73,12 +84,16 @@ class EmbedJournalCodec:
             at = recovered.find(work.keys[wanted].tolist())
             found, rows = wanted[at >= 0], at[at >= 0]
             if len(found):
-                vectors = recovered.values("vector")
+                vectors = recovered.take("vector", rows)  # only this piece's answers are read
                 if task.dim is None:
                     task.dim = vectors.shape[1]
-                work.set_vectors(found, vectors[rows])
+                work.set_vectors(found, vectors)
                 work.mark_journaled(found)
-                task.shared.remember(work.keys[found], vectors[rows])
+                for key in work.keys[found] if recovered.cuts else ():
+                    if key in recovered.cuts:  # cut after the server's "too long": still a cut row
+                        task.shared.cuts[key] = recovered.cuts[key]
+                task.note_server_cuts(work, found)
+                task.shared.remember(work.keys[found], vectors)
                 in_requests = np.concatenate([r.items for r in requests]) if requests else found[:0]
                 recovered_rows = int(counts[np.intersect1d(found, in_requests)].sum())
         waiting = np.flatnonzero(used & ~work.answered if work.answered is not None else used)
@@ -86,6 +101,7 @@ class EmbedJournalCodec:
         late = [(i, vec) for i in waiting if (vec := task.shared.recall(work.keys[i])) is not None]
         if late:  # answered between the memo lookup and ``expect``
             work.set_vectors([i for i, _ in late], np.stack([vec for _, vec in late]))
+            task.note_server_cuts(work, [i for i, _ in late])
             keep = ~work.answered[waiting]
             waiting, elsewhere = waiting[keep], elsewhere[keep]
         resent = 0

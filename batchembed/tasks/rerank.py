@@ -48,6 +48,7 @@ class RerankWork:
     keep: pa.Table | None = None  # keep columns per chunk row
     positions: np.ndarray | None = None  # file row per chunk row
     keys: pa.Array | None = None  # per pair: journal key (file, file row, pair within the row)
+    cut: dict[int, tuple[int, int]] = field(default_factory=dict)  # pair -> document tokens, chars before the cut
 
 
 class RerankTask:
@@ -91,7 +92,9 @@ class RerankTask:
                 )
             if policy == "truncate":
                 for i in over:
-                    work.documents[i] = self.counter.truncate(work.documents[i], max(int(budget[i]), 1))
+                    whole = work.documents[i]
+                    work.documents[i] = self.counter.truncate(whole, max(int(budget[i]), 1))
+                    work.cut[int(i)] = (int(d_tokens[i]), len(whole))
                 cut = self.counter.count(pa.array([work.documents[i] for i in over], pa.string()))
                 d_tokens[over] = np.minimum(cut, np.maximum(budget[over], 1))
             else:
@@ -196,10 +199,9 @@ class RerankTask:
     # --------------------------------------------------------------------------------- output
 
     def tables(self, piece: Piece) -> PieceTables:
-        """Long-format rows ranked within each query (top_n applied) and the failed groups' rows.
-
-        No cut rows: documents cut to fit ``limits.input_tokens`` are not listed, and a pair the server
-        finds too long fails like any other row (rerank has no ``shorten``)."""
+        """Long-format rows ranked within each query (top_n applied), the failed groups' rows, and the
+        pairs whose document was cut to fit ``limits.input_tokens`` (a pair the server finds too long
+        fails like any other row: rerank has no ``shorten``)."""
         work: RerankWork = piece.work
         failed_groups = self._failed_groups(piece)
         ok = ~np.isin(work.pair_group, failed_groups)
@@ -245,7 +247,30 @@ class RerankTask:
                 errors.append(first_error.get(group_of_row[int(r)], "another document of this query failed"))
             ids = pc.cast(work.query_ids.take(pa.array([group_of_row[int(r)] for r in rows], pa.int64())), pa.string())
             failed = failure_table(ids, piece.chunk.source.name, work.positions[rows], errors)
-        return PieceTables(table, failed, None)
+        return PieceTables(table, failed, self._cut_rows(piece, failed_groups))
+
+    def _cut_rows(self, piece: Piece, failed_groups: np.ndarray) -> pa.Table | None:
+        """The pairs of a finished piece whose document was cut (failed queries left out), as
+        ``_truncated/`` lists them: the query's id, the document's id, file, row, reason, the document's
+        tokens and characters before the cut, characters kept."""
+        work: RerankWork = piece.work
+        pairs = np.array(sorted(work.cut), dtype=np.int64)
+        pairs = pairs[~np.isin(work.pair_group[pairs], failed_groups)] if len(pairs) else pairs
+        if not len(pairs):
+            return None
+        at = pa.array(pairs, pa.int64())
+        return pa.table(
+            {
+                "id": pc.cast(work.query_ids.take(pa.array(work.pair_group[pairs], pa.int64())), pa.string()),
+                "doc_id": pc.cast(work.doc_ids.take(at), pa.string()),
+                "file": pa.array([piece.chunk.source.name] * len(pairs), pa.string()),
+                "row": pa.array(work.positions[work.pair_row[pairs]], pa.int64()),
+                "reason": pa.array(["limits.input_tokens"] * len(pairs), pa.string()),
+                "tokens_before": pa.array([work.cut[int(i)][0] for i in pairs], pa.int64()),
+                "chars_before": pa.array([work.cut[int(i)][1] for i in pairs], pa.int64()),
+                "chars_after": pa.array([len(work.documents[int(i)]) for i in pairs], pa.int64()),
+            }
+        )
 
     def metadata(self) -> dict[str, Any]:
         """Recorded in every shard's Parquet metadata."""
@@ -306,15 +331,17 @@ class RerankJournalCodec:
             return Resumed(requests, 0, 0, None)
         work: RerankWork = piece.work
         keys = self._keys(piece).to_pylist()
-        scores = recovered.values("score")
-        left, found_pairs, resent = [], 0, 0
+        asked = np.concatenate([r.items for r in requests]) if requests else np.zeros(0, np.int64)
+        at = recovered.find([keys[i] for i in asked])
+        hit = at >= 0
+        work.scores[asked[hit]] = recovered.take("score", at[hit])  # only this piece's scores are read
+        have = np.zeros(len(keys), dtype=bool)
+        have[asked[hit]] = True
+        found_pairs = int(hit.sum())
+        left, resent = [], 0
         for request in requests:
             items = request.items
-            at = recovered.find([keys[i] for i in items])
-            hit = at >= 0
-            work.scores[items[hit]] = scores[at[hit]]
-            found_pairs += int(hit.sum())
-            rest = items[~hit]
+            rest = items[~have[items]]
             resent += sum(1 for i in rest if keys[i] in recovered.sent)
             if len(rest) == len(items):
                 left.append(request)
