@@ -274,7 +274,8 @@ def estimate(
         report.warnings.append(f"{preset.id} is an embedding model, not a reranker")
 
     existing = _existing_output(resolved, task)
-    sources = discover(config.input.path, storage_options(config), known_rows(existing.manifest if existing else None))
+    known = known_rows(existing.manifest if existing else None)
+    sources = discover(config.input.path, storage_options(config), known=known)
     view = Manifest(fingerprint={})
     reading = sources
     first = 0
