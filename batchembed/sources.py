@@ -195,16 +195,21 @@ def object_etags(where: Location, single: bool = False) -> dict[str, str]:
     try:
         if single:
             meta = obstore.head(store, key)
-            return {key: meta["e_tag"]} if meta.get("e_tag") else {}
+            return {key: _etag(meta["e_tag"])} if meta.get("e_tag") else {}
         prefix = "/".join(part for part in until_wildcard(key.split("/")))
         return {
-            meta["path"]: meta["e_tag"]
+            meta["path"]: _etag(meta["e_tag"])
             for batch in obstore.list(store, prefix=prefix or None)
             for meta in batch
             if meta.get("e_tag")
         }
     except (*STORE_ERRORS, ValueError):
         return {}
+
+
+def _etag(value: str) -> str:
+    """An ETag as one form: some stores quote it in HEAD answers and not in listings (Azure)."""
+    return value.removeprefix("W/").strip('"')
 
 
 def _glob_root(spec: str) -> str:
