@@ -1,8 +1,11 @@
-"""Stream rows out of Parquet and CSV files as Arrow record batches, with stable row positions.
+"""Stream rows out of Parquet, CSV and JSON Lines files as Arrow record batches, with stable row positions.
 
 Nothing here holds a whole file: Parquet is read record batch by record batch (and a resume starts
-at the row group that holds its first row), CSV through pyarrow's streaming reader in blocks. CSV
-columns are read as text, so type inference on the first block can never break on a later one.
+at the row group that holds its first row), CSV through pyarrow's streaming reader in blocks, JSON
+Lines through pyarrow's streaming JSON reader (``sources_jsonl``). CSV and JSON Lines may be
+compressed (``.gz``, ``.zst``, ``.bz2``, ``.xz``): they are decompressed as they are read
+(``streams``). CSV columns are read as text, so type inference on the first block can never break
+on a later one.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from batchembed import sources_jsonl
 from batchembed.errors import InputError
-from batchembed.location import Location, StorageOptions, first_line, list_files, locate
-
-FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+from batchembed.location import INPUT_KINDS, Location, StorageOptions, first_line, input_kind, list_files, locate
+from batchembed.streams import DECOMPRESS_ERRORS, decompress_error, decompressed
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,9 @@ class SourceFile:
     format: str
     size: int
     mtime_ns: int
-    rows: int | None  # known up front for Parquet, None for CSV
+    rows: int | None  # known up front for Parquet, None for CSV and JSON Lines
     location: Location | None = field(default=None, compare=False)  # set for object-store files
+    compression: str | None = None  # "gzip", "zstd", "bz2" or "xz": decompressed while read (CSV, JSON Lines)
 
     def open(self):
         """What pyarrow readers take: the local path, or a random-access file read by ranged GETs."""
@@ -47,10 +51,12 @@ class SourceFile:
         return self.location.fs.open_input_file(self.location.fs_path)
 
     def open_stream(self):
-        """A sequential binary stream of the file (CSV): the local path, or a streaming remote reader."""
+        """A sequential binary stream of the file's (decompressed) bytes: the local path when it is not
+        compressed, else a stream; a remote file streams, never downloaded whole."""
         if self.location is None:
-            return self.path
-        return self.location.fs.open_input_stream(self.location.fs_path)
+            return decompressed(str(self.path), self.compression)
+        raw = self.location.fs.open_input_stream(self.location.fs_path, compression=None)
+        return decompressed(raw, self.compression)
 
     def identity(self) -> dict[str, object]:
         """What the job fingerprint records about this file."""
@@ -59,7 +65,7 @@ class SourceFile:
 
 def discover(spec: str, storage: StorageOptions | None = None) -> list[SourceFile]:
     """Expand a file, directory or glob (local, or a URI such as ``s3://b/data/*.parquet``) into the
-    sorted list of .parquet/.csv files it names."""
+    sorted list of input files it names (see ``location.input_kind``: Parquet, CSV, JSON Lines)."""
     where = locate(spec, storage, "input.path")
     if not where.is_local:
         return _discover_remote(spec, where)
@@ -76,13 +82,13 @@ def discover(spec: str, storage: StorageOptions | None = None) -> list[SourceFil
         root = path.parent
     else:
         raise InputError(f"input.path {spec!r}: no such file or directory")
-    files = sorted(p for p in matches if p.suffix.lower() in FORMATS and p.is_file())
+    files = sorted(p for p in matches if input_kind(p.name) and p.is_file())
     if not files:
-        raise InputError(f"input.path {spec!r} matches no .parquet or .csv file")
+        raise InputError(f"input.path {spec!r} matches no input file: {INPUT_KINDS}")
     out = []
     for i, p in enumerate(files):
         st = p.stat()
-        fmt = FORMATS[p.suffix.lower()]
+        fmt, codec = input_kind(p.name)
         rows = None
         if fmt == "parquet":
             try:
@@ -90,16 +96,17 @@ def discover(spec: str, storage: StorageOptions | None = None) -> list[SourceFil
             except (pa.ArrowException, OSError) as exc:
                 raise InputError(f"{p}: not a readable Parquet file: {exc}") from None
         name = os.path.relpath(p, root) if root != Path("") else str(p)
-        out.append(SourceFile(i, p, name, fmt, st.st_size, st.st_mtime_ns, rows))
+        out.append(SourceFile(i, p, name, fmt, st.st_size, st.st_mtime_ns, rows, compression=codec))
     return out
 
 
 def _discover_remote(spec: str, where: Location) -> list[SourceFile]:
     """``discover`` for an object store: the files ``list_files`` finds, with Parquet row counts."""
     out = []
-    for i, found in enumerate(list_files(where, FORMATS)):
-        fmt = FORMATS[os.path.splitext(found.location.key)[1].lower()]
-        src = SourceFile(i, found.location.uri, found.name, fmt, found.size, found.mtime_ns, None, found.location)
+    for i, found in enumerate(list_files(where, input_kind)):
+        fmt, codec = input_kind(found.location.key)
+        loc = found.location
+        src = SourceFile(i, loc.uri, found.name, fmt, found.size, found.mtime_ns, None, loc, compression=codec)
         if fmt == "parquet":
             try:
                 rows = pq.ParquetFile(src.open()).metadata.num_rows
@@ -108,7 +115,7 @@ def _discover_remote(spec: str, where: Location) -> list[SourceFile]:
             src = dataclasses.replace(src, rows=rows)
         out.append(src)
     if not out:
-        raise InputError(f"input.path {spec!r} matches no .parquet or .csv file")
+        raise InputError(f"input.path {spec!r} matches no input file: {INPUT_KINDS}")
     return out
 
 
@@ -129,14 +136,18 @@ def arrow_schema(source: SourceFile) -> pa.Schema:
 
 
 def columns_of(source: SourceFile) -> list[str]:
-    """The column names of a file (a CSV's header row)."""
+    """The column names of a file (a CSV's header row; the field paths of a JSON Lines file's first records)."""
     if source.format == "parquet":
         return list(arrow_schema(source).names)
+    if source.format == "jsonl":
+        return sources_jsonl.columns_of(source)
     try:
         # the header alone is decoded strictly; later rows are checked (and named) by the reader
         with _text(source) as fh:
             header = next(csv.reader(fh), None)
-    except (OSError, csv.Error, pa.ArrowException) as exc:
+    except (*DECOMPRESS_ERRORS, csv.Error, pa.ArrowException) as exc:
+        if source.compression and not isinstance(exc, csv.Error):
+            raise InputError(decompress_error(source.path, source.compression, exc)) from None
         raise InputError(f"{source.path}: cannot read CSV header: {exc}") from None
     if not header:
         raise InputError(f"{source.path}: CSV file has no header row")
@@ -147,13 +158,16 @@ def columns_of(source: SourceFile) -> list[str]:
 
 def _text(source: SourceFile):
     """The file as text for Python's csv module (BOM dropped; bad UTF-8 kept as surrogates to be named)."""
-    if source.location is None:
+    if source.location is None and source.compression is None:
         return open(source.path, newline="", encoding="utf-8-sig", errors="surrogateescape")
     return io.TextIOWrapper(source.open_stream(), encoding="utf-8-sig", errors="surrogateescape", newline="")
 
 
 def check_columns(source: SourceFile, needed: list[str]) -> None:
     """Raise InputError naming the file and column if any of ``needed`` is missing."""
+    if source.format == "jsonl":
+        sources_jsonl.check_fields(source, needed)
+        return
     have = columns_of(source)
     for col in needed:
         if col not in have:
@@ -163,16 +177,33 @@ def check_columns(source: SourceFile, needed: list[str]) -> None:
 def iter_batches(
     source: SourceFile, columns: list[str], start_row: int = 0, batch_rows: int = 8192
 ) -> Iterator[pa.RecordBatch]:
-    """Yield record batches of ``columns`` from row ``start_row`` to the end of the file, in order."""
+    """Yield record batches of ``columns`` from row ``start_row`` to the end of the file, in order.
+
+    A compressed file that ends early or is damaged stops with an ``InputError`` naming it, after the
+    rows before the damage were yielded (so units already committed stay committed).
+    """
+    passed = [start_row]  # rows yielded or skipped so far, for the message of a damaged compressed file
     try:
         if source.format == "parquet":
             yield from _parquet_batches(source, columns, start_row, batch_rows)
+        elif source.format == "jsonl":
+            yield from _counted(sources_jsonl.iter_batches(source, columns, start_row), passed)
         else:
-            yield from _csv_batches(source, columns, start_row)
+            yield from _counted(_csv_batches(source, columns, start_row), passed)
     except pa.ArrowInvalid as exc:
         raise InputError(f"{source.path}: {exc}") from None
-    except OSError as exc:
-        raise InputError(f"{source.path}: read failed: {exc}") from None
+    except DECOMPRESS_ERRORS as exc:
+        if source.compression:
+            raise InputError(decompress_error(source.path, source.compression, exc, passed[0])) from None
+        if isinstance(exc, OSError):
+            raise InputError(f"{source.path}: read failed: {exc}") from None
+        raise
+
+
+def _counted(batches: Iterator[pa.RecordBatch], passed: list[int]) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        passed[0] += batch.num_rows
+        yield batch
 
 
 def _parquet_batches(source: SourceFile, columns: list[str], start_row: int, batch_rows: int):
