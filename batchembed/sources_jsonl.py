@@ -41,7 +41,8 @@ class Field:
     """A field path seen in the first records: its keys from the top and the Arrow type its values take."""
 
     keys: tuple[str, ...]
-    type: pa.DataType | None  # None: its values mix kinds (text and numbers) in the first records
+    type: pa.DataType  # (mixed: the type of its first value)
+    mixed: bool = False  # its values mix kinds (text and numbers) in the first records
 
 
 @functools.lru_cache(maxsize=64)
@@ -72,7 +73,7 @@ def sampled_fields(source) -> dict[str, Field]:
         raise InputError(f"{source.path}: read failed: {exc}") from None
     for seen in values.values():  # paths missing from later records are null there
         seen.extend([None] * (taken - len(seen)))
-    return {path: Field(keys[path], _infer(vals)) for path, vals in values.items()}
+    return {path: _field(keys[path], vals) for path, vals in values.items()}
 
 
 def _parse(source, line: bytes, line_no: int, row: int) -> dict:
@@ -108,12 +109,16 @@ def _collect(record: dict, prefix: tuple[str, ...], values: dict, keys: dict, ro
             _collect(value, path, values, keys, row)
 
 
-def _infer(values: list) -> pa.DataType | None:
-    """The Arrow type pyarrow gives these values (nulls alone, and null parts, read as text); None if mixed."""
+def _field(keys: tuple[str, ...], values: list) -> Field:
+    """The Arrow type pyarrow gives these values (nulls alone, and null parts, read as text)."""
     try:
-        return _no_nulls(pa.array(values).type)
+        return Field(keys, _no_nulls(pa.array(values).type))
     except (pa.ArrowException, TypeError, ValueError, OverflowError):
-        return None
+        first = next(v for v in values if v is not None)
+        try:
+            return Field(keys, _no_nulls(pa.array([first]).type), mixed=True)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):  # e.g. a number over 64 bits
+            return Field(keys, pa.string(), mixed=True)
 
 
 def _no_nulls(kind: pa.DataType) -> pa.DataType:
@@ -162,17 +167,14 @@ def check_fields(source, needed: list[str]) -> None:
                 f"{source.path}: no field {name!r} in the first {SAMPLE_RECORDS:,} records (fields: {have}); "
                 "a nested field is named by its path, like meta.title"
             )
-        if found.type is None:
-            raise InputError(
-                f"{source.path}: field {name!r} holds values of different kinds (e.g. text and numbers) "
-                "in the first records; make it one kind"
-            )
+        if found.mixed:  # name the first record that differs from the first value
+            raise InputError(explain(source, [name], 0, f"field {name!r} holds values of different kinds"))
 
 
 def field_type(source, name: str) -> pa.DataType:
     """The Arrow type field ``name`` is read as (text when the first records do not show it)."""
     found = sampled_fields(source).get(name)
-    return found.type if found is not None and found.type is not None else pa.string()
+    return found.type if found is not None else pa.string()
 
 
 def read_schema(source, columns: list[str]) -> pa.Schema:

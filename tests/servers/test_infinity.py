@@ -59,7 +59,7 @@ def infinity(**extra) -> dict:
 def vectors(out: Path) -> dict[str, np.ndarray]:
     table = read_output(out)
     ids = table.column("_id").to_pylist()
-    return {i: np.asarray(v, dtype=np.float64) for i, v in zip(ids, table.column("embedding").to_pylist())}
+    return {i: np.asarray(v, dtype=np.float64) for i, v in zip(ids, table.column("embedding").to_pylist(), strict=True)}
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -132,8 +132,9 @@ def test_the_served_model_is_recorded(tmp_path):
 
 
 def test_limits_are_learned_without_headers(tmp_path):
-    """No rate-limit header at all: the pace stays the configured one, nothing is read as a limit, and a
-    request over Infinity's 2,048 inputs is split rather than failing its rows."""
+    """No rate-limit header at all: the pace stays the configured one and nothing is read as a limit; a
+    job asking for 2,100 inputs a request stays within Infinity's 2,048 (the openai-compatible cap), so
+    no request is refused and every row arrives."""
     corpus = tmp_path / "corpus.jsonl.gz"
     texts = write_corpus(corpus, 2100, long_every=10**9)
     limits = {"batch_inputs": 2100, "batch_tokens": 10_000_000, "concurrency": 2}
@@ -144,4 +145,5 @@ def test_limits_are_learned_without_headers(tmp_path):
     assert facts["limits"]["tokens_per_minute_source"] != "server"
     assert facts["limits"]["over_limit_responses"] == 0
     assert facts["rows"] == {"embedded": 2100, "skipped": 0, "failed": 0, "already_done": 0}
+    assert facts["retries"] == {}  # not one request refused (a 422 over 2,048 inputs would show here)
     assert set(vectors(tmp_path / "inf")) == set(texts)
