@@ -45,9 +45,22 @@ class Field:
     mixed: bool = False  # its values mix kinds (text and numbers) in the first records
 
 
-@functools.lru_cache(maxsize=64)
+@dataclass(frozen=True)
+class Sample:
+    """What the first records of a file show: their field paths and how many records there were."""
+
+    fields: dict[str, Field]
+    records: int  # 0: the file holds no record at all
+
+
 def sampled_fields(source) -> dict[str, Field]:
-    """Every field path (``a``, ``a.b``) of the file's first records, with its type, in first-seen order.
+    """Every field path (``a``, ``a.b``) of the file's first records, with its type, in first-seen order."""
+    return sample(source).fields
+
+
+@functools.lru_cache(maxsize=64)
+def sample(source) -> Sample:
+    """The file's first records (``SAMPLE_RECORDS``, at most ``SAMPLE_BYTES``), read once per file.
 
     Raises ``InputError`` naming the line if one of those records is not valid JSON or not an object
     (pyarrow's reader must never see a first record that is not an object).
@@ -73,7 +86,7 @@ def sampled_fields(source) -> dict[str, Field]:
         raise InputError(f"{source.path}: read failed: {exc}") from None
     for seen in values.values():  # paths missing from later records are null there
         seen.extend([None] * (taken - len(seen)))
-    return {path: _field(keys[path], vals) for path, vals in values.items()}
+    return Sample({path: _field(keys[path], vals) for path, vals in values.items()}, taken)
 
 
 def _parse(source, line: bytes, line_no: int, row: int) -> dict:
@@ -156,13 +169,13 @@ def check_fields(source, needed: list[str]) -> None:
     A field first seen after ``SAMPLE_RECORDS`` records is refused: a typo would otherwise read as a
     column of nulls. An empty file (no record) has nothing to check.
     """
-    fields = sampled_fields(source)
-    if not fields:
+    if not sample(source).records:
         return
+    fields = sampled_fields(source)
     for name in needed:
         found = fields.get(name)
         if found is None:
-            have = ", ".join(list(fields)[:30]) + (", ..." if len(fields) > 30 else "")
+            have = ", ".join(list(fields)[:30]) + (", ..." if len(fields) > 30 else "") or "none"
             raise InputError(
                 f"{source.path}: no field {name!r} in the first {SAMPLE_RECORDS:,} records (fields: {have}); "
                 "a nested field is named by its path, like meta.title"
@@ -232,9 +245,9 @@ def iter_batches(source, columns: list[str], start_row: int = 0) -> Iterator[pa.
     converted), never by lines. A record larger than the block is retried with a bigger block,
     resuming after the records already yielded. Text that is not valid UTF-8 is refused by row.
     """
-    fields = sampled_fields(source)  # first: a file whose first record is not an object stops here
-    if not fields:
-        return  # no record at all
+    if not sample(source).records:  # first: a file whose first record is not an object stops here
+        return
+    fields = sampled_fields(source)
     schema = read_schema(source, columns)
     block = JSON_BLOCK
     pos = 0  # records passed so far (yielded or skipped)

@@ -253,3 +253,5 @@ def test_an_empty_file_has_no_rows(tmp_path, fake):
     result = run_here(fake, "run", str(job_for(tmp_path, fake, tmp_path / "in")), "--quiet")
     assert result.returncode == 0, result.stderr
     assert read_output(tmp_path / "out").column("id").to_pylist() == ["a"]
+    verify = run_here(None, "verify", str(tmp_path / "job.toml"))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
