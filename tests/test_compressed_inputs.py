@@ -153,8 +153,14 @@ def test_compressed_inputs_stream_from_a_bucket(tmp_path, s3, fake):
     s3.put(bucket, "corpus/part-0.jsonl.gz", compress(jsonl_bytes(texts[:150]), ".gz"))
     s3.put(bucket, "corpus/part-1.jsonl.xz", compress(jsonl_bytes(texts[150:300], 150), ".xz"))
     s3.put(bucket, "corpus/part-2.jsonl.bz2", compress(jsonl_bytes(texts[300:], 300), ".bz2"))
+    # [storage] endpoint names this module's server (a filesystem is reused per store settings in a process)
     job = job_for(
-        tmp_path, fake, f"s3://{bucket}/corpus/*.jsonl.*", input={"text": "doc.text"}, output={"shard_rows": 100}
+        tmp_path,
+        fake,
+        f"s3://{bucket}/corpus/*.jsonl.*",
+        input={"text": "doc.text"},
+        output={"shard_rows": 100},
+        storage={"endpoint": s3.url},
     )
     env = cli_env(**s3.env())
     result = run_here(fake, "run", str(job), "--quiet", env=env)
