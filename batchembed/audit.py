@@ -261,13 +261,14 @@ def _table_problems(out: OutputStore, manifest: Manifest, sources: list[SourceFi
 
 
 def _count_rows(src: SourceFile) -> int:
+    # a JSON Lines file without any record has no field to read: any name reads nothing
     return sum(b.num_rows for b in iter_batches(src, [_first_column(src)]))
 
 
 def _first_column(src: SourceFile) -> str:
     from batchembed.sources import columns_of
 
-    return columns_of(src)[0]
+    return (columns_of(src) or ["_"])[0]
 
 
 def _expected_ids(src: SourceFile, job: JobConfig, start: int, end: int) -> pa.Array:

@@ -26,7 +26,7 @@ from batchembed.errors import ConfigError, UsageError
 class InputConfig:
     """``[input]``: where rows come from and how a row becomes text."""
 
-    path: str = ""  # a file, a directory or a glob of .parquet / .csv files
+    path: str = ""  # a file, a directory or a glob of .parquet / .csv / .jsonl files (CSV, JSONL also compressed)
     text: str = "text"  # a column name, or a template over columns: "{title}\n\n{body}"
     id: str | None = None  # id column; without it an id "file:row" is generated
     keep: tuple[str, ...] = ()  # columns copied next to the vector

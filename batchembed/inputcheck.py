@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from batchembed.config import JobConfig, text_fields
 from batchembed.errors import InputError
 from batchembed.sources import SourceFile, arrow_schema, columns_of, iter_batches
+from batchembed.sources_jsonl import field_type
 
 #: Hashes kept in memory before spilling to bucket files (8 bytes each: 256 MB).
 DIGESTS_IN_MEMORY = 32_000_000
@@ -67,15 +68,15 @@ def _is_text(kind: pa.DataType) -> bool:
 
 
 def check_text_types(source: SourceFile, fields: list[str], cast_text: bool) -> None:
-    """Text columns must be strings (CSV columns always are); ``input.cast_text`` accepts any type.
+    """Text columns must be strings (CSV columns always are; a JSON Lines field as its first records show
+    it); ``input.cast_text`` accepts any type.
 
     A file without rows holds no text to check: its columns may have any type (a writer that saw no
     value types them ``null``), and it contributes no rows."""
-    if cast_text or source.format != "parquet" or source.rows == 0:
+    if cast_text or source.format == "csv" or source.rows == 0:
         return
-    schema = arrow_schema(source)
     for name in fields:
-        kind = schema.field(name).type
+        kind = field_type(source, name) if source.format == "jsonl" else arrow_schema(source).field(name).type
         if not _is_text(kind):
             raise InputError(
                 f"{source.path}: text column {name!r} holds {kind}, not strings; set input.cast_text = true "

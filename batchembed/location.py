@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Container
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -26,6 +26,30 @@ from batchembed.errors import ConfigError, InputError, register_secret
 
 #: Schemes with their store kind. ``az`` is ours (pyarrow knows ``abfs``/``abfss`` only).
 SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure"}
+
+
+#: Input formats by file suffix. CSV and JSON Lines may also be compressed (``COMPRESSIONS``); Parquet
+#: compresses inside, so a ``.parquet.gz`` is not an input.
+INPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+#: Compressed-file suffixes and their codec (decompressed while read, as a stream).
+COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2", ".xz": "xz"}
+#: What an input file may be called, for messages.
+INPUT_KINDS = ".parquet, .csv, .jsonl or .ndjson (CSV and JSON Lines also as .gz, .zst, .bz2 or .xz)"
+
+
+def input_kind(name: str) -> tuple[str, str | None] | None:
+    """(format, codec or None) of an input file named ``name``, or None if it is not an input file.
+
+    ``corpus.jsonl.gz`` -> ("jsonl", "gzip"); ``part.parquet`` -> ("parquet", None); ``notes.txt`` -> None.
+    """
+    stem, ext = os.path.splitext(name.lower())
+    codec = COMPRESSIONS.get(ext)
+    if codec is not None:
+        stem, ext = os.path.splitext(stem)
+    fmt = INPUT_FORMATS.get(ext)
+    if fmt is None or (codec is not None and fmt == "parquet"):
+        return None
+    return fmt, codec
 
 
 @dataclass(frozen=True)
@@ -225,8 +249,9 @@ class FoundFile:
     mtime_ns: int
 
 
-def list_files(where: Location, suffixes: Container[str]) -> list[FoundFile]:
-    """The files with one of ``suffixes`` that an object-store file, prefix or glob names, sorted by key.
+def list_files(where: Location, accept: Callable[[str], object]) -> list[FoundFile]:
+    """The files whose key ``accept`` takes (e.g. ``input_kind``) that an object-store file, prefix or
+    glob names, sorted by key.
 
     A prefix means every file under it (recursively); in a glob, ``*`` and ``?`` stay within one
     level of the key and ``**/`` spans levels. Names are relative to the part before the first
@@ -251,7 +276,7 @@ def list_files(where: Location, suffixes: Container[str]) -> list[FoundFile]:
     found = []
     for info in sorted(infos, key=lambda x: x.path):
         rel_key = info.path[len(where.bucket) + 1 :]
-        if info.type != pafs.FileType.File or os.path.splitext(rel_key)[1].lower() not in suffixes:
+        if info.type != pafs.FileType.File or not accept(rel_key):
             continue
         if pattern is not None and not glob_match(rel_key, pattern):
             continue

@@ -39,9 +39,10 @@ from batchembed.checkpoint import (
     remove_orphans,
 )
 from batchembed.errors import InputError
+from batchembed.identity import restat
 from batchembed.output_cache import OutputCache
 from batchembed.refresh import InputDiff, identity_of, known_rows
-from batchembed.sources import SourceFile, restat
+from batchembed.sources import SourceFile
 from batchembed.store.base import OutputStore
 from batchembed.truncated import rebuild_truncated, write_truncated
 from batchembed.units import Unit

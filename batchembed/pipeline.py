@@ -8,7 +8,9 @@ Stages hand each other plain values; memory is bounded by a window of pieces (re
 written), so a slow provider pushes back on the reader. A piece is done when its last request is
 settled (answered, dead-lettered or abandoned); the writer takes pieces in reading order, so a
 unit's shard holds its rows in input order, and commits the unit with its last piece. A unit with
-an abandoned piece (a stop) is not committed: the next run redoes it.
+an abandoned piece (a stop) is not committed: the next run redoes it. An input that cannot be read
+to its end (a bad record, a truncated compressed file) ends the reading like a stop: what was read
+before it is still sent and its complete units committed, then the run fails with that error.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import asyncio
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from batchembed.errors import InputError
 from batchembed.journal import Journal
 from batchembed.normalize import record_norms
 from batchembed.output import JobOutput, UnitWriter
@@ -56,6 +59,7 @@ class Pipeline:
         self._requests: asyncio.Queue[Request | None] = asyncio.Queue()
         self._pieces: asyncio.Queue[Piece | None] = asyncio.Queue()
         self._workers: list[asyncio.Task] = []
+        self._input_error: InputError | None = None
 
     async def run(self, chunks: Iterator[Chunk]) -> None:
         """Send and write every chunk of ``chunks`` (or until stopped); raise the first real failure."""
@@ -68,6 +72,8 @@ class Pipeline:
         except BaseExceptionGroup as group:
             # Surface the first real failure (an AuthError, an InputError...), not the group.
             raise first_error(group) from None
+        if self._input_error is not None:
+            raise self._input_error
 
     def stop(self) -> None:
         """Read no more chunks and start no more requests; requests in flight finish."""
@@ -84,7 +90,12 @@ class Pipeline:
         try:
             while not self.stopping:
                 await self._slots.acquire()
-                chunk = await asyncio.to_thread(next, stream, sentinel)
+                try:
+                    chunk = await asyncio.to_thread(next, stream, sentinel)
+                except InputError as exc:  # the rows before it are finished and committed first
+                    self._input_error = exc
+                    self._slots.release()
+                    break
                 if chunk is sentinel or self.stopping:
                     self._slots.release()
                     break

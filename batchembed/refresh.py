@@ -38,7 +38,7 @@ DEFAULT_MAX_REMOVED = 0.5
 
 def identity_of(src: SourceFile) -> dict:
     """A file's identity as recorded per shard: size and mtime (ns) on disk, size and ETag in a bucket."""
-    from batchembed.sources import file_identity
+    from batchembed.identity import file_identity
 
     return file_identity(src.size, src.mtime_ns, src.etag)
 

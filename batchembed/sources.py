@@ -1,8 +1,11 @@
-"""Stream rows out of Parquet and CSV files as Arrow record batches, with stable row positions.
+"""Stream rows out of Parquet, CSV and JSON Lines files as Arrow record batches, with stable row positions.
 
 Nothing here holds a whole file: Parquet is read record batch by record batch (and a resume starts
-at the row group that holds its first row), CSV through pyarrow's streaming reader in blocks. CSV
-columns are read as text, so type inference on the first block can never break on a later one.
+at the row group that holds its first row), CSV through pyarrow's streaming reader in blocks, JSON
+Lines through pyarrow's streaming JSON reader (``sources_jsonl``). CSV and JSON Lines may be
+compressed (``.gz``, ``.zst``, ``.bz2``, ``.xz``): they are decompressed as they are read
+(``streams``). CSV columns are read as text, so type inference on the first block can never break
+on a later one.
 """
 
 from __future__ import annotations
@@ -19,14 +22,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from batchembed import sources_jsonl
 from batchembed.errors import InputError
 from batchembed.filecache import FileCache
-from batchembed.location import Location, StorageOptions, first_line, list_files, locate, until_wildcard
-
-FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+from batchembed.identity import known_rows_of, object_etags
+from batchembed.location import (
+    INPUT_KINDS,
+    Location,
+    StorageOptions,
+    first_line,
+    input_kind,
+    list_files,
+    locate,
+)
+from batchembed.streams import DECOMPRESS_ERRORS, decompress_error, decompressed
 
 
 @dataclass(frozen=True)
@@ -39,10 +50,11 @@ class SourceFile:
     format: str
     size: int
     mtime_ns: int
-    rows: int | None  # known up front for Parquet, None for CSV
+    rows: int | None  # known up front for Parquet, None for CSV and JSON Lines
     location: Location | None = field(default=None, compare=False)  # set for object-store files
     cache: FileCache | None = field(default=None, compare=False, repr=False)  # a run's small files, read once
     etag: str | None = None  # an object's ETag (buckets): its identity with the size
+    compression: str | None = None  # "gzip", "zstd", "bz2" or "xz": decompressed while read (CSV, JSON Lines)
 
     def open(self):
         """What pyarrow readers take: the local path, or a random-access file read by ranged GETs (from
@@ -65,58 +77,28 @@ class SourceFile:
             return fh.read_buffer()
 
     def open_stream(self):
-        """A sequential binary stream of the file (CSV): the local path, or a streaming remote reader (from
-        memory when the run's ``cache`` holds the file)."""
+        """A sequential binary stream of the file's (decompressed) bytes: the local path when it is not
+        compressed, else a stream; a remote file streams, never downloaded whole (from memory when the
+        run's ``cache`` holds the file)."""
         if self.cache is not None:
-            return self.cache.open(self, self._read_whole, self._open_stream)
-        return self._open_stream()
+            return decompressed(self.cache.open(self, self._read_whole, self._raw_stream), self.compression)
+        return decompressed(self._raw_stream(), self.compression)
 
-    def _open_stream(self):
+    def _raw_stream(self):
+        """The file's bytes as stored: the local path, or a streaming remote reader."""
         if self.location is None:
-            return self.path
-        return self.location.fs.open_input_stream(self.location.fs_path)
-
-    def identity(self) -> dict[str, object]:
-        """What the job fingerprint records about this file."""
-        return {"name": self.name, "size": self.size, "mtime_ns": self.mtime_ns}
-
-
-def restat(src: SourceFile) -> dict | None:
-    """The file's identity now (size and modification time), or None if it cannot be read."""
-    try:
-        if src.location is None:
-            st = os.stat(src.path)
-            return file_identity(st.st_size, st.st_mtime_ns)
-        if src.etag:
-            found = object_etags(src.location, single=True)
-            return file_identity(src.size if src.location.key in found else -1, 0, found.get(src.location.key))
-        info = src.location.fs.get_file_info(src.location.fs_path)
-        return file_identity(info.size or 0, info.mtime_ns or 0)
-    except (OSError, ValueError):
-        return None
-
-
-def file_identity(size: int, mtime_ns: int, etag: str | None = None) -> dict:
-    """What identifies a version of an input file: size and mtime on disk, size and ETag in a bucket."""
-    return {"size": size, "etag": etag} if etag else {"size": size, "mtime_ns": mtime_ns}
-
-
-def _known(known: dict | None, name: str, size: int, mtime_ns: int, etag: str | None = None) -> int | None:
-    """The row count recorded for a file whose identity is unchanged (so it need not be opened)."""
-    if not known or name not in known:
-        return None
-    identity, rows = known[name]
-    return rows if identity == file_identity(size, mtime_ns, etag) else None
+            return str(self.path)
+        return self.location.fs.open_input_stream(self.location.fs_path, compression=None)
 
 
 def discover(
     spec: str, storage: StorageOptions | None = None, cache: FileCache | None = None, known: dict | None = None
 ) -> list[SourceFile]:
     """Expand a file, directory or glob (local, or a URI such as ``s3://b/data/*.parquet``) into the
-    sorted list of .parquet/.csv files it names. With a run's ``cache``, small files are read once:
-    the opens that follow (checks, reading) are served from memory. ``known`` (name -> (identity, rows))
-    gives the row counts of files the output already holds whole: such a file, unchanged, is listed but
-    not opened."""
+    sorted list of input files it names (see ``location.input_kind``: Parquet, CSV, JSON Lines). With a
+    run's ``cache``, small files are read once: the opens that follow (checks, reading) are served from
+    memory. ``known`` (name -> (identity, rows)) gives the row counts of files the output already holds
+    whole: such a file, unchanged, is listed but not opened."""
     where = locate(spec, storage, "input.path")
     if not where.is_local:
         return _discover_remote(spec, where, cache, known)
@@ -133,16 +115,16 @@ def discover(
         root = path.parent
     else:
         raise InputError(f"input.path {spec!r}: no such file or directory")
-    files = sorted(p for p in matches if p.suffix.lower() in FORMATS and p.is_file())
+    files = sorted(p for p in matches if input_kind(p.name) and p.is_file())
     if not files:
-        raise InputError(f"input.path {spec!r} matches no .parquet or .csv file")
+        raise InputError(f"input.path {spec!r} matches no input file: {INPUT_KINDS}")
     out = []
     for i, p in enumerate(files):
         st = p.stat()
-        fmt = FORMATS[p.suffix.lower()]
+        fmt, codec = input_kind(p.name)
         name = os.path.relpath(p, root) if root != Path("") else str(p)
-        src = SourceFile(i, p, name, fmt, st.st_size, st.st_mtime_ns, None, cache=cache)
-        rows = _known(known, name, st.st_size, st.st_mtime_ns) if fmt == "parquet" else None
+        src = SourceFile(i, p, name, fmt, st.st_size, st.st_mtime_ns, None, cache=cache, compression=codec)
+        rows = known_rows_of(known, name, st.st_size, st.st_mtime_ns) if fmt == "parquet" else None
         if rows is not None:
             src = dataclasses.replace(src, rows=rows)
         elif fmt == "parquet":
@@ -159,14 +141,26 @@ def _discover_remote(
 ) -> list[SourceFile]:
     """``discover`` for an object store: the files ``list_files`` finds, with Parquet row counts."""
     out = []
-    listed = list_files(where, FORMATS)
+    listed = list_files(where, input_kind)
     etags = object_etags(where, single=len(listed) == 1 and listed[0].location.key == where.key)
     for i, found in enumerate(listed):
-        fmt = FORMATS[os.path.splitext(found.location.key)[1].lower()]
+        fmt, codec = input_kind(found.location.key)
         loc = found.location
         etag = etags.get(loc.key)
-        src = SourceFile(i, loc.uri, found.name, fmt, found.size, found.mtime_ns, None, loc, cache=cache, etag=etag)
-        rows = _known(known, found.name, found.size, found.mtime_ns, etag) if fmt == "parquet" else None
+        src = SourceFile(
+            i,
+            loc.uri,
+            found.name,
+            fmt,
+            found.size,
+            found.mtime_ns,
+            None,
+            loc,
+            cache=cache,
+            etag=etag,
+            compression=codec,
+        )
+        rows = known_rows_of(known, found.name, found.size, found.mtime_ns, etag) if fmt == "parquet" else None
         if rows is not None:
             src = dataclasses.replace(src, rows=rows)
         elif fmt == "parquet":
@@ -177,39 +171,8 @@ def _discover_remote(
             src = dataclasses.replace(src, rows=rows)
         out.append(src)
     if not out:
-        raise InputError(f"input.path {spec!r} matches no .parquet or .csv file")
+        raise InputError(f"input.path {spec!r} matches no input file: {INPUT_KINDS}")
     return out
-
-
-def object_etags(where: Location, single: bool = False) -> dict[str, str]:
-    """ETags of the objects under ``where`` (a file, prefix or glob): {key: etag}; {} where they cannot
-    be had (no obstore), and the identity falls back to the last-modified time."""
-    try:
-        import obstore
-
-        from batchembed.store.objects import STORE_ERRORS, connect
-    except ImportError:
-        return {}
-    key = where.key
-    store = connect(dataclasses.replace(where, key=""))
-    try:
-        if single:
-            meta = obstore.head(store, key)
-            return {key: _etag(meta["e_tag"])} if meta.get("e_tag") else {}
-        prefix = "/".join(part for part in until_wildcard(key.split("/")))
-        return {
-            meta["path"]: _etag(meta["e_tag"])
-            for batch in obstore.list(store, prefix=prefix or None)
-            for meta in batch
-            if meta.get("e_tag")
-        }
-    except (*STORE_ERRORS, ValueError):
-        return {}
-
-
-def _etag(value: str) -> str:
-    """An ETag as one form: some stores quote it in HEAD answers and not in listings (Azure)."""
-    return value.removeprefix("W/").strip('"')
 
 
 def _glob_root(spec: str) -> str:
@@ -229,14 +192,18 @@ def arrow_schema(source: SourceFile) -> pa.Schema:
 
 
 def columns_of(source: SourceFile) -> list[str]:
-    """The column names of a file (a CSV's header row)."""
+    """The column names of a file (a CSV's header row; the field paths of a JSON Lines file's first records)."""
     if source.format == "parquet":
         return list(arrow_schema(source).names)
+    if source.format == "jsonl":
+        return sources_jsonl.columns_of(source)
     try:
         # the header alone is decoded strictly; later rows are checked (and named) by the reader
         with _text(source) as fh:
             header = next(csv.reader(fh), None)
-    except (OSError, csv.Error, pa.ArrowException) as exc:
+    except (*DECOMPRESS_ERRORS, csv.Error, pa.ArrowException) as exc:
+        if source.compression and not isinstance(exc, csv.Error):
+            raise InputError(decompress_error(source.path, source.compression, exc)) from None
         raise InputError(f"{source.path}: cannot read CSV header: {exc}") from None
     if not header:
         raise InputError(f"{source.path}: CSV file has no header row")
@@ -255,6 +222,9 @@ def _text(source: SourceFile):
 
 def check_columns(source: SourceFile, needed: list[str]) -> None:
     """Raise InputError naming the file and column if any of ``needed`` is missing."""
+    if source.format == "jsonl":
+        sources_jsonl.check_fields(source, needed)
+        return
     have = columns_of(source)
     for col in needed:
         if col not in have:
@@ -264,16 +234,35 @@ def check_columns(source: SourceFile, needed: list[str]) -> None:
 def iter_batches(
     source: SourceFile, columns: list[str], start_row: int = 0, batch_rows: int = 8192
 ) -> Iterator[pa.RecordBatch]:
-    """Yield record batches of ``columns`` from row ``start_row`` to the end of the file, in order."""
+    """Yield record batches of ``columns`` from row ``start_row`` to the end of the file, in order.
+
+    A compressed file that ends early or is damaged stops with an ``InputError`` naming it, after the
+    rows before the damage were yielded (so units already committed stay committed).
+    """
+    passed = [start_row]  # rows yielded or skipped so far, for the message of a damaged compressed file
     try:
         if source.format == "parquet":
             yield from _parquet_batches(source, columns, start_row, batch_rows)
+        elif source.format == "jsonl":
+            yield from _counted(sources_jsonl.iter_batches(source, columns, start_row), passed)
         else:
-            yield from _csv_batches(source, columns, start_row)
+            from batchembed import sources_csv  # (it builds on this module's SourceFile)
+
+            yield from _counted(sources_csv.csv_batches(source, columns, start_row), passed)
     except pa.ArrowInvalid as exc:
         raise InputError(f"{source.path}: {exc}") from None
-    except OSError as exc:
-        raise InputError(f"{source.path}: read failed: {exc}") from None
+    except DECOMPRESS_ERRORS as exc:
+        if source.compression:
+            raise InputError(decompress_error(source.path, source.compression, exc, passed[0])) from None
+        if isinstance(exc, OSError):
+            raise InputError(f"{source.path}: read failed: {exc}") from None
+        raise
+
+
+def _counted(batches: Iterator[pa.RecordBatch], passed: list[int]) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        passed[0] += batch.num_rows
+        yield batch
 
 
 def _parquet_batches(source: SourceFile, columns: list[str], start_row: int, batch_rows: int):
@@ -331,115 +320,6 @@ def iter_row_ranges(
         raise InputError(f"{source.path}: {exc}") from None
     except OSError as exc:
         raise InputError(f"{source.path}: read failed: {exc}") from None
-
-
-#: First CSV block size; grown (x4) up to ``CSV_MAX_BLOCK`` when a row does not fit in one block.
-CSV_BLOCK = 4 << 20
-#: The largest CSV block (and so the largest CSV row) read: 1 GiB.
-CSV_MAX_BLOCK = 1 << 30
-
-
-def _open_csv(source: SourceFile, columns: list[str], header: list[str], block_size: int):
-    return pacsv.open_csv(
-        source.open_stream(),
-        read_options=pacsv.ReadOptions(block_size=block_size),
-        # quoted newlines are part of a value: records, not lines, are rows
-        parse_options=pacsv.ParseOptions(newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(
-            column_types={name: pa.string() for name in header},
-            include_columns=columns,
-            strings_can_be_null=False,
-        ),
-    )
-
-
-def _csv_batches(source: SourceFile, columns: list[str], start_row: int):
-    """Record-exact CSV streaming: rows are records (quoted newlines, blank lines, CRLF, BOM do not count).
-
-    Committed rows are skipped by record count on the parsed batches (whole batches dropped, the
-    first kept one sliced), never by physical lines. A row larger than the block is retried with a
-    bigger block, resuming after the rows already yielded.
-    """
-    header = columns_of(source)
-    block = CSV_BLOCK
-    pos = 0  # records passed so far (yielded or skipped)
-    while True:
-        try:
-            for batch in _open_csv(source, columns, header, block):
-                end = pos + batch.num_rows
-                if end <= start_row:
-                    pos = end
-                    continue
-                if pos < start_row:
-                    batch = batch.slice(start_row - pos)
-                pos = end
-                if batch.num_rows:
-                    yield batch
-            return
-        except pa.ArrowInvalid as exc:
-            text = str(exc)
-            if "straddl" in text:
-                if block >= CSV_MAX_BLOCK:
-                    raise InputError(csv_row_too_large(source, pos)) from None
-                block = min(block * 4, CSV_MAX_BLOCK)
-                start_row = max(start_row, pos)
-                pos = 0
-                continue
-            raise InputError(explain_csv_error(source, text)) from None
-
-
-def csv_row_too_large(source: SourceFile, after: int) -> str:
-    """The message for a CSV row over ``CSV_MAX_BLOCK`` bytes, naming its row and line."""
-    limit = f"{CSV_MAX_BLOCK >> 20} MB"
-    found = _scan_csv(source, lambda record: sum(len(f) for f in record) >= CSV_MAX_BLOCK, after)
-    where = f"row {found[0]} (line {found[1]})" if found else f"a row after row {after}"
-    return f"{source.path}: {where} is larger than the {limit} a CSV row may hold; split that cell or use Parquet"
-
-
-def explain_csv_error(source: SourceFile, text: str) -> str:
-    """Turn pyarrow's CSV parse/convert error into one naming the row (record) and its line."""
-    header = columns_of(source)
-    if "invalid UTF8" in text:
-        found = _scan_csv(source, lambda record: any("\udc80" <= ch <= "\udcff" for f in record for ch in f))
-        where = f"row {found[0]} (line {found[1]})" if found else "a row"
-        return f"{source.path}: {where} is not valid UTF-8 text; re-export the file as UTF-8"
-    if "Expected" in text and "columns" in text:
-        found = _scan_csv(source, lambda record: len(record) != len(header))
-        if found:
-            row, line, record = found
-            return (
-                f"{source.path}: line {line} (row {row}) has {len(record)} fields, the header has {len(header)}; "
-                "quote values that contain commas, or fix that line"
-            )
-    return f"{source.path}: {text}"
-
-
-def _scan_csv(source: SourceFile, bad, start: int = 0):
-    """First record (from row ``start``) for which ``bad(record)`` holds: (row, first line, record), or None.
-
-    Only used to name the culprit after pyarrow refused the file; counts rows as pyarrow does
-    (records after the header; empty lines are not rows).
-    """
-    limit = csv.field_size_limit()
-    csv.field_size_limit(CSV_MAX_BLOCK)
-    try:
-        with _text(source) as fh:
-            reader = csv.reader(fh)
-            next(reader, None)
-            row, line = -1, reader.line_num
-            try:
-                for record in reader:
-                    first_line, line = line + 1, reader.line_num
-                    if not record:
-                        continue
-                    row += 1
-                    if row >= start and bad(record):
-                        return row, first_line, record
-            except csv.Error:  # a field over the limit (or a broken quote): this is the record
-                return row + 1, line + 1, []
-    finally:
-        csv.field_size_limit(limit)
-    return None
 
 
 def read_rows(source: SourceFile, columns: list[str], rows: list[int]) -> pa.Table:

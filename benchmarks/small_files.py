@@ -1,6 +1,6 @@
 """Many small files vs one file: the same rows, the same server, rows/s of a whole ``batchembed run``.
 
-    python -m benchmarks.small_files [--files 2000] [--rows-per-file 10] [--format parquet|csv]
+    python -m benchmarks.small_files [--files 2000] [--rows-per-file 10] [--format parquet|csv|jsonl]
 
 Both inputs hold the same rows (the first files x rows-per-file rows of ``benchmarks.data``): once
 as one file, once split into ``--files`` files. Goal: the many-files run reaches >= 80% of the
@@ -15,6 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import polars as pl
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -34,7 +35,11 @@ def write_inputs(files: int, rows_per_file: int, fmt: str) -> tuple[Path, Path]:
         shutil.rmtree(base, ignore_errors=True)
         one.mkdir(parents=True)
         many.mkdir(parents=True)
-        write = pq.write_table if fmt == "parquet" else pacsv.write_csv
+        write = {
+            "parquet": pq.write_table,
+            "csv": pacsv.write_csv,
+            "jsonl": lambda table, path: pl.from_arrow(table).write_ndjson(path),
+        }[fmt]
         write(table, one / f"all.{fmt}")
         for i in range(files):
             write(table.slice(i * rows_per_file, rows_per_file), many / f"part-{i:05d}.{fmt}")
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--rows-per-file", type=int, default=10)
-    parser.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    parser.add_argument("--format", choices=["parquet", "csv", "jsonl"], default="parquet")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     rows = args.files * args.rows_per_file

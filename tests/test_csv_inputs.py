@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchembed import sources
+from batchembed import sources_csv
 from batchembed.checkpoint import Manifest, ShardRecord
 from batchembed.errors import InputError
 from batchembed.sources import discover, iter_batches
@@ -194,8 +194,8 @@ def test_a_cell_of_64_mb_is_read(tmp_path):
 
 
 def test_a_row_over_the_block_limit_is_named_with_the_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "CSV_BLOCK", 1 << 16)
-    monkeypatch.setattr(sources, "CSV_MAX_BLOCK", 1 << 18)
+    monkeypatch.setattr(sources_csv, "CSV_BLOCK", 1 << 16)
+    monkeypatch.setattr(sources_csv, "CSV_MAX_BLOCK", 1 << 18)
     path = write_csv(tmp_path / "in.csv", [(0, "a"), (1, "b\nc"), (2, "y" * (1 << 19))], bom=False)
     src = discover(str(path))[0]
     with pytest.raises(InputError, match=r"in\.csv: row 2 \(line 5\) is larger than the 0 MB"):

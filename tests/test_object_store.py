@@ -330,7 +330,7 @@ def test_credentials_never_reach_output_logs_or_errors(tmp_path, s3, bucket, fak
     messages += [failed.stdout, failed.stderr]
     bad_input = _job(tmp_path, fake, f"s3://{bucket}/in/nothing-*.parquet", f"s3://{bucket}/out2")
     failed = run_here(fake, "run", str(bad_input), "--quiet", env=env)
-    assert failed.returncode == 1 and "matches no .parquet or .csv file" in failed.stderr
+    assert failed.returncode == 1 and "matches no input file: .parquet, .csv, .jsonl or .ndjson" in failed.stderr
     messages += [failed.stdout, failed.stderr]
     objects = [s3.get(bucket, k) for k in s3.keys(bucket, "out/")]
     assert objects
