@@ -1,0 +1,130 @@
+"""`plan`'s ETA says what it rests on: the local model timed on this machine, or the limits a run will
+pace to (the server's, when a previous run of the output learned them; else the configured ones)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batchembed import eta
+from batchembed.resolved import resolve_model
+from tests.conftest import job_for, make_texts, run_here, write_job, write_parquet
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _TimedModel:
+    """A stand-in for the local model whose every token costs 1 ms of the injected clock."""
+
+    model, threads = "stub-model", 3
+
+    def __init__(self, clock: _Clock) -> None:
+        self.clock, self.calls = clock, []
+
+    def encode(self, texts):
+        counts = np.array([len(t.split()) for t in texts], np.int64)
+        self.calls.append(len(texts))
+        self.clock.now += counts.sum() / 1000
+        return np.zeros((len(texts), 4), np.float32), counts
+
+
+def test_local_estimate_scales_the_measured_rate(monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr(eta.time, "perf_counter", clock)
+    model = _TimedModel(clock)
+    texts = ["w " * 50] * 1000  # 50 tokens each: 1,000 tokens/s on the stub's clock
+
+    est = eta.measure_local(model, texts, tokens_to_send=120_000, rows=6_000)
+
+    assert est.seconds == pytest.approx(120.0)  # 120k tokens at 1k tokens/s
+    assert (est.basis, est.bound) == ("measured", "cpu")
+    assert "stub-model on 3 threads" in est.detail and "1,000 tokens/s" in est.detail and "50 rows/s" in est.detail
+    # stops once the time budget is spent: not the whole sample
+    assert sum(model.calls) < len(texts) and clock.now == pytest.approx(eta.MEASURE_SECONDS, abs=1.6)
+
+
+def test_local_plan_is_measured_on_this_machine(tmp_path):
+    texts = [f"row {i}: the quick brown fox jumps over the lazy dog" for i in range(300)]
+    pq.write_table(pa.table({"id": list(range(300)), "text": texts}), tmp_path / "in.parquet")
+    job = write_job(
+        tmp_path / "job.toml",
+        {
+            "input": {"path": str(tmp_path / "in.parquet"), "id": "id"},
+            "model": {"provider": "local", "threads": 1},
+            "output": {"path": str(tmp_path / "out")},
+        },
+    )
+    plan = run_here(None, "plan", str(job), "--json")
+    report = json.loads(plan.stdout)
+    assert (report["eta_basis"], report["eta_bound"]) == ("measured", "cpu")
+    assert report["eta_seconds"] > 0 and "on 1 thread " in report["eta_detail"]
+
+    human = run_here(None, "plan", str(job)).stdout
+    assert "ETA              about " in human and "measured just now on this machine" in human
+    assert "requests/min" not in human  # a local model has no rate limits to speak of
+
+
+def test_remote_plan_uses_the_configured_limits_and_says_so(tmp_path, fake):
+    src = write_parquet(tmp_path / "in.parquet", make_texts(200))
+    job = job_for(tmp_path, fake, src, limits={"requests_per_minute": 600, "tokens_per_minute": 1_000_000})
+
+    report = json.loads(run_here(None, "plan", str(job), "--json").stdout)
+    assert report["eta_basis"] == "configured"
+    assert (report["requests_per_minute"], report["tokens_per_minute"]) == (600, 1_000_000)
+    assert report["eta_seconds"] == pytest.approx(max(report["requests"] / 600, report["tokens_to_send"] / 1e6) * 60)
+    human = run_here(None, "plan", str(job)).stdout
+    assert "at least" in human and "600 requests/min and 1.0M tokens/min: the configured limits" in human
+
+
+def test_remote_plan_uses_the_limits_a_previous_run_learned(tmp_path, fake):
+    # the server announces 3M tokens/min (OpenAI headers); the job is told 5M: after one run, the plan
+    # paces to the server's figure and says where it comes from
+    fake.rate_limit(tpm=3_000_000)
+    texts = make_texts(200)
+    src = write_parquet(tmp_path / "in.parquet", texts)
+    job = job_for(tmp_path, fake, src, limits={"tokens_per_minute": 5_000_000, "requests_per_minute": 6000})
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0
+
+    report = json.loads(run_here(None, "plan", str(job), "--json").stdout)
+    assert report["eta_basis"] == "server"
+    assert report["tokens_per_minute"] == pytest.approx(3_000_000, rel=0.02)
+    assert report["requests_per_minute"] == 6000  # the server announced no request limit: the configured one
+    human = run_here(None, "plan", str(job)).stdout
+    assert "3.0M tokens/min: the server's limits, as the last run of this output learned them" in human
+
+
+def test_learned_limits_only_take_the_servers_figures():
+    report = {
+        "limits": {
+            "requests_per_minute": 600,
+            "requests_per_minute_source": "configured",
+            "tokens_per_minute": 90_000,
+            "tokens_per_minute_source": "adaptive",
+        }
+    }
+    assert eta.learned_limits(report) == (None, 90_000.0)
+    assert eta.learned_limits(None) == (None, None)
+
+
+def test_paced_never_exceeds_what_the_job_configures(tmp_path):
+    from batchembed.config import load_job
+
+    job = load_job(
+        write_job(
+            tmp_path / "j.toml",
+            {"input": {"path": "x.parquet"}, "output": {"path": "out"}, "limits": {"tokens_per_minute": 50_000}},
+        )
+    )
+    learned = {"limits": {"tokens_per_minute": 900_000, "tokens_per_minute_source": "server"}}
+    est = eta.paced(resolve_model(job), requests=10, tokens=100_000, previous_report=learned)
+    assert est.tokens_per_minute == 50_000 and est.seconds == pytest.approx(120.0) and est.bound == "tokens"
