@@ -56,7 +56,9 @@ def format_report(r: PlanReport) -> str:
     known = f"catalogue: {r.preset}" if r.preset else "not in the catalogue: no model checks"
     pct = f" ({r.tokens_saved_by_dedup / r.tokens:.1%})" if r.tokens else ""
     policy = {"truncate": "truncated", "skip": "skipped", "fail": "the run would stop"}[r.on_too_long]
-    if r.estimated_cost_usd is not None:
+    if r.provider == "local":
+        cost = "nothing to pay: the local model runs on this machine"
+    elif r.estimated_cost_usd is not None:
         cost = f"${r.estimated_cost_usd:,.2f} at ${r.price_per_million_tokens:g} per 1M tokens ({r.price_source})"
     else:
         cost = "unknown (no price known for this model; pass one with --price USD_PER_1M_TOKENS)"
