@@ -25,11 +25,13 @@ from batchembed.human import per_minute, per_second
 from batchembed.resolved import ResolvedModel
 
 #: Texts the plan keeps from the start of the input to time the local model on.
-SAMPLE_TEXTS = 2048
-#: Seconds spent timing the local model at most (a little more: the batch running at the limit finishes).
-MEASURE_SECONDS = 1.5
-#: Texts per timed call (the model sorts and sub-batches each call itself, as in a run).
-MEASURE_BATCH = 32
+SAMPLE_TEXTS = 4096
+#: Tokens of the warm-up call (untimed for the estimate: a first run at new shapes is slow), whose
+#: rough speed sizes the timed sample.
+WARM_UP_TOKENS = 256
+#: Seconds the timed sample should take, and its bounds in tokens.
+MEASURE_SECONDS = 2.0
+MEASURE_TOKENS = (4096, 32_768)
 
 
 @dataclass(frozen=True)
@@ -44,27 +46,41 @@ class Estimate:
     tokens_per_minute: float | None = None
 
 
-def measure_local(model: Any, texts: list[str], tokens_to_send: int, rows: int) -> Estimate:
-    """Time ``model`` (a ``LocalEmbedder``) on ``texts`` for about ``MEASURE_SECONDS`` and scale its token
-    rate to ``tokens_to_send``; ``rows``: the rows those tokens embed (for the rows/s figure)."""
-    done_texts = done_tokens = 0
-    started = time.perf_counter()
-    while done_texts < len(texts) and time.perf_counter() - started < MEASURE_SECONDS:
-        batch = texts[done_texts : done_texts + MEASURE_BATCH]
-        _, counts = model.encode(batch)
-        done_texts += len(batch)
-        done_tokens += int(counts.sum())
-    spent = time.perf_counter() - started
+def _take(texts: list[str], counts: list[int], start: int, tokens: float) -> int:
+    """The end index of texts from ``start`` adding up to ``tokens`` (at least one text)."""
+    end, total = start, 0
+    while end < len(texts) and (end == start or total < tokens):
+        total += counts[end]
+        end += 1
+    return end
+
+
+def measure_local(model: Any, texts: list[str], tokens_to_send: int, rows: int, clock=time.perf_counter) -> Estimate:
+    """Time ``model`` (a ``LocalEmbedder``) on ``texts`` and scale its token rate to ``tokens_to_send``;
+    ``rows``: the rows those tokens embed (for the rows/s figure).
+
+    A short warm-up call gives a rough speed that sizes the timed sample to about ``MEASURE_SECONDS``;
+    the sample is then embedded in one call, sorted by length inside the model as a run's requests are.
+    """
     threads = getattr(model, "threads", None)
     on = f" on {threads} thread{'s' if threads != 1 else ''}" if threads else ""
-    if not done_tokens:  # nothing to embed
+    if not texts or not tokens_to_send:
         return Estimate(0.0, "measured", "cpu", f"nothing to embed{on}")
-    rate = done_tokens / spent  # tokens per second
+    counts = [int(c) for c in model.count_tokens(texts)]
+    warm = _take(texts, counts, 0, WARM_UP_TOKENS)
+    started = clock()
+    _, done = model.encode(texts[:warm])
+    rough = int(done.sum()) / max(clock() - started, 1e-6)
+    low, high = MEASURE_TOKENS
+    end = _take(texts, counts, warm, min(max(rough * MEASURE_SECONDS, low), high))
+    sample = texts[warm:end] or texts[:warm]  # a tiny job: its whole input was the warm-up
+    started = clock()
+    _, done = model.encode(sample)
+    rate = int(done.sum()) / max(clock() - started, 1e-6)  # tokens per second
     seconds = tokens_to_send / rate
-    rows_rate = f", about {per_second(rows / seconds, 'rows')}" if seconds > 0 else ""
     detail = (
-        f"measured just now on this machine: {model.model}{on} embedded {done_texts:,} of this job's texts "
-        f"at {per_second(rate, 'tokens')}{rows_rate}"
+        f"measured just now on this machine: {model.model}{on} embedded {len(sample):,} of this job's texts "
+        f"at {per_second(rate, 'tokens')}, about {per_second(rows / seconds, 'rows')}"
     )
     return Estimate(seconds, "measured", "cpu", detail)
 

@@ -31,26 +31,35 @@ class _TimedModel:
     def __init__(self, clock: _Clock) -> None:
         self.clock, self.calls = clock, []
 
+    def count_tokens(self, texts):
+        return np.array([len(t.split()) for t in texts], np.int64)
+
     def encode(self, texts):
-        counts = np.array([len(t.split()) for t in texts], np.int64)
-        self.calls.append(len(texts))
+        counts = self.count_tokens(texts)
+        self.calls.append(int(counts.sum()))
         self.clock.now += counts.sum() / 1000
         return np.zeros((len(texts), 4), np.float32), counts
 
 
-def test_local_estimate_scales_the_measured_rate(monkeypatch):
+def test_local_estimate_scales_the_measured_rate():
     clock = _Clock()
-    monkeypatch.setattr(eta.time, "perf_counter", clock)
     model = _TimedModel(clock)
     texts = ["w " * 50] * 1000  # 50 tokens each: 1,000 tokens/s on the stub's clock
 
-    est = eta.measure_local(model, texts, tokens_to_send=120_000, rows=6_000)
+    est = eta.measure_local(model, texts, tokens_to_send=120_000, rows=6_000, clock=clock)
 
     assert est.seconds == pytest.approx(120.0)  # 120k tokens at 1k tokens/s
     assert (est.basis, est.bound) == ("measured", "cpu")
     assert "stub-model on 3 threads" in est.detail and "1,000 tokens/s" in est.detail and "50 rows/s" in est.detail
-    # stops once the time budget is spent: not the whole sample
-    assert sum(model.calls) < len(texts) and clock.now == pytest.approx(eta.MEASURE_SECONDS, abs=1.6)
+    # a warm-up of ~256 tokens, then one timed call of MEASURE_SECONDS at the warm-up's speed (at least 4,096 tokens)
+    assert model.calls == [300, 4100]
+
+
+def test_a_tiny_job_is_timed_on_what_there_is():
+    clock = _Clock()
+    est = eta.measure_local(_TimedModel(clock), ["a b c"], tokens_to_send=3, rows=1, clock=clock)
+    assert est.seconds == pytest.approx(0.003)
+    assert eta.measure_local(_TimedModel(clock), [], tokens_to_send=0, rows=0).seconds == 0
 
 
 def test_local_plan_is_measured_on_this_machine(tmp_path):
