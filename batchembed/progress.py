@@ -25,6 +25,7 @@ class Stats:
     rows_recovered: int = 0  # rows whose answer an interrupted run left in the journal (not sent again)
     rows_resent: int = 0  # rows sent again because an interrupted run's answer never became durable
     rows_failed: int = 0
+    rows_answered: float = 0.0  # rows whose requests have ended, credited request by request (for progress)
     rows_truncated: int = 0  # rows whose text was cut to fit (listed in _truncated.parquet)
     tokens: int = 0  # tokens sent in successful requests (server's count when it reports one)
     tokens_saved: int = 0  # tokens not sent thanks to de-duplication
@@ -40,6 +41,12 @@ class Stats:
     def rows_done(self) -> int:
         """Rows this run finished one way or another."""
         return self.rows_embedded + self.rows_skipped + self.rows_failed
+
+    @property
+    def rows_progress(self) -> int:
+        """Rows to show as done: those written, or, between written pieces, those whose requests ended."""
+        total = self.rows_total if self.rows_total is not None else float("inf")
+        return max(self.rows_done, int(min(self.rows_answered, total)))
 
     @property
     def elapsed(self) -> float:
@@ -95,7 +102,7 @@ class Progress:
         self._since = time.monotonic()
         if self.bar_mode:
             # smoothing=0: the ETA divides what is left by the average rate since the start, not by the
-            # rate of the last few updates (rows are counted a written piece at a time, in jumps)
+            # rate of the last few updates (rows are counted as requests end, in steps)
             self._bar = tqdm(
                 total=self.stats.rows_total,
                 unit="row",
@@ -113,10 +120,11 @@ class Progress:
         s = self.stats
         if s.rows_total is None:
             return "ETA unknown (the row count is learned while reading)"
-        if s.rows_done == 0:
-            return "ETA after the first rows are written"
-        left = max(s.rows_total - s.rows_done, 0)
-        return f"ETA {duration(left / (s.rows_done / self._elapsed()))}"
+        done = s.rows_progress
+        if done == 0:
+            return "ETA after the first answers"
+        left = max(s.rows_total - done, 0)
+        return f"ETA {duration(left / (done / self._elapsed()))}"
 
     def bound_by(self) -> str:
         """What sets the speed: the local model's threads, or the rate limits paced to."""
@@ -132,7 +140,7 @@ class Progress:
         if self._bar is not None:
             if self._bar.total != s.rows_total:
                 self._bar.total = s.rows_total
-            self._bar.n = s.rows_done
+            self._bar.n = s.rows_progress
             postfix = {"tokens": per_minute(s.tokens / elapsed * 60, "tokens"), "in_flight": s.in_flight}
             postfix["retries"] = sum(s.retries.values())
             if s.threads is not None:
@@ -152,7 +160,7 @@ class Progress:
         total = f"/{s.rows_total:,}" if s.rows_total is not None else ""
         bound = self.bound_by()
         return (
-            f"rows {s.rows_done:,}{total} ({per_second(s.rows_done / elapsed, 'rows')}, {self.eta()}), "
+            f"rows {s.rows_progress:,}{total} ({per_second(s.rows_progress / elapsed, 'rows')}, {self.eta()}), "
             f"{short(s.tokens)} tokens ({per_minute(s.tokens / elapsed * 60, 'tokens')}), "
             f"in flight {s.in_flight}, retries {sum(s.retries.values())}, failed {s.rows_failed}, "
             f"truncated {s.rows_truncated}" + (f"; {bound}" if bound else "")

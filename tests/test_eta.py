@@ -137,3 +137,20 @@ def test_paced_never_exceeds_what_the_job_configures(tmp_path):
     learned = {"limits": {"tokens_per_minute": 900_000, "tokens_per_minute_source": "server"}}
     est = eta.paced(resolve_model(job), requests=10, tokens=100_000, previous_report=learned)
     assert est.tokens_per_minute == 50_000 and est.seconds == pytest.approx(120.0) and est.bound == "tokens"
+
+
+def test_local_rerank_plan_is_measured_too(tmp_path):
+    docs = [f"document {i} on rivers and stones" for i in range(40)]
+    pq.write_table(pa.table({"query": [f"q{i // 10}" for i in range(40)], "document": docs}), tmp_path / "p.parquet")
+    job = write_job(
+        tmp_path / "job.toml",
+        {
+            "input": {"path": str(tmp_path / "p.parquet")},
+            "model": {"provider": "local", "threads": 1},
+            "output": {"path": str(tmp_path / "out")},
+            "rerank": {"query": "query", "document": "document"},
+        },
+    )
+    report = json.loads(run_here(None, "plan", str(job), "--json").stdout)
+    assert (report["task"], report["eta_basis"], report["pairs_to_score"]) == ("rerank", "measured", 40)
+    assert report["eta_seconds"] > 0 and "embedded " in report["eta_detail"]

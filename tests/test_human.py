@@ -57,7 +57,7 @@ def _line(stats: Stats) -> str:
 def test_progress_line_for_a_remote_provider_names_its_pace():
     stats = Stats(rows_total=3_000, tokens=1_500_000, pace="600k tokens/min (server), 600 requests/min (configured)")
     line = _line(stats)
-    assert "rows 0/3,000" in line and "ETA after the first rows are written" in line
+    assert "rows 0/3,000" in line and "ETA after the first answers" in line
     assert "1.5M tokens" in line
     assert line.endswith("; pacing to 600k tokens/min (server), 600 requests/min (configured)")
     stats.rows_embedded = 1_000
@@ -114,3 +114,25 @@ def test_progress_bar_shows_threads_for_the_local_model_and_the_pace_otherwise(t
     progress.close()
     out = screen.getvalue()
     assert "500/1.00k" in out and "tokens/min" in out and shown in out and hidden not in out
+
+
+def test_rows_move_as_requests_end_not_only_when_a_piece_is_written():
+    stats = Stats(rows_total=1_000, rows_answered=250.0)
+    line = _line(stats)
+    assert "rows 250/1,000" in line and "ETA after" not in line
+    stats.rows_embedded = 300  # a written piece never counts less than its answers
+    assert "rows 300/1,000" in _line(stats)
+
+
+def test_a_run_credits_every_row_once_as_its_requests_end(tmp_path, fake):
+    from batchembed.config import load_job
+    from batchembed.job import build_runner
+
+    texts = make_texts(300)
+    src = write_parquet(tmp_path / "in.parquet", texts)
+    # one piece of 300 rows, sent as many small requests
+    job = load_job(job_for(tmp_path, fake, src, limits={"batch_inputs": 7}, output={"shard_rows": 1000}))
+    runner = build_runner(job, quiet=True, transport=fake.transport())
+    assert runner.run() == 0
+    assert runner.stats.rows_answered == pytest.approx(300) and runner.stats.rows_progress == 300
+    assert len(fake.requests) > 40
