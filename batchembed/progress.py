@@ -141,13 +141,12 @@ class Progress:
             if self._bar.total != s.rows_total:
                 self._bar.total = s.rows_total
             self._bar.n = s.rows_progress
-            postfix = {"tokens": per_minute(s.tokens / elapsed * 60, "tokens"), "in_flight": s.in_flight}
-            postfix["retries"] = sum(s.retries.values())
-            if s.threads is not None:
-                postfix["threads"] = s.threads
-            elif s.pace:
-                postfix["pace"] = s.pace
-            self._bar.set_postfix(postfix, refresh=False)
+            bound = self.bound_by()
+            self._bar.set_postfix_str(
+                f"{per_minute(s.tokens / elapsed * 60, 'tokens')}, {s.in_flight} in flight, "
+                f"{sum(s.retries.values())} retries" + (f"; {bound}" if bound else ""),
+                refresh=False,
+            )
             self._bar.refresh()
         elif time.monotonic() - self._last_line >= self.interval:
             self._last_line = time.monotonic()

@@ -103,7 +103,10 @@ class _Terminal(io.StringIO):
         return True
 
 
-@pytest.mark.parametrize(("threads", "shown", "hidden"), [(2, "threads=2", "pace="), (None, "pace=", "threads=")])
+@pytest.mark.parametrize(
+    ("threads", "shown", "hidden"),
+    [(2, "; local model on 2 threads", "pacing to"), (None, "; pacing to 600k tokens/min (server)", "thread")],
+)
 def test_progress_bar_shows_threads_for_the_local_model_and_the_pace_otherwise(threads, shown, hidden):
     stats = Stats(rows_total=1_000, tokens=90_000, threads=threads, pace="600k tokens/min (server)")
     screen = _Terminal()
