@@ -106,7 +106,7 @@ class Progress:
             self._bar = tqdm(
                 total=self.stats.rows_total,
                 unit="row",
-                unit_scale=True,
+                unit_scale=not self.stats.rows_total or self.stats.rows_total >= 100_000,  # 1.2M/3.0M; 120/3000
                 smoothing=0,
                 file=self.stream,
                 dynamic_ncols=True,

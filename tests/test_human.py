@@ -116,7 +116,7 @@ def test_progress_bar_shows_threads_for_the_local_model_and_the_pace_otherwise(t
     progress.refresh()
     progress.close()
     out = screen.getvalue()
-    assert "500/1.00k" in out and "tokens/min" in out and shown in out and hidden not in out
+    assert "500/1000" in out and "tokens/min" in out and shown in out and hidden not in out
 
 
 def test_rows_move_as_requests_end_not_only_when_a_piece_is_written():
