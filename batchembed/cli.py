@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from batchembed import __version__
@@ -31,13 +32,72 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: What ``batchembed --help`` says first: what the tool is for, in one line.
+SUMMARY = "Embed (or rerank) millions of Parquet/CSV rows with an API or a local model: rate-limited, resumable."
+
+
+def _readme() -> str:
+    """Where the full guide is: the README next to this package when it is there (a source checkout)."""
+    path = Path(__file__).resolve().parents[1] / "README.md"
+    return str(path) if path.is_file() else "README.md in the batchembed source"
+
+
+def _epilog() -> str:
+    return f"""examples:
+  batchembed init data/docs.parquet   # write jobs/docs.toml: text and id columns, the local model
+  batchembed plan jobs/docs.toml      # rows, tokens, cost and ETA; sends nothing
+  batchembed run jobs/docs.toml       # embed; stop any time, run the same command again to resume
+  batchembed status jobs/docs.toml    # how far it got
+
+exit codes: 0 done, 1 failed, 2 usage error, 3 done but some rows failed (_failed.parquet),
+130/143 stopped by a signal (run again to resume)
+
+Every job-file key, the providers, scaling out: {_readme()}"""
+
+
+def _command(sub, name: str, summary: str, *examples: str) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` says what it does and shows how it is called."""
+    label = "example" if len(examples) == 1 else "examples"
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=summary,
+        epilog=f"{label}:\n" + "\n".join(f"  {e}" for e in examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    parser = argparse.ArgumentParser(prog="batchembed", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="batchembed",
+        description=SUMMARY,
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"batchembed {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
 
-    run = sub.add_parser("run", help="run (or resume) an embedding job")
+    init = _command(
+        sub,
+        "init",
+        "write a commented job file for your own Parquet/CSV file (never overwrites one)",
+        "batchembed init data/docs.parquet                # proposes text and id columns; the local model",
+        "batchembed init data/ --text body --id doc_id --model text-embedding-3-small -o jobs/docs.toml",
+    )
+    init.add_argument("input", help="the data: a file, a directory or a glob (Parquet, CSV)")
+    init.add_argument("--text", metavar="COL", help="the column to embed, or a template: '{title}: {body}'")
+    init.add_argument("--id", metavar="COL", help="the unique id column (default: one unique on a sample)")
+    init.add_argument("--model", metavar="NAME", help="a model from `batchembed models` (default: the local one)")
+    init.add_argument("-o", "--output", metavar="PATH", help="the job file to write (default: jobs/NAME.toml)")
+
+    run = _command(
+        sub,
+        "run",
+        "run (or resume) an embedding job",
+        "batchembed run jobs/docs.toml",
+        "batchembed run jobs/docs.toml --quiet --set model.dimensions=256 --set output.path=out/docs-256",
+    )
     _job_arguments(run)
     run.add_argument("--quiet", "-q", action="store_true", help="plain periodic log lines instead of a progress bar")
     run.add_argument("--restart", action="store_true", help="discard existing output and start over")
@@ -66,22 +126,34 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--engine", choices=["local", "ray"], help="where to run (default: [engine] kind, else local)")
     run.add_argument("--workers", type=int, metavar="N", help="Ray workers (default: [engine] workers)")
 
-    status = sub.add_parser("status", help="how far a job has got")
+    status = _command(sub, "status", "how far a job has got", "batchembed status jobs/docs.toml --json")
     _job_arguments(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
-    verify = sub.add_parser("verify", help="prove the output holds every input row exactly once")
+    verify = _command(
+        sub, "verify", "prove the output holds every input row exactly once", "batchembed verify jobs/docs.toml"
+    )
     _job_arguments(verify)
 
-    plan = sub.add_parser("plan", help="dry run: rows, unique texts, tokens, requests, cost and ETA; sends nothing")
+    plan = _command(
+        sub,
+        "plan",
+        "dry run: rows, unique texts, tokens, requests, cost and ETA; sends nothing",
+        "batchembed plan jobs/docs.toml --price 0.02",
+    )
     _job_arguments(plan)
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     plan.add_argument("--price", type=float, metavar="USD_PER_1M", help="price per million tokens for the estimate")
 
-    models = sub.add_parser("models", help="list the built-in model presets")
+    models = _command(sub, "models", "list the built-in model presets", "batchembed models")
     models.add_argument("--json", action="store_true", help="machine-readable output")
 
-    serve = sub.add_parser("serve", help="serve the local model over an OpenAI/Fireworks-compatible HTTP API")
+    serve = _command(
+        sub,
+        "serve",
+        "serve the local model over an OpenAI/Fireworks-compatible HTTP API",
+        "batchembed serve --port 8080   # then POST http://127.0.0.1:8080/v1/embeddings",
+    )
     add_serve_arguments(serve)
     return parser
 
@@ -129,6 +201,10 @@ def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> in
             ) from None
 
         return serve.command(args)
+    if args.command == "init":
+        from batchembed.init_job import init_command
+
+        return init_command(args.input, args.text, args.id, args.model, args.output)
     if args.command == "models":
         from batchembed.catalog import models_command
 

@@ -29,6 +29,7 @@ from contextlib import asynccontextmanager, suppress
 
 from aiolimiter import AsyncLimiter
 
+from batchembed.human import per_minute
 from batchembed.ratelimit_headers import Announced, parse_duration, parse_rate_headers
 
 __all__ = ["AdaptiveWindow", "MinuteLog", "PacedLimit", "RateLimits", "exhausted_for", "parse_duration"]
@@ -255,15 +256,8 @@ class PacedLimit:
         self.set(min(self.value, target), "adaptive")
 
     def describe(self) -> str:
-        """ "600k (server)"."""
-        return f"{_short(self.value)} ({self.source})"
-
-
-def _short(value: float) -> str:
-    for unit, size in (("M", 1e6), ("k", 1e3)):
-        if value >= size:
-            return f"{value / size:.3g}{unit}"
-    return f"{value:.0f}"
+        """The pace and where it comes from, in human units: "600k tokens/min (server)"."""
+        return f"{per_minute(self.value, self.name)} ({self.source})"
 
 
 class RateLimits:
@@ -338,8 +332,8 @@ class RateLimits:
         return found
 
     def describe(self) -> str:
-        """The paces for the progress line: "tokens/min 600k (server), requests/min 600 (configured)"."""
-        return f"tokens/min {self.tokens.describe()}, requests/min {self.requests.describe()}"
+        """The paces for the progress line: "600k tokens/min (server), 600 requests/min (configured)"."""
+        return f"{self.tokens.describe()}, {self.requests.describe()}"
 
     def report(self) -> dict:
         """The paces for ``_report.json``."""

@@ -100,11 +100,12 @@ class Pipeline:
                     self._slots.release()
                     break
                 piece, requests = await asyncio.to_thread(self._prepare, chunk)
-                piece.pending = len(requests)
+                piece.pending = piece.requests = len(requests)
                 await self._pieces.put(piece)
                 for request in requests:
                     self._requests.put_nowait(request)
                 if piece.pending == 0:
+                    self.stats.rows_answered += piece.rows  # nothing to send: its rows are answered now
                     piece.done.set()
         finally:
             close = getattr(stream, "close", None)
@@ -142,6 +143,7 @@ class Pipeline:
                 except Stop:
                     piece.abandoned = True
             piece.pending -= 1
+            self.stats.rows_answered += piece.rows / piece.requests  # progress between written pieces
             if piece.pending == 0:
                 piece.done.set()
 

@@ -35,6 +35,7 @@ import pyarrow as pa
 from batchembed.batching import pack
 from batchembed.checkpoint import Manifest
 from batchembed.config import JobConfig
+from batchembed.eta import SAMPLE_TEXTS, measure_local, paced, read_previous_report
 from batchembed.inputcheck import check_inputs
 from batchembed.job import build_counter, build_task
 from batchembed.memo import VectorMemo
@@ -142,6 +143,7 @@ class _EmbedTally:
     def __init__(self, report: PlanReport, resolved: ResolvedJob) -> None:
         self.report, self.resolved = report, resolved
         self.seen = _Seen()
+        self.sample: list[str] = []  # the first texts to send, as prepared: the local model is timed on them
         self.first_blank: tuple[str, int] | None = None
         self.first_too_long: tuple[str, int] | None = None
 
@@ -178,6 +180,8 @@ class _EmbedTally:
             return
         # the run sends each distinct text once (in-flight sharing, memo, cache): first occurrences only
         to_send = to_send[self.seen.first_seen(_digests(work.keys[to_send]), counts[to_send])]
+        if len(self.sample) < SAMPLE_TEXTS:
+            self.sample += [work.texts[i] for i in to_send[: SAMPLE_TEXTS - len(self.sample)]]
         report.tokens_to_send += int(counts[to_send].sum())
         limits = self.resolved.config.limits
         report.requests += len(pack(counts[to_send], self.resolved.model.batch_inputs, limits.batch_tokens))
@@ -205,6 +209,7 @@ class _RerankTally:
     def __init__(self, report: PlanReport, resolved: ResolvedJob, counter: _CutCounter) -> None:
         self.report, self.resolved, self.counter = report, resolved, counter
         self.first_too_long: tuple[str, int] | None = None
+        self.sample: list[str] = []  # the first documents to score: the local model is timed on them
 
     def add(self, piece: Piece, requests: list[Request]) -> None:
         report, work = self.report, piece.work
@@ -222,6 +227,9 @@ class _RerankTally:
         report.too_long_pairs += self.counter.cuts  # too long, under truncate
         self.counter.cuts = 0
         report.pairs_to_score += int(work.sendable.sum())
+        if len(self.sample) < SAMPLE_TEXTS:
+            sendable = np.flatnonzero(work.sendable)[: SAMPLE_TEXTS - len(self.sample)]
+            self.sample += [work.documents[i] for i in sendable]
         report.tokens += sum(r.tokens for r in requests)
         report.requests += len(requests)
 
@@ -318,10 +326,21 @@ def estimate(
         report.price_per_million_tokens, report.price_source = preset.price_per_million_tokens, "catalog"
     if report.price_per_million_tokens is not None:
         report.estimated_cost_usd = report.tokens_to_send / 1e6 * report.price_per_million_tokens
-    by_requests = report.requests / report.requests_per_minute
-    by_tokens = report.tokens_to_send / report.tokens_per_minute
-    report.eta_seconds = max(by_requests, by_tokens) * 60.0
-    report.eta_bound = "tokens" if by_tokens > by_requests else "requests"
+    if resolved.local_model is not None:  # bound by this machine's CPU: timed here, on the job's own texts
+        rows = report.pairs_to_score if resolved.is_rerank else report.rows_to_embed
+        eta = measure_local(resolved.local_model, tally.sample, report.tokens_to_send, rows)
+    else:  # bound by the limits the run paces to
+        eta = paced(model, report.requests, report.tokens_to_send, read_previous_report(config))
+        report.requests_per_minute, report.tokens_per_minute = (
+            round(eta.requests_per_minute),
+            round(eta.tokens_per_minute),
+        )
+    report.eta_seconds, report.eta_basis, report.eta_bound, report.eta_detail = (
+        eta.seconds,
+        eta.basis,
+        eta.bound,
+        eta.detail,
+    )
     return report
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
+
+from batchembed.human import duration
 
 
 @dataclass
@@ -42,27 +43,14 @@ class PlanReport:
     price_per_million_tokens: float | None = None
     price_source: str | None = None  # "argument" | "catalog" | None (unknown)
     estimated_cost_usd: float | None = None
-    eta_seconds: float = 0.0  # lower bound from the rate limits alone
-    eta_bound: str = "requests"  # which limit dominates: "requests" | "tokens"
+    eta_seconds: float = 0.0  # local model: measured estimate; remote: lower bound from the paced limits
+    eta_bound: str = "requests"  # what sets the pace: "requests" | "tokens" (remote) | "cpu" (local model)
+    eta_basis: str = "configured"  # "measured" (local) | "server" (limits a previous run learned) | "configured"
+    eta_detail: str = ""  # how the ETA was obtained, in one human line
     warnings: list[str] = field(default_factory=list)
     #: Against an existing output: files added/changed/removed/unchanged (names), rows removed and
     #: rows reused from the output; the other figures then count only what the refresh reads and sends.
     refresh: dict = field(default_factory=dict)
-
-
-def duration(seconds: float) -> str:
-    """A lower-bound ETA as a short text: "59s", "5h 01m", "3d 01h"."""
-    seconds = math.ceil(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, s = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m {s:02d}s"
-    hours, m = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h {m:02d}m"
-    days, h = divmod(hours, 24)
-    return f"{days}d {h:02d}h"
 
 
 def format_report(r: PlanReport) -> str:
@@ -71,7 +59,9 @@ def format_report(r: PlanReport) -> str:
     known = f"catalogue: {r.preset}" if r.preset else "not in the catalogue: no model checks"
     pct = f" ({r.tokens_saved_by_dedup / r.tokens:.1%})" if r.tokens else ""
     policy = {"truncate": "truncated", "skip": "skipped", "fail": "the run would stop"}[r.on_too_long]
-    if r.estimated_cost_usd is not None:
+    if r.provider == "local":
+        cost = "nothing to pay: the local model runs on this machine"
+    elif r.estimated_cost_usd is not None:
         cost = f"${r.estimated_cost_usd:,.2f} at ${r.price_per_million_tokens:g} per 1M tokens ({r.price_source})"
     else:
         cost = "unknown (no price known for this model; pass one with --price USD_PER_1M_TOKENS)"
@@ -105,8 +95,8 @@ def format_report(r: PlanReport) -> str:
         ]
     lines += [
         f"  estimated cost   {cost}",
-        f"  ETA              at least {duration(r.eta_seconds)} at {r.requests_per_minute:,} requests/min and "
-        f"{r.tokens_per_minute:,} tokens/min ({r.eta_bound} bound)",
+        f"  ETA              {'about' if r.eta_basis == 'measured' else 'at least'} {duration(r.eta_seconds)} "
+        f"({r.eta_detail})",
     ]
     if r.prefix:
         lines.insert(1, f"  prefix           {r.prefix!r}")

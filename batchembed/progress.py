@@ -11,6 +11,8 @@ from typing import Any, TextIO
 import numpy as np
 from tqdm import tqdm
 
+from batchembed.human import duration, per_minute, per_second, short
+
 
 @dataclass
 class Stats:
@@ -23,6 +25,7 @@ class Stats:
     rows_recovered: int = 0  # rows whose answer an interrupted run left in the journal (not sent again)
     rows_resent: int = 0  # rows sent again because an interrupted run's answer never became durable
     rows_failed: int = 0
+    rows_answered: float = 0.0  # rows whose requests have ended, credited request by request (for progress)
     rows_truncated: int = 0  # rows whose text was cut to fit (listed in _truncated.parquet)
     tokens: int = 0  # tokens sent in successful requests (server's count when it reports one)
     tokens_saved: int = 0  # tokens not sent thanks to de-duplication
@@ -33,7 +36,8 @@ class Stats:
     retries: Counter = field(default_factory=Counter)  # by status / error class
     latencies: list[float] = field(default_factory=list)
     in_flight: int = 0
-    pace: str = ""  # the limits being paced to, e.g. "tokens/min 600k (server), requests/min 600 (configured)"
+    pace: str = ""  # the limits being paced to, e.g. "600k tokens/min (server), 600 requests/min (configured)"
+    threads: int | None = None  # the local model's threads: bound by the CPU, not by rate limits (None: remote)
     started: float = field(default_factory=time.monotonic)
 
     def note_refresh(self, diff: Any, manifest: Any) -> None:
@@ -45,6 +49,12 @@ class Stats:
     def rows_done(self) -> int:
         """Rows this run finished one way or another."""
         return self.rows_embedded + self.rows_skipped + self.rows_failed
+
+    @property
+    def rows_progress(self) -> int:
+        """Rows to show as done: those written, or, between written pieces, those whose requests ended."""
+        total = self.rows_total if self.rows_total is not None else float("inf")
+        return max(self.rows_done, int(min(self.rows_answered, total)))
 
     @property
     def elapsed(self) -> float:
@@ -96,26 +106,57 @@ class Progress:
         self.bar_mode = not quiet and self.stream.isatty()
         self.interval = interval
         self._last_line = time.monotonic()
+        self._since = stats.started  # until start(): rates count from the run's start
         self._bar: tqdm | None = None
 
     def start(self) -> None:
-        """Open the bar (terminal mode)."""
+        """Open the bar (terminal mode); rates and the ETA count from here (setup is not sending)."""
+        self._since = time.monotonic()
         if self.bar_mode:
-            self._bar = tqdm(total=self.stats.rows_total, unit="row", file=self.stream, dynamic_ncols=True)
+            # smoothing=0: the ETA divides what is left by the average rate since the start, not by the
+            # rate of the last few updates (rows are counted as requests end, in steps)
+            self._bar = tqdm(
+                total=self.stats.rows_total,
+                unit="row",
+                unit_scale=not self.stats.rows_total or self.stats.rows_total >= 100_000,  # 1.2M/3.0M; 120/3000
+                smoothing=0,
+                file=self.stream,
+                dynamic_ncols=True,
+            )
+
+    def _elapsed(self) -> float:
+        return max(time.monotonic() - self._since, 1e-9)
+
+    def eta(self) -> str:
+        """Time left at the average rate so far: "ETA 4m 10s", or why it is not known yet."""
+        s = self.stats
+        if s.rows_total is None:
+            return "ETA unknown (the row count is learned while reading)"
+        done = s.rows_progress
+        if done == 0:
+            return "ETA after the first answers"
+        left = max(s.rows_total - done, 0)
+        return f"ETA {duration(left / (done / self._elapsed()))}"
+
+    def bound_by(self) -> str:
+        """What sets the speed: the local model's threads, or the rate limits paced to."""
+        s = self.stats
+        if s.threads is not None:
+            return f"local model on {s.threads} thread{'s' if s.threads != 1 else ''}"
+        return f"pacing to {s.pace}" if s.pace else ""
 
     def refresh(self) -> None:
         """Called periodically by the runner."""
         s = self.stats
-        elapsed = max(s.elapsed, 1e-9)
+        elapsed = self._elapsed()
         if self._bar is not None:
             if self._bar.total != s.rows_total:
                 self._bar.total = s.rows_total
-            self._bar.n = s.rows_done
-            self._bar.set_postfix(
-                tok_s=f"{s.tokens / elapsed:,.0f}",
-                in_flight=s.in_flight,
-                retries=sum(s.retries.values()),
-                pace=s.pace,
+            self._bar.n = s.rows_progress
+            bound = self.bound_by()
+            self._bar.set_postfix_str(
+                f"{per_minute(s.tokens / elapsed * 60, 'tokens')}, {s.in_flight} in flight, "
+                f"{sum(s.retries.values())} retries" + (f"; {bound}" if bound else ""),
                 refresh=False,
             )
             self._bar.refresh()
@@ -124,14 +165,32 @@ class Progress:
             self.line(self.status_line())
 
     def status_line(self) -> str:
-        """One line of counters for logs."""
+        """One line of counters for logs, in human units."""
+        s = self.stats
+        elapsed = self._elapsed()
+        total = f"/{s.rows_total:,}" if s.rows_total is not None else ""
+        bound = self.bound_by()
+        return (
+            f"rows {s.rows_progress:,}{total} ({per_second(s.rows_progress / elapsed, 'rows')}, {self.eta()}), "
+            f"{short(s.tokens)} tokens ({per_minute(s.tokens / elapsed * 60, 'tokens')}), "
+            f"in flight {s.in_flight}, retries {sum(s.retries.values())}, failed {s.rows_failed}, "
+            f"truncated {s.rows_truncated}" + (f"; {bound}" if bound else "")
+        )
+
+    def summary(self, verb: str, where: str) -> str:
+        """The closing line of a run: what was done, how fast, and what bound the speed."""
         s = self.stats
         elapsed = max(s.elapsed, 1e-9)
-        total = f"/{s.rows_total:,}" if s.rows_total is not None else ""
+        rate = per_second(s.rows_done / self._elapsed(), "rows")
+        if s.threads is not None:
+            speed = f"{rate}, local model on {s.threads} thread{'s' if s.threads != 1 else ''}"
+        else:
+            speed = f"{rate}, {per_minute(s.requests / self._elapsed() * 60, 'requests')}"
         return (
-            f"rows {s.rows_done:,}{total} ({s.rows_done / elapsed:,.0f}/s), tokens {s.tokens:,} "
-            f"({s.tokens / elapsed:,.0f}/s), in flight {s.in_flight}, retries {sum(s.retries.values())}, "
-            f"failed {s.rows_failed}, truncated {s.rows_truncated}" + (f"; {s.pace}" if s.pace else "")
+            f"done: {s.rows_embedded:,} rows {verb}, {s.rows_skipped:,} skipped, {s.rows_failed:,} failed, "
+            f"{s.rows_truncated:,} truncated in {duration(elapsed)} ({speed}); "
+            f"{short(s.tokens)} tokens ({per_minute(s.tokens / self._elapsed() * 60, 'tokens')}), "
+            f"{s.requests:,} requests -> {where}"
         )
 
     def line(self, text: str) -> None:

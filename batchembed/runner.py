@@ -371,12 +371,7 @@ class JobRunner:
             )
             return EXIT_SIGINT if self.stopping == signal.SIGINT else EXIT_SIGTERM
         verb = "scored" if self.job.is_rerank else "embedded"
-        summary = (
-            f"done: {s.rows_embedded:,} rows {verb}, {s.rows_skipped:,} skipped, {s.rows_failed:,} failed, "
-            f"{s.rows_truncated:,} truncated, {s.tokens:,} tokens, {s.requests:,} requests in {s.elapsed:.1f}s "
-            f"-> {self.out}"
-        )
-        self.progress.line(summary)
+        self.progress.line(self.progress.summary(verb, str(self.out)))
         if s.refresh.get("generation"):
             self.progress.line(
                 f"refresh: {s.rows_reused:,} rows reused from the output, "

@@ -218,6 +218,9 @@ class RayDriver(JobRunner):
     def _dispatch(self, retry: bool) -> None:
         ray = import_ray()
         engine = self.job.engine
+        if self.stats.threads is not None:  # the local model computes on the workers, with their CPUs
+            per_worker = self.job.model.threads or max(1, round(engine.cpus_per_worker))
+            self.stats.threads = engine.workers * per_worker
         budget = (
             ray.remote(JobBudget)
             .options(num_cpus=0)

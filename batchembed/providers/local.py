@@ -147,6 +147,11 @@ class LocalEmbedder:
         return self.dimensions or self._native_dim
 
     @property
+    def threads(self) -> int:
+        """onnxruntime intra-op threads this model computes with (``model.threads``, default every CPU)."""
+        return self._threads
+
+    @property
     def max_tokens(self) -> int:
         """Longest input in tokens (special tokens included); longer inputs are truncated."""
         return self._max_tokens

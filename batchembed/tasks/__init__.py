@@ -34,6 +34,7 @@ class Piece:
     work: Any  # the task's own state (texts and vectors, pairs and scores)
     errors: dict[int, str] = field(default_factory=dict)  # item index -> why it failed
     pending: int = 0  # requests outstanding
+    requests: int = 0  # requests it had to send at the start (progress credits its rows as they end)
     abandoned: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
