@@ -63,6 +63,11 @@ def status(job: JobConfig, as_json: bool = False) -> int:
         "tokens": manifest.tokens(),
         "same_job": [f.identity() for f in sources] == manifest.fingerprint.get("files"),
     }
+    from batchembed.batch.cancel import batch_status, print_batch_status
+
+    batches = batch_status(out)
+    if batches is not None:
+        doc["batches"] = batches
     if as_json:
         print(json.dumps(doc, indent=2))
         return ExitCode.OK
@@ -81,6 +86,8 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     if doc["served_model"]:
         print(f"model:    {doc['served_model']} (as the server named it)")
     print(f"tokens:   {doc['tokens']:,}")
+    if batches is not None:
+        print_batch_status(batches)
     if not doc["same_job"]:
         print("warning:  the input files changed since this output was written; `run` will refuse to resume")
     return ExitCode.OK
