@@ -36,6 +36,7 @@ class BatchResults:
         self.status: dict[bytes, str] = {}
         self.errors: dict[bytes, str] = {}
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.dim: int | None = None  # the answers' vector size (embed), from the first file with an answer
         for piece in ledger.pieces:
             for a in piece.attempts:
                 if a.step == COLLECTED:
@@ -43,6 +44,9 @@ class BatchResults:
 
     def _index(self, name: str) -> None:
         table = self.ledger.store.read_table(name, columns=["key", "status", "error"])
+        kind = self.ledger.store.parquet_file(name).schema_arrow.field(self.items.column).type
+        if self.dim is None and pa.types.is_fixed_size_list(kind) and OK in table.column("status").to_pylist():
+            self.dim = kind.list_size
         at = len(self.files)
         self.files.append(name)
         keys = table.column("key").to_pylist()

@@ -27,6 +27,7 @@ from batchembed.batch.items import Items
 from batchembed.batch.ledger import (
     COLLECTED,
     CREATING,
+    FAILED as FAILED_ITEM,
     PLANNED,
     RETRY,
     RUNNING,
@@ -167,14 +168,10 @@ class BatchLoop:
         await asyncio.to_thread(self.ledger.store.write_table, piece.results_name(a.n), results)
         failpoint("batch-after-results")
         a.step, a.status = COLLECTED, view.status
-        a.billed_items, a.billed_tokens, a.ok, a.failed, a.retry = (
-            got.billed_items,
-            got.billed_tokens,
-            got.ok,
-            got.failed,
-            got.retry,
-        )
-        retry = np.array(results.column("status").to_pylist(), dtype=object) == RETRY
+        status = np.array(results.column("status").to_pylist(), dtype=object)
+        retry = status == RETRY
+        a.billed_items, a.billed_tokens, a.ok = got.billed_items, got.billed_tokens, got.ok
+        a.failed, a.retry = int((status == FAILED_ITEM).sum()), int(retry.sum())
         if retry.any():
             nxt = self._next_items(sent, retry, got.split[retry])
             self.say(
@@ -186,7 +183,11 @@ class BatchLoop:
             return
         piece.settled = True
         await self._save(piece)
-        self.say(f"batch {view.id} ({piece.name}) {view.status}: {got.ok:,} answered, {got.failed:,} failed")
+        reasons = ""
+        if a.failed:
+            errors = results.column("error").drop_null().to_pylist()
+            reasons = f" ({errors[0]}{', ...' if len(set(errors)) > 1 else ''})"
+        self.say(f"batch {view.id} ({piece.name}) {view.status}: {got.ok:,} answered, {a.failed:,} failed{reasons}")
 
     def _next_items(self, sent: pa.Table, retry: np.ndarray, alone: np.ndarray) -> pa.Table:
         """The items to send again: their old lines kept, except those of a refused line, one per line."""

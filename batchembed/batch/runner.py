@@ -129,6 +129,11 @@ class BatchRunner(JobRunner):
         settled = {p.name for p in ledger.pieces if p.settled}
         ready = {unit for unit, waits in planner.waits.items() if waits <= settled}
         self.still_running = sum(1 for p in ledger.pieces if not p.settled)
+        if not self.job.is_rerank and getattr(self.task, "dim", 0) is None:
+            if results.dim is not None:
+                self.task.dim = results.dim
+            elif ready:  # no batch answered anything: one online request (the canary) tells the vector size
+                await super()._check_server(self.manifest)
         self.journal.codec = BatchCodec(self.journal.codec, results, items, self.counts)
         self.units = lambda unit: unit.name in ready
         await super()._pipeline(sources, columns, retry_units)

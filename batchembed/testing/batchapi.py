@@ -171,7 +171,9 @@ class FakeBatchProvider(FakeProvider):
             "done": 0,
         }
         self.batches[batch_id] = batch
-        self.created.append({"id": batch_id, "metadata": batch["metadata"], "inputs": inputs, "quota": quota})
+        self.created.append(
+            {"id": batch_id, "metadata": batch["metadata"], "inputs": inputs, "quota": quota, "enqueued": enqueued}
+        )
         return _json(200, self._view(batch))
 
     def _get(self, batch_id: str) -> Response:
@@ -233,7 +235,7 @@ class FakeBatchProvider(FakeProvider):
                 ended = "expired"
                 err.append({"custom_id": cid, "response": None, "error": {"code": "batch_expired", "message": "x"}})
                 continue
-            status, body = self._answer(batch, line.get("body") or {})
+            status, body = self._answer_line(batch, line.get("body") or {})
             entry = {
                 "id": f"req_{next(self._ids)}",
                 "custom_id": cid,
@@ -252,11 +254,11 @@ class FakeBatchProvider(FakeProvider):
         if err:
             batch["error"] = self._store(b"\n".join(orjson.dumps(x) for x in err))
 
-    def _answer(self, batch: dict[str, Any], body: dict[str, Any]) -> tuple[int, Any]:
+    def _answer_line(self, batch: dict[str, Any], body: dict[str, Any]) -> tuple[int, Any]:
         full = {**batch["params"], **body}
         full.setdefault("model", batch["model"])
-        if self.shape == "voyage":
-            full.pop("output_dimension", None)
+        if "output_dimension" in full:  # Voyage's name for it
+            full["dimensions"] = full.pop("output_dimension")
         try:
             if "query" in full:
                 saved, self.rerank_format = self.rerank_format, "voyage"
