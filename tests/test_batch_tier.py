@@ -10,12 +10,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tests.conftest import assert_vectors, cli_env, make_texts, read_output, run_here, write_job, write_parquet
 
 from batchembed.batch import loop as batch_loop
 from batchembed.exitcodes import ExitCode
 from batchembed.testing import expected_score
 from batchembed.testing.batchapi import FakeBatchProvider
+from tests.conftest import assert_vectors, cli_env, make_texts, read_output, run_here, write_job, write_parquet
 
 ENV = cli_env(OPENAI_API_KEY="sk-test", MISTRAL_API_KEY="m-test", VOYAGE_API_KEY="v-test")
 

@@ -27,7 +27,6 @@ from batchembed.batch.items import Items
 from batchembed.batch.ledger import (
     COLLECTED,
     CREATING,
-    FAILED as FAILED_ITEM,
     PLANNED,
     RETRY,
     RUNNING,
@@ -36,6 +35,9 @@ from batchembed.batch.ledger import (
     Ledger,
     Piece,
     now,
+)
+from batchembed.batch.ledger import (
+    FAILED as FAILED_ITEM,
 )
 from batchembed.batch.shapes import CANCELLED, EXPIRED, FAILED, PENDING, BatchView
 from batchembed.checkpoint import failpoint

@@ -228,13 +228,10 @@ class BatchRunner(JobRunner):
         if self.ledger is not None:
             t = self.ledger.totals()
             report = self.batch_report()
-            cost = (
-                ""
-                if report["cost_usd"] is None
-                else (
-                    f", ${report['cost_usd']:,.4f} at the batch price (${report['cost_usd_online_equivalent']:,.4f} online)"
-                )
-            )
+            cost = ""
+            if report["cost_usd"] is not None:
+                online = report["cost_usd_online_equivalent"]
+                cost = f", ${report['cost_usd']:,.4f} at the batch price (${online:,.4f} online)"
             self.progress.line(
                 f"batches: {t['batches_created']} created, {t['items_billed']:,} inputs and "
                 f"{t['tokens_billed']:,} tokens billed{cost}"
