@@ -42,6 +42,11 @@ class PlanReport:
     price_per_million_tokens: float | None = None
     price_source: str | None = None  # "argument" | "catalog" | None (unknown)
     estimated_cost_usd: float | None = None
+    tier: str = "online"  # model.tier
+    batch_price_share: float | None = None  # the provider's batch price as a share of the online one (None: none)
+    estimated_batch_cost_usd: float | None = None  # the same tokens through the provider's batch API
+    batches: int = 0  # batches the batch tier would create (inputs per batch at most the provider's cap)
+    batch_window: str | None = None  # the provider's completion window
     eta_seconds: float = 0.0  # lower bound from the rate limits alone
     eta_bound: str = "requests"  # which limit dominates: "requests" | "tokens"
     warnings: list[str] = field(default_factory=list)
@@ -100,8 +105,17 @@ def format_report(r: PlanReport) -> str:
             f"{r.tokens_saved_by_dedup:,}{pct})",
             f"  requests         {r.requests:,} (at most {r.batch_inputs:,} inputs / {r.batch_tokens:,} tokens each)",
         ]
+    lines += [f"  estimated cost   {cost}" + (" (online tier)" if r.batch_price_share is not None else "")]
+    if r.batch_price_share is not None:
+        batch_cost = "unknown" if r.estimated_batch_cost_usd is None else f"${r.estimated_batch_cost_usd:,.2f}"
+        chosen = " <- this job" if r.tier == "batch" else ' (set model.tier = "batch")'
+        lines.append(
+            f"  batch tier       {batch_cost} ({r.batch_price_share:.0%} of online) in {r.batches:,} batches, "
+            f"answered within the provider's {r.batch_window} window{chosen}"
+        )
+    elif r.provider == "fireworks":
+        lines.append("  batch tier       none: Fireworks has no batch API for embeddings or rerank")
     lines += [
-        f"  estimated cost   {cost}",
         f"  ETA              at least {duration(r.eta_seconds)} at {r.requests_per_minute:,} requests/min and "
         f"{r.tokens_per_minute:,} tokens/min ({r.eta_bound} bound)",
     ]

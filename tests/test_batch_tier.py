@@ -271,3 +271,36 @@ def test_no_wait_is_for_the_batch_tier(tmp_path):
     job = write_job(tmp_path / "job.toml", {"input": {"path": str(inp)}, "output": {"path": str(tmp_path / "o")}})
     r = run_here(None, "run", str(job), "--no-wait", env=ENV)
     assert r.returncode == ExitCode.USAGE and "tier" in r.stderr
+
+
+def test_plan_shows_the_batch_price_next_to_the_online_price(tmp_path):
+    fake = FakeBatchProvider(dim=16)
+    texts = make_texts(300) + make_texts(50)
+    job = batch_job(tmp_path, fake, texts, price_per_million_tokens=0.02)
+    r = run_here(None, "plan", str(job), "--json", env=ENV)
+    doc = json.loads(r.stdout)
+    assert doc["tier"] == "batch" and doc["batch_price_share"] == 0.5 and doc["batches"] == 3  # 300 / 120
+    assert doc["estimated_batch_cost_usd"] == pytest.approx(doc["estimated_cost_usd"] / 2)
+    text = run_here(None, "plan", str(job), env=ENV).stdout
+    assert "batch tier" in text and "50% of online" in text and "<- this job" in text
+    fw = write_job(
+        tmp_path / "fw.toml",
+        {"input": {"path": str(tmp_path / "in.parquet")}, "output": {"path": str(tmp_path / "o2")}},
+    )
+    assert "Fireworks has no batch API" in run_here(None, "plan", str(fw), env=ENV).stdout
+
+
+def test_restart_cancels_the_running_batches_and_starts_over(tmp_path):
+    fake = FakeBatchProvider(dim=16)
+    fake.hold_batches = True
+    texts = make_texts(200)
+    job = batch_job(tmp_path, fake, texts)
+    assert run_here(fake, "run", str(job), "--quiet", "--no-wait", env=ENV).returncode == 75
+    fake.hold_batches = False
+    r = run_here(fake, "run", str(job), "--quiet", "--restart", env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert "cancelled 2 batches of the earlier run" in r.stderr
+    assert len(fake.created) == 4
+    first = [c["id"] for c in fake.created[:2]]
+    assert all(fake.batches[b]["ended"] == "cancelling" for b in first)  # the provider ends them itself
+    assert_vectors(read_output(tmp_path / "out"), dict(enumerate(texts)), 16)

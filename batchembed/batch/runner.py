@@ -103,8 +103,11 @@ class BatchRunner(JobRunner):
     async def _pipeline(self, sources, columns, retry_units) -> None:
         store = self.output.store
         fingerprint = fingerprint_hash(self.manifest.fingerprint)
-        self.ledger = ledger = await asyncio.to_thread(Ledger.open, store, fingerprint)
         shape = batch_shape(self.resolved)
+        old = await asyncio.to_thread(Ledger.read, store)
+        if old is not None and (self.restart or old.fingerprint != fingerprint):
+            await self._abandon(old, shape)
+        self.ledger = ledger = await asyncio.to_thread(Ledger.open, store, fingerprint)
         items = make_items(self.resolved, self.task, shape)
         cap = min(shape.max_inputs, self.job.model.batch_inputs or shape.max_inputs)
         planner = Planner(ledger, items, max_inputs=cap, max_bytes=shape.max_bytes, max_lines=shape.max_lines)
@@ -137,6 +140,19 @@ class BatchRunner(JobRunner):
         self.journal.codec = BatchCodec(self.journal.codec, results, items, self.counts)
         self.units = lambda unit: unit.name in ready
         await super()._pipeline(sources, columns, retry_units)
+
+    async def _abandon(self, old: Ledger, shape: OpenAIShape) -> None:
+        """``--restart`` (or another job's ledger): cancel its running batches, then forget it."""
+        client = make_client(self.resolved, shape, self.batch_transport)
+        try:
+            n = await BatchLoop(
+                old, client, None, queue_inputs=0, resubmits=0, fallback="fail", say=self.progress.line
+            ).cancel()
+        finally:
+            await client.aclose()
+        if n:
+            self.progress.line(f"cancelled {n} batches of the earlier run (their finished lines are billed)")
+        await asyncio.to_thread(old.drop)
 
     def _plan(self, planner: Planner, sources, columns, retry_units) -> None:
         """The planning pass (a worker thread): the task's prepare on every open chunk, nothing sent."""
