@@ -3,10 +3,12 @@ API on loopback), then run again: no batch created twice, no text billed twice, 
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from batchembed.testing.batchapi import FakeBatchServer
-from tests.conftest import assert_vectors, cli_env, make_texts, read_output, run_cli
+from tests.conftest import assert_vectors, cli_env, make_texts, read_output, run_cli, start_cli
 from tests.test_batch_tier import batch_job
 
 #: Every step where a kill hurts: around each remote call, and the commit of a unit.
@@ -39,3 +41,21 @@ def test_sigkill_at_each_step_buys_nothing_twice(tmp_path, point):
     assert table.num_rows == len(texts)
     assert_vectors(table, dict(enumerate(texts)), 16)
     assert run_cli("verify", str(job), env=cli_env()).returncode == 0
+
+
+def test_ctrl_c_while_waiting_leaves_the_batches_running(tmp_path):
+    texts = make_texts(200)
+    with FakeBatchServer(dim=16) as srv:
+        srv.hold_batches = True
+        job = batch_job(tmp_path, srv, texts, batch_poll_seconds=0.05)
+        proc = start_cli("run", str(job), "--quiet", env=cli_env(OPENAI_API_KEY="sk"))
+        srv.wait_for_batches(2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert "keep running at the provider" in err and "batchembed cancel" in err
+        assert srv.running() == 2  # nothing cancelled
+        srv.hold_batches = False
+        done = run_cli("run", str(job), "--quiet", env=cli_env(OPENAI_API_KEY="sk"))
+        assert done.returncode == 0, done.stderr
+        assert len(srv.created) == 2 and sorted(srv.billed_texts) == sorted(texts)

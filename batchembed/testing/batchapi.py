@@ -76,7 +76,7 @@ class FakeBatchProvider(FakeProvider):
         self.lines_billed = 0
         self.billed_texts: list[str] = []
         self._ids = itertools.count(1)
-        self._batch_lock = threading.Lock()
+        self._batch_lock = threading.Condition()
 
     @property
     def batches_path(self) -> str:
@@ -171,6 +171,7 @@ class FakeBatchProvider(FakeProvider):
             "done": 0,
         }
         self.batches[batch_id] = batch
+        self._batch_lock.notify_all()
         self.created.append(
             {"id": batch_id, "metadata": batch["metadata"], "inputs": inputs, "quota": quota, "enqueued": enqueued}
         )
@@ -327,6 +328,12 @@ class FakeBatchProvider(FakeProvider):
                 if not batch["ended"]:
                     batch["phase"] = 3
                     self._finish(batch, "completed")
+
+    def wait_for_batches(self, n: int, timeout: float = 30) -> None:
+        """Block until ``n`` batches were created; TimeoutError otherwise."""
+        with self._batch_lock:
+            if not self._batch_lock.wait_for(lambda: len(self.batches) >= n, timeout=timeout):
+                raise TimeoutError(f"expected {n} batches within {timeout}s, got {len(self.batches)}")
 
     def running(self) -> int:
         """Batches not ended yet."""
