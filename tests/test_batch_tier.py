@@ -138,11 +138,12 @@ def test_queue_limits_wait_and_submit_again(tmp_path):
     assert max(c["enqueued"] + c["inputs"] for c in fake.created) <= 250
 
 
-def test_a_kill_between_create_and_record_finds_the_batch_on_the_paged_list(tmp_path, monkeypatch):
-    fake = FakeBatchProvider(dim=16)
+@pytest.mark.parametrize("provider", ["openai", "mistral", "voyage"])
+def test_a_kill_between_create_and_record_finds_the_batch_on_the_paged_list(tmp_path, monkeypatch, provider):
+    fake = FakeBatchProvider(dim=16, shape=provider)
     fake.page_size = 2  # the batch sought sits on a later page of the list
     texts = make_texts(500)
-    job = batch_job(tmp_path, fake, texts)
+    job = batch_job(tmp_path, fake, texts, provider=provider)
     real = batch_loop.failpoint
     seen = []
 
@@ -304,3 +305,26 @@ def test_restart_cancels_the_running_batches_and_starts_over(tmp_path):
     first = [c["id"] for c in fake.created[:2]]
     assert all(fake.batches[b]["ended"] == "cancelling" for b in first)  # the provider ends them itself
     assert_vectors(read_output(tmp_path / "out"), dict(enumerate(texts)), 16)
+
+
+def test_dimensions_cut_here_when_the_job_says_client(tmp_path):
+    fake = FakeBatchProvider(dim=16)
+    texts = make_texts(100)
+    job = batch_job(tmp_path, fake, texts, dimensions=8, dimensions_by="client")
+    r = run_here(fake, "run", str(job), "--quiet", env=ENV)
+    assert r.returncode == 0, r.stderr
+    table = read_output(tmp_path / "out")
+    assert table.schema.field("embedding").type.list_size == 8
+    first = table.column("embedding")[0].values.to_numpy()
+    assert abs(float((first**2).sum()) - 1.0) < 1e-5  # cut and L2-normalised again
+
+
+def test_a_server_ignoring_dimensions_stops_the_job_without_buying_again(tmp_path):
+    fake = FakeBatchProvider(dim=16)
+    fake.ignore_dimensions = True  # answers 16 dimensions whatever is asked
+    texts = make_texts(100)
+    job = batch_job(tmp_path, fake, texts, dimensions=8)
+    for _ in range(2):
+        r = run_here(fake, "run", str(job), "--quiet", env=ENV)
+        assert r.returncode == ExitCode.FAILED and "model.dimensions" in r.stderr
+    assert len(fake.created) == 1 and fake.inputs_billed == 100  # never submitted again

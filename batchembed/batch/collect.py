@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from batchembed.batch.items import Items
 from batchembed.batch.ledger import FAILED, OK, ONLINE, RETRY
-from batchembed.errors import APIError
+from batchembed.errors import APIError, ServerIgnoredSettings
 
 #: Line status codes that are the line's own fault (sent again, they fail again).
 BAD_REQUEST = frozenset({400, 404, 413, 422})
@@ -77,8 +77,11 @@ def collect(items: Items, sent: pa.Table, output: bytes, errors: bytes, expired_
         code = response.get("status_code") if isinstance(response, dict) else None
         err = doc.get("error") or {}
         if code == 200:
+            billed_items += int(count[line])  # answered: billed, whatever we make of the answer
             try:
                 got, tokens = items.parse(response.get("body"), int(count[line]))
+            except ServerIgnoredSettings:
+                raise  # every answer is of the wrong size: the job's settings, not this line (sending again pays again)
             except APIError as exc:
                 error[at] = f"malformed answer: {exc}"
                 continue
@@ -86,7 +89,6 @@ def collect(items: Items, sent: pa.Table, output: bytes, errors: bytes, expired_
                 answers = items.empty(len(lines), got)
             answers[at] = got[index[at]]  # the parser mapped results by index; items sit in index order
             status[at] = OK
-            billed_items += int(count[line])
             billed_tokens += int(tokens or 0)
             continue
         message = _message(response, err, code)

@@ -18,7 +18,7 @@ import pyarrow as pa
 from batchembed.batching import pack
 from batchembed.errors import MalformedResponse
 from batchembed.memo import key_array
-from batchembed.providers.openai_compat import parse_answer
+from batchembed.providers.openai_compat import cut_dimensions, parse_answer
 from batchembed.providers.rerank import parse_scores
 from batchembed.tasks import Piece, Request
 from batchembed.writer import vector_array
@@ -108,9 +108,12 @@ def _reported_tokens(doc: Any) -> int | None:
 class EmbedItems(Items):
     """Distinct texts; a line holds up to ``batch_inputs`` of them under ``batch_tokens``."""
 
-    def __init__(self, task: Any, batch_inputs: int, batch_tokens: int, dimensions: int | None) -> None:
+    def __init__(
+        self, task: Any, batch_inputs: int, batch_tokens: int, dimensions: int | None, cut: int | None = None
+    ) -> None:
         super().__init__(task, batch_inputs, batch_tokens)
         self.dimensions = dimensions  # checked against every answer (None: the first answer's size)
+        self.cut = cut  # dimensions_by = "client": Matryoshka vectors cut to this size here
 
     def of(self, request: Request):
         work = request.piece.work
@@ -129,7 +132,9 @@ class EmbedItems(Items):
 
     def parse(self, body: Any, n: int) -> tuple[np.ndarray, int | None]:
         vectors, tokens, _ = parse_answer(orjson.dumps(body), n, self.dimensions)
-        if self.dimensions is None:
+        if self.cut is not None:
+            vectors = cut_dimensions(vectors, self.cut)
+        elif self.dimensions is None:
             self.dimensions = vectors.shape[1]
         return vectors, tokens if tokens is not None else _reported_tokens(body)
 
@@ -184,11 +189,13 @@ class RerankItems(Items):
         return np.zeros(n, dtype=np.float32)
 
 
-def items_for(task: Any, rerank: bool, batch_inputs: int, batch_tokens: int, dimensions: int | None) -> Items:
+def items_for(
+    task: Any, rerank: bool, batch_inputs: int, batch_tokens: int, dimensions: int | None, cut: int | None = None
+) -> Items:
     """The items adapter of ``task`` (a rerank or an embed task)."""
     if rerank:
         return RerankItems(task, batch_inputs, batch_tokens)
-    return EmbedItems(task, batch_inputs, batch_tokens, dimensions)
+    return EmbedItems(task, batch_inputs, batch_tokens, dimensions, cut)
 
 
 def check_parsed(answers: np.ndarray, n: int) -> None:

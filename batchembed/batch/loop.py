@@ -92,12 +92,14 @@ class BatchLoop:
             failpoint("batch-after-upload")
             a.step = UPLOADED
             await self._save(piece)
+        scan = True  # an intent found on entry may be a creation a killed run made: look for it first
         if a.step == UPLOADED:
             if self.queue_full:
                 return
             a.step, a.create_at = CREATING, now()
             await self._save(piece)
-        if a.step == CREATING and not await self._create(piece):
+            scan = False  # made just now, by this process: no creation can have happened yet
+        if a.step == CREATING and not await self._create(piece, scan):
             return
         if a.step == RUNNING:
             view = await self.client.get(a.batch_id)
@@ -122,12 +124,13 @@ class BatchLoop:
             if view.state == FAILED:
                 raise TerminalAPIError(
                     f"batch {a.batch_id} ({piece.name}) failed at the provider: "
-                    f"{view.error_message or view.status} ({', '.join(view.error_codes) or 'no error code'})"
+                    f"{view.error_message or view.status} ({', '.join(view.error_codes) or 'no error code'}). "
+                    "Fix what it says and run again (a changed job starts its batches afresh; --restart does too)"
                 )
             await self._collect(piece, view)
 
-    async def _create(self, piece: Piece) -> bool:
-        """Find this attempt's batch on the list (a killed run may have created it), else create it."""
+    async def _create(self, piece: Piece, scan: bool) -> bool:
+        """Find this attempt's batch on the list (``scan``: a killed run may have created it), else create it."""
         a = piece.current
         tag = piece.tag()
 
@@ -137,7 +140,7 @@ class BatchLoop:
             meta = view.metadata
             return meta.get("batchembed_job") == self.ledger.tag and meta.get("batchembed_piece") == tag
 
-        view = await self.client.find(ours, (a.create_at or now()) - CLOCK_MARGIN)
+        view = await self.client.find(ours, (a.create_at or now()) - CLOCK_MARGIN) if scan else None
         if view is None:
             failpoint("batch-before-create")
             try:

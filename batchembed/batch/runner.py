@@ -55,8 +55,10 @@ def batch_shape(resolved: Any) -> OpenAIShape:
 def make_items(resolved: Any, task: Any, shape: OpenAIShape) -> Items:
     """The task's items adapter, lines sized like the online requests (under the provider's cap)."""
     job = resolved.config
-    dims = job.model.dimensions if job.model.dimensions_by == "server" else None
-    return items_for(task, job.is_rerank, resolved.model.batch_inputs, job.limits.batch_tokens, dims)
+    server = job.model.dimensions_by == "server"
+    dims = job.model.dimensions if server else None
+    cut = None if server else job.model.dimensions
+    return items_for(task, job.is_rerank, resolved.model.batch_inputs, job.limits.batch_tokens, dims, cut)
 
 
 def make_client(resolved: Any, shape: OpenAIShape, transport: Any) -> BatchClient:
@@ -177,7 +179,7 @@ class BatchRunner(JobRunner):
     async def _batches(self, loop: BatchLoop) -> None:
         """Rounds of submit / poll / collect until every piece is settled (``--no-wait``: one round)."""
         poll = self.job.model.batch_poll_seconds
-        while True:
+        while self.stopping is None:
             await loop.round()
             self._show()
             if self.ledger.all_settled() or not self.wait or self.stopping is not None:
