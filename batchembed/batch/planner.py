@@ -66,29 +66,43 @@ class Planner:
                 for k in keys:
                     if k in self.where:
                         waits.add(self.where[k])
-                if not new:
-                    continue
-                size = sum(len(texts[i]) + ITEM_OVERHEAD for i in new) + LINE_OVERHEAD + len(query or "")
-                if self._keys and (
-                    len(self._keys) + len(new) > self.max_inputs
-                    or self._bytes + size > self.max_bytes
-                    or self._lines + 1 > self.max_lines
-                ):
-                    self.seal()
-                group = len(self._tokens)
-                for i in new:
-                    self._keys.append(keys[i])
-                    self._texts.append(texts[i])
-                    self._queries.append(query)
-                    self._groups.append(group)
-                self._tokens.append(np.asarray(tokens)[new])
-                self._bytes += size
-                self._lines += 1
-                name = f"p{len(self.ledger.pieces):05d}"
-                for i in new:
-                    self.where[keys[i]] = name
-                waits.add(name)
+                while new:  # a request's items may straddle two pieces: pieces are filled to the limit
+                    take = self._room(new, texts, query)
+                    if not take:
+                        self.seal()
+                        continue
+                    self._add(new[:take], keys, texts, query, np.asarray(tokens), waits)
+                    new = new[take:]
         self.seal()
+
+    def _room(self, new: list[int], texts: list[str], query: str | None) -> int:
+        """How many of ``new`` fit in the open piece (at least one when it is empty)."""
+        if self._lines + 1 > self.max_lines and self._keys:
+            return 0
+        room = self.max_inputs - len(self._keys)
+        budget = self.max_bytes - self._bytes - LINE_OVERHEAD - len(query or "")
+        take = 0
+        for i in new[: max(room, 0)]:
+            budget -= len(texts[i]) + ITEM_OVERHEAD
+            if budget < 0:
+                break
+            take += 1
+        return take if take or self._keys else 1
+
+    def _add(self, new: list[int], keys, texts, query, tokens: np.ndarray, waits: set[str]) -> None:
+        group = len(self._tokens)
+        name = f"p{len(self.ledger.pieces):05d}"
+        for i in new:
+            self._keys.append(keys[i])
+            self._texts.append(texts[i])
+            self._queries.append(query)
+            self._groups.append(group)
+            self.where[keys[i]] = name
+            self._bytes += len(texts[i]) + ITEM_OVERHEAD
+        self._tokens.append(tokens[new])
+        self._bytes += LINE_OVERHEAD + len(query or "")
+        self._lines += 1
+        waits.add(name)
 
     def seal(self) -> None:
         """Write the open piece to the ledger (nothing when it is empty)."""
