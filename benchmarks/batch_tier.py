@@ -46,7 +46,9 @@ PRICE = 0.02  # text-embedding-3-small, USD per 1M tokens (online)
 def texts_for(rows: int, distinct: int) -> list[str]:
     """``rows`` texts of which ``distinct`` differ (the rest repeat earlier ones)."""
     words = "alpha beta gamma delta river stone cloud quiet rapid green orange market data vector".split()
-    base = [f"doc {i}: " + " ".join(words[(i * 7 + k) % len(words)] for k in range(5 + i % 20)) for i in range(distinct)]
+    base = [
+        f"doc {i}: " + " ".join(words[(i * 7 + k) % len(words)] for k in range(5 + i % 20)) for i in range(distinct)
+    ]
     return base + [base[(i * 31) % distinct] for i in range(rows - distinct)]
 
 

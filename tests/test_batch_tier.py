@@ -197,6 +197,10 @@ def test_no_wait_commits_the_units_whose_batches_are_done(tmp_path):
     job = batch_job(tmp_path, fake, texts)
     fake.hold_batches = True
     assert run_here(fake, "run", str(job), "--quiet", "--no-wait", env=ENV).returncode == 75
+    fake.finish_all([c["id"] for c in fake.created[:2]])  # texts 0..239: the first unit's 200 rows
+    assert run_here(fake, "run", str(job), "--quiet", "--no-wait", env=ENV).returncode == 75
+    assert read_output(tmp_path / "out").column("id").to_pylist() == list(range(200))
+    assert json.loads(run_here(None, "status", str(job), "--json", env=ENV).stdout)["rows_done"] == 200
     fake.finish_all()
     r = run_here(fake, "run", str(job), "--quiet", "--no-wait", env=ENV)
     assert r.returncode == 0, r.stderr

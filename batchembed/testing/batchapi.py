@@ -321,11 +321,11 @@ class FakeBatchProvider(FakeProvider):
 
     # ---------------------------------------------------------------------------------- helpers
 
-    def finish_all(self) -> None:
-        """End every running batch now (its next poll sees it completed)."""
+    def finish_all(self, ids: list[str] | None = None) -> None:
+        """End every running batch (or those of ``ids``) now: its next poll sees it completed."""
         with self._batch_lock:
             for batch in self.batches.values():
-                if not batch["ended"]:
+                if not batch["ended"] and (ids is None or batch["id"] in ids):
                     batch["phase"] = 3
                     self._finish(batch, "completed")
 
