@@ -332,3 +332,18 @@ def test_a_server_ignoring_dimensions_stops_the_job_without_buying_again(tmp_pat
         r = run_here(fake, "run", str(job), "--quiet", env=ENV)
         assert r.returncode == ExitCode.FAILED and "model.dimensions" in r.stderr
     assert len(fake.created) == 1 and fake.inputs_billed == 100  # never submitted again
+
+
+def test_rows_the_batches_failed_are_bought_again_by_the_next_run(tmp_path):
+    fake = FakeBatchProvider(dim=16)
+    texts = make_texts(150)
+    job = batch_job(tmp_path, fake, texts, batch_resubmits=0)
+    fake.expire_next = 5  # every line of the first run (4 + 1) expires, and no resubmission is allowed
+    assert run_here(fake, "run", str(job), "--quiet", env=ENV).returncode == ExitCode.PARTIAL
+    failed = pq.read_table(tmp_path / "out" / "_failed.parquet").num_rows
+    assert failed == 150
+    r = run_here(fake, "run", str(job), "--quiet", env=ENV)  # retries _failed.parquet's rows: in a new batch
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "out" / "_failed.parquet").exists()
+    assert_vectors(read_output(tmp_path / "out"), dict(enumerate(texts)), 16)
+    assert sorted(fake.billed_texts) == sorted(texts) and fake.requests == []

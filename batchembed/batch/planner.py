@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+import pyarrow.compute as pc
 
 from batchembed.batch.items import Items
-from batchembed.batch.ledger import Ledger
+from batchembed.batch.ledger import FAILED, Ledger
 from batchembed.units import Chunk
 
 #: Bytes of JSON around each item and line in an input file (custom_id, method, url, model, quotes).
@@ -35,6 +36,7 @@ class Planner:
         self.max_lines = max_lines
         self.where: dict[bytes, str] = {}  # item key -> the piece holding it
         self.waits: dict[str, set[str]] = {}  # unit name -> pieces it waits for
+        self.failed: set[bytes] = set()  # items the batches failed for good: a retry unit buys them again
         self._open()
 
     def _open(self) -> None:
@@ -54,14 +56,26 @@ class Planner:
             keys = self.ledger.store.read_table(piece.items_name(0), columns=["key"]).column("key").to_pylist()
             for key in keys:
                 self.where[key] = piece.name
+            for a in piece.attempts:
+                name = piece.results_name(a.n)
+                if a.failed and self.ledger.store.exists(name):
+                    table = self.ledger.store.read_table(name, columns=["key", "status"])
+                    failed = pc.equal(table.column("status"), FAILED)
+                    self.failed.update(table.column("key").filter(failed).to_pylist())
 
     def plan(self, prepared: Iterable[tuple[Chunk, list]]) -> None:
         """Plan every prepared chunk's requests (``(chunk, requests)`` pairs), then seal the open piece."""
         for chunk, requests in prepared:
             unit = chunk.unit.name
             waits = self.waits.setdefault(unit, set())
+            again = chunk.unit.kind == "retry"  # rows of _failed.parquet: what the batches failed is bought again
             for request in requests:
                 keys, texts, query, tokens = self.items.of(request)
+                if again and self.failed:
+                    for k in keys:
+                        if k in self.failed:
+                            self.failed.discard(k)
+                            del self.where[k]
                 new = [i for i, k in enumerate(keys) if k not in self.where]
                 for k in keys:
                     if k in self.where:

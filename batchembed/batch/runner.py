@@ -172,7 +172,7 @@ class BatchRunner(JobRunner):
                 self.task.allocate_answers = allocate
         planned = sum(p.attempts[0].items for p in self.ledger.pieces)
         self.progress.line(
-            f"batch tier: {len(self.ledger.pieces)} batch pieces, {planned:,} distinct inputs "
+            f"batch tier: {len(self.ledger.pieces)} batch pieces, {planned:,} inputs planned "
             f"({self.ledger.totals()['items_billed']:,} already billed)"
         )
 
