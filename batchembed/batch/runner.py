@@ -165,7 +165,11 @@ class BatchRunner(JobRunner):
             self.task.allocate_answers = False  # the answers come later, in the writing pass
         try:
             stream = self._chunk_stream(sources, columns, retry_units)
-            planner.plan((chunk, self.task.prepare(chunk)[1]) for chunk in stream)
+            planner.plan(
+                (chunk, self.task.prepare(chunk)[1])
+                for chunk in stream
+                if self.stopping is None  # Ctrl-C while planning: what is planned is kept, nothing submitted
+            )
         finally:
             self.stats.tokens_saved = saved  # the writing pass prepares the same chunks again and counts
             if allocate is not None:
