@@ -138,10 +138,15 @@ def test_queue_limits_wait_and_submit_again(tmp_path):
     assert max(c["enqueued"] + c["inputs"] for c in fake.created) <= 250
 
 
-@pytest.mark.parametrize("provider", ["openai", "mistral", "voyage"])
-def test_a_kill_between_create_and_record_finds_the_batch_on_the_paged_list(tmp_path, monkeypatch, provider):
+@pytest.mark.parametrize(
+    ("provider", "no_metadata"), [("openai", False), ("mistral", False), ("voyage", False), ("openai", True)]
+)
+def test_a_kill_between_create_and_record_finds_the_batch_on_the_paged_list(
+    tmp_path, monkeypatch, provider, no_metadata
+):
     fake = FakeBatchProvider(dim=16, shape=provider)
     fake.page_size = 2  # the batch sought sits on a later page of the list
+    fake.drop_metadata = no_metadata  # then it is known by its input file, the second key
     texts = make_texts(500)
     job = batch_job(tmp_path, fake, texts, provider=provider)
     real = batch_loop.failpoint
@@ -162,7 +167,7 @@ def test_a_kill_between_create_and_record_finds_the_batch_on_the_paged_list(tmp_
     r = run_here(fake, "run", str(job), "--quiet", env=ENV)
     assert r.returncode == 0, r.stderr
     assert "found batch batch_" in r.stderr  # the third batch found on the list, not created again
-    tags = [c["metadata"]["batchembed_piece"] for c in fake.created]
+    tags = [c["metadata"]["batchembed_piece"] for c in fake.created]  # (as sent)
     assert len(tags) == len(set(tags)) == 5
     assert sorted(fake.billed_texts) == sorted(texts)
     assert run_here(None, "verify", str(job), env=ENV).returncode == 0

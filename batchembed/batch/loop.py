@@ -138,7 +138,10 @@ class BatchLoop:
             if view.id in a.refused:
                 return False
             meta = view.metadata
-            return meta.get("batchembed_job") == self.ledger.tag and meta.get("batchembed_piece") == tag
+            if meta.get("batchembed_job") == self.ledger.tag and meta.get("batchembed_piece") == tag:
+                return True
+            # the second key: one uploaded file per attempt, so a batch of our file (not refused) is ours
+            return view.input_file is not None and view.input_file == a.file_id
 
         view = await self.client.find(ours, (a.create_at or now()) - CLOCK_MARGIN) if scan else None
         if view is None:

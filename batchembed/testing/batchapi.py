@@ -68,6 +68,7 @@ class FakeBatchProvider(FakeProvider):
         self.queue_limit: int | None = None
         self.max_inputs: int | None = None
         self.page_size: int | None = None
+        self.drop_metadata = False  # answer batch objects without their metadata (found by input file instead)
         self.wall = time.time
         self.files: dict[str, dict[str, Any]] = {}
         self.batches: dict[str, dict[str, Any]] = {}  # in creation order
@@ -293,7 +294,7 @@ class FakeBatchProvider(FakeProvider):
                 "input_files": [batch["file"]],
                 "endpoint": batch["endpoint"],
                 "model": batch["model"],
-                "metadata": batch["metadata"],
+                "metadata": {} if self.drop_metadata else batch["metadata"],
                 "status": status,
                 "output_file": batch["output"],
                 "error_file": batch["error"],
@@ -315,7 +316,7 @@ class FakeBatchProvider(FakeProvider):
             "error_file_id": batch["error"],
             "errors": {"object": "list", "data": batch["errors"]} if batch["errors"] else None,
             "created_at": batch["created_at"],
-            "metadata": batch["metadata"],
+            "metadata": {} if self.drop_metadata else batch["metadata"],
             "request_counts": {"total": total, "completed": batch["done"], "failed": 0},
         }
 
