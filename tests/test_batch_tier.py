@@ -64,6 +64,7 @@ def test_batch_run_writes_the_online_output_and_buys_each_distinct_text_once(tmp
     batch = report(tmp_path)["batch"]
     assert batch["batches_created"] == 5 and batch["items_billed"] == 500 and batch["still_running"] == 0
     assert batch["price_share_of_online"] == 0.5
+    assert report(tmp_path)["tokens"] == batch["tokens_billed"] > 0  # the summary's tokens are the ones billed
     assert run_here(None, "verify", str(job), env=ENV).returncode == 0
     # a finished job keeps only the ledger's states (the texts and answers are in the shards now)
     assert not list((tmp_path / "out" / "_batch").rglob("*.parquet"))

@@ -69,6 +69,7 @@ class BatchLoop:
         self.fallback = fallback
         self.say = say
         self.queue_full = False  # the provider refused a creation this round
+        self.collected_tokens = 0  # tokens billed by the batches this run collected
 
     async def round(self) -> None:
         """Advance every piece not yet settled (in order: the earliest pieces are submitted first)."""
@@ -179,6 +180,7 @@ class BatchLoop:
         status = np.array(results.column("status").to_pylist(), dtype=object)
         retry = status == RETRY
         a.billed_items, a.billed_tokens, a.ok = got.billed_items, got.billed_tokens, got.ok
+        self.collected_tokens += got.billed_tokens
         a.failed, a.retry = int((status == FAILED_ITEM).sum()), int(retry.sum())
         if retry.any():
             nxt = self._next_items(sent, retry, got.split[retry])

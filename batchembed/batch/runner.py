@@ -128,6 +128,7 @@ class BatchRunner(JobRunner):
             await self._batches(loop)
         finally:
             await client.aclose()
+            self.stats.tokens += loop.collected_tokens  # the summary's tokens: billed to this run's batches
         if self.stopping is not None:
             return
         results = await asyncio.to_thread(BatchResults, ledger, items)
