@@ -353,3 +353,10 @@ def test_rows_the_batches_failed_are_bought_again_by_the_next_run(tmp_path):
     assert not (tmp_path / "out" / "_failed.parquet").exists()
     assert_vectors(read_output(tmp_path / "out"), dict(enumerate(texts)), 16)
     assert sorted(fake.billed_texts) == sorted(texts) and fake.requests == []
+
+
+def test_a_batch_job_is_not_split_over_shards(tmp_path):
+    fake = FakeBatchProvider(dim=16)
+    job = batch_job(tmp_path, fake, make_texts(10))
+    r = run_here(fake, "run", str(job), "--shard", "0/2", env=ENV)
+    assert r.returncode == ExitCode.USAGE and "runs in one process" in r.stderr and fake.created == []
