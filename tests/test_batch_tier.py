@@ -360,3 +360,20 @@ def test_a_batch_job_is_not_split_over_shards(tmp_path):
     job = batch_job(tmp_path, fake, make_texts(10))
     r = run_here(fake, "run", str(job), "--shard", "0/2", env=ENV)
     assert r.returncode == ExitCode.USAGE and "runs in one process" in r.stderr and fake.created == []
+
+
+def test_the_vector_cache_serves_a_second_batch_job_without_a_batch(tmp_path):
+    fake = FakeBatchProvider(dim=16)
+    texts = make_texts(200)
+    cache = str(tmp_path / "vectors.sqlite")
+    job = batch_job(tmp_path, fake, texts)
+    with job.open("a") as f:
+        f.write(f'[cache]\npath = "{cache}"\n')
+    assert run_here(fake, "run", str(job), "--quiet", env=ENV).returncode == 0
+    assert len(fake.created) == 2
+    other = tmp_path / "other.toml"
+    other.write_text(job.read_text().replace(str(tmp_path / "out"), str(tmp_path / "out2")))
+    r = run_here(fake, "run", str(other), "--quiet", env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert len(fake.created) == 2 and fake.requests == []  # every text from the cache: no batch, no request
+    assert_vectors(read_output(tmp_path / "out2"), dict(enumerate(texts)), 16)
