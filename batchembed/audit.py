@@ -78,6 +78,11 @@ def status(job: JobConfig, as_json: bool = False) -> int:
         "damaged": damaged,
         **vector_status(job, manifest),
     }
+    from batchembed.batch.cancel import batch_status, print_batch_status
+
+    batches = batch_status(out)
+    if batches is not None:
+        doc["batches"] = batches
     if as_json:
         print(json.dumps(doc, indent=2))
         return ExitCode.OK
@@ -104,6 +109,8 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     for line in vector_lines(doc, len(manifest.shards)):
         print(line)
     print(f"inputs:   {_describe_freshness(doc)}")
+    if batches is not None:
+        print_batch_status(batches)
     return ExitCode.OK
 
 

@@ -1,7 +1,8 @@
 """The ``batchembed`` command: parse arguments, call the library, map errors to exit codes.
 
 Exit codes (``batchembed.exitcodes.ExitCode``): 0 success; 1 the job failed (config, input, auth, I/O,
-server refuses); 2 usage error; 3 finished but some rows are in ``_failed.parquet``; 130/143 stopped
+server refuses); 2 usage error; 3 finished but some rows are in ``_failed.parquet``; 75 batches still running
+(``run --no-wait``); 130/143 stopped
 by SIGINT/SIGTERM (resumable).
 """
 
@@ -123,12 +124,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="run only part I of N (I from 0) of the job, e.g. from a Slurm array or Kubernetes indexed job; "
         "paced to 1/N of the limits (engine.shard_pacing=full to override)",
     )
+    run.add_argument(
+        "--no-wait",
+        dest="wait",
+        action="store_false",
+        help='model.tier = "batch": submit what is not submitted, collect what is finished, then exit '
+        "(exit code 75 while batches are still running; run again later)",
+    )
     run.add_argument("--engine", choices=["local", "ray"], help="where to run (default: [engine] kind, else local)")
     run.add_argument("--workers", type=int, metavar="N", help="Ray workers (default: [engine] workers)")
 
     status = _command(sub, "status", "how far a job has got", "batchembed status jobs/docs.toml --json")
     _job_arguments(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    cancel = _command(
+        sub,
+        "cancel",
+        'cancel the running batches of a model.tier = "batch" job (they stay cancelled; run again to resubmit)',
+        "batchembed cancel jobs/docs.toml",
+    )
+    _job_arguments(cancel)
 
     verify = _command(
         sub, "verify", "prove the output holds every input row exactly once", "batchembed verify jobs/docs.toml"
@@ -230,7 +246,12 @@ def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> in
             workers=args.workers,
             shard=args.shard,
             transport=transport,
+            wait=args.wait,
         )
+    if args.command == "cancel":
+        from batchembed.batch.cancel import cancel
+
+        return cancel(job, transport=transport)
     if args.command == "plan":
         from batchembed.plan import plan
 

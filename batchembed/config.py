@@ -41,7 +41,7 @@ class InputConfig:
 class ModelConfig:
     """``[model]``: which provider and model turn text into vectors."""
 
-    provider: Literal["fireworks", "openai", "openai-compatible", "local"] = "fireworks"
+    provider: Literal["fireworks", "openai", "openai-compatible", "mistral", "voyage", "local"] = "fireworks"
     name: str | None = None  # default taken from the provider
     base_url: str | None = None  # default taken from the provider
     api_key_env: str | None = None  # default taken from the provider
@@ -56,6 +56,13 @@ class ModelConfig:
     # auto: L2-normalise vectors that are not unit length when the model's full vectors are (a server cutting
     # `dimensions` without normalising again); always: normalise every vector; never: write them as sent
     normalize: Literal["auto", "always", "never"] = "auto"
+    # tier = "batch": the provider's batch API (half price, answers within its window, up to 24 h); see README
+    tier: Literal["online", "batch"] = "online"
+    batch_poll_seconds: float = 30.0  # batch tier: seconds between looks at the running batches
+    batch_resubmits: int = 2  # batch tier: expired/cancelled/timed-out lines are submitted again this often
+    batch_fallback: Literal["fail", "online"] = "fail"  # batch tier: lines still unanswered then fail, or go online
+    batch_inputs: int | None = None  # batch tier: inputs per batch at most (default and cap: the provider's)
+    batch_queue_inputs: int | None = None  # batch tier: inputs enqueued at once at most (default: the provider's)
 
 
 @dataclass(frozen=True)
@@ -330,12 +337,47 @@ def validate(job: JobConfig) -> JobConfig:
         raise ConfigError('model.dimensions_by = "client" needs model.dimensions (the size to cut vectors to)')
     if job.model.timeout <= 0:
         raise ConfigError("model.timeout must be positive")
+    check_tier(job)
     keep = job.input.keep
     if len(set(keep)) != len(keep):
         raise ConfigError("input.keep lists a column twice")
     if not job.is_rerank and (job.output.column in keep or job.output.column == job.input.id):
         raise ConfigError(f"output.column {job.output.column!r} clashes with an input column of the same name")
     return job
+
+
+#: Providers whose batch API the batch tier speaks (``openai-compatible``: a server with OpenAI's batch API).
+BATCH_PROVIDERS = ("openai", "openai-compatible", "mistral", "voyage")
+
+
+def check_tier(job: JobConfig) -> None:
+    """``model.tier = "batch"``: a provider with a batch API for this task, and sane batch settings."""
+    m = job.model
+    if m.tier != "batch":
+        return
+    if m.provider == "fireworks":
+        raise ConfigError(
+            'model.tier = "batch": Fireworks has no batch API for embeddings or rerank (its batch inference '
+            'jobs are chat completions only). Use tier = "online" with Fireworks, or a provider with a batch '
+            "tier: openai, mistral, voyage"
+        )
+    if m.provider not in BATCH_PROVIDERS:
+        raise ConfigError(
+            f'model.tier = "batch" needs a provider with a batch API ({", ".join(BATCH_PROVIDERS)}); '
+            f"{m.provider!r} has none"
+        )
+    if job.is_rerank and m.provider != "voyage":
+        raise ConfigError(
+            f'model.tier = "batch" for a rerank job: only Voyage\'s batch API scores pairs; {m.provider} reranks '
+            'online only (tier = "online")'
+        )
+    if m.batch_poll_seconds < 0:
+        raise ConfigError(f"model.batch_poll_seconds must be 0 or more, got {m.batch_poll_seconds}")
+    if m.batch_resubmits < 0:
+        raise ConfigError(f"model.batch_resubmits must be 0 or more, got {m.batch_resubmits}")
+    for key, value in (("model.batch_inputs", m.batch_inputs), ("model.batch_queue_inputs", m.batch_queue_inputs)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")
 
 
 def check_locations(job: JobConfig) -> None:

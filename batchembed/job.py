@@ -36,7 +36,7 @@ def api_key(job: ResolvedJob) -> str | None:
     if key:
         register_secret(key)
         return key
-    if model.provider in ("fireworks", "openai") or job.config.model.api_key_env:
+    if model.provider in ("fireworks", "openai", "mistral", "voyage") or job.config.model.api_key_env:
         raise ConfigError(
             f"model.api_key_env: environment variable {model.api_key_env} is not set "
             f"(the {model.provider} provider needs an API key)"

@@ -326,6 +326,7 @@ def estimate(
         report.price_per_million_tokens, report.price_source = preset.price_per_million_tokens, "catalog"
     if report.price_per_million_tokens is not None:
         report.estimated_cost_usd = report.tokens_to_send / 1e6 * report.price_per_million_tokens
+    batch_estimate(report, resolved)
     if resolved.local_model is not None:  # bound by this machine's CPU: timed here, on the job's own texts
         rows = report.pairs_to_score if resolved.is_rerank else report.rows_to_embed
         eta = measure_local(resolved.local_model, tally.sample, report.tokens_to_send, rows)
@@ -354,3 +355,21 @@ def plan(
     report = estimate(job, counter, price_per_million)
     print(json.dumps(asdict(report), indent=2) if as_json else format_report(report))
     return 0
+
+
+def batch_estimate(report: PlanReport, resolved: ResolvedJob) -> None:
+    """The batch tier's price and batch count next to the online figures, where the provider sells one."""
+    from batchembed.batch.shapes import SHAPES
+
+    config = resolved.config
+    report.tier = config.model.tier
+    shape = SHAPES.get(resolved.model.provider)
+    if shape is None or (config.is_rerank and resolved.model.provider != "voyage"):
+        return
+    report.batch_price_share = shape.discount
+    report.batch_window = f"{shape.window} h" if shape.window.isdigit() else shape.window
+    cap = min(shape.max_inputs, config.model.batch_inputs or shape.max_inputs)
+    inputs = report.pairs_to_score if config.is_rerank else report.unique_texts
+    report.batches = -(-inputs // cap)
+    if report.estimated_cost_usd is not None:
+        report.estimated_batch_cost_usd = report.estimated_cost_usd * shape.discount

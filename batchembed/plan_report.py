@@ -43,6 +43,11 @@ class PlanReport:
     price_per_million_tokens: float | None = None
     price_source: str | None = None  # "argument" | "catalog" | None (unknown)
     estimated_cost_usd: float | None = None
+    tier: str = "online"  # model.tier
+    batch_price_share: float | None = None  # the provider's batch price as a share of the online one (None: none)
+    estimated_batch_cost_usd: float | None = None  # the same tokens through the provider's batch API
+    batches: int = 0  # batches the batch tier would create (inputs per batch at most the provider's cap)
+    batch_window: str | None = None  # the provider's completion window
     eta_seconds: float = 0.0  # local model: measured estimate; remote: lower bound from the paced limits
     eta_bound: str = "requests"  # what sets the pace: "requests" | "tokens" (remote) | "cpu" (local model)
     eta_basis: str = "configured"  # "measured" (local) | "server" (limits a previous run learned) | "configured"
@@ -93,8 +98,17 @@ def format_report(r: PlanReport) -> str:
             f"{r.tokens_saved_by_dedup:,}{pct})",
             f"  requests         {r.requests:,} (at most {r.batch_inputs:,} inputs / {r.batch_tokens:,} tokens each)",
         ]
+    lines += [f"  estimated cost   {cost}" + (" (online tier)" if r.batch_price_share is not None else "")]
+    if r.batch_price_share is not None:
+        batch_cost = "unknown" if r.estimated_batch_cost_usd is None else f"${r.estimated_batch_cost_usd:,.2f}"
+        chosen = " <- this job" if r.tier == "batch" else ' (set model.tier = "batch")'
+        lines.append(
+            f"  batch tier       {batch_cost} ({r.batch_price_share:.0%} of online) in {r.batches:,} batches, "
+            f"answered within the provider's {r.batch_window} window{chosen}"
+        )
+    elif r.provider == "fireworks":
+        lines.append("  batch tier       none: Fireworks has no batch API for embeddings or rerank")
     lines += [
-        f"  estimated cost   {cost}",
         f"  ETA              {'about' if r.eta_basis == 'measured' else 'at least'} {duration(r.eta_seconds)} "
         f"({r.eta_detail})",
     ]

@@ -52,6 +52,13 @@ PROVIDERS: dict[str, ProviderDefaults] = {
     "openai": ProviderDefaults(
         "text-embedding-3-small", "https://api.openai.com/v1", "OPENAI_API_KEY", True, 3000, 1_000_000, 2048
     ),
+    # batch-tier providers (docs.mistral.ai, docs.voyageai.com); Voyage takes base64, Mistral is sent floats
+    "mistral": ProviderDefaults(
+        "mistral-embed", "https://api.mistral.ai/v1", "MISTRAL_API_KEY", False, 300, 20_000_000, 512
+    ),
+    "voyage": ProviderDefaults(
+        "voyage-3.5", "https://api.voyageai.com/v1", "VOYAGE_API_KEY", True, 2000, 3_000_000, 1000
+    ),
     # unknown servers: base64 first, falling back to float if refused (see OpenAICompatibleEmbedder)
     "openai-compatible": ProviderDefaults("default", None, None, True, 6000, 10_000_000, 2048),
     "local": ProviderDefaults("all-MiniLM-L6-v2", None, None, False, 1_000_000, 1_000_000_000, 256),

@@ -24,6 +24,7 @@ def run_job(
     workers: int | None = None,
     shard: str | None = None,
     transport: Transport | None = None,
+    wait: bool = True,
 ) -> int:
     """Run ``job`` on the chosen engine (CLI flags override ``[engine]``); return the exit code.
 
@@ -43,6 +44,13 @@ def run_job(
         "accept_model_change": accept_model_change,
         "transport": transport,
     }
+    if job.model.tier == "batch":
+        from batchembed.batch.runner import BatchRunner, refuse_engines
+
+        refuse_engines(shard, kind)
+        return build_runner(job, runner_class=BatchRunner, wait=wait, batch_transport=transport, **options).run()
+    if not wait:
+        raise UsageError('--no-wait is for model.tier = "batch" jobs (an online run has nothing to wait for)')
     if shard is not None:
         if kind == "ray":
             raise UsageError("--shard and --engine ray do not go together: Ray already splits the job over workers")
