@@ -71,24 +71,89 @@ class BatchResults:
             self._cache.popitem(last=False)
         return values
 
-    def recovered(self, keys: list[bytes]) -> Recovered | None:
+    def recovered(self, keys: list[bytes]) -> HeldAnswers | None:
         """The answers of ``keys`` that the batches hold, as a journal would give them."""
         found = [(k, self.where[k]) for k in keys if k in self.where]
         if not found:
             return None
         rows = [self.answers(f)[r] for _, (f, r) in found]
-        return Recovered(keys=[k for k, _ in found], columns={self.items.column: np.stack(rows)})
+        return HeldAnswers([k for k, _ in found], {self.items.column: np.stack(rows)})
 
 
-def merge(a: Recovered | None, b: Recovered | None) -> Recovered | None:
+class HeldAnswers:
+    """Answers held in memory, read the way a journal's ``Recovered`` is (``find``, ``take``)."""
+
+    def __init__(self, keys: list[bytes], columns: dict[str, np.ndarray]) -> None:
+        self.keys = keys
+        self.columns = columns
+        self.sent: set[bytes] = set()
+        self.rows = 0
+        self.tokens = 0
+        self.cuts: dict[bytes, tuple] = {}
+        self._index = {k: i for i, k in enumerate(keys)}
+
+    def find(self, keys: list[bytes]) -> np.ndarray:
+        """Position of each key's answer, -1 where there is none."""
+        index = self._index
+        return np.fromiter((index.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+
+    def take(self, column: str, positions: np.ndarray) -> np.ndarray:
+        """The answers at ``positions`` of an answer column."""
+        return self.columns[column][np.asarray(positions, dtype=np.int64)]
+
+    def values(self, column: str) -> np.ndarray:
+        """A whole answer column."""
+        return self.columns[column]
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class MergedAnswers:
+    """A unit's journal (``Recovered``) and the batches' answers read as one; the journal's first."""
+
+    def __init__(self, journal: Recovered, batches: HeldAnswers) -> None:
+        self.journal, self.batches = journal, batches
+        self.keys = journal.keys + batches.keys
+        self.sent, self.rows, self.tokens, self.cuts = journal.sent, journal.rows, journal.tokens, journal.cuts
+        self._split = len(journal.keys)
+
+    def find(self, keys: list[bytes]) -> np.ndarray:
+        """Position of each key's answer (the journal's if it has one), -1 where there is none."""
+        mine = self.journal.find(keys)
+        theirs = self.batches.find(keys)
+        return np.where(mine >= 0, mine, np.where(theirs >= 0, theirs + self._split, -1))
+
+    def take(self, column: str, positions: np.ndarray) -> np.ndarray:
+        """The answers at ``positions``, read from the journal or the batches."""
+        positions = np.asarray(positions, dtype=np.int64)
+        first = positions < self._split
+        a = self.journal.take(column, positions[first]) if first.any() else None
+        b = self.batches.take(column, positions[~first] - self._split) if (~first).any() else None
+        sample = a if a is not None else b
+        if sample is None:
+            return np.zeros(0, dtype=np.float32)
+        out = np.empty((len(positions), *sample.shape[1:]), dtype=sample.dtype)
+        if a is not None:
+            out[first] = a
+        if b is not None:
+            out[~first] = b
+        return out
+
+    def values(self, column: str) -> np.ndarray:
+        """A whole answer column."""
+        return self.take(column, np.arange(len(self.keys)))
+
+    def close(self) -> None:
+        """Release the journal's segments."""
+        self.journal.close()
+
+
+def merge(a: Recovered | None, b: HeldAnswers | None) -> Any:
     """Two sets of answers as one (the unit's journal and the batches)."""
     if a is None or b is None:
         return b if a is None else a
-    columns = {}
-    for name, values in b.columns.items():
-        mine = a.values(name)
-        columns[name] = np.concatenate([mine, values]) if len(mine) else values
-    return Recovered(keys=a.keys + b.keys, columns=columns, sent=a.sent, rows=a.rows)
+    return MergedAnswers(a, b)
 
 
 class BatchCodec:

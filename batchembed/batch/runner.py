@@ -236,6 +236,10 @@ class BatchRunner(JobRunner):
             "cost_usd_online_equivalent": online,
         }
 
+    def _every_unit_done(self) -> bool:
+        """The table is published once no batch runs any more (a reader never sees a half-bought job)."""
+        return not self.still_running
+
     def _conclude(self) -> int:
         if self.stopping is None and self.still_running:
             s = self.stats

@@ -33,20 +33,15 @@ def _files(store: OutputStore, shards: Sequence[ShardRecord], published: dict[st
 def delta_publisher(store: OutputStore, job: JobConfig) -> Callable[[Sequence[ShardRecord], int], int]:
     """``publish(shards, tag)``: make the output's Delta table exactly ``shards`` (idempotent per tag)."""
 
-    def publish_shards(shards: Sequence[ShardRecord], tag: int) -> int:
+    def publish_shards(shards: Sequence[ShardRecord], tag: int) -> int | None:
         current = table_files(store.where)
+        if not shards and current is None:
+            return None  # nothing written yet and no table: nothing to publish
         files = _files(store, shards, current)
         facts = {"version": __version__, "model": job.model.name, "provider": job.model.provider, "publish": tag}
-        return publish(store.where, None, files, tag=tag, metadata=facts, schema=None if files else _schema(job))
+        return publish(store.where, None, files, tag=tag, metadata=facts)
 
     return publish_shards
-
-
-def _schema(job: JobConfig):
-    """The schema of an empty table (every row of the inputs removed): ids and an empty vector column."""
-    import pyarrow as pa
-
-    return pa.schema([("id", pa.string()), (job.output.column, pa.list_(pa.float32()))])
 
 
 def table_disagreements(store: OutputStore, shards: Sequence[ShardRecord]) -> list[str]:
