@@ -86,6 +86,7 @@ class JobOutput:
         self.store = store
         self.compression = compression
         self.manifest: Manifest | None = None
+        self._split_done = False  # a finished --shard split rerun as a whole run: nothing to do
 
     @property
     def uri(self) -> Any:
@@ -95,11 +96,12 @@ class JobOutput:
     # ------------------------------------------------------------------------------ opening
 
     def acquire(self, restart: bool) -> None:
-        """Take the output's one-writer lock (``OutputLocked`` names the holder)."""
-        from batchembed.engines.parts import refuse_mixing
+        """Be admitted as the output's one writer (``OutputLocked`` names a live writer that excludes this run)."""
+        from batchembed.engines.parts import finished_split, refuse_mixing
 
-        self.store.acquire()
-        if not restart:  # --restart discards a split output whole
+        self.store.admit(None)  # refused while any other writer (a part of a split too) is live
+        self._split_done = not restart and finished_split(self.store)
+        if not restart and not self._split_done:  # --restart discards a split output whole
             refuse_mixing(self.store, None)
 
     def release(self) -> None:
@@ -108,6 +110,11 @@ class JobOutput:
 
     def open(self, fingerprint: dict[str, Any], restart: bool) -> Manifest:
         """Load (or create) the manifest this run records its units in; clean what it does not record."""
+        if self._split_done:  # a finished split: nothing to do (see ``finished_before``)
+            from batchembed.engines.parts import finished_split_manifest
+
+            self.manifest = finished_split_manifest(self.store, fingerprint)
+            return self.manifest
         self.manifest = open_output(self.store, fingerprint, restart)
         return self.manifest
 

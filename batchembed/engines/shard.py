@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from batchembed.checkpoint import SUCCESS, Manifest, remove_orphans
-from batchembed.engines.parts import every_part_complete, open_part, owned_by, refuse_mixing
+from batchembed.engines.parts import check_every_part, every_part_complete, open_part, owned_by, refuse_mixing
 from batchembed.limits import RateLimits
 from batchembed.output import JobOutput
 from batchembed.runner import JobRunner
@@ -32,7 +32,7 @@ class PartOutput(JobOutput):
         self.report_name = f"_report.{tag}.json"
 
     def acquire(self, restart: bool) -> None:
-        self.store.acquire(self.part)  # lease_name((I, N)): parts never block each other
+        self.store.admit(self.part)  # parts of one split never block each other; every other writer is refused
         refuse_mixing(self.store, self.part)
 
     def open(self, fingerprint: dict[str, Any], restart: bool) -> Manifest:
@@ -48,6 +48,7 @@ class PartOutput(JobOutput):
         self.manifest.save(self.store)
         remove_orphans(self.store, self.manifest, self.owns)
         if every_part_complete(self.store, self.part[1]):
+            check_every_part(self.store, self.part[1])  # what _SUCCESS vouches for is there
             self.store.write_bytes(SUCCESS, b"")
             say(f"every part of {self.uri} is complete: wrote {SUCCESS}")
         else:

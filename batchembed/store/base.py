@@ -8,6 +8,7 @@ manifest (the commit point); write ``_SUCCESS`` last. ``status`` and ``verify`` 
 from __future__ import annotations
 
 import abc
+import contextlib
 import hashlib
 import io
 from typing import Any, Protocol
@@ -102,6 +103,22 @@ class OutputStore(abc.ABC):
     @abc.abstractmethod
     def acquire(self, shard: tuple[int, int] | None = None) -> WriterLock:
         """Take the one-writer lock (``OutputLocked`` naming the holder if a live run has it)."""
+
+    @abc.abstractmethod
+    def gate(self) -> contextlib.AbstractContextManager[WriterLock]:
+        """The output-wide admission mutex, held for the moment a writer is admitted (``store.admission``)."""
+
+    @abc.abstractmethod
+    def live_writers(self) -> dict[tuple[int, int] | None, str]:
+        """The writers holding a live lock or lease now: {None (a whole run) or (I, N): who, for messages}.
+
+        Called under the gate; on object stores it retires the expired leases it meets."""
+
+    def admit(self, shard: tuple[int, int] | None = None) -> WriterLock:
+        """Be admitted as writer ``shard`` (None: a whole run): see :mod:`batchembed.store.admission`."""
+        from batchembed.store.admission import admit
+
+        return admit(self, shard)
 
     def release(self) -> None:
         """Release the lock taken by ``acquire`` (idempotent)."""

@@ -14,6 +14,8 @@ import json
 import os
 import socket
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,6 +24,7 @@ from batchembed.atomic import fsync_dir, write_atomic
 from batchembed.checkpoint import failpoint
 from batchembed.errors import OutputError
 from batchembed.location import Location
+from batchembed.store.admission import GATE, writer_of
 from batchembed.store.base import LEASE_DIR, OutputLocked, OutputStore, WriterLock, lease_name
 from batchembed.writer import ShardWriter
 
@@ -48,9 +51,10 @@ class FlockLock(WriterLock):
                 "exits (even if killed): wait for it, or stop it, then run again."
             ) from None
         self.fd: int | None = fd
-        info = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        #: ``run`` identifies this holding of the lock: the fencing token a Ray driver hands its workers.
+        self.info = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "run": uuid.uuid4().hex}
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        os.pwrite(fd, json.dumps(self.info).encode(), 0)
 
     def check(self) -> None:
         """An flock cannot be taken away from a live process: always held."""
@@ -60,6 +64,20 @@ class FlockLock(WriterLock):
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+#: Seconds a writer waits for another one to be admitted before it gives up.
+GATE_WAIT = 60.0
+
+
+class _HeldGate(WriterLock):
+    """The local gate: an ``flock`` cannot be taken from a live process, so it is always still ours."""
+
+    def check(self) -> None:
+        return None
+
+    def release(self) -> None:
+        return None
 
 
 def _read_holder(fd: int) -> str:
@@ -81,6 +99,55 @@ class LocalStore(OutputStore):
         """Take the flock on ``_lease/job.lock`` (``OutputLocked`` naming the holder if it is taken)."""
         self.lock = FlockLock(self.directory / (lease_name(shard) + ".lock"), str(self.directory))
         return self.lock
+
+    @contextlib.contextmanager
+    def gate(self) -> Iterator[WriterLock]:
+        """An ``flock`` on ``_lease/admit.lock``, waited for (a writer holds it for milliseconds)."""
+        path = self.directory / (GATE + ".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + GATE_WAIT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise OutputLocked(
+                            f"{self.directory}: another run has been starting on this output for "
+                            f"{GATE_WAIT:.0f} s (is it stopped?); run again once it is running or gone."
+                        ) from None
+                    time.sleep(0.02)
+            yield _HeldGate()
+        finally:
+            os.close(fd)  # unlocks
+
+    def live_writers(self) -> dict[tuple[int, int] | None, str]:
+        """Lock files under ``_lease/`` whose ``flock`` a live process holds (tried without waiting)."""
+        live: dict[tuple[int, int] | None, str] = {}
+        for path in sorted((self.directory / LEASE_DIR).glob("*.lock")):
+            is_writer, part = writer_of(f"{LEASE_DIR}/{path.name.removesuffix('.lock')}")
+            if not is_writer:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                live[part] = _read_holder(fd)
+            finally:
+                os.close(fd)
+        return live
+
+    def read_lock(self, name: str) -> dict | None:
+        """The holder a lock file names (``name``: ``_lease/job``), None if unreadable."""
+        try:
+            return json.loads((self.directory / (name + ".lock")).read_bytes() or b"null")
+        except (OSError, ValueError):
+            return None
 
     def prepare(self) -> None:
         """Create the directory."""

@@ -230,6 +230,20 @@ class ObjectStore(OutputStore):
         self.lock = ObjectLease.acquire(self, lease_name(shard) + ".json", self.lease_seconds)
         return self.lock
 
+    def gate(self):
+        """The admission gate: a short create-only lease on ``_lease/admit.json``, waited for."""
+        from batchembed.store.admission import GATE
+        from batchembed.store.lease import gate
+
+        return gate(self, GATE + ".json", wait=max(60.0, 2 * self.lease_seconds))
+
+    def live_writers(self) -> dict[tuple[int, int] | None, str]:
+        """The writers' leases that are live now (expired ones are retired on the way)."""
+        from batchembed.store.admission import writer_of
+        from batchembed.store.lease import live_writers
+
+        return live_writers(self, writer_of)
+
     # ----------------------------------------------------------------------------- writing
 
     def prepare(self) -> None:
