@@ -135,6 +135,36 @@ def test_worker_then_driver_killed_then_rerun_gives_every_row_once(tmp_path, srv
     assert len(srv.received_texts()) <= len(text_of) + 4 * shard_rows
 
 
+def test_rerun_after_a_driver_kill_says_what_it_recovered_from_the_workers_journals(tmp_path, srv, ray_address):
+    src, text_of = _inputs(tmp_path, files=1, rows=600)
+    job = job_for(tmp_path, srv, src, limits={"batch_inputs": 10}, output={"shard_rows": 600})
+    out = tmp_path / "out"
+    env = _env(RAY_ADDRESS=ray_address)
+
+    driver = start_cli("run", str(job), "--quiet", "--engine", "ray", "--workers", "1", env=env)
+    srv.wait_for_requests(15, timeout=120)
+    srv.hold()
+    srv.wait_for_held(1, timeout=60)
+
+    def journaled() -> int:
+        return json.loads(run_cli("status", str(job), "--json").stdout).get("rows_answered_uncommitted", 0)
+
+    _wait_for(lambda: journaled() >= 50, 60, "answers in the worker's journal")
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    srv.release()
+    _wait_for(lambda: not _slice_workers(), 60, "Ray to end the dead driver's tasks")
+
+    rerun = run_cli("run", str(job), "--engine", "ray", "--workers", "1", env=env)
+
+    assert rerun.returncode == 0, rerun.stderr
+    report = json.loads((out / "_report.json").read_text())
+    recovered = report["after_crash"]["rows_recovered_from_journal"]
+    assert recovered >= 50, report["after_crash"]
+    assert f"after the interrupted run: {recovered:,} rows recovered from its journal" in rerun.stderr
+    assert_vectors(read_output(out), text_of, 16)
+
+
 def test_workers_share_one_rate_limit(tmp_path, srv, ray_address):
     src, text_of = _inputs(tmp_path, files=3, rows=500)
     rpm = 600

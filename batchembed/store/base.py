@@ -73,6 +73,10 @@ class WriterLock(abc.ABC):
     def release(self) -> None:
         """Give the lock up (idempotent)."""
 
+    def token(self) -> Any:
+        """The fencing token of this holding (``store.fencing.FenceToken``), for writers working under it."""
+        raise NotImplementedError(f"{type(self).__name__} hands out no fencing token")
+
 
 class OutputStore(abc.ABC):
     """One output directory or prefix. Names are relative ("part-00000.parquet", "_failed/x")."""
@@ -125,6 +129,17 @@ class OutputStore(abc.ABC):
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+
+    def read_lock(self, name: str) -> tuple[dict | None, bool]:
+        """(the holder written in lock ``name`` (``_lease/job``) or None, whether its holding expires)."""
+        raise NotImplementedError
+
+    def fence_with(self, token: Any) -> None:
+        """Write under another process's lock (a Ray worker under its driver's): every fencing check
+        verifies that ``token``'s holding still holds the output (``store.fencing.TokenFence``)."""
+        from batchembed.store.fencing import TokenFence
+
+        self.lock = TokenFence(self, token)
 
     def fence(self) -> None:
         """Before any write: raise ``LeaseLost`` if this run has lost its lock."""

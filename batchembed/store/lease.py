@@ -29,7 +29,17 @@ from typing import Any
 
 from batchembed.errors import OutputError
 from batchembed.store.base import LEASE_DIR, LeaseLost, OutputLocked, WriterLock
-from batchembed.store.objects import NOT_FOUND, STORE_ERRORS, ObjectStore, _obstore, message, version_of
+from batchembed.store.fencing import FenceToken
+from batchembed.store.objects import (
+    NOT_FOUND,
+    STORE_ERRORS,
+    ObjectStore,
+    _obstore,
+    bucket_missing,
+    message,
+    no_bucket,
+    version_of,
+)
 
 
 def _when(ts: float) -> str:
@@ -180,6 +190,10 @@ class ObjectLease(WriterLock):
                     "It stops without writing; the run holding the lease now carries the job on."
                 )
 
+    def token(self) -> FenceToken:
+        """This holding: the lease's name and the run id written in it (kept through renewals)."""
+        return FenceToken(self.key.removesuffix(".json"), self.doc["run"])
+
     def release(self) -> None:
         """Stop renewing and delete the lease if it is still ours."""
         self._stop.set()
@@ -310,6 +324,8 @@ def _check_conditional_writes(store: ObjectStore) -> None:
             "Azure, recent MinIO/R2/Ceph) or write to a local disk."
         )
     except STORE_ERRORS as exc:
+        if bucket_missing(exc):
+            raise OutputError(no_bucket(store.where)) from None
         raise OutputError(f"{store.uri}: cannot write to the output: {message(exc)}") from None
     finally:
         with contextlib.suppress(*STORE_ERRORS):

@@ -26,6 +26,7 @@ from batchembed.errors import OutputError
 from batchembed.location import Location
 from batchembed.store.admission import GATE, writer_of
 from batchembed.store.base import LEASE_DIR, OutputLocked, OutputStore, WriterLock, lease_name
+from batchembed.store.fencing import FenceToken
 from batchembed.writer import ShardWriter
 
 
@@ -38,6 +39,7 @@ class FlockLock(WriterLock):
 
     def __init__(self, path: Path, display: str) -> None:
         self.path = path
+        self.name = f"{LEASE_DIR}/{path.name.removesuffix('.lock')}"
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -58,6 +60,10 @@ class FlockLock(WriterLock):
 
     def check(self) -> None:
         """An flock cannot be taken away from a live process: always held."""
+
+    def token(self) -> FenceToken:
+        """This holding: the lock's name and the run id written in it."""
+        return FenceToken(self.name, self.info["run"])
 
     def release(self) -> None:
         """Unlock (the file stays: deleting it would race with a run that just opened it)."""
@@ -142,25 +148,27 @@ class LocalStore(OutputStore):
                 os.close(fd)
         return live
 
-    def read_lock(self, name: str) -> dict | None:
-        """The holder a lock file names (``name``: ``_lease/job``), None if unreadable."""
+    def read_lock(self, name: str) -> tuple[dict | None, bool]:
+        """The holder a lock file names (``name``: ``_lease/job``; None if unreadable); it never expires."""
         try:
-            return json.loads((self.directory / (name + ".lock")).read_bytes() or b"null")
+            return json.loads((self.directory / (name + ".lock")).read_bytes() or b"null"), False
         except (OSError, ValueError):
-            return None
+            return None, False
 
     def prepare(self) -> None:
         """Create the directory."""
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def shard_writer(self, name: str, schema: pa.Schema, compression: str) -> ShardWriter:
-        """Today's writer: a temp file renamed into place on commit."""
+        """Today's writer: a temp file renamed into place on commit (after the fencing check)."""
         path = self.directory / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        return ShardWriter(path.parent, path.name, schema, compression)
+        return ShardWriter(path.parent, path.name, schema, compression, before_publish=self.fence)
 
     def write_bytes(self, name: str, data: bytes, before_rename: str | None = None) -> None:
-        """``atomic.write_atomic``: temp file, fsync, (the ``before_rename`` failpoint), rename, fsync the directory."""
+        """Fencing check, then ``atomic.write_atomic``: temp file, fsync, (the ``before_rename`` failpoint),
+        rename, fsync the directory."""
+        self.fence()
         hook = (lambda: failpoint(before_rename)) if before_rename else None
         write_atomic(self.directory / name, data, before_replace=hook)
 
