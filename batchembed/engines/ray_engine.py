@@ -165,15 +165,21 @@ class SliceRunner(JobRunner):
         return ExitCode.OK
 
     def counters(self) -> dict[str, Any]:
-        """The stats the driver adds up."""
+        """The stats the driver adds up, and the width of the vectors (a driver that loads no model learns it here)."""
         s = self.stats
-        return {**{k: getattr(s, k) for k in _COUNTERS}, "retries": dict(s.retries), "latencies": list(s.latencies)}
+        return {
+            **{k: getattr(s, k) for k in _COUNTERS},
+            "retries": dict(s.retries),
+            "latencies": list(s.latencies),
+            "dim": getattr(self.task, "dim", None),
+        }
 
 
 def _delta(now: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
     out = {k: now[k] - before.get(k, 0) for k in _COUNTERS}
     out["retries"] = {k: v - before.get("retries", {}).get(k, 0) for k, v in now["retries"].items()}
     out["latencies"] = now["latencies"][len(before.get("latencies", [])) :]
+    out["dim"] = now.get("dim")
     return out
 
 
@@ -233,6 +239,12 @@ class RayDriver(JobRunner):
         finally:
             if started:
                 ray.shutdown()
+
+    async def _check_server(self, manifest: Manifest) -> None:
+        """The canary, except for a local model: the driver does not load it (its files' digest is in the
+        job's fingerprint already; every worker runs the canary on the model it loads)."""
+        if self.model.provider != "local":
+            await super()._check_server(manifest)
 
     async def _pipeline(self, sources, columns, retry_units) -> None:
         await asyncio.to_thread(self._dispatch, bool(retry_units))
@@ -323,4 +335,6 @@ class RayDriver(JobRunner):
             setattr(s, key, getattr(s, key) + delta[key])
         s.retries.update(delta["retries"])
         s.latencies.extend(delta["latencies"])
+        if getattr(self.task, "dim", 0) is None and delta.get("dim"):
+            self.task.dim = delta["dim"]  # for the report: the driver of a local model ran no canary
         self.progress.refresh()
