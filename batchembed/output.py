@@ -116,6 +116,7 @@ class JobOutput:
             self.manifest = finished_split_manifest(self.store, fingerprint)
             return self.manifest
         self.manifest = open_output(self.store, fingerprint, restart)
+        self.store.abort_stale_uploads()  # a killed run's unfinished shard uploads: no live writer owns them
         return self.manifest
 
     def finished_before(self) -> bool:

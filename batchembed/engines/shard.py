@@ -37,6 +37,7 @@ class PartOutput(JobOutput):
 
     def open(self, fingerprint: dict[str, Any], restart: bool) -> Manifest:
         self.manifest = open_part(self.store, fingerprint, restart, self.part)
+        self.store.abort_stale_uploads(self.owns)  # this part's own units only: the others may be uploading
         return self.manifest
 
     def retry_unit_name(self, n: int) -> str:

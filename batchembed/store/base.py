@@ -183,6 +183,11 @@ class OutputStore(abc.ABC):
         """Remove the commit journal once its lines are folded into the manifest (none kept by default)."""
         return None
 
+    def abort_stale_uploads(self, owns: Any = None) -> list[str]:
+        """Abort the incomplete uploads of shards this writer owns (``owns(name)``; all when None) that a
+        killed writer left; the names aborted (none where a store has no such thing: a local disk)."""
+        return []
+
     @abc.abstractmethod
     def delete(self, name: str) -> None:
         """Delete a file (no error if it is not there)."""

@@ -324,6 +324,12 @@ class ObjectStore(OutputStore):
                 time.sleep(0.2 * (attempt + 1))  # then the condition is evaluated again by the store
         raise AssertionError("unreachable")
 
+    def abort_stale_uploads(self, owns: Any = None) -> list[str]:
+        """The multipart uploads of this writer's shards that a killed writer left (``store.uploads``)."""
+        from batchembed.store.uploads import abort_stale_uploads
+
+        return abort_stale_uploads(self, owns)
+
     def delete(self, name: str) -> None:
         """Fencing check, then DELETE (a prefix: every object under it)."""
         obstore = _obstore()
