@@ -66,7 +66,7 @@ class Location:
     @property
     def fs(self) -> pafs.FileSystem:
         """The pyarrow filesystem serving this location (one per store and options, reused)."""
-        return _filesystem(self.kind, self.account, self.options)
+        return _filesystem(self.kind, self.account, self.options, _environment())
 
     def child(self, name: str) -> Location:
         """The location of ``name`` (a relative key) under this one."""
@@ -149,8 +149,28 @@ def register_cloud_secrets() -> None:
         register_secret(os.environ.get(name))
 
 
+#: The environment variables a filesystem is configured from: part of its cache key, so a process
+#: whose environment changes (a library user, the tests' servers) never reuses one for another store.
+_FS_VARIABLES = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_PROFILE",
+    "STORAGE_EMULATOR_HOST",
+    "AZURE_STORAGE_ACCOUNT_NAME",
+)
+
+
+def _environment() -> tuple[str | None, ...]:
+    return tuple(os.environ.get(name) for name in _FS_VARIABLES)
+
+
 @cache
-def _filesystem(kind: str, account: str | None, options: StorageOptions) -> pafs.FileSystem:
+def _filesystem(
+    kind: str, account: str | None, options: StorageOptions, environment: tuple[str | None, ...] = ()
+) -> pafs.FileSystem:
     if kind == "local":
         return pafs.LocalFileSystem()
     register_cloud_secrets()

@@ -12,7 +12,7 @@ from batchembed.testing import FakeServer
 from tests.conftest import assert_vectors, cli_env, kill_held, make_texts, run_here, start_cli, write_job
 from tests.s3server import MotoServer
 
-ROWS = 6000
+ROWS = 12000
 DIM = 1024  # 4 KB a row: the first piece of a unit (4,096 rows) is ~16 MB, several 5 MB parts
 
 
@@ -53,13 +53,16 @@ def test_resume_aborts_the_upload_a_killed_writer_left(tmp_path, s3, shard):
                 "input": {"path": f"s3://{bucket}/in/data.parquet", "text": "text", "id": "id"},
                 "model": {"provider": "openai-compatible", "base_url": srv.url, "name": "fake", "timeout": 10.0},
                 "limits": {"batch_inputs": 256, "concurrency": 4},
-                "output": {"path": f"s3://{bucket}/out", "shard_rows": 5000},  # units part-00000 and part-00001
+                "output": {"path": f"s3://{bucket}/out", "shard_rows": 10000},  # units part-00000, part-00001
             },
         )
         proc = start_cli("run", str(job), "--quiet", *part, env=env)
+        # the first piece (4,096 rows, 16 requests) is answered; the rest of unit part-00000 is held
+        srv.wait_for_requests(24, timeout=120)
+        srv.hold()
         shard_upload = "out/part-00000.parquet"
         _wait_for(lambda: shard_upload in _uploads(s3, bucket).values() or proc.poll() is not None, 120, "an upload")
-        srv.hold()
+        assert proc.poll() is None, proc.communicate()[1]
         kill_held(proc, srv)
         stale = _uploads(s3, bucket)
         assert shard_upload in stale.values(), stale  # with the journal's segment, maybe
@@ -69,6 +72,6 @@ def test_resume_aborts_the_upload_a_killed_writer_left(tmp_path, s3, shard):
     assert resumed.returncode == 0, resumed.stderr
     assert not set(stale) & set(_uploads(s3, bucket))  # the killed run's upload (and its parts) is gone
     table = s3.read_output(bucket, "out")
-    owned = [i for i in range(ROWS) if not shard or i < 5000]
+    owned = [i for i in range(ROWS) if not shard or i < 10000]
     assert sorted(table.column("id").to_pylist()) == owned
     assert_vectors(table, {i: texts[i] for i in owned}, DIM)
