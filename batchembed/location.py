@@ -283,12 +283,25 @@ def list_files(where: Location, accept: Callable[[str], object]) -> list[FoundFi
         loc = dataclasses.replace(where, key=rel_key, uri=f"{scheme}://{where.bucket}/{rel_key}")
         name = info.path[len(root) + 1 :] if info.path.startswith(root + "/") else info.base_name
         found.append(FoundFile(loc, name, info.size or 0, info.mtime_ns or 0))
+    if not found and _bucket_absent(fs, where.bucket):
+        raise InputError(
+            f"input.path {where.uri!r}: the bucket {where.bucket!r} does not exist (or these credentials cannot "
+            "see it). Correct input.path."
+        )
     return found
 
 
 def until_wildcard(parts: list[str]):
     """The leading parts of a key up to (not including) the first one with a wildcard."""
     return _until_wildcard(parts)
+
+
+def _bucket_absent(fs: pafs.FileSystem, bucket: str) -> bool:
+    """Whether the store says ``bucket`` does not exist (False when it cannot tell)."""
+    try:
+        return fs.get_file_info(bucket).type == pafs.FileType.NotFound
+    except (OSError, ValueError):
+        return False
 
 
 def _until_wildcard(parts: list[str]):

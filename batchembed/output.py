@@ -38,7 +38,7 @@ from batchembed.checkpoint import (
     open_output,
     remove_orphans,
 )
-from batchembed.errors import InputError
+from batchembed.errors import InputError, ResumeRefused
 from batchembed.identity import restat
 from batchembed.output_cache import OutputCache
 from batchembed.refresh import InputDiff, identity_of, known_rows
@@ -107,6 +107,7 @@ class JobOutput:
     def file_name(self, unit: Unit) -> str:
         """The shard file for ``unit`` written by this run: ``part-00007-<attempt>.parquet``."""
         return f"{unit.name.removesuffix('.parquet')}-{self.attempt}.parquet"
+        self._split_done = False  # a finished --shard split rerun as a whole run: nothing to do
 
     @property
     def uri(self) -> Any:
@@ -116,11 +117,12 @@ class JobOutput:
     # ------------------------------------------------------------------------------ opening
 
     def acquire(self, restart: bool) -> None:
-        """Take the output's one-writer lock (``OutputLocked`` names the holder)."""
-        from batchembed.engines.parts import refuse_mixing
+        """Be admitted as the output's one writer (``OutputLocked`` names a live writer that excludes this run)."""
+        from batchembed.engines.parts import finished_split, refuse_mixing
 
-        self.store.acquire()
-        if not restart:  # --restart discards a split output whole
+        self.store.admit(None)  # refused while any other writer (a part of a split too) is live
+        self._split_done = not restart and finished_split(self.store)
+        if not restart and not self._split_done:  # --restart discards a split output whole
             refuse_mixing(self.store, None)
 
     def release(self) -> None:
@@ -129,7 +131,13 @@ class JobOutput:
 
     def open(self, fingerprint: dict[str, Any], restart: bool) -> Manifest:
         """Load (or create) the manifest this run records its units in; clean what it does not record."""
+        if self._split_done:  # a finished split: nothing to do (see ``finished_before``)
+            from batchembed.engines.parts import finished_split_manifest
+
+            self.manifest = finished_split_manifest(self.store, fingerprint)
+            return self.manifest
         self.manifest = open_output(self.store, fingerprint, restart)
+        self.store.abort_stale_uploads()  # a killed run's unfinished shard uploads: no live writer owns them
         return self.manifest
 
     # ------------------------------------------------------------------------------ refreshing
@@ -160,6 +168,13 @@ class JobOutput:
 
     def begin_refresh(self, diff: InputDiff, sources: list[SourceFile], max_removed: float) -> bool:
         """Start a refresh generation if the inputs changed (see ``output_refresh.begin``)."""
+        if self._split_done:  # a finished split, rerun whole: its parts own it
+            if diff.added or diff.changed or diff.removed:
+                raise ResumeRefused(
+                    f"{self.store.uri} was written by --shard I/N parts and its inputs changed since "
+                    f"({output_refresh.describe(diff, self.manifest)}); run every part again to refresh it"
+                )
+            return False
         return output_refresh.begin(self.store, self.manifest, diff, sources, max_removed)
 
     def describe_refresh(self, diff: InputDiff) -> str:

@@ -148,12 +148,21 @@ class Pipeline:
                 piece.done.set()
 
     async def _writer(self) -> None:
-        """Write pieces in unit order; commit a unit when its last piece is written."""
+        """Write pieces in unit order; commit a unit when its last piece is written.
+
+        A unit's commit (the end of its upload, its manifest entry) runs in the background while the
+        next unit's pieces are written: at most one commit in flight, each awaited before the next
+        starts, so units are committed in order, one at a time, as before; a failed commit stops the
+        writer at its next unit. What counts is unchanged: a shard counts once the manifest records it."""
         unit_writer: UnitWriter | None = None
         broken: Unit | None = None  # a unit with an abandoned piece cannot be committed
+        committing: asyncio.Future | None = None
         try:
             while (piece := await self._pieces.get()) is not None:
                 await piece.done.wait()
+                if committing is not None and committing.done():
+                    await committing  # a failed commit (a lost lease...) stops the run at once
+                    committing = None
                 unit = piece.chunk.unit
                 if piece.abandoned or broken is unit:
                     broken = unit
@@ -171,11 +180,20 @@ class Pipeline:
                 await asyncio.to_thread(unit_writer.write, rows, failed, cut)
                 self._slots.release()
                 if piece.chunk.last:
-                    await asyncio.to_thread(self._commit, unit_writer)
+                    if committing is not None:
+                        await committing  # the unit before: committed (or its error raised) first
+                    committing = asyncio.ensure_future(asyncio.to_thread(self._commit, unit_writer))
                     unit_writer = None
+            if committing is not None:
+                await committing
+                committing = None
         finally:
             if unit_writer is not None:
                 unit_writer.abort()
+            if committing is not None:  # stopping on an error: let the commit in flight end either way
+                await asyncio.wait({committing})
+                if not committing.cancelled():
+                    committing.exception()  # retrieved: the writer's own error is the one raised
 
     def _count(self, piece: Piece, failed: Any, cut: Any) -> None:
         """Add a written piece's rows to the stats."""

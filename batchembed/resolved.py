@@ -144,8 +144,11 @@ class ResolvedJob:
         }
 
 
-def resolve(job: JobConfig | ResolvedJob) -> ResolvedJob:
+def resolve(job: JobConfig | ResolvedJob, embeds: bool = True) -> ResolvedJob:
     """Resolve ``job`` (a ``ResolvedJob`` is returned as it is): the one place its model is resolved.
+
+    ``embeds=False``: this process embeds nothing (a Ray driver): a local model's files, digest and
+    tokenizer are read, its ONNX session is not loaded.
 
     Raises ``ConfigError`` for a ``model.dimensions`` the catalogued model cannot return and for a
     local model that cannot be loaded, before anything is read or sent.
@@ -160,7 +163,9 @@ def resolve(job: JobConfig | ResolvedJob) -> ResolvedJob:
     if model.provider == "local":
         from batchembed.providers.local import LocalEmbedder
 
-        local_model = LocalEmbedder(path=job.model.path, dimensions=job.model.dimensions, threads=job.model.threads)
+        local_model = LocalEmbedder(
+            path=job.model.path, dimensions=job.model.dimensions, threads=job.model.threads, session=embeds
+        )
         max_tokens, identity = local_model.max_tokens, {"sha256": local_model.sha256}
     limit = job.limits.input_tokens
     return ResolvedJob(

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,8 +94,16 @@ class _HashingFile:
 class ShardWriter:
     """Writes one Parquet file: ``write`` tables in order, then ``commit`` (or ``abort``)."""
 
-    def __init__(self, directory: Path, name: str, schema: pa.Schema, compression: str = "snappy") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        name: str,
+        schema: pa.Schema,
+        compression: str = "snappy",
+        before_publish: Callable[[], None] | None = None,
+    ) -> None:
         self.directory = directory
+        self.before_publish = before_publish  # the store's fencing check, just before the rename
         self.name = name
         self.final = directory / name
         self.tmp = temp_path(self.final)
@@ -131,6 +140,12 @@ class ShardWriter:
             fh.close()
         digest = self._file.hash.hexdigest()
         size = self._file.size
+        if self.before_publish is not None:
+            try:
+                self.before_publish()
+            except BaseException:
+                self.tmp.unlink(missing_ok=True)
+                raise
         publish(self.tmp, self.final)  # fsync, rename, fsync the directory
         return WrittenFile(self.name, self.rows, size, digest)
 

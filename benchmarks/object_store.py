@@ -28,7 +28,17 @@ import psutil
 import pyarrow.parquet as pq
 
 from benchmarks import data
-from benchmarks.common import HERE, ROOT, WORK, Server, batchembed_command, run_measured, unlimited, write_job
+from benchmarks.common import (
+    HERE,
+    ROOT,
+    WORK,
+    Server,
+    batchembed_command,
+    child_env,
+    run_measured,
+    unlimited,
+    write_job,
+)
 
 sys.path.insert(0, str(ROOT))
 
@@ -62,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--split", action="store_true", help="also input-only and output-only on S3")
     parser.add_argument("--out", default=str(HERE / "results-object-store.json"))
+    parser.add_argument(
+        "--compare-src",
+        help="a directory holding another batchembed package (e.g. main's): each run is also made with it, "
+        "interleaved, labelled 'before'",
+    )
     args = parser.parse_args(argv)
 
     input_path = data.dataset(args.rows)
@@ -81,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                 jobs["S3 in only"] = (f"s3://{bucket}/in/texts.parquet", str(WORK / "out" / "object-store-local"))
                 jobs["S3 out only"] = (str(input_path), f"s3://{bucket}/out")
             moto = psutil.Process(s3.proc.pid)
+            variants = [("", None)] + ([(" before", args.compare_src)] if args.compare_src else [])
             for i in range(args.repeat):
-                for name, (src, out) in jobs.items():
+                for (name, (src, out)), (label, code) in ((j, v) for j in jobs.items() for v in variants):
                     job = write_job(
                         WORK / "jobs" / f"object-store-{name.split()[0].lower()}.toml",
                         input_path=src,
@@ -96,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                         [*entry, "run", str(job), "--quiet", "--restart"],
                         WORK / "logs" / f"object-store-{name.split()[0].lower()}-{i}.log",
                         timeout=600,
+                        env=child_env(code),
                     )
                     moto_cpu = sum(moto.cpu_times()[:2]) - moto_cpu0
                     if m.returncode != 0:
@@ -106,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                         check = check_s3(s3, bucket, args.rows)
                     results.append(
                         {
-                            "store": name,
+                            "store": name + label,
                             "run": i + 1,
                             "rows": args.rows,
                             "wall_s": round(m.wall, 2),
@@ -127,11 +144,11 @@ def main(argv: list[str] | None = None) -> int:
             speeds.setdefault(r["store"], []).append(r["rows_per_s"])
     median = {k: statistics.median(v) for k, v in speeds.items()}
     ratio = median.get("S3 (moto)", 0) / median["local disk"] if median.get("local disk") else None
-    head = f"{'store':<12} {'run':>3} {'rows/s':>8} {'wall s':>7} {'CPU s':>6} {'moto CPU s':>10} {'peak RSS MB':>12}"
+    head = f"{'store':<19} {'run':>3} {'rows/s':>8} {'wall s':>7} {'CPU s':>6} {'moto CPU s':>10} {'peak RSS MB':>12}"
     print(f"\n{head}  check")
     for r in results:
         print(
-            f"{r['store']:<12} {r['run']:>3} {r['rows_per_s']:>8,} {r['wall_s']:>7.1f} {r['cpu_s']:>6.1f} "
+            f"{r['store']:<19} {r['run']:>3} {r['rows_per_s']:>8,} {r['wall_s']:>7.1f} {r['cpu_s']:>6.1f} "
             f"{r['moto_cpu_s']:>10.1f} {r['peak_rss_mb']:>12,}  {r['check']}"
         )
     if ratio is not None:

@@ -60,3 +60,35 @@ def test_a_pause_holds_every_worker_and_learned_limits_lower_the_rate():
     assert budget.limits()["requests_per_minute"] == 120
     budget.learn(6000, None)  # a server raising its limit is followed, never above the configured one
     assert budget.limits()["requests_per_minute"] == 600
+
+
+def test_header_less_429s_from_any_worker_lower_the_job_rate_and_hold_every_worker():
+    clock = Clock()
+    budget = JobBudget(2400, 10**9, clock=clock)
+    # three workers at 10 requests/s for a minute: the server accepted 600 (it allows no more)
+    for _ in range(600):
+        budget.reserve(1, 10, accepted=(1, 10))
+        clock.now += 0.1
+    budget.throttled(429)  # one worker's 429, announcing nothing
+
+    limits = budget.limits()
+    assert limits["source"] == "adaptive" and limits["throttled"] == 1
+    assert 0.9 * 600 <= limits["requests_per_minute"] <= 600  # a little under what the server accepted
+    assert budget.reserve(1, 10) > 0  # every worker is held a moment
+    clock.now += 10
+    times = _send_times(budget, clock, 1200)
+    assert _most_in(times, 60.0) <= 600
+    # accepted requests win the rate back, a little at a time
+    for _ in range(300):
+        budget.reserve(1, 10, accepted=(1, 10))
+    assert budget.limits()["requests_per_minute"] > limits["requests_per_minute"]
+
+
+def test_announced_limits_stop_the_probing():
+    clock = Clock()
+    budget = JobBudget(2400, 10**9, clock=clock)
+    budget.learn(1200, None)
+    for _ in range(100):
+        budget.reserve(1, 10, accepted=(1, 10))
+    budget.throttled(429)
+    assert budget.limits()["requests_per_minute"] == 1200

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -25,6 +26,7 @@ from tests.conftest import (
     read_output,
     run_cli,
     start_cli,
+    write_job,
 )
 
 pytest.importorskip("ray")
@@ -133,6 +135,87 @@ def test_worker_then_driver_killed_then_rerun_gives_every_row_once(tmp_path, srv
     assert run_cli("verify", str(job)).returncode == 0
     # each kill cost at most the units in progress: one for the worker, three for the driver's workers
     assert len(srv.received_texts()) <= len(text_of) + 4 * shard_rows
+
+
+def test_rerun_after_a_driver_kill_says_what_it_recovered_from_the_workers_journals(tmp_path, srv, ray_address):
+    src, text_of = _inputs(tmp_path, files=1, rows=600)
+    job = job_for(tmp_path, srv, src, limits={"batch_inputs": 10}, output={"shard_rows": 600})
+    out = tmp_path / "out"
+    env = _env(RAY_ADDRESS=ray_address)
+
+    driver = start_cli("run", str(job), "--quiet", "--engine", "ray", "--workers", "1", env=env)
+    srv.wait_for_requests(15, timeout=120)
+    srv.hold()
+    srv.wait_for_held(1, timeout=60)
+
+    def journaled() -> int:
+        return json.loads(run_cli("status", str(job), "--json").stdout).get("rows_answered_uncommitted", 0)
+
+    _wait_for(lambda: journaled() >= 50, 60, "answers in the worker's journal")
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    srv.release()
+    _wait_for(lambda: not _slice_workers(), 60, "Ray to end the dead driver's tasks")
+
+    rerun = run_cli("run", str(job), "--engine", "ray", "--workers", "1", env=env)
+
+    assert rerun.returncode == 0, rerun.stderr
+    report = json.loads((out / "_report.json").read_text())
+    recovered = report["after_crash"]["rows_recovered_from_journal"]
+    assert recovered >= 50, report["after_crash"]
+    assert f"after the interrupted run: {recovered:,} rows recovered from its journal" in rerun.stderr
+    assert_vectors(read_output(out), text_of, 16)
+
+
+_COUNTING_DRIVER = (
+    "import sys, onnxruntime\n"
+    "made = []\n"
+    "class Counted(onnxruntime.InferenceSession):\n"
+    "    def __init__(self, *args, **kwargs):\n"
+    "        made.append(1)\n"
+    "        super().__init__(*args, **kwargs)\n"
+    "onnxruntime.InferenceSession = Counted\n"
+    "from batchembed.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "print(f'driver onnx sessions: {len(made)}', file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
+
+
+def test_driver_of_a_local_model_job_does_not_load_the_model_its_workers_run(tmp_path, ray_address):
+    pytest.importorskip("onnxruntime")
+    from batchembed.providers.local import LocalEmbedder
+
+    src, text_of = _inputs(tmp_path, files=1, rows=60)
+    job = write_job(
+        tmp_path / "job.toml",
+        {
+            "input": {"path": str(src), "text": "text", "id": "id"},
+            "model": {"provider": "local"},  # no server: the model runs on the workers
+            "limits": {"batch_inputs": 16, "concurrency": 2},
+            "output": {"path": str(tmp_path / "out"), "shard_rows": 20},
+        },
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-c", _COUNTING_DRIVER, "run", str(job), "--quiet", "--engine", "ray", "--workers", "2"],
+        capture_output=True,
+        text=True,
+        env=_env(RAY_ADDRESS=ray_address),
+        cwd=ROOT,
+        timeout=300,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "driver onnx sessions: 0" in result.stderr
+    assert json.loads((tmp_path / "out" / "_report.json").read_text())["dimensions"] == 384
+    table = read_output(tmp_path / "out")
+    assert sorted(table.column("id").to_pylist()) == sorted(text_of)
+    ids = table.column("id").to_pylist()
+    got = table.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False).reshape(len(ids), -1)
+    want, _ = LocalEmbedder().encode([text_of[i] for i in ids])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert run_cli("verify", str(job)).returncode == 0
 
 
 def test_workers_share_one_rate_limit(tmp_path, srv, ray_address):

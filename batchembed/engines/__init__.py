@@ -60,7 +60,9 @@ def run_job(
         return build_runner(job, runner_class=ShardRunner, shard=parse_shard(shard), **options).run()
     if kind == "ray":
         from batchembed.engines.ray_engine import RayDriver, import_ray
+        from batchembed.resolved import resolve
 
         import_ray()  # a clear error naming the extra to install, before anything else
-        return build_runner(job, runner_class=RayDriver, **options).run()
+        # the driver embeds nothing: a local model is loaded only on the workers
+        return build_runner(resolve(job, embeds=False), runner_class=RayDriver, **options).run()
     return build_runner(job, **options).run()

@@ -17,8 +17,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from batchembed.limits import AdaptiveWindow, RateLimits
+from batchembed.limits import AdaptiveWindow, PacedLimit, RateLimits
 from batchembed.ratelimit_headers import Announced
+
+#: The job-wide hold after a 429 that announced nothing (seconds), doubling up to the maximum.
+THROTTLE_PAUSE = 0.25
+THROTTLE_PAUSE_MAX = 8.0
 
 
 class _Pacer:
@@ -53,9 +57,23 @@ class JobBudget:
         self.paused_until = 0.0
         self.clock = clock
         self.granted = 0
+        self.throttles = 0
+        self._streak = 0  # header-less 429s since the server last accepted a request
+        # the job-wide rate a server that announces nothing allows, learned as one process learns it
+        self.paces = (
+            PacedLimit("requests", requests_per_minute, clock),
+            PacedLimit("tokens", tokens_per_minute, clock),
+        )
 
-    def reserve(self, requests: int, tokens: int) -> float:
-        """Reserve budget for ``requests`` requests of ``tokens`` tokens; seconds the caller must wait."""
+    def reserve(self, requests: int, tokens: int, accepted: tuple[int, int] = (0, 0)) -> float:
+        """Reserve budget for ``requests`` requests of ``tokens`` tokens; seconds the caller must wait.
+
+        ``accepted``: (requests, tokens) the server accepted from this worker since its last reservation."""
+        if accepted[0]:
+            self._streak = 0
+            self.paces[0].accepted(accepted[0])
+            self.paces[1].accepted(accepted[1])
+            self._follow()
         now = self.clock()
         at = max(self.requests.reserve(requests, now, self.paused_until), self.tokens.reserve(tokens, now, 0.0))
         self.granted += requests
@@ -65,12 +83,32 @@ class JobBudget:
         """The server asked for a pause (429 Retry-After, a budget spent until reset): hold every worker."""
         self.paused_until = max(self.paused_until, self.clock() + min(seconds, 120.0))
 
+    def throttled(self, status: int) -> None:
+        """A worker got a 429 (or 503) that announced no limit: cut the job's rate (``PacedLimit.throttled``:
+        at most once per few seconds however many workers report the same burst), and hold every worker
+        for a moment, doubling while 429s go on with nothing accepted: what one process's senders do
+        together when all of them back off, so N workers do not send N times the retries into a full window."""
+        self.throttles += 1
+        for pace in self.paces:
+            pace.throttled(status)
+        self._follow()
+        self._streak += 1
+        self.pause(min(THROTTLE_PAUSE_MAX, THROTTLE_PAUSE * 2 ** (self._streak - 1)))
+
+    def _follow(self) -> None:
+        """Pace the GCRA pacers at what the AIMD learned (only where the server announced nothing)."""
+        for pace, pacer in zip(self.paces, (self.requests, self.tokens), strict=True):
+            if pace.source == "adaptive" and max(1, int(pace.value)) != pacer.limit:
+                pacer.set_limit(int(pace.value))
+
     def learn(self, requests_per_minute: int | None, tokens_per_minute: int | None) -> None:
         """The server's own limits (``x-ratelimit-limit-*``): follow them, up to the configured ones."""
         if requests_per_minute:
             self.requests.set_limit(min(requests_per_minute, self.configured[0]))
+            self.paces[0].learn(requests_per_minute)  # announced: no more probing
         if tokens_per_minute:
             self.tokens.set_limit(min(tokens_per_minute, self.configured[1]))
+            self.paces[1].learn(tokens_per_minute)
 
     def limits(self) -> dict[str, Any]:
         """What the budget enforces now (for the report and tests)."""
@@ -78,6 +116,8 @@ class JobBudget:
             "requests_per_minute": self.requests.limit,
             "tokens_per_minute": self.tokens.limit,
             "granted": self.granted,
+            "throttled": self.throttles,
+            "source": self.paces[0].source,
         }
 
 
@@ -101,11 +141,13 @@ class SharedLimits(RateLimits):
         self.budget = budget
         self.window = _SharedWindow(concurrency, budget)
         self._known: tuple[float | None, float | None] = (None, None)
+        self._accepted = [0, 0]  # (requests, tokens) accepted since the last reservation, reported with the next
 
     async def admit(self, tokens: int) -> None:
         """Wait for the job-wide budget of one request of ``tokens`` (estimated, charged as the server counts)."""
         async with self._admitting:
-            wait = await self.budget.reserve.remote(1, self.charge(tokens))
+            accepted, self._accepted = tuple(self._accepted), [0, 0]
+            wait = await self.budget.reserve.remote(1, self.charge(tokens), accepted)
             if wait > 0:
                 await asyncio.sleep(wait)
 
@@ -114,6 +156,11 @@ class SharedLimits(RateLimits):
         spent budget pauses every worker (through the window); announced limits become the job's."""
         found = super().observe(headers, status, tokens)
         stated = (found.requests_per_minute, found.tokens_per_minute)
+        if status == 200:
+            self._accepted[0] += 1
+            self._accepted[1] += self.charge(tokens)
+        elif status in (429, 503) and stated == (None, None):
+            self.budget.throttled.remote(status)  # announces nothing: the job's rate backs off
         if any(v is not None for v in stated) and stated != self._known:
             self._known = stated
             self.budget.learn.remote(*(None if v is None else int(v) for v in stated))

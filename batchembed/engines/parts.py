@@ -16,7 +16,14 @@ import copy
 import re
 
 from batchembed.atomic import TMP_SUFFIX
-from batchembed.checkpoint import SUCCESS, Manifest, check_shards, fingerprint_hash, remove_orphans
+from batchembed.checkpoint import (
+    SUCCESS,
+    Manifest,
+    check_shards,
+    describe_changes,
+    fingerprint_hash,
+    remove_orphans,
+)
 from batchembed.errors import ResumeRefused, UsageError
 from batchembed.refresh import GENERATION_SPAN
 from batchembed.store.base import OutputStore, manifest_names, part_suffix
@@ -89,6 +96,37 @@ def refuse_mixing(store: OutputStore, part: tuple[int, int] | None) -> None:
             f"{store.uri} is split into {other[0]} parts already (--shard I/{other[0]}); --shard {index}/{count} "
             f"would assign units differently. Run with --shard I/{other[0]}, or use another output.path."
         )
+
+
+def finished_split(store: OutputStore) -> bool:
+    """Whether the output is a split whose every part is complete and whose ``_SUCCESS`` is written."""
+    parts = part_names(store)
+    if not parts or store.size(manifest_names(None)[0]) is not None or not store.exists(SUCCESS):
+        return False
+    counts = {n for _, n in parts}
+    return len(counts) == 1 and every_part_complete(store, counts.pop())
+
+
+def finished_split_manifest(store: OutputStore, fingerprint: dict) -> Manifest:
+    """A finished split as one manifest, for a whole run that has nothing left to do (its job's fingerprint
+    must be the split's: ``ResumeRefused`` otherwise, as for any other job's output)."""
+    manifest, _ = load_whole(store)
+    if fingerprint_hash(manifest.fingerprint) != fingerprint_hash(fingerprint):
+        changes = describe_changes(manifest.fingerprint, fingerprint)
+        raise ResumeRefused(
+            f"{store.uri} holds the finished output of a different job (written by --shard parts): "
+            + "; ".join(changes or ["fingerprint differs"])
+            + ". Run with --restart to discard it, or use another output.path."
+        )
+    return manifest
+
+
+def check_every_part(store: OutputStore, count: int) -> None:
+    """Before ``_SUCCESS``: every shard each of the ``count`` parts records is there (``OutputError`` if not)."""
+    for index in range(count):
+        manifest = _load_part(store, (index, count))
+        if manifest is not None:
+            check_shards(store, manifest)
 
 
 def open_part(store: OutputStore, fingerprint: dict, restart: bool, part: tuple[int, int]) -> Manifest:

@@ -38,10 +38,22 @@ from batchembed.exitcodes import ExitCode
 from batchembed.output import JobOutput
 from batchembed.runner import JobRunner
 from batchembed.store import open_store
+from batchembed.store.fencing import FenceToken
 
 #: Times one slice is re-submitted after its worker process or node died, before the job gives up.
 MAX_SLICE_ATTEMPTS = 4
-_COUNTERS = ("rows_embedded", "rows_skipped", "rows_failed", "tokens", "tokens_saved", "requests")
+#: The stats a worker hands its driver with every shard (added up into the job's report and summary).
+_COUNTERS = (
+    "rows_embedded",
+    "rows_skipped",
+    "rows_failed",
+    "rows_truncated",
+    "rows_recovered",  # answers an interrupted run left in the journal: "after the interrupted run"
+    "rows_resent",
+    "tokens",
+    "tokens_saved",
+    "requests",
+)
 
 
 class EngineError(BatchEmbedError):
@@ -95,13 +107,17 @@ class SliceOutput(JobOutput):
     The driver holds the lock/lease and records every shard (the commit point), then writes the report
     and ``_failed.parquet``: a worker does none of that."""
 
-    def __init__(self, store: Any, compression: str, manifest: Manifest, sink) -> None:
+    def __init__(self, store: Any, compression: str, manifest: Manifest, sink, fence: FenceToken | None) -> None:
         super().__init__(store, compression)
         self.manifest = manifest  # the driver's, as of the slice's submission; never saved here
         self._sink = sink
+        self._fence = fence
 
     def acquire(self, restart: bool) -> None:
-        return None  # the driver holds the output's lock/lease for the whole run
+        """The driver holds the output's lock/lease for the whole run; this worker writes only while the
+        driver's holding (``fence``) still owns the output (checked before each shard becomes visible)."""
+        if self._fence is not None:
+            self.store.fence_with(self._fence)
 
     def open(self, fingerprint: dict[str, Any], restart: bool) -> Manifest:
         return self.manifest
@@ -123,8 +139,17 @@ class SliceRunner(JobRunner):
     clears_journals = False  # other parts of the job may have units in flight
     publishes = False  # the driver publishes the table once every slice is committed
 
-    def __init__(self, *args: Any, part: tuple[int, int], manifest: Manifest, budget: Any, sink, **kwargs: Any):
-        self._given = (manifest, sink)
+    def __init__(
+        self,
+        *args: Any,
+        part: tuple[int, int],
+        manifest: Manifest,
+        budget: Any,
+        sink,
+        fence: FenceToken | None = None,
+        **kwargs: Any,
+    ):
+        self._given = (manifest, sink, fence)
         owns = owned_by(part)
         super().__init__(*args, units=lambda unit: unit.kind == "retry" or owns(unit.name), **kwargs)
         model = self.model
@@ -144,21 +169,30 @@ class SliceRunner(JobRunner):
         return ExitCode.OK
 
     def counters(self) -> dict[str, Any]:
-        """The stats the driver adds up."""
+        """The stats the driver adds up, and the width of the vectors (a driver that loads no model learns it here)."""
         s = self.stats
-        return {**{k: getattr(s, k) for k in _COUNTERS}, "retries": dict(s.retries), "latencies": list(s.latencies)}
+        return {
+            **{k: getattr(s, k) for k in _COUNTERS},
+            "retries": dict(s.retries),
+            "latencies": list(s.latencies),
+            "dim": getattr(self.task, "dim", None),
+        }
 
 
 def _delta(now: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
     out = {k: now[k] - before.get(k, 0) for k in _COUNTERS}
     out["retries"] = {k: v - before.get("retries", {}).get(k, 0) for k, v in now["retries"].items()}
     out["latencies"] = now["latencies"][len(before.get("latencies", [])) :]
+    out["dim"] = now.get("dim")
     return out
 
 
-def run_slice(job, part: tuple[int, int], manifest: Manifest, budget: Any, retry_failed: bool):
+def run_slice(
+    job, part: tuple[int, int], manifest: Manifest, budget: Any, retry_failed: bool, fence: FenceToken | None = None
+):
     """The Ray task: run slice ``part`` of the job; yield ("record", record, resolves, stats delta)
-    per written shard, then ("end", stats delta)."""
+    per written shard, then ("end", stats delta). ``fence``: the driver's holding of the output's
+    lock; every shard this worker makes visible is checked against it first."""
     from batchembed.job import build_runner
 
     if job.model.provider == "local" and job.model.threads is None:
@@ -168,7 +202,7 @@ def run_slice(job, part: tuple[int, int], manifest: Manifest, budget: Any, retry
     sink: queue.Queue = queue.Queue()
     runner = build_runner(
         job, quiet=True, retry_failed=retry_failed, runner_class=SliceRunner, part=part, manifest=manifest,
-        budget=budget, sink=sink.put,
+        budget=budget, sink=sink.put, fence=fence,
     )  # fmt: skip
     outcome: dict[str, Any] = {}
 
@@ -210,6 +244,12 @@ class RayDriver(JobRunner):
             if started:
                 ray.shutdown()
 
+    async def _check_server(self, manifest: Manifest) -> None:
+        """The canary, except for a local model: the driver does not load it (its files' digest is in the
+        job's fingerprint already; every worker runs the canary on the model it loads)."""
+        if self.model.provider != "local":
+            await super()._check_server(manifest)
+
     async def _pipeline(self, sources, columns, retry_units) -> None:
         if self.files is not None:
             self.files.clear()  # the workers read the inputs: the driver's small files are not needed again
@@ -235,6 +275,7 @@ class RayDriver(JobRunner):
         self._run_slices(ray, task, budget, engine.workers, retry)
 
     def _run_slices(self, ray: Any, task: Any, budget: Any, count: int, retry: bool) -> None:
+        fence = self.output.store.lock.token()  # workers write only while this run holds the output
         events: queue.Queue = queue.Queue()
         generators: dict[int, Any] = {}
         attempts: Counter = Counter()
@@ -250,7 +291,7 @@ class RayDriver(JobRunner):
         def submit(index: int) -> None:
             snapshot = dataclasses.replace(self.manifest, shards=list(self.manifest.shards))
             snapshot.resolved = list(self.manifest.resolved)
-            generator = task.remote(self.job, (index, count), snapshot, budget, retry and index == 0)
+            generator = task.remote(self.job, (index, count), snapshot, budget, retry and index == 0, fence)
             generators[index] = generator
             threading.Thread(target=pump, args=(index, generator), daemon=True).start()
 
@@ -303,4 +344,6 @@ class RayDriver(JobRunner):
             setattr(s, key, getattr(s, key) + delta[key])
         s.retries.update(delta["retries"])
         s.latencies.extend(delta["latencies"])
+        if getattr(self.task, "dim", 0) is None and delta.get("dim"):
+            self.task.dim = delta["dim"]  # for the report: the driver of a local model ran no canary
         self.progress.refresh()

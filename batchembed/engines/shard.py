@@ -13,7 +13,15 @@ from typing import Any
 
 from batchembed import output_refresh
 from batchembed.checkpoint import SUCCESS, Manifest, remove_orphans
-from batchembed.engines.parts import every_part_complete, load_part, open_part, owned_by, parts_left, refuse_mixing
+from batchembed.engines.parts import (
+    check_every_part,
+    every_part_complete,
+    load_part,
+    open_part,
+    owned_by,
+    parts_left,
+    refuse_mixing,
+)
 from batchembed.limits import RateLimits
 from batchembed.output import JobOutput
 from batchembed.runner import JobRunner
@@ -33,11 +41,12 @@ class PartOutput(JobOutput):
         self.report_name = f"_report.{tag}.json"
 
     def acquire(self, restart: bool) -> None:
-        self.store.acquire(self.part)  # lease_name((I, N)): parts never block each other
+        self.store.admit(self.part)  # parts of one split never block each other; every other writer is refused
         refuse_mixing(self.store, self.part)
 
     def open(self, fingerprint: dict[str, Any], restart: bool) -> Manifest:
         self.manifest = open_part(self.store, fingerprint, restart, self.part)
+        self.store.abort_stale_uploads(self.owns)  # this part's own units only: the others may be uploading
         return self.manifest
 
     def retry_unit_name(self, n: int) -> str:
@@ -56,6 +65,7 @@ class PartOutput(JobOutput):
         # every part complete, and over the same inputs (a part not yet refreshed holds the old table's rows)
         current = all(m.work == self.manifest.work for _, m in parts)
         if current and every_part_complete(self.store, self.part[1]):
+            check_every_part(self.store, self.part[1])  # what _SUCCESS vouches for is there
             output_refresh.publish_parts(parts, self.history_days, self.table, say)
             self.store.write_bytes(SUCCESS, b"")
             say(f"every part of {self.uri} is complete: wrote {SUCCESS}")

@@ -52,6 +52,8 @@ class LocalEmbedder:
         dimensions: Matryoshka truncation: keep the first N components, then re-normalise.
         threads: onnxruntime intra-op threads (default: every CPU this process may use).
         max_tokens: Truncate inputs to this many tokens (default and maximum: the model's).
+        session: Load the ONNX session (False: the files, digest, limits and tokenizer only, for a
+            process that counts tokens and fingerprints the job but embeds nothing: a Ray driver).
 
     Loading happens in the constructor (about half a second), so configuration errors surface
     before a job starts. Raises ``ConfigError`` for missing files, checksum mismatches and bad
@@ -66,6 +68,7 @@ class LocalEmbedder:
         dimensions: int | None = None,
         threads: int | None = None,
         max_tokens: int | None = None,
+        session: bool = True,
     ):
         try:
             import onnxruntime as ort
@@ -105,6 +108,13 @@ class LocalEmbedder:
         if threads < 1:
             raise ConfigError(f"local model: threads must be at least 1, got {threads}")
         self._threads = threads
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self.dimensions = dimensions
+        self._native_dim: int | None = None
+        if not session:  # its files, digest, limits and tokenizer only: this process embeds nothing
+            self._session = None
+            return
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self._threads
@@ -125,14 +135,11 @@ class LocalEmbedder:
         self._output = next((n for n in ("last_hidden_state", "token_embeddings") if n in outputs), next(iter(outputs)))
         self._pre_pooled = len(outputs[self._output].shape) == 2
 
-        self._lock = threading.Lock()
-        self._executor: ThreadPoolExecutor | None = None
         self._native_dim = int(self._run(["hello"])[0].shape[1])
         if dimensions is not None and not 1 <= dimensions <= self._native_dim:
             raise ConfigError(
                 f"local model: dimensions must be between 1 and {self._native_dim} for {self.model}, got {dimensions}"
             )
-        self.dimensions = dimensions
 
     # -- properties the rest of batchembed relies on -------------------------------------------
 
@@ -229,6 +236,8 @@ class LocalEmbedder:
 
     def _forward(self, ids_list: list[list[int]], width: int) -> np.ndarray:
         """One ONNX run over rows padded to ``width``; returns pooled (not yet normalised) vectors."""
+        if self._session is None:
+            raise RuntimeError("this LocalEmbedder was made without its ONNX session (session=False)")
         ids = np.full((len(ids_list), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(ids_list), width), dtype=np.int64)
         for r, row in enumerate(ids_list):

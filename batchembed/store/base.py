@@ -8,6 +8,7 @@ manifest (the commit point); write ``_SUCCESS`` last. ``status`` and ``verify`` 
 from __future__ import annotations
 
 import abc
+import contextlib
 import hashlib
 import io
 from typing import Any, Protocol
@@ -72,6 +73,10 @@ class WriterLock(abc.ABC):
     def release(self) -> None:
         """Give the lock up (idempotent)."""
 
+    def token(self) -> Any:
+        """The fencing token of this holding (``store.fencing.FenceToken``), for writers working under it."""
+        raise NotImplementedError(f"{type(self).__name__} hands out no fencing token")
+
 
 class OutputStore(abc.ABC):
     """One output directory or prefix. Names are relative ("part-00000.parquet", "_failed/x")."""
@@ -103,11 +108,38 @@ class OutputStore(abc.ABC):
     def acquire(self, shard: tuple[int, int] | None = None) -> WriterLock:
         """Take the one-writer lock (``OutputLocked`` naming the holder if a live run has it)."""
 
+    @abc.abstractmethod
+    def gate(self) -> contextlib.AbstractContextManager[WriterLock]:
+        """The output-wide admission mutex, held for the moment a writer is admitted (``store.admission``)."""
+
+    @abc.abstractmethod
+    def live_writers(self) -> dict[tuple[int, int] | None, str]:
+        """The writers holding a live lock or lease now: {None (a whole run) or (I, N): who, for messages}.
+
+        Called under the gate; on object stores it retires the expired leases it meets."""
+
+    def admit(self, shard: tuple[int, int] | None = None) -> WriterLock:
+        """Be admitted as writer ``shard`` (None: a whole run): see :mod:`batchembed.store.admission`."""
+        from batchembed.store.admission import admit
+
+        return admit(self, shard)
+
     def release(self) -> None:
         """Release the lock taken by ``acquire`` (idempotent)."""
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+
+    def read_lock(self, name: str) -> tuple[dict | None, bool]:
+        """(the holder written in lock ``name`` (``_lease/job``) or None, whether its holding expires)."""
+        raise NotImplementedError
+
+    def fence_with(self, token: Any) -> None:
+        """Write under another process's lock (a Ray worker under its driver's): every fencing check
+        verifies that ``token``'s holding still holds the output (``store.fencing.TokenFence``)."""
+        from batchembed.store.fencing import TokenFence
+
+        self.lock = TokenFence(self, token)
 
     def fence(self) -> None:
         """Before any write: raise ``LeaseLost`` if this run has lost its lock."""
@@ -150,6 +182,11 @@ class OutputStore(abc.ABC):
     def drop_commits(self) -> None:
         """Remove the commit journal once its lines are folded into the manifest (none kept by default)."""
         return None
+
+    def abort_stale_uploads(self, owns: Any = None) -> list[str]:
+        """Abort the incomplete uploads of shards this writer owns (``owns(name)``; all when None) that a
+        killed writer left; the names aborted (none where a store has no such thing: a local disk)."""
+        return []
 
     @abc.abstractmethod
     def delete(self, name: str) -> None:

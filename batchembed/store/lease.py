@@ -24,11 +24,22 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from batchembed.errors import OutputError
 from batchembed.store.base import LEASE_DIR, LeaseLost, OutputLocked, WriterLock
-from batchembed.store.objects import NOT_FOUND, STORE_ERRORS, ObjectStore, _obstore, message, version_of
+from batchembed.store.fencing import FenceToken
+from batchembed.store.objects import (
+    NOT_FOUND,
+    STORE_ERRORS,
+    ObjectStore,
+    _obstore,
+    bucket_missing,
+    message,
+    no_bucket,
+    version_of,
+)
 
 
 def _when(ts: float) -> str:
@@ -90,10 +101,13 @@ class ObjectLease(WriterLock):
     # ------------------------------------------------------------------------------ taking
 
     @classmethod
-    def acquire(cls, store: ObjectStore, key: str, seconds: float) -> ObjectLease:
-        """Create the lease, or take over an expired one; ``OutputLocked`` if a live run holds it."""
+    def acquire(cls, store: ObjectStore, key: str, seconds: float, probe: bool = True) -> ObjectLease:
+        """Create the lease, or take over an expired one; ``OutputLocked`` if a live run holds it.
+
+        ``probe``: first check that the store honours create-only PUTs (once per run is enough)."""
         obstore = _obstore()
-        _check_conditional_writes(store)
+        if probe:
+            _check_conditional_writes(store)
         now = time.time()
         doc = {
             "host": socket.gethostname(),
@@ -189,6 +203,10 @@ class ObjectLease(WriterLock):
                     "It stops without writing; the run holding the lease now carries the job on."
                 )
 
+    def token(self) -> FenceToken:
+        """This holding: the lease's name and the run id written in it (kept through renewals)."""
+        return FenceToken(self.key.removesuffix(".json"), self.doc["run"])
+
     def release(self) -> None:
         """Stop renewing and delete the lease if it is still ours."""
         self._stop.set()
@@ -203,6 +221,78 @@ class ObjectLease(WriterLock):
                     obstore.delete(self.store.client, self.key)
             except STORE_ERRORS:
                 pass  # it expires on its own
+
+
+# ------------------------------------------------------------------------------------ admission
+
+#: Term of the admission gate's lease (a writer holds the gate for a few requests).
+GATE_SECONDS = 30.0
+
+
+@contextlib.contextmanager
+def gate(store: ObjectStore, key: str, wait: float) -> Iterator[ObjectLease]:
+    """Hold the output's admission gate (a lease on ``key``), waiting up to ``wait`` s for another writer's."""
+    _check_conditional_writes(store)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            held = ObjectLease.acquire(store, key, GATE_SECONDS, probe=False)
+            break
+        except OutputLocked:
+            if time.monotonic() > deadline:
+                raise OutputLocked(
+                    f"{store.uri}: another run has been starting on this output for {wait:.0f} s; "
+                    "run again once it is running or gone."
+                ) from None
+            time.sleep(0.1)
+    try:
+        yield held
+    finally:
+        held.release()
+
+
+def live_writers(store: ObjectStore, is_writer) -> dict[Any, str]:
+    """Writers' leases under ``_lease/`` that are live now: {part: holder}; ``is_writer(name)`` parses a
+    lease name to (is a writer's lease, part). An expired one is retired (replaced, conditionally on the
+    ETag read, by an expired marker), so that its holder, paused past its term, can neither renew it nor
+    pass its fencing check again."""
+    obstore = _obstore()
+    live: dict[Any, str] = {}
+    try:
+        keys = [m["path"] for m in obstore.list(store.client, f"{LEASE_DIR}/").collect()]
+    except STORE_ERRORS as exc:
+        raise OutputError(f"{store.uri}: cannot list the leases: {message(exc)}") from None
+    for key in sorted(keys):
+        writer, part = is_writer(key.removesuffix(".json"))
+        if not writer or not key.endswith(".json"):
+            continue
+        got = store.get(key)
+        if got is None:
+            continue
+        data, meta = got
+        try:
+            holder = json.loads(data)
+        except ValueError:
+            holder = {}
+        if not _expired(holder):
+            live[part] = describe_holder(holder)
+            continue
+        retired = json.dumps({"retired": True, "until": 0, "by_pid": os.getpid(), "at": time.time()}).encode()
+        try:
+            obstore.put(store.client, key, retired, mode=version_of(meta), use_multipart=False)
+        except (obstore.exceptions.PreconditionError, *NOT_FOUND):
+            if (again := store.get(key)) is not None:  # renewed or retaken meanwhile: live after all
+                try:
+                    holder = json.loads(again[0])
+                except ValueError:
+                    holder = {}
+                if not _expired(holder):
+                    live[part] = describe_holder(holder)
+        except STORE_ERRORS as exc:
+            if "409" not in str(exc):
+                raise OutputError(f"{store.describe(key)}: cannot retire an expired lease: {message(exc)}") from None
+            live[part] = describe_holder(holder)  # a concurrent conditional write: count it live, be safe
+    return live
 
 
 def _expired(holder: dict[str, Any]) -> bool:
@@ -247,6 +337,8 @@ def _check_conditional_writes(store: ObjectStore) -> None:
             "Azure, recent MinIO/R2/Ceph) or write to a local disk."
         )
     except STORE_ERRORS as exc:
+        if bucket_missing(exc):
+            raise OutputError(no_bucket(store.where)) from None
         raise OutputError(f"{store.uri}: cannot write to the output: {message(exc)}") from None
     finally:
         with contextlib.suppress(*STORE_ERRORS):

@@ -14,6 +14,8 @@ import json
 import os
 import socket
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,7 +24,9 @@ from batchembed.atomic import fsync_dir, write_atomic
 from batchembed.checkpoint import failpoint
 from batchembed.errors import OutputError
 from batchembed.location import Location
+from batchembed.store.admission import GATE, writer_of
 from batchembed.store.base import LEASE_DIR, OutputLocked, OutputStore, WriterLock, lease_name
+from batchembed.store.fencing import FenceToken
 from batchembed.writer import ShardWriter
 
 
@@ -35,6 +39,7 @@ class FlockLock(WriterLock):
 
     def __init__(self, path: Path, display: str) -> None:
         self.path = path
+        self.name = f"{LEASE_DIR}/{path.name.removesuffix('.lock')}"
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -48,18 +53,37 @@ class FlockLock(WriterLock):
                 "exits (even if killed): wait for it, or stop it, then run again."
             ) from None
         self.fd: int | None = fd
-        info = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        #: ``run`` identifies this holding of the lock: the fencing token a Ray driver hands its workers.
+        self.info = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "run": uuid.uuid4().hex}
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        os.pwrite(fd, json.dumps(self.info).encode(), 0)
 
     def check(self) -> None:
         """An flock cannot be taken away from a live process: always held."""
+
+    def token(self) -> FenceToken:
+        """This holding: the lock's name and the run id written in it."""
+        return FenceToken(self.name, self.info["run"])
 
     def release(self) -> None:
         """Unlock (the file stays: deleting it would race with a run that just opened it)."""
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+#: Seconds a writer waits for another one to be admitted before it gives up.
+GATE_WAIT = 60.0
+
+
+class _HeldGate(WriterLock):
+    """The local gate: an ``flock`` cannot be taken from a live process, so it is always still ours."""
+
+    def check(self) -> None:
+        return None
+
+    def release(self) -> None:
+        return None
 
 
 def _read_holder(fd: int) -> str:
@@ -82,18 +106,69 @@ class LocalStore(OutputStore):
         self.lock = FlockLock(self.directory / (lease_name(shard) + ".lock"), str(self.directory))
         return self.lock
 
+    @contextlib.contextmanager
+    def gate(self) -> Iterator[WriterLock]:
+        """An ``flock`` on ``_lease/admit.lock``, waited for (a writer holds it for milliseconds)."""
+        path = self.directory / (GATE + ".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + GATE_WAIT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise OutputLocked(
+                            f"{self.directory}: another run has been starting on this output for "
+                            f"{GATE_WAIT:.0f} s (is it stopped?); run again once it is running or gone."
+                        ) from None
+                    time.sleep(0.02)
+            yield _HeldGate()
+        finally:
+            os.close(fd)  # unlocks
+
+    def live_writers(self) -> dict[tuple[int, int] | None, str]:
+        """Lock files under ``_lease/`` whose ``flock`` a live process holds (tried without waiting)."""
+        live: dict[tuple[int, int] | None, str] = {}
+        for path in sorted((self.directory / LEASE_DIR).glob("*.lock")):
+            is_writer, part = writer_of(f"{LEASE_DIR}/{path.name.removesuffix('.lock')}")
+            if not is_writer:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                live[part] = _read_holder(fd)
+            finally:
+                os.close(fd)
+        return live
+
+    def read_lock(self, name: str) -> tuple[dict | None, bool]:
+        """The holder a lock file names (``name``: ``_lease/job``; None if unreadable); it never expires."""
+        try:
+            return json.loads((self.directory / (name + ".lock")).read_bytes() or b"null"), False
+        except (OSError, ValueError):
+            return None, False
+
     def prepare(self) -> None:
         """Create the directory."""
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def shard_writer(self, name: str, schema: pa.Schema, compression: str) -> ShardWriter:
-        """Today's writer: a temp file renamed into place on commit."""
+        """Today's writer: a temp file renamed into place on commit (after the fencing check)."""
         path = self.directory / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        return ShardWriter(path.parent, path.name, schema, compression)
+        return ShardWriter(path.parent, path.name, schema, compression, before_publish=self.fence)
 
     def write_bytes(self, name: str, data: bytes, before_rename: str | None = None) -> None:
-        """``atomic.write_atomic``: temp file, fsync, (the ``before_rename`` failpoint), rename, fsync the directory."""
+        """Fencing check, then ``atomic.write_atomic``: temp file, fsync, (the ``before_rename`` failpoint),
+        rename, fsync the directory."""
+        self.fence()
         hook = (lambda: failpoint(before_rename)) if before_rename else None
         write_atomic(self.directory / name, data, before_replace=hook)
 

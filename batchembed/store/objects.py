@@ -59,6 +59,24 @@ def version_of(meta: dict) -> dict[str, str]:
     return {k: meta[k] for k in ("e_tag", "version") if meta.get(k)}
 
 
+#: What S3, GCS and Azure answer (somewhere in the error's body) for a bucket or container that does not exist.
+_NO_BUCKET = ("NoSuchBucket", "ContainerNotFound", "The specified bucket does not exist")
+
+
+def bucket_missing(exc: BaseException) -> bool:
+    """Whether a store error says the bucket (container) itself does not exist."""
+    text = str(exc)
+    return any(marker in text for marker in _NO_BUCKET)
+
+
+def no_bucket(where: Location, field: str = "output.path") -> str:
+    """The message for a bucket that does not exist: its name, not an object's."""
+    return (
+        f"{field} {where.uri}: the bucket {where.bucket!r} does not exist (or these credentials cannot see it). "
+        f"Create it, or correct {field}."
+    )
+
+
 def message(exc: BaseException) -> str:
     """The first line of an obstore/pyarrow error, without any secret."""
     text = str(exc).strip().splitlines()
@@ -219,6 +237,8 @@ class ObjectStore(OutputStore):
         return self._store
 
     def _fail(self, what: str, name: str, exc: BaseException) -> OutputError:
+        if bucket_missing(exc):
+            return OutputError(no_bucket(self.where))
         return OutputError(f"{self.describe(name)}: {what} failed: {message(exc)}")
 
     # ----------------------------------------------------------------------------- locking
@@ -229,6 +249,30 @@ class ObjectStore(OutputStore):
 
         self.lock = ObjectLease.acquire(self, lease_name(shard) + ".json", self.lease_seconds)
         return self.lock
+
+    def gate(self):
+        """The admission gate: a short create-only lease on ``_lease/admit.json``, waited for."""
+        from batchembed.store.admission import GATE
+        from batchembed.store.lease import gate
+
+        return gate(self, GATE + ".json", wait=max(60.0, 2 * self.lease_seconds))
+
+    def live_writers(self) -> dict[tuple[int, int] | None, str]:
+        """The writers' leases that are live now (expired ones are retired on the way)."""
+        from batchembed.store.admission import writer_of
+        from batchembed.store.lease import live_writers
+
+        return live_writers(self, writer_of)
+
+    def read_lock(self, name: str) -> tuple[dict | None, bool]:
+        """The holder written in lease ``name`` (``_lease/job``; None if absent or unreadable); it expires."""
+        import json
+
+        got = self.get(name + ".json")
+        try:
+            return (json.loads(got[0]) if got else None), True
+        except ValueError:
+            return None, True
 
     # ----------------------------------------------------------------------------- writing
 
@@ -279,6 +323,12 @@ class ObjectStore(OutputStore):
                     raise
                 time.sleep(0.2 * (attempt + 1))  # then the condition is evaluated again by the store
         raise AssertionError("unreachable")
+
+    def abort_stale_uploads(self, owns: Any = None) -> list[str]:
+        """The multipart uploads of this writer's shards that a killed writer left (``store.uploads``)."""
+        from batchembed.store.uploads import abort_stale_uploads
+
+        return abort_stale_uploads(self, owns)
 
     def delete(self, name: str) -> None:
         """Fencing check, then DELETE (a prefix: every object under it)."""

@@ -171,7 +171,7 @@ def styled_headers(
     style: str, tpm: int | None, used: int, reset: float, window: float, rpm: int | None = None, requests: int = 0
 ) -> dict[str, str]:
     """Rate-limit headers of a non-OpenAI ``style`` for a tokens limit ``tpm`` per ``window`` seconds."""
-    if style == "none" or tpm is None:
+    if style in ("none", "bare") or tpm is None:
         return {}
     remaining = max(0, tpm - used)
     reset_s = str(math.ceil(max(reset, 0.0)))

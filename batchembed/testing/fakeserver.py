@@ -127,7 +127,8 @@ class FakeProvider(Answering):
         remaining|reset-requests|tokens``), ``ietf`` (``RateLimit-Limit/-Remaining/-Reset`` +
         ``RateLimit-Policy: T;w=W``, tokens), ``ietf-structured`` (``RateLimit-Policy: "tpm";q=T;w=W`` +
         ``RateLimit: "tpm";r=..;t=..``), ``x-ratelimit`` (``X-RateLimit-*``, reset as epoch ms), ``fireworks``
-        (``x-ratelimit-limit-tokens-prompt`` in tokens per second, ``x-ratelimit-over-limit``) or ``none``.
+        (``x-ratelimit-limit-tokens-prompt`` in tokens per second, ``x-ratelimit-over-limit``), ``none``, or
+        ``bare`` (no header at all, not even ``Retry-After`` on a 429).
         Tokens are :func:`token_count` per input (rerank: query and documents). Rejected requests do not
         count. Calling this clears the window.
         """

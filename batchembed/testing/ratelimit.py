@@ -75,7 +75,8 @@ class RateWindow:
             log_.append((now, tokens))
             return self._headers(now)
         headers = self._headers(now)
-        headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        if self.style != "bare":  # "bare": a 429 with no header at all, not even Retry-After
+            headers["Retry-After"] = str(max(1, math.ceil(wait)))
         limit = "tokens" if reason.startswith("tokens") else "requests"
         message = f"Rate limit reached for {reason}. Please try again later."
         raise Reply(429, message, "rate_limit_exceeded", headers, limit=limit)
