@@ -103,11 +103,11 @@ class JobOutput:
         self.attempt = new_attempt()
         #: Each committing file's input identities (name -> identity), set by the runner.
         self.identities: dict[str, dict] = {}
+        self._split_done = False  # a finished --shard split rerun as a whole run: nothing to do
 
     def file_name(self, unit: Unit) -> str:
         """The shard file for ``unit`` written by this run: ``part-00007-<attempt>.parquet``."""
         return f"{unit.name.removesuffix('.parquet')}-{self.attempt}.parquet"
-        self._split_done = False  # a finished --shard split rerun as a whole run: nothing to do
 
     @property
     def uri(self) -> Any:

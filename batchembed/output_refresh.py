@@ -155,11 +155,11 @@ def retire(store: OutputStore, manifest: Manifest, history_days: float, tag: int
         drop = list(replaced)
     drop += expired(manifest.retired, history_days, now)
     dropped = set(drop)
-    changed = bool(manifest.retiring or dropped or manifest.published != tag)
+    changed = bool(manifest.retiring or dropped)  # else nothing to record (another part's manifest stays)
     manifest.retired = [r for r in manifest.retired if r[0] not in dropped]
     manifest.retiring = []
-    manifest.published = tag
     if changed:
+        manifest.published = tag
         manifest.save(store)  # the table no longer names them: now they may go
     failpoint("retired-before-delete")
     for name in drop:

@@ -60,12 +60,15 @@ def test_resume_aborts_the_upload_a_killed_writer_left(tmp_path, s3, shard):
         # the first piece (4,096 rows, 16 requests) is answered; the rest of unit part-00000 is held
         srv.wait_for_requests(24, timeout=120)
         srv.hold()
-        shard_upload = "out/part-00000.parquet"
-        _wait_for(lambda: shard_upload in _uploads(s3, bucket).values() or proc.poll() is not None, 120, "an upload")
+
+        def shard_upload() -> str | None:  # the unit's file of this attempt: out/part-00000-<attempt>.parquet
+            return next((k for k in _uploads(s3, bucket).values() if k.startswith("out/part-00000-")), None)
+
+        _wait_for(lambda: shard_upload() is not None or proc.poll() is not None, 120, "an upload")
         assert proc.poll() is None, proc.communicate()[1]
         kill_held(proc, srv)
         stale = _uploads(s3, bucket)
-        assert shard_upload in stale.values(), stale  # with the journal's segment, maybe
+        assert shard_upload() in stale.values(), stale  # with the journal's segment, maybe
 
         resumed = run_here(srv, "run", str(job), "--quiet", *part, env=env)
 

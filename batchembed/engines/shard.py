@@ -57,6 +57,12 @@ class PartOutput(JobOutput):
         self.manifest.complete = True
         self.manifest.save(self.store)
         remove_orphans(self.store, self.manifest, self.owns)
+        with self.store.gate():  # one part at a time decides whether the split is complete, and publishes
+            self._complete_split(say)
+
+    def _complete_split(self, say: Callable[[str], None]) -> None:
+        """Under the output's gate: if every part is complete over the same inputs, publish the whole table
+        (idempotent: two parts finishing together publish once) and write ``_SUCCESS``."""
         parts = [(self.store, self.manifest)] + [
             loaded
             for other in range(self.part[1])
