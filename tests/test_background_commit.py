@@ -50,7 +50,7 @@ def test_next_unit_is_written_while_a_commit_is_in_flight_and_commits_stay_in_or
     # one commit at a time, in unit order
     assert commits == [(kind, name) for name in names for kind in ("commit", "committed")]
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
-    assert [s["name"] for s in manifest["shards"]] == names
+    assert [s["unit"] + ".parquet" for s in manifest["shards"]] == names
     table = read_output(tmp_path / "out")
     assert table.column("id").to_pylist() == list(range(1000))
     assert_vectors(table, dict(enumerate(texts)), 16)
