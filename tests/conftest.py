@@ -226,3 +226,16 @@ def paced_allowance(per_minute: int, seconds: float) -> float:
     """What a pacer keeping ``per_minute`` (one second of budget as burst) may send in ``seconds``, plus
     two for clock jitter between the sender and the server."""
     return per_minute / 60 * (1 + seconds) + 2
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on 127.0.0.1 for one test module (``tests.s3server``)."""
+    pytest.importorskip("obstore")
+    from tests.s3server import MotoServer
+
+    server = MotoServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

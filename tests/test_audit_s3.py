@@ -18,15 +18,6 @@ N = 600
 SHARD = 150
 
 
-@pytest.fixture(scope="module")
-def s3():
-    server = MotoServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def _s3_job(tmp_path, s3, srv, seed, **storage):
     """``N`` texts uploaded to a new bucket and a job from there to its out/: (texts, env, job, bucket)."""
     bucket = s3.new_bucket()

@@ -4,20 +4,9 @@ through the same store as the shards, and a waiting run resumes from them."""
 from __future__ import annotations
 
 import pyarrow as pa
-import pytest
 
 from batchembed.testing.batchapi import FakeBatchProvider
 from tests.conftest import assert_vectors, cli_env, make_texts, run_here, write_job
-from tests.s3server import MotoServer
-
-
-@pytest.fixture(scope="module")
-def s3():
-    server = MotoServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_batch_ledger_in_a_bucket(tmp_path, s3):

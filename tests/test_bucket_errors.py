@@ -7,17 +7,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import cli_env, job_for, run_here
-from tests.s3server import MotoServer
-
-
-@pytest.fixture(scope="module")
-def s3():
-    pytest.importorskip("obstore")
-    server = MotoServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_output_in_a_missing_bucket_names_the_bucket_for_run_status_and_verify(tmp_path, s3, fake):

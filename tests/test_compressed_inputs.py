@@ -17,7 +17,6 @@ import pytest
 from batchembed import sources_jsonl
 from batchembed.sources import discover, iter_batches
 from tests.conftest import assert_vectors, cli_env, job_for, make_texts, read_output, run_here, write_parquet
-from tests.s3server import MotoServer
 
 CODECS = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}
 
@@ -135,15 +134,6 @@ def test_many_files_of_mixed_kinds_in_one_job(tmp_path, fake):
     clash = run_here(fake, "run", str(job), "--restart", "--quiet")
     assert clash.returncode == 1
     assert "input.id 'r1040' appears in rows b.csv.gz:30 and c.jsonl:10" in clash.stderr, clash.stderr
-
-
-@pytest.fixture(scope="module")
-def s3():
-    server = MotoServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_compressed_inputs_stream_from_a_bucket(tmp_path, s3, fake):

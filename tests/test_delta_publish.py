@@ -35,7 +35,7 @@ from batchembed.publish import (
 from batchembed.publish import delta as delta_module
 from batchembed.writer import ShardWriter
 from tests.conftest import ROOT, job_for, make_texts, read_output, run_here, write_parquet
-from tests.s3server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer
+from tests.s3server import ACCESS_KEY_ID, SECRET_ACCESS_KEY
 
 DIM = 16
 ROWS = 500
@@ -352,15 +352,6 @@ def test_native_polars_read_delta_fails_on_the_vector_column_as_the_readme_says(
 
 
 # --------------------------------------------------------------------------- S3 (moto)
-
-
-@pytest.fixture(scope="module")
-def s3():
-    server = MotoServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_publish_replace_and_read_on_s3(tmp_path, fake, s3, monkeypatch):

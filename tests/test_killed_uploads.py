@@ -10,21 +10,9 @@ import pytest
 
 from batchembed.testing import FakeServer
 from tests.conftest import assert_vectors, cli_env, kill_held, make_texts, run_here, start_cli, write_job
-from tests.s3server import MotoServer
 
 ROWS = 12000
 DIM = 1024  # 4 KB a row: the first piece of a unit (4,096 rows) is ~16 MB, several 5 MB parts
-
-
-@pytest.fixture(scope="module")
-def s3():
-    pytest.importorskip("obstore")
-    pytest.importorskip("boto3")
-    server = MotoServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _uploads(s3, bucket) -> dict[str, str]:

@@ -30,21 +30,12 @@ from tests.conftest import (
     start_cli,
     write_job,
 )
-from tests.s3server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer
+from tests.s3server import ACCESS_KEY_ID, SECRET_ACCESS_KEY
 
 pytest.importorskip("obstore")
 
 N = 900
 SHARD = 150
-
-
-@pytest.fixture(scope="module")
-def s3():
-    server = MotoServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -25,7 +25,6 @@ from batchembed.store import open_store
 from batchembed.store.base import LeaseLost
 from batchembed.store.fencing import FenceToken
 from tests.conftest import assert_vectors, cli_env, environment, job_for, make_texts, read_output, run_here, start_cli
-from tests.s3server import MotoServer
 
 ROWS = 600
 
@@ -54,16 +53,6 @@ class InlineBudget:
 
     def __init__(self, budget: JobBudget) -> None:
         self.reserve, self.pause, self.learn = (_Method(budget.reserve), _Method(budget.pause), _Method(budget.learn))
-
-
-@pytest.fixture(scope="module")
-def s3():
-    pytest.importorskip("obstore")
-    server = MotoServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _shards(where, out, s3, bucket) -> dict:

@@ -26,19 +26,8 @@ from tests.conftest import (
     run_here,
     start_cli,
 )
-from tests.s3server import MotoServer
 
 ROWS = 300
-
-
-@pytest.fixture(scope="module")
-def s3():
-    pytest.importorskip("obstore")
-    server = MotoServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _inputs(tmp_path, files: int = 3, rows: int = ROWS):
