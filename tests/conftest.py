@@ -239,3 +239,17 @@ def s3():
         yield server
     finally:
         server.stop()
+
+
+def daily_files(tmp_path: Path, files: int, rows: int) -> tuple[Path, dict[int, str]]:
+    """``files`` Parquet inputs ``in/f{i}.parquet`` of ``rows`` rows each (ids unique across them):
+    (the folder, {id: text})."""
+    src = tmp_path / "in"
+    src.mkdir()
+    text_of = {}
+    for f in range(files):
+        texts = make_texts(rows, seed=f)
+        ids = [f * rows + i for i in range(rows)]
+        pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "text": texts}), src / f"f{f}.parquet")
+        text_of.update(zip(ids, texts, strict=True))
+    return src, text_of

@@ -19,6 +19,7 @@ from tests.conftest import (
     ROOT,
     assert_vectors,
     cli_env,
+    daily_files,
     job_for,
     make_texts,
     most_in_window,
@@ -60,15 +61,7 @@ def ray_address():
 
 
 def _inputs(tmp_path: Path, files: int, rows: int):
-    src = tmp_path / "in"
-    src.mkdir()
-    text_of = {}
-    for f in range(files):
-        texts = make_texts(rows, seed=f)
-        ids = [f * rows + i for i in range(rows)]
-        pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "text": texts}), src / f"f{f}.parquet")
-        text_of.update(zip(ids, texts, strict=True))
-    return src, text_of
+    return daily_files(tmp_path, files, rows)
 
 
 def _wait_for(condition, timeout: float, what: str) -> None:

@@ -11,6 +11,7 @@ from deltalake import DeltaTable
 from tests.conftest import (
     assert_vectors,
     cli_env,
+    daily_files,
     job_for,
     make_texts,
     most_in_window,
@@ -22,15 +23,7 @@ from tests.conftest import (
 
 
 def _inputs(tmp_path, files: int = 3, rows: int = 500):
-    src = tmp_path / "in"
-    src.mkdir()
-    text_of = {}
-    for f in range(files):
-        texts = make_texts(rows, seed=f)
-        ids = [f * rows + i for i in range(rows)]
-        pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "text": texts}), src / f"f{f}.parquet")
-        text_of.update(zip(ids, texts, strict=True))
-    return src, text_of
+    return daily_files(tmp_path, files, rows)
 
 
 def test_three_shards_at_once_make_one_exact_output_within_the_limits(tmp_path, srv):

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from batchembed.engines.shard import PartOutput
@@ -19,9 +17,9 @@ from batchembed.store.base import OutputLocked
 from tests.conftest import (
     assert_vectors,
     cli_env,
+    daily_files,
     environment,
     job_for,
-    make_texts,
     read_output,
     run_here,
     start_cli,
@@ -31,15 +29,7 @@ ROWS = 300
 
 
 def _inputs(tmp_path, files: int = 3, rows: int = ROWS):
-    src = tmp_path / "in"
-    src.mkdir()
-    text_of = {}
-    for f in range(files):
-        texts = make_texts(rows, seed=f)
-        ids = [f * rows + i for i in range(rows)]
-        pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "text": texts}), src / f"f{f}.parquet")
-        text_of.update(zip(ids, texts, strict=True))
-    return src, text_of
+    return daily_files(tmp_path, files, rows)
 
 
 # ------------------------------------------------------------------- admission, writer by writer
