@@ -189,3 +189,35 @@ def test_documents_cut_to_fit_are_listed_and_counted(tmp_path, fake):
     assert {r["chars_before"] for r in cut} == {len(rows["document"][i]) for i in long_at}
     status = run_here(None, "status", str(job), "--json")
     assert json.loads(status.stdout)["truncated_rows"] == 3
+
+
+def test_a_rerank_output_is_refreshed_file_by_file(tmp_path, fake):
+    data = tmp_path / "pairs"
+    data.mkdir()
+    first = _pairs_dataset(data / "a.parquet", n_queries=20, seed=3)
+    second = _pairs_dataset(data / "b.parquet", n_queries=10, seed=4)
+    second["qid"] = [f"b-{q}" for q in second["qid"]]
+    second["did"] = [f"b-{d}" for d in second["did"]]
+    pq.write_table(pa.table(second), data / "b.parquet", row_group_size=37)
+    job = _job(tmp_path, fake, data)
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0
+    # b.parquet changes (its queries reworded); c.parquet is new; a.parquet is untouched
+    second["query"] = [q.replace("what about", "tell me about") for q in second["query"]]
+    pq.write_table(pa.table(second), data / "b.parquet", row_group_size=37)
+    third = _pairs_dataset(data / "c.parquet", n_queries=5, seed=5)
+    third["qid"] = [f"c-{q}" for q in third["qid"]]
+    third["did"] = [f"c-{d}" for d in third["did"]]
+    pq.write_table(pa.table(third), data / "c.parquet", row_group_size=37)
+    fake.reset_records()
+
+    result = run_here(fake, "run", str(job), "--quiet")
+
+    assert result.returncode == 0, result.stderr
+    asked = {r.body["query"] for r in fake.requests}
+    assert asked == set(second["query"]) | set(third["query"])  # a.parquet is not scored again
+    want = {**{(q, d): r for q, d, *r in _expected(first)}}
+    want.update({(q, d): r for q, d, *r in _expected(second)})
+    want.update({(q, d): r for q, d, *r in _expected(third)})
+    got = {(q, d): r for q, d, *r in _got(read_output(tmp_path / "out"))}
+    assert got == want
+    assert run_here(fake, "verify", str(job)).returncode == 0
