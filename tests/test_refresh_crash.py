@@ -9,7 +9,7 @@ import signal
 import pytest
 from deltalake import DeltaTable
 
-from tests.conftest import cli_env, job_for, kill_mid_run, make_texts, read_output, run_cli, run_here
+from tests.conftest import cli_env, hold_mid_run, job_for, kill_mid_run, make_texts, read_output, run_cli, run_here
 from tests.test_refresh import _expect, _write
 
 ROWS = 600
@@ -78,3 +78,31 @@ def test_sigkill_with_requests_in_flight_during_a_refresh(tmp_path, srv, grown):
     job, old, new = grown
     kill_mid_run(srv, job, 12)
     _settled(tmp_path, srv, job, old, new)
+
+
+def test_a_file_rewritten_while_it_is_read_is_not_committed_from_that_read(tmp_path, srv):
+    data = tmp_path / "data"
+    data.mkdir()
+    texts = make_texts(600, seed=12)
+    _write(data / "one.parquet", list(range(600)), texts)
+    job = job_for(
+        tmp_path,
+        srv,
+        data,
+        input={"path": str(data / "*.parquet"), "text": "text", "id": "id"},
+        limits={"batch_inputs": 10, "concurrency": 2},
+        output={"shard_rows": 600},  # one unit: it cannot commit before the rewrite below
+    )
+    proc = hold_mid_run(srv, job, 3)
+    srv.wait_for_held(1)
+    edited = [f"rewritten {i}" for i in range(600)]
+    _write(data / "one.parquet", list(range(600)), edited)  # an upstream writer replaces it mid-read
+    srv.release()
+    assert proc.wait(timeout=120) == 1
+    assert "one.parquet changed while this run read it" in proc.stderr.read()
+    out = tmp_path / "out"
+    assert not list(out.glob("part-*.parquet"))  # nothing of the torn read is committed
+
+    result = run_here(srv, "run", str(job), "--quiet")  # the next run reads the file as it is now
+    assert result.returncode == 0, result.stderr
+    _expect(read_output(out), dict(enumerate(edited)))
