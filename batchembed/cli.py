@@ -34,7 +34,10 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 #: What ``batchembed --help`` says first: what the tool is for, in one line.
-SUMMARY = "Embed (or rerank) millions of Parquet/CSV rows with an API or a local model: rate-limited, resumable."
+SUMMARY = (
+    "Embed (or rerank) millions of Parquet/CSV/JSON Lines rows with an API or a local model: rate-limited, "
+    "resumable, refreshed daily at the cost of what changed."
+)
 
 
 def _readme() -> str:
@@ -82,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     init = _command(
         sub,
         "init",
-        "write a commented job file for your own Parquet/CSV file (never overwrites one)",
+        "write a commented job file for your own Parquet, CSV or JSON Lines file (never overwrites one)",
         "batchembed init data/docs.parquet                # proposes text and id columns; the local model",
         "batchembed init data/ --text body --id doc_id --model text-embedding-3-small -o jobs/docs.toml",
     )
@@ -95,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = _command(
         sub,
         "run",
-        "run (or resume) an embedding job",
+        "run, resume or refresh a job (a rerun buys only what changed in the inputs)",
         "batchembed run jobs/docs.toml",
         "batchembed run jobs/docs.toml --quiet --set model.dimensions=256 --set output.path=out/docs-256",
     )

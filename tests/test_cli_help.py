@@ -23,7 +23,7 @@ def _first_line(text: str) -> str:
 
 def test_top_level_help_sells_and_teaches():
     text = _help()
-    assert _first_line(text).startswith("Embed (or rerank) millions of Parquet/CSV rows")
+    assert _first_line(text).startswith("Embed (or rerank) millions of Parquet/CSV/JSON Lines rows")
     for command in COMMANDS:
         assert f"\n    {command} " in text, f"{command} is not listed"
     examples = [line for line in text.splitlines() if line.startswith("  batchembed ")]
