@@ -84,10 +84,6 @@ class ShardRecord:
         """The unit this shard commits (its stable name, whatever attempt wrote the file)."""
         return self.unit or self.name.removesuffix(".parquet")
 
-    def files_held(self) -> list[str]:
-        """The files this shard holds rows of (or recorded identities for)."""
-        return list(self.inputs)
-
     def owned_files(self) -> list[str]:
         """Every output file that belongs to this shard: the shard, its failed rows and its cut rows."""
         out = [self.name]
@@ -124,8 +120,6 @@ class Manifest:
     retired: list[list] = field(default_factory=list)
     #: The last publish tag written to the Delta table (0: never published).
     published: int = 0
-    #: Rows of the inputs as of the last completed generation (for the removal guard and reports).
-    removed_rows: int = 0
 
     # --------------------------------------------------------------------------------- queries
 
@@ -213,7 +207,6 @@ class Manifest:
             "retiring": [asdict(s) for s in self.retiring],
             "retired": self.retired,
             "published": self.published,
-            "removed_rows": self.removed_rows,
         }
         store.replace_manifest(json.dumps(doc, indent=1, sort_keys=True).encode())
         store.drop_commits()  # every journal line is in the manifest now
@@ -252,7 +245,6 @@ class Manifest:
                 retiring=[ShardRecord(**r) for r in doc.get("retiring", [])],
                 retired=list(doc.get("retired", [])),
                 published=int(doc.get("published", 0)),
-                removed_rows=int(doc.get("removed_rows", 0)),
             )
             manifest._replay(store)
             return manifest

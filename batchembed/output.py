@@ -41,7 +41,7 @@ from batchembed.checkpoint import (
 from batchembed.errors import InputError, ResumeRefused
 from batchembed.identity import restat
 from batchembed.output_cache import OutputCache
-from batchembed.refresh import InputDiff, identity_of, known_rows
+from batchembed.refresh import InputDiff, diff_inputs, identity_of, known_rows
 from batchembed.sources import SourceFile
 from batchembed.store.base import OutputStore
 from batchembed.truncated import rebuild_truncated, write_truncated
@@ -104,6 +104,7 @@ class JobOutput:
         #: Each committing file's input identities (name -> identity), set by the runner.
         self.identities: dict[str, dict] = {}
         self._split_done = False  # a finished --shard split rerun as a whole run: nothing to do
+        self.sources: dict[str, SourceFile] = {}  # this run's input files by name (``refresh_plan``)
 
     def file_name(self, unit: Unit) -> str:
         """The shard file for ``unit`` written by this run: ``part-00007-<attempt>.parquet``."""
@@ -154,12 +155,12 @@ class JobOutput:
         """What changed in the inputs since the output's shards read them (nothing written)."""
         self.identities = {src.name: identity_of(src) for src in sources}
         self.sources = {src.name: src for src in sources}
-        self.diff = output_refresh.plan(self.manifest, sources)
+        self.diff = diff_inputs(self.manifest, sources)
         return self.diff
 
     def work_files(self, sources: list[SourceFile]) -> list[SourceFile]:
         """The input files this run reads (the others are held whole by shards it keeps)."""
-        self.reading = output_refresh.work_files(self.manifest, self.diff, sources)
+        self.reading = output_refresh.work_files(output_refresh.kept(self.manifest, self.diff), sources)
         return self.reading
 
     def held_ids(self, column: str, diff: InputDiff) -> list[tuple[str, pa.Array]]:
@@ -203,7 +204,7 @@ class JobOutput:
     def check_unchanged(self, unit: Unit) -> None:
         """Refuse to commit rows of a file that changed while this run read it (a torn read)."""
         for name in self.inputs_of(unit):
-            src = self.sources.get(name) if hasattr(self, "sources") else None
+            src = self.sources.get(name)
             if src is None:
                 continue
             now = restat(src)

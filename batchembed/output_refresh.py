@@ -22,11 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from batchembed.checkpoint import FAILED_DIR, SUCCESS, Manifest, ShardRecord, failpoint
+from batchembed.checkpoint import FAILED_DIR, SUCCESS, Manifest, failpoint
 from batchembed.refresh import (
     InputDiff,
     begin_generation,
-    diff_inputs,
     expired,
     guard_removal,
     needs_new_generation,
@@ -39,21 +38,14 @@ if TYPE_CHECKING:
     from batchembed.store.base import OutputStore
 
 
-def plan(manifest: Manifest, sources: list[SourceFile]) -> InputDiff:
-    """What changed in the inputs since the output's shards read them (nothing is written)."""
-    return diff_inputs(manifest, sources)
+def kept(manifest: Manifest, diff: InputDiff) -> Manifest:
+    """The shards the refresh keeps, as a manifest (what the walk and ``file_done`` see as committed)."""
+    return Manifest(fingerprint=manifest.fingerprint, shards=diff.kept(manifest))
 
 
-def work_files(manifest: Manifest, diff: InputDiff, sources: list[SourceFile]) -> list[SourceFile]:
-    """The files this run reads: those not fully held by shards the refresh keeps."""
-    stale = {s.name for s in diff.stale}
-    view = Manifest(fingerprint=manifest.fingerprint, shards=[s for s in manifest.shards if s.name not in stale])
-    out = []
-    for src in sources:
-        committed = {r.start: r for r in view.ranges_of(src.name)}
-        if not file_done(src, committed):
-            out.append(src)
-    return out
+def work_files(view: Manifest, sources: list[SourceFile]) -> list[SourceFile]:
+    """The files this run reads: those not fully held by the shards of ``view`` (``kept``)."""
+    return [src for src in sources if not file_done(src, {r.start: r for r in view.ranges_of(src.name)})]
 
 
 def held_ids(
@@ -62,11 +54,10 @@ def held_ids(
     """Ids of the rows the refresh keeps and does not read again: [(where, ids)].
 
     Shards holding rows of a file this run reads are left out (that file's ids are scanned anyway)."""
-    stale = {s.name for s in diff.stale}
     reading = {src.name for src in work}
     out = []
-    for s in manifest.shards:
-        if s.name in stale or reading & set(s.inputs):
+    for s in diff.kept(manifest):
+        if reading & set(s.inputs):
             continue
         files = ", ".join(s.inputs) or s.name
         if s.rows:
@@ -171,8 +162,3 @@ def _say_replaced(say, replaced: int, history_days: float) -> None:
     if replaced:
         kept = f"; kept {history_days:g} days for time travel" if history_days > 0 else ""
         say(f"published the refreshed table: {replaced} replaced files removed from it{kept}")
-
-
-def stale_records(manifest: Manifest) -> list[ShardRecord]:
-    """Shards retired by the current generation (still in the published table)."""
-    return list(manifest.retiring)

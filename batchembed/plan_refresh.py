@@ -37,11 +37,8 @@ class ExistingOutput:
     def plan(self, sources: list[SourceFile], task: Any) -> tuple[Manifest, list[SourceFile]]:
         """(the shards a run keeps, as a manifest; the files it reads), and the refresh figures."""
         diff = self._diff = diff_inputs(self.manifest, sources)
-        reading = output_refresh.work_files(self.manifest, diff, sources)
-        stale = {s.name for s in diff.stale}
-        kept = Manifest(
-            fingerprint=self.manifest.fingerprint, shards=[s for s in self.manifest.shards if s.name not in stale]
-        )
+        kept = output_refresh.kept(self.manifest, diff)
+        reading = output_refresh.work_files(kept, sources)
         if hasattr(task, "output_cache") and reading:
             task.output_cache = OutputCache(
                 self.store, self.manifest.shards + self.manifest.retiring, task.job.output.column

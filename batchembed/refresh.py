@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from batchembed.errors import ResumeRefused
+from batchembed.identity import file_identity
 
 if TYPE_CHECKING:
     from batchembed.checkpoint import Manifest, ShardRecord
@@ -32,14 +33,10 @@ if TYPE_CHECKING:
 
 #: Unit ordinals of generation g start at g * GENERATION_SPAN (100 billion rows at 100k rows a shard).
 GENERATION_SPAN = 1_000_000
-#: A refresh may remove at most this share of the output's rows unless the job allows more.
-DEFAULT_MAX_REMOVED = 0.5
 
 
 def identity_of(src: SourceFile) -> dict:
     """A file's identity as recorded per shard: size and mtime (ns) on disk, size and ETag in a bucket."""
-    from batchembed.identity import file_identity
-
     return file_identity(src.size, src.mtime_ns, src.etag)
 
 
@@ -53,6 +50,11 @@ class InputDiff:
     unchanged: list[str] = field(default_factory=list)
     stale: list[ShardRecord] = field(default_factory=list)  # committed shards to retire
     rows_coming_back: int = 0  # rows the changed files hold now (where known: Parquet footers)
+
+    def kept(self, manifest: Manifest) -> list[ShardRecord]:
+        """The manifest's shards this refresh keeps (all but the stale ones)."""
+        stale = {s.name for s in self.stale}
+        return [s for s in manifest.shards if s.name not in stale]
 
     @property
     def rows_removed(self) -> int:
@@ -97,7 +99,7 @@ def known_rows(manifest: Manifest | None) -> dict[str, tuple[dict, int]]:
 
 def diff_inputs(manifest: Manifest, sources: list[SourceFile]) -> InputDiff:
     """Compare the files found now with the identities the manifest's shards recorded."""
-    now = {src.name: identity_of(src) for src in sources}
+    now = plan_identities(sources)
     # the generation's plan knows the files that hold no rows (no shard records them); shards know the rest
     before = {**manifest.work, **recorded_inputs(manifest.shards)}
     diff = InputDiff()
@@ -138,8 +140,7 @@ def begin_generation(manifest: Manifest, diff: InputDiff, sources: list[SourceFi
     """Start a new generation: retire the stale shards, re-open failures they resolved, record the plan.
 
     The caller saves the manifest (the refresh's first durable step) before anything else is written."""
-    stale_names = {s.name for s in diff.stale}
-    kept = [s for s in manifest.shards if s.name not in stale_names]
+    kept = diff.kept(manifest)
     # a retired retry shard answered failures of shards that may be kept: those rows are failed again
     # (and retried by this run, their vectors found in the retiring shard)
     lost = {r for s in diff.stale for r in s.resolves}
