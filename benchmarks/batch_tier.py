@@ -26,20 +26,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batchembed.batch.loop import FAILPOINTS as BATCH_FAILPOINTS
 from batchembed.testing.batchapi import FakeBatchServer
 
 ROOT = Path(__file__).resolve().parents[1]
-POINTS = [
-    None,
-    "batch-before-upload",
-    "batch-after-upload",
-    "batch-before-create",
-    "batch-after-create",
-    "batch-after-poll",
-    "batch-after-download",
-    "batch-after-results",
-    "shard-before-manifest",
-]
+POINTS = [None, *BATCH_FAILPOINTS, "shard-before-manifest"]
 PRICE = 0.02  # text-embedding-3-small, USD per 1M tokens (online)
 
 

@@ -253,3 +253,17 @@ def daily_files(tmp_path: Path, files: int, rows: int) -> tuple[Path, dict[int, 
         pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "text": texts}), src / f"f{f}.parquet")
         text_of.update(zip(ids, texts, strict=True))
     return src, text_of
+
+
+@pytest.fixture(scope="module")
+def azurite():
+    """An Azurite (Azure Storage emulator) server for one test module; skipped where npm could not install it."""
+    from tests.azurite import BINARY, Azurite
+
+    if not BINARY.exists():
+        pytest.skip("Azurite is not installed (make setup installs it with npm when npm is available)")
+    server = Azurite().start()
+    try:
+        yield server
+    finally:
+        server.stop()

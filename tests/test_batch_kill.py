@@ -7,21 +7,13 @@ import signal
 
 import pytest
 
+from batchembed.batch.loop import FAILPOINTS as BATCH_FAILPOINTS
 from batchembed.testing.batchapi import FakeBatchServer
 from tests.conftest import assert_vectors, cli_env, make_texts, read_output, run_cli, start_cli
 from tests.test_batch_tier import batch_job
 
 #: Every step where a kill hurts: around each remote call, and the commit of a unit.
-FAILPOINTS = [
-    "batch-before-upload",
-    "batch-after-upload",
-    "batch-before-create",
-    "batch-after-create",
-    "batch-after-poll",
-    "batch-after-download",
-    "batch-after-results",
-    "shard-before-manifest",
-]
+FAILPOINTS = [*BATCH_FAILPOINTS, "shard-before-manifest"]
 
 
 @pytest.mark.parametrize("point", FAILPOINTS)

@@ -434,19 +434,6 @@ def test_readers_follow_the_log_across_checkpoints(tmp_path, fake, monkeypatch):
 # --------------------------------------------------------------------------- Azure (Azurite)
 
 
-@pytest.fixture(scope="module")
-def azurite():
-    from tests.azurite import BINARY, Azurite
-
-    if not BINARY.exists():
-        pytest.skip("Azurite is not installed (make setup installs it with npm when npm is available)")
-    server = Azurite().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def test_publish_replace_and_read_on_azure(tmp_path, fake, azurite, monkeypatch):
     out = _run(tmp_path, fake)
     files = _entries(out)

@@ -386,19 +386,6 @@ def test_local_output_second_run_refused_and_kill_9_of_the_holder_does_not_block
 # ---------------------------------------------------------------------------- Azure (Azurite)
 
 
-@pytest.fixture(scope="module")
-def azurite():
-    from tests.azurite import BINARY, Azurite
-
-    if not BINARY.exists():
-        pytest.skip("Azurite is not installed (make setup installs it with npm when npm is available)")
-    server = Azurite().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def test_azure_input_and_output_through_the_same_protocol(tmp_path, azurite, srv):
     import pyarrow.parquet as pq
 

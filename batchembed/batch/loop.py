@@ -43,6 +43,18 @@ from batchembed.batch.shapes import CANCELLED, EXPIRED, FAILED, PENDING, BatchVi
 from batchembed.checkpoint import failpoint
 from batchembed.errors import TerminalAPIError
 
+#: The kill-test hooks around every remote call of the tier, in the order a batch meets them
+#: (``checkpoint.failpoint``); the kill tests and ``benchmarks/batch_tier.py`` go through this list.
+FAILPOINTS = (
+    "batch-before-upload",
+    "batch-after-upload",
+    "batch-before-create",
+    "batch-after-create",
+    "batch-after-poll",
+    "batch-after-download",
+    "batch-after-results",
+)
+
 #: How far back before a creation intent the list is scanned (clocks of two machines differ).
 CLOCK_MARGIN = 600.0
 
