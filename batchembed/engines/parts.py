@@ -121,14 +121,6 @@ def finished_split_manifest(store: OutputStore, fingerprint: dict) -> Manifest:
     return manifest
 
 
-def check_every_part(store: OutputStore, count: int) -> None:
-    """Before ``_SUCCESS``: every shard each of the ``count`` parts records is there (``OutputError`` if not)."""
-    for index in range(count):
-        manifest = _load_part(store, (index, count))
-        if manifest is not None:
-            check_shards(store, manifest)
-
-
 def open_part(store: OutputStore, fingerprint: dict, restart: bool, part: tuple[int, int]) -> Manifest:
     """Prepare the output for one part (its lock is held) and return the part's manifest (new or resumed).
 
@@ -232,8 +224,11 @@ def parts_left(store: OutputStore, part: tuple[int, int]) -> str:
 
 def every_part_complete(store: OutputStore, count: int) -> bool:
     """Whether all ``count`` parts have recorded their manifest complete (their failures resolved)."""
-    for index in range(count):
-        manifest = _load_part(store, (index, count))
-        if manifest is None or not manifest.complete or manifest.unresolved_failures():
-            return False
-    return True
+    return all_complete([_load_part(store, (index, count)) for index in range(count)], count)
+
+
+def all_complete(manifests: list[Manifest | None], count: int) -> bool:
+    """Whether the ``count`` parts' manifests are all there and complete, their failures resolved."""
+    return len(manifests) == count and all(
+        m is not None and m.complete and not m.unresolved_failures() for m in manifests
+    )

@@ -12,10 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 from batchembed import output_refresh
-from batchembed.checkpoint import SUCCESS, Manifest, remove_orphans
+from batchembed.checkpoint import SUCCESS, Manifest, check_shards, remove_orphans
 from batchembed.engines.parts import (
-    check_every_part,
-    every_part_complete,
+    all_complete,
     load_part,
     open_part,
     owned_by,
@@ -70,8 +69,9 @@ class PartOutput(JobOutput):
         ]
         # every part complete, and over the same inputs (a part not yet refreshed holds the old table's rows)
         current = all(m.work == self.manifest.work for _, m in parts)
-        if current and every_part_complete(self.store, self.part[1]):
-            check_every_part(self.store, self.part[1])  # what _SUCCESS vouches for is there
+        if current and all_complete([m for _, m in parts], self.part[1]):
+            for store, manifest in parts:  # what _SUCCESS vouches for is there
+                check_shards(store, manifest)
             output_refresh.publish_parts(parts, self.history_days, self.table, say)
             self.store.write_bytes(SUCCESS, b"")
             say(f"every part of {self.uri} is complete: wrote {SUCCESS}")
