@@ -26,7 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchembed.batch.loop import FAILPOINTS as BATCH_FAILPOINTS
+from batchembed.run.batch.loop import FAILPOINTS as BATCH_FAILPOINTS
 from batchembed.testing.batchapi import FakeBatchServer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchembed.atomic import atomic_path
+from batchembed.fs.atomic import atomic_path
 
 DATA_DIR = Path(__file__).resolve().parent / ".data"
 BLOCK = 10_000

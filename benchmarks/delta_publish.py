@@ -32,9 +32,9 @@ from benchmarks.common import HERE, ROOT
 
 sys.path.insert(0, str(ROOT))
 
-from batchembed.location import StorageOptions, locate
-from batchembed.publish import check_agrees, delta_storage_options, publish, read_table_file
-from batchembed.writer import ShardWriter, vector_array
+from batchembed.fs.location import StorageOptions, locate
+from batchembed.output.publish import check_agrees, delta_storage_options, publish, read_table_file
+from batchembed.output.shard_writer import ShardWriter, vector_array
 from tests.s3server import MotoServer
 
 

@@ -1,4 +1,4 @@
-"""The one atomic-write path (``batchembed.atomic``) on real files."""
+"""The one atomic-write path (``batchembed.fs.atomic``) on real files."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchembed.atomic import TMP_SUFFIX, atomic_path, temp_path, write_atomic
-from batchembed.location import locate
-from batchembed.store.local import LocalStore
+from batchembed.fs.atomic import TMP_SUFFIX, atomic_path, temp_path, write_atomic
+from batchembed.fs.location import locate
+from batchembed.output.store.local import LocalStore
 
 
 def test_write_atomic_creates_replaces_and_leaves_no_temp_file(tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 
-from batchembed import output as output_module
+from batchembed.output import commit as output_module
 from tests.conftest import assert_vectors, job_for, make_texts, read_output, run_here, write_parquet
 
 

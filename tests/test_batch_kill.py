@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from batchembed.batch.loop import FAILPOINTS as BATCH_FAILPOINTS
+from batchembed.run.batch.loop import FAILPOINTS as BATCH_FAILPOINTS
 from batchembed.testing.batchapi import FakeBatchServer
 from tests.conftest import assert_vectors, cli_env, make_texts, read_output, run_cli, start_cli
 from tests.test_batch_tier import batch_job

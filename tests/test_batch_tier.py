@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchembed.batch import loop as batch_loop
 from batchembed.exitcodes import ExitCode
+from batchembed.run.batch import loop as batch_loop
 from batchembed.testing import expected_score
 from batchembed.testing.batchapi import FakeBatchProvider
 from tests.conftest import assert_vectors, cli_env, make_texts, read_output, run_here, write_job, write_parquet

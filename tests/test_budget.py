@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from batchembed.engines.budget import JobBudget
+from batchembed.run.engines.budget import JobBudget
 
 
 class Clock:

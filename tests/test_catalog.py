@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from batchembed import catalog
-from batchembed.catalog import PRESETS, check_dimensions, document_prefix, format_table, lookup, models_command
 from batchembed.errors import ConfigError
+from batchembed.job import catalog
+from batchembed.job.catalog import PRESETS, check_dimensions, document_prefix, format_table, lookup, models_command
 
 QWEN_DEFAULT = "Given a web search query, retrieve relevant passages that answer the query"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from batchembed import sources_jsonl
-from batchembed.sources import discover, iter_batches
+from batchembed.input import jsonl as sources_jsonl
+from batchembed.input.read import discover, iter_batches
 from tests.conftest import assert_vectors, cli_env, job_for, make_texts, read_output, run_here, write_parquet
 
 CODECS = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}
@@ -68,7 +68,7 @@ def test_compressed_file_reads_like_the_plain_one(tmp_path, fake, suffix, kind):
 @pytest.mark.parametrize("name", ["rows.jsonl.gz", "rows.csv.zst"])
 def test_a_truncated_file_is_named_and_what_was_committed_stays(tmp_path, fake, monkeypatch, name):
     monkeypatch.setattr(sources_jsonl, "JSON_BLOCK", 1 << 14)  # small blocks: many units before the damage
-    monkeypatch.setattr("batchembed.sources_csv.CSV_BLOCK", 1 << 14)
+    monkeypatch.setattr("batchembed.input.csv.CSV_BLOCK", 1 << 14)
     texts = make_texts(20_000, seed=5)  # ~3 MB: the damage is well past the stream's read-ahead
     data = jsonl_bytes(texts) if ".jsonl" in name else csv_bytes(texts)
     blob = compress(data, Path(name).suffix)

@@ -11,12 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchembed import sources_csv
-from batchembed.checkpoint import Manifest, ShardRecord
 from batchembed.errors import InputError
-from batchembed.sources import discover, iter_batches
+from batchembed.input import csv as sources_csv
+from batchembed.input.read import discover, iter_batches
+from batchembed.input.units import iter_chunks
+from batchembed.output.manifest import Manifest, ShardRecord
 from batchembed.tasks.embed import chunk_positions
-from batchembed.units import iter_chunks
 from tests.conftest import assert_vectors, job_for, kill_mid_run, read_output, run_here
 
 

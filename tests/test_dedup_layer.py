@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from batchembed.errors import TransientAPIError
-from batchembed.memo import VectorMemo, text_keys
-from batchembed.progress import Stats
 from batchembed.providers.base import EmbeddingResult
+from batchembed.run.progress import Stats
 from batchembed.tasks.dedup import SharedEmbedder
+from batchembed.tasks.memo import VectorMemo, text_keys
 
 
 class FakeEmbedder:

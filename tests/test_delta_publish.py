@@ -20,8 +20,8 @@ import pytest
 from deltalake import DeltaTable
 
 from batchembed.errors import ConfigError, OutputError, register_secret
-from batchembed.location import StorageOptions, locate
-from batchembed.publish import (
+from batchembed.fs.location import StorageOptions, locate
+from batchembed.output.publish import (
     DIMENSION_KEY,
     PublishRefused,
     TableFile,
@@ -32,8 +32,8 @@ from batchembed.publish import (
     read_table_file,
     table_files,
 )
-from batchembed.publish import delta as delta_module
-from batchembed.writer import ShardWriter
+from batchembed.output.publish import delta as delta_module
+from batchembed.output.shard_writer import ShardWriter
 from tests.conftest import ROOT, job_for, make_texts, read_output, run_here, write_parquet
 from tests.s3server import ACCESS_KEY_ID, SECRET_ACCESS_KEY
 

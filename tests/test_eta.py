@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchembed import eta
-from batchembed.resolved import resolve_model
+from batchembed.job.resolved import resolve_model
+from batchembed.plan import eta
 from tests.conftest import job_for, make_texts, run_here, write_job, write_parquet
 
 
@@ -126,7 +126,7 @@ def test_learned_limits_only_take_the_servers_figures():
 
 
 def test_paced_never_exceeds_what_the_job_configures(tmp_path):
-    from batchembed.config import load_job
+    from batchembed.job.config import load_job
 
     job = load_job(
         write_job(

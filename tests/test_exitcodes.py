@@ -6,8 +6,8 @@ import re
 import signal
 from pathlib import Path
 
-from batchembed import runner
 from batchembed.exitcodes import ExitCode
+from batchembed.run import runner
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

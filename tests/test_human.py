@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchembed.human import duration, per_minute, per_second, short
-from batchembed.limits import RateLimits
-from batchembed.progress import Progress, Stats
+from batchembed.run.progress import Progress, Stats
+from batchembed.sending.limits import RateLimits
 from tests.conftest import job_for, make_texts, run_here, write_job, write_parquet
 
 
@@ -128,8 +128,8 @@ def test_rows_move_as_requests_end_not_only_when_a_piece_is_written():
 
 
 def test_a_run_credits_every_row_once_as_its_requests_end(tmp_path, fake):
-    from batchembed.config import load_job
-    from batchembed.job import build_runner
+    from batchembed.job.config import load_job
+    from batchembed.run.assemble import build_runner
 
     texts = make_texts(300)
     src = write_parquet(tmp_path / "in.parquet", texts)

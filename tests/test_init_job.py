@@ -16,9 +16,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from batchembed.config import JobConfig, load_job
 from batchembed.errors import InputError
-from batchembed.sources import discover
+from batchembed.input.read import discover
+from batchembed.job.config import JobConfig, load_job
 from tests.conftest import run_here
 
 N = 60

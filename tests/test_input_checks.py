@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchembed import inputcheck
 from batchembed.errors import InputError
-from batchembed.sources import discover
+from batchembed.input import checks as inputcheck
+from batchembed.input.read import discover
 from tests.conftest import job_for, read_output, run_here
 
 

@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchembed.journal import MAX_BACKLOG, Journal, decode_frames, encode_frame, read_unit
-from batchembed.journal_store import LocalJournalStore, _LocalSegment
-from batchembed.memo import text_keys
-from batchembed.progress import Stats
-from batchembed.writer import vector_array
+from batchembed.output.journal import MAX_BACKLOG, Journal, decode_frames, encode_frame, read_unit
+from batchembed.output.journal_store import LocalJournalStore, _LocalSegment
+from batchembed.output.shard_writer import vector_array
+from batchembed.run.progress import Stats
+from batchembed.tasks.memo import text_keys
 from tests import test_rerank
 from tests.conftest import (
     assert_vectors,

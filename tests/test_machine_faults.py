@@ -9,9 +9,10 @@ import pathlib
 
 import pytest
 
-from batchembed import checkpoint, cli
-from batchembed.location import locate
-from batchembed.store.local import LocalStore
+from batchembed import cli
+from batchembed.fs.location import locate
+from batchembed.output import manifest as checkpoint
+from batchembed.output.store.local import LocalStore
 from tests.conftest import (
     assert_vectors,
     cli_env,
@@ -76,7 +77,7 @@ def test_disk_full_while_writing_a_shard_keeps_what_is_committed_and_resumes(tmp
     texts, src = dataset
     out = tmp_path / "out"
     out.mkdir()
-    monkeypatch.setattr("batchembed.output.new_attempt", lambda: "0000dead")
+    monkeypatch.setattr("batchembed.output.commit.new_attempt", lambda: "0000dead")
     # a real ENOSPC: the third shard's temporary file is /dev/full, which refuses every write
     os.symlink("/dev/full", out / "part-00002-0000dead.parquet.tmp")
     job = job_for(tmp_path, fake, src, limits={"concurrency": 1}, output={"shard_rows": 100})
@@ -165,7 +166,7 @@ def test_the_hosted_api_still_needs_its_key(tmp_path, dataset):
 
 def test_full_disk_under_the_vector_cache(tmp_path, fake, dataset, monkeypatch, capsys):
     """A real SQLITE_FULL (the cache file may not grow past a few pages) is one line naming cache.path."""
-    from batchembed import memo
+    from batchembed.tasks import memo
 
     texts, src = dataset
     cache = tmp_path / "cache.sqlite"

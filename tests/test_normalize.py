@@ -11,10 +11,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from batchembed.config import JobConfig, ModelConfig
-from batchembed.normalize import VectorCheck
-from batchembed.resolved import resolve
-from batchembed.servers import CANARY_TEXT
+from batchembed.job.config import JobConfig, ModelConfig
+from batchembed.job.resolved import resolve
+from batchembed.sending.server_checks import CANARY_TEXT
+from batchembed.tasks.normalize import VectorCheck
 from batchembed.testing import Respond
 from batchembed.testing.answers import expected_vector, raw_cut_vector
 from tests.conftest import job_for, make_texts, read_output, run_here, write_parquet

@@ -285,8 +285,8 @@ def test_paused_holder_that_lost_its_lease_cannot_commit(tmp_path, s3, bucket, s
 
 
 def test_manifest_replace_is_refused_after_another_run_replaced_it(s3, bucket):
-    from batchembed.location import StorageOptions, locate
-    from batchembed.store.objects import ObjectStore
+    from batchembed.fs.location import StorageOptions, locate
+    from batchembed.output.store.objects import ObjectStore
 
     s3.put(bucket, "out/_manifest.json", b'{"v": 1}')
     old = os.environ.copy()
@@ -438,7 +438,7 @@ def test_azure_input_and_output_through_the_same_protocol(tmp_path, azurite, srv
     ],
 )
 def test_object_store_glob_matches_like_a_shell(key, pattern, matches):
-    from batchembed.location import glob_match
+    from batchembed.fs.location import glob_match
 
     assert glob_match(key, pattern) is matches
 

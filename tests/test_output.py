@@ -8,12 +8,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchembed.checkpoint import FAILED, SUCCESS, TRUNCATED, Manifest
-from batchembed.location import locate
-from batchembed.output import JobOutput
-from batchembed.store.local import LocalStore
+from batchembed.fs.location import locate
+from batchembed.input.units import Unit
+from batchembed.output.commit import JobOutput
+from batchembed.output.manifest import FAILED, SUCCESS, TRUNCATED, Manifest
+from batchembed.output.store.local import LocalStore
 from batchembed.tasks import failure_table
-from batchembed.units import Unit
 
 FINGERPRINT = {"model.name": "fake", "files": []}
 

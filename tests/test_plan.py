@@ -10,12 +10,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from batchembed import plan as plan_command
-from batchembed.config import load_job
 from batchembed.errors import ConfigError, InputError
-from batchembed.memo import text_keys
-from batchembed.plan_report import duration
-from batchembed.tokens import EstimateCounter
+from batchembed.job.config import load_job
+from batchembed.plan import dry_run as plan_command
+from batchembed.plan.report import duration
+from batchembed.tasks.memo import text_keys
+from batchembed.tasks.tokens import EstimateCounter
 from tests.conftest import job_for, run_here, toml_value, write_parquet
 
 SHARD = 500  # shard_rows below CHUNK_ROWS: every chunk is exactly one 500-row unit of one file

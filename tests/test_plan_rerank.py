@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchembed import plan as plan_command
-from batchembed.config import load_job
-from batchembed.tokens import EstimateCounter
+from batchembed.job.config import load_job
+from batchembed.plan import dry_run as plan_command
+from batchembed.tasks.tokens import EstimateCounter
 from tests.conftest import run_here, write_job
 from tests.test_plan import greedy
 

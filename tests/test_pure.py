@@ -11,8 +11,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchembed.batching import halves, pack
-from batchembed.config import load_job
 from batchembed.errors import (
     AuthError,
     ConfigError,
@@ -22,10 +20,12 @@ from batchembed.errors import (
     TransientAPIError,
     UsageError,
 )
-from batchembed.limits import AdaptiveWindow, exhausted_for, parse_duration
+from batchembed.job.config import load_job
 from batchembed.providers.openai_compat import parse_embeddings
-from batchembed.retry import backoff, classify, parse_retry_after
-from batchembed.tokens import EstimateCounter
+from batchembed.providers.retry import backoff, classify, parse_retry_after
+from batchembed.sending.limits import AdaptiveWindow, exhausted_for, parse_duration
+from batchembed.tasks.batching import halves, pack
+from batchembed.tasks.tokens import EstimateCounter
 
 # ------------------------------------------------------------------------------------------ batching
 
@@ -270,7 +270,7 @@ def test_window_pause_blocks_new_slots():
 
 def test_tokenizer_json_counts_exactly_and_truncates_token_accurately():
     from batchembed.providers.model_files import default_model_files
-    from batchembed.tokens import HFTokenizerCounter
+    from batchembed.tasks.tokens import HFTokenizerCounter
 
     counter = HFTokenizerCounter(str(default_model_files()[1]))
     text = "Tokenizers split unbelievably long words into several pieces. " * 40
@@ -286,7 +286,7 @@ def test_tokenizer_json_counts_exactly_and_truncates_token_accurately():
 
 @pytest.mark.parametrize("limit", [1, 2, 59, 60, 61, 600, 10_000, 600_000, 1_000_000_000])
 def test_per_minute_bucket_never_exceeds_the_limit_in_any_minute(limit):
-    from batchembed.limits import per_minute_bucket
+    from batchembed.sending.limits import per_minute_bucket
 
     bucket = per_minute_bucket(limit)
     rate = bucket.max_rate / bucket.time_period  # per second
@@ -296,7 +296,7 @@ def test_per_minute_bucket_never_exceeds_the_limit_in_any_minute(limit):
 
 
 def test_limiter_learns_what_the_server_counts():
-    from batchembed.limits import RateLimits
+    from batchembed.sending.limits import RateLimits
 
     limits = RateLimits(600, 600_000, 4)
     assert limits.charge_ratio == 1.0
@@ -308,7 +308,7 @@ def test_limiter_learns_what_the_server_counts():
 
 
 def test_minute_log_holds_back_what_would_overfill_the_trailing_minute():
-    from batchembed.limits import MinuteLog
+    from batchembed.sending.limits import MinuteLog
 
     log = MinuteLog(100)
     assert log.wait_for(60, now=0.0) == 0.0
@@ -321,7 +321,7 @@ def test_minute_log_holds_back_what_would_overfill_the_trailing_minute():
 
 
 def test_paced_limit_follows_announcements_and_aimd():
-    from batchembed.limits import AIMD_DECREASE, PacedLimit
+    from batchembed.sending.limits import AIMD_DECREASE, PacedLimit
 
     now = [0.0]
     pace = PacedLimit("tokens", 1_200_000, clock=lambda: now[0])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchembed.ratelimit_headers import parse_duration, parse_items, parse_rate_headers, parse_reset
+from batchembed.providers.ratelimit_headers import parse_duration, parse_items, parse_rate_headers, parse_reset
 
 NOW = 1_750_000_000.0  # an epoch time, for epoch resets
 

@@ -17,13 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchembed.checkpoint import Manifest
-from batchembed.config import load_job
-from batchembed.engines.budget import JobBudget
-from batchembed.engines.ray_engine import run_slice
-from batchembed.store import open_store
-from batchembed.store.base import LeaseLost
-from batchembed.store.fencing import FenceToken
+from batchembed.job.config import load_job
+from batchembed.output.manifest import Manifest
+from batchembed.output.store import open_store
+from batchembed.output.store.base import LeaseLost
+from batchembed.output.store.fencing import FenceToken
+from batchembed.run.engines.budget import JobBudget
+from batchembed.run.engines.ray_engine import run_slice
 from tests.conftest import assert_vectors, cli_env, environment, job_for, make_texts, read_output, run_here, start_cli
 
 ROWS = 600

@@ -1,4 +1,4 @@
-"""A job resolved once (``batchembed.resolved``) and assembled from that (``batchembed.job``)."""
+"""A job resolved once (``batchembed.job.resolved``) and assembled from that (``batchembed.run.assemble``)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import dataclasses
 
 import pytest
 
-from batchembed import job as assembly
-from batchembed.config import load_job
 from batchembed.errors import ConfigError
-from batchembed.progress import Stats
+from batchembed.job.config import load_job
+from batchembed.job.resolved import resolve
 from batchembed.providers.openai_compat import OpenAICompatibleEmbedder
-from batchembed.resolved import resolve
+from batchembed.run import assemble as assembly
+from batchembed.run.progress import Stats
 from batchembed.tasks.embed import EmbedTask
 from batchembed.tasks.rerank import RerankTask
-from batchembed.tokens import LocalModelCounter
+from batchembed.tasks.tokens import LocalModelCounter
 from tests.conftest import write_job
 
 

@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchembed.checkpoint import Manifest, ShardRecord
-from batchembed.sources import discover
-from batchembed.units import iter_chunks
+from batchembed.input.read import discover
+from batchembed.input.units import iter_chunks
+from batchembed.output.manifest import Manifest, ShardRecord
 
 
 def _units(chunks):

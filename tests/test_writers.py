@@ -10,10 +10,10 @@ import json
 
 import pytest
 
-from batchembed.engines.shard import PartOutput
-from batchembed.location import StorageOptions, locate
-from batchembed.output import JobOutput
-from batchembed.store.base import OutputLocked
+from batchembed.fs.location import StorageOptions, locate
+from batchembed.output.commit import JobOutput
+from batchembed.output.store.base import OutputLocked
+from batchembed.run.engines.shard import PartOutput
 from tests.conftest import (
     assert_vectors,
     cli_env,
@@ -53,8 +53,8 @@ def _may_share(first: str, second: str) -> bool:
 
 def _output(kind: str, uri: str):
     part, restart = WRITERS[kind]
-    from batchembed.store.local import LocalStore
-    from batchembed.store.objects import ObjectStore
+    from batchembed.output.store.local import LocalStore
+    from batchembed.output.store.objects import ObjectStore
 
     where = locate(uri, StorageOptions(None, None, False), "output.path")
     store = LocalStore(where) if where.is_local else ObjectStore(where, lease_seconds=30)

@@ -8,9 +8,9 @@ import orjson
 
 from batchembed import __version__
 from batchembed.errors import TransientAPIError, redact
+from batchembed.providers.ratelimit_headers import is_rate_header
+from batchembed.providers.retry import classify
 from batchembed.providers.transport import AiohttpTransport, Request, Transport, TransportError
-from batchembed.ratelimit_headers import is_rate_header
-from batchembed.retry import classify
 
 
 class JSONClient:

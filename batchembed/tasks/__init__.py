@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import pyarrow as pa
 
-from batchembed.units import Chunk
+from batchembed.input.units import Chunk
 
 
 @dataclass
@@ -70,7 +70,7 @@ class Resumed(NamedTuple):
 
 
 class JournalCodec(Protocol):
-    """How a task's answers go into the answer journal (``batchembed.journal``) and come back out.
+    """How a task's answers go into the answer journal (``batchembed.output.journal``) and come back out.
 
     Keys identify an answer across runs: 16 bytes per work item (``fixed_size_binary(16)``)."""
 

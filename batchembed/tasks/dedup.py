@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from batchembed.memo import VectorMemo
-from batchembed.progress import Stats
 from batchembed.providers.base import Embedder, EmbeddingResult
+from batchembed.run.progress import Stats
+from batchembed.tasks.memo import VectorMemo
 
 
 class _Unanswered(Exception):

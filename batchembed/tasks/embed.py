@@ -16,22 +16,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchembed import __version__
-from batchembed.batching import pack
-from batchembed.config import JobConfig, text_fields
 from batchembed.errors import InputError, MalformedResponse, ServerIgnoredSettings
-from batchembed.memo import VectorMemo, text_keys
-from batchembed.normalize import NormTally, VectorCheck, vector_norms
-from batchembed.output_cache import KEY_COLUMN, key_column
-from batchembed.progress import Stats
+from batchembed.input.units import Chunk
+from batchembed.job.config import JobConfig, text_fields
+from batchembed.job.resolved import ResolvedJob
+from batchembed.output.cache import KEY_COLUMN, key_column
+from batchembed.output.shard_writer import vector_array
 from batchembed.providers.base import Embedder, EmbeddingResult
-from batchembed.resolved import ResolvedJob
+from batchembed.run.progress import Stats
 from batchembed.tasks import Piece, PieceTables, Request, failure_table
+from batchembed.tasks.batching import pack
 from batchembed.tasks.dedup import SharedEmbedder
-from batchembed.tasks.embed_journal import EmbedJournalCodec
-from batchembed.texts import add_prefix, blank_mask, build_texts
-from batchembed.tokens import TokenCounter, exact_counts, over_limit
-from batchembed.units import Chunk
-from batchembed.writer import vector_array
+from batchembed.tasks.embed_codec import EmbedJournalCodec
+from batchembed.tasks.memo import VectorMemo, text_keys
+from batchembed.tasks.normalize import NormTally, VectorCheck, vector_norms
+from batchembed.tasks.texts import add_prefix, blank_mask, build_texts
+from batchembed.tasks.tokens import TokenCounter, exact_counts, over_limit
 
 
 @dataclass

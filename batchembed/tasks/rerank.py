@@ -19,17 +19,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchembed import __version__
-from batchembed.batching import pack
-from batchembed.config import RerankConfig
 from batchembed.errors import ConfigError, InputError, MalformedResponse
-from batchembed.progress import Stats
+from batchembed.input.units import Chunk, key_changes
+from batchembed.job.config import RerankConfig
+from batchembed.job.resolved import ResolvedJob
 from batchembed.providers.rerank import RerankResult
-from batchembed.resolved import ResolvedJob
+from batchembed.run.progress import Stats
 from batchembed.tasks import Piece, PieceTables, Request, Resumed, failure_table
+from batchembed.tasks.batching import pack
 from batchembed.tasks.embed import chunk_positions, generated_ids
-from batchembed.texts import as_string, blank_mask
-from batchembed.tokens import TokenCounter, over_limit
-from batchembed.units import Chunk, key_changes
+from batchembed.tasks.texts import as_string, blank_mask
+from batchembed.tasks.tokens import TokenCounter, over_limit
 
 
 @dataclass

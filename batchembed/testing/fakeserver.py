@@ -18,7 +18,7 @@ what the output must hold without talking to the server.
 Routes (each also answers under ``/v1``): ``POST /embeddings``, ``POST /rerank``, ``GET /models``.
 Every POST is recorded as a :class:`RecordedRequest` (in arrival order, whatever the answer).
 
-batchembed embeds a fixed canary text at the start of every run (``batchembed.servers.CANARY_TEXT``).
+batchembed embeds a fixed canary text at the start of every run (``batchembed.sending.server_checks.CANARY_TEXT``).
 Canary requests are answered like any other, but they never consume a scripted rule (unless the rule
 matches the canary text) and are left out of :attr:`requests`, :meth:`received_texts`,
 :meth:`all_texts` and :meth:`wait_for_requests`; :meth:`canary_requests` lists them.
@@ -41,7 +41,7 @@ import orjson
 from multidict import CIMultiDict
 
 from batchembed.providers.transport import HandlerTransport, Request, Response, TransportError
-from batchembed.servers import CANARY_TEXT
+from batchembed.sending.server_checks import CANARY_TEXT
 from batchembed.testing.answering import Answering
 from batchembed.testing.answers import (
     Reply,

@@ -1,0 +1,1 @@
+"""``batchembed status`` and ``batchembed verify``: read an output, never write it."""

@@ -1,0 +1,1 @@
+"""Files and buckets: local paths and bucket URIs, the one atomic local write."""

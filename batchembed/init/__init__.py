@@ -1,0 +1,1 @@
+"""``batchembed init``: propose a job file from a sample of the input."""

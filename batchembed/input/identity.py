@@ -1,0 +1,76 @@
+"""Which version of an input file a run read: its identity, recorded per shard (the daily refresh).
+
+On disk a file is its size and modification time (nanoseconds); in a bucket its size and ETag,
+listed with the objects (obstore), so a rewrite with the same size is seen. ``restat`` asks again
+after a file was read, so a file that changed under a run is never committed from a torn read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import TYPE_CHECKING
+
+from batchembed.fs.location import Location, until_wildcard
+
+if TYPE_CHECKING:
+    from batchembed.input.read import SourceFile
+
+
+def restat(src: SourceFile) -> dict | None:
+    """The file's identity now (size and modification time), or None if it cannot be read."""
+    try:
+        if src.location is None:
+            st = os.stat(src.path)
+            return file_identity(st.st_size, st.st_mtime_ns)
+        if src.etag:
+            found = object_etags(src.location, single=True)
+            return file_identity(src.size if src.location.key in found else -1, 0, found.get(src.location.key))
+        info = src.location.fs.get_file_info(src.location.fs_path)
+        return file_identity(info.size or 0, info.mtime_ns or 0)
+    except (OSError, ValueError):
+        return None
+
+
+def file_identity(size: int, mtime_ns: int, etag: str | None = None) -> dict:
+    """What identifies a version of an input file: size and mtime on disk, size and ETag in a bucket."""
+    return {"size": size, "etag": etag} if etag else {"size": size, "mtime_ns": mtime_ns}
+
+
+def known_rows_of(known: dict | None, name: str, size: int, mtime_ns: int, etag: str | None = None) -> int | None:
+    """The row count recorded for a file whose identity is unchanged (so it need not be opened)."""
+    if not known or name not in known:
+        return None
+    identity, rows = known[name]
+    return rows if identity == file_identity(size, mtime_ns, etag) else None
+
+
+def object_etags(where: Location, single: bool = False) -> dict[str, str]:
+    """ETags of the objects under ``where`` (a file, prefix or glob): {key: etag}; {} where they cannot
+    be had (no obstore), and the identity falls back to the last-modified time."""
+    try:
+        import obstore
+
+        from batchembed.output.store.objects import STORE_ERRORS, connect
+    except ImportError:
+        return {}
+    key = where.key
+    store = connect(dataclasses.replace(where, key=""))
+    try:
+        if single:
+            meta = obstore.head(store, key)
+            return {key: _etag(meta["e_tag"])} if meta.get("e_tag") else {}
+        prefix = "/".join(part for part in until_wildcard(key.split("/")))
+        return {
+            meta["path"]: _etag(meta["e_tag"])
+            for batch in obstore.list(store, prefix=prefix or None)
+            for meta in batch
+            if meta.get("e_tag")
+        }
+    except (*STORE_ERRORS, ValueError):
+        return {}
+
+
+def _etag(value: str) -> str:
+    """An ETag as one form: some stores quote it in HEAD answers and not in listings (Azure)."""
+    return value.removeprefix("W/").strip('"')

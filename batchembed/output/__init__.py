@@ -1,0 +1,1 @@
+"""The output stage: the manifest and commit protocol, shards, the answer journal, stores, refresh, the Delta table."""

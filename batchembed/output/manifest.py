@@ -1,0 +1,377 @@
+"""The manifest: which work units are committed, under which job fingerprint. Exactly-once lives here.
+
+A *work unit* is a contiguous range of rows of one input file (``shard_rows`` long, the last one
+shorter); each becomes exactly one shard. A unit counts as done only when its shard is fully
+written, fsynced, renamed into place *and* recorded here. The manifest itself is replaced
+atomically (temp file, fsync, rename, fsync of the directory), so after a crash it is either the
+old or the new version, never half of one. Anything in the directory the manifest does not
+account for (temp files, a shard renamed just before the crash) is removed on the next start.
+
+Committing a shard does not rewrite the manifest where the store can append (a local disk): it
+appends one line to ``_commits.jsonl`` (write, fsync), so committing stays O(1) per shard however many
+shards there are. ``Manifest.load`` replays the lines over ``_manifest.json`` (a torn last line, from a
+crash mid-append, is ignored: its shard was not committed and is removed as an orphan); each run start
+and the final save fold the lines back into ``_manifest.json`` and drop the journal.
+
+Where the files live is an :class:`~batchembed.output.store.base.OutputStore`: on a local disk the
+manifest is replaced by rename; on an object store (no rename, no append) by a PUT conditional on
+its ETag, at every commit.
+
+Rows that could not be embedded are kept per shard in ``_failed/<shard>.parquet``; a later retry
+commits their vectors as a new shard *and* marks those failure files resolved in the same manifest
+write, so no row is ever in the output twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from batchembed.errors import OutputError, ResumeRefused
+from batchembed.fs.atomic import TMP_SUFFIX
+
+if TYPE_CHECKING:
+    from batchembed.output.store.base import OutputStore
+
+MANIFEST = "_manifest.json"
+JOURNAL = "_commits.jsonl"
+SUCCESS = "_SUCCESS"
+REPORT = "_report.json"
+FAILED = "_failed.parquet"
+FAILED_DIR = "_failed"
+DELTA_LOG = "_delta_log"  # the Delta table's log (publish/)
+TRUNCATED = "_truncated.parquet"
+TRUNCATED_DIR = "_truncated"
+#: 2: the fingerprint holds the job's settings only; every shard records the input files it holds
+#: (``inputs``: name -> identity) and its stable ``unit`` name; refresh generations; a Delta table.
+FORMAT_VERSION = 2
+OLD_VERSIONS = (1,)
+
+
+@dataclass
+class ShardRecord:
+    """One committed shard."""
+
+    name: str
+    kind: str  # "range": rows start..end of one file; "retry": previously failed rows
+    file: str | None  # input file name (range shards)
+    start: int  # first input row (range shards)
+    end: int  # one past the last input row (range shards)
+    eof: bool  # this range reached the end of its file
+    rows: int  # rows in the shard
+    failed: int  # rows of this unit that went to the failure file
+    failed_file: str | None
+    size: int
+    sha256: str
+    tokens: int
+    resolves: list[str] = field(default_factory=list)  # failure files this retry shard answers
+    files: list[list] = field(default_factory=list)  # "files" shards: [[input file, rows], ...] held whole
+    truncated: int = 0  # rows of this shard whose text was cut (listed in _truncated/<shard>)
+    unit: str = ""  # the stable unit name (``part-00007``): journal and ownership; ``name`` is the file
+    inputs: dict[str, dict] = field(default_factory=dict)  # input file name -> its identity when read
+
+    @property
+    def unit_name(self) -> str:
+        """The unit this shard commits (its stable name, whatever attempt wrote the file)."""
+        return self.unit or self.name.removesuffix(".parquet")
+
+    def owned_files(self) -> list[str]:
+        """Every output file that belongs to this shard: the shard, its failed rows and its cut rows."""
+        out = [self.name]
+        if self.failed_file:
+            out.append(self.failed_file)
+        if self.truncated:
+            out.append(f"{TRUNCATED_DIR}/{self.name}")
+        return out
+
+
+@dataclass
+class Manifest:
+    """Everything a resume needs to know."""
+
+    fingerprint: dict[str, Any]
+    shards: list[ShardRecord] = field(default_factory=list)
+    resolved: list[str] = field(default_factory=list)  # failure files answered by retry shards
+    complete: bool = False
+    version: int = FORMAT_VERSION
+    created: float = field(default_factory=time.time)
+    #: The run that last saved it: a run that takes an output over re-saves it, which changes its
+    #: ETag, so a paused previous writer's conditional replace fails.
+    writer: str = field(default_factory=lambda: os.urandom(8).hex())
+    server: dict[str, Any] = field(default_factory=dict)  # served model and canary vector (servers.py)
+    #: Refresh generation: 0 for the first run; +1 whenever a run finds inputs changed (refresh.py).
+    generation: int = 0
+    #: The files (name -> identity) the current generation was planned over: a resume of an
+    #: interrupted refresh over the same inputs continues it; other inputs start a new generation.
+    work: dict[str, dict] = field(default_factory=dict)
+    #: Shards replaced or dropped by the current generation, still in the published table until
+    #: the next publish (their files stay until then).
+    retiring: list[ShardRecord] = field(default_factory=list)
+    #: Files removed from the table but kept for ``output.history_days``: [[name, removed at (s)]].
+    retired: list[list] = field(default_factory=list)
+    #: The last publish tag written to the Delta table (0: never published).
+    published: int = 0
+
+    # --------------------------------------------------------------------------------- queries
+
+    def ranges_of(self, file: str) -> list[ShardRecord]:
+        """Committed row ranges of one input file, in row order.
+
+        A "files" shard (several whole small files) appears here as one range 0..rows of each of its
+        files, under the shard's name, so tiling, resume and progress treat both kinds alike.
+        """
+        found = [s for s in self.shards if s.kind == "range" and s.file == file]
+        for s in self.shards:
+            if s.kind == "files":
+                found += [
+                    dataclasses.replace(s, file=file, start=0, end=int(rows), eof=True, rows=int(rows), files=[])
+                    for name, rows in s.files
+                    if name == file
+                ]
+        return sorted(found, key=lambda s: s.start)
+
+    def unresolved_failures(self) -> list[str]:
+        """Failure files whose rows have not been retried successfully yet."""
+        done = set(self.resolved)
+        return [s.failed_file for s in self.shards if s.failed_file and s.failed_file not in done]
+
+    def unresolved_rows(self, store: OutputStore) -> int:
+        """Rows in failure files not yet answered by a retry shard (what ``_failed.parquet`` holds)."""
+        return sum(store.parquet_file(f).metadata.num_rows for f in self.unresolved_failures())
+
+    def truncated(self) -> int:
+        """Committed rows whose text was cut before embedding."""
+        return sum(s.truncated for s in self.shards)
+
+    def tokens(self) -> int:
+        """Tokens spent on everything committed."""
+        return sum(s.tokens for s in self.shards)
+
+    def rows(self) -> int:
+        """Rows in committed shards."""
+        return sum(s.rows for s in self.shards)
+
+    # ---------------------------------------------------------------------------------- storage
+
+    def commit(self, store: OutputStore, record: ShardRecord, resolves: list[str]) -> None:
+        """Record a committed shard (and the failure files it resolves).
+
+        Where the store can append durably (a local disk) this is one fsynced journal line, O(1) per
+        shard; elsewhere (object stores: no appends) the manifest is replaced, conditionally."""
+        line = json.dumps({"shard": asdict(record), "resolves": list(resolves)}, sort_keys=True) + "\n"
+        appended = store.append_commit(line.encode())
+        self.shards.append(record)
+        self.resolved.extend(resolves)
+        if not appended:
+            self.save(store)
+
+    def _replay(self, store: OutputStore) -> bool:
+        """Apply the commit journal's complete lines (skipping what the manifest holds); True if any."""
+        raw = store.read_commits()
+        if raw is None:
+            return False
+        known = {s.name for s in self.shards}
+        for line in raw.split(b"\n")[:-1]:  # the part after the last newline is torn (or empty)
+            entry = json.loads(line)
+            record = ShardRecord(**entry["shard"])
+            if record.name in known:
+                continue
+            known.add(record.name)
+            self.shards.append(record)
+            self.resolved.extend(r for r in entry["resolves"] if r not in self.resolved)
+        return True
+
+    def save(self, store: OutputStore) -> None:
+        """Atomically replace the output's ``_manifest.json`` with this manifest (folding in the journal)."""
+        doc = {
+            "version": self.version,
+            "created": self.created,
+            "complete": self.complete,
+            "fingerprint": self.fingerprint,
+            "fingerprint_sha256": fingerprint_hash(self.fingerprint),
+            "resolved": self.resolved,
+            "shards": [asdict(s) for s in self.shards],
+            "writer": self.writer,
+            "server": self.server,
+            "generation": self.generation,
+            "work": self.work,
+            "retiring": [asdict(s) for s in self.retiring],
+            "retired": self.retired,
+            "published": self.published,
+        }
+        store.replace_manifest(json.dumps(doc, indent=1, sort_keys=True).encode())
+        store.drop_commits()  # every journal line is in the manifest now
+
+    @classmethod
+    def load(cls, store: OutputStore) -> Manifest | None:
+        """The output's manifest, None if there is none; OutputError if it cannot be trusted."""
+        path = store.describe(MANIFEST)
+        raw = store.read_manifest()
+        if raw is None:
+            return None
+        try:
+            doc = json.loads(raw)
+            if doc.get("version") in OLD_VERSIONS:
+                raise ResumeRefused(
+                    f"{path} was written by an older batchembed (manifest format {doc.get('version')}, now "
+                    f"{FORMAT_VERSION}): its shards do not record the input files and texts a refresh needs. "
+                    "Run once with --restart to rebuild this output (every row is embedded again), or "
+                    "give output.path a new directory and delete the old one when the new one is complete."
+                )
+            if doc.get("version") != FORMAT_VERSION:
+                raise ValueError(f"format version {doc.get('version')!r}, expected {FORMAT_VERSION}")
+            if doc["fingerprint_sha256"] != fingerprint_hash(doc["fingerprint"]):
+                raise ValueError("its fingerprint does not match its own checksum")
+            shards = [ShardRecord(**s) for s in doc["shards"]]
+            manifest = cls(
+                fingerprint=doc["fingerprint"],
+                shards=shards,
+                resolved=list(doc["resolved"]),
+                complete=bool(doc["complete"]),
+                version=doc["version"],
+                created=doc["created"],
+                server=dict(doc.get("server") or {}),
+                generation=int(doc.get("generation", 0)),
+                work=dict(doc.get("work") or {}),
+                retiring=[ShardRecord(**r) for r in doc.get("retiring", [])],
+                retired=list(doc.get("retired", [])),
+                published=int(doc.get("published", 0)),
+            )
+            manifest._replay(store)
+            return manifest
+        except (ValueError, KeyError, TypeError) as exc:
+            raise OutputError(
+                f"{path} is corrupt ({exc}); it cannot be trusted to resume. "
+                "Run again with --restart to discard this output and start over."
+            ) from None
+
+
+def failpoint(name: str) -> None:
+    """Crash-test hook: SIGKILL this process at ``name`` when BATCHEMBED_FAILPOINT says so.
+
+    Lets the resume tests kill a real process at an exact step of the commit protocol (for
+    instance between writing the new manifest and renaming it into place).
+    """
+    if os.environ.get("BATCHEMBED_FAILPOINT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fingerprint_hash(fp: dict[str, Any]) -> str:
+    """Stable sha256 of a fingerprint dict."""
+    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
+
+
+def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two fingerprints ("model.name: 'a' -> 'b'")."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            changes.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return changes
+
+
+def open_output(store: OutputStore, fingerprint: dict[str, Any], restart: bool) -> Manifest:
+    """Prepare the output for a run (the caller holds its lock) and return its manifest (new or resumed).
+
+    Refuses (``ResumeRefused``) when it holds another job's output, unless ``restart``; claims the
+    manifest (re-saves it, so a previous writer can no longer replace it); removes temp files and
+    anything the manifest does not record; checks that every recorded shard is still there with
+    the recorded size and a readable footer.
+    """
+    if restart:
+        remove_output(store)
+    store.prepare()
+    manifest = Manifest.load(store)
+    if manifest is None:
+        stray = [n for n in store.list_names() if n.startswith("part-") and n.endswith(".parquet")]
+        if stray:
+            raise ResumeRefused(
+                f"{store.uri} holds shards ({stray[0]}, ...) but no {MANIFEST}: it is not a batchembed output "
+                "this job can resume. Use another output.path, or --restart to delete them."
+            )
+        manifest = Manifest(fingerprint=fingerprint)
+        manifest.save(store)
+        return manifest
+    if fingerprint_hash(manifest.fingerprint) != fingerprint_hash(fingerprint) and not manifest.shards:
+        # Nothing committed binds this output yet (a run that failed before its first shard, e.g. on a
+        # typo in model.name): the corrected job simply takes it over.
+        remove_orphans(store, manifest)
+        manifest = Manifest(fingerprint=fingerprint)
+        manifest.save(store)
+        return manifest
+    if fingerprint_hash(manifest.fingerprint) != fingerprint_hash(fingerprint):
+        changes = describe_changes(manifest.fingerprint, fingerprint)
+        raise ResumeRefused(
+            f"{store.uri} holds output of a different job: "
+            + "; ".join(changes or ["fingerprint differs"])
+            + ". Its vectors were made with other settings, and mixing them would give a table of two jobs "
+            "(changed input files are fine: a rerun refreshes the output). Run with --restart to discard "
+            "the old output, or use another output.path."
+        )
+    manifest.writer = os.urandom(8).hex()
+    manifest.save(store)  # also folds the last run's commit journal in: each run starts from one file
+    remove_orphans(store, manifest)
+    check_shards(store, manifest)
+    return manifest
+
+
+def remove_output(store: OutputStore) -> None:
+    """Delete everything batchembed writes in the output (used by --restart); the lock stays."""
+    for name in store.list_names():
+        if name.startswith(("part-", "_")) and (
+            "/" not in name or name.startswith((FAILED_DIR + "/", TRUNCATED_DIR + "/", DELTA_LOG + "/"))
+        ):
+            store.delete(name)
+
+
+def remove_orphans(store: OutputStore, manifest: Manifest, owns: Callable[[str], bool] | None = None) -> None:
+    """Delete temp files and shards/failure files that the manifest does not record.
+
+    ``owns(shard file name)`` limits this to the files of one ``--shard I/N`` part (the other parts'
+    files, committed or in progress, belong to their own manifests)."""
+    known = {name for s in manifest.shards + manifest.retiring for name in s.owned_files()}
+    known |= {name for name, _ in manifest.retired}  # replaced files kept for time travel
+    for name in store.list_names():
+        base = name.rsplit("/", 1)[-1]
+        if "/" in name and not name.startswith((FAILED_DIR + "/", TRUNCATED_DIR + "/")):
+            continue  # not ours
+        if owns is not None and not (base.startswith("part-") and owns(base.removesuffix(TMP_SUFFIX))):
+            continue  # another part's file
+        if base.endswith(TMP_SUFFIX) or (base.startswith("part-") and name not in known):
+            store.delete(name)
+    if not manifest.complete:
+        store.delete(SUCCESS)
+
+
+def check_shards(store: OutputStore, manifest: Manifest) -> None:
+    """Every recorded file exists with its recorded size and a readable Parquet footer."""
+    for s in manifest.shards + manifest.retiring:
+        check_file(store, s.name, s.size, None)  # hashing every shard is `verify`'s job
+        if s.failed_file:
+            check_file(store, s.failed_file, None, None)
+
+
+def check_file(store: OutputStore, name: str, size: int | None, digest: str | None) -> None:
+    """Raise OutputError unless ``name`` exists, has ``size`` bytes, a Parquet footer and ``digest``."""
+    hint = "Run with --restart to start over."
+    path = store.describe(name)
+    have = store.size(name)
+    if have is None:
+        raise OutputError(f"{path} is recorded in {MANIFEST} but missing. {hint}")
+    if size is not None and have != size:
+        raise OutputError(f"{path} has {have} bytes, {MANIFEST} recorded {size}: truncated? {hint}")
+    try:
+        store.parquet_file(name).metadata  # noqa: B018 - reading the footer is the check
+    except (pa.ArrowException, OSError) as exc:
+        raise OutputError(f"{path} is not a readable Parquet file ({exc}). {hint}") from None
+    if digest is not None and store.sha256(name) != digest:
+        raise OutputError(f"{path} does not match the checksum in {MANIFEST}. {hint}")

@@ -1,0 +1,239 @@
+"""The output-store interface: everything a run, ``status`` and ``verify`` do to an output.
+
+A run's protocol, whatever the store: take the writer lock; load the manifest; delete what it does
+not record; write each shard (``shard_writer`` ... ``commit``), then record it by replacing the
+manifest (the commit point); write ``_SUCCESS`` last. ``status`` and ``verify`` only read.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import hashlib
+import io
+from typing import Any, Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batchembed.errors import OutputError
+from batchembed.fs.location import Location
+
+#: Where locks and leases live inside an output (never a shard, never deleted by a restart).
+LEASE_DIR = "_lease"
+
+
+def lease_name(shard: tuple[int, int] | None = None) -> str:
+    """The lock/lease key of a run: one for the whole output, or one per ``--shard I/N`` slice."""
+    if shard is None:
+        return f"{LEASE_DIR}/job"
+    index, count = shard
+    return f"{LEASE_DIR}/shard-{index:04d}-of-{count:04d}"
+
+
+def part_suffix(shard: tuple[int, int]) -> str:
+    """The tag of one ``--shard I/N`` part in file names: ``shard-0001-of-0004``."""
+    index, count = shard
+    return f"shard-{index:04d}-of-{count:04d}"
+
+
+def manifest_names(shard: tuple[int, int] | None) -> tuple[str, str]:
+    """(manifest, commit journal) file names of the whole job or of one ``--shard`` part."""
+    if shard is None:
+        return "_manifest.json", "_commits.jsonl"
+    tag = part_suffix(shard)
+    return f"_manifest.{tag}.json", f"_commits.{tag}.jsonl"
+
+
+class OutputLocked(OutputError):
+    """Another live run holds this output's lock or lease."""
+
+
+class LeaseLost(OutputError):
+    """This run no longer holds its lease (it expired and another run took it over)."""
+
+
+class Written(Protocol):
+    """What a committed shard reports: the fields of ``writer.WrittenFile``."""
+
+    name: str
+    rows: int
+    size: int
+    sha256: str
+
+
+class WriterLock(abc.ABC):
+    """The one-writer lock a run holds on an output until it ends."""
+
+    @abc.abstractmethod
+    def check(self) -> None:
+        """Raise ``LeaseLost`` unless this run still holds the lock (the fencing check)."""
+
+    @abc.abstractmethod
+    def release(self) -> None:
+        """Give the lock up (idempotent)."""
+
+    def token(self) -> Any:
+        """The fencing token of this holding (``store.fencing.FenceToken``), for writers working under it."""
+        raise NotImplementedError(f"{type(self).__name__} hands out no fencing token")
+
+
+class OutputStore(abc.ABC):
+    """One output directory or prefix. Names are relative ("part-00000.parquet", "_failed/x")."""
+
+    def __init__(self, where: Location) -> None:
+        self.where = where
+        self.lock: WriterLock | None = None
+        #: The manifest and commit journal this run reads and replaces: the whole job's, or one
+        #: ``--shard I/N`` part's (see ``use_part``).
+        self.manifest_name = "_manifest.json"
+        self.journal_name = "_commits.jsonl"
+
+    def use_part(self, shard: tuple[int, int] | None) -> None:
+        """Read and write the manifest of one ``--shard I/N`` part (``_manifest.shard-0001-of-0004.json``)."""
+        self.manifest_name, self.journal_name = manifest_names(shard)
+
+    @property
+    def uri(self) -> str:
+        """The output as a user wrote it (no credentials)."""
+        return self.where.uri
+
+    def describe(self, name: str) -> str:
+        """``name`` inside this output, for messages."""
+        return str(self.where.child(name))
+
+    # ------------------------------------------------------------------------------ locking
+
+    @abc.abstractmethod
+    def acquire(self, shard: tuple[int, int] | None = None) -> WriterLock:
+        """Take the one-writer lock (``OutputLocked`` naming the holder if a live run has it)."""
+
+    @abc.abstractmethod
+    def gate(self) -> contextlib.AbstractContextManager[WriterLock]:
+        """The output-wide admission mutex, held for the moment a writer is admitted (``store.admission``)."""
+
+    @abc.abstractmethod
+    def live_writers(self) -> dict[tuple[int, int] | None, str]:
+        """The writers holding a live lock or lease now: {None (a whole run) or (I, N): who, for messages}.
+
+        Called under the gate; on object stores it retires the expired leases it meets."""
+
+    def admit(self, shard: tuple[int, int] | None = None) -> WriterLock:
+        """Be admitted as writer ``shard`` (None: a whole run): see :mod:`batchembed.output.store.admission`."""
+        from batchembed.output.store.admission import admit
+
+        return admit(self, shard)
+
+    def release(self) -> None:
+        """Release the lock taken by ``acquire`` (idempotent)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def read_lock(self, name: str) -> tuple[dict | None, bool]:
+        """(the holder written in lock ``name`` (``_lease/job``) or None, whether its holding expires)."""
+        raise NotImplementedError
+
+    def fence_with(self, token: Any) -> None:
+        """Write under another process's lock (a Ray worker under its driver's): every fencing check
+        verifies that ``token``'s holding still holds the output (``store.fencing.TokenFence``)."""
+        from batchembed.output.store.fencing import TokenFence
+
+        self.lock = TokenFence(self, token)
+
+    def fence(self) -> None:
+        """Before any write: raise ``LeaseLost`` if this run has lost its lock."""
+        if self.lock is not None:
+            self.lock.check()
+
+    # ------------------------------------------------------------------------------- writing
+
+    @abc.abstractmethod
+    def prepare(self) -> None:
+        """Create the output directory/prefix if the store needs one."""
+
+    @abc.abstractmethod
+    def shard_writer(self, name: str, schema: pa.Schema, compression: str) -> Any:
+        """A writer with ``write(table)``, ``commit() -> WrittenFile`` (visible whole) and ``abort()``."""
+
+    @abc.abstractmethod
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Write a small file so that it appears whole or not at all."""
+
+    def write_table(self, name: str, table: pa.Table) -> None:
+        """Write a small Parquet table (failed rows) whole-or-nothing."""
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        self.write_bytes(name, buf.getvalue())
+
+    @abc.abstractmethod
+    def replace_manifest(self, data: bytes) -> None:
+        """Replace the manifest atomically; on object stores only if nobody else replaced it meanwhile."""
+
+    def append_commit(self, line: bytes) -> bool:
+        """Append one commit line durably to the output's commit journal; False if the store cannot
+        append (object stores), in which case the caller replaces the manifest instead."""
+        return False
+
+    def read_commits(self) -> bytes | None:
+        """The commit journal's bytes, None if there is none (or the store keeps no journal)."""
+        return None
+
+    def drop_commits(self) -> None:
+        """Remove the commit journal once its lines are folded into the manifest (none kept by default)."""
+        return None
+
+    def abort_stale_uploads(self, owns: Any = None) -> list[str]:
+        """Abort the incomplete uploads of shards this writer owns (``owns(name)``; all when None) that a
+        killed writer left; the names aborted (none where a store has no such thing: a local disk)."""
+        return []
+
+    @abc.abstractmethod
+    def delete(self, name: str) -> None:
+        """Delete a file (no error if it is not there)."""
+
+    # ------------------------------------------------------------------------------- reading
+
+    @abc.abstractmethod
+    def read_manifest(self) -> bytes | None:
+        """The manifest's bytes, None if there is none (remembers its version for the next replace)."""
+
+    @abc.abstractmethod
+    def list_names(self) -> list[str]:
+        """Every file in the output (relative names, recursive), the lease directory excluded."""
+
+    @abc.abstractmethod
+    def size(self, name: str) -> int | None:
+        """Size in bytes, None if the file is not there."""
+
+    @abc.abstractmethod
+    def open_read(self, name: str) -> Any:
+        """A source pyarrow readers accept (a path, or a random-access remote file)."""
+
+    @abc.abstractmethod
+    def read_bytes(self, name: str) -> bytes | None:
+        """A small file's bytes, None if it is not there."""
+
+    def exists(self, name: str) -> bool:
+        """Whether ``name`` is in the output."""
+        return self.size(name) is not None
+
+    def parquet_file(self, name: str) -> pq.ParquetFile:
+        """A Parquet file of the output, opened for footer and row-group reads."""
+        return pq.ParquetFile(self.open_read(name))
+
+    def read_table(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        """A whole Parquet file of the output (or some of its columns)."""
+        return pq.read_table(self.open_read(name), columns=columns)
+
+    def sha256(self, name: str) -> str:
+        """Hex sha256 of a file's bytes (streamed)."""
+        digest = hashlib.sha256()
+        src = self.open_read(name)
+        fh = open(src, "rb") if isinstance(src, str) else src  # noqa: SIM115 - closed below
+        try:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+        finally:
+            fh.close()
+        return digest.hexdigest()

@@ -1,0 +1,1 @@
+"""``batchembed plan``: what a run would do and cost, sending nothing."""

@@ -1,0 +1,1 @@
+"""A run: the runner, its asyncio pipeline, progress, the composition root, the engines and the batch tier."""

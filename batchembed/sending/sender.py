@@ -1,0 +1,232 @@
+"""Requests to answers: one request sent under the limits, retried, split or dead-lettered.
+
+The sender knows requests, answers, limits and errors, and nothing about files, Parquet or the
+manifest. A task sends through a :class:`Meter` (``async with meter(tokens): ...`` around the
+provider call): the meter takes a concurrency slot, admits the tokens against tokens/min and counts
+the request, so only what really goes out is paced and charged (a task that finds every answer
+elsewhere, the embed task's dedup layer, sends nothing and pays nothing). What the rest of the run
+wants to know of a request (the journal's "sent" and "answered", the server's usage) leaves through
+the :class:`SendHooks` callbacks.
+
+On failure: a bad key or ignored settings stop the job; too long or too large splits the request in
+halves down to one item, whose text a task may cut once more (``shorten``) before it is
+dead-lettered; anything else is retried with backoff, up to ``max_retries``, and after
+``GIVE_UP_AFTER`` requests in a row exhausted their retries the job gives up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from batchembed.errors import (
+    APIError,
+    AuthError,
+    InputTooLong,
+    InvalidVectors,
+    MalformedResponse,
+    PayloadTooLarge,
+    ServerIgnoredSettings,
+    TerminalAPIError,
+    TransientAPIError,
+    redact,
+)
+from batchembed.providers.retry import backoff
+from batchembed.run.progress import Stats
+from batchembed.tasks import Request
+from batchembed.tasks.batching import halves
+
+#: Consecutive requests that exhaust their retries before the job gives up instead of dead-lettering.
+GIVE_UP_AFTER = 5
+
+
+class Stop(Exception):
+    """Raised inside the pipeline when a signal asked it to stop."""
+
+
+class Sendable(Protocol):
+    """The two task members the sender uses."""
+
+    async def call(self, request: Request, meter: Meter) -> Any:
+        """Send ``request`` (its provider call inside ``async with meter(tokens)``); raise ``APIError``."""
+        ...
+
+    def accept(self, request: Request, answer: Any) -> int | None:
+        """Store the answer; return the tokens the server reported; ``MalformedResponse`` if it does not fit."""
+        ...
+
+
+def _nothing(*_args: Any) -> None:
+    return None
+
+
+@dataclass
+class SendHooks:
+    """What the sender tells the rest of the run; every hook is optional.
+
+    ``sent(request)``: just before the first attempt goes out (the journal notes the keys).
+    ``answered(request, answer)``: the answer was accepted (the journal keeps it; the served model).
+    ``usage(estimated, reported)``: our token count of what was sent beside the server's.
+    """
+
+    sent: Callable[[Request], None] = _nothing
+    answered: Callable[[Request, Any], None] = _nothing
+    usage: Callable[[int, int], None] = _nothing
+
+
+class Meter:
+    """One attempt's gate to the provider: ``async with meter(tokens):`` around each call that goes out."""
+
+    def __init__(self, sender: Sender, request: Request, first: bool) -> None:
+        self._sender = sender
+        self._request = request
+        self._first = first
+        self.tokens = 0  # tokens admitted through this meter
+        self.used = False  # whether anything was sent
+
+    @contextlib.asynccontextmanager
+    async def __call__(self, tokens: int) -> AsyncIterator[None]:
+        sender = self._sender
+        stats = sender.stats
+        async with sender.limits.window.slot():
+            await sender.limits.admit(tokens)
+            if self._first:
+                self._first = False
+                sender.hooks.sent(self._request)
+            self.used = True
+            self.tokens += tokens
+            stats.in_flight += 1
+            stats.requests += 1
+            began = time.monotonic()
+            try:
+                yield
+            finally:
+                stats.in_flight -= 1
+                stats.latencies.append(time.monotonic() - began)
+
+
+class Sender:
+    """Sends requests of one run; shares the run's limits, stats and give-up count among all workers."""
+
+    def __init__(
+        self,
+        task: Sendable,
+        limits: Any,
+        stats: Stats,
+        *,
+        max_retries: int,
+        hooks: SendHooks | None = None,
+        shorten: Callable[[Request], bool] | None = None,
+        give_up_after: int = GIVE_UP_AFTER,
+    ) -> None:
+        self.task = task
+        self.limits = limits
+        self.stats = stats
+        self.max_retries = max_retries
+        self.hooks = hooks or SendHooks()
+        self.shorten = shorten
+        self.give_up_after = give_up_after
+        self.stopping = False  # set when a signal asked the run to stop: no new attempts
+        self.succeeded_once = False
+        self.exhausted_in_a_row = 0
+
+    async def send(self, request: Request) -> None:
+        """Send one request with retries; split on 413, too-long and an all-zero/non-finite vector answered
+        twice; dead-letter what still fails.
+
+        Returns once every item of the request has an answer or an error in its piece. Raises what
+        stops the job (``AuthError``, ``ServerIgnoredSettings``, a ``TerminalAPIError`` before
+        anything succeeded, too many requests in a row given up), and ``Stop`` when asked to stop
+        between attempts."""
+        attempt = 0
+        while True:
+            if self.stopping and attempt:
+                raise Stop()
+            meter = Meter(self, request, first=attempt == 0)
+            error: APIError | None = None
+            try:
+                answer = await self.task.call(request, meter)
+            except APIError as exc:
+                error = exc
+            if error is None:
+                if meter.used:
+                    self.limits.observe(getattr(answer, "headers", {}), 200, meter.tokens)
+                try:
+                    reported = self.task.accept(request, answer)
+                except MalformedResponse as exc:
+                    error = exc
+                else:
+                    request.spent = (reported or meter.tokens) if meter.used else 0
+                    self.hooks.answered(request, answer)
+                    self._on_success(request, reported, meter)
+                    return
+            else:
+                self.limits.observe(error.headers, error.status, meter.tokens or request.tokens)
+            if isinstance(error, (AuthError, ServerIgnoredSettings)):
+                raise error
+            if isinstance(error, (InputTooLong, PayloadTooLarge, TerminalAPIError)):
+                if isinstance(error, TerminalAPIError) and not self.succeeded_once:
+                    # Nothing has worked yet: this is the job's settings, not one row. Stop now.
+                    raise error
+                await self._split_or_fail(request, error)
+                return
+            if isinstance(error, InvalidVectors) and attempt and len(request.items) > 1:
+                # an all-zero or non-finite vector again: find its row by halves (the rest is answered)
+                await self._split_or_fail(request, error)
+                return
+            # transient or malformed: back off and retry
+            attempt += 1
+            self.stats.retries[error.label] += 1
+            if attempt > self.max_retries:
+                self.exhausted_in_a_row += 1
+                if self.exhausted_in_a_row >= self.give_up_after:
+                    raise TransientAPIError(
+                        f"{self.give_up_after} requests in a row failed after {self.max_retries} retries; "
+                        f"giving up (last error: {error}). Committed shards are kept; run again to resume.",
+                        error.status,
+                    )
+                dead_letter(request, f"gave up after {self.max_retries} retries: {error}")
+                return
+            delay = backoff(attempt - 1, error.retry_after)
+            if error.status in (429, 503):
+                self.limits.window.on_throttled(error.retry_after)
+            await asyncio.sleep(delay)
+
+    async def _split_or_fail(self, request: Request, error: APIError) -> None:
+        n = len(request.items)
+        if n == 1:
+            if isinstance(error, InputTooLong) and self.shorten is not None and self.shorten(request):
+                # the server's "too long" is the last word: cut this one row and send it again
+                self.stats.retries["cut-too-long"] += 1
+                await self.send(request)
+                return
+            dead_letter(request, str(error))
+            return
+        self.stats.retries[f"split-{error.label}"] += 1
+        parts = [request.items[a:b] for a, b in halves(0, n)]
+        # charge each half its share of the tokens (items are not all the same size, but close enough)
+        shares = [Request(request.piece, h, max(1, request.tokens * len(h) // n)) for h in parts]
+        await asyncio.gather(*(self.send(part) for part in shares))
+
+    def _on_success(self, request: Request, reported: int | None, meter: Meter) -> None:
+        self.succeeded_once = True
+        self.exhausted_in_a_row = 0
+        if not meter.used:
+            return  # every answer came from elsewhere: nothing was sent, nothing is paid
+        self.limits.window.on_success()
+        if reported:
+            # the server's count tunes pacing only; it never decides what text is sent or how it is packed
+            self.limits.observe_usage(meter.tokens, reported)
+            self.hooks.usage(meter.tokens, reported)
+        self.stats.tokens += request.spent
+        request.piece.chunk.unit.tokens += request.spent
+
+
+def dead_letter(request: Request, message: str) -> None:
+    """Fail every item of ``request`` with ``message`` (secrets removed): they go to ``_failed``."""
+    for i in request.items:
+        request.piece.errors[int(i)] = redact(message)
