@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from batchembed import __version__
 from batchembed.errors import BatchEmbedError, ConfigError, UsageError, redact
 from batchembed.exitcodes import ExitCode
+from batchembed.serve import add_serve_arguments
 
 if TYPE_CHECKING:  # aiohttp is imported only by commands that send requests
     from batchembed.providers.transport import Transport
@@ -177,16 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """``batchembed serve``'s options (here, so that other commands never import the server)."""
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
-    parser.add_argument("--model", metavar="PATH", help="ONNX sentence-transformers directory (default: MiniLM)")
-    parser.add_argument("--threads", type=int, help="onnxruntime threads (default: all CPUs)")
-    parser.add_argument("--max-batch", type=int, default=2048, help="max inputs per request (default 2048)")
-    parser.add_argument("--max-body-bytes", type=int, default=8 << 20, help="max request body in bytes (default 8 MiB)")
-
-
 def main(argv: list[str] | None = None, *, transport: Transport | None = None) -> int:
     """Entry point of the console script; returns the exit code. ``transport`` (tests: the fake provider
     in-process) carries a run's HTTP requests instead of the network."""
@@ -213,7 +204,7 @@ def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> in
     """Run the chosen subcommand."""
     if args.command == "serve":
         try:
-            from batchembed import serve
+            from batchembed.serve import server as serve
         except ImportError as exc:  # the local extra (onnxruntime, tokenizers) is not installed
             raise ConfigError(
                 f"batchembed serve needs the local extra: pip install 'batchembed[local]' ({exc})"

@@ -33,7 +33,8 @@ WORK = data.DATA_DIR / "inputs"
 
 READ = """
 import sys
-from batchembed.input.read import discover, iter_batches
+from batchembed.input.discover import discover
+from batchembed.input.read import iter_batches
 rows = sum(b.num_rows for src in discover(sys.argv[1]) for b in iter_batches(src, ["id", "text"]))
 print(rows)
 """

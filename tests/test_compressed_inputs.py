@@ -15,7 +15,8 @@ import pyarrow as pa
 import pytest
 
 from batchembed.input import jsonl as sources_jsonl
-from batchembed.input.read import discover, iter_batches
+from batchembed.input.discover import discover
+from batchembed.input.read import iter_batches
 from tests.conftest import assert_vectors, cli_env, job_for, make_texts, read_output, run_here, write_parquet
 
 CODECS = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}

@@ -19,7 +19,7 @@ from batchembed.providers.cosine import RERANK_SUFFIX, cosine_rerank_scores, l2_
 from batchembed.providers.local import LocalEmbedder
 from batchembed.providers.model_files import default_model_files
 from batchembed.providers.rerank import LocalCosineReranker
-from batchembed.serve import Server
+from batchembed.serve.server import Server
 
 QUERY = "I forgot my password, how can I reset it?"
 DOCUMENTS = [

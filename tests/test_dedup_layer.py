@@ -10,7 +10,7 @@ import pytest
 
 from batchembed.errors import TransientAPIError
 from batchembed.providers.base import EmbeddingResult
-from batchembed.run.progress import Stats
+from batchembed.stats import Stats
 from batchembed.tasks.dedup import SharedEmbedder
 from batchembed.tasks.memo import VectorMemo, text_keys
 

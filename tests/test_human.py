@@ -10,8 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchembed.human import duration, per_minute, per_second, short
-from batchembed.run.progress import Progress, Stats
+from batchembed.run.progress import Progress
 from batchembed.sending.limits import RateLimits
+from batchembed.stats import Stats
 from tests.conftest import job_for, make_texts, run_here, write_job, write_parquet
 
 

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchembed.errors import InputError
-from batchembed.input.read import discover
+from batchembed.input.discover import discover
 from batchembed.job.config import JobConfig, load_job
 from tests.conftest import run_here
 

@@ -9,7 +9,7 @@ import pytest
 
 from batchembed.errors import InputError
 from batchembed.input import checks as inputcheck
-from batchembed.input.read import discover
+from batchembed.input.discover import discover
 from tests.conftest import job_for, read_output, run_here
 
 

@@ -11,10 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchembed.output.journal import MAX_BACKLOG, Journal, decode_frames, encode_frame, read_unit
-from batchembed.output.journal_store import LocalJournalStore, _LocalSegment
+from batchembed.output.journal.frames import decode_frames, encode_frame
+from batchembed.output.journal.recovery import read_unit
+from batchembed.output.journal.segments import LocalJournalStore, _LocalSegment
+from batchembed.output.journal.writer import MAX_BACKLOG, Journal
 from batchembed.output.shard_writer import vector_array
-from batchembed.run.progress import Stats
+from batchembed.stats import Stats
 from batchembed.tasks.memo import text_keys
 from tests import test_rerank
 from tests.conftest import (

@@ -14,10 +14,11 @@ from hypothesis import strategies as st
 
 from batchembed.errors import InputError
 from batchembed.input import jsonl as sources_jsonl
-from batchembed.input.read import discover, iter_batches
-from batchembed.input.units import iter_chunks
+from batchembed.input.chunks import iter_chunks
+from batchembed.input.discover import discover
+from batchembed.input.read import iter_batches
 from batchembed.output.manifest import Manifest, ShardRecord
-from batchembed.tasks.embed import chunk_positions
+from batchembed.tasks.ids import chunk_positions
 from tests.conftest import assert_vectors, job_for, kill_mid_run, read_output, run_here
 
 

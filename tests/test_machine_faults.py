@@ -11,6 +11,7 @@ import pytest
 
 from batchembed import cli
 from batchembed.fs.location import locate
+from batchembed.output import layout
 from batchembed.output import manifest as checkpoint
 from batchembed.output.store.local import LocalStore
 from tests.conftest import (
@@ -100,11 +101,11 @@ def test_disk_full_while_recording_a_commit(tmp_path, fake, dataset, monkeypatch
 
     def commit(self, store, record, resolves):
         if len(self.shards) == 2:  # the third commit finds the disk full
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), store.describe(checkpoint.JOURNAL))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), store.describe(layout.COMMITS))
         real_commit(self, store, record, resolves)
 
     line = _fails_in_one_line(job, fake, monkeypatch, capsys, checkpoint.Manifest, "commit", commit)
-    assert f"{checkpoint.JOURNAL}: the disk is full" in line
+    assert f"{layout.COMMITS}: the disk is full" in line
 
     result = _resume_completes(tmp_path, job, texts, fake)
     assert "2 shards (200 rows) already committed" in result.stderr

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 from batchembed.fs.location import locate
 from batchembed.input.units import Unit
 from batchembed.output.commit import JobOutput
-from batchembed.output.manifest import FAILED, SUCCESS, TRUNCATED, Manifest
+from batchembed.output.layout import FAILED, SUCCESS, TRUNCATED
+from batchembed.output.manifest import Manifest
 from batchembed.output.store.local import LocalStore
 from batchembed.tasks import failure_table
 

@@ -20,8 +20,8 @@ import pytest
 from batchembed.job.config import load_job
 from batchembed.output.manifest import Manifest
 from batchembed.output.store import open_store
-from batchembed.output.store.base import LeaseLost
 from batchembed.output.store.fencing import FenceToken
+from batchembed.output.store.locks import LeaseLost
 from batchembed.run.engines.budget import JobBudget
 from batchembed.run.engines.ray_engine import run_slice
 from tests.conftest import assert_vectors, cli_env, environment, job_for, make_texts, read_output, run_here, start_cli

@@ -11,7 +11,7 @@ from batchembed.job.config import load_job
 from batchembed.job.resolved import resolve
 from batchembed.providers.openai_compat import OpenAICompatibleEmbedder
 from batchembed.run import assemble as assembly
-from batchembed.run.progress import Stats
+from batchembed.stats import Stats
 from batchembed.tasks.embed import EmbedTask
 from batchembed.tasks.rerank import RerankTask
 from batchembed.tasks.tokens import LocalModelCounter

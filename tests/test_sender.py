@@ -16,9 +16,9 @@ from batchembed.errors import (
     TerminalAPIError,
     TransientAPIError,
 )
-from batchembed.run.progress import Stats
 from batchembed.sending.limits import RateLimits
 from batchembed.sending.sender import Sender, SendHooks, Stop
+from batchembed.stats import Stats
 from batchembed.tasks import Piece, Request
 
 

@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchembed.output.manifest import JOURNAL, MANIFEST
+from batchembed.output.layout import COMMITS as JOURNAL
+from batchembed.output.layout import MANIFEST
 from tests.conftest import assert_vectors, cli_env, job_for, kill_mid_run, make_texts, read_output, run_cli, run_here
 from tests.opens import OpenCounter
 from tests.test_csv_inputs import messy_texts, write_csv

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchembed.input.read import discover
-from batchembed.input.units import iter_chunks
+from batchembed.input.chunks import iter_chunks
+from batchembed.input.discover import discover
 from batchembed.output.manifest import Manifest, ShardRecord
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from batchembed.fs.location import StorageOptions, locate
 from batchembed.output.commit import JobOutput
-from batchembed.output.store.base import OutputLocked
+from batchembed.output.store.locks import OutputLocked
 from batchembed.run.engines.shard import PartOutput
 from tests.conftest import (
     assert_vectors,

@@ -1,19 +1,18 @@
 """Whose output is this: the settings ``run`` would record for a job, compared with an output's manifest.
 
 ``run`` refuses to resume an output whose manifest holds another job's fingerprint; ``status`` and
-``verify`` ask the same question here, with ``run``'s own fingerprint (``JobRunner.fingerprint`` over
-the job's resolved settings and its task, built as ``plan`` builds it: no provider, nothing sent), so
+``verify`` ask the same question here, with ``run``'s own fingerprint (``job_fingerprint`` over the
+job's resolved settings and its task, built as ``plan`` builds it: no provider, nothing sent), so
 the three commands can never disagree about which job an output belongs to. Only the job's
 *settings* are compared: whether the output is up to date with its input files is another question.
 """
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 from batchembed.job.config import JobConfig
-from batchembed.output.manifest import describe_changes
+from batchembed.job.fingerprint import describe_changes, job_fingerprint
 
 #: The fingerprint's record of the input files (not a setting: compared elsewhere).
 _INPUTS = "files"
@@ -23,16 +22,14 @@ def run_fingerprint(job: JobConfig) -> dict[str, Any]:
     """The fingerprint ``run`` records for ``job``, without its input files (``run``'s own function)."""
     from batchembed.job.resolved import resolve
     from batchembed.run.assemble import build_counter, build_task
-    from batchembed.run.progress import Stats
-    from batchembed.run.runner import JobRunner
+    from batchembed.stats import Stats
     from batchembed.tasks.memo import VectorMemo
 
     resolved = resolve(job)
     memo = None if resolved.is_rerank else VectorMemo(0)  # nothing is embedded: an empty memo
     task = build_task(resolved, None, build_counter(resolved), stats=Stats(), memo=memo)
-    runner = SimpleNamespace(resolved=resolved, task=task, job=job, model=resolved.model)  # what it reads
     try:
-        fingerprint = JobRunner.fingerprint(runner)  # the job's settings (the input files are its work)
+        fingerprint = job_fingerprint(resolved, task)  # the job's settings (the input files are its work)
     finally:
         task.close()
     return _settings(fingerprint)

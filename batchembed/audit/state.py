@@ -8,15 +8,11 @@ split output has. These are read here, cheaply (the lock/lease files, one listin
 
 from __future__ import annotations
 
-import re
-
-from batchembed.output.manifest import MANIFEST, Manifest
+from batchembed.output.layout import FAILED_FILE, MANIFEST, TRUNCATED_FILE
+from batchembed.output.manifest import Manifest
 from batchembed.output.store.base import OutputStore
 from batchembed.output.store.holders import Writer, describe_writers, live_writers
 from batchembed.output.store.listing import listed_sizes
-
-_FAILED = re.compile(r"_failed(\.[^/]+)?\.parquet$")
-_TRUNCATED = re.compile(r"_truncated(\.[^/]+)?\.parquet$")
 
 __all__ = ["OutputNow", "Writer", "running_line", "still_running"]
 
@@ -31,11 +27,11 @@ class OutputNow:
 
     def failed_files(self) -> list[str]:
         """The failed rows' files a run wrote at its end (``_failed.parquet``, or one per ``--shard`` part)."""
-        return sorted(n for n in self.sizes if _FAILED.fullmatch(n))
+        return sorted(n for n in self.sizes if FAILED_FILE.fullmatch(n))
 
     def truncated_files(self) -> list[str]:
         """The cut rows' files that exist (``_truncated.parquet``, or one per part)."""
-        return sorted(n for n in self.sizes if _TRUNCATED.fullmatch(n))
+        return sorted(n for n in self.sizes if TRUNCATED_FILE.fullmatch(n))
 
     def damaged(self, manifest: Manifest) -> list[str]:
         """Recorded shards (and failure files) missing from the listing or of another size than recorded."""

@@ -19,15 +19,20 @@ from batchembed.audit.owner import another_job, job_differences
 from batchembed.audit.state import OutputNow, files_line, running_line, still_running
 from batchembed.errors import OutputError
 from batchembed.exitcodes import ExitCode
-from batchembed.input.read import SourceFile, discover, iter_batches
+from batchembed.input.discover import discover
+from batchembed.input.files import SourceFile
+from batchembed.input.read import iter_batches
 from batchembed.input.units import planned_units
 from batchembed.job.config import JobConfig
+from batchembed.job.fingerprint import fingerprint_hash
 from batchembed.output.input_diff import diff_inputs
-from batchembed.output.journal import answered, journal_store
-from batchembed.output.manifest import SUCCESS, Manifest, check_file, fingerprint_hash
+from batchembed.output.journal.recovery import answered
+from batchembed.output.journal.segments import journal_store
+from batchembed.output.layout import SUCCESS
+from batchembed.output.manifest import Manifest, check_file
 from batchembed.output.store import open_store, storage_options
 from batchembed.output.store.base import OutputStore
-from batchembed.tasks.embed import generated_ids, id_column_name
+from batchembed.tasks.ids import generated_ids, id_column_name
 
 
 def _load(job: JobConfig) -> tuple[OutputStore, Manifest]:

@@ -55,7 +55,7 @@ def publish(tmp: Path, path: Path, before_replace: Callable[[], None] | None = N
     """Make the complete temp file ``tmp`` durable and rename it over ``path``.
 
     ``before_replace`` runs after the fsync and just before the rename: the crash tests' failpoint
-    (``checkpoint.failpoint``) kills the process exactly there.
+    (``failpoints.failpoint``) kills the process exactly there.
     """
     fsync_file(tmp)
     if before_replace is not None:

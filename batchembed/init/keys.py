@@ -9,12 +9,9 @@ added to ``config`` without a line here is still written, with its default and a
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from batchembed.job.resolved import PROVIDERS
-
-if TYPE_CHECKING:
-    from batchembed.init.propose import Proposal
 
 #: key -> its explanation (keys with a real default).
 NOTES: dict[str, str] = {
@@ -81,11 +78,12 @@ LOCAL_IGNORES = frozenset(
 )
 
 
-def explain(key: str, default: Any, proposal: Proposal) -> tuple[Any, str]:
-    """(the value to show, its one-line note) for ``key`` written commented out in ``proposal``'s job file."""
-    provider = PROVIDERS[proposal.provider]
+def explain(key: str, default: Any, provider_name: str, columns: list[str]) -> tuple[Any, str]:
+    """(the value to show, its one-line note) for ``key`` written commented out in a proposed job file for
+    ``provider_name`` over an input with these ``columns``."""
+    provider = PROVIDERS[provider_name]
     if key == "input.keep":
-        return default, f"{NOTES[key]}; this input has: {', '.join(proposal.columns)}"
+        return default, f"{NOTES[key]}; this input has: {', '.join(columns)}"
     by_provider = {
         "model.name": (provider.model, "the model; not set: the provider's default, shown"),
         "model.base_url": (provider.base_url or "http://127.0.0.1:8080/v1", "the API root; not set: the provider's"),
@@ -99,7 +97,7 @@ def explain(key: str, default: Any, proposal: Proposal) -> tuple[Any, str]:
     }
     if key in by_provider:
         value, note = by_provider[key]
-        if proposal.provider == "local" and key in LOCAL_IGNORES:
+        if provider_name == "local" and key in LOCAL_IGNORES:
             note = "remote providers only: the local model is bound by its threads, not by rate limits"
         return value, note
     if default is None:

@@ -21,7 +21,9 @@ import pyarrow.compute as pc
 from batchembed.errors import UsageError
 from batchembed.fs.location import StorageOptions
 from batchembed.init.keys import explain
-from batchembed.input.read import SourceFile, columns_of, discover, iter_batches
+from batchembed.input.discover import discover
+from batchembed.input.files import SourceFile
+from batchembed.input.read import columns_of, iter_batches
 from batchembed.job import catalog
 from batchembed.job.config import JobConfig, text_fields
 from batchembed.job.resolved import PROVIDERS
@@ -242,7 +244,7 @@ def render(p: Proposal, job_path: str) -> str:
                 lines.append(_line(field.name, value, note, commented=False))
                 continue
             default = getattr(section.default_factory(), field.name)
-            shown, note = explain(key, default, p)
+            shown, note = explain(key, default, p.provider, p.columns)
             lines.append(_line(field.name, shown, note, commented=True))
     return "\n".join(lines) + "\n"
 

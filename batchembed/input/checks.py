@@ -22,8 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchembed.errors import InputError
+from batchembed.input.files import SourceFile
 from batchembed.input.jsonl import field_type
-from batchembed.input.read import SourceFile, arrow_schema, columns_of, iter_batches
+from batchembed.input.parquet import arrow_schema
+from batchembed.input.read import columns_of, iter_batches
 from batchembed.job.config import JobConfig, text_fields
 
 #: Hashes kept in memory before spilling to bucket files (8 bytes each: 256 MB).

@@ -6,17 +6,45 @@ again with a bigger block, and errors that name the file, row and line.
 from __future__ import annotations
 
 import csv
+import io
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from batchembed.errors import InputError
-from batchembed.input.read import SourceFile, _text, columns_of
+from batchembed.input.compression import DECOMPRESS_ERRORS, decompress_error
+from batchembed.input.files import SourceFile
 
 #: First CSV block size; grown (x4) up to ``CSV_MAX_BLOCK`` when a row does not fit in one block.
 CSV_BLOCK = 4 << 20
 #: The largest CSV block (and so the largest CSV row) read: 1 GiB.
 CSV_MAX_BLOCK = 1 << 30
+
+
+def read_header(source: SourceFile) -> list[str]:
+    """A CSV file's header row: the column names (decoded strictly; later rows are checked, and named, by
+    the reader)."""
+    try:
+        with text_stream(source) as fh:
+            names = next(csv.reader(fh), None)
+    except (*DECOMPRESS_ERRORS, csv.Error, pa.ArrowException) as exc:
+        if source.compression and not isinstance(exc, csv.Error):
+            raise InputError(decompress_error(source.path, source.compression, exc)) from None
+        raise InputError(f"{source.path}: cannot read CSV header: {exc}") from None
+    if not names:
+        raise InputError(f"{source.path}: CSV file has no header row")
+    if any("\udc80" <= ch <= "\udcff" for name in names for ch in name):
+        raise InputError(f"{source.path}: the header row is not valid UTF-8 text; re-export the file as UTF-8")
+    return names
+
+
+def text_stream(source: SourceFile):
+    """The file as text for Python's csv module (BOM dropped; bad UTF-8 kept as surrogates to be named)."""
+    stream = source.open_stream()
+    if isinstance(stream, (str, Path)):
+        return open(stream, newline="", encoding="utf-8-sig", errors="surrogateescape")
+    return io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
 
 
 def _open_csv(source: SourceFile, columns: list[str], header: list[str], block_size: int):
@@ -40,7 +68,7 @@ def csv_batches(source: SourceFile, columns: list[str], start_row: int):
     first kept one sliced), never by physical lines. A row larger than the block is retried with a
     bigger block, resuming after the rows already yielded.
     """
-    header = columns_of(source)
+    header = read_header(source)
     block = CSV_BLOCK
     pos = 0  # records passed so far (yielded or skipped)
     while True:
@@ -78,7 +106,7 @@ def csv_row_too_large(source: SourceFile, after: int) -> str:
 
 def explain_csv_error(source: SourceFile, text: str) -> str:
     """Turn pyarrow's CSV parse/convert error into one naming the row (record) and its line."""
-    header = columns_of(source)
+    header = read_header(source)
     if "invalid UTF8" in text:
         found = _scan_csv(source, lambda record: any("\udc80" <= ch <= "\udcff" for f in record for ch in f))
         where = f"row {found[0]} (line {found[1]})" if found else "a row"
@@ -103,7 +131,7 @@ def _scan_csv(source: SourceFile, bad, start: int = 0):
     limit = csv.field_size_limit()
     csv.field_size_limit(CSV_MAX_BLOCK)
     try:
-        with _text(source) as fh:
+        with text_stream(source) as fh:
             reader = csv.reader(fh)
             next(reader, None)
             row, line = -1, reader.line_num

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from batchembed.fs.location import Location, until_wildcard
 
 if TYPE_CHECKING:
-    from batchembed.input.read import SourceFile
+    from batchembed.input.files import SourceFile
 
 
 def restat(src: SourceFile) -> dict | None:
@@ -51,7 +51,7 @@ def object_etags(where: Location, single: bool = False) -> dict[str, str]:
     try:
         import obstore
 
-        from batchembed.output.store.objects import STORE_ERRORS, connect
+        from batchembed.fs.buckets import STORE_ERRORS, connect
     except ImportError:
         return {}
     key = where.key

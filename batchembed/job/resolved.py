@@ -22,7 +22,6 @@ from typing import Any
 from batchembed.job import catalog
 from batchembed.job.catalog import ModelPreset
 from batchembed.job.config import JobConfig
-from batchembed.sending.server_checks import model_request_fingerprint
 
 
 @dataclass(frozen=True)
@@ -142,6 +141,16 @@ class ResolvedJob:
             **{f"model.{k}": v for k, v in self.identity.items()},
             "output.shard_rows": self.config.output.shard_rows,
         }
+
+
+def model_request_fingerprint(job: JobConfig) -> dict[str, Any]:
+    """Request settings that change the vectors (only when set, so older outputs keep their fingerprint)."""
+    out: dict[str, Any] = {}
+    if job.model.extra_body:
+        out["model.extra_body"] = dict(sorted(job.model.extra_body.items()))
+    if job.model.dimensions_by != "server":
+        out["model.dimensions_by"] = job.model.dimensions_by
+    return out
 
 
 def resolve(job: JobConfig | ResolvedJob, embeds: bool = True) -> ResolvedJob:

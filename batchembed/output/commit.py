@@ -27,24 +27,17 @@ from typing import Any
 import pyarrow as pa
 
 from batchembed.errors import InputError, ResumeRefused
+from batchembed.failpoints import failpoint
+from batchembed.input.files import SourceFile
 from batchembed.input.identity import restat
-from batchembed.input.read import SourceFile
 from batchembed.input.units import Unit
 from batchembed.output import refresh as output_refresh
 from batchembed.output.cache import OutputCache
 from batchembed.output.input_diff import InputDiff, diff_inputs, identity_of, known_rows
-from batchembed.output.manifest import (
-    FAILED,
-    FAILED_DIR,
-    REPORT,
-    SUCCESS,
-    Manifest,
-    ShardRecord,
-    failpoint,
-    open_output,
-    remove_orphans,
-)
+from batchembed.output.layout import FAILED, FAILED_DIR, REPORT, SUCCESS, retry_shard
+from batchembed.output.manifest import Manifest, ShardRecord, open_output, remove_orphans
 from batchembed.output.shard_writer import shard_metadata
+from batchembed.output.store.admission import admit
 from batchembed.output.store.base import OutputStore
 from batchembed.output.truncated import rebuild_truncated, write_truncated
 
@@ -121,7 +114,7 @@ class JobOutput:
         """Be admitted as the output's one writer (``OutputLocked`` names a live writer that excludes this run)."""
         from batchembed.output.parts import finished_split, refuse_mixing
 
-        self.store.admit(None)  # refused while any other writer (a part of a split too) is live
+        admit(self.store, None)  # refused while any other writer (a part of a split too) is live
         self._split_done = not restart and finished_split(self.store)
         if not restart and not self._split_done:  # --restart discards a split output whole
             refuse_mixing(self.store, None)
@@ -228,7 +221,7 @@ class JobOutput:
 
     def retry_unit_name(self, n: int) -> str:
         """Name of the shard holding this run's retried rows (``n`` retry shards exist already)."""
-        return f"part-r{n:05d}.parquet"
+        return retry_shard(n)
 
     def retry_plan(self, sources: list[SourceFile]) -> list[RetryUnit]:
         """Failed rows of earlier runs, grouped by file: [(failure_file, source, rows)]."""

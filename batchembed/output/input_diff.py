@@ -28,7 +28,7 @@ from batchembed.errors import ResumeRefused
 from batchembed.input.identity import file_identity
 
 if TYPE_CHECKING:
-    from batchembed.input.read import SourceFile
+    from batchembed.input.files import SourceFile
     from batchembed.output.manifest import Manifest, ShardRecord
 
 #: Unit ordinals of generation g start at g * GENERATION_SPAN (100 billion rows at 100k rows a shard).

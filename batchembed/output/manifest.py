@@ -25,10 +25,8 @@ write, so no row is ever in the output twice.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -38,19 +36,20 @@ import pyarrow as pa
 
 from batchembed.errors import OutputError, ResumeRefused
 from batchembed.fs.atomic import TMP_SUFFIX
+from batchembed.job.fingerprint import describe_changes, fingerprint_hash
+from batchembed.output.layout import (
+    DELTA_LOG,
+    FAILED_DIR,
+    MANIFEST,
+    SHARD_PREFIX,
+    SUCCESS,
+    TRUNCATED_DIR,
+    is_shard,
+)
 
 if TYPE_CHECKING:
     from batchembed.output.store.base import OutputStore
 
-MANIFEST = "_manifest.json"
-JOURNAL = "_commits.jsonl"
-SUCCESS = "_SUCCESS"
-REPORT = "_report.json"
-FAILED = "_failed.parquet"
-FAILED_DIR = "_failed"
-DELTA_LOG = "_delta_log"  # the Delta table's log (publish/)
-TRUNCATED = "_truncated.parquet"
-TRUNCATED_DIR = "_truncated"
 #: 2: the fingerprint holds the job's settings only; every shard records the input files it holds
 #: (``inputs``: name -> identity) and its stable ``unit`` name; refresh generations; a Delta table.
 FORMAT_VERSION = 2
@@ -255,30 +254,6 @@ class Manifest:
             ) from None
 
 
-def failpoint(name: str) -> None:
-    """Crash-test hook: SIGKILL this process at ``name`` when BATCHEMBED_FAILPOINT says so.
-
-    Lets the resume tests kill a real process at an exact step of the commit protocol (for
-    instance between writing the new manifest and renaming it into place).
-    """
-    if os.environ.get("BATCHEMBED_FAILPOINT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def fingerprint_hash(fp: dict[str, Any]) -> str:
-    """Stable sha256 of a fingerprint dict."""
-    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
-
-
-def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Human-readable differences between two fingerprints ("model.name: 'a' -> 'b'")."""
-    changes = []
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            changes.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
-    return changes
-
-
 def open_output(store: OutputStore, fingerprint: dict[str, Any], restart: bool) -> Manifest:
     """Prepare the output for a run (the caller holds its lock) and return its manifest (new or resumed).
 
@@ -292,7 +267,7 @@ def open_output(store: OutputStore, fingerprint: dict[str, Any], restart: bool) 
     store.prepare()
     manifest = Manifest.load(store)
     if manifest is None:
-        stray = [n for n in store.list_names() if n.startswith("part-") and n.endswith(".parquet")]
+        stray = [n for n in store.list_names() if is_shard(n) and n.endswith(".parquet")]
         if stray:
             raise ResumeRefused(
                 f"{store.uri} holds shards ({stray[0]}, ...) but no {MANIFEST}: it is not a batchembed output "
@@ -327,7 +302,7 @@ def open_output(store: OutputStore, fingerprint: dict[str, Any], restart: bool) 
 def remove_output(store: OutputStore) -> None:
     """Delete everything batchembed writes in the output (used by --restart); the lock stays."""
     for name in store.list_names():
-        if name.startswith(("part-", "_")) and (
+        if name.startswith((SHARD_PREFIX, "_")) and (
             "/" not in name or name.startswith((FAILED_DIR + "/", TRUNCATED_DIR + "/", DELTA_LOG + "/"))
         ):
             store.delete(name)
@@ -344,9 +319,9 @@ def remove_orphans(store: OutputStore, manifest: Manifest, owns: Callable[[str],
         base = name.rsplit("/", 1)[-1]
         if "/" in name and not name.startswith((FAILED_DIR + "/", TRUNCATED_DIR + "/")):
             continue  # not ours
-        if owns is not None and not (base.startswith("part-") and owns(base.removesuffix(TMP_SUFFIX))):
+        if owns is not None and not (is_shard(base) and owns(base.removesuffix(TMP_SUFFIX))):
             continue  # another part's file
-        if base.endswith(TMP_SUFFIX) or (base.startswith("part-") and name not in known):
+        if base.endswith(TMP_SUFFIX) or (is_shard(base) and name not in known):
             store.delete(name)
     if not manifest.complete:
         store.delete(SUCCESS)

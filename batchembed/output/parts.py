@@ -17,22 +17,22 @@ import re
 
 from batchembed.errors import ResumeRefused, UsageError
 from batchembed.fs.atomic import TMP_SUFFIX
+from batchembed.job.fingerprint import describe_changes, fingerprint_hash
 from batchembed.output.input_diff import GENERATION_SPAN
-from batchembed.output.manifest import (
+from batchembed.output.layout import (
+    PART_MANIFEST,
+    PART_RETRY_SHARD,
+    RANGE_SHARD,
     SUCCESS,
-    Manifest,
-    check_shards,
-    describe_changes,
-    fingerprint_hash,
-    remove_orphans,
+    is_shard,
+    manifest_names,
+    part_suffix,
 )
-from batchembed.output.store.base import OutputStore, manifest_names, part_suffix
+from batchembed.output.manifest import Manifest, check_shards, remove_orphans
+from batchembed.output.store.base import OutputStore
 
 # a unit name (``part-00007``), a unit's file (``part-00007.parquet``) or a shard file of one
 # attempt (``part-00007-1a2b3c4d.parquet``)
-_RANGE = re.compile(r"part-(\d+)(?:-[0-9a-f]{8})?(?:\.parquet)?$")
-_RETRY = re.compile(r"part-r\d+-shard-(\d+)-of-(\d+)(?:-[0-9a-f]{8})?(?:\.parquet)?$")
-_PART_MANIFEST = re.compile(r"_manifest\.shard-(\d+)-of-(\d+)\.json$")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -48,10 +48,10 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def owner(name: str, count: int) -> int | None:
     """Which of ``count`` parts owns the shard file ``name`` (None: not a unit of a split)."""
-    if match := _RANGE.match(name):
+    if match := RANGE_SHARD.match(name):
         # by the unit's position within its refresh generation: a unit keeps its owner in every generation
         return int(match.group(1)) % GENERATION_SPAN % count
-    if (match := _RETRY.match(name)) and int(match.group(2)) == count:
+    if (match := PART_RETRY_SHARD.match(name)) and int(match.group(2)) == count:
         return int(match.group(1))
     return None
 
@@ -66,7 +66,7 @@ def part_names(store: OutputStore) -> dict[tuple[int, int], str]:
     """The ``--shard`` manifests present in the output: {(I, N): file name}."""
     found = {}
     for name in store.list_names():
-        if match := _PART_MANIFEST.fullmatch(name):
+        if match := PART_MANIFEST.fullmatch(name):
             found[(int(match.group(1)), int(match.group(2)))] = name
     return found
 
@@ -132,7 +132,7 @@ def open_part(store: OutputStore, fingerprint: dict, restart: bool, part: tuple[
     if restart:
         for name in store.list_names():
             base = name.rsplit("/", 1)[-1]
-            if base.startswith("part-") and owns(base.removesuffix(TMP_SUFFIX)):
+            if is_shard(base) and owns(base.removesuffix(TMP_SUFFIX)):
                 store.delete(name)
         store.delete(store.manifest_name)
         store.delete(store.journal_name)

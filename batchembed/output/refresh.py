@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from batchembed.input.units import file_done
+from batchembed.failpoints import failpoint
+from batchembed.input.chunks import file_done
 from batchembed.output.input_diff import (
     InputDiff,
     begin_generation,
@@ -31,10 +32,11 @@ from batchembed.output.input_diff import (
     needs_new_generation,
     plan_identities,
 )
-from batchembed.output.manifest import FAILED_DIR, SUCCESS, Manifest, failpoint
+from batchembed.output.layout import FAILED_DIR, SUCCESS
+from batchembed.output.manifest import Manifest
 
 if TYPE_CHECKING:
-    from batchembed.input.read import SourceFile
+    from batchembed.input.files import SourceFile
     from batchembed.output.store.base import OutputStore
 
 

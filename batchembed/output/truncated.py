@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from batchembed.output.manifest import TRUNCATED, TRUNCATED_DIR, Manifest
+from batchembed.output.layout import TRUNCATED, TRUNCATED_DIR
+from batchembed.output.manifest import Manifest
 
 if TYPE_CHECKING:
     from batchembed.output.store.base import OutputStore

@@ -33,8 +33,9 @@ import numpy as np
 import pyarrow as pa
 
 from batchembed.input.checks import check_inputs
-from batchembed.input.read import check_columns, discover
-from batchembed.input.units import iter_chunks
+from batchembed.input.chunks import iter_chunks
+from batchembed.input.discover import discover
+from batchembed.input.read import check_columns
 from batchembed.job.config import JobConfig
 from batchembed.job.resolved import ResolvedJob, resolve
 from batchembed.output.input_diff import GENERATION_SPAN, known_rows
@@ -44,8 +45,8 @@ from batchembed.plan.eta import SAMPLE_TEXTS, measure_local, paced, read_previou
 from batchembed.plan.existing import ExistingOutput, existing_output
 from batchembed.plan.report import PlanReport, format_report
 from batchembed.run.assemble import build_counter, build_task
-from batchembed.run.progress import Stats
 from batchembed.run.runner import CHUNK_ROWS
+from batchembed.stats import Stats
 from batchembed.tasks import Piece, Request, Task
 from batchembed.tasks.batching import pack
 from batchembed.tasks.memo import VectorMemo
@@ -134,7 +135,7 @@ def plan_task(resolved: ResolvedJob, counter: TokenCounter) -> Task:
 
 def _existing_output(resolved: ResolvedJob, task: Task) -> ExistingOutput | None:
     """The job's output, if it holds this job's shards (then the plan is of the refresh a run would make)."""
-    return existing_output(resolved, task.fingerprint())
+    return existing_output(resolved, task)
 
 
 class _EmbedTally:

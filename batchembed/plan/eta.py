@@ -22,7 +22,7 @@ from typing import Any
 from batchembed.human import per_minute, per_second
 from batchembed.job.config import JobConfig
 from batchembed.job.resolved import ResolvedModel
-from batchembed.output.manifest import REPORT
+from batchembed.output.layout import REPORT
 
 #: Texts the plan keeps from the start of the input to time the local model on.
 SAMPLE_TEXTS = 4096

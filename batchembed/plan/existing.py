@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from batchembed.job.fingerprint import HasFingerprint, fingerprint_hash, job_fingerprint
 from batchembed.output import refresh as output_refresh
 from batchembed.output.cache import OutputCache
 from batchembed.output.input_diff import diff_inputs
-from batchembed.output.manifest import Manifest, fingerprint_hash
+from batchembed.output.manifest import Manifest
 
 if TYPE_CHECKING:
-    from batchembed.input.read import SourceFile
+    from batchembed.input.files import SourceFile
     from batchembed.job.config import JobConfig
     from batchembed.job.resolved import ResolvedJob
     from batchembed.output.store.base import OutputStore
@@ -59,7 +60,7 @@ class ExistingOutput:
         return output_refresh.held_ids(self.store, self.manifest, self._diff, config.input.id, reading)
 
 
-def existing_output(resolved: ResolvedJob, task_fingerprint: dict) -> ExistingOutput | None:
+def existing_output(resolved: ResolvedJob, task: HasFingerprint) -> ExistingOutput | None:
     """The job's output if it exists and was made with the same settings, else None (a first run)."""
     from batchembed.output.parts import load_whole
     from batchembed.output.store import open_store
@@ -71,7 +72,6 @@ def existing_output(resolved: ResolvedJob, task_fingerprint: dict) -> ExistingOu
         return None
     if manifest is None:
         return None
-    fingerprint = {**task_fingerprint, **resolved.fingerprint()}
-    if fingerprint_hash(manifest.fingerprint) != fingerprint_hash(fingerprint):
+    if fingerprint_hash(manifest.fingerprint) != fingerprint_hash(job_fingerprint(resolved, task)):
         return None
     return ExistingOutput(store, manifest)

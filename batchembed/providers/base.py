@@ -45,3 +45,10 @@ class Embedder(Protocol):
     async def aclose(self) -> None:
         """Release connections, threads or sessions."""
         ...
+
+
+def vector_norms(vectors: np.ndarray) -> np.ndarray:
+    """The L2 length of each row of a (n, dim) float32 matrix, in one vectorised call."""
+    if vectors.size == 0:
+        return np.zeros(len(vectors), dtype=np.float32)
+    return np.sqrt(np.einsum("ij,ij->i", vectors, vectors))

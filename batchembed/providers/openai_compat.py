@@ -18,11 +18,10 @@ import numpy as np
 import orjson
 
 from batchembed.errors import InvalidVectors, MalformedResponse, ServerIgnoredSettings, TerminalAPIError
-from batchembed.providers.base import EmbeddingResult
+from batchembed.providers.base import EmbeddingResult, vector_norms
 from batchembed.providers.bulk_answer import parse_base64_answer
 from batchembed.providers.http import JSONClient, rate_headers
 from batchembed.providers.transport import Transport
-from batchembed.tasks.normalize import vector_norms
 
 #: Answers at least this large are decoded on a worker thread (a 256-input base64 answer is ~1.4 MB).
 OFF_LOOP_BYTES = 256 << 10

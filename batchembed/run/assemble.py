@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 from batchembed.errors import ConfigError, register_secret
 from batchembed.job.config import JobConfig
 from batchembed.job.resolved import ResolvedJob, resolve
-from batchembed.run.progress import Stats
 from batchembed.run.runner import JobRunner
+from batchembed.stats import Stats
 from batchembed.tasks import Task
 from batchembed.tasks.memo import VectorMemo
 from batchembed.tasks.tokens import LocalModelCounter, TokenCounter, make_counter

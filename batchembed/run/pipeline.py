@@ -22,10 +22,10 @@ from typing import Any
 from batchembed.errors import InputError
 from batchembed.input.units import Chunk, Unit
 from batchembed.output.commit import JobOutput, UnitWriter
-from batchembed.output.journal import Journal
-from batchembed.run.progress import Stats
+from batchembed.output.journal.writer import Journal
 from batchembed.sending.sender import Sender, Stop
 from batchembed.sending.server_checks import ServedModel
+from batchembed.stats import Stats
 from batchembed.tasks import Piece, Request, Task
 from batchembed.tasks.normalize import record_norms
 

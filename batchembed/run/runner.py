@@ -20,20 +20,26 @@ from batchembed import __version__
 from batchembed.exitcodes import ExitCode
 from batchembed.faults import with_path
 from batchembed.input.checks import check_inputs
-from batchembed.input.filecache import FileCache, released_as_read
-from batchembed.input.read import SourceFile, check_columns, discover
-from batchembed.input.units import Unit, iter_chunks, pending_rows, retry_chunks
+from batchembed.input.chunks import iter_chunks, pending_rows, retry_chunks
+from batchembed.input.discover import discover
+from batchembed.input.files import FileCache, SourceFile, released_as_read
+from batchembed.input.read import check_columns
+from batchembed.input.units import Unit
+from batchembed.job.fingerprint import fingerprint_hash, job_fingerprint
 from batchembed.job.resolved import ResolvedJob
 from batchembed.output.commit import JobOutput, RetryUnit
 from batchembed.output.input_diff import first_ordinal
-from batchembed.output.journal import Journal, journal_store
-from batchembed.output.manifest import TRUNCATED, Manifest, fingerprint_hash
+from batchembed.output.journal.segments import journal_store
+from batchembed.output.journal.writer import Journal
+from batchembed.output.layout import TRUNCATED
+from batchembed.output.manifest import Manifest
 from batchembed.output.store import open_store, storage_options
 from batchembed.run.pipeline import Pipeline
-from batchembed.run.progress import Progress, Stats
+from batchembed.run.progress import Progress
 from batchembed.sending.limits import RateLimits
 from batchembed.sending.sender import Sender, SendHooks
 from batchembed.sending.server_checks import ServedModel, UsageCheck, full_vector_probe, run_canary
+from batchembed.stats import Stats
 from batchembed.tasks import Request, Task
 from batchembed.tasks.normalize import learn_unit_norm, report_fields
 from batchembed.tasks.tokens import TokenCounter
@@ -154,7 +160,7 @@ class JobRunner:
 
     def fingerprint(self, sources: list[SourceFile] | None = None) -> dict[str, Any]:
         """The job's settings the vectors depend on (the input files are its work, not part of it)."""
-        return {**self.task.fingerprint(), **self.resolved.fingerprint()}
+        return job_fingerprint(self.resolved, self.task)
 
     async def _run(self) -> int:
         known = await asyncio.to_thread(self.output.known_rows)

@@ -36,7 +36,7 @@ from batchembed.errors import (
     redact,
 )
 from batchembed.providers.retry import backoff
-from batchembed.run.progress import Stats
+from batchembed.stats import Stats
 from batchembed.tasks import Request
 from batchembed.tasks.batching import halves
 

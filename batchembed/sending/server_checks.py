@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from batchembed.errors import APIError, AuthError, ResumeRefused, ServerIgnoredSettings, TerminalAPIError
-from batchembed.job.config import JobConfig
 from batchembed.providers.retry import backoff
 
 #: Embedded at the start of every run; its vector identifies the model behind the name.
@@ -30,16 +29,6 @@ CANARY_TEXT = "batchembed canary: the quick brown fox jumps over the lazy dog (0
 CANARY_MIN_COSINE = 0.999
 #: Our count and the server's differ by more than this factor (either way): say so once.
 USAGE_MISMATCH = 2.0
-
-
-def model_request_fingerprint(job: JobConfig) -> dict[str, Any]:
-    """Request settings that change the vectors (only when set, so older outputs keep their fingerprint)."""
-    out: dict[str, Any] = {}
-    if job.model.extra_body:
-        out["model.extra_body"] = dict(sorted(job.model.extra_body.items()))
-    if job.model.dimensions_by != "server":
-        out["model.dimensions_by"] = job.model.dimensions_by
-    return out
 
 
 class UsageCheck:

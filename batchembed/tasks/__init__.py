@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from batchembed.input.units import Chunk
+from batchembed.output.journal.writer import JournalCodec
 
 
 @dataclass
@@ -58,37 +59,6 @@ class PieceTables(NamedTuple):
     rows: pa.Table
     failed: pa.Table | None
     cut: pa.Table | None
-
-
-class Resumed(NamedTuple):
-    """A prepared piece after its unit's journal was read (``JournalCodec.resume``)."""
-
-    requests: list[Request]  # what is left to send
-    rows_recovered: int  # input rows answered by the killed run's journal
-    rows_resent: int  # rows about to be sent again although the killed run had sent them
-    held: tuple[pa.RecordBatch, int] | None  # answers already held, to journal now (batch, rows)
-
-
-class JournalCodec(Protocol):
-    """How a task's answers go into the answer journal (``batchembed.output.journal``) and come back out.
-
-    Keys identify an answer across runs: 16 bytes per work item (``fixed_size_binary(16)``)."""
-
-    def keys(self, request: Request) -> pa.Array:
-        """The key of each item of ``request``."""
-        ...
-
-    def answers(self, request: Request) -> list[tuple[str, pa.RecordBatch, int]]:
-        """An accepted request's answers as journal frames: (unit, batch of ``key`` + answer column, input
-        rows covered). The request's own unit first; the embed task adds other units waiting for the
-        same texts."""
-        ...
-
-    def resume(self, piece: Piece, requests: list[Request], recovered: Any) -> Resumed:
-        """Called once per piece a run prepares: fill the answers found in ``recovered`` (a
-        ``journal.Recovered`` of the unit's journal, or None) and say what is left to send and what
-        the piece already holds to journal at once (the embed task's memo hits)."""
-        ...
 
 
 class Task(Protocol):

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from batchembed.providers.base import Embedder, EmbeddingResult
-from batchembed.run.progress import Stats
+from batchembed.stats import Stats
 from batchembed.tasks.memo import VectorMemo
 
 

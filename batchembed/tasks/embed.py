@@ -3,12 +3,11 @@
 Identical texts are embedded once: within a chunk by dictionary encoding, across chunks and runs
 through the dedup layer in front of the embedder (``tasks/dedup.py``: the ``VectorMemo`` and the
 texts in flight), and every row that shares a text gets the same vector. How its answers go into
-the answer journal is ``tasks/embed_journal.py``.
+the answer journal is ``tasks/embed_codec.py``; a chunk's state is ``tasks/embed_work.py``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,113 +17,27 @@ import pyarrow.compute as pc
 from batchembed import __version__
 from batchembed.errors import InputError, MalformedResponse, ServerIgnoredSettings
 from batchembed.input.units import Chunk
-from batchembed.job.config import JobConfig, text_fields
+from batchembed.job.config import text_fields
 from batchembed.job.resolved import ResolvedJob
 from batchembed.output.cache import KEY_COLUMN, key_column
 from batchembed.output.shard_writer import vector_array
-from batchembed.providers.base import Embedder, EmbeddingResult
-from batchembed.run.progress import Stats
+from batchembed.providers.base import Embedder, EmbeddingResult, vector_norms
+from batchembed.stats import Stats
 from batchembed.tasks import Piece, PieceTables, Request, failure_table
 from batchembed.tasks.batching import pack
 from batchembed.tasks.dedup import SharedEmbedder
 from batchembed.tasks.embed_codec import EmbedJournalCodec
+from batchembed.tasks.embed_work import EmbedWork
+from batchembed.tasks.ids import chunk_positions, id_column_name, row_ids
 from batchembed.tasks.memo import VectorMemo, text_keys
-from batchembed.tasks.normalize import NormTally, VectorCheck, vector_norms
+from batchembed.tasks.normalize import NormTally, VectorCheck
 from batchembed.tasks.texts import add_prefix, blank_mask, build_texts
 from batchembed.tasks.tokens import TokenCounter, exact_counts, over_limit
-
-
-@dataclass
-class EmbedWork:
-    """Per-chunk state of the embed task."""
-
-    table: pa.Table  # id + keep columns
-    positions: np.ndarray  # file row number of each row
-    row_to_text: np.ndarray  # index into ``texts`` per row; -1 for rows never embedded
-    texts: list[str]  # unique texts of the chunk
-    tokens: np.ndarray  # tokens per unique text
-    keys: np.ndarray  # memo key per unique text
-    vectors: np.ndarray | None = None  # (len(texts), dim) once the first answer (or memo hit) arrives
-    journaled: np.ndarray | None = None  # per unique text: its answer is in the unit's journal
-    answered: np.ndarray | None = None  # per unique text: ``vectors`` holds its answer
-    _row_counts: np.ndarray | None = None
-
-    def row_counts(self) -> np.ndarray:
-        """Input rows sharing each unique text (0 for texts no row sends)."""
-        if self._row_counts is None:
-            used = self.row_to_text[self.row_to_text >= 0]
-            self._row_counts = np.bincount(used, minlength=len(self.texts))
-        return self._row_counts
-
-    def allocate(self, dim: int) -> None:
-        """The answer matrix, zeroed now: ``prepare`` calls this on the reader thread when the vector
-        size is known, so that the event loop does not fault its pages in answer by answer."""
-        if self.vectors is None:
-            vectors = np.empty((len(self.texts), dim), dtype=np.float32)
-            vectors[...] = 0  # touches every page (numpy releases the GIL for it)
-            self.vectors = vectors
-            self.answered = np.zeros(len(self.texts), dtype=bool)
-
-    def set_vectors(self, items, vectors: np.ndarray) -> None:
-        """Store answers (allocating the matrix on the first one)."""
-        if self.vectors is None:
-            self.allocate(vectors.shape[-1])
-        run = _run_of(items)
-        if run is not None:  # a run of texts (how requests are packed): a slice copy, no fancy indexing
-            items = run
-        self.vectors[items] = vectors
-        self.answered[items] = True
-
-    def mark_journaled(self, items: np.ndarray) -> None:
-        """Remember that these texts' answers are in the journal."""
-        if self.journaled is None:
-            self.journaled = np.zeros(len(self.texts), dtype=bool)
-        self.journaled[items] = True
-
-    # text index -> (why it was cut, its tokens and characters before the cut, characters kept)
-    truncated: dict[int, tuple[str, int, int, int]] = field(default_factory=dict)
-    server_cuts: dict[int, int] = field(default_factory=dict)  # text index -> cuts after "too long" answers
-
-
-def _run_of(items) -> slice | None:
-    """``items`` as a slice when they are consecutive ascending indices (an int array of at least 2)."""
-    if not isinstance(items, np.ndarray) or items.ndim != 1 or len(items) < 2:
-        return None
-    first, last = int(items[0]), int(items[-1])
-    if last - first + 1 != len(items) or not (np.diff(items) == 1).all():
-        return None
-    return slice(first, last + 1)
 
 
 def _is_identity(rows: np.ndarray) -> bool:
     """True when ``rows`` is 0, 1, ..., n-1."""
     return bool((rows == np.arange(len(rows))).all())
-
-
-def id_column_name(job: JobConfig) -> str:
-    """Output column holding each row's id: the input's id column, else a generated "file:row" column."""
-    return job.input.id or ("_row_id" if "id" in job.input.keep else "id")
-
-
-def generated_ids(source_name: str, positions: np.ndarray) -> pa.Array:
-    """Stable ids for rows without an id column: "file:row" (``verify`` rebuilds them the same way)."""
-    return pc.binary_join_element_wise(f"{source_name}:", pc.cast(pa.array(positions), pa.string()), "")
-
-
-def row_ids(table: pa.Table, job: JobConfig, chunk: Chunk, positions: np.ndarray) -> pa.Array:
-    """The id of each row: the id column, or "file:row" (a chunk may hold rows of several small files)."""
-    if job.input.id:
-        col = table.column(job.input.id)
-        return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    parts = [generated_ids(src.name, positions[a:b]) for src, a, b in chunk.segments()]
-    return pa.concat_arrays(parts) if len(parts) > 1 else parts[0]
-
-
-def chunk_positions(chunk: Chunk) -> np.ndarray:
-    """File row number of each row of a chunk."""
-    if chunk.rows is not None:
-        return np.asarray(chunk.rows, dtype=np.int64)
-    return np.arange(chunk.first_row, chunk.first_row + chunk.table.num_rows, dtype=np.int64)
 
 
 #: How often one text is cut again after the server answered "input too long" before it fails.

@@ -11,28 +11,38 @@ packed for good: its own texts first, the shared ones apart.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 
-from batchembed.output.journal import CUT_FIELD, cut_array
+from batchembed.output.journal.frames import CUT_FIELD, cut_array
+from batchembed.output.journal.writer import Resumed
 from batchembed.output.shard_writer import vector_array
-from batchembed.tasks import Piece, Request, Resumed
+from batchembed.tasks import Piece, Request
+from batchembed.tasks.dedup import SharedEmbedder
+from batchembed.tasks.embed_work import EmbedWork
 from batchembed.tasks.memo import key_array
-
-if TYPE_CHECKING:
-    from batchembed.tasks.embed import EmbedTask, EmbedWork
-
 
 #: The reason ``prepare`` gives its own cuts: made again the same way on resume, so never journaled.
 LIMIT_CUT = "limits.input_tokens"
 
 
+class EmbedTaskSide(Protocol):
+    """What the codec asks of the embed task (``tasks.embed.EmbedTask``)."""
+
+    shared: SharedEmbedder
+    dim: int | None
+
+    def note_server_cuts(self, work: EmbedWork, items) -> None: ...
+
+    def pack(self, piece: Piece, items: np.ndarray) -> list[Request]: ...
+
+
 class EmbedJournalCodec:
     """Keys, answers and recovery for one embed task's pieces."""
 
-    def __init__(self, task: EmbedTask) -> None:
+    def __init__(self, task: EmbedTaskSide) -> None:
         self.task = task
 
     def keys(self, request: Request) -> pa.Array:

@@ -31,16 +31,10 @@ from typing import Any
 import numpy as np
 
 from batchembed.errors import APIError, InvalidVectors
+from batchembed.providers.base import vector_norms
 
 #: A length within this of 1 is unit length (float32 rounding, int8-quantised models: ~1e-4).
 UNIT_TOLERANCE = 1e-3
-
-
-def vector_norms(vectors: np.ndarray) -> np.ndarray:
-    """The L2 length of each row of a (n, dim) float32 matrix, in one vectorised call."""
-    if vectors.size == 0:
-        return np.zeros(len(vectors), dtype=np.float32)
-    return np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
 
 
 def is_unit(norm: float) -> bool:

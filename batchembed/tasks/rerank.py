@@ -23,11 +23,12 @@ from batchembed.errors import ConfigError, InputError, MalformedResponse
 from batchembed.input.units import Chunk, key_changes
 from batchembed.job.config import RerankConfig
 from batchembed.job.resolved import ResolvedJob
+from batchembed.output.journal.writer import Resumed
 from batchembed.providers.rerank import RerankResult
-from batchembed.run.progress import Stats
-from batchembed.tasks import Piece, PieceTables, Request, Resumed, failure_table
+from batchembed.stats import Stats
+from batchembed.tasks import Piece, PieceTables, Request, failure_table
 from batchembed.tasks.batching import pack
-from batchembed.tasks.embed import chunk_positions, generated_ids
+from batchembed.tasks.ids import chunk_positions, generated_ids
 from batchembed.tasks.texts import as_string, blank_mask
 from batchembed.tasks.tokens import TokenCounter, over_limit
 

@@ -15,33 +15,15 @@ admitted in one step under the output's *gate*, a short output-wide mutex (an ``
 
 Writers started together are admitted one at a time, so exactly one kind wins; a writer started
 later sees the live lease of the one admitted first. What outlives the writers — the manifests of a
-split and of a whole run — is checked after admission by ``engines.parts.refuse_mixing``: a live
+split and of a whole run — is checked after admission by ``parts.refuse_mixing``: a live
 lease covers the moment between admission and a writer's first manifest.
 """
 
 from __future__ import annotations
 
-import re
-
-from batchembed.output.store.base import LEASE_DIR, LeaseLost, OutputLocked, OutputStore, WriterLock
-
-#: A writer's lease name (without extension): ``_lease/job`` or ``_lease/shard-0001-of-0004``.
-_LEASE = re.compile(rf"{LEASE_DIR}/(?:(job)|shard-(\d+)-of-(\d+))")
-
-#: The output-wide mutex every writer holds while it is admitted.
-GATE = f"{LEASE_DIR}/admit"
-
-Part = tuple[int, int] | None
-
-
-def writer_of(name: str) -> tuple[bool, Part]:
-    """(is a writer's lease, its part) for a lease name without extension (``_lease/job`` -> (True, None))."""
-    match = _LEASE.fullmatch(name)
-    if not match:
-        return False, None
-    if match.group(1):
-        return True, None
-    return True, (int(match.group(2)), int(match.group(3)))
+from batchembed.output.layout import Part
+from batchembed.output.store.base import OutputStore
+from batchembed.output.store.locks import LeaseLost, OutputLocked, WriterLock
 
 
 def describe(part: Part) -> str:

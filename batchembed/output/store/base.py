@@ -11,71 +11,14 @@ import abc
 import contextlib
 import hashlib
 import io
-from typing import Any, Protocol
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchembed.errors import OutputError
 from batchembed.fs.location import Location
-
-#: Where locks and leases live inside an output (never a shard, never deleted by a restart).
-LEASE_DIR = "_lease"
-
-
-def lease_name(shard: tuple[int, int] | None = None) -> str:
-    """The lock/lease key of a run: one for the whole output, or one per ``--shard I/N`` slice."""
-    if shard is None:
-        return f"{LEASE_DIR}/job"
-    index, count = shard
-    return f"{LEASE_DIR}/shard-{index:04d}-of-{count:04d}"
-
-
-def part_suffix(shard: tuple[int, int]) -> str:
-    """The tag of one ``--shard I/N`` part in file names: ``shard-0001-of-0004``."""
-    index, count = shard
-    return f"shard-{index:04d}-of-{count:04d}"
-
-
-def manifest_names(shard: tuple[int, int] | None) -> tuple[str, str]:
-    """(manifest, commit journal) file names of the whole job or of one ``--shard`` part."""
-    if shard is None:
-        return "_manifest.json", "_commits.jsonl"
-    tag = part_suffix(shard)
-    return f"_manifest.{tag}.json", f"_commits.{tag}.jsonl"
-
-
-class OutputLocked(OutputError):
-    """Another live run holds this output's lock or lease."""
-
-
-class LeaseLost(OutputError):
-    """This run no longer holds its lease (it expired and another run took it over)."""
-
-
-class Written(Protocol):
-    """What a committed shard reports: the fields of ``writer.WrittenFile``."""
-
-    name: str
-    rows: int
-    size: int
-    sha256: str
-
-
-class WriterLock(abc.ABC):
-    """The one-writer lock a run holds on an output until it ends."""
-
-    @abc.abstractmethod
-    def check(self) -> None:
-        """Raise ``LeaseLost`` unless this run still holds the lock (the fencing check)."""
-
-    @abc.abstractmethod
-    def release(self) -> None:
-        """Give the lock up (idempotent)."""
-
-    def token(self) -> Any:
-        """The fencing token of this holding (``store.fencing.FenceToken``), for writers working under it."""
-        raise NotImplementedError(f"{type(self).__name__} hands out no fencing token")
+from batchembed.output.layout import COMMITS, MANIFEST, manifest_names
+from batchembed.output.store.locks import WriterLock
 
 
 class OutputStore(abc.ABC):
@@ -86,8 +29,8 @@ class OutputStore(abc.ABC):
         self.lock: WriterLock | None = None
         #: The manifest and commit journal this run reads and replaces: the whole job's, or one
         #: ``--shard I/N`` part's (see ``use_part``).
-        self.manifest_name = "_manifest.json"
-        self.journal_name = "_commits.jsonl"
+        self.manifest_name = MANIFEST
+        self.journal_name = COMMITS
 
     def use_part(self, shard: tuple[int, int] | None) -> None:
         """Read and write the manifest of one ``--shard I/N`` part (``_manifest.shard-0001-of-0004.json``)."""
@@ -118,12 +61,6 @@ class OutputStore(abc.ABC):
 
         Called under the gate; on object stores it retires the expired leases it meets."""
 
-    def admit(self, shard: tuple[int, int] | None = None) -> WriterLock:
-        """Be admitted as writer ``shard`` (None: a whole run): see :mod:`batchembed.output.store.admission`."""
-        from batchembed.output.store.admission import admit
-
-        return admit(self, shard)
-
     def release(self) -> None:
         """Release the lock taken by ``acquire`` (idempotent)."""
         if self.lock is not None:
@@ -133,13 +70,6 @@ class OutputStore(abc.ABC):
     def read_lock(self, name: str) -> tuple[dict | None, bool]:
         """(the holder written in lock ``name`` (``_lease/job``) or None, whether its holding expires)."""
         raise NotImplementedError
-
-    def fence_with(self, token: Any) -> None:
-        """Write under another process's lock (a Ray worker under its driver's): every fencing check
-        verifies that ``token``'s holding still holds the output (``store.fencing.TokenFence``)."""
-        from batchembed.output.store.fencing import TokenFence
-
-        self.lock = TokenFence(self, token)
 
     def fence(self) -> None:
         """Before any write: raise ``LeaseLost`` if this run has lost its lock."""

@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from batchembed.output.store.base import LeaseLost, OutputStore, WriterLock
+from batchembed.output.store.base import OutputStore
+from batchembed.output.store.locks import LeaseLost, WriterLock
 
 
 @dataclass(frozen=True)
@@ -74,3 +75,9 @@ class TokenFence(WriterLock):
 
     def release(self) -> None:
         """Nothing to release: the driver holds the lock."""
+
+
+def fence_with(store: OutputStore, token: FenceToken) -> None:
+    """Make ``store`` write under another process's lock (a Ray worker under its driver's): every fencing
+    check verifies that ``token``'s holding still holds the output."""
+    store.lock = TokenFence(store, token)

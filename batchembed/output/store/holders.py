@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchembed.output.store.base import LEASE_DIR, OutputStore
+from batchembed.output.layout import LEASE_DIR
+from batchembed.output.store.base import OutputStore
 
 _PART = re.compile(r"shard-(\d+)-of-(\d+)$")
 
@@ -114,10 +115,10 @@ def _probe(fd: int) -> bool:
 
 
 def _objects(store: Any) -> list[Writer]:
+    from batchembed.fs.buckets import STORE_ERRORS, obstore_module
     from batchembed.output.store.lease import _expired, describe_holder
-    from batchembed.output.store.objects import STORE_ERRORS, _obstore
 
-    obstore = _obstore()
+    obstore = obstore_module()
     try:
         names = [m["path"] for m in obstore.list(store.client, prefix=LEASE_DIR + "/").collect()]
     except STORE_ERRORS:

@@ -25,21 +25,33 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from batchembed.errors import OutputError
-from batchembed.output.store.base import LEASE_DIR, LeaseLost, OutputLocked, WriterLock
-from batchembed.output.store.fencing import FenceToken
-from batchembed.output.store.objects import (
+from batchembed.fs.buckets import (
     NOT_FOUND,
     STORE_ERRORS,
-    ObjectStore,
-    _obstore,
     bucket_missing,
     message,
     no_bucket,
+    obstore_module,
     version_of,
 )
+from batchembed.output.layout import LEASE_DIR
+from batchembed.output.store.fencing import FenceToken
+from batchembed.output.store.locks import LeaseLost, OutputLocked, WriterLock
+
+
+class ObjectStore(Protocol):
+    """What a lease asks of the bucket store that holds it (``store.objects.ObjectStore``)."""
+
+    client: Any
+    where: Any
+
+    @property
+    def uri(self) -> str: ...
+
+    def describe(self, name: str) -> str: ...
 
 
 def _when(ts: float) -> str:
@@ -105,7 +117,7 @@ class ObjectLease(WriterLock):
         """Create the lease, or take over an expired one; ``OutputLocked`` if a live run holds it.
 
         ``probe``: first check that the store honours create-only PUTs (once per run is enough)."""
-        obstore = _obstore()
+        obstore = obstore_module()
         if probe:
             _check_conditional_writes(store)
         now = time.time()
@@ -153,7 +165,7 @@ class ObjectLease(WriterLock):
     # --------------------------------------------------------------------------- holding
 
     def _heartbeat(self) -> None:
-        obstore = _obstore()
+        obstore = obstore_module()
         while not self._stop.wait(self.seconds / 3):
             with self._mutex:
                 if self.lost:
@@ -180,7 +192,7 @@ class ObjectLease(WriterLock):
 
     def check(self) -> None:
         """Fencing: raise ``LeaseLost`` unless the lease object is still the one this run last wrote."""
-        obstore = _obstore()
+        obstore = obstore_module()
         with self._mutex:
             if not self.lost and time.time() >= self.until:
                 self.lost = "the lease expired before it could be renewed"
@@ -211,7 +223,7 @@ class ObjectLease(WriterLock):
         """Stop renewing and delete the lease if it is still ours."""
         self._stop.set()
         self._thread.join(timeout=5)
-        obstore = _obstore()
+        obstore = obstore_module()
         with self._mutex:
             if self.lost:
                 return
@@ -256,7 +268,7 @@ def live_writers(store: ObjectStore, is_writer) -> dict[Any, str]:
     lease name to (is a writer's lease, part). An expired one is retired (replaced, conditionally on the
     ETag read, by an expired marker), so that its holder, paused past its term, can neither renew it nor
     pass its fencing check again."""
-    obstore = _obstore()
+    obstore = obstore_module()
     live: dict[Any, str] = {}
     try:
         keys = [m["path"] for m in obstore.list(store.client, f"{LEASE_DIR}/").collect()]
@@ -319,7 +331,7 @@ def _refusal(store: ObjectStore, holder: dict[str, Any]) -> str:
 
 def _check_conditional_writes(store: ObjectStore) -> None:
     """Refuse a store that ignores create-only PUTs: it could not keep two runs apart."""
-    obstore = _obstore()
+    obstore = obstore_module()
     probe = f"{LEASE_DIR}/probe-{uuid.uuid4().hex}"
     try:
         obstore.put(store.client, probe, b"1", mode="create", use_multipart=False)
@@ -347,7 +359,7 @@ def _check_conditional_writes(store: ObjectStore) -> None:
 
 def _remove_old_probes(store: ObjectStore) -> None:
     """Delete probe objects a killed run left behind (older than a minute: never one in use)."""
-    obstore = _obstore()
+    obstore = obstore_module()
     try:
         for meta in obstore.list(store.client, f"{LEASE_DIR}/").collect():
             old = time.time() - meta["last_modified"].timestamp() > 60

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 
-from batchembed.output.store.base import LEASE_DIR, OutputStore
+from batchembed.output.layout import LEASE_DIR
+from batchembed.output.store.base import OutputStore
 
 
 def listed_sizes(store: OutputStore) -> dict[str, int]:
@@ -18,10 +19,10 @@ def listed_sizes(store: OutputStore) -> dict[str, int]:
 
     if isinstance(store, LocalStore):
         return _local_sizes(str(store.directory))
-    from batchembed.output.store.objects import STORE_ERRORS, _obstore
+    from batchembed.fs.buckets import STORE_ERRORS, obstore_module
 
     try:
-        found = _obstore().list(store.client).collect()
+        found = obstore_module().list(store.client).collect()
     except STORE_ERRORS as exc:
         raise store._fail("list", "", exc) from None
     return {m["path"]: int(m["size"]) for m in found if not m["path"].startswith(LEASE_DIR + "/")}

@@ -21,13 +21,14 @@ from pathlib import Path
 import pyarrow as pa
 
 from batchembed.errors import OutputError
+from batchembed.failpoints import failpoint
 from batchembed.fs.atomic import fsync_dir, write_atomic
 from batchembed.fs.location import Location
-from batchembed.output.manifest import failpoint
+from batchembed.output.layout import GATE, LEASE_DIR, lease_name, writer_of
 from batchembed.output.shard_writer import ShardWriter
-from batchembed.output.store.admission import GATE, writer_of
-from batchembed.output.store.base import LEASE_DIR, OutputLocked, OutputStore, WriterLock, lease_name
+from batchembed.output.store.base import OutputStore
 from batchembed.output.store.fencing import FenceToken
+from batchembed.output.store.locks import OutputLocked, WriterLock
 
 
 def _when(ts: float) -> str:

@@ -18,120 +18,31 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import time
 from typing import Any
 
 import pyarrow as pa
 
-from batchembed.errors import ConfigError, OutputError, redact
-from batchembed.fs.location import Location, register_cloud_secrets, s3_endpoint
-from batchembed.output.manifest import failpoint
+from batchembed.errors import OutputError
+from batchembed.failpoints import failpoint
+from batchembed.fs.buckets import (
+    NOT_FOUND,
+    STORE_ERRORS,
+    bucket_missing,
+    connect,
+    message,
+    no_bucket,
+    obstore_module,
+    version_of,
+)
+from batchembed.fs.location import Location
+from batchembed.output.layout import GATE, LEASE_DIR, lease_name, writer_of
 from batchembed.output.shard_writer import WrittenFile, parquet_writer
-from batchembed.output.store.base import LEASE_DIR, OutputStore, lease_name
-
-try:
-    import obstore as _obstore_module
-except ImportError:  # the cloud extra is not installed: _obstore() says so when an object store is used
-    _obstore_module = None
-
-#: What obstore raises for a missing object (a builtin FileNotFoundError or its own NotFoundError).
-NOT_FOUND: tuple[type[BaseException], ...] = (FileNotFoundError,) + (
-    (_obstore_module.exceptions.NotFoundError,) if _obstore_module else ()
-)
-#: Any failure of a store request.
-STORE_ERRORS: tuple[type[BaseException], ...] = (OSError,) + (
-    (_obstore_module.exceptions.BaseError,) if _obstore_module else ()
-)
+from batchembed.output.store.base import OutputStore
+from batchembed.output.store.lease import ObjectLease, gate, live_writers
+from batchembed.output.store.uploads import abort_stale_uploads
 
 MANIFEST = "_manifest.json"
-
-
-def _obstore():
-    if _obstore_module is None:
-        raise ConfigError("output on an object store needs the cloud extra: pip install 'batchembed[cloud]' (obstore)")
-    return _obstore_module
-
-
-def version_of(meta: dict) -> dict[str, str]:
-    """The version a conditional PUT must match: the ETag, plus the generation where the store has
-    one (GCS matches on ``ifGenerationMatch``, S3 and Azure on ``If-Match``)."""
-    return {k: meta[k] for k in ("e_tag", "version") if meta.get(k)}
-
-
-#: What S3, GCS and Azure answer (somewhere in the error's body) for a bucket or container that does not exist.
-_NO_BUCKET = ("NoSuchBucket", "ContainerNotFound", "The specified bucket does not exist")
-
-
-def bucket_missing(exc: BaseException) -> bool:
-    """Whether a store error says the bucket (container) itself does not exist."""
-    text = str(exc)
-    return any(marker in text for marker in _NO_BUCKET)
-
-
-def no_bucket(where: Location, field: str = "output.path") -> str:
-    """The message for a bucket that does not exist: its name, not an object's."""
-    return (
-        f"{field} {where.uri}: the bucket {where.bucket!r} does not exist (or these credentials cannot see it). "
-        f"Create it, or correct {field}."
-    )
-
-
-def message(exc: BaseException) -> str:
-    """The first line of an obstore/pyarrow error, without any secret."""
-    text = str(exc).strip().splitlines()
-    return redact(text[0] if text else type(exc).__name__)
-
-
-def connect(where: Location) -> Any:
-    """An obstore store rooted at the output prefix, configured from the environment and ``[storage]``."""
-    _obstore()  # a clear error if the cloud extra is missing
-    from obstore.store import from_url
-
-    register_cloud_secrets()
-    opts = where.options
-    config: dict[str, Any] = {}
-    client: dict[str, Any] = {}
-    kwargs: dict[str, Any] = {}
-    if where.kind == "s3":
-        url = f"s3://{where.bucket}/{where.key}"
-        endpoint = s3_endpoint(opts)
-        if endpoint:
-            config["endpoint"] = endpoint
-            client["allow_http"] = endpoint.startswith("http://")
-        if opts.region:
-            config["region"] = opts.region
-        if opts.anonymous:
-            config["skip_signature"] = True
-        if os.environ.get("AWS_PROFILE") and not os.environ.get("AWS_ACCESS_KEY_ID") and not opts.anonymous:
-            kwargs["credential_provider"] = _profile_credentials()
-    elif where.kind == "gcs":
-        url = f"gs://{where.bucket}/{where.key}"
-        if opts.anonymous:
-            config["skip_signature"] = True
-    else:
-        url = f"az://{where.bucket}/{where.key}"
-        if where.account:
-            config["account_name"] = where.account
-        if opts.endpoint:
-            config["endpoint"] = opts.endpoint
-            client["allow_http"] = opts.endpoint.startswith("http://")
-        if opts.anonymous:
-            config["skip_signature"] = True
-    try:
-        return from_url(url, config=config or None, client_options=client or None, **kwargs)
-    except (*STORE_ERRORS, ValueError, TypeError) as exc:
-        raise ConfigError(f"output.path {where.uri}: {message(exc)}") from None
-
-
-def _profile_credentials():
-    """AWS_PROFILE (shared config/credentials files, SSO) through boto3, which resolves profiles."""
-    try:
-        import boto3
-        from obstore.auth.boto3 import Boto3CredentialProvider
-    except ImportError:
-        raise ConfigError("AWS_PROFILE needs boto3 to read the profile: pip install 'batchembed[cloud]'") from None
-    return Boto3CredentialProvider(boto3.Session())
 
 
 class _HashingSink:
@@ -175,7 +86,7 @@ class StreamedShard:
     PARALLEL_PARTS = 2
 
     def __init__(self, store: ObjectStore, name: str, schema: pa.Schema, compression: str) -> None:
-        obstore = _obstore()
+        obstore = obstore_module()
         self.store = store
         self.name = name
         self.rows = 0
@@ -245,23 +156,15 @@ class ObjectStore(OutputStore):
 
     def acquire(self, shard: tuple[int, int] | None = None):
         """Take the lease (``OutputLocked`` naming the holder if a live run has it)."""
-        from batchembed.output.store.lease import ObjectLease
-
         self.lock = ObjectLease.acquire(self, lease_name(shard) + ".json", self.lease_seconds)
         return self.lock
 
     def gate(self):
         """The admission gate: a short create-only lease on ``_lease/admit.json``, waited for."""
-        from batchembed.output.store.admission import GATE
-        from batchembed.output.store.lease import gate
-
         return gate(self, GATE + ".json", wait=max(60.0, 2 * self.lease_seconds))
 
     def live_writers(self) -> dict[tuple[int, int] | None, str]:
         """The writers' leases that are live now (expired ones are retired on the way)."""
-        from batchembed.output.store.admission import writer_of
-        from batchembed.output.store.lease import live_writers
-
         return live_writers(self, writer_of)
 
     def read_lock(self, name: str) -> tuple[dict | None, bool]:
@@ -285,7 +188,7 @@ class ObjectStore(OutputStore):
 
     def write_bytes(self, name: str, data: bytes) -> None:
         """Fencing check, then one PUT (whole or nothing)."""
-        obstore = _obstore()
+        obstore = obstore_module()
         self.fence()
         try:
             obstore.put(self.client, name, data)
@@ -294,7 +197,7 @@ class ObjectStore(OutputStore):
 
     def replace_manifest(self, data: bytes) -> None:
         """Fencing check, then a PUT conditional on the manifest's ETag (create-only the first time)."""
-        obstore = _obstore()
+        obstore = obstore_module()
         self.fence()
         mode: Any = self._manifest_version or "create"
         failpoint("manifest-before-put")
@@ -312,7 +215,7 @@ class ObjectStore(OutputStore):
 
     def _conditional_put(self, name: str, data: bytes, mode: Any) -> dict:
         """A conditional PUT, retried on S3's 409 ConditionalRequestConflict (two conditional writes raced)."""
-        obstore = _obstore()
+        obstore = obstore_module()
         for attempt in range(4):
             try:
                 return obstore.put(self.client, name, data, mode=mode, use_multipart=False)
@@ -326,13 +229,11 @@ class ObjectStore(OutputStore):
 
     def abort_stale_uploads(self, owns: Any = None) -> list[str]:
         """The multipart uploads of this writer's shards that a killed writer left (``store.uploads``)."""
-        from batchembed.output.store.uploads import abort_stale_uploads
-
         return abort_stale_uploads(self, owns)
 
     def delete(self, name: str) -> None:
         """Fencing check, then DELETE (a prefix: every object under it)."""
-        obstore = _obstore()
+        obstore = obstore_module()
         self.fence()
         try:
             keys = [name] + [m["path"] for m in obstore.list(self.client, name).collect()]
@@ -356,7 +257,7 @@ class ObjectStore(OutputStore):
 
     def get(self, name: str) -> tuple[bytes, dict] | None:
         """Bytes and metadata (``e_tag``...), None if absent."""
-        obstore = _obstore()
+        obstore = obstore_module()
         try:
             result = obstore.get(self.client, name)
             return bytes(result.bytes()), result.meta
@@ -367,7 +268,7 @@ class ObjectStore(OutputStore):
 
     def list_names(self) -> list[str]:
         """Every object under the prefix (relative keys), the lease objects excluded."""
-        obstore = _obstore()
+        obstore = obstore_module()
         try:
             names = [m["path"] for m in obstore.list(self.client).collect()]
         except STORE_ERRORS as exc:
@@ -376,7 +277,7 @@ class ObjectStore(OutputStore):
 
     def size(self, name: str) -> int | None:
         """HEAD: the object's size, None if absent."""
-        obstore = _obstore()
+        obstore = obstore_module()
         try:
             return obstore.head(self.client, name)["size"]
         except NOT_FOUND:

@@ -20,7 +20,7 @@ from typing import Any
 
 from batchembed.errors import OutputError
 from batchembed.fs.location import s3_endpoint
-from batchembed.output.journal_store import JOURNAL_DIR
+from batchembed.output.layout import JOURNAL_DIR, is_shard
 
 
 def s3_client(store: Any) -> Any:
@@ -47,9 +47,9 @@ def s3_client(store: Any) -> Any:
 def _unit_of(name: str) -> str | None:
     """The shard a key of the output belongs to: the shard itself, or one of its journal's segments."""
     parts = name.split("/")
-    if len(parts) == 1 and name.startswith("part-"):
+    if len(parts) == 1 and is_shard(name):
         return name
-    if len(parts) == 3 and parts[0] == JOURNAL_DIR and parts[1].startswith("part-"):
+    if len(parts) == 3 and parts[0] == JOURNAL_DIR and is_shard(parts[1]):
         return parts[1] + ".parquet"
     return None
 

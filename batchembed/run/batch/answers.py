@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from batchembed.output.journal import Recovered
+from batchembed.output.journal.recovery import Recovered
+from batchembed.output.journal.writer import Resumed
 from batchembed.run.batch.items import Items
 from batchembed.run.batch.ledger import COLLECTED, FAILED, OK, ONLINE, Ledger
-from batchembed.tasks import Piece, Request, Resumed
+from batchembed.tasks import Piece, Request
 
 #: Results files kept in memory at once (pieces are planned in input order, so read in that order).
 CACHED_FILES = 4

@@ -25,9 +25,9 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from batchembed.output.layout import BATCH_DIR
 from batchembed.output.store.base import OutputStore
 
-DIR = "_batch"
 PLANNED, UPLOADING, UPLOADED, CREATING, RUNNING, COLLECTED = (
     "planned",
     "uploading",
@@ -82,10 +82,10 @@ class Piece:
         return self.attempts[-1]
 
     def items_name(self, n: int) -> str:
-        return f"{DIR}/{self.name}/a{n}.items.parquet"
+        return f"{BATCH_DIR}/{self.name}/a{n}.items.parquet"
 
     def results_name(self, n: int) -> str:
-        return f"{DIR}/{self.name}/a{n}.results.parquet"
+        return f"{BATCH_DIR}/{self.name}/a{n}.results.parquet"
 
     def tag(self) -> str:
         """The metadata value naming this piece's current attempt and creation try."""
@@ -105,13 +105,13 @@ class Ledger:
     @classmethod
     def read(cls, store: OutputStore) -> Ledger | None:
         """The output's ledger as saved, or None when it has none."""
-        raw = store.read_bytes(f"{DIR}/job.json")
+        raw = store.read_bytes(f"{BATCH_DIR}/job.json")
         if raw is None:
             return None
         job = orjson.loads(raw)
         pieces = []
-        for name in sorted({n.split("/")[1] for n in store.list_names() if n.startswith(DIR + "/p")}):
-            state = store.read_bytes(f"{DIR}/{name}/state.json")
+        for name in sorted({n.split("/")[1] for n in store.list_names() if n.startswith(BATCH_DIR + "/p")}):
+            state = store.read_bytes(f"{BATCH_DIR}/{name}/state.json")
             if state is None:
                 continue  # its items were written, its state never: planned again by the next run
             doc = orjson.loads(state)
@@ -127,13 +127,13 @@ class Ledger:
         if ledger is not None:
             ledger.drop()
         ledger = cls(store, os.urandom(6).hex(), fingerprint, [])
-        store.write_bytes(f"{DIR}/job.json", orjson.dumps({"tag": ledger.tag, "fingerprint": fingerprint}))
+        store.write_bytes(f"{BATCH_DIR}/job.json", orjson.dumps({"tag": ledger.tag, "fingerprint": fingerprint}))
         return ledger
 
     def drop(self) -> None:
         """Delete every ``_batch/`` object (a finished job, or another job's ledger)."""
         for name in self.store.list_names():
-            if name.startswith(DIR + "/"):
+            if name.startswith(BATCH_DIR + "/"):
                 self.store.delete(name)
         self.pieces = []
 
@@ -141,7 +141,7 @@ class Ledger:
         """A complete job: drop the items and results files (the texts and answers, now in the shards);
         the states stay, for ``status`` and the record of what was bought."""
         for name in self.store.list_names():
-            if name.startswith(DIR + "/") and name.endswith(".parquet"):
+            if name.startswith(BATCH_DIR + "/") and name.endswith(".parquet"):
                 self.store.delete(name)
 
     # --------------------------------------------------------------------------------- writing
@@ -164,7 +164,7 @@ class Ledger:
     def save(self, piece: Piece) -> None:
         """The piece's state, whole or not at all."""
         doc = {"name": piece.name, "settled": piece.settled, "attempts": [asdict(a) for a in piece.attempts]}
-        self.store.write_bytes(f"{DIR}/{piece.name}/state.json", orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+        self.store.write_bytes(f"{BATCH_DIR}/{piece.name}/state.json", orjson.dumps(doc, option=orjson.OPT_INDENT_2))
 
     def items(self, piece: Piece, n: int | None = None) -> pa.Table:
         """An attempt's items (default: the current one)."""

@@ -22,7 +22,7 @@ import orjson
 import pyarrow as pa
 
 from batchembed.errors import TerminalAPIError
-from batchembed.output.manifest import failpoint
+from batchembed.failpoints import failpoint
 from batchembed.run.batch.client import BatchClient, QueueFull
 from batchembed.run.batch.collect import collect, custom_id, finalize
 from batchembed.run.batch.items import Items
@@ -44,7 +44,7 @@ from batchembed.run.batch.ledger import (
 from batchembed.run.batch.shapes import CANCELLED, EXPIRED, FAILED, PENDING, BatchView
 
 #: The kill-test hooks around every remote call of the tier, in the order a batch meets them
-#: (``checkpoint.failpoint``); the kill tests and ``benchmarks/batch_tier.py`` go through this list.
+#: (``failpoints.failpoint``); the kill tests and ``benchmarks/batch_tier.py`` go through this list.
 FAILPOINTS = (
     "batch-before-upload",
     "batch-after-upload",

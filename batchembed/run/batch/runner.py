@@ -23,7 +23,8 @@ from collections import Counter
 from typing import Any
 
 from batchembed.exitcodes import ExitCode
-from batchembed.output.manifest import Manifest, fingerprint_hash
+from batchembed.job.fingerprint import fingerprint_hash
+from batchembed.output.manifest import Manifest
 from batchembed.run.batch.answers import BatchCodec, BatchResults
 from batchembed.run.batch.client import BatchClient
 from batchembed.run.batch.items import Items, items_for

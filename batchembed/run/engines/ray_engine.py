@@ -36,7 +36,7 @@ from batchembed.output.commit import JobOutput
 from batchembed.output.manifest import Manifest, ShardRecord
 from batchembed.output.parts import owned_by
 from batchembed.output.store import open_store
-from batchembed.output.store.fencing import FenceToken
+from batchembed.output.store.fencing import FenceToken, fence_with
 from batchembed.run.engines.budget import JobBudget, SharedLimits
 from batchembed.run.runner import JobRunner
 
@@ -117,7 +117,7 @@ class SliceOutput(JobOutput):
         """The driver holds the output's lock/lease for the whole run; this worker writes only while the
         driver's holding (``fence``) still owns the output (checked before each shard becomes visible)."""
         if self._fence is not None:
-            self.store.fence_with(self._fence)
+            fence_with(self.store, self._fence)
 
     def open(self, fingerprint: dict[str, Any], restart: bool) -> Manifest:
         return self.manifest

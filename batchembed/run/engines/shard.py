@@ -13,7 +13,8 @@ from typing import Any
 
 from batchembed.output import refresh as output_refresh
 from batchembed.output.commit import JobOutput
-from batchembed.output.manifest import SUCCESS, Manifest, check_shards, remove_orphans
+from batchembed.output.layout import SUCCESS, part_failed, part_report, retry_shard
+from batchembed.output.manifest import Manifest, check_shards, remove_orphans
 from batchembed.output.parts import (
     all_complete,
     load_part,
@@ -23,7 +24,8 @@ from batchembed.output.parts import (
     refuse_mixing,
 )
 from batchembed.output.store import open_store
-from batchembed.output.store.base import OutputStore, part_suffix
+from batchembed.output.store.admission import admit
+from batchembed.output.store.base import OutputStore
 from batchembed.run.runner import JobRunner
 from batchembed.sending.limits import RateLimits
 
@@ -35,12 +37,11 @@ class PartOutput(JobOutput):
         super().__init__(store, compression)
         self.part = part
         self.owns = owned_by(part)
-        tag = part_suffix(part)
-        self.failed_name = f"_failed.{tag}.parquet"
-        self.report_name = f"_report.{tag}.json"
+        self.failed_name = part_failed(part)
+        self.report_name = part_report(part)
 
     def acquire(self, restart: bool) -> None:
-        self.store.admit(self.part)  # parts of one split never block each other; every other writer is refused
+        admit(self.store, self.part)  # parts of one split never block each other; every other writer is refused
         refuse_mixing(self.store, self.part)
 
     def open(self, fingerprint: dict[str, Any], restart: bool) -> Manifest:
@@ -49,7 +50,7 @@ class PartOutput(JobOutput):
         return self.manifest
 
     def retry_unit_name(self, n: int) -> str:
-        return f"part-r{n:05d}-{part_suffix(self.part)}.parquet"
+        return retry_shard(n, self.part)
 
     def complete(self, say: Callable[[str], None]) -> None:
         """Mark this part complete; the part that finds every part complete writes ``_SUCCESS``."""

@@ -23,14 +23,12 @@ import asyncio
 import base64
 import contextlib
 import signal
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
 from aiohttp import web
 
-from batchembed.errors import BatchEmbedError
 from batchembed.exitcodes import ExitCode
 from batchembed.providers.cosine import RERANK_SUFFIX, cosine_rerank_scores
 from batchembed.providers.local import LocalEmbedder, matryoshka
@@ -353,15 +351,3 @@ def command(args: argparse.Namespace) -> int:
     """
     asyncio.run(_serve(args))
     return ExitCode.OK
-
-
-if __name__ == "__main__":
-    from batchembed.cli import add_serve_arguments
-
-    _parser = argparse.ArgumentParser(prog="python -m batchembed.serve", description=__doc__.splitlines()[0])
-    add_serve_arguments(_parser)
-    try:
-        sys.exit(command(_parser.parse_args()))
-    except BatchEmbedError as _exc:
-        print(f"batchembed serve: error: {_exc}", file=sys.stderr)
-        sys.exit(ExitCode.FAILED)

@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pyarrow as pa
 
 from batchembed.fs.atomic import fsync_dir
+from batchembed.output.layout import JOURNAL_DIR
 
 if TYPE_CHECKING:
     from batchembed.output.store.base import OutputStore
 
-JOURNAL_DIR = "_journal"
+
 SEGMENT_SUFFIX = ".seg"
 
 

@@ -1,0 +1,95 @@
+"""The counters of one run (``Stats``): what the stages add up as they go (rows, tokens, requests,
+retries, latencies, what a refresh found) and the ``_report.json`` document made of them. Every stage
+updates them; ``run.progress`` shows them to a person or a log."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Stats:
+    """Counters of one run; the runner updates them, progress and the report read them."""
+
+    rows_total: int | None = None  # rows this run has to process (None while unknown, e.g. CSV)
+    rows_resumed: int = 0  # rows already committed by earlier runs
+    rows_embedded: int = 0
+    rows_skipped: int = 0
+    rows_recovered: int = 0  # rows whose answer an interrupted run left in the journal (not sent again)
+    rows_resent: int = 0  # rows sent again because an interrupted run's answer never became durable
+    rows_failed: int = 0
+    rows_answered: float = 0.0  # rows whose requests have ended, credited request by request (for progress)
+    rows_truncated: int = 0  # rows whose text was cut to fit (listed in _truncated.parquet)
+    tokens: int = 0  # tokens sent in successful requests (server's count when it reports one)
+    tokens_saved: int = 0  # tokens not sent thanks to de-duplication
+    requests: int = 0  # HTTP requests sent, successful or not
+    rows_reused: int = 0  # rows of changed files whose vector was already in the output (not bought)
+    rows_removed: int = 0  # rows taken out of the output by this refresh (changed or deleted inputs)
+    refresh: dict = field(default_factory=dict)  # files added/changed/removed/unchanged, generation
+    retries: Counter = field(default_factory=Counter)  # by status / error class
+    latencies: list[float] = field(default_factory=list)
+    in_flight: int = 0
+    pace: str = ""  # the limits being paced to, e.g. "600k tokens/min (server), 600 requests/min (configured)"
+    threads: int | None = None  # the local model's threads: bound by the CPU, not by rate limits (None: remote)
+    started: float = field(default_factory=time.monotonic)
+
+    def note_refresh(self, diff: Any, manifest: Any) -> None:
+        """What this run found changed in the inputs (for the summary and ``_report.json``)."""
+        self.rows_removed = diff.rows_removed
+        self.refresh = {**diff.summary(), "generation": manifest.generation}
+
+    @property
+    def rows_done(self) -> int:
+        """Rows this run finished one way or another."""
+        return self.rows_embedded + self.rows_skipped + self.rows_failed
+
+    @property
+    def rows_progress(self) -> int:
+        """Rows to show as done: those written, or, between written pieces, those whose requests ended."""
+        total = self.rows_total if self.rows_total is not None else float("inf")
+        return max(self.rows_done, int(min(self.rows_answered, total)))
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the run started."""
+        return time.monotonic() - self.started
+
+    def report(self, **extra: Any) -> dict[str, Any]:
+        """The ``_report.json`` document."""
+        lat = np.asarray(self.latencies) if self.latencies else None
+        elapsed = self.elapsed
+        return {
+            **extra,
+            "rows": {
+                "embedded": self.rows_embedded,
+                "skipped": self.rows_skipped,
+                "failed": self.rows_failed,
+                "already_done": self.rows_resumed,
+                "reused_from_output": self.rows_reused,
+                "bought": max(0, self.rows_embedded - self.rows_reused - self.rows_recovered),
+                "removed": self.rows_removed,
+            },
+            "refresh": self.refresh,
+            "after_crash": {
+                # rows an interrupted run had answered, read back from its journal instead of being sent
+                "rows_recovered_from_journal": self.rows_recovered,
+                # rows it had sent whose answers were lost with it (in flight at the crash): sent again
+                "rows_sent_again": self.rows_resent,
+            },
+            "rows_truncated": self.rows_truncated,
+            "tokens": self.tokens,
+            "tokens_saved_by_dedup": self.tokens_saved,
+            "requests": self.requests,
+            "retries": dict(sorted(self.retries.items())),
+            "latency_seconds": {
+                "p50": round(float(np.percentile(lat, 50)), 4) if lat is not None else None,
+                "p95": round(float(np.percentile(lat, 95)), 4) if lat is not None else None,
+            },
+            "elapsed_seconds": round(elapsed, 3),
+            "rows_per_second": round(self.rows_done / elapsed, 1) if elapsed > 0 else None,
+        }
