@@ -129,7 +129,6 @@ def plan_task(resolved: ResolvedJob, counter: TokenCounter) -> Task:
             limits=dataclasses.replace(config.limits, on_too_long="truncate"),
         )
     task = build_task(dataclasses.replace(resolved, config=config), None, counter, stats=Stats(), memo=VectorMemo(0))
-    task.allocate_answers = False  # nothing is answered: no answer matrices
     return task
 
 

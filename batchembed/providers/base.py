@@ -6,7 +6,7 @@ ONNX model are interchangeable: batching, limits, retries, checkpointing and out
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -45,6 +45,17 @@ class Embedder(Protocol):
     async def aclose(self) -> None:
         """Release connections, threads or sessions."""
         ...
+
+
+async def embed_then(embedder: Embedder, texts: list[str], after: Callable[[EmbeddingResult], None]) -> EmbeddingResult:
+    """``embedder.embed(texts)``, then ``after(result)`` (which may raise): on the thread that decoded the
+    answer when the embedder offers it (``runs_after``: an HTTP embedder's decoding thread, the local
+    model's worker), so that what is done with each answer stays off the event loop; else right here."""
+    if getattr(embedder, "runs_after", False):
+        return await embedder.embed(texts, after=after)
+    result = await embedder.embed(texts)
+    after(result)
+    return result
 
 
 def vector_norms(vectors: np.ndarray) -> np.ndarray:

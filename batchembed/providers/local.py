@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -59,6 +60,9 @@ class LocalEmbedder:
     before a job starts. Raises ``ConfigError`` for missing files, checksum mismatches and bad
     options.
     """
+
+    #: ``embed(texts, after=...)`` runs ``after`` on the model's worker thread (``base.embed_then``).
+    runs_after = True
 
     provider = "local"
 
@@ -271,10 +275,19 @@ class LocalEmbedder:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.encode, list(texts), dimensions)
 
-    async def embed(self, texts: list[str]) -> EmbeddingResult:
-        """Embed ``texts`` (the ``Embedder`` protocol); ``prompt_tokens`` counts real tokens."""
-        vectors, counts = await self.encode_async(texts)
-        return EmbeddingResult(vectors=np.ascontiguousarray(vectors), prompt_tokens=int(counts.sum()))
+    async def embed(self, texts: list[str], after: Callable[[EmbeddingResult], None] | None = None) -> EmbeddingResult:
+        """Embed ``texts`` (the ``Embedder`` protocol); ``prompt_tokens`` counts real tokens. ``after(result)``
+        runs on the model's worker thread once the vectors are made (``base.embed_then``)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchembed-local")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._embed, list(texts), after)
+
+    def _embed(self, texts: list[str], after: Callable[[EmbeddingResult], None] | None) -> EmbeddingResult:
+        vectors, counts = self.encode(texts)
+        result = EmbeddingResult(vectors=np.ascontiguousarray(vectors), prompt_tokens=int(counts.sum()))
+        if after is not None:
+            after(result)
+        return result
 
     async def aclose(self) -> None:
         """Stop the worker thread (waiting for a running batch to finish)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,6 +29,9 @@ OFF_LOOP_BYTES = 256 << 10
 
 class OpenAICompatibleEmbedder:
     """Embeddings over HTTP in the OpenAI wire shape."""
+
+    #: ``embed(texts, after=...)`` runs ``after`` on the decoding thread (``base.embed_then``).
+    runs_after = True
 
     def __init__(
         self,
@@ -70,16 +73,21 @@ class OpenAICompatibleEmbedder:
             body["dimensions"] = self.dimensions
         return body
 
-    async def embed(self, texts: list[str]) -> EmbeddingResult:
-        """Send one request; raise the ``APIError`` subclass that says what to do on failure."""
-        return await self._embed(texts, full=False)
+    async def embed(self, texts: list[str], after: Callable[[EmbeddingResult], None] | None = None) -> EmbeddingResult:
+        """Send one request; raise the ``APIError`` subclass that says what to do on failure.
+
+        ``after(result)`` runs where the answer was decoded (the decoding thread for large answers) and may
+        raise: what the caller does with every answer stays off the event loop."""
+        return await self._embed(texts, full=False, after=after)
 
     async def embed_full(self, texts: list[str]) -> EmbeddingResult:
         """The model's full vectors for ``texts``: ``dimensions`` neither sent nor cut here (the canary
         asks once, to learn whether the model's vectors are unit length)."""
         return await self._embed(texts, full=True)
 
-    async def _embed(self, texts: list[str], *, full: bool) -> EmbeddingResult:
+    async def _embed(
+        self, texts: list[str], *, full: bool, after: Callable[[EmbeddingResult], None] | None = None
+    ) -> EmbeddingResult:
         body = self.request_body(texts)
         if full:
             body.pop("dimensions", None)
@@ -90,18 +98,15 @@ class OpenAICompatibleEmbedder:
             # but a server that rejects it gets floats from then on.
             if body["encoding_format"] == "base64" and self.fall_back_to_float and _rejects_base64(exc):
                 self.use_base64 = False
-                return await self._embed(texts, full=full)
+                return await self._embed(texts, full=full, after=after)
             raise
         client_cut = self.dimensions_by == "client" and self.dimensions is not None
         want = None if client_cut or full else self.dimensions
         cut = self.dimensions if client_cut and not full else None
+        work = (payload, len(texts), want, cut, rate_headers(headers), after)
         if len(payload) >= OFF_LOOP_BYTES:  # decoding releases the GIL: the event loop keeps sending meanwhile
-            loop = asyncio.get_running_loop()
-            decoded = await loop.run_in_executor(self._decoder, decode_answer, payload, len(texts), want, cut)
-        else:
-            decoded = decode_answer(payload, len(texts), want, cut)
-        vectors, tokens, served, norms = decoded
-        return EmbeddingResult(vectors, tokens, rate_headers(headers), served, norms)
+            return await asyncio.get_running_loop().run_in_executor(self._decoder, _answer, *work)
+        return _answer(*work)
 
     async def aclose(self) -> None:
         """Close the transport's connections and the decoding thread."""
@@ -112,6 +117,22 @@ class OpenAICompatibleEmbedder:
 def _rejects_base64(exc: TerminalAPIError) -> bool:
     text = str(exc).lower()
     return exc.status in (400, 422) and ("encoding" in text or "base64" in text)
+
+
+def _answer(
+    payload: bytes,
+    expected: int,
+    dimensions: int | None,
+    cut: int | None,
+    headers: dict[str, str],
+    after: Callable[[EmbeddingResult], None] | None,
+) -> EmbeddingResult:
+    """The decoded answer (``decode_answer``), then ``after`` with it, on the calling thread."""
+    vectors, tokens, served, norms = decode_answer(payload, expected, dimensions, cut)
+    result = EmbeddingResult(vectors, tokens, headers, served, norms)
+    if after is not None:
+        after(result)
+    return result
 
 
 def decode_answer(

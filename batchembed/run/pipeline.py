@@ -174,10 +174,10 @@ class Pipeline:
                 if unit_writer is None:
                     served = {"served_model": self.served.served} if self.served.served else {}
                     unit_writer = self.output.unit(unit, {**self.task.metadata(), **served})
-                # the piece is finished (nothing changes it any more): its tables are built off the event loop
-                rows, failed, cut = await asyncio.to_thread(self.task.tables, piece)
+                # the piece is finished (nothing changes it any more): its tables are built and written off
+                # the event loop, in one hop
+                failed, cut = await asyncio.to_thread(self._write, piece, unit_writer)
                 self._count(piece, failed, cut)
-                await asyncio.to_thread(unit_writer.write, rows, failed, cut)
                 self._slots.release()
                 if piece.chunk.last:
                     if committing is not None:
@@ -194,6 +194,12 @@ class Pipeline:
                 await asyncio.wait({committing})
                 if not committing.cancelled():
                     committing.exception()  # retrieved: the writer's own error is the one raised
+
+    def _write(self, piece: Piece, unit_writer: UnitWriter) -> tuple[Any, Any]:
+        """A finished piece's rows into its unit's shard (a worker thread); its failed and cut rows."""
+        rows, failed, cut = self.task.tables(piece)
+        unit_writer.write(rows, failed, cut)
+        return failed, cut
 
     def _count(self, piece: Piece, failed: Any, cut: Any) -> None:
         """Add a written piece's rows to the stats."""

@@ -50,6 +50,8 @@ class Request:
     #: Tokens paid for this request's answer (the server's count, else ours; 0 when nothing was sent):
     #: set by the sender once the answer is accepted, before the journal keeps it with the answer.
     spent: int = 0
+    #: Where the journal wrote this request's answer as it was decoded (``journal.kept.Kept``), if it did.
+    kept: Any = None
 
 
 class PieceTables(NamedTuple):

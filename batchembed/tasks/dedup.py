@@ -18,18 +18,24 @@ answers too (a kill before the unit commits does not buy them again).
 A request may wait in the queue long after another one answered its texts; so that a kill in
 between does not buy them again either, a prepared piece notes which texts its unit still waits for
 (``expect``), and whoever answers one of them hands it to those units' journals too (``expecting``).
+
+What is done with an answer (checked, remembered, journaled by the caller's ``keep``) runs on the
+thread that decoded it (``providers.base.embed_then``); the bookkeeping here is per request, its
+loops over a request's texts left to C (dict updates, ``map``), since it runs on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections import deque
 from collections.abc import Callable
+from itertools import repeat
 from typing import Any
 
 import numpy as np
 
-from batchembed.providers.base import Embedder, EmbeddingResult
+from batchembed.providers.base import Embedder, EmbeddingResult, embed_then
 from batchembed.stats import Stats
 from batchembed.tasks.memo import VectorMemo
 
@@ -60,7 +66,8 @@ class SharedEmbedder:
         self.check = check
         # text key -> (the future of the request sending it: its vectors, the text's row in them)
         self._in_flight: dict[bytes, tuple[asyncio.Future, int]] = {}
-        self._expected: dict[bytes, set[str]] = {}  # text key -> units whose pieces wait for its answer
+        # text key -> the unit whose pieces wait for its answer, or the set of them when several do
+        self._expected: dict[bytes, str | set[str]] = {}
         self._expected_lock = threading.Lock()  # ``expect`` runs on the reader thread
         # text key -> (reason, tokens and characters before, characters kept): texts whose answer is that
         # of the text cut after the server's "too long" (the memo keeps it under the uncut text's key)
@@ -78,22 +85,37 @@ class SharedEmbedder:
         """Note that ``unit`` waits for the answers of ``keys`` (any thread); True where another piece
         (of any unit) already waits for the same text, i.e. will send it first."""
         elsewhere = np.zeros(len(keys), dtype=bool)
+        expected = self._expected
         with self._expected_lock:
+            if expected.keys().isdisjoint(keys):  # the usual case: nobody else waits for these texts
+                expected.update(zip(keys, repeat(unit)))
+                return elsewhere
             for at, key in enumerate(keys):
-                units = self._expected.get(key)
+                units = expected.get(key)
                 if units is None:
-                    self._expected[key] = {unit}
-                else:
-                    elsewhere[at] = True
+                    expected[key] = unit
+                    continue
+                elsewhere[at] = True
+                if isinstance(units, set):
                     units.add(unit)
+                elif units != unit:
+                    expected[key] = {units, unit}
         return elsewhere
 
-    def expecting(self, keys: np.ndarray) -> dict[str, list[int]]:
-        """Units that wait for ``keys`` now answered: {unit: positions in ``keys``}; they stop waiting."""
-        found: dict[str, list[int]] = {}
+    def expecting(self, keys: np.ndarray, own: str | None = None) -> dict[str, list[int]]:
+        """Units other than ``own`` that wait for ``keys`` now answered: {unit: positions in ``keys``};
+        every unit stops waiting for them."""
         with self._expected_lock:
-            for at, key in enumerate(keys):
-                for unit in self._expected.pop(key, ()):
+            waiting = list(map(self._expected.pop, keys, repeat(None)))
+        try:
+            if set(waiting) <= {own, None}:  # the usual case: only the answering request's own unit waited
+                return {}
+        except TypeError:  # some text several units wait for (a set): look at each
+            pass
+        found: dict[str, list[int]] = {}
+        for at, units in enumerate(waiting):
+            for unit in (units,) if isinstance(units, str) else units or ():
+                if unit != own:
                     found.setdefault(unit, []).append(at)
         return found
 
@@ -105,12 +127,19 @@ class SharedEmbedder:
         self.memo.store(keys, vectors, copy=False)
 
     async def embed(
-        self, keys: np.ndarray, texts: list[str], tokens: np.ndarray, charge: int, meter: Any
+        self,
+        keys: np.ndarray,
+        texts: list[str],
+        tokens: np.ndarray,
+        charge: int,
+        meter: Any,
+        keep: Callable[[EmbeddingResult], None] | None = None,
     ) -> EmbeddingResult:
         """Vectors for ``texts`` (keys ``keys``, ``tokens`` each), sending only what no one else has.
 
         ``charge`` is what the request is charged when all of it goes out (its own token figure); a part
-        is charged its texts' tokens."""
+        is charged its texts' tokens. ``keep(answer)``: called with the checked answer, on the thread that
+        decoded it, when all of ``texts`` were sent here (the caller journals it)."""
         n = len(keys)
         vectors: list[np.ndarray | None] = [None] * n
         answers: list[EmbeddingResult] = []
@@ -121,7 +150,7 @@ class SharedEmbedder:
             pending = []
             if own:
                 cost = charge if first and len(own) == n else int(tokens[own].sum())
-                result = await self._send(keys, texts, own, cost, meter)
+                result = await self._send(keys, texts, own, cost, meter, keep if len(own) == n else None)
                 if len(own) == n:  # the usual case: all of it was sent here, the answer is the request's
                     return result
                 answers.append(result)
@@ -141,10 +170,14 @@ class SharedEmbedder:
         """Split ``pending`` into texts to send (now in flight here), to wait for, and known (filled in)."""
         own: list[int] = []
         waits: list[tuple[int, asyncio.Future, int]] = []
-        wanted = [keys[j] for j in pending]
+        wanted = keys[pending].tolist()
         recalled = self.memo.recall_many(wanted)  # answered since ``prepare`` looked
         if not recalled and self._in_flight.keys().isdisjoint(wanted):
-            pending, own = [], list(pending)  # the usual case: every text is new, claimed in one go
+            future = asyncio.get_running_loop().create_future()  # the usual case: every text is new,
+            future.add_done_callback(_quiet)  # claimed in one go
+            n = len(wanted)
+            self._in_flight.update(zip(wanted, zip(repeat(future, n), range(n), strict=True), strict=True))
+            return list(pending), waits
         for j in pending:
             key = keys[j]
             sending = self._in_flight.get(key)
@@ -160,20 +193,28 @@ class SharedEmbedder:
         if own:
             future = asyncio.get_running_loop().create_future()  # one per request sent: its vectors
             future.add_done_callback(_quiet)
-            for row, j in enumerate(own):
-                self._in_flight[keys[j]] = (future, row)
+            n = len(own)
+            self._in_flight.update(zip(keys[own].tolist(), zip(repeat(future, n), range(n), strict=True), strict=True))
         return own, waits
 
-    async def _send(self, keys, texts, own: list[int], cost: int, meter: Any) -> EmbeddingResult:
+    async def _send(
+        self, keys, texts, own: list[int], cost: int, meter: Any, keep: Callable[[EmbeddingResult], None] | None
+    ) -> EmbeddingResult:
         """Send the texts ``own`` through the meter; settle their future whatever happens."""
-        mine = [keys[j] for j in own]
+        mine = keys[own]
+        n = len(own)
+
+        def after(result: EmbeddingResult) -> None:  # on the thread that decoded the answer
+            self.check(result, n)
+            # the memo keeps views of the answer's own matrix (never written to again): no second copy
+            self.memo.store(mine, result.vectors, copy=False)
+            if keep is not None:
+                keep(result)
+
         future = self._in_flight[mine[0]][0]
         try:
             async with meter(cost):
-                result = await self.embedder.embed([texts[j] for j in own])
-            self.check(result, len(own))
-            # the memo keeps views of the answer's own matrix (never written to again): no second copy
-            self.memo.store(np.asarray(mine, dtype=object), result.vectors, copy=False)
+                result = await embed_then(self.embedder, [texts[j] for j in own], after)
         except BaseException:
             self._forget(mine)
             future.set_exception(_Unanswered())
@@ -182,9 +223,8 @@ class SharedEmbedder:
         future.set_result(result.vectors)
         return result
 
-    def _forget(self, keys: list[bytes]) -> None:
-        for key in keys:
-            del self._in_flight[key]
+    def _forget(self, keys: np.ndarray) -> None:
+        deque(map(self._in_flight.pop, keys), maxlen=0)
 
     def close(self) -> None:
         """Close the memo's cache file."""

@@ -21,7 +21,7 @@ from batchembed.job.config import text_fields
 from batchembed.job.resolved import ResolvedJob
 from batchembed.output.cache import KEY_COLUMN, key_column
 from batchembed.output.shard_writer import vector_array
-from batchembed.providers.base import Embedder, EmbeddingResult, vector_norms
+from batchembed.providers.base import Embedder, EmbeddingResult
 from batchembed.stats import Stats
 from batchembed.tasks import Piece, PieceTables, Request, failure_table
 from batchembed.tasks.batching import pack
@@ -34,12 +34,6 @@ from batchembed.tasks.normalize import NormTally, VectorCheck
 from batchembed.tasks.texts import add_prefix, blank_mask, build_texts
 from batchembed.tasks.tokens import TokenCounter, exact_counts, over_limit
 
-
-def _is_identity(rows: np.ndarray) -> bool:
-    """True when ``rows`` is 0, 1, ..., n-1."""
-    return bool((rows == np.arange(len(rows))).all())
-
-
 #: How often one text is cut again after the server answered "input too long" before it fails.
 MAX_SERVER_CUTS = 3
 
@@ -48,9 +42,6 @@ class EmbedTask:
     """Embeds ``input.text`` of every row with ``embedder``."""
 
     group_key = None
-    #: ``prepare`` allocates (and touches) each piece's answer matrix on the calling thread once the
-    #: vector size is known; a caller that never sends (the ``plan`` command) can turn it off.
-    allocate_answers = True
 
     def __init__(
         self,
@@ -77,6 +68,7 @@ class EmbedTask:
         self.id_column = id_column_name(job)
         #: Vectors the output already holds (``output_cache.OutputCache``), set by the run before a refresh.
         self.output_cache = None
+        self._codec: EmbedJournalCodec | None = None
         cols = list(text_fields(job.input.text))
         for c in ([job.input.id] if job.input.id else []) + list(job.input.keep):
             if c not in cols:
@@ -139,8 +131,6 @@ class EmbedTask:
             keys=keys,
             truncated=truncated,
         )
-        if self.allocate_answers and self.dim is not None and len(used):
-            work.allocate(self.dim)
         hits = self.shared.lookup(keys[used])
         if self.output_cache is not None:
             self._reuse(keys, used, row_to_text, hits)
@@ -182,12 +172,19 @@ class EmbedTask:
     # --------------------------------------------------------------------------------- sending
 
     async def call(self, request: Request, meter: Any) -> EmbeddingResult:
-        """Embed the request's texts through the dedup layer (only texts nobody else has are sent)."""
+        """Embed the request's texts through the dedup layer (only texts nobody else has are sent).
+
+        When the request sends all its texts itself, its checked answer is journaled on the thread that
+        decoded it (``EmbedJournalCodec.keep``), before the event loop sees it."""
         work: EmbedWork = request.piece.work
         items = request.items
         all_texts = work.texts
         texts = [all_texts[i] for i in items.tolist()]
-        return await self.shared.embed(work.keys[items], texts, work.tokens[items], request.tokens, meter)
+
+        def keep(answer: EmbeddingResult) -> None:
+            self.codec.keep(request, answer.vectors, answer.prompt_tokens or meter.tokens)
+
+        return await self.shared.embed(work.keys[items], texts, work.tokens[items], request.tokens, meter, keep)
 
     def _check_answer(self, answer: EmbeddingResult, n: int) -> None:
         """An answer for ``n`` texts has ``n`` vectors of the job's size (learned from the first answer),
@@ -207,8 +204,9 @@ class EmbedTask:
         answer.vectors, answer.norms = self.vector_check.check(vectors, answer.norms)
 
     def accept(self, request: Request, answer: EmbeddingResult) -> int | None:
-        """Store the request's vectors in its piece (checked on arrival by the dedup layer)."""
-        request.piece.work.set_vectors(request.items, answer.vectors)
+        """Store the request's vectors in its piece (checked on arrival by the dedup layer): only where
+        the journal wrote them, when it did."""
+        request.piece.work.set_vectors(request.items, answer.vectors, answer.norms, kept=request.kept)
         self.note_server_cuts(request.piece.work, request.items)
         return answer.prompt_tokens
 
@@ -222,9 +220,16 @@ class EmbedTask:
                 if cut is not None:
                     work.truncated[int(i)] = cut
 
+    @property
+    def codec(self) -> EmbedJournalCodec:
+        """The task's journal codec (one per task: the run's journal binds it)."""
+        if self._codec is None:
+            self._codec = EmbedJournalCodec(self)
+        return self._codec
+
     def journal_codec(self) -> EmbedJournalCodec:
         """Texts' answers in the journal: keyed by text (a text's answer is found wherever it recurs)."""
-        return EmbedJournalCodec(self)
+        return self.codec
 
     def shorten(self, request: Request) -> bool:
         """The server said this one text is too long although it fits our count: cut it by a quarter.
@@ -282,18 +287,15 @@ class EmbedTask:
         if piece.errors:
             failed_mask = np.isin(rows, np.fromiter(piece.errors, np.int64))
             valid &= ~failed_mask
-        if work.vectors is not None and len(work.vectors) == n and valid.all() and _is_identity(rows):
-            vectors = work.vectors  # every row its own text, in order: the matrix as it is, no gather
-        elif work.vectors is not None:
-            vectors = work.vectors[np.where(valid, rows, 0)]
+        if valid.any():  # the answers as they lie (read back from the journal in place), or gathered
+            vectors, norms = work.vectors.column(rows, valid, self.dim)
+            self.norms.add(piece.chunk.unit.name, norms)
         else:
-            vectors = np.zeros((n, self.dim), dtype=np.float32)
-        if valid.any():
-            self.norms.add(piece.chunk.unit.name, vector_norms(vectors)[valid])
+            vectors = vector_array(np.zeros((n, self.dim), dtype=np.float32), valid)
         column = self.job.output.column
-        table = work.table.append_column(
-            pa.field(column, pa.list_(pa.float32(), self.dim)), vector_array(vectors, valid)
-        ).append_column(pa.field(KEY_COLUMN, pa.binary(16)), key_column(work.keys, rows, valid))
+        table = work.table.append_column(pa.field(column, pa.list_(pa.float32(), self.dim)), vectors).append_column(
+            pa.field(KEY_COLUMN, pa.binary(16)), key_column(work.keys, rows, valid)
+        )
         failed = None
         if failed_mask.any():
             idx = np.flatnonzero(failed_mask)

@@ -4,9 +4,11 @@ A text's key is its memo key, so an answer is found again wherever the text recu
 (through the memo) in any later one. What the journal keeps of a unit is every answer its pieces
 hold or wait for: the memo's hits as soon as a piece is prepared (the memo dies with the process),
 the answers its requests bring (shared ones included) as they are accepted, and the answers other
-units' requests bring for texts it still waits for (the dedup layer's ``expect``), at once. Since
-``resume`` sees which texts another piece already sends, it is also where a piece's requests are
-packed for good: its own texts first, the shared ones apart.
+units' requests bring for texts it still waits for (the dedup layer's ``expect``), at once. A
+request that sent all its texts itself (the usual case) is kept by ``keep`` on the thread that decoded
+its answer, and its piece then holds only where that frame lies (``PieceVectors``). Since ``resume``
+sees which texts another piece already sends, it is also where a piece's requests are packed for
+good: its own texts first, the shared ones apart.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from batchembed.output.journal.frames import CUT_FIELD, cut_array
-from batchembed.output.journal.writer import Resumed
+from batchembed.output.journal.writer import Journal, Resumed
 from batchembed.output.shard_writer import vector_array
 from batchembed.tasks import Piece, Request
 from batchembed.tasks.dedup import SharedEmbedder
@@ -44,31 +46,47 @@ class EmbedJournalCodec:
 
     def __init__(self, task: EmbedTaskSide) -> None:
         self.task = task
+        self.journal: Journal | None = None  # the run's journal, once it binds this codec
+
+    def bind(self, journal: Journal) -> None:
+        """The run's journal: ``keep`` writes answers into it as they are decoded."""
+        self.journal = journal
 
     def keys(self, request: Request) -> pa.Array:
         """The memo key of each text of ``request``."""
         return key_array(request.piece.work.keys[request.items])
 
+    def keep(self, request: Request, vectors: np.ndarray, tokens: int) -> None:
+        """Journal a request's checked answer now, on the decoding thread (the event loop never writes one),
+        so that its piece holds only where it lies (``request.kept``); ``tokens``: what it paid."""
+        journal = self.journal
+        if journal is None:
+            return
+        piece, items = request.piece, request.items
+        batch, rows = self._batch(piece, items, vectors)
+        request.kept = journal.keep(piece.chunk.unit.name, batch, rows, tokens)
+
     def answers(self, request: Request) -> list[tuple[str, pa.RecordBatch, int]]:
-        """The request's keys and vectors for its own unit (with the rows using them), and the same answers
-        for every other unit waiting for some of these texts (counted there when its own request comes)."""
+        """The request's keys and vectors for its own unit (with the rows using them) unless ``keep`` wrote
+        them already, and the same answers for every other unit waiting for some of these texts (counted
+        there when its own request comes)."""
         piece = request.piece
         unit = piece.chunk.unit.name
+        others = self.task.shared.expecting(piece.work.keys[request.items], unit)
+        if request.kept is not None and not others:
+            return []  # the usual case: kept already, nobody else waits
         batch, rows = self._batch(piece, request.items)
-        frames = [(unit, batch, rows)]
-        for other, at in self.task.shared.expecting(piece.work.keys[request.items]).items():
-            if other != unit:
-                frames.append((other, batch.take(pa.array(at, pa.int64())), 0))
+        frames = [] if request.kept is not None else [(unit, batch, rows)]
+        for other, at in others.items():
+            frames.append((other, batch.take(pa.array(at, pa.int64())), 0))
         return frames
 
-    def _batch(self, piece: Piece, items: np.ndarray) -> tuple[pa.RecordBatch, int]:
-        """Keys and vectors of ``items``, and the rows of the piece that use them."""
+    def _batch(self, piece: Piece, items: np.ndarray, vectors: np.ndarray | None = None) -> tuple[pa.RecordBatch, int]:
+        """Keys and vectors of ``items`` (``vectors``, else the piece's), and the rows of the piece that use them."""
         work: EmbedWork = piece.work
         work.mark_journaled(items)
-        if len(items) and (np.diff(items) == 1).all():  # a run of texts: a view, no copy
-            vectors = work.vectors[items[0] : items[-1] + 1]
-        else:
-            vectors = work.vectors[items]
+        if vectors is None:
+            vectors = work.vectors.take(items)
         batch = pa.record_batch({"key": key_array(work.keys[items]), "vector": vector_array(vectors)})
         if work.truncated:  # cut after the server's "too long" (here or where the answer came from): a
             # resume must list these rows as cut too (a cut to limits.input_tokens is made again by prepare)
@@ -106,7 +124,7 @@ class EmbedJournalCodec:
                 task.shared.remember(work.keys[found], vectors)
                 in_requests = np.concatenate([r.items for r in requests]) if requests else found[:0]
                 recovered_rows = int(counts[np.intersect1d(found, in_requests)].sum())
-        waiting = np.flatnonzero(used & ~work.answered if work.answered is not None else used)
+        waiting = np.flatnonzero(used & ~work.answered)
         elsewhere = task.shared.expect(piece.chunk.unit.name, work.keys[waiting])
         late = [(i, vec) for i in waiting if (vec := task.shared.recall(work.keys[i])) is not None]
         if late:  # answered between the memo lookup and ``expect``
@@ -123,8 +141,6 @@ class EmbedJournalCodec:
     def _held(self, piece: Piece) -> tuple[pa.RecordBatch, int] | None:
         """The piece's answers not yet in the journal (memo hits), or None."""
         work: EmbedWork = piece.work
-        if work.answered is None:
-            return None
         wanted = work.answered & (work.row_counts() > 0)
         if work.journaled is not None:
             wanted &= ~work.journaled

@@ -1,5 +1,5 @@
-"""The embed task's state for one chunk (``EmbedWork``): its unique texts, their tokens and keys, and the
-answer matrix the requests fill, written once per answer with no per-vector Python object."""
+"""The embed task's state for one chunk (``EmbedWork``): its unique texts, their tokens and keys, and where
+their answers are (``PieceVectors``: blocks in memory or in the unit's journal, no per-vector Python object)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+
+from batchembed.output.journal.kept import Kept
+from batchembed.tasks.piece_vectors import PieceVectors
 
 
 @dataclass
@@ -19,10 +22,21 @@ class EmbedWork:
     texts: list[str]  # unique texts of the chunk
     tokens: np.ndarray  # tokens per unique text
     keys: np.ndarray  # memo key per unique text
-    vectors: np.ndarray | None = None  # (len(texts), dim) once the first answer (or memo hit) arrives
     journaled: np.ndarray | None = None  # per unique text: its answer is in the unit's journal
-    answered: np.ndarray | None = None  # per unique text: ``vectors`` holds its answer
     _row_counts: np.ndarray | None = None
+    _vectors: PieceVectors | None = None
+
+    @property
+    def vectors(self) -> PieceVectors:
+        """Where the texts' answers are (made on first use)."""
+        if self._vectors is None:
+            self._vectors = PieceVectors(len(self.texts))
+        return self._vectors
+
+    @property
+    def answered(self) -> np.ndarray:
+        """Per unique text: an answer is held."""
+        return self.vectors.answered
 
     def row_counts(self) -> np.ndarray:
         """Input rows sharing each unique text (0 for texts no row sends)."""
@@ -31,24 +45,12 @@ class EmbedWork:
             self._row_counts = np.bincount(used, minlength=len(self.texts))
         return self._row_counts
 
-    def allocate(self, dim: int) -> None:
-        """The answer matrix, zeroed now: ``prepare`` calls this on the reader thread when the vector
-        size is known, so that the event loop does not fault its pages in answer by answer."""
-        if self.vectors is None:
-            vectors = np.empty((len(self.texts), dim), dtype=np.float32)
-            vectors[...] = 0  # touches every page (numpy releases the GIL for it)
-            self.vectors = vectors
-            self.answered = np.zeros(len(self.texts), dtype=bool)
-
-    def set_vectors(self, items, vectors: np.ndarray) -> None:
-        """Store answers (allocating the matrix on the first one)."""
-        if self.vectors is None:
-            self.allocate(vectors.shape[-1])
-        run = _run_of(items)
-        if run is not None:  # a run of texts (how requests are packed): a slice copy, no fancy indexing
-            items = run
-        self.vectors[items] = vectors
-        self.answered[items] = True
+    def set_vectors(
+        self, items, vectors: np.ndarray, norms: np.ndarray | None = None, kept: Kept | None = None
+    ) -> None:
+        """Store answers for ``items`` (``vectors`` are kept as they are: the caller never changes them;
+        with ``kept``, only the journal frame they were written to is)."""
+        self.vectors.put(items, vectors, norms, kept)
 
     def mark_journaled(self, items: np.ndarray) -> None:
         """Remember that these texts' answers are in the journal."""
@@ -59,13 +61,3 @@ class EmbedWork:
     # text index -> (why it was cut, its tokens and characters before the cut, characters kept)
     truncated: dict[int, tuple[str, int, int, int]] = field(default_factory=dict)
     server_cuts: dict[int, int] = field(default_factory=dict)  # text index -> cuts after "too long" answers
-
-
-def _run_of(items) -> slice | None:
-    """``items`` as a slice when they are consecutive ascending indices (an int array of at least 2)."""
-    if not isinstance(items, np.ndarray) or items.ndim != 1 or len(items) < 2:
-        return None
-    first, last = int(items[0]), int(items[-1])
-    if last - first + 1 != len(items) or not (np.diff(items) == 1).all():
-        return None
-    return slice(first, last + 1)

@@ -13,7 +13,8 @@ import errno
 import hashlib
 import sqlite3
 import threading
-from collections import OrderedDict
+from collections import deque
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +41,34 @@ def key_array(keys: np.ndarray) -> pa.FixedSizeBinaryArray:
     return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(keys), [None, pa.py_buffer(raw)])
 
 
+class _Block:
+    """Vectors stored together (one answer's matrix, or a copy): rows of it are the memo's entries."""
+
+    __slots__ = ("keys", "nbytes", "vectors")
+
+    def __init__(self, keys: list[bytes], vectors: np.ndarray) -> None:
+        self.keys = keys
+        self.vectors = vectors
+        self.nbytes = vectors.nbytes + _ENTRY_BYTES * len(keys)
+
+
+#: What an entry costs beside its vector (dict slot, key, the tuple pointing into its block), roughly.
+_ENTRY_BYTES = 80
+
+
 class VectorMemo:
-    """Vectors by text key: LRU in memory (``max_bytes``), backed by an optional SQLite file."""
+    """Vectors by text key: in memory (``max_bytes``, oldest blocks leave first), backed by an optional
+    SQLite file.
+
+    The in-memory part stores whole blocks (an answer's matrix, kept as it is) and maps each key to its
+    block and row, so storing an answer costs a few dict updates done in C, however many vectors it has
+    (it runs for every answer). A hit is kept again as a copy of its own at the young end, so a popular
+    text outlives the blocks around it without keeping them alive."""
 
     def __init__(self, max_bytes: int = 64 << 20, cache_path: str | None = None, namespace: str = "") -> None:
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._entries: dict[bytes, tuple[_Block, int]] = {}
+        self._blocks: deque[_Block] = deque()
         self._bytes = 0
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
@@ -72,15 +95,18 @@ class VectorMemo:
         found: dict[bytes, np.ndarray] = {}
         missing = []
         with self._lock:
+            entries = self._entries
             for key in keys:
-                vec = self._entries.get(key)
-                if vec is not None:
-                    # a copy of its own, so that a popular vector does not keep its whole stored block alive
-                    vec = self._entries[key] = vec.copy()
-                    self._entries.move_to_end(key)
-                    found[key] = vec
+                entry = entries.get(key)
+                if entry is not None:
+                    found[key] = entry[0].vectors[entry[1]]
                 else:
                     missing.append(key)
+            if found:  # kept again, young, as copies of their own
+                hits = list(found)
+                copies = np.array([found[k] for k in hits], dtype=np.float32)
+                found = dict(zip(hits, copies, strict=True))
+                self._add(hits, copies, fresh=False)
             self.hits_memory += len(found)
             if self._db is not None and missing:
                 for start in range(0, len(missing), 500):
@@ -97,38 +123,55 @@ class VectorMemo:
     def recall(self, key: bytes) -> np.ndarray | None:
         """The in-memory vector for one key, if any (no file access: cheap enough for the event loop)."""
         with self._lock:
-            vec = self._entries.get(key)
-            if vec is not None:
-                self.hits_memory += 1
-            return vec
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self.hits_memory += 1
+            return entry[0].vectors[entry[1]]
 
     def recall_many(self, keys: list[bytes]) -> dict[bytes, np.ndarray]:
         """``recall`` for several keys under one lock: the in-memory vectors found."""
         with self._lock:
             entries = self._entries
-            found = {key: entries[key] for key in entries.keys() & keys} if entries else {}
+            if not entries or entries.keys().isdisjoint(keys):
+                return {}
+            found = {key: entries[key][0].vectors[entries[key][1]] for key in entries.keys() & keys}
             self.hits_memory += len(found)
             return found
+
+    def _add(self, keys: list[bytes], vectors: np.ndarray, fresh: bool = True) -> None:
+        """One block of entries (lock held); ``fresh``: only keys not here yet get an entry in it."""
+        entries = self._entries
+        if fresh and not entries.keys().isdisjoint(keys):
+            keep = [at for at, key in enumerate(keys) if key not in entries]
+            if not keep:
+                return
+            keys, vectors = [keys[at] for at in keep], vectors[keep]
+        block = _Block(keys, vectors)
+        n = len(keys)
+        entries.update(zip(keys, zip(repeat(block, n), range(n), strict=True), strict=True))
+        self._blocks.append(block)
+        self._bytes += block.nbytes
+        while self._bytes > self.max_bytes and self._blocks:
+            old = self._blocks.popleft()
+            self._bytes -= old.nbytes
+            for key in old.keys:  # its keys leave, unless kept again in a younger block since
+                entry = entries.get(key)
+                if entry is not None and entry[0] is old:
+                    del entries[key]
 
     def store(self, keys: np.ndarray, vectors: np.ndarray, *, copy: bool = True) -> None:
         """Remember ``vectors[i]`` for ``keys[i]``.
 
-        Entries are rows of one block: a copy of ``vectors``, or with ``copy=False`` views of it (the
-        caller promises never to change those rows). A block lives while any of its rows is here;
-        entries leave in the order they came (a hit is re-kept as a copy of its own), so at most
-        one block is ever kept alive by a few rows."""
+        The entries are rows of one block: a copy of ``vectors``, or with ``copy=False`` the matrix
+        itself (the caller promises never to change it). A block lives until the memo is full and it is
+        the oldest, so at most ``max_bytes`` of blocks are ever kept alive."""
         if len(keys) != len(vectors):
             raise ValueError(f"{len(keys)} keys for {len(vectors)} vectors")
         with self._lock:
             if self.max_bytes > 0 and len(keys):
-                rows = list(np.array(vectors, dtype=np.float32, copy=True if copy else None))
-                entries = self._entries
-                fresh = {key: row for key, row in zip(keys, rows, strict=True) if key not in entries}
-                entries.update(fresh)
-                self._bytes += len(fresh) * (rows[0].nbytes + 80)
-                while self._bytes > self.max_bytes and self._entries:
-                    _, old = self._entries.popitem(last=False)
-                    self._bytes -= old.nbytes + 80
+                block = np.array(vectors, dtype=np.float32, copy=True if copy else None)
+                self._add(list(keys), block)
             if self._db is not None:
                 rows = [
                     (self._namespace, k, np.asarray(v, dtype="<f4").tobytes())

@@ -89,7 +89,7 @@ class VectorCheck:
             return vectors, norms
         out = vectors / norms[:, None].astype(vectors.dtype, copy=False)  # a new matrix: answers may be read-only
         self._normalized(int(off.sum()), norms[off])
-        return out, np.ones_like(norms)
+        return out, vector_norms(out)  # what is written: lengths 1 within float32 rounding
 
     def _normalized(self, count: int, lengths: np.ndarray) -> None:
         first = self.answers_normalized == 0

@@ -1,7 +1,8 @@
 """The answer journal's frames: ``[u32 length][u32 crc32][Arrow IPC stream of one record batch]``, the
-batch's schema metadata holding the frame's meta (fingerprint, kind, rows, tokens). Written with two
-buffers (no copy), read back whole or sequentially, a torn or corrupt tail ignored (the end a kill
-cut). The ``cut`` column records how the text behind an answer was cut."""
+batch's schema metadata holding the frame's meta (fingerprint, kind, rows, tokens). Written as the
+IPC stream's own parts (the batch's buffers are not copied: ``os.writev`` takes them as they are),
+read back whole or sequentially, a torn or corrupt tail ignored (the end a kill cut). The ``cut``
+column records how the text behind an answer was cut."""
 
 from __future__ import annotations
 
@@ -24,15 +25,47 @@ def unit_key(shard_name: str) -> str:
     return shard_name.removesuffix(".parquet")
 
 
+class _Parts:
+    """A write-only sink keeping what the IPC writer hands it as it is: small metadata ``bytes``, and the
+    batch's own buffers as ``pa.Buffer`` views of its memory (pyarrow passes those without a copy)."""
+
+    def __init__(self) -> None:
+        self.parts: list = []
+        self.size = 0
+        self.closed = False
+
+    def write(self, data) -> int:
+        n = memoryview(data).nbytes
+        if n:
+            self.parts.append(data)
+            self.size += n
+        return n
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def writable(self) -> bool:
+        return True
+
+
 def encode_frame(batch: pa.RecordBatch, meta: dict[str, Any]) -> list:
-    """One frame as [header, payload]: length and crc32, then an Arrow IPC stream of ``batch`` (``meta`` in
-    its schema). Two parts so that writing it copies nothing more (``os.writev``)."""
+    """One frame as [header, *payload parts]: length and crc32, then an Arrow IPC stream of ``batch``
+    (``meta`` in its schema). The parts are the stream as the IPC writer emits it, the batch's buffers
+    among them uncopied, so writing the frame (``os.writev``) is the only copy of an answer's vectors."""
     batch = batch.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, batch.schema) as writer:
+    sink = _Parts()
+    with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), batch.schema) as writer:
         writer.write_batch(batch)
-    payload = sink.getvalue()
-    return [_FRAME.pack(payload.size, zlib.crc32(payload)), payload]
+    crc = 0
+    for part in sink.parts:
+        crc = zlib.crc32(part, crc)  # releases the GIL on large buffers
+    return [_FRAME.pack(sink.size, crc), *sink.parts]
 
 
 def decode_frames(data: bytes) -> Iterator[tuple[pa.RecordBatch, dict[str, Any]]]:

@@ -16,7 +16,7 @@ import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import pyarrow as pa
 
@@ -30,11 +30,21 @@ if TYPE_CHECKING:
 SEGMENT_SUFFIX = ".seg"
 
 
+class FrameAt(NamedTuple):
+    """Where a frame's payload (its Arrow IPC stream) lies in a local segment file."""
+
+    path: str
+    offset: int
+    length: int
+
+
 class SegmentWriter(Protocol):
     """One segment of one unit's journal, being written by this run."""
 
-    def append(self, frame: list) -> None:
-        """Add a frame (its parts: header and payload buffers). Locally it is in the file when this returns."""
+    def append(self, frame: list) -> FrameAt | None:
+        """Add a frame (its parts: header and payload buffers). Locally it is in the file when this returns,
+        and where its payload lies is returned (to read it back in place); None where frames are only
+        buffered (an object store: the caller keeps what it needs)."""
         ...
 
     def sync(self) -> None:
@@ -109,16 +119,21 @@ class _LocalSegment:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         self._dirty = False
         self._closing = threading.Lock()
+        self.size = 0  # bytes appended (the file is new and only this writer appends to it)
         fsync_dir(path.parent)
 
-    def append(self, frame: list) -> None:
-        total = sum(len(memoryview(part)) for part in frame)
+    def append(self, frame: list) -> FrameAt:
+        total = sum(memoryview(part).nbytes for part in frame)
         written = os.writev(self._fd, frame)
         if written < total:  # a short write (rare): write the rest byte-exactly
             rest = memoryview(b"".join(bytes(memoryview(p)) for p in frame))[written:]
             while rest:
                 rest = rest[os.write(self._fd, rest) :]
         self._dirty = True
+        header = memoryview(frame[0]).nbytes
+        at = FrameAt(str(self.path), self.size + header, total - header)
+        self.size += total
+        return at
 
     def sync(self) -> None:
         with self._closing:  # never fsync a descriptor that close() is releasing (it could be reused)
@@ -221,6 +236,7 @@ class _ObjectSegment:
         data = b"".join(bytes(memoryview(part)) for part in frame)
         with self._lock:
             self._frames.append(data)
+        return None  # buffered until ``sync``: nothing to read back in place
 
     def sync(self) -> None:
         with self._lock:

@@ -42,8 +42,9 @@ import pyarrow as pa
 
 from batchembed.errors import OutputError
 from batchembed.output.journal.frames import FORMAT_VERSION, encode_frame, unit_key
+from batchembed.output.journal.kept import Kept
 from batchembed.output.journal.recovery import Recovered, read_unit
-from batchembed.output.journal.segments import JournalStore, SegmentWriter
+from batchembed.output.journal.segments import FrameAt, JournalStore, SegmentWriter
 
 if TYPE_CHECKING:
     from batchembed.stats import Stats
@@ -89,13 +90,16 @@ class JournalCodec(Protocol):
 class Journal:
     """The runner's side: recover answers before sending, record answers as they arrive, drop at commit.
 
-    Frames are encoded and appended (one ``writev`` into the page cache) on a writer thread a few
-    milliseconds after the answer is accepted: the event loop, which is what limits throughput,
-    only builds the batch. From then on a kill -9 no longer loses the answer. When the writer
-    thread has ``MAX_BACKLOG`` frames queued, the caller writes its frame itself, so at most that
-    many accepted answers are ever at risk. The fsyncs
-    against power loss run on another thread, at most once a second. A unit's removal at commit
-    goes through the writer thread too, so it always comes after the unit's last frame.
+    A request's answer is written by ``keep`` on the thread that decoded it, before the answer is
+    accepted (the event loop, which is what limits throughput, writes no answer of its own requests), and
+    the frame is where its piece reads the vectors back when it is written (``kept.Kept``). The keys of a
+    request about to be sent are written by the event loop itself (a few KB) before it goes out. Other
+    frames (answers shared with other units, memo hits) are appended (one ``writev`` into the page
+    cache) on a writer thread a few milliseconds after they are handed over; when the writer thread has
+    ``MAX_BACKLOG`` frames queued, the caller writes its frame itself, so at most that many accepted
+    answers are ever at risk. The fsyncs against power loss run on another thread, at most once a
+    second. A unit's removal at commit goes through the writer thread too, so it always comes after the
+    unit's last queued frame.
     """
 
     def __init__(
@@ -115,6 +119,9 @@ class Journal:
         self._backlog = 0  # frames queued for the writer thread
         self._backlog_lock = threading.Lock()
         self.error: str | None = None  # why the journal stopped writing, if it did
+        bind = getattr(codec, "bind", None)
+        if bind is not None:  # a codec that keeps answers itself, as they are decoded (the embed task's)
+            bind(self)
         for unit in store.units():
             if unit in committed:  # the run died between the manifest write and this removal
                 store.remove(unit)
@@ -148,14 +155,25 @@ class Journal:
     def sent(self, request: Any) -> None:
         """Note the keys of a request about to be sent (so a later run can count what it re-sends).
 
-        Written here and now (a few KB), not queued: the requests in flight at a kill are exactly the
-        ones whose note must not be lost."""
+        Written here and now (a few KB, the one frame the event loop writes), not queued: the requests in
+        flight at a kill are exactly the ones whose note must not be lost."""
         batch = pa.record_batch({"key": self.codec.keys(request)})
         meta = {"version": FORMAT_VERSION, "fingerprint": self.fingerprint, "kind": "sent", "rows": 0}
         self._append(unit_key(request.piece.chunk.unit.name), batch, meta)
 
+    def keep(self, shard: str, batch: pa.RecordBatch, rows: int, tokens: int) -> Kept:
+        """Write an answers frame now, on the calling thread (the decoding thread: never the event loop),
+        and say where it lies, so its piece reads the vectors from there (``kept``). ``tokens``: what its
+        request paid, counted in this unit."""
+        meta = {"version": FORMAT_VERSION, "fingerprint": self.fingerprint, "kind": "answers", "rows": rows}
+        if tokens:
+            meta["tokens"] = tokens
+        at = self._append(unit_key(shard), batch, meta)
+        return Kept(at, None if at is not None else batch)
+
     def answered(self, request: Any) -> None:
-        """Keep the answers of a request the moment they are accepted (in every unit waiting for them)."""
+        """Keep the answers of a request the moment they are accepted (in every unit waiting for them;
+        the request's own unit only if ``keep`` did not already)."""
         own = request.piece.chunk.unit.name
         for unit, batch, rows in self.codec.answers(request):
             self._submit(unit, batch, "answers", rows, request.spent if unit == own else 0)
@@ -184,18 +202,20 @@ class Journal:
             with self._backlog_lock:
                 self._backlog -= 1
 
-    def _append(self, unit: str, batch: pa.RecordBatch, meta: dict[str, Any]) -> None:
+    def _append(self, unit: str, batch: pa.RecordBatch, meta: dict[str, Any]) -> FrameAt | None:
+        """Append one frame to ``unit``'s segment; where it lies (None: buffered, or the journal stopped)."""
         if self.error is not None:
-            return
+            return None
         frame = encode_frame(batch, meta)
         with self._lock:
             try:
                 writer = self._writers.get(unit)
                 if writer is None:
                     writer = self._writers[unit] = self.store.open_segment(unit)
-                writer.append(frame)
+                return writer.append(frame)
             except OSError as exc:  # a full disk, say: the job goes on, only without this optimisation
                 self.error = f"{exc.strerror or exc} ({exc.filename or unit})"
+                return None
 
     def tick(self) -> None:
         """Called periodically: fsync (on the journal's thread) what was appended, at most once a second."""
