@@ -35,6 +35,7 @@ class Stats:
     latencies: list[float] = field(default_factory=list)
     in_flight: int = 0
     pace: str = ""  # the limits being paced to, e.g. "600k tokens/min (server), 600 requests/min (configured)"
+    concurrency: str = ""  # the requests kept in flight at the end, e.g. "32 in flight (auto)"
     threads: int | None = None  # the local model's threads: bound by the CPU, not by rate limits (None: remote)
     started: float = field(default_factory=time.monotonic)
 

@@ -65,19 +65,36 @@ class ModelConfig:
     batch_queue_inputs: int | None = None  # batch tier: inputs enqueued at once at most (default: the provider's)
 
 
+#: ``limits.concurrency = "auto"``: requests in flight at the start, before anything is learned.
+AUTO_START = 8
+
+
 @dataclass(frozen=True)
 class LimitsConfig:
     """``[limits]``: the provider's limits and how hard to push them."""
 
     requests_per_minute: int | None = None  # default taken from the provider
     tokens_per_minute: int | None = None
-    concurrency: int = 16  # requests in flight at most
+    # requests in flight: "auto" learns how many (from AUTO_START, up to max_concurrency: more while the
+    # answers come faster, fewer when latency climbs with nothing gained); a number fixes it (429/503 halve it)
+    concurrency: int | str = "auto"
+    max_concurrency: int = 64  # "auto": the most requests it may keep in flight
     batch_inputs: int = 256  # inputs per request at most
     batch_tokens: int = 100_000  # summed tokens per request at most
     input_tokens: int = 8192  # tokens per input at most
     on_too_long: Literal["truncate", "skip", "fail"] = "truncate"
     max_retries: int = 8
     tokenizer: str = "estimate"  # estimate | path to tokenizer.json | tiktoken encoding name
+
+    @property
+    def auto_concurrency(self) -> bool:
+        """Whether the requests in flight are learned (``concurrency = "auto"``) rather than fixed."""
+        return self.concurrency == "auto"
+
+    @property
+    def in_flight_max(self) -> int:
+        """The most requests ever in flight: ``max_concurrency`` when learned, else ``concurrency``."""
+        return self.max_concurrency if self.auto_concurrency else int(self.concurrency)
 
 
 @dataclass(frozen=True)
@@ -293,8 +310,11 @@ def validate(job: JobConfig) -> JobConfig:
     if not job.output.path:
         raise ConfigError("output.path is required")
     text_fields(job.input.text)  # raises on a malformed template
+    if isinstance(job.limits.concurrency, str) and not job.limits.auto_concurrency:
+        raise ConfigError(f'limits.concurrency must be an integer or "auto", got str {job.limits.concurrency!r}')
     for key, value in (
-        ("limits.concurrency", job.limits.concurrency),
+        ("limits.concurrency", job.limits.in_flight_max),
+        ("limits.max_concurrency", job.limits.max_concurrency),
         ("limits.batch_inputs", job.limits.batch_inputs),
         ("limits.batch_tokens", job.limits.batch_tokens),
         ("limits.input_tokens", job.limits.input_tokens),

@@ -76,7 +76,7 @@ def build_provider(job: ResolvedJob, transport: Transport | None = None) -> Any:
             api_key=api_key(job),
             fmt=fmt,
             timeout=config.model.timeout,
-            max_connections=config.limits.concurrency,
+            max_connections=config.limits.in_flight_max,
             extra_body=config.model.extra_body,
             transport=transport,
         )
@@ -90,7 +90,7 @@ def build_provider(job: ResolvedJob, transport: Transport | None = None) -> Any:
         dimensions=config.model.dimensions,
         use_base64=job.encoding == "base64",
         timeout=config.model.timeout,
-        max_connections=config.limits.concurrency,
+        max_connections=config.limits.in_flight_max,
         fall_back_to_float=job.fall_back_to_float,
         dimensions_by=config.model.dimensions_by,
         extra_body=config.model.extra_body,

@@ -72,6 +72,8 @@ class Pipeline:
         except BaseExceptionGroup as group:
             # Surface the first real failure (an AuthError, an InputError...), not the group.
             raise first_error(group) from None
+        finally:
+            self.stats.concurrency = self.sender.limits.window.summary()  # for the closing line
         if self._input_error is not None:
             raise self._input_error
 

@@ -105,7 +105,7 @@ class Progress:
             f"done: {s.rows_embedded:,} rows {verb}, {s.rows_skipped:,} skipped, {s.rows_failed:,} failed, "
             f"{s.rows_truncated:,} truncated in {duration(elapsed)} ({speed}); "
             f"{short(s.tokens)} tokens ({per_minute(s.tokens / self._elapsed() * 60, 'tokens')}), "
-            f"{s.requests:,} requests -> {where}"
+            f"{s.requests:,} requests{f' ({s.concurrency})' if s.concurrency and s.threads is None else ''} -> {where}"
         )
 
     def line(self, text: str) -> None:

@@ -95,7 +95,12 @@ class JobRunner:
         self.out = self.output.uri  # for messages
         self.stats = stats
         self.progress = Progress(self.stats, quiet=quiet)
-        self.limits = RateLimits(self.model.requests_per_minute, self.model.tokens_per_minute, job.limits.concurrency)
+        self.limits = RateLimits(
+            self.model.requests_per_minute,
+            self.model.tokens_per_minute,
+            job.limits.concurrency,
+            job.limits.max_concurrency,
+        )
         self.stopping: int | None = None  # the signal number once asked to stop
         self.journal: Journal | None = None
         self.sender: Sender | None = None  # made once the engine's limits are in place
@@ -303,7 +308,7 @@ class JobRunner:
 
     async def _pipeline(self, sources, columns, retry_units: list[RetryUnit]) -> None:
         """Run the stages over this run's chunks (the Ray driver hands the units to workers instead)."""
-        window = max(4, -(-self.job.limits.concurrency * self.model.batch_inputs * 2 // CHUNK_ROWS) + 2)
+        window = max(4, -(-self.job.limits.in_flight_max * self.model.batch_inputs * 2 // CHUNK_ROWS) + 2)
         self._stages = Pipeline(
             self.task,
             self.journal,
@@ -313,7 +318,7 @@ class JobRunner:
             tick=self._tick,
             served=self.served,
             window=window,
-            workers=self.job.limits.concurrency,
+            workers=self.job.limits.in_flight_max,
         )
         if self.stopping is not None:  # a signal before the stages existed
             self._stages.stop()

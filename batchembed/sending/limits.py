@@ -10,10 +10,13 @@
   a time, so their parts never interleave (interleaved, several requests finish charging together
   and go out in one burst), and a log of the last minute's charges holds back a request that would
   still push any 60-second window over the limit.
-* Concurrency is AIMD, like TCP congestion control and Beam's adaptive throttler: the window starts
-  at ``limits.concurrency``, grows by one request per window's worth of successes (additive
-  increase), halves on a 429 or 503 (multiplicative decrease, at most once per second so one burst
-  of 429s counts once), and never exceeds the configured maximum.
+* Concurrency is AIMD, like TCP congestion control and Beam's adaptive throttler: a fixed
+  ``limits.concurrency`` is where the window starts; it grows back by one request per window's
+  worth of successes (additive increase), halves on a 429 or 503 (multiplicative decrease, at most
+  once per second so one burst of 429s counts once), and never exceeds the configured number. With
+  ``concurrency = "auto"`` the window is learned from the answers instead (``concurrency``: more in
+  flight while throughput rises, fewer when latency climbs with nothing gained), up to
+  ``max_concurrency``; 429s and 503s still halve it.
 * A server-requested delay (Retry-After, or ``x-ratelimit-remaining-*`` reaching 0 with a reset
   time) pauses *every* sender until it passes; after the pause the halved window ramps up again
   instead of stampeding.
@@ -24,71 +27,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Mapping
 
 from aiolimiter import AsyncLimiter
 
 from batchembed.human import per_minute
 from batchembed.providers.ratelimit_headers import Announced, parse_duration, parse_rate_headers
+from batchembed.sending.window import AdaptiveWindow, concurrency_window
 
-__all__ = ["AdaptiveWindow", "MinuteLog", "PacedLimit", "RateLimits", "exhausted_for", "parse_duration"]
-
-
-class AdaptiveWindow:
-    """An AIMD concurrency limit with a shared pause; use ``async with window.slot():`` per request."""
-
-    def __init__(self, maximum: int, clock=time.monotonic) -> None:
-        self.maximum = maximum
-        self.limit = float(maximum)
-        self.in_flight = 0
-        self._paused_until = 0.0
-        self._last_decrease = -1e9
-        self._clock = clock
-        self._cond = asyncio.Condition()
-
-    @property
-    def current(self) -> int:
-        """How many requests may be in flight right now."""
-        return max(1, int(self.limit))
-
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Wait for a free slot (and for any pause to end), hold it for one request."""
-        async with self._cond:
-            while True:
-                wait = self._paused_until - self._clock()
-                if wait > 0:
-                    with suppress(TimeoutError):
-                        await asyncio.wait_for(self._cond.wait(), timeout=wait)
-                    continue
-                if self.in_flight < self.current:
-                    break
-                await self._cond.wait()
-            self.in_flight += 1
-        try:
-            yield
-        finally:
-            async with self._cond:
-                self.in_flight -= 1
-                self._cond.notify_all()
-
-    def on_success(self) -> None:
-        """Additive increase: +1 slot per ``limit`` successes."""
-        self.limit = min(self.maximum, self.limit + 1.0 / self.limit)
-
-    def on_throttled(self, delay: float | None) -> None:
-        """Multiplicative decrease (once per second at most) and a shared pause of ``delay`` seconds."""
-        now = self._clock()
-        if now - self._last_decrease >= 1.0:
-            self.limit = max(1.0, self.limit / 2)
-            self._last_decrease = now
-        if delay:
-            self.pause(delay)
-
-    def pause(self, seconds: float) -> None:
-        """Hold every new request for ``seconds`` (extends, never shortens, a pause in progress)."""
-        self._paused_until = max(self._paused_until, self._clock() + seconds)
+__all__ = [
+    "AdaptiveWindow",
+    "MinuteLog",
+    "PacedLimit",
+    "RateLimits",
+    "concurrency_window",
+    "exhausted_for",
+    "parse_duration",
+]
 
 
 def exhausted_for(headers: Mapping[str, str]) -> float | None:
@@ -268,10 +223,12 @@ class RateLimits:
     announcements, 429s drive AIMD on the sending rate.
     """
 
-    def __init__(self, requests_per_minute: int, tokens_per_minute: int, concurrency: int) -> None:
+    def __init__(
+        self, requests_per_minute: int, tokens_per_minute: int, concurrency: int | str, ceiling: int = 64
+    ) -> None:
         self.requests = PacedLimit("requests", requests_per_minute)
         self.tokens = PacedLimit("tokens", tokens_per_minute)
-        self.window = AdaptiveWindow(concurrency)
+        self.window = concurrency_window(concurrency, ceiling)
         self._admitting = asyncio.Lock()
         # what the server counts per token we estimate, over the last requests (from usage.prompt_tokens)
         self._ratios: deque[float] = deque(maxlen=16)
@@ -336,8 +293,9 @@ class RateLimits:
         return f"{self.tokens.describe()}, {self.requests.describe()}"
 
     def report(self) -> dict:
-        """The paces for ``_report.json``."""
+        """The paces and the concurrency for ``_report.json``."""
         return {
+            "concurrency": self.window.report(),
             "tokens_per_minute": round(self.tokens.value),
             "tokens_per_minute_source": self.tokens.source,
             "requests_per_minute": round(self.requests.value),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -87,12 +86,14 @@ class Meter:
         self._first = first
         self.tokens = 0  # tokens admitted through this meter
         self.used = False  # whether anything was sent
+        self.latency: float | None = None  # seconds from sending to the answer handled, once it came
 
     @contextlib.asynccontextmanager
     async def __call__(self, tokens: int) -> AsyncIterator[None]:
         sender = self._sender
         stats = sender.stats
-        async with sender.limits.window.slot():
+        window = sender.limits.window
+        async with window.slot():
             await sender.limits.admit(tokens)
             if self._first:
                 self._first = False
@@ -101,12 +102,14 @@ class Meter:
             self.tokens += tokens
             stats.in_flight += 1
             stats.requests += 1
-            began = time.monotonic()
+            clock = window.clock
+            began = clock()
             try:
                 yield
             finally:
                 stats.in_flight -= 1
-                stats.latencies.append(time.monotonic() - began)
+                self.latency = clock() - began
+                stats.latencies.append(self.latency)
 
 
 class Sender:
@@ -217,7 +220,7 @@ class Sender:
         self.exhausted_in_a_row = 0
         if not meter.used:
             return  # every answer came from elsewhere: nothing was sent, nothing is paid
-        self.limits.window.on_success()
+        self.limits.window.on_success(meter.latency)
         if reported:
             # the server's count tunes pacing only; it never decides what text is sent or how it is packed
             self.limits.observe_usage(meter.tokens, reported)

@@ -52,6 +52,7 @@ from batchembed.testing.answers import (
 from batchembed.testing.ratelimit import AdaptiveLimit, RateWindow
 from batchembed.testing.rules import Delay, RecordedRequest, Reset, Respond, Rule
 from batchembed.testing.stats import Stats
+from batchembed.testing.virtual_time import VirtualLatency
 
 IN_PROCESS_URL = "http://fake-provider.invalid/v1"
 """The base URL of an in-process fake: never resolved, only its path is routed."""
@@ -79,6 +80,8 @@ class FakeProvider(Answering):
         self._max_in_flight = 0
         self.clock: Callable[[], float] = time.monotonic
         """The rate limits' clock (seconds); a test sets its own to move the window on without sleeping."""
+        self.virtual: VirtualLatency | None = None
+        """In-process only: each answer ``virtual.latency(requests held)`` seconds later in virtual time."""
         self._limits = RateWindow()
         self._adaptive: AdaptiveLimit | None = None
         self.keep_records = True
@@ -304,7 +307,9 @@ class FakeProvider(Answering):
 
     async def _answer(self, kind: str, raw: bytes, body: Any, record: RecordedRequest, rule: Rule | None) -> Response:
         await self._wait_while_held()
-        if self.latency > 0:
+        if self.virtual is not None:
+            await self.virtual.wait(self.in_flight)
+        elif self.latency > 0:
             await asyncio.sleep(self.latency)
         extra_headers: dict[str, str] = {}
         if isinstance(rule, Delay):

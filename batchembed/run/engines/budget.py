@@ -122,10 +122,10 @@ class JobBudget:
 
 
 class _SharedWindow(AdaptiveWindow):
-    """The worker's own AIMD window whose pauses are also sent to the job's budget."""
+    """The worker's own window (AIMD, or learned) whose pauses are also sent to the job's budget."""
 
-    def __init__(self, maximum: int, budget: Any) -> None:
-        super().__init__(maximum)
+    def __init__(self, maximum: int, budget: Any, learner: Any = None) -> None:
+        super().__init__(maximum, learner=learner)
         self.budget = budget
 
     def pause(self, seconds: float) -> None:
@@ -136,10 +136,12 @@ class _SharedWindow(AdaptiveWindow):
 class SharedLimits(RateLimits):
     """A worker's limits: its own concurrency window, the job's budget (an actor handle) for rates."""
 
-    def __init__(self, budget: Any, concurrency: int, requests_per_minute: int, tokens_per_minute: int) -> None:
-        super().__init__(requests_per_minute, tokens_per_minute, concurrency)
+    def __init__(
+        self, budget: Any, concurrency: int | str, requests_per_minute: int, tokens_per_minute: int, ceiling: int = 64
+    ) -> None:
+        super().__init__(requests_per_minute, tokens_per_minute, concurrency, ceiling)
         self.budget = budget
-        self.window = _SharedWindow(concurrency, budget)
+        self.window = _SharedWindow(self.window.maximum, budget, self.window.learner)
         self._known: tuple[float | None, float | None] = (None, None)
         self._accepted = [0, 0]  # (requests, tokens) accepted since the last reservation, reported with the next
 

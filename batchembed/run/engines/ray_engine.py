@@ -154,7 +154,11 @@ class SliceRunner(JobRunner):
         super().__init__(*args, units=lambda unit: unit.kind == "retry" or owns(unit.name), **kwargs)
         model = self.model
         self.limits = SharedLimits(
-            budget, self.job.limits.concurrency, model.requests_per_minute, model.tokens_per_minute
+            budget,
+            self.job.limits.concurrency,
+            model.requests_per_minute,
+            model.tokens_per_minute,
+            self.job.limits.max_concurrency,
         )
 
     def _make_output(self) -> SliceOutput:

@@ -101,6 +101,7 @@ class ShardRunner(JobRunner):
                 max(1, self.model.requests_per_minute // count),
                 max(1, self.model.tokens_per_minute // count),
                 self.job.limits.concurrency,
+                self.job.limits.max_concurrency,
             )
 
     def _make_output(self) -> PartOutput:

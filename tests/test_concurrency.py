@@ -1,0 +1,139 @@
+"""The requests in flight, learned while sending (``limits.concurrency = "auto"``) or fixed: against a model
+server in virtual time (pure), and a whole run against the in-process fake whose latency is virtual."""
+
+from __future__ import annotations
+
+import heapq
+import json
+
+import pytest
+
+from batchembed.job.config import load_job
+from batchembed.run.assemble import build_runner
+from batchembed.sending.concurrency import ConcurrencyLearner
+from batchembed.testing.virtual_time import VirtualLatency
+from tests.conftest import assert_vectors, job_for, make_texts, read_output, run_here, write_parquet
+
+
+def simulate(learner: ConcurrencyLearner, latency, answers: int, now: float = 0.0) -> float:
+    """A closed loop in virtual time: ``learner.limit`` requests in flight, each answered ``latency(n, now)``
+    seconds after it was sent (``n``: in flight then), the learner told of every answer. Returns the time."""
+    due: list[tuple[float, int, float]] = []
+    order = 0
+
+    def fill() -> None:
+        nonlocal order
+        while len(due) < learner.limit:
+            heapq.heappush(due, (now + latency(len(due) + 1, now), order, now))
+            order += 1
+
+    fill()
+    for _ in range(answers):
+        now, _, sent = heapq.heappop(due)
+        learner.completed(now - sent, now)
+        fill()
+    return now
+
+
+def fast(n: int, now: float) -> float:
+    """A server far from saturated: the same latency however many requests it holds."""
+    return 0.1
+
+
+def saturating_at(k: int):
+    """A server answering ``k`` requests at a time: more only wait (latency grows, throughput does not)."""
+    return lambda n, now: 0.1 * max(1.0, n / k)
+
+
+def test_it_doubles_to_the_ceiling_while_throughput_rises():
+    learner = ConcurrencyLearner(start=8, ceiling=64)
+    simulate(learner, fast, 600)
+    assert learner.limit == 64 and learner.highest == 64
+    assert [limit for limit, _ in learner.changes] == [16, 32, 64]
+    assert "max_concurrency = 64" in learner.reason
+
+
+def test_it_stops_where_more_in_flight_only_waits():
+    learner = ConcurrencyLearner(start=8, ceiling=64)
+    simulate(learner, saturating_at(16), 1500)
+    assert 12 <= learner.limit <= 24, learner.changes  # 32 answered no faster than 16: back to about 16
+    assert learner.highest == 32
+    assert any("did not pay" in why for _, why in learner.changes)
+
+
+def test_it_steps_down_when_latency_climbs_with_nothing_gained():
+    learner = ConcurrencyLearner(start=8, ceiling=64)
+    now = simulate(learner, fast, 600)  # a fast server: 64 in flight
+    assert learner.limit == 64
+    simulate(learner, saturating_at(8), 3000, now)  # then it slows down: 8 at a time
+    assert learner.limit <= 16, learner.changes
+    assert any("latency climbed" in why for _, why in learner.changes)
+
+
+def test_a_throttle_holds_the_halved_window():
+    learner = ConcurrencyLearner(start=32, ceiling=64)
+    learner.throttled(16)
+    assert learner.limit == 16 and learner.state == "hold" and "429/503" in learner.reason
+
+
+#: Paces so high they never hold a request back: the answers' virtual time is all that limits the run.
+UNPACED = {"requests_per_minute": 10**9, "tokens_per_minute": 10**12}
+
+
+@pytest.fixture
+def virtual(fake):
+    """The fake's answers in virtual time: 0.05 s each while it is fast, one answer per 0.05/4 s (four at a
+    time, the rest waiting) once ``slow`` is set."""
+    state = {"slow_after": None}
+
+    def latency(n: int) -> float:
+        slow = state["slow_after"] is not None and model.clock.now >= state["slow_after"]
+        return 0.05 * max(1.0, n / 4) if slow else 0.05
+
+    model = VirtualLatency(latency)
+    fake.virtual = model
+    return model, state
+
+
+def _run(tmp_path, fake, model, rows: int, **limits):
+    texts = make_texts(rows, seed=7)
+    src = write_parquet(tmp_path / "in.parquet", texts, row_group_size=1000)
+    job = job_for(tmp_path, fake, src, limits={"batch_inputs": 4, **UNPACED, **limits}, output={"shard_rows": rows})
+    runner = build_runner(load_job(job), quiet=True, transport=fake.transport())
+    window = runner.limits.window
+    window.clock = model.clock  # the window measures latency and throughput in virtual time
+    model.full = lambda held: held >= window.current  # the client sent all it may: time moves on
+    assert runner.run() == 0
+    assert_vectors(read_output(tmp_path / "out"), dict(enumerate(texts)), 16)
+    return json.loads((tmp_path / "out" / "_report.json").read_text())["limits"]["concurrency"], window
+
+
+def test_auto_grows_against_a_fast_server_then_backs_off_when_its_latency_climbs(tmp_path, fake, virtual):
+    model, state = virtual
+    state["slow_after"] = 1.0  # virtual seconds: ~600 answers after it reached 32 in flight
+    used, window = _run(tmp_path, fake, model, 6000, concurrency="auto", max_concurrency=32)
+
+    assert used["mode"] == "auto" and used["start"] == 8 and used["max_concurrency"] == 32
+    assert used["highest"] == 32 and fake.max_in_flight == 32  # grew to the ceiling against the fast server
+    assert used["final"] <= 8, used  # the server now answers four at a time: more only waited
+    steps = [why for _, why in window.learner.changes]
+    assert any("latency climbed" in why for why in steps) and any("less waiting" in why for why in steps), steps
+    assert used["why"] and used["changes"][-1]["to"] == used["final"]
+
+
+def test_an_explicit_concurrency_is_fixed(tmp_path, fake, virtual):
+    model, _ = virtual
+    used, _ = _run(tmp_path, fake, model, 2000, concurrency=6)
+    assert used == {"mode": "fixed", "configured": 6, "final": 6, "why": "limits.concurrency = 6"}
+    assert fake.max_in_flight == 6
+
+
+def test_the_summary_says_how_many_were_in_flight(tmp_path, fake):
+    src = write_parquet(tmp_path / "in.parquet", make_texts(300))
+    job = job_for(tmp_path, fake, src, limits={"batch_inputs": 16, "concurrency": "auto"})
+    result = run_here(fake, "run", str(job), "--quiet")
+    assert result.returncode == 0, result.stderr
+    summary = next(line for line in result.stderr.splitlines() if "done:" in line)
+    assert " in flight (auto)) -> " in summary, summary
+    report = json.loads((tmp_path / "out" / "_report.json").read_text())
+    assert report["limits"]["concurrency"]["mode"] == "auto"
