@@ -249,14 +249,18 @@ class Server:
 # ------------------------------------------------------------------------------------ job files
 
 
-def unlimited(concurrency: int = 16, batch_inputs: int = 256) -> dict:
-    """``[limits]`` that never hold a run back (the benchmark server enforces none unless told)."""
-    return {
+def unlimited(concurrency: int | str = 16, batch_inputs: int = 256) -> dict:
+    """``[limits]`` that never hold a run back (the benchmark server enforces none unless told);
+    ``concurrency = "auto"`` leaves the key out (the default: learned while sending)."""
+    limits = {
         "requests_per_minute": 1_000_000,
         "tokens_per_minute": 1_000_000_000,
         "concurrency": concurrency,
         "batch_inputs": batch_inputs,
     }
+    if concurrency == "auto":
+        del limits["concurrency"]
+    return limits
 
 
 def write_job(
@@ -271,7 +275,7 @@ def write_job(
 ) -> Path:
     """Write a job file: ``input_path`` (columns ``id``, ``text``) through the server at ``url``
     (an OpenAI-compatible ``/v1`` base URL) into ``out``; paths may be object-store URLs."""
-    lim = "\n".join(f"{k} = {v}" for k, v in limits.items())
+    lim = "\n".join(f"{k} = {json.dumps(v) if isinstance(v, str) else v}" for k, v in limits.items())
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         f"""[input]

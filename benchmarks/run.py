@@ -1,6 +1,7 @@
 """Benchmark batchembed against the hand-written openai-SDK baseline on a local fast server.
 
     python -m benchmarks.run --rows 20000 100000 [--dim 1024] [--rate-limited-minutes 2] [--profile]
+    python -m benchmarks.run --rows 100000 --concurrency 8 16 32 64 auto --rounds 2 --tools transport decode batchembed
 
 For each row count, on the same cached input (``benchmarks/.data/texts-<rows>.parquet``) and the
 same server process (``benchmarks.server``), run as child processes:
@@ -12,6 +13,11 @@ same server process (``benchmarks.server``), run as child processes:
   batchembed: ``transport`` (reads the answers' bytes, nothing else: the transport's limit on this
   machine) and ``decode`` (also decodes every vector into one numpy matrix, writes nothing).
   batchembed's rows/s is reported as a share of theirs.
+
+With several ``--concurrency`` values (``auto``: batchembed's default, learned while sending; the
+ceiling clients have no such mode and skip it) and ``--rounds``, the clients alternate: for each round,
+each concurrency, each client in turn, so a change in the shared machine's load falls on all of them
+alike. The 1-minute load average is recorded beside every run.
 
 Each child is measured from outside: wall time from spawn to exit (interpreter start-up, reading,
 embedding and writing included), CPU seconds (user + system, from ``os.wait4``), and peak RSS (the
@@ -36,6 +42,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import platform
 import shutil
 import subprocess
@@ -114,6 +121,9 @@ class Result:
     measured_rows: int
     note: str = ""
     extra: dict = field(default_factory=dict)
+    concurrency: str = ""  # as asked ("auto": batchembed's default); what auto used is in extra["concurrency"]
+    load: float = 0.0  # the machine's 1-minute load average when the run started
+    round: int = 0
 
 
 def run_baseline(srv: Server, rows: int, encoding: str, pool: np.ndarray, cap: int | None) -> Result:
@@ -144,10 +154,11 @@ def run_batchembed(
     encoding: str,
     pool: np.ndarray,
     entry: list[str],
-    concurrency: int,
+    concurrency: int | str,
     env: dict[str, str] | None = None,
 ) -> Result:
-    """One measured ``batchembed run`` of ``rows`` rows (``env``: the child's environment, default this one)."""
+    """One measured ``batchembed run`` of ``rows`` rows (``env``: the child's environment, default this one;
+    ``concurrency``: a number, or "auto")."""
     input_path = data.dataset(rows)
     out = WORK / "out" / f"batchembed-{encoding}-{rows}"
     job = write_job(
@@ -177,10 +188,11 @@ def run_batchembed(
         check = f"exit {m.returncode}: {m.log[-300:]}"
     shutil.rmtree(out, ignore_errors=True)
     extra = {k: report.get(k) for k in ("elapsed_seconds", "rows_per_second", "requests", "retries", "latency_seconds")}
+    extra["concurrency"] = (report.get("limits") or {}).get("concurrency")
     return _result(rows, rows, "batchembed", encoding, m, server_cpu, st, check, "", extra)
 
 
-def run_ceiling(srv: Server, rows: int, encoding: str, mode: str, concurrency: int) -> Result:
+def run_ceiling(srv: Server, rows: int, encoding: str, mode: str, concurrency: int | str) -> Result:
     """One measured ``benchmarks.ceiling`` client (``mode`` transport or decode) on ``rows`` rows."""
     input_path = data.dataset(rows)
     srv.reset()
@@ -227,8 +239,8 @@ def print_table(results: list[Result]) -> tuple[list[dict], list[dict]]:
     """Print the runs, batchembed's share of the ceiling clients' rows/s and its ratios to the
     baseline; return (ratios to the baseline, shares of the ceilings)."""
     head = (
-        f"{'rows':>9} {'tool':<10} {'enc':<6} {'wall s':>8} {'rows/s':>9} {'CPU s':>7} {'CPU s/1k':>9} "
-        f"{'peak RSS MB':>11} {'srv CPU s':>9}  check"
+        f"{'rows':>9} {'tool':<10} {'enc':<6} {'conc':>5} {'load':>5} {'wall s':>8} {'rows/s':>9} {'CPU s':>7} "
+        f"{'CPU s/1k':>9} {'peak RSS MB':>11} {'srv CPU s':>9}  check"
     )
     print()
     print(head)
@@ -236,31 +248,38 @@ def print_table(results: list[Result]) -> tuple[list[dict], list[dict]]:
     for r in results:
         mark = "*" if r.note else " "
         print(
-            f"{r.rows:>9,} {r.tool:<10} {r.encoding:<6} {r.wall_seconds:>8.2f} {r.rows_per_second:>8,.0f}{mark} "
-            f"{r.cpu_seconds:>7.2f} {r.cpu_s_per_1k_rows:>9.3f} {r.peak_rss_mb:>11,.0f} "
-            f"{r.server_cpu_seconds:>9.2f}  {r.check}"
+            f"{r.rows:>9,} {r.tool:<10} {r.encoding:<6} {r.concurrency:>5} {r.load:>5.1f} {r.wall_seconds:>8.2f} "
+            f"{r.rows_per_second:>8,.0f}{mark} {r.cpu_seconds:>7.2f} {r.cpu_s_per_1k_rows:>9.3f} "
+            f"{r.peak_rss_mb:>11,.0f} {r.server_cpu_seconds:>9.2f}  {r.check}{_used(r)}"
         )
     if any(r.note for r in results):
         print("* " + next(r.note for r in results if r.note) + "; its RSS is for that smaller run")
     ceilings = []
-    print("\nbatchembed / transport limit (the ceiling clients, benchmarks.ceiling):")
+    print("\nbatchembed / the ceiling clients (benchmarks.ceiling) of the same round and concurrency:")
     for r in results:
         if r.tool != "batchembed":
             continue
-        limit = {x.tool: x for x in results if x.rows == r.rows and x.encoding == r.encoding}
-        if "transport" not in limit:
+        same = [x for x in results if (x.rows, x.encoding, x.round) == (r.rows, r.encoding, r.round)]
+        limit = {x.tool: x for x in same if x.concurrency == r.concurrency}
+        if r.concurrency == "auto":  # no ceiling client learns its concurrency: the best of the round's fixed ones
+            for tool in ("transport", "decode"):
+                runs = [x for x in same if x.tool == tool]
+                if runs:
+                    limit[tool] = max(runs, key=lambda x: x.rows_per_second)
+        if "transport" not in limit and "decode" not in limit:
             continue
-        row = {
-            "rows": r.rows,
-            "encoding": r.encoding,
-            "pct_of_transport": round(r.rows_per_second / limit["transport"].rows_per_second * 100, 1),
-        }
-        if "decode" in limit:
-            row["pct_of_decode"] = round(r.rows_per_second / limit["decode"].rows_per_second * 100, 1)
+        row = {"rows": r.rows, "encoding": r.encoding, "concurrency": r.concurrency, "round": r.round}
+        for tool in ("transport", "decode"):
+            if tool in limit:
+                row[f"pct_of_{tool}"] = round(r.rows_per_second / limit[tool].rows_per_second * 100, 1)
         ceilings.append(row)
         print(
-            f"  {r.rows:>9,} {r.encoding:<6}  {row['pct_of_transport']:.1f}% of the transport limit"
-            + (f", {row['pct_of_decode']:.1f}% of the minimal decoding client" if "pct_of_decode" in row else "")
+            f"  {r.rows:>9,} {r.encoding:<6} conc {r.concurrency:>4} round {r.round}: "
+            + ", ".join(
+                f"{row[f'pct_of_{tool}']:.1f}% of the {name}"
+                for tool, name in (("transport", "transport limit"), ("decode", "minimal decoding client"))
+                if f"pct_of_{tool}" in row
+            )
         )
     ratios = []
     print("\nbatchembed / baseline:")
@@ -287,6 +306,14 @@ def print_table(results: list[Result]) -> tuple[list[dict], list[dict]]:
     return ratios, ceilings
 
 
+def _used(r: Result) -> str:
+    """What an "auto" batchembed run settled on, from its report."""
+    conc = (r.extra or {}).get("concurrency") or {}
+    if r.tool != "batchembed" or conc.get("mode") != "auto":
+        return ""
+    return f"  (auto: ended at {conc.get('final')}, highest {conc.get('highest')})"
+
+
 # ------------------------------------------------------------------------------------ rate-limited
 
 
@@ -302,7 +329,7 @@ def rate_limited(args, entry: list[str]) -> dict:
     limits = {
         "requests_per_minute": rpm,
         "tokens_per_minute": tpm,
-        "concurrency": args.concurrency,
+        "concurrency": args.concurrency[0],
         "batch_inputs": 256,
     }
     print(
@@ -405,7 +432,7 @@ def profile(args, entry: list[str]) -> None:
             url=srv.url,
             encoding=args.profile_encoding,
             out=out,
-            limits=unlimited(args.concurrency),
+            limits=unlimited(args.concurrency[0]),
         )
         cmd = [PY, "-m", "pyinstrument", "-r", "pyisession", "-o", str(session), "-m", "batchembed.cli"]
         cmd += ["run", str(job), "--quiet", "--restart"]
@@ -433,11 +460,47 @@ def profile(args, entry: list[str]) -> None:
 # ------------------------------------------------------------------------------------ main
 
 
+def _concurrency(text: str) -> int | str:
+    """A --concurrency value: a positive number, or "auto"."""
+    if text == "auto":
+        return text
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("concurrency must be at least 1")
+    return value
+
+
+def _schedule(args) -> list[tuple[int, str, int, int | str, str]]:
+    """(rows, encoding, round, concurrency, client) of every side-by-side run, in the order they run: for
+    each row count and encoding, round after round, each concurrency with every client in turn. The
+    openai-SDK baseline (its own Semaphore(32)) runs once per row count and encoding; the ceiling clients
+    have no "auto"."""
+    runs = []
+    for n in args.rows:
+        for enc in args.encodings:
+            for round_ in range(args.rounds):
+                for i, conc in enumerate(args.concurrency):
+                    for tool in args.tools:
+                        if tool == "baseline" and (round_ or i):
+                            continue
+                        if tool in ("transport", "decode") and conc == "auto":
+                            continue
+                        runs.append((n, enc, round_, conc, tool))
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[20000, 100000])
     parser.add_argument("--dim", type=int, default=1024)
-    parser.add_argument("--concurrency", type=int, default=16, help="batchembed limits.concurrency")
+    parser.add_argument(
+        "--concurrency",
+        type=_concurrency,
+        nargs="+",
+        default=[16],
+        help='requests in flight, for every client ("auto": batchembed learns it; the ceiling clients skip it)',
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the alternating side-by-side runs")
     parser.add_argument(
         "--encodings", nargs="+", choices=["float", "base64"], default=["float", "base64"], help="what to compare"
     )
@@ -504,29 +567,29 @@ def main(argv: list[str] | None = None) -> int:
         results: list[Result] = []
         baselines: dict[tuple[int, str], Result] = {}  # (rows actually run, encoding) -> result
         with Server(args.dim) as srv:
-            for n in args.rows:
-                for enc in args.encodings:
-                    for tool in args.tools:
-                        print(f"  {n:>9,} rows  {tool:<10} {enc:<6} ...", end=" ", flush=True)
-                        if tool == "baseline":
-                            cap = float_cap if enc == "float" else None
-                            key = (min(n, cap) if cap else n, enc)
-                            if key in baselines:  # capped to a size already measured: reuse it
-                                r = dataclasses.replace(baselines[key], rows=n)
-                                r.note = f"measured on the first {key[0]:,} rows (--baseline-float-max-rows)"
-                            else:
-                                r = baselines[key] = run_baseline(srv, n, enc, pool, cap)
-                        elif tool == "batchembed":
-                            r = run_batchembed(srv, n, enc, pool, entry, args.concurrency)
-                        else:
-                            r = run_ceiling(srv, n, enc, tool, args.concurrency)
-                        failures += r.check != "ok"
-                        print(
-                            f"{r.wall_seconds:7.1f}s {r.rows_per_second:9,.0f} rows/s "
-                            f"{r.peak_rss_mb:7,.0f} MB  {r.check}",
-                            flush=True,
-                        )
-                        results.append(r)
+            for n, enc, round_, conc, tool in _schedule(args):
+                load = os.getloadavg()[0]
+                print(f"  {n:>9,} rows  {tool:<10} {enc:<6} c={conc!s:<4} load {load:4.1f} ...", end=" ", flush=True)
+                if tool == "baseline":
+                    cap = float_cap if enc == "float" else None
+                    key = (min(n, cap) if cap else n, enc)
+                    if key in baselines:  # capped to a size already measured: reuse it
+                        r = dataclasses.replace(baselines[key], rows=n)
+                        r.note = f"measured on the first {key[0]:,} rows (--baseline-float-max-rows)"
+                    else:
+                        r = baselines[key] = run_baseline(srv, n, enc, pool, cap)
+                elif tool == "batchembed":
+                    r = run_batchembed(srv, n, enc, pool, entry, conc)
+                else:
+                    r = run_ceiling(srv, n, enc, tool, conc)
+                r.concurrency, r.load, r.round = str(conc), round(load, 2), round_
+                failures += r.check != "ok"
+                print(
+                    f"{r.wall_seconds:7.1f}s {r.rows_per_second:9,.0f} rows/s {r.peak_rss_mb:7,.0f} MB  "
+                    f"{r.check}{_used(r)}",
+                    flush=True,
+                )
+                results.append(r)
         doc["runs"] = [asdict(r) for r in results]
         doc["ratios"], doc["ceilings"] = print_table(results)
     if args.rate_limited_minutes > 0:
