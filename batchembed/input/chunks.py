@@ -34,6 +34,9 @@ from batchembed.input.units import (
     units_in,
 )
 
+#: Rows per chunk: the grain of text building, token counting and dedup (a run and ``plan`` read alike).
+CHUNK_ROWS = 4096
+
 
 def _tiled_end(committed: dict[int, CommittedRange], start: int = 0) -> int:
     """Follow committed ranges from ``start`` while they are contiguous; return where they stop."""

@@ -2,7 +2,7 @@
 
 The plan builds the job's own task as a run does (``job.build_task``, from the same ``ResolvedJob``)
 and drives its very ``prepare`` over the very chunks a run reads (``units.iter_chunks`` with the
-runner's ``CHUNK_ROWS``): texts are built, prefixed, blank-checked, counted, cut and deduplicated
+the run's ``CHUNK_ROWS``): texts are built, prefixed, blank-checked, counted, cut and deduplicated
 by the run's code, and requests are packed with ``batching.pack`` as the run packs them, so the
 request and token figures are what a fresh run of the job would send (token figures are as good as
 the job's tokenizer: the ``estimate`` counter errs on the high side). The task gets no provider and
@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from batchembed.input.checks import check_inputs
-from batchembed.input.chunks import iter_chunks
+from batchembed.input.chunks import CHUNK_ROWS, iter_chunks
 from batchembed.input.discover import discover
 from batchembed.input.read import check_columns
 from batchembed.job.config import JobConfig
@@ -45,7 +45,6 @@ from batchembed.plan.eta import SAMPLE_TEXTS, measure_local, paced, read_previou
 from batchembed.plan.existing import ExistingOutput, existing_output
 from batchembed.plan.report import PlanReport, format_report
 from batchembed.run.assemble import build_counter, build_task
-from batchembed.run.runner import CHUNK_ROWS
 from batchembed.stats import Stats
 from batchembed.tasks import Piece, Request, Task
 from batchembed.tasks.batching import pack

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from batchembed.errors import ConfigError, register_secret
 from batchembed.job.config import JobConfig
 from batchembed.job.resolved import ResolvedJob, resolve
+from batchembed.run.placement import Placement
 from batchembed.run.runner import JobRunner
 from batchembed.stats import Stats
 from batchembed.tasks import Task
@@ -136,13 +137,12 @@ def build_runner(
     restart: bool = False,
     retry_failed: bool = True,
     accept_model_change: bool = False,
-    runner_class: type[JobRunner] = JobRunner,
+    placement: Placement | None = None,
     transport: Transport | None = None,
-    **engine_options,
 ) -> JobRunner:
-    """A ``JobRunner`` (or an engine's subclass, given ``engine_options``) for ``job`` (a ``JobConfig``,
-    resolved here, or a ``ResolvedJob``) with every part chosen from its settings; ``transport`` (tests:
-    an in-process ``HandlerTransport``) carries every HTTP request of the run."""
+    """A ``JobRunner`` for ``job`` (a ``JobConfig``, resolved here, or a ``ResolvedJob``) with every part
+    chosen from its settings, run as ``placement`` says (an engine's; default a whole run here);
+    ``transport`` (tests: an in-process ``HandlerTransport``) carries every HTTP request of the run."""
     resolved = resolve(job)
     provider = build_provider(resolved, transport)
     counter = build_counter(resolved)
@@ -150,15 +150,15 @@ def build_runner(
     stats = Stats(threads=resolved.local_model.threads if resolved.local_model is not None else None)
     memo = vector_memo(resolved) if not resolved.is_rerank else None
     task = build_task(resolved, provider, counter, stats=stats, memo=memo)
-    return runner_class(
+    return JobRunner(
         resolved,
         task,
         provider,
         counter,
         stats=stats,
+        placement=placement,
         quiet=quiet,
         restart=restart,
         retry_failed=retry_failed,
         accept_model_change=accept_model_change,
-        **engine_options,
     )

@@ -1,42 +1,42 @@
 """One run of a job: wires source -> task -> sender -> output, plus signals and the progress ticker.
 
 Setup (inputs found and checked, the output's lock taken, its manifest opened, the canary), then the
-stages of :mod:`pipeline` over this run's chunks, then the ending (report, summary, ``_SUCCESS``).
-What a request goes through is the :mod:`sender`'s; what makes a unit count is the :mod:`output`'s.
-A run may be confined to a subset of the job's units (``units``): a ``--shard`` part or a Ray
-worker's slice is this same run on its units.
+stages over this run's chunks, then the ending (report, summary, ``_SUCCESS``). What a request goes
+through is the sender's; what makes a unit count is the output's. What an engine changes — which units
+run, where a commit goes, which limits apply, where the stages run, what signals, journals and
+publishing do — is the run's ``Placement`` (``placement``), never a subclass.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import signal
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from batchembed import __version__
 from batchembed.exitcodes import ExitCode
 from batchembed.faults import with_path
 from batchembed.input.checks import check_inputs
-from batchembed.input.chunks import iter_chunks, pending_rows, retry_chunks
+from batchembed.input.chunks import CHUNK_ROWS, iter_chunks, pending_rows, retry_chunks
 from batchembed.input.discover import discover
-from batchembed.input.files import FileCache, SourceFile, released_as_read
+from batchembed.input.files import FileCache, released_as_read
 from batchembed.input.read import check_columns
 from batchembed.input.units import Unit
 from batchembed.job.fingerprint import fingerprint_hash, job_fingerprint
 from batchembed.job.resolved import ResolvedJob
-from batchembed.output.commit import JobOutput, RetryUnit
+from batchembed.output.commit import RetryUnit, job_output
 from batchembed.output.input_diff import first_ordinal
 from batchembed.output.journal.segments import journal_store
 from batchembed.output.journal.writer import Journal
 from batchembed.output.layout import TRUNCATED
 from batchembed.output.manifest import Manifest
-from batchembed.output.store import open_store, storage_options
-from batchembed.run.pipeline import Pipeline
+from batchembed.output.store import storage_options
+from batchembed.run.pipeline import LocalStages
+from batchembed.run.placement import Canary, Placement
 from batchembed.run.progress import Progress
-from batchembed.sending.limits import RateLimits
 from batchembed.sending.sender import Sender, SendHooks
 from batchembed.sending.server_checks import ServedModel, UsageCheck, full_vector_probe, run_canary
 from batchembed.stats import Stats
@@ -44,8 +44,6 @@ from batchembed.tasks import Request, Task
 from batchembed.tasks.normalize import learn_unit_norm, report_fields
 from batchembed.tasks.tokens import TokenCounter
 
-#: Rows per chunk: the grain of text building, token counting and dedup.
-CHUNK_ROWS = 4096
 #: Seconds in-flight requests get to finish after SIGINT/SIGTERM before they are abandoned.
 STOP_GRACE = 30.0
 
@@ -53,20 +51,8 @@ EXIT_OK, EXIT_PARTIAL, EXIT_SIGINT, EXIT_SIGTERM = ExitCode.OK, ExitCode.PARTIAL
 
 
 class JobRunner:
-    """Runs one job (or the subset ``units`` of its units) to completion or a clean stop; ``run()`` returns
-    an exit code.
-
-    The engines in :mod:`batchembed.run.engines` subclass it: they pass ``units`` (which units this run
-    does), give it their own output (``_make_output``: where a commit goes), limits, and class
-    attributes; the Ray driver replaces ``_pipeline`` and a Ray worker ``_check_server``.
-    """
-
-    #: Install SIGINT/SIGTERM handlers (only possible in a process's main thread).
-    handles_signals = True
-    #: A finished run deletes every answer journal left (not a part of a job: other parts may be running).
-    clears_journals = True
-    #: A finished run publishes the output's table (a part leaves that to the last part to finish).
-    publishes = True
+    """Runs one job (or the units its ``placement`` gives it) to completion or a clean stop; ``run()`` returns
+    an exit code."""
 
     def __init__(
         self,
@@ -76,39 +62,36 @@ class JobRunner:
         counter: TokenCounter,
         *,
         stats: Stats,
+        placement: Placement | None = None,
         quiet: bool = False,
         restart: bool = False,
         retry_failed: bool = True,
         accept_model_change: bool = False,
-        units: Callable[[Unit], bool] | None = None,
     ) -> None:
         self.resolved = resolved
-        self.job = job = resolved.config
+        self.job = resolved.config
         self.model = resolved.model
         self.task = task
         self.provider = provider
         self.counter = counter
+        self.placement = placement = placement if placement is not None else Placement()
         self.restart = restart
         self.retry_failed = retry_failed
-        self.units = units
-        self.output = self._make_output()
+        self.units = placement.units
+        self.output = job_output(self.job, placement.role())
         self.out = self.output.uri  # for messages
         self.stats = stats
         self.progress = Progress(self.stats, quiet=quiet)
-        self.limits = RateLimits(self.model.requests_per_minute, self.model.tokens_per_minute, job.limits.concurrency)
+        self.limits = placement.limits(resolved)
         self.stopping: int | None = None  # the signal number once asked to stop
         self.journal: Journal | None = None
-        self.sender: Sender | None = None  # made once the engine's limits are in place
-        self._stages: Pipeline | None = None
+        self.sender: Sender | None = None  # made once the run is set up
         self._unresolved = 0
         self.accept_model_change = accept_model_change
         self.usage_check = UsageCheck(self.progress.line, counter.name)
         self.files: FileCache | None = None  # the run's small input files (set when the inputs are found)
         self.served = ServedModel(self.model.name, self.progress.line)
-
-    def _make_output(self) -> JobOutput:
-        """Where this run commits its units (an engine's part or worker commits elsewhere)."""
-        return JobOutput(open_store(self.job), self.job.output.compression)
+        self.stages = (placement.stages or LocalStages)(self)
 
     @property
     def manifest(self) -> Manifest | None:
@@ -118,12 +101,13 @@ class JobRunner:
     # ------------------------------------------------------------------------------ public entry
 
     def run(self) -> int:
-        """Run the job in a fresh event loop; return the process exit code."""
-        return asyncio.run(self._main())
+        """Run the job in a fresh event loop (inside the placement's session); return the exit code."""
+        with self.placement.session():
+            return asyncio.run(self._main())
 
     async def _main(self) -> int:
         loop = asyncio.get_running_loop()
-        signals = (signal.SIGINT, signal.SIGTERM) if self.handles_signals else ()
+        signals = (signal.SIGINT, signal.SIGTERM) if self.placement.signals else ()
         for sig in signals:
             loop.add_signal_handler(sig, self._on_signal, sig)
         try:
@@ -136,6 +120,8 @@ class JobRunner:
             self.task.close()
 
     def _on_signal(self, sig: int) -> None:
+        if self.stopping is None and self.stages.on_signal(sig):
+            return  # the stages stopped on their own terms (the batch tier, waiting: the batches keep running)
         if self.stopping is not None:
             # Second signal: leave now. Committed shards are safe; the next run resumes.
             self.progress.close()
@@ -144,22 +130,17 @@ class JobRunner:
         self.stopping = sig
         if self.sender is not None:
             self.sender.stopping = True
-        if self._stages is not None:
-            self._stages.stop()
+        self.stages.stop()
         self.progress.line(
             f"{signal.Signals(sig).name}: finishing requests in flight (up to {STOP_GRACE:.0f}s), then stopping; "
             "press Ctrl-C again to stop at once"
         )
-        asyncio.get_running_loop().call_later(STOP_GRACE, self._abandon_in_flight)
-
-    def _abandon_in_flight(self) -> None:
-        if self._stages is not None:
-            self._stages.abandon()
+        asyncio.get_running_loop().call_later(STOP_GRACE, self.stages.abandon)
 
     # ------------------------------------------------------------------------------------ setup
 
-    def fingerprint(self, sources: list[SourceFile] | None = None) -> dict[str, Any]:
-        """The job's settings the vectors depend on (the input files are its work, not part of it)."""
+    def fingerprint(self) -> dict[str, Any]:
+        """The job's settings the vectors depend on (``job_fingerprint``: the input files are its work)."""
         return job_fingerprint(self.resolved, self.task)
 
     async def _run(self) -> int:
@@ -189,7 +170,7 @@ class JobRunner:
         if manifest.generation and (diff.stale or diff.added):
             self.progress.line(self.output.describe_refresh(diff))
         if work or (self.retry_failed and manifest.unresolved_failures()):
-            await self._check_server(manifest)  # nothing to send (a refresh that only removes): no canary
+            await self.check_server(manifest)  # nothing to send (a refresh that only removes): no canary
         self.stats.rows_resumed = manifest.rows()
         self.journal = Journal(
             journal_store(self.output.store),
@@ -214,7 +195,7 @@ class JobRunner:
         failed = True
         finished = False
         try:
-            await self._pipeline(sources, columns, retry_units)
+            await self.stages.run(sources, columns, retry_units)
             failed = False
             finished = self.stopping is None
         except OSError as exc:  # pyarrow's write errors name no file: name the output directory
@@ -222,7 +203,7 @@ class JobRunner:
         finally:
             self.progress.close()
             # a finished run has committed every unit it could: no journal is worth keeping
-            await asyncio.to_thread(self.journal.close, finished and self.clears_journals)
+            await asyncio.to_thread(self.journal.close, finished and not self.placement.keeps_journals)
             if self.journal.error:
                 self.progress.line(f"warning: the answer journal stopped writing: {self.journal.error}")
             try:
@@ -230,21 +211,9 @@ class JobRunner:
             except OSError:
                 if not failed:  # a full disk fails the report too: keep the first, real, error
                     raise
-        if finished and self.publishes and self._every_unit_done():
-            await asyncio.to_thread(
-                self.output.publish, self._table(), self.job.output.history_days, self.progress.line
-            )
-        return self._conclude()
-
-    def _every_unit_done(self) -> bool:
-        """Whether this run reached every unit of the job (an engine that leaves some for later says no)."""
-        return True
-
-    def _table(self):
-        """``publish(shards, tag)``: the Delta table of this output (publish/)."""
-        from batchembed.output.publish.table import delta_publisher
-
-        return delta_publisher(self.output.store, self.job)
+        if finished and self.placement.publishes and self.stages.every_unit_done():
+            await asyncio.to_thread(self.output.publish, self.progress.line)
+        return self.stages.conclude(self._conclude)
 
     def _make_sender(self) -> Sender:
         sender = Sender(
@@ -265,12 +234,19 @@ class JobRunner:
         self.journal.answered(request)
         self.served.observe(getattr(answer, "model", None))
 
-    async def _check_server(self, manifest: Manifest) -> None:
-        """The canary: teaches the limiter the server's limits and refuses a model swapped behind its name."""
-        if await self._canary(manifest, self.accept_model_change, self.progress.line):
+    async def check_server(self, manifest: Manifest, canary: Canary | None = None) -> None:
+        """The canary (as the placement says, or ``canary``): teaches the limiter the server's limits and
+        refuses a model swapped behind its name."""
+        canary = canary or self.placement.canary
+        if canary is Canary.DEFERRED or (canary is Canary.REMOTE_ONLY and self.model.provider == "local"):
+            return  # the batch tier asks when it needs it; a Ray driver loads no local model (its workers check)
+        if canary is Canary.WORKER:  # as the driver ran it, on a copy: a worker never saves the driver's manifest
+            await self.canary(copy.deepcopy(manifest), accept_change=True, say=lambda _line: None)
+            return
+        if await self.canary(manifest, self.accept_model_change, self.progress.line):
             await asyncio.to_thread(manifest.save, self.output.store)
 
-    async def _canary(self, manifest: Manifest, accept_change: bool, say) -> bool:
+    async def canary(self, manifest: Manifest, accept_change: bool, say) -> bool:
         """Embed the canary text against ``manifest`` (recording it there); False for rerank jobs (none)."""
         if self.job.is_rerank:
             return False
@@ -299,28 +275,12 @@ class JobRunner:
             )
         return True
 
-    # --------------------------------------------------------------------------------- pipeline
+    # ----------------------------------------------------------------------------------- chunks
 
-    async def _pipeline(self, sources, columns, retry_units: list[RetryUnit]) -> None:
-        """Run the stages over this run's chunks (the Ray driver hands the units to workers instead)."""
-        window = max(4, -(-self.job.limits.concurrency * self.model.batch_inputs * 2 // CHUNK_ROWS) + 2)
-        self._stages = Pipeline(
-            self.task,
-            self.journal,
-            self.sender,
-            self.output,
-            self.stats,
-            tick=self._tick,
-            served=self.served,
-            window=window,
-            workers=self.job.limits.concurrency,
-        )
-        if self.stopping is not None:  # a signal before the stages existed
-            self._stages.stop()
-        await self._stages.run(self._chunk_stream(sources, columns, retry_units))
-
-    def _chunk_stream(self, sources, columns, retry_units: list[RetryUnit]):
-        """This run's chunks: previously failed rows first, then the units not yet committed (of ``units``)."""
+    def chunk_stream(self, sources, columns, retry_units: list[RetryUnit], units=None):
+        """This run's chunks: previously failed rows first, then the units not yet committed (of ``units``,
+        default the placement's)."""
+        units = units if units is not None else self.units
         chunks = []
         if retry_units:
             resolves = list(dict.fromkeys(f for f, _, _ in retry_units))
@@ -338,7 +298,7 @@ class JobRunner:
                     CHUNK_ROWS,
                     self.task.group_key,
                     pack_small_files=not self.job.is_rerank,  # the rerank task reads one file per chunk
-                    wanted=self.units,  # a part reads only its own units' rows where it can
+                    wanted=units,  # a part reads only its own units' rows where it can
                     first_ordinal=first_ordinal(self.manifest),
                 ),
                 self.files,
@@ -346,10 +306,10 @@ class JobRunner:
         )
         for stream in chunks:
             for chunk in stream:
-                if self.units is None or self.units(chunk.unit):
+                if units is None or units(chunk.unit):
                     yield chunk
 
-    def _tick(self) -> None:
+    def tick(self) -> None:
         """Twice a second while the pipeline runs: the pace, the progress bar, the journal's fsyncs."""
         self.stats.pace = self.limits.describe()
         self.progress.refresh()
@@ -358,7 +318,7 @@ class JobRunner:
     # ------------------------------------------------------------------------------------- ending
 
     def _report(self, outstanding: int) -> dict[str, Any]:
-        """The content of ``_report.json``."""
+        """The content of ``_report.json`` (with what the stages add)."""
         return self.stats.report(
             limits=self.limits.report(),
             served_model=self.served.served,
@@ -370,6 +330,7 @@ class JobRunner:
             output=str(self.out),
             failed_rows_outstanding=outstanding,
             **report_fields(self.task, self.manifest),
+            **self.stages.report(),
         )
 
     def _conclude(self) -> int:

@@ -238,3 +238,21 @@ def shape_for(provider: str, model: str, rerank: bool, params: dict[str, Any]) -
 def _seconds(value: Any) -> float | None:
     """A creation time as epoch seconds (OpenAI and Mistral give integers; an ISO string is left out)."""
     return float(value) if isinstance(value, (int, float)) else None
+
+
+def job_shape(resolved: Any) -> OpenAIShape:
+    """The job's provider batch shape, with the options every line (or the batch) carries."""
+    job, model = resolved.config, resolved.model
+    params: dict[str, Any] = dict(job.model.extra_body or {})
+    if not job.is_rerank:
+        dims = job.model.dimensions if job.model.dimensions_by == "server" else None
+        if model.provider == "voyage":
+            if dims is not None:
+                params["output_dimension"] = dims
+        else:
+            if dims is not None:
+                params["dimensions"] = dims
+            if model.provider != "mistral" or job.model.encoding == "base64":
+                # floats unless base64 is asked for: base64 in batch is implied by OpenAI, not shown
+                params["encoding_format"] = "base64" if job.model.encoding == "base64" else "float"
+    return shape_for(model.provider, model.name, job.is_rerank, params)
