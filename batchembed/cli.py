@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from batchembed import __version__
 from batchembed.errors import BatchEmbedError, ConfigError, UsageError, redact
 from batchembed.exitcodes import ExitCode
+from batchembed.faults import describe_fault
 from batchembed.serve import add_serve_arguments
 
 if TYPE_CHECKING:  # aiohttp is imported only by commands that send requests
@@ -192,8 +193,6 @@ def main(argv: list[str] | None = None, *, transport: Transport | None = None) -
         print(f"batchembed: error: {redact(str(exc))}", file=sys.stderr)
         return ExitCode.FAILED
     except OSError as exc:  # disk full, permission denied, read-only file system...: one line, no traceback
-        from batchembed.faults import describe_fault
-
         print(f"batchembed: error: {redact(describe_fault(exc))}", file=sys.stderr)
         return ExitCode.FAILED
     except KeyboardInterrupt:
@@ -201,7 +200,11 @@ def main(argv: list[str] | None = None, *, transport: Transport | None = None) -
 
 
 def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> int:
-    """Run the chosen subcommand."""
+    """Run the chosen subcommand.
+
+    Each command imports what it needs here, not at the top: ``batchembed --help``, ``init`` and ``models``
+    stay fast (no pyarrow, aiohttp or onnxruntime), and a missing optional extra fails only the command
+    that needs it."""
     if args.command == "serve":
         try:
             from batchembed.serve import server as serve
@@ -251,11 +254,13 @@ def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> in
 
         price = args.price if args.price is not None else job.model.price_per_million_tokens
         return plan(job, as_json=args.json, price_per_million=price)
-    from batchembed.audit import verify as audit
-
     if args.command == "status":
-        return audit.status(job, as_json=args.json)
-    return audit.verify(job)
+        from batchembed.audit.status import status
+
+        return status(job, as_json=args.json)
+    from batchembed.audit.verify import verify
+
+    return verify(job)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ from batchembed.input.files import SourceFile
 from batchembed.input.jsonl import field_type
 from batchembed.input.parquet import arrow_schema
 from batchembed.input.read import columns_of, iter_batches
-from batchembed.job.config import JobConfig, text_fields
+from batchembed.job.config import JobConfig
+from batchembed.job.templates import text_fields
 
 #: Hashes kept in memory before spilling to bucket files (8 bytes each: 256 MB).
 DIGESTS_IN_MEMORY = 32_000_000

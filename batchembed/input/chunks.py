@@ -94,7 +94,7 @@ def iter_chunks(
     taken = {s.unit_name for s in manifest.shards}
     counted: set[str] = set()
     pack = _Packer(shard_rows, chunk_rows, taken)
-    base = first_ordinal  # a refresh generation names its units from its own range (refresh.py)
+    base = first_ordinal  # a refresh generation names its units from its own range (``output.input_diff``)
     for src in sources:
         committed = {r.start: r for r in manifest.ranges_of(src.name)}
         if file_done(src, committed):

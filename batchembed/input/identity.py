@@ -51,7 +51,7 @@ def object_etags(where: Location, single: bool = False) -> dict[str, str]:
     try:
         import obstore
 
-        from batchembed.fs.buckets import STORE_ERRORS, connect
+        from batchembed.fs.buckets import STORE_ERRORS, connect  # (obstore, the cloud extra: bucket inputs only)
     except ImportError:
         return {}
     key = where.key

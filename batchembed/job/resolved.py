@@ -117,6 +117,21 @@ class ResolvedJob:
         return self.config.is_rerank
 
     @property
+    def send_dimensions(self) -> int | None:
+        """The ``dimensions`` a request asks the server for: ``model.dimensions`` when the server cuts
+        (``dimensions_by = "server"``, the default), else none. With ``cut_dimensions``, the one place that
+        decides who cuts a vector."""
+        model = self.config.model
+        return model.dimensions if model.dimensions_by == "server" else None
+
+    @property
+    def cut_dimensions(self) -> int | None:
+        """The size vectors are cut to here (``dimensions_by = "client"``: servers that ignore
+        ``dimensions``), else none."""
+        model = self.config.model
+        return model.dimensions if model.dimensions_by == "client" else None
+
+    @property
     def model_unit_norm(self) -> bool | None:
         """Whether the model's full vectors are unit length, when known without asking the server: the
         local model's own files, or the catalogue's preset served by its own provider (another server
@@ -170,7 +185,7 @@ def resolve(job: JobConfig | ResolvedJob, embeds: bool = True) -> ResolvedJob:
         catalog.check_dimensions(model.name, job.model.dimensions, model.provider)
     local_model, max_tokens, identity = None, None, {}
     if model.provider == "local":
-        from batchembed.providers.local import LocalEmbedder
+        from batchembed.providers.local import LocalEmbedder  # (onnxruntime, the local extra: a local job only)
 
         local_model = LocalEmbedder(
             path=job.model.path, dimensions=job.model.dimensions, threads=job.model.threads, session=embeds

@@ -7,8 +7,8 @@ and write ``_report.json`` and ``_SUCCESS``. The store (``store/``: a local dire
 store) stays the byte layer underneath: whole-or-nothing files, a conditional manifest write, a lock.
 
 It lives here rather than in ``store/`` because it is the layer *above* the byte stores: it reads
-and writes the manifest (``checkpoint``), the cut rows' files (``truncated``) and the shards'
-metadata (``writer``), none of which a byte store knows about. Like a dlt load package or a datasets
+and writes the manifest (``manifest``), the cut rows' files (``truncated``) and the shards'
+metadata (``shard_writer``), none of which a byte store knows about. Like a dlt load package or a datasets
 ``ArrowWriter``: rows go in piece by piece, and a unit appears whole at its commit or not at all.
 
 Who writes changes where a commit goes, through the output's *role* (``roles``): a whole run commits
@@ -32,7 +32,6 @@ from batchembed.input.identity import restat
 from batchembed.input.units import Unit
 from batchembed.job.config import JobConfig
 from batchembed.output import refresh as output_refresh
-from batchembed.output.cache import OutputCache
 from batchembed.output.input_diff import InputDiff, diff_inputs, identity_of, known_rows
 from batchembed.output.layout import FAILED_DIR, SUCCESS
 from batchembed.output.manifest import Manifest, ShardRecord
@@ -189,16 +188,6 @@ class JobOutput:
     def describe_refresh(self, diff: InputDiff) -> str:
         """One log line on what this refresh does."""
         return output_refresh.describe(diff, self.manifest)
-
-    def reuse_answers(self, task: Any) -> None:
-        """Let the task find vectors the output already holds (kept and retiring shards)."""
-        if not hasattr(task, "output_cache") or not (self.manifest.shards or self.manifest.retiring):
-            return
-        if self.manifest.complete:
-            return
-        task.output_cache = OutputCache(
-            self.store, self.manifest.shards + self.manifest.retiring, task.job.output.column
-        )
 
     def next_retry(self) -> int:
         """The number of the next retry unit (past every retry unit this output ever committed)."""

@@ -8,7 +8,7 @@ disk, size and last-modified time in a bucket). A run compares those with the fi
 * a shard holding rows of a changed or removed file is *stale*: it leaves the manifest's shards for
   ``retiring`` (still in the published Delta table until this refresh publishes) and its rows are
   redone from the current files; texts whose vectors it holds are not bought again (the output is
-  its own cache, ``output_cache.py``);
+  its own cache, ``output.cache``);
 * files that no current shard covers (new, changed, or unchanged small files that shared a shard
   with a changed one) are this generation's work.
 

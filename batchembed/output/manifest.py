@@ -107,7 +107,7 @@ class Manifest:
     #: ETag, so a paused previous writer's conditional replace fails.
     writer: str = field(default_factory=lambda: os.urandom(8).hex())
     server: dict[str, Any] = field(default_factory=dict)  # served model and canary vector (servers.py)
-    #: Refresh generation: 0 for the first run; +1 whenever a run finds inputs changed (refresh.py).
+    #: Refresh generation: 0 for the first run; +1 whenever a run finds inputs changed (``output.input_diff``).
     generation: int = 0
     #: The files (name -> identity) the current generation was planned over: a resume of an
     #: interrupted refresh over the same inputs continues it; other inputs start a new generation.

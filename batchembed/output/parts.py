@@ -30,6 +30,7 @@ from batchembed.output.layout import (
 )
 from batchembed.output.manifest import Manifest, check_shards, remove_orphans
 from batchembed.output.store.base import OutputStore
+from batchembed.output.store.holders import live_writers, part_writer
 
 # a unit name (``part-00007``), a unit's file (``part-00007.parquet``) or a shard file of one
 # attempt (``part-00007-1a2b3c4d.parquet``)
@@ -124,7 +125,7 @@ def finished_split_manifest(store: OutputStore, fingerprint: dict) -> Manifest:
 def open_part(store: OutputStore, fingerprint: dict, restart: bool, part: tuple[int, int]) -> Manifest:
     """Prepare the output for one part (its lock is held) and return the part's manifest (new or resumed).
 
-    Like ``checkpoint.open_output`` but confined to the part: ``--restart`` and the orphan sweep only
+    Like ``manifest.open_output`` but confined to the part: ``--restart`` and the orphan sweep only
     touch the part's own files; another part with a different fingerprint is refused (two jobs mixed).
     """
     store.use_part(part)
@@ -201,8 +202,6 @@ def load_whole(store: OutputStore) -> tuple[Manifest | None, dict]:
 def parts_left(store: OutputStore, part: tuple[int, int]) -> str:
     """What a part that finished says of the parts not complete yet: still running (a run holds the part's
     lock or lease now) or not running (never started, stopped or killed: someone must run it again)."""
-    from batchembed.output.store.holders import live_writers, part_writer
-
     index, count = part
     writers = live_writers(store)
     running, idle = [], []

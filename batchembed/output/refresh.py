@@ -1,6 +1,6 @@
 """The output's side of a refresh: plan it, start it durably, and finish it by publishing the table.
 
-``JobOutput`` calls these around a run (``refresh.py`` holds the pure decisions):
+``JobOutput`` calls these around a run (``input_diff.py`` holds the pure decisions):
 
 1. ``plan`` compares the inputs with the shards' recorded identities (nothing is written);
 2. ``held_ids`` reads the ids of the rows the refresh keeps (from the output, not the inputs), so

@@ -45,6 +45,7 @@ from batchembed.plan.eta import SAMPLE_TEXTS, measure_local, paced, read_previou
 from batchembed.plan.existing import ExistingOutput, existing_output
 from batchembed.plan.report import PlanReport, format_report
 from batchembed.run.assemble import build_counter, build_task
+from batchembed.run.batch.shapes import SHAPES
 from batchembed.stats import Stats
 from batchembed.tasks import Piece, Request, Task
 from batchembed.tasks.batching import pack
@@ -359,8 +360,6 @@ def plan(
 
 def batch_estimate(report: PlanReport, resolved: ResolvedJob) -> None:
     """The batch tier's price and batch count next to the online figures, where the provider sells one."""
-    from batchembed.run.batch.shapes import SHAPES
-
     config = resolved.config
     report.tier = config.model.tier
     shape = SHAPES.get(resolved.model.provider)

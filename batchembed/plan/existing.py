@@ -15,9 +15,10 @@ import pyarrow as pa
 
 from batchembed.job.fingerprint import HasFingerprint, fingerprint_hash, job_fingerprint
 from batchembed.output import refresh as output_refresh
-from batchembed.output.cache import OutputCache
 from batchembed.output.input_diff import diff_inputs
 from batchembed.output.manifest import Manifest
+from batchembed.output.parts import load_whole
+from batchembed.output.store import open_store
 
 if TYPE_CHECKING:
     from batchembed.input.files import SourceFile
@@ -40,10 +41,8 @@ class ExistingOutput:
         diff = self._diff = diff_inputs(self.manifest, sources)
         kept = output_refresh.kept(self.manifest, diff)
         reading = output_refresh.work_files(kept, sources)
-        if hasattr(task, "output_cache") and reading:
-            task.output_cache = OutputCache(
-                self.store, self.manifest.shards + self.manifest.retiring, task.job.output.column
-            )
+        if reading:
+            task.reuse_output(self.store, self.manifest.shards + self.manifest.retiring)
         self.refresh = {
             "added": diff.added,
             "changed": diff.changed,
@@ -62,9 +61,6 @@ class ExistingOutput:
 
 def existing_output(resolved: ResolvedJob, task: HasFingerprint) -> ExistingOutput | None:
     """The job's output if it exists and was made with the same settings, else None (a first run)."""
-    from batchembed.output.parts import load_whole
-    from batchembed.output.store import open_store
-
     store = open_store(resolved.config)
     try:
         manifest, _ = load_whole(store)

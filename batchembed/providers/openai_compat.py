@@ -42,14 +42,14 @@ class OpenAICompatibleEmbedder:
         timeout: float,
         max_connections: int,
         fall_back_to_float: bool = False,
-        dimensions_by: str = "server",
+        cut_to: int | None = None,
         extra_body: Mapping[str, Any] | None = None,
         transport: Transport | None = None,
     ) -> None:
         self.provider = provider
         self.model = model
-        self.dimensions = dimensions
-        self.dimensions_by = dimensions_by  # "client": never send `dimensions`, cut Matryoshka vectors here
+        self.dimensions = dimensions  # sent as `dimensions` (None: not sent)
+        self.cut_to = cut_to  # Matryoshka vectors cut to this size here (servers that ignore `dimensions`)
         self.extra_body = dict(extra_body or {})
         self.use_base64 = use_base64
         self.fall_back_to_float = fall_back_to_float
@@ -66,7 +66,7 @@ class OpenAICompatibleEmbedder:
             "input": texts,
             "encoding_format": "base64" if self.use_base64 else "float",
         }
-        if self.dimensions is not None and self.dimensions_by == "server":
+        if self.dimensions is not None:
             body["dimensions"] = self.dimensions
         return body
 
@@ -92,9 +92,8 @@ class OpenAICompatibleEmbedder:
                 self.use_base64 = False
                 return await self._embed(texts, full=full)
             raise
-        client_cut = self.dimensions_by == "client" and self.dimensions is not None
-        want = None if client_cut or full else self.dimensions
-        cut = self.dimensions if client_cut and not full else None
+        want = None if full else self.dimensions
+        cut = None if full else self.cut_to
         if len(payload) >= OFF_LOOP_BYTES:  # decoding releases the GIL: the event loop keeps sending meanwhile
             loop = asyncio.get_running_loop()
             decoded = await loop.run_in_executor(self._decoder, decode_answer, payload, len(texts), want, cut)

@@ -17,7 +17,9 @@ from batchembed.run.placement import Placement
 from batchembed.run.runner import JobRunner
 from batchembed.stats import Stats
 from batchembed.tasks import Task
+from batchembed.tasks.embed import EmbedTask
 from batchembed.tasks.memo import VectorMemo
+from batchembed.tasks.rerank import RerankTask
 from batchembed.tasks.tokens import LocalModelCounter, TokenCounter, make_counter
 
 if TYPE_CHECKING:  # aiohttp is imported only when a provider is built
@@ -57,6 +59,7 @@ def build_counter(job: ResolvedJob) -> TokenCounter:
 def build_provider(job: ResolvedJob, transport: Transport | None = None) -> Any:
     """The embedder (or, for rerank jobs, the reranker) that answers the job's requests; HTTP providers
     send through ``transport`` (default: a pooled aiohttp session)."""
+    # the providers are imported here: the HTTP ones bring aiohttp, which plan, status and verify never need
     config, model = job.config, job.model
     if model.provider == "local":
         if job.is_rerank:
@@ -88,12 +91,12 @@ def build_provider(job: ResolvedJob, transport: Transport | None = None) -> Any:
         model=model.name,
         base_url=model.base_url or "",
         api_key=api_key(job),
-        dimensions=config.model.dimensions,
+        dimensions=job.send_dimensions,
         use_base64=job.encoding == "base64",
         timeout=config.model.timeout,
         max_connections=config.limits.concurrency,
         fall_back_to_float=job.fall_back_to_float,
-        dimensions_by=config.model.dimensions_by,
+        cut_to=job.cut_dimensions,
         extra_body=config.model.extra_body,
         transport=transport,
     )
@@ -108,7 +111,7 @@ def vector_memo(job: ResolvedJob) -> VectorMemo:
     that were never normalised)."""
     model, cache, m = job.model, job.config.cache, job.config.model
     facts: tuple = (model.provider, model.name, m.dimensions, *job.identity.values())
-    if m.normalize != "auto" or (m.dimensions is not None and m.dimensions_by == "server"):
+    if m.normalize != "auto" or job.send_dimensions is not None:
         facts += (f"normalize={m.normalize}",)
     namespace = "|".join(str(x) for x in facts)
     cache_path = cache.path.removeprefix("file://") if cache.path else None
@@ -122,11 +125,7 @@ def build_task(
 
     ``provider`` may be ``None`` when only ``prepare`` will be called (``batchembed plan``)."""
     if job.is_rerank:
-        from batchembed.tasks.rerank import RerankTask
-
         return RerankTask(job, provider, counter, stats=stats)
-    from batchembed.tasks.embed import EmbedTask
-
     return EmbedTask(job, provider, counter, stats=stats, memo=memo)
 
 

@@ -28,7 +28,6 @@ from batchembed.sending.sender import Sender, Stop
 from batchembed.sending.server_checks import ServedModel
 from batchembed.stats import Stats
 from batchembed.tasks import Piece, Request, Task
-from batchembed.tasks.normalize import record_norms
 
 
 class Pipeline:
@@ -206,7 +205,8 @@ class Pipeline:
 
     def _commit(self, unit_writer: UnitWriter) -> None:
         self.served.record(self.output.manifest)
-        record_norms(self.task, self.output.manifest, unit_writer.unit.name)
+        if self.task.vectors is not None:  # the lengths written into this unit, recorded with it
+            self.task.vectors.record(self.output.manifest, unit_writer.unit.name)
         self.output.commit(unit_writer)
         self.journal.committed(unit_writer.unit.name)
 

@@ -41,7 +41,7 @@ from batchembed.sending.sender import Sender, SendHooks
 from batchembed.sending.server_checks import ServedModel, UsageCheck, full_vector_probe, run_canary
 from batchembed.stats import Stats
 from batchembed.tasks import Request, Task
-from batchembed.tasks.normalize import learn_unit_norm, report_fields
+from batchembed.tasks.normalize import learn_unit_norm
 from batchembed.tasks.tokens import TokenCounter
 
 #: Seconds in-flight requests get to finish after SIGINT/SIGTERM before they are abandoned.
@@ -179,7 +179,8 @@ class JobRunner:
             self.stats,
             committed=self.output.committed(),
         )
-        self.output.reuse_answers(self.task)
+        if (manifest.shards or manifest.retiring) and not manifest.complete:  # a refresh: what the output holds
+            self.task.reuse_output(self.output.store, manifest.shards + manifest.retiring)
         retry_units = await asyncio.to_thread(self.output.retry_plan, sources) if self.retry_failed else []
         # a subset's share of the rows is known only once its units are read
         todo = pending_rows(sources, manifest) if self.units is None else None
@@ -222,7 +223,7 @@ class JobRunner:
             self.stats,
             max_retries=self.job.limits.max_retries,
             hooks=SendHooks(sent=self._sent, answered=self._answered, usage=self.usage_check.observe),
-            shorten=getattr(self.task, "shorten", None),
+            shorten=self.task.shorten,
         )
         sender.stopping = self.stopping is not None
         return sender
@@ -260,10 +261,10 @@ class JobRunner:
             where=str(self.out),
             say=say,
         )
-        if getattr(self.task, "dim", 0) is None:
-            self.task.dim = len(vector)
-        check = getattr(self.task, "vector_check", None)
-        if check is not None:  # whether the model's vectors are unit length: once per job, kept in the manifest
+        vectors = self.task.vectors
+        if vectors is not None:  # whether the model's vectors are unit length: once per job, kept in the manifest
+            vectors.learn(len(vector))
+            check = vectors.check
             check.say = say
             check.unit_norm = await learn_unit_norm(
                 manifest,
@@ -329,7 +330,7 @@ class JobRunner:
             dimensions=self.task.metadata().get("dimensions"),
             output=str(self.out),
             failed_rows_outstanding=outstanding,
-            **report_fields(self.task, self.manifest),
+            **(self.task.vectors.report(self.manifest) if self.task.vectors is not None else {}),
             **self.stages.report(),
         )
 

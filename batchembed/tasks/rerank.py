@@ -69,6 +69,8 @@ class RerankTask:
         names = [cfg.query, cfg.query_id, cfg.document, cfg.doc_id, *job.input.keep]
         self.columns = list(dict.fromkeys(n for n in names if n))
         self.group_key = (cfg.query_id or cfg.query) if cfg.layout == "pairs" else None
+        self.vectors = None  # scores, not vectors
+        self.allocate_answers = True  # (the scores of a piece are allocated as it is prepared either way)
         for clash in ("query_id", "doc_id", "score", "rank", "document"):
             if clash in job.input.keep and clash not in (cfg.query_id, cfg.doc_id):
                 raise ConfigError(f"input.keep: {clash!r} clashes with an output column of rerank jobs")
@@ -183,6 +185,13 @@ class RerankTask:
             raise MalformedResponse(f"asked for {len(request.items)} scores, got {len(answer.scores)}")
         request.piece.work.scores[request.items] = answer.scores
         return answer.prompt_tokens
+
+    def shorten(self, request: Request) -> bool:
+        """A pair the server finds too long is not cut again here (its document was cut to fit already)."""
+        return False
+
+    def reuse_output(self, store: Any, shards: list) -> None:
+        """Scores are not taken from the output (rerank shards hold no pair key): a changed file is scored again."""
 
     def journal_codec(self) -> RerankJournalCodec:
         """Pairs' scores in the journal, keyed by where each pair is in the input."""

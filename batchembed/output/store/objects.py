@@ -42,8 +42,6 @@ from batchembed.output.store.base import OutputStore
 from batchembed.output.store.lease import ObjectLease, gate, live_writers
 from batchembed.output.store.uploads import abort_stale_uploads
 
-MANIFEST = "_manifest.json"
-
 
 class _HashingSink:
     """A write-only file for pyarrow that hashes and counts what passes on to an obstore writer."""

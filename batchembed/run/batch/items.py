@@ -208,7 +208,11 @@ def check_parsed(answers: np.ndarray, n: int) -> None:
 def job_items(resolved: Any, task: Any, shape: OpenAIShape) -> Items:
     """The task's items adapter, lines sized like the online requests (under the provider's cap)."""
     job = resolved.config
-    server = job.model.dimensions_by == "server"
-    dims = job.model.dimensions if server else None
-    cut = None if server else job.model.dimensions
-    return items_for(task, job.is_rerank, resolved.model.batch_inputs, job.limits.batch_tokens, dims, cut)
+    return items_for(
+        task,
+        job.is_rerank,
+        resolved.model.batch_inputs,
+        job.limits.batch_tokens,
+        resolved.send_dimensions,
+        resolved.cut_dimensions,
+    )

@@ -245,7 +245,7 @@ def job_shape(resolved: Any) -> OpenAIShape:
     job, model = resolved.config, resolved.model
     params: dict[str, Any] = dict(job.model.extra_body or {})
     if not job.is_rerank:
-        dims = job.model.dimensions if job.model.dimensions_by == "server" else None
+        dims = resolved.send_dimensions
         if model.provider == "voyage":
             if dims is not None:
                 params["output_dimension"] = dims

@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from batchembed.errors import UsageError
 from batchembed.exitcodes import ExitCode
 from batchembed.job.fingerprint import fingerprint_hash
 from batchembed.run.batch.answers import BatchCodec, BatchResults
@@ -110,9 +111,10 @@ class BatchStages:
         settled = {p.name for p in ledger.pieces if p.settled}
         ready = {unit for unit, waits in planner.waits.items() if waits <= settled}
         self.still_running = sum(1 for p in ledger.pieces if not p.settled)
-        if not runner.job.is_rerank and getattr(runner.task, "dim", 0) is None:
+        vectors = runner.task.vectors
+        if vectors is not None and vectors.dim is None:
             if results.dim is not None:
-                runner.task.dim = results.dim
+                vectors.learn(results.dim)
             elif ready:  # no batch answered anything: one online request (the canary) tells the vector size
                 await runner.check_server(runner.manifest, Canary.RUN)
         runner.journal.codec = BatchCodec(runner.journal.codec, results, items, self.counts)
@@ -135,9 +137,8 @@ class BatchStages:
         """The planning pass (a worker thread): the task's prepare on every open chunk, nothing sent."""
         planner.known()
         saved = self.runner.stats.tokens_saved
-        allocate = getattr(self.runner.task, "allocate_answers", None)
-        if allocate is not None:
-            self.runner.task.allocate_answers = False  # the answers come later, in the writing pass
+        allocate = self.runner.task.allocate_answers
+        self.runner.task.allocate_answers = False  # the answers come later, in the writing pass
         try:
             stream = self.runner.chunk_stream(sources, columns, retry_units)
             planner.plan(
@@ -147,8 +148,7 @@ class BatchStages:
             )
         finally:
             self.runner.stats.tokens_saved = saved  # the writing pass prepares the same chunks again and counts
-            if allocate is not None:
-                self.runner.task.allocate_answers = allocate
+            self.runner.task.allocate_answers = allocate
         planned = sum(p.attempts[0].items for p in self.ledger.pieces)
         self.runner.progress.line(
             f"batch tier: {len(self.ledger.pieces)} batch pieces, {planned:,} inputs planned "
@@ -242,8 +242,6 @@ class BatchStages:
 
 def refuse_engines(shard: str | None, engine: str | None) -> None:
     """A batch-tier job runs in one process: the provider does the work, there is nothing to spread."""
-    from batchembed.errors import UsageError
-
     if shard is not None or engine == "ray":
         raise UsageError(
             'model.tier = "batch" runs in one process (the provider does the work): drop --shard / --engine ray'

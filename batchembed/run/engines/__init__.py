@@ -14,6 +14,7 @@ from batchembed.job.resolved import resolve
 from batchembed.output.parts import parse_shard
 from batchembed.run.assemble import build_runner
 from batchembed.run.batch.stages import batch_placement, refuse_engines
+from batchembed.run.engines.ray_engine import driver_placement, import_ray
 from batchembed.run.engines.shard import part_placement
 
 if TYPE_CHECKING:  # aiohttp is imported only by commands that send requests
@@ -59,8 +60,6 @@ def run_job(
             raise UsageError("--shard and --engine ray do not go together: Ray already splits the job over workers")
         return build_runner(job, placement=part_placement(job, parse_shard(shard)), **options).run()
     if kind == "ray":
-        from batchembed.run.engines.ray_engine import driver_placement, import_ray  # (Ray: only when chosen)
-
         import_ray()  # a clear error naming the extra to install, before anything else
         # the driver embeds nothing: a local model is loaded only on the workers
         return build_runner(resolve(job, embeds=False), placement=driver_placement(job), **options).run()

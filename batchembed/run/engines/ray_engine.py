@@ -38,6 +38,7 @@ from batchembed.output.manifest import Manifest, ShardRecord
 from batchembed.output.parts import owned_by
 from batchembed.output.roles import DriverWorker
 from batchembed.output.store.fencing import FenceToken
+from batchembed.run.assemble import build_runner
 from batchembed.run.engines.budget import JobBudget, SharedLimits
 from batchembed.run.placement import Canary, Placement
 from batchembed.run.runner import JobRunner
@@ -132,7 +133,7 @@ def counters(runner: JobRunner) -> dict[str, Any]:
         **{k: getattr(s, k) for k in _COUNTERS},
         "retries": dict(s.retries),
         "latencies": list(s.latencies),
-        "dim": getattr(runner.task, "dim", None),
+        "dim": runner.task.vectors.dim if runner.task.vectors is not None else None,
     }
 
 
@@ -150,8 +151,6 @@ def run_slice(
     """The Ray task: run slice ``part`` of the job; yield ("record", record, resolves, stats delta)
     per written shard, then ("end", stats delta). ``fence``: the driver's holding of the output's
     lock; every shard this worker makes visible is checked against it first."""
-    from batchembed.run.assemble import build_runner
-
     if job.model.provider == "local" and job.model.threads is None:
         # the embedded model on a worker uses the CPUs Ray gave it, not every core of the machine
         threads = max(1, round(job.engine.cpus_per_worker))
@@ -327,6 +326,6 @@ class RayStages:
             setattr(s, key, getattr(s, key) + delta[key])
         s.retries.update(delta["retries"])
         s.latencies.extend(delta["latencies"])
-        if getattr(self.runner.task, "dim", 0) is None and delta.get("dim"):
-            self.runner.task.dim = delta["dim"]  # for the report: the driver of a local model ran no canary
+        if self.runner.task.vectors is not None and delta.get("dim"):
+            self.runner.task.vectors.learn(delta["dim"])  # for the report: the driver of a local model ran no canary
         self.runner.progress.refresh()
