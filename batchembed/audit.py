@@ -83,6 +83,10 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     batches = batch_status(out)
     if batches is not None:
         doc["batches"] = batches
+    from batchembed.sinks import audit as sinks_audit
+
+    if job.sink:
+        doc["sinks"] = sinks_audit.status(job)
     if as_json:
         print(json.dumps(doc, indent=2))
         return ExitCode.OK
@@ -111,6 +115,8 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     print(f"inputs:   {_describe_freshness(doc)}")
     if batches is not None:
         print_batch_status(batches)
+    for line in sinks_audit.status_lines(doc.get("sinks", [])):
+        print(line)
     return ExitCode.OK
 
 
@@ -243,11 +249,17 @@ def verify(job: JobConfig) -> int:
     print(f"checked {len(manifest.shards)} shards, {checked_rows:,} rows against {len(sources)} input files")
     if outstanding:
         problems.append(f"{outstanding} rows failed and are only in _failed.parquet (run again to retry them)")
+    from batchembed.sinks.audit import verify_lines
+
+    sink_ok, sink_problems = verify_lines(job)
+    problems += sink_problems
     if problems:
         for p in problems:
             print(f"FAIL: {p}")
         return ExitCode.FAILED
     print("OK: every input row is in the output exactly once, with a well-formed vector column")
+    for line in sink_ok:
+        print(line)
     return ExitCode.OK
 
 

@@ -61,6 +61,8 @@ class JobRunner:
     clears_journals = True
     #: A finished run publishes the output's table (a part leaves that to the last part to finish).
     publishes = True
+    #: This run checks the job's [[sink]]s before buying and syncs them after publishing (not a Ray worker).
+    syncs_sinks = True
 
     def __init__(
         self,
@@ -85,6 +87,9 @@ class JobRunner:
         self.restart = restart
         self.retry_failed = retry_failed
         self.units = units
+        from batchembed.sinks.sync import for_run
+
+        self.sinks = for_run(self.job, lambda line: self.progress.line(line)) if self.syncs_sinks else None
         self.output = self._make_output()
         self.out = self.output.uri  # for messages
         self.stats = stats
@@ -179,9 +184,14 @@ class JobRunner:
                 f"{self.out}: job already complete and up to date with its {len(sources):,} input files "
                 f"({manifest.rows():,} rows); nothing to do"
             )
+            if self.sinks is not None:  # a sink left behind by an earlier run catches up (nothing is bought)
+                await asyncio.to_thread(self.sinks.catch_up)
+                return self.sinks.exit_code(EXIT_OK)
             return EXIT_OK
         if manifest.generation and (diff.stale or diff.added):
             self.progress.line(self.output.describe_refresh(diff))
+        if self.sinks is not None:  # a sink's table of another shape is refused before anything is bought
+            await asyncio.to_thread(self.sinks.preflight, self._sink_shape(manifest, work or sources))
         if work or (self.retry_failed and manifest.unresolved_failures()):
             await self._check_server(manifest)  # nothing to send (a refresh that only removes): no canary
         self.stats.rows_resumed = manifest.rows()
@@ -228,7 +238,8 @@ class JobRunner:
             await asyncio.to_thread(
                 self.output.publish, self._table(), self.job.output.history_days, self.progress.line
             )
-        return self._conclude()
+        code = self._conclude()
+        return code if self.sinks is None else self.sinks.exit_code(code)
 
     def _every_unit_done(self) -> bool:
         """Whether this run reached every unit of the job (an engine that leaves some for later says no)."""
@@ -238,7 +249,19 @@ class JobRunner:
         """``publish(shards, tag)``: the Delta table of this output (publish/)."""
         from batchembed.publish.table import delta_publisher
 
-        return delta_publisher(self.output.store, self.job)
+        return self._with_sinks(delta_publisher(self.output.store, self.job))
+
+    def _with_sinks(self, publish):
+        """``publish`` followed by the sync of the job's sinks (sinks/), before the replaced files go."""
+        return publish if self.sinks is None else self.sinks.wrap(publish)
+
+    def _sink_shape(self, manifest: Manifest, sources: list[SourceFile]):
+        """The shape the job's sinks must have: from a shard when there is one, else from the input."""
+        from batchembed.sinks.sync import expected_from_input, expected_from_output
+
+        if manifest.shards:
+            return expected_from_output(self.job, [manifest.shards[0].name])
+        return expected_from_input(self.job, sources[0], getattr(self.task, "dim", None)) if sources else None
 
     def _make_sender(self) -> Sender:
         sender = Sender(

@@ -138,6 +138,7 @@ class SliceRunner(JobRunner):
     handles_signals = False  # runs in a thread of a Ray worker; Ray ends the process
     clears_journals = False  # other parts of the job may have units in flight
     publishes = False  # the driver publishes the table once every slice is committed
+    syncs_sinks = False  # the driver checks and syncs the sinks
 
     def __init__(
         self,

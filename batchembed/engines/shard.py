@@ -106,6 +106,7 @@ class ShardRunner(JobRunner):
         output = PartOutput(open_store(self.job), self.job.output.compression, self.part)
         from batchembed.publish.table import delta_publisher
 
-        output.table = delta_publisher(output.store, self.job)  # the part completing the split publishes
+        # the part completing the split publishes (and syncs the job's sinks)
+        output.table = self._with_sinks(delta_publisher(output.store, self.job))
         output.history_days = self.job.output.history_days
         return output
