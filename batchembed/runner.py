@@ -10,6 +10,7 @@ worker's slice is this same run on its units.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
@@ -190,10 +191,17 @@ class JobRunner:
             return EXIT_OK
         if manifest.generation and (diff.stale or diff.added):
             self.progress.line(self.output.describe_refresh(diff))
+        shape = None
         if self.sinks is not None:  # a sink's table of another shape is refused before anything is bought
-            await asyncio.to_thread(self.sinks.preflight, self._sink_shape(manifest, work or sources))
+            shape = await asyncio.to_thread(self._sink_shape, manifest, work or sources)
+            await asyncio.to_thread(self.sinks.preflight, shape)
         if work or (self.retry_failed and manifest.unresolved_failures()):
-            await self._check_server(manifest)  # nothing to send (a refresh that only removes): no canary
+            await self._check_server(manifest)
+            if shape is not None and shape.dim is None and getattr(self.task, "dim", None):
+                # the dimension was learned from the canary: checked before the job's texts are sent
+                await asyncio.to_thread(
+                    self.sinks.preflight, dataclasses.replace(shape, dim=self.task.dim)
+                )  # nothing to send (a refresh that only removes): no canary
         self.stats.rows_resumed = manifest.rows()
         self.journal = Journal(
             journal_store(self.output.store),

@@ -63,10 +63,13 @@ class LanceSink:
     def _open(self, db):
         """The table, or None when it does not exist."""
         try:
-            names = set(db.table_names())
-        except Exception as exc:
-            raise SinkUnavailable(f"{self.name}: cannot list its tables: {_reason(exc)}") from None
-        return db.open_table(self.table) if self.table in names else None
+            return db.open_table(self.table)
+        except ValueError as exc:
+            if "not found" in str(exc):
+                return None
+            raise SinkUnavailable(f"{self.name}: cannot open it: {_reason(exc)}") from None
+        except Exception as exc:  # lancedb's errors from Rust: I/O, permissions, a bucket that is not there
+            raise SinkUnavailable(f"{self.name}: cannot open it: {_reason(exc)}") from None
 
     def check(self, shape: Expected) -> None:
         """Refuse (``SinkShapeError``) an existing table of another shape."""
