@@ -196,12 +196,10 @@ class JobRunner:
             shape = await asyncio.to_thread(self._sink_shape, manifest, work or sources)
             await asyncio.to_thread(self.sinks.preflight, shape)
         if work or (self.retry_failed and manifest.unresolved_failures()):
-            await self._check_server(manifest)
+            await self._check_server(manifest)  # nothing to send (a refresh that only removes): no canary
             if shape is not None and shape.dim is None and getattr(self.task, "dim", None):
                 # the dimension was learned from the canary: checked before the job's texts are sent
-                await asyncio.to_thread(
-                    self.sinks.preflight, dataclasses.replace(shape, dim=self.task.dim)
-                )  # nothing to send (a refresh that only removes): no canary
+                await asyncio.to_thread(self.sinks.preflight, dataclasses.replace(shape, dim=self.task.dim))
         self.stats.rows_resumed = manifest.rows()
         self.journal = Journal(
             journal_store(self.output.store),
