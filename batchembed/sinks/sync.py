@@ -19,6 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from batchembed.checkpoint import failpoint
 from batchembed.config import JobConfig
 from batchembed.errors import BatchEmbedError, ConfigError, OutputError, redact
 from batchembed.exitcodes import ExitCode
@@ -26,6 +27,19 @@ from batchembed.sinks import changes
 from batchembed.sinks.shape import Expected, SinkShapeError, expected
 from batchembed.store import output_location
 from batchembed.tasks.embed import id_column_name
+
+#: Every step of a sync a kill test stops at (``BATCHEMBED_FAILPOINT``), in the order a sync passes them.
+FAILPOINTS = (
+    "sink-before-sync",  # the Delta commit is made, no sink synced yet
+    "sink-postgres-begin",
+    "sink-postgres-copied",
+    "sink-postgres-applied",
+    "sink-postgres-before-commit",
+    "sink-lancedb-begin",
+    "sink-lancedb-merged",
+    "sink-lancedb-applied",
+    "sink-lancedb-tagged",
+)
 
 
 def columns_of(job: JobConfig) -> changes.Shape:
@@ -102,6 +116,7 @@ class SinkSync:
 
         def publish_then_sync(*args: Any, **kwargs: Any) -> Any:
             version = publish(*args, **kwargs)
+            failpoint("sink-before-sync")
             self.sync_all()
             return version
 
