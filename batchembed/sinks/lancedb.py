@@ -12,6 +12,7 @@ Rows stream in as record batches. lancedb is imported lazily (the ``sinks`` extr
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,8 @@ DELETE_IDS = 4096
 
 def lancedb_module():
     """lancedb, imported only when a lancedb sink is used (the ``sinks`` extra)."""
+    # Lance's Rust logger prints a WARN line when it creates a table ("No existing dataset"): errors only
+    os.environ.setdefault("LANCE_LOG", "error")
     try:
         import lancedb
     except ImportError:
