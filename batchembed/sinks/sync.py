@@ -24,7 +24,7 @@ from batchembed.config import JobConfig
 from batchembed.errors import BatchEmbedError, ConfigError, OutputError, redact
 from batchembed.exitcodes import ExitCode
 from batchembed.sinks import changes
-from batchembed.sinks.shape import Expected, SinkShapeError, expected
+from batchembed.sinks.shape import Expected, expected
 from batchembed.store import output_location
 from batchembed.tasks.embed import id_column_name
 
@@ -106,7 +106,7 @@ class SinkSync:
         for sink in self.sinks:
             try:
                 sink.check(shape)
-            except SinkShapeError:
+            except ConfigError:  # another shape, or the sinks extra not installed: before anything is bought
                 raise
             except BatchEmbedError as exc:
                 self.say(f"warning: {redact(str(exc))}; the run goes on and syncs it once it can be reached")
