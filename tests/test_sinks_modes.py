@@ -1,5 +1,6 @@
 """Sinks in every mode that publishes: ``--shard`` parts (the part completing the split syncs), the batch
-tier, a Ray driver, and an output and a LanceDB sink in a bucket (moto S3)."""
+tier, and an output and a LanceDB sink in a bucket (moto S3). (A Ray driver: ``test_ray_engine.py``, on its
+module's Ray.)"""
 
 from __future__ import annotations
 
@@ -11,9 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchembed.testing.batchapi import FakeBatchProvider
-from tests.conftest import cli_env, job_for, make_texts, run_cli, run_here, write_job
+from tests.conftest import cli_env, job_for, make_texts, run_here, write_job
 from tests.sinkcheck import add_sinks, assert_same, lance_rows, postgres_rows, table_rows
-from tests.test_ray_engine import ray_address  # noqa: F401  (the module's local Ray)
 
 pytest.importorskip("psycopg")
 pytest.importorskip("lancedb")
@@ -118,20 +118,6 @@ def test_the_batch_tier_syncs_the_sinks_once_its_batches_are_collected(tmp_path,
     assert result.returncode == 0, result.stderr
     assert "sink postgres table doc_vectors: loaded at version 0: 300 rows" in result.stderr
     _assert_equal(tmp_path / "out", env["BATCHEMBED_PG_DSN"], str(tmp_path / "lance"), env, job)
-
-
-def test_a_ray_driver_syncs_the_sinks_after_it_publishes(tmp_path, srv, postgres, ray_address):  # noqa: F811
-    data, texts = _days(tmp_path)
-    job = _sinks(job_for(tmp_path, srv, data, input={"path": str(data), "keep": ["title"]},
-                         output={"shard_rows": 50}), tmp_path)  # fmt: skip
-    dsn = postgres.database(f"modes{next(_names)}")
-    env = cli_env(BATCHEMBED_PG_DSN=dsn, RAY_ADDRESS=ray_address, RAY_AUTH_MODE="disabled")
-    for _day in range(2):
-        result = run_cli("run", str(job), "--quiet", "--engine", "ray", "--workers", "2", env=env)
-        assert result.returncode == 0, result.stderr
-        assert "sink lancedb table doc_vectors" in result.stderr
-        _assert_equal(tmp_path / "out", dsn, str(tmp_path / "lance"), env, job)
-        _next_day(data, texts)
 
 
 def test_an_output_and_a_lancedb_sink_in_a_bucket(tmp_path, fake, postgres, s3):
