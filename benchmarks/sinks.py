@@ -217,6 +217,7 @@ def main() -> None:
     p.add_argument("--root", help="work directory (default: a temp dir, removed at the end)")
     args = p.parse_args()
     root = Path(args.root or tempfile.mkdtemp(prefix="batchembed-sinks-"))
+    root.mkdir(parents=True, exist_ok=True)
     out = root / "out"
     import pgserver
 

@@ -272,3 +272,40 @@ def test_sinks_are_not_part_of_the_job(tmp_path, fake, dsn):
     assert result.returncode == 0, result.stderr
     assert fake.requests == [] and "nothing to do" in result.stderr
     _assert_equal(tmp_path, dsn, lance=False)
+
+
+def test_text_ids_generated_or_with_quotes_are_kept_and_deleted_exactly(tmp_path, fake, dsn):
+    """Ids that are text: generated ``file:row`` ids (rows that move get new ids), and an id column whose
+    values hold quotes and backslashes (LanceDB deletes by a filter naming them)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    texts = make_texts(300, seed=8)
+
+    def write(keys: list[int]) -> None:
+        ids = [f"doc '{k}' \\ \"{k}\"" for k in keys]
+        pq.write_table(pa.table({"key": ids, "text": [texts[k] for k in keys], "title": [f"t{k}" for k in keys]}),
+                       data / "a.parquet")  # fmt: skip
+        st = os.stat(data / "a.parquet")
+        os.utime(data / "a.parquet", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+    write(list(range(300)))
+    for name, id_column, table in (("quoted", "key", "quoted"), ("generated", None, "generated")):
+        job = job_for(tmp_path, fake, data, input={"path": str(data / "*.parquet"), "id": id_column, "keep": ["title"]},
+                      output={"path": str(tmp_path / f"out-{name}"), "shard_rows": 100})  # fmt: skip
+        job = job.rename(tmp_path / f"{name}.toml")
+        add_sinks(job, _pg(table=table), {"kind": "lancedb", "uri": str(tmp_path / "lance"), "table": table})
+        env = cli_env(BATCHEMBED_PG_DSN=dsn)
+        assert run_here(fake, "run", str(job), "--quiet", env=env).returncode == 0
+    write([k for k in range(300) if k % 7])  # 43 rows gone; generated ids of the rest shift
+    for name, id_column, table in (("quoted", "key", "quoted"), ("generated", None, "generated")):
+        job = tmp_path / f"{name}.toml"
+        result = run_here(fake, "run", str(job), "--quiet", env=env)
+        assert result.returncode == 0, result.stderr
+        cols = [id_column or "id", "title", "embedding"]
+        rows = table_rows(tmp_path / f"out-{name}", cols)
+        assert len(rows) == 257
+        assert_same(postgres_rows(dsn, table, cols), rows)
+        assert_same(lance_rows(str(tmp_path / "lance"), table, cols), rows)
+        if id_column:
+            assert _written(result.stderr, "postgres") == (0, 43)  # only the deletions
+        _verify_ok(job, env)

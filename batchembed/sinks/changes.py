@@ -78,8 +78,8 @@ class Change:
         return not self.full and self.upserts == 0 and not len(self.deleted)
 
 
-def current(where: Location, options: dict[str, str]) -> tuple[str, int, dict[str, int]] | None:
-    """The table's id, current version and files (None: no table yet)."""
+def current(where: Location, options: dict[str, str]) -> tuple[str, int, dict[str, int], int] | None:
+    """The table's id, current version, files and rows (None: no table yet)."""
     return snapshot(where, options)
 
 
@@ -88,8 +88,7 @@ def plan(where: Location, options: dict[str, str], shape: Shape, held: Held, now
     now = now or current(where, options)
     if now is None:
         return None
-    table_id, version, files = now
-    total = _rows(where, files)
+    table_id, version, files, total = now
     names = sorted(files)
     if held.version is None:
         return Change(table_id, version, names, True, "first load", total_rows=total)
@@ -120,16 +119,6 @@ def plan(where: Location, options: dict[str, str], shape: Shape, held: Held, now
 def _exists(where: Location, name: str) -> bool:
     loc = where.child(name)
     return loc.fs.get_file_info(loc.fs_path).type != pafs.FileType.NotFound
-
-
-def _rows(where: Location, files: dict[str, int]) -> int:
-    return sum(_metadata(where, n).num_rows for n in files)
-
-
-def _metadata(where: Location, name: str):
-    loc = where.child(name)
-    with loc.fs.open_input_file(loc.fs_path) as handle:
-        return pq.read_metadata(handle)
 
 
 def _digests(where: Location, names: list[str], shape: Shape) -> pl.DataFrame:
