@@ -191,14 +191,53 @@ def check(job: str) -> None:
 # ------------------------------------------------------------------------------------------- driver
 
 
+def server_cpu(root: Path) -> float:
+    """CPU seconds the PostgreSQL server has used so far: the postmaster, its live backends, and (through the
+    postmaster's children times) every backend that has exited."""
+    import psutil
+
+    pid = int((root / "pg" / "postmaster.pid").read_text().split()[0])
+    master = psutil.Process(pid)
+    t = master.cpu_times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for child in master.children(recursive=True):
+        try:
+            c = child.cpu_times()
+            total += c.user + c.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _backends(root: Path) -> int:
+    import psutil
+
+    return len(psutil.Process(int((root / "pg" / "postmaster.pid").read_text().split()[0])).children())
+
+
+def _backends_gone(root: Path, count: int, timeout: float = 10.0) -> None:
+    """Wait until the step's backends have exited and been reaped (their CPU is then in the postmaster's
+    children times)."""
+    deadline = time.monotonic() + timeout
+    while _backends(root) > count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+
+
 def _step(name: str, cmd: list[str], root: Path, env: dict[str, str]) -> dict:
     load = os.getloadavg()[0]
+    before = _backends(root)
+    server = server_cpu(root)
     m = run_measured(cmd, root / "logs" / f"{name}.log", timeout=7200, poll=0.1, env=env)
+    _backends_gone(root, before)
+    server = server_cpu(root) - server
     if m.returncode != 0:
         raise SystemExit(f"{name} failed ({m.returncode}):\n{m.log}")
-    print(f"{name}: {m.wall:.1f} s, CPU {m.cpu:.1f} s, peak RSS {m.peak_rss_mb:.0f} MB, load {load:.1f}", flush=True)
-    return {"wall_s": round(m.wall, 2), "cpu_s": round(m.cpu, 2), "peak_rss_mb": round(m.peak_rss_mb),
-            "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2), "log": m.log}  # fmt: skip
+    print(f"{name}: {m.wall:.1f} s, CPU {m.cpu:.1f} s (Postgres server {server:.1f} s), peak RSS "
+          f"{m.peak_rss_mb:.0f} MB, load {load:.1f}", flush=True)  # fmt: skip
+    return {"wall_s": round(m.wall, 2), "cpu_s": round(m.cpu, 2), "server_cpu_s": round(server, 2),
+            "peak_rss_mb": round(m.peak_rss_mb), "load_before": round(load, 2),
+            "load_after": round(os.getloadavg()[0], 2), "log": m.log}  # fmt: skip
 
 
 def _synced(log: str, kind: str) -> tuple[int, int]:
@@ -215,6 +254,7 @@ def main() -> None:
     p.add_argument("--shard-rows", type=int, default=100_000)
     p.add_argument("--change", type=float, default=0.02)
     p.add_argument("--root", help="work directory (default: a temp dir, removed at the end)")
+    p.add_argument("--only", choices=["postgres", "lancedb"], help="one store only")
     args = p.parse_args()
     root = Path(args.root or tempfile.mkdtemp(prefix="batchembed-sinks-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -233,28 +273,40 @@ def main() -> None:
         cli = [sys.executable, "-m", "batchembed.cli", "sync", job, "--sink"]
         me = [sys.executable, "-m", "benchmarks.sinks"]
         results: dict = {"rows": args.rows, "dim": args.dim, "shard_rows": args.shard_rows, "cpus": os.cpu_count()}
-        results["pg_ours_load"] = _step("pg_ours_load", [*cli, PG_TABLE], root, env)
-        results["pg_peer_load"] = _step("pg_peer_load", [*me, "peer-postgres", str(out), dsn], root, env)
-        results["lance_ours_load"] = _step("lance_ours_load", [*cli, LANCE_TABLE], root, env)
-        results["lance_peer_load"] = _step("lance_peer_load", [*me, "peer-lancedb", str(out), str(root / "lance")],
-                                           root, env)  # fmt: skip
+        pg, lance = args.only != "lancedb", args.only != "postgres"
+        if pg:
+            results["pg_ours_load"] = _step("pg_ours_load", [*cli, PG_TABLE], root, env)
+            results["pg_peer_load"] = _step("pg_peer_load", [*me, "peer-postgres", str(out), dsn], root, env)
+        if lance:
+            results["lance_ours_load"] = _step("lance_ours_load", [*cli, LANCE_TABLE], root, env)
+            results["lance_peer_load"] = _step("lance_peer_load", [*me, "peer-lancedb", str(out), str(root / "lance")],
+                                               root, env)  # fmt: skip
         counts = change_output(out, args.dim, args.change)
         results["change"] = counts
         print(f"change: {counts}", flush=True)
-        results["pg_ours_daily"] = _step("pg_ours_daily", [*cli, PG_TABLE], root, env)
-        results["lance_ours_daily"] = _step("lance_ours_daily", [*cli, LANCE_TABLE], root, env)
-        results["check"] = _step("check", [*me, "check", job], root, env)
+        if pg:
+            results["pg_ours_daily"] = _step("pg_ours_daily", [*cli, PG_TABLE], root, env)
+        if lance:
+            results["lance_ours_daily"] = _step("lance_ours_daily", [*cli, LANCE_TABLE], root, env)
+        if pg and lance:
+            results["check"] = _step("check", [*me, "check", job], root, env)
         changed = counts["edited"] + counts["added"]
         for kind, key in (("postgres", "pg_ours_daily"), ("lancedb", "lance_ours_daily")):
+            if key not in results:
+                continue
             written, deleted = _synced(results[key]["log"], kind)
             results[key].update(written=written, deleted=deleted, written_per_changed=round(written / changed, 4),
                                 written_share=round(written / counts["rows_before"], 4))  # fmt: skip
         for key in ("pg_ours_load", "pg_peer_load", "lance_ours_load", "lance_peer_load"):
-            results[key]["rows_per_s"] = round(args.rows / results[key]["wall_s"])
+            if key in results:
+                step = results[key]
+                step["rows_per_s"] = round(args.rows / step["wall_s"])
+                step["rows_per_cpu_s"] = round(args.rows / (step["cpu_s"] + step["server_cpu_s"]))
         for step in results.values():
             if isinstance(step, dict):
                 step.pop("log", None)
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        name = RESULTS if not args.only else RESULTS.with_name(f"results-sinks-{args.only}.json")
+        name.write_text(json.dumps(results, indent=2) + "\n")
         print(json.dumps(results, indent=2))
     finally:
         server.cleanup()

@@ -175,15 +175,18 @@ class PostgresSink:
         failpoint("sink-postgres-begin")
         target = self._ident()
         names = sql.SQL(", ").join(sql.Identifier(c) for c in columns.columns)
-        if not exists:
+        if not exists:  # the primary key is added once the rows are in (one sorted build, not 1M inserts)
             self._create(conn, shape)
         self._ensure_state(conn)
         if change.full:
             if exists:
                 conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(self._ident(self._index_name())))
                 conn.execute(sql.SQL("TRUNCATE {}").format(target))
-            written = self._copy(conn, target, names, shape, changes.upsert_batches(where, change, columns))
+            # FREEZE: the table was created or truncated in this transaction, so its rows are written frozen
+            written = self._copy(conn, target, names, shape, changes.upsert_batches(where, change, columns), True)
             failpoint("sink-postgres-copied")
+            if not exists:
+                conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(target, sql.Identifier(columns.id)))
             deleted = 0
         else:
             conn.execute(
@@ -235,7 +238,7 @@ class PostgresSink:
         if self.schema:
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
         id_name, id_kind = shape.id
-        cols = [sql.SQL("{} {} PRIMARY KEY").format(sql.Identifier(id_name), sql.SQL(postgres_type(id_name, id_kind)))]
+        cols = [sql.SQL("{} {} NOT NULL").format(sql.Identifier(id_name), sql.SQL(postgres_type(id_name, id_kind)))]
         cols += [sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(postgres_type(n, k))) for n, k in shape.kept]
         cols.append(sql.SQL("{} vector({})").format(sql.Identifier(shape.vector), sql.Literal(shape.dim)))
         conn.execute(sql.SQL("CREATE TABLE {} ({})").format(self._ident(), sql.SQL(", ").join(cols)))
@@ -264,7 +267,7 @@ class PostgresSink:
             )
         )
 
-    def _copy(self, conn, target, names, shape: Expected, batches) -> int:
+    def _copy(self, conn, target, names, shape: Expected, batches, freeze: bool = False) -> int:
         """Binary COPY of ``batches`` into ``target``; returns the rows written."""
         from psycopg import sql
         from psycopg.types import TypeInfo
@@ -275,7 +278,11 @@ class PostgresSink:
         written = 0
         with (
             conn.cursor() as cur,
-            cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(target, names)) as copy,
+            cur.copy(
+                sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY{})").format(
+                    target, names, sql.SQL(", FREEZE" if freeze else "")
+                )
+            ) as copy,
         ):
             copy.set_types(types)
             for batch in batches:
