@@ -192,8 +192,10 @@ class JobRunner:
         if manifest.generation and (diff.stale or diff.added):
             self.progress.line(self.output.describe_refresh(diff))
         shape = None
+        from batchembed.sinks.sync import expected_for_run
+
         if self.sinks is not None:  # a sink's table of another shape is refused before anything is bought
-            shape = await asyncio.to_thread(self._sink_shape, manifest, work or sources)
+            shape = await asyncio.to_thread(expected_for_run, self.job, manifest, work or sources, self.task)
             await asyncio.to_thread(self.sinks.preflight, shape)
         if work or (self.retry_failed and manifest.unresolved_failures()):
             await self._check_server(manifest)  # nothing to send (a refresh that only removes): no canary
@@ -260,14 +262,6 @@ class JobRunner:
     def _with_sinks(self, publish):
         """``publish`` followed by the sync of the job's sinks (sinks/), before the replaced files go."""
         return publish if self.sinks is None else self.sinks.wrap(publish)
-
-    def _sink_shape(self, manifest: Manifest, sources: list[SourceFile]):
-        """The shape the job's sinks must have: from a shard when there is one, else from the input."""
-        from batchembed.sinks.sync import expected_from_input, expected_from_output
-
-        if manifest.shards:
-            return expected_from_output(self.job, [manifest.shards[0].name])
-        return expected_from_input(self.job, sources[0], getattr(self.task, "dim", None)) if sources else None
 
     def _make_sender(self) -> Sender:
         sender = Sender(

@@ -89,6 +89,13 @@ def expected_from_input(job: JobConfig, source: Any, dim: int | None) -> Expecte
     return expected(pa.schema(fields), cols.id, cols.kept, cols.vector, dim)
 
 
+def expected_for_run(job: JobConfig, manifest: Any, sources: list[Any], task: Any) -> Expected | None:
+    """The shape a run's sinks must have: from a shard when the output has one, else from the input."""
+    if manifest.shards:
+        return expected_from_output(job, [manifest.shards[0].name])
+    return expected_from_input(job, sources[0], getattr(task, "dim", None)) if sources else None
+
+
 class SinkSync:
     """The sinks of one run or ``sync`` command, and which of them are behind the table."""
 
