@@ -55,12 +55,12 @@ def status_lines(entries: list[dict[str, Any]]) -> list[str]:
     lines = []
     for e in entries:
         table = e["table_version"]
+        where = "no Delta table yet" if table is None else f"the table is at version {table}"
         if e["state"] == "unreachable":
-            lines.append(f"sink:     {e['sink']}: unreachable ({e['reason']}); the table is at version {table}")
+            lines.append(f"sink:     {e['sink']}: unreachable ({e['reason']}); {where}")
         elif e["state"] == "empty":
-            lines.append(
-                f"sink:     {e['sink']}: holds nothing yet; the table is at version {table} (`batchembed sync`)"
-            )
+            hint = "" if table is None else " (`batchembed sync`)"
+            lines.append(f"sink:     {e['sink']}: holds nothing yet; {where}{hint}")
         else:
             note = "current" if e["state"] == "current" else "behind: `batchembed sync` catches it up"
             lines.append(f"sink:     {e['sink']}: version {e['held_version']} of the table's {table} ({note})")
