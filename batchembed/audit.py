@@ -15,24 +15,29 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batchembed.audit_job import another_job, job_differences
-from batchembed.audit_state import OutputNow, files_line, running_line, still_running
-from batchembed.checkpoint import SUCCESS, Manifest, check_file, fingerprint_hash
-from batchembed.config import JobConfig
+from batchembed.audit.owner import another_job, job_differences
+from batchembed.audit.state import OutputNow, files_line, running_line, still_running
+from batchembed.output.layout import SUCCESS
+from batchembed.output.manifest import Manifest, check_file
+from batchembed.job.fingerprint import fingerprint_hash
+from batchembed.job.config import JobConfig
 from batchembed.errors import OutputError
 from batchembed.exitcodes import ExitCode
-from batchembed.journal import answered, journal_store
-from batchembed.refresh import diff_inputs
-from batchembed.sources import SourceFile, discover, iter_batches
-from batchembed.store import open_store, storage_options
-from batchembed.store.base import OutputStore
-from batchembed.tasks.embed import generated_ids, id_column_name
-from batchembed.units import planned_units
+from batchembed.output.journal.recovery import answered
+from batchembed.output.journal.segments import journal_store
+from batchembed.output.input_diff import diff_inputs
+from batchembed.input.files import SourceFile
+from batchembed.input.discover import discover
+from batchembed.input.read import iter_batches
+from batchembed.output.store import open_store, storage_options
+from batchembed.output.store.base import OutputStore
+from batchembed.tasks.ids import generated_ids, id_column_name
+from batchembed.input.units import planned_units
 
 
 def _load(job: JobConfig) -> tuple[OutputStore, Manifest]:
     """The output store and its manifest (every ``--shard`` part's, merged), read without taking a lock."""
-    from batchembed.engines.parts import load_whole
+    from batchembed.output.parts import load_whole
 
     out = open_store(job)
     manifest, _ = load_whole(out)
@@ -78,7 +83,7 @@ def status(job: JobConfig, as_json: bool = False) -> int:
         "damaged": damaged,
         **vector_status(job, manifest),
     }
-    from batchembed.batch.cancel import batch_status, print_batch_status
+    from batchembed.run.batch.cancel import batch_status, print_batch_status
 
     batches = batch_status(out)
     if batches is not None:
@@ -273,7 +278,7 @@ def _table_problems(out: OutputStore, manifest: Manifest, sources: list[SourceFi
             f"the inputs changed since the output was written ({_describe_freshness(_freshness(manifest, sources))})"
         )
     if manifest.complete and not manifest.retiring:
-        from batchembed.publish.table import table_disagreements
+        from batchembed.output.publish.table import table_disagreements
 
         problems += [f"Delta table: {p}" for p in table_disagreements(out, manifest.shards)]
     return problems
@@ -285,7 +290,7 @@ def _count_rows(src: SourceFile) -> int:
 
 
 def _first_column(src: SourceFile) -> str:
-    from batchembed.sources import columns_of
+    from batchembed.input.read import columns_of
 
     return (columns_of(src) or ["_"])[0]
 

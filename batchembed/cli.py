@@ -232,18 +232,18 @@ def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> in
 
         return serve.command(args)
     if args.command == "init":
-        from batchembed.init_job import init_command
+        from batchembed.init.propose import init_command
 
         return init_command(args.input, args.text, args.id, args.model, args.output)
     if args.command == "models":
-        from batchembed.catalog import models_command
+        from batchembed.job.catalog import models_command
 
         return models_command(args.json)
-    from batchembed.config import load_job
+    from batchembed.job.config import load_job
 
     job = load_job(args.job, args.overrides)
     if args.command == "run":
-        from batchembed.engines import run_job
+        from batchembed.run.engines import run_job
 
         if args.allow_removal:
             import dataclasses
@@ -263,7 +263,7 @@ def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> in
             wait=args.wait,
         )
     if args.command == "cancel":
-        from batchembed.batch.cancel import cancel
+        from batchembed.run.batch.cancel import cancel
 
         return cancel(job, transport=transport)
     if args.command == "sync":
@@ -271,11 +271,11 @@ def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> in
 
         return sync_command(job, args.sink)
     if args.command == "plan":
-        from batchembed.plan import plan
+        from batchembed.plan.dry_run import plan
 
         price = args.price if args.price is not None else job.model.price_per_million_tokens
         return plan(job, as_json=args.json, price_per_million=price)
-    from batchembed import audit
+    from batchembed.audit import verify as audit
 
     if args.command == "status":
         return audit.status(job, as_json=args.json)

@@ -409,7 +409,7 @@ def check_tier(job: JobConfig) -> None:
 
 def check_sinks(job: JobConfig) -> None:
     """``[[sink]]``: each names a table; postgres needs no uri, lancedb needs one; no table twice."""
-    from batchembed.location import locate
+    from batchembed.fs.location import locate
 
     seen = set()
     for i, sink in enumerate(job.sink):
@@ -437,7 +437,7 @@ def check_sinks(job: JobConfig) -> None:
 
 def check_locations(job: JobConfig) -> None:
     """Paths and URIs: known schemes only; the SQLite cache on a local disk; a sane lease."""
-    from batchembed.location import locate, scheme_of
+    from batchembed.fs.location import locate, scheme_of
 
     locate(job.input.path, field="input.path")
     locate(job.output.path, field="output.path")

@@ -18,26 +18,33 @@ from collections.abc import Callable
 from typing import Any
 
 from batchembed import __version__
-from batchembed.checkpoint import TRUNCATED, Manifest, fingerprint_hash
+from batchembed.output.layout import TRUNCATED
+from batchembed.output.manifest import Manifest
+from batchembed.job.fingerprint import fingerprint_hash
 from batchembed.exitcodes import ExitCode
 from batchembed.faults import with_path
-from batchembed.filecache import FileCache, released_as_read
-from batchembed.inputcheck import check_inputs
-from batchembed.journal import Journal, journal_store
-from batchembed.limits import RateLimits
-from batchembed.normalize import learn_unit_norm, report_fields
-from batchembed.output import JobOutput, RetryUnit
-from batchembed.pipeline import Pipeline
-from batchembed.progress import Progress, Stats
-from batchembed.refresh import first_ordinal
-from batchembed.resolved import ResolvedJob
-from batchembed.sender import Sender, SendHooks
-from batchembed.servers import ServedModel, UsageCheck, full_vector_probe, run_canary
-from batchembed.sources import SourceFile, check_columns, discover
-from batchembed.store import open_store, storage_options
+from batchembed.input.files import FileCache, released_as_read
+from batchembed.input.checks import check_inputs
+from batchembed.output.journal.writer import Journal
+from batchembed.output.journal.segments import journal_store
+from batchembed.sending.limits import RateLimits
+from batchembed.tasks.normalize import learn_unit_norm, report_fields
+from batchembed.output.commit import JobOutput, RetryUnit
+from batchembed.run.pipeline import Pipeline
+from batchembed.run.progress import Progress
+from batchembed.stats import Stats
+from batchembed.output.input_diff import first_ordinal
+from batchembed.job.resolved import ResolvedJob
+from batchembed.sending.sender import Sender, SendHooks
+from batchembed.sending.server_checks import ServedModel, UsageCheck, full_vector_probe, run_canary
+from batchembed.input.files import SourceFile
+from batchembed.input.read import check_columns
+from batchembed.input.discover import discover
+from batchembed.output.store import open_store, storage_options
 from batchembed.tasks import Request, Task
-from batchembed.tokens import TokenCounter
-from batchembed.units import Unit, iter_chunks, pending_rows, retry_chunks
+from batchembed.tasks.tokens import TokenCounter
+from batchembed.input.units import Unit
+from batchembed.input.chunks import iter_chunks, pending_rows, retry_chunks
 
 #: Rows per chunk: the grain of text building, token counting and dedup.
 CHUNK_ROWS = 4096
@@ -51,7 +58,7 @@ class JobRunner:
     """Runs one job (or the subset ``units`` of its units) to completion or a clean stop; ``run()`` returns
     an exit code.
 
-    The engines in :mod:`batchembed.engines` subclass it: they pass ``units`` (which units this run
+    The engines in :mod:`batchembed.run.engines` subclass it: they pass ``units`` (which units this run
     does), give it their own output (``_make_output``: where a commit goes), limits, and class
     attributes; the Ray driver replaces ``_pipeline`` and a Ray worker ``_check_server``.
     """
@@ -255,7 +262,7 @@ class JobRunner:
 
     def _table(self):
         """``publish(shards, tag)``: the Delta table of this output (publish/)."""
-        from batchembed.publish.table import delta_publisher
+        from batchembed.output.publish.table import delta_publisher
 
         return self._with_sinks(delta_publisher(self.output.store, self.job))
 

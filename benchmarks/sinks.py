@@ -4,7 +4,7 @@ against hand-written peers in the same run.
     python -m benchmarks.sinks [--rows 1000000] [--dim 384] [--shard-rows 100000] [--change 0.02]
 
 Builds an output the way a run leaves it (shards of id, title, a ``fixed_size_list<float32>`` vector and
-``_text_key``, published as a Delta table by ``batchembed.publish``), starts a real PostgreSQL 16 + pgvector
+``_text_key``, published as a Delta table by ``batchembed.output.publish``), starts a real PostgreSQL 16 + pgvector
 (pgserver, a Unix socket in a temp dir), then, each step a measured child process (wall, CPU, peak RSS):
 
 - ``batchembed sync`` into Postgres (binary COPY) and into LanceDB (one overwrite commit), the first load;
@@ -69,9 +69,9 @@ def _keys(rng, n: int) -> np.ndarray:
 
 
 def _publish(out: Path, names: list[str], tag: int) -> int:
-    from batchembed.location import locate
-    from batchembed.publish.delta import publish
-    from batchembed.publish.files import read_table_file
+    from batchembed.fs.location import locate
+    from batchembed.output.publish.delta import publish
+    from batchembed.output.publish.files import read_table_file
 
     where = locate(str(out))
     return publish(where, None, [read_table_file(where, n) for n in names], tag=tag)
@@ -180,7 +180,7 @@ def peer_lancedb(out: str, uri: str) -> None:
 
 def check(job: str) -> None:
     """The sinks against the table (count, id digest, sampled vectors)."""
-    from batchembed.config import load_job
+    from batchembed.job.config import load_job
     from batchembed.sinks.audit import problems
 
     found = problems(load_job(job))

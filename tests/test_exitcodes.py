@@ -6,7 +6,7 @@ import re
 import signal
 from pathlib import Path
 
-from batchembed import runner
+from batchembed.run import runner
 from batchembed.exitcodes import ExitCode
 
 README = Path(__file__).resolve().parents[1] / "README.md"

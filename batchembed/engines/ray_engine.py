@@ -14,7 +14,7 @@ costs only the unit it was writing (its partial or unrecorded shard is an orphan
 ``_SUCCESS``). A killed driver takes its tasks with it (Ray ends a dead driver's tasks); rerunning the
 same command resumes from the manifest like any run.
 
-All workers share one rate limit: a :class:`~batchembed.engines.budget.JobBudget` actor.
+All workers share one rate limit: a :class:`~batchembed.run.engines.budget.JobBudget` actor.
 """
 
 from __future__ import annotations
@@ -30,15 +30,15 @@ import threading
 from collections import Counter
 from typing import Any
 
-from batchembed.checkpoint import Manifest, ShardRecord
-from batchembed.engines.budget import JobBudget, SharedLimits
-from batchembed.engines.parts import owned_by
+from batchembed.output.manifest import Manifest, ShardRecord
+from batchembed.run.engines.budget import JobBudget, SharedLimits
+from batchembed.output.parts import owned_by
 from batchembed.errors import BatchEmbedError, ConfigError
 from batchembed.exitcodes import ExitCode
-from batchembed.output import JobOutput
-from batchembed.runner import JobRunner
-from batchembed.store import open_store
-from batchembed.store.fencing import FenceToken
+from batchembed.output.commit import JobOutput
+from batchembed.run.runner import JobRunner
+from batchembed.output.store import open_store
+from batchembed.output.store.fencing import FenceToken
 
 #: Times one slice is re-submitted after its worker process or node died, before the job gives up.
 MAX_SLICE_ATTEMPTS = 4
@@ -194,7 +194,7 @@ def run_slice(
     """The Ray task: run slice ``part`` of the job; yield ("record", record, resolves, stats delta)
     per written shard, then ("end", stats delta). ``fence``: the driver's holding of the output's
     lock; every shard this worker makes visible is checked against it first."""
-    from batchembed.job import build_runner
+    from batchembed.run.assemble import build_runner
 
     if job.model.provider == "local" and job.model.threads is None:
         # the embedded model on a worker uses the CPUs Ray gave it, not every core of the machine

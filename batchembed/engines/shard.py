@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from batchembed import output_refresh
-from batchembed.checkpoint import SUCCESS, Manifest, check_shards, remove_orphans
-from batchembed.engines.parts import (
+from batchembed.output import refresh as output_refresh
+from batchembed.output.layout import SUCCESS
+from batchembed.output.manifest import Manifest, check_shards, remove_orphans
+from batchembed.output.parts import (
     all_complete,
     load_part,
     open_part,
@@ -21,11 +22,12 @@ from batchembed.engines.parts import (
     parts_left,
     refuse_mixing,
 )
-from batchembed.limits import RateLimits
-from batchembed.output import JobOutput
-from batchembed.runner import JobRunner
-from batchembed.store import open_store
-from batchembed.store.base import OutputStore, part_suffix
+from batchembed.sending.limits import RateLimits
+from batchembed.output.commit import JobOutput
+from batchembed.run.runner import JobRunner
+from batchembed.output.store import open_store
+from batchembed.output.store.base import OutputStore
+from batchembed.output.layout import part_suffix
 
 
 class PartOutput(JobOutput):
@@ -104,7 +106,7 @@ class ShardRunner(JobRunner):
 
     def _make_output(self) -> PartOutput:
         output = PartOutput(open_store(self.job), self.job.output.compression, self.part)
-        from batchembed.publish.table import delta_publisher
+        from batchembed.output.publish.table import delta_publisher
 
         # the part completing the split publishes (and syncs the job's sinks)
         output.table = self._with_sinks(delta_publisher(output.store, self.job))

@@ -24,9 +24,9 @@ from typing import Any
 import pyarrow as pa
 
 from batchembed.errors import OutputError, redact
-from batchembed.location import Location, locate, register_cloud_secrets
-from batchembed.publish.files import TableFile, delta_schema, read_arrow_schema
-from batchembed.publish.stores import delta_storage_options, table_uri
+from batchembed.fs.location import Location, locate, register_cloud_secrets
+from batchembed.output.publish.files import TableFile, delta_schema, read_arrow_schema
+from batchembed.output.publish.stores import delta_storage_options, table_uri
 
 #: The app id of every batchembed commit's app transaction (``txn`` action).
 APP_ID = "batchembed"

@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from batchembed.config import JobConfig
+from batchembed.job.config import JobConfig
 from batchembed.errors import BatchEmbedError, redact
-from batchembed.publish.stores import delta_storage_options
+from batchembed.output.publish.stores import delta_storage_options
 from batchembed.sinks import changes
 from batchembed.sinks.sync import columns_of, sinks_of
-from batchembed.store import output_location
+from batchembed.output.store import output_location
 
 #: Rows whose kept values and vectors ``verify`` compares, per sink.
 SAMPLE_ROWS = 32

@@ -24,9 +24,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from batchembed.errors import OutputError
-from batchembed.location import Location
-from batchembed.output_cache import KEY_COLUMN
-from batchembed.publish.delta import snapshot
+from batchembed.fs.location import Location
+from batchembed.output.cache import KEY_COLUMN
+from batchembed.output.publish.delta import snapshot
 
 #: Rows per record batch streamed into a sink.
 BATCH_ROWS = 8192

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from batchembed.checkpoint import failpoint
-from batchembed.config import SinkConfig
+from batchembed.failpoints import failpoint
+from batchembed.job.config import SinkConfig
 from batchembed.errors import ConfigError, redact
-from batchembed.location import Location, locate
-from batchembed.publish.stores import delta_storage_options, table_uri
+from batchembed.fs.location import Location, locate
+from batchembed.output.publish.stores import delta_storage_options, table_uri
 from batchembed.sinks import changes
 from batchembed.sinks.postgres import SinkUnavailable, Synced
 from batchembed.sinks.shape import Expected, SinkShapeError, lance_refusal

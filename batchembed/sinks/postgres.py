@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from batchembed.checkpoint import failpoint
-from batchembed.config import SinkConfig
+from batchembed.failpoints import failpoint
+from batchembed.job.config import SinkConfig
 from batchembed.errors import BatchEmbedError, ConfigError, redact, register_secret
 from batchembed.sinks import changes
 from batchembed.sinks.shape import Expected, SinkShapeError, postgres_refusal, postgres_type

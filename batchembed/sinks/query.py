@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from batchembed.config import JobConfig, load_job
+from batchembed.job.config import JobConfig, load_job
 
 
 def embed_query(job: str | Path | JobConfig, text: str, transport=None) -> list[float]:
     """``text`` embedded as a query by the model of ``job`` (a job file or a loaded job), L2-normalised
     like the job's own vectors; ``transport``: how HTTP providers send (tests: the fake, in-process)."""
-    from batchembed.job import build_provider
-    from batchembed.resolved import resolve
+    from batchembed.run.assemble import build_provider
+    from batchembed.job.resolved import resolve
 
     config = job if isinstance(job, JobConfig) else load_job(job)
     config = dataclasses.replace(config, input=dataclasses.replace(config.input, role="query"))

@@ -19,14 +19,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from batchembed.checkpoint import failpoint
-from batchembed.config import JobConfig
+from batchembed.failpoints import failpoint
+from batchembed.job.config import JobConfig
 from batchembed.errors import BatchEmbedError, ConfigError, OutputError, redact
 from batchembed.exitcodes import ExitCode
 from batchembed.sinks import changes
 from batchembed.sinks.shape import Expected, expected
-from batchembed.store import output_location
-from batchembed.tasks.embed import id_column_name
+from batchembed.output.store import output_location
+from batchembed.tasks.ids import id_column_name
 
 #: Every step of a sync a kill test stops at (``BATCHEMBED_FAILPOINT``), in the order a sync passes them.
 FAILPOINTS = (
@@ -52,7 +52,7 @@ def sinks_of(job: JobConfig, only: str | None = None) -> list[Any]:
     """The job's sinks (only the one whose table is ``only``, when given)."""
     from batchembed.sinks.lancedb import LanceSink
     from batchembed.sinks.postgres import PostgresSink
-    from batchembed.store import storage_options
+    from batchembed.output.store import storage_options
 
     found = [
         PostgresSink(s) if s.kind == "postgres" else LanceSink(s, storage_options(job))
@@ -67,7 +67,7 @@ def sinks_of(job: JobConfig, only: str | None = None) -> list[Any]:
 
 def expected_from_output(job: JobConfig, files: list[str]) -> Expected | None:
     """The sinks' shape from a shard of the output (None when it has none)."""
-    from batchembed.publish.files import read_arrow_schema
+    from batchembed.output.publish.files import read_arrow_schema
 
     if not files:
         return None
@@ -77,7 +77,7 @@ def expected_from_output(job: JobConfig, files: list[str]) -> Expected | None:
 
 def expected_from_input(job: JobConfig, source: Any, dim: int | None) -> Expected | None:
     """The sinks' shape before any shard exists: the id and kept columns' types from the input's first rows."""
-    from batchembed.sources import iter_batches
+    from batchembed.input.read import iter_batches
 
     cols = columns_of(job)
     wanted = [c for c in dict.fromkeys([job.input.id, *cols.kept]) if c]
@@ -139,7 +139,7 @@ class SinkSync:
         if not self.sinks:
             return
         where = output_location(self.job)
-        from batchembed.publish.stores import delta_storage_options
+        from batchembed.output.publish.stores import delta_storage_options
 
         options = delta_storage_options(where)
         now = changes.current(where, options)
@@ -203,6 +203,6 @@ def sync_command(job: JobConfig, only: str | None = None) -> int:
 
 
 def _options(job: JobConfig) -> dict[str, str]:
-    from batchembed.publish.stores import delta_storage_options
+    from batchembed.output.publish.stores import delta_storage_options
 
     return delta_storage_options(output_location(job))
