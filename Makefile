@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 JOB    ?= jobs/example.toml
 
-.PHONY: setup test lint run demo bench bench-large bench-ratelimits clean test-servers servers-setup
+.PHONY: setup test lint run demo bench bench-large bench-ratelimits bench-sinks clean test-servers servers-setup
 
 setup: $(STAMP)
 
@@ -47,6 +47,11 @@ bench: setup
 # the rate-limit styles alone (~9 min: six 90 s runs)
 bench-ratelimits: setup
 	$(BIN)/python -m benchmarks.ratelimit_styles
+
+# sinks: a first load of 1M x 384 into Postgres/pgvector and LanceDB, then a 2% daily sync, against peers
+# (~20-40 min on the shared 2-core box; ~12 GB of disk in a temp dir, removed at the end)
+bench-sinks: setup
+	$(BIN)/python -m benchmarks.sinks
 
 bench-large: setup
 	$(BIN)/python -m benchmarks.run --rows 100000 1000000

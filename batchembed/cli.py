@@ -1,7 +1,8 @@
 """The ``batchembed`` command: parse arguments, call the library, map errors to exit codes.
 
 Exit codes (``batchembed.exitcodes.ExitCode``): 0 success; 1 the job failed (config, input, auth, I/O,
-server refuses); 2 usage error; 3 finished but some rows are in ``_failed.parquet``; 75 batches still running
+server refuses); 2 usage error; 3 finished but some rows are in ``_failed.parquet``; 69 published but a sink is
+behind (``batchembed sync``); 75 batches still running
 (``run --no-wait``); 130/143 stopped
 by SIGINT/SIGTERM (resumable).
 """
@@ -56,7 +57,7 @@ def _epilog() -> str:
   batchembed status jobs/docs.toml    # how far it got
 
 exit codes: 0 done, 1 failed, 2 usage error, 3 done but some rows failed (_failed.parquet),
-130/143 stopped by a signal (run again to resume)
+69 published but a [[sink]] is behind (batchembed sync), 130/143 stopped by a signal (run again to resume)
 
 Every job-file key, the providers, scaling out: {_readme()}"""
 
@@ -156,6 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _job_arguments(verify)
 
+    sync = _command(
+        sub,
+        "sync",
+        "bring the job's [[sink]] tables (Postgres/pgvector, LanceDB) to the output's current version; embeds nothing",
+        "batchembed sync jobs/docs.toml",
+        "batchembed sync jobs/docs.toml --sink search.doc_vectors",
+    )
+    _job_arguments(sync)
+    sync.add_argument("--sink", metavar="TABLE", help="only the sink with this table (default: every sink)")
+
     plan = _command(
         sub,
         "plan",
@@ -249,6 +260,10 @@ def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> in
         from batchembed.run.batch.cancel import cancel
 
         return cancel(job, transport=transport)
+    if args.command == "sync":
+        from batchembed.sinks.sync import sync_command
+
+        return sync_command(job, args.sink)
     if args.command == "plan":
         from batchembed.plan.dry_run import plan
 

@@ -256,6 +256,19 @@ def daily_files(tmp_path: Path, files: int, rows: int) -> tuple[Path, dict[int, 
 
 
 @pytest.fixture(scope="module")
+def postgres():
+    """A real PostgreSQL 16 + pgvector on a Unix socket in a temp dir, for one test module (``tests.pgserver``)."""
+    pytest.importorskip("pgserver")
+    from tests.pgserver import Postgres
+
+    server = Postgres().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
 def azurite():
     """An Azurite (Azure Storage emulator) server for one test module; skipped where npm could not install it."""
     from tests.azurite import BINARY, Azurite

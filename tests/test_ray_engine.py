@@ -275,3 +275,29 @@ def test_refresh_on_ray_buys_only_new_texts_and_publishes_once(tmp_path, srv, ra
     published = DeltaTable(str(out)).to_pyarrow_table()
     assert sorted(published.column("id").to_pylist()) == sorted(want)
     assert run_cli("verify", str(job), env=env).returncode == 0
+
+
+def test_a_ray_driver_syncs_the_job_s_sinks_after_it_publishes(tmp_path, srv, ray_address):
+    """[[sink]] tables are synced by the driver right after it publishes the table (issue 29)."""
+    pytest.importorskip("psycopg")
+    pytest.importorskip("lancedb")
+    from tests.pgserver import Postgres
+    from tests.sinkcheck import add_sinks
+    from tests.test_sinks_modes import _assert_equal, _days
+
+    data, _ = _days(tmp_path)
+    job = add_sinks(
+        job_for(tmp_path, srv, data, input={"path": str(data), "keep": ["title"]}, output={"shard_rows": 50}),
+        {"kind": "postgres", "table": "doc_vectors"},
+        {"kind": "lancedb", "uri": str(tmp_path / "lance"), "table": "doc_vectors"},
+    )
+    postgres = Postgres().start()
+    try:
+        dsn = postgres.database("ray")
+        env = _env(BATCHEMBED_PG_DSN=dsn, RAY_ADDRESS=ray_address)
+        result = run_cli("run", str(job), "--quiet", "--engine", "ray", "--workers", "1", env=env)
+        assert result.returncode == 0, result.stderr
+        assert "sink lancedb table doc_vectors" in result.stderr and "loaded at version 0: 300 rows" in result.stderr
+        _assert_equal(tmp_path / "out", dsn, str(tmp_path / "lance"), env, job)
+    finally:
+        postgres.stop()

@@ -21,6 +21,7 @@ from batchembed.output.layout import FAILED_DIR, SUCCESS, TRUNCATED_DIR
 from batchembed.output.manifest import Manifest
 from batchembed.output.store import storage_options
 from batchembed.output.store.base import OutputStore
+from batchembed.sinks import audit as sinks_audit
 
 
 def status(job: JobConfig, as_json: bool = False) -> int:
@@ -66,6 +67,8 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     batches = batch_status(out)
     if batches is not None:
         doc["batches"] = batches
+    if job.sink:
+        doc["sinks"] = sinks_audit.status(job)
     if as_json:
         print(json.dumps(doc, indent=2))
         return ExitCode.OK
@@ -94,6 +97,8 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     print(f"inputs:   {describe_freshness(doc)}")
     if batches is not None:
         print_batch_status(batches)
+    for line in sinks_audit.status_lines(doc.get("sinks", [])):
+        print(line)
     return ExitCode.OK
 
 

@@ -26,6 +26,7 @@ from batchembed.output.manifest import Manifest, check_file
 from batchembed.output.publish.table import table_disagreements
 from batchembed.output.store import storage_options
 from batchembed.output.store.base import OutputStore
+from batchembed.sinks.audit import verify_lines
 from batchembed.tasks.ids import generated_ids, id_column_name
 
 
@@ -90,11 +91,15 @@ def verify(job: JobConfig) -> int:
     print(f"checked {len(manifest.shards)} shards, {checked_rows:,} rows against {len(sources)} input files")
     if outstanding:
         problems.append(f"{outstanding} rows failed and are only in _failed.parquet (run again to retry them)")
+    sink_ok, sink_problems = verify_lines(job)
+    problems += sink_problems
     if problems:
         for p in problems:
             print(f"FAIL: {p}")
         return ExitCode.FAILED
     print("OK: every input row is in the output exactly once, with a well-formed vector column")
+    for line in sink_ok:
+        print(line)
     return ExitCode.OK
 
 

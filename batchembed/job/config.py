@@ -123,6 +123,19 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class SinkConfig:
+    """``[[sink]]``: a vector store kept equal to the output's Delta table (``batchembed/sinks/``).
+
+    Not part of the job's fingerprint: adding, changing or removing a sink is not a new job."""
+
+    kind: Literal["postgres", "lancedb"] = "postgres"
+    table: str = ""  # the table in the store; postgres: schema-qualified names allowed ("search.doc_vectors")
+    dsn_env: str = "BATCHEMBED_PG_DSN"  # postgres: the environment variable holding the connection string
+    index: Literal["hnsw", "none"] = "none"  # postgres: an HNSW (cosine) index, built after the first load
+    uri: str | None = None  # lancedb: a local directory or a bucket URI ([storage] settings apply)
+
+
+@dataclass(frozen=True)
 class RerankConfig:
     """``[rerank]``: score (query, document) pairs instead of embedding texts."""
 
@@ -150,6 +163,7 @@ class JobConfig:
     rerank: RerankConfig | None = None
     storage: StorageConfig = field(default_factory=StorageConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    sink: tuple[SinkConfig, ...] = ()  # [[sink]] tables: vector stores kept equal to the output
 
     @property
     def is_rerank(self) -> bool:
@@ -235,6 +249,7 @@ def validate(job: JobConfig) -> JobConfig:
     if job.model.timeout <= 0:
         raise ConfigError("model.timeout must be positive")
     check_tier(job)
+    check_sinks(job)
     keep = job.input.keep
     if len(set(keep)) != len(keep):
         raise ConfigError("input.keep lists a column twice")
@@ -275,6 +290,34 @@ def check_tier(job: JobConfig) -> None:
     for key, value in (("model.batch_inputs", m.batch_inputs), ("model.batch_queue_inputs", m.batch_queue_inputs)):
         if value is not None and value < 1:
             raise ConfigError(f"{key} must be at least 1, got {value}")
+
+
+def check_sinks(job: JobConfig) -> None:
+    """``[[sink]]``: each names a table; postgres needs no uri, lancedb needs one; no table twice."""
+    from batchembed.fs.location import locate  # (pyarrow.fs: only once a job file is checked)
+
+    seen = set()
+    for i, sink in enumerate(job.sink):
+        key = f"sink[{i}]"
+        if not sink.table:
+            raise ConfigError(f'{key}.table is required: the table the vectors are kept in, like "doc_vectors"')
+        if job.is_rerank:
+            raise ConfigError(f"{key}: sinks hold vectors; a rerank job's output has none")
+        if sink.kind == "lancedb":
+            if not sink.uri:
+                raise ConfigError(
+                    f'{key}.uri is required for a lancedb sink: a directory or bucket, like "out/lancedb"'
+                )
+            locate(sink.uri, field=f"{key}.uri")
+        elif sink.uri:
+            raise ConfigError(
+                f"{key}.uri is for lancedb sinks; a postgres sink connects with the DSN in ${sink.dsn_env}"
+            )
+        if sink.kind == "lancedb" and sink.index != "none":
+            raise ConfigError(f"{key}.index is for postgres sinks (LanceDB builds its indexes when you ask it)")
+        if (sink.kind, sink.uri, sink.table) in seen:
+            raise ConfigError(f"{key}: the {sink.kind} table {sink.table!r} is listed twice")
+        seen.add((sink.kind, sink.uri, sink.table))
 
 
 def check_locations(job: JobConfig) -> None:

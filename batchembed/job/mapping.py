@@ -50,6 +50,10 @@ def from_mapping(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
         hint = _optional_dataclass(hints[name])
         if dataclasses.is_dataclass(hint):
             values[name] = from_mapping(hint, value, key)
+        elif _table_list(hint):  # [[sink]]: an array of tables
+            if not isinstance(value, list):
+                raise ConfigError(f"{key} must be an array of tables, written [[{key}]]")
+            values[name] = tuple(from_mapping(_table_list(hint), v, f"{key}[{i}]") for i, v in enumerate(value))
         else:
             values[name] = _coerce(hint, value, key)
     return cls(**values)
@@ -62,6 +66,14 @@ def _optional_dataclass(hint: Any) -> Any:
         if len(options) == 1 and dataclasses.is_dataclass(options[0]):
             return options[0]
     return hint
+
+
+def _table_list(hint: Any) -> Any:
+    """``tuple[X, ...]`` where X is a dataclass -> X; anything else None."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple and args and dataclasses.is_dataclass(args[0]):
+        return args[0]
+    return None
 
 
 def _join(prefix: str, name: str) -> str:

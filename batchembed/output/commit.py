@@ -42,18 +42,24 @@ from batchembed.output.store import open_store
 from batchembed.output.store.base import OutputStore
 from batchembed.output.truncated import write_truncated
 
+#: ``publish(shards, tag)``: makes the Delta table exactly ``shards``; returns the table's version.
+Publisher = Callable[..., Any]
 #: A failed rows' file, one input file of it, and its rows: what a run retries.
 RetryUnit = tuple[str, SourceFile, list[int]]
 
 
-def job_output(job: JobConfig, role: Role | None = None) -> JobOutput:
-    """The output of ``job`` written as ``role`` (a whole run by default), publishing its Delta table."""
+def job_output(
+    job: JobConfig, role: Role | None = None, around_publish: Callable[[Publisher], Publisher] | None = None
+) -> JobOutput:
+    """The output of ``job`` written as ``role`` (a whole run by default), publishing its Delta table;
+    ``around_publish`` wraps the publisher (the job's sinks are synced right after the Delta commit)."""
     store = open_store(job)
+    table = delta_publisher(store, job)
     return JobOutput(
         store,
         job.output.compression,
         role,
-        table=delta_publisher(store, job),
+        table=around_publish(table) if around_publish is not None else table,
         history_days=job.output.history_days,
     )
 

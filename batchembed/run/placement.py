@@ -98,5 +98,7 @@ class Placement:
     publishes: bool = True
     #: How the server is checked before the first request.
     canary: Canary = Canary.RUN
+    #: This run checks the job's ``[[sink]]``s before buying and syncs them after publishing (not a Ray worker).
+    syncs_sinks: bool = True
     #: Held around the whole run (the Ray driver: joined to the cluster).
     session: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import os
 import signal
 import sys
@@ -39,6 +40,7 @@ from batchembed.run.placement import Canary, Placement
 from batchembed.run.progress import Progress
 from batchembed.sending.sender import Sender, SendHooks
 from batchembed.sending.server_checks import ServedModel, UsageCheck, full_vector_probe, run_canary
+from batchembed.sinks.sync import expected_for_run, for_run
 from batchembed.stats import Stats
 from batchembed.tasks import Request, Task
 from batchembed.tasks.normalize import learn_unit_norm
@@ -78,10 +80,12 @@ class JobRunner:
         self.restart = restart
         self.retry_failed = retry_failed
         self.units = placement.units
-        self.output = job_output(self.job, placement.role())
-        self.out = self.output.uri  # for messages
         self.stats = stats
         self.progress = Progress(self.stats, quiet=quiet)
+        #: The job's [[sink]]s: checked before anything is bought, synced right after each publish.
+        self.sinks = for_run(self.job, self.progress.line) if placement.syncs_sinks else None
+        self.output = job_output(self.job, placement.role(), self.sinks.wrap if self.sinks is not None else None)
+        self.out = self.output.uri  # for messages
         self.limits = placement.limits(resolved)
         self.stopping: int | None = None  # the signal number once asked to stop
         self.journal: Journal | None = None
@@ -166,11 +170,22 @@ class JobRunner:
                 f"{self.out}: job already complete and up to date with its {len(sources):,} input files "
                 f"({manifest.rows():,} rows); nothing to do"
             )
+            if self.sinks is not None:  # a sink left behind by an earlier run catches up (nothing is bought)
+                await asyncio.to_thread(self.sinks.catch_up)
+                return self.sinks.exit_code(EXIT_OK)
             return EXIT_OK
         if manifest.generation and (diff.stale or diff.added):
             self.progress.line(self.output.describe_refresh(diff))
+        shape = None
+        if self.sinks is not None:  # a sink's table of another shape is refused before anything is bought
+            shape = await asyncio.to_thread(expected_for_run, self.job, manifest, work or sources, self.task)
+            await asyncio.to_thread(self.sinks.preflight, shape)
         if work or (self.retry_failed and manifest.unresolved_failures()):
             await self.check_server(manifest)  # nothing to send (a refresh that only removes): no canary
+            vectors = self.task.vectors
+            if shape is not None and shape.dim is None and vectors is not None and vectors.dim:
+                # the dimension was learned from the canary: checked before the job's texts are sent
+                await asyncio.to_thread(self.sinks.preflight, dataclasses.replace(shape, dim=vectors.dim))
         self.stats.rows_resumed = manifest.rows()
         self.journal = Journal(
             journal_store(self.output.store),
@@ -214,7 +229,8 @@ class JobRunner:
                     raise
         if finished and self.placement.publishes and self.stages.every_unit_done():
             await asyncio.to_thread(self.output.publish, self.progress.line)
-        return self.stages.conclude(self._conclude)
+        code = self.stages.conclude(self._conclude)
+        return code if self.sinks is None else self.sinks.exit_code(code)
 
     def _make_sender(self) -> Sender:
         sender = Sender(

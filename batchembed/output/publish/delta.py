@@ -253,3 +253,23 @@ def check_agrees(
         if current[name] != wanted[name].size
     ]
     return found
+
+
+def snapshot(
+    location: Location | str, storage_options: Mapping[str, str] | None = None, version: int | None = None
+) -> tuple[str, int, dict[str, int], int] | None:
+    """The table's identity (its metadata id), a version (default: the latest), that version's files with
+    their sizes, and its rows (from the log's statistics); None when there is no table (or no such version).
+    For the sinks (``sinks/``)."""
+    _where, uri, options = _resolve(location, storage_options)
+    try:
+        table = _open(uri, options, version)
+    except OutputError:
+        if version is None:
+            raise
+        return None  # that version's log is gone (or never was): the caller reloads in full
+    if table is None:
+        return None
+    adds = pa.table(table.get_add_actions(flatten=True))
+    rows = sum(n or 0 for n in adds.column("num_records").to_pylist()) if adds.num_rows else 0
+    return table.metadata().id, table.version(), _files_of(table), rows

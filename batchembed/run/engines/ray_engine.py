@@ -122,6 +122,7 @@ def worker_placement(
         keeps_journals=True,
         publishes=False,
         canary=Canary.WORKER,
+        syncs_sinks=False,  # the driver checks and syncs the sinks
     )
 
 
