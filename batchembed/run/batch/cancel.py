@@ -23,7 +23,8 @@ def cancel(job: JobConfig, transport: Any = None) -> int:
     again collects them and submits the rest again."""
     from batchembed.job.resolved import resolve
     from batchembed.run.batch.loop import BatchLoop
-    from batchembed.run.batch.runner import batch_shape, make_client
+    from batchembed.run.batch.runner import make_client
+    from batchembed.run.batch.shapes import batch_shape
 
     ledger = Ledger.read(open_store(job))
     running = [p for p in ledger.pieces if not p.settled and p.current.batch_id] if ledger else []

@@ -31,26 +31,8 @@ from batchembed.run.batch.items import Items, items_for
 from batchembed.run.batch.ledger import COLLECTED, PLANNED, RUNNING, UPLOADED, UPLOADING, Ledger
 from batchembed.run.batch.loop import BatchLoop
 from batchembed.run.batch.planner import Planner
-from batchembed.run.batch.shapes import OpenAIShape, shape_for
+from batchembed.run.batch.shapes import OpenAIShape, batch_shape
 from batchembed.run.runner import JobRunner
-
-
-def batch_shape(resolved: Any) -> OpenAIShape:
-    """The job's provider batch shape, with the options every line (or the batch) carries."""
-    job, model = resolved.config, resolved.model
-    params: dict[str, Any] = dict(job.model.extra_body or {})
-    if not job.is_rerank:
-        dims = job.model.dimensions if job.model.dimensions_by == "server" else None
-        if model.provider == "voyage":
-            if dims is not None:
-                params["output_dimension"] = dims
-        else:
-            if dims is not None:
-                params["dimensions"] = dims
-            if model.provider != "mistral" or job.model.encoding == "base64":
-                # floats unless base64 is asked for: base64 in batch is implied by OpenAI, not shown
-                params["encoding_format"] = "base64" if job.model.encoding == "base64" else "float"
-    return shape_for(model.provider, model.name, job.is_rerank, params)
 
 
 def make_items(resolved: Any, task: Any, shape: OpenAIShape) -> Items:
