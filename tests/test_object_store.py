@@ -477,3 +477,26 @@ def test_refresh_in_a_bucket_buys_only_changed_texts_and_publishes_the_table_the
     assert_vectors(published, want, 16)
     verify = run_here(None, "verify", str(job), env=env)
     assert verify.returncode == 0, verify.stdout
+
+
+def test_one_store_client_serves_the_input_listing_and_every_commits_identity_check(
+    tmp_path, s3, bucket, fake, monkeypatch
+):
+    from batchembed.fs import buckets
+
+    made = []
+    real_connect = buckets.connect
+
+    def counted(where):
+        made.append(where.uri)
+        return real_connect(where)
+
+    monkeypatch.setattr(buckets, "connect", counted)
+    texts = make_texts(N, seed=9)
+    s3.put_table(bucket, "in9/a.parquet", pa.table({"id": pa.array(range(N), pa.int64()), "text": texts}))
+    job = _job(tmp_path, fake, f"s3://{bucket}/in9/a.parquet", str(tmp_path / "out"))
+    result = run_here(fake, "run", str(job), "--quiet", env=_env(s3))
+    assert result.returncode == 0, result.stderr
+    shards = json.loads((tmp_path / "out" / "_manifest.json").read_text())["shards"]
+    assert len(shards) >= 3  # an identity check (a HEAD of the input) before each of these commits
+    assert len(made) <= 1, made  # ...all through the client the listing made (or an earlier run's)

@@ -35,7 +35,7 @@ from batchembed.output import refresh as output_refresh
 from batchembed.output.cache import OutputCache
 from batchembed.output.input_diff import InputDiff, diff_inputs, identity_of, known_rows
 from batchembed.output.layout import FAILED, FAILED_DIR, REPORT, SUCCESS, retry_shard
-from batchembed.output.manifest import Manifest, ShardRecord, open_output, remove_orphans
+from batchembed.output.manifest import Manifest, ShardRecord, open_output, preload, remove_orphans
 from batchembed.output.shard_writer import shard_metadata
 from batchembed.output.store.admission import admit
 from batchembed.output.store.base import OutputStore
@@ -130,7 +130,7 @@ class JobOutput:
 
             self.manifest = finished_split_manifest(self.store, fingerprint)
             return self.manifest
-        self.manifest = open_output(self.store, fingerprint, restart)
+        self.manifest = open_output(self.store, fingerprint, restart, getattr(self, "preloaded", None))
         self.store.abort_stale_uploads()  # a killed run's unfinished shard uploads: no live writer owns them
         return self.manifest
 
@@ -140,7 +140,8 @@ class JobOutput:
         """Row counts of the files the output holds whole, by their identity (no lock needed: a hint
         that lets ``discover`` skip opening unchanged files; a wrong hint only costs a read)."""
         try:
-            return known_rows(Manifest.load(self.store))
+            self.preloaded = preload(self.store)  # reused by ``open`` when the manifest is unchanged by then
+            return known_rows(self.preloaded.manifest)
         except Exception:  # a missing, foreign or old output: ``open`` gives the real answer
             return {}
 
