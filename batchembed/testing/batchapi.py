@@ -331,7 +331,7 @@ class FakeBatchProvider(FakeProvider):
                     batch["phase"] = 3
                     self._finish(batch, "completed")
 
-    def wait_for_batches(self, n: int, timeout: float = 30) -> None:
+    def wait_for_batches(self, n: int, timeout: float | None = 30) -> None:
         """Block until ``n`` batches were created; TimeoutError otherwise."""
         with self._batch_lock:
             if not self._batch_lock.wait_for(lambda: len(self.batches) >= n, timeout=timeout):
