@@ -32,7 +32,7 @@ from batchembed.input.files import SourceFile
 from batchembed.input.identity import restat
 from batchembed.input.units import Unit
 from batchembed.output import refresh as output_refresh
-from batchembed.output.cache import OutputCache
+from batchembed.output.cache import reuse_from_output
 from batchembed.output.input_diff import InputDiff, diff_inputs, identity_of, known_rows
 from batchembed.output.layout import FAILED, FAILED_DIR, REPORT, SUCCESS, retry_shard
 from batchembed.output.manifest import Manifest, ShardRecord, open_output, preload, remove_orphans
@@ -177,14 +177,8 @@ class JobOutput:
         return output_refresh.describe(diff, self.manifest)
 
     def reuse_answers(self, task: Any) -> None:
-        """Let the task find vectors the output already holds (kept and retiring shards)."""
-        if not hasattr(task, "output_cache") or not (self.manifest.shards or self.manifest.retiring):
-            return
-        if self.manifest.complete:
-            return
-        task.output_cache = OutputCache(
-            self.store, self.manifest.shards + self.manifest.retiring, task.job.output.column
-        )
+        """Let the task find answers the output already holds (kept and retiring shards)."""
+        reuse_from_output(self.store, self.manifest, task)
 
     def next_retry(self) -> int:
         """The number of the next retry unit (past every retry unit this output ever committed)."""

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from batchembed.job.fingerprint import HasFingerprint, fingerprint_hash, job_fingerprint
 from batchembed.output import refresh as output_refresh
-from batchembed.output.cache import OutputCache
+from batchembed.output.cache import reuse_from_output
 from batchembed.output.input_diff import diff_inputs
 from batchembed.output.manifest import Manifest
 
@@ -41,9 +41,7 @@ class ExistingOutput:
         kept = output_refresh.kept(self.manifest, diff)
         reading = output_refresh.work_files(kept, sources)
         if hasattr(task, "output_cache") and reading:
-            task.output_cache = OutputCache(
-                self.store, self.manifest.shards + self.manifest.retiring, task.job.output.column
-            )
+            reuse_from_output(self.store, self.manifest, task, planning=True)
         self.refresh = {
             "added": diff.added,
             "changed": diff.changed,

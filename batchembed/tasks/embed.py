@@ -77,6 +77,7 @@ class EmbedTask:
         self.id_column = id_column_name(job)
         #: Vectors the output already holds (``output_cache.OutputCache``), set by the run before a refresh.
         self.output_cache = None
+        self.answer_column, self.key_column = job.output.column, KEY_COLUMN  # where the output holds them
         cols = list(text_fields(job.input.text))
         for c in ([job.input.id] if job.input.id else []) + list(job.input.keep):
             if c not in cols:
