@@ -83,7 +83,7 @@ class KeyIndex:
             records = np.fromfile(part, RECORD)
             part.close()
             self._parts[i] = None
-            records = records[np.argsort(records["hi"], kind="stable")]  # by high half: ``_match`` scans ties
+            records = records[np.argsort(records["hi"])]  # by the high half: ``_match`` looks along ties
             first = (-self.rows) % self.per_block  # the records that begin a block (of the whole file)
             fences.append(records["hi"][first :: self.per_block].copy())  # not a view: the records go
             out.write(records.tobytes())
