@@ -17,7 +17,6 @@ import pyarrow.csv as pacsv
 import pytest
 
 from tests.conftest import (
-    answer_until,
     assert_vectors,
     cli_env,
     environment,
@@ -185,8 +184,14 @@ def test_answers_of_a_killed_run_are_kept_as_journal_objects_and_not_bought_agai
     # one unit for the whole input: without the journal a kill would lose every answer so far
     texts, env, job = _s3_job(tmp_path, s3, bucket, srv, seed=11, output={"shard_rows": N})
     proc = hold_mid_run(srv, job, 10, env=env)
+
     # segments are put about once a second while the unit is in flight; each is an object written once
-    _wait_for(lambda: any(k.startswith("_journal/part-00000/") for k in _output_keys(s3, bucket)), what="a segment")
+    def journaled() -> int:
+        return json.loads(run_here(None, "status", str(job), "--json", env=env).stdout).get(
+            "rows_answered_uncommitted", 0
+        )
+
+    _wait_for(lambda: journaled() > 0, what="answers in a journal segment")
     kill_held(proc, srv)
     answered_before = len(srv.all_texts())
     srv.reset_records()
@@ -259,14 +264,19 @@ def test_killed_holder_elsewhere_blocks_until_its_lease_expires_then_is_taken_ov
 
 def test_paused_holder_that_lost_its_lease_cannot_commit(tmp_path, s3, bucket, srv):
     texts, env, job = _s3_job(tmp_path, s3, bucket, srv, seed=10, lease_seconds=2)
-    srv.hold()  # the test hands out the stale run's answers: it is mid-run when paused, at any speed
+    # Not stepped by held answers like the other kill tests: a paused run whose held requests are
+    # answered while it is stopped puts a journal segment after its lease is gone (a stray object:
+    # see the report of issue 32), so this test keeps its timing-based pause.
+    srv.latency = 0.02
     stale = start_cli("run", str(job), "--quiet", env=env)
-    answer_until(srv, lambda: json.loads(s3.get(bucket, "out/_manifest.json") or b'{"shards": []}')["shards"])
+    _wait_for(
+        lambda: json.loads(s3.get(bucket, "out/_manifest.json") or b'{"shards": []}')["shards"],
+        what="a first committed shard",
+    )
     stale.send_signal(signal.SIGSTOP)  # a long GC pause, a frozen VM: the run stops renewing its lease
     try:
         until = json.loads(s3.get(bucket, "out/_lease/job.json"))["until"]
         _wait_for(lambda: time.time() > until, what="the paused run's lease to expire")
-        srv.release()  # answers for the taker (the paused run's held requests wait until it runs again)
         taker = run_here(srv, "run", str(job), "--quiet", env=env)
         assert taker.returncode == 0, taker.stderr
     finally:
