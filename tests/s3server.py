@@ -26,7 +26,7 @@ class MotoServer(ServerProcess):
 
     def start(self) -> MotoServer:
         exe = Path(sys.executable).with_name("moto_server")
-        self.launch([str(exe), "-H", "127.0.0.1", "-p", str(self.port)], "moto_server", timeout=30)
+        self.launch([str(exe), "-H", "127.0.0.1", "-p", str(self.port)], "moto_server")
         import boto3
 
         self.client = boto3.client(

@@ -453,3 +453,25 @@ def test_publish_replace_and_read_on_azure(tmp_path, fake, azurite, monkeypatch)
     table = DeltaTable(f"az://{container}/out", storage_options=options).to_pyarrow_table()
     assert sorted(table.column("id").to_pylist()) == list(range(ROWS))
     assert table_files(where, options) == {f.name: f.size for f in [files[0], replacement, files[2]]}
+
+
+def test_a_run_opens_its_delta_table_once_per_publish(tmp_path, fake, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_parquet(data / "day0.parquet", make_texts(300))
+    job = job_for(tmp_path, fake, data, input={"path": str(data / "*.parquet"), "id": None})
+    opened = []
+    real_open = delta_module._open
+
+    def counted(uri, options, version=None):
+        opened.append(uri)
+        return real_open(uri, options, version)
+
+    monkeypatch.setattr(delta_module, "_open", counted)
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0
+    assert len(opened) == 1  # the first publish: one look (no table yet), then the create
+    write_parquet(data / "day1.parquet", make_texts(100, seed=5))
+    opened.clear()
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0
+    assert len(opened) == 1  # the refresh's publish reads the table once: its files and its commit
+    assert DeltaTable(str(tmp_path / "out")).version() == 1

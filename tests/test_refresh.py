@@ -271,3 +271,53 @@ def test_plan_and_status_show_the_refresh_before_it_is_spent(tmp_path, fake, day
     fake.reset_records()
     assert run_here(fake, "run", str(job), "--quiet").returncode == 0
     assert len(fake.received_texts()) == 25  # what the plan said: 20 new rows + 5 edited texts
+
+
+def test_a_run_reads_the_manifest_once_at_its_start(tmp_path, fake, days, monkeypatch):
+    from batchembed.output.store.local import LocalStore
+
+    data, texts = days
+    job = _job(tmp_path, fake, data)
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0
+    reads = []
+    real_read = LocalStore.read_manifest
+
+    def counted(self):
+        reads.append(self.manifest_name)
+        return real_read(self)
+
+    monkeypatch.setattr(LocalStore, "read_manifest", counted)
+    _write(data / "day2.parquet", list(range(500, 600)), texts[500:600])
+    result = run_here(fake, "run", str(job), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert reads.count("_manifest.json") == 1  # before the lock, for the known rows; `open` reuses it
+    reads.clear()
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0  # nothing changed
+    assert reads.count("_manifest.json") == 1
+
+
+def test_a_manifest_replaced_between_the_first_read_and_the_lock_is_read_again(tmp_path, fake, days, monkeypatch):
+    from batchembed.output.commit import JobOutput
+    from batchembed.output.store.local import LocalStore
+
+    data, _texts = days
+    job = _job(tmp_path, fake, data)
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0
+    manifest = tmp_path / "out" / "_manifest.json"
+    doc = json.loads(manifest.read_text())
+    real_acquire = JobOutput.acquire
+
+    def another_writer_first(self, restart):
+        real_acquire(self, restart)
+        doc["created"] = "replaced by another run"  # a run that committed between our first read and our lock
+        tmp = manifest.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(manifest)
+
+    reads = []
+    real_read = LocalStore.read_manifest
+    monkeypatch.setattr(LocalStore, "read_manifest", lambda self: reads.append(1) or real_read(self))
+    monkeypatch.setattr(JobOutput, "acquire", another_writer_first)
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0
+    assert len(reads) == 2  # the stamp changed: `open` read the manifest again
+    assert json.loads(manifest.read_text())["created"] == "replaced by another run"

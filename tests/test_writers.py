@@ -104,7 +104,7 @@ def _three_parts_held(srv, job, env=None):
     """Three ``--shard I/3`` processes admitted, their canaries parked by the server."""
     srv.hold()
     procs = [start_cli("run", str(job), "--quiet", "--shard", f"{i}/3", env=env) for i in range(3)]
-    srv.wait_for_held(3, timeout=120)
+    srv.wait_for_held(3, timeout=None)
     return procs
 
 

@@ -8,8 +8,9 @@ after a file was read, so a file that changed under a run is never committed fro
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from batchembed.fs.location import Location, until_wildcard
 
@@ -51,11 +52,11 @@ def object_etags(where: Location, single: bool = False) -> dict[str, str]:
     try:
         import obstore
 
-        from batchembed.fs.buckets import STORE_ERRORS, connect  # (obstore, the cloud extra: bucket inputs only)
+        from batchembed.fs.buckets import STORE_ERRORS  # (obstore, the cloud extra: bucket inputs only)
     except ImportError:
         return {}
     key = where.key
-    store = connect(dataclasses.replace(where, key=""))
+    store = bucket_client(dataclasses.replace(where, key=""))
     try:
         if single:
             meta = obstore.head(store, key)
@@ -69,6 +70,26 @@ def object_etags(where: Location, single: bool = False) -> dict[str, str]:
         }
     except (*STORE_ERRORS, ValueError):
         return {}
+
+
+#: Environment variables an obstore client is configured from (endpoint, credentials, region).
+_CLIENT_ENV = ("AWS_", "GOOGLE_", "AZURE_")
+
+
+def bucket_client(root: Location) -> Any:
+    """One obstore client per bucket root and environment, kept for the process: the listing of the
+    inputs and the identity check before every commit (``restat``) share it instead of configuring a
+    new client (credentials, TLS, connection pool) each time."""
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_CLIENT_ENV)))
+    return _client(root, env)
+
+
+@functools.lru_cache(maxsize=16)
+def _client(root: Location, env: tuple) -> Any:
+    """The client of ``root`` as the environment ``env`` configures it (obstore: the cloud extra)."""
+    from batchembed.fs.buckets import connect
+
+    return connect(root)
 
 
 def _etag(value: str) -> str:

@@ -42,7 +42,7 @@ class ModelConfig:
     name: str | None = None  # default taken from the provider
     base_url: str | None = None  # default taken from the provider
     api_key_env: str | None = None  # default taken from the provider
-    dimensions: int | None = None  # sent as `dimensions` (Matryoshka truncation)
+    dimensions: int | None = None  # Matryoshka size, sent as `dimensions` (Voyage, Mistral: `output_dimension`)
     encoding: Literal["auto", "float", "base64"] = "auto"
     path: str | None = None  # local provider: a directory with model.onnx + tokenizer.json
     timeout: float = 120.0  # seconds for one request

@@ -22,6 +22,7 @@ from typing import Any
 from batchembed.job import catalog
 from batchembed.job.catalog import ModelPreset
 from batchembed.job.config import JobConfig
+from batchembed.providers.request_fields import role_options
 
 
 @dataclass(frozen=True)
@@ -159,8 +160,9 @@ class ResolvedJob:
 
 
 def model_request_fingerprint(job: JobConfig) -> dict[str, Any]:
-    """Request settings that change the vectors (only when set, so older outputs keep their fingerprint)."""
-    out: dict[str, Any] = {}
+    """Request settings that change the vectors (only when set, so older outputs keep their fingerprint):
+    a provider's own role field (Voyage's ``input_type`` for queries), ``extra_body``, ``dimensions_by``."""
+    out: dict[str, Any] = {f"model.{k}": v for k, v in role_options(job.model.provider, job.input.role).items()}
     if job.model.extra_body:
         out["model.extra_body"] = dict(sorted(job.model.extra_body.items()))
     if job.model.dimensions_by != "server":

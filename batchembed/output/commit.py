@@ -34,7 +34,7 @@ from batchembed.job.config import JobConfig
 from batchembed.output import refresh as output_refresh
 from batchembed.output.input_diff import InputDiff, diff_inputs, identity_of, known_rows
 from batchembed.output.layout import FAILED_DIR, SUCCESS
-from batchembed.output.manifest import Manifest, ShardRecord
+from batchembed.output.manifest import Manifest, Preloaded, ShardRecord, preload
 from batchembed.output.publish.table import delta_publisher
 from batchembed.output.roles import Role, WholeRun
 from batchembed.output.shard_writer import shard_metadata
@@ -120,6 +120,8 @@ class JobOutput:
         self.table = table
         self.history_days = history_days
         self.manifest: Manifest | None = None
+        #: The manifest as read before the lock (``known_rows``), reused by ``open`` when unchanged since.
+        self.preloaded: Preloaded | None = None
         #: Part of every shard file name this run writes (issue: a writer that lost its lease must
         #: never complete an upload over a committed shard's key).
         self.attempt = new_attempt()
@@ -167,7 +169,8 @@ class JobOutput:
         """Row counts of the files the output holds whole, by their identity (no lock needed: a hint
         that lets ``discover`` skip opening unchanged files; a wrong hint only costs a read)."""
         try:
-            return known_rows(Manifest.load(self.store))
+            self.preloaded = preload(self.store)  # reused by ``open`` when the manifest is unchanged by then
+            return known_rows(self.preloaded.manifest)
         except Exception:  # a missing, foreign or old output: ``open`` gives the real answer
             return {}
 

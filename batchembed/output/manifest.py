@@ -254,18 +254,44 @@ class Manifest:
             ) from None
 
 
-def open_output(store: OutputStore, fingerprint: dict[str, Any], restart: bool) -> Manifest:
+@dataclass
+class Preloaded:
+    """A manifest read before the output's lock (for the inputs' known rows), with the stamp its files
+    had just before the read (``OutputStore.manifest_stamp``)."""
+
+    manifest: Manifest | None
+    stamp: Any
+
+
+def preload(store: OutputStore) -> Preloaded:
+    """Read the manifest without the lock, stamped, so that ``open_output`` reuses it when it is unchanged."""
+    stamp = store.manifest_stamp()
+    return Preloaded(Manifest.load(store), stamp)
+
+
+def _current(store: OutputStore, preloaded: Preloaded | None) -> Manifest | None:
+    """The manifest as it is now: the preloaded one when its files are unchanged since, else read again."""
+    if preloaded is not None and preloaded.stamp is not None and store.manifest_stamp() == preloaded.stamp:
+        return preloaded.manifest
+    return Manifest.load(store)
+
+
+def open_output(
+    store: OutputStore, fingerprint: dict[str, Any], restart: bool, preloaded: Preloaded | None = None
+) -> Manifest:
     """Prepare the output for a run (the caller holds its lock) and return its manifest (new or resumed).
 
     Refuses (``ResumeRefused``) when it holds another job's output, unless ``restart``; claims the
     manifest (re-saves it, so a previous writer can no longer replace it); removes temp files and
     anything the manifest does not record; checks that every recorded shard is still there with
-    the recorded size and a readable footer.
+    the recorded size and a readable footer. ``preloaded``: the manifest read before the lock, reused
+    when its files have not changed since (one read of the manifest per run start).
     """
     if restart:
         remove_output(store)
+        preloaded = None
     store.prepare()
-    manifest = Manifest.load(store)
+    manifest = _current(store, preloaded)
     if manifest is None:
         stray = [n for n in store.list_names() if is_shard(n) and n.endswith(".parquet")]
         if stray:

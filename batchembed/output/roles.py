@@ -26,7 +26,7 @@ import pyarrow as pa
 from batchembed.errors import ResumeRefused
 from batchembed.output import refresh as output_refresh
 from batchembed.output.layout import FAILED, REPORT, SUCCESS, part_failed, part_report, retry_shard
-from batchembed.output.manifest import Manifest, ShardRecord, check_shards, open_output, remove_orphans
+from batchembed.output.manifest import Manifest, Preloaded, ShardRecord, check_shards, open_output, remove_orphans
 from batchembed.output.parts import (
     all_complete,
     finished_split,
@@ -55,6 +55,7 @@ class JobOutput(Protocol):
 
     store: OutputStore
     manifest: Manifest | None
+    preloaded: Preloaded | None
     table: Callable[..., Any] | None
     history_days: float
 
@@ -126,7 +127,7 @@ class WholeRun:
     def open(self, output: JobOutput, fingerprint: dict[str, Any], restart: bool) -> Manifest:
         if self.split_done:  # a finished split: nothing to do (see ``JobOutput.finished_before``)
             return finished_split_manifest(output.store, fingerprint)
-        manifest = open_output(output.store, fingerprint, restart)
+        manifest = open_output(output.store, fingerprint, restart, output.preloaded)
         output.store.abort_stale_uploads()  # a killed run's unfinished shard uploads: no live writer owns them
         return manifest
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from batchembed.errors import ConfigError, register_secret
 from batchembed.job.config import JobConfig
 from batchembed.job.resolved import ResolvedJob, resolve
+from batchembed.providers.request_fields import role_options
 from batchembed.run.placement import Placement
 from batchembed.run.runner import JobRunner
 from batchembed.stats import Stats
@@ -99,6 +100,7 @@ def build_provider(job: ResolvedJob, transport: Transport | None = None) -> Any:
         cut_to=job.cut_dimensions,
         extra_body=config.model.extra_body,
         transport=transport,
+        role=config.input.role,
     )
 
 
@@ -111,6 +113,7 @@ def vector_memo(job: ResolvedJob) -> VectorMemo:
     that were never normalised)."""
     model, cache, m = job.model, job.config.cache, job.config.model
     facts: tuple = (model.provider, model.name, m.dimensions, *job.identity.values())
+    facts += tuple(role_options(model.provider, job.config.input.role).values())  # Voyage: a query's vector differs
     if m.normalize != "auto" or job.send_dimensions is not None:
         facts += (f"normalize={m.normalize}",)
     namespace = "|".join(str(x) for x in facts)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -117,18 +117,25 @@ def _same_schema(ours, table_schema) -> bool:
     return json.loads(ours.to_json()) == json.loads(table_schema.to_json())
 
 
+#: What a publish is told to make the table: the files, or how to name them from the table's current files
+#: (their sizes by name; None when there is no table yet), returning None for "nothing to publish".
+Files = Iterable[TableFile] | Callable[[dict[str, int] | None], Iterable[TableFile] | None]
+
+
 def publish(
     location: Location | str,
     storage_options: Mapping[str, str] | None,
-    files: Iterable[TableFile],
+    files: Files,
     *,
     tag: int,
     schema: pa.Schema | None = None,
     metadata: Mapping[str, Any] | None = None,
-) -> int:
+) -> int | None:
     """Bring the Delta log at ``location`` to exactly ``files`` in one commit; return the table's version.
 
-    ``files``: every data file of the output now (names relative to the table root). ``tag``: the
+    ``files``: every data file of the output now (names relative to the table root), or a function of
+    the table's current files giving them (None: nothing to publish, None returned), so a caller that
+    needs the table's state to name its files opens the table once, here. ``tag``: the
     caller's publish number, increasing from one publish to the next; recorded as the app transaction
     ``("batchembed", tag)``. ``schema``: the shards' Arrow schema (default: read from the first added
     file's footer; needed when a first publish lists no file). ``metadata``: job facts (JSON values,
@@ -145,9 +152,15 @@ def publish(
     from deltalake.transaction import RemoveAction, create_table_with_add_actions
 
     where, uri, options = _resolve(location, storage_options)
-    wanted = _checked(files)
     for _attempt in range(ATTEMPTS):
         table = _open(uri, options)
+        if callable(files):
+            listed = files(None if table is None else _files_of(table))
+            if listed is None:
+                return None
+            wanted = _checked(listed)
+        else:
+            wanted = _checked(files)
         now_ms = int(time.time() * 1000)
         adds = [_add_action(f, now_ms) for f in wanted.values()]
         if table is None:

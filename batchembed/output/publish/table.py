@@ -2,7 +2,8 @@
 
 A run calls ``delta_publisher(store, job)(shards, tag)`` once every unit is committed; ``verify``
 calls ``table_disagreements``. Statistics are read from the footers of the files the table does
-not hold yet only, so a refresh that adds two shards to a thousand reads two footers.
+not hold yet only, so a refresh that adds two shards to a thousand reads two footers; the table itself
+is opened once per publish (``publish`` hands its current files to ``files``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from batchembed import __version__
-from batchembed.output.publish.delta import check_agrees, publish, table_files
+from batchembed.output.publish.delta import check_agrees, publish
 from batchembed.output.publish.files import TableFile, read_table_file
 
 if TYPE_CHECKING:
@@ -34,12 +35,13 @@ def delta_publisher(store: OutputStore, job: JobConfig) -> Callable[[Sequence[Sh
     """``publish(shards, tag)``: make the output's Delta table exactly ``shards`` (idempotent per tag)."""
 
     def publish_shards(shards: Sequence[ShardRecord], tag: int) -> int | None:
-        current = table_files(store.where)
-        if not shards and current is None:
-            return None  # nothing written yet and no table: nothing to publish
-        files = _files(store, shards, current)
+        def files(current: dict[str, int] | None) -> list[TableFile] | None:
+            if not shards and current is None:
+                return None  # nothing written yet and no table: nothing to publish
+            return _files(store, shards, current)
+
         facts = {"version": __version__, "model": job.model.name, "provider": job.model.provider, "publish": tag}
-        return publish(store.where, None, files, tag=tag, metadata=facts)
+        return publish(store.where, None, files, tag=tag, metadata=facts)  # the table opened once per attempt
 
     return publish_shards
 

@@ -212,6 +212,18 @@ class LocalStore(OutputStore):
         else:
             path.unlink(missing_ok=True)
 
+    def manifest_stamp(self) -> tuple:
+        """The manifest's and the commit journal's inode, size and modification time (absent: None): a
+        replace (a rename) or an appended commit changes it."""
+        stamp = []
+        for name in (self.manifest_name, self.journal_name):
+            try:
+                st = os.stat(self.directory / name)
+                stamp.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            except FileNotFoundError:
+                stamp.append(None)
+        return tuple(stamp)
+
     def read_manifest(self) -> bytes | None:
         """The manifest's bytes, None if absent."""
         try:

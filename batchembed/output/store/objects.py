@@ -243,6 +243,20 @@ class ObjectStore(OutputStore):
 
     # ----------------------------------------------------------------------------- reading
 
+    def manifest_stamp(self) -> tuple:
+        """The manifest's ETag (and generation) from a HEAD, no body: ("absent",) when there is none. It is
+        the version a conditional replace must match from now on (a changed one is read again)."""
+        obstore = obstore_module()
+        try:
+            meta = obstore.head(self.client, self.manifest_name)
+        except NOT_FOUND:
+            self._manifest_version = None
+            return ("absent",)
+        except STORE_ERRORS as exc:
+            raise self._fail("read", self.manifest_name, exc) from None
+        self._manifest_version = version_of(meta)
+        return tuple(sorted(self._manifest_version.items()))
+
     def read_manifest(self) -> bytes | None:
         """GET the manifest and remember its ETag for the conditional replace."""
         got = self.get(self.manifest_name)

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
+from batchembed.providers.request_fields import embedding_options, rerank_options
+
 #: Our states for a provider's batch: still running, or how it ended.
 PENDING, COMPLETED, EXPIRED, CANCELLED, FAILED = "pending", "completed", "expired", "cancelled", "failed"
 #: Error codes of a failed batch that mean "over a quota": wait and create it again (not bad data).
@@ -235,24 +237,27 @@ def shape_for(provider: str, model: str, rerank: bool, params: dict[str, Any]) -
     return SHAPES[provider](model, "/v1/rerank" if rerank else "/v1/embeddings", params)
 
 
-def _seconds(value: Any) -> float | None:
-    """A creation time as epoch seconds (OpenAI and Mistral give integers; an ISO string is left out)."""
-    return float(value) if isinstance(value, (int, float)) else None
+def batch_params(resolved: Any) -> dict[str, Any]:
+    """The request options every line (or the batch) carries, in the provider's field names: the same
+    fields the online tier sends (``providers.request_fields``), floats unless base64 is asked for
+    (base64 in batch is implied by OpenAI's docs, not shown)."""
+    job, provider = resolved.config, resolved.model.provider
+    if job.is_rerank:
+        return {**rerank_options(provider), **(job.model.extra_body or {})}
+    return embedding_options(
+        provider,
+        dimensions=resolved.send_dimensions,
+        base64=job.model.encoding == "base64",
+        role=job.input.role,
+        extra_body=job.model.extra_body,
+    )
 
 
 def job_shape(resolved: Any) -> OpenAIShape:
     """The job's provider batch shape, with the options every line (or the batch) carries."""
-    job, model = resolved.config, resolved.model
-    params: dict[str, Any] = dict(job.model.extra_body or {})
-    if not job.is_rerank:
-        dims = resolved.send_dimensions
-        if model.provider == "voyage":
-            if dims is not None:
-                params["output_dimension"] = dims
-        else:
-            if dims is not None:
-                params["dimensions"] = dims
-            if model.provider != "mistral" or job.model.encoding == "base64":
-                # floats unless base64 is asked for: base64 in batch is implied by OpenAI, not shown
-                params["encoding_format"] = "base64" if job.model.encoding == "base64" else "float"
-    return shape_for(model.provider, model.name, job.is_rerank, params)
+    return shape_for(resolved.model.provider, resolved.model.name, resolved.config.is_rerank, batch_params(resolved))
+
+
+def _seconds(value: Any) -> float | None:
+    """A creation time as epoch seconds (OpenAI and Mistral give integers; an ISO string is left out)."""
+    return float(value) if isinstance(value, (int, float)) else None
