@@ -16,9 +16,11 @@ What each server does, read from its source in the servers environment and check
   real tokens (its XLM-RoBERTa tokenizer, with the ``passage: `` prefix and the two special tokens);
   ``dimensions`` is not read at all (384 values whatever was asked); the served name in every answer
   whatever was asked, but a requested name containing ``query`` or ``passage``/``doc`` switches the prefix,
-  so changes the vectors; no rate-limit headers; no cap on inputs a request (one inference at a time, under
-  a lock); texts over 512 tokens embedded whole in windows, never cut; errors are
-  ``{"error": {"message", "type", "code": null}}`` with 400 (bad body), 404 (route), 500 (inference).
+  so changes the vectors (the launcher starts it with ``--default-type passage``); a text's vector is the
+  same bit for bit whatever batch it is in, as floats or base64; no rate-limit headers; no cap on inputs a
+  request (one inference at a time, under a lock); texts over 512 tokens embedded whole in windows, never
+  cut; a text read only up to a NUL character; errors are ``{"error": {"message", "type", "code": null}}``
+  with 400 (bad body), 404 (route), 500 (inference).
 """
 
 from __future__ import annotations
