@@ -33,6 +33,7 @@ from batchembed.output.journal.segments import journal_store
 from batchembed.output.journal.writer import Journal
 from batchembed.output.layout import TRUNCATED
 from batchembed.output.manifest import Manifest
+from batchembed.output.schema_check import settle_output
 from batchembed.output.store import open_store, storage_options
 from batchembed.run.pipeline import Pipeline
 from batchembed.run.progress import Progress
@@ -178,6 +179,10 @@ class JobRunner:
             if self.job.input.id:
                 held = await asyncio.to_thread(self.output.held_ids, self.job.input.id, diff)
             await asyncio.to_thread(check_inputs, self.job, work, columns, held)
+        if work or manifest.unresolved_failures():  # every shard gets the table's column types, settled now
+            self.task.output_types = await asyncio.to_thread(
+                settle_output, self.job, work, self.output.store, manifest.shards
+            )
         await asyncio.to_thread(self.output.begin_refresh, diff, sources, self.job.output.max_removed)
         self.stats.note_refresh(diff, manifest)
         if self.output.finished_before():

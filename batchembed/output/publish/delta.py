@@ -35,6 +35,8 @@ ATTEMPTS = 8
 #: Table properties set at creation. A checkpoint every 10 commits (delta-rs' default: 100) keeps what a
 #: reader replays small: on S3, each JSON commit since the last checkpoint is one more GET per table load.
 TABLE_CONFIGURATION = {"delta.checkpointInterval": "10"}
+#: A line of the Rust backtrace delta-rs appends to some errors (``3: <unknown>``, ``at ./nptl/...``).
+BACKTRACE_LINE = re.compile(r"^(\d+: |at \S+:\d+)")
 
 
 class PublishRefused(OutputError):
@@ -59,7 +61,8 @@ def reason(exc: BaseException) -> str:
     register_cloud_secrets()
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
     parts = [p.strip(" \t↳") for p in text.splitlines()]
-    text = " - ".join(p for p in parts if p) or type(exc).__name__
+    parts = [p for p in parts if p and not BACKTRACE_LINE.match(p)]  # a Rust backtrace says nothing to a user
+    text = " - ".join(parts) or type(exc).__name__
     text = re.sub(r"(https?://[^\s?]+)\?\S*", r"\1?…", text)
     return redact(text if len(text) <= 400 else text[:400] + "…")
 
@@ -189,10 +192,8 @@ def publish(
         else:
             ours = delta_schema(schema) if schema is not None else table.schema()
         if not _same_schema(ours, table.schema()):
-            raise OutputError(
-                f"{uri}: the new files' schema differs from the Delta table's: {ours.to_json()} != "
-                f"{table.schema().to_json()}"
-            )
+            differs = _schema_diff(ours, table)
+            raise OutputError(f"{uri}: the new files' schema differs from the Delta table's: {differs}")
         removed = [
             RemoveAction(path=n, data_change=True, deletion_timestamp=now_ms, size=s, partition_values={})
             for n, s in sorted(current.items())
@@ -213,6 +214,18 @@ def publish(
     raise OutputError(f"{uri}: gave up publishing after {ATTEMPTS} commits lost to concurrent writers")
 
 
+def _schema_diff(ours, table) -> str:
+    """The first column whose type differs between the new files and the table, in a few words."""
+    mine = {f["name"]: f for f in json.loads(ours.to_json())["fields"]}
+    theirs = {f["name"]: f for f in json.loads(table.schema().to_json())["fields"]}
+    for name in [*theirs, *(n for n in mine if n not in theirs)]:
+        a, b = mine.get(name), theirs.get(name)
+        if a != b:
+            show = lambda f: "absent" if f is None else json.dumps(f["type"])  # noqa: E731
+            return f"column {name!r} is {show(a)} in the new files, {show(b)} in the table"
+    return "their field metadata differ"
+
+
 def _first_schema(where: Location, wanted: Mapping[str, TableFile], what: str) -> pa.Schema:
     if not wanted:
         raise ValueError(f"{what} lists no file: pass the table's schema")
@@ -224,6 +237,13 @@ def table_files(location: Location | str, storage_options: Mapping[str, str] | N
     _where, uri, options = _resolve(location, storage_options)
     table = _open(uri, options)
     return None if table is None else _files_of(table)
+
+
+def table_schema_json(location: Location | str, storage_options: Mapping[str, str] | None = None) -> str | None:
+    """The table's current schema as Delta's JSON (None when there is no table)."""
+    _where, uri, options = _resolve(location, storage_options)
+    table = _open(uri, options)
+    return None if table is None else table.schema().to_json()
 
 
 def check_agrees(
