@@ -15,6 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
+from batchembed.fs.location import locate
+from batchembed.output.publish import publish, read_table_file
+from batchembed.output.shard_writer import ShardWriter
 from tests.conftest import job_for, make_texts, run_here
 
 TEXTS = make_texts(40, seed=5)
@@ -211,3 +214,26 @@ def test_a_drift_the_table_cannot_take_is_refused_before_buying(day_one, fake):
         assert "--restart" in said
     assert not fake.requests and not fake.canary_requests()
     assert json.loads((out / "_manifest.json").read_text())["generation"] == 0  # nothing written either
+
+
+def test_verify_fails_when_a_file_of_the_table_has_other_types(day_one):
+    _data, job, out = day_one
+    assert run_here(None, "verify", str(job)).returncode == 0
+    manifest = json.loads((out / "_manifest.json").read_text())
+    shard = manifest["shards"][0]
+    table = pq.read_table(out / shard["name"])
+    odd = table.set_column(0, "id", table.column("id").cast(pa.string()))  # as an older batchembed wrote mixed ids
+    name = f"{shard['unit']}-0000000f.parquet"
+    writer = ShardWriter(out, name, odd.schema)
+    writer.write(odd)
+    written = writer.commit()
+    where = locate(str(out))
+    files = [read_table_file(where, s["name"]) for s in [{"name": name}, *manifest["shards"][1:]]]
+    publish(where, None, files, tag=2, schema=table.schema)  # the log takes any file (delta-rs checks nothing)
+    shard.update(name=name, size=written.size, sha256=written.sha256)
+    (out / "_manifest.json").write_text(json.dumps(manifest))
+
+    verify = run_here(None, "verify", str(job))
+
+    assert verify.returncode == 1
+    assert f"{name}: column 'id' is string in the file but long in the Delta table" in verify.stdout

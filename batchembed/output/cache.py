@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 if TYPE_CHECKING:
     from batchembed.output.manifest import ShardRecord
@@ -58,10 +59,13 @@ class OutputCache:
         self._group_starts: dict[int, np.ndarray] = {}
         prefixes, fulls, where_shard, where_row = [], [], [], []
         for shard in shards:
-            pf = store.parquet_file(shard.name)
+            try:
+                pf = store.parquet_file(shard.name)
+            except FileNotFoundError:  # a shard others compacted, then vacuumed: its vectors are in their files
+                continue
             if KEY_COLUMN not in pf.schema_arrow.names:
                 continue
-            keys = pf.read(columns=[KEY_COLUMN]).column(0).combine_chunks()
+            keys = _fixed_keys(pf.read(columns=[KEY_COLUMN]).column(0).combine_chunks())
             present = np.flatnonzero(keys.is_valid().to_numpy(zero_copy_only=False))
             if not len(present):
                 continue
@@ -119,8 +123,7 @@ class OutputCache:
             col = pf.read_row_group(group, columns=[self.column]).column(0).combine_chunks()
             if isinstance(col, pa.ChunkedArray):
                 col = col.combine_chunks()
-            dim = col.type.list_size
-            block = col.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+            block = _vector_block(col)
             self._groups[(shard, group)] = block
             while len(self._groups) > CACHED_GROUPS:
                 self._groups.popitem(last=False)
@@ -128,3 +131,25 @@ class OutputCache:
             self._groups.move_to_end((shard, group))
         vector = block[row - int(starts[group])]
         return vector if np.isfinite(vector).all() else None
+
+
+def _fixed_keys(keys: pa.Array) -> pa.Array:
+    """Text keys as ``fixed_size_binary(16)`` (a file another writer compacted holds them as ``binary``)."""
+    if pa.types.is_fixed_size_binary(keys.type):
+        return keys
+    return keys.cast(pa.binary(16))
+
+
+def _vector_block(col: pa.Array) -> np.ndarray:
+    """A row group's vectors as an (n, dim) float32 matrix; a null vector is NaN (a file another writer
+    compacted holds vectors as variable lists, a null one without slots)."""
+    if pa.types.is_fixed_size_list(col.type):
+        return col.values.to_numpy(zero_copy_only=False).reshape(-1, col.type.list_size)
+    lengths = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False)
+    dim = int(lengths.max()) if len(lengths) else 0
+    block = np.full((len(col), dim), np.nan, dtype=np.float32)
+    full = lengths == dim
+    if dim and full.any():
+        values = pc.list_flatten(col.filter(pa.array(full))).to_numpy(zero_copy_only=False)
+        block[full] = values.reshape(-1, dim).astype(np.float32)
+    return block

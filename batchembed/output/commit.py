@@ -39,6 +39,7 @@ from batchembed.output.manifest import Manifest, ShardRecord, open_output, remov
 from batchembed.output.shard_writer import shard_metadata
 from batchembed.output.store.admission import admit
 from batchembed.output.store.base import OutputStore
+from batchembed.output.table_view import cache_files
 from batchembed.output.truncated import rebuild_truncated, write_truncated
 
 #: A failed rows' file, one input file of it, and its rows: what a run retries.
@@ -181,9 +182,7 @@ class JobOutput:
             return
         if self.manifest.complete:
             return
-        task.output_cache = OutputCache(
-            self.store, self.manifest.shards + self.manifest.retiring, task.job.output.column
-        )
+        task.output_cache = OutputCache(self.store, cache_files(self.manifest), task.job.output.column)
 
     def next_retry(self) -> int:
         """The number of the next retry unit (past every retry unit this output ever committed)."""

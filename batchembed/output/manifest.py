@@ -41,11 +41,11 @@ from batchembed.output.layout import (
     DELTA_LOG,
     FAILED_DIR,
     MANIFEST,
-    SHARD_PREFIX,
     SUCCESS,
     TRUNCATED_DIR,
     is_shard,
 )
+from batchembed.output.publish.state import inspect
 
 if TYPE_CHECKING:
     from batchembed.output.store.base import OutputStore
@@ -54,6 +54,10 @@ if TYPE_CHECKING:
 #: (``inputs``: name -> identity) and its stable ``unit`` name; refresh generations; a Delta table.
 FORMAT_VERSION = 2
 OLD_VERSIONS = (1,)
+
+
+class MissingFile(OutputError):
+    """A file the manifest records is not in the output."""
 
 
 @dataclass
@@ -119,6 +123,12 @@ class Manifest:
     retired: list[list] = field(default_factory=list)
     #: The last publish tag written to the Delta table (0: never published).
     published: int = 0
+    #: The last version of the Delta log batchembed accounted for (its own publish, or others' maintenance
+    #: it took in): {"version", "digest" of that commit file, "tag" of batchembed's last publish}.
+    table: dict[str, Any] = field(default_factory=dict)
+    #: Files others wrote from our shards without changing a row (a compaction), taken into the table:
+    #: [{"files": {name: {"size", "rows"}}, "covers": [shard file names]}] (``publish/state.Group``).
+    adopted: list[dict] = field(default_factory=list)
 
     # --------------------------------------------------------------------------------- queries
 
@@ -206,6 +216,8 @@ class Manifest:
             "retiring": [asdict(s) for s in self.retiring],
             "retired": self.retired,
             "published": self.published,
+            "table": self.table,
+            "adopted": self.adopted,
         }
         store.replace_manifest(json.dumps(doc, indent=1, sort_keys=True).encode())
         store.drop_commits()  # every journal line is in the manifest now
@@ -244,6 +256,8 @@ class Manifest:
                 retiring=[ShardRecord(**r) for r in doc.get("retiring", [])],
                 retired=list(doc.get("retired", [])),
                 published=int(doc.get("published", 0)),
+                table=dict(doc.get("table") or {}),
+                adopted=list(doc.get("adopted") or []),
             )
             manifest._replay(store)
             return manifest
@@ -302,7 +316,7 @@ def open_output(store: OutputStore, fingerprint: dict[str, Any], restart: bool) 
 def remove_output(store: OutputStore) -> None:
     """Delete everything batchembed writes in the output (used by --restart); the lock stays."""
     for name in store.list_names():
-        if name.startswith((SHARD_PREFIX, "_")) and (
+        if (is_shard(name) or name.startswith("_")) and (
             "/" not in name or name.startswith((FAILED_DIR + "/", TRUNCATED_DIR + "/", DELTA_LOG + "/"))
         ):
             store.delete(name)
@@ -328,11 +342,27 @@ def remove_orphans(store: OutputStore, manifest: Manifest, owns: Callable[[str],
 
 
 def check_shards(store: OutputStore, manifest: Manifest) -> None:
-    """Every recorded file exists with its recorded size and a readable Parquet footer."""
+    """Every recorded file exists with its recorded size and a readable Parquet footer -- but a shard whose
+    rows another writer compacted into its own files (and maybe vacuumed) is in those files instead."""
+    covered: set[str] | None = None
     for s in manifest.shards + manifest.retiring:
-        check_file(store, s.name, s.size, None)  # hashing every shard is `verify`'s job
+        try:
+            check_file(store, s.name, s.size, None)  # hashing every shard is `verify`'s job
+        except MissingFile:
+            covered = compacted_shards(store, manifest) if covered is None else covered
+            if s.name not in covered:
+                raise
         if s.failed_file:
             check_file(store, s.failed_file, None, None)
+
+
+def compacted_shards(store: OutputStore, manifest: Manifest) -> set[str]:
+    """The shards whose rows files others wrote hold instead of them (compaction taken in, or since)."""
+    try:
+        state = inspect(store.where, manifest.table, manifest.adopted, published_before=True)
+    except OutputError:
+        return set()
+    return set() if state.refused else state.covered()
 
 
 def check_file(store: OutputStore, name: str, size: int | None, digest: str | None) -> None:
@@ -341,7 +371,7 @@ def check_file(store: OutputStore, name: str, size: int | None, digest: str | No
     path = store.describe(name)
     have = store.size(name)
     if have is None:
-        raise OutputError(f"{path} is recorded in {MANIFEST} but missing. {hint}")
+        raise MissingFile(f"{path} is recorded in {MANIFEST} but missing. {hint}")
     if size is not None and have != size:
         raise OutputError(f"{path} has {have} bytes, {MANIFEST} recorded {size}: truncated? {hint}")
     try:

@@ -293,6 +293,9 @@ def estimate(
     reading = sources
     first = 0
     if existing is not None:
+        refused, notes = existing.table_check()  # what a run would refuse or repair about the Delta table
+        report.refusals += refused
+        report.warnings += notes
         view, reading = existing.plan(sources, task)
         report.refresh = existing.refresh
         first = (existing.manifest.generation + 1) * GENERATION_SPAN  # names clear of every kept unit

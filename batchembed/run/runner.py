@@ -34,6 +34,7 @@ from batchembed.output.journal.writer import Journal
 from batchembed.output.layout import TRUNCATED
 from batchembed.output.manifest import Manifest
 from batchembed.output.schema_check import settle_output
+from batchembed.output.shared_table import before_buying as table_before_buying
 from batchembed.output.store import open_store, storage_options
 from batchembed.run.pipeline import Pipeline
 from batchembed.run.progress import Progress
@@ -171,6 +172,10 @@ class JobRunner:
         await asyncio.to_thread(self.output.acquire, self.restart)  # one writer per output (or part)
         manifest = await asyncio.to_thread(self.output.open, self.fingerprint(), self.restart)
         diff = await asyncio.to_thread(self.output.refresh_plan, sources)
+        await asyncio.to_thread(  # the shared Delta table: repaired, taken in or refused before anything is bought
+            table_before_buying, self.output.store, manifest, diff, sources, self.job, writes=self.publishes,
+            part=hasattr(self.output, "part"), publisher=self._table(), say=self.progress.line,
+        )  # fmt: skip
         work = self.output.work_files(sources)
         for src in work:
             await asyncio.to_thread(check_columns, src, columns)

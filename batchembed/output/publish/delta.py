@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from batchembed.errors import OutputError, redact
 from batchembed.fs.location import Location, locate, register_cloud_secrets
+from batchembed.output.layout import is_shard
 from batchembed.output.publish.files import TableFile, delta_schema, read_arrow_schema
 from batchembed.output.publish.stores import delta_storage_options, table_uri
 
@@ -128,6 +129,7 @@ def publish(
     tag: int,
     schema: pa.Schema | None = None,
     metadata: Mapping[str, Any] | None = None,
+    releasing: Iterable[str] = (),
 ) -> int:
     """Bring the Delta log at ``location`` to exactly ``files`` in one commit; return the table's version.
 
@@ -142,7 +144,9 @@ def publish(
     already published -> nothing written, the current version returned (whatever tag it recorded);
     a tag above ``tag`` recorded with another file set -> ``PublishRefused``; otherwise one commit of
     adds (new names) and removes (names no longer listed). A listed name whose size differs from the
-    table's is refused (``OutputError``): a Delta file cannot be replaced under its own name.
+    table's is refused (``OutputError``): a Delta file cannot be replaced under its own name. A file the
+    table holds that ``files`` leaves out is taken out of it only if batchembed wrote it (``is_shard``) or
+    it is in ``releasing``: another writer's file is never dropped silently (``OutputError``).
     """
     dl = _deltalake()
     from deltalake.transaction import RemoveAction, create_table_with_add_actions
@@ -179,6 +183,13 @@ def publish(
             raise PublishRefused(
                 f"{uri}: the Delta table (version {version}) was published by a newer run (publish {recorded}, "
                 f"ours is {tag}) with other files; not overwriting it"
+            )
+        strangers = sorted(n for n in current.keys() - wanted.keys() if not is_shard(n) and n not in set(releasing))
+        if strangers:
+            raise OutputError(
+                f"{uri}: the Delta table (version {version}) holds {strangers[0]}, which batchembed did not write "
+                "(another writer added it while this run ran): not taking it out. Run the same command again: "
+                "the table is checked before anything is bought"
             )
         changed = sorted(n for n in current.keys() & wanted.keys() if current[n] != wanted[n].size)
         if changed:
