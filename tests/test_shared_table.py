@@ -80,6 +80,10 @@ def test_maintenance_by_others_is_taken_in_and_a_refresh_buys_only_new_texts(dai
         _vacuum(out)  # the compacted files are now the only copy of the vectors
     compacted = _foreign(out)
     assert compacted
+    status = json.loads(run_here(None, "status", str(job), "--json").stdout)
+    assert status["complete"] and status["damaged"] == [] and "maintained by others" in status["table"]
+    plan = run_here(None, "plan", str(job))
+    assert plan.returncode == 0 and "a run takes it in, rows kept" in plan.stdout
 
     again = run_here(fake, "run", str(job), "--quiet")  # nothing changed in the inputs
 
@@ -223,5 +227,20 @@ def test_the_readme_maintenance_recipe_is_taken_in(daily, fake):
 
     assert again.returncode == 0 and "taken in, its rows kept" in again.stderr
     assert not fake.requests
+    _expect(out, want)
+    assert run_here(None, "verify", str(job)).returncode == 0
+
+
+def test_an_append_undone_by_a_restore_is_taken_in(daily, fake):
+    _data, job, out, want = daily
+    row = DeltaTable(str(out)).to_pyarrow_dataset().to_table(filter=pc.field("id") == 0)
+    write_deltalake(str(out), row, mode="append")
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 1  # refused while the append is there
+    DeltaTable(str(out)).restore(0)  # what the refusal says to do
+
+    again = run_here(fake, "run", str(job), "--quiet")
+
+    assert again.returncode == 0, again.stderr
+    assert "undone" in again.stderr and not fake.requests
     _expect(out, want)
     assert run_here(None, "verify", str(job)).returncode == 0

@@ -28,7 +28,7 @@ from batchembed.output.layout import DELTA_LOG
 from batchembed.output.manifest import Manifest
 from batchembed.output.parts import load_whole
 from batchembed.output.publish.files import delta_types, read_arrow_schema
-from batchembed.output.publish.state import CURRENT, MAINTAINED, TableState, inspect
+from batchembed.output.publish.state import CURRENT, MAINTAINED, MISSING, TableState, inspect
 from batchembed.output.publish.table import delta_publisher
 from batchembed.output.refresh import sweep
 from batchembed.output.restore import restore
@@ -135,6 +135,9 @@ def before_buying(
     elif state.kind == CURRENT and manifest.table != state.record() and state.latest is not None:
         manifest.table = state.record()
         changed = True
+    elif state.kind == MISSING and manifest.adopted:  # the log is rebuilt with the files others made that are left
+        left = [g.to_json() for g in groups(manifest) if all(store.exists(n) for n in g.files)]
+        changed, manifest.adopted = left != manifest.adopted, left
     kept = {s.name for s in diff.kept(manifest)}
     changed |= _restore_released(store, manifest, kept, sources, job, say)
     if state.rebuilt_by_run:

@@ -250,6 +250,15 @@ def table_files(location: Location | str, storage_options: Mapping[str, str] | N
     return None if table is None else _files_of(table)
 
 
+def table_files_at(
+    location: Location | str, storage_options: Mapping[str, str] | None, version: int
+) -> dict[str, int] | None:
+    """The files of the table's ``version`` with their sizes (None when there is no table)."""
+    _where, uri, options = _resolve(location, storage_options)
+    table = _open(uri, options, version)
+    return None if table is None else _files_of(table)
+
+
 def table_schema_json(location: Location | str, storage_options: Mapping[str, str] | None = None) -> str | None:
     """The table's current schema as Delta's JSON (None when there is no table)."""
     _where, uri, options = _resolve(location, storage_options)

@@ -27,6 +27,7 @@ from typing import Any
 
 from batchembed.fs.location import Location
 from batchembed.output.layout import is_shard
+from batchembed.output.publish.delta import table_files_at
 from batchembed.output.publish.log import Commit, DamagedLog, commit_name, read_commit, versions
 
 NONE, CURRENT, MAINTAINED, FOREIGN, MISSING, BEHIND, DAMAGED = (
@@ -161,10 +162,14 @@ def _forward(where: Location, chain: list[Commit], groups: list[Group], tag: int
     base, after = chain[-1], list(reversed(chain[:-1]))
     tag = base.tag if base.ours else tag
     taken: list[str] = []
+    undone = _undone(where, base, after)  # others' data changes that later commits took back (a restore)
     for commit in after:
         if commit.ours:  # our own publish after the record (a crash came before the manifest recorded it)
             groups = [g for g in groups if not set(g.files) & set(commit.removes)]
             tag = commit.tag
+            continue
+        if commit.version in undone:
+            taken.append(f"{commit.describe()}, undone")
             continue
         problem = _foreign_change(commit, groups, our_types)
         if problem:
@@ -173,6 +178,22 @@ def _forward(where: Location, chain: list[Commit], groups: list[Group], tag: int
         taken.append(commit.describe())
     kind = MAINTAINED if taken else CURRENT
     return TableState(kind, chain[0].version, chain[0].digest, tag, groups, taken)
+
+
+def _undone(where: Location, base: Commit, after: list[Commit]) -> set[int]:
+    """The versions of others' data changes whose effect later commits took back: with them the table holds
+    the same files as with the other commits alone (an append, then a restore to the version before it).
+    Read from the base version's file list only when others changed data at all."""
+    dirty = [c.version for c in after if not c.ours and (c.changes_data or c.other)]
+    if not dirty:
+        return set()
+    actual = set(table_files_at(where, None, base.version) or {})
+    without = set(actual)
+    for commit in after:
+        actual = (actual - set(commit.removes)) | set(commit.adds)
+        if commit.version not in dirty:
+            without = (without - set(commit.removes)) | set(commit.adds)
+    return set(dirty) if actual == without else set()
 
 
 def _foreign_change(commit: Commit, groups: list[Group], our_types) -> str:
