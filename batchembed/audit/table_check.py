@@ -140,7 +140,7 @@ def _group_problems(
 ) -> list[str]:
     """Files others compacted batchembed's shards into hold exactly those shards' rows (by id)."""
     column = id_column_name(job)
-    by_name = {s.name: s for s in manifest.shards}
+    by_name = {s.name: s for s in manifest.shards + manifest.retiring}
     problems = []
     for group in state.groups:
         got = [id_text(store.read_table(n, columns=[column]).column(0)).combine_chunks() for n in sorted(group.files)]
