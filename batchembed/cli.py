@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="let a refresh remove more than output.max_removed of the output's rows (inputs really deleted)",
     )
     run.add_argument(
+        "--rebuild-table",
+        action="store_true",
+        help="first rebuild the Delta table's log from the manifest (a damaged log, or others' changes to undo); "
+        "the table's earlier versions are forgotten, no data file is deleted",
+    )
+    run.add_argument(
         "--accept-model-change",
         action="store_true",
         help="resume even though the server's model changed since the committed rows (the canary check)",
@@ -243,6 +249,10 @@ def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> in
             import dataclasses
 
             job = dataclasses.replace(job, output=dataclasses.replace(job.output, max_removed=1.0))
+        if args.rebuild_table:
+            from batchembed.output.shared_table import rebuild_table
+
+            rebuild_table(job, lambda text: print(f"batchembed: {text}", file=sys.stderr, flush=True))
 
         return run_job(
             job,

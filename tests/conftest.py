@@ -174,9 +174,20 @@ def kill_mid_run(srv: FakeServer, job: Path, requests: int, env: dict[str, str] 
     kill_held(hold_mid_run(srv, job, requests, env), srv)
 
 
+def table_shards(out: Path) -> list[Path]:
+    """The shard files of an output a reader sees: the files of the Delta table's current version when it
+    has one (files a refresh replaced stay a while beside them, for readers of the previous version), else
+    every ``part-*.parquet`` (a first run not yet published), in shard order."""
+    if (out / "_delta_log").is_dir() and any((out / "_delta_log").glob("*.json")):
+        from deltalake import DeltaTable
+
+        return sorted(Path(uri) for uri in DeltaTable(str(out)).file_uris())
+    return sorted(out.glob("part-*.parquet"))
+
+
 def read_output(out: Path) -> pa.Table:
-    """All shards of an output directory, in shard order."""
-    shards = sorted(out.glob("part-*.parquet"))
+    """All shards of an output directory as a reader of its table sees them (``table_shards``), in shard order."""
+    shards = table_shards(out)
     return pa.concat_tables(pq.read_table(p) for p in shards) if shards else pa.table({})
 
 

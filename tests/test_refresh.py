@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
+from batchembed.output.refresh import RETIRE_GRACE
 from tests.conftest import assert_vectors, job_for, make_texts, read_output, run_here
 
 SHARD = 100
@@ -54,6 +55,14 @@ def _expect(table, want: dict[int, str]):
     ids = table.column("id").to_pylist()
     assert sorted(ids) == sorted(want), "every current row exactly once"
     assert_vectors(table, want, 16)
+
+
+def _age_retired(out, seconds: float) -> None:
+    """Make the files a refresh took out of the table look retired ``seconds`` ago (no sleeping)."""
+    path = out / "_manifest.json"
+    doc = json.loads(path.read_text())
+    doc["retired"] = [[name, at - seconds] for name, at in doc["retired"]]
+    path.write_text(json.dumps(doc))
 
 
 def _delta_rows(out) -> pa.Table:
@@ -111,15 +120,20 @@ def test_changed_rows_are_rebought_and_moved_rows_are_reused(tmp_path, fake, day
     fresh = {new_texts[i] for i in ids[:10]} | set(texts[900:905])
     assert sorted(bought) == sorted(fresh)  # moved rows reused from the output, not bought
     want = {**dict(enumerate(texts[:250])), **new_texts}
-    _expect(read_output(out), want)  # the glob is the current table once the run is done
+    _expect(read_output(out), want)  # the table's files are the current table once the run is done
     table = DeltaTable(str(out))
     assert table.version() == v0 + 1
     _expect(table.to_pyarrow_table(), want)
     replaced = set(DeltaTable(str(out), version=v0).file_uris()) - set(table.file_uris())
-    assert replaced and not any(os.path.exists(p) for p in replaced)  # replaced files deleted once published
+    assert replaced and all(os.path.exists(p) for p in replaced)  # kept for readers of version v0
     report = json.loads((out / "_report.json").read_text())
     assert report["rows"]["removed"] == 250 and report["rows"]["reused_from_output"] == 220
     assert run_here(None, "verify", str(job)).returncode == 0
+
+    _age_retired(out, seconds=RETIRE_GRACE)
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0  # nothing to do: it sweeps
+    assert not any(os.path.exists(p) for p in replaced)  # deleted by a later run, once their grace is over
+    assert sorted(p.name for p in out.glob("part-*.parquet")) == sorted(os.path.basename(u) for u in table.file_uris())
 
 
 def test_removed_file_leaves_the_output_and_unchanged_files_are_not_read(tmp_path, fake, days, monkeypatch):

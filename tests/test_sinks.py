@@ -203,14 +203,15 @@ def test_a_database_down_for_one_run_costs_no_token_and_the_next_run_catches_up(
     _verify_ok(job, env)
 
 
-def test_a_sink_behind_files_that_are_gone_is_reloaded_in_full_and_the_run_says_so(tmp_path, fake, dsn):
+def test_a_sink_behind_files_that_are_gone_is_reloaded_in_full_and_the_run_says_so(tmp_path, fake, dsn, monkeypatch):
+    monkeypatch.setattr("batchembed.output.refresh.RETIRE_GRACE", 0)  # replaced files go at the next run
     job, data, days, _ = _setup(tmp_path, fake, _pg())
     env = cli_env(BATCHEMBED_PG_DSN=dsn)
     assert run_here(fake, "run", str(job), "--quiet", env=env).returncode == 0
     _write_day(data, "b.parquet", {i: t for i, t in days["b.parquet"].items() if i % 2})
-    assert (
-        run_here(fake, "run", str(job), "--quiet", env=cli_env(BATCHEMBED_PG_DSN="host=/nonexistent")).returncode == 69
-    )
+    down = cli_env(BATCHEMBED_PG_DSN="host=/nonexistent")
+    assert run_here(fake, "run", str(job), "--quiet", env=down).returncode == 69
+    assert run_here(fake, "run", str(job), "--quiet", env=down).returncode == 69  # sweeps version 0's files
 
     result = run_here(None, "sync", str(job), env=env)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from batchembed.audit.owner import another_job, job_differences
 from batchembed.audit.state import OutputNow, files_line, load_output, running_line
+from batchembed.audit.table_check import compacted_missing, describe, read_state, sound
 from batchembed.exitcodes import ExitCode
 from batchembed.input.discover import discover
 from batchembed.input.files import SourceFile
@@ -37,10 +38,12 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     uncommitted_rows, uncommitted_tokens = _answered_uncommitted(out, manifest)
     differences = job_differences(job, manifest.fingerprint)
     now = OutputNow(out)
-    damaged = now.damaged(manifest)
+    table = read_state(out, manifest)
+    damaged = [d for d in now.damaged(manifest) if d.split(" ", 1)[0] not in compacted_missing(out, table)]
     doc: dict[str, Any] = {
         "output": out.uri,
-        "complete": manifest.complete and SUCCESS in now.sizes and not differences and not damaged,
+        "complete": manifest.complete and SUCCESS in now.sizes and not differences and not damaged and sound(table),
+        "table": describe(table),
         "rows_done": manifest.rows(),
         "rows_total": total_rows,
         "shards_done": sum(1 for s in manifest.shards if s.kind in ("range", "files")),
@@ -95,6 +98,7 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     for line in vector_lines(doc, len(manifest.shards)):
         print(line)
     print(f"inputs:   {describe_freshness(doc)}")
+    print(f"table:    {doc['table']}")
     if batches is not None:
         print_batch_status(batches)
     for line in sinks_audit.status_lines(doc.get("sinks", [])):

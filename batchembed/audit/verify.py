@@ -15,19 +15,20 @@ import pyarrow.compute as pc
 from batchembed.audit.owner import another_job, job_differences
 from batchembed.audit.state import OutputNow, load_output, still_running
 from batchembed.audit.status import describe_freshness, freshness
+from batchembed.audit.table_check import compacted_missing, read_state, table_problems
 from batchembed.errors import OutputError
 from batchembed.exitcodes import ExitCode
 from batchembed.input.discover import discover
 from batchembed.input.files import SourceFile
 from batchembed.input.read import columns_of, iter_batches
+from batchembed.input.row_ids import id_text, input_ids
 from batchembed.job.config import JobConfig
 from batchembed.output.input_diff import diff_inputs
-from batchembed.output.manifest import Manifest, check_file
-from batchembed.output.publish.table import table_disagreements
+from batchembed.output.manifest import Manifest
+from batchembed.output.opening import check_file
 from batchembed.output.store import storage_options
-from batchembed.output.store.base import OutputStore
 from batchembed.sinks.audit import verify_lines
-from batchembed.tasks.ids import generated_ids, id_column_name
+from batchembed.tasks.ids import id_column_name
 
 
 def verify(job: JobConfig) -> int:
@@ -38,10 +39,12 @@ def verify(job: JobConfig) -> int:
         problems.append(another_job(differences))
     if writers := OutputNow(out).writers:
         problems.append(still_running(writers))
-    bad: set[str] = set()
+    table = read_state(out, manifest)
+    bad: set[str] = compacted_missing(out, table)  # their rows are checked in the files others compacted them into
     for rec in manifest.shards:
         try:
-            check_file(out, rec.name, rec.size, rec.sha256)
+            if rec.name not in bad:
+                check_file(out, rec.name, rec.size, rec.sha256)
         except OutputError as exc:
             problems.append(str(exc))
             bad.add(rec.name)
@@ -87,7 +90,8 @@ def verify(job: JobConfig) -> int:
         if len(dup):
             problems.append(f"{len(dup)} ids appear more than once in the output, e.g. {dup[0]['values']}")
     outstanding = sum(t.num_rows for f, t in failed_rows.items() if f not in set(manifest.resolved))
-    problems += _table_problems(out, manifest, list(sources.values()))
+    problems += _input_problems(manifest, list(sources.values()))
+    problems += table_problems(out, manifest, job, sources, table)
     print(f"checked {len(manifest.shards)} shards, {checked_rows:,} rows against {len(sources)} input files")
     if outstanding:
         problems.append(f"{outstanding} rows failed and are only in _failed.parquet (run again to retry them)")
@@ -103,18 +107,12 @@ def verify(job: JobConfig) -> int:
     return ExitCode.OK
 
 
-def _table_problems(out: OutputStore, manifest: Manifest, sources: list[SourceFile]) -> list[str]:
-    """The Delta table and the manifest must agree once a run has finished; the inputs must be the ones
-    the output was made from."""
-    problems = []
+def _input_problems(manifest: Manifest, sources: list[SourceFile]) -> list[str]:
+    """The inputs must be the ones the output was made from."""
     diff = diff_inputs(manifest, sources)
     if diff.added or diff.changed or diff.removed:
-        problems.append(
-            f"the inputs changed since the output was written ({describe_freshness(freshness(manifest, sources))})"
-        )
-    if manifest.complete and not manifest.retiring:
-        problems += [f"Delta table: {p}" for p in table_disagreements(out, manifest.shards)]
-    return problems
+        return [f"the inputs changed since the output was written ({describe_freshness(freshness(manifest, sources))})"]
+    return []
 
 
 def _count_rows(src: SourceFile) -> int:
@@ -124,26 +122,6 @@ def _count_rows(src: SourceFile) -> int:
 
 def _first_column(src: SourceFile) -> str:
     return (columns_of(src) or ["_"])[0]
-
-
-def _expected_ids(src: SourceFile, job: JobConfig, start: int, end: int) -> pa.Array:
-    if job.input.id:
-        parts = []
-        pos = start
-        for batch in iter_batches(src, [job.input.id], start):
-            take = min(batch.num_rows, end - pos)
-            parts.append(batch.column(0).slice(0, take))
-            pos += take
-            if pos >= end:
-                break
-        return pa.concat_arrays([id_text(p) for p in parts]) if parts else pa.array([], pa.string())
-    return generated_ids(src.name, np.arange(start, end, dtype=np.int64))
-
-
-def id_text(ids: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-    """Ids by their text form, as the id check (``input.checks``) compares them: CSV text ids, Parquet
-    integer ids, ``string`` and ``large_string`` columns all meet as ``string`` (42 and "42" are one id)."""
-    return ids if ids.type == pa.string() else pc.cast(ids, pa.string())
 
 
 def _check_vectors(table: pa.Table, column: str, name: str, problems: list[str]) -> None:
@@ -162,7 +140,7 @@ def _check_vectors(table: pa.Table, column: str, name: str, problems: list[str])
 def _check_range(out, rec, src, job, id_col, failed_rows, problems) -> int:
     table = out.read_table(rec.name)
     _check_vectors(table, job.output.column, rec.name, problems)
-    expected = _expected_ids(src, job, rec.start, rec.end)
+    expected = input_ids(src, job.input.id, rec.start, rec.end)
     if rec.failed_file in failed_rows:
         failed = failed_rows[rec.failed_file].column("row").to_numpy()
         keep = ~np.isin(np.arange(rec.start, rec.end), failed)
@@ -186,7 +164,7 @@ def _check_files(out, rec, sources, job, id_col, failed_rows, problems) -> int:
         if name not in sources:
             problems.append(f"{rec.name}: holds rows of {name}, which is no longer an input")
             return table.num_rows
-        expected = _expected_ids(sources[name], job, 0, rows)
+        expected = input_ids(sources[name], job.input.id, 0, rows)
         if failed is not None:
             mine = pc.equal(failed.column("file"), name).to_numpy(zero_copy_only=False)
             dropped = failed.column("row").to_numpy()[mine]

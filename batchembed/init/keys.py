@@ -35,7 +35,7 @@ NOTES: dict[str, str] = {
     "output.column": "the vector column: fixed_size_list<float32>",
     "output.shard_rows": "input rows per shard: the unit of exactly-once resume",
     "output.compression": "none | snappy | zstd | lz4",
-    "output.history_days": "days a file replaced by a refresh is kept for Delta time travel (0: deleted)",
+    "output.history_days": "days a file a refresh replaced is kept for Delta time travel (0: 10 minutes, for readers)",
     "output.max_removed": "a refresh removing a larger share of the rows is refused (--allow-removal)",
     "model.normalize": "auto: L2-normalise vectors a server cut without normalising | always | never",
     "model.tier": "online | batch: the provider's batch API at its discount (openai, mistral, voyage)",

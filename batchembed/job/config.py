@@ -85,7 +85,8 @@ class OutputConfig:
     column: str = "embedding"
     shard_rows: int = 100_000
     compression: Literal["none", "snappy", "zstd", "lz4"] = "snappy"
-    #: Days a file replaced or dropped by a refresh stays (for Delta time travel); 0 deletes it at once.
+    #: Days a file replaced or dropped by a refresh stays (for Delta time travel); 0 keeps it for readers of
+    #: the previous version only (deleted by a later run at least ``refresh.RETIRE_GRACE`` after).
     history_days: float = 0.0
     #: The largest share of the output's rows a refresh may remove without --allow-removal.
     max_removed: float = 0.5

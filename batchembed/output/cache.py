@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from batchembed.output.key_index import MISSING, KeyIndex
 
@@ -79,10 +80,13 @@ class OutputCache:
         """Index every shard's keys, one shard in memory at a time."""
         index = KeyIndex(sum(int(getattr(s, "rows", 0) or 0) for s in self.shards))
         for shard in self.shards:
-            pf = self.store.parquet_file(shard.name)
+            try:
+                pf = self.store.parquet_file(shard.name)
+            except FileNotFoundError:  # a shard others compacted, then vacuumed: its answers are in their files
+                continue
             if self.key_column not in pf.schema_arrow.names:
                 continue
-            keys = pf.read(columns=[self.key_column]).column(0).combine_chunks()
+            keys = _fixed_keys(pf.read(columns=[self.key_column]).column(0).combine_chunks())
             present = np.flatnonzero(keys.is_valid().to_numpy(zero_copy_only=False))
             if not len(present):
                 continue
@@ -141,12 +145,7 @@ class OutputCache:
             self._groups.move_to_end((shard, group))
             return block
         pf = self.store.parquet_file(self.names[shard])
-        col = pf.read_row_group(group, columns=[self.column]).column(0).combine_chunks()
-        if pa.types.is_fixed_size_list(col.type):
-            dim = col.type.list_size
-            block = col.values.to_numpy(zero_copy_only=False)[col.offset * dim :][: len(col) * dim].reshape(-1, dim)
-        else:  # a scalar answer (a rerank score); a null is NaN, never a hit
-            block = col.to_numpy(zero_copy_only=False).astype(np.float32)
+        block = _answer_block(pf.read_row_group(group, columns=[self.column]).column(0).combine_chunks())
         self._groups[(shard, group)] = block
         while len(self._groups) > CACHED_GROUPS:
             self._groups.popitem(last=False)
@@ -156,3 +155,29 @@ class OutputCache:
         """Drop the index's files."""
         if self._index is not None:
             self._index.close()
+
+
+def _fixed_keys(keys: pa.Array) -> pa.Array:
+    """Keys as ``fixed_size_binary(16)`` (a file another writer compacted holds them as ``binary``)."""
+    if pa.types.is_fixed_size_binary(keys.type):
+        return keys
+    return keys.cast(pa.binary(16))
+
+
+def _answer_block(col: pa.Array) -> np.ndarray:
+    """A row group's answers as numpy: vectors an (n, dim) float32 matrix, scores (rerank) a vector; a null
+    answer is NaN, never a hit (a file another writer compacted holds vectors as variable lists, a null
+    one without slots)."""
+    if pa.types.is_fixed_size_list(col.type):
+        dim = col.type.list_size
+        return col.values.to_numpy(zero_copy_only=False)[col.offset * dim :][: len(col) * dim].reshape(-1, dim)
+    if not pa.types.is_list(col.type) and not pa.types.is_large_list(col.type):
+        return col.to_numpy(zero_copy_only=False).astype(np.float32)
+    lengths = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False)
+    dim = int(lengths.max()) if len(lengths) else 0
+    block = np.full((len(col), dim), np.nan, dtype=np.float32)
+    full = lengths == dim
+    if dim and full.any():
+        values = pc.list_flatten(col.filter(pa.array(full))).to_numpy(zero_copy_only=False)
+        block[full] = values.reshape(-1, dim).astype(np.float32)
+    return block

@@ -34,7 +34,8 @@ from batchembed.job.config import JobConfig
 from batchembed.output import refresh as output_refresh
 from batchembed.output.input_diff import InputDiff, diff_inputs, identity_of, known_rows
 from batchembed.output.layout import FAILED_DIR, SUCCESS
-from batchembed.output.manifest import Manifest, Preloaded, ShardRecord, preload
+from batchembed.output.manifest import Manifest, ShardRecord
+from batchembed.output.opening import Preloaded, preload
 from batchembed.output.publish.table import delta_publisher
 from batchembed.output.roles import Role, WholeRun
 from batchembed.output.shard_writer import shard_metadata

@@ -28,7 +28,8 @@ from batchembed.output.layout import (
     manifest_names,
     part_suffix,
 )
-from batchembed.output.manifest import Manifest, check_shards, remove_orphans
+from batchembed.output.manifest import Manifest
+from batchembed.output.opening import check_shards, remove_orphans
 from batchembed.output.store.base import OutputStore
 from batchembed.output.store.holders import live_writers, part_writer
 
@@ -125,7 +126,7 @@ def finished_split_manifest(store: OutputStore, fingerprint: dict) -> Manifest:
 def open_part(store: OutputStore, fingerprint: dict, restart: bool, part: tuple[int, int]) -> Manifest:
     """Prepare the output for one part (its lock is held) and return the part's manifest (new or resumed).
 
-    Like ``manifest.open_output`` but confined to the part: ``--restart`` and the orphan sweep only
+    Like ``opening.open_output`` but confined to the part: ``--restart`` and the orphan sweep only
     touch the part's own files; another part with a different fingerprint is refused (two jobs mixed).
     """
     store.use_part(part)

@@ -26,7 +26,8 @@ import pyarrow as pa
 from batchembed.errors import ResumeRefused
 from batchembed.output import refresh as output_refresh
 from batchembed.output.layout import FAILED, REPORT, SUCCESS, part_failed, part_report, retry_shard
-from batchembed.output.manifest import Manifest, Preloaded, ShardRecord, check_shards, open_output, remove_orphans
+from batchembed.output.manifest import Manifest, ShardRecord
+from batchembed.output.opening import Preloaded, check_shards, open_output, remove_orphans
 from batchembed.output.parts import (
     all_complete,
     finished_split,
@@ -69,6 +70,9 @@ class Role(Protocol):
     #: Where this writer's gathered failed rows and report go.
     failed_name: str
     report_name: str
+    #: What it does with the Delta table before buying: "writes" (repairs it, takes others' maintenance in),
+    #: "reads" (checks it, refuses what a part cannot take in), "none" (its driver checked).
+    table_access: str
 
     def acquire(self, output: JobOutput, restart: bool) -> None:
         """Be admitted as this kind of writer (``OutputLocked`` names a live writer that excludes it)."""
@@ -114,6 +118,7 @@ class WholeRun:
 
     failed_name = FAILED
     report_name = REPORT
+    table_access = "writes"
 
     def __init__(self) -> None:
         self.split_done = False  # a finished --shard split rerun as a whole run: nothing to do
@@ -166,6 +171,7 @@ class SplitPart:
         self.owns = owned_by(part)
         self.failed_name = part_failed(part)
         self.report_name = part_report(part)
+        self.table_access = "reads"  # the part completing the split publishes; none takes maintenance in
 
     def acquire(self, output: JobOutput, restart: bool) -> None:
         admit(output.store, self.part)  # parts of one split never block each other; every other writer is refused
@@ -228,6 +234,7 @@ class DriverWorker:
 
     failed_name = FAILED
     report_name = REPORT
+    table_access = "none"  # the driver checked the table before handing out slices
 
     def __init__(
         self, manifest: Manifest, sink: Callable[[tuple[ShardRecord, list[str]]], None], fence: FenceToken | None

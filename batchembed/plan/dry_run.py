@@ -32,14 +32,18 @@ from dataclasses import asdict
 import numpy as np
 import pyarrow as pa
 
+from batchembed.exitcodes import ExitCode
 from batchembed.input.checks import check_inputs
 from batchembed.input.chunks import CHUNK_ROWS, iter_chunks
 from batchembed.input.discover import discover
+from batchembed.input.files import SourceFile
 from batchembed.input.read import check_columns
 from batchembed.job.config import JobConfig
 from batchembed.job.resolved import ResolvedJob, resolve
 from batchembed.output.input_diff import GENERATION_SPAN, known_rows
 from batchembed.output.manifest import Manifest
+from batchembed.output.schema import SchemaRefused
+from batchembed.output.schema_check import settle_output
 from batchembed.output.store import storage_options
 from batchembed.plan.eta import SAMPLE_TEXTS, measure_local, paced, read_previous_report
 from batchembed.plan.existing import ExistingOutput, existing_output
@@ -289,6 +293,9 @@ def estimate(
     reading = sources
     first = 0
     if existing is not None:
+        refused, notes = existing.table_check()  # what a run would refuse or repair about the Delta table
+        report.refusals += refused
+        report.warnings += notes
         view, reading = existing.plan(sources, task)
         report.refresh = existing.refresh
         first = (existing.manifest.generation + 1) * GENERATION_SPAN  # names clear of every kept unit
@@ -296,6 +303,7 @@ def estimate(
         check_columns(src, task.columns)
     held = existing.held_ids(config, reading) if existing is not None and config.input.id else []
     check_inputs(config, reading, task.columns, held)  # the same refusals as `run` (ids, columns, text types)
+    refuse_before_buying(report, config, existing, reading)
     report.files = [{"name": s.name, "format": s.format, "rows": s.rows} for s in reading]
     rows_of: dict[str, int] = {}
     tally = _RerankTally(report, resolved, counting) if resolved.is_rerank else _EmbedTally(report, resolved)
@@ -352,10 +360,22 @@ def plan(
     as_json: bool = False,
     price_per_million: float | None = None,
 ) -> int:
-    """``batchembed plan``: print what a run of ``job`` would read, send and cost; returns 0."""
+    """``batchembed plan``: print what a run of ``job`` would read, send and cost; returns 0, or 1 when a run
+    would refuse before buying anything (the refusals are printed)."""
     report = estimate(job, counter, price_per_million)
     print(json.dumps(asdict(report), indent=2) if as_json else format_report(report))
-    return 0
+    return ExitCode.FAILED if report.refusals else ExitCode.OK
+
+
+def refuse_before_buying(
+    report: PlanReport, config: JobConfig, existing: ExistingOutput | None, reading: list[SourceFile]
+) -> None:
+    """The output's column types, settled as ``run`` settles them before buying: a refusal goes in the plan."""
+    store, shards = (existing.store, existing.manifest.shards) if existing is not None else (None, [])
+    try:
+        settle_output(config, reading, store, shards)
+    except SchemaRefused as exc:
+        report.refusals.append(str(exc))
 
 
 def batch_estimate(report: PlanReport, resolved: ResolvedJob) -> None:

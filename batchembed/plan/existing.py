@@ -18,7 +18,10 @@ from batchembed.output import refresh as output_refresh
 from batchembed.output.input_diff import diff_inputs
 from batchembed.output.manifest import Manifest
 from batchembed.output.parts import load_whole
+from batchembed.output.publish.state import MAINTAINED
+from batchembed.output.shared_table import refusal, split_refusal, table_state
 from batchembed.output.store import open_store
+from batchembed.output.table_view import cache_files
 
 if TYPE_CHECKING:
     from batchembed.input.files import SourceFile
@@ -35,6 +38,22 @@ class ExistingOutput:
     manifest: Manifest
     refresh: dict = field(default_factory=dict)
     _diff: Any = None
+    split: bool = False  # written by --shard parts (their manifests merged)
+
+    def table_check(self) -> tuple[list[str], list[str]]:
+        """(what a run would refuse about the output's Delta table, what it would repair or take in)."""
+        state = table_state(self.store, self.manifest)
+        if state.refused:
+            return [refusal(self.store.uri, state)], []
+        if state.kind == MAINTAINED and self.split and state.groups:
+            return [split_refusal(self.store.uri, state)], []
+        if state.rebuilt_by_run:
+            return [], [f"{state.problem}: a run rebuilds the Delta table from the manifest (no request)"]
+        if state.kind == MAINTAINED:
+            self.manifest.adopted = [g.to_json() for g in state.groups]  # as a run takes it in (never saved)
+            taken = "; ".join(state.taken)
+            return [], [f"the Delta table was maintained by another writer ({taken}): a run takes it in, rows kept"]
+        return [], []
 
     def plan(self, sources: list[SourceFile], task: Any) -> tuple[Manifest, list[SourceFile]]:
         """(the shards a run keeps, as a manifest; the files it reads), and the refresh figures."""
@@ -42,7 +61,7 @@ class ExistingOutput:
         kept = output_refresh.kept(self.manifest, diff)
         reading = output_refresh.work_files(kept, sources)
         if reading:
-            task.reuse_output(self.store, self.manifest.shards + self.manifest.retiring)
+            task.reuse_output(self.store, cache_files(self.manifest))
         self.refresh = {
             "added": diff.added,
             "changed": diff.changed,
@@ -63,11 +82,11 @@ def existing_output(resolved: ResolvedJob, task: HasFingerprint) -> ExistingOutp
     """The job's output if it exists and was made with the same settings, else None (a first run)."""
     store = open_store(resolved.config)
     try:
-        manifest, _ = load_whole(store)
+        manifest, parts = load_whole(store)
     except Exception:  # no output, or one a run would refuse: plan the job as a first run
         return None
     if manifest is None:
         return None
     if fingerprint_hash(manifest.fingerprint) != fingerprint_hash(job_fingerprint(resolved, task)):
         return None
-    return ExistingOutput(store, manifest)
+    return ExistingOutput(store, manifest, split=bool(parts))

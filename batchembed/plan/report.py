@@ -53,6 +53,9 @@ class PlanReport:
     eta_basis: str = "configured"  # "measured" (local) | "server" (limits a previous run learned) | "configured"
     eta_detail: str = ""  # how the ETA was obtained, in one human line
     warnings: list[str] = field(default_factory=list)
+    #: What ``run`` would refuse before buying anything (the table's state, the output's column types):
+    #: each a sentence saying what to do; ``plan`` exits 1 when there is any.
+    refusals: list[str] = field(default_factory=list)
     #: Against an existing output: files added/changed/removed/unchanged (names), rows removed and
     #: rows reused from the output; the other figures then count only what the refresh reads and sends.
     refresh: dict = field(default_factory=dict)
@@ -117,6 +120,9 @@ def format_report(r: PlanReport) -> str:
     if r.refresh:
         lines[1:1] = refresh_lines(r.refresh)
     lines += [f"warning: {w}" for w in r.warnings]
+    lines += [f"refused: {w}" for w in r.refusals]
+    if r.refusals:
+        lines.append("a run would stop there, before buying anything (plan exits 1)")
     return "\n".join(lines)
 
 

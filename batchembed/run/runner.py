@@ -34,7 +34,10 @@ from batchembed.output.journal.segments import journal_store
 from batchembed.output.journal.writer import Journal
 from batchembed.output.layout import TRUNCATED
 from batchembed.output.manifest import Manifest
+from batchembed.output.schema_check import settle_output
+from batchembed.output.shared_table import before_buying as table_before_buying
 from batchembed.output.store import storage_options
+from batchembed.output.table_view import cache_files
 from batchembed.run.pipeline import LocalStages
 from batchembed.run.placement import Canary, Placement
 from batchembed.run.progress import Progress
@@ -155,6 +158,11 @@ class JobRunner:
         await asyncio.to_thread(self.output.acquire, self.restart)  # one writer per output (or part)
         manifest = await asyncio.to_thread(self.output.open, self.fingerprint(), self.restart)
         diff = await asyncio.to_thread(self.output.refresh_plan, sources)
+        access = self.output.role.table_access
+        await asyncio.to_thread(  # the shared Delta table: repaired, taken in or refused before anything is bought
+            table_before_buying, self.output.store, manifest, diff, sources, self.job, writes=access == "writes",
+            part=access == "reads", publisher=self.output.table, say=self.progress.line,
+        )  # fmt: skip
         work = self.output.work_files(sources)
         for src in work:
             await asyncio.to_thread(check_columns, src, columns)
@@ -163,6 +171,10 @@ class JobRunner:
             if self.job.input.id:
                 held = await asyncio.to_thread(self.output.held_ids, self.job.input.id, diff)
             await asyncio.to_thread(check_inputs, self.job, work, columns, held)
+        if work or manifest.unresolved_failures():  # every shard gets the table's column types, settled now
+            self.task.output_types = await asyncio.to_thread(
+                settle_output, self.job, work, self.output.store, manifest.shards
+            )
         await asyncio.to_thread(self.output.begin_refresh, diff, sources, self.job.output.max_removed)
         self.stats.note_refresh(diff, manifest)
         if self.output.finished_before():
@@ -195,7 +207,7 @@ class JobRunner:
             committed=self.output.committed(),
         )
         if (manifest.shards or manifest.retiring) and not manifest.complete:  # a refresh: what the output holds
-            self.task.reuse_output(self.output.store, manifest.shards + manifest.retiring)
+            self.task.reuse_output(self.output.store, cache_files(manifest))
         retry_units = await asyncio.to_thread(self.output.retry_plan, sources) if self.retry_failed else []
         # a subset's share of the rows is known only once its units are read
         todo = pending_rows(sources, manifest) if self.units is None else None

@@ -73,6 +73,8 @@ class Task(Protocol):
     #: ``prepare`` allocates each piece's answers up front; a pass that sends nothing (``plan``, the batch
     #: tier's planning) turns it off
     allocate_answers: bool
+    #: the type every shard holds each copied column as (``output.schema``), settled by the run before buying
+    output_types: dict[str, Any]
 
     def prepare(self, chunk: Chunk) -> tuple[Piece, list[Request]]:
         """Build a piece and its requests from a chunk (runs in a worker thread: no asyncio here)."""

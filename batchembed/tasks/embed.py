@@ -20,6 +20,7 @@ from batchembed.input.units import Chunk
 from batchembed.job.resolved import ResolvedJob
 from batchembed.job.templates import text_fields
 from batchembed.output.cache import KEY_COLUMN, OutputCache, key_column
+from batchembed.output.schema import conform
 from batchembed.output.shard_writer import vector_array
 from batchembed.providers.base import Embedder, EmbeddingResult, vector_norms
 from batchembed.stats import Stats
@@ -75,6 +76,8 @@ class EmbedTask:
         self.id_column = id_column_name(job)
         #: Vectors the output already holds (``output.cache.OutputCache``), given by ``reuse_output``.
         self.output_cache: OutputCache | None = None
+        #: The type every shard holds each copied column as (``output.schema``), settled by the run before buying.
+        self.output_types: dict[str, pa.DataType] = {}
         cols = list(text_fields(job.input.text))
         for c in ([job.input.id] if job.input.id else []) + list(job.input.keep):
             if c not in cols:
@@ -175,7 +178,7 @@ class EmbedTask:
         for name in self.job.input.keep:
             if name not in cols:
                 cols[name] = table.column(name)
-        return pa.table(cols)
+        return conform(pa.table(cols), self.output_types)
 
     # --------------------------------------------------------------------------------- sending
 

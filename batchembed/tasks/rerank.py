@@ -73,6 +73,7 @@ class RerankTask:
         self.columns = list(dict.fromkeys(n for n in names if n))
         self.group_key = (cfg.query_id or cfg.query) if cfg.layout == "pairs" else None
         self.vectors = None  # scores, not vectors
+        self.output_types: dict[str, Any] = {}  # (a rerank output's columns are not settled yet)
         self.allocate_answers = True  # (the scores of a piece are allocated as it is prepared either way)
         #: Scores the output already holds (``output.cache.OutputCache``), given by ``reuse_output``.
         self.output_cache: OutputCache | None = None

@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from batchembed.errors import OutputError, redact
 from batchembed.fs.location import Location, locate, register_cloud_secrets
+from batchembed.output.layout import is_shard
 from batchembed.output.publish.files import TableFile, delta_schema, read_arrow_schema
 from batchembed.output.publish.stores import delta_storage_options, table_uri
 
@@ -35,6 +36,8 @@ ATTEMPTS = 8
 #: Table properties set at creation. A checkpoint every 10 commits (delta-rs' default: 100) keeps what a
 #: reader replays small: on S3, each JSON commit since the last checkpoint is one more GET per table load.
 TABLE_CONFIGURATION = {"delta.checkpointInterval": "10"}
+#: A line of the Rust backtrace delta-rs appends to some errors (``3: <unknown>``, ``at ./nptl/...``).
+BACKTRACE_LINE = re.compile(r"^(\d+: |at \S+:\d+)")
 
 
 class PublishRefused(OutputError):
@@ -59,7 +62,8 @@ def reason(exc: BaseException) -> str:
     register_cloud_secrets()
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
     parts = [p.strip(" \t↳") for p in text.splitlines()]
-    text = " - ".join(p for p in parts if p) or type(exc).__name__
+    parts = [p for p in parts if p and not BACKTRACE_LINE.match(p)]  # a Rust backtrace says nothing to a user
+    text = " - ".join(parts) or type(exc).__name__
     text = re.sub(r"(https?://[^\s?]+)\?\S*", r"\1?…", text)
     return redact(text if len(text) <= 400 else text[:400] + "…")
 
@@ -130,6 +134,7 @@ def publish(
     tag: int,
     schema: pa.Schema | None = None,
     metadata: Mapping[str, Any] | None = None,
+    releasing: Iterable[str] = (),
 ) -> int | None:
     """Bring the Delta log at ``location`` to exactly ``files`` in one commit; return the table's version.
 
@@ -146,7 +151,9 @@ def publish(
     already published -> nothing written, the current version returned (whatever tag it recorded);
     a tag above ``tag`` recorded with another file set -> ``PublishRefused``; otherwise one commit of
     adds (new names) and removes (names no longer listed). A listed name whose size differs from the
-    table's is refused (``OutputError``): a Delta file cannot be replaced under its own name.
+    table's is refused (``OutputError``): a Delta file cannot be replaced under its own name. A file the
+    table holds that ``files`` leaves out is taken out of it only if batchembed wrote it (``is_shard``) or
+    it is in ``releasing``: another writer's file is never dropped silently (``OutputError``).
     """
     dl = _deltalake()
     from deltalake.transaction import RemoveAction, create_table_with_add_actions
@@ -190,6 +197,13 @@ def publish(
                 f"{uri}: the Delta table (version {version}) was published by a newer run (publish {recorded}, "
                 f"ours is {tag}) with other files; not overwriting it"
             )
+        strangers = sorted(n for n in current.keys() - wanted.keys() if not is_shard(n) and n not in set(releasing))
+        if strangers:
+            raise OutputError(
+                f"{uri}: the Delta table (version {version}) holds {strangers[0]}, which batchembed did not write "
+                "(another writer added it while this run ran): not taking it out. Run the same command again: "
+                "the table is checked before anything is bought"
+            )
         changed = sorted(n for n in current.keys() & wanted.keys() if current[n] != wanted[n].size)
         if changed:
             raise OutputError(
@@ -202,10 +216,8 @@ def publish(
         else:
             ours = delta_schema(schema) if schema is not None else table.schema()
         if not _same_schema(ours, table.schema()):
-            raise OutputError(
-                f"{uri}: the new files' schema differs from the Delta table's: {ours.to_json()} != "
-                f"{table.schema().to_json()}"
-            )
+            differs = _schema_diff(ours, table)
+            raise OutputError(f"{uri}: the new files' schema differs from the Delta table's: {differs}")
         removed = [
             RemoveAction(path=n, data_change=True, deletion_timestamp=now_ms, size=s, partition_values={})
             for n, s in sorted(current.items())
@@ -226,6 +238,18 @@ def publish(
     raise OutputError(f"{uri}: gave up publishing after {ATTEMPTS} commits lost to concurrent writers")
 
 
+def _schema_diff(ours, table) -> str:
+    """The first column whose type differs between the new files and the table, in a few words."""
+    mine = {f["name"]: f for f in json.loads(ours.to_json())["fields"]}
+    theirs = {f["name"]: f for f in json.loads(table.schema().to_json())["fields"]}
+    for name in [*theirs, *(n for n in mine if n not in theirs)]:
+        a, b = mine.get(name), theirs.get(name)
+        if a != b:
+            show = lambda f: "absent" if f is None else json.dumps(f["type"])  # noqa: E731
+            return f"column {name!r} is {show(a)} in the new files, {show(b)} in the table"
+    return "their field metadata differ"
+
+
 def _first_schema(where: Location, wanted: Mapping[str, TableFile], what: str) -> pa.Schema:
     if not wanted:
         raise ValueError(f"{what} lists no file: pass the table's schema")
@@ -237,6 +261,22 @@ def table_files(location: Location | str, storage_options: Mapping[str, str] | N
     _where, uri, options = _resolve(location, storage_options)
     table = _open(uri, options)
     return None if table is None else _files_of(table)
+
+
+def table_files_at(
+    location: Location | str, storage_options: Mapping[str, str] | None, version: int
+) -> dict[str, int] | None:
+    """The files of the table's ``version`` with their sizes (None when there is no table)."""
+    _where, uri, options = _resolve(location, storage_options)
+    table = _open(uri, options, version)
+    return None if table is None else _files_of(table)
+
+
+def table_schema_json(location: Location | str, storage_options: Mapping[str, str] | None = None) -> str | None:
+    """The table's current schema as Delta's JSON (None when there is no table)."""
+    _where, uri, options = _resolve(location, storage_options)
+    table = _open(uri, options)
+    return None if table is None else table.schema().to_json()
 
 
 def check_agrees(

@@ -126,7 +126,7 @@ class OutputStore(abc.ABC):
 
     def manifest_stamp(self) -> Any:
         """What identifies the manifest's current version, found cheaply (no body read); None when this
-        store cannot tell, and then a manifest read earlier is never reused (``manifest.preload``)."""
+        store cannot tell, and then a manifest read earlier is never reused (``opening.preload``)."""
         return None
 
     @abc.abstractmethod

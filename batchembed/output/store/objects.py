@@ -129,6 +129,10 @@ class StreamedShard:
             self._upload.__exit__(RuntimeError, RuntimeError("shard abandoned"), None)
 
 
+class MissingObject(OutputError, FileNotFoundError):
+    """An object that is not in the bucket: a clear ``OutputError`` that is also a ``FileNotFoundError``."""
+
+
 class ObjectStore(OutputStore):
     """An output prefix in S3, GCS or Azure Blob."""
 
@@ -302,6 +306,8 @@ class ObjectStore(OutputStore):
         loc = self.where.child(name)
         try:
             return loc.fs.open_input_file(loc.fs_path)
+        except FileNotFoundError as exc:  # still a FileNotFoundError for callers that expect a file may be gone
+            raise MissingObject(str(self._fail("open", name, exc))) from None
         except (OSError, pa.ArrowException) as exc:
             raise self._fail("open", name, exc) from None
 
