@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batchembed.audit.owner import another_job, job_differences
+from batchembed.audit.owner import another_job, job_differences, run_fingerprint
 from batchembed.audit.state import OutputNow, files_line, running_line, still_running
 from batchembed.errors import OutputError
 from batchembed.exitcodes import ExitCode
@@ -49,7 +49,7 @@ def _load(job: JobConfig) -> tuple[OutputStore, Manifest]:
 def status(job: JobConfig, as_json: bool = False) -> int:
     """Print done/total rows and shards, failed rows, tokens, completeness. Exit 0."""
     out, manifest = _load(job)
-    sources = discover(job.input.path, storage_options(job))
+    sources = discover(job.input.path, storage_options(job), identity=job.input.identity)
     total_rows = None if any(s.rows is None for s in sources) else sum(s.rows for s in sources)
     shard_rows = job.output.shard_rows
     total_shards = (
@@ -58,6 +58,7 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     failed = manifest.unresolved_rows(out)
     uncommitted_rows, uncommitted_tokens = _answered_uncommitted(out, manifest)
     differences = job_differences(job, manifest.fingerprint)
+    manifest.wanted = run_fingerprint(job)  # a changed input.keep is not another job: `run` rewrites the shards
     now = OutputNow(out)
     damaged = now.damaged(manifest)
     doc: dict[str, Any] = {
@@ -122,8 +123,8 @@ def status(job: JobConfig, as_json: bool = False) -> int:
 def _freshness(manifest: Manifest, sources: list[SourceFile]) -> dict[str, Any]:
     """Whether the output is up to date with the input files (what a run would refresh)."""
     diff = diff_inputs(manifest, sources)
-    pending = bool(diff.added or diff.changed or diff.removed or manifest.retiring)
-    return {"up_to_date": not pending and manifest.complete, "inputs": diff.summary()}
+    pending = bool(diff.added or diff.changed or diff.grown or diff.removed or diff.reshaped or manifest.retiring)
+    return {"up_to_date": not pending and manifest.complete, "inputs": diff.summary(), "reshaped": diff.reshaped}
 
 
 def _describe_freshness(doc: dict[str, Any]) -> str:
@@ -131,8 +132,10 @@ def _describe_freshness(doc: dict[str, Any]) -> str:
     if doc["up_to_date"]:
         return f"up to date with its {counts['files_unchanged']:,} input files"
     changes = ", ".join(
-        f"{counts['files_' + k]:,} {k}" for k in ("added", "changed", "removed") if counts["files_" + k]
+        f"{counts['files_' + k]:,} {k}" for k in ("added", "changed", "grown", "removed") if counts.get("files_" + k)
     )
+    if not changes and doc.get("reshaped"):
+        return "its kept columns (input.keep) changed: `run` rewrites every shard from the vectors it holds"
     if not changes:
         return "not complete yet: `run` resumes it"
     return f"not up to date: {changes} since it was written; `run` refreshes it"
@@ -202,7 +205,7 @@ def verify(job: JobConfig) -> int:
         except OutputError as exc:
             problems.append(str(exc))
             bad.add(rec.name)
-    sources = {s.name: s for s in discover(job.input.path, storage_options(job))}
+    sources = {s.name: s for s in discover(job.input.path, storage_options(job), identity=job.input.identity)}
     id_col = id_column_name(job)
     failed_rows: dict[str, pa.Table] = {}
     for rec in manifest.shards:

@@ -13,6 +13,7 @@ files packed together are still walked whole.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Generator, Iterator
 
@@ -43,9 +44,27 @@ def _tiled_end(committed: dict[int, CommittedRange], start: int = 0) -> int:
     return pos
 
 
-def file_done(source: SourceFile, committed: dict[int, CommittedRange]) -> bool:
-    """Whether committed ranges cover the whole file (its last unit recorded reaching the end of file)."""
+def with_tail(source: SourceFile, committed: dict[int, CommittedRange]) -> SourceFile:
+    """``source`` marked as grown (``tail``: the rows the output holds and the byte where they end) when its
+    committed ranges reached its end and it has more bytes now than then.
+
+    Only a file whose growth was checked keeps its committed shards over a change (``output/growth.py``);
+    any other change retires them, so a committed end shorter than the file means it grew."""
     end = _tiled_end(committed)
+    for r in committed.values():
+        ends = (getattr(r, "ends", None) or {}).get(source.name)
+        grew = ends and ends.get("grows") and source.compression is None and source.size > ends["bytes"]
+        if grew and r.eof and r.end == end and ends["rows"] == end:
+            return dataclasses.replace(source, tail=(end, ends["bytes"]))
+    return source
+
+
+def file_done(source: SourceFile, committed: dict[int, CommittedRange]) -> bool:
+    """Whether committed ranges cover the whole file (its last unit recorded reaching the end of file, and
+    the file did not grow since)."""
+    end = _tiled_end(committed)
+    if with_tail(source, committed).tail is not None:
+        return False
     if any(r.eof and r.end == end for r in committed.values()):
         return True
     return source.rows is not None and end == source.rows
@@ -94,6 +113,7 @@ def iter_chunks(
     base = first_ordinal  # a refresh generation names its units from its own range (refresh.py)
     for src in sources:
         committed = {r.start: r for r in manifest.ranges_of(src.name)}
+        src = with_tail(src, committed)  # a grown file is read from where its committed rows end
         if file_done(src, committed):
             yield from pack.close()
             fresh = {r.name for r in committed.values()} - counted

@@ -33,6 +33,7 @@ from batchembed.input.identity import restat
 from batchembed.input.units import Unit
 from batchembed.output import refresh as output_refresh
 from batchembed.output.cache import OutputCache
+from batchembed.output.file_ends import file_ends
 from batchembed.output.input_diff import InputDiff, diff_inputs, identity_of, known_rows
 from batchembed.output.layout import FAILED, FAILED_DIR, REPORT, SUCCESS, retry_shard
 from batchembed.output.manifest import Manifest, ShardRecord, open_output, remove_orphans
@@ -275,6 +276,7 @@ class JobOutput:
             resolves=list(unit.resolves),
             files=[[name, rows] for name, rows in unit.files],
             truncated=n_cut,
+            ends=file_ends(unit, self.sources, self.manifest.shards),
         )
         self.record(record, list(unit.resolves))
         return record

@@ -36,7 +36,7 @@ import pyarrow as pa
 
 from batchembed.errors import OutputError, ResumeRefused
 from batchembed.fs.atomic import TMP_SUFFIX
-from batchembed.job.fingerprint import describe_changes, fingerprint_hash
+from batchembed.job.fingerprint import describe_changes, fingerprint_hash, reshaped, same_job
 from batchembed.output.layout import (
     DELTA_LOG,
     FAILED_DIR,
@@ -77,6 +77,10 @@ class ShardRecord:
     truncated: int = 0  # rows of this shard whose text was cut (listed in _truncated/<shard>)
     unit: str = ""  # the stable unit name (``part-00007``): journal and ownership; ``name`` is the file
     inputs: dict[str, dict] = field(default_factory=dict)  # input file name -> its identity when read
+    #: CSV/JSON Lines files whose last rows this shard holds -> where each ended (``file_ends``: rows, bytes,
+    #: digests), so a file that only grew is read from there and a touched one is proven unchanged. Absent
+    #: from outputs written before (their files are read again whole when they change).
+    ends: dict[str, dict] = field(default_factory=dict)
 
     @property
     def unit_name(self) -> str:
@@ -119,6 +123,12 @@ class Manifest:
     retired: list[list] = field(default_factory=list)
     #: The last publish tag written to the Delta table (0: never published).
     published: int = 0
+    #: The current generation only rewrites shards from the vectors the output holds (a kept column
+    #: changed, no input did): nothing is bought, so no request is needed, not even the canary.
+    rewrite_only: bool = False
+    #: The fingerprint of the job running now (not saved): it may differ from ``fingerprint`` only in
+    #: settings that do not make another job (``fingerprint.RESHAPING``), which the next generation applies.
+    wanted: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     # --------------------------------------------------------------------------------- queries
 
@@ -137,6 +147,10 @@ class Manifest:
                     if name == file
                 ]
         return sorted(found, key=lambda s: s.start)
+
+    def reshaping(self) -> list[str]:
+        """The settings (``input.keep``) whose change makes this run rewrite every shard; [] for none."""
+        return reshaped(self.fingerprint, self.wanted) if self.wanted is not None else []
 
     def unresolved_failures(self) -> list[str]:
         """Failure files whose rows have not been retried successfully yet."""
@@ -206,6 +220,7 @@ class Manifest:
             "retiring": [asdict(s) for s in self.retiring],
             "retired": self.retired,
             "published": self.published,
+            **({"rewrite_only": True} if self.rewrite_only else {}),
         }
         store.replace_manifest(json.dumps(doc, indent=1, sort_keys=True).encode())
         store.drop_commits()  # every journal line is in the manifest now
@@ -244,6 +259,7 @@ class Manifest:
                 retiring=[ShardRecord(**r) for r in doc.get("retiring", [])],
                 retired=list(doc.get("retired", [])),
                 published=int(doc.get("published", 0)),
+                rewrite_only=bool(doc.get("rewrite_only", False)),
             )
             manifest._replay(store)
             return manifest
@@ -276,14 +292,14 @@ def open_output(store: OutputStore, fingerprint: dict[str, Any], restart: bool) 
         manifest = Manifest(fingerprint=fingerprint)
         manifest.save(store)
         return manifest
-    if fingerprint_hash(manifest.fingerprint) != fingerprint_hash(fingerprint) and not manifest.shards:
+    if not same_job(manifest.fingerprint, fingerprint) and not manifest.shards:
         # Nothing committed binds this output yet (a run that failed before its first shard, e.g. on a
         # typo in model.name): the corrected job simply takes it over.
         remove_orphans(store, manifest)
         manifest = Manifest(fingerprint=fingerprint)
         manifest.save(store)
         return manifest
-    if fingerprint_hash(manifest.fingerprint) != fingerprint_hash(fingerprint):
+    if not same_job(manifest.fingerprint, fingerprint):
         changes = describe_changes(manifest.fingerprint, fingerprint)
         raise ResumeRefused(
             f"{store.uri} holds output of a different job: "
@@ -292,6 +308,9 @@ def open_output(store: OutputStore, fingerprint: dict[str, Any], restart: bool) 
             "(changed input files are fine: a rerun refreshes the output). Run with --restart to discard "
             "the old output, or use another output.path."
         )
+    if not manifest.shards:
+        manifest.fingerprint = fingerprint  # no shard holds the old kept columns: nothing to rewrite
+    manifest.wanted = fingerprint  # a changed input.keep: the refresh rewrites the shards (``reshaping``)
     manifest.writer = os.urandom(8).hex()
     manifest.save(store)  # also folds the last run's commit journal in: each run starts from one file
     remove_orphans(store, manifest)
