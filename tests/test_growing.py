@@ -277,3 +277,19 @@ def test_the_readme_nightly_makefile_recipe_on_day_two_of_one_growing_csv(tmp_pa
     assert "OK" in day2.stdout  # verify, the recipe's second line
     assert sorted(srv.received_texts()) == sorted(TEXTS[300:305])
     _expect(tmp_path / "out" / "docs", {i: TEXTS[i] for i in range(305)})
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_an_export_grown_by_blank_lines_only_has_no_new_row(tmp_path, fake, fmt):
+    path = tmp_path / f"export.{fmt}"
+    _write(path, fmt, range(300))
+    job = _job(tmp_path, fake, path, shard_rows=100)
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0
+    with open(path, "a") as fh:
+        fh.write("\n\n")
+    fake.reset_records()
+    for _ in range(2):
+        result = run_here(fake, "run", str(job), "--quiet")
+        assert result.returncode == 0, result.stderr
+    assert "up to date" in result.stderr and fake.received_texts() == []
+    _expect(tmp_path / "out", {i: TEXTS[i] for i in range(300)})

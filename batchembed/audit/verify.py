@@ -264,7 +264,7 @@ def _table_problems(out: OutputStore, manifest: Manifest, sources: list[SourceFi
     the output was made from."""
     problems = []
     diff = diff_inputs(manifest, sources)
-    if diff.added or diff.changed or diff.removed:
+    if diff.added or diff.changed or diff.grown or diff.removed:
         problems.append(
             f"the inputs changed since the output was written ({_describe_freshness(_freshness(manifest, sources))})"
         )

@@ -270,6 +270,8 @@ def iter_batches(source, columns: list[str], start_row: int = 0) -> Iterator[pa.
             return
         except pa.ArrowInvalid as exc:
             text = str(exc)
+            if offset and "Empty JSON" in text:
+                return  # it grew by blank lines only: no record
             if "straddl" in text:
                 if block >= JSON_MAX_BLOCK:
                     raise InputError(

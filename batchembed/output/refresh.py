@@ -18,6 +18,7 @@ no longer names them, and a publish that already happened is recognised and not 
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -91,9 +92,8 @@ def begin(
     if record_touched(manifest, diff):
         manifest.save(store)
     if needs_new_generation(manifest, diff, sources):
-        reading = work_files(kept(manifest, diff), sources)
-        count = lambda: ids_leaving(store, manifest, diff, reading)  # noqa: E731 - only read if it matters
-        guard_removal(manifest, diff, max_removed, str(store.uri), count)
+        reading = work_files(kept(manifest, diff), sources)  # the ids that leave are counted only if it matters
+        guard_removal(manifest, diff, max_removed, str(store.uri), partial(ids_leaving, store, manifest, diff, reading))
         begin_generation(manifest, diff, sources)
         manifest.save(store)
         failpoint("refresh-begun")
