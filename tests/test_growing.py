@@ -293,3 +293,33 @@ def test_an_export_grown_by_blank_lines_only_has_no_new_row(tmp_path, fake, fmt)
         assert result.returncode == 0, result.stderr
     assert "up to date" in result.stderr and fake.received_texts() == []
     _expect(tmp_path / "out", {i: TEXTS[i] for i in range(300)})
+
+
+def test_a_grown_small_file_packed_with_others_then_a_kill_loses_no_answer(tmp_path, srv):
+    # three small exports share one packed shard; the middle one grows and a fourth is added; a kill
+    # with the new file's answers in the journal: the rerun finds them under the same unit name
+    data = tmp_path / "data"
+    data.mkdir()
+    for f, ids in enumerate((range(0, 100), range(100, 200), range(200, 300))):
+        _write(data / f"e{f}.csv", "csv", ids)
+    job = job_for(
+        tmp_path,
+        srv,
+        data,
+        input={"path": str(data), "text": "text", "id": "id"},
+        limits={"batch_inputs": 10, "concurrency": 2},
+    )
+    assert run_here(srv, "run", str(job), "--quiet").returncode == 0
+    _write(data / "e1.csv", "csv", range(300, 305), mode="a")
+    _write(data / "e3.csv", "csv", range(305, 905))
+    srv.reset_records()
+
+    kill_mid_run(srv, job, 20)
+
+    result = run_here(srv, "run", str(job), "--quiet")
+    assert result.returncode == 0, result.stderr
+    _expect(tmp_path / "out", {i: TEXTS[i] for i in range(905)})
+    assert run_here(None, "verify", str(job)).returncode == 0
+    bought = srv.received_texts()
+    assert set(bought) == set(TEXTS[300:905])
+    assert len(bought) <= 605 + 2 * (2 * 10 + 2 * 10)  # the journal's answers are not bought again

@@ -134,12 +134,16 @@ def iter_chunks(
                     yield from chunks
                 continue
         yield from pack.close()
+        # a small file packed with others that grew since: its packed unit was counted by an earlier file
+        names = {r.name for r in committed.values()}
+        already = len(names & counted)
+        counted |= names
         batches = _offsets(reader, first)
         if group_key:
             batches = _group_aligned(batches, group_key)
-        walk = _Walk(src, committed, base, shard_rows, chunk_rows, group_key, first)
+        walk = _Walk(src, committed, base - already, shard_rows, chunk_rows, group_key, first)
         yield from walk.chunks(batches)
-        base += walk.index
+        base += walk.index - already
     yield from pack.close()
 
 
