@@ -13,7 +13,6 @@ files packed together are still walked whole.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from collections.abc import Callable, Generator, Iterator
 
@@ -32,37 +31,16 @@ from batchembed.input.units import (
     key_changes,
     shard_name,
     small_limit,
+    tiled_end,
     units_in,
+    with_tail,
 )
-
-
-def _tiled_end(committed: dict[int, CommittedRange], start: int = 0) -> int:
-    """Follow committed ranges from ``start`` while they are contiguous; return where they stop."""
-    pos = start
-    while pos in committed and committed[pos].end > pos:
-        pos = committed[pos].end
-    return pos
-
-
-def with_tail(source: SourceFile, committed: dict[int, CommittedRange]) -> SourceFile:
-    """``source`` marked as grown (``tail``: the rows the output holds and the byte where they end) when its
-    committed ranges reached its end and it has more bytes now than then.
-
-    Only a file whose growth was checked keeps its committed shards over a change (``output/growth.py``);
-    any other change retires them, so a committed end shorter than the file means it grew."""
-    end = _tiled_end(committed)
-    for r in committed.values():
-        ends = (getattr(r, "ends", None) or {}).get(source.name)
-        grew = ends and ends.get("grows") and source.compression is None and source.size > ends["bytes"]
-        if grew and r.eof and r.end == end and ends["rows"] == end:
-            return dataclasses.replace(source, tail=(end, ends["bytes"]))
-    return source
 
 
 def file_done(source: SourceFile, committed: dict[int, CommittedRange]) -> bool:
     """Whether committed ranges cover the whole file (its last unit recorded reaching the end of file, and
     the file did not grow since)."""
-    end = _tiled_end(committed)
+    end = tiled_end(committed)
     if with_tail(source, committed).tail is not None:
         return False
     if any(r.eof and r.end == end for r in committed.values()):
@@ -124,7 +102,7 @@ def iter_chunks(
             yield from pack.close()
             base = yield from own_units(src, committed, base, shard_rows, chunk_rows, columns, wanted)
             continue
-        first = _tiled_end(committed)
+        first = tiled_end(committed)
         reader = iter_batches(src, columns, first, chunk_rows)
         if pack_small_files and not committed:
             table, reader = _read_if_small(src, reader, small_limit(shard_rows))

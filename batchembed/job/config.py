@@ -35,9 +35,7 @@ class InputConfig:
     instruction: str | None = None  # task for Qwen3-style query prefixes: "Instruct: {task}\nQuery:{text}"
     prefix: str = ""  # literal prefix for every text, e.g. nomic's "search_query: "
     cast_text: bool = False  # embed a non-string text column as its text form (else such a column is an error)
-    # how a run tells that a local input file changed: "metadata" (size + mtime; a bucket's size + ETag) or
-    # "content" (size + a digest of its bytes, for copies that keep mtimes: cp -p, rsync -a, touch -r)
-    identity: Literal["metadata", "content"] = "metadata"
+    identity: Literal["metadata", "content"] = "metadata"  # a changed local file: size+mtime | size+digest
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from batchembed.failpoints import failpoint
-from batchembed.input.chunks import file_done, with_tail
+from batchembed.input.chunks import file_done
+from batchembed.input.units import with_tail
 from batchembed.output.input_diff import (
     InputDiff,
     begin_generation,
