@@ -41,6 +41,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.small_files --files 2000 --rows-per-file 10
 	$(BIN)/python -m benchmarks.object_store --rows 100000 --repeat 3
 	$(BIN)/python -m benchmarks.resume
+	$(BIN)/python -m benchmarks.growing --mb 200
 	$(BIN)/python -m benchmarks.scale_out --rows 3000
 	$(BIN)/python -m benchmarks.ratelimit_styles
 

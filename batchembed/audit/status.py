@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from batchembed.audit.owner import another_job, job_differences
+from batchembed.audit.owner import another_job, job_differences, run_fingerprint
 from batchembed.audit.state import OutputNow, files_line, load_output, running_line
 from batchembed.audit.table_check import compacted_missing, describe, read_state, sound
 from batchembed.exitcodes import ExitCode
@@ -28,7 +28,7 @@ from batchembed.sinks import audit as sinks_audit
 def status(job: JobConfig, as_json: bool = False) -> int:
     """Print done/total rows and shards, failed rows, tokens, completeness. Exit 0."""
     out, manifest = load_output(job)
-    sources = discover(job.input.path, storage_options(job))
+    sources = discover(job.input.path, storage_options(job), identity=job.input.identity)
     total_rows = None if any(s.rows is None for s in sources) else sum(s.rows for s in sources)
     shard_rows = job.output.shard_rows
     total_shards = (
@@ -37,6 +37,7 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     failed = manifest.unresolved_rows(out)
     uncommitted_rows, uncommitted_tokens = _answered_uncommitted(out, manifest)
     differences = job_differences(job, manifest.fingerprint)
+    manifest.wanted = run_fingerprint(job)  # a changed input.keep is not another job: `run` rewrites the shards
     now = OutputNow(out)
     table = read_state(out, manifest)
     damaged = [d for d in now.damaged(manifest) if d.split(" ", 1)[0] not in compacted_missing(out, table)]
@@ -109,8 +110,8 @@ def status(job: JobConfig, as_json: bool = False) -> int:
 def freshness(manifest: Manifest, sources: list[SourceFile]) -> dict[str, Any]:
     """Whether the output is up to date with the input files (what a run would refresh)."""
     diff = diff_inputs(manifest, sources)
-    pending = bool(diff.added or diff.changed or diff.removed or manifest.retiring)
-    return {"up_to_date": not pending and manifest.complete, "inputs": diff.summary()}
+    pending = bool(diff.added or diff.changed or diff.grown or diff.removed or diff.reshaped or manifest.retiring)
+    return {"up_to_date": not pending and manifest.complete, "inputs": diff.summary(), "reshaped": diff.reshaped}
 
 
 def describe_freshness(doc: dict[str, Any]) -> str:
@@ -119,8 +120,10 @@ def describe_freshness(doc: dict[str, Any]) -> str:
     if doc["up_to_date"]:
         return f"up to date with its {counts['files_unchanged']:,} input files"
     changes = ", ".join(
-        f"{counts['files_' + k]:,} {k}" for k in ("added", "changed", "removed") if counts["files_" + k]
+        f"{counts['files_' + k]:,} {k}" for k in ("added", "changed", "grown", "removed") if counts.get("files_" + k)
     )
+    if not changes and doc.get("reshaped"):
+        return "its kept columns (input.keep) changed: `run` rewrites every shard from the vectors it holds"
     if not changes:
         return "not complete yet: `run` resumes it"
     return f"not up to date: {changes} since it was written; `run` refreshes it"

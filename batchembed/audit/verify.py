@@ -48,7 +48,7 @@ def verify(job: JobConfig) -> int:
         except OutputError as exc:
             problems.append(str(exc))
             bad.add(rec.name)
-    sources = {s.name: s for s in discover(job.input.path, storage_options(job))}
+    sources = {s.name: s for s in discover(job.input.path, storage_options(job), identity=job.input.identity)}
     id_col = id_column_name(job)
     failed_rows: dict[str, pa.Table] = {}
     for rec in manifest.shards:
@@ -110,7 +110,7 @@ def verify(job: JobConfig) -> int:
 def _input_problems(manifest: Manifest, sources: list[SourceFile]) -> list[str]:
     """The inputs must be the ones the output was made from."""
     diff = diff_inputs(manifest, sources)
-    if diff.added or diff.changed or diff.removed:
+    if diff.added or diff.changed or diff.grown or diff.removed:
         return [f"the inputs changed since the output was written ({describe_freshness(freshness(manifest, sources))})"]
     return []
 

@@ -21,6 +21,7 @@ NOTES: dict[str, str] = {
     "input.role": '"query": the model\'s query instruction goes before every text (Qwen3, nomic)',
     "input.prefix": 'a literal prefix for every text, e.g. "search_query: "',
     "input.cast_text": 'embed a non-string text column as text (42 -> "42") instead of refusing it',
+    "input.identity": 'a changed local file is seen by: "metadata" (size + mtime) | "content" (a digest)',
     "model.provider": "fireworks | openai | openai-compatible (any base_url) | local",
     "model.encoding": "how vectors travel: auto | float | base64",
     "model.timeout": "seconds per request",

@@ -32,6 +32,7 @@ class InputConfig:
     instruction: str | None = None  # task for Qwen3-style query prefixes: "Instruct: {task}\nQuery:{text}"
     prefix: str = ""  # literal prefix for every text, e.g. nomic's "search_query: "
     cast_text: bool = False  # embed a non-string text column as its text form (else such a column is an error)
+    identity: Literal["metadata", "content"] = "metadata"  # a changed local file: size+mtime | size+digest
 
 
 @dataclass(frozen=True)

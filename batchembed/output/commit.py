@@ -32,6 +32,7 @@ from batchembed.input.identity import restat
 from batchembed.input.units import Unit
 from batchembed.job.config import JobConfig
 from batchembed.output import refresh as output_refresh
+from batchembed.output.file_ends import file_ends
 from batchembed.output.input_diff import InputDiff, diff_inputs, identity_of, known_rows
 from batchembed.output.layout import FAILED_DIR, SUCCESS
 from batchembed.output.manifest import Manifest, ShardRecord
@@ -289,6 +290,7 @@ class JobOutput:
             resolves=list(unit.resolves),
             files=[[name, rows] for name, rows in unit.files],
             truncated=n_cut,
+            ends=file_ends(unit, self.sources, self.manifest.shards),
         )
         self.record(record, list(unit.resolves))
         return record

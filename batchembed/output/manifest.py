@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from batchembed.errors import OutputError, ResumeRefused
-from batchembed.job.fingerprint import fingerprint_hash
+from batchembed.job.fingerprint import fingerprint_hash, reshaped
 from batchembed.output.layout import (
     MANIFEST,
     TRUNCATED_DIR,
@@ -72,6 +72,10 @@ class ShardRecord:
     truncated: int = 0  # rows of this shard whose text was cut (listed in _truncated/<shard>)
     unit: str = ""  # the stable unit name (``part-00007``): journal and ownership; ``name`` is the file
     inputs: dict[str, dict] = field(default_factory=dict)  # input file name -> its identity when read
+    #: CSV/JSON Lines files whose last rows this shard holds -> where each ended (``file_ends``: rows, bytes,
+    #: digests), so a file that only grew is read from there and a touched one is proven unchanged. Absent
+    #: from outputs written before (their files are read again whole when they change).
+    ends: dict[str, dict] = field(default_factory=dict)
 
     @property
     def unit_name(self) -> str:
@@ -120,6 +124,12 @@ class Manifest:
     #: Files others wrote from our shards without changing a row (a compaction), taken into the table:
     #: [{"files": {name: {"size", "rows"}}, "covers": [shard file names]}] (``publish/state.Group``).
     adopted: list[dict] = field(default_factory=list)
+    #: The current generation only rewrites shards from the vectors the output holds (a kept column
+    #: changed, no input did): nothing is bought, so no request is needed, not even the canary.
+    rewrite_only: bool = False
+    #: The fingerprint of the job running now (not saved): it may differ from ``fingerprint`` only in
+    #: settings that do not make another job (``fingerprint.RESHAPING``), which the next generation applies.
+    wanted: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     # --------------------------------------------------------------------------------- queries
 
@@ -138,6 +148,10 @@ class Manifest:
                     if name == file
                 ]
         return sorted(found, key=lambda s: s.start)
+
+    def reshaping(self) -> list[str]:
+        """The settings (``input.keep``) whose change makes this run rewrite every shard; [] for none."""
+        return reshaped(self.fingerprint, self.wanted) if self.wanted is not None else []
 
     def unresolved_failures(self) -> list[str]:
         """Failure files whose rows have not been retried successfully yet."""
@@ -209,6 +223,7 @@ class Manifest:
             "published": self.published,
             "table": self.table,
             "adopted": self.adopted,
+            **({"rewrite_only": True} if self.rewrite_only else {}),
         }
         store.replace_manifest(json.dumps(doc, indent=1, sort_keys=True).encode())
         store.drop_commits()  # every journal line is in the manifest now
@@ -249,6 +264,7 @@ class Manifest:
                 published=int(doc.get("published", 0)),
                 table=dict(doc.get("table") or {}),
                 adopted=list(doc.get("adopted") or []),
+                rewrite_only=bool(doc.get("rewrite_only", False)),
             )
             manifest._replay(store)
             return manifest

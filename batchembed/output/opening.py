@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from batchembed.errors import OutputError, ResumeRefused
 from batchembed.fs.atomic import TMP_SUFFIX
-from batchembed.job.fingerprint import describe_changes, fingerprint_hash
+from batchembed.job.fingerprint import describe_changes, same_job
 from batchembed.output.layout import (
     DELTA_LOG,
     FAILED_DIR,
@@ -79,14 +79,14 @@ def open_output(
         manifest = Manifest(fingerprint=fingerprint)
         manifest.save(store)
         return manifest
-    if fingerprint_hash(manifest.fingerprint) != fingerprint_hash(fingerprint) and not manifest.shards:
+    if not same_job(manifest.fingerprint, fingerprint) and not manifest.shards:
         # Nothing committed binds this output yet (a run that failed before its first shard, e.g. on a
         # typo in model.name): the corrected job simply takes it over.
         remove_orphans(store, manifest)
         manifest = Manifest(fingerprint=fingerprint)
         manifest.save(store)
         return manifest
-    if fingerprint_hash(manifest.fingerprint) != fingerprint_hash(fingerprint):
+    if not same_job(manifest.fingerprint, fingerprint):
         changes = describe_changes(manifest.fingerprint, fingerprint)
         raise ResumeRefused(
             f"{store.uri} holds output of a different job: "
@@ -95,6 +95,9 @@ def open_output(
             "(changed input files are fine: a rerun refreshes the output). Run with --restart to discard "
             "the old output, or use another output.path."
         )
+    if not manifest.shards:
+        manifest.fingerprint = fingerprint  # no shard holds the old kept columns: nothing to rewrite
+    manifest.wanted = fingerprint  # a changed input.keep: the refresh rewrites the shards (``reshaping``)
     manifest.writer = os.urandom(8).hex()
     manifest.save(store)  # also folds the last run's commit journal in: each run starts from one file
     remove_orphans(store, manifest)

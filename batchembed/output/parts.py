@@ -17,7 +17,7 @@ import re
 
 from batchembed.errors import ResumeRefused, UsageError
 from batchembed.fs.atomic import TMP_SUFFIX
-from batchembed.job.fingerprint import describe_changes, fingerprint_hash
+from batchembed.job.fingerprint import describe_changes, same_job
 from batchembed.output.input_diff import GENERATION_SPAN
 from batchembed.output.layout import (
     PART_MANIFEST,
@@ -113,7 +113,7 @@ def finished_split_manifest(store: OutputStore, fingerprint: dict) -> Manifest:
     """A finished split as one manifest, for a whole run that has nothing left to do (its job's fingerprint
     must be the split's: ``ResumeRefused`` otherwise, as for any other job's output)."""
     manifest, _ = load_whole(store)
-    if fingerprint_hash(manifest.fingerprint) != fingerprint_hash(fingerprint):
+    if not same_job(manifest.fingerprint, fingerprint):
         changes = describe_changes(manifest.fingerprint, fingerprint)
         raise ResumeRefused(
             f"{store.uri} holds the finished output of a different job (written by --shard parts): "
@@ -144,7 +144,7 @@ def open_part(store: OutputStore, fingerprint: dict, restart: bool, part: tuple[
         if other == part:
             continue
         theirs = _load_part(store, other)
-        if theirs is not None and fingerprint_hash(theirs.fingerprint) != fingerprint_hash(fingerprint):
+        if theirs is not None and not same_job(theirs.fingerprint, fingerprint):
             raise ResumeRefused(
                 f"{store.uri}: part {name} was written for a different job (other inputs or settings); "
                 "all parts of one split must run the same job. Use another output.path."
@@ -155,11 +155,14 @@ def open_part(store: OutputStore, fingerprint: dict, restart: bool, part: tuple[
         manifest.save(store)
         remove_orphans(store, manifest, owns)
         return manifest
-    if fingerprint_hash(manifest.fingerprint) != fingerprint_hash(fingerprint):
+    if not same_job(manifest.fingerprint, fingerprint):
         raise ResumeRefused(
             f"{store.describe(store.manifest_name)} holds output of a different job (inputs or settings changed). "
             "Run with --restart to discard this part, or use another output.path."
         )
+    if not manifest.shards:
+        manifest.fingerprint = fingerprint  # no shard holds the old kept columns
+    manifest.wanted = fingerprint  # a changed input.keep: the part rewrites its shards
     manifest.save(store)
     remove_orphans(store, manifest, owns)
     check_shards(store, manifest)

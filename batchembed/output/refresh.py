@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -26,6 +27,7 @@ import pyarrow.compute as pc
 
 from batchembed.failpoints import failpoint
 from batchembed.input.chunks import file_done
+from batchembed.input.units import with_tail
 from batchembed.output.input_diff import (
     InputDiff,
     begin_generation,
@@ -35,6 +37,7 @@ from batchembed.output.input_diff import (
     plan_identities,
 )
 from batchembed.output.layout import FAILED_DIR, SUCCESS
+from batchembed.output.leaving import ids_leaving
 from batchembed.output.manifest import Manifest
 from batchembed.output.restore import shard_ids
 from batchembed.output.table_view import intact, record_publish, table_view
@@ -54,8 +57,14 @@ def kept(manifest: Manifest, diff: InputDiff) -> Manifest:
 
 
 def work_files(view: Manifest, sources: list[SourceFile]) -> list[SourceFile]:
-    """The files this run reads: those not fully held by the shards of ``view`` (``kept``)."""
-    return [src for src in sources if not file_done(src, {r.start: r for r in view.ranges_of(src.name)})]
+    """The files this run reads: those not fully held by the shards of ``view`` (``kept``); a file that
+    grew comes marked with the rows the output holds of it (``SourceFile.tail``: only its new rows are read)."""
+    out = []
+    for src in sources:
+        committed = {r.start: r for r in view.ranges_of(src.name)}
+        if not file_done(src, committed):
+            out.append(with_tail(src, committed))
+    return out
 
 
 def held_ids(
@@ -63,8 +72,9 @@ def held_ids(
 ) -> list[tuple[str, pa.Array]]:
     """Ids of the rows the refresh keeps and does not read again: [(where, ids)].
 
-    Shards holding rows of a file this run reads are left out (that file's ids are scanned anyway)."""
-    reading = {src.name for src in work}
+    Shards holding rows of a file this run reads are left out (that file's ids are scanned anyway), but
+    not those of a file that grew: only its new rows are read."""
+    reading = {src.name for src in work if src.tail is None}
     out = []
     kept = diff.kept(manifest)
     compacted = intact(manifest, [s.name for s in kept])
@@ -99,9 +109,13 @@ def begin(
     store: OutputStore, manifest: Manifest, diff: InputDiff, sources: list[SourceFile], max_removed: float
 ) -> bool:
     """Start a refresh generation when the inputs changed (True), after the removal guard; else record
-    the first run's plan. The manifest is saved before anything else changes."""
+    the first run's plan. The manifest is saved before anything else changes. Files proven unchanged
+    (touched) get their new identity recorded first, so the next run does not look at them again."""
+    if record_touched(manifest, diff):
+        manifest.save(store)
     if needs_new_generation(manifest, diff, sources):
-        guard_removal(manifest, diff, max_removed, str(store.uri))
+        reading = work_files(kept(manifest, diff), sources)  # the ids that leave are counted only if it matters
+        guard_removal(manifest, diff, max_removed, str(store.uri), partial(ids_leaving, store, manifest, diff, reading))
         begin_generation(manifest, diff, sources)
         manifest.save(store)
         failpoint("refresh-begun")
@@ -113,11 +127,30 @@ def begin(
     return False
 
 
+def record_touched(manifest: Manifest, diff: InputDiff) -> bool:
+    """Record the identity now of each file proven unchanged (a ``touch``) in the shards and the plan that
+    name it; True if any changed."""
+    changed = False
+    for name, identity in diff.touched.items():
+        for s in manifest.shards:
+            if name in s.inputs and s.inputs[name] != identity:
+                s.inputs[name], changed = identity, True
+        if name in manifest.work and manifest.work[name] != identity:
+            manifest.work[name], changed = identity, True
+    return changed
+
+
 def describe(diff: InputDiff, manifest: Manifest) -> str:
     """One line for the log: what this refresh does."""
+    if diff.reshaped and not (diff.added or diff.changed or diff.removed or diff.grown):
+        return (
+            f"refresh (generation {manifest.generation}): the kept columns changed ({', '.join(diff.reshaped)}); "
+            "every shard is rewritten from the vectors it holds, nothing is bought"
+        )
     return (
         f"refresh (generation {manifest.generation}): {len(diff.added)} files added, {len(diff.changed)} changed, "
-        f"{len(diff.removed)} removed, {len(diff.unchanged)} unchanged; {diff.rows_removed:,} rows leave the "
+        f"{len(diff.removed)} removed, {len(diff.grown)} grown, {len(diff.unchanged)} unchanged; "
+        f"{diff.rows_removed:,} rows leave the "
         "output; texts already in it are reused, not bought"
     )
 

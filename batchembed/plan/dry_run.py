@@ -288,7 +288,7 @@ def estimate(
 
     existing = _existing_output(resolved, task)
     known = known_rows(existing.manifest if existing else None)
-    sources = discover(config.input.path, storage_options(config), known=known)
+    sources = discover(config.input.path, storage_options(config), known=known, identity=config.input.identity)
     view = Manifest(fingerprint={})
     reading = sources
     first = 0

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from batchembed.job.fingerprint import HasFingerprint, fingerprint_hash, job_fingerprint
+from batchembed.job.fingerprint import HasFingerprint, job_fingerprint, same_job
 from batchembed.output import refresh as output_refresh
 from batchembed.output.input_diff import diff_inputs
 from batchembed.output.manifest import Manifest
@@ -67,6 +67,9 @@ class ExistingOutput:
             "changed": diff.changed,
             "removed": diff.removed,
             "unchanged": diff.unchanged,
+            "grown": diff.grown,
+            "touched": sorted(diff.touched),
+            "reshaped": diff.reshaped,
             "rows_removed": diff.rows_removed,
             "rows_reused": 0,
             "up_to_date": self.manifest.complete and not reading,
@@ -87,6 +90,8 @@ def existing_output(resolved: ResolvedJob, task: HasFingerprint) -> ExistingOutp
         return None
     if manifest is None:
         return None
-    if fingerprint_hash(manifest.fingerprint) != fingerprint_hash(job_fingerprint(resolved, task)):
+    wanted = job_fingerprint(resolved, task)
+    if not same_job(manifest.fingerprint, wanted):
         return None
+    manifest.wanted = wanted  # a changed input.keep: the run rewrites every shard, buying nothing
     return ExistingOutput(store, manifest, split=bool(parts))

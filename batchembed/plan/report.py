@@ -136,12 +136,26 @@ def refresh_lines(refresh: dict) -> list[str]:
 
     if not (refresh["added"] or refresh["changed"] or refresh["removed"]) and refresh["up_to_date"]:
         return ["  output           up to date with the inputs: a run sends nothing"]
-    return [
+    lines = [
         "  refresh of the existing output (the figures below count only what it reads and sends):",
         f"    files added      {names('added')}",
         f"    files changed    {names('changed')}",
+    ]
+    if refresh.get("grown"):
+        lines.append(f"    files grown      {names('grown')} (only their new rows are read)")
+    lines += [
         f"    files removed    {names('removed')}",
         f"    files unchanged  {names('unchanged')} (not read)",
+    ]
+    if refresh.get("touched"):
+        lines.append(f"    files touched    {names('touched')} (read once to prove their bytes unchanged)")
+    if refresh.get("reshaped"):
+        lines.append(
+            f"    kept columns     changed ({', '.join(refresh['reshaped'])}): every shard is rewritten from the "
+            "vectors it holds"
+        )
+    return [
+        *lines,
         f"    rows removed     {refresh['rows_removed']:,} (leave the output: changed or deleted inputs)",
         f"    rows reused      {refresh['rows_reused']:,} (their texts' vectors are already in the output)",
     ]

@@ -153,7 +153,9 @@ class JobRunner:
     async def _run(self) -> int:
         known = await asyncio.to_thread(self.output.known_rows)
         self.files = FileCache()  # small input files: read once, kept until the reading is past them
-        sources = await asyncio.to_thread(discover, self.job.input.path, storage_options(self.job), self.files, known)
+        sources = await asyncio.to_thread(
+            discover, self.job.input.path, storage_options(self.job), self.files, known, self.job.input.identity
+        )
         columns = self.task.columns
         await asyncio.to_thread(self.output.acquire, self.restart)  # one writer per output (or part)
         manifest = await asyncio.to_thread(self.output.open, self.fingerprint(), self.restart)

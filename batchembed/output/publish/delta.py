@@ -215,7 +215,9 @@ def publish(
             ours = delta_schema(_first_schema(where, {a.path: wanted[a.path] for a in added}, "the new files"))
         else:
             ours = delta_schema(schema) if schema is not None else table.schema()
-        if not _same_schema(ours, table.schema()):
+        # every file replaced (a kept column added or removed): the table takes the new files' schema
+        replaced = not (current.keys() & wanted.keys())
+        if not _same_schema(ours, table.schema()) and not replaced:
             differs = _schema_diff(ours, table)
             raise OutputError(f"{uri}: the new files' schema differs from the Delta table's: {differs}")
         removed = [
@@ -223,11 +225,12 @@ def publish(
             for n, s in sorted(current.items())
             if n not in wanted
         ]
+        same = _same_schema(ours, table.schema())
         try:
             table.create_write_transaction(
-                [*removed, *added],
-                mode="append",
-                schema=table.schema(),
+                [*removed, *added] if same else added,  # "overwrite" removes every current file itself
+                mode="append" if same else "overwrite",
+                schema=table.schema() if same else ours,
                 commit_properties=_commit_properties(tag, metadata),
             )
         except dl.exceptions.CommitFailedError:
