@@ -79,8 +79,9 @@ def test_added_file_is_embedded_alone_and_the_table_grows(tmp_path, fake, days):
     _expect(read_output(out), want)
     _expect(_delta_rows(out), want)
     report = json.loads((out / "_report.json").read_text())
-    assert report["refresh"]["files_added"] == 1 and report["refresh"]["files_unchanged"] == 2
-    assert report["rows"]["removed"] == 0
+    files = report["refresh"]["files"]
+    assert files["added"] == ["day2.parquet"] and files["unchanged_not_read"] == 2 and not files["changed"]
+    assert report["refresh"]["rows"] == {"added": 100, "updated": 0, "removed": 0, "unchanged_read_again": 0}
     assert run_here(None, "verify", str(job)).returncode == 0
 
 
@@ -118,7 +119,9 @@ def test_changed_rows_are_rebought_and_moved_rows_are_reused(tmp_path, fake, day
     replaced = set(DeltaTable(str(out), version=v0).file_uris()) - set(table.file_uris())
     assert replaced and not any(os.path.exists(p) for p in replaced)  # replaced files deleted once published
     report = json.loads((out / "_report.json").read_text())
-    assert report["rows"]["removed"] == 250 and report["rows"]["reused_from_output"] == 220
+    # counted by id: 5 new ids, 10 texts edited, 20 ids gone; the other 220 rows were read again, not bought
+    assert report["refresh"]["rows"] == {"added": 5, "updated": 10, "removed": 20, "unchanged_read_again": 220}
+    assert report["rows"]["reused_from_output"] == 220 and report["texts"]["bought"] == 15
     assert run_here(None, "verify", str(job)).returncode == 0
 
 

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from batchembed.errors import OutputError
+
 if TYPE_CHECKING:
     from batchembed.output.manifest import ShardRecord
     from batchembed.output.store.base import OutputStore
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
 KEY_COLUMN = "_text_key"
 #: Row groups of vectors kept decoded between lookups.
 CACHED_GROUPS = 8
+#: What reading a shard that is gone or damaged raises (a cache only saves buying: it never fails a run).
+UNREADABLE = (OSError, pa.ArrowException, OutputError)
 
 
 def key_column(keys: np.ndarray, rows: np.ndarray, valid: np.ndarray) -> pa.Array:
@@ -58,10 +62,13 @@ class OutputCache:
         self._group_starts: dict[int, np.ndarray] = {}
         prefixes, fulls, where_shard, where_row = [], [], [], []
         for shard in shards:
-            pf = store.parquet_file(shard.name)
-            if KEY_COLUMN not in pf.schema_arrow.names:
+            try:
+                pf = store.parquet_file(shard.name)
+                if KEY_COLUMN not in pf.schema_arrow.names:
+                    continue
+                keys = pf.read(columns=[KEY_COLUMN]).column(0).combine_chunks()
+            except UNREADABLE:  # gone or damaged: its texts are bought again (what is committed is checked elsewhere)
                 continue
-            keys = pf.read(columns=[KEY_COLUMN]).column(0).combine_chunks()
             present = np.flatnonzero(keys.is_valid().to_numpy(zero_copy_only=False))
             if not len(present):
                 continue
@@ -115,8 +122,11 @@ class OutputCache:
         group = int(np.searchsorted(starts, row, side="right")) - 1
         block = self._groups.get((shard, group))
         if block is None:
-            pf = self.store.parquet_file(self.names[shard])
-            col = pf.read_row_group(group, columns=[self.column]).column(0).combine_chunks()
+            try:
+                pf = self.store.parquet_file(self.names[shard])
+                col = pf.read_row_group(group, columns=[self.column]).column(0).combine_chunks()
+            except UNREADABLE:  # a replaced shard deleted since the index was built: the text is bought
+                return None
             if isinstance(col, pa.ChunkedArray):
                 col = col.combine_chunks()
             dim = col.type.list_size

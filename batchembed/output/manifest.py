@@ -77,6 +77,9 @@ class ShardRecord:
     truncated: int = 0  # rows of this shard whose text was cut (listed in _truncated/<shard>)
     unit: str = ""  # the stable unit name (``part-00007``): journal and ownership; ``name`` is the file
     inputs: dict[str, dict] = field(default_factory=dict)  # input file name -> its identity when read
+    #: tokens that bought the vectors this shard took from earlier shards (a refresh reuses them): with
+    #: ``tokens`` (what its own runs paid), what the shard's rows cost (``figures.current_tokens``)
+    reused_tokens: int = 0
 
     @property
     def unit_name(self) -> str:
@@ -119,6 +122,9 @@ class Manifest:
     retired: list[list] = field(default_factory=list)
     #: The last publish tag written to the Delta table (0: never published).
     published: int = 0
+    #: The current generation's figures (``figures``): the files by state, recorded when it starts (so a
+    #: resumed run says them too); rows added/updated/removed by id, once it is complete.
+    refresh: dict[str, Any] = field(default_factory=dict)
 
     # --------------------------------------------------------------------------------- queries
 
@@ -152,8 +158,9 @@ class Manifest:
         return sum(s.truncated for s in self.shards)
 
     def tokens(self) -> int:
-        """Tokens spent on everything committed."""
-        return sum(s.tokens for s in self.shards)
+        """Tokens the committed shards' rows cost: paid by the runs that wrote them, plus the tokens carried
+        with vectors they reused from shards a refresh replaced."""
+        return sum(s.tokens + s.reused_tokens for s in self.shards)
 
     def rows(self) -> int:
         """Rows in committed shards."""
@@ -206,6 +213,7 @@ class Manifest:
             "retiring": [asdict(s) for s in self.retiring],
             "retired": self.retired,
             "published": self.published,
+            "refresh": self.refresh,
         }
         store.replace_manifest(json.dumps(doc, indent=1, sort_keys=True).encode())
         store.drop_commits()  # every journal line is in the manifest now
@@ -244,6 +252,7 @@ class Manifest:
                 retiring=[ShardRecord(**r) for r in doc.get("retiring", [])],
                 retired=list(doc.get("retired", [])),
                 published=int(doc.get("published", 0)),
+                refresh=dict(doc.get("refresh") or {}),
             )
             manifest._replay(store)
             return manifest

@@ -24,6 +24,8 @@ import pyarrow as pa
 
 from batchembed.failpoints import failpoint
 from batchembed.input.chunks import file_done
+from batchembed.output import figures
+from batchembed.output.figures import files_record
 from batchembed.output.input_diff import (
     InputDiff,
     begin_generation,
@@ -41,8 +43,17 @@ if TYPE_CHECKING:
 
 
 def kept(manifest: Manifest, diff: InputDiff) -> Manifest:
-    """The shards the refresh keeps, as a manifest (what the walk and ``file_done`` see as committed)."""
-    return Manifest(fingerprint=manifest.fingerprint, shards=diff.kept(manifest))
+    """The shards the refresh keeps, as a manifest (what the walk and ``file_done`` see as committed; its
+    ``retiring``: the shards whose vectors it may reuse, its ``resolved``: failure files answered)."""
+    stale = {s.name for s in diff.stale}
+    return Manifest(
+        fingerprint=manifest.fingerprint,
+        shards=diff.kept(manifest),
+        resolved=list(manifest.resolved),
+        retiring=manifest.retiring + [s for s in manifest.shards if s.name in stale],
+        generation=manifest.generation,
+        work=manifest.work,
+    )
 
 
 def work_files(view: Manifest, sources: list[SourceFile]) -> list[SourceFile]:
@@ -50,21 +61,19 @@ def work_files(view: Manifest, sources: list[SourceFile]) -> list[SourceFile]:
     return [src for src in sources if not file_done(src, {r.start: r for r in view.ranges_of(src.name)})]
 
 
-def held_ids(
-    store: OutputStore, manifest: Manifest, diff: InputDiff, column: str, work: list[SourceFile]
-) -> list[tuple[str, pa.Array]]:
-    """Ids of the rows the refresh keeps and does not read again: [(where, ids)].
+def held_ids(store: OutputStore, view: Manifest, column: str, work: list[SourceFile]) -> list[tuple[str, pa.Array]]:
+    """Ids of the rows the refresh keeps (``view``: ``kept``) and does not read again: [(where, ids)].
 
     Shards holding rows of a file this run reads are left out (that file's ids are scanned anyway)."""
     reading = {src.name for src in work}
     out = []
-    for s in diff.kept(manifest):
+    for s in view.shards:
         if reading & set(s.inputs):
             continue
         files = ", ".join(s.inputs) or s.name
         if s.rows:
             out.append((f"{files} (already in the output, {s.name})", _ids(store, s.name, column)))
-        if s.failed_file and s.failed_file not in manifest.resolved:
+        if s.failed_file and s.failed_file not in view.resolved:
             out.append((f"{files} (failed rows, {s.failed_file})", _ids(store, s.failed_file, "id")))
     return out
 
@@ -81,7 +90,9 @@ def begin(
     the first run's plan. The manifest is saved before anything else changes."""
     if needs_new_generation(manifest, diff, sources):
         guard_removal(manifest, diff, max_removed, str(store.uri))
+        again = [src.name for src in work_files(kept(manifest, diff), sources)]
         begin_generation(manifest, diff, sources)
+        manifest.refresh = files_record(manifest.generation, diff, again)
         manifest.save(store)
         failpoint("refresh-begun")
         store.delete(SUCCESS)
@@ -92,12 +103,11 @@ def begin(
     return False
 
 
-def describe(diff: InputDiff, manifest: Manifest) -> str:
-    """One line for the log: what this refresh does."""
+def describe(record: dict) -> str:
+    """One line for the log: what this refresh does (``figures``' record of its generation)."""
     return (
-        f"refresh (generation {manifest.generation}): {len(diff.added)} files added, {len(diff.changed)} changed, "
-        f"{len(diff.removed)} removed, {len(diff.unchanged)} unchanged; {diff.rows_removed:,} rows leave the "
-        "output; texts already in it are reused, not bought"
+        f"refresh (generation {record.get('generation', 0)}): {figures.describe(record)}; texts already in the "
+        "output are reused, not bought"
     )
 
 

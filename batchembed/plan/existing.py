@@ -56,7 +56,8 @@ class ExistingOutput:
 
     def held_ids(self, config: JobConfig, reading: list[SourceFile]) -> list[tuple[str, pa.Array]]:
         """Ids of the rows the refresh keeps (for the id check, as a run makes it)."""
-        return output_refresh.held_ids(self.store, self.manifest, self._diff, config.input.id, reading)
+        kept = output_refresh.kept(self.manifest, self._diff)
+        return output_refresh.held_ids(self.store, kept, config.input.id, reading)
 
 
 def existing_output(resolved: ResolvedJob, task: HasFingerprint) -> ExistingOutput | None:

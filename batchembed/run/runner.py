@@ -28,6 +28,7 @@ from batchembed.input.units import Unit
 from batchembed.job.fingerprint import fingerprint_hash, job_fingerprint
 from batchembed.job.resolved import ResolvedJob
 from batchembed.output.commit import RetryUnit, job_output
+from batchembed.output.figures import describe as describe_figures
 from batchembed.output.input_diff import first_ordinal
 from batchembed.output.journal.segments import journal_store
 from batchembed.output.journal.writer import Journal
@@ -41,6 +42,7 @@ from batchembed.sending.sender import Sender, SendHooks
 from batchembed.sending.server_checks import ServedModel, UsageCheck, full_vector_probe, run_canary
 from batchembed.stats import Stats
 from batchembed.tasks import Request, Task
+from batchembed.tasks.ids import id_column_name
 from batchembed.tasks.normalize import learn_unit_norm
 from batchembed.tasks.tokens import TokenCounter
 
@@ -78,7 +80,8 @@ class JobRunner:
         self.restart = restart
         self.retry_failed = retry_failed
         self.units = placement.units
-        self.output = job_output(self.job, placement.role())
+        id_column = None if self.job.is_rerank else id_column_name(self.job)  # rows by id in a refresh's figures
+        self.output = job_output(self.job, placement.role(), id_column)
         self.out = self.output.uri  # for messages
         self.stats = stats
         self.progress = Progress(self.stats, quiet=quiet)
@@ -157,18 +160,18 @@ class JobRunner:
         if work:
             held = []
             if self.job.input.id:
-                held = await asyncio.to_thread(self.output.held_ids, self.job.input.id, diff)
+                held = await asyncio.to_thread(self.output.held_ids, self.job.input.id)
             await asyncio.to_thread(check_inputs, self.job, work, columns, held)
         await asyncio.to_thread(self.output.begin_refresh, diff, sources, self.job.output.max_removed)
-        self.stats.note_refresh(diff, manifest)
+        self.stats.note_refresh(self.output.refresh_record())
         if self.output.finished_before():
             self.progress.line(
                 f"{self.out}: job already complete and up to date with its {len(sources):,} input files "
                 f"({manifest.rows():,} rows); nothing to do"
             )
             return EXIT_OK
-        if manifest.generation and (diff.stale or diff.added):
-            self.progress.line(self.output.describe_refresh(diff))
+        if self.output.refresh_record():  # a refresh (begun now, or resumed): what it does
+            self.progress.line(self.output.describe_refresh())
         if work or (self.retry_failed and manifest.unresolved_failures()):
             await self.check_server(manifest)  # nothing to send (a refresh that only removes): no canary
         self.stats.rows_resumed = manifest.rows()
@@ -179,8 +182,9 @@ class JobRunner:
             self.stats,
             committed=self.output.committed(),
         )
-        if (manifest.shards or manifest.retiring) and not manifest.complete:  # a refresh: what the output holds
-            self.task.reuse_output(self.output.store, manifest.shards + manifest.retiring)
+        view = self.output.view()
+        if (view.shards or view.retiring) and not manifest.complete:  # a refresh: what the output holds
+            self.task.reuse_output(self.output.store, view.shards + view.retiring)
         retry_units = await asyncio.to_thread(self.output.retry_plan, sources) if self.retry_failed else []
         # a subset's share of the rows is known only once its units are read
         todo = pending_rows(sources, manifest) if self.units is None else None
@@ -199,6 +203,11 @@ class JobRunner:
             await self.stages.run(sources, columns, retry_units)
             failed = False
             finished = self.stopping is None
+            if finished and self.placement.publishes and self.stages.every_unit_done():
+                # every unit is committed: the refresh's rows by id, for the report and the summary
+                self.stats.note_refresh(await asyncio.to_thread(self.output.settle_refresh))
+            if finished:
+                self.stats.tokens_current = await asyncio.to_thread(self.output.current_tokens)
         except OSError as exc:  # pyarrow's write errors name no file: name the output directory
             raise with_path(exc, self.out) from None
         finally:
@@ -293,7 +302,7 @@ class JobRunner:
             released_as_read(
                 iter_chunks(
                     sources,
-                    self.manifest,
+                    self.output.view(),  # a --shard part: every part's units, as the split's plan says
                     columns,
                     self.job.output.shard_rows,
                     CHUNK_ROWS,
@@ -345,11 +354,12 @@ class JobRunner:
         verb = "scored" if self.job.is_rerank else "embedded"
         self.progress.line(self.progress.summary(verb, str(self.out)))
         if s.refresh.get("generation"):
+            self.progress.line(f"refresh (generation {s.refresh['generation']}): {describe_figures(s.refresh)}")
+        if s.refresh.get("generation") or s.texts_reused:
+            current = "" if s.tokens_current is None else f", {s.tokens_current:,} for the table's current rows"
             self.progress.line(
-                f"refresh: {s.rows_reused:,} rows reused from the output, "
-                f"{max(0, s.rows_embedded - s.rows_reused - s.rows_recovered):,} bought, {s.rows_removed:,} removed "
-                f"({s.refresh['files_added']} files added, {s.refresh['files_changed']} changed, "
-                f"{s.refresh['files_removed']} removed, {s.refresh['files_unchanged']} unchanged and not read)"
+                f"texts: {s.texts_bought:,} bought, {s.texts_reused:,} reused from the output; "
+                f"tokens: {s.tokens:,} billed this run{current}"
             )
         if s.rows_recovered or s.rows_resent:
             self.progress.line(

@@ -1,0 +1,138 @@
+"""A refresh's true figures, the same in every mode (one process, ``--shard`` parts, Ray, the batch tier).
+
+* **Files by state**, recorded when a generation starts (``files_record``), so a resumed run says them
+  too: added, changed, removed, unchanged and not read, and unchanged but *read again* because they
+  shared a packed shard (several small files) with a changed one.
+* **Rows by id**, counted once every unit of the generation is committed (``settle``): the ids and text
+  keys of the rows the replaced shards held against those of the shards now holding the files the
+  generation read — added (a new id), updated (its text changed), removed (the id left the inputs),
+  and unchanged rows that were read again. Not rows of replaced shards: a shard of 100,000 rows
+  replaced because 50 ids left counts 50 removed.
+* **Tokens for the table's current rows** (``current_tokens``): what the vectors of the rows in the
+  table cost — per shard, the tokens its own runs paid (killed runs included) plus those carried with
+  every vector it took from a replaced shard (a reused text carries its token count as this job's
+  tokenizer counts it). It does not fall when a refresh replaces shards by reused vectors, and rises
+  by what new texts cost.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from batchembed.output.cache import KEY_COLUMN
+
+if TYPE_CHECKING:
+    from batchembed.output.input_diff import InputDiff
+    from batchembed.output.manifest import ShardRecord
+    from batchembed.output.store.base import OutputStore
+
+
+def files_record(generation: int, diff: InputDiff, read_again: list[str]) -> dict[str, Any]:
+    """A new generation's record: its files by state (``read_again``: unchanged files it reads anyway)."""
+    again = sorted(set(read_again) & set(diff.unchanged))
+    return {
+        "generation": generation,
+        "files": {
+            "added": sorted(diff.added),
+            "changed": sorted(diff.changed),
+            "removed": sorted(diff.removed),
+            "unchanged_not_read": len(diff.unchanged) - len(again),
+            "read_again_packed": again,
+        },
+    }
+
+
+def file_counts(record: dict[str, Any]) -> dict[str, int]:
+    """The record's files as counts (``_report.json``, ``status``)."""
+    files = record.get("files") or {}
+    return {
+        "files_added": len(files.get("added", [])),
+        "files_changed": len(files.get("changed", [])),
+        "files_removed": len(files.get("removed", [])),
+        "files_unchanged_not_read": int(files.get("unchanged_not_read", 0)),
+        "files_read_again_packed": len(files.get("read_again_packed", [])),
+    }
+
+
+def touched(record: dict[str, Any]) -> set[str]:
+    """The input files a generation read: added, changed, and unchanged ones read again."""
+    files = record.get("files") or {}
+    return set(files.get("added", [])) | set(files.get("changed", [])) | set(files.get("read_again_packed", []))
+
+
+def settle(
+    store: OutputStore,
+    record: dict[str, Any],
+    replaced: list[ShardRecord],
+    current: list[ShardRecord],
+    id_column: str | None,
+) -> dict[str, Any]:
+    """Count the generation's rows by id (once: a rerun after a kill keeps what was counted), in ``record``.
+
+    ``replaced``: the shards the generation retires; ``current``: every shard of the table now."""
+    if not record or "rows" in record or id_column is None:
+        return record
+    reading = touched(record)
+    after = [s for s in current if reading & set(s.inputs)]
+    record["rows"] = rows_by_id(store, replaced, after, id_column)
+    return record
+
+
+def rows_by_id(
+    store: OutputStore, before: list[ShardRecord], after: list[ShardRecord], id_column: str
+) -> dict[str, int]:
+    """Ids (by their text form) and text keys of ``before`` against ``after``: rows added, updated,
+    removed, and unchanged rows that were read again."""
+    old, new = _keys(store, before, id_column), _keys(store, after, id_column)
+    both = old.join(new, on="id", how="inner", suffix="_new")
+    updated = both.filter(pl.col("key").ne_missing(pl.col("key_new"))).height
+    return {
+        "added": new.join(old, on="id", how="anti").height,
+        "updated": updated,
+        "removed": old.join(new, on="id", how="anti").height,
+        "unchanged_read_again": both.height - updated,
+    }
+
+
+def _keys(store: OutputStore, shards: list[ShardRecord], id_column: str) -> pl.DataFrame:
+    frames = [pl.DataFrame(schema={"id": pl.String, "key": pl.Binary})]
+    for s in shards:
+        names = store.parquet_file(s.name).schema_arrow.names
+        if id_column not in names or KEY_COLUMN not in names:
+            continue
+        table = store.read_table(s.name, columns=[id_column, KEY_COLUMN])
+        frame = pl.from_arrow(table)
+        frames.append(
+            frame.select(
+                pl.col(id_column).cast(pl.String).alias("id"), pl.col(KEY_COLUMN).cast(pl.Binary).alias("key")
+            )
+        )
+    return pl.concat(frames).unique(subset="id", keep="last")
+
+
+def current_tokens(shards: list[ShardRecord]) -> int:
+    """Tokens for the rows of ``shards`` (the table's): paid for them, and carried with reused vectors."""
+    return sum(s.tokens + s.reused_tokens for s in shards)
+
+
+def describe(record: dict[str, Any]) -> str:
+    """The record in one phrase: files by state, and rows by id when counted."""
+    c = file_counts(record)
+    said = (
+        f"{c['files_added']:,} files added, {c['files_changed']:,} changed, {c['files_removed']:,} removed, "
+        f"{c['files_unchanged_not_read']:,} unchanged and not read"
+    )
+    if c["files_read_again_packed"]:
+        said += (
+            f", {c['files_read_again_packed']:,} unchanged but read again (they share a packed shard with a "
+            "changed file; their texts are not bought again)"
+        )
+    rows = record.get("rows")
+    if rows:
+        said += (
+            f"; rows by id: {rows['added']:,} added, {rows['updated']:,} updated, {rows['removed']:,} removed"
+            + (f" ({rows['unchanged_read_again']:,} unchanged rows read again)" if rows["unchanged_read_again"] else "")
+        )
+    return said
