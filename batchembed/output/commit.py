@@ -37,6 +37,7 @@ from batchembed.output.input_diff import InputDiff, identity_of, known_rows
 from batchembed.output.layout import FAILED_DIR, SUCCESS
 from batchembed.output.manifest import Manifest, ShardRecord
 from batchembed.output.parts import load_whole
+from batchembed.output.publish.delta import table_files
 from batchembed.output.publish.table import delta_publisher
 from batchembed.output.roles import Role, WholeRun
 from batchembed.output.shard_writer import shard_metadata
@@ -210,10 +211,14 @@ class JobOutput:
         return None if shards is None else figures.current_tokens(shards)
 
     def settle_refresh(self) -> dict[str, Any]:
-        """Every unit is committed: count the generation's rows by id into its record (``figures.settle``)."""
-        return figures.settle(
-            self.store, self.refresh_record(), self.manifest.retiring, self.manifest.shards, self.id_column
-        )
+        """Every unit is committed, the table not yet published: count the generation's rows by id into its
+        record (``figures.settle``), saved with the manifest before the publish."""
+        record, manifest = self.refresh_record(), self.manifest
+        if record and "rows" not in record:
+            published = table_files(self.store.where)
+            if figures.settle(self.store, record, manifest.retiring, manifest.shards, self.id_column, published):
+                manifest.save(self.store)
+        return record
 
     def next_retry(self) -> int:
         """The number of the next retry unit (past every retry unit this output ever committed)."""

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -29,17 +30,22 @@ if TYPE_CHECKING:
     from batchembed.output.store.base import OutputStore
 
 
-def files_record(generation: int, diff: InputDiff, read_again: list[str]) -> dict[str, Any]:
-    """A new generation's record: its files by state (``read_again``: unchanged files it reads anyway)."""
-    again = sorted(set(read_again) & set(diff.unchanged))
+def files_record(generation: int, diff: InputDiff, reading: list[str]) -> dict[str, Any]:
+    """A new generation's record: its files by state (``reading``: the files it reads). An unchanged file is
+    read again when it shared a packed shard with a changed one (that shard is replaced), or when an
+    earlier run stopped before embedding it (``unchanged_unfinished``); the others are not read."""
+    unchanged, reading_ = set(diff.unchanged), set(reading)
+    packed = {name for s in diff.stale for name in s.inputs} & unchanged & reading_
+    unfinished = (unchanged & reading_) - packed
     return {
         "generation": generation,
         "files": {
             "added": sorted(diff.added),
             "changed": sorted(diff.changed),
             "removed": sorted(diff.removed),
-            "unchanged_not_read": len(diff.unchanged) - len(again),
-            "read_again_packed": again,
+            "unchanged_not_read": len(unchanged - reading_),
+            "read_again_packed": sorted(packed),
+            "unchanged_unfinished": sorted(unfinished),
         },
     }
 
@@ -53,13 +59,15 @@ def file_counts(record: dict[str, Any]) -> dict[str, int]:
         "files_removed": len(files.get("removed", [])),
         "files_unchanged_not_read": int(files.get("unchanged_not_read", 0)),
         "files_read_again_packed": len(files.get("read_again_packed", [])),
+        "files_unchanged_unfinished": len(files.get("unchanged_unfinished", [])),
     }
 
 
 def touched(record: dict[str, Any]) -> set[str]:
     """The input files a generation read: added, changed, and unchanged ones read again."""
     files = record.get("files") or {}
-    return set(files.get("added", [])) | set(files.get("changed", [])) | set(files.get("read_again_packed", []))
+    read = ("added", "changed", "read_again_packed", "unchanged_unfinished")
+    return {name for key in read for name in files.get(key, [])}
 
 
 def settle(
@@ -68,16 +76,22 @@ def settle(
     replaced: list[ShardRecord],
     current: list[ShardRecord],
     id_column: str | None,
-) -> dict[str, Any]:
-    """Count the generation's rows by id (once: a rerun after a kill keeps what was counted), in ``record``.
+    published: Collection[str] | None,
+) -> bool:
+    """Count the generation's rows by id into ``record``, before it is published (once: the caller saves
+    it, so a rerun after a kill keeps what was counted); whether it counted now.
 
-    ``replaced``: the shards the generation retires; ``current``: every shard of the table now."""
+    ``replaced``: the shards the generation retires (those of the published table, ``published``, count:
+    a shard an interrupted run wrote and this generation replaced never reached a reader); ``current``:
+    every shard of the table now."""
     if not record or "rows" in record or id_column is None:
-        return record
+        return False
+    if published is not None:
+        replaced = [s for s in replaced if s.name in published]
     reading = touched(record)
     after = [s for s in current if reading & set(s.inputs)]
     record["rows"] = rows_by_id(store, replaced, after, id_column)
-    return record
+    return True
 
 
 def rows_by_id(
@@ -105,9 +119,7 @@ def _keys(store: OutputStore, shards: list[ShardRecord], id_column: str) -> pl.D
         table = store.read_table(s.name, columns=[id_column, KEY_COLUMN])
         frame = pl.from_arrow(table)
         frames.append(
-            frame.select(
-                pl.col(id_column).cast(pl.String).alias("id"), pl.col(KEY_COLUMN).cast(pl.Binary).alias("key")
-            )
+            frame.select(pl.col(id_column).cast(pl.String).alias("id"), pl.col(KEY_COLUMN).cast(pl.Binary).alias("key"))
         )
     return pl.concat(frames).unique(subset="id", keep="last")
 
@@ -129,10 +141,11 @@ def describe(record: dict[str, Any]) -> str:
             f", {c['files_read_again_packed']:,} unchanged but read again (they share a packed shard with a "
             "changed file; their texts are not bought again)"
         )
+    if c["files_unchanged_unfinished"]:
+        said += f", {c['files_unchanged_unfinished']:,} unchanged but not embedded yet (an earlier run stopped)"
     rows = record.get("rows")
     if rows:
-        said += (
-            f"; rows by id: {rows['added']:,} added, {rows['updated']:,} updated, {rows['removed']:,} removed"
-            + (f" ({rows['unchanged_read_again']:,} unchanged rows read again)" if rows["unchanged_read_again"] else "")
+        said += f"; rows by id: {rows['added']:,} added, {rows['updated']:,} updated, {rows['removed']:,} removed" + (
+            f" ({rows['unchanged_read_again']:,} unchanged rows read again)" if rows["unchanged_read_again"] else ""
         )
     return said

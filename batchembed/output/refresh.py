@@ -140,7 +140,9 @@ def publish_parts(
     """``publish`` for a split output: the table is every part's shards, published once, complete;
     then each part's replaced files go (each part's manifest records it)."""
     tag = max(m.generation for _, m in parts) + 1
+    failpoint("before-publish")
     table([s for _, m in parts for s in m.shards], tag)
+    failpoint("published-before-retire")
     replaced = sum(retire(store, m, history_days, tag, now) for store, m in parts)
     _say_replaced(say, replaced, history_days)
 

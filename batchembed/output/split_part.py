@@ -21,6 +21,7 @@ from batchembed.output.input_diff import InputDiff, guard_removal
 from batchembed.output.layout import SUCCESS, part_failed, part_report, retry_shard
 from batchembed.output.manifest import Manifest, ShardRecord, check_shards, remove_orphans
 from batchembed.output.parts import all_complete, load_part, load_parts, open_part, owned_by, parts_left, refuse_mixing
+from batchembed.output.publish.delta import table_files
 from batchembed.output.roles import JobOutput, Report, Say, close_output
 from batchembed.output.split_plan import SplitPlan, follows, join, overlapping, propose, view, whole
 from batchembed.output.store.admission import admit
@@ -140,8 +141,9 @@ class SplitPart:
                 )
             retiring = [s for _, m in parts for s in m.retiring]
             if plan.refresh and "rows" not in plan.refresh:
-                plan.refresh = figures.settle(store, plan.refresh, retiring, shards, output.id_column)
-                plan.write(store)
+                published = table_files(store.where)
+                if figures.settle(store, plan.refresh, retiring, shards, output.id_column, published):
+                    plan.write(store)  # counted once: a rerun after a kill says the same
             output_refresh.publish_parts(parts, output.history_days, output.table, say)
             store.write_bytes(SUCCESS, b"")
             say(f"every part of {output.uri} is complete: wrote {SUCCESS}")

@@ -187,9 +187,7 @@ def join(manifest: Manifest, plan: SplitPlan) -> bool:
     leaving = [s for s in manifest.shards if s.kind != "retry" and s.name not in keep]
     gone = {s.failed_file for s in leaving if s.failed_file}
     leaving += [
-        s
-        for s in manifest.shards
-        if s.kind == "retry" and (not unchanged(s, plan.work) or gone & set(s.resolves))
+        s for s in manifest.shards if s.kind == "retry" and (not unchanged(s, plan.work) or gone & set(s.resolves))
     ]
     names = {s.name for s in leaving}
     lost = {r for s in leaving for r in s.resolves}
