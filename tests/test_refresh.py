@@ -265,7 +265,9 @@ def test_plan_and_status_show_the_refresh_before_it_is_spent(tmp_path, fake, day
     plan = json.loads(run_here(None, "plan", str(job), "--json").stdout)
     refresh = plan["refresh"]
     assert refresh["added"] == ["day2.parquet"] and refresh["changed"] == ["day1.parquet"]
-    assert refresh["unchanged"] == ["day0.parquet"] and refresh["rows_removed"] == 250
+    assert refresh["unchanged"] == ["day0.parquet"]
+    # by id: day2's 20 rows are new, 5 of day1's texts changed, 240 of its ids left, 5 are as they were
+    assert refresh["rows"] == {"added": 20, "updated": 5, "removed": 240, "unchanged_read_again": 5}
     assert refresh["rows_reused"] == 5  # five of day1's texts are already in the output
     assert plan["rows"] == 30 and plan["unique_texts"] == 25  # texts to buy: 20 new rows, 5 edited texts
     text = run_here(None, "plan", str(job)).stdout
@@ -274,3 +276,5 @@ def test_plan_and_status_show_the_refresh_before_it_is_spent(tmp_path, fake, day
     fake.reset_records()
     assert run_here(fake, "run", str(job), "--quiet").returncode == 0
     assert len(fake.received_texts()) == 25  # what the plan said: 20 new rows + 5 edited texts
+    report = json.loads((tmp_path / "out" / "_report.json").read_text())
+    assert report["refresh"]["rows"] == refresh["rows"]  # and the run counts the rows as the plan did

@@ -55,6 +55,11 @@ class OutputCache:
     def __init__(self, store: OutputStore, shards: Sequence[ShardRecord], column: str) -> None:
         self.store = store
         self.column = column
+        #: the tokens billed per token this job's tokenizer counts, over the shards that know both: what a
+        #: reused text carries is its count times this (1.0 when no shard knows)
+        counted = sum(s.counted for s in shards if s.counted)
+        paid = sum(s.tokens + s.reused_tokens for s in shards if s.counted)
+        self.ratio = paid / counted if counted and paid else 1.0
         self.names: list[str] = []
         self.hits = 0
         self._lock = threading.Lock()

@@ -311,6 +311,7 @@ class JobOutput:
             files=[[name, rows] for name, rows in unit.files],
             truncated=n_cut,
             reused_tokens=unit.reused_tokens,
+            counted=unit.counted,
         )
         self.record(record, list(unit.resolves))
         return record

@@ -21,6 +21,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
+import pyarrow as pa
 
 from batchembed.output.cache import KEY_COLUMN
 
@@ -99,7 +100,18 @@ def rows_by_id(
 ) -> dict[str, int]:
     """Ids (by their text form) and text keys of ``before`` against ``after``: rows added, updated,
     removed, and unchanged rows that were read again."""
-    old, new = _keys(store, before, id_column), _keys(store, after, id_column)
+    return compare(shard_keys(store, before, id_column), shard_keys(store, after, id_column))
+
+
+def keys_frame(ids: pa.Array, keys: pa.Array) -> pl.DataFrame:
+    """Rows as ``compare`` takes them: each id's text form and its text key (null: no vector)."""
+    frame = pl.from_arrow(pa.table({"id": ids, "key": keys}))
+    return frame.select(pl.col("id").cast(pl.String), pl.col("key").cast(pl.Binary))
+
+
+def compare(old: pl.DataFrame, new: pl.DataFrame) -> dict[str, int]:
+    """Rows by id, ``old`` (id, key) against ``new``: added, updated, removed, unchanged but read again."""
+    old, new = old.unique(subset="id", keep="last"), new.unique(subset="id", keep="last")
     both = old.join(new, on="id", how="inner", suffix="_new")
     updated = both.filter(pl.col("key").ne_missing(pl.col("key_new"))).height
     return {
@@ -110,18 +122,16 @@ def rows_by_id(
     }
 
 
-def _keys(store: OutputStore, shards: list[ShardRecord], id_column: str) -> pl.DataFrame:
+def shard_keys(store: OutputStore, shards: list[ShardRecord], id_column: str) -> pl.DataFrame:
+    """The (id, text key) of every row of ``shards``."""
     frames = [pl.DataFrame(schema={"id": pl.String, "key": pl.Binary})]
     for s in shards:
         names = store.parquet_file(s.name).schema_arrow.names
         if id_column not in names or KEY_COLUMN not in names:
             continue
         table = store.read_table(s.name, columns=[id_column, KEY_COLUMN])
-        frame = pl.from_arrow(table)
-        frames.append(
-            frame.select(pl.col(id_column).cast(pl.String).alias("id"), pl.col(KEY_COLUMN).cast(pl.Binary).alias("key"))
-        )
-    return pl.concat(frames).unique(subset="id", keep="last")
+        frames.append(keys_frame(table.column(0).combine_chunks(), table.column(1).combine_chunks()))
+    return pl.concat(frames)
 
 
 def current_tokens(shards: list[ShardRecord]) -> int:

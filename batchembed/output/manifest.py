@@ -80,6 +80,9 @@ class ShardRecord:
     #: tokens that bought the vectors this shard took from earlier shards (a refresh reuses them): with
     #: ``tokens`` (what its own runs paid), what the shard's rows cost (``figures.current_tokens``)
     reused_tokens: int = 0
+    #: its distinct texts with a vector as the job's tokenizer counts them: what turns a reused text's count
+    #: into the tokens the server billed for it (``output.cache.OutputCache.ratio``)
+    counted: int = 0
 
     @property
     def unit_name(self) -> str:
@@ -293,19 +296,24 @@ def open_output(store: OutputStore, fingerprint: dict[str, Any], restart: bool) 
         manifest.save(store)
         return manifest
     if fingerprint_hash(manifest.fingerprint) != fingerprint_hash(fingerprint):
-        changes = describe_changes(manifest.fingerprint, fingerprint)
-        raise ResumeRefused(
-            f"{store.uri} holds output of a different job: "
-            + "; ".join(changes or ["fingerprint differs"])
-            + ". Its vectors were made with other settings, and mixing them would give a table of two jobs "
-            "(changed input files are fine: a rerun refreshes the output). Run with --restart to discard "
-            "the old output, or use another output.path."
-        )
+        raise ResumeRefused(different_job(str(store.uri), manifest.fingerprint, fingerprint))
     manifest.writer = os.urandom(8).hex()
     manifest.save(store)  # also folds the last run's commit journal in: each run starts from one file
     remove_orphans(store, manifest)
     check_shards(store, manifest)
     return manifest
+
+
+def different_job(where: str, recorded: dict[str, Any], fingerprint: dict[str, Any]) -> str:
+    """Why a run refuses an output whose committed rows another job's settings made (``plan`` says it too)."""
+    changes = describe_changes(recorded, fingerprint)
+    return (
+        f"{where} holds output of a different job: "
+        + "; ".join(changes or ["fingerprint differs"])
+        + ". Its vectors were made with other settings, and mixing them would give a table of two jobs "
+        "(changed input files are fine: a rerun refreshes the output). Run with --restart to discard "
+        "the old output, or use another output.path."
+    )
 
 
 def remove_output(store: OutputStore) -> None:

@@ -29,7 +29,7 @@ from batchembed.output.layout import (
     part_suffix,
 )
 from batchembed.output.manifest import Manifest, check_shards, remove_orphans
-from batchembed.output.split_plan import SplitPlan
+from batchembed.output.split_plan import SplitPlan, view
 from batchembed.output.store.base import OutputStore
 from batchembed.output.store.holders import live_writers, part_writer
 
@@ -198,7 +198,9 @@ def load_whole(store: OutputStore) -> tuple[Manifest | None, dict]:
         merged.retiring.extend(m.retiring)
         merged.work.update(m.work)
     plan = SplitPlan.read(store)
-    if plan is not None:  # the generation every part follows, and its figures
+    if plan is not None:  # the generation every part follows: the shards it keeps or wrote, and its figures
+        seen = view(plan, loaded)
+        merged.shards, merged.retiring = seen.shards, seen.retiring
         merged.generation, merged.work, merged.refresh = plan.generation, dict(plan.work), dict(plan.refresh)
     done = sum(1 for m in loaded if m.complete)
     merged.complete = done == count

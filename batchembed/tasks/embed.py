@@ -154,6 +154,14 @@ class EmbedTask:
         piece = Piece(chunk=chunk, rows=n, skipped=skipped, work=work)
         return piece, self.pack(piece, to_send)
 
+    @staticmethod
+    def _count(unit: Unit, work: EmbedWork, texts: np.ndarray) -> None:
+        """Count the unit's distinct texts with a vector (``ShardRecord.counted``), each once."""
+        seen = unit.counted_keys
+        new = [int(i) for i in np.unique(texts) if work.keys[i] not in seen]
+        seen.update(work.keys[i] for i in new)
+        unit.counted += int(work.tokens[new].sum())
+
     def _reuse(
         self, keys: np.ndarray, used: np.ndarray, row_to_text: np.ndarray, hits: dict, counts: np.ndarray, unit: Unit
     ) -> None:
@@ -169,7 +177,7 @@ class EmbedTask:
         self.stats.texts_reused += len(reused)
         carried = [int(i) for i in reused if keys[i] not in unit.reused_keys]
         unit.reused_keys.update(keys[i] for i in carried)
-        unit.reused_tokens += int(counts[carried].sum())
+        unit.reused_tokens += round(int(counts[carried].sum()) * self.output_cache.ratio)
 
     def pack(self, piece: Piece, items: np.ndarray) -> list[Request]:
         """Requests for ``items`` of ``piece``, in order, under ``batch_inputs`` and ``batch_tokens``."""
@@ -299,6 +307,7 @@ class EmbedTask:
             vectors = np.zeros((n, self.vectors.dim), dtype=np.float32)
         if valid.any():
             self.vectors.norms.add(piece.chunk.unit.name, vector_norms(vectors)[valid])
+            self._count(piece.chunk.unit, work, rows[valid])
         column = self.job.output.column
         table = work.table.append_column(
             pa.field(column, pa.list_(pa.float32(), self.vectors.dim)), vector_array(vectors, valid)

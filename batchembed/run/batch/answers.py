@@ -39,10 +39,15 @@ class BatchResults:
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self.dim: int | None = None  # the answers' vector size (embed), from the first file with an answer
         self.charged: set[bytes] = set()  # keys whose tokens a unit's shard already counts (this run)
+        billed = planned = 0
         for piece in ledger.live():  # a finished day's answers are in the shards: history, never read again
             for a in piece.attempts:
                 if a.step == COLLECTED and ledger.store.exists(piece.results_name(a.n)):
                     self._index(piece.results_name(a.n))
+                    if a.billed_tokens and a.ok:
+                        billed, planned = billed + a.billed_tokens, planned + a.tokens * a.ok // max(a.items, 1)
+        #: tokens the provider billed per token this job's tokenizer counted (what a unit's shard is charged)
+        self.ratio = billed / planned if billed and planned else 1.0
 
     def _index(self, name: str) -> None:
         table = self.ledger.store.read_table(name, columns=["key", "status", "error"])
@@ -182,8 +187,8 @@ class BatchCodec:
             new = [k for k in dict.fromkeys(keys) if k in self.results.where and k not in charged]
             charged.update(new)
             if keys:
-                total += request.tokens * len(new) // len(keys)
-        return total
+                total += request.tokens * len(new) / len(keys)
+        return round(total * self.results.ratio)
 
     def resume(self, piece: Piece, requests: list[Request], recovered: Any) -> Resumed:
         """Fill the piece from the batches (and the unit's journal), fail what the batches failed."""
