@@ -1,7 +1,8 @@
 """The ``batchembed`` command: parse arguments, call the library, map errors to exit codes.
 
 Exit codes (``batchembed.exitcodes.ExitCode``): 0 success; 1 the job failed (config, input, auth, I/O,
-server refuses); 2 usage error; 3 finished but some rows are in ``_failed.parquet``; 75 batches still running
+server refuses); 2 usage error; 3 finished but some rows are in ``_failed.parquet``; 69 published but a sink is
+behind (``batchembed sync``); 75 batches still running
 (``run --no-wait``); 130/143 stopped
 by SIGINT/SIGTERM (resumable).
 """
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 from batchembed import __version__
 from batchembed.errors import BatchEmbedError, ConfigError, UsageError, redact
 from batchembed.exitcodes import ExitCode
+from batchembed.faults import describe_fault
 from batchembed.serve import add_serve_arguments
 
 if TYPE_CHECKING:  # aiohttp is imported only by commands that send requests
@@ -55,7 +57,7 @@ def _epilog() -> str:
   batchembed status jobs/docs.toml    # how far it got
 
 exit codes: 0 done, 1 failed, 2 usage error, 3 done but some rows failed (_failed.parquet),
-130/143 stopped by a signal (run again to resume)
+69 published but a [[sink]] is behind (batchembed sync), 130/143 stopped by a signal (run again to resume)
 
 Every job-file key, the providers, scaling out: {_readme()}"""
 
@@ -118,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="let a refresh remove more than output.max_removed of the output's rows (inputs really deleted)",
     )
     run.add_argument(
+        "--rebuild-table",
+        action="store_true",
+        help="first rebuild the Delta table's log from the manifest (a damaged log, or others' changes to undo); "
+        "the table's earlier versions are forgotten, no data file is deleted",
+    )
+    run.add_argument(
         "--accept-model-change",
         action="store_true",
         help="resume even though the server's model changed since the committed rows (the canary check)",
@@ -155,6 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _job_arguments(verify)
 
+    sync = _command(
+        sub,
+        "sync",
+        "bring the job's [[sink]] tables (Postgres/pgvector, LanceDB) to the output's current version; embeds nothing",
+        "batchembed sync jobs/docs.toml",
+        "batchembed sync jobs/docs.toml --sink search.doc_vectors",
+    )
+    _job_arguments(sync)
+    sync.add_argument("--sink", metavar="TABLE", help="only the sink with this table (default: every sink)")
+
     plan = _command(
         sub,
         "plan",
@@ -164,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     _job_arguments(plan)
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     plan.add_argument("--price", type=float, metavar="USD_PER_1M", help="price per million tokens for the estimate")
+    plan.add_argument("--allow-removal", action="store_true", help="plan the refresh `run --allow-removal` would make")
+    plan.add_argument("--restart", action="store_true", help="plan `run --restart`: the whole job bought again")
 
     models = _command(sub, "models", "list the built-in model presets", "batchembed models")
     models.add_argument("--json", action="store_true", help="machine-readable output")
@@ -192,8 +212,6 @@ def main(argv: list[str] | None = None, *, transport: Transport | None = None) -
         print(f"batchembed: error: {redact(str(exc))}", file=sys.stderr)
         return ExitCode.FAILED
     except OSError as exc:  # disk full, permission denied, read-only file system...: one line, no traceback
-        from batchembed.faults import describe_fault
-
         print(f"batchembed: error: {redact(describe_fault(exc))}", file=sys.stderr)
         return ExitCode.FAILED
     except KeyboardInterrupt:
@@ -201,7 +219,11 @@ def main(argv: list[str] | None = None, *, transport: Transport | None = None) -
 
 
 def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> int:
-    """Run the chosen subcommand."""
+    """Run the chosen subcommand.
+
+    Each command imports what it needs here, not at the top: ``batchembed --help``, ``init`` and ``models``
+    stay fast (no pyarrow, aiohttp or onnxruntime), and a missing optional extra fails only the command
+    that needs it."""
     if args.command == "serve":
         try:
             from batchembed.serve import server as serve
@@ -222,14 +244,17 @@ def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> in
     from batchembed.job.config import load_job
 
     job = load_job(args.job, args.overrides)
+    if getattr(args, "allow_removal", False):  # run and plan: the removal guard lifted
+        import dataclasses
+
+        job = dataclasses.replace(job, output=dataclasses.replace(job.output, max_removed=1.0))
     if args.command == "run":
         from batchembed.run.engines import run_job
 
-        if args.allow_removal:
-            import dataclasses
+        if args.rebuild_table:
+            from batchembed.output.shared_table import rebuild_table
 
-            job = dataclasses.replace(job, output=dataclasses.replace(job.output, max_removed=1.0))
-
+            rebuild_table(job, lambda text: print(f"batchembed: {text}", file=sys.stderr, flush=True))
         return run_job(
             job,
             quiet=args.quiet,
@@ -246,16 +271,22 @@ def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> in
         from batchembed.run.batch.cancel import cancel
 
         return cancel(job, transport=transport)
+    if args.command == "sync":
+        from batchembed.sinks.sync import sync_command
+
+        return sync_command(job, args.sink)
     if args.command == "plan":
         from batchembed.plan.dry_run import plan
 
         price = args.price if args.price is not None else job.model.price_per_million_tokens
-        return plan(job, as_json=args.json, price_per_million=price)
-    from batchembed.audit import verify as audit
-
+        return plan(job, as_json=args.json, price_per_million=price, restart=args.restart)
     if args.command == "status":
-        return audit.status(job, as_json=args.json)
-    return audit.verify(job)
+        from batchembed.audit.status import status
+
+        return status(job, as_json=args.json)
+    from batchembed.audit.verify import verify
+
+    return verify(job)
 
 
 if __name__ == "__main__":

@@ -89,20 +89,21 @@ def _looks_base64(payload: bytes) -> bool:
 
 
 def _usage(doc: dict) -> int | bool | None:
-    """``usage.prompt_tokens`` when it is an integer, None when absent; False when unsure."""
+    """``usage.prompt_tokens`` (else ``total_tokens``, all Voyage reports) when an integer, None when
+    absent; False when unsure."""
     if "usage" not in doc:
         return None
     usage = doc["usage"]
     if not isinstance(usage, dict):
         return False
-    if "prompt_tokens" not in usage:
-        return None
-    value = usage["prompt_tokens"]
-    if value is None:
-        return None
-    if type(value) is not int:
-        return False
-    return value
+    for name in ("prompt_tokens", "total_tokens"):
+        value = usage.get(name)
+        if value is None:
+            continue
+        if type(value) is not int:
+            return False
+        return value
+    return None
 
 
 def _model(doc: dict) -> str | bool | None:

@@ -215,6 +215,7 @@ class SharedEmbedder:
         try:
             async with meter(cost):
                 result = await embed_then(self.embedder, [texts[j] for j in own], after)
+            self.stats.texts_bought += n
         except BaseException:
             self._forget(mine)
             future.set_exception(_Unanswered())

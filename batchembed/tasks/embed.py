@@ -16,10 +16,11 @@ import pyarrow.compute as pc
 
 from batchembed import __version__
 from batchembed.errors import InputError, MalformedResponse, ServerIgnoredSettings
-from batchembed.input.units import Chunk
-from batchembed.job.config import text_fields
+from batchembed.input.units import Chunk, Unit
 from batchembed.job.resolved import ResolvedJob
-from batchembed.output.cache import KEY_COLUMN, key_column
+from batchembed.job.templates import text_fields
+from batchembed.output.cache import KEY_COLUMN, OutputCache, key_column
+from batchembed.output.schema import conform
 from batchembed.output.shard_writer import vector_array
 from batchembed.providers.base import Embedder, EmbeddingResult
 from batchembed.stats import Stats
@@ -30,9 +31,9 @@ from batchembed.tasks.embed_codec import EmbedJournalCodec
 from batchembed.tasks.embed_work import EmbedWork
 from batchembed.tasks.ids import chunk_positions, id_column_name, row_ids
 from batchembed.tasks.memo import VectorMemo, text_keys
-from batchembed.tasks.normalize import NormTally, VectorCheck
 from batchembed.tasks.texts import add_prefix, blank_mask, build_texts
 from batchembed.tasks.tokens import TokenCounter, exact_counts, over_limit
+from batchembed.tasks.vectors import Vectors
 
 #: How often one text is cut again after the server answered "input too long" before it fails.
 MAX_SERVER_CUTS = 3
@@ -62,12 +63,12 @@ class EmbedTask:
         self.input_tokens = resolved.input_tokens
         self.stats = stats
         self.shared = SharedEmbedder(embedder, memo, stats, self._check_answer)
-        self.vector_check = VectorCheck(job.model.normalize)  # the runner tells it the model's unit_norm
-        self.norms = NormTally()  # lengths of the vectors written, per unit (recorded at its commit)
-        self.dim: int | None = job.model.dimensions
+        self.vectors = Vectors(job.model.dimensions, job.model.normalize)  # width, check, written lengths
         self.id_column = id_column_name(job)
-        #: Vectors the output already holds (``output_cache.OutputCache``), set by the run before a refresh.
-        self.output_cache = None
+        #: Vectors the output already holds (``output.cache.OutputCache``), given by ``reuse_output``.
+        self.output_cache: OutputCache | None = None
+        #: The type every shard holds each copied column as (``output.schema``), settled by the run before buying.
+        self.output_types: dict[str, pa.DataType] = {}
         self._codec: EmbedJournalCodec | None = None
         cols = list(text_fields(job.input.text))
         for c in ([job.input.id] if job.input.id else []) + list(job.input.keep):
@@ -133,7 +134,7 @@ class EmbedTask:
         )
         hits = self.shared.lookup(keys[used])
         if self.output_cache is not None:
-            self._reuse(keys, used, row_to_text, hits)
+            self._reuse(keys, used, row_to_text, hits, counts, chunk.unit)
         if hits:
             found = [i for i in used if keys[i] in hits]
             work.set_vectors(found, np.stack([hits[keys[i]] for i in found]))
@@ -146,8 +147,19 @@ class EmbedTask:
         piece = Piece(chunk=chunk, rows=n, skipped=skipped, work=work)
         return piece, self.pack(piece, to_send)
 
-    def _reuse(self, keys: np.ndarray, used: np.ndarray, row_to_text: np.ndarray, hits: dict) -> None:
-        """Add to ``hits`` the vectors the output already holds (a refresh buys only new texts)."""
+    @staticmethod
+    def _count(unit: Unit, work: EmbedWork, texts: np.ndarray) -> None:
+        """Count the unit's distinct texts with a vector (``ShardRecord.counted``), each once."""
+        seen = unit.counted_keys
+        new = [int(i) for i in np.unique(texts) if work.keys[i] not in seen]
+        seen.update(work.keys[i] for i in new)
+        unit.counted += int(work.tokens[new].sum())
+
+    def _reuse(
+        self, keys: np.ndarray, used: np.ndarray, row_to_text: np.ndarray, hits: dict, counts: np.ndarray, unit: Unit
+    ) -> None:
+        """Add to ``hits`` the vectors the output already holds (a refresh buys only new texts); the unit
+        carries the tokens that bought them (each text once), so what its rows cost is still known."""
         missing = [keys[i] for i in used if keys[i] not in hits]
         found = self.output_cache.lookup(missing) if missing else {}
         if not found:
@@ -155,6 +167,10 @@ class EmbedTask:
         hits.update(found)
         reused = np.fromiter((i for i in used if keys[i] in found), np.int64)
         self.stats.rows_reused += int(np.isin(row_to_text, reused).sum())
+        self.stats.texts_reused += len(reused)
+        carried = [int(i) for i in reused if keys[i] not in unit.reused_keys]
+        unit.reused_keys.update(keys[i] for i in carried)
+        unit.reused_tokens += round(int(counts[carried].sum()) * self.output_cache.ratio)
 
     def pack(self, piece: Piece, items: np.ndarray) -> list[Request]:
         """Requests for ``items`` of ``piece``, in order, under ``batch_inputs`` and ``batch_tokens``."""
@@ -167,7 +183,7 @@ class EmbedTask:
         for name in self.job.input.keep:
             if name not in cols:
                 cols[name] = table.column(name)
-        return pa.table(cols)
+        return conform(pa.table(cols), self.output_types)
 
     # --------------------------------------------------------------------------------- sending
 
@@ -193,15 +209,14 @@ class EmbedTask:
         if vectors.shape[0] != n:
             raise MalformedResponse(f"asked for {n} vectors, got {vectors.shape[0]}")
         dim = vectors.shape[1]
-        if self.dim is None:
-            self.dim = dim
-        elif dim != self.dim:  # every vector of the answer: the server ignores dimensions or changed model
+        if not self.vectors.learn(dim):  # every vector of the answer: the server ignores dimensions, or another model
             raise ServerIgnoredSettings(
                 f"the server answered {dim}-dimensional vectors for every input, where this job's vectors have "
-                f"{self.dim}: it ignores model.dimensions or serves another model. Set model.dimensions = {dim} "
-                'and run with --restart, or model.dimensions_by = "client" to cut vectors here'
+                f"{self.vectors.dim}: it ignores model.dimensions or serves another model. "
+                f'Set model.dimensions = {dim} and run with --restart, or model.dimensions_by = "client" to cut '
+                "vectors here"
             )
-        answer.vectors, answer.norms = self.vector_check.check(vectors, answer.norms)
+        answer.vectors, answer.norms = self.vectors.check.check(vectors, answer.norms)
 
     def accept(self, request: Request, answer: EmbeddingResult) -> int | None:
         """Store the request's vectors in its piece (checked on arrival by the dedup layer): only where
@@ -226,6 +241,11 @@ class EmbedTask:
         if self._codec is None:
             self._codec = EmbedJournalCodec(self)
         return self._codec
+
+    def reuse_output(self, store: Any, shards: list) -> None:
+        """Take vectors the output already holds (``shards``: a refresh's kept and retiring ones) instead of
+        buying their texts again."""
+        self.output_cache = OutputCache(store, shards, self.job.output.column)
 
     def journal_codec(self) -> EmbedJournalCodec:
         """Texts' answers in the journal: keyed by text (a text's answer is found wherever it recurs)."""
@@ -288,14 +308,15 @@ class EmbedTask:
             failed_mask = np.isin(rows, np.fromiter(piece.errors, np.int64))
             valid &= ~failed_mask
         if valid.any():  # the answers as they lie (read back from the journal in place), or gathered
-            vectors, norms = work.vectors.column(rows, valid, self.dim)
-            self.norms.add(piece.chunk.unit.name, norms)
+            vectors, norms = work.vectors.column(rows, valid, self.vectors.dim)
+            self.vectors.norms.add(piece.chunk.unit.name, norms)
+            self._count(piece.chunk.unit, work, rows[valid])
         else:
-            vectors = vector_array(np.zeros((n, self.dim), dtype=np.float32), valid)
+            vectors = vector_array(np.zeros((n, self.vectors.dim), dtype=np.float32), valid)
         column = self.job.output.column
-        table = work.table.append_column(pa.field(column, pa.list_(pa.float32(), self.dim)), vectors).append_column(
-            pa.field(KEY_COLUMN, pa.binary(16)), key_column(work.keys, rows, valid)
-        )
+        table = work.table.append_column(
+            pa.field(column, pa.list_(pa.float32(), self.vectors.dim)), vectors
+        ).append_column(pa.field(KEY_COLUMN, pa.binary(16)), key_column(work.keys, rows, valid))
         failed = None
         if failed_mask.any():
             idx = np.flatnonzero(failed_mask)
@@ -319,12 +340,12 @@ class EmbedTask:
             "task": "embed",
             "provider": self.model.provider,
             "model": self.model.name,
-            "dimensions": self.dim,
+            "dimensions": self.vectors.dim,
             "column": self.job.output.column,
             "text": self.job.input.text,
             "normalize": self.job.model.normalize,
-            "model_unit_norm": self.vector_check.unit_norm,  # the model's full vectors are unit length
-            "normalizes_here": self.vector_check.active,  # vectors not unit length are L2-normalised here
+            "model_unit_norm": self.vectors.check.unit_norm,  # the model's full vectors are unit length
+            "normalizes_here": self.vectors.check.active,  # vectors not unit length are L2-normalised here
         }
 
     def fingerprint(self) -> dict[str, Any]:

@@ -147,24 +147,6 @@ class NormTally:
         manifest.server["vector_norms"] = {"min": round(low, 6), "max": round(high, 6), "shards": shards}
 
 
-def record_norms(task: Any, manifest: Any, unit: str) -> None:
-    """At a unit's commit: the task's written lengths for it into the manifest (tasks without vectors: none)."""
-    tally = getattr(task, "norms", None)
-    if tally is not None:
-        tally.record(manifest, unit)
-
-
-def report_fields(task: Any, manifest: Any) -> dict[str, Any]:
-    """What ``_report.json`` says about the vectors: ``normalize`` (mode, the model's unit norm, whether
-    and how many vectors were normalised here) and ``vector_norms`` (min/max length written); none for
-    tasks without vectors."""
-    check = getattr(task, "vector_check", None)
-    if check is None:
-        return {}
-    norms = manifest.server.get("vector_norms") if manifest is not None else None
-    return {"normalize": check.describe(), "vector_norms": norms}
-
-
 async def learn_unit_norm(
     manifest: Any,
     *,
