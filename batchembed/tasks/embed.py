@@ -43,6 +43,9 @@ class EmbedTask:
     """Embeds ``input.text`` of every row with ``embedder``."""
 
     group_key = None
+    #: The Task protocol's switch; a piece's answers are never allocated up front here (they are kept
+    #: block by block as they come: ``PieceVectors``), so a pass that sends nothing changes nothing.
+    allocate_answers = True
 
     def __init__(
         self,
