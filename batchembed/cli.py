@@ -32,6 +32,14 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a job setting, e.g. --set model.dimensions=256 (repeatable)",
     )
+    parser.add_argument(
+        "--unset",
+        dest="unsets",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="take a job setting back to its default, e.g. --unset input.id (repeatable)",
+    )
 
 
 #: What ``batchembed --help`` says first: what the tool is for, in one line.
@@ -53,8 +61,10 @@ def _epilog() -> str:
   batchembed plan jobs/docs.toml      # rows, tokens, cost and ETA; sends nothing
   batchembed run jobs/docs.toml       # embed; stop any time, run the same command again to resume
   batchembed status jobs/docs.toml    # how far it got
+  batchembed search jobs/docs.toml "read a CSV file"   # the nearest rows: do the vectors make sense?
 
 exit codes: 0 done, 1 failed, 2 usage error, 3 done but some rows failed (_failed.parquet),
+75 batches still running at the provider (run --no-wait: run again later),
 130/143 stopped by a signal (run again to resume)
 
 Every job-file key, the providers, scaling out: {_readme()}"""
@@ -90,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
         "batchembed init data/docs.parquet                # proposes text and id columns; the local model",
         "batchembed init data/ --text body --id doc_id --model text-embedding-3-small -o jobs/docs.toml",
     )
-    init.add_argument("input", help="the data: a file, a directory or a glob (Parquet, CSV)")
+    init.add_argument(
+        "input",
+        help="the data: a file, a directory or a glob (Parquet, CSV, JSON Lines; CSV and JSON Lines also .gz...)",
+    )
     init.add_argument("--text", metavar="COL", help="the column to embed, or a template: '{title}: {body}'")
     init.add_argument("--id", metavar="COL", help="the unique id column (default: one unique on a sample)")
     init.add_argument("--model", metavar="NAME", help="a model from `batchembed models` (default: the local one)")
@@ -194,10 +207,27 @@ def main(argv: list[str] | None = None, *, transport: Transport | None = None) -
     except OSError as exc:  # disk full, permission denied, read-only file system...: one line, no traceback
         from batchembed.faults import describe_fault
 
-        print(f"batchembed: error: {redact(describe_fault(exc))}", file=sys.stderr)
+        if isinstance(exc, BrokenPipeError) and _stdout_closed():
+            return ExitCode.FAILED  # `batchembed status | head`: the reader left; nothing to tell it
+        print(f"batchembed: error: {redact(describe_fault(exc, resumable=args.command == 'run'))}", file=sys.stderr)
         return ExitCode.FAILED
     except KeyboardInterrupt:
         return ExitCode.SIGINT
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout's reader has gone (a pipe into ``head``): then stdout is pointed at /dev/null, so the
+    interpreter's own flush at exit does not fail again."""
+    import os
+
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
 
 
 def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> int:
@@ -221,7 +251,7 @@ def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> in
         return models_command(args.json)
     from batchembed.job.config import load_job
 
-    job = load_job(args.job, args.overrides)
+    job = load_job(args.job, args.overrides, args.unsets)
     if args.command == "run":
         from batchembed.run.engines import run_job
 

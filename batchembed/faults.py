@@ -20,6 +20,8 @@ _ADVICE = {
     errno.ENOTDIR: "a part of that path is a regular file, not a directory: set output.path elsewhere",
     errno.EISDIR: "that path is a directory where a file is expected: remove it or set output.path elsewhere",
     errno.EIO: "the disk reported an I/O error: check the device",
+    errno.EPIPE: "the other end of a pipe or connection went away (broken pipe): if batchembed's output is piped "
+    "into another program, that program exited before reading it all",
 }
 
 _ERRNO_IN_TEXT = re.compile(r"\[errno (\d+)\]", re.IGNORECASE)
@@ -34,8 +36,8 @@ def fault_errno(exc: OSError) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def describe_fault(exc: OSError) -> str:
-    """One line: the path, the cause, what to do, and that committed work is kept."""
+def describe_fault(exc: OSError, resumable: bool = True) -> str:
+    """One line: the path, the cause, what to do, and (``resumable``: a run) that committed work is kept."""
     code = fault_errno(exc)
     path = exc.filename
     if path is None:
@@ -47,6 +49,8 @@ def describe_fault(exc: OSError) -> str:
             "."
         )
     where = f"{path}: " if path else ""
+    if not resumable:
+        return f"{where}{cause}."
     return f"{where}{cause}. Committed shards are kept; run the same command again to resume."
 
 

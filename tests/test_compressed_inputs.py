@@ -17,7 +17,16 @@ import pytest
 from batchembed.input import jsonl as sources_jsonl
 from batchembed.input.discover import discover
 from batchembed.input.read import iter_batches
-from tests.conftest import assert_vectors, cli_env, job_for, make_texts, read_output, run_here, write_parquet
+from tests.conftest import (
+    assert_vectors,
+    cli_env,
+    job_for,
+    make_texts,
+    message_lines,
+    read_output,
+    run_here,
+    write_parquet,
+)
 
 CODECS = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}
 
@@ -101,7 +110,7 @@ def test_a_truncated_file_is_named_and_what_was_committed_stays(tmp_path, fake, 
 
 def _one_error_line(result) -> str:
     assert result.returncode == 1, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
+    lines = message_lines(result.stderr)
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     return lines[0]
 

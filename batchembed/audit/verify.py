@@ -17,8 +17,10 @@ import pyarrow.compute as pc
 
 from batchembed.audit.owner import another_job, job_differences
 from batchembed.audit.state import OutputNow, files_line, running_line, still_running
+from batchembed.audit.vectors import vector_lines, vector_status
 from batchembed.errors import OutputError
 from batchembed.exitcodes import ExitCode
+from batchembed.human import plural
 from batchembed.input.discover import discover
 from batchembed.input.files import SourceFile
 from batchembed.input.read import iter_batches
@@ -93,14 +95,14 @@ def status(job: JobConfig, as_json: bool = False) -> int:
         return ExitCode.OK
     of = lambda x: f" of {x:,}" if x is not None else ""  # noqa: E731
     print(f"output:   {out.uri}")
-    print(f"state:    {'complete' if doc['complete'] else 'incomplete'}")
+    print(f"state:    {_state(doc['complete'], manifest.complete, differences)}")
     if differences:
         print(f"warning:  {another_job(differences)}")
     for problem in damaged:
         print(f"damaged:  {problem} (`run` and `verify` refuse it; --restart starts over)")
     print(running_line(now.writers))
     print(f"rows:     {doc['rows_done']:,}{of(total_rows)} in shards")
-    print(f"shards:   {doc['shards_done']:,}{of(total_shards)} (+{doc['retry_shards']} retry shards)")
+    print(f"shards:   {doc['shards_done']:,}{of(total_shards)} (+{plural(doc['retry_shards'], 'retry shard')})")
     print(files_line("failed:", failed, doc["failed_files"], "_failed"))
     if doc["rows_answered_uncommitted"]:
         print(
@@ -117,6 +119,12 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     if batches is not None:
         print_batch_status(batches)
     return ExitCode.OK
+
+
+def _state(complete: bool, written: bool, differences: list[str]) -> str:
+    """The ``state:`` line: another job's complete output is complete, for the job that wrote it."""
+    done = written if differences else complete
+    return ("complete" if done else "incomplete") + (" (written by another job: see below)" if differences else "")
 
 
 def _freshness(manifest: Manifest, sources: list[SourceFile]) -> dict[str, Any]:
@@ -136,37 +144,6 @@ def _describe_freshness(doc: dict[str, Any]) -> str:
     if not changes:
         return "not complete yet: `run` resumes it"
     return f"not up to date: {changes} since it was written; `run` refreshes it"
-
-
-def vector_status(job: JobConfig, manifest: Manifest) -> dict[str, Any]:
-    """What the manifest records about the vectors written (normalize.py): whether the model's full
-    vectors are unit length, whether vectors are normalised here, and the min/max length of the vectors
-    in the shards its figures cover. Nothing for an output without vectors."""
-    server = manifest.server
-    if job.is_rerank or ("unit_norm" not in server and "vector_norms" not in server):
-        return {}
-    mode, unit = job.model.normalize, server.get("unit_norm")
-    return {
-        "model_unit_norm": unit,
-        "normalize": mode,
-        "normalizes_here": mode == "always" or (mode == "auto" and bool(unit)),
-        "vector_norms": server.get("vector_norms"),
-    }
-
-
-def vector_lines(doc: dict[str, Any], shards: int) -> list[str]:
-    """``status``'s lines about the vectors' lengths (none for an output without them)."""
-    if "normalize" not in doc:
-        return []
-    lines = []
-    norms = doc.get("vector_norms")
-    if norms:
-        covered = f" (the vectors of {norms['shards']} of {shards} shards)" if norms["shards"] < shards else ""
-        lines.append(f"vectors:  lengths {norms['min']:.4f}..{norms['max']:.4f} (min..max){covered}")
-    unit = {True: "are unit length", False: "are not unit length", None: "unknown length"}[doc["model_unit_norm"]]
-    here = "normalised here" if doc["normalizes_here"] else "written as the server sent them"
-    lines.append(f'          the model\'s full vectors {unit}; model.normalize = "{doc["normalize"]}": {here}')
-    return lines
 
 
 def _answered_uncommitted(out: OutputStore, manifest: Manifest) -> tuple[int, int]:
@@ -245,9 +222,14 @@ def verify(job: JobConfig) -> int:
             problems.append(f"{len(dup)} ids appear more than once in the output, e.g. {dup[0]['values']}")
     outstanding = sum(t.num_rows for f, t in failed_rows.items() if f not in set(manifest.resolved))
     problems += _table_problems(out, manifest, list(sources.values()))
-    print(f"checked {len(manifest.shards)} shards, {checked_rows:,} rows against {len(sources)} input files")
+    print(
+        f"checked {plural(len(manifest.shards), 'shard')}, {plural(checked_rows, 'row')} against "
+        f"{plural(len(sources), 'input file')}"
+    )
     if outstanding:
-        problems.append(f"{outstanding} rows failed and are only in _failed.parquet (run again to retry them)")
+        problems.append(
+            f"{plural(outstanding, 'row')} failed and are only in _failed.parquet (run again to retry them)"
+        )
     if problems:
         for p in problems:
             print(f"FAIL: {p}")

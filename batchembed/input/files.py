@@ -13,6 +13,7 @@ What it holds is bounded (``budget`` bytes): files met once the budget is full a
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,18 @@ class SourceFile:
             return decompressed(self.cache.open(self, self._read_whole, self._raw_stream), self.compression)
         return decompressed(self._raw_stream(), self.compression)
 
+    def head(self, n: int = 8) -> bytes:
+        """The file's first ``n`` bytes as stored (what a compressed file really holds); b"" if unreadable."""
+        try:
+            raw = self._raw_stream()
+            if isinstance(raw, str):
+                with open(raw, "rb") as fh:
+                    return fh.read(n)
+            with raw:
+                return raw.read(n)
+        except OSError:
+            return b""
+
     def _raw_stream(self):
         """The file's bytes as stored: the local path, or a streaming remote reader."""
         if self.location is None:
@@ -89,15 +102,17 @@ class FileCache:
         self.held = 0
         self._data: dict[int, pa.Buffer] = {}  # source index -> the file's bytes
         self._floor = 0  # files before this one are read for good
+        self._lock = threading.Lock()  # the run's reader and its row count (``run.rowcount``) share it
 
     def open(self, source: SourceFile, read_whole: Callable[[], pa.Buffer], open_file: Callable[[], Any]) -> Any:
         """A reader of ``source``: from memory if it is held (or small and the budget has room: read
         whole now, once), else ``open_file()``."""
-        data = self._data.get(source.index)
-        if data is None and self._admits(source):
-            data = read_whole()
-            self._data[source.index] = data
-            self.held += data.size
+        with self._lock:
+            data = self._data.get(source.index)
+            if data is None and self._admits(source):
+                data = read_whole()
+                self._data[source.index] = data
+                self.held += data.size
         return pa.BufferReader(data) if data is not None else open_file()
 
     def _admits(self, source: SourceFile) -> bool:
@@ -105,16 +120,18 @@ class FileCache:
 
     def release_before(self, index: int) -> None:
         """The reading is at file ``index``: the files before it are read for good (never held again)."""
-        if index <= self._floor:
-            return
-        for i in [i for i in self._data if i < index]:
-            self.held -= self._data.pop(i).size
-        self._floor = index
+        with self._lock:
+            if index <= self._floor:
+                return
+            for i in [i for i in self._data if i < index]:
+                self.held -= self._data.pop(i).size
+            self._floor = index
 
     def clear(self) -> None:
         """Drop everything held (the run's reading is over)."""
-        self._data.clear()
-        self.held = 0
+        with self._lock:
+            self._data.clear()
+            self.held = 0
 
 
 def released_as_read(chunks: Iterable[Any], cache: FileCache | None) -> Iterator[Any]:

@@ -20,6 +20,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from batchembed.errors import ConfigError, UsageError
+from batchembed.fs.paths import shown
+from batchembed.job.checks import check_locations, check_tier
+from batchembed.job.overrides import apply_overrides, blame, known_keys, unset_hint
+from batchembed.suggest import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -163,47 +167,33 @@ class JobConfig:
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def load_job(path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
-    """Read a TOML job file, apply ``--set key=value`` overrides, and validate everything.
+def load_job(
+    path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = (), unsets: list[str] | tuple[str, ...] = ()
+) -> JobConfig:
+    """Read a TOML job file, apply ``--set key=value`` and ``--unset key``, and validate everything.
 
-    Raises ``ConfigError`` naming the file and key for anything wrong, ``UsageError`` for a
-    malformed override.
+    Raises ``ConfigError`` naming the file and key for anything wrong in the file, ``UsageError`` naming
+    the ``--set``/``--unset`` for anything wrong that the command line gave (``job.overrides``).
     """
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"job file not found: {path}") from None
+        raise ConfigError(f"job file not found: {shown(path)}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read job file {path}: {exc}") from None
+        raise ConfigError(f"cannot read job file {shown(path)}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    for item in overrides:
-        apply_override(raw, item)
+    given = apply_overrides(raw, list(overrides), list(unsets), known_keys(JobConfig))
     try:
         return validate(from_mapping(JobConfig, raw, ""))
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-
-
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Apply one ``section.key=value`` override; the value is parsed as TOML, else taken as a string."""
-    key, sep, text = item.partition("=")
-    key = key.strip()
-    if not sep or not key or "." not in key:
-        raise UsageError(f"--set expects section.key=value, got {item!r}")
-    try:
-        value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text
-    *parents, leaf = key.split(".")
-    node = raw
-    for part in parents:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise UsageError(f"--set {key}: {part} is not a table")
-        node = child
-    node[leaf] = value
+        said = blame(str(exc), given)
+        if said is None:
+            raise ConfigError(f"{path}: {exc}") from None
+        key = said.split()[1].split("=")[0]
+        value = raw.get(key.split(".")[0], {}).get(key.split(".", 1)[1]) if "." in key else None
+        raise UsageError(f"{said}: {exc}{unset_hint(key, value)}") from None
 
 
 def from_mapping(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
@@ -214,8 +204,7 @@ def from_mapping(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        where = f"[{prefix}]" if prefix else "the job file"
-        raise ConfigError(f"unknown key {_join(prefix, unknown[0])} in {where}; known keys: {', '.join(sorted(known))}")
+        raise ConfigError(_unknown(prefix, unknown[0], known))
     values = {}
     for name, value in raw.items():
         key = _join(prefix, name)
@@ -225,6 +214,16 @@ def from_mapping(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
         else:
             values[name] = _coerce(hint, value, key)
     return cls(**values)
+
+
+def _unknown(prefix: str, name: str, known: set[str]) -> str:
+    """The message for a key (or a section) the job file may not hold: the near match, then the choices."""
+    if prefix:
+        return f"unknown key {prefix}.{name} in [{prefix}]{did_you_mean(name, known)} (keys of [{prefix}]: " + (
+            ", ".join(sorted(known)) + '; every key: README.md, "A job file, field by field")'
+        )
+    sections = sorted(known - {"kind"})  # ``kind`` (embed | rerank) is read from [rerank]'s presence
+    return f"unknown section [{name}]{did_you_mean(name, sections)} (sections: {', '.join(f'[{s}]' for s in sections)})"
 
 
 def _optional_dataclass(hint: Any) -> Any:
@@ -346,56 +345,6 @@ def validate(job: JobConfig) -> JobConfig:
     return job
 
 
-#: Providers whose batch API the batch tier speaks (``openai-compatible``: a server with OpenAI's batch API).
-BATCH_PROVIDERS = ("openai", "openai-compatible", "mistral", "voyage")
-
-
-def check_tier(job: JobConfig) -> None:
-    """``model.tier = "batch"``: a provider with a batch API for this task, and sane batch settings."""
-    m = job.model
-    if m.tier != "batch":
-        return
-    if m.provider == "fireworks":
-        raise ConfigError(
-            'model.tier = "batch": Fireworks has no batch API for embeddings or rerank (its batch inference '
-            'jobs are chat completions only). Use tier = "online" with Fireworks, or a provider with a batch '
-            "tier: openai, mistral, voyage"
-        )
-    if m.provider not in BATCH_PROVIDERS:
-        raise ConfigError(
-            f'model.tier = "batch" needs a provider with a batch API ({", ".join(BATCH_PROVIDERS)}); '
-            f"{m.provider!r} has none"
-        )
-    if job.is_rerank and m.provider != "voyage":
-        raise ConfigError(
-            f'model.tier = "batch" for a rerank job: only Voyage\'s batch API scores pairs; {m.provider} reranks '
-            'online only (tier = "online")'
-        )
-    if m.batch_poll_seconds < 0:
-        raise ConfigError(f"model.batch_poll_seconds must be 0 or more, got {m.batch_poll_seconds}")
-    if m.batch_resubmits < 0:
-        raise ConfigError(f"model.batch_resubmits must be 0 or more, got {m.batch_resubmits}")
-    for key, value in (("model.batch_inputs", m.batch_inputs), ("model.batch_queue_inputs", m.batch_queue_inputs)):
-        if value is not None and value < 1:
-            raise ConfigError(f"{key} must be at least 1, got {value}")
-
-
-def check_locations(job: JobConfig) -> None:
-    """Paths and URIs: known schemes only; the SQLite cache on a local disk; a sane lease."""
-    from batchembed.fs.location import locate, scheme_of
-
-    locate(job.input.path, field="input.path")
-    locate(job.output.path, field="output.path")
-    cache = job.cache.path
-    if cache and scheme_of(cache) not in (None, "file"):
-        raise ConfigError(
-            f"cache.path {cache!r}: the vector cache is a SQLite database, which needs a local disk "
-            "(object stores have no file locking or partial writes); give it a local path"
-        )
-    if job.storage.lease_seconds < 1:
-        raise ConfigError(f"storage.lease_seconds must be at least 1, got {job.storage.lease_seconds}")
-
-
 #: Request fields ``model.extra_body`` may not set: batchembed owns them.
 RESERVED_BODY_FIELDS = frozenset(
     {"model", "input", "dimensions", "encoding_format", "query", "documents", "texts", "top_n", "top_k"}
@@ -413,3 +362,21 @@ def text_fields(template: str) -> list[str]:
     if not names or any(not n for n in names):
         raise ConfigError(f"input.text: template {template!r} must name its columns, like {{title}}")
     return list(dict.fromkeys(names))
+
+
+def column_keys(job: JobConfig) -> dict[str, str]:
+    """Which job-file key names each column the job reads (for messages): ``{"doc": "input.text", ...}``."""
+    named: dict[str, str] = {}
+    if job.is_rerank:
+        rr = job.rerank or RerankConfig()
+        for key in ("query", "query_id", "document", "doc_id"):
+            if getattr(rr, key):
+                named.setdefault(getattr(rr, key), f"rerank.{key}")
+    else:
+        for name in text_fields(job.input.text):
+            named.setdefault(name, "input.text" if name == job.input.text else f"input.text's template {{{name}}}")
+        if job.input.id:
+            named.setdefault(job.input.id, "input.id")
+    for name in job.input.keep:
+        named.setdefault(name, "input.keep")
+    return named

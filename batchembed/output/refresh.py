@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from batchembed.failpoints import failpoint
+from batchembed.human import plural
 from batchembed.input.chunks import file_done
 from batchembed.output.input_diff import (
     InputDiff,
@@ -32,7 +33,7 @@ from batchembed.output.input_diff import (
     needs_new_generation,
     plan_identities,
 )
-from batchembed.output.layout import FAILED_DIR, SUCCESS
+from batchembed.output.layout import FAILED_DIR, SUCCESS, is_shard
 from batchembed.output.manifest import Manifest
 
 if TYPE_CHECKING:
@@ -95,7 +96,8 @@ def begin(
 def describe(diff: InputDiff, manifest: Manifest) -> str:
     """One line for the log: what this refresh does."""
     return (
-        f"refresh (generation {manifest.generation}): {len(diff.added)} files added, {len(diff.changed)} changed, "
+        f"refresh (generation {manifest.generation}): {plural(len(diff.added), 'file')} added, "
+        f"{len(diff.changed)} changed, "
         f"{len(diff.removed)} removed, {len(diff.unchanged)} unchanged; {diff.rows_removed:,} rows leave the "
         "output; texts already in it are reused, not bought"
     )
@@ -137,7 +139,8 @@ def publish_parts(
 
 def retire(store: OutputStore, manifest: Manifest, history_days: float, tag: int, now: float | None = None) -> int:
     """After a publish: the files the table no longer names are deleted (or kept ``history_days``),
-    once the manifest says so; retired files past their days go too. Returns how many were replaced."""
+    once the manifest says so; retired files past their days go too. Returns how many shards (the table's
+    files) were replaced: their cut and failed rows' files go with them, but were never in the table."""
     now = time.time() if now is None else now
     current = {name for s in manifest.shards for name in s.owned_files()}
     replaced = [n for s in manifest.retiring for n in s.owned_files() if n not in current]
@@ -157,10 +160,10 @@ def retire(store: OutputStore, manifest: Manifest, history_days: float, tag: int
     failpoint("retired-before-delete")
     for name in drop:
         store.delete(name)
-    return len(replaced)
+    return sum(1 for name in replaced if is_shard(name))
 
 
 def _say_replaced(say, replaced: int, history_days: float) -> None:
     if replaced:
         kept = f"; kept {history_days:g} days for time travel" if history_days > 0 else ""
-        say(f"published the refreshed table: {replaced} replaced files removed from it{kept}")
+        say(f"published the refreshed table: {plural(replaced, 'replaced shard')} removed from it{kept}")

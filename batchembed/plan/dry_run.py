@@ -293,7 +293,7 @@ def estimate(
         report.refresh = existing.refresh
         first = (existing.manifest.generation + 1) * GENERATION_SPAN  # names clear of every kept unit
     for src in reading:
-        check_columns(src, task.columns)
+        check_columns(src, task.columns, config)
     held = existing.held_ids(config, reading) if existing is not None and config.input.id else []
     check_inputs(config, reading, task.columns, held)  # the same refusals as `run` (ids, columns, text types)
     report.files = [{"name": s.name, "format": s.format, "rows": s.rows} for s in reading]
@@ -360,7 +360,7 @@ def plan(
 
 def batch_estimate(report: PlanReport, resolved: ResolvedJob) -> None:
     """The batch tier's price and batch count next to the online figures, where the provider sells one."""
-    from batchembed.run.batch.shapes import SHAPES
+    from batchembed.run.batch.shapes import SHAPES, window_text
 
     config = resolved.config
     report.tier = config.model.tier
@@ -368,7 +368,7 @@ def batch_estimate(report: PlanReport, resolved: ResolvedJob) -> None:
     if shape is None or (config.is_rerank and resolved.model.provider != "voyage"):
         return
     report.batch_price_share = shape.discount
-    report.batch_window = f"{shape.window} h" if shape.window.isdigit() else shape.window
+    report.batch_window = window_text(shape.window)
     cap = min(shape.max_inputs, config.model.batch_inputs or shape.max_inputs)
     inputs = report.pairs_to_score if config.is_rerank else report.unique_texts
     report.batches = -(-inputs // cap)

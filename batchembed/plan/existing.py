@@ -49,6 +49,7 @@ class ExistingOutput:
             "changed": diff.changed,
             "removed": diff.removed,
             "unchanged": diff.unchanged,
+            **diff.summary(),  # the counts, apart from the lists of names
             "rows_removed": diff.rows_removed,
             "rows_reused": 0,
             "up_to_date": self.manifest.complete and not reading,

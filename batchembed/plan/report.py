@@ -108,10 +108,16 @@ def format_report(r: PlanReport) -> str:
         )
     elif r.provider == "fireworks":
         lines.append("  batch tier       none: Fireworks has no batch API for embeddings or rerank")
-    lines += [
-        f"  ETA              {'about' if r.eta_basis == 'measured' else 'at least'} {duration(r.eta_seconds)} "
-        f"({r.eta_detail})",
-    ]
+    if r.tier == "batch":  # the provider answers within its window, not at the paced rate
+        lines.append(
+            f"  ETA              within the provider's {r.batch_window} window (a batch may take all of it; "
+            f"online, at least {duration(r.eta_seconds)})"
+        )
+    else:
+        lines.append(
+            f"  ETA              {'about' if r.eta_basis == 'measured' else 'at least'} {duration(r.eta_seconds)} "
+            f"({r.eta_detail})"
+        )
     if r.prefix:
         lines.insert(1, f"  prefix           {r.prefix!r}")
     if r.refresh:
@@ -120,13 +126,22 @@ def format_report(r: PlanReport) -> str:
     return "\n".join(lines)
 
 
+#: Names a human plan lists per kind of file before it says how many more there are (``--json``: all).
+NAMES_SHOWN = 20
+
+
 def refresh_lines(refresh: dict) -> list[str]:
     """What a rerun over an existing output changes: files by state, rows removed and reused."""
 
     def names(key: str) -> str:
         found = refresh[key]
-        shown = ", ".join(found[:5]) + (f", ... ({len(found)} in all)" if len(found) > 5 else "")
-        return f"{len(found):,}" + (f" ({shown})" if found and key != "unchanged" else "")
+        if not found or key == "unchanged":
+            return f"{len(found):,}"
+        more = len(found) - NAMES_SHOWN
+        shown = ", ".join(found[:NAMES_SHOWN]) + (
+            f" and {more:,} more (plan --json lists them all)" if more > 0 else ""
+        )
+        return f"{len(found):,}: {shown}"
 
     if not (refresh["added"] or refresh["changed"] or refresh["removed"]) and refresh["up_to_date"]:
         return ["  output           up to date with the inputs: a run sends nothing"]

@@ -19,6 +19,7 @@ from typing import Any
 from batchembed import __version__
 from batchembed.exitcodes import ExitCode
 from batchembed.faults import with_path
+from batchembed.human import plural
 from batchembed.input.checks import check_inputs
 from batchembed.input.chunks import iter_chunks, pending_rows, retry_chunks
 from batchembed.input.discover import discover
@@ -36,6 +37,7 @@ from batchembed.output.manifest import Manifest
 from batchembed.output.store import open_store, storage_options
 from batchembed.run.pipeline import Pipeline
 from batchembed.run.progress import Progress
+from batchembed.run.rowcount import RowCount
 from batchembed.sending.limits import RateLimits
 from batchembed.sending.sender import Sender, SendHooks
 from batchembed.sending.server_checks import ServedModel, UsageCheck, full_vector_probe, run_canary
@@ -129,6 +131,7 @@ class JobRunner:
         try:
             return await self._run()
         finally:
+            self.progress.close()  # its heartbeat ends with the run, whatever ended it
             await asyncio.to_thread(self.output.release)
             for sig in signals:
                 loop.remove_signal_handler(sig)
@@ -163,6 +166,7 @@ class JobRunner:
         return job_fingerprint(self.resolved, self.task)
 
     async def _run(self) -> int:
+        self.progress.begin()  # a log hears from the run every few seconds from now on, setup included
         known = await asyncio.to_thread(self.output.known_rows)
         self.files = FileCache()  # small input files: read once, kept until the reading is past them
         sources = await asyncio.to_thread(discover, self.job.input.path, storage_options(self.job), self.files, known)
@@ -172,7 +176,7 @@ class JobRunner:
         diff = await asyncio.to_thread(self.output.refresh_plan, sources)
         work = self.output.work_files(sources)
         for src in work:
-            await asyncio.to_thread(check_columns, src, columns)
+            await asyncio.to_thread(check_columns, src, columns, self.job)
         if work:
             held = []
             if self.job.input.id:
@@ -182,7 +186,7 @@ class JobRunner:
         self.stats.note_refresh(diff, manifest)
         if self.output.finished_before():
             self.progress.line(
-                f"{self.out}: job already complete and up to date with its {len(sources):,} input files "
+                f"{self.out}: job already complete and up to date with its {plural(len(sources), 'input file')} "
                 f"({manifest.rows():,} rows); nothing to do"
             )
             return EXIT_OK
@@ -205,9 +209,12 @@ class JobRunner:
         if todo is not None:
             todo += sum(len(rows) for _, _, rows in retry_units)
         self.stats.rows_total = todo
+        if todo is None and self.units is None:  # CSV / JSON Lines: counted in the background for the total
+            self.progress.count_rows(RowCount(sources, manifest, columns[0], sum(len(r) for _, _, r in retry_units)))
         if manifest.shards:
             self.progress.line(
-                f"resuming {self.out}: {len(manifest.shards)} shards ({manifest.rows():,} rows) already committed"
+                f"resuming {self.out}: {plural(len(manifest.shards), 'shard')} ({manifest.rows():,} rows) "
+                "already committed"
             )
         self.sender = self._make_sender()
         self.progress.start()

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from batchembed import __version__
+from batchembed.job.resolved import resolve_model
 from batchembed.output.publish.delta import check_agrees, publish, table_files
 from batchembed.output.publish.files import TableFile, read_table_file
 
@@ -38,7 +39,8 @@ def delta_publisher(store: OutputStore, job: JobConfig) -> Callable[[Sequence[Sh
         if not shards and current is None:
             return None  # nothing written yet and no table: nothing to publish
         files = _files(store, shards, current)
-        facts = {"version": __version__, "model": job.model.name, "provider": job.model.provider, "publish": tag}
+        model = resolve_model(job).name  # the provider's default when the job names none (the local model)
+        facts = {"version": __version__, "model": model, "provider": job.model.provider, "publish": tag}
         return publish(store.where, None, files, tag=tag, metadata=facts)
 
     return publish_shards

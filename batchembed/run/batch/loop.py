@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from batchembed.errors import TerminalAPIError
 from batchembed.failpoints import failpoint
+from batchembed.human import plural
 from batchembed.run.batch.client import BatchClient, QueueFull
 from batchembed.run.batch.collect import collect, custom_id, finalize
 from batchembed.run.batch.items import Items
@@ -172,7 +173,10 @@ class BatchLoop:
             self.say(f"{piece.name}: found batch {view.id} created by an interrupted run; not creating another")
         a.batch_id, a.step, a.status = view.id, RUNNING, view.status
         await self._save(piece)
-        self.say(f"batch {view.id} ({piece.name}, attempt {a.n}): submitted {a.items:,} inputs in {a.lines:,} lines")
+        self.say(
+            f"batch {view.id} ({piece.name}, attempt {a.n}): submitted {plural(a.items, 'input')} in "
+            f"{plural(a.lines, 'line')}"
+        )
         return True
 
     async def _collect(self, piece: Piece, view: BatchView) -> None:

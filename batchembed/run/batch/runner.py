@@ -23,6 +23,7 @@ from collections import Counter
 from typing import Any
 
 from batchembed.exitcodes import ExitCode
+from batchembed.human import plural
 from batchembed.job.fingerprint import fingerprint_hash
 from batchembed.output.manifest import Manifest
 from batchembed.run.batch.answers import BatchCodec, BatchResults
@@ -31,7 +32,7 @@ from batchembed.run.batch.items import Items, items_for
 from batchembed.run.batch.ledger import COLLECTED, PLANNED, RUNNING, UPLOADED, UPLOADING, Ledger
 from batchembed.run.batch.loop import BatchLoop
 from batchembed.run.batch.planner import Planner
-from batchembed.run.batch.shapes import OpenAIShape, shape_for
+from batchembed.run.batch.shapes import OpenAIShape, shape_for, window_text
 from batchembed.run.runner import JobRunner
 
 
@@ -107,6 +108,7 @@ class BatchRunner(JobRunner):
         store = self.output.store
         fingerprint = fingerprint_hash(self.manifest.fingerprint)
         shape = batch_shape(self.resolved)
+        self.stats.batch_window = window_text(shape.window)  # progress shows batches and the window, no ETA
         old = await asyncio.to_thread(Ledger.read, store)
         if old is not None and (self.restart or old.fingerprint != fingerprint):
             await self._abandon(old, shape)
@@ -155,7 +157,7 @@ class BatchRunner(JobRunner):
         finally:
             await client.aclose()
         if n:
-            self.progress.line(f"cancelled {n} batches of the earlier run (their finished lines are billed)")
+            self.progress.line(f"cancelled {plural(n, 'batch')} of the earlier run (their finished lines are billed)")
         await asyncio.to_thread(old.drop)
 
     def _plan(self, planner: Planner, sources, columns, retry_units) -> None:
@@ -178,7 +180,7 @@ class BatchRunner(JobRunner):
                 self.task.allocate_answers = allocate
         planned = sum(p.attempts[0].items for p in self.ledger.pieces)
         self.progress.line(
-            f"batch tier: {len(self.ledger.pieces)} batch pieces, {planned:,} inputs planned "
+            f"batch tier: {plural(len(self.ledger.pieces), 'batch')} planned for {plural(planned, 'input')} "
             f"({self.ledger.totals()['items_billed']:,} already billed)"
         )
 
@@ -245,7 +247,8 @@ class BatchRunner(JobRunner):
         if self.stopping is None and self.still_running:
             s = self.stats
             self.progress.line(
-                f"{s.rows_embedded:,} rows written; {self.still_running} batches still running at the provider. "
+                f"{plural(s.rows_embedded, 'row')} written; {plural(self.still_running, 'batch')} still running "
+                "at the provider. "
                 "Run the same command again later to collect them (exit code "
                 f"{int(ExitCode.BATCHES_RUNNING)})"
             )
@@ -261,8 +264,8 @@ class BatchRunner(JobRunner):
                 online = report["cost_usd_online_equivalent"]
                 cost = f", ${report['cost_usd']:,.4f} at the batch price (${online:,.4f} online)"
             self.progress.line(
-                f"batches: {t['batches_created']} created, {t['items_billed']:,} inputs and "
-                f"{t['tokens_billed']:,} tokens billed{cost}"
+                f"batches: {t['batches_created']:,} created, {plural(t['items_billed'], 'input')} and "
+                f"{plural(t['tokens_billed'], 'token')} billed{cost}"
             )
         return code
 
