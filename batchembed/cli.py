@@ -178,6 +178,24 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     plan.add_argument("--price", type=float, metavar="USD_PER_1M", help="price per million tokens for the estimate")
 
+    search = _command(
+        sub,
+        "search",
+        "the rows of a job's output nearest to a text, to see that the vectors make sense (sends one request)",
+        'batchembed search jobs/docs.toml "read a CSV file" -k 5',
+        'batchembed search jobs/docs.toml "open a file" --where "module = \'os\' AND lines > 3" --json',
+    )
+    _job_arguments(search)
+    search.add_argument("text", help="the text to search for: embedded by the job's model, as a query")
+    search.add_argument("-k", type=int, default=10, metavar="N", help="how many rows (default 10)")
+    search.add_argument(
+        "--where",
+        metavar="FILTER",
+        help="only rows this SQL condition over the output's columns selects (the id and input.keep columns), "
+        "e.g. \"module = 'os' AND lines > 3\": =, <>, <, >, AND, OR, NOT, IN (...), LIKE, BETWEEN, IS NULL",
+    )
+    search.add_argument("--json", action="store_true", help="one JSON object per row instead of a table")
+
     models = _command(sub, "models", "list the built-in model presets", "batchembed models")
     models.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -276,6 +294,10 @@ def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> in
         from batchembed.run.batch.cancel import cancel
 
         return cancel(job, transport=transport)
+    if args.command == "search":
+        from batchembed.search import search_command
+
+        return search_command(job, args.text, args.k, args.where, args.json, transport)
     if args.command == "plan":
         from batchembed.plan.dry_run import plan
 
