@@ -137,7 +137,7 @@ def _freshness(manifest: Manifest, sources: list[SourceFile]) -> dict[str, Any]:
 def _describe_freshness(doc: dict[str, Any]) -> str:
     counts = doc["inputs"]
     if doc["up_to_date"]:
-        return f"up to date with its {counts['files_unchanged']:,} input files"
+        return f"up to date with its {plural(counts['files_unchanged'], 'input file')}"
     changes = ", ".join(
         f"{counts['files_' + k]:,} {k}" for k in ("added", "changed", "removed") if counts["files_" + k]
     )

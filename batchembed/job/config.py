@@ -250,11 +250,9 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
                 return _coerce(option, value, key)
             except ConfigError as exc:
                 errors.append(exc)
-        raise (
-            errors[-1]
-            if len(options) == 2 and type(None) in options
-            else ConfigError(f"{key}: {value!r} is not valid here")
-        )
+        if len(options) == 2 and type(None) in options:  # X | None given a value: what X says of it
+            raise errors[options.index(next(o for o in options if o is not type(None)))]
+        raise ConfigError(f"{key}: {value!r} is not valid here")
     if hint is type(None):
         if value is None:
             return None

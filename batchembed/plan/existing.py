@@ -18,6 +18,7 @@ from batchembed.output import refresh as output_refresh
 from batchembed.output.cache import OutputCache
 from batchembed.output.input_diff import diff_inputs
 from batchembed.output.manifest import Manifest
+from batchembed.plan.touched import touched_files
 
 if TYPE_CHECKING:
     from batchembed.input.files import SourceFile
@@ -54,6 +55,9 @@ class ExistingOutput:
             "rows_reused": 0,
             "up_to_date": self.manifest.complete and not reading,
         }
+        # changed files whose rows the output holds as they are now (a touch): "touched, content unchanged"
+        touched = touched_files(self.store, self.manifest, diff.changed, sources, task)
+        self.refresh.update(touched=touched, files_touched=len(touched))
         return kept, reading
 
     def held_ids(self, config: JobConfig, reading: list[SourceFile]) -> list[tuple[str, pa.Array]]:

@@ -132,9 +132,11 @@ NAMES_SHOWN = 20
 
 def refresh_lines(refresh: dict) -> list[str]:
     """What a rerun over an existing output changes: files by state, rows removed and reused."""
+    touched = refresh.get("touched", [])  # changed files proven to hold what the output holds (plan/touched)
+    lists = {**refresh, "changed": [n for n in refresh["changed"] if n not in touched], "touched": touched}
 
     def names(key: str) -> str:
-        found = refresh[key]
+        found = lists[key]
         if not found or key == "unchanged":
             return f"{len(found):,}"
         more = len(found) - NAMES_SHOWN
@@ -149,6 +151,11 @@ def refresh_lines(refresh: dict) -> list[str]:
         "  refresh of the existing output (the figures below count only what it reads and sends):",
         f"    files added      {names('added')}",
         f"    files changed    {names('changed')}",
+        *(
+            [f"    files touched    {names('touched')} (touched, content unchanged: read again, nothing bought)"]
+            if touched
+            else []
+        ),
         f"    files removed    {names('removed')}",
         f"    files unchanged  {names('unchanged')} (not read)",
         f"    rows removed     {refresh['rows_removed']:,} (leave the output: changed or deleted inputs)",

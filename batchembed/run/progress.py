@@ -26,15 +26,23 @@ from batchembed.stats import Stats
 LINE_INTERVAL = 10.0
 
 
+def reported_width(stream: TextIO) -> int:
+    """The width the terminal behind ``stream`` reports (0: not a terminal, or one that reports none)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns if stream.isatty() else 0
+    except (AttributeError, OSError, ValueError):
+        return 0
+
+
 def terminal_width(stream: TextIO) -> int:
     """The width of the terminal ``stream`` writes to: 0 when it is not one or reports none (``script``,
     some CI runners), unless ``COLUMNS`` says."""
     try:
         if not stream.isatty():
             return 0
-        columns = os.get_terminal_size(stream.fileno()).columns
-    except (AttributeError, OSError, ValueError):
-        columns = 0
+    except (AttributeError, ValueError):
+        return 0
+    columns = reported_width(stream)
     if columns <= 0:
         try:
             columns = int(os.environ.get("COLUMNS", "0"))
@@ -91,7 +99,11 @@ class Progress:
                 unit_scale=not total or total >= 100_000,  # 1.2M/3.0M; 120/3000
                 smoothing=0,
                 file=self.stream,
-                dynamic_ncols=True,  # follows the terminal's width as it changes
+                # follows the terminal's size as it changes where it reports one; else COLUMNS's width and a
+                # height (a terminal reporting 0 x 0, as under `script`, makes tqdm draw nothing at all)
+                dynamic_ncols=reported_width(self.stream) > 0,
+                ncols=None if reported_width(self.stream) > 0 else self.width,
+                nrows=None if reported_width(self.stream) > 0 else 24,
                 bar_format=self._format(total),
             )
         else:

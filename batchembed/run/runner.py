@@ -403,7 +403,7 @@ class JobRunner:
             )
         if s.rows_truncated:
             self.progress.line(
-                f"{s.rows_truncated:,} rows were cut to fit; they are listed in {self.output.store.describe(TRUNCATED)}"
+                f"{plural(s.rows_truncated, 'row')} cut to fit, listed in {self.output.store.describe(TRUNCATED)}"
             )
         if self._unresolved:
             self.progress.line(
