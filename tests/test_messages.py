@@ -8,9 +8,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
+import io
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,7 +20,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchembed.faults import describe_fault
-from batchembed.run.progress import Progress
+from batchembed.input.discover import discover
+from batchembed.job.config import load_job
+from batchembed.output.manifest import Manifest
+from batchembed.run.assemble import build_runner
+from batchembed.run.progress import Heartbeat, Progress
+from batchembed.run.rowcount import RowCount
 from batchembed.stats import Stats
 from batchembed.testing.batchapi import FakeBatchProvider
 from tests.conftest import (
@@ -427,3 +434,64 @@ def test_the_cut_of_the_local_models_own_limit_is_recorded_as_such_and_its_laten
     assert report["latency_seconds"]["measures"].startswith("the local model's compute time per request")
     assert report["latency_seconds"]["p50"] < report["elapsed_seconds"]
     assert result.stderr.count("cut to fit") == 1 and "1 row cut to fit, listed in" in result.stderr
+
+
+# ------------------------------------------------------------------------------ never silent, totals for every input
+
+
+class _Log(io.StringIO):
+    """A log (not a terminal) that says when it is written to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wrote = threading.Event()
+
+    def write(self, text: str) -> int:
+        done = super().write(text)
+        self.wrote.set()
+        return done
+
+
+def test_a_log_hears_from_a_run_from_its_setup_on():
+    stats = Stats(rows_total=None, tokens=0)
+    log = _Log()
+    progress = Progress(stats, quiet=True, interval=0.001, stream=log)
+    progress.begin()
+    assert log.wrote.wait(30)
+    assert "batchembed: preparing the run (" in log.getvalue()
+    progress.start()
+    stats.rows_total, stats.rows_embedded = 1_000, 10
+    log.wrote.clear()
+    assert log.wrote.wait(30) and log.wrote.wait(30)
+    progress.close()
+    last = log.getvalue().strip().splitlines()[-1]
+    assert last.startswith("batchembed: rows 10/1,000 (") and "ETA " in last and "tokens/min" in last
+
+
+def test_plan_says_what_it_is_doing_while_it_reads():
+    said = threading.Event()
+    log = _Log()
+
+    def text() -> str:
+        said.set()
+        return "plan: 12 rows read and counted so far"
+
+    with Heartbeat(text, interval=0.001, stream=log):
+        assert said.wait(30) and log.wrote.wait(30)
+    assert "batchembed: plan: 12 rows read and counted so far" in log.getvalue()
+
+
+def test_csv_and_json_lines_rows_are_counted_as_the_run_numbers_them(tmp_path, fake):
+    csv = tmp_path / "in" / "a.csv"
+    csv.parent.mkdir()
+    csv.write_text('id,text\n1,"two\nlines"\n\n2,plain\n3,"a ""quoted"" one"\n')  # 3 records on 6 lines
+    jsonl = tmp_path / "in" / "b.jsonl.gz"
+    jsonl.write_bytes(gzip.compress(b'{"id": 4, "text": "x"}\n\n{"id": 5, "text": "y"}\n'))  # a blank line
+    job = job_for(tmp_path, fake, tmp_path / "in")
+    runner = build_runner(load_job(job), quiet=True, transport=fake.transport())
+    assert runner.run() == 0
+    counting = runner.progress.counting  # the run counted its CSV and JSON Lines rows for its total
+    assert counting is not None and [s.name for s in counting.sources] == ["a.csv", "b.jsonl.gz"]
+    assert RowCount(counting.sources, Manifest(fingerprint={}), counting.column).count() == 5
+    sources = discover(str(tmp_path / "in"))
+    assert RowCount(sources, Manifest(fingerprint={}), "text").count() == 5

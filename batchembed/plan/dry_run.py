@@ -45,6 +45,7 @@ from batchembed.plan.eta import SAMPLE_TEXTS, measure_local, paced, read_previou
 from batchembed.plan.existing import ExistingOutput, existing_output
 from batchembed.plan.report import PlanReport, format_report
 from batchembed.run.assemble import build_counter, build_task
+from batchembed.run.progress import Heartbeat
 from batchembed.run.runner import CHUNK_ROWS
 from batchembed.stats import Stats
 from batchembed.tasks import Piece, Request, Task
@@ -309,12 +310,13 @@ def estimate(
         pack_small_files=not resolved.is_rerank,  # as the run reads them
         first_ordinal=first,
     )
-    for chunk in chunks:
-        piece, requests = task.prepare(chunk)
-        report.rows += piece.rows
-        for src, a, b in chunk.segments():
-            rows_of[src.name] = rows_of.get(src.name, 0) + b - a
-        tally.add(piece, requests)
+    with Heartbeat(lambda: f"plan: {report.rows:,} rows read and counted so far"):
+        for chunk in chunks:
+            piece, requests = task.prepare(chunk)
+            report.rows += piece.rows
+            for src, a, b in chunk.segments():
+                rows_of[src.name] = rows_of.get(src.name, 0) + b - a
+            tally.add(piece, requests)
     tally.finish()
     if report.refresh:
         report.refresh["rows_reused"] = task.stats.rows_reused
@@ -330,7 +332,8 @@ def estimate(
     batch_estimate(report, resolved)
     if resolved.local_model is not None:  # bound by this machine's CPU: timed here, on the job's own texts
         rows = report.pairs_to_score if resolved.is_rerank else report.rows_to_embed
-        eta = measure_local(resolved.local_model, tally.sample, report.tokens_to_send, rows)
+        with Heartbeat(lambda: f"plan: timing the local model on up to {SAMPLE_TEXTS} of the job's texts"):
+            eta = measure_local(resolved.local_model, tally.sample, report.tokens_to_send, rows)
     else:  # bound by the limits the run paces to
         eta = paced(model, report.requests, report.tokens_to_send, read_previous_report(config))
         report.requests_per_minute, report.tokens_per_minute = (

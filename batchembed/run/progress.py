@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from tqdm import tqdm
@@ -233,3 +234,27 @@ class Progress:
                 self._bar = None
         if self._heartbeat is not None and self._heartbeat is not threading.current_thread():
             self._heartbeat.join(timeout=5)
+
+
+class Heartbeat:
+    """``with Heartbeat(text):`` prints ``batchembed: {text()}`` every ``interval`` seconds while the block runs
+    (``plan`` reading a big input), so no command is silent for minutes; nothing for a short block."""
+
+    def __init__(self, text: Callable[[], str], interval: float = LINE_INTERVAL, stream: TextIO | None = None):
+        self.text = text
+        self.interval = interval
+        self.stream = stream or sys.stderr
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="batchembed-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        while not self._done.wait(self.interval):
+            print(f"batchembed: {self.text()}", file=self.stream, flush=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)

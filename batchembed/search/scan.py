@@ -1,6 +1,6 @@
 """The nearest rows of an output's current Delta version to a query vector, in bounded memory.
 
-The table is read file by file, record batch by record batch (``BATCH_ROWS`` rows, little read-ahead),
+The table is read file by file, record batch by record batch (``BATCH_ROWS`` rows, two read ahead),
 reading only the vector column and the columns a ``--where`` filter names; each batch's cosine scores
 are folded into the best ``k`` seen so far (positions only). The winning rows' other columns are then
 read back from their files by position. Memory is a few batches and ``k`` rows, whatever the table's
@@ -145,7 +145,7 @@ def nearest(table: Table, query: np.ndarray, k: int, where: Filter | None = None
     for number, fragment in enumerate(fragments):
         offset = 0
         for batch in fragment.to_batches(
-            columns=list(dict.fromkeys(read)), batch_size=BATCH_ROWS, batch_readahead=1, fragment_readahead=1
+            columns=list(dict.fromkeys(read)), batch_size=BATCH_ROWS, batch_readahead=2, fragment_readahead=1
         ):
             rows = _candidates(batch, table.column, where)
             if len(rows):
