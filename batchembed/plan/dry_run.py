@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 
 import numpy as np
@@ -246,15 +247,34 @@ class _RerankTally:
             )
 
 
+class _Doing:
+    """What ``plan`` is doing now, for the line a log gets every 10 s (``progress.Heartbeat``)."""
+
+    def __init__(self) -> None:
+        self.now: Callable[[], str] = lambda: "loading the model and finding the inputs"
+
+    def text(self) -> str:
+        return f"plan: {self.now()}"
+
+
 def estimate(
     job: JobConfig | ResolvedJob, counter: TokenCounter | None = None, price_per_million: float | None = None
 ) -> PlanReport:
-    """Stream the job's input through its task's ``prepare`` and compute the plan (no printing, nothing sent).
+    """Stream the job's input through its task's ``prepare`` and compute the plan (no printing, nothing sent;
+    a line every 10 s says what it is doing).
 
     ``counter``: the token counter to use instead of the job's own (``job.build_counter``). Raises
     ``ConfigError`` for a ``model.dimensions`` the model cannot return and ``InputError`` for missing
     files or columns, as a run would before sending anything.
     """
+    doing = _Doing()
+    with Heartbeat(doing.text):
+        return _estimate(job, counter, price_per_million, doing)
+
+
+def _estimate(
+    job: JobConfig | ResolvedJob, counter: TokenCounter | None, price_per_million: float | None, doing: _Doing
+) -> PlanReport:
     resolved = resolve(job)
     config, model, preset = resolved.config, resolved.model, resolved.preset
     counting = _CutCounter(counter or build_counter(resolved))
@@ -283,6 +303,7 @@ def estimate(
     if preset and preset.kind == "embed" and resolved.is_rerank:
         report.warnings.append(f"{preset.id} is an embedding model, not a reranker")
 
+    doing.now = lambda: "checking the inputs (columns, types, every id)"
     existing = _existing_output(resolved, task)
     known = known_rows(existing.manifest if existing else None)
     sources = discover(config.input.path, storage_options(config), known=known)
@@ -310,13 +331,13 @@ def estimate(
         pack_small_files=not resolved.is_rerank,  # as the run reads them
         first_ordinal=first,
     )
-    with Heartbeat(lambda: f"plan: {report.rows:,} rows read and counted so far"):
-        for chunk in chunks:
-            piece, requests = task.prepare(chunk)
-            report.rows += piece.rows
-            for src, a, b in chunk.segments():
-                rows_of[src.name] = rows_of.get(src.name, 0) + b - a
-            tally.add(piece, requests)
+    doing.now = lambda: f"{report.rows:,} rows read and counted so far"
+    for chunk in chunks:
+        piece, requests = task.prepare(chunk)
+        report.rows += piece.rows
+        for src, a, b in chunk.segments():
+            rows_of[src.name] = rows_of.get(src.name, 0) + b - a
+        tally.add(piece, requests)
     tally.finish()
     if report.refresh:
         report.refresh["rows_reused"] = task.stats.rows_reused
@@ -332,8 +353,8 @@ def estimate(
     batch_estimate(report, resolved)
     if resolved.local_model is not None:  # bound by this machine's CPU: timed here, on the job's own texts
         rows = report.pairs_to_score if resolved.is_rerank else report.rows_to_embed
-        with Heartbeat(lambda: f"plan: timing the local model on up to {SAMPLE_TEXTS} of the job's texts"):
-            eta = measure_local(resolved.local_model, tally.sample, report.tokens_to_send, rows)
+        doing.now = lambda: "timing the local model on the job's first texts"
+        eta = measure_local(resolved.local_model, tally.sample, report.tokens_to_send, rows)
     else:  # bound by the limits the run paces to
         eta = paced(model, report.requests, report.tokens_to_send, read_previous_report(config))
         report.requests_per_minute, report.tokens_per_minute = (
