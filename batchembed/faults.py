@@ -36,6 +36,15 @@ def fault_errno(exc: OSError) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def shown(path: str | os.PathLike[str]) -> str:
+    """``path`` for a message: as given, plus what it resolved to when it is relative ("data/x (= /srv/data/x)"):
+    a job run from cron or make in another directory reads its relative paths from *that* directory."""
+    text = str(path)
+    if "://" in text or os.path.isabs(text):
+        return text
+    return f"{text} (= {os.path.abspath(text)})"
+
+
 def describe_fault(exc: OSError, resumable: bool = True) -> str:
     """One line: the path, the cause, what to do, and (``resumable``: a run) that committed work is kept."""
     code = fault_errno(exc)
@@ -48,7 +57,7 @@ def describe_fault(exc: OSError, resumable: bool = True) -> str:
         cause = (os.strerror(code) if code else str(exc).splitlines()[0] if str(exc) else type(exc).__name__).rstrip(
             "."
         )
-    where = f"{path}: " if path else ""
+    where = f"{shown(path)}: " if path else ""
     if not resumable:
         return f"{where}{cause}."
     return f"{where}{cause}. Committed shards are kept; run the same command again to resume."

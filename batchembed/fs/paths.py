@@ -1,25 +1,19 @@
 """Local paths as a user should see them in a message, and the output path checked before any work.
 
 A job run from cron or a Makefile in another directory reads its relative paths from *that*
-directory; a message that shows only ``data/docs`` hides the mistake. ``shown`` adds the absolute path
-a relative one resolved to. ``check_output_path`` refuses, before anything is read or sent, an output
+directory; a message that shows only ``data/docs`` hides the mistake. ``shown`` (from ``faults``, which
+shows a machine fault's path the same way) adds the absolute path a relative one resolved to. ``check_output_path`` refuses, before anything is read or sent, an output
 path that is (or lies under) a regular file: batchembed writes a directory there.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from batchembed.errors import ConfigError
+from batchembed.faults import shown
 
-
-def shown(path: str | os.PathLike[str]) -> str:
-    """``path`` for a message: as given, plus what it resolved to when it is relative ("data/x (= /srv/data/x)")."""
-    text = str(path)
-    if "://" in text or os.path.isabs(text):
-        return text
-    return f"{text} (= {os.path.abspath(text)})"
+__all__ = ["check_output_path", "shown"]
 
 
 def check_output_path(path: str, key: str = "output.path") -> None:
