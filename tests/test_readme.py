@@ -327,7 +327,7 @@ def test_a_glob_of_every_parquet_file_is_what_the_readme_warns_of(workspace_a):
 
 # --------------------------------------------------------------------------- sh: a fresh clone after make demo
 
-DEMO_ROWS = 40
+DEMO_ROWS = 30
 
 
 def _shim(bin_dir: Path) -> None:
@@ -374,6 +374,7 @@ def _bash(script: str, root: Path, env: dict) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.timeout(1800)  # its fixture runs `make demo` with the local model
 def test_make_demo_ends_with_recipes_that_work(workspace_b):
     root, env, printed = workspace_b
     assert f"wrote {DEMO_ROWS} rows" in printed
@@ -443,6 +444,7 @@ def _runnable(block: Block) -> str | None:
     return None
 
 
+@pytest.mark.timeout(1800)  # a dozen real processes and the local model: minutes on a loaded 2-core machine
 def test_shell_recipes_run_as_written_in_a_fresh_clone(workspace_b):
     root, env, _ = workspace_b
     ran = 0

@@ -191,9 +191,12 @@ class Progress:
         )
 
     def _beat(self) -> None:
-        """The heartbeat thread: a status line every ``interval`` seconds until ``close``."""
-        while not self._done.wait(self.interval):
+        """The heartbeat thread: a status line every ``interval`` seconds until ``close``, the first after half of
+        it (the process's start and the model's loading came before: a log hears from a run early)."""
+        wait = self.interval / 2
+        while not self._done.wait(wait):
             self.line(self.status_line())
+            wait = self.interval
 
     def summary(self, verb: str, where: str) -> str:
         """The closing line of a run: what was done, how fast, and what bound the speed."""
