@@ -1,7 +1,8 @@
 """The ``batchembed`` command: parse arguments, call the library, map errors to exit codes.
 
 Exit codes (``batchembed.exitcodes.ExitCode``): 0 success; 1 the job failed (config, input, auth, I/O,
-server refuses); 2 usage error; 3 finished but some rows are in ``_failed.parquet``; 75 batches still running
+server refuses); 2 usage error; 3 finished but some rows are in ``_failed.parquet``; 69 published but a sink is
+behind (``batchembed sync``); 75 batches still running
 (``run --no-wait``); 130/143 stopped
 by SIGINT/SIGTERM (resumable).
 """
@@ -64,6 +65,7 @@ def _epilog() -> str:
   batchembed search jobs/docs.toml "read a CSV file"   # the nearest rows: do the vectors make sense?
 
 exit codes: 0 done, 1 failed, 2 usage error, 3 done but some rows failed (_failed.parquet),
+69 published but a [[sink]] is behind (batchembed sync),
 75 batches still running at the provider (run --no-wait: run again later),
 130/143 stopped by a signal (run again to resume)
 
@@ -131,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="let a refresh remove more than output.max_removed of the output's rows (inputs really deleted)",
     )
     run.add_argument(
+        "--rebuild-table",
+        action="store_true",
+        help="first rebuild the Delta table's log from the manifest (a damaged log, or others' changes to undo); "
+        "the table's earlier versions are forgotten, no data file is deleted",
+    )
+    run.add_argument(
         "--accept-model-change",
         action="store_true",
         help="resume even though the server's model changed since the committed rows (the canary check)",
@@ -167,6 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "verify", "prove the output holds every input row exactly once", "batchembed verify jobs/docs.toml"
     )
     _job_arguments(verify)
+
+    sync = _command(
+        sub,
+        "sync",
+        "bring the job's [[sink]] tables (Postgres/pgvector, LanceDB) to the output's current version; embeds nothing",
+        "batchembed sync jobs/docs.toml",
+        "batchembed sync jobs/docs.toml --sink search.doc_vectors",
+    )
+    _job_arguments(sync)
+    sync.add_argument("--sink", metavar="TABLE", help="only the sink with this table (default: every sink)")
 
     plan = _command(
         sub,
@@ -249,7 +267,11 @@ def _stdout_closed() -> bool:
 
 
 def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> int:
-    """Run the chosen subcommand."""
+    """Run the chosen subcommand.
+
+    Each command imports what it needs here, not at the top: ``batchembed --help``, ``init`` and ``models``
+    stay fast (no pyarrow, aiohttp or onnxruntime), and a missing optional extra fails only the command
+    that needs it."""
     if args.command == "serve":
         try:
             from batchembed.serve import server as serve
@@ -277,6 +299,10 @@ def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> in
             import dataclasses
 
             job = dataclasses.replace(job, output=dataclasses.replace(job.output, max_removed=1.0))
+        if args.rebuild_table:
+            from batchembed.output.shared_table import rebuild_table
+
+            rebuild_table(job, lambda text: print(f"batchembed: {text}", file=sys.stderr, flush=True))
 
         return run_job(
             job,
@@ -298,16 +324,22 @@ def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> in
         from batchembed.search import search_command
 
         return search_command(job, args.text, args.k, args.where, args.json, transport)
+    if args.command == "sync":
+        from batchembed.sinks.sync import sync_command
+
+        return sync_command(job, args.sink)
     if args.command == "plan":
         from batchembed.plan.dry_run import plan
 
         price = args.price if args.price is not None else job.model.price_per_million_tokens
         return plan(job, as_json=args.json, price_per_million=price)
-    from batchembed.audit import verify as audit
-
     if args.command == "status":
-        return audit.status(job, as_json=args.json)
-    return audit.verify(job)
+        from batchembed.audit.status import status
+
+        return status(job, as_json=args.json)
+    from batchembed.audit.verify import verify
+
+    return verify(job)
 
 
 if __name__ == "__main__":

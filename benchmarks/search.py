@@ -100,12 +100,12 @@ def child(mode: str, out: str, k: int, dim: int) -> None:
     began = time.perf_counter()
     result: dict = {"mode": mode}
     if mode == "batchembed":  # each mode imports only what it uses: the peak RSS is its own
-        from batchembed.search.query import embed_query
+        from batchembed.search.query import query_for
         from batchembed.search.scan import nearest, open_table
 
         job = job_for(Path(out))
         table = open_table(job)
-        vector = embed_query(job, QUERY, table)
+        vector = query_for(job, QUERY, table)
         result["query_s"] = time.perf_counter() - began
         t = time.perf_counter()
         hits = nearest(table, vector, k)

@@ -27,7 +27,7 @@ class Azurite(ServerProcess):
 
     def start(self) -> Azurite:
         args = ["--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--location", self.dir, "--silent"]
-        self.launch([str(BINARY), *args, "--skipApiVersionCheck", "--loose"], "azurite", timeout=60)
+        self.launch([str(BINARY), *args, "--skipApiVersionCheck", "--loose"], "azurite")
         host = f"127.0.0.1:{self.port}"
         self.fs = pafs.AzureFileSystem(
             account_name=ACCOUNT,

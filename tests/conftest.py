@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,9 +31,9 @@ settings.load_profile("batchembed")
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# tests/servers/ run against a real third-party server that `make test-servers` starts (INFINITY_URL);
-# `make test` does not collect them at all, so the normal suite stays offline and has no skipped tests.
-collect_ignore = [] if os.environ.get("INFINITY_URL") else ["servers"]
+# tests/servers/ run against the real third-party servers that `make test-servers` starts (tests.servers.launch
+# names them in BATCHEMBED_SERVERS); `make test` does not collect them at all, so it stays offline and skips nothing.
+collect_ignore = [] if os.environ.get("BATCHEMBED_SERVERS") else ["servers"]
 
 
 def toml_value(value) -> str:
@@ -140,14 +141,30 @@ def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen
     )
 
 
-def hold_mid_run(
-    srv: FakeServer, job: Path, requests: int, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.Popen:
-    """Start ``batchembed run JOB --quiet``; once the server has seen ``requests`` requests, hold
-    every answer (requests stay in flight until ``srv.release()``) and return the running process."""
-    proc = start_cli("run", str(job), "--quiet", env=env)
-    srv.wait_for_requests(requests, timeout=timeout)
+def answer_until(srv: FakeProvider, condition, cap: int | None = None) -> int:
+    """With ``srv`` holding every request, answer them one at a time (oldest first) until ``condition``
+    holds, never more than ``cap`` (a run that needs more answers cannot finish meanwhile); the number
+    answered. The run moves only as far as the test lets it, however fast or slow the machine is;
+    pytest-timeout ends a test whose event never comes."""
+    answered = 0
+    while not condition():
+        if cap is not None and answered >= cap:  # enough answers: wait for what they lead to
+            while not condition():
+                time.sleep(0.05)
+            break
+        srv.wait_for_held(1, timeout=None)
+        srv.release(1)
+        answered += 1
+    return answered
+
+
+def hold_mid_run(srv: FakeServer, job: Path, requests: int, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``batchembed run JOB --quiet`` with every answer held, answer requests one at a time until the
+    server has seen ``requests`` of them, and return the running process (at least one request held:
+    in flight until ``srv.release()``)."""
     srv.hold()
+    proc = start_cli("run", str(job), "--quiet", env=env)
+    answer_until(srv, lambda: len(srv.requests) >= requests)
     return proc
 
 
@@ -156,23 +173,32 @@ def kill_held(proc: subprocess.Popen, srv: FakeServer) -> None:
 
     The kill waits until at least one request is parked by the hold, so the killed run always had a
     request unanswered (without it, every request in flight at ``hold()`` could be answered first)."""
-    srv.wait_for_held(1, timeout=60)
+    srv.wait_for_held(1, timeout=None)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.wait()
     srv.release()
     assert proc.returncode == -signal.SIGKILL
 
 
-def kill_mid_run(
-    srv: FakeServer, job: Path, requests: int, env: dict[str, str] | None = None, timeout: float = 60
-) -> None:
+def kill_mid_run(srv: FakeServer, job: Path, requests: int, env: dict[str, str] | None = None) -> None:
     """Run the job and SIGKILL it once the server has seen ``requests`` requests, with requests in flight."""
-    kill_held(hold_mid_run(srv, job, requests, env, timeout), srv)
+    kill_held(hold_mid_run(srv, job, requests, env), srv)
+
+
+def table_shards(out: Path) -> list[Path]:
+    """The shard files of an output a reader sees: the files of the Delta table's current version when it
+    has one (files a refresh replaced stay a while beside them, for readers of the previous version), else
+    every ``part-*.parquet`` (a first run not yet published), in shard order."""
+    if (out / "_delta_log").is_dir() and any((out / "_delta_log").glob("*.json")):
+        from deltalake import DeltaTable
+
+        return sorted(Path(uri) for uri in DeltaTable(str(out)).file_uris())
+    return sorted(out.glob("part-*.parquet"))
 
 
 def read_output(out: Path) -> pa.Table:
-    """All shards of an output directory, in shard order."""
-    shards = sorted(out.glob("part-*.parquet"))
+    """All shards of an output directory as a reader of its table sees them (``table_shards``), in shard order."""
+    shards = table_shards(out)
     return pa.concat_tables(pq.read_table(p) for p in shards) if shards else pa.table({})
 
 
@@ -264,6 +290,19 @@ def daily_files(tmp_path: Path, files: int, rows: int) -> tuple[Path, dict[int, 
         pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "text": texts}), src / f"f{f}.parquet")
         text_of.update(zip(ids, texts, strict=True))
     return src, text_of
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A real PostgreSQL 16 + pgvector on a Unix socket in a temp dir, for one test module (``tests.pgserver``)."""
+    pytest.importorskip("pgserver")
+    from tests.pgserver import Postgres
+
+    server = Postgres().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ class MotoServer(ServerProcess):
 
     def start(self) -> MotoServer:
         exe = Path(sys.executable).with_name("moto_server")
-        self.launch([str(exe), "-H", "127.0.0.1", "-p", str(self.port)], "moto_server", timeout=30)
+        self.launch([str(exe), "-H", "127.0.0.1", "-p", str(self.port)], "moto_server")
         import boto3
 
         self.client = boto3.client(
@@ -73,9 +73,20 @@ class MotoServer(ServerProcess):
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
 
+    def table_keys(self, bucket: str, prefix: str) -> list[str]:
+        """The keys of the files the Delta table at ``prefix`` names now, in shard order."""
+        from deltalake import DeltaTable
+
+        options = {**self.env(), "AWS_ALLOW_HTTP": "true"}
+        options.pop("AWS_EC2_METADATA_DISABLED")
+        uris = DeltaTable(f"s3://{bucket}/{prefix}", storage_options=options).file_uris()
+        return sorted(u.removeprefix(f"s3://{bucket}/") for u in uris)
+
     def read_output(self, bucket: str, prefix: str, ids_as_text: bool = False) -> pa.Table:
         """All shards under ``prefix``, in shard order (``ids_as_text``: CSV and Parquet inputs mixed)."""
         keys = [k for k in self.keys(bucket, prefix + "/") if k.rsplit("/", 1)[-1].startswith("part-")]
+        if self.keys(bucket, prefix + "/_delta_log/"):
+            keys = self.table_keys(bucket, prefix)  # replaced files stay a while beside the table's own
         tables = [pq.read_table(io.BytesIO(self.get(bucket, k))) for k in keys]
         if ids_as_text:
             tables = [

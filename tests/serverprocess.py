@@ -22,14 +22,14 @@ class ServerProcess:
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
-    def launch(self, cmd: list[str], name: str, timeout: float) -> None:
+    def launch(self, cmd: list[str], name: str) -> None:
         """Start ``cmd`` (output discarded) and wait until it accepts connections on ``port``.
 
-        Raises RuntimeError naming ``name`` if it exits first or does not listen within ``timeout`` s.
+        Raises RuntimeError naming ``name`` if it exits first. It is waited for however long a loaded
+        machine takes to start it (pytest-timeout ends a hang).
         """
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 return
@@ -37,10 +37,9 @@ class ServerProcess:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"{name} exited at start-up") from None
                 time.sleep(0.05)
-        raise RuntimeError(f"{name} did not open its port within {timeout:g} s")
 
     def stop(self) -> None:
         """Kill the server: its state is thrown away, so there is no need for a graceful exit."""
         if self.proc is not None:
             self.proc.kill()
-            self.proc.wait(timeout=30)
+            self.proc.wait()

@@ -43,7 +43,7 @@ def _state(pid: int) -> str:
 def test_a_killed_holder_not_yet_reaped_counts_as_dead_and_its_lease_is_taken_over(tmp_path, s3, srv):
     texts, env, job, bucket = _s3_job(tmp_path, s3, srv, seed=31, lease_seconds=600)
     holder = hold_mid_run(srv, job, 5, env=env)
-    srv.wait_for_held(1, timeout=60)
+    srv.wait_for_held(1, timeout=None)
     holder.send_signal(signal.SIGKILL)
     os.waitid(os.P_PID, holder.pid, os.WEXITED | os.WNOWAIT)  # dead, but its parent has not reaped it yet
     srv.release()
@@ -56,7 +56,7 @@ def test_a_killed_holder_not_yet_reaped_counts_as_dead_and_its_lease_is_taken_ov
 
         assert result.returncode == 0, result.stderr
     finally:
-        holder.wait(timeout=30)
+        holder.wait()
     table = s3.read_output(bucket, "out")
     assert table.column("id").to_pylist() == list(range(N))
     assert_vectors(table, dict(enumerate(texts)), 16)
@@ -87,7 +87,7 @@ def test_status_on_s3_names_the_run_holding_the_lease_now(tmp_path, s3, srv):
         verify = run_here(None, "verify", str(job), env=env)
     finally:
         srv.release()
-    assert proc.wait(timeout=120) == 0
+    assert proc.wait() == 0
 
     assert [(w["lease"], w["part"]) for w in doc["running"]] == [("_lease/job", None)]
     assert (

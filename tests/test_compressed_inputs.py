@@ -109,6 +109,8 @@ def test_a_truncated_file_is_named_and_what_was_committed_stays(tmp_path, fake, 
 
 
 def _one_error_line(result) -> str:
+    """The run's one error line; the only other lines allowed are the periodic progress lines a quiet run
+    writes every 10 s (a slow machine reaches one)."""
     assert result.returncode == 1, result.stdout + result.stderr
     lines = message_lines(result.stderr)
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr

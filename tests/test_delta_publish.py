@@ -118,7 +118,7 @@ def test_a_replace_commit_shows_the_new_shard_only_and_time_travel_the_old(tmp_p
     files = _entries(out)
     publish(str(out), None, files, tag=1)
     before = _vectors_by_id(DeltaTable(str(out)).to_pyarrow_table())
-    replacement = _rewrite(out, "part-00000.parquet", "part-00000-b.parquet")
+    replacement = _rewrite(out, "part-00000.parquet", "part-00000-0000000b.parquet")
 
     assert publish(str(out), None, [replacement, *files[1:]], tag=2) == 1
 
@@ -131,7 +131,7 @@ def test_a_replace_commit_shows_the_new_shard_only_and_time_travel_the_old(tmp_p
     assert _vectors_by_id(DeltaTable(str(out), version=0).to_pyarrow_table()) == before
     log = [json.loads(line) for line in (out / "_delta_log" / "00000000000000000001.json").read_text().splitlines()]
     assert [a["remove"]["path"] for a in log if "remove" in a] == ["part-00000.parquet"]
-    assert [a["add"]["path"] for a in log if "add" in a] == ["part-00000-b.parquet"]
+    assert [a["add"]["path"] for a in log if "add" in a] == ["part-00000-0000000b.parquet"]
 
 
 def test_the_same_publish_again_is_a_no_op(tmp_path, fake):
@@ -152,13 +152,13 @@ def test_files_written_but_not_published_stay_invisible(tmp_path, fake):
     publish(str(out), None, files, tag=1)
     seen = DeltaTable(str(out)).to_pyarrow_table()
     # a refresh wrote its replacement and died before publishing
-    replacement = _rewrite(out, "part-00001.parquet", "part-00001-b.parquet")
+    replacement = _rewrite(out, "part-00001.parquet", "part-00001-0000000b.parquet")
 
     again = DeltaTable(str(out)).to_pyarrow_table()
     assert DeltaTable(str(out)).version() == 0
     assert _vectors_by_id(again) == _vectors_by_id(seen)
     assert check_agrees(str(out), None, [files[0], replacement, files[2]]) == [
-        "part-00001-b.parquet is in the output but not in the Delta table (version 0)",
+        "part-00001-0000000b.parquet is in the output but not in the Delta table (version 0)",
         "part-00001.parquet is in the Delta table (version 0) but not in the output",
     ]
     # the rerun publishes: readers move to the new table at once
@@ -315,7 +315,7 @@ def test_the_readme_recipes_read_the_current_table_and_an_earlier_version(tmp_pa
     files = _entries(out)
     publish(str(out), None, files, tag=1)
     first = read_output(out)
-    now = [*files[:2], _rewrite(out, files[2].name, "part-00002-b.parquet")]
+    now = [*files[:2], _rewrite(out, files[2].name, "part-00002-0000000b.parquet")]
     publish(str(out), None, now, tag=2)  # the replaced shard is kept: time travel to version 0 reads it
     current = pa.concat_tables(pq.read_table(out / f.name) for f in now)
 
@@ -376,7 +376,7 @@ def test_publish_replace_and_read_on_s3(tmp_path, fake, s3, monkeypatch):
 
     assert publish(where, options, files, tag=1, metadata={"job": "s3"}) == 0
     assert publish(where, options, files, tag=1) == 0  # no-op
-    replacement = _rewrite(out, files[0].name, "part-00000-b.parquet")
+    replacement = _rewrite(out, files[0].name, "part-00000-0000000b.parquet")
     s3.put(bucket, f"out/{replacement.name}", (out / replacement.name).read_bytes())
     assert publish(where, options, [replacement, *files[1:]], tag=2) == 1
 
@@ -419,7 +419,7 @@ def test_readers_follow_the_log_across_checkpoints(tmp_path, fake, monkeypatch):
     out = _run(tmp_path, fake)
     files = _entries(out)
     publish(str(out), None, files, tag=1)
-    spare = _rewrite(out, files[0].name, "part-00000-b.parquet")
+    spare = _rewrite(out, files[0].name, "part-00000-0000000b.parquet")
     for tag in range(2, 15):  # 13 commits swapping shard 0 for its negated twin and back; the last names the twin
         publish(str(out), None, [spare if tag % 2 == 0 else files[0], *files[1:]], tag=tag)
     assert list((out / "_delta_log").glob("*.checkpoint.parquet"))
@@ -442,7 +442,7 @@ def test_readers_follow_the_log_across_checkpoints(tmp_path, fake, monkeypatch):
 def test_publish_replace_and_read_on_azure(tmp_path, fake, azurite, monkeypatch):
     out = _run(tmp_path, fake)
     files = _entries(out)
-    replacement = _rewrite(out, files[1].name, "part-00001-b.parquet")
+    replacement = _rewrite(out, files[1].name, "part-00001-0000000b.parquet")
     container = azurite.new_container()
     for f in [*files, replacement]:
         with azurite.fs.open_output_stream(f"{container}/out/{f.name}") as sink:
@@ -458,3 +458,25 @@ def test_publish_replace_and_read_on_azure(tmp_path, fake, azurite, monkeypatch)
     table = DeltaTable(f"az://{container}/out", storage_options=options).to_pyarrow_table()
     assert sorted(table.column("id").to_pylist()) == list(range(ROWS))
     assert table_files(where, options) == {f.name: f.size for f in [files[0], replacement, files[2]]}
+
+
+def test_a_run_opens_its_delta_table_once_per_publish(tmp_path, fake, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_parquet(data / "day0.parquet", make_texts(300))
+    job = job_for(tmp_path, fake, data, input={"path": str(data / "*.parquet"), "id": None})
+    opened = []
+    real_open = delta_module._open
+
+    def counted(uri, options, version=None):
+        opened.append(uri)
+        return real_open(uri, options, version)
+
+    monkeypatch.setattr(delta_module, "_open", counted)
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0
+    assert len(opened) == 1  # the first publish: one look (no table yet), then the create
+    write_parquet(data / "day1.parquet", make_texts(100, seed=5))
+    opened.clear()
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0
+    assert len(opened) == 1  # the refresh's publish reads the table once: its files and its commit
+    assert DeltaTable(str(tmp_path / "out")).version() == 1

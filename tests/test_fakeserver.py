@@ -290,14 +290,20 @@ def test_hold_release_and_wait_for_requests(srv):
     threads = [threading.Thread(target=worker, args=(f"t{i}",)) for i in range(3)]
     for t in threads:
         t.start()
-    srv.wait_for_requests(3, timeout=10)  # raises TimeoutError when fewer arrive
-    srv.wait_for_held(3, timeout=10)  # all three parked at the hold: none can be answered before release()
+    srv.wait_for_requests(3, timeout=None)  # raises TimeoutError when fewer arrive within a timeout
+    srv.wait_for_held(3, timeout=None)  # all three parked at the hold: none can be answered before release()
     assert srv.held == 3 and srv.in_flight == 3
     assert results == []
     assert all(r.status == 0 for r in srv.requests)
+    first = srv.requests[0].inputs
+    srv.release(1)  # the oldest one answered, the others still held
+    while not results:
+        time.sleep(0.01)
+    assert results == [200] and srv.held == 2
+    assert [r.inputs for r in srv.requests if r.status == 200] == [first]
     srv.release()
     for t in threads:
-        t.join(10)
+        t.join()
     assert results == [200, 200, 200]
     assert srv.max_in_flight == 3 and srv.in_flight == 0 and srv.held == 0
     with pytest.raises(TimeoutError):
@@ -310,10 +316,8 @@ def test_stop_with_held_requests_does_not_hang():
     thread = threading.Thread(target=lambda: embed(server, ["x"]), daemon=True)
     thread.start()
     server.wait_for_requests(1)
-    start = time.monotonic()
-    server.stop()
-    assert time.monotonic() - start < 5
-    thread.join(5)
+    server.stop()  # returns (a hang would be ended by pytest-timeout): the held request is dropped
+    thread.join()
 
 
 def test_aiohttp_keepalive_client_survives_resets_and_concurrency(srv):

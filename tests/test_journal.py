@@ -42,7 +42,7 @@ def _job(tmp_path, srv, src, rows: int, shard_rows: int, **sections):
 
 def _kill_mid_run(srv, job, new_requests: int) -> None:
     """Start the job, SIGKILL it once the server has seen ``new_requests`` more requests, held in flight."""
-    kill_mid_run(srv, job, len(srv.requests) + new_requests, timeout=120)
+    kill_mid_run(srv, job, len(srv.requests) + new_requests)
 
 
 def _report(tmp_path) -> dict:

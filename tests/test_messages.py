@@ -347,7 +347,7 @@ def test_a_refresh_says_how_many_shards_it_replaced_as_the_delta_log_does(tmp_pa
 
     result = run_here(fake, "run", str(job), "--quiet")
 
-    assert "published the refreshed table: 1 replaced shard removed from it" in result.stderr
+    assert "published the refreshed table: 1 replaced shard taken out of it" in result.stderr
     removes = [
         json.loads(line)["remove"]
         for line in (tmp_path / "out" / "_delta_log" / "00000000000000000001.json").read_text().splitlines()

@@ -10,7 +10,6 @@ import io
 import json
 import os
 import signal
-import subprocess
 import time
 
 import pyarrow as pa
@@ -97,13 +96,11 @@ def _assert_exactly_once_on_s3(s3, bucket, job, texts, env, prefix="out"):
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
-def _wait_for(condition, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
+def _wait_for(condition, what="condition"):
+    """Poll until ``condition`` holds (an object appears, a lease's time passes), however long a loaded
+    machine takes; pytest-timeout ends a test whose event never comes."""
+    while not condition():
         time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # ------------------------------------------------------------------------------------- inputs
@@ -187,8 +184,14 @@ def test_answers_of_a_killed_run_are_kept_as_journal_objects_and_not_bought_agai
     # one unit for the whole input: without the journal a kill would lose every answer so far
     texts, env, job = _s3_job(tmp_path, s3, bucket, srv, seed=11, output={"shard_rows": N})
     proc = hold_mid_run(srv, job, 10, env=env)
+
     # segments are put about once a second while the unit is in flight; each is an object written once
-    _wait_for(lambda: any(k.startswith("_journal/part-00000/") for k in _output_keys(s3, bucket)), what="a segment")
+    def journaled() -> int:
+        return json.loads(run_here(None, "status", str(job), "--json", env=env).stdout).get(
+            "rows_answered_uncommitted", 0
+        )
+
+    _wait_for(lambda: journaled() > 0, what="answers in a journal segment")
     kill_held(proc, srv)
     answered_before = len(srv.all_texts())
     srv.reset_records()
@@ -233,7 +236,7 @@ def test_second_concurrent_run_is_refused_naming_the_holder(tmp_path, s3, bucket
     assert second.returncode == 1
     assert f"pid {first.pid} on host" in second.stderr
     assert "started" in second.stderr and "lease valid until" in second.stderr
-    assert first.wait(timeout=120) == 0, first.stderr.read()
+    assert first.wait() == 0, first.stderr.read()
     _assert_exactly_once_on_s3(s3, bucket, job, texts, env)
 
 
@@ -241,8 +244,10 @@ def test_killed_holder_elsewhere_blocks_until_its_lease_expires_then_is_taken_ov
     texts, env, job = _s3_job(tmp_path, s3, bucket, srv, seed=9, lease_seconds=2)
     kill_mid_run(srv, job, 10, env=env)
     # make the dead holder look like a run on another machine: only the expiry can free its lease
+    # and valid for an hour, whatever time the steps below take on a loaded machine
     lease = json.loads(s3.get(bucket, "out/_lease/job.json"))
     lease["host"] = "worker-elsewhere-7"
+    lease["until"] = time.time() + 3600
     s3.put(bucket, "out/_lease/job.json", json.dumps(lease).encode())
 
     refused = run_here(srv, "run", str(job), "--quiet", env=env)
@@ -250,7 +255,8 @@ def test_killed_holder_elsewhere_blocks_until_its_lease_expires_then_is_taken_ov
     assert refused.returncode == 1
     assert f"pid {lease['pid']} on host worker-elsewhere-7" in refused.stderr
     assert time.strftime("%H:%M:%S", time.gmtime(lease["until"])) in refused.stderr
-    _wait_for(lambda: time.time() > lease["until"], timeout=10, what="the killed run's lease to expire")
+    lease["until"] = time.time() - 1  # the hour has passed: the lease has expired, nobody renewed it
+    s3.put(bucket, "out/_lease/job.json", json.dumps(lease).encode())
     result = run_here(srv, "run", str(job), "--quiet", env=env)
     assert result.returncode == 0, result.stderr
     _assert_exactly_once_on_s3(s3, bucket, job, texts, env)
@@ -258,26 +264,24 @@ def test_killed_holder_elsewhere_blocks_until_its_lease_expires_then_is_taken_ov
 
 def test_paused_holder_that_lost_its_lease_cannot_commit(tmp_path, s3, bucket, srv):
     texts, env, job = _s3_job(tmp_path, s3, bucket, srv, seed=10, lease_seconds=2)
+    # Not stepped by held answers like the other kill tests: a paused run whose held requests are
+    # answered while it is stopped puts a journal segment after its lease is gone (a stray object:
+    # see the report of issue 32), so this test keeps its timing-based pause.
     srv.latency = 0.02
     stale = start_cli("run", str(job), "--quiet", env=env)
     _wait_for(
         lambda: json.loads(s3.get(bucket, "out/_manifest.json") or b'{"shards": []}')["shards"],
-        timeout=60,
         what="a first committed shard",
     )
     stale.send_signal(signal.SIGSTOP)  # a long GC pause, a frozen VM: the run stops renewing its lease
     try:
         until = json.loads(s3.get(bucket, "out/_lease/job.json"))["until"]
-        _wait_for(lambda: time.time() > until, timeout=10, what="the paused run's lease to expire")
+        _wait_for(lambda: time.time() > until, what="the paused run's lease to expire")
         taker = run_here(srv, "run", str(job), "--quiet", env=env)
         assert taker.returncode == 0, taker.stderr
     finally:
         stale.send_signal(signal.SIGCONT)
-    try:
-        stale_rc = stale.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        stale.kill()
-        raise
+    stale_rc = stale.wait()
     stderr = stale.stderr.read()
     assert stale_rc == 1, stderr
     assert "no longer holds the output's lease" in stderr or "replaced by another run" in stderr, stderr
@@ -410,7 +414,7 @@ def test_azure_input_and_output_through_the_same_protocol(tmp_path, azurite, srv
     srv.release()
     assert refused.returncode == 1 and f"pid {holder.pid} on host" in refused.stderr
 
-    assert holder.wait(timeout=120) == 0, holder.stderr.read()
+    assert holder.wait() == 0, holder.stderr.read()
     shards = [k for k in azurite.keys(container, "out") if k.startswith("part-")]
     out = pa.concat_tables(pq.read_table(f"{container}/out/{k}", filesystem=azurite.fs) for k in shards)
     assert out.column("id").to_pylist() == list(range(N))
@@ -477,3 +481,26 @@ def test_refresh_in_a_bucket_buys_only_changed_texts_and_publishes_the_table_the
     assert_vectors(published, want, 16)
     verify = run_here(None, "verify", str(job), env=env)
     assert verify.returncode == 0, verify.stdout
+
+
+def test_one_store_client_serves_the_input_listing_and_every_commits_identity_check(
+    tmp_path, s3, bucket, fake, monkeypatch
+):
+    from batchembed.fs import buckets
+
+    made = []
+    real_connect = buckets.connect
+
+    def counted(where):
+        made.append(where.uri)
+        return real_connect(where)
+
+    monkeypatch.setattr(buckets, "connect", counted)
+    texts = make_texts(N, seed=9)
+    s3.put_table(bucket, "in9/a.parquet", pa.table({"id": pa.array(range(N), pa.int64()), "text": texts}))
+    job = _job(tmp_path, fake, f"s3://{bucket}/in9/a.parquet", str(tmp_path / "out"))
+    result = run_here(fake, "run", str(job), "--quiet", env=_env(s3))
+    assert result.returncode == 0, result.stderr
+    shards = json.loads((tmp_path / "out" / "_manifest.json").read_text())["shards"]
+    assert len(shards) >= 3  # an identity check (a HEAD of the input) before each of these commits
+    assert len(made) <= 1, made  # ...all through the client the listing made (or an earlier run's)

@@ -85,7 +85,7 @@ def test_orphaned_worker_of_a_killed_driver_cannot_write_into_the_output_a_new_r
     with environment(env):
         srv.hold()
         driver = start_cli("run", str(job), "--quiet", env=env)
-        srv.wait_for_held(1, timeout=60)  # admitted, manifest written, its canary in flight
+        srv.wait_for_held(1, timeout=None)  # admitted, manifest written, its canary in flight
         config = load_job(job)
         store = open_store(config)
         holder, _ = store.read_lock("_lease/job")
@@ -102,15 +102,15 @@ def test_orphaned_worker_of_a_killed_driver_cannot_write_into_the_output_a_new_r
 
         worker = threading.Thread(target=orphan, daemon=True)
         worker.start()
-        srv.wait_for_held(2, timeout=60)  # the worker is at work too (its canary is in flight)
+        srv.wait_for_held(2, timeout=None)  # the worker is at work too (its canary is in flight)
         driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=30)
+        driver.wait()
 
         new_run = run_here(fake, "run", str(job), "--quiet", env=env)
         assert new_run.returncode == 0, new_run.stderr
         committed = _shards(where, out, s3, bucket)
         srv.release()  # the orphan's answers arrive: it finishes its first unit and tries to commit it
-        worker.join(timeout=120)
+        worker.join()
 
         assert not worker.is_alive()
         assert isinstance(outcome.get("error"), LeaseLost), outcome

@@ -9,7 +9,9 @@ Each fenced block of README.md is one of:
   model on the sample data, ``.venv/bin`` as the README names it), in README order; what it prints is
   checked. A block marked ``sh needs=WHAT`` needs something the tests cannot have (an API key, a fixed
   port): its commands are still parsed by the real argparse and its ``make`` targets dry-run;
-* ``toml``: a job-file excerpt: every key must be a job-file key of the right type;
+* ``python runby=TEST``: run by ``tests/TEST.py`` against what it needs (the sinks' recipes: a real
+  Postgres and LanceDB); here it is checked that that test reads exactly this block;
+* ``toml``: a job-file excerpt: every key must be a job-file key of the right type (``[[sink]]`` too);
 * ``text``: what batchembed prints (messages, the output's files): the words of each message must be
   batchembed's, the file names the output's.
 
@@ -61,6 +63,10 @@ class Block:
     def needs(self) -> str | None:
         return next((m.split("=", 1)[1] for m in self.marks if m.startswith("needs=")), None)
 
+    @property
+    def run_by(self) -> str | None:
+        return next((m.split("=", 1)[1] for m in self.marks if m.startswith("runby=")), None)
+
     def __str__(self) -> str:
         return f"README.md:{self.line} ({self.kind})"
 
@@ -101,8 +107,20 @@ def test_toml_excerpts_hold_only_job_file_keys(block):
     raw = tomllib.loads(block.body)
     assert raw, block
     for section, values in raw.items():
+        if isinstance(values, list):  # an array of tables: [[sink]]
+            assert section in known_keys(JobConfig) and all(isinstance(v, dict) for v in values), block
+            from_mapping(JobConfig, {section: values}, "")  # every key of every table known, of its type
+            continue
         assert isinstance(values, dict), f"{block}: {section} is not a table"
         _check_table(section, values)
+
+
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b.run_by], ids=str)
+def test_blocks_run_by_another_test_are_the_ones_it_runs(block):
+    import importlib
+
+    module = importlib.import_module(f"tests.{block.run_by}")
+    assert block.body in module._recipes(), f"{block}: tests/{block.run_by}.py does not run this block"
 
 
 @functools.cache
@@ -255,7 +273,8 @@ def workspace_a(tmp_path_factory):
 
 
 def _python_blocks() -> list[Block]:
-    return [b for b in BLOCKS if b.kind == "python"]
+    """The python recipes this file runs (those marked ``runby=TEST`` are run by that test)."""
+    return [b for b in BLOCKS if b.kind == "python" and not b.run_by]
 
 
 def _run_python(block: Block, root: Path) -> tuple[dict, str]:
@@ -279,6 +298,16 @@ def test_python_recipes_read_only_the_tables_rows_with_the_models_dimension(work
     with_vectors = table.filter(table.column("embedding").is_valid()).column("id").to_pylist()
     checked = 0
     for block in _python_blocks():
+        if "optimize.compact" in block.body:  # maintenance by others: on a copy, the recipes after read this one
+            copy = root / "maintained"
+            shutil.copytree(root / "out/example", copy / "out/example", dirs_exist_ok=True)
+            scope, _ = _run_python(block, copy)
+            from deltalake import DeltaTable
+
+            assert scope["dt"].history()[0]["operation"] == "OPTIMIZE"  # (vacuum: nothing a week old to delete)
+            assert DeltaTable(str(copy / "out/example")).to_pyarrow_table().num_rows == rows
+            checked += 1
+            continue
         scope, printed = _run_python(block, root)
         if "df = pl.read_parquet" in block.body and "head(3)" in block.body:
             assert scope["df"].height == rows and str(scope["df"].schema["embedding"]) == "Array(Float32, shape=(384,))"

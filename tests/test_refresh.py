@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
+from batchembed.output.refresh import RETIRE_GRACE
 from tests.conftest import assert_vectors, job_for, make_texts, read_output, run_here
 
 SHARD = 100
@@ -54,6 +55,14 @@ def _expect(table, want: dict[int, str]):
     ids = table.column("id").to_pylist()
     assert sorted(ids) == sorted(want), "every current row exactly once"
     assert_vectors(table, want, 16)
+
+
+def _age_retired(out, seconds: float) -> None:
+    """Make the files a refresh took out of the table look retired ``seconds`` ago (no sleeping)."""
+    path = out / "_manifest.json"
+    doc = json.loads(path.read_text())
+    doc["retired"] = [[name, at - seconds] for name, at in doc["retired"]]
+    path.write_text(json.dumps(doc))
 
 
 def _delta_rows(out) -> pa.Table:
@@ -111,15 +120,20 @@ def test_changed_rows_are_rebought_and_moved_rows_are_reused(tmp_path, fake, day
     fresh = {new_texts[i] for i in ids[:10]} | set(texts[900:905])
     assert sorted(bought) == sorted(fresh)  # moved rows reused from the output, not bought
     want = {**dict(enumerate(texts[:250])), **new_texts}
-    _expect(read_output(out), want)  # the glob is the current table once the run is done
+    _expect(read_output(out), want)  # the table's files are the current table once the run is done
     table = DeltaTable(str(out))
     assert table.version() == v0 + 1
     _expect(table.to_pyarrow_table(), want)
     replaced = set(DeltaTable(str(out), version=v0).file_uris()) - set(table.file_uris())
-    assert replaced and not any(os.path.exists(p) for p in replaced)  # replaced files deleted once published
+    assert replaced and all(os.path.exists(p) for p in replaced)  # kept for readers of version v0
     report = json.loads((out / "_report.json").read_text())
     assert report["rows"]["removed"] == 250 and report["rows"]["reused_from_output"] == 220
     assert run_here(None, "verify", str(job)).returncode == 0
+
+    _age_retired(out, seconds=RETIRE_GRACE)
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0  # nothing to do: it sweeps
+    assert not any(os.path.exists(p) for p in replaced)  # deleted by a later run, once their grace is over
+    assert sorted(p.name for p in out.glob("part-*.parquet")) == sorted(os.path.basename(u) for u in table.file_uris())
 
 
 def test_removed_file_leaves_the_output_and_unchanged_files_are_not_read(tmp_path, fake, days, monkeypatch):
@@ -271,3 +285,53 @@ def test_plan_and_status_show_the_refresh_before_it_is_spent(tmp_path, fake, day
     fake.reset_records()
     assert run_here(fake, "run", str(job), "--quiet").returncode == 0
     assert len(fake.received_texts()) == 25  # what the plan said: 20 new rows + 5 edited texts
+
+
+def test_a_run_reads_the_manifest_once_at_its_start(tmp_path, fake, days, monkeypatch):
+    from batchembed.output.store.local import LocalStore
+
+    data, texts = days
+    job = _job(tmp_path, fake, data)
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0
+    reads = []
+    real_read = LocalStore.read_manifest
+
+    def counted(self):
+        reads.append(self.manifest_name)
+        return real_read(self)
+
+    monkeypatch.setattr(LocalStore, "read_manifest", counted)
+    _write(data / "day2.parquet", list(range(500, 600)), texts[500:600])
+    result = run_here(fake, "run", str(job), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert reads.count("_manifest.json") == 1  # before the lock, for the known rows; `open` reuses it
+    reads.clear()
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0  # nothing changed
+    assert reads.count("_manifest.json") == 1
+
+
+def test_a_manifest_replaced_between_the_first_read_and_the_lock_is_read_again(tmp_path, fake, days, monkeypatch):
+    from batchembed.output.commit import JobOutput
+    from batchembed.output.store.local import LocalStore
+
+    data, _texts = days
+    job = _job(tmp_path, fake, data)
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0
+    manifest = tmp_path / "out" / "_manifest.json"
+    doc = json.loads(manifest.read_text())
+    real_acquire = JobOutput.acquire
+
+    def another_writer_first(self, restart):
+        real_acquire(self, restart)
+        doc["created"] = "replaced by another run"  # a run that committed between our first read and our lock
+        tmp = manifest.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(manifest)
+
+    reads = []
+    real_read = LocalStore.read_manifest
+    monkeypatch.setattr(LocalStore, "read_manifest", lambda self: reads.append(1) or real_read(self))
+    monkeypatch.setattr(JobOutput, "acquire", another_writer_first)
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0
+    assert len(reads) == 2  # the stamp changed: `open` read the manifest again
+    assert json.loads(manifest.read_text())["created"] == "replaced by another run"

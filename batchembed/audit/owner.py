@@ -13,6 +13,10 @@ from typing import Any
 
 from batchembed.job.config import JobConfig
 from batchembed.job.fingerprint import describe_changes, job_fingerprint
+from batchembed.job.resolved import resolve
+from batchembed.run.assemble import build_counter, build_task
+from batchembed.stats import Stats
+from batchembed.tasks.memo import VectorMemo
 
 #: The fingerprint's record of the input files (not a setting: compared elsewhere).
 _INPUTS = "files"
@@ -20,11 +24,6 @@ _INPUTS = "files"
 
 def run_fingerprint(job: JobConfig) -> dict[str, Any]:
     """The fingerprint ``run`` records for ``job``, without its input files (``run``'s own function)."""
-    from batchembed.job.resolved import resolve
-    from batchembed.run.assemble import build_counter, build_task
-    from batchembed.stats import Stats
-    from batchembed.tasks.memo import VectorMemo
-
     resolved = resolve(job)
     memo = None if resolved.is_rerank else VectorMemo(0)  # nothing is embedded: an empty memo
     task = build_task(resolved, None, build_counter(resolved), stats=Stats(), memo=memo)

@@ -8,8 +8,12 @@ split output has. These are read here, cheaply (the lock/lease files, one listin
 
 from __future__ import annotations
 
+from batchembed.errors import OutputError
+from batchembed.job.config import JobConfig
 from batchembed.output.layout import FAILED_FILE, MANIFEST, TRUNCATED_FILE
 from batchembed.output.manifest import Manifest
+from batchembed.output.parts import load_whole
+from batchembed.output.store import open_store
 from batchembed.output.store.base import OutputStore
 from batchembed.output.store.holders import Writer, describe_writers, live_writers
 from batchembed.output.store.listing import listed_sizes
@@ -68,3 +72,12 @@ def still_running(writers: list[Writer]) -> str:
         f"the job is still running ({describe_writers(writers)}): rows it has not committed yet are missing "
         "for now; run verify again once it has finished"
     )
+
+
+def load_output(job: JobConfig) -> tuple[OutputStore, Manifest]:
+    """The output store and its manifest (every ``--shard`` part's, merged), read without taking a lock."""
+    out = open_store(job)
+    manifest, _ = load_whole(out)
+    if manifest is None:
+        raise OutputError(f"{out.uri}: no batchembed output here yet (no {MANIFEST})")
+    return out, manifest

@@ -1,185 +1,55 @@
-"""``batchembed status`` and ``batchembed verify``: read an output directory, never write it.
+"""``batchembed verify``: prove an output exactly-once from first principles, reading it, never writing it.
 
-``verify`` proves exactly-once from first principles rather than trusting the manifest: the
-recorded ranges of every input file must tile it with no gap or overlap, every shard must match
-its recorded checksum, and the ids in each shard must be exactly the input ids of its range (in
-order) minus the rows listed as failed; retry shards must hold exactly the failed rows they resolve.
+``verify`` does not trust the manifest: the recorded ranges of every input file must tile it with no
+gap or overlap, every shard must match its recorded checksum, and the ids in each shard must be exactly
+the input ids of its range (in order) minus the rows listed as failed; retry shards must hold exactly the
+failed rows they resolve; the Delta table must equal the manifest's shards.
 """
 
 from __future__ import annotations
-
-import json
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchembed.audit.owner import another_job, job_differences
-from batchembed.audit.state import OutputNow, files_line, running_line, still_running
-from batchembed.audit.vectors import vector_lines, vector_status
+from batchembed.audit.state import OutputNow, load_output, still_running
+from batchembed.audit.status import describe_freshness, freshness
+from batchembed.audit.table_check import compacted_missing, read_state, table_problems
 from batchembed.errors import OutputError
 from batchembed.exitcodes import ExitCode
 from batchembed.human import plural
 from batchembed.input.discover import discover
 from batchembed.input.files import SourceFile
-from batchembed.input.read import iter_batches
-from batchembed.input.units import planned_units
+from batchembed.input.read import columns_of, iter_batches
+from batchembed.input.row_ids import id_text, input_ids
 from batchembed.job.config import JobConfig
-from batchembed.job.fingerprint import fingerprint_hash
 from batchembed.output.input_diff import diff_inputs
-from batchembed.output.journal.recovery import answered
-from batchembed.output.journal.segments import journal_store
-from batchembed.output.layout import SUCCESS
-from batchembed.output.manifest import Manifest, check_file
-from batchembed.output.store import open_store, storage_options
-from batchembed.output.store.base import OutputStore
-from batchembed.tasks.ids import generated_ids, id_column_name
-
-
-def _load(job: JobConfig) -> tuple[OutputStore, Manifest]:
-    """The output store and its manifest (every ``--shard`` part's, merged), read without taking a lock."""
-    from batchembed.output.parts import load_whole
-
-    out = open_store(job)
-    manifest, _ = load_whole(out)
-    if manifest is None:
-        raise OutputError(f"{out.uri}: no batchembed output here yet (no _manifest.json)")
-    return out, manifest
-
-
-def status(job: JobConfig, as_json: bool = False) -> int:
-    """Print done/total rows and shards, failed rows, tokens, completeness. Exit 0."""
-    out, manifest = _load(job)
-    sources = discover(job.input.path, storage_options(job))
-    total_rows = None if any(s.rows is None for s in sources) else sum(s.rows for s in sources)
-    shard_rows = job.output.shard_rows
-    total_shards = (
-        None if total_rows is None else planned_units([s.rows for s in sources], shard_rows, not job.is_rerank)
-    )
-    failed = manifest.unresolved_rows(out)
-    uncommitted_rows, uncommitted_tokens = _answered_uncommitted(out, manifest)
-    differences = job_differences(job, manifest.fingerprint)
-    now = OutputNow(out)
-    damaged = now.damaged(manifest)
-    doc: dict[str, Any] = {
-        "output": out.uri,
-        "complete": manifest.complete and SUCCESS in now.sizes and not differences and not damaged,
-        "rows_done": manifest.rows(),
-        "rows_total": total_rows,
-        "shards_done": sum(1 for s in manifest.shards if s.kind in ("range", "files")),
-        "shards_total": total_shards,
-        "retry_shards": sum(1 for s in manifest.shards if s.kind == "retry"),
-        "failed_rows": failed,
-        "failed_files": now.failed_files(),
-        "rows_answered_uncommitted": uncommitted_rows,
-        "truncated_rows": manifest.truncated(),
-        "truncated_files": now.truncated_files(),
-        "served_model": manifest.server.get("served_model"),
-        "tokens": manifest.tokens(),
-        "tokens_uncommitted": uncommitted_tokens,
-        "same_job": not differences,
-        "job_differences": differences,
-        **_freshness(manifest, sources),
-        "running": [{"lease": w.lease, "holder": w.who, "part": w.part} for w in now.writers],
-        "damaged": damaged,
-        **vector_status(job, manifest),
-    }
-    from batchembed.run.batch.cancel import batch_status, print_batch_status
-
-    batches = batch_status(out)
-    if batches is not None:
-        doc["batches"] = batches
-    if as_json:
-        print(json.dumps(doc, indent=2))
-        return ExitCode.OK
-    of = lambda x: f" of {x:,}" if x is not None else ""  # noqa: E731
-    print(f"output:   {out.uri}")
-    print(f"state:    {_state(doc['complete'], manifest.complete, differences)}")
-    if differences:
-        print(f"warning:  {another_job(differences)}")
-    for problem in damaged:
-        print(f"damaged:  {problem} (`run` and `verify` refuse it; --restart starts over)")
-    print(running_line(now.writers))
-    print(f"rows:     {doc['rows_done']:,}{of(total_rows)} in shards")
-    print(f"shards:   {doc['shards_done']:,}{of(total_shards)} (+{plural(doc['retry_shards'], 'retry shard')})")
-    print(files_line("failed:", failed, doc["failed_files"], "_failed"))
-    if doc["rows_answered_uncommitted"]:
-        print(
-            f"journal:  {doc['rows_answered_uncommitted']:,} rows answered but not yet in a committed shard "
-            "(a resume reads them back instead of paying for them again)"
-        )
-    print(files_line("cut:", doc["truncated_rows"], doc["truncated_files"], "_truncated", " cut to fit"))
-    if doc["served_model"]:
-        print(f"model:    {doc['served_model']} (as the server named it)")
-    print(_tokens_line(doc["tokens"], uncommitted_tokens))
-    for line in vector_lines(doc, len(manifest.shards)):
-        print(line)
-    print(f"inputs:   {_describe_freshness(doc)}")
-    if batches is not None:
-        print_batch_status(batches)
-    return ExitCode.OK
-
-
-def _state(complete: bool, written: bool, differences: list[str]) -> str:
-    """The ``state:`` line: another job's complete output is complete, for the job that wrote it."""
-    done = written if differences else complete
-    return ("complete" if done else "incomplete") + (" (written by another job: see below)" if differences else "")
-
-
-def _freshness(manifest: Manifest, sources: list[SourceFile]) -> dict[str, Any]:
-    """Whether the output is up to date with the input files (what a run would refresh)."""
-    diff = diff_inputs(manifest, sources)
-    pending = bool(diff.added or diff.changed or diff.removed or manifest.retiring)
-    return {"up_to_date": not pending and manifest.complete, "inputs": diff.summary()}
-
-
-def _describe_freshness(doc: dict[str, Any]) -> str:
-    counts = doc["inputs"]
-    if doc["up_to_date"]:
-        return f"up to date with its {plural(counts['files_unchanged'], 'input file')}"
-    changes = ", ".join(
-        f"{counts['files_' + k]:,} {k}" for k in ("added", "changed", "removed") if counts["files_" + k]
-    )
-    if not changes:
-        return "not complete yet: `run` resumes it"
-    return f"not up to date: {changes} since it was written; `run` refreshes it"
-
-
-def _answered_uncommitted(out: OutputStore, manifest: Manifest) -> tuple[int, int]:
-    """Rows the journals of units not yet committed hold answers for, and the tokens paid for them."""
-    store = journal_store(out)
-    committed = {s.unit_name for s in manifest.shards}
-    fingerprint = fingerprint_hash(manifest.fingerprint)
-    found = [answered(store, unit, fingerprint) for unit in store.units() if unit not in committed]
-    return sum(rows for rows, _ in found), sum(tokens for _, tokens in found)
-
-
-def _tokens_line(committed: int, uncommitted: int) -> str:
-    """Tokens where they were bought: every run's purchases for the committed shards (a resumed unit's
-    shard counts what its killed runs paid for the answers its journal kept), plus those in journals."""
-    line = f"tokens:   {committed:,} paid for the committed shards (by every run, killed ones included)"
-    if uncommitted:
-        line += f"; {uncommitted:,} more for answers not yet in a shard"
-    return line
+from batchembed.output.manifest import Manifest
+from batchembed.output.opening import check_file
+from batchembed.output.store import storage_options
+from batchembed.sinks.audit import verify_lines
+from batchembed.tasks.ids import id_column_name
 
 
 def verify(job: JobConfig) -> int:
     """Check the output holds every input row exactly once; print a report; exit 0 or 1."""
-    out, manifest = _load(job)
+    out, manifest = load_output(job)
     problems: list[str] = []
     if differences := job_differences(job, manifest.fingerprint):
         problems.append(another_job(differences))
     if writers := OutputNow(out).writers:
         problems.append(still_running(writers))
-    bad: set[str] = set()
+    table = read_state(out, manifest)
+    bad: set[str] = compacted_missing(out, table)  # their rows are checked in the files others compacted them into
     for rec in manifest.shards:
         try:
-            check_file(out, rec.name, rec.size, rec.sha256)
+            if rec.name not in bad:
+                check_file(out, rec.name, rec.size, rec.sha256)
         except OutputError as exc:
             problems.append(str(exc))
             bad.add(rec.name)
-    sources = {s.name: s for s in discover(job.input.path, storage_options(job))}
+    sources = {s.name: s for s in discover(job.input.path, storage_options(job), identity=job.input.identity)}
     id_col = id_column_name(job)
     failed_rows: dict[str, pa.Table] = {}
     for rec in manifest.shards:
@@ -221,7 +91,8 @@ def verify(job: JobConfig) -> int:
         if len(dup):
             problems.append(f"{len(dup)} ids appear more than once in the output, e.g. {dup[0]['values']}")
     outstanding = sum(t.num_rows for f, t in failed_rows.items() if f not in set(manifest.resolved))
-    problems += _table_problems(out, manifest, list(sources.values()))
+    problems += _input_problems(manifest, list(sources.values()))
+    problems += table_problems(out, manifest, job, sources, table)
     print(
         f"checked {plural(len(manifest.shards), 'shard')}, {plural(checked_rows, 'row')} against "
         f"{plural(len(sources), 'input file')}"
@@ -230,28 +101,24 @@ def verify(job: JobConfig) -> int:
         problems.append(
             f"{plural(outstanding, 'row')} failed and are only in _failed.parquet (run again to retry them)"
         )
+    sink_ok, sink_problems = verify_lines(job)
+    problems += sink_problems
     if problems:
         for p in problems:
             print(f"FAIL: {p}")
         return ExitCode.FAILED
     print("OK: every input row is in the output exactly once, with a well-formed vector column")
+    for line in sink_ok:
+        print(line)
     return ExitCode.OK
 
 
-def _table_problems(out: OutputStore, manifest: Manifest, sources: list[SourceFile]) -> list[str]:
-    """The Delta table and the manifest must agree once a run has finished; the inputs must be the ones
-    the output was made from."""
-    problems = []
+def _input_problems(manifest: Manifest, sources: list[SourceFile]) -> list[str]:
+    """The inputs must be the ones the output was made from."""
     diff = diff_inputs(manifest, sources)
-    if diff.added or diff.changed or diff.removed:
-        problems.append(
-            f"the inputs changed since the output was written ({_describe_freshness(_freshness(manifest, sources))})"
-        )
-    if manifest.complete and not manifest.retiring:
-        from batchembed.output.publish.table import table_disagreements
-
-        problems += [f"Delta table: {p}" for p in table_disagreements(out, manifest.shards)]
-    return problems
+    if diff.added or diff.changed or diff.grown or diff.removed:
+        return [f"the inputs changed since the output was written ({describe_freshness(freshness(manifest, sources))})"]
+    return []
 
 
 def _count_rows(src: SourceFile) -> int:
@@ -260,29 +127,7 @@ def _count_rows(src: SourceFile) -> int:
 
 
 def _first_column(src: SourceFile) -> str:
-    from batchembed.input.read import columns_of
-
     return (columns_of(src) or ["_"])[0]
-
-
-def _expected_ids(src: SourceFile, job: JobConfig, start: int, end: int) -> pa.Array:
-    if job.input.id:
-        parts = []
-        pos = start
-        for batch in iter_batches(src, [job.input.id], start):
-            take = min(batch.num_rows, end - pos)
-            parts.append(batch.column(0).slice(0, take))
-            pos += take
-            if pos >= end:
-                break
-        return pa.concat_arrays([id_text(p) for p in parts]) if parts else pa.array([], pa.string())
-    return generated_ids(src.name, np.arange(start, end, dtype=np.int64))
-
-
-def id_text(ids: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-    """Ids by their text form, as the id check (``inputcheck``) compares them: CSV text ids, Parquet
-    integer ids, ``string`` and ``large_string`` columns all meet as ``string`` (42 and "42" are one id)."""
-    return ids if ids.type == pa.string() else pc.cast(ids, pa.string())
 
 
 def _check_vectors(table: pa.Table, column: str, name: str, problems: list[str]) -> None:
@@ -301,7 +146,7 @@ def _check_vectors(table: pa.Table, column: str, name: str, problems: list[str])
 def _check_range(out, rec, src, job, id_col, failed_rows, problems) -> int:
     table = out.read_table(rec.name)
     _check_vectors(table, job.output.column, rec.name, problems)
-    expected = _expected_ids(src, job, rec.start, rec.end)
+    expected = input_ids(src, job.input.id, rec.start, rec.end)
     if rec.failed_file in failed_rows:
         failed = failed_rows[rec.failed_file].column("row").to_numpy()
         keep = ~np.isin(np.arange(rec.start, rec.end), failed)
@@ -325,7 +170,7 @@ def _check_files(out, rec, sources, job, id_col, failed_rows, problems) -> int:
         if name not in sources:
             problems.append(f"{rec.name}: holds rows of {name}, which is no longer an input")
             return table.num_rows
-        expected = _expected_ids(sources[name], job, 0, rows)
+        expected = input_ids(sources[name], job.input.id, 0, rows)
         if failed is not None:
             mine = pc.equal(failed.column("file"), name).to_numpy(zero_copy_only=False)
             dropped = failed.column("row").to_numpy()[mine]

@@ -10,7 +10,7 @@ either its old version or its complete new one, never a torn mix:
 4. the directory is fsynced (the rename itself survives a power loss).
 
 If writing fails, the temp file is removed. The temp name is fixed (``NAME.tmp``), not random, so
-the orphan sweep (``checkpoint.remove_orphans``) recognises a temp file a killed run left behind.
+the orphan sweep (``opening.remove_orphans``) recognises a temp file a killed run left behind.
 Object stores need none of this: a PUT is atomic, and they keep their own semantics.
 """
 

@@ -2,8 +2,9 @@
 
 A job run from cron or a Makefile in another directory reads its relative paths from *that*
 directory; a message that shows only ``data/docs`` hides the mistake. ``shown`` (from ``faults``, which
-shows a machine fault's path the same way) adds the absolute path a relative one resolved to. ``check_output_path`` refuses, before anything is read or sent, an output
-path that is (or lies under) a regular file: batchembed writes a directory there.
+shows a machine fault's path the same way) adds the absolute path a relative one resolved to.
+``check_output_path`` refuses, before anything is read or sent, an output path that is (or lies under) a
+regular file: batchembed writes a directory there.
 """
 
 from __future__ import annotations

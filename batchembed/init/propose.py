@@ -1,6 +1,6 @@
 """``batchembed init INPUT``: a commented job file for the user's own data, which ``plan`` and ``run`` take as is.
 
-It reads the first rows of the input the way a run reads them (``sources``: every format a run
+It reads the first rows of the input the way a run reads them (``input.read``: every format a run
 reads, so a new input format needs nothing here), proposes the text column (the one named, else the
 longest text column on the sample), an id column (the one named, else one unique on the sample), the
 model (the local one by default: it runs offline at once) and an output path, and writes every other
@@ -25,8 +25,9 @@ from batchembed.input.discover import discover
 from batchembed.input.files import SourceFile
 from batchembed.input.read import columns_of, iter_batches
 from batchembed.job import catalog
-from batchembed.job.config import JobConfig, text_fields
+from batchembed.job.config import JobConfig
 from batchembed.job.resolved import PROVIDERS
+from batchembed.job.templates import text_fields
 from batchembed.suggest import did_you_mean
 
 #: Rows read to propose the text and id columns.

@@ -26,7 +26,8 @@ from batchembed.input.files import SourceFile
 from batchembed.input.jsonl import field_type
 from batchembed.input.parquet import arrow_schema
 from batchembed.input.read import columns_of, iter_batches
-from batchembed.job.config import JobConfig, text_fields
+from batchembed.job.config import JobConfig
+from batchembed.job.templates import text_fields
 
 #: Hashes kept in memory before spilling to bucket files (8 bytes each: 256 MB).
 DIGESTS_IN_MEMORY = 32_000_000
@@ -141,8 +142,8 @@ def _id_batches(sources: list[SourceFile], column: str):
     parts: list[tuple[SourceFile, int, pa.Array]] = []
     held = 0
     for src in sources:
-        pos = 0
-        for batch in iter_batches(src, [column], 0, _SCAN_ROWS):
+        pos = src.tail[0] if src.tail else 0  # a grown file: its held rows' ids come from the output
+        for batch in iter_batches(src, [column], pos, _SCAN_ROWS):
             ids = batch.column(0)
             parts.append((src, pos, ids if pa.types.is_string(ids.type) else pc.cast(ids, pa.string())))
             pos += batch.num_rows

@@ -31,21 +31,21 @@ from batchembed.input.units import (
     key_changes,
     shard_name,
     small_limit,
+    tiled_end,
     units_in,
+    with_tail,
 )
 
-
-def _tiled_end(committed: dict[int, CommittedRange], start: int = 0) -> int:
-    """Follow committed ranges from ``start`` while they are contiguous; return where they stop."""
-    pos = start
-    while pos in committed and committed[pos].end > pos:
-        pos = committed[pos].end
-    return pos
+#: Rows per chunk: the grain of text building, token counting and dedup (a run and ``plan`` read alike).
+CHUNK_ROWS = 4096
 
 
 def file_done(source: SourceFile, committed: dict[int, CommittedRange]) -> bool:
-    """Whether committed ranges cover the whole file (its last unit recorded reaching the end of file)."""
-    end = _tiled_end(committed)
+    """Whether committed ranges cover the whole file (its last unit recorded reaching the end of file, and
+    the file did not grow since)."""
+    end = tiled_end(committed)
+    if with_tail(source, committed).tail is not None:
+        return False
     if any(r.eof and r.end == end for r in committed.values()):
         return True
     return source.rows is not None and end == source.rows
@@ -91,9 +91,10 @@ def iter_chunks(
     taken = {s.unit_name for s in manifest.shards}
     counted: set[str] = set()
     pack = _Packer(shard_rows, chunk_rows, taken)
-    base = first_ordinal  # a refresh generation names its units from its own range (refresh.py)
+    base = first_ordinal  # a refresh generation names its units from its own range (``output.input_diff``)
     for src in sources:
         committed = {r.start: r for r in manifest.ranges_of(src.name)}
+        src = with_tail(src, committed)  # a grown file is read from where its committed rows end
         if file_done(src, committed):
             yield from pack.close()
             fresh = {r.name for r in committed.values()} - counted
@@ -104,7 +105,7 @@ def iter_chunks(
             yield from pack.close()
             base = yield from own_units(src, committed, base, shard_rows, chunk_rows, columns, wanted)
             continue
-        first = _tiled_end(committed)
+        first = tiled_end(committed)
         reader = iter_batches(src, columns, first, chunk_rows)
         if pack_small_files and not committed:
             table, reader = _read_if_small(src, reader, small_limit(shard_rows))
@@ -114,12 +115,16 @@ def iter_chunks(
                     yield from chunks
                 continue
         yield from pack.close()
+        # a small file packed with others that grew since: its packed unit was counted by an earlier file
+        names = {r.name for r in committed.values()}
+        already = len(names & counted)
+        counted |= names
         batches = _offsets(reader, first)
         if group_key:
             batches = _group_aligned(batches, group_key)
-        walk = _Walk(src, committed, base, shard_rows, chunk_rows, group_key, first)
+        walk = _Walk(src, committed, base - already, shard_rows, chunk_rows, group_key, first)
         yield from walk.chunks(batches)
-        base += walk.index
+        base += walk.index - already
     yield from pack.close()
 
 

@@ -47,10 +47,16 @@ def text_stream(source: SourceFile):
     return io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
 
 
-def _open_csv(source: SourceFile, columns: list[str], header: list[str], block_size: int):
+def _open_csv(source: SourceFile, columns: list[str], header: list[str], block_size: int, offset: int = 0):
+    """pyarrow's streaming reader over the file, or over its bytes from ``offset`` on (a grown file's new
+    records: the header is given, not read)."""
+    if offset:
+        stream, options = source.open_from(offset), pacsv.ReadOptions(block_size=block_size, column_names=header)
+    else:
+        stream, options = source.open_stream(), pacsv.ReadOptions(block_size=block_size)
     return pacsv.open_csv(
-        source.open_stream(),
-        read_options=pacsv.ReadOptions(block_size=block_size),
+        stream,
+        read_options=options,
         # quoted newlines are part of a value: records, not lines, are rows
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
@@ -66,14 +72,16 @@ def csv_batches(source: SourceFile, columns: list[str], start_row: int):
 
     Committed rows are skipped by record count on the parsed batches (whole batches dropped, the
     first kept one sliced), never by physical lines. A row larger than the block is retried with a
-    bigger block, resuming after the rows already yielded.
+    bigger block, resuming after the rows already yielded. A file that grew after the rows the output
+    holds (``SourceFile.tail``) is read from the byte where they end when none of them is wanted.
     """
     header = read_header(source)
     block = CSV_BLOCK
-    pos = 0  # records passed so far (yielded or skipped)
+    first, offset = source.reading_from(start_row)
+    pos = first  # records passed so far (yielded or skipped)
     while True:
         try:
-            for batch in _open_csv(source, columns, header, block):
+            for batch in _open_csv(source, columns, header, block, offset):
                 end = pos + batch.num_rows
                 if end <= start_row:
                     pos = end
@@ -86,12 +94,14 @@ def csv_batches(source: SourceFile, columns: list[str], start_row: int):
             return
         except pa.ArrowInvalid as exc:
             text = str(exc)
+            if offset and "Empty CSV file" in text:
+                return  # it grew by blank lines only: no record
             if "straddl" in text:
                 if block >= CSV_MAX_BLOCK:
                     raise InputError(csv_row_too_large(source, pos)) from None
                 block = min(block * 4, CSV_MAX_BLOCK)
                 start_row = max(start_row, pos)
-                pos = 0
+                pos = first
                 continue
             raise InputError(explain_csv_error(source, text)) from None
 

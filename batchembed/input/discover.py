@@ -1,6 +1,7 @@
 """Finding the input files: a file, directory or glob (local, or a bucket URI) expanded into the sorted
 ``SourceFile`` list a run reads, with Parquet row counts (from the footer, or from the output's manifest for
-a file it already holds whole and that has not changed)."""
+a file it already holds whole and that has not changed) and, for ``input.identity = "content"``, the digest
+of each local file's bytes."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pyarrow.parquet as pq
 from batchembed.errors import InputError
 from batchembed.fs.location import INPUT_KINDS, Location, StorageOptions, first_line, input_kind, list_files, locate
 from batchembed.fs.paths import shown
+from batchembed.input.digest import MEMO
 from batchembed.input.files import FileCache, SourceFile
 from batchembed.input.identity import known_rows_of, object_etags
 
@@ -25,13 +27,15 @@ def discover(
     cache: FileCache | None = None,
     known: dict | None = None,
     field: str = "input.path",
+    identity: str = "metadata",
 ) -> list[SourceFile]:
     """Expand a file, directory or glob (local, or a URI such as ``s3://b/data/*.parquet``) into the
     sorted list of input files it names (see ``location.input_kind``: Parquet, CSV, JSON Lines). With a
     run's ``cache``, small files are read once: the opens that follow (checks, reading) are served from
     memory. ``known`` (name -> (identity, rows)) gives the row counts of files the output already holds
     whole: such a file, unchanged, is listed but not opened. ``field`` names the input in messages (``init``
-    takes it as its INPUT argument)."""
+    takes it as its INPUT argument). ``identity = "content"``: each local file is identified by a digest of
+    its bytes (hashed once per version of the file: ``digest.MEMO``)."""
     where = locate(spec, storage, field)
     if not where.is_local:
         return _discover_remote(spec, where, cache, known, field)
@@ -57,7 +61,10 @@ def discover(
         fmt, codec = input_kind(p.name)
         name = os.path.relpath(p, root) if root != Path("") else str(p)
         src = SourceFile(i, p, name, fmt, st.st_size, st.st_mtime_ns, None, cache=cache, compression=codec)
-        rows = known_rows_of(known, name, st.st_size, st.st_mtime_ns) if fmt == "parquet" else None
+        if identity == "content":
+            key, digest = MEMO.digest(str(p))
+            src = dataclasses.replace(src, size=key[2], mtime_ns=key[3], digest=digest, stat_key=key)
+        rows = known_rows_of(known, name, src.size, src.mtime_ns, digest=src.digest) if fmt == "parquet" else None
         if rows is not None:
             src = dataclasses.replace(src, rows=rows)
         elif fmt == "parquet":

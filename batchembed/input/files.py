@@ -1,5 +1,6 @@
 """An input file as a run knows it (``SourceFile``): where it is, its format and compression, its
-identity (size, mtime, ETag), and how its bytes are opened (random access for Parquet, a decompressing
+identity (size, mtime, ETag, or a digest), the part of it the output already holds when it only grew
+(``tail``), and how its bytes are opened (random access for Parquet, a decompressing
 stream for CSV and JSON Lines; from memory when the run's file cache holds it).
 
 Small input files are read once per run (``FileCache``): a run opens an input file several times
@@ -23,6 +24,7 @@ import pyarrow as pa
 
 from batchembed.fs.location import Location
 from batchembed.input.compression import decompressed
+from batchembed.input.digest import end_facts
 
 #: Files up to this size are read whole at their first open.
 SMALL_FILE_BYTES = 16 << 20
@@ -45,6 +47,11 @@ class SourceFile:
     cache: FileCache | None = field(default=None, compare=False, repr=False)  # a run's small files, read once
     etag: str | None = None  # an object's ETag (buckets): its identity with the size
     compression: str | None = None  # "gzip", "zstd", "bz2" or "xz": decompressed while read (CSV, JSON Lines)
+    digest: str | None = None  # input.identity = "content": xxh3-128 of the file's bytes (local files)
+    stat_key: tuple | None = field(default=None, compare=False)  # the stat the digest belongs to (``digest``)
+    #: (rows, bytes): the output holds the file's first ``rows`` records, which end at byte ``bytes``; the
+    #: file grew after them (a CSV or JSON Lines file read from there on, not from its first byte)
+    tail: tuple[int, int] | None = None
 
     def open(self):
         """What pyarrow readers take: the local path, or a random-access file read by ranged GETs (from
@@ -86,6 +93,23 @@ class SourceFile:
         except OSError:
             return b""
 
+    def reading_from(self, start_row: int) -> tuple[int, int]:
+        """(row, byte) where a reader that wants rows from ``start_row`` on starts: after the records the
+        output already holds (``tail``) when it wants none of them, else (0, 0), the file's start."""
+        if self.tail is not None and self.compression is None and start_row >= self.tail[0]:
+            return self.tail
+        return 0, 0
+
+    def open_from(self, offset: int):
+        """The file's stored bytes from byte ``offset`` on, as a stream (an uncompressed file that grew: its
+        new records are read without reading what comes before them)."""
+        if self.location is None:
+            fh = pa.OSFile(str(self.path), "r")
+        else:
+            fh = self.location.fs.open_input_file(self.location.fs_path)
+        fh.seek(offset)
+        return fh
+
     def _raw_stream(self):
         """The file's bytes as stored: the local path, or a streaming remote reader."""
         if self.location is None:
@@ -101,8 +125,12 @@ class FileCache:
         self.small = small
         self.held = 0
         self._data: dict[int, pa.Buffer] = {}  # source index -> the file's bytes
+        self._sources: dict[int, SourceFile] = {}
         self._floor = 0  # files before this one are read for good
         self._lock = threading.Lock()  # the run's reader and its row count (``run.rowcount``) share it
+        #: What a commit records of a CSV/JSON Lines file read to its end (``digest.end_facts``), taken from
+        #: its bytes as they are dropped, so recording it opens the file no second time.
+        self.facts: dict[str, tuple] = {}
 
     def open(self, source: SourceFile, read_whole: Callable[[], pa.Buffer], open_file: Callable[[], Any]) -> Any:
         """A reader of ``source``: from memory if it is held (or small and the budget has room: read
@@ -112,6 +140,7 @@ class FileCache:
             if data is None and self._admits(source):
                 data = read_whole()
                 self._data[source.index] = data
+                self._sources[source.index] = source
                 self.held += data.size
         return pa.BufferReader(data) if data is not None else open_file()
 
@@ -124,14 +153,20 @@ class FileCache:
             if index <= self._floor:
                 return
             for i in [i for i in self._data if i < index]:
-                self.held -= self._data.pop(i).size
+                self._drop(i)
             self._floor = index
+
+    def _drop(self, index: int) -> None:
+        data, source = self._data.pop(index), self._sources.pop(index)
+        self.held -= data.size
+        if source.format in ("csv", "jsonl") and data.size == source.size:
+            self.facts[source.name] = end_facts(source, data.size, hashed=source.location is None, data=data)
 
     def clear(self) -> None:
         """Drop everything held (the run's reading is over)."""
         with self._lock:
-            self._data.clear()
-            self.held = 0
+            for i in list(self._data):
+                self._drop(i)
 
 
 def released_as_read(chunks: Iterable[Any], cache: FileCache | None) -> Iterator[Any]:

@@ -232,9 +232,9 @@ def _flatten(batch: pa.RecordBatch, columns: list[str], fields: dict[str, Field]
     return pa.RecordBatch.from_arrays(arrays, names=list(columns))
 
 
-def _open(source, schema: pa.Schema, block: int):
+def _open(source, schema: pa.Schema, block: int, offset: int = 0):
     return pajson.open_json(
-        source.open_stream(),
+        source.open_from(offset) if offset else source.open_stream(),
         read_options=pajson.ReadOptions(block_size=block),
         parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
     )
@@ -245,17 +245,20 @@ def iter_batches(source, columns: list[str], start_row: int = 0) -> Iterator[pa.
 
     Committed records are skipped by count on the parsed batches (only the wanted fields are
     converted), never by lines. A record larger than the block is retried with a bigger block,
-    resuming after the records already yielded. Text that is not valid UTF-8 is refused by row.
+    resuming after the records already yielded. Text that is not valid UTF-8 is refused by row. A file
+    that grew after the records the output holds (``tail``) is read from where they end when none of
+    them is wanted.
     """
     if not sample(source).records:  # first: a file whose first record is not an object stops here
         return
     fields = sampled_fields(source)
     schema = read_schema(source, columns)
     block = JSON_BLOCK
-    pos = 0  # records passed so far (yielded or skipped)
+    first, offset = source.reading_from(start_row)
+    pos = first  # records passed so far (yielded or skipped)
     while True:
         try:
-            for batch in _open(source, schema, block):
+            for batch in _open(source, schema, block, offset):
                 end = pos + batch.num_rows
                 if end <= start_row:
                     pos = end
@@ -269,6 +272,8 @@ def iter_batches(source, columns: list[str], start_row: int = 0) -> Iterator[pa.
             return
         except pa.ArrowInvalid as exc:
             text = str(exc)
+            if offset and "Empty JSON" in text:
+                return  # it grew by blank lines only: no record
             if "straddl" in text:
                 if block >= JSON_MAX_BLOCK:
                     raise InputError(
@@ -277,7 +282,7 @@ def iter_batches(source, columns: list[str], start_row: int = 0) -> Iterator[pa.
                     ) from None
                 block = min(block * 4, JSON_MAX_BLOCK)
                 start_row = max(start_row, pos)
-                pos = 0
+                pos = first
                 continue
             raise InputError(explain(source, columns, pos, text)) from None
 

@@ -10,6 +10,7 @@ manifest's shard records), so this stage never depends on how the output keeps i
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -94,6 +95,29 @@ class Chunk:
         if not self.parts:
             return pa.array([self.source.name] * self.table.num_rows, pa.string())
         return pa.array([src.name for src, n in self.parts for _ in range(n)], pa.string())
+
+
+def tiled_end(committed: dict[int, CommittedRange], start: int = 0) -> int:
+    """Follow committed ranges from ``start`` while they are contiguous; return where they stop."""
+    pos = start
+    while pos in committed and committed[pos].end > pos:
+        pos = committed[pos].end
+    return pos
+
+
+def with_tail(source: SourceFile, committed: dict[int, CommittedRange]) -> SourceFile:
+    """``source`` marked as grown (``tail``: the rows the output holds and the byte where they end) when its
+    committed ranges reached its end and it has more bytes now than then.
+
+    Only a file whose growth was checked keeps its committed shards over a change (``output/growth.py``);
+    any other change retires them, so a committed end shorter than the file means it grew."""
+    end = tiled_end(committed)
+    for r in committed.values():
+        ends = (getattr(r, "ends", None) or {}).get(source.name)
+        grew = ends and ends.get("grows") and source.compression is None and source.size > ends["bytes"]
+        if grew and r.eof and r.end == end and ends["rows"] == end:
+            return dataclasses.replace(source, tail=(end, ends["bytes"]))
+    return source
 
 
 def shard_name(ordinal: int) -> str:

@@ -1,5 +1,6 @@
 """The job file's checks that concern the world around it: places (schemes, a local cache, an output path
-that is not a regular file) and the batch tier (a provider that has one, sane batch settings).
+that is not a regular file), the batch tier (a provider that has one, sane batch settings) and the
+``[[sink]]`` stores.
 
 Called by ``config.validate`` on a loaded job (typed ``Any`` here: ``config`` imports this module)."""
 
@@ -8,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from batchembed.errors import ConfigError
-from batchembed.fs.location import locate, scheme_of
 from batchembed.fs.paths import check_output_path
 
 #: Providers whose batch API the batch tier speaks (``openai-compatible``: a server with OpenAI's batch API).
@@ -45,8 +45,38 @@ def check_tier(job: Any) -> None:
             raise ConfigError(f"{key} must be at least 1, got {value}")
 
 
+def check_sinks(job: Any) -> None:
+    """``[[sink]]``: each names a table; postgres needs no uri, lancedb needs one; no table twice."""
+    from batchembed.fs.location import locate  # (pyarrow.fs: only once a job file is checked)
+
+    seen = set()
+    for i, sink in enumerate(job.sink):
+        key = f"sink[{i}]"
+        if not sink.table:
+            raise ConfigError(f'{key}.table is required: the table the vectors are kept in, like "doc_vectors"')
+        if job.is_rerank:
+            raise ConfigError(f"{key}: sinks hold vectors; a rerank job's output has none")
+        if sink.kind == "lancedb":
+            if not sink.uri:
+                raise ConfigError(
+                    f'{key}.uri is required for a lancedb sink: a directory or bucket, like "out/lancedb"'
+                )
+            locate(sink.uri, field=f"{key}.uri")
+        elif sink.uri:
+            raise ConfigError(
+                f"{key}.uri is for lancedb sinks; a postgres sink connects with the DSN in ${sink.dsn_env}"
+            )
+        if sink.kind == "lancedb" and sink.index != "none":
+            raise ConfigError(f"{key}.index is for postgres sinks (LanceDB builds its indexes when you ask it)")
+        if (sink.kind, sink.uri, sink.table) in seen:
+            raise ConfigError(f"{key}: the {sink.kind} table {sink.table!r} is listed twice")
+        seen.add((sink.kind, sink.uri, sink.table))
+
+
 def check_locations(job: Any) -> None:
     """Paths and URIs: known schemes only; the SQLite cache on a local disk; a sane lease."""
+    from batchembed.fs.location import locate, scheme_of  # (pyarrow.fs: only once a job file is checked)
+
     locate(job.input.path, field="input.path")
     locate(job.output.path, field="output.path")
     check_output_path(job.output.path)

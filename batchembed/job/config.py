@@ -8,22 +8,18 @@ typo in a job file is caught before anything is read or sent. Secrets never live
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import string
 import tomllib
-import types
-import typing
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from batchembed.errors import ConfigError, UsageError
 from batchembed.fs.paths import shown
-from batchembed.job.checks import check_locations, check_tier
+from batchembed.job.checks import check_locations, check_sinks, check_tier
+from batchembed.job.mapping import from_mapping
 from batchembed.job.overrides import apply_overrides, blame, known_keys, unset_hint
-from batchembed.suggest import did_you_mean
+from batchembed.job.templates import text_fields
 
 
 @dataclass(frozen=True)
@@ -39,6 +35,7 @@ class InputConfig:
     instruction: str | None = None  # task for Qwen3-style query prefixes: "Instruct: {task}\nQuery:{text}"
     prefix: str = ""  # literal prefix for every text, e.g. nomic's "search_query: "
     cast_text: bool = False  # embed a non-string text column as its text form (else such a column is an error)
+    identity: Literal["metadata", "content"] = "metadata"  # a changed local file: size+mtime | size+digest
 
 
 @dataclass(frozen=True)
@@ -49,7 +46,7 @@ class ModelConfig:
     name: str | None = None  # default taken from the provider
     base_url: str | None = None  # default taken from the provider
     api_key_env: str | None = None  # default taken from the provider
-    dimensions: int | None = None  # sent as `dimensions` (Matryoshka truncation)
+    dimensions: int | None = None  # Matryoshka size, sent as `dimensions` (Voyage, Mistral: `output_dimension`)
     encoding: Literal["auto", "float", "base64"] = "auto"
     path: str | None = None  # local provider: a directory with model.onnx + tokenizer.json
     timeout: float = 120.0  # seconds for one request
@@ -92,7 +89,8 @@ class OutputConfig:
     column: str = "embedding"
     shard_rows: int = 100_000
     compression: Literal["none", "snappy", "zstd", "lz4"] = "snappy"
-    #: Days a file replaced or dropped by a refresh stays (for Delta time travel); 0 deletes it at once.
+    #: Days a file replaced or dropped by a refresh stays (for Delta time travel); 0 keeps it for readers of
+    #: the previous version only (deleted by a later run at least ``refresh.RETIRE_GRACE`` after).
     history_days: float = 0.0
     #: The largest share of the output's rows a refresh may remove without --allow-removal.
     max_removed: float = 0.5
@@ -130,6 +128,19 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class SinkConfig:
+    """``[[sink]]``: a vector store kept equal to the output's Delta table (``batchembed/sinks/``).
+
+    Not part of the job's fingerprint: adding, changing or removing a sink is not a new job."""
+
+    kind: Literal["postgres", "lancedb"] = "postgres"
+    table: str = ""  # the table in the store; postgres: schema-qualified names allowed ("search.doc_vectors")
+    dsn_env: str = "BATCHEMBED_PG_DSN"  # postgres: the environment variable holding the connection string
+    index: Literal["hnsw", "none"] = "none"  # postgres: an HNSW (cosine) index, built after the first load
+    uri: str | None = None  # lancedb: a local directory or a bucket URI ([storage] settings apply)
+
+
+@dataclass(frozen=True)
 class RerankConfig:
     """``[rerank]``: score (query, document) pairs instead of embedding texts."""
 
@@ -157,6 +168,7 @@ class JobConfig:
     rerank: RerankConfig | None = None
     storage: StorageConfig = field(default_factory=StorageConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    sink: tuple[SinkConfig, ...] = ()  # [[sink]] tables: vector stores kept equal to the output
 
     @property
     def is_rerank(self) -> bool:
@@ -194,93 +206,6 @@ def load_job(
         key = said.split()[1].split("=")[0]
         value = raw.get(key.split(".")[0], {}).get(key.split(".", 1)[1]) if "." in key else None
         raise UsageError(f"{said}: {exc}{unset_hint(key, value)}") from None
-
-
-def from_mapping(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
-    """Build dataclass ``cls`` from a TOML table, rejecting unknown keys and wrong types by name."""
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{prefix or 'job'} must be a table")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(_unknown(prefix, unknown[0], known))
-    values = {}
-    for name, value in raw.items():
-        key = _join(prefix, name)
-        hint = _optional_dataclass(hints[name])
-        if dataclasses.is_dataclass(hint):
-            values[name] = from_mapping(hint, value, key)
-        else:
-            values[name] = _coerce(hint, value, key)
-    return cls(**values)
-
-
-def _unknown(prefix: str, name: str, known: set[str]) -> str:
-    """The message for a key (or a section) the job file may not hold: the near match, then the choices."""
-    if prefix:
-        return f"unknown key {prefix}.{name} in [{prefix}]{did_you_mean(name, known)} (keys of [{prefix}]: " + (
-            ", ".join(sorted(known)) + '; every key: README.md, "A job file, field by field")'
-        )
-    sections = sorted(known - {"kind"})  # ``kind`` (embed | rerank) is read from [rerank]'s presence
-    return f"unknown section [{name}]{did_you_mean(name, sections)} (sections: {', '.join(f'[{s}]' for s in sections)})"
-
-
-def _optional_dataclass(hint: Any) -> Any:
-    """``X | None`` where X is a dataclass -> X (a present table builds X); anything else unchanged."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(options) == 1 and dataclasses.is_dataclass(options[0]):
-            return options[0]
-    return hint
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
-def _coerce(hint: Any, value: Any, key: str) -> Any:
-    """Check ``value`` against a type hint, converting lists to tuples; raise ConfigError naming ``key``."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        errors = []
-        for option in options:
-            try:
-                return _coerce(option, value, key)
-            except ConfigError as exc:
-                errors.append(exc)
-        if len(options) == 2 and type(None) in options:  # X | None given a value: what X says of it
-            raise errors[options.index(next(o for o in options if o is not type(None)))]
-        raise ConfigError(f"{key}: {value!r} is not valid here")
-    if hint is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{key}: expected nothing, got {value!r}")
-    if origin is Literal:
-        allowed = typing.get_args(hint)
-        if value in allowed:
-            return value
-        raise ConfigError(f"{key} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f'{key} must be a table, like {{ input_type = "passage" }}; got {type(value).__name__}')
-        return dict(value)
-    if origin is tuple:
-        (item_type, _) = typing.get_args(hint)
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list):
-            raise ConfigError(f"{key} must be a list of {item_type.__name__}, got {type(value).__name__}")
-        return tuple(_coerce(item_type, v, f"{key}[{i}]") for i, v in enumerate(value))
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, bool):
-        raise ConfigError(f"{key} must be an integer, got a boolean")
-    if isinstance(value, hint):
-        return value
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-    raise ConfigError(f"{key} must be {names.get(hint, hint.__name__)}, got {type(value).__name__} {value!r}")
 
 
 def validate(job: JobConfig) -> JobConfig:
@@ -335,6 +260,7 @@ def validate(job: JobConfig) -> JobConfig:
     if job.model.timeout <= 0:
         raise ConfigError("model.timeout must be positive")
     check_tier(job)
+    check_sinks(job)
     keep = job.input.keep
     if len(set(keep)) != len(keep):
         raise ConfigError("input.keep lists a column twice")
@@ -347,19 +273,6 @@ def validate(job: JobConfig) -> JobConfig:
 RESERVED_BODY_FIELDS = frozenset(
     {"model", "input", "dimensions", "encoding_format", "query", "documents", "texts", "top_n", "top_k"}
 )
-
-
-def text_fields(template: str) -> list[str]:
-    """Column names a text spec refers to: the spec itself if it has no ``{}``, else the template's fields."""
-    if "{" not in template and "}" not in template:
-        return [template]
-    try:
-        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-    except ValueError as exc:
-        raise ConfigError(f"input.text: malformed template {template!r}: {exc}") from None
-    if not names or any(not n for n in names):
-        raise ConfigError(f"input.text: template {template!r} must name its columns, like {{title}}")
-    return list(dict.fromkeys(names))
 
 
 def column_keys(job: JobConfig) -> dict[str, str]:

@@ -22,6 +22,7 @@ from typing import Any
 from batchembed.job import catalog
 from batchembed.job.catalog import ModelPreset
 from batchembed.job.config import JobConfig
+from batchembed.providers.request_fields import role_options
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,21 @@ class ResolvedJob:
         return self.config.is_rerank
 
     @property
+    def send_dimensions(self) -> int | None:
+        """The ``dimensions`` a request asks the server for: ``model.dimensions`` when the server cuts
+        (``dimensions_by = "server"``, the default), else none. With ``cut_dimensions``, the one place that
+        decides who cuts a vector."""
+        model = self.config.model
+        return model.dimensions if model.dimensions_by == "server" else None
+
+    @property
+    def cut_dimensions(self) -> int | None:
+        """The size vectors are cut to here (``dimensions_by = "client"``: servers that ignore
+        ``dimensions``), else none."""
+        model = self.config.model
+        return model.dimensions if model.dimensions_by == "client" else None
+
+    @property
     def model_unit_norm(self) -> bool | None:
         """Whether the model's full vectors are unit length, when known without asking the server: the
         local model's own files, or the catalogue's preset served by its own provider (another server
@@ -161,8 +177,9 @@ def limit_text(reason: str, tokens: int) -> str:
 
 
 def model_request_fingerprint(job: JobConfig) -> dict[str, Any]:
-    """Request settings that change the vectors (only when set, so older outputs keep their fingerprint)."""
-    out: dict[str, Any] = {}
+    """Request settings that change the vectors (only when set, so older outputs keep their fingerprint):
+    a provider's own role field (Voyage's ``input_type`` for queries), ``extra_body``, ``dimensions_by``."""
+    out: dict[str, Any] = {f"model.{k}": v for k, v in role_options(job.model.provider, job.input.role).items()}
     if job.model.extra_body:
         out["model.extra_body"] = dict(sorted(job.model.extra_body.items()))
     if job.model.dimensions_by != "server":
@@ -187,7 +204,7 @@ def resolve(job: JobConfig | ResolvedJob, embeds: bool = True) -> ResolvedJob:
         catalog.check_dimensions(model.name, job.model.dimensions, model.provider)
     local_model, max_tokens, identity = None, None, {}
     if model.provider == "local":
-        from batchembed.providers.local import LocalEmbedder
+        from batchembed.providers.local import LocalEmbedder  # (onnxruntime, the local extra: a local job only)
 
         local_model = LocalEmbedder(
             path=job.model.path, dimensions=job.model.dimensions, threads=job.model.threads, session=embeds

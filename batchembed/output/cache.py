@@ -1,15 +1,20 @@
-"""The output is its own cache: a text whose vector some shard already holds is never bought again.
+"""The output is its own cache: a text (a pair) whose answer some shard already holds is never bought again.
 
 Every embed shard carries ``_text_key``: the 16-byte key of the exact text sent for each row (the
-memo's key: blake2b of the final text; null for rows without a vector). A refresh builds an index
-over the keys of the output's shards — the kept ones and the ones it is replacing — and ``prepare``
-asks it for the texts the memo does not know, before any request. Rows reordered, inserted or
-deleted around a text, its file rewritten unchanged, the row moved to another file: its key is the
-same, so its vector is found. Nothing but the output is needed, on a laptop or in a bucket.
+memo's key: blake2b of the final text; null for rows without a vector); every rerank shard written
+since its introduction carries ``_pair_key``, the key of the exact (query, document) pair scored. A
+refresh indexes the keys of the output's shards — the kept ones and the ones it is replacing — and
+``prepare`` asks it for the texts the memo does not know, before any request. Rows reordered,
+inserted or deleted around a text, its file rewritten unchanged, the row moved to another file: its
+key is the same, so its answer is found. Shards without the key column (rerank outputs written
+before it) are simply not indexed: their pairs are scored again. Nothing but the output is needed,
+on a laptop or in a bucket.
 
-The index holds the keys sorted by their first 8 bytes (plus where each lives); a lookup is one
-``searchsorted`` per batch of keys, a full 16-byte comparison, then one read of the row groups that
-hold the hits (the last few kept, since a changed file's hits come in the order of its old shard).
+The index is on disk (``key_index.KeyIndex``: a sorted file of keys and locations, a few megabytes
+in memory at a hundred million rows), built at the first lookup from each shard's key column, read
+one shard at a time. A lookup finds the keys' locations, then reads each row group holding hits once
+and copies the answers out (the last few row groups stay decoded: a changed file's hits often come
+from the same old shard).
 """
 
 from __future__ import annotations
@@ -21,13 +26,20 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+
+from batchembed.output.key_index import MISSING, KeyIndex
 
 if TYPE_CHECKING:
     from batchembed.output.manifest import ShardRecord
     from batchembed.output.store.base import OutputStore
 
-#: The shards' column of text keys.
+#: The embed shards' column of text keys.
 KEY_COLUMN = "_text_key"
+#: The rerank shards' column of (query, document) pair keys.
+PAIR_KEY_COLUMN = "_pair_key"
+#: Where a key lives: its shard's number in the high bits, its row in the low ``ROW_BITS``.
+ROW_BITS = 40
 #: Row groups of vectors kept decoded between lookups.
 CACHED_GROUPS = 8
 
@@ -46,85 +58,126 @@ def key_column(keys: np.ndarray, rows: np.ndarray, valid: np.ndarray) -> pa.Arra
 
 
 class OutputCache:
-    """Vectors by text key, read from the output's own shards."""
+    """Answers (vectors or scores) by key, read from the output's own shards."""
 
-    def __init__(self, store: OutputStore, shards: Sequence[ShardRecord], column: str) -> None:
+    def __init__(
+        self, store: OutputStore, shards: Sequence[ShardRecord], column: str, key_column: str = KEY_COLUMN
+    ) -> None:
+        """``column``: the shards' answer column (the vector column, or rerank's ``score``);
+        ``key_column``: their key column. Nothing is read until the first ``lookup``."""
         self.store = store
         self.column = column
+        self.key_column = key_column
+        self.shards = list(shards)
         self.names: list[str] = []
         self.hits = 0
         self._lock = threading.Lock()
         self._groups: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
-        self._group_starts: dict[int, np.ndarray] = {}
-        prefixes, fulls, where_shard, where_row = [], [], [], []
-        for shard in shards:
-            pf = store.parquet_file(shard.name)
-            if KEY_COLUMN not in pf.schema_arrow.names:
+        self._group_starts: list[np.ndarray] = []
+        self._index: KeyIndex | None = None
+
+    def _build(self) -> KeyIndex:
+        """Index every shard's keys, one shard in memory at a time."""
+        index = KeyIndex(sum(int(getattr(s, "rows", 0) or 0) for s in self.shards))
+        for shard in self.shards:
+            try:
+                pf = self.store.parquet_file(shard.name)
+            except FileNotFoundError:  # a shard others compacted, then vacuumed: its answers are in their files
                 continue
-            keys = pf.read(columns=[KEY_COLUMN]).column(0).combine_chunks()
+            if self.key_column not in pf.schema_arrow.names:
+                continue
+            keys = _fixed_keys(pf.read(columns=[self.key_column]).column(0).combine_chunks())
             present = np.flatnonzero(keys.is_valid().to_numpy(zero_copy_only=False))
             if not len(present):
                 continue
-            raw = np.frombuffer(keys.buffers()[1], dtype=np.uint64, count=2 * len(keys)).reshape(-1, 2)[present]
-            index = len(self.names)
+            raw = np.frombuffer(keys.buffers()[1], dtype=np.uint64, count=2 * (keys.offset + len(keys)))
+            raw = raw.reshape(-1, 2)[keys.offset :][present]
+            number = len(self.names)
             self.names.append(shard.name)
             sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
-            self._group_starts[index] = np.cumsum([0, *sizes])
-            prefixes.append(raw[:, 0])
-            fulls.append(raw[:, 1])
-            where_shard.append(np.full(len(present), index, dtype=np.int32))
-            where_row.append(present.astype(np.int64))
-        if prefixes:
-            prefix = np.concatenate(prefixes)
-            order = np.argsort(prefix, kind="stable")
-            self._prefix = prefix[order]
-            self._rest = np.concatenate(fulls)[order]
-            self._shard = np.concatenate(where_shard)[order]
-            self._row = np.concatenate(where_row)[order]
-        else:
-            self._prefix = self._rest = np.zeros(0, np.uint64)
-            self._shard = np.zeros(0, np.int32)
-            self._row = np.zeros(0, np.int64)
+            self._group_starts.append(np.cumsum([0, *sizes]))
+            index.add(raw, (np.uint64(number) << np.uint64(ROW_BITS)) | present.astype(np.uint64))
+        index.finish()
+        return index
 
     def __len__(self) -> int:
-        return len(self._prefix)
+        return self._ready().rows
+
+    def _ready(self) -> KeyIndex:
+        with self._lock:
+            if self._index is None:
+                self._index = self._build()
+            return self._index
 
     def lookup(self, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
-        """The vectors the output holds for ``keys`` (16-byte text keys)."""
-        if not len(keys) or not len(self._prefix):
+        """The answers the output holds for ``keys`` (16-byte keys): copies, not views of what was read."""
+        if not len(keys) or not self.shards:
             return {}
+        index = self._ready()
         wanted = np.frombuffer(b"".join(keys), dtype=np.uint64).reshape(-1, 2)
-        at = np.searchsorted(self._prefix, wanted[:, 0])
-        at_ok = np.minimum(at, len(self._prefix) - 1)
-        match = (at < len(self._prefix)) & (self._prefix[at_ok] == wanted[:, 0]) & (self._rest[at_ok] == wanted[:, 1])
+        at = index.find(wanted)
+        hits = np.flatnonzero(at != MISSING)
         found: dict[bytes, np.ndarray] = {}
-        hits = np.flatnonzero(match)
         if not len(hits):
             return found
+        shard = (at[hits] >> np.uint64(ROW_BITS)).astype(np.int64)
+        row = (at[hits] & np.uint64((1 << ROW_BITS) - 1)).astype(np.int64)
         with self._lock:
-            for i in hits:
-                j = at_ok[i]
-                vector = self._vector(int(self._shard[j]), int(self._row[j]))
-                if vector is not None:
-                    found[keys[int(i)]] = vector
+            for s in np.unique(shard):
+                mine = np.flatnonzero(shard == s)
+                starts = self._group_starts[int(s)]
+                groups = np.searchsorted(starts, row[mine], side="right") - 1
+                for g in np.unique(groups):
+                    these = mine[groups == g]
+                    block = self._block(int(s), int(g))
+                    answers = block[row[these] - int(starts[g])]  # a copy: the block is not kept alive
+                    finite = np.isfinite(answers).reshape(len(these), -1).all(axis=1)
+                    for i, answer, ok in zip(these, answers, finite, strict=True):
+                        if ok:
+                            found[keys[int(hits[i])]] = answer
             self.hits += len(found)
         return found
 
-    def _vector(self, shard: int, row: int) -> np.ndarray | None:
-        starts = self._group_starts[shard]
-        group = int(np.searchsorted(starts, row, side="right")) - 1
+    def _block(self, shard: int, group: int) -> np.ndarray:
+        """The answer column of one row group as numpy (vectors: one row each), the last few kept."""
         block = self._groups.get((shard, group))
-        if block is None:
-            pf = self.store.parquet_file(self.names[shard])
-            col = pf.read_row_group(group, columns=[self.column]).column(0).combine_chunks()
-            if isinstance(col, pa.ChunkedArray):
-                col = col.combine_chunks()
-            dim = col.type.list_size
-            block = col.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
-            self._groups[(shard, group)] = block
-            while len(self._groups) > CACHED_GROUPS:
-                self._groups.popitem(last=False)
-        else:
+        if block is not None:
             self._groups.move_to_end((shard, group))
-        vector = block[row - int(starts[group])]
-        return vector if np.isfinite(vector).all() else None
+            return block
+        pf = self.store.parquet_file(self.names[shard])
+        block = _answer_block(pf.read_row_group(group, columns=[self.column]).column(0).combine_chunks())
+        self._groups[(shard, group)] = block
+        while len(self._groups) > CACHED_GROUPS:
+            self._groups.popitem(last=False)
+        return block
+
+    def close(self) -> None:
+        """Drop the index's files."""
+        if self._index is not None:
+            self._index.close()
+
+
+def _fixed_keys(keys: pa.Array) -> pa.Array:
+    """Keys as ``fixed_size_binary(16)`` (a file another writer compacted holds them as ``binary``)."""
+    if pa.types.is_fixed_size_binary(keys.type):
+        return keys
+    return keys.cast(pa.binary(16))
+
+
+def _answer_block(col: pa.Array) -> np.ndarray:
+    """A row group's answers as numpy: vectors an (n, dim) float32 matrix, scores (rerank) a vector; a null
+    answer is NaN, never a hit (a file another writer compacted holds vectors as variable lists, a null
+    one without slots)."""
+    if pa.types.is_fixed_size_list(col.type):
+        dim = col.type.list_size
+        return col.values.to_numpy(zero_copy_only=False)[col.offset * dim :][: len(col) * dim].reshape(-1, dim)
+    if not pa.types.is_list(col.type) and not pa.types.is_large_list(col.type):
+        return col.to_numpy(zero_copy_only=False).astype(np.float32)
+    lengths = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False)
+    dim = int(lengths.max()) if len(lengths) else 0
+    block = np.full((len(col), dim), np.nan, dtype=np.float32)
+    full = lengths == dim
+    if dim and full.any():
+        values = pc.list_flatten(col.filter(pa.array(full))).to_numpy(zero_copy_only=False)
+        block[full] = values.reshape(-1, dim).astype(np.float32)
+    return block

@@ -7,18 +7,17 @@ and write ``_report.json`` and ``_SUCCESS``. The store (``store/``: a local dire
 store) stays the byte layer underneath: whole-or-nothing files, a conditional manifest write, a lock.
 
 It lives here rather than in ``store/`` because it is the layer *above* the byte stores: it reads
-and writes the manifest (``checkpoint``), the cut rows' files (``truncated``) and the shards'
-metadata (``writer``), none of which a byte store knows about. Like a dlt load package or a datasets
+and writes the manifest (``manifest``), the cut rows' files (``truncated``) and the shards'
+metadata (``shard_writer``), none of which a byte store knows about. Like a dlt load package or a datasets
 ``ArrowWriter``: rows go in piece by piece, and a unit appears whole at its commit or not at all.
 
-The engines change where a commit goes through subclasses: a ``--shard I/N`` part commits into its
-own manifest (``engines/shard.py``), a Ray worker hands each written shard to its driver
-(``engines/ray_engine.py``).
+Who writes changes where a commit goes, through the output's *role* (``roles``): a whole run commits
+into ``_manifest.json``, a ``--shard I/N`` part into its own manifest, a Ray worker hands each written
+shard to its driver. The protocol here is the same for all of them.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable
@@ -26,23 +25,45 @@ from typing import Any
 
 import pyarrow as pa
 
-from batchembed.errors import InputError, ResumeRefused
+from batchembed.errors import InputError
 from batchembed.failpoints import failpoint
 from batchembed.input.files import SourceFile
 from batchembed.input.identity import restat
 from batchembed.input.units import Unit
+from batchembed.job.config import JobConfig
 from batchembed.output import refresh as output_refresh
-from batchembed.output.cache import OutputCache
+from batchembed.output.file_ends import file_ends
 from batchembed.output.input_diff import InputDiff, diff_inputs, identity_of, known_rows
-from batchembed.output.layout import FAILED, FAILED_DIR, REPORT, SUCCESS, retry_shard
-from batchembed.output.manifest import Manifest, ShardRecord, open_output, remove_orphans
+from batchembed.output.layout import FAILED_DIR, SUCCESS
+from batchembed.output.manifest import Manifest, ShardRecord
+from batchembed.output.opening import Preloaded, preload
+from batchembed.output.publish.table import delta_publisher
+from batchembed.output.roles import Role, WholeRun
 from batchembed.output.shard_writer import shard_metadata
-from batchembed.output.store.admission import admit
+from batchembed.output.store import open_store
 from batchembed.output.store.base import OutputStore
-from batchembed.output.truncated import rebuild_truncated, write_truncated
+from batchembed.output.truncated import write_truncated
 
+#: ``publish(shards, tag)``: makes the Delta table exactly ``shards``; returns the table's version.
+Publisher = Callable[..., Any]
 #: A failed rows' file, one input file of it, and its rows: what a run retries.
 RetryUnit = tuple[str, SourceFile, list[int]]
+
+
+def job_output(
+    job: JobConfig, role: Role | None = None, around_publish: Callable[[Publisher], Publisher] | None = None
+) -> JobOutput:
+    """The output of ``job`` written as ``role`` (a whole run by default), publishing its Delta table;
+    ``around_publish`` wraps the publisher (the job's sinks are synced right after the Delta commit)."""
+    store = open_store(job)
+    table = delta_publisher(store, job)
+    return JobOutput(
+        store,
+        job.output.compression,
+        role,
+        table=around_publish(table) if around_publish is not None else table,
+        history_days=job.output.history_days,
+    )
 
 
 def new_attempt() -> str:
@@ -81,23 +102,44 @@ class UnitWriter:
 
 
 class JobOutput:
-    """Commits the units of one run into the output's manifest, and closes the output at the end."""
+    """Commits the units of one run into the output's manifest, and closes the output at the end.
 
-    #: Where this run's failed rows and report go (a ``--shard`` part writes its own).
-    failed_name = FAILED
-    report_name = REPORT
+    ``role`` is who writes (``roles.WholeRun`` by default); ``table(shards, tag)`` publishes the Delta
+    table (``publish.table.delta_publisher``), keeping replaced files ``history_days`` days."""
 
-    def __init__(self, store: OutputStore, compression: str) -> None:
+    def __init__(
+        self,
+        store: OutputStore,
+        compression: str,
+        role: Role | None = None,
+        *,
+        table: Callable[..., Any] | None = None,
+        history_days: float = 0.0,
+    ) -> None:
         self.store = store
         self.compression = compression
+        self.role: Role = role if role is not None else WholeRun()
+        self.table = table
+        self.history_days = history_days
         self.manifest: Manifest | None = None
+        #: The manifest as read before the lock (``known_rows``), reused by ``open`` when unchanged since.
+        self.preloaded: Preloaded | None = None
         #: Part of every shard file name this run writes (issue: a writer that lost its lease must
         #: never complete an upload over a committed shard's key).
         self.attempt = new_attempt()
         #: Each committing file's input identities (name -> identity), set by the runner.
         self.identities: dict[str, dict] = {}
-        self._split_done = False  # a finished --shard split rerun as a whole run: nothing to do
         self.sources: dict[str, SourceFile] = {}  # this run's input files by name (``refresh_plan``)
+
+    @property
+    def failed_name(self) -> str:
+        """Where this run's gathered failed rows go (a ``--shard`` part writes its own)."""
+        return self.role.failed_name
+
+    @property
+    def report_name(self) -> str:
+        """Where this run's report goes."""
+        return self.role.report_name
 
     def file_name(self, unit: Unit) -> str:
         """The shard file for ``unit`` written by this run: ``part-00007-<attempt>.parquet``."""
@@ -111,13 +153,8 @@ class JobOutput:
     # ------------------------------------------------------------------------------ opening
 
     def acquire(self, restart: bool) -> None:
-        """Be admitted as the output's one writer (``OutputLocked`` names a live writer that excludes this run)."""
-        from batchembed.output.parts import finished_split, refuse_mixing
-
-        admit(self.store, None)  # refused while any other writer (a part of a split too) is live
-        self._split_done = not restart and finished_split(self.store)
-        if not restart and not self._split_done:  # --restart discards a split output whole
-            refuse_mixing(self.store, None)
+        """Be admitted as this kind of writer (``OutputLocked`` names a live writer that excludes this run)."""
+        self.role.acquire(self, restart)
 
     def release(self) -> None:
         """Release the lock (or lease)."""
@@ -125,13 +162,7 @@ class JobOutput:
 
     def open(self, fingerprint: dict[str, Any], restart: bool) -> Manifest:
         """Load (or create) the manifest this run records its units in; clean what it does not record."""
-        if self._split_done:  # a finished split: nothing to do (see ``finished_before``)
-            from batchembed.output.parts import finished_split_manifest
-
-            self.manifest = finished_split_manifest(self.store, fingerprint)
-            return self.manifest
-        self.manifest = open_output(self.store, fingerprint, restart)
-        self.store.abort_stale_uploads()  # a killed run's unfinished shard uploads: no live writer owns them
+        self.manifest = self.role.open(self, fingerprint, restart)
         return self.manifest
 
     # ------------------------------------------------------------------------------ refreshing
@@ -140,7 +171,8 @@ class JobOutput:
         """Row counts of the files the output holds whole, by their identity (no lock needed: a hint
         that lets ``discover`` skip opening unchanged files; a wrong hint only costs a read)."""
         try:
-            return known_rows(Manifest.load(self.store))
+            self.preloaded = preload(self.store)  # reused by ``open`` when the manifest is unchanged by then
+            return known_rows(self.preloaded.manifest)
         except Exception:  # a missing, foreign or old output: ``open`` gives the real answer
             return {}
 
@@ -161,29 +193,12 @@ class JobOutput:
         return output_refresh.held_ids(self.store, self.manifest, diff, column, self.reading)
 
     def begin_refresh(self, diff: InputDiff, sources: list[SourceFile], max_removed: float) -> bool:
-        """Start a refresh generation if the inputs changed (see ``output_refresh.begin``)."""
-        if self._split_done:  # a finished split, rerun whole: its parts own it
-            if diff.added or diff.changed or diff.removed:
-                raise ResumeRefused(
-                    f"{self.store.uri} was written by --shard I/N parts and its inputs changed since "
-                    f"({output_refresh.describe(diff, self.manifest)}); run every part again to refresh it"
-                )
-            return False
-        return output_refresh.begin(self.store, self.manifest, diff, sources, max_removed)
+        """Start a refresh generation if the inputs changed (see ``refresh.begin``)."""
+        return self.role.begin_refresh(self, diff, sources, max_removed)
 
     def describe_refresh(self, diff: InputDiff) -> str:
         """One log line on what this refresh does."""
         return output_refresh.describe(diff, self.manifest)
-
-    def reuse_answers(self, task: Any) -> None:
-        """Let the task find vectors the output already holds (kept and retiring shards)."""
-        if not hasattr(task, "output_cache") or not (self.manifest.shards or self.manifest.retiring):
-            return
-        if self.manifest.complete:
-            return
-        task.output_cache = OutputCache(
-            self.store, self.manifest.shards + self.manifest.retiring, task.job.output.column
-        )
 
     def next_retry(self) -> int:
         """The number of the next retry unit (past every retry unit this output ever committed)."""
@@ -207,9 +222,9 @@ class JobOutput:
                     "rows from that read were committed. Run the same command again once the file is complete."
                 )
 
-    def publish(self, table: Any, history_days: float, say: Callable[[str], None]) -> None:
+    def publish(self, say: Callable[[str], None]) -> None:
         """After every unit is committed: the Delta table becomes the manifest's shards (publish/)."""
-        output_refresh.publish(self.store, self.manifest, history_days, table, say)
+        output_refresh.publish(self.store, self.manifest, self.history_days, self.table, say)
 
     def finished_before(self) -> bool:
         """Whether an earlier run already completed the whole job."""
@@ -221,7 +236,7 @@ class JobOutput:
 
     def retry_unit_name(self, n: int) -> str:
         """Name of the shard holding this run's retried rows (``n`` retry shards exist already)."""
-        return retry_shard(n)
+        return self.role.retry_unit_name(n)
 
     def retry_plan(self, sources: list[SourceFile]) -> list[RetryUnit]:
         """Failed rows of earlier runs, grouped by file: [(failure_file, source, rows)]."""
@@ -275,6 +290,7 @@ class JobOutput:
             resolves=list(unit.resolves),
             files=[[name, rows] for name, rows in unit.files],
             truncated=n_cut,
+            ends=file_ends(unit, self.sources, self.manifest.shards),
         )
         self.record(record, list(unit.resolves))
         return record
@@ -291,7 +307,7 @@ class JobOutput:
 
     def record(self, record: ShardRecord, resolves: list[str]) -> None:
         """The commit point: record a written shard in the manifest (a Ray worker hands it back instead)."""
-        self.manifest.commit(self.store, record, resolves)
+        self.role.record(self, record, resolves)
 
     # --------------------------------------------------------------------------------- ending
 
@@ -299,22 +315,9 @@ class JobOutput:
         """Rebuild ``_failed.parquet`` and ``_truncated.parquet``, write the report; return the rows still failed.
 
         ``report(outstanding)`` builds the report's content once the failed rows are counted."""
-        if self.manifest is None:
-            return 0
-        unresolved = self.manifest.unresolved_failures()
-        outstanding = self.manifest.unresolved_rows(self.store)
-        if unresolved:
-            tables = (self.store.read_table(f) for f in unresolved)
-            self.store.write_table(self.failed_name, pa.concat_tables(tables))
-        elif self.store.exists(self.failed_name):
-            self.store.delete(self.failed_name)
-        rebuild_truncated(self.store, self.manifest)
-        self.store.write_bytes(self.report_name, json.dumps(report(outstanding), indent=2).encode())
-        return outstanding
+        return self.role.close(self, report)
 
     def complete(self, say: Callable[[str], None]) -> None:
-        """Every unit is committed: mark the manifest complete, drop what it does not record, write _SUCCESS."""
-        self.manifest.complete = True
-        self.manifest.save(self.store)
-        remove_orphans(self.store, self.manifest)  # nothing but recorded files once _SUCCESS is there
-        self.store.write_bytes(SUCCESS, b"")
+        """Every unit is committed: mark the manifest complete (a whole run writes ``_SUCCESS``; the last part
+        of a split publishes the table and writes it)."""
+        self.role.complete(self, say)

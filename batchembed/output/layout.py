@@ -51,9 +51,15 @@ TRUNCATED_FILE = re.compile(r"_truncated(\.[^/]+)?\.parquet$")
 Part = tuple[int, int] | None
 
 
+#: Every name batchembed gives a shard, a unit or their temp file (and nothing another writer names
+#: ``part-...``: delta-rs' ``part-00000-<uuid>-c000.zstd.parquet``, Spark's, are not ours).
+OUR_SHARD = re.compile(r"part-(?:\d+|r\d+(?:-shard-\d+-of-\d+)?)(?:-[0-9a-f]{8})?(?:\.parquet)?(?:\.tmp)?")
+
+
 def is_shard(name: str) -> bool:
-    """Whether ``name`` (a base name) is a shard file of some attempt."""
-    return name.startswith(SHARD_PREFIX)
+    """Whether ``name`` (a base name) is a shard file (or unit, or temp file) batchembed wrote: only these
+    are ever deleted as orphans; files others added to the table (a compaction's) are not batchembed's."""
+    return OUR_SHARD.fullmatch(name) is not None
 
 
 def part_suffix(shard: tuple[int, int]) -> str:

@@ -28,23 +28,14 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-
 from batchembed.errors import OutputError, ResumeRefused
-from batchembed.fs.atomic import TMP_SUFFIX
-from batchembed.job.fingerprint import describe_changes, fingerprint_hash
+from batchembed.job.fingerprint import fingerprint_hash, reshaped
 from batchembed.output.layout import (
-    DELTA_LOG,
-    FAILED_DIR,
     MANIFEST,
-    SHARD_PREFIX,
-    SUCCESS,
     TRUNCATED_DIR,
-    is_shard,
 )
 
 if TYPE_CHECKING:
@@ -54,6 +45,10 @@ if TYPE_CHECKING:
 #: (``inputs``: name -> identity) and its stable ``unit`` name; refresh generations; a Delta table.
 FORMAT_VERSION = 2
 OLD_VERSIONS = (1,)
+
+
+class MissingFile(OutputError):
+    """A file the manifest records is not in the output."""
 
 
 @dataclass
@@ -77,6 +72,10 @@ class ShardRecord:
     truncated: int = 0  # rows of this shard whose text was cut (listed in _truncated/<shard>)
     unit: str = ""  # the stable unit name (``part-00007``): journal and ownership; ``name`` is the file
     inputs: dict[str, dict] = field(default_factory=dict)  # input file name -> its identity when read
+    #: CSV/JSON Lines files whose last rows this shard holds -> where each ended (``file_ends``: rows, bytes,
+    #: digests), so a file that only grew is read from there and a touched one is proven unchanged. Absent
+    #: from outputs written before (their files are read again whole when they change).
+    ends: dict[str, dict] = field(default_factory=dict)
 
     @property
     def unit_name(self) -> str:
@@ -107,7 +106,7 @@ class Manifest:
     #: ETag, so a paused previous writer's conditional replace fails.
     writer: str = field(default_factory=lambda: os.urandom(8).hex())
     server: dict[str, Any] = field(default_factory=dict)  # served model and canary vector (servers.py)
-    #: Refresh generation: 0 for the first run; +1 whenever a run finds inputs changed (refresh.py).
+    #: Refresh generation: 0 for the first run; +1 whenever a run finds inputs changed (``output.input_diff``).
     generation: int = 0
     #: The files (name -> identity) the current generation was planned over: a resume of an
     #: interrupted refresh over the same inputs continues it; other inputs start a new generation.
@@ -119,6 +118,18 @@ class Manifest:
     retired: list[list] = field(default_factory=list)
     #: The last publish tag written to the Delta table (0: never published).
     published: int = 0
+    #: The last version of the Delta log batchembed accounted for (its own publish, or others' maintenance
+    #: it took in): {"version", "digest" of that commit file, "tag" of batchembed's last publish}.
+    table: dict[str, Any] = field(default_factory=dict)
+    #: Files others wrote from our shards without changing a row (a compaction), taken into the table:
+    #: [{"files": {name: {"size", "rows"}}, "covers": [shard file names]}] (``publish/state.Group``).
+    adopted: list[dict] = field(default_factory=list)
+    #: The current generation only rewrites shards from the vectors the output holds (a kept column
+    #: changed, no input did): nothing is bought, so no request is needed, not even the canary.
+    rewrite_only: bool = False
+    #: The fingerprint of the job running now (not saved): it may differ from ``fingerprint`` only in
+    #: settings that do not make another job (``fingerprint.RESHAPING``), which the next generation applies.
+    wanted: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     # --------------------------------------------------------------------------------- queries
 
@@ -137,6 +148,10 @@ class Manifest:
                     if name == file
                 ]
         return sorted(found, key=lambda s: s.start)
+
+    def reshaping(self) -> list[str]:
+        """The settings (``input.keep``) whose change makes this run rewrite every shard; [] for none."""
+        return reshaped(self.fingerprint, self.wanted) if self.wanted is not None else []
 
     def unresolved_failures(self) -> list[str]:
         """Failure files whose rows have not been retried successfully yet."""
@@ -206,6 +221,9 @@ class Manifest:
             "retiring": [asdict(s) for s in self.retiring],
             "retired": self.retired,
             "published": self.published,
+            "table": self.table,
+            "adopted": self.adopted,
+            **({"rewrite_only": True} if self.rewrite_only else {}),
         }
         store.replace_manifest(json.dumps(doc, indent=1, sort_keys=True).encode())
         store.drop_commits()  # every journal line is in the manifest now
@@ -244,6 +262,9 @@ class Manifest:
                 retiring=[ShardRecord(**r) for r in doc.get("retiring", [])],
                 retired=list(doc.get("retired", [])),
                 published=int(doc.get("published", 0)),
+                table=dict(doc.get("table") or {}),
+                adopted=list(doc.get("adopted") or []),
+                rewrite_only=bool(doc.get("rewrite_only", False)),
             )
             manifest._replay(store)
             return manifest
@@ -252,101 +273,3 @@ class Manifest:
                 f"{path} is corrupt ({exc}); it cannot be trusted to resume. "
                 "Run again with --restart to discard this output and start over."
             ) from None
-
-
-def open_output(store: OutputStore, fingerprint: dict[str, Any], restart: bool) -> Manifest:
-    """Prepare the output for a run (the caller holds its lock) and return its manifest (new or resumed).
-
-    Refuses (``ResumeRefused``) when it holds another job's output, unless ``restart``; claims the
-    manifest (re-saves it, so a previous writer can no longer replace it); removes temp files and
-    anything the manifest does not record; checks that every recorded shard is still there with
-    the recorded size and a readable footer.
-    """
-    if restart:
-        remove_output(store)
-    store.prepare()
-    manifest = Manifest.load(store)
-    if manifest is None:
-        stray = [n for n in store.list_names() if is_shard(n) and n.endswith(".parquet")]
-        if stray:
-            raise ResumeRefused(
-                f"{store.uri} holds shards ({stray[0]}, ...) but no {MANIFEST}: it is not a batchembed output "
-                "this job can resume. Use another output.path, or --restart to delete them."
-            )
-        manifest = Manifest(fingerprint=fingerprint)
-        manifest.save(store)
-        return manifest
-    if fingerprint_hash(manifest.fingerprint) != fingerprint_hash(fingerprint) and not manifest.shards:
-        # Nothing committed binds this output yet (a run that failed before its first shard, e.g. on a
-        # typo in model.name): the corrected job simply takes it over.
-        remove_orphans(store, manifest)
-        manifest = Manifest(fingerprint=fingerprint)
-        manifest.save(store)
-        return manifest
-    if fingerprint_hash(manifest.fingerprint) != fingerprint_hash(fingerprint):
-        changes = describe_changes(manifest.fingerprint, fingerprint)
-        raise ResumeRefused(
-            f"{store.uri} holds output of a different job: "
-            + "; ".join(changes or ["fingerprint differs"])
-            + ". Its vectors were made with other settings, and mixing them would give a table of two jobs "
-            "(changed input files are fine: a rerun refreshes the output). Run with --restart to discard "
-            "the old output, or use another output.path."
-        )
-    manifest.writer = os.urandom(8).hex()
-    manifest.save(store)  # also folds the last run's commit journal in: each run starts from one file
-    remove_orphans(store, manifest)
-    check_shards(store, manifest)
-    return manifest
-
-
-def remove_output(store: OutputStore) -> None:
-    """Delete everything batchembed writes in the output (used by --restart); the lock stays."""
-    for name in store.list_names():
-        if name.startswith((SHARD_PREFIX, "_")) and (
-            "/" not in name or name.startswith((FAILED_DIR + "/", TRUNCATED_DIR + "/", DELTA_LOG + "/"))
-        ):
-            store.delete(name)
-
-
-def remove_orphans(store: OutputStore, manifest: Manifest, owns: Callable[[str], bool] | None = None) -> None:
-    """Delete temp files and shards/failure files that the manifest does not record.
-
-    ``owns(shard file name)`` limits this to the files of one ``--shard I/N`` part (the other parts'
-    files, committed or in progress, belong to their own manifests)."""
-    known = {name for s in manifest.shards + manifest.retiring for name in s.owned_files()}
-    known |= {name for name, _ in manifest.retired}  # replaced files kept for time travel
-    for name in store.list_names():
-        base = name.rsplit("/", 1)[-1]
-        if "/" in name and not name.startswith((FAILED_DIR + "/", TRUNCATED_DIR + "/")):
-            continue  # not ours
-        if owns is not None and not (is_shard(base) and owns(base.removesuffix(TMP_SUFFIX))):
-            continue  # another part's file
-        if base.endswith(TMP_SUFFIX) or (is_shard(base) and name not in known):
-            store.delete(name)
-    if not manifest.complete:
-        store.delete(SUCCESS)
-
-
-def check_shards(store: OutputStore, manifest: Manifest) -> None:
-    """Every recorded file exists with its recorded size and a readable Parquet footer."""
-    for s in manifest.shards + manifest.retiring:
-        check_file(store, s.name, s.size, None)  # hashing every shard is `verify`'s job
-        if s.failed_file:
-            check_file(store, s.failed_file, None, None)
-
-
-def check_file(store: OutputStore, name: str, size: int | None, digest: str | None) -> None:
-    """Raise OutputError unless ``name`` exists, has ``size`` bytes, a Parquet footer and ``digest``."""
-    hint = "Run with --restart to start over."
-    path = store.describe(name)
-    have = store.size(name)
-    if have is None:
-        raise OutputError(f"{path} is recorded in {MANIFEST} but missing. {hint}")
-    if size is not None and have != size:
-        raise OutputError(f"{path} has {have} bytes, {MANIFEST} recorded {size}: truncated? {hint}")
-    try:
-        store.parquet_file(name).metadata  # noqa: B018 - reading the footer is the check
-    except (pa.ArrowException, OSError) as exc:
-        raise OutputError(f"{path} is not a readable Parquet file ({exc}). {hint}") from None
-    if digest is not None and store.sha256(name) != digest:
-        raise OutputError(f"{path} does not match the checksum in {MANIFEST}. {hint}")

@@ -17,7 +17,7 @@ import re
 
 from batchembed.errors import ResumeRefused, UsageError
 from batchembed.fs.atomic import TMP_SUFFIX
-from batchembed.job.fingerprint import describe_changes, fingerprint_hash
+from batchembed.job.fingerprint import describe_changes, same_job
 from batchembed.output.input_diff import GENERATION_SPAN
 from batchembed.output.layout import (
     PART_MANIFEST,
@@ -28,8 +28,10 @@ from batchembed.output.layout import (
     manifest_names,
     part_suffix,
 )
-from batchembed.output.manifest import Manifest, check_shards, remove_orphans
+from batchembed.output.manifest import Manifest
+from batchembed.output.opening import check_shards, remove_orphans
 from batchembed.output.store.base import OutputStore
+from batchembed.output.store.holders import live_writers, part_writer
 
 # a unit name (``part-00007``), a unit's file (``part-00007.parquet``) or a shard file of one
 # attempt (``part-00007-1a2b3c4d.parquet``)
@@ -111,7 +113,7 @@ def finished_split_manifest(store: OutputStore, fingerprint: dict) -> Manifest:
     """A finished split as one manifest, for a whole run that has nothing left to do (its job's fingerprint
     must be the split's: ``ResumeRefused`` otherwise, as for any other job's output)."""
     manifest, _ = load_whole(store)
-    if fingerprint_hash(manifest.fingerprint) != fingerprint_hash(fingerprint):
+    if not same_job(manifest.fingerprint, fingerprint):
         changes = describe_changes(manifest.fingerprint, fingerprint)
         raise ResumeRefused(
             f"{store.uri} holds the finished output of a different job (written by --shard parts): "
@@ -124,7 +126,7 @@ def finished_split_manifest(store: OutputStore, fingerprint: dict) -> Manifest:
 def open_part(store: OutputStore, fingerprint: dict, restart: bool, part: tuple[int, int]) -> Manifest:
     """Prepare the output for one part (its lock is held) and return the part's manifest (new or resumed).
 
-    Like ``checkpoint.open_output`` but confined to the part: ``--restart`` and the orphan sweep only
+    Like ``opening.open_output`` but confined to the part: ``--restart`` and the orphan sweep only
     touch the part's own files; another part with a different fingerprint is refused (two jobs mixed).
     """
     store.use_part(part)
@@ -142,7 +144,7 @@ def open_part(store: OutputStore, fingerprint: dict, restart: bool, part: tuple[
         if other == part:
             continue
         theirs = _load_part(store, other)
-        if theirs is not None and fingerprint_hash(theirs.fingerprint) != fingerprint_hash(fingerprint):
+        if theirs is not None and not same_job(theirs.fingerprint, fingerprint):
             raise ResumeRefused(
                 f"{store.uri}: part {name} was written for a different job (other inputs or settings); "
                 "all parts of one split must run the same job. Use another output.path."
@@ -153,11 +155,14 @@ def open_part(store: OutputStore, fingerprint: dict, restart: bool, part: tuple[
         manifest.save(store)
         remove_orphans(store, manifest, owns)
         return manifest
-    if fingerprint_hash(manifest.fingerprint) != fingerprint_hash(fingerprint):
+    if not same_job(manifest.fingerprint, fingerprint):
         raise ResumeRefused(
             f"{store.describe(store.manifest_name)} holds output of a different job (inputs or settings changed). "
             "Run with --restart to discard this part, or use another output.path."
         )
+    if not manifest.shards:
+        manifest.fingerprint = fingerprint  # no shard holds the old kept columns
+    manifest.wanted = fingerprint  # a changed input.keep: the part rewrites its shards
     manifest.save(store)
     remove_orphans(store, manifest, owns)
     check_shards(store, manifest)
@@ -201,8 +206,6 @@ def load_whole(store: OutputStore) -> tuple[Manifest | None, dict]:
 def parts_left(store: OutputStore, part: tuple[int, int]) -> str:
     """What a part that finished says of the parts not complete yet: still running (a run holds the part's
     lock or lease now) or not running (never started, stopped or killed: someone must run it again)."""
-    from batchembed.output.store.holders import live_writers, part_writer
-
     index, count = part
     writers = live_writers(store)
     running, idle = [], []

@@ -1,6 +1,6 @@
 """The output's side of a refresh: plan it, start it durably, and finish it by publishing the table.
 
-``JobOutput`` calls these around a run (``refresh.py`` holds the pure decisions):
+``JobOutput`` calls these around a run (``input_diff.py`` holds the pure decisions):
 
 1. ``plan`` compares the inputs with the shards' recorded identities (nothing is written);
 2. ``held_ids`` reads the ids of the rows the refresh keeps (from the output, not the inputs), so
@@ -17,14 +17,18 @@ no longer names them, and a publish that already happened is recognised and not 
 
 from __future__ import annotations
 
+import contextlib
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from batchembed.failpoints import failpoint
 from batchembed.human import plural
 from batchembed.input.chunks import file_done
+from batchembed.input.units import with_tail
 from batchembed.output.input_diff import (
     InputDiff,
     begin_generation,
@@ -34,11 +38,18 @@ from batchembed.output.input_diff import (
     plan_identities,
 )
 from batchembed.output.layout import FAILED_DIR, SUCCESS, is_shard
+from batchembed.output.leaving import ids_leaving
 from batchembed.output.manifest import Manifest
+from batchembed.output.restore import shard_ids
+from batchembed.output.table_view import intact, record_publish, table_view
 
 if TYPE_CHECKING:
     from batchembed.input.files import SourceFile
     from batchembed.output.store.base import OutputStore
+
+#: Seconds a file a publish took out of the table is kept at least, for Delta readers that opened an
+#: earlier version just before (and for a plain reader of its path): deleted by a later run after that.
+RETIRE_GRACE = 600
 
 
 def kept(manifest: Manifest, diff: InputDiff) -> Manifest:
@@ -47,8 +58,14 @@ def kept(manifest: Manifest, diff: InputDiff) -> Manifest:
 
 
 def work_files(view: Manifest, sources: list[SourceFile]) -> list[SourceFile]:
-    """The files this run reads: those not fully held by the shards of ``view`` (``kept``)."""
-    return [src for src in sources if not file_done(src, {r.start: r for r in view.ranges_of(src.name)})]
+    """The files this run reads: those not fully held by the shards of ``view`` (``kept``); a file that
+    grew comes marked with the rows the output holds of it (``SourceFile.tail``: only its new rows are read)."""
+    out = []
+    for src in sources:
+        committed = {r.start: r for r in view.ranges_of(src.name)}
+        if not file_done(src, committed):
+            out.append(with_tail(src, committed))
+    return out
 
 
 def held_ids(
@@ -56,15 +73,29 @@ def held_ids(
 ) -> list[tuple[str, pa.Array]]:
     """Ids of the rows the refresh keeps and does not read again: [(where, ids)].
 
-    Shards holding rows of a file this run reads are left out (that file's ids are scanned anyway)."""
-    reading = {src.name for src in work}
+    Shards holding rows of a file this run reads are left out (that file's ids are scanned anyway), but
+    not those of a file that grew: only its new rows are read."""
+    reading = {src.name for src in work if src.tail is None}
     out = []
-    for s in diff.kept(manifest):
-        if reading & set(s.inputs):
+    kept = diff.kept(manifest)
+    compacted = intact(manifest, [s.name for s in kept])
+    covered = {name for g in compacted for name in g.covers}
+    for g in compacted:  # the rows of the shards a group covers are in the files others compacted them into
+        read_again = [s for s in kept if s.name in g.covers and reading & set(s.inputs)]
+        for name in sorted(g.files):
+            ids = _ids(store, name, column)
+            if read_again:  # their ids are scanned from their input files
+                again = pa.concat_arrays([shard_ids(store, s, {w.name: w for w in work}, column) for s in read_again])
+                ids = ids.filter(pc.invert(pc.is_in(ids, value_set=again)))
+            out.append((f"{name} (compacted from batchembed's shards)", ids))
+    for s in kept:
+        if reading & set(s.inputs) or s.name in covered:
             continue
         files = ", ".join(s.inputs) or s.name
-        if s.rows:
-            out.append((f"{files} (already in the output, {s.name})", _ids(store, s.name, column)))
+        # a shard compacted by others, then vacuumed, is gone: a run restores it before it gets here (plan does not)
+        with contextlib.suppress(FileNotFoundError):
+            if s.rows:
+                out.append((f"{files} (already in the output, {s.name})", _ids(store, s.name, column)))
         if s.failed_file and s.failed_file not in manifest.resolved:
             out.append((f"{files} (failed rows, {s.failed_file})", _ids(store, s.failed_file, "id")))
     return out
@@ -79,9 +110,13 @@ def begin(
     store: OutputStore, manifest: Manifest, diff: InputDiff, sources: list[SourceFile], max_removed: float
 ) -> bool:
     """Start a refresh generation when the inputs changed (True), after the removal guard; else record
-    the first run's plan. The manifest is saved before anything else changes."""
+    the first run's plan. The manifest is saved before anything else changes. Files proven unchanged
+    (touched) get their new identity recorded first, so the next run does not look at them again."""
+    if record_touched(manifest, diff):
+        manifest.save(store)
     if needs_new_generation(manifest, diff, sources):
-        guard_removal(manifest, diff, max_removed, str(store.uri))
+        reading = work_files(kept(manifest, diff), sources)  # the ids that leave are counted only if it matters
+        guard_removal(manifest, diff, max_removed, str(store.uri), partial(ids_leaving, store, manifest, diff, reading))
         begin_generation(manifest, diff, sources)
         manifest.save(store)
         failpoint("refresh-begun")
@@ -93,12 +128,30 @@ def begin(
     return False
 
 
+def record_touched(manifest: Manifest, diff: InputDiff) -> bool:
+    """Record the identity now of each file proven unchanged (a ``touch``) in the shards and the plan that
+    name it; True if any changed."""
+    changed = False
+    for name, identity in diff.touched.items():
+        for s in manifest.shards:
+            if name in s.inputs and s.inputs[name] != identity:
+                s.inputs[name], changed = identity, True
+        if name in manifest.work and manifest.work[name] != identity:
+            manifest.work[name], changed = identity, True
+    return changed
+
+
 def describe(diff: InputDiff, manifest: Manifest) -> str:
     """One line for the log: what this refresh does."""
+    if diff.reshaped and not (diff.added or diff.changed or diff.removed or diff.grown):
+        return (
+            f"refresh (generation {manifest.generation}): the kept columns changed ({', '.join(diff.reshaped)}); "
+            "every shard is rewritten from the vectors it holds, nothing is bought"
+        )
     return (
         f"refresh (generation {manifest.generation}): {plural(len(diff.added), 'file')} added, "
-        f"{len(diff.changed)} changed, "
-        f"{len(diff.removed)} removed, {len(diff.unchanged)} unchanged; {diff.rows_removed:,} rows leave the "
+        f"{len(diff.changed)} changed, {len(diff.removed)} removed, {len(diff.grown)} grown, "
+        f"{len(diff.unchanged)} unchanged; {diff.rows_removed:,} rows leave the "
         "output; texts already in it are reused, not bought"
     )
 
@@ -115,12 +168,15 @@ def protected(manifest: Manifest) -> set[str]:
 def publish(
     store: OutputStore, manifest: Manifest, history_days: float, table: Any, say, now: float | None = None
 ) -> None:
-    """Make the table exactly the manifest's shards, then drop (or keep for history) what it replaced.
+    """Make the table exactly the manifest's shards (compacted ones as the files others made of them:
+    ``table_view``), then keep what it replaced for readers still reading the previous version.
 
-    ``table(files, tag)`` publishes; it must be idempotent for the same files and tag (publish/)."""
+    ``table(files, tag, releasing=...)`` publishes; it must be idempotent for the same files and tag (publish/)."""
     tag = manifest.generation + 1  # one publish per generation's content; retry shards re-publish it
     failpoint("before-publish")
-    table(manifest.shards, tag)
+    files, releasing = table_view(manifest)
+    version = table(files, tag, releasing=releasing)
+    record_publish(store.where, manifest, version, tag)
     failpoint("published-before-retire")
     replaced = retire(store, manifest, history_days, tag, now)
     _say_replaced(say, replaced, history_days)
@@ -132,38 +188,64 @@ def publish_parts(
     """``publish`` for a split output: the table is every part's shards, published once, complete;
     then each part's replaced files go (each part's manifest records it)."""
     tag = max(m.generation for _, m in parts) + 1
-    table([s for _, m in parts for s in m.shards], tag)
-    replaced = sum(retire(store, m, history_days, tag, now) for store, m in parts)
+    table([s for _, m in parts for s in m.shards], tag)  # parts record no table version: they take nothing in
+    replaced = sum(retire(store, m, history_days, tag, now, own=False) for store, m in parts)
     _say_replaced(say, replaced, history_days)
 
 
-def retire(store: OutputStore, manifest: Manifest, history_days: float, tag: int, now: float | None = None) -> int:
-    """After a publish: the files the table no longer names are deleted (or kept ``history_days``),
-    once the manifest says so; retired files past their days go too. Returns how many shards (the table's
-    files) were replaced: their cut and failed rows' files go with them, but were never in the table."""
+def retire(
+    store: OutputStore, manifest: Manifest, history_days: float, tag: int, now: float | None = None, own: bool = True
+) -> int:
+    """After a publish: the files the table no longer names are kept for readers of earlier versions and
+    deleted by a later run (``sweep``), at least ``RETIRE_GRACE`` seconds later (``history_days`` if
+    longer); failure files, which no table names, go now. Returns how many shards (the table's files) were
+    replaced: their cut and failed rows' files go with them, but were never in the table.
+
+    ``own``: the manifest is this run's (it is saved: it records the publish); another part's manifest is
+    saved only when its files changed state (that part may be running again)."""
     now = time.time() if now is None else now
     current = {name for s in manifest.shards for name in s.owned_files()}
     replaced = [n for s in manifest.retiring for n in s.owned_files() if n not in current]
-    if history_days > 0:  # shards and their cut rows stay for time travel; failure files are not in the table
-        manifest.retired.extend([name, now] for name in replaced if not name.startswith(FAILED_DIR + "/"))
-        drop = [n for n in replaced if n.startswith(FAILED_DIR + "/")]
-    else:
-        drop = list(replaced)
-    drop += expired(manifest.retired, history_days, now)
+    drop = due(manifest, history_days, now)  # retired by an earlier run, past their time
     dropped = set(drop)
-    changed = bool(manifest.retiring or dropped)  # else nothing to record (another part's manifest stays)
     manifest.retired = [r for r in manifest.retired if r[0] not in dropped]
+    manifest.retired.extend([name, now] for name in replaced if not name.startswith(FAILED_DIR + "/"))
+    drop += [n for n in replaced if n.startswith(FAILED_DIR + "/")]
+    changed = own or bool(manifest.retiring or drop)
     manifest.retiring = []
     if changed:
         manifest.published = tag
-        manifest.save(store)  # the table no longer names them: now they may go
+        manifest.save(store)  # the table no longer names them: from now on they may go
     failpoint("retired-before-delete")
     for name in drop:
         store.delete(name)
     return sum(1 for name in replaced if is_shard(name))
 
 
+def due(manifest: Manifest, history_days: float, now: float) -> list[str]:
+    """Retired files whose time is up: kept ``history_days``, and at least ``RETIRE_GRACE`` seconds."""
+    return expired(manifest.retired, max(history_days, RETIRE_GRACE / 86400), now)
+
+
+def sweep(store: OutputStore, manifest: Manifest, history_days: float, now: float | None = None) -> int:
+    """At a run's start: delete the retired files whose time is up (a rerun with nothing else to do too).
+    The manifest is saved first (it stops naming them), then they go. Returns how many were deleted."""
+    drop = due(manifest, history_days, time.time() if now is None else now)
+    if drop:
+        dropped = set(drop)
+        manifest.retired = [r for r in manifest.retired if r[0] not in dropped]
+        manifest.save(store)
+        for name in drop:
+            store.delete(name)
+    return len(drop)
+
+
 def _say_replaced(say, replaced: int, history_days: float) -> None:
     if replaced:
-        kept = f"; kept {history_days:g} days for time travel" if history_days > 0 else ""
-        say(f"published the refreshed table: {plural(replaced, 'replaced shard')} removed from it{kept}")
+        days = max(history_days, RETIRE_GRACE / 86400)
+        kept = f"{history_days:g} days" if history_days > 0 else f"{RETIRE_GRACE // 60:.0f} minutes"
+        say(
+            f"published the refreshed table: {plural(replaced, 'replaced shard')} taken out of it; their files stay "
+            f"for readers of earlier versions and are deleted by a run at least {kept} from now"
+            + (" (time travel)" if days >= 1 else "")
+        )

@@ -2,7 +2,7 @@
 
 The plan builds the job's own task as a run does (``job.build_task``, from the same ``ResolvedJob``)
 and drives its very ``prepare`` over the very chunks a run reads (``units.iter_chunks`` with the
-runner's ``CHUNK_ROWS``): texts are built, prefixed, blank-checked, counted, cut and deduplicated
+the run's ``CHUNK_ROWS``): texts are built, prefixed, blank-checked, counted, cut and deduplicated
 by the run's code, and requests are packed with ``batching.pack`` as the run packs them, so the
 request and token figures are what a fresh run of the job would send (token figures are as good as
 the job's tokenizer: the ``estimate`` counter errs on the high side). The task gets no provider and
@@ -33,8 +33,9 @@ from dataclasses import asdict
 import numpy as np
 import pyarrow as pa
 
+from batchembed.exitcodes import ExitCode
 from batchembed.input.checks import check_inputs
-from batchembed.input.chunks import iter_chunks
+from batchembed.input.chunks import CHUNK_ROWS, iter_chunks
 from batchembed.input.discover import discover
 from batchembed.input.read import check_columns
 from batchembed.job.config import JobConfig
@@ -42,12 +43,12 @@ from batchembed.job.resolved import ResolvedJob, resolve
 from batchembed.output.input_diff import GENERATION_SPAN, known_rows
 from batchembed.output.manifest import Manifest
 from batchembed.output.store import storage_options
+from batchembed.plan.batch_tier import batch_estimate
 from batchembed.plan.eta import SAMPLE_TEXTS, measure_local, paced, read_previous_report
-from batchembed.plan.existing import ExistingOutput, existing_output
+from batchembed.plan.existing import ExistingOutput, existing_output, refuse_before_buying
 from batchembed.plan.report import PlanReport, format_report
 from batchembed.run.assemble import build_counter, build_task
 from batchembed.run.progress import Heartbeat
-from batchembed.run.runner import CHUNK_ROWS
 from batchembed.stats import Stats
 from batchembed.tasks import Piece, Request, Task
 from batchembed.tasks.batching import pack
@@ -306,11 +307,14 @@ def _estimate(
     doing.now = lambda: "checking the inputs (columns, types, every id)"
     existing = _existing_output(resolved, task)
     known = known_rows(existing.manifest if existing else None)
-    sources = discover(config.input.path, storage_options(config), known=known)
+    sources = discover(config.input.path, storage_options(config), known=known, identity=config.input.identity)
     view = Manifest(fingerprint={})
     reading = sources
     first = 0
     if existing is not None:
+        refused, notes = existing.table_check()  # what a run would refuse or repair about the Delta table
+        report.refusals += refused
+        report.warnings += notes
         view, reading = existing.plan(sources, task)
         report.refresh = existing.refresh
         first = (existing.manifest.generation + 1) * GENERATION_SPAN  # names clear of every kept unit
@@ -318,6 +322,7 @@ def _estimate(
         check_columns(src, task.columns, config)
     held = existing.held_ids(config, reading) if existing is not None and config.input.id else []
     check_inputs(config, reading, task.columns, held)  # the same refusals as `run` (ids, columns, text types)
+    refuse_before_buying(report, config, existing, reading)
     report.files = [{"name": s.name, "format": s.format, "rows": s.rows} for s in reading]
     rows_of: dict[str, int] = {}
     tally = _RerankTally(report, resolved, counting) if resolved.is_rerank else _EmbedTally(report, resolved)
@@ -376,25 +381,8 @@ def plan(
     as_json: bool = False,
     price_per_million: float | None = None,
 ) -> int:
-    """``batchembed plan``: print what a run of ``job`` would read, send and cost; returns 0."""
+    """``batchembed plan``: print what a run of ``job`` would read, send and cost; returns 0, or 1 when a run
+    would refuse before buying anything (the refusals are printed)."""
     report = estimate(job, counter, price_per_million)
     print(json.dumps(asdict(report), indent=2) if as_json else format_report(report))
-    return 0
-
-
-def batch_estimate(report: PlanReport, resolved: ResolvedJob) -> None:
-    """The batch tier's price and batch count next to the online figures, where the provider sells one."""
-    from batchembed.run.batch.shapes import SHAPES, window_text
-
-    config = resolved.config
-    report.tier = config.model.tier
-    shape = SHAPES.get(resolved.model.provider)
-    if shape is None or (config.is_rerank and resolved.model.provider != "voyage"):
-        return
-    report.batch_price_share = shape.discount
-    report.batch_window = window_text(shape.window)
-    cap = min(shape.max_inputs, config.model.batch_inputs or shape.max_inputs)
-    inputs = report.pairs_to_score if config.is_rerank else report.unique_texts
-    report.batches = -(-inputs // cap)
-    if report.estimated_cost_usd is not None:
-        report.estimated_batch_cost_usd = report.estimated_cost_usd * shape.discount
+    return ExitCode.FAILED if report.refusals else ExitCode.OK

@@ -23,6 +23,7 @@ from batchembed.human import per_minute, per_second
 from batchembed.job.config import JobConfig
 from batchembed.job.resolved import ResolvedModel
 from batchembed.output.layout import REPORT
+from batchembed.output.store import open_store
 
 #: Texts the plan keeps from the start of the input to time the local model on.
 SAMPLE_TEXTS = 4096
@@ -99,8 +100,6 @@ def learned_limits(previous_report: dict[str, Any] | None) -> tuple[float | None
 
 def read_previous_report(job: JobConfig) -> dict[str, Any] | None:
     """The ``_report.json`` a previous run left in the job's output, if any (unreadable: None)."""
-    from batchembed.output.store import open_store
-
     try:
         data = open_store(job).read_bytes(REPORT)
         return json.loads(data) if data else None

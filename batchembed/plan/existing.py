@@ -13,11 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from batchembed.job.fingerprint import HasFingerprint, fingerprint_hash, job_fingerprint
+from batchembed.job.fingerprint import HasFingerprint, job_fingerprint, same_job
 from batchembed.output import refresh as output_refresh
-from batchembed.output.cache import OutputCache
 from batchembed.output.input_diff import diff_inputs
 from batchembed.output.manifest import Manifest
+from batchembed.output.parts import load_whole
+from batchembed.output.publish.state import MAINTAINED
+from batchembed.output.schema import SchemaRefused
+from batchembed.output.schema_check import settle_output
+from batchembed.output.shared_table import refusal, split_refusal, table_state
+from batchembed.output.store import open_store
+from batchembed.output.table_view import cache_files
 from batchembed.plan.touched import touched_files
 
 if TYPE_CHECKING:
@@ -35,29 +41,48 @@ class ExistingOutput:
     manifest: Manifest
     refresh: dict = field(default_factory=dict)
     _diff: Any = None
+    split: bool = False  # written by --shard parts (their manifests merged)
+
+    def table_check(self) -> tuple[list[str], list[str]]:
+        """(what a run would refuse about the output's Delta table, what it would repair or take in)."""
+        state = table_state(self.store, self.manifest)
+        if state.refused:
+            return [refusal(self.store.uri, state)], []
+        if state.kind == MAINTAINED and self.split and state.groups:
+            return [split_refusal(self.store.uri, state)], []
+        if state.rebuilt_by_run:
+            return [], [f"{state.problem}: a run rebuilds the Delta table from the manifest (no request)"]
+        if state.kind == MAINTAINED:
+            self.manifest.adopted = [g.to_json() for g in state.groups]  # as a run takes it in (never saved)
+            taken = "; ".join(state.taken)
+            return [], [f"the Delta table was maintained by another writer ({taken}): a run takes it in, rows kept"]
+        return [], []
 
     def plan(self, sources: list[SourceFile], task: Any) -> tuple[Manifest, list[SourceFile]]:
         """(the shards a run keeps, as a manifest; the files it reads), and the refresh figures."""
         diff = self._diff = diff_inputs(self.manifest, sources)
         kept = output_refresh.kept(self.manifest, diff)
         reading = output_refresh.work_files(kept, sources)
-        if hasattr(task, "output_cache") and reading:
-            task.output_cache = OutputCache(
-                self.store, self.manifest.shards + self.manifest.retiring, task.job.output.column
-            )
+        if reading:
+            task.reuse_output(self.store, cache_files(self.manifest))
         self.refresh = {
             "added": diff.added,
             "changed": diff.changed,
             "removed": diff.removed,
             "unchanged": diff.unchanged,
+            "grown": diff.grown,
+            "touched": sorted(diff.touched),
+            "reshaped": diff.reshaped,
             **diff.summary(),  # the counts, apart from the lists of names
             "rows_removed": diff.rows_removed,
             "rows_reused": 0,
             "up_to_date": self.manifest.complete and not reading,
         }
-        # changed files whose rows the output holds as they are now (a touch): "touched, content unchanged"
-        touched = touched_files(self.store, self.manifest, diff.changed, sources, task)
-        self.refresh.update(touched=touched, files_touched=len(touched))
+        # touched files: CSV/JSON Lines whose bytes are proven the same are unchanged (``diff.touched``, not
+        # read); changed files whose rows the output holds as they are now are read again, nothing bought
+        reread = touched_files(self.store, self.manifest, diff.changed, sources, task)
+        touched = sorted([*diff.touched, *reread])
+        self.refresh.update(touched=touched, touched_reread=reread, files_touched=len(touched))
         return kept, reading
 
     def held_ids(self, config: JobConfig, reading: list[SourceFile]) -> list[tuple[str, pa.Array]]:
@@ -67,16 +92,26 @@ class ExistingOutput:
 
 def existing_output(resolved: ResolvedJob, task: HasFingerprint) -> ExistingOutput | None:
     """The job's output if it exists and was made with the same settings, else None (a first run)."""
-    from batchembed.output.parts import load_whole
-    from batchembed.output.store import open_store
-
     store = open_store(resolved.config)
     try:
-        manifest, _ = load_whole(store)
+        manifest, parts = load_whole(store)
     except Exception:  # no output, or one a run would refuse: plan the job as a first run
         return None
     if manifest is None:
         return None
-    if fingerprint_hash(manifest.fingerprint) != fingerprint_hash(job_fingerprint(resolved, task)):
+    wanted = job_fingerprint(resolved, task)
+    if not same_job(manifest.fingerprint, wanted):
         return None
-    return ExistingOutput(store, manifest)
+    manifest.wanted = wanted  # a changed input.keep: the run rewrites every shard, buying nothing
+    return ExistingOutput(store, manifest, split=bool(parts))
+
+
+def refuse_before_buying(
+    report: Any, config: JobConfig, existing: ExistingOutput | None, reading: list[SourceFile]
+) -> None:
+    """The output's column types, settled as ``run`` settles them before buying: a refusal goes in the plan."""
+    store, shards = (existing.store, existing.manifest.shards) if existing is not None else (None, [])
+    try:
+        settle_output(config, reading, store, shards)
+    except SchemaRefused as exc:
+        report.refusals.append(str(exc))

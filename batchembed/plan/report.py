@@ -53,6 +53,9 @@ class PlanReport:
     eta_basis: str = "configured"  # "measured" (local) | "server" (limits a previous run learned) | "configured"
     eta_detail: str = ""  # how the ETA was obtained, in one human line
     warnings: list[str] = field(default_factory=list)
+    #: What ``run`` would refuse before buying anything (the table's state, the output's column types):
+    #: each a sentence saying what to do; ``plan`` exits 1 when there is any.
+    refusals: list[str] = field(default_factory=list)
     #: Against an existing output: files added/changed/removed/unchanged (names), rows removed and
     #: rows reused from the output; the other figures then count only what the refresh reads and sends.
     refresh: dict = field(default_factory=dict)
@@ -123,6 +126,9 @@ def format_report(r: PlanReport) -> str:
     if r.refresh:
         lines[1:1] = refresh_lines(r.refresh)
     lines += [f"warning: {w}" for w in r.warnings]
+    lines += [f"refused: {w}" for w in r.refusals]
+    if r.refusals:
+        lines.append("a run would stop there, before buying anything (plan exits 1)")
     return "\n".join(lines)
 
 
@@ -132,8 +138,14 @@ NAMES_SHOWN = 20
 
 def refresh_lines(refresh: dict) -> list[str]:
     """What a rerun over an existing output changes: files by state, rows removed and reused."""
-    touched = refresh.get("touched", [])  # changed files proven to hold what the output holds (plan/touched)
-    lists = {**refresh, "changed": [n for n in refresh["changed"] if n not in touched], "touched": touched}
+    reread = refresh.get("touched_reread", [])  # changed files proven to hold what the output holds (plan/touched)
+    settled = [n for n in refresh.get("touched", []) if n not in reread]  # bytes proven the same: unchanged
+    lists = {
+        **refresh,
+        "changed": [n for n in refresh["changed"] if n not in reread],
+        "touched_reread": reread,
+        "touched": settled,
+    }
 
     def names(key: str) -> str:
         found = lists[key]
@@ -147,17 +159,32 @@ def refresh_lines(refresh: dict) -> list[str]:
 
     if not (refresh["added"] or refresh["changed"] or refresh["removed"]) and refresh["up_to_date"]:
         return ["  output           up to date with the inputs: a run sends nothing"]
-    return [
+    lines = [
         "  refresh of the existing output (the figures below count only what it reads and sends):",
         f"    files added      {names('added')}",
         f"    files changed    {names('changed')}",
-        *(
-            [f"    files touched    {names('touched')} (touched, content unchanged: read again, nothing bought)"]
-            if touched
-            else []
-        ),
+    ]
+    if reread:
+        lines.append(
+            f"    files touched    {names('touched_reread')} (touched, content unchanged: read again, nothing bought)"
+        )
+    if refresh.get("grown"):
+        lines.append(f"    files grown      {names('grown')} (only their new rows are read)")
+    lines += [
         f"    files removed    {names('removed')}",
         f"    files unchanged  {names('unchanged')} (not read)",
+    ]
+    if settled:
+        lines.append(
+            f"    files touched    {names('touched')} (touched, content unchanged: its bytes read once to prove it)"
+        )
+    if refresh.get("reshaped"):
+        lines.append(
+            f"    kept columns     changed ({', '.join(refresh['reshaped'])}): every shard is rewritten from the "
+            "vectors it holds"
+        )
+    return [
+        *lines,
         f"    rows removed     {refresh['rows_removed']:,} (leave the output: changed or deleted inputs)",
         f"    rows reused      {refresh['rows_reused']:,} (their texts' vectors are already in the output)",
     ]

@@ -97,19 +97,22 @@ def _matrix(decoded: pa.Array, n: int) -> np.ndarray | None:
 
 
 def _usage(doc: pl.DataFrame) -> int | bool | None:
-    """``usage.prompt_tokens`` when it is an integer, None when absent; False when unsure."""
+    """``usage.prompt_tokens`` (else ``total_tokens``, all Voyage reports) when an integer, None when
+    absent; False when unsure."""
     usage = doc.schema.get("usage")
     if usage is None:
         return None
     if not isinstance(usage, pl.Struct):
         return False
     names = {f.name: f.dtype for f in usage.fields}
-    if "prompt_tokens" not in names:
-        return None
-    if not names["prompt_tokens"].is_integer():
-        return False
-    value = doc.get_column("usage").struct.field("prompt_tokens")[0]
-    return int(value) if value is not None else None
+    for name in ("prompt_tokens", "total_tokens"):
+        if name in names:
+            if not names[name].is_integer():
+                return False
+            value = doc.get_column("usage").struct.field(name)[0]
+            if value is not None:
+                return int(value)
+    return None
 
 
 def _model(doc: pl.DataFrame) -> str | bool | None:

@@ -21,6 +21,7 @@ from batchembed.errors import InvalidVectors, MalformedResponse, ServerIgnoredSe
 from batchembed.providers.base import EmbeddingResult, vector_norms
 from batchembed.providers.bulk_answer import parse_base64_answer
 from batchembed.providers.http import JSONClient, rate_headers
+from batchembed.providers.request_fields import embedding_options
 from batchembed.providers.transport import Transport
 
 #: Answers at least this large are decoded on a worker thread (a 256-input base64 answer is ~1.4 MB).
@@ -42,14 +43,16 @@ class OpenAICompatibleEmbedder:
         timeout: float,
         max_connections: int,
         fall_back_to_float: bool = False,
-        dimensions_by: str = "server",
+        cut_to: int | None = None,
         extra_body: Mapping[str, Any] | None = None,
         transport: Transport | None = None,
+        role: str = "document",
     ) -> None:
         self.provider = provider
+        self.role = role  # input.role: Voyage is told it embeds queries (``request_fields``)
         self.model = model
-        self.dimensions = dimensions
-        self.dimensions_by = dimensions_by  # "client": never send `dimensions`, cut Matryoshka vectors here
+        self.dimensions = dimensions  # sent as `dimensions` (None: not sent)
+        self.cut_to = cut_to  # Matryoshka vectors cut to this size here (servers that ignore `dimensions`)
         self.extra_body = dict(extra_body or {})
         self.use_base64 = use_base64
         self.fall_back_to_float = fall_back_to_float
@@ -58,17 +61,17 @@ class OpenAICompatibleEmbedder:
         # only one answer at a time is being decoded (more threads held more buffers, not more speed).
         self._decoder = ThreadPoolExecutor(1, thread_name_prefix="batchembed-decode")
 
-    def request_body(self, texts: list[str]) -> dict[str, Any]:
-        """The JSON body for ``texts``: only fields every compatible server knows."""
-        body: dict[str, Any] = {
-            **self.extra_body,  # [model] extra_body; config validation keeps it off model/input
-            "model": self.model,
-            "input": texts,
-            "encoding_format": "base64" if self.use_base64 else "float",
-        }
-        if self.dimensions is not None and self.dimensions_by == "server":
-            body["dimensions"] = self.dimensions
-        return body
+    def request_body(self, texts: list[str], full: bool = False) -> dict[str, Any]:
+        """The JSON body for ``texts`` in the provider's field names (``request_fields``); ``full``: the
+        model's own size asked (no dimension field)."""
+        options = embedding_options(
+            self.provider,
+            dimensions=None if full else self.dimensions,
+            base64=self.use_base64,
+            role=self.role,
+            extra_body=self.extra_body,  # [model] extra_body; config validation keeps it off model/input
+        )
+        return {**options, "model": self.model, "input": texts}
 
     async def embed(self, texts: list[str]) -> EmbeddingResult:
         """Send one request; raise the ``APIError`` subclass that says what to do on failure."""
@@ -80,21 +83,18 @@ class OpenAICompatibleEmbedder:
         return await self._embed(texts, full=True)
 
     async def _embed(self, texts: list[str], *, full: bool) -> EmbeddingResult:
-        body = self.request_body(texts)
-        if full:
-            body.pop("dimensions", None)
+        body = self.request_body(texts, full)
         try:
             payload, headers = await self._http.post("/embeddings", body)
         except TerminalAPIError as exc:
             # encoding = "auto" on an unknown server: base64 is ~4x smaller and much faster to decode,
             # but a server that rejects it gets floats from then on.
-            if body["encoding_format"] == "base64" and self.fall_back_to_float and _rejects_base64(exc):
+            if body.get("encoding_format") == "base64" and self.fall_back_to_float and _rejects_base64(exc):
                 self.use_base64 = False
                 return await self._embed(texts, full=full)
             raise
-        client_cut = self.dimensions_by == "client" and self.dimensions is not None
-        want = None if client_cut or full else self.dimensions
-        cut = self.dimensions if client_cut and not full else None
+        want = None if full else self.dimensions
+        cut = None if full else self.cut_to
         if len(payload) >= OFF_LOOP_BYTES:  # decoding releases the GIL: the event loop keeps sending meanwhile
             loop = asyncio.get_running_loop()
             decoded = await loop.run_in_executor(self._decoder, decode_answer, payload, len(texts), want, cut)
@@ -176,9 +176,20 @@ def parse_answer(payload: bytes, expected: int, dimensions: int | None) -> tuple
         bad = np.flatnonzero(~finite)
         raise InvalidVectors(f"response holds NaN or infinite values (vector {int(bad[0])})", items=bad)
     usage = doc.get("usage") if isinstance(doc, dict) else None
-    tokens = usage.get("prompt_tokens") if isinstance(usage, Mapping) else None
+    tokens = usage_tokens(usage)
     served = doc.get("model") if isinstance(doc, dict) else None
-    return out, (int(tokens) if isinstance(tokens, int) else None), (served if isinstance(served, str) else None)
+    return out, tokens, (served if isinstance(served, str) else None)
+
+
+def usage_tokens(usage: Any) -> int | None:
+    """The input tokens an answer's ``usage`` reports: ``prompt_tokens``, else ``total_tokens`` (Voyage
+    reports only that; for embeddings the two are the same); None when it reports neither."""
+    if not isinstance(usage, Mapping):
+        return None
+    for name in ("prompt_tokens", "total_tokens"):
+        if isinstance(usage.get(name), int) and not isinstance(usage.get(name), bool):
+            return int(usage[name])
+    return None
 
 
 def _decode(value: Any) -> np.ndarray:

@@ -7,12 +7,15 @@ always mapped back through ``index``.
 | format    | request                          | list key  | score key        |
 |-----------|----------------------------------|-----------|------------------|
 | fireworks | documents, return_documents, task| data      | relevance_score  |
-| cohere    | documents, return_documents      | results   | relevance_score  |
+| cohere    | documents (v2: no return_documents) | results | relevance_score  |
 | jina      | documents, return_documents      | results   | relevance_score  |
 | vllm      | documents                        | results   | relevance_score  |
-| voyage    | documents, return_documents      | data      | relevance_score  |
+| voyage    | documents, return_documents, truncation=false | data | relevance_score |
 | tei       | texts, return_text               | (array)   | score            |
 | auto      | like fireworks without `task`    | any of the above             |
+
+Voyage is told ``truncation: false``: batchembed cuts documents itself (``limits.on_too_long``) and
+records the cut, so a server's silent cut would go unreported (``request_fields``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import orjson
 from batchembed.errors import MalformedResponse
 from batchembed.providers.cosine import RERANK_SUFFIX, cosine_rerank_scores
 from batchembed.providers.http import JSONClient, rate_headers
+from batchembed.providers.request_fields import rerank_options
 from batchembed.providers.transport import Transport
 
 FORMATS = ("auto", "fireworks", "cohere", "jina", "vllm", "voyage", "tei")
@@ -44,8 +48,8 @@ def request_body(fmt: str, model: str, query: str, documents: list[str], task: s
     """The JSON body a server of ``fmt`` expects, asking for every document's score."""
     if fmt == "tei":
         return {"query": query, "texts": documents, "return_text": False}
-    body: dict[str, Any] = {"model": model, "query": query, "documents": documents}
-    if fmt != "vllm":
+    body: dict[str, Any] = {"model": model, "query": query, "documents": documents, **rerank_options(fmt)}
+    if fmt not in ("vllm", "cohere"):  # Cohere's v2 rerank has no return_documents (it never returns them)
         body["return_documents"] = False
     if fmt == "fireworks" and task:
         body["task"] = task

@@ -13,10 +13,14 @@ from typing import TYPE_CHECKING, Any
 from batchembed.errors import ConfigError, register_secret
 from batchembed.job.config import JobConfig
 from batchembed.job.resolved import ResolvedJob, resolve
+from batchembed.providers.request_fields import role_options
+from batchembed.run.placement import Placement
 from batchembed.run.runner import JobRunner
 from batchembed.stats import Stats
 from batchembed.tasks import Task
+from batchembed.tasks.embed import EmbedTask
 from batchembed.tasks.memo import VectorMemo
+from batchembed.tasks.rerank import RerankTask
 from batchembed.tasks.tokens import LocalModelCounter, TokenCounter, make_counter
 
 if TYPE_CHECKING:  # aiohttp is imported only when a provider is built
@@ -56,6 +60,7 @@ def build_counter(job: ResolvedJob) -> TokenCounter:
 def build_provider(job: ResolvedJob, transport: Transport | None = None) -> Any:
     """The embedder (or, for rerank jobs, the reranker) that answers the job's requests; HTTP providers
     send through ``transport`` (default: a pooled aiohttp session)."""
+    # the providers are imported here: the HTTP ones bring aiohttp, which plan, status and verify never need
     config, model = job.config, job.model
     if model.provider == "local":
         if job.is_rerank:
@@ -87,14 +92,15 @@ def build_provider(job: ResolvedJob, transport: Transport | None = None) -> Any:
         model=model.name,
         base_url=model.base_url or "",
         api_key=api_key(job),
-        dimensions=config.model.dimensions,
+        dimensions=job.send_dimensions,
         use_base64=job.encoding == "base64",
         timeout=config.model.timeout,
         max_connections=config.limits.concurrency,
         fall_back_to_float=job.fall_back_to_float,
-        dimensions_by=config.model.dimensions_by,
+        cut_to=job.cut_dimensions,
         extra_body=config.model.extra_body,
         transport=transport,
+        role=config.input.role,
     )
 
 
@@ -107,7 +113,8 @@ def vector_memo(job: ResolvedJob) -> VectorMemo:
     that were never normalised)."""
     model, cache, m = job.model, job.config.cache, job.config.model
     facts: tuple = (model.provider, model.name, m.dimensions, *job.identity.values())
-    if m.normalize != "auto" or (m.dimensions is not None and m.dimensions_by == "server"):
+    facts += tuple(role_options(model.provider, job.config.input.role).values())  # Voyage: a query's vector differs
+    if m.normalize != "auto" or job.send_dimensions is not None:
         facts += (f"normalize={m.normalize}",)
     namespace = "|".join(str(x) for x in facts)
     cache_path = cache.path.removeprefix("file://") if cache.path else None
@@ -121,11 +128,7 @@ def build_task(
 
     ``provider`` may be ``None`` when only ``prepare`` will be called (``batchembed plan``)."""
     if job.is_rerank:
-        from batchembed.tasks.rerank import RerankTask
-
         return RerankTask(job, provider, counter, stats=stats)
-    from batchembed.tasks.embed import EmbedTask
-
     return EmbedTask(job, provider, counter, stats=stats, memo=memo)
 
 
@@ -136,13 +139,12 @@ def build_runner(
     restart: bool = False,
     retry_failed: bool = True,
     accept_model_change: bool = False,
-    runner_class: type[JobRunner] = JobRunner,
+    placement: Placement | None = None,
     transport: Transport | None = None,
-    **engine_options,
 ) -> JobRunner:
-    """A ``JobRunner`` (or an engine's subclass, given ``engine_options``) for ``job`` (a ``JobConfig``,
-    resolved here, or a ``ResolvedJob``) with every part chosen from its settings; ``transport`` (tests:
-    an in-process ``HandlerTransport``) carries every HTTP request of the run."""
+    """A ``JobRunner`` for ``job`` (a ``JobConfig``, resolved here, or a ``ResolvedJob``) with every part
+    chosen from its settings, run as ``placement`` says (an engine's; default a whole run here);
+    ``transport`` (tests: an in-process ``HandlerTransport``) carries every HTTP request of the run."""
     resolved = resolve(job)
     provider = build_provider(resolved, transport)
     counter = build_counter(resolved)
@@ -151,15 +153,15 @@ def build_runner(
     stats = Stats(threads=None if local is None else local.threads, compute_times=getattr(local, "compute_times", None))
     memo = vector_memo(resolved) if not resolved.is_rerank else None
     task = build_task(resolved, provider, counter, stats=stats, memo=memo)
-    return runner_class(
+    return JobRunner(
         resolved,
         task,
         provider,
         counter,
         stats=stats,
+        placement=placement,
         quiet=quiet,
         restart=restart,
         retry_failed=retry_failed,
         accept_model_change=accept_model_change,
-        **engine_options,
     )

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from batchembed.errors import InputError
+from batchembed.input.chunks import CHUNK_ROWS
 from batchembed.input.units import Chunk, Unit
 from batchembed.output.commit import JobOutput, UnitWriter
 from batchembed.output.journal.writer import Journal
@@ -27,7 +28,6 @@ from batchembed.sending.sender import Sender, Stop
 from batchembed.sending.server_checks import ServedModel
 from batchembed.stats import Stats
 from batchembed.tasks import Piece, Request, Task
-from batchembed.tasks.normalize import record_norms
 
 
 class Pipeline:
@@ -205,7 +205,8 @@ class Pipeline:
 
     def _commit(self, unit_writer: UnitWriter) -> None:
         self.served.record(self.output.manifest)
-        record_norms(self.task, self.output.manifest, unit_writer.unit.name)
+        if self.task.vectors is not None:  # the lengths written into this unit, recorded with it
+            self.task.vectors.record(self.output.manifest, unit_writer.unit.name)
         self.output.commit(unit_writer)
         self.journal.committed(unit_writer.unit.name)
 
@@ -223,3 +224,77 @@ def first_error(group: BaseExceptionGroup) -> BaseException:
         if not isinstance(exc, asyncio.CancelledError):
             return exc
     return group
+
+
+class Run(Protocol):
+    """What the local stages use of the run they serve (``runner.JobRunner``)."""
+
+    task: Task
+    journal: Journal
+    sender: Sender
+    output: JobOutput
+    stats: Stats
+    served: ServedModel
+    job: Any
+    model: Any
+
+    def tick(self) -> None: ...
+
+    def chunk_stream(
+        self, sources: list, columns: list[str], retry_units: list, units: Any = None
+    ) -> Iterator[Chunk]: ...
+
+
+class LocalStages:
+    """The stages run in this process: the pipeline over the run's own chunks (a whole run, a part, a worker)."""
+
+    def __init__(self, run: Run) -> None:
+        self.run_ = run
+        self.pipeline: Pipeline | None = None
+        self.stopped = False
+
+    async def run(self, sources: list, columns: list[str], retry_units: list, units: Any = None) -> None:
+        """Send and commit the chunks of ``units`` (default: the run's own)."""
+        run, job = self.run_, self.run_.job
+        window = max(4, -(-job.limits.concurrency * run.model.batch_inputs * 2 // CHUNK_ROWS) + 2)
+        self.pipeline = Pipeline(
+            run.task,
+            run.journal,
+            run.sender,
+            run.output,
+            run.stats,
+            tick=run.tick,
+            served=run.served,
+            window=window,
+            workers=job.limits.concurrency,
+        )
+        if self.stopped:  # a signal before the stages existed
+            self.pipeline.stop()
+        await self.pipeline.run(run.chunk_stream(sources, columns, retry_units, units))
+
+    def stop(self) -> None:
+        """Read no more chunks and start no more requests; requests in flight finish."""
+        self.stopped = True
+        if self.pipeline is not None:
+            self.pipeline.stop()
+
+    def abandon(self) -> None:
+        """Cancel the requests still in flight (the stop's grace is over)."""
+        if self.pipeline is not None:
+            self.pipeline.abandon()
+
+    def on_signal(self, sig: int) -> bool:
+        """A signal is the runner's to handle: stop, then abandon after the grace."""
+        return False
+
+    def every_unit_done(self) -> bool:
+        """The local stages reach every unit they are given."""
+        return True
+
+    def report(self) -> dict[str, Any]:
+        """Nothing to add to the report."""
+        return {}
+
+    def conclude(self, conclude: Callable[[], int]) -> int:
+        """The run's own ending, as it is."""
+        return conclude()

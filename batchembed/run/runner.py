@@ -1,19 +1,20 @@
 """One run of a job: wires source -> task -> sender -> output, plus signals and the progress ticker.
 
 Setup (inputs found and checked, the output's lock taken, its manifest opened, the canary), then the
-stages of :mod:`pipeline` over this run's chunks, then the ending (report, summary, ``_SUCCESS``).
-What a request goes through is the :mod:`sender`'s; what makes a unit count is the :mod:`output`'s.
-A run may be confined to a subset of the job's units (``units``): a ``--shard`` part or a Ray
-worker's slice is this same run on its units.
+stages over this run's chunks, then the ending (report, summary, ``_SUCCESS``). What a request goes
+through is the sender's; what makes a unit count is the output's. What an engine changes — which units
+run, where a commit goes, which limits apply, where the stages run, what signals, journals and
+publishing do — is the run's ``Placement`` (``placement``), never a subclass.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 import os
 import signal
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from batchembed import __version__
@@ -21,33 +22,36 @@ from batchembed.exitcodes import ExitCode
 from batchembed.faults import with_path
 from batchembed.human import plural
 from batchembed.input.checks import check_inputs
-from batchembed.input.chunks import iter_chunks, pending_rows, retry_chunks
+from batchembed.input.chunks import CHUNK_ROWS, iter_chunks, pending_rows, retry_chunks
 from batchembed.input.discover import discover
-from batchembed.input.files import FileCache, SourceFile, released_as_read
+from batchembed.input.files import FileCache, released_as_read
 from batchembed.input.read import check_columns
 from batchembed.input.units import Unit
 from batchembed.job.fingerprint import fingerprint_hash, job_fingerprint
 from batchembed.job.resolved import ResolvedJob
-from batchembed.output.commit import JobOutput, RetryUnit
+from batchembed.output.commit import RetryUnit, job_output
 from batchembed.output.input_diff import first_ordinal
 from batchembed.output.journal.segments import journal_store
 from batchembed.output.journal.writer import Journal
 from batchembed.output.layout import TRUNCATED
 from batchembed.output.manifest import Manifest
-from batchembed.output.store import open_store, storage_options
-from batchembed.run.pipeline import Pipeline
+from batchembed.output.schema_check import settle_output
+from batchembed.output.shared_table import before_buying as table_before_buying
+from batchembed.output.store import storage_options
+from batchembed.output.table_view import cache_files
+from batchembed.run.ending import ending_lines
+from batchembed.run.pipeline import LocalStages
+from batchembed.run.placement import Canary, Placement
 from batchembed.run.progress import Progress
 from batchembed.run.rowcount import RowCount
-from batchembed.sending.limits import RateLimits
 from batchembed.sending.sender import Sender, SendHooks
 from batchembed.sending.server_checks import ServedModel, UsageCheck, full_vector_probe, run_canary
+from batchembed.sinks.sync import expected_for_run, for_run
 from batchembed.stats import Stats
 from batchembed.tasks import Request, Task
-from batchembed.tasks.normalize import learn_unit_norm, report_fields
+from batchembed.tasks.normalize import learn_unit_norm
 from batchembed.tasks.tokens import TokenCounter
 
-#: Rows per chunk: the grain of text building, token counting and dedup.
-CHUNK_ROWS = 4096
 #: Seconds in-flight requests get to finish after SIGINT/SIGTERM before they are abandoned.
 STOP_GRACE = 30.0
 
@@ -55,20 +59,8 @@ EXIT_OK, EXIT_PARTIAL, EXIT_SIGINT, EXIT_SIGTERM = ExitCode.OK, ExitCode.PARTIAL
 
 
 class JobRunner:
-    """Runs one job (or the subset ``units`` of its units) to completion or a clean stop; ``run()`` returns
-    an exit code.
-
-    The engines in :mod:`batchembed.run.engines` subclass it: they pass ``units`` (which units this run
-    does), give it their own output (``_make_output``: where a commit goes), limits, and class
-    attributes; the Ray driver replaces ``_pipeline`` and a Ray worker ``_check_server``.
-    """
-
-    #: Install SIGINT/SIGTERM handlers (only possible in a process's main thread).
-    handles_signals = True
-    #: A finished run deletes every answer journal left (not a part of a job: other parts may be running).
-    clears_journals = True
-    #: A finished run publishes the output's table (a part leaves that to the last part to finish).
-    publishes = True
+    """Runs one job (or the units its ``placement`` gives it) to completion or a clean stop; ``run()`` returns
+    an exit code."""
 
     def __init__(
         self,
@@ -78,39 +70,38 @@ class JobRunner:
         counter: TokenCounter,
         *,
         stats: Stats,
+        placement: Placement | None = None,
         quiet: bool = False,
         restart: bool = False,
         retry_failed: bool = True,
         accept_model_change: bool = False,
-        units: Callable[[Unit], bool] | None = None,
     ) -> None:
         self.resolved = resolved
-        self.job = job = resolved.config
+        self.job = resolved.config
         self.model = resolved.model
         self.task = task
         self.provider = provider
         self.counter = counter
+        self.placement = placement = placement if placement is not None else Placement()
         self.restart = restart
         self.retry_failed = retry_failed
-        self.units = units
-        self.output = self._make_output()
-        self.out = self.output.uri  # for messages
+        self.units = placement.units
         self.stats = stats
         self.progress = Progress(self.stats, quiet=quiet)
-        self.limits = RateLimits(self.model.requests_per_minute, self.model.tokens_per_minute, job.limits.concurrency)
+        #: The job's [[sink]]s: checked before anything is bought, synced right after each publish.
+        self.sinks = for_run(self.job, self.progress.line) if placement.syncs_sinks else None
+        self.output = job_output(self.job, placement.role(), self.sinks.wrap if self.sinks is not None else None)
+        self.out = self.output.uri  # for messages
+        self.limits = placement.limits(resolved)
         self.stopping: int | None = None  # the signal number once asked to stop
         self.journal: Journal | None = None
-        self.sender: Sender | None = None  # made once the engine's limits are in place
-        self._stages: Pipeline | None = None
+        self.sender: Sender | None = None  # made once the run is set up
         self._unresolved = 0
         self.accept_model_change = accept_model_change
         self.usage_check = UsageCheck(self.progress.line, counter.name)
         self.files: FileCache | None = None  # the run's small input files (set when the inputs are found)
         self.served = ServedModel(self.model.name, self.progress.line)
-
-    def _make_output(self) -> JobOutput:
-        """Where this run commits its units (an engine's part or worker commits elsewhere)."""
-        return JobOutput(open_store(self.job), self.job.output.compression)
+        self.stages = (placement.stages or LocalStages)(self)
 
     @property
     def manifest(self) -> Manifest | None:
@@ -120,12 +111,13 @@ class JobRunner:
     # ------------------------------------------------------------------------------ public entry
 
     def run(self) -> int:
-        """Run the job in a fresh event loop; return the process exit code."""
-        return asyncio.run(self._main())
+        """Run the job in a fresh event loop (inside the placement's session); return the exit code."""
+        with self.placement.session():
+            return asyncio.run(self._main())
 
     async def _main(self) -> int:
         loop = asyncio.get_running_loop()
-        signals = (signal.SIGINT, signal.SIGTERM) if self.handles_signals else ()
+        signals = (signal.SIGINT, signal.SIGTERM) if self.placement.signals else ()
         for sig in signals:
             loop.add_signal_handler(sig, self._on_signal, sig)
         try:
@@ -139,6 +131,8 @@ class JobRunner:
             self.task.close()
 
     def _on_signal(self, sig: int) -> None:
+        if self.stopping is None and self.stages.on_signal(sig):
+            return  # the stages stopped on their own terms (the batch tier, waiting: the batches keep running)
         if self.stopping is not None:
             # Second signal: leave now. Committed shards are safe; the next run resumes.
             self.progress.close()
@@ -147,33 +141,36 @@ class JobRunner:
         self.stopping = sig
         if self.sender is not None:
             self.sender.stopping = True
-        if self._stages is not None:
-            self._stages.stop()
+        self.stages.stop()
         self.progress.line(
             f"{signal.Signals(sig).name}: finishing requests in flight (up to {STOP_GRACE:.0f}s), then stopping; "
             "press Ctrl-C again to stop at once"
         )
-        asyncio.get_running_loop().call_later(STOP_GRACE, self._abandon_in_flight)
-
-    def _abandon_in_flight(self) -> None:
-        if self._stages is not None:
-            self._stages.abandon()
+        asyncio.get_running_loop().call_later(STOP_GRACE, self.stages.abandon)
 
     # ------------------------------------------------------------------------------------ setup
 
-    def fingerprint(self, sources: list[SourceFile] | None = None) -> dict[str, Any]:
-        """The job's settings the vectors depend on (the input files are its work, not part of it)."""
+    def fingerprint(self) -> dict[str, Any]:
+        """The job's settings the vectors depend on (``job_fingerprint``: the input files are its work)."""
         return job_fingerprint(self.resolved, self.task)
 
     async def _run(self) -> int:
         self.progress.begin()  # a log hears from the run every few seconds from now on, setup included
         known = await asyncio.to_thread(self.output.known_rows)
         self.files = FileCache()  # small input files: read once, kept until the reading is past them
-        sources = await asyncio.to_thread(discover, self.job.input.path, storage_options(self.job), self.files, known)
+        sources = await asyncio.to_thread(
+            discover, self.job.input.path, storage_options(self.job), self.files, known,
+            identity=self.job.input.identity,
+        )  # fmt: skip
         columns = self.task.columns
         await asyncio.to_thread(self.output.acquire, self.restart)  # one writer per output (or part)
         manifest = await asyncio.to_thread(self.output.open, self.fingerprint(), self.restart)
         diff = await asyncio.to_thread(self.output.refresh_plan, sources)
+        access = self.output.role.table_access
+        await asyncio.to_thread(  # the shared Delta table: repaired, taken in or refused before anything is bought
+            table_before_buying, self.output.store, manifest, diff, sources, self.job, writes=access == "writes",
+            part=access == "reads", publisher=self.output.table, say=self.progress.line,
+        )  # fmt: skip
         work = self.output.work_files(sources)
         for src in work:
             await asyncio.to_thread(check_columns, src, columns, self.job)
@@ -182,6 +179,10 @@ class JobRunner:
             if self.job.input.id:
                 held = await asyncio.to_thread(self.output.held_ids, self.job.input.id, diff)
             await asyncio.to_thread(check_inputs, self.job, work, columns, held)
+        if work or manifest.unresolved_failures():  # every shard gets the table's column types, settled now
+            self.task.output_types = await asyncio.to_thread(
+                settle_output, self.job, work, self.output.store, manifest.shards
+            )
         await asyncio.to_thread(self.output.begin_refresh, diff, sources, self.job.output.max_removed)
         self.stats.note_refresh(diff, manifest)
         if self.output.finished_before():
@@ -189,11 +190,22 @@ class JobRunner:
                 f"{self.out}: job already complete and up to date with its {plural(len(sources), 'input file')} "
                 f"({manifest.rows():,} rows); nothing to do"
             )
+            if self.sinks is not None:  # a sink left behind by an earlier run catches up (nothing is bought)
+                await asyncio.to_thread(self.sinks.catch_up)
+                return self.sinks.exit_code(EXIT_OK)
             return EXIT_OK
         if manifest.generation and (diff.stale or diff.added):
             self.progress.line(self.output.describe_refresh(diff))
+        shape = None
+        if self.sinks is not None:  # a sink's table of another shape is refused before anything is bought
+            shape = await asyncio.to_thread(expected_for_run, self.job, manifest, work or sources, self.task)
+            await asyncio.to_thread(self.sinks.preflight, shape)
         if work or (self.retry_failed and manifest.unresolved_failures()):
-            await self._check_server(manifest)  # nothing to send (a refresh that only removes): no canary
+            await self.check_server(manifest)  # nothing to send (a refresh that only removes): no canary
+            vectors = self.task.vectors
+            if shape is not None and shape.dim is None and vectors is not None and vectors.dim:
+                # the dimension was learned from the canary: checked before the job's texts are sent
+                await asyncio.to_thread(self.sinks.preflight, dataclasses.replace(shape, dim=vectors.dim))
         self.stats.rows_resumed = manifest.rows()
         self.journal = Journal(
             journal_store(self.output.store),
@@ -202,7 +214,8 @@ class JobRunner:
             self.stats,
             committed=self.output.committed(),
         )
-        self.output.reuse_answers(self.task)
+        if (manifest.shards or manifest.retiring) and not manifest.complete:  # a refresh: what the output holds
+            self.task.reuse_output(self.output.store, cache_files(manifest))
         retry_units = await asyncio.to_thread(self.output.retry_plan, sources) if self.retry_failed else []
         # a subset's share of the rows is known only once its units are read
         todo = pending_rows(sources, manifest) if self.units is None else None
@@ -221,7 +234,7 @@ class JobRunner:
         failed = True
         finished = False
         try:
-            await self._pipeline(sources, columns, retry_units)
+            await self.stages.run(sources, columns, retry_units)
             failed = False
             finished = self.stopping is None
         except OSError as exc:  # pyarrow's write errors name no file: name the output directory
@@ -229,7 +242,7 @@ class JobRunner:
         finally:
             self.progress.close()
             # a finished run has committed every unit it could: no journal is worth keeping
-            await asyncio.to_thread(self.journal.close, finished and self.clears_journals)
+            await asyncio.to_thread(self.journal.close, finished and not self.placement.keeps_journals)
             if self.journal.error:
                 self.progress.line(f"warning: the answer journal stopped writing: {self.journal.error}")
             try:
@@ -237,21 +250,10 @@ class JobRunner:
             except OSError:
                 if not failed:  # a full disk fails the report too: keep the first, real, error
                     raise
-        if finished and self.publishes and self._every_unit_done():
-            await asyncio.to_thread(
-                self.output.publish, self._table(), self.job.output.history_days, self.progress.line
-            )
-        return self._conclude()
-
-    def _every_unit_done(self) -> bool:
-        """Whether this run reached every unit of the job (an engine that leaves some for later says no)."""
-        return True
-
-    def _table(self):
-        """``publish(shards, tag)``: the Delta table of this output (publish/)."""
-        from batchembed.output.publish.table import delta_publisher
-
-        return delta_publisher(self.output.store, self.job)
+        if finished and self.placement.publishes and self.stages.every_unit_done():
+            await asyncio.to_thread(self.output.publish, self.progress.line)
+        code = self.stages.conclude(self._conclude)
+        return code if self.sinks is None else self.sinks.exit_code(code)
 
     def _make_sender(self) -> Sender:
         sender = Sender(
@@ -260,7 +262,7 @@ class JobRunner:
             self.stats,
             max_retries=self.job.limits.max_retries,
             hooks=SendHooks(sent=self._sent, answered=self._answered, usage=self.usage_check.observe),
-            shorten=getattr(self.task, "shorten", None),
+            shorten=self.task.shorten,
         )
         sender.stopping = self.stopping is not None
         return sender
@@ -272,12 +274,19 @@ class JobRunner:
         self.journal.answered(request)
         self.served.observe(getattr(answer, "model", None))
 
-    async def _check_server(self, manifest: Manifest) -> None:
-        """The canary: teaches the limiter the server's limits and refuses a model swapped behind its name."""
-        if await self._canary(manifest, self.accept_model_change, self.progress.line):
+    async def check_server(self, manifest: Manifest, canary: Canary | None = None) -> None:
+        """The canary (as the placement says, or ``canary``): teaches the limiter the server's limits and
+        refuses a model swapped behind its name."""
+        canary = canary or self.placement.canary
+        if canary is Canary.DEFERRED or (canary is Canary.REMOTE_ONLY and self.model.provider == "local"):
+            return  # the batch tier asks when it needs it; a Ray driver loads no local model (its workers check)
+        if canary is Canary.WORKER:  # as the driver ran it, on a copy: a worker never saves the driver's manifest
+            await self.canary(copy.deepcopy(manifest), accept_change=True, say=lambda _line: None)
+            return
+        if await self.canary(manifest, self.accept_model_change, self.progress.line):
             await asyncio.to_thread(manifest.save, self.output.store)
 
-    async def _canary(self, manifest: Manifest, accept_change: bool, say) -> bool:
+    async def canary(self, manifest: Manifest, accept_change: bool, say) -> bool:
         """Embed the canary text against ``manifest`` (recording it there); False for rerank jobs (none)."""
         if self.job.is_rerank:
             return False
@@ -291,10 +300,10 @@ class JobRunner:
             where=str(self.out),
             say=say,
         )
-        if getattr(self.task, "dim", 0) is None:
-            self.task.dim = len(vector)
-        check = getattr(self.task, "vector_check", None)
-        if check is not None:  # whether the model's vectors are unit length: once per job, kept in the manifest
+        vectors = self.task.vectors
+        if vectors is not None:  # whether the model's vectors are unit length: once per job, kept in the manifest
+            vectors.learn(len(vector))
+            check = vectors.check
             check.say = say
             check.unit_norm = await learn_unit_norm(
                 manifest,
@@ -306,28 +315,12 @@ class JobRunner:
             )
         return True
 
-    # --------------------------------------------------------------------------------- pipeline
+    # ----------------------------------------------------------------------------------- chunks
 
-    async def _pipeline(self, sources, columns, retry_units: list[RetryUnit]) -> None:
-        """Run the stages over this run's chunks (the Ray driver hands the units to workers instead)."""
-        window = max(4, -(-self.job.limits.concurrency * self.model.batch_inputs * 2 // CHUNK_ROWS) + 2)
-        self._stages = Pipeline(
-            self.task,
-            self.journal,
-            self.sender,
-            self.output,
-            self.stats,
-            tick=self._tick,
-            served=self.served,
-            window=window,
-            workers=self.job.limits.concurrency,
-        )
-        if self.stopping is not None:  # a signal before the stages existed
-            self._stages.stop()
-        await self._stages.run(self._chunk_stream(sources, columns, retry_units))
-
-    def _chunk_stream(self, sources, columns, retry_units: list[RetryUnit]):
-        """This run's chunks: previously failed rows first, then the units not yet committed (of ``units``)."""
+    def chunk_stream(self, sources, columns, retry_units: list[RetryUnit], units=None):
+        """This run's chunks: previously failed rows first, then the units not yet committed (of ``units``,
+        default the placement's)."""
+        units = units if units is not None else self.units
         chunks = []
         if retry_units:
             resolves = list(dict.fromkeys(f for f, _, _ in retry_units))
@@ -345,7 +338,7 @@ class JobRunner:
                     CHUNK_ROWS,
                     self.task.group_key,
                     pack_small_files=not self.job.is_rerank,  # the rerank task reads one file per chunk
-                    wanted=self.units,  # a part reads only its own units' rows where it can
+                    wanted=units,  # a part reads only its own units' rows where it can
                     first_ordinal=first_ordinal(self.manifest),
                 ),
                 self.files,
@@ -353,10 +346,10 @@ class JobRunner:
         )
         for stream in chunks:
             for chunk in stream:
-                if self.units is None or self.units(chunk.unit):
+                if units is None or units(chunk.unit):
                     yield chunk
 
-    def _tick(self) -> None:
+    def tick(self) -> None:
         """Twice a second while the pipeline runs: the pace, the progress bar, the journal's fsyncs."""
         self.stats.pace = self.limits.describe()
         self.progress.refresh()
@@ -365,7 +358,7 @@ class JobRunner:
     # ------------------------------------------------------------------------------------- ending
 
     def _report(self, outstanding: int) -> dict[str, Any]:
-        """The content of ``_report.json``."""
+        """The content of ``_report.json`` (with what the stages add)."""
         return self.stats.report(
             limits=self.limits.report(),
             served_model=self.served.served,
@@ -376,7 +369,8 @@ class JobRunner:
             dimensions=self.task.metadata().get("dimensions"),
             output=str(self.out),
             failed_rows_outstanding=outstanding,
-            **report_fields(self.task, self.manifest),
+            **(self.task.vectors.report(self.manifest) if self.task.vectors is not None else {}),
+            **self.stages.report(),
         )
 
     def _conclude(self) -> int:
@@ -389,22 +383,8 @@ class JobRunner:
             return EXIT_SIGINT if self.stopping == signal.SIGINT else EXIT_SIGTERM
         verb = "scored" if self.job.is_rerank else "embedded"
         self.progress.line(self.progress.summary(verb, str(self.out)))
-        if s.refresh.get("generation"):
-            self.progress.line(
-                f"refresh: {s.rows_reused:,} rows reused from the output, "
-                f"{max(0, s.rows_embedded - s.rows_reused - s.rows_recovered):,} bought, {s.rows_removed:,} removed "
-                f"({s.refresh['files_added']} files added, {s.refresh['files_changed']} changed, "
-                f"{s.refresh['files_removed']} removed, {s.refresh['files_unchanged']} unchanged and not read)"
-            )
-        if s.rows_recovered or s.rows_resent:
-            self.progress.line(
-                f"after the interrupted run: {s.rows_recovered:,} rows recovered from its journal, "
-                f"{s.rows_resent:,} rows sent again (their answers were still in flight when it stopped)"
-            )
-        if s.rows_truncated:
-            self.progress.line(
-                f"{plural(s.rows_truncated, 'row')} cut to fit, listed in {self.output.store.describe(TRUNCATED)}"
-            )
+        for line in ending_lines(s, self.output.store.describe(TRUNCATED)):
+            self.progress.line(line)
         if self._unresolved:
             self.progress.line(
                 f"{self._unresolved:,} rows failed and are listed in "

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from batchembed.exitcodes import ExitCode
 from batchembed.job.config import JobConfig
-from batchembed.search.query import embed_query
+from batchembed.search.query import query_for
 from batchembed.search.scan import nearest, open_table
 from batchembed.search.show import print_hits
 
@@ -32,7 +32,7 @@ def search_command(
     """Print the ``k`` rows of ``job``'s output nearest to ``text`` (among those ``where`` selects)."""
     table = open_table(job)
     where_filter = table.filter_for(where)
-    vector = embed_query(job, text, table, transport)
+    vector = query_for(job, text, table, transport)
     hits = nearest(table, vector, k, where_filter)
     print_hits(hits, table, as_json)
     return ExitCode.OK

@@ -5,8 +5,7 @@ and a list of *requests* (runs of work items that travel together); it sends a r
 answer, and finally turns a finished piece into output rows, failed rows and cut rows. Everything
 else (limits, retries, splitting, ordering, shards, manifest, resume) is shared: the sender sends,
 the output commits. What the answer journal needs of a task is a separate object, its
-:class:`JournalCodec`; a task that can cut one text the server finds too long offers ``shorten``
-(the embed task), which the sender uses when present.
+:class:`JournalCodec`; the job's vectors (their width, check and written lengths) are ``vectors``.
 
     embed:   item = a unique text of the chunk;         answer = its vector
     rerank:  item = one (query, document) pair;         answer = its relevance score
@@ -23,6 +22,7 @@ import pyarrow as pa
 
 from batchembed.input.units import Chunk
 from batchembed.output.journal.writer import JournalCodec
+from batchembed.tasks.vectors import Vectors
 
 
 @dataclass
@@ -68,6 +68,13 @@ class Task(Protocol):
     columns: list[str]
     #: a column whose runs of equal values must stay in one chunk and one shard (rerank queries)
     group_key: str | None
+    #: the job's vectors (width, check, written lengths); None for a task that makes none (rerank)
+    vectors: Vectors | None
+    #: ``prepare`` allocates each piece's answers up front; a pass that sends nothing (``plan``, the batch
+    #: tier's planning) turns it off
+    allocate_answers: bool
+    #: the type every shard holds each copied column as (``output.schema``), settled by the run before buying
+    output_types: dict[str, Any]
 
     def prepare(self, chunk: Chunk) -> tuple[Piece, list[Request]]:
         """Build a piece and its requests from a chunk (runs in a worker thread: no asyncio here)."""
@@ -82,6 +89,16 @@ class Task(Protocol):
         """Store an answer in its piece; return the tokens the server reported (None if it did not).
 
         Raises ``MalformedResponse`` when the answer does not fit the request."""
+        ...
+
+    def shorten(self, request: Request) -> bool:
+        """The server says this request's one item is too long although it fits our count: cut it further
+        if the task can (the request is sent again), else False (it is dead-lettered)."""
+        ...
+
+    def reuse_output(self, store: Any, shards: list) -> None:
+        """Take answers the output already holds (a refresh's kept and retiring ``shards``) instead of
+        buying them again; a task that cannot leaves it."""
         ...
 
     def tables(self, piece: Piece) -> PieceTables:

@@ -17,9 +17,10 @@ import pyarrow.compute as pc
 from batchembed import __version__
 from batchembed.errors import InputError, MalformedResponse, ServerIgnoredSettings
 from batchembed.input.units import Chunk
-from batchembed.job.config import text_fields
 from batchembed.job.resolved import ResolvedJob, limit_text
-from batchembed.output.cache import KEY_COLUMN, key_column
+from batchembed.job.templates import text_fields
+from batchembed.output.cache import KEY_COLUMN, OutputCache, key_column
+from batchembed.output.schema import conform
 from batchembed.output.shard_writer import vector_array
 from batchembed.providers.base import Embedder, EmbeddingResult, vector_norms
 from batchembed.stats import Stats
@@ -30,9 +31,9 @@ from batchembed.tasks.embed_codec import EmbedJournalCodec
 from batchembed.tasks.embed_work import EmbedWork
 from batchembed.tasks.ids import chunk_positions, id_column_name, row_ids
 from batchembed.tasks.memo import VectorMemo, text_keys
-from batchembed.tasks.normalize import NormTally, VectorCheck
 from batchembed.tasks.texts import add_prefix, blank_mask, build_texts
 from batchembed.tasks.tokens import TokenCounter, exact_counts, over_limit
+from batchembed.tasks.vectors import Vectors
 
 
 def _is_identity(rows: np.ndarray) -> bool:
@@ -72,12 +73,12 @@ class EmbedTask:
         self.cut_reason = resolved.cut_reason  # limits.input_tokens, or the model's own smaller limit
         self.stats = stats
         self.shared = SharedEmbedder(embedder, memo, stats, self._check_answer)
-        self.vector_check = VectorCheck(job.model.normalize)  # the runner tells it the model's unit_norm
-        self.norms = NormTally()  # lengths of the vectors written, per unit (recorded at its commit)
-        self.dim: int | None = job.model.dimensions
+        self.vectors = Vectors(job.model.dimensions, job.model.normalize)  # width, check, written lengths
         self.id_column = id_column_name(job)
-        #: Vectors the output already holds (``output_cache.OutputCache``), set by the run before a refresh.
-        self.output_cache = None
+        #: Vectors the output already holds (``output.cache.OutputCache``), given by ``reuse_output``.
+        self.output_cache: OutputCache | None = None
+        #: The type every shard holds each copied column as (``output.schema``), settled by the run before buying.
+        self.output_types: dict[str, pa.DataType] = {}
         cols = list(text_fields(job.input.text))
         for c in ([job.input.id] if job.input.id else []) + list(job.input.keep):
             if c not in cols:
@@ -140,8 +141,8 @@ class EmbedTask:
             keys=keys,
             truncated=truncated,
         )
-        if self.allocate_answers and self.dim is not None and len(used):
-            work.allocate(self.dim)
+        if self.allocate_answers and self.vectors.dim is not None and len(used):
+            work.allocate(self.vectors.dim)
         hits = self.shared.lookup(keys[used])
         if self.output_cache is not None:
             self._reuse(keys, used, row_to_text, hits)
@@ -178,7 +179,7 @@ class EmbedTask:
         for name in self.job.input.keep:
             if name not in cols:
                 cols[name] = table.column(name)
-        return pa.table(cols)
+        return conform(pa.table(cols), self.output_types)
 
     # --------------------------------------------------------------------------------- sending
 
@@ -197,15 +198,14 @@ class EmbedTask:
         if vectors.shape[0] != n:
             raise MalformedResponse(f"asked for {n} vectors, got {vectors.shape[0]}")
         dim = vectors.shape[1]
-        if self.dim is None:
-            self.dim = dim
-        elif dim != self.dim:  # every vector of the answer: the server ignores dimensions or changed model
+        if not self.vectors.learn(dim):  # every vector of the answer: the server ignores dimensions, or another model
             raise ServerIgnoredSettings(
                 f"the server answered {dim}-dimensional vectors for every input, where this job's vectors have "
-                f"{self.dim}: it ignores model.dimensions or serves another model. Set model.dimensions = {dim} "
-                'and run with --restart, or model.dimensions_by = "client" to cut vectors here'
+                f"{self.vectors.dim}: it ignores model.dimensions or serves another model. "
+                f'Set model.dimensions = {dim} and run with --restart, or model.dimensions_by = "client" to cut '
+                "vectors here"
             )
-        answer.vectors, answer.norms = self.vector_check.check(vectors, answer.norms)
+        answer.vectors, answer.norms = self.vectors.check.check(vectors, answer.norms)
 
     def accept(self, request: Request, answer: EmbeddingResult) -> int | None:
         """Store the request's vectors in its piece (checked on arrival by the dedup layer)."""
@@ -222,6 +222,11 @@ class EmbedTask:
                 cut = cuts.get(work.keys[int(i)])
                 if cut is not None:
                     work.truncated[int(i)] = cut
+
+    def reuse_output(self, store: Any, shards: list) -> None:
+        """Take vectors the output already holds (``shards``: a refresh's kept and retiring ones) instead of
+        buying their texts again."""
+        self.output_cache = OutputCache(store, shards, self.job.output.column)
 
     def journal_codec(self) -> EmbedJournalCodec:
         """Texts' answers in the journal: keyed by text (a text's answer is found wherever it recurs)."""
@@ -288,12 +293,12 @@ class EmbedTask:
         elif work.vectors is not None:
             vectors = work.vectors[np.where(valid, rows, 0)]
         else:
-            vectors = np.zeros((n, self.dim), dtype=np.float32)
+            vectors = np.zeros((n, self.vectors.dim), dtype=np.float32)
         if valid.any():
-            self.norms.add(piece.chunk.unit.name, vector_norms(vectors)[valid])
+            self.vectors.norms.add(piece.chunk.unit.name, vector_norms(vectors)[valid])
         column = self.job.output.column
         table = work.table.append_column(
-            pa.field(column, pa.list_(pa.float32(), self.dim)), vector_array(vectors, valid)
+            pa.field(column, pa.list_(pa.float32(), self.vectors.dim)), vector_array(vectors, valid)
         ).append_column(pa.field(KEY_COLUMN, pa.binary(16)), key_column(work.keys, rows, valid))
         failed = None
         if failed_mask.any():
@@ -318,12 +323,12 @@ class EmbedTask:
             "task": "embed",
             "provider": self.model.provider,
             "model": self.model.name,
-            "dimensions": self.dim,
+            "dimensions": self.vectors.dim,
             "column": self.job.output.column,
             "text": self.job.input.text,
             "normalize": self.job.model.normalize,
-            "model_unit_norm": self.vector_check.unit_norm,  # the model's full vectors are unit length
-            "normalizes_here": self.vector_check.active,  # vectors not unit length are L2-normalised here
+            "model_unit_norm": self.vectors.check.unit_norm,  # the model's full vectors are unit length
+            "normalizes_here": self.vectors.check.active,  # vectors not unit length are L2-normalised here
         }
 
     def fingerprint(self) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from batchembed.tasks import Piece, Request
 from batchembed.tasks.dedup import SharedEmbedder
 from batchembed.tasks.embed_work import EmbedWork
 from batchembed.tasks.memo import key_array
+from batchembed.tasks.vectors import Vectors
 
 #: The reason ``prepare`` gives its own cuts: made again the same way on resume, so never journaled.
 LIMIT_CUT = "limits.input_tokens"
@@ -32,7 +33,7 @@ class EmbedTaskSide(Protocol):
     """What the codec asks of the embed task (``tasks.embed.EmbedTask``)."""
 
     shared: SharedEmbedder
-    dim: int | None
+    vectors: Vectors
 
     def note_server_cuts(self, work: EmbedWork, items) -> None: ...
 
@@ -95,8 +96,7 @@ class EmbedJournalCodec:
             found, rows = wanted[at >= 0], at[at >= 0]
             if len(found):
                 vectors = recovered.take("vector", rows)  # only this piece's answers are read
-                if task.dim is None:
-                    task.dim = vectors.shape[1]
+                task.vectors.learn(vectors.shape[1])
                 work.set_vectors(found, vectors)
                 work.mark_journaled(found)
                 for key in work.keys[found] if recovered.cuts else ():

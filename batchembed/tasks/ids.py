@@ -5,20 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from batchembed.input.row_ids import generated_ids, id_column_name  # noqa: F401 - where tasks find them
 from batchembed.input.units import Chunk
 from batchembed.job.config import JobConfig
-
-
-def id_column_name(job: JobConfig) -> str:
-    """Output column holding each row's id: the input's id column, else a generated "file:row" column."""
-    return job.input.id or ("_row_id" if "id" in job.input.keep else "id")
-
-
-def generated_ids(source_name: str, positions: np.ndarray) -> pa.Array:
-    """Stable ids for rows without an id column: "file:row" (``verify`` rebuilds them the same way)."""
-    return pc.binary_join_element_wise(f"{source_name}:", pc.cast(pa.array(positions), pa.string()), "")
 
 
 def row_ids(table: pa.Table, job: JobConfig, chunk: Chunk, positions: np.ndarray) -> pa.Array:

@@ -31,6 +31,26 @@ def text_keys(texts: list[str], namespace: bytes = b"") -> np.ndarray:
     return out
 
 
+#: Pair keys are keyed apart from text keys: a pair never takes a text's key.
+PAIR_KEY = b"batchembed-pair"
+
+
+def pair_keys(queries: list[str], documents: list[str]) -> np.ndarray:
+    """16-byte digest per (query, document) pair (an object array of bytes): the query's length, the
+    query, the document, so no two pairs share the bytes hashed."""
+    blake2b = hashlib.blake2b
+    out = np.empty(len(documents), dtype=object)
+    out[:] = [
+        blake2b(
+            len(q.encode("utf-8")).to_bytes(8, "little") + q.encode("utf-8") + d.encode("utf-8"),
+            digest_size=16,
+            key=PAIR_KEY,
+        ).digest()
+        for q, d in zip(queries, documents, strict=True)
+    ]
+    return out
+
+
 def key_array(keys: np.ndarray) -> pa.FixedSizeBinaryArray:
     """Keys (an object array of 16-byte digests) as one Arrow ``binary(16)`` column, built from one
     joined buffer rather than key by key (the journal writes one per request)."""

@@ -168,23 +168,6 @@ def written_norms(manifest: Any) -> dict[str, Any] | None:
     return _summary([v for k, v in by_unit.items() if k in held])
 
 
-def record_norms(task: Any, manifest: Any, unit: str) -> None:
-    """At a unit's commit: the task's written lengths for it into the manifest (tasks without vectors: none)."""
-    tally = getattr(task, "norms", None)
-    if tally is not None:
-        tally.record(manifest, unit)
-
-
-def report_fields(task: Any, manifest: Any) -> dict[str, Any]:
-    """What ``_report.json`` says about the vectors: ``normalize`` (mode, the model's unit norm, whether
-    and how many vectors were normalised here) and ``vector_norms`` (min/max length written); none for
-    tasks without vectors."""
-    check = getattr(task, "vector_check", None)
-    if check is None:
-        return {}
-    return {"normalize": check.describe(), "vector_norms": written_norms(manifest)}
-
-
 async def learn_unit_norm(
     manifest: Any,
     *,

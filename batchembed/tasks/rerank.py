@@ -23,12 +23,14 @@ from batchembed.errors import ConfigError, InputError, MalformedResponse
 from batchembed.input.units import Chunk, key_changes
 from batchembed.job.config import RerankConfig
 from batchembed.job.resolved import ResolvedJob
+from batchembed.output.cache import PAIR_KEY_COLUMN, OutputCache
 from batchembed.output.journal.writer import Resumed
 from batchembed.providers.rerank import RerankResult
 from batchembed.stats import Stats
 from batchembed.tasks import Piece, PieceTables, Request, failure_table
 from batchembed.tasks.batching import pack
 from batchembed.tasks.ids import chunk_positions, generated_ids
+from batchembed.tasks.memo import key_array, pair_keys
 from batchembed.tasks.texts import as_string, blank_mask
 from batchembed.tasks.tokens import TokenCounter, over_limit
 
@@ -49,6 +51,7 @@ class RerankWork:
     keep: pa.Table | None = None  # keep columns per chunk row
     positions: np.ndarray | None = None  # file row per chunk row
     keys: pa.Array | None = None  # per pair: journal key (file, file row, pair within the row)
+    pair_keys: np.ndarray | None = None  # per pair: the key of the (query, document) text scored (``_pair_key``)
     cut: dict[int, tuple[int, int]] = field(default_factory=dict)  # pair -> document tokens, chars before the cut
 
 
@@ -70,6 +73,13 @@ class RerankTask:
         names = [cfg.query, cfg.query_id, cfg.document, cfg.doc_id, *job.input.keep]
         self.columns = list(dict.fromkeys(n for n in names if n))
         self.group_key = (cfg.query_id or cfg.query) if cfg.layout == "pairs" else None
+        self.vectors = None  # scores, not vectors
+        self.output_types: dict[str, Any] = {}  # (a rerank output's columns are not settled yet)
+        self.allocate_answers = True  # (the scores of a piece are allocated as it is prepared either way)
+        #: Scores the output already holds (``output.cache.OutputCache``), given by ``reuse_output``.
+        self.output_cache: OutputCache | None = None
+        #: Whether shards get the pair key column (an output written before it goes on without it).
+        self.write_keys = True
         for clash in ("query_id", "doc_id", "score", "rank", "document"):
             if clash in job.input.keep and clash not in (cfg.query_id, cfg.doc_id):
                 raise ConfigError(f"input.keep: {clash!r} clashes with an output column of rerank jobs")
@@ -105,12 +115,34 @@ class RerankTask:
         pair_tokens = d_tokens + (q_tokens[work.pair_group] if len(work.documents) else 0)
         skipped_rows = chunk.table.num_rows - len(np.unique(work.pair_row[work.sendable]))
         piece = Piece(chunk=chunk, rows=chunk.table.num_rows, skipped=skipped_rows, work=work)
+        work.pair_keys = pair_keys([work.queries[g] for g in work.pair_group], work.documents)
+        to_score = work.sendable & ~self._reuse(work, pair_tokens)
         requests = []
         for g in range(len(work.queries)):
-            items = np.flatnonzero((work.pair_group == g) & work.sendable)
+            items = np.flatnonzero((work.pair_group == g) & to_score)
             for a, b in pack(pair_tokens[items], self.model.batch_inputs, self.job.limits.batch_tokens):
                 requests.append(Request(piece, items[a:b], int(pair_tokens[items[a:b]].sum())))
         return piece, requests
+
+    def _reuse(self, work: RerankWork, pair_tokens: np.ndarray) -> np.ndarray:
+        """Scores the output already holds for this chunk's pairs go into ``work.scores`` (a refresh scores
+        only new pairs); the pairs found."""
+        found = np.zeros(len(work.documents), bool)
+        if self.output_cache is None or not work.sendable.any():
+            return found
+        asked = np.flatnonzero(work.sendable)
+        held = self.output_cache.lookup([work.pair_keys[i] for i in asked])
+        if not held:
+            return found
+        for i in asked:
+            score = held.get(work.pair_keys[i])
+            if score is not None:
+                work.scores[i] = score
+                found[i] = True
+        self.stats.tokens_saved += int(pair_tokens[found].sum())
+        scored_rows = np.unique(work.pair_row[work.sendable & ~found])
+        self.stats.rows_reused += len(np.setdiff1d(np.unique(work.pair_row[found]), scored_rows))
+        return found
 
     def _pairs(self, chunk: Chunk) -> RerankWork:
         cfg = self.cfg
@@ -185,6 +217,18 @@ class RerankTask:
         request.piece.work.scores[request.items] = answer.scores
         return answer.prompt_tokens
 
+    def shorten(self, request: Request) -> bool:
+        """A pair the server finds too long is not cut again here (its document was cut to fit already)."""
+        return False
+
+    def reuse_output(self, store: Any, shards: list) -> None:
+        """Take scores the output already holds (``shards``: a refresh's kept and retiring ones) by their pair
+        key (``_pair_key``: query and document text) instead of scoring those pairs again. An output written
+        before the key existed goes on without it (its Delta table keeps one schema): its pairs are scored again."""
+        self.write_keys = not shards or PAIR_KEY_COLUMN in store.parquet_file(shards[0].name).schema_arrow.names
+        if shards and self.write_keys:
+            self.output_cache = OutputCache(store, shards, "score", PAIR_KEY_COLUMN)
+
     def journal_codec(self) -> RerankJournalCodec:
         """Pairs' scores in the journal, keyed by where each pair is in the input."""
         return RerankJournalCodec()
@@ -235,6 +279,9 @@ class RerankTask:
             for name in work.keep.column_names:
                 if name not in cols:
                     cols[name] = work.keep.column(name).take(rows)
+        if self.write_keys:  # the key of each scored pair: a refresh finds its score here
+            keys = key_array(work.pair_keys[order]) if len(order) else pa.array([], pa.binary(16))
+            cols[PAIR_KEY_COLUMN] = pc.if_else(pa.array(ranked), keys, pa.scalar(None, pa.binary(16)))
         table = pa.table(cols)
         failed = None
         if len(failed_groups):

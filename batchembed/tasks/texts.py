@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batchembed.job.config import text_fields
+from batchembed.job.templates import text_fields
 
 
 def build_texts(batch: pa.RecordBatch | pa.Table, spec: str) -> pa.Array:

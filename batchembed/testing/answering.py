@@ -14,7 +14,7 @@ import orjson
 from multidict import CIMultiDict
 
 from batchembed.testing.answers import (
-    EMBEDDING_FIELDS,
+    EMBEDDING_SHAPES,
     RERANK_FIELDS,
     Reply,
     base64_json,
@@ -69,7 +69,11 @@ class Answering:
         self.vector_salt = ""
         """Prepended to every text before its vector is drawn: a different model behind the same name."""
         self.rerank_format = "fireworks"
-        """Rerank wire shape: ``fireworks``, ``cohere`` (``results``), ``voyage`` (``top_k``) or ``tei``."""
+        """Rerank wire shape: ``fireworks``, ``cohere`` (v2, ``results``), ``jina`` and ``vllm`` (``results``),
+        ``voyage`` (``top_k``) or ``tei``."""
+        self.embed_format = "openai"
+        """Embeddings wire shape: ``openai`` (``dimensions``), ``mistral`` (``output_dimension``) or ``voyage``
+        (``output_dimension``, ``encoding_format`` only ``base64``, ``usage`` with ``total_tokens`` only)."""
         self.pool: int | None = None
         """Benchmark mode: answer from ``pool`` precomputed vectors picked by the CRC32 of each text
         (:func:`~batchembed.testing.answers.pool_vectors`); only the native ``dim`` is served."""
@@ -118,7 +122,8 @@ class Answering:
         return model
 
     def _embeddings(self, body: dict[str, Any]) -> tuple[bytes, int]:
-        self._check_strict(body, EMBEDDING_FIELDS)
+        fields, dims_key = EMBEDDING_SHAPES[self.embed_format]
+        self._check_strict(body, fields)
         model = self._check_model(body)
         inp = body.get("input")
         if isinstance(inp, str):
@@ -131,14 +136,16 @@ class Answering:
             raise Reply(400, "'input' must not be empty")
         if any(t == "" for t in texts):
             raise Reply(400, "'input' must not contain empty strings")
-        dims = body.get("dimensions")
+        dims = body.get(dims_key)
         if dims is None or self.ignore_dimensions:
             dims = self.dim
         elif not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= self.dim:
-            raise Reply(400, f"'dimensions' must be an integer between 1 and {self.dim}, got {dims!r}")
+            raise Reply(400, f"'{dims_key}' must be an integer between 1 and {self.dim}, got {dims!r}")
         fmt = body.get("encoding_format")
         if fmt is None:
             fmt = "float"
+        elif self.embed_format == "voyage" and self.strict and fmt != "base64":
+            raise Reply(400, f"encoding_format must be null or 'base64', got {fmt!r}")
         if fmt not in ("float", "base64") or (fmt == "base64" and not self.base64):
             raise Reply(400, f"unsupported encoding_format: {fmt!r}")
         self._check_count(len(texts), "inputs")
@@ -161,7 +168,8 @@ class Answering:
             b'{"object":"embedding","index":%d,"embedding":%s}' % (i, encode(salt + texts[i], dims)) for i in order
         )
         reported = round(tokens * self.usage_scale)
-        usage = orjson.dumps({"prompt_tokens": reported, "total_tokens": reported})
+        counts = {"total_tokens": reported} if self.embed_format == "voyage" else {"prompt_tokens": reported}
+        usage = orjson.dumps({**counts, "total_tokens": reported})
         served = orjson.dumps(self.served_model or model)
         payload = b'{"object":"list","model":%s,"data":[%s],"usage":%s}' % (served, items, usage)
         return payload, tokens
@@ -200,8 +208,10 @@ class Answering:
         for s, i in scored:
             item: dict[str, Any] = {"index": i, "relevance_score": s}
             if return_docs:
-                item["document"] = {"text": docs[i]} if fmt == "cohere" else docs[i]
+                item["document"] = {"text": docs[i]} if fmt in ("cohere", "jina", "vllm") else docs[i]
             items.append(item)
+        if fmt in ("jina", "vllm"):
+            return {"model": model, "results": items, "usage": {"total_tokens": tokens}}, tokens
         if fmt == "cohere":
             return {
                 "id": "fake-rerank",

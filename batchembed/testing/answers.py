@@ -27,9 +27,27 @@ EMBEDDING_FIELDS = frozenset(
 )
 """Request fields a strict (Fireworks-like) server accepts on ``/embeddings``."""
 
+EMBEDDING_SHAPES: dict[str, tuple[frozenset[str], str]] = {
+    "openai": (EMBEDDING_FIELDS, "dimensions"),
+    "mistral": (
+        frozenset({"model", "input", "output_dimension", "output_dtype", "encoding_format", "metadata"}),
+        "output_dimension",
+    ),
+    "voyage": (
+        frozenset(
+            {"model", "input", "input_type", "truncation", "output_dimension", "output_dtype", "encoding_format"}
+        ),
+        "output_dimension",
+    ),
+}
+"""Per :attr:`FakeServer.embed_format`: the fields a strict server accepts on ``/embeddings`` and the one
+that asks for a vector size (Mistral and Voyage: ``output_dimension``)."""
+
 RERANK_FIELDS = {
     "fireworks": frozenset({"model", "query", "documents", "top_n", "return_documents", "task"}),
-    "cohere": frozenset({"model", "query", "documents", "top_n", "return_documents", "max_tokens_per_doc"}),
+    "cohere": frozenset({"model", "query", "documents", "top_n", "max_tokens_per_doc", "priority"}),  # v2
+    "jina": frozenset({"model", "query", "documents", "top_n", "return_documents"}),
+    "vllm": frozenset({"model", "query", "documents", "top_n", "truncate_prompt_tokens"}),
     "voyage": frozenset({"model", "query", "documents", "top_k", "return_documents", "truncation"}),
     "tei": frozenset({"query", "texts", "return_text", "raw_scores", "truncate", "truncation_direction"}),
 }

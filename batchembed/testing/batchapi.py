@@ -259,8 +259,7 @@ class FakeBatchProvider(FakeProvider):
     def _answer_line(self, batch: dict[str, Any], body: dict[str, Any]) -> tuple[int, Any]:
         full = {**batch["params"], **body}
         full.setdefault("model", batch["model"])
-        if "output_dimension" in full:  # Voyage's name for it
-            full["dimensions"] = full.pop("output_dimension")
+        saved_format, self.embed_format = self.embed_format, self.shape  # the provider's field names
         try:
             if "query" in full:
                 saved, self.rerank_format = self.rerank_format, "voyage"
@@ -273,6 +272,8 @@ class FakeBatchProvider(FakeProvider):
             return 200, orjson.loads(payload)
         except Reply as reply:
             return reply.status, error_body(reply.status, reply.message, reply.code)
+        finally:
+            self.embed_format = saved_format
 
     def _store(self, data: bytes) -> str:
         file_id = f"file-{next(self._ids)}"
@@ -330,7 +331,7 @@ class FakeBatchProvider(FakeProvider):
                     batch["phase"] = 3
                     self._finish(batch, "completed")
 
-    def wait_for_batches(self, n: int, timeout: float = 30) -> None:
+    def wait_for_batches(self, n: int, timeout: float | None = 30) -> None:
         """Block until ``n`` batches were created; TimeoutError otherwise."""
         with self._batch_lock:
             if not self._batch_lock.wait_for(lambda: len(self.batches) >= n, timeout=timeout):

@@ -156,11 +156,15 @@ class FakeProvider(Answering):
         with self._lock:
             self._held = True
 
-    def release(self) -> None:
-        """Answer the held requests (in arrival order) and stop holding."""
+    def release(self, count: int | None = None) -> None:
+        """Answer the held requests (in arrival order) and stop holding; ``count``: answer only the
+        ``count`` oldest held requests and go on holding (a test steps a run forward request by request)."""
         with self._lock:
-            self._held = False
-            waiters, self._waiters = self._waiters, []
+            if count is None:
+                self._held = False
+                waiters, self._waiters = self._waiters, []
+            else:
+                waiters, self._waiters = self._waiters[:count], self._waiters[count:]
         for loop, future in waiters:
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
                 loop.call_soon_threadsafe(_settle, future)
@@ -171,7 +175,7 @@ class FakeProvider(Answering):
         with self._lock:
             return len(self._waiters)
 
-    def wait_for_held(self, n: int, timeout: float = 10) -> None:
+    def wait_for_held(self, n: int, timeout: float | None = 10) -> None:
         """Block until ``n`` requests are parked by :meth:`hold`; raise TimeoutError otherwise."""
         with self._lock:
             if not self._lock.wait_for(lambda: len(self._waiters) >= n, timeout=timeout):
@@ -233,7 +237,7 @@ class FakeProvider(Answering):
         with self._lock:
             return self._max_in_flight
 
-    def wait_for_requests(self, n: int, timeout: float = 10) -> bool:
+    def wait_for_requests(self, n: int, timeout: float | None = 10) -> bool:
         """Block until at least ``n`` POSTs were received; return True, raise TimeoutError on timeout."""
         with self._lock:
             count = lambda: sum(1 for r in self._requests if not _is_canary(r))  # noqa: E731

@@ -4,7 +4,7 @@ Infinity honours ``dimensions`` by cutting the full vector and not normalising i
 ~0.3-0.5 at 64 of 384 dims). Its model's full vectors are unit length, which batchembed learns from
 the canary's full vector (the served name is in no catalogue), so with ``model.normalize = "auto"``
 every written vector is the server's cut, L2-normalised; ``"never"`` writes the cut as sent.
-The server comes from ``INFINITY_URL`` / ``INFINITY_MODEL`` (set by ``tests/servers/infinity_run.py``).
+The server comes from ``INFINITY_URL`` / ``INFINITY_MODEL`` (set by ``tests/servers/launch.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tests.conftest import make_texts, read_output, run_here, write_job, write_p
 
 URL = os.environ["INFINITY_URL"]
 MODEL = os.environ["INFINITY_MODEL"]
-ROWS = 600
+ROWS = 200
 
 
 def _run(tmp_path: Path, name: str, src: Path, **model) -> tuple[dict[int, np.ndarray], str]:
@@ -28,7 +28,7 @@ def _run(tmp_path: Path, name: str, src: Path, **model) -> tuple[dict[int, np.nd
         tmp_path / f"{name}.toml",
         {
             "input": {"path": str(src), "text": "text", "id": "id"},
-            "model": {"provider": "openai-compatible", "base_url": URL, "name": MODEL, "timeout": 60.0, **model},
+            "model": {"provider": "openai-compatible", "base_url": URL, "name": MODEL, "timeout": 900.0, **model},
             "limits": {"batch_inputs": 64, "concurrency": 4, "max_retries": 3},
             "output": {"path": str(tmp_path / name), "shard_rows": 200},
         },

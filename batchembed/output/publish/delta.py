@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
 
 from batchembed.errors import OutputError, redact
 from batchembed.fs.location import Location, locate, register_cloud_secrets
+from batchembed.output.layout import is_shard
 from batchembed.output.publish.files import TableFile, delta_schema, read_arrow_schema
 from batchembed.output.publish.stores import delta_storage_options, table_uri
 
@@ -35,6 +36,8 @@ ATTEMPTS = 8
 #: Table properties set at creation. A checkpoint every 10 commits (delta-rs' default: 100) keeps what a
 #: reader replays small: on S3, each JSON commit since the last checkpoint is one more GET per table load.
 TABLE_CONFIGURATION = {"delta.checkpointInterval": "10"}
+#: A line of the Rust backtrace delta-rs appends to some errors (``3: <unknown>``, ``at ./nptl/...``).
+BACKTRACE_LINE = re.compile(r"^(\d+: |at \S+:\d+)")
 
 
 class PublishRefused(OutputError):
@@ -59,7 +62,8 @@ def reason(exc: BaseException) -> str:
     register_cloud_secrets()
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
     parts = [p.strip(" \t↳") for p in text.splitlines()]
-    text = " - ".join(p for p in parts if p) or type(exc).__name__
+    parts = [p for p in parts if p and not BACKTRACE_LINE.match(p)]  # a Rust backtrace says nothing to a user
+    text = " - ".join(parts) or type(exc).__name__
     text = re.sub(r"(https?://[^\s?]+)\?\S*", r"\1?…", text)
     return redact(text if len(text) <= 400 else text[:400] + "…")
 
@@ -117,18 +121,26 @@ def _same_schema(ours, table_schema) -> bool:
     return json.loads(ours.to_json()) == json.loads(table_schema.to_json())
 
 
+#: What a publish is told to make the table: the files, or how to name them from the table's current files
+#: (their sizes by name; None when there is no table yet), returning None for "nothing to publish".
+Files = Iterable[TableFile] | Callable[[dict[str, int] | None], Iterable[TableFile] | None]
+
+
 def publish(
     location: Location | str,
     storage_options: Mapping[str, str] | None,
-    files: Iterable[TableFile],
+    files: Files,
     *,
     tag: int,
     schema: pa.Schema | None = None,
     metadata: Mapping[str, Any] | None = None,
-) -> int:
+    releasing: Iterable[str] = (),
+) -> int | None:
     """Bring the Delta log at ``location`` to exactly ``files`` in one commit; return the table's version.
 
-    ``files``: every data file of the output now (names relative to the table root). ``tag``: the
+    ``files``: every data file of the output now (names relative to the table root), or a function of
+    the table's current files giving them (None: nothing to publish, None returned), so a caller that
+    needs the table's state to name its files opens the table once, here. ``tag``: the
     caller's publish number, increasing from one publish to the next; recorded as the app transaction
     ``("batchembed", tag)``. ``schema``: the shards' Arrow schema (default: read from the first added
     file's footer; needed when a first publish lists no file). ``metadata``: job facts (JSON values,
@@ -139,15 +151,23 @@ def publish(
     already published -> nothing written, the current version returned (whatever tag it recorded);
     a tag above ``tag`` recorded with another file set -> ``PublishRefused``; otherwise one commit of
     adds (new names) and removes (names no longer listed). A listed name whose size differs from the
-    table's is refused (``OutputError``): a Delta file cannot be replaced under its own name.
+    table's is refused (``OutputError``): a Delta file cannot be replaced under its own name. A file the
+    table holds that ``files`` leaves out is taken out of it only if batchembed wrote it (``is_shard``) or
+    it is in ``releasing``: another writer's file is never dropped silently (``OutputError``).
     """
     dl = _deltalake()
     from deltalake.transaction import RemoveAction, create_table_with_add_actions
 
     where, uri, options = _resolve(location, storage_options)
-    wanted = _checked(files)
     for _attempt in range(ATTEMPTS):
         table = _open(uri, options)
+        if callable(files):
+            listed = files(None if table is None else _files_of(table))
+            if listed is None:
+                return None
+            wanted = _checked(listed)
+        else:
+            wanted = _checked(files)
         now_ms = int(time.time() * 1000)
         adds = [_add_action(f, now_ms) for f in wanted.values()]
         if table is None:
@@ -177,6 +197,13 @@ def publish(
                 f"{uri}: the Delta table (version {version}) was published by a newer run (publish {recorded}, "
                 f"ours is {tag}) with other files; not overwriting it"
             )
+        strangers = sorted(n for n in current.keys() - wanted.keys() if not is_shard(n) and n not in set(releasing))
+        if strangers:
+            raise OutputError(
+                f"{uri}: the Delta table (version {version}) holds {strangers[0]}, which batchembed did not write "
+                "(another writer added it while this run ran): not taking it out. Run the same command again: "
+                "the table is checked before anything is bought"
+            )
         changed = sorted(n for n in current.keys() & wanted.keys() if current[n] != wanted[n].size)
         if changed:
             raise OutputError(
@@ -188,21 +215,22 @@ def publish(
             ours = delta_schema(_first_schema(where, {a.path: wanted[a.path] for a in added}, "the new files"))
         else:
             ours = delta_schema(schema) if schema is not None else table.schema()
-        if not _same_schema(ours, table.schema()):
-            raise OutputError(
-                f"{uri}: the new files' schema differs from the Delta table's: {ours.to_json()} != "
-                f"{table.schema().to_json()}"
-            )
+        # every file replaced (a kept column added or removed): the table takes the new files' schema
+        replaced = not (current.keys() & wanted.keys())
+        if not _same_schema(ours, table.schema()) and not replaced:
+            differs = _schema_diff(ours, table)
+            raise OutputError(f"{uri}: the new files' schema differs from the Delta table's: {differs}")
         removed = [
             RemoveAction(path=n, data_change=True, deletion_timestamp=now_ms, size=s, partition_values={})
             for n, s in sorted(current.items())
             if n not in wanted
         ]
+        same = _same_schema(ours, table.schema())
         try:
             table.create_write_transaction(
-                [*removed, *added],
-                mode="append",
-                schema=table.schema(),
+                [*removed, *added] if same else added,  # "overwrite" removes every current file itself
+                mode="append" if same else "overwrite",
+                schema=table.schema() if same else ours,
                 commit_properties=_commit_properties(tag, metadata),
             )
         except dl.exceptions.CommitFailedError:
@@ -211,6 +239,18 @@ def publish(
             raise OutputError(f"{uri}: cannot commit to the Delta log: {reason(exc)}") from None
         return version + 1  # no automatic retry: the commit landed right after the version we read
     raise OutputError(f"{uri}: gave up publishing after {ATTEMPTS} commits lost to concurrent writers")
+
+
+def _schema_diff(ours, table) -> str:
+    """The first column whose type differs between the new files and the table, in a few words."""
+    mine = {f["name"]: f for f in json.loads(ours.to_json())["fields"]}
+    theirs = {f["name"]: f for f in json.loads(table.schema().to_json())["fields"]}
+    for name in [*theirs, *(n for n in mine if n not in theirs)]:
+        a, b = mine.get(name), theirs.get(name)
+        if a != b:
+            show = lambda f: "absent" if f is None else json.dumps(f["type"])  # noqa: E731
+            return f"column {name!r} is {show(a)} in the new files, {show(b)} in the table"
+    return "their field metadata differ"
 
 
 def _first_schema(where: Location, wanted: Mapping[str, TableFile], what: str) -> pa.Schema:
@@ -224,6 +264,22 @@ def table_files(location: Location | str, storage_options: Mapping[str, str] | N
     _where, uri, options = _resolve(location, storage_options)
     table = _open(uri, options)
     return None if table is None else _files_of(table)
+
+
+def table_files_at(
+    location: Location | str, storage_options: Mapping[str, str] | None, version: int
+) -> dict[str, int] | None:
+    """The files of the table's ``version`` with their sizes (None when there is no table)."""
+    _where, uri, options = _resolve(location, storage_options)
+    table = _open(uri, options, version)
+    return None if table is None else _files_of(table)
+
+
+def table_schema_json(location: Location | str, storage_options: Mapping[str, str] | None = None) -> str | None:
+    """The table's current schema as Delta's JSON (None when there is no table)."""
+    _where, uri, options = _resolve(location, storage_options)
+    table = _open(uri, options)
+    return None if table is None else table.schema().to_json()
 
 
 def check_agrees(
@@ -253,3 +309,23 @@ def check_agrees(
         if current[name] != wanted[name].size
     ]
     return found
+
+
+def snapshot(
+    location: Location | str, storage_options: Mapping[str, str] | None = None, version: int | None = None
+) -> tuple[str, int, dict[str, int], int] | None:
+    """The table's identity (its metadata id), a version (default: the latest), that version's files with
+    their sizes, and its rows (from the log's statistics); None when there is no table (or no such version).
+    For the sinks (``sinks/``)."""
+    _where, uri, options = _resolve(location, storage_options)
+    try:
+        table = _open(uri, options, version)
+    except OutputError:
+        if version is None:
+            raise
+        return None  # that version's log is gone (or never was): the caller reloads in full
+    if table is None:
+        return None
+    adds = pa.table(table.get_add_actions(flatten=True))
+    rows = sum(n or 0 for n in adds.column("num_records").to_pylist()) if adds.num_rows else 0
+    return table.metadata().id, table.version(), _files_of(table), rows

@@ -10,7 +10,9 @@ in the field's metadata under :data:`DIMENSION_KEY`.
 from __future__ import annotations
 
 import datetime
+import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,3 +152,36 @@ def delta_schema(schema: pa.Schema):
         return Schema.from_arrow(pa.schema(fields))
     except Exception as exc:  # delta-rs raises a bare Exception for types it cannot map
         raise OutputError(f"the output cannot be a Delta table: {first_line(exc)}") from None
+
+
+def delta_types(schema: pa.Schema) -> dict[str, Any]:
+    """Each column's type in Delta's terms (``"long"``, ``"timestamp"``, ``{"type": "array", ...}``),
+    metadata left out: what two files must share to be files of one table."""
+    return {f["name"]: f["type"] for f in json.loads(delta_schema(schema).to_json())["fields"]}
+
+
+#: Delta's primitive types as the Arrow types batchembed writes them.
+DELTA_PRIMITIVES = {
+    "string": pa.string(),
+    "long": pa.int64(),
+    "integer": pa.int32(),
+    "short": pa.int16(),
+    "byte": pa.int8(),
+    "double": pa.float64(),
+    "float": pa.float32(),
+    "boolean": pa.bool_(),
+    "binary": pa.binary(),
+    "date": pa.date32(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+    "timestamp_ntz": pa.timestamp("us"),
+}
+
+
+def arrow_of_delta(kind: Any) -> pa.DataType | None:
+    """The Arrow type a shard writes for Delta type ``kind`` (None: a nested or unknown type, compared whole)."""
+    if isinstance(kind, str):
+        if kind in DELTA_PRIMITIVES:
+            return DELTA_PRIMITIVES[kind]
+        if match := re.fullmatch(r"decimal\((\d+),\s*(\d+)\)", kind):
+            return pa.decimal128(int(match.group(1)), int(match.group(2)))
+    return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from batchembed.fs.location import Location, StorageOptions, locate
+from batchembed.output.store.local import LocalStore
 
 if TYPE_CHECKING:
     from batchembed.job.config import JobConfig
@@ -32,9 +33,7 @@ def open_store(job: JobConfig) -> OutputStore:
     """The output store of ``job`` (nothing is created or locked yet)."""
     where = output_location(job)
     if where.is_local:
-        from batchembed.output.store.local import LocalStore
-
         return LocalStore(where)
-    from batchembed.output.store.objects import ObjectStore
+    from batchembed.output.store.objects import ObjectStore  # (obstore, the cloud extra: only for buckets)
 
     return ObjectStore(where, lease_seconds=job.storage.lease_seconds)

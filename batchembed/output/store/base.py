@@ -124,6 +124,11 @@ class OutputStore(abc.ABC):
 
     # ------------------------------------------------------------------------------- reading
 
+    def manifest_stamp(self) -> Any:
+        """What identifies the manifest's current version, found cheaply (no body read); None when this
+        store cannot tell, and then a manifest read earlier is never reused (``opening.preload``)."""
+        return None
+
     @abc.abstractmethod
     def read_manifest(self) -> bytes | None:
         """The manifest's bytes, None if there is none (remembers its version for the next replace)."""

@@ -21,6 +21,7 @@ from typing import Any
 
 from batchembed.output.layout import LEASE_DIR
 from batchembed.output.store.base import OutputStore
+from batchembed.output.store.local import LocalStore, read_holder
 
 _PART = re.compile(r"shard-(\d+)-of-(\d+)$")
 
@@ -36,8 +37,6 @@ class Writer:
 
 def live_writers(store: OutputStore) -> list[Writer]:
     """Every run holding a lock or lease of ``store`` now (sorted by lease name; [] if none)."""
-    from batchembed.output.store.local import LocalStore
-
     found = _local(store.directory) if isinstance(store, LocalStore) else _objects(store)
     return sorted(found, key=lambda w: w.lease)
 
@@ -62,8 +61,6 @@ def _writer(name: str, who: str) -> Writer:
 
 
 def _local(directory: Path) -> list[Writer]:
-    from batchembed.output.store.local import _read_holder
-
     found = []
     held = _flocked()
     for path in sorted((directory / LEASE_DIR).glob("*.lock")):
@@ -73,7 +70,7 @@ def _local(directory: Path) -> list[Writer]:
             continue
         try:
             if os.fstat(fd).st_ino in held if held is not None else _probe(fd):
-                found.append(_writer(path.stem, _read_holder(fd)))
+                found.append(_writer(path.stem, read_holder(fd)))
         finally:
             os.close(fd)
     return found
@@ -115,8 +112,9 @@ def _probe(fd: int) -> bool:
 
 
 def _objects(store: Any) -> list[Writer]:
+    # (obstore, the cloud extra: only for an output in a bucket)
     from batchembed.fs.buckets import STORE_ERRORS, obstore_module
-    from batchembed.output.store.lease import _expired, describe_holder
+    from batchembed.output.store.lease import describe_holder, lease_expired
 
     obstore = obstore_module()
     try:
@@ -133,6 +131,6 @@ def _objects(store: Any) -> list[Writer]:
             doc = json.loads(raw) if raw else None
         except ValueError:
             doc = None
-        if isinstance(doc, dict) and not _expired(doc):
+        if isinstance(doc, dict) and not lease_expired(doc):
             found.append(_writer(base.removesuffix(".json"), describe_holder(doc)))
     return found

@@ -146,7 +146,7 @@ class ObjectLease(WriterLock):
                 holder = json.loads(data)
             except ValueError:
                 holder = {}
-            if not _expired(holder):
+            if not lease_expired(holder):
                 raise OutputLocked(_refusal(store, holder))
             doc["until"] = time.time() + seconds
             try:
@@ -286,7 +286,7 @@ def live_writers(store: ObjectStore, is_writer) -> dict[Any, str]:
             holder = json.loads(data)
         except ValueError:
             holder = {}
-        if not _expired(holder):
+        if not lease_expired(holder):
             live[part] = describe_holder(holder)
             continue
         retired = json.dumps({"retired": True, "until": 0, "by_pid": os.getpid(), "at": time.time()}).encode()
@@ -298,7 +298,7 @@ def live_writers(store: ObjectStore, is_writer) -> dict[Any, str]:
                     holder = json.loads(again[0])
                 except ValueError:
                     holder = {}
-                if not _expired(holder):
+                if not lease_expired(holder):
                     live[part] = describe_holder(holder)
         except STORE_ERRORS as exc:
             if "409" not in str(exc):
@@ -307,7 +307,7 @@ def live_writers(store: ObjectStore, is_writer) -> dict[Any, str]:
     return live
 
 
-def _expired(holder: dict[str, Any]) -> bool:
+def lease_expired(holder: dict[str, Any]) -> bool:
     """A lease is free once its term has passed, or at once when its holder is a dead pid on this host."""
     try:
         if time.time() >= float(holder["until"]):

@@ -11,15 +11,14 @@ import os
 
 from batchembed.output.layout import LEASE_DIR
 from batchembed.output.store.base import OutputStore
+from batchembed.output.store.local import LocalStore
 
 
 def listed_sizes(store: OutputStore) -> dict[str, int]:
     """{relative name: size in bytes} of every file of the output (the lease files left out)."""
-    from batchembed.output.store.local import LocalStore
-
     if isinstance(store, LocalStore):
         return _local_sizes(str(store.directory))
-    from batchembed.fs.buckets import STORE_ERRORS, obstore_module
+    from batchembed.fs.buckets import STORE_ERRORS, obstore_module  # (obstore, the cloud extra: buckets only)
 
     try:
         found = obstore_module().list(store.client).collect()

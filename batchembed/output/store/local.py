@@ -46,7 +46,7 @@ class FlockLock(WriterLock):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_holder(fd)
+            holder = read_holder(fd)
             os.close(fd)
             raise OutputLocked(
                 f"{display} is being written by another run ({holder}); "
@@ -87,7 +87,8 @@ class _HeldGate(WriterLock):
         return None
 
 
-def _read_holder(fd: int) -> str:
+def read_holder(fd: int) -> str:
+    """Who holds a local lock, from the holder line written in its file (for messages)."""
     try:
         info = json.loads(os.pread(fd, 4096, 0) or b"{}")
         return f"pid {info['pid']} on host {info['host']}, started {_when(info['started'])}, holding it while it runs"
@@ -144,7 +145,7 @@ class LocalStore(OutputStore):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                live[part] = _read_holder(fd)
+                live[part] = read_holder(fd)
             finally:
                 os.close(fd)
         return live
@@ -210,6 +211,18 @@ class LocalStore(OutputStore):
             path.rmdir()
         else:
             path.unlink(missing_ok=True)
+
+    def manifest_stamp(self) -> tuple:
+        """The manifest's and the commit journal's inode, size and modification time (absent: None): a
+        replace (a rename) or an appended commit changes it."""
+        stamp = []
+        for name in (self.manifest_name, self.journal_name):
+            try:
+                st = os.stat(self.directory / name)
+                stamp.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            except FileNotFoundError:
+                stamp.append(None)
+        return tuple(stamp)
 
     def read_manifest(self) -> bytes | None:
         """The manifest's bytes, None if absent."""

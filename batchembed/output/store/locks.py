@@ -19,7 +19,7 @@ class LeaseLost(OutputError):
 
 
 class Written(Protocol):
-    """What a committed shard reports: the fields of ``writer.WrittenFile``."""
+    """What a committed shard reports: the fields of ``shard_writer.WrittenFile``."""
 
     name: str
     rows: int

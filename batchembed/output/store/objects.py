@@ -42,8 +42,6 @@ from batchembed.output.store.base import OutputStore
 from batchembed.output.store.lease import ObjectLease, gate, live_writers
 from batchembed.output.store.uploads import abort_stale_uploads
 
-MANIFEST = "_manifest.json"
-
 
 class _HashingSink:
     """A write-only file for pyarrow that hashes and counts what passes on to an obstore writer."""
@@ -129,6 +127,10 @@ class StreamedShard:
             self._writer.close()
         with contextlib.suppress(Exception):
             self._upload.__exit__(RuntimeError, RuntimeError("shard abandoned"), None)
+
+
+class MissingObject(OutputError, FileNotFoundError):
+    """An object that is not in the bucket: a clear ``OutputError`` that is also a ``FileNotFoundError``."""
 
 
 class ObjectStore(OutputStore):
@@ -245,6 +247,20 @@ class ObjectStore(OutputStore):
 
     # ----------------------------------------------------------------------------- reading
 
+    def manifest_stamp(self) -> tuple:
+        """The manifest's ETag (and generation) from a HEAD, no body: ("absent",) when there is none. It is
+        the version a conditional replace must match from now on (a changed one is read again)."""
+        obstore = obstore_module()
+        try:
+            meta = obstore.head(self.client, self.manifest_name)
+        except NOT_FOUND:
+            self._manifest_version = None
+            return ("absent",)
+        except STORE_ERRORS as exc:
+            raise self._fail("read", self.manifest_name, exc) from None
+        self._manifest_version = version_of(meta)
+        return tuple(sorted(self._manifest_version.items()))
+
     def read_manifest(self) -> bytes | None:
         """GET the manifest and remember its ETag for the conditional replace."""
         got = self.get(self.manifest_name)
@@ -290,6 +306,8 @@ class ObjectStore(OutputStore):
         loc = self.where.child(name)
         try:
             return loc.fs.open_input_file(loc.fs_path)
+        except FileNotFoundError as exc:  # still a FileNotFoundError for callers that expect a file may be gone
+            raise MissingObject(str(self._fail("open", name, exc))) from None
         except (OSError, pa.ArrowException) as exc:
             raise self._fail("open", name, exc) from None
 

@@ -10,8 +10,12 @@ from typing import Any
 from batchembed.exitcodes import ExitCode
 from batchembed.human import plural
 from batchembed.job.config import JobConfig
+from batchembed.job.resolved import resolve
 from batchembed.output.store import open_store
+from batchembed.run.batch.client import job_client
 from batchembed.run.batch.ledger import Ledger
+from batchembed.run.batch.loop import BatchLoop
+from batchembed.run.batch.shapes import job_shape
 
 
 def say(text: str) -> None:
@@ -22,17 +26,13 @@ def say(text: str) -> None:
 def cancel(job: JobConfig, transport: Any = None) -> int:
     """Cancel this job's running batches. Finished lines stay in their outputs (and are billed); ``run``
     again collects them and submits the rest again."""
-    from batchembed.job.resolved import resolve
-    from batchembed.run.batch.loop import BatchLoop
-    from batchembed.run.batch.runner import batch_shape, make_client
-
     ledger = Ledger.read(open_store(job))
     running = [p for p in ledger.pieces if not p.settled and p.current.batch_id] if ledger else []
     if not running:
         say(f"{job.output.path}: no batches running for this job")
         return ExitCode.OK
     resolved = resolve(job)
-    client = make_client(resolved, batch_shape(resolved), transport)
+    client = job_client(resolved, job_shape(resolved), transport)
     loop = BatchLoop(ledger, client, None, queue_inputs=0, resubmits=0, fallback="fail", say=say)
 
     async def go() -> int:

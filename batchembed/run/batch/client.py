@@ -21,6 +21,7 @@ from batchembed.errors import APIError, MalformedResponse, TransientAPIError, re
 from batchembed.providers.http import error_message
 from batchembed.providers.retry import backoff, classify
 from batchembed.providers.transport import AiohttpTransport, Request, Transport, TransportError
+from batchembed.run.assemble import api_key
 from batchembed.run.batch.shapes import BatchView, OpenAIShape
 
 
@@ -157,3 +158,16 @@ class BatchClient:
     async def aclose(self) -> None:
         """Close the transport's connections."""
         await self._transport.aclose()
+
+
+def job_client(resolved: Any, shape: OpenAIShape, transport: Any) -> BatchClient:
+    """The batch API client for the job (its key read where every key is read: ``job.api_key``)."""
+    job = resolved.config
+    return BatchClient(
+        shape,
+        resolved.model.base_url or "",
+        api_key(resolved),
+        timeout=job.model.timeout,
+        max_retries=job.limits.max_retries,
+        transport=transport,
+    )

@@ -19,6 +19,7 @@ from batchembed.errors import MalformedResponse
 from batchembed.output.shard_writer import vector_array
 from batchembed.providers.openai_compat import cut_dimensions, parse_answer
 from batchembed.providers.rerank import parse_scores
+from batchembed.run.batch.shapes import OpenAIShape
 from batchembed.tasks import Piece, Request
 from batchembed.tasks.batching import pack
 from batchembed.tasks.memo import key_array
@@ -202,3 +203,16 @@ def check_parsed(answers: np.ndarray, n: int) -> None:
     """An answer holds exactly ``n`` results (the parsers check this; kept as a guard for new shapes)."""
     if len(answers) != n:
         raise MalformedResponse(f"asked for {n} answers, got {len(answers)}")
+
+
+def job_items(resolved: Any, task: Any, shape: OpenAIShape) -> Items:
+    """The task's items adapter, lines sized like the online requests (under the provider's cap)."""
+    job = resolved.config
+    return items_for(
+        task,
+        job.is_rerank,
+        resolved.model.batch_inputs,
+        job.limits.batch_tokens,
+        resolved.send_dimensions,
+        resolved.cut_dimensions,
+    )

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
+from batchembed.providers.request_fields import embedding_options, rerank_options
+
 #: Our states for a provider's batch: still running, or how it ended.
 PENDING, COMPLETED, EXPIRED, CANCELLED, FAILED = "pending", "completed", "expired", "cancelled", "failed"
 #: Error codes of a failed batch that mean "over a quota": wait and create it again (not bad data).
@@ -233,6 +235,27 @@ SHAPES: dict[str, type[OpenAIShape]] = {
 def shape_for(provider: str, model: str, rerank: bool, params: dict[str, Any]) -> OpenAIShape:
     """The batch shape of ``provider`` for an embed or (Voyage only) rerank job."""
     return SHAPES[provider](model, "/v1/rerank" if rerank else "/v1/embeddings", params)
+
+
+def batch_params(resolved: Any) -> dict[str, Any]:
+    """The request options every line (or the batch) carries, in the provider's field names: the same
+    fields the online tier sends (``providers.request_fields``), floats unless base64 is asked for
+    (base64 in batch is implied by OpenAI's docs, not shown)."""
+    job, provider = resolved.config, resolved.model.provider
+    if job.is_rerank:
+        return {**rerank_options(provider), **(job.model.extra_body or {})}
+    return embedding_options(
+        provider,
+        dimensions=resolved.send_dimensions,
+        base64=job.model.encoding == "base64",
+        role=job.input.role,
+        extra_body=job.model.extra_body,
+    )
+
+
+def job_shape(resolved: Any) -> OpenAIShape:
+    """The job's provider batch shape, with the options every line (or the batch) carries."""
+    return shape_for(resolved.model.provider, resolved.model.name, resolved.config.is_rerank, batch_params(resolved))
 
 
 def _seconds(value: Any) -> float | None:

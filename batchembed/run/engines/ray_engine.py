@@ -2,11 +2,12 @@
 
 The driver (this process) does what a plain run does before and after the pipeline — discover the
 inputs, take the output's lock/lease, load the manifest, and at the end write the report and
-``_SUCCESS`` — but instead of running the pipeline it hands slices of the units to Ray tasks:
-slice ``i`` of ``W`` is the units whose ordinal is ``i`` modulo ``W`` (slice 0 also retries the
-failed rows of earlier runs). Each task runs the same pipeline (:class:`SliceRunner`) on its units,
-writes their shards to the output and *streams back* each written shard's record; the driver records
-it in the manifest (the commit point), so a unit is committed as soon as its shard is written.
+``_SUCCESS`` — but its stages (:class:`RayStages`) hand slices of the units to Ray tasks: slice ``i``
+of ``W`` is the units whose ordinal is ``i`` modulo ``W`` (slice 0 also retries the failed rows of
+earlier runs). Each task runs the same run on its units (:func:`worker_placement`: the output's
+``DriverWorker`` role), writes their shards to the output and *streams back* each written shard's
+record; the driver records it in the manifest (the commit point), so a unit is committed as soon as
+its shard is written.
 
 Ray schedules the tasks (``cpus_per_worker``, ``gpus_per_worker``) and detects a dead worker process
 or node; the driver then re-submits that slice with the manifest as it stands, so a killed worker
@@ -21,23 +22,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import dataclasses
+import functools
 import logging
 import os
 import queue
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 from batchembed.errors import BatchEmbedError, ConfigError
-from batchembed.exitcodes import ExitCode
-from batchembed.output.commit import JobOutput
+from batchembed.job.config import JobConfig
 from batchembed.output.manifest import Manifest, ShardRecord
 from batchembed.output.parts import owned_by
-from batchembed.output.store import open_store
-from batchembed.output.store.fencing import FenceToken, fence_with
+from batchembed.output.roles import DriverWorker
+from batchembed.output.store.fencing import FenceToken
+from batchembed.run.assemble import build_runner
 from batchembed.run.engines.budget import JobBudget, SharedLimits
+from batchembed.run.placement import Canary, Placement
 from batchembed.run.runner import JobRunner
 
 #: Times one slice is re-submitted after its worker process or node died, before the job gives up.
@@ -101,82 +104,38 @@ def connect(ray: Any, engine: Any) -> bool:
 # ------------------------------------------------------------------------------------------ worker
 
 
-class SliceOutput(JobOutput):
-    """A worker's output: the driver's manifest as given, each written shard handed to ``sink`` uncommitted.
-
-    The driver holds the lock/lease and records every shard (the commit point), then writes the report
-    and ``_failed.parquet``: a worker does none of that."""
-
-    def __init__(self, store: Any, compression: str, manifest: Manifest, sink, fence: FenceToken | None) -> None:
-        super().__init__(store, compression)
-        self.manifest = manifest  # the driver's, as of the slice's submission; never saved here
-        self._sink = sink
-        self._fence = fence
-
-    def acquire(self, restart: bool) -> None:
-        """The driver holds the output's lock/lease for the whole run; this worker writes only while the
-        driver's holding (``fence``) still owns the output (checked before each shard becomes visible)."""
-        if self._fence is not None:
-            fence_with(self.store, self._fence)
-
-    def open(self, fingerprint: dict[str, Any], restart: bool) -> Manifest:
-        return self.manifest
-
-    def begin_refresh(self, diff, sources, max_removed: float) -> bool:
-        return False  # the driver started (or continued) the refresh generation before handing out slices
-
-    def record(self, record: ShardRecord, resolves: list[str]) -> None:
-        self._sink((record, resolves))  # written but not recorded: the driver commits it
-
-    def close(self, report) -> int:
-        return 0  # the driver writes the report and _failed.parquet
+def worker_placement(
+    job: JobConfig, part: tuple[int, int], manifest: Manifest, budget: Any, sink, fence: FenceToken | None
+) -> Placement:
+    """How a worker runs slice ``part``: its units (slice 0 also the retries) under the job-wide budget,
+    each written shard handed to ``sink`` for the driver to commit; no signals (Ray ends the process), other
+    slices' journals kept, the canary as the driver ran it, nothing published (the driver does)."""
+    owns = owned_by(part)
+    limits = job.limits
+    return Placement(
+        role=functools.partial(DriverWorker, manifest, sink, fence),
+        units=lambda unit: unit.kind == "retry" or owns(unit.name),
+        limits=lambda resolved: SharedLimits(
+            budget, limits.concurrency, resolved.model.requests_per_minute, resolved.model.tokens_per_minute
+        ),
+        signals=False,
+        keeps_journals=True,
+        publishes=False,
+        canary=Canary.WORKER,
+        syncs_sinks=False,  # the driver checks and syncs the sinks
+    )
 
 
-class SliceRunner(JobRunner):
-    """A worker's pipeline: only the units of its slice, each written shard handed to ``sink``."""
-
-    handles_signals = False  # runs in a thread of a Ray worker; Ray ends the process
-    clears_journals = False  # other parts of the job may have units in flight
-    publishes = False  # the driver publishes the table once every slice is committed
-
-    def __init__(
-        self,
-        *args: Any,
-        part: tuple[int, int],
-        manifest: Manifest,
-        budget: Any,
-        sink,
-        fence: FenceToken | None = None,
-        **kwargs: Any,
-    ):
-        self._given = (manifest, sink, fence)
-        owns = owned_by(part)
-        super().__init__(*args, units=lambda unit: unit.kind == "retry" or owns(unit.name), **kwargs)
-        model = self.model
-        self.limits = SharedLimits(
-            budget, self.job.limits.concurrency, model.requests_per_minute, model.tokens_per_minute
-        )
-
-    def _make_output(self) -> SliceOutput:
-        return SliceOutput(open_store(self.job), self.job.output.compression, *self._given)
-
-    async def _check_server(self, manifest: Manifest) -> None:
-        """The canary as the driver ran it, on a copy: a worker never saves the driver's manifest."""
-        # accept: the driver's canary already decided
-        await self._canary(copy.deepcopy(manifest), accept_change=True, say=lambda _line: None)
-
-    def _conclude(self) -> int:
-        return ExitCode.OK
-
-    def counters(self) -> dict[str, Any]:
-        """The stats the driver adds up, and the width of the vectors (a driver that loads no model learns it here)."""
-        s = self.stats
-        return {
-            **{k: getattr(s, k) for k in _COUNTERS},
-            "retries": dict(s.retries),
-            "latencies": list(s.latencies),
-            "dim": getattr(self.task, "dim", None),
-        }
+def counters(runner: JobRunner) -> dict[str, Any]:
+    """The stats a worker hands its driver, and the width of the vectors (a driver that loads no model
+    learns it here)."""
+    s = runner.stats
+    return {
+        **{k: getattr(s, k) for k in _COUNTERS},
+        "retries": dict(s.retries),
+        "latencies": list(s.latencies),
+        "dim": runner.task.vectors.dim if runner.task.vectors is not None else None,
+    }
 
 
 def _delta(now: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
@@ -193,17 +152,13 @@ def run_slice(
     """The Ray task: run slice ``part`` of the job; yield ("record", record, resolves, stats delta)
     per written shard, then ("end", stats delta). ``fence``: the driver's holding of the output's
     lock; every shard this worker makes visible is checked against it first."""
-    from batchembed.run.assemble import build_runner
-
     if job.model.provider == "local" and job.model.threads is None:
         # the embedded model on a worker uses the CPUs Ray gave it, not every core of the machine
         threads = max(1, round(job.engine.cpus_per_worker))
         job = dataclasses.replace(job, model=dataclasses.replace(job.model, threads=threads))
     sink: queue.Queue = queue.Queue()
-    runner = build_runner(
-        job, quiet=True, retry_failed=retry_failed, runner_class=SliceRunner, part=part, manifest=manifest,
-        budget=budget, sink=sink.put, fence=fence,
-    )  # fmt: skip
+    placement = worker_placement(job, part, manifest, budget, sink.put, fence)
+    runner = build_runner(job, quiet=True, retry_failed=retry_failed, placement=placement)
     outcome: dict[str, Any] = {}
 
     def main() -> None:
@@ -219,52 +174,78 @@ def run_slice(
     sent: dict[str, Any] = {}
     while (item := sink.get()) is not None:
         record, resolves = item
-        now = runner.counters()
+        now = counters(runner)
         yield ("record", dataclasses.asdict(record), resolves, _delta(now, sent))
         sent = now
     thread.join()
     if "error" in outcome:
         raise outcome["error"]
-    yield ("end", None, None, _delta(runner.counters(), sent))
+    yield ("end", None, None, _delta(counters(runner), sent))
 
 
 # ------------------------------------------------------------------------------------------ driver
 
 
-class RayDriver(JobRunner):
-    """A run whose pipeline is Ray tasks over slices of the units; this process commits what they write."""
+@contextlib.contextmanager
+def ray_session(engine: Any) -> Iterator[None]:
+    """Join (or start) Ray in the main thread for the run; leave it after, if this run joined it."""
+    ray = import_ray()
+    started = connect(ray, engine)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
-    def run(self) -> int:
-        """Join (or start) Ray in the main thread, run the job, leave Ray."""
-        ray = import_ray()
-        started = connect(ray, self.job.engine)
-        try:
-            return super().run()
-        finally:
-            if started:
-                ray.shutdown()
 
-    async def _check_server(self, manifest: Manifest) -> None:
-        """The canary, except for a local model: the driver does not load it (its files' digest is in the
-        job's fingerprint already; every worker runs the canary on the model it loads)."""
-        if self.model.provider != "local":
-            await super()._check_server(manifest)
+def driver_placement(job: JobConfig) -> Placement:
+    """How the driver runs: its stages are Ray tasks over slices of the units, inside a Ray session; the
+    canary only for a remote model (the driver loads no local model: every worker checks the one it loads)."""
+    return Placement(stages=RayStages, session=functools.partial(ray_session, job.engine), canary=Canary.REMOTE_ONLY)
 
-    async def _pipeline(self, sources, columns, retry_units) -> None:
-        if self.files is not None:
-            self.files.clear()  # the workers read the inputs: the driver's small files are not needed again
+
+class RayStages:
+    """The driver's stages: Ray tasks over slices of the units; this process commits what they write."""
+
+    def __init__(self, runner: JobRunner) -> None:
+        self.runner = runner
+
+    async def run(self, sources, columns, retry_units) -> None:
+        """Hand the units to the workers and commit their shards as they come (returns when all are in,
+        or once the run is stopped)."""
+        if self.runner.files is not None:
+            self.runner.files.clear()  # the workers read the inputs: the driver's small files are not needed again
         await asyncio.to_thread(self._dispatch, bool(retry_units))
+
+    def stop(self) -> None:
+        """Nothing to do here: the dispatch loop sees ``runner.stopping`` and cancels the tasks."""
+
+    def abandon(self) -> None:
+        """Nothing in flight in this process (the workers' requests end with their tasks)."""
+
+    def on_signal(self, sig: int) -> bool:
+        return False
+
+    def every_unit_done(self) -> bool:
+        return True
+
+    def report(self) -> dict[str, Any]:
+        return {}
+
+    def conclude(self, conclude) -> int:
+        return conclude()
 
     def _dispatch(self, retry: bool) -> None:
         ray = import_ray()
-        engine = self.job.engine
-        if self.stats.threads is not None:  # the local model computes on the workers, with their CPUs
-            per_worker = self.job.model.threads or max(1, round(engine.cpus_per_worker))
-            self.stats.threads = engine.workers * per_worker
+        runner = self.runner
+        engine = runner.job.engine
+        if runner.stats.threads is not None:  # the local model computes on the workers, with their CPUs
+            per_worker = runner.job.model.threads or max(1, round(engine.cpus_per_worker))
+            runner.stats.threads = engine.workers * per_worker
         budget = (
             ray.remote(JobBudget)
             .options(num_cpus=0)
-            .remote(self.model.requests_per_minute, self.model.tokens_per_minute)
+            .remote(runner.model.requests_per_minute, runner.model.tokens_per_minute)
         )
         task = ray.remote(run_slice).options(
             num_returns="streaming",
@@ -275,7 +256,7 @@ class RayDriver(JobRunner):
         self._run_slices(ray, task, budget, engine.workers, retry)
 
     def _run_slices(self, ray: Any, task: Any, budget: Any, count: int, retry: bool) -> None:
-        fence = self.output.store.lock.token()  # workers write only while this run holds the output
+        fence = self.runner.output.store.lock.token()  # workers write only while this run holds the output
         events: queue.Queue = queue.Queue()
         generators: dict[int, Any] = {}
         attempts: Counter = Counter()
@@ -289,9 +270,9 @@ class RayDriver(JobRunner):
                 events.put((index, generator, "error", exc))
 
         def submit(index: int) -> None:
-            snapshot = dataclasses.replace(self.manifest, shards=list(self.manifest.shards))
-            snapshot.resolved = list(self.manifest.resolved)
-            generator = task.remote(self.job, (index, count), snapshot, budget, retry and index == 0, fence)
+            snapshot = dataclasses.replace(self.runner.manifest, shards=list(self.runner.manifest.shards))
+            snapshot.resolved = list(self.runner.manifest.resolved)
+            generator = task.remote(self.runner.job, (index, count), snapshot, budget, retry and index == 0, fence)
             generators[index] = generator
             threading.Thread(target=pump, args=(index, generator), daemon=True).start()
 
@@ -299,7 +280,7 @@ class RayDriver(JobRunner):
             submit(index)
         active = set(range(count))
         while active:
-            if self.stopping is not None:
+            if self.runner.stopping is not None:
                 for generator in generators.values():
                     with contextlib.suppress(Exception):  # already finished or gone
                         ray.cancel(generator, force=True)
@@ -307,7 +288,7 @@ class RayDriver(JobRunner):
             try:
                 index, generator, kind, payload = events.get(timeout=0.5)
             except queue.Empty:
-                self.progress.refresh()
+                self.runner.progress.refresh()
                 continue
             if generator is not generators[index]:
                 continue  # a late event of a slice attempt already replaced
@@ -332,18 +313,20 @@ class RayDriver(JobRunner):
                 f"the worker running slice {index} died {attempts[index]} times ({type(exc).__name__}); giving up. "
                 "Committed shards are kept: run the same command again to resume."
             )
-        self.progress.line(f"a Ray worker died ({type(exc).__name__}); its slice {index} resumes on another worker")
+        self.runner.progress.line(
+            f"a Ray worker died ({type(exc).__name__}); its slice {index} resumes on another worker"
+        )
 
     def _take(self, payload: tuple) -> None:
         """Commit one shard a worker wrote (the commit point), and add up the worker's counters."""
         kind, record, resolves, delta = payload
-        if kind == "record" and record["name"] not in {s.name for s in self.manifest.shards}:
-            self.output.record(ShardRecord(**record), resolves)
-        s = self.stats
+        if kind == "record" and record["name"] not in {s.name for s in self.runner.manifest.shards}:
+            self.runner.output.record(ShardRecord(**record), resolves)
+        s = self.runner.stats
         for key in _COUNTERS:
             setattr(s, key, getattr(s, key) + delta[key])
         s.retries.update(delta["retries"])
         s.latencies.extend(delta["latencies"])
-        if getattr(self.task, "dim", 0) is None and delta.get("dim"):
-            self.task.dim = delta["dim"]  # for the report: the driver of a local model ran no canary
-        self.progress.refresh()
+        if self.runner.task.vectors is not None and delta.get("dim"):
+            self.runner.task.vectors.learn(delta["dim"])  # for the report: the driver of a local model ran no canary
+        self.runner.progress.refresh()
