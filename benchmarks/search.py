@@ -46,7 +46,7 @@ from batchembed.output.manifest import Manifest
 from batchembed.output.publish import publish, read_table_file
 from batchembed.output.shard_writer import ShardWriter, vector_array
 from batchembed.output.store import open_store
-from batchembed.search.query import query_job
+from batchembed.search.query_vector import query_job
 
 QUERY = "how do I read a CSV file with a header row"
 
