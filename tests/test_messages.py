@@ -24,6 +24,7 @@ from batchembed.input.discover import discover
 from batchembed.job.config import load_job
 from batchembed.output.manifest import Manifest
 from batchembed.run.assemble import build_runner
+from batchembed.run.ending import ending_lines
 from batchembed.run.progress import Heartbeat, Progress
 from batchembed.run.rowcount import RowCount
 from batchembed.stats import Stats
@@ -347,7 +348,7 @@ def test_a_refresh_says_how_many_shards_it_replaced_as_the_delta_log_does(tmp_pa
 
     result = run_here(fake, "run", str(job), "--quiet")
 
-    assert "published the refreshed table: 1 replaced shard taken out of it" in result.stderr
+    assert "published the refreshed table: 1 replaced shard taken out of it; its files stay for" in result.stderr
     removes = [
         json.loads(line)["remove"]
         for line in (tmp_path / "out" / "_delta_log" / "00000000000000000001.json").read_text().splitlines()
@@ -356,6 +357,19 @@ def test_a_refresh_says_how_many_shards_it_replaced_as_the_delta_log_does(tmp_pa
     assert len(removes) == 1
     info = DeltaTable(str(tmp_path / "out")).history()[0]
     assert info["batchembed"]["model"] == "fake"
+
+
+def test_a_refresh_summary_counts_the_files_that_only_grew():
+    stats = Stats(rows_embedded=5, rows_reused=3)
+    stats.refresh = {"generation": 1, "files_added": 1, "files_changed": 0, "files_grown": 1, "files_removed": 0}
+    stats.refresh["files_unchanged"] = 2
+
+    lines = ending_lines(stats, "out/_truncated.parquet")
+
+    assert lines == [
+        "refresh: 3 rows reused from the output, 2 bought, 0 removed (1 file added, 0 changed, 1 grown (only their "
+        "new rows read), 0 removed, 2 unchanged and not read)"
+    ]
 
 
 def test_the_delta_commit_names_the_model_when_the_job_leaves_it_to_the_provider(tmp_path, fake):

@@ -245,7 +245,7 @@ def _say_replaced(say, replaced: int, history_days: float) -> None:
         days = max(history_days, RETIRE_GRACE / 86400)
         kept = f"{history_days:g} days" if history_days > 0 else f"{RETIRE_GRACE // 60:.0f} minutes"
         say(
-            f"published the refreshed table: {plural(replaced, 'replaced shard')} taken out of it; their files stay "
-            f"for readers of earlier versions and are deleted by a run at least {kept} from now"
-            + (" (time travel)" if days >= 1 else "")
+            f"published the refreshed table: {plural(replaced, 'replaced shard')} taken out of it; "
+            f"{'its files stay' if replaced == 1 else 'their files stay'} for readers of earlier versions and are "
+            f"deleted by a run at least {kept} from now" + (" (time travel)" if days >= 1 else "")
         )

@@ -17,7 +17,8 @@ def ending_lines(s: Stats, truncated_at: str) -> list[str]:
             f"refresh: {s.rows_reused:,} rows reused from the output, "
             f"{max(0, s.rows_embedded - s.rows_reused - s.rows_recovered):,} bought, {s.rows_removed:,} removed "
             f"({plural(r['files_added'], 'file')} added, {r['files_changed']:,} changed, "
-            f"{r['files_removed']:,} removed, {r['files_unchanged']:,} unchanged and not read)"
+            + (f"{r['files_grown']:,} grown (only their new rows read), " if r.get("files_grown") else "")
+            + f"{r['files_removed']:,} removed, {r['files_unchanged']:,} unchanged and not read)"
         )
     if s.rows_recovered or s.rows_resent:
         lines.append(
