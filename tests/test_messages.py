@@ -335,6 +335,26 @@ def test_a_touch_with_a_changed_kept_value_is_not_called_unchanged(tmp_path, fak
     assert "files changed    1: in.parquet" in text and "touched" not in text
 
 
+def test_a_grown_file_packed_with_a_changed_one_is_not_said_to_be_read_for_its_new_rows_only(tmp_path, fake):
+    src = tmp_path / "in"
+    src.mkdir()
+    write_parquet(src / "a.parquet", [f"parquet row {i}" for i in range(5)], id=pa.array([f"a{i}" for i in range(5)]))
+    (src / "b.csv").write_text("id,text\n" + "".join(f"b{i},csv row {i}\n" for i in range(5)))
+    job = job_for(tmp_path, fake, src)  # two small files: one shard holds both
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0
+    write_parquet(
+        src / "a.parquet", [f"parquet row {i} edited" for i in range(5)], id=pa.array([f"a{i}" for i in range(5)])
+    )
+    with (src / "b.csv").open("a") as f:
+        f.write("b5,csv row 5\n")  # b.csv only grew, but its shard goes with a.parquet's change
+
+    text = run_here(None, "plan", str(job)).stdout
+
+    assert "files changed    1: a.parquet\n" in text
+    assert "files grown      1: b.csv (read again whole: a shard holding them holds a changed file too)" in text
+    assert "only their new rows are read" not in text
+
+
 def test_a_refresh_says_how_many_shards_it_replaced_as_the_delta_log_does(tmp_path, fake):
     from deltalake import DeltaTable
 

@@ -71,6 +71,8 @@ class ExistingOutput:
             "removed": diff.removed,
             "unchanged": diff.unchanged,
             "grown": diff.grown,
+            # grown files a stale shard also holds (packed with a changed file): read again whole
+            "grown_reread": [g for g in diff.grown if any(g in shard.inputs for shard in diff.stale)],
             "touched": sorted(diff.touched),
             "reshaped": diff.reshaped,
             **diff.summary(),  # the counts, apart from the lists of names

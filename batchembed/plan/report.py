@@ -140,11 +140,14 @@ def refresh_lines(refresh: dict) -> list[str]:
     """What a rerun over an existing output changes: files by state, rows removed and reused."""
     reread = refresh.get("touched_reread", [])  # changed files proven to hold what the output holds (plan/touched)
     settled = [n for n in refresh.get("touched", []) if n not in reread]  # bytes proven the same: unchanged
+    grown_whole = refresh.get("grown_reread", [])
     lists = {
         **refresh,
         "changed": [n for n in refresh["changed"] if n not in reread],
         "touched_reread": reread,
         "touched": settled,
+        "grown": [n for n in refresh.get("grown", []) if n not in grown_whole],
+        "grown_reread": grown_whole,
     }
 
     def names(key: str) -> str:
@@ -168,8 +171,13 @@ def refresh_lines(refresh: dict) -> list[str]:
         lines.append(
             f"    files touched    {names('touched_reread')} (touched, content unchanged: read again, nothing bought)"
         )
-    if refresh.get("grown"):
+    if lists["grown"]:
         lines.append(f"    files grown      {names('grown')} (only their new rows are read)")
+    if grown_whole:
+        lines.append(
+            f"    files grown      {names('grown_reread')} (read again whole: a shard holding them holds a changed "
+            "file too)"
+        )
     lines += [
         f"    files removed    {names('removed')}",
         f"    files unchanged  {names('unchanged')} (not read)",
