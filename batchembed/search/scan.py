@@ -1,7 +1,8 @@
 """The nearest rows of an output's current Delta version to a query vector, in bounded memory.
 
-The table is read file by file, record batch by record batch (``BATCH_ROWS`` rows, two read ahead),
-reading only the vector column and the columns a ``--where`` filter names; each batch's cosine scores
+The table is read file by file, record batch by record batch (``BATCH_ROWS`` rows; Parquet's own file
+reader, which decodes a vector column in about half the time the dataset scanner takes), reading only
+the vector column and the columns a ``--where`` filter names; each batch's cosine scores
 are folded into the best ``k`` seen so far (positions only). The winning rows' other columns are then
 read back from their files by position. Memory is a few batches and ``k`` rows, whatever the table's
 size; time is one pass over the vectors.
@@ -21,6 +22,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from batchembed.errors import OutputError, UsageError
 from batchembed.job.config import JobConfig
@@ -144,14 +146,18 @@ def nearest(table: Table, query: np.ndarray, k: int, where: Filter | None = None
     fragments = list(table.dataset.get_fragments())
     for number, fragment in enumerate(fragments):
         offset = 0
-        for batch in fragment.to_batches(
-            columns=list(dict.fromkeys(read)), batch_size=BATCH_ROWS, batch_readahead=2, fragment_readahead=1
-        ):
+        for batch in _batches(table, fragment.path, list(dict.fromkeys(read))):
             rows = _candidates(batch, table.column, where)
             if len(rows):
                 best.add(_scores(batch.column(table.column), rows, query, table.dim), number, offset + rows)
             offset += batch.num_rows
     return _rows(table, fragments, best)
+
+
+def _batches(table: Table, path: str, columns: list[str]):
+    """The record batches of one of the table's files, only ``columns``."""
+    with table.dataset.filesystem.open_input_file(path) as fh:
+        yield from pq.ParquetFile(fh).iter_batches(batch_size=BATCH_ROWS, columns=columns)
 
 
 def _candidates(batch: pa.RecordBatch, column: str, where: Filter | None) -> np.ndarray:
