@@ -379,17 +379,17 @@ def test_a_refresh_says_how_many_shards_it_replaced_as_the_delta_log_does(tmp_pa
     assert info["batchembed"]["model"] == "fake"
 
 
-def test_a_refresh_summary_counts_the_files_that_only_grew():
-    stats = Stats(rows_embedded=5, rows_reused=3)
-    stats.refresh = {"generation": 1, "files_added": 1, "files_changed": 0, "files_grown": 1, "files_removed": 0}
-    stats.refresh["files_unchanged"] = 2
+def test_a_refresh_summary_counts_the_files_that_only_grew_and_one_file_is_singular():
+    stats = Stats(rows_embedded=5)
+    files = {"added": ["n.csv"], "changed": [], "grown": ["g.csv"], "removed": [], "unchanged_not_read": 2}
+    stats.refresh = {"generation": 1, "files": files}
 
     lines = ending_lines(stats, "out/_truncated.parquet")
 
-    assert lines == [
-        "refresh: 3 rows reused from the output, 2 bought, 0 removed (1 file added, 0 changed, 1 grown (only their "
-        "new rows read), 0 removed, 2 unchanged and not read)"
-    ]
+    assert lines[0] == (
+        "refresh (generation 1): 1 file added, 0 changed, 1 grown (only their new rows are read), 0 removed, "
+        "2 unchanged and not read"
+    )
 
 
 def test_the_delta_commit_names_the_model_when_the_job_leaves_it_to_the_provider(tmp_path, fake):

@@ -40,63 +40,25 @@ from batchembed.input.discover import discover
 from batchembed.input.read import check_columns
 from batchembed.job.config import JobConfig
 from batchembed.job.resolved import ResolvedJob, resolve
+from batchembed.output.cache import key_column
+from batchembed.output.figures import keys_frame
 from batchembed.output.input_diff import GENERATION_SPAN, known_rows
 from batchembed.output.manifest import Manifest
 from batchembed.output.store import storage_options
 from batchembed.plan.batch_tier import batch_estimate
 from batchembed.plan.eta import SAMPLE_TEXTS, measure_local, paced, read_previous_report
-from batchembed.plan.existing import ExistingOutput, existing_output, refuse_before_buying
+from batchembed.plan.existing import existing_output, refuse_before_buying
 from batchembed.plan.report import PlanReport, format_report
+from batchembed.plan.seen import SeenTexts, text_digests
 from batchembed.run.assemble import build_counter, build_task
 from batchembed.run.progress import Heartbeat
 from batchembed.stats import Stats
 from batchembed.tasks import Piece, Request, Task
 from batchembed.tasks.batching import pack
+from batchembed.tasks.ids import id_column_name
 from batchembed.tasks.memo import VectorMemo
 from batchembed.tasks.texts import blank_mask
 from batchembed.tasks.tokens import TokenCounter
-
-#: Digests gathered before they are folded into the sorted job-wide set (bounds memory to the uniques).
-_COMPACT_EVERY = 1 << 16
-
-
-class _Seen:
-    """Job-wide set of 64-bit text digests, memory proportional to the distinct texts.
-
-    A large sorted array plus a small sorted one that is merged in when it grows (like an LSM tree),
-    so checking a chunk costs two binary searches rather than a re-sort of everything seen.
-    """
-
-    def __init__(self) -> None:
-        self._main = np.zeros(0, np.uint64)
-        self._recent = np.zeros(0, np.uint64)
-        self.tokens = 0
-
-    @staticmethod
-    def _isin(sorted_array: np.ndarray, values: np.ndarray) -> np.ndarray:
-        pos = np.searchsorted(sorted_array, values)
-        pos[pos == len(sorted_array)] = 0
-        return sorted_array[pos] == values if len(sorted_array) else np.zeros(len(values), bool)
-
-    def first_seen(self, digests: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """Mask of ``digests`` (distinct within the call) never seen before; records them."""
-        new = ~(self._isin(self._main, digests) | self._isin(self._recent, digests))
-        self._recent = np.sort(np.concatenate([self._recent, digests[new]]))
-        self.tokens += int(tokens[new].sum())
-        if len(self._recent) > _COMPACT_EVERY:
-            self._main = np.sort(np.concatenate([self._main, self._recent]))
-            self._recent = np.zeros(0, np.uint64)
-        return new
-
-    def __len__(self) -> int:
-        return len(self._main) + len(self._recent)
-
-
-def _digests(keys: np.ndarray) -> np.ndarray:
-    """64-bit digests of texts from the task's 16-byte text keys (``memo.text_keys``: blake2b)."""
-    if not len(keys):
-        return np.zeros(0, np.uint64)
-    return np.frombuffer(b"".join(keys.tolist()), dtype=np.uint64)[::2].copy()
 
 
 class _CutCounter:
@@ -136,17 +98,14 @@ def plan_task(resolved: ResolvedJob, counter: TokenCounter) -> Task:
     return task
 
 
-def _existing_output(resolved: ResolvedJob, task: Task) -> ExistingOutput | None:
-    """The job's output, if it holds this job's shards (then the plan is of the refresh a run would make)."""
-    return existing_output(resolved, task)
-
-
 class _EmbedTally:
     """Adds an embed piece to the report: rows, blanks, cuts, tokens, distinct texts, packed requests."""
 
-    def __init__(self, report: PlanReport, resolved: ResolvedJob) -> None:
+    def __init__(self, report: PlanReport, resolved: ResolvedJob, ids: bool = False) -> None:
         self.report, self.resolved = report, resolved
-        self.seen = _Seen()
+        self.seen = SeenTexts()
+        #: with ``ids`` (a refresh): every row read, as (id, text key), to count its rows by id
+        self.rows: list | None = [] if ids else None
         self.sample: list[str] = []  # the first texts to send, as prepared: the local model is timed on them
         self.first_blank: tuple[str, int] | None = None
         self.first_too_long: tuple[str, int] | None = None
@@ -155,6 +114,9 @@ class _EmbedTally:
         report, work, chunk = self.report, piece.work, piece.chunk
         policy = self.resolved.config.limits.on_too_long
         rows = work.row_to_text
+        if self.rows is not None:
+            ids = work.table.column(id_column_name(self.resolved.config)).combine_chunks()
+            self.rows.append(keys_frame(ids, key_column(work.keys, rows, rows >= 0)))
         blank = rows < 0  # the plan's task cuts rather than skips: only blank rows have no text
         report.blank_rows += int(blank.sum())
         if blank.any() and self.first_blank is None:
@@ -183,7 +145,7 @@ class _EmbedTally:
         if not len(to_send):
             return
         # the run sends each distinct text once (in-flight sharing, memo, cache): first occurrences only
-        to_send = to_send[self.seen.first_seen(_digests(work.keys[to_send]), counts[to_send])]
+        to_send = to_send[self.seen.first_seen(text_digests(work.keys[to_send]), counts[to_send])]
         if len(self.sample) < SAMPLE_TEXTS:
             self.sample += [work.texts[i] for i in to_send[: SAMPLE_TEXTS - len(self.sample)]]
         report.tokens_to_send += int(counts[to_send].sum())
@@ -259,7 +221,10 @@ class _Doing:
 
 
 def estimate(
-    job: JobConfig | ResolvedJob, counter: TokenCounter | None = None, price_per_million: float | None = None
+    job: JobConfig | ResolvedJob,
+    counter: TokenCounter | None = None,
+    price_per_million: float | None = None,
+    restart: bool = False,
 ) -> PlanReport:
     """Stream the job's input through its task's ``prepare`` and compute the plan (no printing, nothing sent;
     a line every 10 s says what it is doing).
@@ -270,11 +235,15 @@ def estimate(
     """
     doing = _Doing()
     with Heartbeat(doing.text):
-        return _estimate(job, counter, price_per_million, doing)
+        return _estimate(job, counter, price_per_million, restart, doing)
 
 
 def _estimate(
-    job: JobConfig | ResolvedJob, counter: TokenCounter | None, price_per_million: float | None, doing: _Doing
+    job: JobConfig | ResolvedJob,
+    counter: TokenCounter | None,
+    price_per_million: float | None,
+    restart: bool,
+    doing: _Doing,
 ) -> PlanReport:
     resolved = resolve(job)
     config, model, preset = resolved.config, resolved.model, resolved.preset
@@ -305,18 +274,24 @@ def _estimate(
         report.warnings.append(f"{preset.id} is an embedding model, not a reranker")
 
     doing.now = lambda: "checking the inputs (columns, types, every id)"
-    existing = _existing_output(resolved, task)
+    # the output is the job's when its fingerprint is what a run's would be: with the job's own token counter
+    own = task if counter is None else plan_task(resolved, _CutCounter(build_counter(resolved)))
+    existing, refused = existing_output(resolved, own, restart)
+    if refused:
+        report.refused.append(refused)
     known = known_rows(existing.manifest if existing else None)
     sources = discover(config.input.path, storage_options(config), known=known, identity=config.input.identity)
     view = Manifest(fingerprint={})
     reading = sources
     first = 0
     if existing is not None:
-        refused, notes = existing.table_check()  # what a run would refuse or repair about the Delta table
-        report.refusals += refused
+        refusals, notes = existing.table_check()  # what a run would refuse or repair about the Delta table
+        report.refused += refusals
         report.warnings += notes
-        view, reading = existing.plan(sources, task)
+        view, reading = existing.plan(sources, task, config.output.max_removed)
         report.refresh = existing.refresh
+        if existing.refresh["refused"]:
+            report.refused.append(existing.refresh["refused"])
         first = (existing.manifest.generation + 1) * GENERATION_SPAN  # names clear of every kept unit
     for src in reading:
         check_columns(src, task.columns, config)
@@ -325,7 +300,8 @@ def _estimate(
     refuse_before_buying(report, config, existing, reading)
     report.files = [{"name": s.name, "format": s.format, "rows": s.rows} for s in reading]
     rows_of: dict[str, int] = {}
-    tally = _RerankTally(report, resolved, counting) if resolved.is_rerank else _EmbedTally(report, resolved)
+    by_id = existing is not None and not resolved.is_rerank
+    tally = _RerankTally(report, resolved, counting) if resolved.is_rerank else _EmbedTally(report, resolved, by_id)
     chunks = iter_chunks(
         reading,
         view,
@@ -346,6 +322,8 @@ def _estimate(
     tally.finish()
     if report.refresh:
         report.refresh["rows_reused"] = task.stats.rows_reused
+        if by_id:  # the rows the refresh replaces against those it reads: by id, as the run will count them
+            report.refresh["rows"] = existing.rows_by_id(id_column_name(config), tally.rows)
     for f in report.files:
         f["rows"] = rows_of.get(f["name"], 0)
 
@@ -380,9 +358,11 @@ def plan(
     counter: TokenCounter | None = None,
     as_json: bool = False,
     price_per_million: float | None = None,
+    restart: bool = False,
 ) -> int:
-    """``batchembed plan``: print what a run of ``job`` would read, send and cost; returns 0, or 1 when a run
-    would refuse before buying anything (the refusals are printed)."""
-    report = estimate(job, counter, price_per_million)
+    """``batchembed plan``: print what a run of ``job`` would read, send and cost; 0, or 1 when a run would
+    refuse before buying anything (``PlanReport.refused``: the same sentences ``run`` would say: another
+    job's settings, the removal guard, an output it cannot resume, the table's state, the column types)."""
+    report = estimate(job, counter, price_per_million, restart)
     print(json.dumps(asdict(report), indent=2) if as_json else format_report(report))
-    return ExitCode.FAILED if report.refusals else ExitCode.OK
+    return ExitCode.FAILED if report.refused else ExitCode.OK

@@ -1,24 +1,25 @@
-"""What a finished run says about the rows beyond the summary line: a refresh's reuse, what an interrupted
-run's journal gave back, the rows cut to fit (pure: lines from the run's ``Stats``)."""
+"""What a finished run says about the rows beyond the summary line: a refresh's figures (files by state,
+rows by id), the texts bought and reused and the tokens billed, what an interrupted run's journal gave
+back, the rows cut to fit (pure: lines from the run's ``Stats``)."""
 
 from __future__ import annotations
 
 from batchembed.human import plural
+from batchembed.output.figures import describe as describe_figures
 from batchembed.stats import Stats
 
 
 def ending_lines(s: Stats, truncated_at: str) -> list[str]:
-    """The lines after the summary: a refresh's figures, an interrupted run's recovery, the rows cut to fit
-    (listed in ``truncated_at``)."""
+    """The lines after the summary: a refresh's figures, texts and tokens, an interrupted run's recovery,
+    the rows cut to fit (listed in ``truncated_at``)."""
     lines = []
     if s.refresh.get("generation"):
-        r = s.refresh
+        lines.append(f"refresh (generation {s.refresh['generation']}): {describe_figures(s.refresh)}")
+    if s.refresh.get("generation") or s.texts_reused:
+        current = "" if s.tokens_current is None else f", {s.tokens_current:,} for the table's current rows"
         lines.append(
-            f"refresh: {s.rows_reused:,} rows reused from the output, "
-            f"{max(0, s.rows_embedded - s.rows_reused - s.rows_recovered):,} bought, {s.rows_removed:,} removed "
-            f"({plural(r['files_added'], 'file')} added, {r['files_changed']:,} changed, "
-            + (f"{r['files_grown']:,} grown (only their new rows read), " if r.get("files_grown") else "")
-            + f"{r['files_removed']:,} removed, {r['files_unchanged']:,} unchanged and not read)"
+            f"texts: {s.texts_bought:,} bought, {s.texts_reused:,} reused from the output; "
+            f"tokens: {s.tokens:,} billed this run{current}"
         )
     if s.rows_recovered or s.rows_resent:
         lines.append(
