@@ -277,8 +277,8 @@ def _python_blocks() -> list[Block]:
     return [b for b in BLOCKS if b.kind == "python" and not b.run_by]
 
 
-def _run_python(block: Block, root: Path) -> tuple[dict, str]:
-    scope: dict = {}
+def _run_python(block: Block, root: Path, given: dict | None = None) -> tuple[dict, str]:
+    scope: dict = dict(given or {})
     printed = io.StringIO()
     with contextlib.chdir(root), contextlib.redirect_stdout(printed):
         exec(compile(block.body, str(block), "exec"), scope)
@@ -301,7 +301,7 @@ def test_python_recipes_read_only_the_tables_rows_with_the_models_dimension(work
         if "optimize.compact" in block.body:  # maintenance by others: on a copy, the recipes after read this one
             copy = root / "maintained"
             shutil.copytree(root / "out/example", copy / "out/example", dirs_exist_ok=True)
-            scope, _ = _run_python(block, copy)
+            scope, _ = _run_python(block, copy, {"out": "out/example"})  # the recipe's ``out``: the table
             from deltalake import DeltaTable
 
             assert scope["dt"].history()[0]["operation"] == "OPTIMIZE"  # (vacuum: nothing a week old to delete)
