@@ -151,7 +151,8 @@ class JobRunner:
         return job_fingerprint(self.resolved, self.task)
 
     async def _run(self) -> int:
-        known = await asyncio.to_thread(self.output.known_rows)
+        seen = await asyncio.to_thread(self.placement.seen_inputs, self)  # the batch tier's plan: a poll reads none
+        known = {**seen.rows(), **await asyncio.to_thread(self.output.known_rows)}
         self.files = FileCache()  # small input files: read once, kept until the reading is past them
         sources = await asyncio.to_thread(
             discover, self.job.input.path, storage_options(self.job), self.files, known, self.job.input.identity
@@ -166,14 +167,16 @@ class JobRunner:
             part=access == "reads", publisher=self.output.table, say=self.progress.line,
         )  # fmt: skip
         work = self.output.work_files(sources)
-        for src in work:
+        unchecked = seen.unchecked(work)  # files an earlier run checked together, unchanged since: not read again
+        for src in unchecked:
             await asyncio.to_thread(check_columns, src, columns)
-        if work:
+        if unchecked:
             held = []
             if self.job.input.id:
                 held = await asyncio.to_thread(self.output.held_ids, self.job.input.id, diff)
-            await asyncio.to_thread(check_inputs, self.job, work, columns, held)
-        if work or manifest.unresolved_failures():  # every shard gets the table's column types, settled now
+            await asyncio.to_thread(check_inputs, self.job, unchecked, columns, held)
+        self.task.output_types = dict(seen.types)  # (settled by the run that checked the same inputs) or now:
+        if unchecked or manifest.unresolved_failures():  # every shard gets the table's column types, settled now
             self.task.output_types = await asyncio.to_thread(
                 settle_output, self.job, work, self.output.store, manifest.shards
             )
@@ -211,11 +214,8 @@ class JobRunner:
         if (manifest.shards or manifest.retiring) and not manifest.complete:  # a refresh: what the output holds
             self.task.reuse_output(self.output.store, cache_files(manifest))
         retry_units = await asyncio.to_thread(self.output.retry_plan, sources) if self.retry_failed else []
-        # a subset's share of the rows is known only once its units are read
-        todo = pending_rows(sources, manifest) if self.units is None else None
-        if todo is not None:
-            todo += sum(len(rows) for _, _, rows in retry_units)
-        self.stats.rows_total = todo
+        todo = pending_rows(sources, manifest) if self.units is None else None  # a subset's: known once read
+        self.stats.rows_total = None if todo is None else todo + sum(len(rows) for _, _, rows in retry_units)
         if manifest.shards:
             self.progress.line(
                 f"resuming {self.out}: {len(manifest.shards)} shards ({manifest.rows():,} rows) already committed"
