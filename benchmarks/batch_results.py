@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchembed.testing.batchapi import FakeBatchServer
-from benchmarks.common import PY, child_env, run_measured
+from benchmarks.common import batchembed_command, child_env, run_measured
 
 
 def texts(rows: int) -> list[str]:
@@ -41,9 +41,9 @@ def measure(tmp: Path, srv: FakeBatchServer, inp: Path, label: str, src: str | N
     env = {k: v for k, v in child_env(src).items() if not k.endswith("_API_KEY")}
     env["OPENAI_API_KEY"] = "sk-bench"
     before = {f for f in srv.files}
-    m = run_measured(
-        [PY, "-m", "batchembed.cli", "run", str(job), "--quiet"], tmp / f"{label}.log", timeout=3600, env=env
-    )
+    # the console script, not ``python -m`` (which would import the package in the working directory first)
+    command, _ = batchembed_command()
+    m = run_measured([*command, "run", str(job), "--quiet"], tmp / f"{label}.log", timeout=3600, env=env)
     if m.returncode != 0:
         raise SystemExit(f"{label}: run failed ({m.returncode}): {(tmp / f'{label}.log').read_text()[-2000:]}")
     results = [f for f in srv.files if f not in before and srv.files[f]["filename"] == "results.jsonl"]
