@@ -153,7 +153,8 @@ class JobRunner:
         return job_fingerprint(self.resolved, self.task)
 
     async def _run(self) -> int:
-        known = await asyncio.to_thread(self.output.known_rows)
+        seen = await asyncio.to_thread(self.placement.seen_inputs, self)  # the batch tier's plan: a poll reads none
+        known = {**seen.rows(), **await asyncio.to_thread(self.output.known_rows)}
         self.files = FileCache()  # small input files: read once, kept until the reading is past them
         sources = await asyncio.to_thread(
             discover, self.job.input.path, storage_options(self.job), self.files, known, self.job.input.identity
@@ -163,7 +164,7 @@ class JobRunner:
         manifest = await asyncio.to_thread(self.output.open, self.fingerprint(), self.restart)
         diff = await asyncio.to_thread(self.output.refresh_plan, sources)
         work, types = await asyncio.to_thread(  # the table, the inputs and the column types, before buying
-            check_before_buying, self.job, self.output, diff, sources, columns, self.progress.line
+            check_before_buying, self.job, self.output, diff, sources, columns, self.progress.line, seen
         )
         if types is not None:  # every shard gets the table's column types, settled now
             self.task.output_types = types
@@ -202,11 +203,8 @@ class JobRunner:
         if (view.shards or view.retiring) and not manifest.complete:  # a refresh: what the output holds
             self.task.reuse_output(self.output.store, cache_files(view))
         retry_units = await asyncio.to_thread(self.output.retry_plan, sources) if self.retry_failed else []
-        # a subset's share of the rows is known only once its units are read
-        todo = pending_rows(sources, manifest) if self.units is None else None
-        if todo is not None:
-            todo += sum(len(rows) for _, _, rows in retry_units)
-        self.stats.rows_total = todo
+        todo = pending_rows(sources, manifest) if self.units is None else None  # a subset's: known once read
+        self.stats.rows_total = None if todo is None else todo + sum(len(rows) for _, _, rows in retry_units)
         if manifest.shards:
             self.progress.line(
                 f"resuming {self.out}: {len(manifest.shards)} shards ({manifest.rows():,} rows) already committed"
