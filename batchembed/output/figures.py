@@ -131,7 +131,7 @@ def _compacted_rows(
         if s.name not in read and (s.name in others or any(n.startswith(s.unit_name + "-") for n in others))
     ]
     kept_ids = shard_keys(store, kept, id_column).get_column("id")
-    return pl.concat(frames).filter(~pl.col("id").is_in(kept_ids))
+    return pl.concat(frames).filter(~pl.col("id").is_in(kept_ids.implode()))
 
 
 def rows_by_id(
