@@ -1,0 +1,158 @@
+"""A run's stop, kept to its deadline: SIGTERM/SIGINT, or a server away for longer than the job waits.
+
+The first signal stops reading and sending at once (``stages.stop()``, the sender's ``stopping``: no new
+request goes out, no wait between tries goes on) and interrupts whatever waits on the server outside the
+pipeline (the canary, a batch-tier round: ``interruptible``). Requests already on the wire get at most the
+grace (``limits.stop_grace_seconds``, 30 s by default) to be answered — their answers go to the journal —
+and are then cancelled (``stages.abandon()``; at once when none is on the wire); their rows are sent again
+by the next run. Complete shards are committed, the resume line is printed, and the process exits 130/143.
+
+Whatever the run is waiting for (a sink's database, a thread reading input, Ray shutting down), a
+watchdog ends the process ``OVERDUE_AFTER`` seconds after the grace with the same exit code: a scheduler
+that waits ``grace + 5`` s before SIGKILL always gets the exit it was promised; what was committed is
+kept either way, as after a kill. A second signal exits at once.
+
+An outage that outlasts ``limits.outage_seconds`` (``sending/outage``) stops the run the same way, with
+``ExitCode.SERVER_UNREACHABLE`` (no watchdog: no one outside is waiting on a deadline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Awaitable
+from typing import Any, Protocol, TypeVar
+
+from batchembed.exitcodes import ExitCode
+
+#: ``runner.stopping`` when the server stayed away past ``limits.outage_seconds`` (not a signal number).
+OUTAGE = -1
+#: Seconds after the grace by which a process stopped by a signal exits, whatever it still waits for.
+OVERDUE_AFTER = 3.5
+#: How often the grace looks whether requests are still on the wire.
+_LOOK_EVERY = 0.05
+
+T = TypeVar("T")
+
+
+class Stopped(Exception):
+    """A wait on the server outside the pipeline (the canary, a batch round) was interrupted by the stop."""
+
+
+def exit_code(reason: int) -> ExitCode:
+    """The exit code of a run stopped for ``reason`` (a signal number or ``OUTAGE``)."""
+    if reason == OUTAGE:
+        return ExitCode.SERVER_UNREACHABLE
+    return ExitCode.SIGINT if reason == signal.SIGINT else ExitCode.SIGTERM
+
+
+class Stoppable(Protocol):
+    """What the stop uses of the run (``runner.JobRunner``)."""
+
+    stopping: int | None
+    sender: Any
+    stages: Any
+    progress: Any
+    stats: Any
+
+
+class StopControl:
+    """The stop of one run (see the module docstring); ``grace`` seconds for requests on the wire."""
+
+    def __init__(self, run: Stoppable, grace: float) -> None:
+        self.run = run
+        self.grace = grace
+        self._waits: set[asyncio.Future] = set()
+        self._grace_task: asyncio.Task | None = None
+        self._watchdog: threading.Timer | None = None
+
+    def on_signal(self, sig: int) -> None:
+        """SIGINT/SIGTERM (the event loop's handler): the first stops the run, a second exits at once."""
+        run = self.run
+        if run.stopping is not None:
+            run.progress.close()
+            print("batchembed: stopped at once; run the same command again to resume.", file=sys.stderr, flush=True)
+            os._exit(exit_code(sig))
+        self._arm_watchdog(exit_code(sig))
+        if not run.stages.on_signal(sig):  # the stages may take the signal on their own terms (batches waited on)
+            self.stop(
+                sig,
+                f"{signal.Signals(sig).name}: finishing requests in flight (up to {self.grace:g}s), then stopping; "
+                "press Ctrl-C again to stop at once",
+            )
+        self._interrupt()
+
+    def outage(self, message: str) -> None:
+        """The server stayed away past ``limits.outage_seconds``: stop like on SIGTERM, exit code 68."""
+        if self.run.stopping is None:
+            self.stop(OUTAGE, f"{message}: stopping as on SIGTERM; run the same command again once it answers")
+
+    def stop(self, reason: int, line: str) -> None:
+        """Stop reading and sending now; cancel what is still on the wire after the grace."""
+        run = self.run
+        run.stopping = reason
+        if run.sender is not None:
+            run.sender.stopping = True
+        run.stages.stop()
+        run.progress.line(line)
+        self._interrupt()
+        self._grace_task = asyncio.get_running_loop().create_task(self._abandon_after_grace())
+
+    async def interruptible(self, awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable`` unless the run stops first: then it is cancelled and ``Stopped`` raised."""
+        if self.run.stopping is not None:
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()
+            raise Stopped()
+        future = asyncio.ensure_future(awaitable)
+        self._waits.add(future)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.cancelled() and self.run.stopping is not None:
+                raise Stopped() from None
+            raise
+        finally:
+            self._waits.discard(future)
+            if not future.done():
+                future.cancel()
+
+    def disarm(self) -> None:
+        """The run is over: no watchdog outlives it (a test runs many runs in one process)."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _interrupt(self) -> None:
+        for future in list(self._waits):
+            future.cancel()
+
+    async def _abandon_after_grace(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.grace
+        while self.run.stats.in_flight > 0 and loop.time() < deadline:
+            await asyncio.sleep(_LOOK_EVERY)
+        self.run.stages.abandon()
+
+    def _arm_watchdog(self, code: int) -> None:
+        if self._watchdog is not None:
+            return
+        self._watchdog = threading.Timer(self.grace + OVERDUE_AFTER, _overdue, (code, self.grace + OVERDUE_AFTER))
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+
+def _overdue(code: int, seconds: float) -> None:
+    """The watchdog: the stop took longer than its deadline; leave now (what was committed is kept)."""
+    with contextlib.suppress(Exception):
+        print(
+            f"batchembed: still stopping {seconds:g}s after the signal; exiting now. Committed shards are kept: "
+            "run the same command again to resume.",
+            file=sys.stderr,
+            flush=True,
+        )
+    os._exit(code)
