@@ -2,10 +2,11 @@
 
 The first signal stops reading and sending at once (``stages.stop()``, the sender's ``stopping``: no new
 request goes out, no wait between tries goes on) and interrupts whatever waits on the server outside the
-pipeline (the canary, a batch-tier round: ``interruptible``). Requests already on the wire get at most the
-grace (``limits.stop_grace_seconds``, 30 s by default) to be answered — their answers go to the journal —
-and are then cancelled (``stages.abandon()``; at once when none is on the wire); their rows are sent again
-by the next run. Complete shards are committed, the resume line is printed, and the process exits 130/143.
+pipeline (the canary at once; a batch-tier round after the grace: ``interruptible``). Requests already
+on the wire get at most the grace (``limits.stop_grace_seconds``, 30 s by default) to be answered (their
+answers go to the journal) and are then cancelled (``stages.abandon()``; at once when none is on the
+wire); their rows are sent again by the next run. Complete shards are committed, the resume line is
+printed, and the process exits 130/143.
 
 Whatever the run is waiting for (a sink's database, a thread reading input, Ray shutting down), a
 watchdog ends the process ``OVERDUE_AFTER`` seconds after the grace with the same exit code: a scheduler
@@ -67,6 +68,7 @@ class StopControl:
         self.run = run
         self.grace = grace
         self._waits: set[asyncio.Future] = set()
+        self._graced: set[asyncio.Future] = set()
         self._grace_task: asyncio.Task | None = None
         self._watchdog: threading.Timer | None = None
 
@@ -78,7 +80,9 @@ class StopControl:
             print("batchembed: stopped at once; run the same command again to resume.", file=sys.stderr, flush=True)
             os._exit(exit_code(sig))
         self._arm_watchdog(exit_code(sig))
-        if not run.stages.on_signal(sig):  # the stages may take the signal on their own terms (batches waited on)
+        if run.stages.on_signal(sig):  # the stages took the signal on their own terms (batches waited on)
+            self._start_grace()
+        else:
             self.stop(
                 sig,
                 f"{signal.Signals(sig).name}: finishing requests in flight (up to {self.grace:g}s), then stopping; "
@@ -100,16 +104,19 @@ class StopControl:
         run.stages.stop()
         run.progress.line(line)
         self._interrupt()
-        self._grace_task = asyncio.get_running_loop().create_task(self._abandon_after_grace())
+        self._start_grace()
 
-    async def interruptible(self, awaitable: Awaitable[T]) -> T:
-        """Await ``awaitable`` unless the run stops first: then it is cancelled and ``Stopped`` raised."""
+    async def interruptible(self, awaitable: Awaitable[T], *, graced: bool = False) -> T:
+        """Await ``awaitable`` unless the run stops first: then it is cancelled and ``Stopped`` raised.
+
+        ``graced``: a stop lets it go on for the grace (a batch-tier round: its remote calls are on the wire)
+        and cancels it only then; otherwise it is cancelled at once (a wait that buys nothing)."""
         if self.run.stopping is not None:
             if asyncio.iscoroutine(awaitable):
                 awaitable.close()
             raise Stopped()
         future = asyncio.ensure_future(awaitable)
-        self._waits.add(future)
+        (self._graced if graced else self._waits).add(future)
         try:
             return await future
         except asyncio.CancelledError:
@@ -118,6 +125,7 @@ class StopControl:
             raise
         finally:
             self._waits.discard(future)
+            self._graced.discard(future)
             if not future.done():
                 future.cancel()
 
@@ -131,11 +139,17 @@ class StopControl:
         for future in list(self._waits):
             future.cancel()
 
+    def _start_grace(self) -> None:
+        if self._grace_task is None:
+            self._grace_task = asyncio.get_running_loop().create_task(self._abandon_after_grace())
+
     async def _abandon_after_grace(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.grace
-        while self.run.stats.in_flight > 0 and loop.time() < deadline:
+        while (self.run.stats.in_flight > 0 or self._graced) and loop.time() < deadline:
             await asyncio.sleep(_LOOK_EVERY)
+        for future in list(self._graced):
+            future.cancel()
         self.run.stages.abandon()
 
     def _arm_watchdog(self, code: int) -> None:

@@ -11,7 +11,8 @@ Voyage's (``shape="mistral"`` / ``"voyage"``):
 A batch moves one state per ``GET`` of it (validating -> in_progress -> finalizing -> completed), so
 a test advances batches by polling them, without a clock; ``hold_batches = True`` freezes them. When
 a batch ends, every line is answered by the embeddings/rerank fake (a poisoned text gets its line a
-400), and the output file lists the lines in reversed order. Knobs: ``expire_next`` (lines that
+400), and the output file lists the lines in reversed order. ``hold()`` parks the batch routes'
+requests too, unanswered until ``release()``. Knobs: ``expire_next`` (lines that
 expire instead), ``refuse_creations`` (429s at creation), ``quota_failures`` (batches created then
 failed with ``token_limit_exceeded``), ``queue_limit`` (inputs enqueued at once), ``max_inputs``
 (per batch), ``page_size`` (of the list). Records: :attr:`created` (every batch created) and
@@ -88,6 +89,8 @@ class FakeBatchProvider(FakeProvider):
         split = urlsplit(request.url)
         path = split.path.removeprefix("/v1") if split.path.startswith("/v1/") else split.path
         query = {k: v[-1] for k, v in parse_qs(split.query).items()}
+        if path.startswith(("/files", self.batches_path)):
+            await self._wait_while_held()  # ``hold()`` parks the batch routes too (a poll the server never answers)
         try:
             with self._batch_lock:
                 if path == "/files" and request.method == "POST":

@@ -36,6 +36,7 @@ from batchembed.run.batch.shapes import OpenAIShape, job_shape
 from batchembed.run.pipeline import LocalStages
 from batchembed.run.placement import Canary, Placement
 from batchembed.run.runner import JobRunner
+from batchembed.run.stopping import Stopped
 
 
 def batch_placement(job: Any, wait: bool = True, transport: Any = None) -> Placement:
@@ -159,7 +160,10 @@ class BatchStages:
         """Rounds of submit / poll / collect until every piece is settled (``--no-wait``: one round)."""
         poll = self.runner.job.model.batch_poll_seconds
         while self.runner.stopping is None:
-            await loop.round()
+            try:  # a signal gives the round's remote calls the grace, then cancels it (the ledger is kill-safe)
+                await self.runner.stops.interruptible(loop.round(), graced=True)
+            except Stopped:
+                return
             self._show()
             if self.ledger.all_settled() or not self.wait or self.runner.stopping is not None:
                 return
