@@ -282,3 +282,15 @@ def test_a_signal_while_a_batch_poll_goes_unanswered_exits_within_the_grace(tmp_
         done = run_cli("run", str(job), "--quiet", env=cli_env(OPENAI_API_KEY="sk"))
         assert done.returncode == 0, done.stderr
         assert len(srv.created) == 2 and sorted(srv.billed_texts) == sorted(texts)
+
+
+def test_the_batch_tier_names_a_closed_port_and_gives_up_with_exit_68(tmp_path):
+    port = closed_port()
+    fake_url = FakeServer()
+    fake_url.port = port
+    job = batch_job(tmp_path, fake_url, make_texts(50))
+    job.write_text(job.read_text().replace("[limits]\n", "[limits]\nconnect_timeout = 2\n"))
+    r = run_cli("run", str(job), "--quiet", env=cli_env(OPENAI_API_KEY="sk-secret-value"))
+    assert r.returncode == ExitCode.SERVER_UNREACHABLE, r.stderr
+    assert f"cannot reach the server at 127.0.0.1:{port}" in r.stderr and "still cannot reach" in r.stderr
+    assert "sk-secret-value" not in r.stderr

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from batchembed.errors import UsageError
+from batchembed.errors import APIError, UsageError
 from batchembed.exitcodes import ExitCode
 from batchembed.job.fingerprint import fingerprint_hash
 from batchembed.run.batch.answers import BatchCodec, BatchResults
@@ -91,7 +91,7 @@ class BatchStages:
         cap = min(shape.max_inputs, runner.job.model.batch_inputs or shape.max_inputs)
         planner = Planner(ledger, items, max_inputs=cap, max_bytes=shape.max_bytes, max_lines=shape.max_lines)
         await asyncio.to_thread(self._plan, planner, sources, columns, retry_units)
-        client = job_client(runner.resolved, shape, self.batch_transport)
+        client = job_client(runner.resolved, shape, self.batch_transport, runner.watch)
         loop = BatchLoop(
             ledger,
             client,
@@ -164,6 +164,10 @@ class BatchStages:
                 await self.runner.stops.interruptible(loop.round(), graced=True)
             except Stopped:
                 return
+            except APIError:
+                if self.runner.stopping is None:
+                    raise
+                return  # the server stayed away past limits.outage_seconds: the run stops (exit 68)
             self._show()
             if self.ledger.all_settled() or not self.wait or self.runner.stopping is not None:
                 return
