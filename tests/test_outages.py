@@ -164,6 +164,24 @@ def test_a_wrong_key_is_named_with_the_server_and_the_fix(tmp_path):
     assert "wrong-secret-value" not in r.stderr
 
 
+@pytest.mark.parametrize(
+    ("scheme", "path", "code", "fix"),
+    [
+        ("https", "/v1", ExitCode.SERVER_UNREACHABLE, "if the server speaks plain HTTP, write http://"),
+        ("http", "/nope", ExitCode.FAILED, "OpenAI-compatible servers usually end in /v1"),
+    ],
+)
+def test_tls_to_a_plain_server_and_a_wrong_path_are_named_at_the_first_try(tmp_path, scheme, path, code, fix):
+    with FakeServer(dim=64) as srv:
+        src = write_parquet(tmp_path / "in.parquet", make_texts(20))
+        job = job_for(tmp_path, srv, src, model={"base_url": f"{scheme}://127.0.0.1:{srv.port}{path}"})
+        r = run_cli("run", str(job), "--quiet")
+        assert srv.requests == []  # nothing of the job was sent
+    assert r.returncode == code, r.stderr
+    assert f"127.0.0.1:{srv.port}" in r.stderr and fix in r.stderr
+    assert "still cannot reach" not in r.stderr  # not retried: it fails the same way every time
+
+
 # ------------------------------------------------------------------------------ stops while waiting
 
 
