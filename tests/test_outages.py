@@ -312,3 +312,33 @@ def test_the_batch_tier_names_a_closed_port_and_gives_up_with_exit_68(tmp_path):
     assert r.returncode == ExitCode.SERVER_UNREACHABLE, r.stderr
     assert f"cannot reach the server at 127.0.0.1:{port}" in r.stderr and "still cannot reach" in r.stderr
     assert "sk-secret-value" not in r.stderr
+
+
+# ------------------------------------------------------------------------------ a sink's database
+
+
+def test_sigterm_while_a_sink_waits_on_its_database_exits_143_within_the_grace_and_the_next_run_syncs(
+    tmp_path, postgres
+):
+    psycopg = pytest.importorskip("psycopg")
+    from tests.sinkcheck import add_sinks, assert_same, postgres_rows, table_rows
+
+    dsn = postgres.database("outage_sink")
+    env = cli_env(BATCHEMBED_PG_DSN=dsn)
+    texts = make_texts(300)
+    with FakeServer(dim=64) as srv:
+        job = add_sinks(outage_job(tmp_path, srv, texts), {"kind": "postgres", "table": "search.doc_vectors"})
+        with psycopg.connect(dsn, autocommit=True) as holder:  # another sync holds the table's lock
+            holder.execute("SELECT pg_advisory_lock(hashtext(%s))", ["batchembed sink search.doc_vectors"])
+            run = Watched(start_cli("run", str(job), "--quiet", env=env))
+            waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'"
+            while not holder.execute(waiting).fetchone()[0]:  # the run's sync waits for the lock
+                time.sleep(0.05)
+            code, took, err = run.stop_with(signal.SIGTERM)
+            assert code == ExitCode.SIGTERM, err
+            assert took < DEADLINE, f"exit {took:.1f}s after SIGTERM while a sink waited on its database"
+        done = run_cli("run", str(job), "--quiet", env=env)
+        assert done.returncode == 0, done.stderr
+    assert_exact(tmp_path, texts)
+    columns = ["id", "embedding"]
+    assert_same(postgres_rows(dsn, "search.doc_vectors", columns), table_rows(tmp_path / "out", columns))
