@@ -69,3 +69,12 @@ def test_an_answer_that_is_not_a_gateways_ends_nothing_it_is_an_ordinary_failure
     assert w.failed(TransientAPIError("HTTP 500", 500), "a", 0) is None
     assert w.failed(TransientAPIError("HTTP 503", 503), "a", 0) is None  # one gateway answer alone
     assert w.failed(TransientAPIError("HTTP 503", 503), "b", 0) is not None  # two requests: an outage
+
+
+def test_during_an_outage_a_server_that_says_when_to_come_back_is_asked_no_sooner():
+    clock, lines, expired = Clock(), [], []
+    w = watch(clock, lines, expired)
+    w.answered()
+    busy = TransientAPIError("HTTP 503", 503, retry_after=40.0)
+    w.failed(busy, "a", 0)
+    assert w.failed(busy, "b", 0) == 40.0 and w.in_outage

@@ -120,7 +120,9 @@ class ServerWatch:
                 )
                 self._on_expired(self.expired)
             return 0.0
-        return min(backoff(tries, error.retry_after), PROBE_EVERY, left)
+        if error.retry_after is not None:  # the server said when to come back: it is asked no sooner
+            return min(error.retry_after, left)
+        return min(backoff(tries, None), PROBE_EVERY, left)
 
     def refused(self, error: AuthError) -> AuthError:
         """A 401/403/404 with the likely fix in its message (the server answered: it is reachable)."""

@@ -145,7 +145,7 @@ class FirstContact:
                 "Nothing was sent, and nothing written binds the output: run the same command again once the "
                 "server answers."
             )
-        delay = min(backoff(tries, error.retry_after), PROBE_EVERY, left)
+        delay = min(error.retry_after if error.retry_after is not None else backoff(tries, None), PROBE_EVERY, left)
         until = time.strftime("%H:%M:%S", time.localtime(self._wall() + left))
         if now < self._next_line:
             return delay

@@ -220,6 +220,8 @@ class Sender:
                 return
             # transient or malformed: back off and retry
             self.stats.retries[error.label] += 1
+            if error.status in (429, 503):  # an overloaded server paces us whether or not it is also away
+                self.limits.window.on_throttled(error.retry_after)
             ride = self.watch.failed(error, request, away) if self.watch is not None else None
             if ride is not None:  # the server cannot be reached: wait for it (max_retries is not used up)
                 away += 1
@@ -238,8 +240,6 @@ class Sender:
                 dead_letter(request, f"gave up after {self.max_retries} retries: {error}")
                 return
             delay = backoff(attempt - 1, error.retry_after)
-            if error.status in (429, 503):
-                self.limits.window.on_throttled(error.retry_after)
             await self.pause(delay)
 
     async def _split_or_fail(self, request: Request, error: APIError) -> None:
