@@ -10,6 +10,7 @@ stopped process exits within ``limits.stop_grace_seconds`` + 5 s (the grace is k
 
 from __future__ import annotations
 
+import json
 import queue
 import signal
 import socket
@@ -240,6 +241,8 @@ def test_a_server_restarted_mid_run_is_waited_for_in_the_open_and_nothing_is_bou
         bought = sum(len(r.inputs) for r in srv.requests)
     assert bought <= 1.05 * len(texts)
     assert_exact(tmp_path, texts)
+    (outage,) = json.loads((tmp_path / "out" / "_report.json").read_text())["outages"]
+    assert outage["server"] == f"127.0.0.1:{srv.port}" and outage["back"] is True
 
 
 def test_an_outage_longer_than_its_window_stops_like_sigterm_with_exit_68_and_resumes(tmp_path):
@@ -254,6 +257,8 @@ def test_an_outage_longer_than_its_window_stops_like_sigterm_with_exit_68_and_re
         err = run.finish()
         assert run.proc.returncode == ExitCode.SERVER_UNREACHABLE, err
         assert "limits.outage_seconds = 1s" in err and "run the same command again to resume" in err.lower()
+        (outage,) = json.loads((tmp_path / "out" / "_report.json").read_text())["outages"]
+        assert outage["back"] is False and outage["seconds"] >= 1
         srv.start()
         finish_exact(tmp_path, job, texts)
 

@@ -92,7 +92,7 @@ class JobRunner:
         self.stopping: int | None = None  # the signal number (or ``stopping.OUTAGE``) once asked to stop
         #: The stop (signals, an outage outlasting its window) and its deadline.
         self.stops = StopControl(self, self.job.limits.stop_grace_seconds)
-        self.watch = server_watch(resolved, self.progress.line, self.stops.outage)
+        self.watch = server_watch(resolved, self.progress.line, self.stops.outage, self.stats.outages.append)
         self.journal: Journal | None = None
         self.sender: Sender | None = None  # made once the run is set up
         self._unresolved = 0

@@ -56,6 +56,7 @@ class ServerWatch:
         say: Callable[[str], None],
         on_expired: Callable[[str], None],
         key_env: str | None = None,
+        record: Callable[[dict], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -68,6 +69,8 @@ class ServerWatch:
         self.expired: str | None = None  # the message, once an outage outlasted the window
         self._say = say
         self._on_expired = on_expired
+        self._record = record  # each outage, once it ended or outlasted its window (``_report.json``)
+        self._how = ""
         self._clock = clock
         self._wall = wall
         self._since: float | None = None  # when the failures began (None: the last request was answered)
@@ -83,7 +86,9 @@ class ServerWatch:
         """The server answered (any HTTP answer but a gateway's 502/503/504): an outage is over."""
         self.answered_once = True
         if self._since is not None and self._declared:
-            self._say(f"the server at {self.server} answers again (away for {duration(self._clock() - self._since)})")
+            away = self._clock() - self._since
+            self._say(f"the server at {self.server} answers again (away for {duration(away)})")
+            self._note(away, back=True)
         self._since = None
         self._failing = set()
         self._declared = False
@@ -104,6 +109,7 @@ class ServerWatch:
         self._failing.add(id(who))
         if not self._declared and (getattr(error, "why", None) in _NOTHING_THERE or len(self._failing) >= 2):
             self._declared = True
+            self._how = what_failed(error)
             until = time.strftime("%H:%M:%S", time.localtime(self._wall() + self._since + self.outage_seconds - now))
             self._say(
                 f"the server at {self.server} stopped answering ({what_failed(error)}); waiting for it until "
@@ -118,11 +124,16 @@ class ServerWatch:
                     f"the server at {self.server} did not answer for {duration(now - self._since)} "
                     f"(limits.outage_seconds = {self.outage_seconds:g}s; last: {what_failed(error)})"
                 )
+                self._note(now - self._since, back=False)
                 self._on_expired(self.expired)
             return 0.0
         if error.retry_after is not None:  # the server said when to come back: it is asked no sooner
             return min(error.retry_after, left)
         return min(backoff(tries, None), PROBE_EVERY, left)
+
+    def _note(self, seconds: float, back: bool) -> None:
+        if self._record is not None:
+            self._record({"server": self.server, "how": self._how, "seconds": round(seconds, 1), "back": back})
 
     def refused(self, error: AuthError) -> AuthError:
         """A 401/403/404 with the likely fix in its message (the server answered: it is reachable)."""
@@ -130,8 +141,14 @@ class ServerWatch:
         return explain_refusal(error, getattr(error, "url", "") or self.url, self.key_env)
 
 
-def server_watch(resolved: Any, say: Callable[[str], None], on_expired: Callable[[str], None]) -> ServerWatch | None:
-    """The watch over a ``ResolvedJob``'s server, with the job's windows; None for the local model (no server)."""
+def server_watch(
+    resolved: Any,
+    say: Callable[[str], None],
+    on_expired: Callable[[str], None],
+    record: Callable[[dict], None] | None = None,
+) -> ServerWatch | None:
+    """The watch over a ``ResolvedJob``'s server, with the job's windows; None for the local model (no server).
+    ``record``: takes each outage's figures (the run's ``Stats.outages``)."""
     model, limits = resolved.model, resolved.config.limits
     if model.provider == "local" or not model.base_url:
         return None
@@ -141,5 +158,6 @@ def server_watch(resolved: Any, say: Callable[[str], None], on_expired: Callable
         outage_seconds=limits.outage_seconds,
         say=say,
         on_expired=on_expired,
+        record=record,
         key_env=model.api_key_env if model.api_key_env and os.environ.get(model.api_key_env) else None,
     )
