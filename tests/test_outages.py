@@ -124,12 +124,12 @@ def test_a_closed_port_is_named_at_once_retried_with_a_line_each_time_then_exit_
     texts = make_texts(50)
     fake_url = FakeServer()
     fake_url.port = port  # the job names the port; nothing listens there
-    job = outage_job(tmp_path, fake_url, texts, connect_timeout=3)
+    job = outage_job(tmp_path, fake_url, texts, connect_timeout=5)
     run = start(job)
     first = run.wait_for("cannot reach the server")
     assert f"127.0.0.1:{port}" in first and "connection refused" in first
     assert "start the server, or correct the host or port in model.base_url" in first
-    assert "limits.connect_timeout = 3s" in first
+    assert "limits.connect_timeout = 5s" in first
     err = run.finish()
     assert run.proc.returncode == ExitCode.SERVER_UNREACHABLE == 68, err
     assert "still cannot reach" in err  # a line per retry
@@ -312,7 +312,7 @@ def test_the_batch_tier_names_a_closed_port_and_gives_up_with_exit_68(tmp_path):
     fake_url = FakeServer()
     fake_url.port = port
     job = batch_job(tmp_path, fake_url, make_texts(50))
-    job.write_text(job.read_text().replace("[limits]\n", "[limits]\nconnect_timeout = 2\n"))
+    job.write_text(job.read_text().replace("[limits]\n", "[limits]\nconnect_timeout = 5\n"))
     r = run_cli("run", str(job), "--quiet", env=cli_env(OPENAI_API_KEY="sk-secret-value"))
     assert r.returncode == ExitCode.SERVER_UNREACHABLE, r.stderr
     assert f"cannot reach the server at 127.0.0.1:{port}" in r.stderr and "still cannot reach" in r.stderr

@@ -129,6 +129,22 @@ class StopControl:
             if not future.done():
                 future.cancel()
 
+    async def pause(self, seconds: float) -> None:
+        """Sleep ``seconds`` between two tries (a back-off, a server away), or raise ``Stopped`` as soon as the
+        run stops: nothing is on the wire, so nothing is owed the grace."""
+        if self.run.stopping is None:
+            future = asyncio.ensure_future(asyncio.sleep(seconds))
+            self._waits.add(future)
+            try:
+                await future
+            except asyncio.CancelledError:
+                if self.run.stopping is None:  # cancelled for another reason: not ours to swallow
+                    raise
+            finally:
+                self._waits.discard(future)
+        if self.run.stopping is not None:
+            raise Stopped()
+
     def disarm(self) -> None:
         """The run is over: no watchdog outlives it (a test runs many runs in one process)."""
         if self._watchdog is not None:

@@ -178,8 +178,15 @@ class BatchClient:
         await self._transport.aclose()
 
 
-def job_client(resolved: Any, shape: OpenAIShape, transport: Any, watch: ServerWatch | None = None) -> BatchClient:
-    """The batch API client for the job (its key read where every key is read: ``job.api_key``)."""
+def job_client(
+    resolved: Any,
+    shape: OpenAIShape,
+    transport: Any,
+    watch: ServerWatch | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> BatchClient:
+    """The batch API client for the job (its key read where every key is read: ``job.api_key``); ``sleep``:
+    how it waits between tries (the run's, which a stop ends at once)."""
     job = resolved.config
     return BatchClient(
         shape,
@@ -189,4 +196,5 @@ def job_client(resolved: Any, shape: OpenAIShape, transport: Any, watch: ServerW
         max_retries=job.limits.max_retries,
         transport=transport,
         watch=watch,
+        sleep=sleep,
     )

@@ -91,7 +91,7 @@ class BatchStages:
         cap = min(shape.max_inputs, runner.job.model.batch_inputs or shape.max_inputs)
         planner = Planner(ledger, items, max_inputs=cap, max_bytes=shape.max_bytes, max_lines=shape.max_lines)
         await asyncio.to_thread(self._plan, planner, sources, columns, retry_units)
-        client = job_client(runner.resolved, shape, self.batch_transport, runner.watch)
+        client = job_client(runner.resolved, shape, self.batch_transport, runner.watch, runner.stops.pause)
         loop = BatchLoop(
             ledger,
             client,
