@@ -8,10 +8,11 @@ answers go to the journal) and are then cancelled (``stages.abandon()``; at once
 wire); their rows are sent again by the next run. Complete shards are committed, the resume line is
 printed, and the process exits 130/143.
 
-Whatever the run is waiting for (a sink's database, a thread reading input, Ray shutting down), a
-watchdog ends the process ``OVERDUE_AFTER`` seconds after the grace with the same exit code: a scheduler
-that waits ``grace + 5`` s before SIGKILL always gets the exit it was promised; what was committed is
-kept either way, as after a kill. A second signal exits at once.
+A sink's sync under way gets the grace too, and is then cancelled (its transaction rolls back; the next
+run or ``batchembed sync`` brings the sink up). Whatever else the run is waiting for (a thread reading
+input, Ray shutting down), a watchdog ends the process ``OVERDUE_AFTER`` seconds after the grace with the
+same exit code: a scheduler that waits ``grace + 5`` s before SIGKILL always gets the exit it was
+promised; what was committed is kept either way, as after a kill. A second signal exits at once.
 
 An outage that outlasts ``limits.outage_seconds`` (``sending/outage``) stops the run the same way, with
 ``ExitCode.SERVER_UNREACHABLE`` (no watchdog: no one outside is waiting on a deadline).
@@ -162,11 +163,18 @@ class StopControl:
     async def _abandon_after_grace(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.grace
-        while (self.run.stats.in_flight > 0 or self._graced) and loop.time() < deadline:
+        sinks = getattr(self.run, "sinks", None)
+        while self._busy(sinks) and loop.time() < deadline:
             await asyncio.sleep(_LOOK_EVERY)
         for future in list(self._graced):
             future.cancel()
         self.run.stages.abandon()
+        if sinks is not None and sinks.syncing:  # a sink's sync waiting on its database (a lock, a slow COPY)
+            await asyncio.to_thread(sinks.cancel)
+
+    def _busy(self, sinks: Any) -> bool:
+        """Whether something the grace is for is still under way: requests on the wire, a graced wait, a sync."""
+        return self.run.stats.in_flight > 0 or bool(self._graced) or (sinks is not None and sinks.syncing)
 
     def _arm_watchdog(self, code: int) -> None:
         if self._watchdog is not None:
