@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     _job_arguments(plan)
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     plan.add_argument("--price", type=float, metavar="USD_PER_1M", help="price per million tokens for the estimate")
+    plan.add_argument("--allow-removal", action="store_true", help="plan the refresh `run --allow-removal` would make")
+    plan.add_argument("--restart", action="store_true", help="plan `run --restart`: the whole job bought again")
 
     models = _command(sub, "models", "list the built-in model presets", "batchembed models")
     models.add_argument("--json", action="store_true", help="machine-readable output")
@@ -246,18 +248,17 @@ def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> in
     from batchembed.job.config import load_job
 
     job = load_job(args.job, args.overrides)
+    if getattr(args, "allow_removal", False):  # run and plan: the removal guard lifted
+        import dataclasses
+
+        job = dataclasses.replace(job, output=dataclasses.replace(job.output, max_removed=1.0))
     if args.command == "run":
         from batchembed.run.engines import run_job
 
-        if args.allow_removal:
-            import dataclasses
-
-            job = dataclasses.replace(job, output=dataclasses.replace(job.output, max_removed=1.0))
         if args.rebuild_table:
             from batchembed.output.shared_table import rebuild_table
 
             rebuild_table(job, lambda text: print(f"batchembed: {text}", file=sys.stderr, flush=True))
-
         return run_job(
             job,
             quiet=args.quiet,
@@ -282,7 +283,7 @@ def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> in
         from batchembed.plan.dry_run import plan
 
         price = args.price if args.price is not None else job.model.price_per_million_tokens
-        return plan(job, as_json=args.json, price_per_million=price)
+        return plan(job, as_json=args.json, price_per_million=price, restart=args.restart)
     if args.command == "status":
         from batchembed.audit.status import status
 

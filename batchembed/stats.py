@@ -29,8 +29,11 @@ class Stats:
     tokens_saved: int = 0  # tokens not sent thanks to de-duplication
     requests: int = 0  # HTTP requests sent, successful or not
     rows_reused: int = 0  # rows of changed files whose vector was already in the output (not bought)
-    rows_removed: int = 0  # rows taken out of the output by this refresh (changed or deleted inputs)
-    refresh: dict = field(default_factory=dict)  # files added/changed/removed/unchanged, generation
+    texts_bought: int = 0  # distinct texts answered by the server this run (sent and paid for)
+    texts_reused: int = 0  # distinct texts whose vector was taken from the output (not bought)
+    #: the refresh generation's figures (``output.figures``): files by state, rows by id once counted
+    refresh: dict = field(default_factory=dict)
+    tokens_current: int | None = None  # tokens for the table's current rows (``figures.current_tokens``)
     retries: Counter = field(default_factory=Counter)  # by status / error class
     latencies: list[float] = field(default_factory=list)
     #: The server's outages this run rode out (or stopped at): server, how it failed, seconds away, whether back
@@ -40,10 +43,15 @@ class Stats:
     threads: int | None = None  # the local model's threads: bound by the CPU, not by rate limits (None: remote)
     started: float = field(default_factory=time.monotonic)
 
-    def note_refresh(self, diff: Any, manifest: Any) -> None:
-        """What this run found changed in the inputs (for the summary and ``_report.json``)."""
-        self.rows_removed = diff.rows_removed
-        self.refresh = {**diff.summary(), "generation": manifest.generation}
+    def note_refresh(self, record: dict) -> None:
+        """The refresh generation this run works on (``output.figures``: files by state, rows by id once
+        counted), for the summary and ``_report.json``."""
+        self.refresh = dict(record)
+
+    @property
+    def rows_bought(self) -> int:
+        """Rows written this run whose vector was bought now (not reused from the output or the journal)."""
+        return max(0, self.rows_embedded - self.rows_reused - self.rows_recovered)
 
     @property
     def rows_done(self) -> int:
@@ -73,9 +81,9 @@ class Stats:
                 "failed": self.rows_failed,
                 "already_done": self.rows_resumed,
                 "reused_from_output": self.rows_reused,
-                "bought": max(0, self.rows_embedded - self.rows_reused - self.rows_recovered),
-                "removed": self.rows_removed,
+                "bought": self.rows_bought,
             },
+            "texts": {"bought": self.texts_bought, "reused_from_output": self.texts_reused},
             "refresh": self.refresh,
             "after_crash": {
                 # rows an interrupted run had answered, read back from its journal instead of being sent
@@ -84,7 +92,8 @@ class Stats:
                 "rows_sent_again": self.rows_resent,
             },
             "rows_truncated": self.rows_truncated,
-            "tokens": self.tokens,
+            "tokens": self.tokens,  # billed this run (the batch tier: by the batches this run collected)
+            "tokens_for_current_rows": self.tokens_current,
             "tokens_saved_by_dedup": self.tokens_saved,
             "requests": self.requests,
             "retries": dict(sorted(self.retries.items())),

@@ -2,6 +2,7 @@
 
     python -m benchmarks.refresh                      # 1,000,000 rows in 50 daily files, ~6 min
     python -m benchmarks.refresh --rows 200000        # smaller
+    python -m benchmarks.refresh --shard 3            # every run as --shard 0/3 .. 2/3, the parts together
 
 A first run embeds ``--rows`` rows spread over ``--files`` Parquet files (one per "day") against
 ``benchmarks.server`` enforcing a realistic rate limit (``--tpm`` tokens/min, ``--rpm`` requests/min;
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -24,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from benchmarks.common import PY, WORK, Server, batchembed_command, child_env, run_measured, write_job
@@ -62,11 +66,43 @@ def _change(paths: list[Path], changed: int, rng: np.random.Generator) -> set[st
     return fresh
 
 
-def _run(cmd: list[str], job: Path, log: Path, env: dict) -> dict:
+def _run(cmd: list[str], job: Path, log: Path, env: dict, parts: int = 0) -> dict:
+    """One run of the job (``parts``: its ``--shard 0/N .. N-1/N`` parts, together, as N processes)."""
+    load = os.getloadavg()[0]
+    if parts:
+        started = time.perf_counter()
+        procs = [
+            subprocess.Popen(
+                [*cmd, "run", str(job), "--quiet", "--shard", f"{i}/{parts}"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=open(log.with_suffix(f".part{i}.log"), "w"),  # noqa: SIM115 - closed with the process
+            )
+            for i in range(parts)
+        ]
+        codes = [p.wait(timeout=3600) for p in procs]
+        if any(codes):
+            raise RuntimeError(f"a part failed ({codes}); see {log.parent}")
+        wall = time.perf_counter() - started
+        return {"wall_s": round(wall, 2), "load_before": round(load, 1), "load_after": round(os.getloadavg()[0], 1)}
     m = run_measured([*cmd, "run", str(job), "--quiet"], log, timeout=3600, env=env)
     if m.returncode != 0:
         raise RuntimeError(f"run failed ({m.returncode}); see {log}")
-    return {"wall_s": round(m.wall, 2), "cpu_s": round(m.cpu, 2), "peak_rss_mb": round(m.peak_rss_mb)}
+    return {
+        "wall_s": round(m.wall, 2),
+        "cpu_s": round(m.cpu, 2),
+        "peak_rss_mb": round(m.peak_rss_mb),
+        "load_before": round(load, 1),
+        "load_after": round(os.getloadavg()[0], 1),
+    }
+
+
+def _table_exact(out: Path, rows: int) -> dict:
+    """The Delta table's ids: how many rows, how many distinct (every id once: both equal ``rows``)."""
+    from deltalake import DeltaTable  # (heavy: only when the benchmark checks the table)
+
+    ids = ds.dataset(DeltaTable(str(out)).file_uris(), format="parquet").to_table(columns=["id"]).column("id")
+    return {"rows": len(ids), "distinct_ids": pc.count_distinct(ids).as_py(), "expected": rows}
 
 
 def main() -> None:
@@ -78,6 +114,7 @@ def main() -> None:
     ap.add_argument("--tpm", type=int, default=20_000_000)
     ap.add_argument("--rpm", type=int, default=6_000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--shard", type=int, default=0, metavar="N", help="run every run as --shard 0/N .. N-1/N, together")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     work = WORK / "refresh"
@@ -88,11 +125,12 @@ def main() -> None:
     cmd, _ = batchembed_command()
     env = child_env(None)
     limits = {"requests_per_minute": args.rpm, "tokens_per_minute": args.tpm, "concurrency": 16, "batch_inputs": 256}
-    result: dict = {"rows": args.rows, "files": args.files, "tpm": args.tpm, "rpm": args.rpm}
+    result: dict = {"rows": args.rows, "files": args.files, "tpm": args.tpm, "rpm": args.rpm, "shard": args.shard}
+    parts = args.shard
     with Server(DIM, rpm=args.rpm, tpm=args.tpm) as srv:
         job = write_job(work / "job.toml", input_path=work / "data" / "*.parquet", url=srv.url, out=work / "out",
                         limits=limits, shard_rows=100_000)  # fmt: skip
-        first = _run(cmd, job, work / "first.log", env)
+        first = _run(cmd, job, work / "first.log", env, parts)
         first["tokens"] = srv.stats()["tokens_accepted"]
         first["inputs"] = srv.stats()["inputs"]
         result["first"] = first
@@ -106,7 +144,7 @@ def main() -> None:
         )
         needed = len(fresh | set(texts[lo : lo + new_rows]))
         srv.reset()
-        refresh = _run(cmd, job, work / "refresh.log", env)
+        refresh = _run(cmd, job, work / "refresh.log", env, parts)
         stats = srv.stats()
         refresh["tokens"], refresh["inputs"] = stats["tokens_accepted"], stats["inputs"]
         refresh["tokens_vs_first"] = round(refresh["tokens"] / first["tokens"], 4)
@@ -116,20 +154,26 @@ def main() -> None:
         result["refresh"] = refresh
         print(f"refresh: {refresh}")
 
+        result["table"] = _table_exact(work / "out", args.rows + new_rows)
+        print(f"table: {result['table']}")
         srv.reset()
         started = time.perf_counter()
-        noop = subprocess.run([*cmd, "run", str(job), "--quiet"], env=env, capture_output=True, text=True)
+        noop = _run(cmd, job, work / "noop.log", env, parts)
         result["no_change"] = {
             "wall_s": round(time.perf_counter() - started, 2),
-            "exit": noop.returncode,
+            "exit": 0,
             "requests": srv.stats()["requests"],
         }
+        del noop
         print(f"no-change rerun: {result['no_change']}")
     verify = subprocess.run([*cmd, "verify", str(job)], env=env, capture_output=True, text=True)
     result["verify"] = verify.returncode == 0
     print(f"verify: {'OK' if result['verify'] else verify.stdout[-2000:]}")
-    report = json.loads((work / "out" / "_report.json").read_text())
-    result["report_rows"] = report["rows"]
+    reports = sorted((work / "out").glob("_report*.json"))
+    result["report"] = {
+        p.name: {k: json.loads(p.read_text()).get(k) for k in ("rows", "texts", "refresh", "tokens_for_current_rows")}
+        for p in reports
+    }
     out = Path(__file__).with_name("refresh.json")
     history = json.loads(out.read_text()) if out.exists() else []
     history.append({"when": time.strftime("%Y-%m-%d %H:%M"), "python": PY, **result})

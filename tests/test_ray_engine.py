@@ -353,3 +353,30 @@ def test_a_ray_driver_syncs_the_job_s_sinks_after_it_publishes(tmp_path, srv, ra
         _assert_equal(tmp_path / "out", dsn, str(tmp_path / "lance"), env, job)
     finally:
         postgres.stop()
+
+
+def test_refresh_on_ray_with_a_new_first_file_and_a_removed_middle_file_is_exact(tmp_path, srv, ray_address):
+    src, text_of = _inputs(tmp_path, files=3, rows=200)
+    job = job_for(tmp_path, srv, src, limits={"batch_inputs": 20}, output={"shard_rows": 120})
+    env = _env(RAY_ADDRESS=ray_address)
+    assert run_cli("run", str(job), "--quiet", "--engine", "ray", "--workers", "2", env=env).returncode == 0
+    # a file sorting first is new (every later unit moves), the middle file is gone
+    fresh = [f"a new first file {i}" for i in range(150)]
+    pq.write_table(pa.table({"id": pa.array(range(900, 1050), pa.int64()), "text": fresh}), src / "a.parquet")
+    (src / "f1.parquet").unlink()
+    want = {i: t for i, t in text_of.items() if not 200 <= i < 400}
+    want.update(zip(range(900, 1050), fresh, strict=True))
+    srv.reset_records()
+
+    result = run_cli("run", str(job), "--quiet", "--engine", "ray", "--workers", "2", env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert sorted(srv.received_texts()) == sorted(fresh)
+    import pyarrow.dataset as ds
+    from deltalake import DeltaTable
+
+    published = ds.dataset(DeltaTable(str(tmp_path / "out")).file_uris(), format="parquet").to_table()
+    ids = published.column("id").to_pylist()
+    assert len(ids) == len(set(ids)) and sorted(ids) == sorted(want)
+    assert_vectors(published, want, 16)
+    assert run_cli("verify", str(job), env=env).returncode == 0

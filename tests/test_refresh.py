@@ -88,8 +88,9 @@ def test_added_file_is_embedded_alone_and_the_table_grows(tmp_path, fake, days):
     _expect(read_output(out), want)
     _expect(_delta_rows(out), want)
     report = json.loads((out / "_report.json").read_text())
-    assert report["refresh"]["files_added"] == 1 and report["refresh"]["files_unchanged"] == 2
-    assert report["rows"]["removed"] == 0
+    files = report["refresh"]["files"]
+    assert files["added"] == ["day2.parquet"] and files["unchanged_not_read"] == 2 and not files["changed"]
+    assert report["refresh"]["rows"] == {"added": 100, "updated": 0, "removed": 0, "unchanged_read_again": 0}
     assert run_here(None, "verify", str(job)).returncode == 0
 
 
@@ -127,7 +128,9 @@ def test_changed_rows_are_rebought_and_moved_rows_are_reused(tmp_path, fake, day
     replaced = set(DeltaTable(str(out), version=v0).file_uris()) - set(table.file_uris())
     assert replaced and all(os.path.exists(p) for p in replaced)  # kept for readers of version v0
     report = json.loads((out / "_report.json").read_text())
-    assert report["rows"]["removed"] == 250 and report["rows"]["reused_from_output"] == 220
+    # counted by id: 5 new ids, 10 texts edited, 20 ids gone; the other 220 rows were read again, not bought
+    assert report["refresh"]["rows"] == {"added": 5, "updated": 10, "removed": 20, "unchanged_read_again": 220}
+    assert report["rows"]["reused_from_output"] == 220 and report["texts"]["bought"] == 15
     assert run_here(None, "verify", str(job)).returncode == 0
 
     _age_retired(out, seconds=RETIRE_GRACE)
@@ -276,7 +279,9 @@ def test_plan_and_status_show_the_refresh_before_it_is_spent(tmp_path, fake, day
     plan = json.loads(run_here(None, "plan", str(job), "--json").stdout)
     refresh = plan["refresh"]
     assert refresh["added"] == ["day2.parquet"] and refresh["changed"] == ["day1.parquet"]
-    assert refresh["unchanged"] == ["day0.parquet"] and refresh["rows_removed"] == 250
+    assert refresh["unchanged"] == ["day0.parquet"]
+    # by id: day2's 20 rows are new, 5 of day1's texts changed, 240 of its ids left, 5 are as they were
+    assert refresh["rows"] == {"added": 20, "updated": 5, "removed": 240, "unchanged_read_again": 5}
     assert refresh["rows_reused"] == 5  # five of day1's texts are already in the output
     assert plan["rows"] == 30 and plan["unique_texts"] == 25  # texts to buy: 20 new rows, 5 edited texts
     text = run_here(None, "plan", str(job)).stdout
@@ -285,6 +290,8 @@ def test_plan_and_status_show_the_refresh_before_it_is_spent(tmp_path, fake, day
     fake.reset_records()
     assert run_here(fake, "run", str(job), "--quiet").returncode == 0
     assert len(fake.received_texts()) == 25  # what the plan said: 20 new rows + 5 edited texts
+    report = json.loads((tmp_path / "out" / "_report.json").read_text())
+    assert report["refresh"]["rows"] == refresh["rows"]  # and the run counts the rows as the plan did
 
 
 def test_a_run_reads_the_manifest_once_at_its_start(tmp_path, fake, days, monkeypatch):

@@ -57,7 +57,6 @@ def test_parquet_job_writes_every_row_once_with_its_vector(tmp_path, srv):
         "already_done": 0,
         "reused_from_output": 0,
         "bought": 997,
-        "removed": 0,
     }
     assert report["requests"] == len(srv.requests)
     assert report["latency_seconds"]["p95"] is not None

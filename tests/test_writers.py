@@ -12,7 +12,7 @@ import pytest
 
 from batchembed.fs.location import StorageOptions, locate
 from batchembed.output.commit import JobOutput
-from batchembed.output.roles import SplitPart
+from batchembed.output.split_part import SplitPart
 from batchembed.output.store.locks import OutputLocked
 from tests.conftest import (
     assert_vectors,

@@ -15,6 +15,7 @@ from batchembed.input.files import SourceFile
 from batchembed.input.units import planned_units
 from batchembed.job.config import JobConfig
 from batchembed.job.fingerprint import fingerprint_hash
+from batchembed.output.figures import describe as describe_figures
 from batchembed.output.input_diff import diff_inputs
 from batchembed.output.journal.recovery import answered
 from batchembed.output.journal.segments import journal_store
@@ -56,8 +57,11 @@ def status(job: JobConfig, as_json: bool = False) -> int:
         "truncated_rows": manifest.truncated(),
         "truncated_files": now.truncated_files(),
         "served_model": manifest.server.get("served_model"),
-        "tokens": manifest.tokens(),
+        "tokens": manifest.tokens(),  # for the table's current rows (``output.figures``)
+        "tokens_paid": sum(s.tokens for s in manifest.shards),
+        "tokens_carried": sum(s.reused_tokens for s in manifest.shards),
         "tokens_uncommitted": uncommitted_tokens,
+        "refresh": manifest.refresh,
         "same_job": not differences,
         "job_differences": differences,
         **freshness(manifest, sources),
@@ -95,7 +99,9 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     print(files_line("cut:", doc["truncated_rows"], doc["truncated_files"], TRUNCATED_DIR, " cut to fit"))
     if doc["served_model"]:
         print(f"model:    {doc['served_model']} (as the server named it)")
-    print(_tokens_line(doc["tokens"], uncommitted_tokens))
+    print(_tokens_line(doc, uncommitted_tokens))
+    if doc["refresh"]:
+        print(f"refresh:  generation {doc['refresh'].get('generation')}: {describe_figures(doc['refresh'])}")
     for line in vector_lines(doc, len(manifest.shards)):
         print(line)
     print(f"inputs:   {describe_freshness(doc)}")
@@ -169,10 +175,15 @@ def _answered_uncommitted(out: OutputStore, manifest: Manifest) -> tuple[int, in
     return sum(rows for rows, _ in found), sum(tokens for _, tokens in found)
 
 
-def _tokens_line(committed: int, uncommitted: int) -> str:
-    """Tokens where they were bought: every run's purchases for the committed shards (a resumed unit's
-    shard counts what its killed runs paid for the answers its journal kept), plus those in journals."""
-    line = f"tokens:   {committed:,} paid for the committed shards (by every run, killed ones included)"
+def _tokens_line(doc: dict[str, Any], uncommitted: int) -> str:
+    """Tokens for the table's current rows (``output.figures``): what the runs that wrote its shards paid (a
+    resumed unit's shard counts what its killed runs paid for the answers its journal kept), plus what the
+    vectors a refresh reused had cost; then what journals hold."""
+    line = (
+        f"tokens:   {doc['tokens']:,} for the table's current rows ({doc['tokens_paid']:,} paid by the runs that "
+        f"wrote its shards, killed ones included; {doc['tokens_carried']:,} carried with vectors reused from "
+        "replaced shards)"
+    )
     if uncommitted:
         line += f"; {uncommitted:,} more for answers not yet in a shard"
     return line

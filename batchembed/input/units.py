@@ -50,6 +50,10 @@ class Unit:
     eof: bool = False
     resolves: list[str] = field(default_factory=list)  # failure files a retry unit answers
     tokens: int = 0  # tokens spent on this unit's rows
+    reused_tokens: int = 0  # tokens that bought the vectors it takes from the output (a refresh's reuse)
+    reused_keys: set = field(default_factory=set)  # the texts whose tokens it carries (each once)
+    counted: int = 0  # its distinct texts with a vector, as the job's tokenizer counts them
+    counted_keys: set = field(default_factory=set)  # those texts (each counted once)
     files: list[tuple[str, int]] = field(default_factory=list)  # a "files" unit: whole small files, in order
     sources: list[str] = field(default_factory=list)  # a retry unit: the files its rows come from
 

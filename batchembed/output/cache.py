@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from batchembed.errors import OutputError
 from batchembed.output.key_index import MISSING, KeyIndex
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ PAIR_KEY_COLUMN = "_pair_key"
 ROW_BITS = 40
 #: Row groups of vectors kept decoded between lookups.
 CACHED_GROUPS = 8
+#: What reading a shard that is gone or damaged raises (a cache only saves buying: it never fails a run).
+UNREADABLE = (OSError, pa.ArrowException, OutputError)
 
 
 def key_column(keys: np.ndarray, rows: np.ndarray, valid: np.ndarray) -> pa.Array:
@@ -69,6 +72,11 @@ class OutputCache:
         self.column = column
         self.key_column = key_column
         self.shards = list(shards)
+        #: the tokens billed per token this job's tokenizer counts, over the shards that know both: what a
+        #: reused text carries is its count times this (1.0 when no shard knows)
+        counted = sum(s.counted for s in self.shards if getattr(s, "counted", 0))
+        paid = sum(s.tokens + s.reused_tokens for s in self.shards if getattr(s, "counted", 0))
+        self.ratio = paid / counted if counted and paid else 1.0
         self.names: list[str] = []
         self.hits = 0
         self._lock = threading.Lock()
@@ -82,11 +90,11 @@ class OutputCache:
         for shard in self.shards:
             try:
                 pf = self.store.parquet_file(shard.name)
-            except FileNotFoundError:  # a shard others compacted, then vacuumed: its answers are in their files
+                if self.key_column not in pf.schema_arrow.names:
+                    continue
+                keys = _fixed_keys(pf.read(columns=[self.key_column]).column(0).combine_chunks())
+            except UNREADABLE:  # gone (compacted by others then vacuumed, or replaced) or damaged: bought again
                 continue
-            if self.key_column not in pf.schema_arrow.names:
-                continue
-            keys = _fixed_keys(pf.read(columns=[self.key_column]).column(0).combine_chunks())
             present = np.flatnonzero(keys.is_valid().to_numpy(zero_copy_only=False))
             if not len(present):
                 continue
@@ -130,6 +138,8 @@ class OutputCache:
                 for g in np.unique(groups):
                     these = mine[groups == g]
                     block = self._block(int(s), int(g))
+                    if block is None:
+                        continue
                     answers = block[row[these] - int(starts[g])]  # a copy: the block is not kept alive
                     finite = np.isfinite(answers).reshape(len(these), -1).all(axis=1)
                     for i, answer, ok in zip(these, answers, finite, strict=True):
@@ -138,14 +148,17 @@ class OutputCache:
             self.hits += len(found)
         return found
 
-    def _block(self, shard: int, group: int) -> np.ndarray:
+    def _block(self, shard: int, group: int) -> np.ndarray | None:
         """The answer column of one row group as numpy (vectors: one row each), the last few kept."""
         block = self._groups.get((shard, group))
         if block is not None:
             self._groups.move_to_end((shard, group))
             return block
-        pf = self.store.parquet_file(self.names[shard])
-        block = _answer_block(pf.read_row_group(group, columns=[self.column]).column(0).combine_chunks())
+        try:
+            pf = self.store.parquet_file(self.names[shard])
+            block = _answer_block(pf.read_row_group(group, columns=[self.column]).column(0).combine_chunks())
+        except UNREADABLE:  # a replaced shard deleted since the index was built: its texts are bought
+            return None
         self._groups[(shard, group)] = block
         while len(self._groups) > CACHED_GROUPS:
             self._groups.popitem(last=False)

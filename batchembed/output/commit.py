@@ -31,12 +31,15 @@ from batchembed.input.files import SourceFile
 from batchembed.input.identity import restat
 from batchembed.input.units import Unit
 from batchembed.job.config import JobConfig
+from batchembed.output import figures
 from batchembed.output import refresh as output_refresh
 from batchembed.output.file_ends import file_ends
-from batchembed.output.input_diff import InputDiff, diff_inputs, identity_of, known_rows
-from batchembed.output.layout import FAILED_DIR, SUCCESS
+from batchembed.output.input_diff import InputDiff, identity_of, known_rows
+from batchembed.output.layout import FAILED_DIR, MANIFEST, SUCCESS
 from batchembed.output.manifest import Manifest, ShardRecord
 from batchembed.output.opening import Preloaded, preload
+from batchembed.output.parts import load_whole
+from batchembed.output.publish.delta import table_files
 from batchembed.output.publish.table import delta_publisher
 from batchembed.output.roles import Role, WholeRun
 from batchembed.output.shard_writer import shard_metadata
@@ -51,10 +54,14 @@ RetryUnit = tuple[str, SourceFile, list[int]]
 
 
 def job_output(
-    job: JobConfig, role: Role | None = None, around_publish: Callable[[Publisher], Publisher] | None = None
+    job: JobConfig,
+    role: Role | None = None,
+    around_publish: Callable[[Publisher], Publisher] | None = None,
+    id_column: str | None = None,
 ) -> JobOutput:
     """The output of ``job`` written as ``role`` (a whole run by default), publishing its Delta table;
-    ``around_publish`` wraps the publisher (the job's sinks are synced right after the Delta commit)."""
+    ``around_publish`` wraps the publisher (the job's sinks are synced right after the Delta commit);
+    ``id_column``: the rows' id column (an embed job's), for the refresh's rows by id."""
     store = open_store(job)
     table = delta_publisher(store, job)
     return JobOutput(
@@ -63,6 +70,7 @@ def job_output(
         role,
         table=around_publish(table) if around_publish is not None else table,
         history_days=job.output.history_days,
+        id_column=id_column,
     )
 
 
@@ -115,8 +123,10 @@ class JobOutput:
         *,
         table: Callable[..., Any] | None = None,
         history_days: float = 0.0,
+        id_column: str | None = None,
     ) -> None:
         self.store = store
+        self.id_column = id_column  # the output's id column (rows by id in a refresh's figures); None: rerank
         self.compression = compression
         self.role: Role = role if role is not None else WholeRun()
         self.table = table
@@ -171,8 +181,11 @@ class JobOutput:
         """Row counts of the files the output holds whole, by their identity (no lock needed: a hint
         that lets ``discover`` skip opening unchanged files; a wrong hint only costs a read)."""
         try:
-            self.preloaded = preload(self.store)  # reused by ``open`` when the manifest is unchanged by then
-            return known_rows(self.preloaded.manifest)
+            if self.store.manifest_name == MANIFEST:  # a whole run's: read once, reused by ``open`` if unchanged
+                self.preloaded = preload(self.store)
+                if self.preloaded.manifest is not None:
+                    return known_rows(self.preloaded.manifest)
+            return known_rows(load_whole(self.store)[0])  # every part's, for a --shard split
         except Exception:  # a missing, foreign or old output: ``open`` gives the real answer
             return {}
 
@@ -180,25 +193,52 @@ class JobOutput:
         """What changed in the inputs since the output's shards read them (nothing written)."""
         self.identities = {src.name: identity_of(src) for src in sources}
         self.sources = {src.name: src for src in sources}
-        self.diff = diff_inputs(self.manifest, sources)
+        self.diff = self.role.plan(self, sources)
         return self.diff
+
+    def view(self) -> Manifest:
+        """The committed units this run's walk sees (a ``--shard`` part: every part's, as the split's
+        generation plan says); ``retiring``: the shards whose vectors a refresh may reuse."""
+        return self.role.view(self)
 
     def work_files(self, sources: list[SourceFile]) -> list[SourceFile]:
         """The input files this run reads (the others are held whole by shards it keeps)."""
-        self.reading = output_refresh.work_files(output_refresh.kept(self.manifest, self.diff), sources)
+        self.reading = output_refresh.work_files(self.view(), sources)
         return self.reading
 
-    def held_ids(self, column: str, diff: InputDiff) -> list[tuple[str, pa.Array]]:
+    def held_ids(self, column: str) -> list[tuple[str, pa.Array]]:
         """Ids of kept rows this run does not read again (for the id check)."""
-        return output_refresh.held_ids(self.store, self.manifest, diff, column, self.reading)
+        return output_refresh.held_ids(self.store, self.view(), column, self.reading)
 
     def begin_refresh(self, diff: InputDiff, sources: list[SourceFile], max_removed: float) -> bool:
         """Start a refresh generation if the inputs changed (see ``refresh.begin``)."""
         return self.role.begin_refresh(self, diff, sources, max_removed)
 
-    def describe_refresh(self, diff: InputDiff) -> str:
+    def refresh_record(self) -> dict[str, Any]:
+        """The current refresh generation's figures (``figures``; empty for a first run)."""
+        return self.role.refresh_record(self)
+
+    def describe_refresh(self) -> str:
         """One log line on what this refresh does."""
-        return output_refresh.describe(diff, self.manifest)
+        return output_refresh.describe(self.refresh_record())
+
+    def current_tokens(self) -> int | None:
+        """Tokens for the table's current rows (``figures.current_tokens``; a split: every part's)."""
+        shards = self.role.current(self)
+        return None if shards is None else figures.current_tokens(shards)
+
+    def settle_refresh(self) -> dict[str, Any]:
+        """Every unit is committed, the table not yet published: count the generation's rows by id into its
+        record (``figures.settle``), saved with the manifest before the publish."""
+        record, manifest = self.refresh_record(), self.manifest
+        if record and "rows" not in record:
+            # the shards this generation replaces were all published when the previous one was (its tag is
+            # this generation's number); else an interrupted generation's never were: the table says which
+            whole = manifest.published >= manifest.generation
+            published = None if whole else table_files(self.store.where)
+            if figures.settle(self.store, record, manifest.retiring, manifest.shards, self.id_column, published):
+                manifest.save(self.store)
+        return record
 
     def next_retry(self) -> int:
         """The number of the next retry unit (past every retry unit this output ever committed)."""
@@ -291,6 +331,8 @@ class JobOutput:
             files=[[name, rows] for name, rows in unit.files],
             truncated=n_cut,
             ends=file_ends(unit, self.sources, self.manifest.shards),
+            reused_tokens=unit.reused_tokens,
+            counted=unit.counted,
         )
         self.record(record, list(unit.resolves))
         return record

@@ -31,6 +31,8 @@ JOURNAL_DIR = "_journal"
 LEASE_DIR = "_lease"
 #: The output-wide mutex every writer holds while it is admitted (``store.admission``).
 GATE = f"{LEASE_DIR}/admit"
+#: The refresh generation every part of a ``--shard I/N`` split follows (``split_plan``).
+SPLIT_PLAN = "_split.json"
 #: The batch tier's ledger (``run/batch/ledger``).
 BATCH_DIR = "_batch"
 #: Every shard file (range, files and retry shards) starts so.

@@ -76,6 +76,12 @@ class ShardRecord:
     #: digests), so a file that only grew is read from there and a touched one is proven unchanged. Absent
     #: from outputs written before (their files are read again whole when they change).
     ends: dict[str, dict] = field(default_factory=dict)
+    #: tokens that bought the vectors this shard took from earlier shards (a refresh reuses them): with
+    #: ``tokens`` (what its own runs paid), what the shard's rows cost (``figures.current_tokens``)
+    reused_tokens: int = 0
+    #: its distinct texts with a vector as the job's tokenizer counts them: what turns a reused text's count
+    #: into the tokens the server billed for it (``output.cache.OutputCache.ratio``)
+    counted: int = 0
 
     @property
     def unit_name(self) -> str:
@@ -130,6 +136,9 @@ class Manifest:
     #: The fingerprint of the job running now (not saved): it may differ from ``fingerprint`` only in
     #: settings that do not make another job (``fingerprint.RESHAPING``), which the next generation applies.
     wanted: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    #: The current generation's figures (``figures``): the files by state, recorded when it starts (so a
+    #: resumed run says them too); rows added/updated/removed by id, once it is complete.
+    refresh: dict[str, Any] = field(default_factory=dict)
 
     # --------------------------------------------------------------------------------- queries
 
@@ -167,8 +176,9 @@ class Manifest:
         return sum(s.truncated for s in self.shards)
 
     def tokens(self) -> int:
-        """Tokens spent on everything committed."""
-        return sum(s.tokens for s in self.shards)
+        """Tokens the committed shards' rows cost: paid by the runs that wrote them, plus the tokens carried
+        with vectors they reused from shards a refresh replaced."""
+        return sum(s.tokens + s.reused_tokens for s in self.shards)
 
     def rows(self) -> int:
         """Rows in committed shards."""
@@ -224,6 +234,7 @@ class Manifest:
             "table": self.table,
             "adopted": self.adopted,
             **({"rewrite_only": True} if self.rewrite_only else {}),
+            "refresh": self.refresh,
         }
         store.replace_manifest(json.dumps(doc, indent=1, sort_keys=True).encode())
         store.drop_commits()  # every journal line is in the manifest now
@@ -265,6 +276,7 @@ class Manifest:
                 table=dict(doc.get("table") or {}),
                 adopted=list(doc.get("adopted") or []),
                 rewrite_only=bool(doc.get("rewrite_only", False)),
+                refresh=dict(doc.get("refresh") or {}),
             )
             manifest._replay(store)
             return manifest

@@ -87,14 +87,7 @@ def open_output(
         manifest.save(store)
         return manifest
     if not same_job(manifest.fingerprint, fingerprint):
-        changes = describe_changes(manifest.fingerprint, fingerprint)
-        raise ResumeRefused(
-            f"{store.uri} holds output of a different job: "
-            + "; ".join(changes or ["fingerprint differs"])
-            + ". Its vectors were made with other settings, and mixing them would give a table of two jobs "
-            "(changed input files are fine: a rerun refreshes the output). Run with --restart to discard "
-            "the old output, or use another output.path."
-        )
+        raise ResumeRefused(different_job(str(store.uri), manifest.fingerprint, fingerprint))
     if not manifest.shards:
         manifest.fingerprint = fingerprint  # no shard holds the old kept columns: nothing to rewrite
     manifest.wanted = fingerprint  # a changed input.keep: the refresh rewrites the shards (``reshaping``)
@@ -103,6 +96,18 @@ def open_output(
     remove_orphans(store, manifest)
     check_shards(store, manifest)
     return manifest
+
+
+def different_job(where: str, recorded: dict[str, Any], fingerprint: dict[str, Any]) -> str:
+    """Why a run refuses an output whose committed rows another job's settings made (``plan`` says it too)."""
+    changes = describe_changes(recorded, fingerprint)
+    return (
+        f"{where} holds output of a different job: "
+        + "; ".join(changes or ["fingerprint differs"])
+        + ". Its vectors were made with other settings, and mixing them would give a table of two jobs "
+        "(changed input files are fine: a rerun refreshes the output). Run with --restart to discard "
+        "the old output, or use another output.path."
+    )
 
 
 def remove_output(store: OutputStore) -> None:

@@ -30,6 +30,7 @@ from batchembed.output.layout import (
 )
 from batchembed.output.manifest import Manifest
 from batchembed.output.opening import check_shards, remove_orphans
+from batchembed.output.split_plan import SplitPlan, view
 from batchembed.output.store.base import OutputStore
 from batchembed.output.store.holders import live_writers, part_writer
 
@@ -198,9 +199,27 @@ def load_whole(store: OutputStore) -> tuple[Manifest | None, dict]:
     for m in loaded:
         merged.shards.extend(m.shards)
         merged.resolved.extend(m.resolved)
+        merged.retiring.extend(m.retiring)
+        merged.work.update(m.work)
+    plan = SplitPlan.read(store)
+    if plan is not None:  # the generation every part follows: the shards it keeps or wrote, and its figures
+        seen = view(plan, loaded)
+        merged.shards, merged.retiring = seen.shards, seen.retiring
+        merged.generation, merged.work, merged.refresh = plan.generation, dict(plan.work), dict(plan.refresh)
     done = sum(1 for m in loaded if m.complete)
     merged.complete = done == count
     return merged, {"parts": count, "parts_complete": done, "part_tag": part_suffix((0, count))}
+
+
+def load_parts(store: OutputStore, count: int, own: tuple[tuple[int, int], Manifest] | None = None) -> list[Manifest]:
+    """The manifests of a split's ``count`` parts that exist (``own``: this part's, as it holds it)."""
+    found = []
+    for index in range(count):
+        if own is not None and own[0] == (index, count):
+            found.append(own[1])
+        elif (m := _load_part(store, (index, count))) is not None:
+            found.append(m)
+    return found
 
 
 def parts_left(store: OutputStore, part: tuple[int, int]) -> str:

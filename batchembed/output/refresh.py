@@ -28,6 +28,8 @@ import pyarrow.compute as pc
 from batchembed.failpoints import failpoint
 from batchembed.input.chunks import file_done
 from batchembed.input.units import with_tail
+from batchembed.output import figures
+from batchembed.output.figures import files_record
 from batchembed.output.input_diff import (
     InputDiff,
     begin_generation,
@@ -52,8 +54,18 @@ RETIRE_GRACE = 600
 
 
 def kept(manifest: Manifest, diff: InputDiff) -> Manifest:
-    """The shards the refresh keeps, as a manifest (what the walk and ``file_done`` see as committed)."""
-    return Manifest(fingerprint=manifest.fingerprint, shards=diff.kept(manifest))
+    """The shards the refresh keeps, as a manifest (what the walk and ``file_done`` see as committed; its
+    ``retiring``: the shards whose vectors it may reuse, its ``resolved``: failure files answered)."""
+    stale = {s.name for s in diff.stale}
+    return Manifest(
+        fingerprint=manifest.fingerprint,
+        shards=diff.kept(manifest),
+        resolved=list(manifest.resolved),
+        retiring=manifest.retiring + [s for s in manifest.shards if s.name in stale],
+        generation=manifest.generation,
+        work=manifest.work,
+        adopted=manifest.adopted,  # files others compacted kept shards into (``table_view.intact``)
+    )
 
 
 def work_files(view: Manifest, sources: list[SourceFile]) -> list[SourceFile]:
@@ -67,17 +79,15 @@ def work_files(view: Manifest, sources: list[SourceFile]) -> list[SourceFile]:
     return out
 
 
-def held_ids(
-    store: OutputStore, manifest: Manifest, diff: InputDiff, column: str, work: list[SourceFile]
-) -> list[tuple[str, pa.Array]]:
-    """Ids of the rows the refresh keeps and does not read again: [(where, ids)].
+def held_ids(store: OutputStore, view: Manifest, column: str, work: list[SourceFile]) -> list[tuple[str, pa.Array]]:
+    """Ids of the rows the refresh keeps (``view``: ``kept``) and does not read again: [(where, ids)].
 
     Shards holding rows of a file this run reads are left out (that file's ids are scanned anyway), but
     not those of a file that grew: only its new rows are read."""
     reading = {src.name for src in work if src.tail is None}
     out = []
-    kept = diff.kept(manifest)
-    compacted = intact(manifest, [s.name for s in kept])
+    kept = view.shards
+    compacted = intact(view, [s.name for s in kept])
     covered = {name for g in compacted for name in g.covers}
     for g in compacted:  # the rows of the shards a group covers are in the files others compacted them into
         read_again = [s for s in kept if s.name in g.covers and reading & set(s.inputs)]
@@ -95,7 +105,7 @@ def held_ids(
         with contextlib.suppress(FileNotFoundError):
             if s.rows:
                 out.append((f"{files} (already in the output, {s.name})", _ids(store, s.name, column)))
-        if s.failed_file and s.failed_file not in manifest.resolved:
+        if s.failed_file and s.failed_file not in view.resolved:
             out.append((f"{files} (failed rows, {s.failed_file})", _ids(store, s.failed_file, "id")))
     return out
 
@@ -116,7 +126,9 @@ def begin(
     if needs_new_generation(manifest, diff, sources):
         reading = work_files(kept(manifest, diff), sources)  # the ids that leave are counted only if it matters
         guard_removal(manifest, diff, max_removed, str(store.uri), partial(ids_leaving, store, manifest, diff, reading))
+        again = [src.name for src in reading]
         begin_generation(manifest, diff, sources)
+        manifest.refresh = files_record(manifest.generation, diff, again)
         manifest.save(store)
         failpoint("refresh-begun")
         store.delete(SUCCESS)
@@ -140,18 +152,11 @@ def record_touched(manifest: Manifest, diff: InputDiff) -> bool:
     return changed
 
 
-def describe(diff: InputDiff, manifest: Manifest) -> str:
-    """One line for the log: what this refresh does."""
-    if diff.reshaped and not (diff.added or diff.changed or diff.removed or diff.grown):
-        return (
-            f"refresh (generation {manifest.generation}): the kept columns changed ({', '.join(diff.reshaped)}); "
-            "every shard is rewritten from the vectors it holds, nothing is bought"
-        )
+def describe(record: dict) -> str:
+    """One line for the log: what this refresh does (``figures``' record of its generation)."""
     return (
-        f"refresh (generation {manifest.generation}): {len(diff.added)} files added, {len(diff.changed)} changed, "
-        f"{len(diff.removed)} removed, {len(diff.grown)} grown, {len(diff.unchanged)} unchanged; "
-        f"{diff.rows_removed:,} rows leave the "
-        "output; texts already in it are reused, not bought"
+        f"refresh (generation {record.get('generation', 0)}): {figures.describe(record)}; texts already in the "
+        "output are reused, not bought"
     )
 
 
@@ -187,7 +192,9 @@ def publish_parts(
     """``publish`` for a split output: the table is every part's shards, published once, complete;
     then each part's replaced files go (each part's manifest records it)."""
     tag = max(m.generation for _, m in parts) + 1
+    failpoint("before-publish")
     table([s for _, m in parts for s in m.shards], tag)  # parts record no table version: they take nothing in
+    failpoint("published-before-retire")
     replaced = sum(retire(store, m, history_days, tag, now, own=False) for store, m in parts)
     _say_replaced(say, replaced, history_days)
 

@@ -8,11 +8,13 @@ a Ray worker writing under its driver.
 =================  ===========================  =================================  ==========================
 admitted as        the output's one writer      part I of a split (its own lease)  fenced by the driver's lock
 its manifest       ``_manifest.json``           ``_manifest.shard-000I-of-000N``    the driver's, never saved
-a refresh          started here                 started here (its own units)       started by the driver
+a refresh          started here                 the split's plan (``split_plan``)   started by the driver
 a written shard    recorded (the commit point)  recorded in the part's manifest    handed to the driver
 at the end         report, ``_SUCCESS``         report; the last part publishes     nothing (the driver does)
                                                 the table and writes ``_SUCCESS``
 =================  ===========================  =================================  ==========================
+
+``SplitPart`` lives in ``split_part`` (with the split's generation plan it follows).
 """
 
 from __future__ import annotations
@@ -24,27 +26,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pyarrow as pa
 
 from batchembed.errors import ResumeRefused
+from batchembed.output import figures
 from batchembed.output import refresh as output_refresh
-from batchembed.output.layout import FAILED, REPORT, SUCCESS, part_failed, part_report, retry_shard
+from batchembed.output.input_diff import InputDiff, diff_inputs
+from batchembed.output.layout import FAILED, REPORT, SUCCESS, retry_shard
 from batchembed.output.manifest import Manifest, ShardRecord
-from batchembed.output.opening import Preloaded, check_shards, open_output, remove_orphans
-from batchembed.output.parts import (
-    all_complete,
-    finished_split,
-    finished_split_manifest,
-    load_part,
-    open_part,
-    owned_by,
-    parts_left,
-    refuse_mixing,
-)
+from batchembed.output.opening import Preloaded, open_output, remove_orphans
+from batchembed.output.parts import finished_split, finished_split_manifest, refuse_mixing
 from batchembed.output.store.admission import admit
 from batchembed.output.store.fencing import FenceToken, fence_with
 from batchembed.output.truncated import rebuild_truncated
 
 if TYPE_CHECKING:
     from batchembed.input.files import SourceFile
-    from batchembed.output.input_diff import InputDiff
     from batchembed.output.store.base import OutputStore
 
 Say = Callable[[str], None]
@@ -59,6 +53,8 @@ class JobOutput(Protocol):
     preloaded: Preloaded | None
     table: Callable[..., Any] | None
     history_days: float
+    diff: InputDiff
+    id_column: str | None
 
     @property
     def uri(self) -> Any: ...
@@ -80,8 +76,21 @@ class Role(Protocol):
     def open(self, output: JobOutput, fingerprint: dict[str, Any], restart: bool) -> Manifest:
         """Load (or create) the manifest this writer records its units in; clean what it does not record."""
 
+    def plan(self, output: JobOutput, sources: list[SourceFile]) -> InputDiff:
+        """What changed in the inputs since the output's shards read them (nothing written)."""
+
+    def view(self, output: JobOutput) -> Manifest:
+        """The committed units this writer's walk sees (its file list and id check too): what it must not
+        write again, and (``retiring``) the shards whose vectors it may reuse."""
+
     def begin_refresh(self, output: JobOutput, diff: InputDiff, sources: list[SourceFile], max_removed: float) -> bool:
         """Start a refresh generation if the inputs changed; whether one was started."""
+
+    def refresh_record(self, output: JobOutput) -> dict[str, Any]:
+        """The current refresh generation's figures (``figures``; empty for a first run)."""
+
+    def current(self, output: JobOutput) -> list[ShardRecord] | None:
+        """The shards of the whole output's table as it stands (None: this writer does not know them)."""
 
     def record(self, output: JobOutput, record: ShardRecord, resolves: list[str]) -> None:
         """The commit point of one written shard."""
@@ -96,7 +105,7 @@ class Role(Protocol):
         """The name of this writer's ``n``-th retry shard."""
 
 
-def _close(output: JobOutput, report: Report, failed_name: str, report_name: str) -> int:
+def close_output(output: JobOutput, report: Report, failed_name: str, report_name: str) -> int:
     """Rebuild the gathered failed rows (``failed_name``) and ``_truncated.parquet``, write the report;
     return the rows still failed. ``report(outstanding)`` builds the report once they are counted."""
     store, manifest = output.store, output.manifest
@@ -136,21 +145,33 @@ class WholeRun:
         output.store.abort_stale_uploads()  # a killed run's unfinished shard uploads: no live writer owns them
         return manifest
 
+    def plan(self, output: JobOutput, sources: list[SourceFile]) -> InputDiff:
+        return diff_inputs(output.manifest, sources)
+
+    def view(self, output: JobOutput) -> Manifest:
+        return output_refresh.kept(output.manifest, output.diff)
+
     def begin_refresh(self, output: JobOutput, diff: InputDiff, sources: list[SourceFile], max_removed: float) -> bool:
         if self.split_done:  # a finished split, rerun whole: its parts own it
             if diff.added or diff.changed or diff.removed:
                 raise ResumeRefused(
                     f"{output.uri} was written by --shard I/N parts and its inputs changed since "
-                    f"({output_refresh.describe(diff, output.manifest)}); run every part again to refresh it"
+                    f"({figures.describe(figures.files_record(0, diff, []))}); run every part again to refresh it"
                 )
             return False
         return output_refresh.begin(output.store, output.manifest, diff, sources, max_removed)
+
+    def refresh_record(self, output: JobOutput) -> dict[str, Any]:
+        return output.manifest.refresh if output.manifest.generation else {}
+
+    def current(self, output: JobOutput) -> list[ShardRecord] | None:
+        return output.manifest.shards
 
     def record(self, output: JobOutput, record: ShardRecord, resolves: list[str]) -> None:
         output.manifest.commit(output.store, record, resolves)
 
     def close(self, output: JobOutput, report: Report) -> int:
-        return _close(output, report, self.failed_name, self.report_name)
+        return close_output(output, report, self.failed_name, self.report_name)
 
     def complete(self, output: JobOutput, say: Say) -> None:
         """Mark the manifest complete, drop what it does not record, write ``_SUCCESS``."""
@@ -161,69 +182,6 @@ class WholeRun:
 
     def retry_unit_name(self, n: int) -> str:
         return retry_shard(n)
-
-
-class SplitPart:
-    """Part ``(I, N)`` of a static split: its own lease, manifest, failed rows, report and retry shards."""
-
-    def __init__(self, part: tuple[int, int]) -> None:
-        self.part = part
-        self.owns = owned_by(part)
-        self.failed_name = part_failed(part)
-        self.report_name = part_report(part)
-        self.table_access = "reads"  # the part completing the split publishes; none takes maintenance in
-
-    def acquire(self, output: JobOutput, restart: bool) -> None:
-        admit(output.store, self.part)  # parts of one split never block each other; every other writer is refused
-        refuse_mixing(output.store, self.part)
-
-    def open(self, output: JobOutput, fingerprint: dict[str, Any], restart: bool) -> Manifest:
-        manifest = open_part(output.store, fingerprint, restart, self.part)
-        output.store.abort_stale_uploads(self.owns)  # this part's own units only: the others may be uploading
-        return manifest
-
-    def begin_refresh(self, output: JobOutput, diff: InputDiff, sources: list[SourceFile], max_removed: float) -> bool:
-        return output_refresh.begin(output.store, output.manifest, diff, sources, max_removed)
-
-    def record(self, output: JobOutput, record: ShardRecord, resolves: list[str]) -> None:
-        output.manifest.commit(output.store, record, resolves)
-
-    def close(self, output: JobOutput, report: Report) -> int:
-        return _close(output, report, self.failed_name, self.report_name)
-
-    def complete(self, output: JobOutput, say: Say) -> None:
-        """Mark this part complete; the part that finds every part complete publishes and writes ``_SUCCESS``."""
-        output.manifest.complete = True
-        output.manifest.save(output.store)
-        remove_orphans(output.store, output.manifest, self.owns)
-        with output.store.gate():  # one part at a time decides whether the split is complete, and publishes
-            self._complete_split(output, say)
-
-    def _complete_split(self, output: JobOutput, say: Say) -> None:
-        """Under the output's gate: if every part is complete over the same inputs, publish the whole table
-        (idempotent: two parts finishing together publish once) and write ``_SUCCESS``."""
-        index, count = self.part
-        parts = [(output.store, output.manifest)] + [
-            loaded for other in range(count) if other != index and (loaded := load_part(output.store, (other, count)))
-        ]
-        # every part complete, and over the same inputs (a part not yet refreshed holds the old table's rows)
-        current = all(m.work == output.manifest.work for _, m in parts)
-        if current and all_complete([m for _, m in parts], count):
-            for store, manifest in parts:  # what _SUCCESS vouches for is there
-                check_shards(store, manifest)
-            output_refresh.publish_parts(parts, output.history_days, output.table, say)
-            output.store.write_bytes(SUCCESS, b"")
-            say(f"every part of {output.uri} is complete: wrote {SUCCESS}")
-        elif not current:
-            say(
-                f"part {index}/{count} is up to date with the inputs; other parts still have to "
-                "refresh (the table is published when the last one has)"
-            )
-        else:
-            say(parts_left(output.store, self.part))
-
-    def retry_unit_name(self, n: int) -> str:
-        return retry_shard(n, self.part)
 
 
 class DriverWorker:
@@ -252,8 +210,20 @@ class DriverWorker:
     def open(self, output: JobOutput, fingerprint: dict[str, Any], restart: bool) -> Manifest:
         return self.manifest
 
+    def plan(self, output: JobOutput, sources: list[SourceFile]) -> InputDiff:
+        return diff_inputs(output.manifest, sources)
+
+    def view(self, output: JobOutput) -> Manifest:
+        return output_refresh.kept(output.manifest, output.diff)
+
     def begin_refresh(self, output: JobOutput, diff: InputDiff, sources: list[SourceFile], max_removed: float) -> bool:
         return False  # the driver started (or continued) the refresh generation before handing out slices
+
+    def refresh_record(self, output: JobOutput) -> dict[str, Any]:
+        return output.manifest.refresh if output.manifest.generation else {}
+
+    def current(self, output: JobOutput) -> list[ShardRecord] | None:
+        return None  # the driver knows the table
 
     def record(self, output: JobOutput, record: ShardRecord, resolves: list[str]) -> None:
         self.sink((record, resolves))  # written but not recorded: the driver commits it

@@ -36,23 +36,23 @@ from batchembed.exitcodes import ExitCode
 from batchembed.input.checks import check_inputs
 from batchembed.input.chunks import CHUNK_ROWS, iter_chunks
 from batchembed.input.discover import discover
-from batchembed.input.files import SourceFile
 from batchembed.input.read import check_columns
 from batchembed.job.config import JobConfig
 from batchembed.job.resolved import ResolvedJob, resolve
+from batchembed.output.cache import key_column
+from batchembed.output.figures import keys_frame
 from batchembed.output.input_diff import GENERATION_SPAN, known_rows
 from batchembed.output.manifest import Manifest
-from batchembed.output.schema import SchemaRefused
-from batchembed.output.schema_check import settle_output
 from batchembed.output.store import storage_options
 from batchembed.plan.eta import SAMPLE_TEXTS, measure_local, paced, read_previous_report
-from batchembed.plan.existing import ExistingOutput, existing_output
+from batchembed.plan.existing import existing_output, refuse_before_buying
 from batchembed.plan.report import PlanReport, format_report
 from batchembed.run.assemble import build_counter, build_task
 from batchembed.run.batch.shapes import SHAPES
 from batchembed.stats import Stats
 from batchembed.tasks import Piece, Request, Task
 from batchembed.tasks.batching import pack
+from batchembed.tasks.ids import id_column_name
 from batchembed.tasks.memo import VectorMemo
 from batchembed.tasks.texts import blank_mask
 from batchembed.tasks.tokens import TokenCounter
@@ -137,17 +137,14 @@ def plan_task(resolved: ResolvedJob, counter: TokenCounter) -> Task:
     return task
 
 
-def _existing_output(resolved: ResolvedJob, task: Task) -> ExistingOutput | None:
-    """The job's output, if it holds this job's shards (then the plan is of the refresh a run would make)."""
-    return existing_output(resolved, task)
-
-
 class _EmbedTally:
     """Adds an embed piece to the report: rows, blanks, cuts, tokens, distinct texts, packed requests."""
 
-    def __init__(self, report: PlanReport, resolved: ResolvedJob) -> None:
+    def __init__(self, report: PlanReport, resolved: ResolvedJob, ids: bool = False) -> None:
         self.report, self.resolved = report, resolved
         self.seen = _Seen()
+        #: with ``ids`` (a refresh): every row read, as (id, text key), to count its rows by id
+        self.rows: list | None = [] if ids else None
         self.sample: list[str] = []  # the first texts to send, as prepared: the local model is timed on them
         self.first_blank: tuple[str, int] | None = None
         self.first_too_long: tuple[str, int] | None = None
@@ -156,6 +153,9 @@ class _EmbedTally:
         report, work, chunk = self.report, piece.work, piece.chunk
         policy = self.resolved.config.limits.on_too_long
         rows = work.row_to_text
+        if self.rows is not None:
+            ids = work.table.column(id_column_name(self.resolved.config)).combine_chunks()
+            self.rows.append(keys_frame(ids, key_column(work.keys, rows, rows >= 0)))
         blank = rows < 0  # the plan's task cuts rather than skips: only blank rows have no text
         report.blank_rows += int(blank.sum())
         if blank.any() and self.first_blank is None:
@@ -250,7 +250,10 @@ class _RerankTally:
 
 
 def estimate(
-    job: JobConfig | ResolvedJob, counter: TokenCounter | None = None, price_per_million: float | None = None
+    job: JobConfig | ResolvedJob,
+    counter: TokenCounter | None = None,
+    price_per_million: float | None = None,
+    restart: bool = False,
 ) -> PlanReport:
     """Stream the job's input through its task's ``prepare`` and compute the plan (no printing, nothing sent).
 
@@ -286,18 +289,24 @@ def estimate(
     if preset and preset.kind == "embed" and resolved.is_rerank:
         report.warnings.append(f"{preset.id} is an embedding model, not a reranker")
 
-    existing = _existing_output(resolved, task)
+    # the output is the job's when its fingerprint is what a run's would be: with the job's own token counter
+    own = task if counter is None else plan_task(resolved, _CutCounter(build_counter(resolved)))
+    existing, refused = existing_output(resolved, own, restart)
+    if refused:
+        report.refused.append(refused)
     known = known_rows(existing.manifest if existing else None)
     sources = discover(config.input.path, storage_options(config), known=known, identity=config.input.identity)
     view = Manifest(fingerprint={})
     reading = sources
     first = 0
     if existing is not None:
-        refused, notes = existing.table_check()  # what a run would refuse or repair about the Delta table
-        report.refusals += refused
+        refusals, notes = existing.table_check()  # what a run would refuse or repair about the Delta table
+        report.refused += refusals
         report.warnings += notes
-        view, reading = existing.plan(sources, task)
+        view, reading = existing.plan(sources, task, config.output.max_removed)
         report.refresh = existing.refresh
+        if existing.refresh["refused"]:
+            report.refused.append(existing.refresh["refused"])
         first = (existing.manifest.generation + 1) * GENERATION_SPAN  # names clear of every kept unit
     for src in reading:
         check_columns(src, task.columns)
@@ -306,7 +315,8 @@ def estimate(
     refuse_before_buying(report, config, existing, reading)
     report.files = [{"name": s.name, "format": s.format, "rows": s.rows} for s in reading]
     rows_of: dict[str, int] = {}
-    tally = _RerankTally(report, resolved, counting) if resolved.is_rerank else _EmbedTally(report, resolved)
+    by_id = existing is not None and not resolved.is_rerank
+    tally = _RerankTally(report, resolved, counting) if resolved.is_rerank else _EmbedTally(report, resolved, by_id)
     chunks = iter_chunks(
         reading,
         view,
@@ -326,6 +336,8 @@ def estimate(
     tally.finish()
     if report.refresh:
         report.refresh["rows_reused"] = task.stats.rows_reused
+        if by_id:  # the rows the refresh replaces against those it reads: by id, as the run will count them
+            report.refresh["rows"] = existing.rows_by_id(id_column_name(config), tally.rows)
     for f in report.files:
         f["rows"] = rows_of.get(f["name"], 0)
 
@@ -359,23 +371,14 @@ def plan(
     counter: TokenCounter | None = None,
     as_json: bool = False,
     price_per_million: float | None = None,
+    restart: bool = False,
 ) -> int:
-    """``batchembed plan``: print what a run of ``job`` would read, send and cost; returns 0, or 1 when a run
-    would refuse before buying anything (the refusals are printed)."""
-    report = estimate(job, counter, price_per_million)
+    """``batchembed plan``: print what a run of ``job`` would read, send and cost; 0, or 1 when a run would
+    refuse before buying anything (``PlanReport.refused``: the same sentences ``run`` would say: another
+    job's settings, the removal guard, an output it cannot resume, the table's state, the column types)."""
+    report = estimate(job, counter, price_per_million, restart)
     print(json.dumps(asdict(report), indent=2) if as_json else format_report(report))
-    return ExitCode.FAILED if report.refusals else ExitCode.OK
-
-
-def refuse_before_buying(
-    report: PlanReport, config: JobConfig, existing: ExistingOutput | None, reading: list[SourceFile]
-) -> None:
-    """The output's column types, settled as ``run`` settles them before buying: a refusal goes in the plan."""
-    store, shards = (existing.store, existing.manifest.shards) if existing is not None else (None, [])
-    try:
-        settle_output(config, reading, store, shards)
-    except SchemaRefused as exc:
-        report.refusals.append(str(exc))
+    return ExitCode.FAILED if report.refused else ExitCode.OK
 
 
 def batch_estimate(report: PlanReport, resolved: ResolvedJob) -> None:

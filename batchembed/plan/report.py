@@ -53,9 +53,10 @@ class PlanReport:
     eta_basis: str = "configured"  # "measured" (local) | "server" (limits a previous run learned) | "configured"
     eta_detail: str = ""  # how the ETA was obtained, in one human line
     warnings: list[str] = field(default_factory=list)
-    #: What ``run`` would refuse before buying anything (the table's state, the output's column types):
-    #: each a sentence saying what to do; ``plan`` exits 1 when there is any.
-    refusals: list[str] = field(default_factory=list)
+    #: What a run would refuse before buying anything (another job's settings, the removal guard, an output
+    #: it cannot resume, the table's state, the output's column types), in ``run``'s own words; ``plan``
+    #: then exits 1.
+    refused: list[str] = field(default_factory=list)
     #: Against an existing output: files added/changed/removed/unchanged (names), rows removed and
     #: rows reused from the output; the other figures then count only what the refresh reads and sends.
     refresh: dict = field(default_factory=dict)
@@ -120,9 +121,7 @@ def format_report(r: PlanReport) -> str:
     if r.refresh:
         lines[1:1] = refresh_lines(r.refresh)
     lines += [f"warning: {w}" for w in r.warnings]
-    lines += [f"refused: {w}" for w in r.refusals]
-    if r.refusals:
-        lines.append("a run would stop there, before buying anything (plan exits 1)")
+    lines += [f"refused: a run would stop before buying anything: {why}" for why in r.refused]
     return "\n".join(lines)
 
 
@@ -136,6 +135,8 @@ def refresh_lines(refresh: dict) -> list[str]:
 
     if not (refresh["added"] or refresh["changed"] or refresh["removed"]) and refresh["up_to_date"]:
         return ["  output           up to date with the inputs: a run sends nothing"]
+    again = refresh.get("read_again_packed", [])
+    unchanged = len(refresh["unchanged"]) - len(again)
     lines = [
         "  refresh of the existing output (the figures below count only what it reads and sends):",
         f"    files added      {names('added')}",
@@ -145,7 +146,7 @@ def refresh_lines(refresh: dict) -> list[str]:
         lines.append(f"    files grown      {names('grown')} (only their new rows are read)")
     lines += [
         f"    files removed    {names('removed')}",
-        f"    files unchanged  {names('unchanged')} (not read)",
+        f"    files unchanged  {unchanged:,} (not read)",
     ]
     if refresh.get("touched"):
         lines.append(f"    files touched    {names('touched')} (read once to prove their bytes unchanged)")
@@ -154,8 +155,16 @@ def refresh_lines(refresh: dict) -> list[str]:
             f"    kept columns     changed ({', '.join(refresh['reshaped'])}): every shard is rewritten from the "
             "vectors it holds"
         )
-    return [
-        *lines,
-        f"    rows removed     {refresh['rows_removed']:,} (leave the output: changed or deleted inputs)",
-        f"    rows reused      {refresh['rows_reused']:,} (their texts' vectors are already in the output)",
-    ]
+    if again:
+        lines.append(
+            f"    read again       {names('read_again_packed')} (unchanged, but they share a packed shard with a "
+            "changed file; their texts are not bought again)"
+        )
+    rows = refresh.get("rows")
+    if rows:
+        lines.append(
+            f"    rows by id       {rows['added']:,} added, {rows['updated']:,} updated (their text changed), "
+            f"{rows['removed']:,} removed"
+        )
+    lines.append(f"    rows reused      {refresh['rows_reused']:,} (their texts' vectors are already in the output)")
+    return lines

@@ -101,8 +101,14 @@ class Progress:
             speed = f"{rate}, local model on {s.threads} thread{'s' if s.threads != 1 else ''}"
         else:
             speed = f"{rate}, {per_minute(s.requests / self._elapsed() * 60, 'requests')}"
+        done = f"{s.rows_embedded:,} rows {verb}"
+        if s.rows_reused or s.rows_recovered:  # rows written, not all of them bought now
+            found = f"{s.rows_reused:,} reused from the output" + (
+                f", {s.rows_recovered:,} recovered from the journal" if s.rows_recovered else ""
+            )
+            done = f"{s.rows_embedded:,} rows written ({s.rows_bought:,} {verb} now, {found})"
         return (
-            f"done: {s.rows_embedded:,} rows {verb}, {s.rows_skipped:,} skipped, {s.rows_failed:,} failed, "
+            f"done: {done}, {s.rows_skipped:,} skipped, {s.rows_failed:,} failed, "
             f"{s.rows_truncated:,} truncated in {duration(elapsed)} ({speed}); "
             f"{short(s.tokens)} tokens ({per_minute(s.tokens / self._elapsed() * 60, 'tokens')}), "
             f"{s.requests:,} requests -> {where}"

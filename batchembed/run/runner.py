@@ -19,24 +19,22 @@ from typing import Any
 from batchembed import __version__
 from batchembed.exitcodes import ExitCode
 from batchembed.faults import with_path
-from batchembed.input.checks import check_inputs
 from batchembed.input.chunks import CHUNK_ROWS, iter_chunks, pending_rows, retry_chunks
 from batchembed.input.discover import discover
 from batchembed.input.files import FileCache, released_as_read
-from batchembed.input.read import check_columns
 from batchembed.input.units import Unit
 from batchembed.job.fingerprint import fingerprint_hash, job_fingerprint
 from batchembed.job.resolved import ResolvedJob
 from batchembed.output.commit import RetryUnit, job_output
+from batchembed.output.figures import describe as describe_figures
 from batchembed.output.input_diff import first_ordinal
 from batchembed.output.journal.segments import journal_store
 from batchembed.output.journal.writer import Journal
 from batchembed.output.layout import TRUNCATED
 from batchembed.output.manifest import Manifest
-from batchembed.output.schema_check import settle_output
-from batchembed.output.shared_table import before_buying as table_before_buying
 from batchembed.output.store import storage_options
 from batchembed.output.table_view import cache_files
+from batchembed.run.before_buying import check_before_buying
 from batchembed.run.pipeline import LocalStages
 from batchembed.run.placement import Canary, Placement
 from batchembed.run.progress import Progress
@@ -48,6 +46,7 @@ from batchembed.sending.server_checks import ServedModel, UsageCheck, full_vecto
 from batchembed.sinks.sync import expected_for_run, for_run
 from batchembed.stats import Stats
 from batchembed.tasks import Request, Task
+from batchembed.tasks.ids import id_column_name
 from batchembed.tasks.normalize import learn_unit_norm
 from batchembed.tasks.tokens import TokenCounter
 
@@ -82,11 +81,14 @@ class JobRunner:
         self.restart = restart
         self.retry_failed = retry_failed
         self.units = placement.units
+        id_column = None if self.job.is_rerank else id_column_name(self.job)  # rows by id in a refresh's figures
         self.stats = stats
         self.progress = Progress(self.stats, quiet=quiet)
         #: The job's [[sink]]s: checked before anything is bought, synced right after each publish.
         self.sinks = for_run(self.job, self.progress.line) if placement.syncs_sinks else None
-        self.output = job_output(self.job, placement.role(), self.sinks.wrap if self.sinks is not None else None)
+        self.output = job_output(
+            self.job, placement.role(), self.sinks.wrap if self.sinks is not None else None, id_column
+        )
         self.out = self.output.uri  # for messages
         self.limits = placement.limits(resolved)
         self.stopping: int | None = None  # the signal number (or ``stopping.OUTAGE``) once asked to stop
@@ -147,25 +149,13 @@ class JobRunner:
         await asyncio.to_thread(self.output.acquire, self.restart)  # one writer per output (or part)
         manifest = await asyncio.to_thread(self.output.open, self.fingerprint(), self.restart)
         diff = await asyncio.to_thread(self.output.refresh_plan, sources)
-        access = self.output.role.table_access
-        await asyncio.to_thread(  # the shared Delta table: repaired, taken in or refused before anything is bought
-            table_before_buying, self.output.store, manifest, diff, sources, self.job, writes=access == "writes",
-            part=access == "reads", publisher=self.output.table, say=self.progress.line,
-        )  # fmt: skip
-        work = self.output.work_files(sources)
-        for src in work:
-            await asyncio.to_thread(check_columns, src, columns)
-        if work:
-            held = []
-            if self.job.input.id:
-                held = await asyncio.to_thread(self.output.held_ids, self.job.input.id, diff)
-            await asyncio.to_thread(check_inputs, self.job, work, columns, held)
-        if work or manifest.unresolved_failures():  # every shard gets the table's column types, settled now
-            self.task.output_types = await asyncio.to_thread(
-                settle_output, self.job, work, self.output.store, manifest.shards
-            )
+        work, types = await asyncio.to_thread(  # the table, the inputs and the column types, before buying
+            check_before_buying, self.job, self.output, diff, sources, columns, self.progress.line
+        )
+        if types is not None:  # every shard gets the table's column types, settled now
+            self.task.output_types = types
         await asyncio.to_thread(self.output.begin_refresh, diff, sources, self.job.output.max_removed)
-        self.stats.note_refresh(diff, manifest)
+        self.stats.note_refresh(self.output.refresh_record())
         if self.output.finished_before():
             self.progress.line(
                 f"{self.out}: job already complete and up to date with its {len(sources):,} input files "
@@ -175,8 +165,8 @@ class JobRunner:
                 await asyncio.to_thread(self.sinks.catch_up)
                 return self.sinks.exit_code(EXIT_OK)
             return EXIT_OK
-        if manifest.generation and (diff.stale or diff.added):
-            self.progress.line(self.output.describe_refresh(diff))
+        if self.output.refresh_record():  # a refresh (begun now, or resumed): what it does
+            self.progress.line(self.output.describe_refresh())
         shape = None
         if self.sinks is not None:  # a sink's table of another shape is refused before anything is bought
             shape = await asyncio.to_thread(expected_for_run, self.job, manifest, work or sources, self.task)
@@ -198,8 +188,9 @@ class JobRunner:
             self.stats,
             committed=self.output.committed(),
         )
-        if (manifest.shards or manifest.retiring) and not manifest.complete:  # a refresh: what the output holds
-            self.task.reuse_output(self.output.store, cache_files(manifest))
+        view = self.output.view()
+        if (view.shards or view.retiring) and not manifest.complete:  # a refresh: what the output holds
+            self.task.reuse_output(self.output.store, cache_files(view))
         retry_units = await asyncio.to_thread(self.output.retry_plan, sources) if self.retry_failed else []
         # a subset's share of the rows is known only once its units are read
         todo = pending_rows(sources, manifest) if self.units is None else None
@@ -219,6 +210,11 @@ class JobRunner:
                 await self.stages.run(sources, columns, retry_units)
             failed = False
             finished = self.stopping is None
+            if finished and self.placement.publishes and self.stages.every_unit_done():
+                # every unit is committed: the refresh's rows by id, for the report and the summary
+                self.stats.note_refresh(await asyncio.to_thread(self.output.settle_refresh))
+            if finished:
+                self.stats.tokens_current = await asyncio.to_thread(self.output.current_tokens)
         except OSError as exc:  # pyarrow's write errors name no file: name the output directory
             raise with_path(exc, self.out) from None
         finally:
@@ -317,7 +313,7 @@ class JobRunner:
             released_as_read(
                 iter_chunks(
                     sources,
-                    self.manifest,
+                    self.output.view(),  # a --shard part: every part's units, as the split's plan says
                     columns,
                     self.job.output.shard_rows,
                     CHUNK_ROWS,
@@ -369,11 +365,12 @@ class JobRunner:
         verb = "scored" if self.job.is_rerank else "embedded"
         self.progress.line(self.progress.summary(verb, str(self.out)))
         if s.refresh.get("generation"):
+            self.progress.line(f"refresh (generation {s.refresh['generation']}): {describe_figures(s.refresh)}")
+        if s.refresh.get("generation") or s.texts_reused:
+            current = "" if s.tokens_current is None else f", {s.tokens_current:,} for the table's current rows"
             self.progress.line(
-                f"refresh: {s.rows_reused:,} rows reused from the output, "
-                f"{max(0, s.rows_embedded - s.rows_reused - s.rows_recovered):,} bought, {s.rows_removed:,} removed "
-                f"({s.refresh['files_added']} files added, {s.refresh['files_changed']} changed, "
-                f"{s.refresh['files_removed']} removed, {s.refresh['files_unchanged']} unchanged and not read)"
+                f"texts: {s.texts_bought:,} bought, {s.texts_reused:,} reused from the output; "
+                f"tokens: {s.tokens:,} billed this run{current}"
             )
         if s.rows_recovered or s.rows_resent:
             self.progress.line(

@@ -172,6 +172,7 @@ class SharedEmbedder:
             async with meter(cost):
                 result = await self.embedder.embed([texts[j] for j in own])
             self.check(result, len(own))
+            self.stats.texts_bought += len(own)
             # the memo keeps views of the answer's own matrix (never written to again): no second copy
             self.memo.store(np.asarray(mine, dtype=object), result.vectors, copy=False)
         except BaseException:

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from batchembed import __version__
 from batchembed.errors import InputError, MalformedResponse, ServerIgnoredSettings
-from batchembed.input.units import Chunk
+from batchembed.input.units import Chunk, Unit
 from batchembed.job.resolved import ResolvedJob
 from batchembed.job.templates import text_fields
 from batchembed.output.cache import KEY_COLUMN, OutputCache, key_column
@@ -144,7 +144,7 @@ class EmbedTask:
             work.allocate(self.vectors.dim)
         hits = self.shared.lookup(keys[used])
         if self.output_cache is not None:
-            self._reuse(keys, used, row_to_text, hits)
+            self._reuse(keys, used, row_to_text, hits, counts, chunk.unit)
         if hits:
             found = [i for i in used if keys[i] in hits]
             work.set_vectors(found, np.stack([hits[keys[i]] for i in found]))
@@ -157,8 +157,19 @@ class EmbedTask:
         piece = Piece(chunk=chunk, rows=n, skipped=skipped, work=work)
         return piece, self.pack(piece, to_send)
 
-    def _reuse(self, keys: np.ndarray, used: np.ndarray, row_to_text: np.ndarray, hits: dict) -> None:
-        """Add to ``hits`` the vectors the output already holds (a refresh buys only new texts)."""
+    @staticmethod
+    def _count(unit: Unit, work: EmbedWork, texts: np.ndarray) -> None:
+        """Count the unit's distinct texts with a vector (``ShardRecord.counted``), each once."""
+        seen = unit.counted_keys
+        new = [int(i) for i in np.unique(texts) if work.keys[i] not in seen]
+        seen.update(work.keys[i] for i in new)
+        unit.counted += int(work.tokens[new].sum())
+
+    def _reuse(
+        self, keys: np.ndarray, used: np.ndarray, row_to_text: np.ndarray, hits: dict, counts: np.ndarray, unit: Unit
+    ) -> None:
+        """Add to ``hits`` the vectors the output already holds (a refresh buys only new texts); the unit
+        carries the tokens that bought them (each text once), so what its rows cost is still known."""
         missing = [keys[i] for i in used if keys[i] not in hits]
         found = self.output_cache.lookup(missing) if missing else {}
         if not found:
@@ -166,6 +177,10 @@ class EmbedTask:
         hits.update(found)
         reused = np.fromiter((i for i in used if keys[i] in found), np.int64)
         self.stats.rows_reused += int(np.isin(row_to_text, reused).sum())
+        self.stats.texts_reused += len(reused)
+        carried = [int(i) for i in reused if keys[i] not in unit.reused_keys]
+        unit.reused_keys.update(keys[i] for i in carried)
+        unit.reused_tokens += round(int(counts[carried].sum()) * self.output_cache.ratio)
 
     def pack(self, piece: Piece, items: np.ndarray) -> list[Request]:
         """Requests for ``items`` of ``piece``, in order, under ``batch_inputs`` and ``batch_tokens``."""
@@ -295,6 +310,7 @@ class EmbedTask:
             vectors = np.zeros((n, self.vectors.dim), dtype=np.float32)
         if valid.any():
             self.vectors.norms.add(piece.chunk.unit.name, vector_norms(vectors)[valid])
+            self._count(piece.chunk.unit, work, rows[valid])
         column = self.job.output.column
         table = work.table.append_column(
             pa.field(column, pa.list_(pa.float32(), self.vectors.dim)), vector_array(vectors, valid)

@@ -38,10 +38,16 @@ class BatchResults:
         self.errors: dict[bytes, str] = {}
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self.dim: int | None = None  # the answers' vector size (embed), from the first file with an answer
-        for piece in ledger.pieces:
+        self.charged: set[bytes] = set()  # keys whose tokens a unit's shard already counts (this run)
+        billed = planned = 0
+        for piece in ledger.live():  # a finished day's answers are in the shards: history, never read again
             for a in piece.attempts:
-                if a.step == COLLECTED:
+                if a.step == COLLECTED and ledger.store.exists(piece.results_name(a.n)):
                     self._index(piece.results_name(a.n))
+                    if a.billed_tokens and a.ok:
+                        billed, planned = billed + a.billed_tokens, planned + a.tokens * a.ok // max(a.items, 1)
+        #: tokens the provider billed per token this job's tokenizer counted (what a unit's shard is charged)
+        self.ratio = billed / planned if billed and planned else 1.0
 
     def _index(self, name: str) -> None:
         table = self.ledger.store.read_table(name, columns=["key", "status", "error"])
@@ -172,6 +178,18 @@ class BatchCodec:
     def answers(self, request: Request) -> list[tuple[str, pa.RecordBatch, int]]:
         return self.inner.answers(request)
 
+    def _tokens(self, requests: list[Request], per_request: list[list[bytes]]) -> int:
+        """What the batches' answers of these requests cost, for the unit's shard (each text once a run: a
+        text recurring in another unit was bought once), at the request's token count."""
+        charged = self.results.charged
+        total = 0
+        for request, keys in zip(requests, per_request, strict=True):
+            new = [k for k in dict.fromkeys(keys) if k in self.results.where and k not in charged]
+            charged.update(new)
+            if keys:
+                total += request.tokens * len(new) / len(keys)
+        return round(total * self.results.ratio)
+
     def resume(self, piece: Piece, requests: list[Request], recovered: Any) -> Resumed:
         """Fill the piece from the batches (and the unit's journal), fail what the batches failed."""
         per_request = [self.inner.keys(r).to_pylist() for r in requests]
@@ -185,6 +203,7 @@ class BatchCodec:
         ]
         batch_rows = self.items.rows(piece, np.concatenate(answered)) if answered else 0
         self.counts["rows_from_batches"] += batch_rows
+        piece.chunk.unit.tokens += self._tokens(requests, per_request)
         left = []
         for request in resumed.requests:
             ks = self.inner.keys(request).to_pylist()

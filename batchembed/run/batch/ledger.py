@@ -76,6 +76,9 @@ class Piece:
     name: str
     attempts: list[Attempt]
     settled: bool = False  # every item has its final answer or failure
+    #: a finished day's piece: its answers are in the shards and its files pruned; the record of what was
+    #: bought, never an input of a later run (which buys only the texts the output does not hold)
+    history: bool = False
 
     @property
     def current(self) -> Attempt:
@@ -115,7 +118,8 @@ class Ledger:
             if state is None:
                 continue  # its items were written, its state never: planned again by the next run
             doc = orjson.loads(state)
-            pieces.append(Piece(doc["name"], [Attempt(**a) for a in doc["attempts"]], doc["settled"]))
+            attempts = [Attempt(**a) for a in doc["attempts"]]
+            pieces.append(Piece(doc["name"], attempts, doc["settled"], bool(doc.get("history", False))))
         return cls(store, job["tag"], job["fingerprint"], pieces)
 
     @classmethod
@@ -138,11 +142,20 @@ class Ledger:
         self.pieces = []
 
     def prune(self) -> None:
-        """A complete job: drop the items and results files (the texts and answers, now in the shards);
-        the states stay, for ``status`` and the record of what was bought."""
+        """A complete job: its pieces become history (marked first, so a kill in between leaves no live
+        piece without its files), then the items and results files go (the texts and answers are in the
+        shards); the states stay, for ``status`` and the record of what was bought."""
+        for piece in self.pieces:
+            if not piece.history:
+                piece.history = True
+                self.save(piece)
         for name in self.store.list_names():
             if name.startswith(BATCH_DIR + "/") and name.endswith(".parquet"):
                 self.store.delete(name)
+
+    def live(self) -> list[Piece]:
+        """The pieces of the current run of the job (not a finished day's history)."""
+        return [p for p in self.pieces if not p.history]
 
     # --------------------------------------------------------------------------------- writing
 
@@ -163,7 +176,12 @@ class Ledger:
 
     def save(self, piece: Piece) -> None:
         """The piece's state, whole or not at all."""
-        doc = {"name": piece.name, "settled": piece.settled, "attempts": [asdict(a) for a in piece.attempts]}
+        doc = {
+            "name": piece.name,
+            "settled": piece.settled,
+            "history": piece.history,
+            "attempts": [asdict(a) for a in piece.attempts],
+        }
         self.store.write_bytes(f"{BATCH_DIR}/{piece.name}/state.json", orjson.dumps(doc, option=orjson.OPT_INDENT_2))
 
     def items(self, piece: Piece, n: int | None = None) -> pa.Table:

@@ -82,6 +82,7 @@ class BatchLoop:
         self.say = say
         self.queue_full = False  # the provider refused a creation this round
         self.collected_tokens = 0  # tokens billed by the batches this run collected
+        self.collected_items = 0  # inputs (distinct texts, or pairs) billed by them
 
     async def round(self) -> None:
         """Advance every piece not yet settled (in order: the earliest pieces are submitted first)."""
@@ -193,6 +194,7 @@ class BatchLoop:
         retry = status == RETRY
         a.billed_items, a.billed_tokens, a.ok = got.billed_items, got.billed_tokens, got.ok
         self.collected_tokens += got.billed_tokens
+        self.collected_items += got.billed_items
         a.failed, a.retry = int((status == FAILED_ITEM).sum()), int(retry.sum())
         if retry.any():
             nxt = self._next_items(sent, retry, got.split[retry])

@@ -50,9 +50,9 @@ class Planner:
 
     def known(self) -> None:
         """Learn the items of the ledger's pieces (an earlier run's plan)."""
-        for piece in self.ledger.pieces:
+        for piece in self.ledger.live():
             if not self.ledger.store.exists(piece.items_name(0)):
-                continue  # a finished job's pruned piece: its units are committed
+                continue  # pruned by an earlier version without marking it history: its units are committed
             keys = self.ledger.store.read_table(piece.items_name(0), columns=["key"]).column("key").to_pylist()
             for key in keys:
                 self.where[key] = piece.name

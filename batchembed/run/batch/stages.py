@@ -54,6 +54,7 @@ class BatchStages:
         self.batch_transport = transport
         self.local = LocalStages(runner)  # the writing pass
         self.ledger: Ledger | None = None
+        self.loop: BatchLoop | None = None  # this run's batches (what it collected, and billed)
         self.still_running = 0  # pieces not settled when this run ends
         self.counts: Counter = Counter()
         self._wake = asyncio.Event()
@@ -101,11 +102,13 @@ class BatchStages:
             fallback=runner.job.model.batch_fallback,
             say=runner.progress.line,
         )
+        self.loop = loop
         try:
             await self._batches(loop)
         finally:
             await client.aclose()
             runner.stats.tokens += loop.collected_tokens  # the summary's tokens: billed to this run's batches
+            runner.stats.texts_bought += loop.collected_items
         if runner.stopping is not None:
             return
         results = await asyncio.to_thread(BatchResults, ledger, items)
@@ -137,7 +140,8 @@ class BatchStages:
     def _plan(self, planner: Planner, sources, columns, retry_units) -> None:
         """The planning pass (a worker thread): the task's prepare on every open chunk, nothing sent."""
         planner.known()
-        saved = self.runner.stats.tokens_saved
+        stats = self.runner.stats
+        saved = (stats.tokens_saved, stats.rows_reused, stats.texts_reused)
         allocate = self.runner.task.allocate_answers
         self.runner.task.allocate_answers = False  # the answers come later, in the writing pass
         try:
@@ -148,12 +152,16 @@ class BatchStages:
                 if self.runner.stopping is None  # Ctrl-C while planning: what is planned is kept, nothing submitted
             )
         finally:
-            self.runner.stats.tokens_saved = saved  # the writing pass prepares the same chunks again and counts
+            # the writing pass prepares the same chunks again and counts
+            stats.tokens_saved, stats.rows_reused, stats.texts_reused = saved
             self.runner.task.allocate_answers = allocate
-        planned = sum(p.attempts[0].items for p in self.ledger.pieces)
+        live = self.ledger.live()
+        planned = sum(p.attempts[0].items for p in live)
+        billed = sum(a.billed_items for p in live for a in p.attempts)
+        history = len(self.ledger.pieces) - len(live)
         self.runner.progress.line(
-            f"batch tier: {len(self.ledger.pieces)} batch pieces, {planned:,} inputs planned "
-            f"({self.ledger.totals()['items_billed']:,} already billed)"
+            f"batch tier: {len(live)} batch pieces, {planned:,} inputs planned ({billed:,} already billed)"
+            + (f"; {history} pieces of finished days are history (their texts are in the output)" if history else "")
         )
 
     async def _batches(self, loop: BatchLoop) -> None:
@@ -206,7 +214,9 @@ class BatchStages:
         online = None if price is None else round(totals["tokens_billed"] / 1e6 * price, 6)
         return {
             "provider": self.runner.model.provider,
-            **totals,
+            **totals,  # every day's batches (the ledger keeps their states)
+            "items_billed_this_run": self.loop.collected_items if self.loop is not None else 0,
+            "tokens_billed_this_run": self.loop.collected_tokens if self.loop is not None else 0,
             "still_running": self.still_running,
             "rows_answered_by_batches": self.counts["rows_from_batches"],
             "rows_failed_in_batches": self.counts["rows_failed_in_batches"],

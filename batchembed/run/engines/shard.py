@@ -1,7 +1,7 @@
 """``batchembed run JOB --shard I/N``: this process runs part I of N of one job (a static split).
 
 Part I takes the units whose ordinal is I modulo N (the same split on every run), records them in
-its own manifest under its own lock/lease (``output.roles.SplitPart``), and paces itself to 1/N of the
+its own manifest under its own lock/lease (``output.split_part.SplitPart``), and paces itself to 1/N of the
 configured rates (unless ``engine.shard_pacing = "full"``), so N parts together stay inside one
 account's limits. The part that finishes last and finds every part complete publishes the table and
 writes ``_SUCCESS``.
@@ -14,7 +14,7 @@ import functools
 from batchembed.job.config import JobConfig
 from batchembed.job.resolved import ResolvedJob
 from batchembed.output.parts import owned_by
-from batchembed.output.roles import SplitPart
+from batchembed.output.split_part import SplitPart
 from batchembed.run.placement import Placement, job_limits
 from batchembed.sending.limits import RateLimits
 
