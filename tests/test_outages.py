@@ -19,6 +19,8 @@ import threading
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from batchembed.exitcodes import ExitCode
@@ -34,6 +36,7 @@ from tests.conftest import (
     read_output,
     run_cli,
     start_cli,
+    write_job,
     write_parquet,
 )
 from tests.test_batch_tier import batch_job
@@ -140,6 +143,27 @@ def test_a_closed_port_is_named_at_once_retried_with_a_line_each_time_then_exit_
     with FakeServer(dim=32) as srv:
         job = outage_job(tmp_path, srv, texts)
         finish_exact(tmp_path, job, texts, dim=32)
+
+
+def test_a_rerank_job_whose_first_request_finds_a_closed_port_names_it_and_exits_68(tmp_path):
+    port = closed_port()
+    src = tmp_path / "pairs.parquet"
+    pq.write_table(
+        pa.table({"qid": ["q1", "q1"], "query": ["q?", "q?"], "did": ["a", "b"], "document": ["x", "y"]}), src
+    )
+    job = write_job(
+        tmp_path / "rerank.toml",
+        {
+            "input": {"path": str(src)},
+            "model": {"provider": "openai-compatible", "base_url": f"http://127.0.0.1:{port}/v1", "name": "r"},
+            "limits": {"connect_timeout": 5},
+            "output": {"path": str(tmp_path / "out")},
+            "rerank": {"layout": "pairs", "query": "query", "query_id": "qid", "document": "document", "doc_id": "did"},
+        },
+    )
+    r = run_cli("run", str(job), "--quiet")
+    assert r.returncode == ExitCode.SERVER_UNREACHABLE, r.stderr
+    assert f"cannot reach the server at 127.0.0.1:{port}" in r.stderr and "still cannot reach" in r.stderr
 
 
 def test_sigterm_while_connecting_to_a_closed_port_exits_143_within_the_grace(tmp_path):
