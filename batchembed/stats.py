@@ -36,6 +36,8 @@ class Stats:
     tokens_current: int | None = None  # tokens for the table's current rows (``figures.current_tokens``)
     retries: Counter = field(default_factory=Counter)  # by status / error class
     latencies: list[float] = field(default_factory=list)
+    #: The server's outages this run rode out (or stopped at): server, how it failed, seconds away, whether back
+    outages: list[dict] = field(default_factory=list)
     in_flight: int = 0
     pace: str = ""  # the limits being paced to, e.g. "600k tokens/min (server), 600 requests/min (configured)"
     threads: int | None = None  # the local model's threads: bound by the CPU, not by rate limits (None: remote)
@@ -95,6 +97,7 @@ class Stats:
             "tokens_saved_by_dedup": self.tokens_saved,
             "requests": self.requests,
             "retries": dict(sorted(self.retries.items())),
+            "outages": self.outages,
             "latency_seconds": {
                 "p50": round(float(np.percentile(lat, 50)), 4) if lat is not None else None,
                 "p95": round(float(np.percentile(lat, 95)), 4) if lat is not None else None,

@@ -23,6 +23,7 @@ into the same ``TransientAPIError`` whichever transport is used.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -54,7 +55,30 @@ class Response:
 
 
 class TransportError(Exception):
-    """The request got no HTTP answer (connection refused, reset or cut short); the message names why."""
+    """The request got no HTTP answer (connection refused, reset or cut short); the message names why.
+
+    ``why`` classifies it for whoever decides what to tell the user: ``refused``, ``dns``, ``tls``,
+    ``connect`` (another failure to connect) or ``reset`` (the default: the connection dropped)."""
+
+    def __init__(self, message: str, why: str = "reset") -> None:
+        super().__init__(message)
+        self.why = why
+
+
+#: Seconds to open a connection at most (within the request's own timeout): a connection that takes
+#: longer is to a host that does not answer, which a run should learn in seconds, not minutes.
+CONNECT_TIMEOUT = 10.0
+
+
+def why_failed(exc: BaseException) -> str:
+    """How an aiohttp request failed without an answer: refused, dns, tls, connect or reset."""
+    if isinstance(exc, aiohttp.ClientSSLError) or isinstance(getattr(exc, "os_error", None), ssl.SSLError):
+        return "tls"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "dns"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "refused" if isinstance(exc.os_error, ConnectionRefusedError) else "connect"
+    return "reset"
 
 
 class Transport(Protocol):
@@ -93,7 +117,7 @@ class AiohttpTransport:
     def _timeout(self, seconds: float | None) -> aiohttp.ClientTimeout:
         timeout = self._timeouts.get(seconds)
         if timeout is None:
-            connect = None if seconds is None else min(seconds, 30.0)
+            connect = CONNECT_TIMEOUT if seconds is None else min(seconds, CONNECT_TIMEOUT)
             timeout = self._timeouts[seconds] = aiohttp.ClientTimeout(total=seconds, sock_connect=connect)
         return timeout
 
@@ -123,7 +147,7 @@ class AiohttpTransport:
         except TimeoutError:
             raise  # aiohttp's ServerTimeoutError is a ClientError too: it stays a timeout
         except aiohttp.ClientError as exc:
-            raise TransportError(f"{type(exc).__name__}: {exc}") from None
+            raise TransportError(f"{type(exc).__name__}: {exc}", why_failed(exc)) from None
 
     async def aclose(self) -> None:
         """Close the pooled session (a later ``send`` opens a new one)."""

@@ -11,7 +11,8 @@ Voyage's (``shape="mistral"`` / ``"voyage"``):
 A batch moves one state per ``GET`` of it (validating -> in_progress -> finalizing -> completed), so
 a test advances batches by polling them, without a clock; ``hold_batches = True`` freezes them. When
 a batch ends, every line is answered by the embeddings/rerank fake (a poisoned text gets its line a
-400), and the output file lists the lines in reversed order. Knobs: ``expire_next`` (lines that
+400), and the output file lists the lines in reversed order. ``hold()`` parks the batch routes'
+requests too, unanswered until ``release()``. Knobs: ``expire_next`` (lines that
 expire instead), ``refuse_creations`` (429s at creation), ``quota_failures`` (batches created then
 failed with ``token_limit_exceeded``), ``queue_limit`` (inputs enqueued at once), ``max_inputs``
 (per batch), ``page_size`` (of the list). Records: :attr:`created` (every batch created),
@@ -93,6 +94,7 @@ class FakeBatchProvider(FakeProvider):
         base = self.batches_path
         if path == "/files" or path.startswith(("/files/", base)):
             self.batch_calls.append((request.method, path))
+            await self._wait_while_held()  # ``hold()`` parks the batch routes too (a poll the server never answers)
         try:
             with self._batch_lock:
                 if path == "/files" and request.method == "POST":

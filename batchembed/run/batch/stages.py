@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from batchembed.errors import UsageError
+from batchembed.errors import APIError, UsageError
 from batchembed.exitcodes import ExitCode
 from batchembed.job.fingerprint import fingerprint_hash
 from batchembed.run.batch import plan_record
@@ -39,6 +39,7 @@ from batchembed.run.batch.shapes import OpenAIShape, job_shape
 from batchembed.run.pipeline import LocalStages
 from batchembed.run.placement import Canary, Placement
 from batchembed.run.runner import JobRunner
+from batchembed.run.stopping import Stopped
 
 
 def batch_placement(job: Any, wait: bool = True, transport: Any = None) -> Placement:
@@ -109,7 +110,7 @@ class BatchStages:
         else:
             planner.waits = waits
             runner.progress.line(f"batch tier: inputs unchanged since the plan of {len(ledger.live())} batch pieces")
-        client = job_client(runner.resolved, shape, self.batch_transport)
+        client = job_client(runner.resolved, shape, self.batch_transport, runner.watch, runner.stops.pause)
         loop = BatchLoop(
             ledger,
             client,
@@ -192,7 +193,14 @@ class BatchStages:
         """Rounds of submit / poll / collect until every piece is settled (``--no-wait``: one round)."""
         poll = self.runner.job.model.batch_poll_seconds
         while self.runner.stopping is None:
-            await loop.round()
+            try:  # a signal gives the round's remote calls the grace, then cancels it (the ledger is kill-safe)
+                await self.runner.stops.interruptible(loop.round(), graced=True)
+            except Stopped:
+                return
+            except APIError:
+                if self.runner.stopping is None:
+                    raise
+                return  # the server stayed away past limits.outage_seconds: the run stops (exit 68)
             self._show()
             if self.ledger.all_settled() or not self.wait or self.runner.stopping is not None:
                 return
