@@ -1,8 +1,8 @@
 """The ``batchembed`` command: parse arguments, call the library, map errors to exit codes.
 
 Exit codes (``batchembed.exitcodes.ExitCode``): 0 success; 1 the job failed (config, input, auth, I/O,
-server refuses); 2 usage error; 3 finished but some rows are in ``_failed.parquet``; 69 published but a sink is
-behind (``batchembed sync``); 75 batches still running
+server refuses); 2 usage error; 3 finished but some rows are in ``_failed.parquet``; 68 the server could not be
+reached; 69 published but a sink is behind (``batchembed sync``); 75 batches still running
 (``run --no-wait``); 130/143 stopped
 by SIGINT/SIGTERM (resumable).
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from batchembed import __version__
-from batchembed.errors import BatchEmbedError, ConfigError, UsageError, redact
+from batchembed.errors import BatchEmbedError, ConfigError, ServerUnreachable, UsageError, redact
 from batchembed.exitcodes import ExitCode
 from batchembed.serve import add_serve_arguments
 
@@ -65,6 +65,7 @@ def _epilog() -> str:
   batchembed search jobs/docs.toml "read a CSV file"   # the nearest rows: do the vectors make sense?
 
 exit codes: 0 done, 1 failed, 2 usage error, 3 done but some rows failed (_failed.parquet),
+68 the server could not be reached (run again once it answers),
 69 published but a [[sink]] is behind (batchembed sync),
 75 batches still running at the provider (run --no-wait: run again later),
 130/143 stopped by a signal (run again to resume)
@@ -239,6 +240,9 @@ def main(argv: list[str] | None = None, *, transport: Transport | None = None) -
     except UsageError as exc:
         print(f"batchembed: usage error: {redact(str(exc))}", file=sys.stderr)
         return ExitCode.USAGE
+    except ServerUnreachable as exc:
+        print(f"batchembed: error: {redact(str(exc))}", file=sys.stderr)
+        return ExitCode.SERVER_UNREACHABLE
     except BatchEmbedError as exc:
         print(f"batchembed: error: {redact(str(exc))}", file=sys.stderr)
         return ExitCode.FAILED

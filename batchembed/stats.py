@@ -37,6 +37,8 @@ class Stats:
     tokens_current: int | None = None  # tokens for the table's current rows (``figures.current_tokens``)
     retries: Counter = field(default_factory=Counter)  # by status / error class
     latencies: list[float] = field(default_factory=list)
+    #: The server's outages this run rode out (or stopped at): server, how it failed, seconds away, whether back
+    outages: list[dict] = field(default_factory=list)
     in_flight: int = 0
     batch_window: str | None = None  # the batch tier: the provider's window ("24 h"), shown instead of an ETA
     pace: str = ""  # the limits being paced to, e.g. "600k tokens/min (server), 600 requests/min (configured)"
@@ -101,6 +103,7 @@ class Stats:
             "tokens_saved_by_dedup": self.tokens_saved,
             "requests": self.requests,
             "retries": dict(sorted(self.retries.items())),
+            "outages": self.outages,
             "latency_seconds": {
                 "p50": round(float(np.percentile(lat, 50)), 4) if lat is not None else None,
                 "p95": round(float(np.percentile(lat, 95)), 4) if lat is not None else None,

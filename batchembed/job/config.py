@@ -79,6 +79,9 @@ class LimitsConfig:
     on_too_long: Literal["truncate", "skip", "fail"] = "truncate"
     max_retries: int = 8
     tokenizer: str = "estimate"  # estimate | path to tokenizer.json | tiktoken encoding name
+    connect_timeout: float = 30.0  # seconds a server that never answered is retried before the run gives up
+    outage_seconds: float = 300.0  # seconds a server that answered before may stay away before the run stops
+    stop_grace_seconds: float = 30.0  # seconds requests in flight get after SIGTERM/SIGINT, then cancelled
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,9 @@ def validate(job: JobConfig) -> JobConfig:
             raise ConfigError(f"{key} must be at least 1, got {value}")
     if job.limits.max_retries < 0:
         raise ConfigError(f"limits.max_retries must be 0 or more, got {job.limits.max_retries}")
+    for key in ("connect_timeout", "outage_seconds", "stop_grace_seconds"):
+        if getattr(job.limits, key) < 0:
+            raise ConfigError(f"limits.{key} must be 0 or more, got {getattr(job.limits, key)}")
     if job.limits.input_tokens > job.limits.batch_tokens:
         raise ConfigError(
             f"limits.input_tokens ({job.limits.input_tokens}) cannot exceed limits.batch_tokens "

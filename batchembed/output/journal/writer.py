@@ -196,6 +196,8 @@ class Journal:
                 writer.append(frame)
             except OSError as exc:  # a full disk, say: the job goes on, only without this optimisation
                 self.error = f"{exc.strerror or exc} ({exc.filename or unit})"
+            except OutputError as exc:  # a fenced writer's fence lost (``fenced``): it journals no more
+                self.error = str(exc)
 
     def tick(self) -> None:
         """Called periodically: fsync (on the journal's thread) what was appended, at most once a second."""
