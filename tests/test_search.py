@@ -52,6 +52,23 @@ def test_the_nearest_rows_come_first_with_their_kept_columns_and_a_clipped_text(
     assert fake.received_texts() == [texts[42]]  # one request: the query, as the job embeds a text
 
 
+@pytest.mark.parametrize("id_column", ["id", None])
+def test_a_job_that_does_not_keep_its_text_shows_the_text_from_its_inputs(tmp_path, fake, id_column):
+    texts = make_texts(N)
+    src = write_parquet(tmp_path / "in.parquet", texts)
+    job = job_for(tmp_path, fake, src, input={"keep": [], "id": id_column})
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0
+    assert "text" not in pq.read_schema(next((tmp_path / "out").glob("part-*.parquet"))).names
+
+    result = run_here(fake, "search", str(job), texts[42], "-k", "3", "--json")
+
+    assert result.returncode == 0, result.stderr
+    docs = [json.loads(line) for line in result.stdout.splitlines()]
+    nearest = _nearest(texts, texts[42], 16)[:3]
+    assert [d["text"] for d in docs] == [texts[i] for i in nearest]  # each row's own text, read by its id
+    assert [d["id"] for d in docs] == (nearest if id_column else [f"in.parquet:{i}" for i in nearest])
+
+
 def test_json_lines_hold_rank_score_id_and_every_kept_column(tmp_path, fake):
     job, texts = _output(tmp_path, fake)
 
