@@ -287,6 +287,7 @@ class PostgresSink:
     def _copy(self, conn, target, names, shape: Expected, batches, freeze: bool = False) -> int:
         """Binary COPY of ``batches`` into ``target``; returns the rows written."""
         from psycopg import sql
+        from psycopg.copy import QueuedLibpqWriter
         from psycopg.types import TypeInfo
 
         info = TypeInfo.fetch(conn, "vector")
@@ -298,7 +299,8 @@ class PostgresSink:
             cur.copy(
                 sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY{})").format(
                     target, names, sql.SQL(", FREEZE" if freeze else "")
-                )
+                ),
+                writer=QueuedLibpqWriter(cur),  # a worker thread sends while this one encodes the next rows
             ) as copy,
         ):
             copy.set_types(types)
