@@ -144,6 +144,11 @@ class FileCache:
                 self.held += data.size
         return pa.BufferReader(data) if data is not None else open_file()
 
+    def holds_if_opened(self, source: SourceFile) -> bool:
+        """Whether opening ``source`` now would read it whole into memory (or it is held already)."""
+        with self._lock:
+            return source.index in self._data or self._admits(source)
+
     def _admits(self, source: SourceFile) -> bool:
         return source.index >= self._floor and source.size <= self.small and self.held + source.size <= self.budget
 

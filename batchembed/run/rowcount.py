@@ -30,10 +30,19 @@ class RowCount:
         self.extra = extra  # rows of earlier failures this run retries
         self.total: int | None = None
         self._stop = threading.Event()
+        self._known: dict[str, int | None] = {}  # small files' records, counted before the reading starts
         self._thread: threading.Thread | None = None
 
     def start(self, done: Callable[[int], None]) -> None:
-        """Count in the background; ``done(total)`` is called once the total is known."""
+        """Count in the background; ``done(total)`` is called once the total is known. Small files the run's
+        cache will hold are counted first, here, before the reading starts: read into the cache now, they
+        are never opened again (counted behind the reading, they would be: the reading drops what it passed)."""
+        try:
+            for src in self.sources:
+                if src.rows is None and src.cache is not None and src.cache.holds_if_opened(src):
+                    self._known[src.name] = self._records(src)
+        except (BatchEmbedError, OSError, ValueError):
+            return  # the run meets the same file and says what is wrong with it (no total)
         self._thread = threading.Thread(target=self._run, args=(done,), name="batchembed-rowcount", daemon=True)
         self._thread.start()
 
@@ -50,7 +59,10 @@ class RowCount:
         """Rows still to do over every input (None when stopped first)."""
         total = self.extra
         for src in self.sources:
-            rows = src.rows if src.rows is not None else self._records(src)
+            if src.rows is not None:
+                rows = src.rows
+            else:
+                rows = self._known[src.name] if src.name in self._known else self._records(src)
             if rows is None:
                 return None
             total += rows - sum(r.end - r.start for r in self.committed.ranges_of(src.name))
