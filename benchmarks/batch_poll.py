@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from batchembed.testing.batchapi import FakeBatchServer
 from benchmarks.batch_results import texts
-from benchmarks.common import batchembed_command, child_env, run_measured
+from benchmarks.common import batchembed_command, child_env, print_markdown, run_measured
 
 
 def poll_costs(tmp: Path, srv: FakeBatchServer, inp: Path, label: str, src: str | None, polls: int) -> dict:
@@ -73,11 +73,7 @@ def main() -> None:
         if args.before:
             runs.append(poll_costs(tmp, srv, inp, "before", os.path.abspath(args.before), args.polls))
         runs.append(poll_costs(tmp, srv, inp, "this tree", None, args.polls))
-    keys = list(runs[0])
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for r in runs:
-        print("| " + " | ".join(str(r[k]) for k in keys) + " |")
+    print_markdown(runs)
 
 
 if __name__ == "__main__":

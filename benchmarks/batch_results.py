@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchembed.testing.batchapi import FakeBatchServer
-from benchmarks.common import batchembed_command, child_env, run_measured
+from benchmarks.common import batchembed_command, child_env, print_markdown, run_measured
 
 
 def texts(rows: int) -> list[str]:
@@ -71,11 +71,7 @@ def main() -> None:
         if args.before:
             runs.append(measure(tmp, srv, inp, "before", os.path.abspath(args.before), args.dim))
         runs.append(measure(tmp, srv, inp, "this tree", None, args.dim))
-    keys = list(runs[0])
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for r in runs:
-        print("| " + " | ".join(str(r[k]) for k in keys) + " |")
+    print_markdown(runs)
 
 
 if __name__ == "__main__":
