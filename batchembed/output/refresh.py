@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -35,12 +34,11 @@ from batchembed.output.input_diff import (
     InputDiff,
     begin_generation,
     expired,
-    guard_removal,
     needs_new_generation,
     plan_identities,
 )
 from batchembed.output.layout import FAILED_DIR, SUCCESS, is_shard
-from batchembed.output.leaving import ids_leaving
+from batchembed.output.leaving import guard_leaving
 from batchembed.output.manifest import Manifest
 from batchembed.output.restore import shard_ids
 from batchembed.output.table_view import intact, record_publish, table_view
@@ -126,7 +124,7 @@ def begin(
         manifest.save(store)
     if needs_new_generation(manifest, diff, sources):
         reading = work_files(kept(manifest, diff), sources)  # the ids that leave are counted only if it matters
-        guard_removal(manifest, diff, max_removed, str(store.uri), partial(ids_leaving, store, manifest, diff, reading))
+        guard_leaving(store, manifest, diff, reading, max_removed)
         again = [src.name for src in reading]
         begin_generation(manifest, diff, sources)
         manifest.refresh = files_record(manifest.generation, diff, again)

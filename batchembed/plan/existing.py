@@ -11,7 +11,6 @@ would read, and lets the task find texts whose vectors are already in the output
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -21,8 +20,8 @@ from batchembed.errors import OutputError, ResumeRefused
 from batchembed.job.fingerprint import HasFingerprint, job_fingerprint, same_job
 from batchembed.output import refresh as output_refresh
 from batchembed.output.figures import compare, files_record, shard_keys
-from batchembed.output.input_diff import diff_inputs, guard_removal, needs_new_generation
-from batchembed.output.leaving import ids_leaving
+from batchembed.output.input_diff import diff_inputs, needs_new_generation
+from batchembed.output.leaving import guard_leaving
 from batchembed.output.manifest import Manifest
 from batchembed.output.opening import different_job
 from batchembed.output.parts import load_whole
@@ -100,8 +99,7 @@ class ExistingOutput:
         self.refresh.update(touched=touched, touched_reread=reread, files_touched=len(touched))
         if needs_new_generation(self.manifest, diff, sources):
             try:
-                count = partial(ids_leaving, self.store, self.manifest, diff, reading)  # only if it matters
-                guard_removal(self.manifest, diff, max_removed, str(self.store.uri), count)
+                guard_leaving(self.store, self.manifest, diff, reading, max_removed)
             except ResumeRefused as exc:
                 self.refresh["refused"] = str(exc)
         return kept, reading
