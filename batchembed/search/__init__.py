@@ -40,8 +40,9 @@ def search_command(
     vector = query_for(job, text, table, transport)
     hits = nearest(table, vector, k, where_filter)
     if table.text_column is None and hits.num_rows:  # the output does not keep the text: the inputs say it
-        found = input_texts(job, [str(i) for i in hits.column(table.id_column).to_pylist()])
-        said = [found.get(str(i)) for i in hits.column(table.id_column).to_pylist()]
+        ids = [str(i) for i in hits.column(table.id_column).to_pylist()]
+        found = input_texts(job, ids)
+        said = [found.get(i) for i in ids]
         name = job.input.text if job.input.text in text_fields(job.input.text) else "text"  # a template: "text"
         name = name if name not in hits.column_names else "_text"
         hits = hits.append_column(name, pa.array(said, pa.string()))
