@@ -161,11 +161,23 @@ class FileCache:
                 self._drop(i)
             self._floor = index
 
+    def facts_of(self, source: SourceFile) -> tuple | None:
+        """What a commit records of a CSV/JSON Lines file read to its end, from its bytes: held now, or taken
+        as they were dropped (None when the cache never held it whole: the caller reads the file)."""
+        with self._lock:
+            data = self._data.get(source.index)
+            if source.name not in self.facts and data is not None:
+                self._take_facts(source, data)
+            return self.facts.get(source.name)
+
+    def _take_facts(self, source: SourceFile, data: pa.Buffer) -> None:
+        if source.format in ("csv", "jsonl") and data.size == source.size and source.name not in self.facts:
+            self.facts[source.name] = end_facts(source, data.size, hashed=source.location is None, data=data)
+
     def _drop(self, index: int) -> None:
         data, source = self._data.pop(index), self._sources.pop(index)
         self.held -= data.size
-        if source.format in ("csv", "jsonl") and data.size == source.size:
-            self.facts[source.name] = end_facts(source, data.size, hashed=source.location is None, data=data)
+        self._take_facts(source, data)
 
     def clear(self) -> None:
         """Drop everything held (the run's reading is over)."""
