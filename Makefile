@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 JOB    ?= jobs/example.toml
+DEMO_ROWS ?= 3000
 
 .PHONY: setup test lint run demo bench bench-large bench-ratelimits bench-sinks clean test-servers servers-setup
 
@@ -29,11 +30,12 @@ run: setup
 	$(BIN)/batchembed run $(JOB)
 
 demo: setup
-	$(BIN)/python jobs/make_sample.py --out data/sample --rows 3000
+	$(BIN)/python jobs/make_sample.py --out data/sample --rows $(DEMO_ROWS)
 	$(BIN)/batchembed run jobs/example.toml
 	@echo
-	@echo "Output: out/example/part-*.parquet (vectors in column 'embedding', 384 dims)."
-	@echo "Look at it:  $(BIN)/python -c \"import polars as pl; print(pl.read_parquet('out/example/*.parquet'))\""
+	@echo "Output: out/example/part-*.parquet (vectors in column 'embedding', 384 dims; read part-*, not *.parquet)."
+	@echo "Search it:   $(BIN)/batchembed search jobs/example.toml \"the refund has not shown up yet\" -k 5"
+	@echo "Look at it:  $(BIN)/python -c \"import polars as pl; print(pl.read_parquet('out/example/part-*.parquet'))\""
 
 bench: setup
 	$(BIN)/python -m benchmarks.run --rows 20000 100000

@@ -1,8 +1,8 @@
 """The ``batchembed`` command: parse arguments, call the library, map errors to exit codes.
 
 Exit codes (``batchembed.exitcodes.ExitCode``): 0 success; 1 the job failed (config, input, auth, I/O,
-server refuses); 2 usage error; 3 finished but some rows are in ``_failed.parquet``; 69 published but a sink is
-behind (``batchembed sync``); 75 batches still running
+server refuses); 2 usage error; 3 finished but some rows are in ``_failed.parquet``; 68 the server could not be
+reached; 69 published but a sink is behind (``batchembed sync``); 75 batches still running
 (``run --no-wait``); 130/143 stopped
 by SIGINT/SIGTERM (resumable).
 """
@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from batchembed import __version__
-from batchembed.errors import BatchEmbedError, ConfigError, UsageError, redact
+from batchembed.errors import BatchEmbedError, ConfigError, ServerUnreachable, UsageError, redact
 from batchembed.exitcodes import ExitCode
-from batchembed.faults import describe_fault
 from batchembed.serve import add_serve_arguments
 
 if TYPE_CHECKING:  # aiohttp is imported only by commands that send requests
@@ -33,6 +32,14 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override a job setting, e.g. --set model.dimensions=256 (repeatable)",
+    )
+    parser.add_argument(
+        "--unset",
+        dest="unsets",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="take a job setting back to its default, e.g. --unset input.id (repeatable)",
     )
 
 
@@ -55,9 +62,13 @@ def _epilog() -> str:
   batchembed plan jobs/docs.toml      # rows, tokens, cost and ETA; sends nothing
   batchembed run jobs/docs.toml       # embed; stop any time, run the same command again to resume
   batchembed status jobs/docs.toml    # how far it got
+  batchembed search jobs/docs.toml "read a CSV file"   # the nearest rows: do the vectors make sense?
 
 exit codes: 0 done, 1 failed, 2 usage error, 3 done but some rows failed (_failed.parquet),
-69 published but a [[sink]] is behind (batchembed sync), 130/143 stopped by a signal (run again to resume)
+68 the server could not be reached (run again once it answers),
+69 published but a [[sink]] is behind (batchembed sync),
+75 batches still running at the provider (run --no-wait: run again later),
+130/143 stopped by a signal (run again to resume)
 
 Every job-file key, the providers, scaling out: {_readme()}"""
 
@@ -92,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
         "batchembed init data/docs.parquet                # proposes text and id columns; the local model",
         "batchembed init data/ --text body --id doc_id --model text-embedding-3-small -o jobs/docs.toml",
     )
-    init.add_argument("input", help="the data: a file, a directory or a glob (Parquet, CSV)")
+    init.add_argument(
+        "input",
+        help="the data: a file, a directory or a glob (Parquet, CSV, JSON Lines; CSV and JSON Lines also .gz...)",
+    )
     init.add_argument("--text", metavar="COL", help="the column to embed, or a template: '{title}: {body}'")
     init.add_argument("--id", metavar="COL", help="the unique id column (default: one unique on a sample)")
     init.add_argument("--model", metavar="NAME", help="a model from `batchembed models` (default: the local one)")
@@ -185,6 +199,24 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--allow-removal", action="store_true", help="plan the refresh `run --allow-removal` would make")
     plan.add_argument("--restart", action="store_true", help="plan `run --restart`: the whole job bought again")
 
+    search = _command(
+        sub,
+        "search",
+        "the rows of a job's output nearest to a text, to see that the vectors make sense (sends one request)",
+        'batchembed search jobs/docs.toml "read a CSV file" -k 5',
+        'batchembed search jobs/docs.toml "open a file" --where "module = \'os\' AND lines > 3" --json',
+    )
+    _job_arguments(search)
+    search.add_argument("text", help="the text to search for: embedded by the job's model, as a query")
+    search.add_argument("-k", type=int, default=10, metavar="N", help="how many rows (default 10)")
+    search.add_argument(
+        "--where",
+        metavar="FILTER",
+        help="only rows this SQL condition over the output's columns selects (the id and input.keep columns), "
+        "e.g. \"module = 'os' AND lines > 3\": =, <>, <, >, AND, OR, NOT, IN (...), LIKE, BETWEEN, IS NULL",
+    )
+    search.add_argument("--json", action="store_true", help="one JSON object per row instead of a table")
+
     models = _command(sub, "models", "list the built-in model presets", "batchembed models")
     models.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -208,14 +240,36 @@ def main(argv: list[str] | None = None, *, transport: Transport | None = None) -
     except UsageError as exc:
         print(f"batchembed: usage error: {redact(str(exc))}", file=sys.stderr)
         return ExitCode.USAGE
+    except ServerUnreachable as exc:
+        print(f"batchembed: error: {redact(str(exc))}", file=sys.stderr)
+        return ExitCode.SERVER_UNREACHABLE
     except BatchEmbedError as exc:
         print(f"batchembed: error: {redact(str(exc))}", file=sys.stderr)
         return ExitCode.FAILED
     except OSError as exc:  # disk full, permission denied, read-only file system...: one line, no traceback
-        print(f"batchembed: error: {redact(describe_fault(exc))}", file=sys.stderr)
+        from batchembed.faults import describe_fault
+
+        if isinstance(exc, BrokenPipeError) and _stdout_closed():
+            return ExitCode.FAILED  # `batchembed status | head`: the reader left; nothing to tell it
+        print(f"batchembed: error: {redact(describe_fault(exc, resumable=args.command == 'run'))}", file=sys.stderr)
         return ExitCode.FAILED
     except KeyboardInterrupt:
         return ExitCode.SIGINT
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout's reader has gone (a pipe into ``head``): then stdout is pointed at /dev/null, so the
+    interpreter's own flush at exit does not fail again."""
+    import os
+
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
 
 
 def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> int:
@@ -243,7 +297,7 @@ def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> in
         return models_command(args.json)
     from batchembed.job.config import load_job
 
-    job = load_job(args.job, args.overrides)
+    job = load_job(args.job, args.overrides, args.unsets)
     if getattr(args, "allow_removal", False):  # run and plan: the removal guard lifted
         import dataclasses
 
@@ -271,6 +325,10 @@ def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> in
         from batchembed.run.batch.cancel import cancel
 
         return cancel(job, transport=transport)
+    if args.command == "search":
+        from batchembed.search import search_command
+
+        return search_command(job, args.text, args.k, args.where, args.json, transport)
     if args.command == "sync":
         from batchembed.sinks.sync import sync_command
 

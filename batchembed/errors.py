@@ -6,8 +6,11 @@
     ├── InputError                  unreadable input, unknown column, bad row; names file/row/field (exit 1)
     ├── OutputError                 output directory problems: corrupt manifest or shard (exit 1)
     │   └── ResumeRefused           output belongs to a different job fingerprint (exit 1)
+    ├── ServerUnreachable           the server never answered, or went away for longer than the job waits
+    │                               (exit 68; ``sending/reachability``, ``sending/outage``)
     └── APIError                    the provider answered badly or not at all
         ├── TransientAPIError       408/409/429/5xx, resets, timeouts: retry with backoff
+        │   └── NoAnswer            no HTTP answer at all: refused, unresolved name, TLS, reset, timeout
         ├── PayloadTooLarge         413 (and TEI's 424): split the batch
         ├── InputTooLong            400 saying an input is too long: split down to the row
         ├── MalformedResponse       wrong count, dimension, non-finite values: retry, then dead-letter
@@ -64,6 +67,27 @@ class APIError(BatchEmbedError):
 
 class TransientAPIError(APIError):
     """Worth retrying after a delay (rate limit, overload, network failure)."""
+
+
+class NoAnswer(TransientAPIError):
+    """The request got no HTTP answer. ``why`` says how: ``refused`` (nothing listens there), ``dns`` (the
+    name does not resolve), ``tls`` (the TLS handshake failed), ``connect`` (another failure to connect),
+    ``reset`` (the connection dropped), ``timeout`` (no answer in time); ``url`` is where it was sent."""
+
+    def __init__(self, message: str, why: str, url: str = "") -> None:
+        super().__init__(message)
+        self.why = why
+        self.url = url
+
+    @property
+    def label(self) -> str:
+        """How it failed (``refused``, ``timeout``...): the retry counters' key."""
+        return self.why
+
+
+class ServerUnreachable(BatchEmbedError):
+    """The server could not be reached: never answered within ``limits.connect_timeout``, or stopped
+    answering for longer than ``limits.outage_seconds``. The message names the server and the fix."""
 
 
 class PayloadTooLarge(APIError):

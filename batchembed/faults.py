@@ -20,6 +20,8 @@ _ADVICE = {
     errno.ENOTDIR: "a part of that path is a regular file, not a directory: set output.path elsewhere",
     errno.EISDIR: "that path is a directory where a file is expected: remove it or set output.path elsewhere",
     errno.EIO: "the disk reported an I/O error: check the device",
+    errno.EPIPE: "the other end of a pipe or connection went away (broken pipe): if batchembed's output is piped "
+    "into another program, that program exited before reading it all",
 }
 
 _ERRNO_IN_TEXT = re.compile(r"\[errno (\d+)\]", re.IGNORECASE)
@@ -34,8 +36,17 @@ def fault_errno(exc: OSError) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def describe_fault(exc: OSError) -> str:
-    """One line: the path, the cause, what to do, and that committed work is kept."""
+def shown(path: str | os.PathLike[str]) -> str:
+    """``path`` for a message: as given, plus what it resolved to when it is relative ("data/x (= /srv/data/x)"):
+    a job run from cron or make in another directory reads its relative paths from *that* directory."""
+    text = str(path)
+    if "://" in text or os.path.isabs(text):
+        return text
+    return f"{text} (= {os.path.abspath(text)})"
+
+
+def describe_fault(exc: OSError, resumable: bool = True) -> str:
+    """One line: the path, the cause, what to do, and (``resumable``: a run) that committed work is kept."""
     code = fault_errno(exc)
     path = exc.filename
     if path is None:
@@ -46,7 +57,9 @@ def describe_fault(exc: OSError) -> str:
         cause = (os.strerror(code) if code else str(exc).splitlines()[0] if str(exc) else type(exc).__name__).rstrip(
             "."
         )
-    where = f"{path}: " if path else ""
+    where = f"{shown(path)}: " if path else ""
+    if not resumable:
+        return f"{where}{cause}."
     return f"{where}{cause}. Committed shards are kept; run the same command again to resume."
 
 

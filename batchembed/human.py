@@ -54,3 +54,19 @@ def duration(seconds: float) -> str:
         return f"{hours}h {m:02d}m"
     days, h = divmod(hours, 24)
     return f"{days}d {h:02d}h"
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """A count with its noun in the right number: "1 file", "2 files", "1,000 rows", "3 batches".
+
+    ``many`` is the plural where adding "s" (or "es" after s/x/ch/sh, "ies" for a consonant + y) is wrong."""
+    if count == 1:
+        return f"1 {word}"
+    if many is None:
+        if word.endswith(("s", "x", "ch", "sh")):
+            many = word + "es"
+        elif word.endswith("y") and word[-2:-1] not in tuple("aeiou"):
+            many = word[:-1] + "ies"
+        else:
+            many = word + "s"
+    return f"{count:,} {many}"

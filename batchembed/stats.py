@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,10 +37,16 @@ class Stats:
     tokens_current: int | None = None  # tokens for the table's current rows (``figures.current_tokens``)
     retries: Counter = field(default_factory=Counter)  # by status / error class
     latencies: list[float] = field(default_factory=list)
+    #: The server's outages this run rode out (or stopped at): server, how it failed, seconds away, whether back
+    outages: list[dict] = field(default_factory=list)
     in_flight: int = 0
+    batch_window: str | None = None  # the batch tier: the provider's window ("24 h"), shown instead of an ETA
     pace: str = ""  # the limits being paced to, e.g. "600k tokens/min (server), 600 requests/min (configured)"
     concurrency: str = ""  # the requests kept in flight at the end, e.g. "32 in flight (auto)"
     threads: int | None = None  # the local model's threads: bound by the CPU, not by rate limits (None: remote)
+    #: The local model's compute time per request (its own list, appended as it computes): the report's
+    #: latency for a local model, whose round trip is mostly the wait for its one worker thread.
+    compute_times: Sequence[float] | None = None
     started: float = field(default_factory=time.monotonic)
 
     def note_refresh(self, record: dict) -> None:
@@ -70,7 +77,8 @@ class Stats:
 
     def report(self, **extra: Any) -> dict[str, Any]:
         """The ``_report.json`` document."""
-        lat = np.asarray(self.latencies) if self.latencies else None
+        times = self.compute_times if self.compute_times is not None else self.latencies
+        lat = np.asarray(times) if times else None
         elapsed = self.elapsed
         return {
             **extra,
@@ -96,9 +104,13 @@ class Stats:
             "tokens_saved_by_dedup": self.tokens_saved,
             "requests": self.requests,
             "retries": dict(sorted(self.retries.items())),
+            "outages": self.outages,
             "latency_seconds": {
                 "p50": round(float(np.percentile(lat, 50)), 4) if lat is not None else None,
                 "p95": round(float(np.percentile(lat, 95)), 4) if lat is not None else None,
+                "measures": "request round trip"
+                if self.compute_times is None
+                else "the local model's compute time per request (not the wait for its thread)",
             },
             "elapsed_seconds": round(elapsed, 3),
             "rows_per_second": round(self.rows_done / elapsed, 1) if elapsed > 0 else None,

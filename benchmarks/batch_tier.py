@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from batchembed.run.batch.loop import FAILPOINTS as BATCH_FAILPOINTS
 from batchembed.testing.batchapi import FakeBatchServer
+from benchmarks.common import print_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 POINTS = [None, *BATCH_FAILPOINTS, "shard-before-manifest"]
@@ -100,11 +101,7 @@ def main() -> None:
     points = POINTS if args.points is None else [None if p == "none" else p for p in args.points]
     with tempfile.TemporaryDirectory() as tmp:
         rows = [scenario(Path(tmp), texts, p) for p in points]
-    keys = list(rows[0])
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for r in rows:
-        print("| " + " | ".join(str(r[k]) for k in keys) + " |")
+    print_markdown(rows)
 
 
 if __name__ == "__main__":

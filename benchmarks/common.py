@@ -297,3 +297,12 @@ shard_rows = {shard_rows}
 """
     )
     return path
+
+
+def print_markdown(rows: Sequence[dict]) -> None:
+    """Print ``rows`` (dicts with the same keys) as a Markdown table, ready for ``benchmarks/README.md``."""
+    keys = list(rows[0])
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for r in rows:
+        print("| " + " | ".join(str(r[k]) for k in keys) + " |")

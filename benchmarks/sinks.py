@@ -85,7 +85,7 @@ def make_output(out: Path, rows: int, dim: int, shard_rows: int) -> None:
     for n, start in enumerate(range(0, rows, shard_rows)):
         ids = np.arange(start, min(rows, start + shard_rows), dtype=np.int64)
         table = _shard(ids, _vectors(rng, len(ids), dim), _keys(rng, len(ids)), dim)
-        names.append(f"part-{n:05d}-bench.parquet")
+        names.append(f"part-{n:05d}-be0c0000.parquet")  # named as a run names its shards (attempt tag)
         pq.write_table(table, out / names[-1], row_group_size=8192)
     _publish(out, names, 1)
 
@@ -122,7 +122,7 @@ def change_output(out: Path, dim: int, share: float) -> dict[str, int]:
                 _shard(new_ids, _vectors(rng, per_file, dim), _keys(rng, per_file), dim),
             ]
         )
-        names.append(f"part-{1_000_000 + n:07d}-bench.parquet")
+        names.append(f"part-{1_000_000 + n:07d}-be0c0001.parquet")
         pq.write_table(table, out / names[-1], row_group_size=8192)
     _publish(out, names, 2)
     counts["added"] = per_file * len(old)

@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -116,6 +117,16 @@ def run_here(fake: FakeProvider | None, *args: str, env: dict[str, str] | None =
         except SystemExit as exc:  # argparse: --help, usage errors
             code = exc.code if isinstance(exc.code, int) else 2
     return subprocess.CompletedProcess(["batchembed", *args], code, out.getvalue(), err.getvalue())
+
+
+def message_lines(stderr: str) -> list[str]:
+    """stderr's lines without the periodic status lines a run prints every 10 s to a log (a loaded machine
+    makes a short run slow enough to print one)."""
+    return [line for line in stderr.strip().splitlines() if not STATUS_LINE.match(line)]
+
+
+#: A periodic status line (``run.progress``), as opposed to a message.
+STATUS_LINE = re.compile(r"batchembed: (rows [\d,]+|preparing the run)")
 
 
 def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -147,7 +147,8 @@ def test_status_says_when_the_output_belongs_to_another_job_and_what_differs(tmp
 
     assert doc["same_job"] is False and doc["complete"] is False
     assert doc["job_differences"] == ["output.shard_rows: 100 -> 70"]
-    assert "state:    incomplete" in text
+    # complete, for the job that wrote it: never "incomplete" for a complete output of another job
+    assert "state:    complete (written by another job: see below)" in text
     assert "written by another job (output.shard_rows: 100 -> 70)" in text
     same = json.loads(run_here(None, "status", str(job), "--json").stdout)
     assert same["same_job"] is True and same["job_differences"] == [] and same["complete"] is True
@@ -160,7 +161,8 @@ def test_verify_fails_for_another_job_naming_every_setting_that_differs(tmp_path
 
     assert other.returncode == 1
     assert "FAIL: this output was written by another job" in other.stdout
-    assert "input.text: 'text' -> 'id'" in other.stdout and "model.dimensions: None -> 8" in other.stdout
+    assert "input.text: 'text' -> 'id'" in other.stdout and "model.dimensions: not set -> 8" in other.stdout
+    assert "None" not in other.stdout
     assert run_here(None, "verify", str(job)).returncode == 0
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from batchembed.run.engines.budget import JobBudget
+import asyncio
+
+from batchembed.run.engines.budget import JobBudget, SharedLimits
 
 
 class Clock:
@@ -92,3 +94,71 @@ def test_announced_limits_stop_the_probing():
         budget.reserve(1, 10, accepted=(1, 10))
     budget.throttled(429)
     assert budget.limits()["requests_per_minute"] == 1200
+
+
+def test_a_header_less_429_seen_by_many_workers_at_once_is_one_event_one_decrease():
+    clock = Clock()
+    budget = JobBudget(2400, 10**9, clock=clock)
+    for _ in range(600):  # the server accepted 600 requests over the last minute
+        budget.reserve(1, 10, accepted=(1, 10))
+        clock.now += 0.1
+    # four workers' requests granted at the same moment, all answered 429 (the server's window is full)
+    granted = [budget.grant(1, 10)[1] for _ in range(4)]
+    budget.throttled(429, granted[0])
+    once = budget.limits()
+    hold = budget.reserve(1, 10)
+    for epoch in granted[1:]:
+        budget.throttled(429, epoch)
+
+    assert budget.limits()["requests_per_minute"] == once["requests_per_minute"]  # one decrease
+    assert budget.reserve(1, 10) <= hold  # and the hold did not grow with each report
+    assert budget.limits()["throttle_events"] == 1 and budget.limits()["throttled"] == 4
+    clock.now += 30  # a report of the same burst arriving late is still that event
+    budget.throttled(429, granted[-1])
+    assert budget.limits()["requests_per_minute"] == once["requests_per_minute"]
+    # a request granted after the decrease and answered 429 is news: the rate goes down again
+    _, after = budget.grant(1, 10)
+    budget.throttled(429, after)
+    assert budget.limits()["requests_per_minute"] < once["requests_per_minute"]
+    assert budget.limits()["throttle_events"] == 2
+
+
+class _Actor:
+    """A ``JobBudget`` called as a worker calls its actor (``await budget.method.remote(...)``)."""
+
+    def __init__(self, budget: JobBudget) -> None:
+        self.budget = budget
+
+    def __getattr__(self, name):
+        method = getattr(self.budget, name)
+
+        class _Remote:
+            @staticmethod
+            def remote(*args):  # runs at once (a fire-and-forget call is never awaited), awaitable like a ref
+                value = method(*args)
+                done = asyncio.get_running_loop().create_future()
+                done.set_result(value)
+                return done
+
+        return _Remote
+
+
+def test_workers_429d_together_report_one_event_through_their_shared_limits():
+    budget = JobBudget(6000, 10**9)
+    actor = _Actor(budget)
+    workers = [SharedLimits(actor, 4, 6000, 10**9) for _ in range(3)]
+    calls = []
+    real = budget.throttled
+    budget.throttled = lambda status, granted_in=None: (calls.append(granted_in), real(status, granted_in))
+
+    async def request(limits: SharedLimits) -> None:  # one request: admitted, then answered 429 with no headers
+        await limits.admit(10)
+        await asyncio.sleep(0)  # every request is in flight before any answer comes back
+        limits.observe({}, 429, 10)
+
+    async def main() -> None:
+        await asyncio.gather(*(request(w) for w in workers for _ in range(2)))
+
+    asyncio.run(main())
+    assert calls == [0] * 6  # each report says which epoch its request was granted in
+    assert budget.limits()["throttle_events"] == 1

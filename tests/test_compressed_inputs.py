@@ -17,7 +17,16 @@ import pytest
 from batchembed.input import jsonl as sources_jsonl
 from batchembed.input.discover import discover
 from batchembed.input.read import iter_batches
-from tests.conftest import assert_vectors, cli_env, job_for, make_texts, read_output, run_here, write_parquet
+from tests.conftest import (
+    assert_vectors,
+    cli_env,
+    job_for,
+    make_texts,
+    message_lines,
+    read_output,
+    run_here,
+    write_parquet,
+)
 
 CODECS = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}
 
@@ -103,13 +112,9 @@ def _one_error_line(result) -> str:
     """The run's one error line; the only other lines allowed are the periodic progress lines a quiet run
     writes every 10 s (a slow machine reaches one)."""
     assert result.returncode == 1, result.stdout + result.stderr
-    lines = [line for line in result.stderr.strip().splitlines() if not PROGRESS_LINE.match(line)]
+    lines = message_lines(result.stderr)
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     return lines[0]
-
-
-#: A quiet run's periodic progress line (``run.progress.Progress.status_line``).
-PROGRESS_LINE = re.compile(r"batchembed: rows [\d,]+ \(")
 
 
 def test_many_files_of_mixed_kinds_in_one_job(tmp_path, fake):

@@ -18,7 +18,7 @@ from batchembed.input.discover import discover
 from batchembed.input.read import iter_batches
 from batchembed.output.manifest import Manifest, ShardRecord
 from batchembed.tasks.ids import chunk_positions
-from tests.conftest import assert_vectors, job_for, kill_mid_run, read_output, run_here
+from tests.conftest import assert_vectors, job_for, kill_mid_run, message_lines, read_output, run_here
 
 
 def write_csv(path: Path, rows: list[tuple], *, crlf=True, bom=True, blank_every=0, header=("id", "text")) -> Path:
@@ -156,7 +156,7 @@ def test_generated_ids_count_records_not_lines(tmp_path, fake):
 
 def _one_error_line(result) -> str:
     assert result.returncode == 1, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
+    lines = message_lines(result.stderr)
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     return lines[0]
 

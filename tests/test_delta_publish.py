@@ -7,6 +7,7 @@ extension, on local disk and on a real S3-compatible server (moto).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -320,9 +321,13 @@ def test_the_readme_recipes_read_the_current_table_and_an_earlier_version(tmp_pa
 
     recipes = _readme_recipes()
     assert len(recipes) >= 4
-    scope: dict = {"out": str(out)}
-    for code in recipes:
-        exec(code, scope)
+    scope: dict = {}
+    where = tmp_path / "workspace"
+    (where / "out").mkdir(parents=True)
+    (where / "out" / "example").symlink_to(out)  # the recipes read "out/example", the demo's output
+    with contextlib.chdir(where):
+        for code in recipes:
+            exec(code, scope)
 
     def same(table) -> None:
         table = pa.table(table).sort_by("id")

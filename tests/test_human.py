@@ -111,7 +111,7 @@ class _Terminal(io.StringIO):
 def test_progress_bar_shows_threads_for_the_local_model_and_the_pace_otherwise(threads, shown, hidden):
     stats = Stats(rows_total=1_000, tokens=90_000, threads=threads, pace="600k tokens/min (server)")
     screen = _Terminal()
-    progress = Progress(stats, stream=screen)
+    progress = Progress(stats, stream=screen, width=200)
     progress.start()
     stats.rows_embedded = 500
     progress.refresh()

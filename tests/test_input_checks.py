@@ -10,7 +10,7 @@ import pytest
 from batchembed.errors import InputError
 from batchembed.input import checks as inputcheck
 from batchembed.input.discover import discover
-from tests.conftest import job_for, read_output, run_here
+from tests.conftest import job_for, message_lines, read_output, run_here
 
 
 def _run(tmp_path, fake, path, **sections):
@@ -20,7 +20,7 @@ def _run(tmp_path, fake, path, **sections):
 
 def _fails_before_sending(result, fake) -> str:
     assert result.returncode == 1, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
+    lines = message_lines(result.stderr)
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert fake.requests == []  # no token spent
     return lines[0]

@@ -19,7 +19,7 @@ from batchembed.input.discover import discover
 from batchembed.input.read import iter_batches
 from batchembed.output.manifest import Manifest, ShardRecord
 from batchembed.tasks.ids import chunk_positions
-from tests.conftest import assert_vectors, job_for, kill_mid_run, read_output, run_here
+from tests.conftest import assert_vectors, job_for, kill_mid_run, message_lines, read_output, run_here
 
 
 def write_jsonl(path: Path, records: list, *, blank_every: int = 0, crlf: bool = False) -> Path:
@@ -160,7 +160,7 @@ def test_resume_from_any_committed_units_reads_every_record_exactly_once(
 
 def _one_error_line(result) -> str:
     assert result.returncode == 1, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
+    lines = message_lines(result.stderr)
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     return lines[0]
 
@@ -212,7 +212,10 @@ def test_a_field_no_first_record_has_is_named_with_the_fields_seen(tmp_path, fak
     path = write_jsonl(tmp_path / "data.jsonl", [{"id": "1", "meta": {"title": "x"}, "text": "t"}])
     job = job_for(tmp_path, fake, path, input={"text": "{meta.titel}"})
     message = _one_error_line(run_here(fake, "run", str(job), "--quiet"))
-    assert "no field 'meta.titel' in the first 1,000 records (fields: id, meta, meta.title, text)" in message
+    assert (
+        "no field 'meta.titel', which input.text's template {meta.titel} names, in the first 1,000 records; "
+        "did you mean 'meta.title'? (fields: id, meta, meta.title, text)"
+    ) in message
 
 
 def test_a_number_text_field_needs_cast_text(tmp_path, fake):

@@ -19,6 +19,7 @@ from tests.conftest import (
     cli_env,
     job_for,
     make_texts,
+    message_lines,
     read_output,
     run_cli,
     run_here,
@@ -36,7 +37,7 @@ def dataset(tmp_path):
 
 
 def _one_line(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
+    lines = message_lines(stderr)
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     return lines[0]
 

@@ -67,7 +67,7 @@ def test_a_cut_the_server_did_not_normalise_is_normalised_and_said_once(tmp_path
 
     status = run_here(None, "status", str(job))
     assert "lengths 1.0000..1.0000 (min..max)" in status.stdout
-    assert "normalised here" in status.stdout
+    assert 'model.normalize = "auto": a vector not of unit length is L2-normalised before writing' in status.stdout
 
 
 def test_never_writes_what_the_server_sent_and_reports_its_lengths(tmp_path, fake):

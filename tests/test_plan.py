@@ -13,6 +13,7 @@ import pytest
 from batchembed.errors import ConfigError, InputError
 from batchembed.job.config import load_job
 from batchembed.plan import dry_run as plan_command
+from batchembed.plan import seen as seen_texts
 from batchembed.plan.report import duration
 from batchembed.tasks.memo import text_keys
 from batchembed.tasks.tokens import EstimateCounter
@@ -254,11 +255,12 @@ def test_duration_text():
 
 
 def test_seen_set_compaction_is_exact(monkeypatch):
-    monkeypatch.setattr(plan_command, "_COMPACT_EVERY", 2)
-    seen = plan_command._Seen()
+    monkeypatch.setattr(seen_texts, "COMPACT_EVERY", 2)
+    seen = seen_texts.SeenTexts()
     arr = ["a", "b", "a", "c", "d", "b", "e"]
     firsts = [
-        bool(seen.first_seen(plan_command._digests(text_keys([arr[i]])), np.array([i + 1]))[0]) for i in range(len(arr))
+        bool(seen.first_seen(seen_texts.text_digests(text_keys([arr[i]])), np.array([i + 1]))[0])
+        for i in range(len(arr))
     ]
     assert firsts == [True, True, False, True, True, False, True]
     assert len(seen) == 5

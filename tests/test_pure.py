@@ -149,7 +149,7 @@ def test_config_defaults_and_overrides(tmp_path):
         ("[limits]\nbatch_inputs = 0\n", "limits.batch_inputs must be at least 1"),
         ("[limits]\ninput_tokens = 9000\nbatch_tokens = 100\n", "cannot exceed limits.batch_tokens"),
         ("[model]\nprovider = 'openai-compatible'\n", "model.base_url is required"),
-        ("[input2]\n", "unknown key input2"),
+        ("[input2]\n", r"unknown section \[input2\]; did you mean 'input'\?"),
         ("[limits]\nmax_retries = true\n", "limits.max_retries must be an integer"),
     ],
 )

@@ -152,6 +152,36 @@ def test_worker_then_driver_killed_then_rerun_gives_every_row_once(tmp_path, srv
     assert len(srv.received_texts()) <= len(text_of) + 4 * shard_rows
 
 
+def test_sigterm_to_a_driver_with_requests_in_flight_exits_143_within_the_grace_and_the_rerun_is_exact(
+    tmp_path, srv, ray_address
+):
+    grace = 2
+    src, text_of = _inputs(tmp_path, files=1, rows=600)
+    job = job_for(
+        tmp_path, srv, src, limits={"batch_inputs": 10, "stop_grace_seconds": grace}, output={"shard_rows": 100}
+    )
+    env = _env(RAY_ADDRESS=ray_address)
+    driver = start_cli("run", str(job), "--quiet", "--engine", "ray", "--workers", "2", env=env)
+    srv.wait_for_requests(15, timeout=None)
+    srv.hold()
+    srv.wait_for_held(1, timeout=None)  # a worker's request on the wire, never answered
+    sent = time.monotonic()
+    driver.send_signal(signal.SIGTERM)
+    _, err = driver.communicate()
+    took = time.monotonic() - sent
+    assert driver.returncode == 143, err
+    assert took < grace + 5, f"exit {took:.1f}s after SIGTERM"  # the README's promise: the grace + a few seconds
+    srv.release()
+    _wait_for(lambda: not _slice_workers(), "Ray to end the stopped driver's tasks")
+
+    rerun = run_cli("run", str(job), "--quiet", "--engine", "ray", "--workers", "2", env=env)
+
+    assert rerun.returncode == 0, rerun.stderr
+    table = read_output(tmp_path / "out")
+    assert sorted(table.column("id").to_pylist()) == sorted(text_of)
+    assert_vectors(table, text_of, 16)
+
+
 def test_rerun_after_a_driver_kill_says_what_it_recovered_from_the_workers_journals(tmp_path, srv, ray_address):
     src, text_of = _inputs(tmp_path, files=1, rows=600)
     job = job_for(tmp_path, srv, src, limits={"batch_inputs": 10}, output={"shard_rows": 600})

@@ -52,7 +52,8 @@ class InlineBudget:
     """A ``JobBudget`` with the actor-handle calling convention (``budget.reserve.remote(...)``)."""
 
     def __init__(self, budget: JobBudget) -> None:
-        self.reserve, self.pause, self.learn = (_Method(budget.reserve), _Method(budget.pause), _Method(budget.learn))
+        self.grant, self.reserve = _Method(budget.grant), _Method(budget.reserve)
+        self.pause, self.learn, self.throttled = _Method(budget.pause), _Method(budget.learn), _Method(budget.throttled)
 
 
 def _shards(where, out, s3, bucket) -> dict:
@@ -61,6 +62,14 @@ def _shards(where, out, s3, bucket) -> dict:
         return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("part-*")}
     listing = s3.client.list_objects_v2(Bucket=bucket, Prefix="out/part-").get("Contents", [])
     return {o["Key"]: (o["ETag"], o["LastModified"]) for o in listing}
+
+
+def _segments(where, out, s3, bucket) -> list[str]:
+    """The journal segments in the output (files, or objects)."""
+    if where == "local":
+        return sorted(str(p.relative_to(out)) for p in out.glob("_journal/**/*.seg"))
+    listing = s3.client.list_objects_v2(Bucket=bucket, Prefix="out/_journal/").get("Contents", [])
+    return sorted(o["Key"] for o in listing)
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -116,6 +125,7 @@ def test_orphaned_worker_of_a_killed_driver_cannot_write_into_the_output_a_new_r
         assert isinstance(outcome.get("error"), LeaseLost), outcome
         assert "no longer holds the output" in str(outcome["error"])
         assert _shards(where, out, s3, bucket) == committed  # not one shard replaced or added
+        assert _segments(where, out, s3, bucket) == []  # nor a journal segment left behind
         table = s3.read_output(bucket, "out") if s3 else read_output(out)
         assert sorted(table.column("id").to_pylist()) == list(range(ROWS))
         assert_vectors(table, dict(enumerate(texts)), 16)

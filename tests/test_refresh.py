@@ -285,7 +285,7 @@ def test_plan_and_status_show_the_refresh_before_it_is_spent(tmp_path, fake, day
     assert refresh["rows_reused"] == 5  # five of day1's texts are already in the output
     assert plan["rows"] == 30 and plan["unique_texts"] == 25  # texts to buy: 20 new rows, 5 edited texts
     text = run_here(None, "plan", str(job)).stdout
-    assert "files added      1 (day2.parquet)" in text and "rows reused      5" in text
+    assert "files added      1: day2.parquet\n" in text and "rows reused      5" in text
 
     fake.reset_records()
     assert run_here(fake, "run", str(job), "--quiet").returncode == 0

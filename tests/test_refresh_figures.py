@@ -83,7 +83,7 @@ def test_a_refresh_says_what_it_did_in_its_summary_report_status_and_plan(tmp_pa
     err = result.stderr
     assert "rows written (45 embedded now, 220 reused from the output)" in err
     assert (
-        "refresh (generation 1): 1 files added, 1 changed, 0 removed, 1 unchanged and not read; "
+        "refresh (generation 1): 1 file added, 1 changed, 0 removed, 1 unchanged and not read; "
         "rows by id: 35 added, 10 updated, 20 removed (220 unchanged rows read again)"
     ) in err
     assert "texts: 45 bought, 220 reused from the output" in err
@@ -111,7 +111,7 @@ def test_a_resumed_refresh_still_says_what_the_refresh_does(tmp_path, srv):
     resumed = run_here(srv, "run", str(job), "--quiet")
 
     assert resumed.returncode == 0, resumed.stderr
-    assert "refresh (generation 1): 1 files added, 1 changed, 0 removed, 1 unchanged and not read" in resumed.stderr
+    assert "refresh (generation 1): 1 file added, 1 changed, 0 removed, 1 unchanged and not read" in resumed.stderr
     report = json.loads((tmp_path / "out" / "_report.json").read_text())
     assert report["refresh"]["files"] == FILES and report["refresh"]["rows"] == ROWS_BY_ID
     assert_table_is(tmp_path / "out", want)
@@ -189,7 +189,7 @@ def test_a_split_says_the_whole_outputs_figures_when_its_last_part_completes(tmp
         assert run_here(fake, "run", str(job), "--quiet", "--shard", part).returncode == 0
     want = _day_two(data, texts)
     first = run_here(fake, "run", str(job), "--quiet", "--shard", "0/2")
-    assert "refresh (generation 1): 1 files added, 1 changed" in first.stderr
+    assert "refresh (generation 1): 1 file added, 1 changed" in first.stderr
     last = run_here(fake, "run", str(job), "--quiet", "--shard", "1/2")
     assert last.returncode == 0, last.stderr
     assert "rows by id: 35 added, 10 updated, 20 removed" in last.stderr

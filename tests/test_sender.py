@@ -187,12 +187,24 @@ def test_a_malformed_answer_is_retried():
 
 
 def test_a_stop_ends_a_request_between_attempts():
-    task = FakeTask(fail=lambda call, items: _transient())
+    def fail(call, items):
+        sender.stopping = True  # asked to stop while this attempt was on the wire
+        return _transient()
+
+    task = FakeTask(fail=fail)
+    sender = _sender(task, max_retries=5)
+    with pytest.raises(Stop):
+        asyncio.run(sender.send(_request()))
+    assert len(task.calls) == 1  # the attempt under way finished; no new one started (no back-off slept)
+
+
+def test_a_request_waiting_for_its_slot_when_the_run_stops_never_goes_out():
+    task = FakeTask()
     sender = _sender(task, max_retries=5)
     sender.stopping = True
     with pytest.raises(Stop):
         asyncio.run(sender.send(_request()))
-    assert len(task.calls) == 1  # the attempt under way finished; no new one started
+    assert task.calls == []
 
 
 def test_a_task_that_sends_nothing_is_charged_nothing():

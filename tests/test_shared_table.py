@@ -100,6 +100,8 @@ def test_maintenance_by_others_is_taken_in_and_a_refresh_buys_only_new_texts(dai
 
     assert refresh.returncode == 0, refresh.stderr
     assert fake.received_texts() == ["an edited text on day two"]  # the others' vectors come from the compacted files
+    figures = json.loads((out / "_report.json").read_text())["refresh"]["rows"]
+    assert figures["added"] == figures["removed"] == 0 and figures["updated"] == 1  # by id, compacted or not
     _expect(out, want)
     assert _foreign(out) == compacted  # out of the table now, but never deleted by batchembed
     assert not set(DeltaTable(str(out)).file_uris()) & {str(out / n) for n in compacted}

@@ -28,7 +28,7 @@ DOCS = [
 def _recipes() -> list[str]:
     text = (ROOT / "README.md").read_text()
     section = text.split("## Sinks: vectors where they are searched", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    return re.findall(r"```python runby=test_sinks_readme\n(.*?)```", section, flags=re.S)
 
 
 def test_the_readme_recipes_search_each_sink_with_the_jobs_own_model(tmp_path, postgres):

@@ -9,7 +9,9 @@ from typing import Any
 from batchembed.audit.owner import another_job, job_differences, run_fingerprint
 from batchembed.audit.state import OutputNow, files_line, load_output, running_line
 from batchembed.audit.table_check import compacted_missing, describe, read_state, sound
+from batchembed.audit.vectors import vector_lines, vector_status
 from batchembed.exitcodes import ExitCode
+from batchembed.human import plural
 from batchembed.input.discover import discover
 from batchembed.input.files import SourceFile
 from batchembed.input.units import planned_units
@@ -42,9 +44,10 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     now = OutputNow(out)
     table = read_state(out, manifest)
     damaged = [d for d in now.damaged(manifest) if d.split(" ", 1)[0] not in compacted_missing(out, table)]
+    written = manifest.complete and SUCCESS in now.sizes and not damaged and sound(table)
     doc: dict[str, Any] = {
         "output": out.uri,
-        "complete": manifest.complete and SUCCESS in now.sizes and not differences and not damaged and sound(table),
+        "complete": written and not differences,
         "table": describe(table),
         "rows_done": manifest.rows(),
         "rows_total": total_rows,
@@ -82,14 +85,14 @@ def status(job: JobConfig, as_json: bool = False) -> int:
         return ExitCode.OK
     of = lambda x: f" of {x:,}" if x is not None else ""  # noqa: E731
     print(f"output:   {out.uri}")
-    print(f"state:    {'complete' if doc['complete'] else 'incomplete'}")
+    print(f"state:    {_state(doc['complete'], written, differences)}")
     if differences:
         print(f"warning:  {another_job(differences)}")
     for problem in damaged:
         print(f"damaged:  {problem} (`run` and `verify` refuse it; --restart starts over)")
     print(running_line(now.writers))
     print(f"rows:     {doc['rows_done']:,}{of(total_rows)} in shards")
-    print(f"shards:   {doc['shards_done']:,}{of(total_shards)} (+{doc['retry_shards']} retry shards)")
+    print(f"shards:   {doc['shards_done']:,}{of(total_shards)} (+{plural(doc['retry_shards'], 'retry shard')})")
     print(files_line("failed:", failed, doc["failed_files"], FAILED_DIR))
     if doc["rows_answered_uncommitted"]:
         print(
@@ -113,6 +116,12 @@ def status(job: JobConfig, as_json: bool = False) -> int:
     return ExitCode.OK
 
 
+def _state(complete: bool, written: bool, differences: list[str]) -> str:
+    """The ``state:`` line: another job's complete output is complete, for the job that wrote it."""
+    done = written if differences else complete
+    return ("complete" if done else "incomplete") + (" (written by another job: see below)" if differences else "")
+
+
 def freshness(manifest: Manifest, sources: list[SourceFile]) -> dict[str, Any]:
     """Whether the output is up to date with the input files (what a run would refresh)."""
     diff = diff_inputs(manifest, sources)
@@ -124,7 +133,7 @@ def describe_freshness(doc: dict[str, Any]) -> str:
     """``freshness``'s figures in one phrase ("up to date with its 12 input files", what would change)."""
     counts = doc["inputs"]
     if doc["up_to_date"]:
-        return f"up to date with its {counts['files_unchanged']:,} input files"
+        return f"up to date with its {plural(counts['files_unchanged'], 'input file')}"
     changes = ", ".join(
         f"{counts['files_' + k]:,} {k}" for k in ("added", "changed", "grown", "removed") if counts.get("files_" + k)
     )
@@ -133,37 +142,6 @@ def describe_freshness(doc: dict[str, Any]) -> str:
     if not changes:
         return "not complete yet: `run` resumes it"
     return f"not up to date: {changes} since it was written; `run` refreshes it"
-
-
-def vector_status(job: JobConfig, manifest: Manifest) -> dict[str, Any]:
-    """What the manifest records about the vectors written (normalize.py): whether the model's full
-    vectors are unit length, whether vectors are normalised here, and the min/max length of the vectors
-    in the shards its figures cover. Nothing for an output without vectors."""
-    server = manifest.server
-    if job.is_rerank or ("unit_norm" not in server and "vector_norms" not in server):
-        return {}
-    mode, unit = job.model.normalize, server.get("unit_norm")
-    return {
-        "model_unit_norm": unit,
-        "normalize": mode,
-        "normalizes_here": mode == "always" or (mode == "auto" and bool(unit)),
-        "vector_norms": server.get("vector_norms"),
-    }
-
-
-def vector_lines(doc: dict[str, Any], shards: int) -> list[str]:
-    """``status``'s lines about the vectors' lengths (none for an output without them)."""
-    if "normalize" not in doc:
-        return []
-    lines = []
-    norms = doc.get("vector_norms")
-    if norms:
-        covered = f" (the vectors of {norms['shards']} of {shards} shards)" if norms["shards"] < shards else ""
-        lines.append(f"vectors:  lengths {norms['min']:.4f}..{norms['max']:.4f} (min..max){covered}")
-    unit = {True: "are unit length", False: "are not unit length", None: "unknown length"}[doc["model_unit_norm"]]
-    here = "normalised here" if doc["normalizes_here"] else "written as the server sent them"
-    lines.append(f'          the model\'s full vectors {unit}; model.normalize = "{doc["normalize"]}": {here}')
-    return lines
 
 
 def _answered_uncommitted(out: OutputStore, manifest: Manifest) -> tuple[int, int]:

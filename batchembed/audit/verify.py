@@ -18,6 +18,7 @@ from batchembed.audit.status import describe_freshness, freshness
 from batchembed.audit.table_check import compacted_missing, read_state, table_problems
 from batchembed.errors import OutputError
 from batchembed.exitcodes import ExitCode
+from batchembed.human import plural
 from batchembed.input.discover import discover
 from batchembed.input.files import SourceFile
 from batchembed.input.read import columns_of, iter_batches
@@ -92,9 +93,14 @@ def verify(job: JobConfig) -> int:
     outstanding = sum(t.num_rows for f, t in failed_rows.items() if f not in set(manifest.resolved))
     problems += _input_problems(manifest, list(sources.values()))
     problems += table_problems(out, manifest, job, sources, table)
-    print(f"checked {len(manifest.shards)} shards, {checked_rows:,} rows against {len(sources)} input files")
+    print(
+        f"checked {plural(len(manifest.shards), 'shard')}, {plural(checked_rows, 'row')} against "
+        f"{plural(len(sources), 'input file')}"
+    )
     if outstanding:
-        problems.append(f"{outstanding} rows failed and are only in _failed.parquet (run again to retry them)")
+        problems.append(
+            f"{plural(outstanding, 'row')} failed and are only in _failed.parquet (run again to retry them)"
+        )
     sink_ok, sink_problems = verify_lines(job)
     problems += sink_problems
     if problems:

@@ -28,6 +28,7 @@ from batchembed.job import catalog
 from batchembed.job.config import JobConfig
 from batchembed.job.resolved import PROVIDERS
 from batchembed.job.templates import text_fields
+from batchembed.suggest import did_you_mean
 
 #: Rows read to propose the text and id columns.
 SAMPLE_ROWS = 1000
@@ -50,11 +51,12 @@ class Proposal:
     model: str | None  # None: the provider's default
     model_note: str
     output: str
+    input_tokens: int | None = None  # the model's own limit, written when the default (8192) is over it
 
 
 def sample(spec: str) -> tuple[list[SourceFile], pa.Table]:
     """The input's files and the first ``SAMPLE_ROWS`` rows of the first one, read as a run reads them."""
-    sources = discover(spec, StorageOptions())
+    sources = discover(spec, StorageOptions(), field="init")
     first = sources[0]
     columns = list(dict.fromkeys(columns_of(first)))
     batches, rows = [], 0
@@ -98,7 +100,10 @@ def propose_text(table: pa.Table, named: str | None, where: str) -> tuple[str, s
     if named is not None:
         missing = [c for c in text_fields(named) if c not in table.column_names]
         if missing:
-            raise UsageError(f"--text {named!r}: {where} has no column {missing[0]!r} (columns: {_listing(table)})")
+            near = did_you_mean(missing[0], table.column_names)
+            raise UsageError(
+                f"--text {named!r}: {where} has no column {missing[0]!r}{near} (columns: {_listing(table)})"
+            )
         if "{" in named:
             return named, "the template you named", False
         if _is_text(table.schema.field(named).type):
@@ -139,7 +144,8 @@ def propose_id(table: pa.Table, text: str, named: str | None, where: str) -> tup
     rows = f"the first {table.num_rows:,} rows"
     if named is not None:
         if named not in table.column_names:
-            raise UsageError(f"--id {named!r}: {where} has no column {named!r} (columns: {_listing(table)})")
+            near = did_you_mean(named, table.column_names)
+            raise UsageError(f"--id {named!r}: {where} has no column {named!r}{near} (columns: {_listing(table)})")
         column = table.column(named)
         if column.null_count or pc.count_distinct(column).as_py() != len(column):
             raise UsageError(f"--id {named!r}: not unique (or null) on {rows} of {where}; ids must be unique")
@@ -167,6 +173,16 @@ def choose_model(name: str | None) -> tuple[str, str | None, str]:
     raise UsageError(
         f"--model {name}: not a known model; `batchembed models` lists them (a Fireworks accounts/... id works too)"
     )
+
+
+def model_limit(name: str | None) -> int | None:
+    """The catalogued model's input limit when the job file's default ``limits.input_tokens`` is over it (so
+    the written job never contradicts its own model); None otherwise."""
+    preset = catalog.lookup(name) if name else None
+    default = JobConfig().limits.input_tokens
+    if preset is None or preset.max_input_tokens is None or preset.max_input_tokens >= default:
+        return None
+    return preset.max_input_tokens
 
 
 def _stem(spec: str) -> str:
@@ -221,6 +237,8 @@ def render(p: Proposal, job_path: str) -> str:
         chosen["input.cast_text"] = (True, "the text column is not a string column: embed its text form")
     if p.model is not None:
         chosen["model.name"] = (p.model, "")
+    if p.input_tokens is not None:
+        chosen["limits.input_tokens"] = (p.input_tokens, "the model's own limit per input (the default is over it)")
     key_env = PROVIDERS[p.provider].api_key_env
     lines = [
         f"# batchembed job for {p.input_path}, written by `batchembed init`.",
@@ -273,6 +291,7 @@ def init_command(
         model_name,
         model_note,
         free_output(stem),
+        model_limit(model_name or PROVIDERS[provider].model),
     )
     content = render(proposal, job_path)
     target = Path(job_path)

@@ -39,8 +39,29 @@ def binary_lines(stream) -> io.BufferedReader:
     return io.BufferedReader(stream, buffer_size=1 << 20)
 
 
-def decompress_error(path: object, codec: str, exc: BaseException, rows: int | None = None) -> str:
-    """The message for a compressed input that cannot be read to its end (truncated or damaged)."""
+#: How each codec's data starts, and the file suffix that names it.
+MAGIC = {
+    "gzip": (b"\x1f\x8b", "gz"),
+    "zstd": (b"\x28\xb5\x2f\xfd", "zst"),
+    "bz2": (b"BZh", "bz2"),
+    "xz": (b"\xfd7zXZ\x00", "xz"),
+}
+
+
+def decompress_error(
+    path: object, codec: str, exc: BaseException, rows: int | None = None, head: bytes | None = None
+) -> str:
+    """The message for a compressed input that cannot be read to its end (truncated or damaged), or that is
+    not ``codec`` data at all (``head``: its first bytes, when known)."""
+    magic, suffix = MAGIC.get(codec, (b"", codec))
+    if head and magic and not head.startswith(magic):
+        looks = (
+            "plain text" if head.decode("utf-8", "ignore").isprintable() or head[:1] in (b"{", b"[") else "other data"
+        )
+        return (
+            f"{path}: not {codec} data, although its name ends in .{suffix} (it starts like {looks}); rename it "
+            f"without .{suffix} if it is not compressed, or compress it with {codec}"
+        )
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     after = f" after {rows:,} rows" if rows else ""
     return (

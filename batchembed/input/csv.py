@@ -30,7 +30,7 @@ def read_header(source: SourceFile) -> list[str]:
             names = next(csv.reader(fh), None)
     except (*DECOMPRESS_ERRORS, csv.Error, pa.ArrowException) as exc:
         if source.compression and not isinstance(exc, csv.Error):
-            raise InputError(decompress_error(source.path, source.compression, exc)) from None
+            raise InputError(decompress_error(source.path, source.compression, exc, head=source.head())) from None
         raise InputError(f"{source.path}: cannot read CSV header: {exc}") from None
     if not names:
         raise InputError(f"{source.path}: CSV file has no header row")

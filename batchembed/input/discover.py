@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from batchembed.errors import InputError
 from batchembed.fs.location import INPUT_KINDS, Location, StorageOptions, first_line, input_kind, list_files, locate
+from batchembed.fs.paths import shown
 from batchembed.input.digest import MEMO
 from batchembed.input.files import FileCache, SourceFile
 from batchembed.input.identity import known_rows_of, object_etags
@@ -25,17 +26,19 @@ def discover(
     storage: StorageOptions | None = None,
     cache: FileCache | None = None,
     known: dict | None = None,
+    field: str = "input.path",
     identity: str = "metadata",
 ) -> list[SourceFile]:
     """Expand a file, directory or glob (local, or a URI such as ``s3://b/data/*.parquet``) into the
     sorted list of input files it names (see ``location.input_kind``: Parquet, CSV, JSON Lines). With a
     run's ``cache``, small files are read once: the opens that follow (checks, reading) are served from
     memory. ``known`` (name -> (identity, rows)) gives the row counts of files the output already holds
-    whole: such a file, unchanged, is listed but not opened. ``identity = "content"``: each local file is
-    identified by a digest of its bytes (hashed once per version of the file: ``digest.MEMO``)."""
-    where = locate(spec, storage, "input.path")
+    whole: such a file, unchanged, is listed but not opened. ``field`` names the input in messages (``init``
+    takes it as its INPUT argument). ``identity = "content"``: each local file is identified by a digest of
+    its bytes (hashed once per version of the file: ``digest.MEMO``)."""
+    where = locate(spec, storage, field)
     if not where.is_local:
-        return _discover_remote(spec, where, cache, known)
+        return _discover_remote(spec, where, cache, known, field)
     spec = where.key
     path = Path(spec)
     if any(ch in spec for ch in "*?["):
@@ -48,10 +51,10 @@ def discover(
         matches = [path]
         root = path.parent
     else:
-        raise InputError(f"input.path {spec!r}: no such file or directory")
+        raise InputError(f"{field} {shown(spec)}: no such file or directory{_relative_hint(spec, field)}")
     files = sorted(p for p in matches if input_kind(p.name) and p.is_file())
     if not files:
-        raise InputError(f"input.path {spec!r} matches no input file: {INPUT_KINDS}")
+        raise InputError(f"{field} {shown(spec)} matches no input file: {INPUT_KINDS}")
     out = []
     for i, p in enumerate(files):
         st = p.stat()
@@ -74,7 +77,7 @@ def discover(
 
 
 def _discover_remote(
-    spec: str, where: Location, cache: FileCache | None, known: dict | None = None
+    spec: str, where: Location, cache: FileCache | None, known: dict | None = None, field: str = "input.path"
 ) -> list[SourceFile]:
     """``discover`` for an object store: the files ``list_files`` finds, with Parquet row counts."""
     out = []
@@ -108,8 +111,21 @@ def _discover_remote(
             src = dataclasses.replace(src, rows=rows)
         out.append(src)
     if not out:
-        raise InputError(f"input.path {spec!r} matches no input file: {INPUT_KINDS}")
+        raise InputError(f"{field} {spec!r} matches no input file: {INPUT_KINDS}")
     return out
+
+
+def _relative_hint(spec: str, field: str) -> str:
+    """What to do about a path that names nothing: a relative ``input.path`` is read from the directory
+    batchembed runs in (cron, ``make -C``), not from the job file's."""
+    if field != "input.path":
+        return "; give a Parquet, CSV or JSON Lines file (or .gz, .zst, .bz2, .xz), a directory of them or a glob"
+    if Path(spec).is_absolute():
+        return ""
+    return (
+        "; a relative input.path is read from the directory batchembed runs in, not the job file's: "
+        "run from the directory it is relative to, or make it absolute"
+    )
 
 
 def _glob_root(spec: str) -> str:

@@ -14,6 +14,7 @@ What it holds is bounded (``budget`` bytes): files met once the budget is full a
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,18 @@ class SourceFile:
             return decompressed(self.cache.open(self, self._read_whole, self._raw_stream), self.compression)
         return decompressed(self._raw_stream(), self.compression)
 
+    def head(self, n: int = 8) -> bytes:
+        """The file's first ``n`` bytes as stored (what a compressed file really holds); b"" if unreadable."""
+        try:
+            raw = self._raw_stream()
+            if isinstance(raw, str):
+                with open(raw, "rb") as fh:
+                    return fh.read(n)
+            with raw:
+                return raw.read(n)
+        except OSError:
+            return b""
+
     def reading_from(self, start_row: int) -> tuple[int, int]:
         """(row, byte) where a reader that wants rows from ``start_row`` on starts: after the records the
         output already holds (``tail``) when it wants none of them, else (0, 0), the file's start."""
@@ -114,6 +127,7 @@ class FileCache:
         self._data: dict[int, pa.Buffer] = {}  # source index -> the file's bytes
         self._sources: dict[int, SourceFile] = {}
         self._floor = 0  # files before this one are read for good
+        self._lock = threading.Lock()  # the run's reader and its row count (``run.rowcount``) share it
         #: What a commit records of a CSV/JSON Lines file read to its end (``digest.end_facts``), taken from
         #: its bytes as they are dropped, so recording it opens the file no second time.
         self.facts: dict[str, tuple] = {}
@@ -121,35 +135,55 @@ class FileCache:
     def open(self, source: SourceFile, read_whole: Callable[[], pa.Buffer], open_file: Callable[[], Any]) -> Any:
         """A reader of ``source``: from memory if it is held (or small and the budget has room: read
         whole now, once), else ``open_file()``."""
-        data = self._data.get(source.index)
-        if data is None and self._admits(source):
-            data = read_whole()
-            self._data[source.index] = data
-            self._sources[source.index] = source
-            self.held += data.size
+        with self._lock:
+            data = self._data.get(source.index)
+            if data is None and self._admits(source):
+                data = read_whole()
+                self._data[source.index] = data
+                self._sources[source.index] = source
+                self.held += data.size
         return pa.BufferReader(data) if data is not None else open_file()
+
+    def holds_if_opened(self, source: SourceFile) -> bool:
+        """Whether opening ``source`` now would read it whole into memory (or it is held already)."""
+        with self._lock:
+            return source.index in self._data or self._admits(source)
 
     def _admits(self, source: SourceFile) -> bool:
         return source.index >= self._floor and source.size <= self.small and self.held + source.size <= self.budget
 
     def release_before(self, index: int) -> None:
         """The reading is at file ``index``: the files before it are read for good (never held again)."""
-        if index <= self._floor:
-            return
-        for i in [i for i in self._data if i < index]:
-            self._drop(i)
-        self._floor = index
+        with self._lock:
+            if index <= self._floor:
+                return
+            for i in [i for i in self._data if i < index]:
+                self._drop(i)
+            self._floor = index
+
+    def facts_of(self, source: SourceFile) -> tuple | None:
+        """What a commit records of a CSV/JSON Lines file read to its end, from its bytes: held now, or taken
+        as they were dropped (None when the cache never held it whole: the caller reads the file)."""
+        with self._lock:
+            data = self._data.get(source.index)
+            if source.name not in self.facts and data is not None:
+                self._take_facts(source, data)
+            return self.facts.get(source.name)
+
+    def _take_facts(self, source: SourceFile, data: pa.Buffer) -> None:
+        if source.format in ("csv", "jsonl") and data.size == source.size and source.name not in self.facts:
+            self.facts[source.name] = end_facts(source, data.size, hashed=source.location is None, data=data)
 
     def _drop(self, index: int) -> None:
         data, source = self._data.pop(index), self._sources.pop(index)
         self.held -= data.size
-        if source.format in ("csv", "jsonl") and data.size == source.size:
-            self.facts[source.name] = end_facts(source, data.size, hashed=source.location is None, data=data)
+        self._take_facts(source, data)
 
     def clear(self) -> None:
         """Drop everything held (the run's reading is over)."""
-        for i in list(self._data):
-            self._drop(i)
+        with self._lock:
+            for i in list(self._data):
+                self._drop(i)
 
 
 def released_as_read(chunks: Iterable[Any], cache: FileCache | None) -> Iterator[Any]:

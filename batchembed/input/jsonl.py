@@ -26,6 +26,7 @@ import pyarrow.json as pajson
 
 from batchembed.errors import InputError
 from batchembed.input.compression import DECOMPRESS_ERRORS, binary_lines, decompress_error
+from batchembed.suggest import did_you_mean, listing
 
 #: How many records (at most ``SAMPLE_BYTES`` of them) the field paths and types are learned from.
 SAMPLE_RECORDS = 1000
@@ -82,7 +83,7 @@ def sample(source) -> Sample:
                     break
     except DECOMPRESS_ERRORS as exc:
         if source.compression:
-            raise InputError(decompress_error(source.path, source.compression, exc)) from None
+            raise InputError(decompress_error(source.path, source.compression, exc, head=source.head())) from None
         raise InputError(f"{source.path}: read failed: {exc}") from None
     for seen in values.values():  # paths missing from later records are null there
         seen.extend([None] * (taken - len(seen)))
@@ -163,7 +164,7 @@ def columns_of(source) -> list[str]:
     return list(sampled_fields(source))
 
 
-def check_fields(source, needed: list[str]) -> None:
+def check_fields(source, needed: list[str], keys: dict[str, str] | None = None) -> None:
     """Every field the job reads must appear in the first records (and hold one kind of value there).
 
     A field first seen after ``SAMPLE_RECORDS`` records is refused: a typo would otherwise read as a
@@ -175,10 +176,11 @@ def check_fields(source, needed: list[str]) -> None:
     for name in needed:
         found = fields.get(name)
         if found is None:
-            have = ", ".join(list(fields)[:30]) + (", ..." if len(fields) > 30 else "") or "none"
+            named = f", which {keys[name]} names," if keys and name in keys else ""
             raise InputError(
-                f"{source.path}: no field {name!r} in the first {SAMPLE_RECORDS:,} records (fields: {have}); "
-                "a nested field is named by its path, like meta.title"
+                f"{source.path}: no field {name!r}{named} in the first {SAMPLE_RECORDS:,} records"
+                f"{did_you_mean(name, fields)} (fields: {listing(fields)}); a nested field is named by its path, "
+                "like meta.title"
             )
         if found.mixed:  # name the first record that differs from the first value
             raise InputError(explain(source, [name], 0, f"field {name!r} holds values of different kinds"))

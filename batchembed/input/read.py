@@ -19,6 +19,8 @@ from batchembed.input import jsonl as sources_jsonl
 from batchembed.input.compression import DECOMPRESS_ERRORS, decompress_error
 from batchembed.input.files import SourceFile
 from batchembed.input.parquet import arrow_schema, parquet_batches
+from batchembed.job.config import JobConfig, column_keys
+from batchembed.suggest import did_you_mean, listing
 
 
 def columns_of(source: SourceFile) -> list[str]:
@@ -30,15 +32,20 @@ def columns_of(source: SourceFile) -> list[str]:
     return sources_csv.read_header(source)
 
 
-def check_columns(source: SourceFile, needed: list[str]) -> None:
-    """Raise InputError naming the file and column if any of ``needed`` is missing."""
+def check_columns(source: SourceFile, needed: list[str], job: JobConfig | None = None) -> None:
+    """Raise InputError naming the file, the column, the key of ``job`` that names it and the near match,
+    if any of ``needed`` is missing."""
+    keys = column_keys(job) if job is not None else {}
     if source.format == "jsonl":
-        sources_jsonl.check_fields(source, needed)
+        sources_jsonl.check_fields(source, needed, keys)
         return
     have = columns_of(source)
     for col in needed:
         if col not in have:
-            raise InputError(f"{source.path}: no column {col!r} (columns: {', '.join(have)})")
+            named = f", which {keys[col]} names" if col in keys else ""
+            raise InputError(
+                f"{source.path}: no column {col!r}{named}{did_you_mean(col, have)} (columns: {listing(have)})"
+            )
 
 
 def iter_batches(
@@ -61,7 +68,7 @@ def iter_batches(
         raise InputError(f"{source.path}: {exc}") from None
     except DECOMPRESS_ERRORS as exc:
         if source.compression:
-            raise InputError(decompress_error(source.path, source.compression, exc, passed[0])) from None
+            raise InputError(decompress_error(source.path, source.compression, exc, passed[0], source.head())) from None
         if isinstance(exc, OSError):
             raise InputError(f"{source.path}: read failed: {exc}") from None
         raise

@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from batchembed.errors import ConfigError
-from batchembed.job.mapping import apply_override, from_mapping
+from batchembed.errors import ConfigError, UsageError
+from batchembed.fs.paths import shown
+from batchembed.job.checks import check_locations, check_sinks, check_tier
+from batchembed.job.mapping import from_mapping
+from batchembed.job.overrides import apply_overrides, blame, known_keys, unset_hint
 from batchembed.job.templates import text_fields
 
 
@@ -83,6 +86,9 @@ class LimitsConfig:
     on_too_long: Literal["truncate", "skip", "fail"] = "truncate"
     max_retries: int = 8
     tokenizer: str = "estimate"  # estimate | path to tokenizer.json | tiktoken encoding name
+    connect_timeout: float = 30.0  # seconds a server that never answered is retried before the run gives up
+    outage_seconds: float = 300.0  # seconds a server that answered before may stay away before the run stops
+    stop_grace_seconds: float = 30.0  # seconds requests in flight get after SIGTERM/SIGINT, then cancelled
 
     @property
     def auto_concurrency(self) -> bool:
@@ -193,27 +199,33 @@ class JobConfig:
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def load_job(path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
-    """Read a TOML job file, apply ``--set key=value`` overrides, and validate everything.
+def load_job(
+    path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = (), unsets: list[str] | tuple[str, ...] = ()
+) -> JobConfig:
+    """Read a TOML job file, apply ``--set key=value`` and ``--unset key``, and validate everything.
 
-    Raises ``ConfigError`` naming the file and key for anything wrong, ``UsageError`` for a
-    malformed override.
+    Raises ``ConfigError`` naming the file and key for anything wrong in the file, ``UsageError`` naming
+    the ``--set``/``--unset`` for anything wrong that the command line gave (``job.overrides``).
     """
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"job file not found: {path}") from None
+        raise ConfigError(f"job file not found: {shown(path)}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read job file {path}: {exc}") from None
+        raise ConfigError(f"cannot read job file {shown(path)}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    for item in overrides:
-        apply_override(raw, item)
+    given = apply_overrides(raw, list(overrides), list(unsets), known_keys(JobConfig))
     try:
         return validate(from_mapping(JobConfig, raw, ""))
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        said = blame(str(exc), given)
+        if said is None:
+            raise ConfigError(f"{path}: {exc}") from None
+        key = said.split()[1].split("=")[0]
+        value = raw.get(key.split(".")[0], {}).get(key.split(".", 1)[1]) if "." in key else None
+        raise UsageError(f"{said}: {exc}{unset_hint(key, value)}") from None
 
 
 def validate(job: JobConfig) -> JobConfig:
@@ -240,6 +252,9 @@ def validate(job: JobConfig) -> JobConfig:
             raise ConfigError(f"{key} must be at least 1, got {value}")
     if job.limits.max_retries < 0:
         raise ConfigError(f"limits.max_retries must be 0 or more, got {job.limits.max_retries}")
+    for key in ("connect_timeout", "outage_seconds", "stop_grace_seconds"):
+        if getattr(job.limits, key) < 0:
+            raise ConfigError(f"limits.{key} must be 0 or more, got {getattr(job.limits, key)}")
     if job.limits.input_tokens > job.limits.batch_tokens:
         raise ConfigError(
             f"limits.input_tokens ({job.limits.input_tokens}) cannot exceed limits.batch_tokens "
@@ -280,85 +295,25 @@ def validate(job: JobConfig) -> JobConfig:
     return job
 
 
-#: Providers whose batch API the batch tier speaks (``openai-compatible``: a server with OpenAI's batch API).
-BATCH_PROVIDERS = ("openai", "openai-compatible", "mistral", "voyage")
-
-
-def check_tier(job: JobConfig) -> None:
-    """``model.tier = "batch"``: a provider with a batch API for this task, and sane batch settings."""
-    m = job.model
-    if m.tier != "batch":
-        return
-    if m.provider == "fireworks":
-        raise ConfigError(
-            'model.tier = "batch": Fireworks has no batch API for embeddings or rerank (its batch inference '
-            'jobs are chat completions only). Use tier = "online" with Fireworks, or a provider with a batch '
-            "tier: openai, mistral, voyage"
-        )
-    if m.provider not in BATCH_PROVIDERS:
-        raise ConfigError(
-            f'model.tier = "batch" needs a provider with a batch API ({", ".join(BATCH_PROVIDERS)}); '
-            f"{m.provider!r} has none"
-        )
-    if job.is_rerank and m.provider != "voyage":
-        raise ConfigError(
-            f'model.tier = "batch" for a rerank job: only Voyage\'s batch API scores pairs; {m.provider} reranks '
-            'online only (tier = "online")'
-        )
-    if m.batch_poll_seconds < 0:
-        raise ConfigError(f"model.batch_poll_seconds must be 0 or more, got {m.batch_poll_seconds}")
-    if m.batch_resubmits < 0:
-        raise ConfigError(f"model.batch_resubmits must be 0 or more, got {m.batch_resubmits}")
-    for key, value in (("model.batch_inputs", m.batch_inputs), ("model.batch_queue_inputs", m.batch_queue_inputs)):
-        if value is not None and value < 1:
-            raise ConfigError(f"{key} must be at least 1, got {value}")
-
-
-def check_sinks(job: JobConfig) -> None:
-    """``[[sink]]``: each names a table; postgres needs no uri, lancedb needs one; no table twice."""
-    from batchembed.fs.location import locate  # (pyarrow.fs: only once a job file is checked)
-
-    seen = set()
-    for i, sink in enumerate(job.sink):
-        key = f"sink[{i}]"
-        if not sink.table:
-            raise ConfigError(f'{key}.table is required: the table the vectors are kept in, like "doc_vectors"')
-        if job.is_rerank:
-            raise ConfigError(f"{key}: sinks hold vectors; a rerank job's output has none")
-        if sink.kind == "lancedb":
-            if not sink.uri:
-                raise ConfigError(
-                    f'{key}.uri is required for a lancedb sink: a directory or bucket, like "out/lancedb"'
-                )
-            locate(sink.uri, field=f"{key}.uri")
-        elif sink.uri:
-            raise ConfigError(
-                f"{key}.uri is for lancedb sinks; a postgres sink connects with the DSN in ${sink.dsn_env}"
-            )
-        if sink.kind == "lancedb" and sink.index != "none":
-            raise ConfigError(f"{key}.index is for postgres sinks (LanceDB builds its indexes when you ask it)")
-        if (sink.kind, sink.uri, sink.table) in seen:
-            raise ConfigError(f"{key}: the {sink.kind} table {sink.table!r} is listed twice")
-        seen.add((sink.kind, sink.uri, sink.table))
-
-
-def check_locations(job: JobConfig) -> None:
-    """Paths and URIs: known schemes only; the SQLite cache on a local disk; a sane lease."""
-    from batchembed.fs.location import locate, scheme_of  # (pyarrow.fs: only once a job file is checked)
-
-    locate(job.input.path, field="input.path")
-    locate(job.output.path, field="output.path")
-    cache = job.cache.path
-    if cache and scheme_of(cache) not in (None, "file"):
-        raise ConfigError(
-            f"cache.path {cache!r}: the vector cache is a SQLite database, which needs a local disk "
-            "(object stores have no file locking or partial writes); give it a local path"
-        )
-    if job.storage.lease_seconds < 1:
-        raise ConfigError(f"storage.lease_seconds must be at least 1, got {job.storage.lease_seconds}")
-
-
 #: Request fields ``model.extra_body`` may not set: batchembed owns them.
 RESERVED_BODY_FIELDS = frozenset(
     {"model", "input", "dimensions", "encoding_format", "query", "documents", "texts", "top_n", "top_k"}
 )
+
+
+def column_keys(job: JobConfig) -> dict[str, str]:
+    """Which job-file key names each column the job reads (for messages): ``{"doc": "input.text", ...}``."""
+    named: dict[str, str] = {}
+    if job.is_rerank:
+        rr = job.rerank or RerankConfig()
+        for key in ("query", "query_id", "document", "doc_id"):
+            if getattr(rr, key):
+                named.setdefault(getattr(rr, key), f"rerank.{key}")
+    else:
+        for name in text_fields(job.input.text):
+            named.setdefault(name, "input.text" if name == job.input.text else f"input.text's template {{{name}}}")
+        if job.input.id:
+            named.setdefault(job.input.id, "input.id")
+    for name in job.input.keep:
+        named.setdefault(name, "input.keep")
+    return named

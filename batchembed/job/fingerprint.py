@@ -68,10 +68,20 @@ def reshaped(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
 
 
 def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Human-readable differences between two fingerprints' job settings ("model.name: 'a' -> 'b'")."""
+    """Human-readable differences between two fingerprints' job settings ("model.name: 'a' -> 'b'"; a key
+    without a value reads "not set", never Python's None)."""
     old, new = job_settings(old), job_settings(new)
     changes = []
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
-            changes.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+            changes.append(f"{key}: {_value(old.get(key))} -> {_value(new.get(key))}")
     return changes
+
+
+def _value(value: Any) -> str:
+    """A setting as a person reads it: "not set", true/false, 256, 'text'."""
+    if value is None:
+        return "not set"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)

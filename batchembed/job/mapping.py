@@ -1,37 +1,18 @@
-"""A TOML table onto a frozen dataclass, field by field: unknown keys and wrong types are ``ConfigError``s
-naming the key (``limits.concurrency``); ``--set section.key=value`` overrides applied to the raw table
-first. Generic: it knows the job's sections only through the dataclasses it is given (``config``)."""
+"""A TOML table onto a frozen dataclass, field by field: unknown keys (with the near match) and wrong types
+are ``ConfigError``s naming the key (``limits.concurrency``); ``--set``/``--unset`` are applied to the raw
+table first (``overrides``). Generic: it knows the job's sections only through the dataclasses it is given
+(``config``)."""
 
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from batchembed.errors import ConfigError, UsageError
-
-
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Apply one ``section.key=value`` override; the value is parsed as TOML, else taken as a string."""
-    key, sep, text = item.partition("=")
-    key = key.strip()
-    if not sep or not key or "." not in key:
-        raise UsageError(f"--set expects section.key=value, got {item!r}")
-    try:
-        value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text
-    *parents, leaf = key.split(".")
-    node = raw
-    for part in parents:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise UsageError(f"--set {key}: {part} is not a table")
-        node = child
-    node[leaf] = value
+from batchembed.errors import ConfigError
+from batchembed.suggest import did_you_mean
 
 
 def from_mapping(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
@@ -42,8 +23,7 @@ def from_mapping(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        where = f"[{prefix}]" if prefix else "the job file"
-        raise ConfigError(f"unknown key {_join(prefix, unknown[0])} in {where}; known keys: {', '.join(sorted(known))}")
+        raise ConfigError(_unknown(prefix, unknown[0], known))
     values = {}
     for name, value in raw.items():
         key = _join(prefix, name)
@@ -57,6 +37,16 @@ def from_mapping(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
         else:
             values[name] = _coerce(hint, value, key)
     return cls(**values)
+
+
+def _unknown(prefix: str, name: str, known: set[str]) -> str:
+    """The message for a key (or a section) the job file may not hold: the near match, then the choices."""
+    if prefix:
+        return f"unknown key {prefix}.{name} in [{prefix}]{did_you_mean(name, known)} (keys of [{prefix}]: " + (
+            ", ".join(sorted(known)) + '; every key: README.md, "A job file, field by field")'
+        )
+    sections = sorted(known - {"kind"})  # ``kind`` (embed | rerank) is read from [rerank]'s presence
+    return f"unknown section [{name}]{did_you_mean(name, sections)} (sections: {', '.join(f'[{s}]' for s in sections)})"
 
 
 def _optional_dataclass(hint: Any) -> Any:
@@ -91,11 +81,9 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
                 return _coerce(option, value, key)
             except ConfigError as exc:
                 errors.append(exc)
-        raise (
-            errors[-1]
-            if len(options) == 2 and type(None) in options
-            else ConfigError(f"{key}: {value!r} is not valid here")
-        )
+        if len(options) == 2 and type(None) in options:  # X | None given a value: what X says of it
+            raise errors[options.index(next(o for o in options if o is not type(None)))]
+        raise ConfigError(f"{key}: {value!r} is not valid here")
     if hint is type(None):
         if value is None:
             return None

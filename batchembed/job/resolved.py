@@ -143,6 +143,14 @@ class ResolvedJob:
             return self.preset.unit_norm
         return None
 
+    @property
+    def cut_reason(self) -> str:
+        """Why a text over ``input_tokens`` is cut, as ``_truncated.parquet`` records it: the job's
+        ``limits.input_tokens``, or the model's own limit when that is the smaller one."""
+        if self.model_max_tokens is not None and self.model_max_tokens < self.config.limits.input_tokens:
+            return f"model: {self.model_max_tokens}-token input limit"
+        return "limits.input_tokens"
+
     def fingerprint(self) -> dict[str, Any]:
         """The job fingerprint's model part: what changes the answers apart from the task and the files.
 
@@ -157,6 +165,15 @@ class ResolvedJob:
             **{f"model.{k}": v for k, v in self.identity.items()},
             "output.shard_rows": self.config.output.shard_rows,
         }
+
+
+def limit_text(reason: str, tokens: int) -> str:
+    """The limit a text was cut to, in words: "limits.input_tokens = 8192" or "the model's 256-token input limit"."""
+    return (
+        f"limits.input_tokens = {tokens}"
+        if reason == "limits.input_tokens"
+        else f"the model's {tokens}-token input limit"
+    )
 
 
 def model_request_fingerprint(job: JobConfig) -> dict[str, Any]:

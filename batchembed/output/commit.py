@@ -45,6 +45,7 @@ from batchembed.output.roles import Role, WholeRun
 from batchembed.output.shard_writer import shard_metadata
 from batchembed.output.store import open_store
 from batchembed.output.store.base import OutputStore
+from batchembed.output.table_view import groups
 from batchembed.output.truncated import write_truncated
 
 #: ``publish(shards, tag)``: makes the Delta table exactly ``shards``; returns the table's version.
@@ -236,7 +237,10 @@ class JobOutput:
             # this generation's number); else an interrupted generation's never were: the table says which
             whole = manifest.published >= manifest.generation
             published = None if whole else table_files(self.store.where)
-            if figures.settle(self.store, record, manifest.retiring, manifest.shards, self.id_column, published):
+            compacted = groups(manifest)  # a replaced shard others compacted, then vacuumed: read from them
+            if figures.settle(
+                self.store, record, manifest.retiring, manifest.shards, self.id_column, published, compacted
+            ):
                 manifest.save(self.store)
         return record
 

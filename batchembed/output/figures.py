@@ -17,17 +17,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
 
+from batchembed.human import plural
 from batchembed.output.cache import KEY_COLUMN
 
 if TYPE_CHECKING:
     from batchembed.output.input_diff import InputDiff
     from batchembed.output.manifest import ShardRecord
+    from batchembed.output.publish.state import Group
     from batchembed.output.store.base import OutputStore
 
 
@@ -82,21 +84,55 @@ def settle(
     current: list[ShardRecord],
     id_column: str | None,
     published: Collection[str] | None,
+    compacted: Sequence[Group] = (),
 ) -> bool:
     """Count the generation's rows by id into ``record``, before it is published (once: the caller saves
     it, so a rerun after a kill keeps what was counted); whether it counted now.
 
     ``replaced``: the shards the generation retires (those of the published table, ``published``, count:
     a shard an interrupted run wrote and this generation replaced never reached a reader); ``current``:
-    every shard of the table now."""
+    every shard of the table now; ``compacted``: the groups of files others compacted shards into (a shard
+    compacted, then vacuumed, is read from them)."""
     if not record or "rows" in record or id_column is None:
         return False
-    if published is not None:
-        replaced = [s for s in replaced if s.name in published]
+    if published is not None:  # a shard others compacted is published as the group's files
+        grouped = {name for g in compacted if any(f in published for f in g.files) for name in g.covers}
+        replaced = [s for s in replaced if s.name in published or s.name in grouped]
     reading = touched(record)
     after = [s for s in current if reading & set(s.inputs)]
-    record["rows"] = rows_by_id(store, replaced, after, id_column)
+    gone = {s.name for s in replaced if store.size(s.name) is None}
+    before = shard_keys(store, [s for s in replaced if s.name not in gone], id_column)
+    if gone:
+        before = pl.concat([before, _compacted_rows(store, compacted, gone, current, after, id_column)])
+    record["rows"] = compare(before, shard_keys(store, after, id_column))
     return True
+
+
+def _compacted_rows(
+    store: OutputStore,
+    compacted: Sequence[Group],
+    gone: set[str],
+    current: list[ShardRecord],
+    after: list[ShardRecord],
+    id_column: str,
+) -> pl.DataFrame:
+    """The rows of replaced shards whose files are gone (compacted by others, then vacuumed): the rows of
+    the files their groups hold, less those of the groups' other shards, which the refresh keeps (brought
+    back under a new attempt name of the same unit: ``restore``)."""
+    hit = [g for g in compacted if gone & set(g.covers)]
+    frames = [pl.DataFrame(schema={"id": pl.String, "key": pl.Binary})]
+    for name in sorted({f for g in hit for f in g.files}):
+        table = store.read_table(name, columns=[id_column, KEY_COLUMN])
+        frames.append(keys_frame(table.column(0).combine_chunks(), table.column(1).combine_chunks()))
+    others = {n for g in hit for n in g.covers} - gone
+    read = {s.name for s in after}
+    kept = [
+        s
+        for s in current
+        if s.name not in read and (s.name in others or any(n.startswith(s.unit_name + "-") for n in others))
+    ]
+    kept_ids = shard_keys(store, kept, id_column).get_column("id")
+    return pl.concat(frames).filter(~pl.col("id").is_in(kept_ids.implode()))
 
 
 def rows_by_id(
@@ -154,7 +190,7 @@ def describe(record: dict[str, Any]) -> str:
             "vectors it holds, nothing is bought"
         )
     said = (
-        f"{c['files_added']:,} files added, {c['files_changed']:,} changed, "
+        f"{plural(c['files_added'], 'file')} added, {c['files_changed']:,} changed, "
         + (f"{c['files_grown']:,} grown (only their new rows are read), " if c["files_grown"] else "")
         + f"{c['files_removed']:,} removed, {c['files_unchanged_not_read']:,} unchanged and not read"
     )

@@ -70,7 +70,7 @@ def end_of(src: SourceFile, rows: int, shards: list[ShardRecord]) -> dict | None
         )
     else:
         cuts = [size]
-        held = src.cache.facts.get(src.name) if src.cache is not None else None
+        held = src.cache.facts_of(src) if src.cache is not None else None  # its bytes, held or as dropped
         newline, probed, chained = held or digest.end_facts(src, size, hashed=hashed)
     record = {
         "rows": rows,

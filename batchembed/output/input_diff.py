@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from batchembed.errors import ResumeRefused
+from batchembed.human import plural
 from batchembed.input.identity import file_identity
 from batchembed.output.growth import settle
 
@@ -214,7 +215,7 @@ def guard_removal(
         return
     raise ResumeRefused(
         f"{where}: the inputs no longer hold {removed:,} of the output's {held:,} rows "
-        f"({removed / held:.0%}: {len(diff.removed)} files removed, {len(diff.changed)} changed); "
+        f"({removed / held:.0%}: {plural(len(diff.removed), 'file')} removed, {len(diff.changed)} changed); "
         f"a refresh may remove at most {max_removed:.0%} (output.max_removed). If the inputs are "
         "right, run again with --allow-removal (or set output.max_removed = 1.0)."
     )

@@ -35,6 +35,9 @@ GATE = f"{LEASE_DIR}/admit"
 SPLIT_PLAN = "_split.json"
 #: The batch tier's ledger (``run/batch/ledger``).
 BATCH_DIR = "_batch"
+#: The batch tier's record of a complete plan: for which job and inputs, and what each unit waits for
+#: (``run/batch/plan_record``; a ``run --no-wait`` poll finds its plan there instead of reading the inputs).
+BATCH_PLAN = f"{BATCH_DIR}/job.plan.json"
 #: Every shard file (range, files and retry shards) starts so.
 SHARD_PREFIX = "part-"
 

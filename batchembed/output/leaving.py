@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchembed.input.read import columns_of, iter_batches
+from batchembed.output.input_diff import guard_removal
 
 if TYPE_CHECKING:
     from batchembed.input.files import SourceFile
@@ -72,3 +73,11 @@ def ids_leaving(store: OutputStore, manifest: Manifest, diff: InputDiff, reading
     now = {src.name: count_rows(src) for src in reading if src.name in wanted}
     limit = np.array([now.get(name, 0) for name in names], dtype=np.int64)
     return int((rows >= limit).sum())
+
+
+def guard_leaving(
+    store: OutputStore, manifest: Manifest, diff: InputDiff, reading: list[SourceFile], max_removed: float
+) -> None:
+    """The removal guard (``input_diff.guard_removal``) over ``manifest``'s rows, counting the ids that leave
+    (``ids_leaving``: only when the stale shards could hold more than the limit)."""
+    guard_removal(manifest, diff, max_removed, str(store.uri), lambda: ids_leaving(store, manifest, diff, reading))

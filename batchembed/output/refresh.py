@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchembed.failpoints import failpoint
+from batchembed.human import plural
 from batchembed.input.chunks import file_done
 from batchembed.input.units import with_tail
 from batchembed.output import figures
@@ -34,12 +34,11 @@ from batchembed.output.input_diff import (
     InputDiff,
     begin_generation,
     expired,
-    guard_removal,
     needs_new_generation,
     plan_identities,
 )
-from batchembed.output.layout import FAILED_DIR, SUCCESS
-from batchembed.output.leaving import ids_leaving
+from batchembed.output.layout import FAILED_DIR, SUCCESS, is_shard
+from batchembed.output.leaving import guard_leaving
 from batchembed.output.manifest import Manifest
 from batchembed.output.restore import shard_ids
 from batchembed.output.table_view import intact, record_publish, table_view
@@ -125,7 +124,7 @@ def begin(
         manifest.save(store)
     if needs_new_generation(manifest, diff, sources):
         reading = work_files(kept(manifest, diff), sources)  # the ids that leave are counted only if it matters
-        guard_removal(manifest, diff, max_removed, str(store.uri), partial(ids_leaving, store, manifest, diff, reading))
+        guard_leaving(store, manifest, diff, reading, max_removed)
         again = [src.name for src in reading]
         begin_generation(manifest, diff, sources)
         manifest.refresh = files_record(manifest.generation, diff, again)
@@ -204,7 +203,8 @@ def retire(
 ) -> int:
     """After a publish: the files the table no longer names are kept for readers of earlier versions and
     deleted by a later run (``sweep``), at least ``RETIRE_GRACE`` seconds later (``history_days`` if
-    longer); failure files, which no table names, go now. Returns how many were replaced.
+    longer); failure files, which no table names, go now. Returns how many shards (the table's files) were
+    replaced: their cut and failed rows' files go with them, but were never in the table.
 
     ``own``: the manifest is this run's (it is saved: it records the publish); another part's manifest is
     saved only when its files changed state (that part may be running again)."""
@@ -224,7 +224,7 @@ def retire(
     failpoint("retired-before-delete")
     for name in drop:
         store.delete(name)
-    return len(replaced)
+    return sum(1 for name in replaced if is_shard(name))
 
 
 def due(manifest: Manifest, history_days: float, now: float) -> list[str]:
@@ -250,7 +250,7 @@ def _say_replaced(say, replaced: int, history_days: float) -> None:
         days = max(history_days, RETIRE_GRACE / 86400)
         kept = f"{history_days:g} days" if history_days > 0 else f"{RETIRE_GRACE // 60:.0f} minutes"
         say(
-            f"published the refreshed table: {replaced} replaced files taken out of it; their files stay for readers "
-            f"of earlier versions and are deleted by a run at least {kept} from now"
-            + (" (time travel)" if days >= 1 else "")
+            f"published the refreshed table: {plural(replaced, 'replaced shard')} taken out of it; "
+            f"{'its files stay' if replaced == 1 else 'their files stay'} for readers of earlier versions and are "
+            f"deleted by a run at least {kept} from now" + (" (time travel)" if days >= 1 else "")
         )

@@ -11,16 +11,15 @@ and writes ``_SUCCESS``.
 from __future__ import annotations
 
 import json
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from batchembed.errors import OutputError
 from batchembed.failpoints import failpoint
 from batchembed.output import figures
 from batchembed.output import refresh as output_refresh
-from batchembed.output.input_diff import InputDiff, guard_removal
+from batchembed.output.input_diff import InputDiff
 from batchembed.output.layout import SUCCESS, part_failed, part_report, retry_shard
-from batchembed.output.leaving import ids_leaving
+from batchembed.output.leaving import guard_leaving
 from batchembed.output.manifest import Manifest, ShardRecord
 from batchembed.output.opening import check_shards, remove_orphans
 from batchembed.output.parts import all_complete, load_part, load_parts, open_part, owned_by, parts_left, refuse_mixing
@@ -87,10 +86,7 @@ class SplitPart:
                 plan, diff = propose(parts, previous, sources, self.part[1])
                 if plan.generation > max(m.generation for m in parts):  # a new generation
                     reading = output_refresh.work_files(view(plan, parts), sources)
-                    held = whole(parts, previous)  # the ids that leave are counted only if it matters
-                    guard_removal(
-                        held, diff, max_removed, str(store.uri), partial(ids_leaving, store, held, diff, reading)
-                    )
+                    guard_leaving(store, whole(parts, previous), diff, reading, max_removed)
                     again = [src.name for src in reading]
                     plan.refresh = figures.files_record(plan.generation, diff, again)
                 plan.write(store)

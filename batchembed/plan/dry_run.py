@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 
 import numpy as np
@@ -44,11 +45,13 @@ from batchembed.output.figures import keys_frame
 from batchembed.output.input_diff import GENERATION_SPAN, known_rows
 from batchembed.output.manifest import Manifest
 from batchembed.output.store import storage_options
+from batchembed.plan.batch_tier import batch_estimate
 from batchembed.plan.eta import SAMPLE_TEXTS, measure_local, paced, read_previous_report
 from batchembed.plan.existing import existing_output, refuse_before_buying
 from batchembed.plan.report import PlanReport, format_report
+from batchembed.plan.seen import SeenTexts, text_digests
 from batchembed.run.assemble import build_counter, build_task
-from batchembed.run.batch.shapes import SHAPES
+from batchembed.run.progress import Heartbeat
 from batchembed.stats import Stats
 from batchembed.tasks import Piece, Request, Task
 from batchembed.tasks.batching import pack
@@ -56,48 +59,6 @@ from batchembed.tasks.ids import id_column_name
 from batchembed.tasks.memo import VectorMemo
 from batchembed.tasks.texts import blank_mask
 from batchembed.tasks.tokens import TokenCounter
-
-#: Digests gathered before they are folded into the sorted job-wide set (bounds memory to the uniques).
-_COMPACT_EVERY = 1 << 16
-
-
-class _Seen:
-    """Job-wide set of 64-bit text digests, memory proportional to the distinct texts.
-
-    A large sorted array plus a small sorted one that is merged in when it grows (like an LSM tree),
-    so checking a chunk costs two binary searches rather than a re-sort of everything seen.
-    """
-
-    def __init__(self) -> None:
-        self._main = np.zeros(0, np.uint64)
-        self._recent = np.zeros(0, np.uint64)
-        self.tokens = 0
-
-    @staticmethod
-    def _isin(sorted_array: np.ndarray, values: np.ndarray) -> np.ndarray:
-        pos = np.searchsorted(sorted_array, values)
-        pos[pos == len(sorted_array)] = 0
-        return sorted_array[pos] == values if len(sorted_array) else np.zeros(len(values), bool)
-
-    def first_seen(self, digests: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """Mask of ``digests`` (distinct within the call) never seen before; records them."""
-        new = ~(self._isin(self._main, digests) | self._isin(self._recent, digests))
-        self._recent = np.sort(np.concatenate([self._recent, digests[new]]))
-        self.tokens += int(tokens[new].sum())
-        if len(self._recent) > _COMPACT_EVERY:
-            self._main = np.sort(np.concatenate([self._main, self._recent]))
-            self._recent = np.zeros(0, np.uint64)
-        return new
-
-    def __len__(self) -> int:
-        return len(self._main) + len(self._recent)
-
-
-def _digests(keys: np.ndarray) -> np.ndarray:
-    """64-bit digests of texts from the task's 16-byte text keys (``memo.text_keys``: blake2b)."""
-    if not len(keys):
-        return np.zeros(0, np.uint64)
-    return np.frombuffer(b"".join(keys.tolist()), dtype=np.uint64)[::2].copy()
 
 
 class _CutCounter:
@@ -141,7 +102,7 @@ class _EmbedTally:
 
     def __init__(self, report: PlanReport, resolved: ResolvedJob, ids: bool = False) -> None:
         self.report, self.resolved = report, resolved
-        self.seen = _Seen()
+        self.seen = SeenTexts()
         #: with ``ids`` (a refresh): every row read, as (id, text key), to count its rows by id
         self.rows: list | None = [] if ids else None
         self.sample: list[str] = []  # the first texts to send, as prepared: the local model is timed on them
@@ -183,7 +144,7 @@ class _EmbedTally:
         if not len(to_send):
             return
         # the run sends each distinct text once (in-flight sharing, memo, cache): first occurrences only
-        to_send = to_send[self.seen.first_seen(_digests(work.keys[to_send]), counts[to_send])]
+        to_send = to_send[self.seen.first_seen(text_digests(work.keys[to_send]), counts[to_send])]
         if len(self.sample) < SAMPLE_TEXTS:
             self.sample += [work.texts[i] for i in to_send[: SAMPLE_TEXTS - len(self.sample)]]
         report.tokens_to_send += int(counts[to_send].sum())
@@ -248,18 +209,41 @@ class _RerankTally:
             )
 
 
+class _Doing:
+    """What ``plan`` is doing now, for the line a log gets every 10 s (``progress.Heartbeat``)."""
+
+    def __init__(self) -> None:
+        self.now: Callable[[], str] = lambda: "loading the model and finding the inputs"
+
+    def text(self) -> str:
+        return f"plan: {self.now()}"
+
+
 def estimate(
     job: JobConfig | ResolvedJob,
     counter: TokenCounter | None = None,
     price_per_million: float | None = None,
     restart: bool = False,
 ) -> PlanReport:
-    """Stream the job's input through its task's ``prepare`` and compute the plan (no printing, nothing sent).
+    """Stream the job's input through its task's ``prepare`` and compute the plan (no printing, nothing sent;
+    a line every 10 s says what it is doing).
 
     ``counter``: the token counter to use instead of the job's own (``job.build_counter``). Raises
     ``ConfigError`` for a ``model.dimensions`` the model cannot return and ``InputError`` for missing
     files or columns, as a run would before sending anything.
     """
+    doing = _Doing()
+    with Heartbeat(doing.text):
+        return _estimate(job, counter, price_per_million, restart, doing)
+
+
+def _estimate(
+    job: JobConfig | ResolvedJob,
+    counter: TokenCounter | None,
+    price_per_million: float | None,
+    restart: bool,
+    doing: _Doing,
+) -> PlanReport:
     resolved = resolve(job)
     config, model, preset = resolved.config, resolved.model, resolved.preset
     counting = _CutCounter(counter or build_counter(resolved))
@@ -288,6 +272,7 @@ def estimate(
     if preset and preset.kind == "embed" and resolved.is_rerank:
         report.warnings.append(f"{preset.id} is an embedding model, not a reranker")
 
+    doing.now = lambda: "checking the inputs (columns, types, every id)"
     # the output is the job's when its fingerprint is what a run's would be: with the job's own token counter
     own = task if counter is None else plan_task(resolved, _CutCounter(build_counter(resolved)))
     existing, refused = existing_output(resolved, own, restart)
@@ -308,7 +293,7 @@ def estimate(
             report.refused.append(existing.refresh["refused"])
         first = (existing.manifest.generation + 1) * GENERATION_SPAN  # names clear of every kept unit
     for src in reading:
-        check_columns(src, task.columns)
+        check_columns(src, task.columns, config)
     held = existing.held_ids(config, reading) if existing is not None and config.input.id else []
     check_inputs(config, reading, task.columns, held)  # the same refusals as `run` (ids, columns, text types)
     refuse_before_buying(report, config, existing, reading)
@@ -326,6 +311,7 @@ def estimate(
         pack_small_files=not resolved.is_rerank,  # as the run reads them
         first_ordinal=first,
     )
+    doing.now = lambda: f"{report.rows:,} rows read and counted so far"
     for chunk in chunks:
         piece, requests = task.prepare(chunk)
         report.rows += piece.rows
@@ -349,6 +335,7 @@ def estimate(
     batch_estimate(report, resolved)
     if resolved.local_model is not None:  # bound by this machine's CPU: timed here, on the job's own texts
         rows = report.pairs_to_score if resolved.is_rerank else report.rows_to_embed
+        doing.now = lambda: "timing the local model on the job's first texts"
         eta = measure_local(resolved.local_model, tally.sample, report.tokens_to_send, rows)
     else:  # bound by the limits the run paces to
         eta = paced(model, report.requests, report.tokens_to_send, read_previous_report(config))
@@ -378,19 +365,3 @@ def plan(
     report = estimate(job, counter, price_per_million, restart)
     print(json.dumps(asdict(report), indent=2) if as_json else format_report(report))
     return ExitCode.FAILED if report.refused else ExitCode.OK
-
-
-def batch_estimate(report: PlanReport, resolved: ResolvedJob) -> None:
-    """The batch tier's price and batch count next to the online figures, where the provider sells one."""
-    config = resolved.config
-    report.tier = config.model.tier
-    shape = SHAPES.get(resolved.model.provider)
-    if shape is None or (config.is_rerank and resolved.model.provider != "voyage"):
-        return
-    report.batch_price_share = shape.discount
-    report.batch_window = f"{shape.window} h" if shape.window.isdigit() else shape.window
-    cap = min(shape.max_inputs, config.model.batch_inputs or shape.max_inputs)
-    inputs = report.pairs_to_score if config.is_rerank else report.unique_texts
-    report.batches = -(-inputs // cap)
-    if report.estimated_cost_usd is not None:
-        report.estimated_batch_cost_usd = report.estimated_cost_usd * shape.discount

@@ -11,7 +11,6 @@ would read, and lets the task find texts whose vectors are already in the output
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -21,8 +20,8 @@ from batchembed.errors import OutputError, ResumeRefused
 from batchembed.job.fingerprint import HasFingerprint, job_fingerprint, same_job
 from batchembed.output import refresh as output_refresh
 from batchembed.output.figures import compare, files_record, shard_keys
-from batchembed.output.input_diff import diff_inputs, guard_removal, needs_new_generation
-from batchembed.output.leaving import ids_leaving
+from batchembed.output.input_diff import diff_inputs, needs_new_generation
+from batchembed.output.leaving import guard_leaving
 from batchembed.output.manifest import Manifest
 from batchembed.output.opening import different_job
 from batchembed.output.parts import load_whole
@@ -34,6 +33,7 @@ from batchembed.output.shared_table import refusal, split_refusal, table_state
 from batchembed.output.store import open_store
 from batchembed.output.table_view import cache_files
 from batchembed.plan.report import PlanReport
+from batchembed.plan.touched import touched_files
 
 if TYPE_CHECKING:
     from batchembed.input.files import SourceFile
@@ -82,17 +82,24 @@ class ExistingOutput:
             "removed": diff.removed,
             "unchanged": diff.unchanged,
             "grown": diff.grown,
+            # grown files a stale shard also holds (packed with a changed file): read again whole
+            "grown_reread": [g for g in diff.grown if any(g in shard.inputs for shard in diff.stale)],
             "touched": sorted(diff.touched),
             "reshaped": diff.reshaped,
+            **diff.summary(),  # the counts, apart from the lists of names
             "read_again_packed": record["files"]["read_again_packed"],
             "rows_reused": 0,
             "up_to_date": self.manifest.complete and not reading and not (diff.removed or diff.stale),
             "refused": None,
         }
+        # touched files: CSV/JSON Lines whose bytes are proven the same are unchanged (``diff.touched``, not
+        # read); changed files whose rows the output holds as they are now are read again, nothing bought
+        reread = touched_files(self.store, self.manifest, diff.changed, sources, task)
+        touched = sorted([*diff.touched, *reread])
+        self.refresh.update(touched=touched, touched_reread=reread, files_touched=len(touched))
         if needs_new_generation(self.manifest, diff, sources):
             try:
-                count = partial(ids_leaving, self.store, self.manifest, diff, reading)  # only if it matters
-                guard_removal(self.manifest, diff, max_removed, str(self.store.uri), count)
+                guard_leaving(self.store, self.manifest, diff, reading, max_removed)
             except ResumeRefused as exc:
                 self.refresh["refused"] = str(exc)
         return kept, reading

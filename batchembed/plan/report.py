@@ -112,10 +112,16 @@ def format_report(r: PlanReport) -> str:
         )
     elif r.provider == "fireworks":
         lines.append("  batch tier       none: Fireworks has no batch API for embeddings or rerank")
-    lines += [
-        f"  ETA              {'about' if r.eta_basis == 'measured' else 'at least'} {duration(r.eta_seconds)} "
-        f"({r.eta_detail})",
-    ]
+    if r.tier == "batch":  # the provider answers within its window, not at the paced rate
+        lines.append(
+            f"  ETA              within the provider's {r.batch_window} window (a batch may take all of it; "
+            f"online, at least {duration(r.eta_seconds)})"
+        )
+    else:
+        lines.append(
+            f"  ETA              {'about' if r.eta_basis == 'measured' else 'at least'} {duration(r.eta_seconds)} "
+            f"({r.eta_detail})"
+        )
     if r.prefix:
         lines.insert(1, f"  prefix           {r.prefix!r}")
     if r.refresh:
@@ -125,13 +131,33 @@ def format_report(r: PlanReport) -> str:
     return "\n".join(lines)
 
 
+#: Names a human plan lists per kind of file before it says how many more there are (``--json``: all).
+NAMES_SHOWN = 20
+
+
 def refresh_lines(refresh: dict) -> list[str]:
     """What a rerun over an existing output changes: files by state, rows removed and reused."""
+    reread = refresh.get("touched_reread", [])  # changed files proven to hold what the output holds (plan/touched)
+    settled = [n for n in refresh.get("touched", []) if n not in reread]  # bytes proven the same: unchanged
+    grown_whole = refresh.get("grown_reread", [])
+    lists = {
+        **refresh,
+        "changed": [n for n in refresh["changed"] if n not in reread],
+        "touched_reread": reread,
+        "touched": settled,
+        "grown": [n for n in refresh.get("grown", []) if n not in grown_whole],
+        "grown_reread": grown_whole,
+    }
 
     def names(key: str) -> str:
-        found = refresh[key]
-        shown = ", ".join(found[:5]) + (f", ... ({len(found)} in all)" if len(found) > 5 else "")
-        return f"{len(found):,}" + (f" ({shown})" if found and key != "unchanged" else "")
+        found = lists[key]
+        if not found or key == "unchanged":
+            return f"{len(found):,}"
+        more = len(found) - NAMES_SHOWN
+        shown = ", ".join(found[:NAMES_SHOWN]) + (
+            f" and {more:,} more (plan --json lists them all)" if more > 0 else ""
+        )
+        return f"{len(found):,}: {shown}"
 
     if not (refresh["added"] or refresh["changed"] or refresh["removed"]) and refresh["up_to_date"]:
         return ["  output           up to date with the inputs: a run sends nothing"]
@@ -142,14 +168,25 @@ def refresh_lines(refresh: dict) -> list[str]:
         f"    files added      {names('added')}",
         f"    files changed    {names('changed')}",
     ]
-    if refresh.get("grown"):
+    if reread:
+        lines.append(
+            f"    files touched    {names('touched_reread')} (touched, content unchanged: read again, nothing bought)"
+        )
+    if lists["grown"]:
         lines.append(f"    files grown      {names('grown')} (only their new rows are read)")
+    if grown_whole:
+        lines.append(
+            f"    files grown      {names('grown_reread')} (read again whole: a shard holding them holds a changed "
+            "file too)"
+        )
     lines += [
         f"    files removed    {names('removed')}",
         f"    files unchanged  {unchanged:,} (not read)",
     ]
-    if refresh.get("touched"):
-        lines.append(f"    files touched    {names('touched')} (read once to prove their bytes unchanged)")
+    if settled:
+        lines.append(
+            f"    files touched    {names('touched')} (touched, content unchanged: its bytes read once to prove it)"
+        )
     if refresh.get("reshaped"):
         lines.append(
             f"    kept columns     changed ({', '.join(refresh['reshaped'])}): every shard is rewritten from the "

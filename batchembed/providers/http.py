@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
 from batchembed import __version__
-from batchembed.errors import TransientAPIError, redact
+from batchembed.errors import NoAnswer, redact
 from batchembed.providers.ratelimit_headers import is_rate_header
 from batchembed.providers.retry import classify
 from batchembed.providers.transport import AiohttpTransport, Request, Transport, TransportError
@@ -42,13 +43,13 @@ class JSONClient:
         try:
             resp = await self._transport.send(request)
         except TimeoutError:
-            raise TransientAPIError("request timed out") from None
+            raise NoAnswer("request timed out", "timeout", url) from None
         except TransportError as exc:
-            raise TransientAPIError(redact(f"connection failed: {exc}")) from None
+            raise NoAnswer(redact(f"connection failed: {exc}"), exc.why, url) from None
         headers = dict(resp.headers)
         if resp.status != 200:
             message, code = error_message(resp.body)
-            error = classify(resp.status, redact(f"HTTP {resp.status} from {url}: {message}"), code, headers)
+            error = classify(resp.status, redact(f"HTTP {resp.status} from {safe_url(url)}: {message}"), code, headers)
             error.headers = rate_headers(headers)  # a 429 still says what the limits are
             raise error
         return resp.body, headers
@@ -56,6 +57,26 @@ class JSONClient:
     async def aclose(self) -> None:
         """Close the transport's connections."""
         await self._transport.aclose()
+
+
+def safe_url(url: str) -> str:
+    """``url`` fit for a message: scheme, host, port and path; no user, password or query (a secret may hide
+    there)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{parts.path}" if parts.netloc else url.split("?", 1)[0]
+
+
+def server_of(url: str) -> str:
+    """The ``host:port`` a URL connects to (the scheme's port when none is written): how messages name a server."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return url.split("?", 1)[0]
+    try:
+        port = parts.port
+    except ValueError:  # a port that is not a number: said as written
+        return parts.netloc.rsplit("@", 1)[-1]
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{host}:{port or (443 if parts.scheme == 'https' else 80)}"
 
 
 def rate_headers(headers: dict[str, str]) -> dict[str, str]:

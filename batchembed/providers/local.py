@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -112,6 +114,8 @@ class LocalEmbedder:
         if threads < 1:
             raise ConfigError(f"local model: threads must be at least 1, got {threads}")
         self._threads = threads
+        #: Seconds each encode call computed, the latest 100,000 (a run's latency figures; serve keeps going).
+        self.compute_times: deque[float] = deque(maxlen=100_000)
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self.dimensions = dimensions
@@ -265,7 +269,9 @@ class LocalEmbedder:
         Thread-safe (ONNX runs are serialised by a lock) but blocking: async code should use
         ``encode_async`` or ``embed``. ``dimensions`` overrides the constructor's for this call.
         """
+        began = time.monotonic()
         vectors, counts = self._run(texts)
+        self.compute_times.append(time.monotonic() - began)
         return matryoshka(vectors, dimensions or self.dimensions, self._normalize), counts
 
     async def encode_async(self, texts: list[str], dimensions: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -149,7 +149,8 @@ def build_runner(
     provider = build_provider(resolved, transport)
     counter = build_counter(resolved)
     # the local model is bound by this machine's CPU: progress shows its threads instead of rate limits
-    stats = Stats(threads=resolved.local_model.threads if resolved.local_model is not None else None)
+    local = resolved.local_model
+    stats = Stats(threads=None if local is None else local.threads, compute_times=getattr(local, "compute_times", None))
     memo = vector_memo(resolved) if not resolved.is_rerank else None
     task = build_task(resolved, provider, counter, stats=stats, memo=memo)
     return JobRunner(

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from batchembed.output.commit import JobOutput
     from batchembed.output.input_diff import InputDiff
     from batchembed.output.manifest import Manifest
+    from batchembed.run.placement import SeenInputs
 
 
 def check_before_buying(
@@ -31,10 +32,15 @@ def check_before_buying(
     sources: list[SourceFile],
     columns: list[str],
     say: Callable[[str], None],
+    seen: SeenInputs | None = None,
 ) -> tuple[list[SourceFile], Any]:
     """(the files this run reads, the output's column types settled for every shard it writes, or None when
     it writes none). The Delta table is repaired, taken in or refused (as the output's role may), then the
-    files read are checked (columns, ids against the rows the output keeps), then the column types."""
+    files read are checked (columns, ids against the rows the output keeps), then the column types.
+
+    ``seen``: what an earlier run of this job read and checked (the batch tier's recorded plan). When every
+    file read was seen as it is now, none is opened or checked again and the column types are the ones that
+    run settled: a batch-tier poll reads no input."""
     manifest: Manifest = output.manifest
     access = output.role.table_access
     table_before_buying(
@@ -42,11 +48,12 @@ def check_before_buying(
         publisher=output.table, say=say,
     )  # fmt: skip
     work = output.work_files(sources)
-    for src in work:
-        check_columns(src, columns)
-    if work:
+    unchecked = seen.unchecked(work) if seen is not None else work
+    for src in unchecked:
+        check_columns(src, columns, job)
+    if unchecked:
         held = output.held_ids(job.input.id) if job.input.id else []
-        check_inputs(job, work, columns, held)
-    if not (work or manifest.unresolved_failures()):
-        return work, None
+        check_inputs(job, unchecked, columns, held)
+    if not (unchecked or manifest.unresolved_failures()):
+        return work, (dict(seen.types) if seen is not None and work else None)
     return work, settle_output(job, work, output.store, manifest.shards)

@@ -15,6 +15,7 @@ signals        handled     handled          (Ray ends it)        handled        
 journals       cleared     kept (others')   kept (others')       cleared         cleared
 publishes      yes         the last part    no (the driver)      yes             once no batch runs
 canary         run         run              on a copy, quiet     remote only     when needed
+inputs seen    none        none             none                 none            the plan's
 =============  ==========  ===============  ===================  ==============  ============
 
 The engines (``run/engines``, ``run/batch``) build placements; ``run/assemble.build_runner`` hands one to the
@@ -25,14 +26,16 @@ from __future__ import annotations
 
 import contextlib
 import enum
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from batchembed.input.identity import file_identity
 from batchembed.output.roles import Role, WholeRun
 from batchembed.sending.limits import RateLimits
 
 if TYPE_CHECKING:
+    from batchembed.input.files import SourceFile
     from batchembed.input.units import Unit
     from batchembed.job.resolved import ResolvedJob
 
@@ -72,6 +75,40 @@ class Stages(Protocol):
         precede (batches still running: no ``_SUCCESS``) or follow with their own lines."""
 
 
+@dataclass(frozen=True)
+class SeenInputs:
+    """The input files an earlier run of this job read and checked (columns, ids) under the same settings,
+    as it recorded them: each file's identity and row count (None where unknown, CSV and JSON Lines). A run
+    opens none of them again for its row count, and checks them again only if one changed or was added
+    (ids are unique across all of them at once): a batch-tier poll reads no input at all."""
+
+    files: Mapping[str, tuple[dict, int | None]] = field(default_factory=dict)
+    #: The copied columns' types as that run settled them from these files and the output's table
+    #: (``schema_check.settle_output``): what the shards get when nothing is settled again.
+    types: Mapping[str, Any] = field(default_factory=dict)
+
+    def rows(self) -> dict[str, tuple[dict, int]]:
+        """Row counts by file name, with the identity they hold for (``discover``'s ``known``)."""
+        return {name: (identity, rows) for name, (identity, rows) in self.files.items() if rows is not None}
+
+    def covers(self, sources: list[SourceFile]) -> bool:
+        """Whether every file of ``sources`` was seen as it is now (so they were checked together)."""
+        return all(
+            src.name in self.files and self.files[src.name][0] == file_identity(src.size, src.mtime_ns, src.etag)
+            for src in sources
+        )
+
+    def unchecked(self, work: list[SourceFile]) -> list[SourceFile]:
+        """The files of ``work`` to check (columns, ids) and settle types from: all of them, or none when
+        every one was seen as it is now."""
+        return [] if self.covers(work) else work
+
+
+def nothing_seen(runner: Any) -> SeenInputs:
+    """No earlier run recorded anything of the inputs: every file is opened and checked."""
+    return SeenInputs()
+
+
 def job_limits(resolved: ResolvedJob) -> RateLimits:
     """The job's own limits: the model's (configured or preset) rates and the job's concurrency."""
     model = resolved.model
@@ -103,3 +140,7 @@ class Placement:
     syncs_sinks: bool = True
     #: Held around the whole run (the Ray driver: joined to the cluster).
     session: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    #: What an earlier run recorded of the inputs it read and checked, given the runner (the batch tier: its
+    #: plan's inputs, so a poll reads none of them); read before the output is taken, as a hint bound to each
+    #: file's identity.
+    seen_inputs: Callable[[Any], SeenInputs] = nothing_seen

@@ -10,16 +10,16 @@ publishing do — is the run's ``Placement`` (``placement``), never a subclass.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
-import os
 import signal
-import sys
 from typing import Any
 
 from batchembed import __version__
 from batchembed.exitcodes import ExitCode
 from batchembed.faults import with_path
+from batchembed.human import plural
 from batchembed.input.chunks import CHUNK_ROWS, iter_chunks, pending_rows, retry_chunks
 from batchembed.input.discover import discover
 from batchembed.input.files import FileCache, released_as_read
@@ -27,7 +27,6 @@ from batchembed.input.units import Unit
 from batchembed.job.fingerprint import fingerprint_hash, job_fingerprint
 from batchembed.job.resolved import ResolvedJob
 from batchembed.output.commit import RetryUnit, job_output
-from batchembed.output.figures import describe as describe_figures
 from batchembed.output.input_diff import first_ordinal
 from batchembed.output.journal.segments import journal_store
 from batchembed.output.journal.writer import Journal
@@ -36,9 +35,14 @@ from batchembed.output.manifest import Manifest
 from batchembed.output.store import storage_options
 from batchembed.output.table_view import cache_files
 from batchembed.run.before_buying import check_before_buying
+from batchembed.run.ending import ending_lines
 from batchembed.run.pipeline import LocalStages
 from batchembed.run.placement import Canary, Placement
 from batchembed.run.progress import Progress
+from batchembed.run.rowcount import RowCount
+from batchembed.run.stopping import StopControl, Stopped
+from batchembed.run.stopping import exit_code as stop_exit_code
+from batchembed.sending.outage import server_watch
 from batchembed.sending.sender import Sender, SendHooks
 from batchembed.sending.server_checks import ServedModel, UsageCheck, full_vector_probe, run_canary
 from batchembed.sinks.sync import expected_for_run, for_run
@@ -47,9 +51,6 @@ from batchembed.tasks import Request, Task
 from batchembed.tasks.ids import id_column_name
 from batchembed.tasks.normalize import learn_unit_norm
 from batchembed.tasks.tokens import TokenCounter
-
-#: Seconds in-flight requests get to finish after SIGINT/SIGTERM before they are abandoned.
-STOP_GRACE = 30.0
 
 EXIT_OK, EXIT_PARTIAL, EXIT_SIGINT, EXIT_SIGTERM = ExitCode.OK, ExitCode.PARTIAL, ExitCode.SIGINT, ExitCode.SIGTERM
 
@@ -92,7 +93,10 @@ class JobRunner:
         )
         self.out = self.output.uri  # for messages
         self.limits = placement.limits(resolved)
-        self.stopping: int | None = None  # the signal number once asked to stop
+        self.stopping: int | None = None  # the signal number (or ``stopping.OUTAGE``) once asked to stop
+        #: The stop (signals, an outage outlasting its window) and its deadline.
+        self.stops = StopControl(self, self.job.limits.stop_grace_seconds)
+        self.watch = server_watch(resolved, self.progress.line, self.stops.outage, self.stats.outages.append)
         self.journal: Journal | None = None
         self.sender: Sender | None = None  # made once the run is set up
         self._unresolved = 0
@@ -111,40 +115,26 @@ class JobRunner:
 
     def run(self) -> int:
         """Run the job in a fresh event loop (inside the placement's session); return the exit code."""
-        with self.placement.session():
-            return asyncio.run(self._main())
+        try:
+            with self.placement.session():
+                return asyncio.run(self._main())
+        finally:
+            self.stops.disarm()
 
     async def _main(self) -> int:
         loop = asyncio.get_running_loop()
         signals = (signal.SIGINT, signal.SIGTERM) if self.placement.signals else ()
         for sig in signals:
-            loop.add_signal_handler(sig, self._on_signal, sig)
+            loop.add_signal_handler(sig, self.stops.on_signal, sig)
         try:
             return await self._run()
         finally:
+            self.progress.close()  # its heartbeat ends with the run, whatever ended it
             await asyncio.to_thread(self.output.release)
             for sig in signals:
                 loop.remove_signal_handler(sig)
             await self.provider.aclose()
             self.task.close()
-
-    def _on_signal(self, sig: int) -> None:
-        if self.stopping is None and self.stages.on_signal(sig):
-            return  # the stages stopped on their own terms (the batch tier, waiting: the batches keep running)
-        if self.stopping is not None:
-            # Second signal: leave now. Committed shards are safe; the next run resumes.
-            self.progress.close()
-            print("batchembed: stopped at once; run the same command again to resume.", file=sys.stderr)
-            os._exit(EXIT_SIGINT if sig == signal.SIGINT else EXIT_SIGTERM)
-        self.stopping = sig
-        if self.sender is not None:
-            self.sender.stopping = True
-        self.stages.stop()
-        self.progress.line(
-            f"{signal.Signals(sig).name}: finishing requests in flight (up to {STOP_GRACE:.0f}s), then stopping; "
-            "press Ctrl-C again to stop at once"
-        )
-        asyncio.get_running_loop().call_later(STOP_GRACE, self.stages.abandon)
 
     # ------------------------------------------------------------------------------------ setup
 
@@ -153,17 +143,20 @@ class JobRunner:
         return job_fingerprint(self.resolved, self.task)
 
     async def _run(self) -> int:
-        known = await asyncio.to_thread(self.output.known_rows)
+        self.progress.begin()  # a log hears from the run every few seconds from now on, setup included
+        seen = await asyncio.to_thread(self.placement.seen_inputs, self)  # the batch tier's plan: a poll reads none
+        known = {**seen.rows(), **await asyncio.to_thread(self.output.known_rows)}
         self.files = FileCache()  # small input files: read once, kept until the reading is past them
         sources = await asyncio.to_thread(
-            discover, self.job.input.path, storage_options(self.job), self.files, known, self.job.input.identity
-        )
+            discover, self.job.input.path, storage_options(self.job), self.files, known,
+            identity=self.job.input.identity,
+        )  # fmt: skip
         columns = self.task.columns
         await asyncio.to_thread(self.output.acquire, self.restart)  # one writer per output (or part)
         manifest = await asyncio.to_thread(self.output.open, self.fingerprint(), self.restart)
         diff = await asyncio.to_thread(self.output.refresh_plan, sources)
         work, types = await asyncio.to_thread(  # the table, the inputs and the column types, before buying
-            check_before_buying, self.job, self.output, diff, sources, columns, self.progress.line
+            check_before_buying, self.job, self.output, diff, sources, columns, self.progress.line, seen
         )
         if types is not None:  # every shard gets the table's column types, settled now
             self.task.output_types = types
@@ -171,7 +164,7 @@ class JobRunner:
         self.stats.note_refresh(self.output.refresh_record())
         if self.output.finished_before():
             self.progress.line(
-                f"{self.out}: job already complete and up to date with its {len(sources):,} input files "
+                f"{self.out}: job already complete and up to date with its {plural(len(sources), 'input file')} "
                 f"({manifest.rows():,} rows); nothing to do"
             )
             if self.sinks is not None:  # a sink left behind by an earlier run catches up (nothing is bought)
@@ -185,7 +178,10 @@ class JobRunner:
             shape = await asyncio.to_thread(expected_for_run, self.job, manifest, work or sources, self.task)
             await asyncio.to_thread(self.sinks.preflight, shape)
         if work or (self.retry_failed and manifest.unresolved_failures()):
-            await self.check_server(manifest)  # nothing to send (a refresh that only removes): no canary
+            try:
+                await self.check_server(manifest)  # nothing to send (a refresh that only removes): no canary
+            except Stopped:  # a signal while the server was being reached: nothing was sent
+                return self._conclude()
             vectors = self.task.vectors
             if shape is not None and shape.dim is None and vectors is not None and vectors.dim:
                 # the dimension was learned from the canary: checked before the job's texts are sent
@@ -202,21 +198,22 @@ class JobRunner:
         if (view.shards or view.retiring) and not manifest.complete:  # a refresh: what the output holds
             self.task.reuse_output(self.output.store, cache_files(view))
         retry_units = await asyncio.to_thread(self.output.retry_plan, sources) if self.retry_failed else []
-        # a subset's share of the rows is known only once its units are read
-        todo = pending_rows(sources, manifest) if self.units is None else None
-        if todo is not None:
-            todo += sum(len(rows) for _, _, rows in retry_units)
-        self.stats.rows_total = todo
+        todo = pending_rows(sources, manifest) if self.units is None else None  # a subset's: known once read
+        self.stats.rows_total = None if todo is None else todo + sum(len(rows) for _, _, rows in retry_units)
+        if todo is None and self.units is None:  # CSV / JSON Lines: counted in the background for the total
+            self.progress.count_rows(RowCount(sources, manifest, columns[0], sum(len(r) for _, _, r in retry_units)))
         if manifest.shards:
             self.progress.line(
-                f"resuming {self.out}: {len(manifest.shards)} shards ({manifest.rows():,} rows) already committed"
+                f"resuming {self.out}: {plural(len(manifest.shards), 'shard')} ({manifest.rows():,} rows) "
+                "already committed"
             )
         self.sender = self._make_sender()
         self.progress.start()
         failed = True
         finished = False
         try:
-            await self.stages.run(sources, columns, retry_units)
+            with contextlib.suppress(Stopped):  # a stop while the stages waited on the server outside the pipeline
+                await self.stages.run(sources, columns, retry_units)
             failed = False
             finished = self.stopping is None
             if finished and self.placement.publishes and self.stages.every_unit_done():
@@ -250,6 +247,7 @@ class JobRunner:
             max_retries=self.job.limits.max_retries,
             hooks=SendHooks(sent=self._sent, answered=self._answered, usage=self.usage_check.observe),
             shorten=self.task.shorten,
+            watch=self.watch,
         )
         sender.stopping = self.stopping is not None
         return sender
@@ -268,9 +266,10 @@ class JobRunner:
         if canary is Canary.DEFERRED or (canary is Canary.REMOTE_ONLY and self.model.provider == "local"):
             return  # the batch tier asks when it needs it; a Ray driver loads no local model (its workers check)
         if canary is Canary.WORKER:  # as the driver ran it, on a copy: a worker never saves the driver's manifest
-            await self.canary(copy.deepcopy(manifest), accept_change=True, say=lambda _line: None)
+            await self.stops.interruptible(self.canary(copy.deepcopy(manifest), True, lambda _line: None))
             return
-        if await self.canary(manifest, self.accept_model_change, self.progress.line):
+        # a stop interrupts it (``Stopped``): the server may be slow, away, or never there
+        if await self.stops.interruptible(self.canary(manifest, self.accept_model_change, self.progress.line)):
             await asyncio.to_thread(manifest.save, self.output.store)
 
     async def canary(self, manifest: Manifest, accept_change: bool, say) -> bool:
@@ -286,6 +285,7 @@ class JobRunner:
             accept_change=accept_change,
             where=str(self.out),
             say=say,
+            watch=self.watch,
         )
         vectors = self.task.vectors
         if vectors is not None:  # whether the model's vectors are unit length: once per job, kept in the manifest
@@ -297,7 +297,7 @@ class JobRunner:
                 known=self.resolved.model_unit_norm,
                 canary=vector,
                 full_width=self.job.model.dimensions is None,
-                probe=full_vector_probe(self.provider, self.limits, self.job.limits.max_retries),
+                probe=full_vector_probe(self.provider, self.limits, self.job.limits.max_retries, self.watch),
                 say=say,
             )
         return True
@@ -367,26 +367,11 @@ class JobRunner:
                 f"stopped: {s.rows_done:,} rows done this run; committed shards are kept. "
                 "Run the same command again to resume."
             )
-            return EXIT_SIGINT if self.stopping == signal.SIGINT else EXIT_SIGTERM
+            return stop_exit_code(self.stopping)
         verb = "scored" if self.job.is_rerank else "embedded"
         self.progress.line(self.progress.summary(verb, str(self.out)))
-        if s.refresh.get("generation"):
-            self.progress.line(f"refresh (generation {s.refresh['generation']}): {describe_figures(s.refresh)}")
-        if s.refresh.get("generation") or s.texts_reused:
-            current = "" if s.tokens_current is None else f", {s.tokens_current:,} for the table's current rows"
-            self.progress.line(
-                f"texts: {s.texts_bought:,} bought, {s.texts_reused:,} reused from the output; "
-                f"tokens: {s.tokens:,} billed this run{current}"
-            )
-        if s.rows_recovered or s.rows_resent:
-            self.progress.line(
-                f"after the interrupted run: {s.rows_recovered:,} rows recovered from its journal, "
-                f"{s.rows_resent:,} rows sent again (their answers were still in flight when it stopped)"
-            )
-        if s.rows_truncated:
-            self.progress.line(
-                f"{s.rows_truncated:,} rows were cut to fit; they are listed in {self.output.store.describe(TRUNCATED)}"
-            )
+        for line in ending_lines(s, self.output.store.describe(TRUNCATED)):
+            self.progress.line(line)
         if self._unresolved:
             self.progress.line(
                 f"{self._unresolved:,} rows failed and are listed in "

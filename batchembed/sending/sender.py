@@ -11,7 +11,11 @@ the :class:`SendHooks` callbacks.
 On failure: a bad key or ignored settings stop the job; too long or too large splits the request in
 halves down to one item, whose text a task may cut once more (``shorten``) before it is
 dead-lettered; anything else is retried with backoff, up to ``max_retries``, and after
-``GIVE_UP_AFTER`` requests in a row exhausted their retries the job gives up.
+``GIVE_UP_AFTER`` requests in a row exhausted their retries the job gives up. A failure that did not reach
+the server at all is the ``ServerWatch``'s (``outage``): before the server's first answer it is retried for
+``limits.connect_timeout``, during an outage until the server is back, without using up ``max_retries``.
+A stop (``stopping``) ends every wait between tries at once, and a try still waiting for its slot or the
+pace never goes out.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from batchembed.errors import (
     redact,
 )
 from batchembed.providers.retry import backoff
+from batchembed.sending.outage import ServerWatch
 from batchembed.stats import Stats
 from batchembed.tasks import Request
 from batchembed.tasks.batching import halves
@@ -95,6 +100,8 @@ class Meter:
         window = sender.limits.window
         async with window.slot():
             await sender.limits.admit(tokens)
+            if sender.stopping:  # stopped while it waited for a slot or the pace: it does not go out
+                raise Stop()
             if self._first:
                 self._first = False
                 sender.hooks.sent(self._request)
@@ -125,6 +132,7 @@ class Sender:
         hooks: SendHooks | None = None,
         shorten: Callable[[Request], bool] | None = None,
         give_up_after: int = GIVE_UP_AFTER,
+        watch: ServerWatch | None = None,
     ) -> None:
         self.task = task
         self.limits = limits
@@ -133,9 +141,36 @@ class Sender:
         self.hooks = hooks or SendHooks()
         self.shorten = shorten
         self.give_up_after = give_up_after
-        self.stopping = False  # set when a signal asked the run to stop: no new attempts
+        #: Whether the server answers (None: every failure is an ordinary one, retried up to ``max_retries``).
+        self.watch = watch
+        self._stopping = False
+        self._stop: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
         self.succeeded_once = False
         self.exhausted_in_a_row = 0
+
+    @property
+    def stopping(self) -> bool:
+        """Set when the run stops (a signal, an outage outlasting its window): no new attempts, no more
+        waiting between them."""
+        return self._stopping
+
+    @stopping.setter
+    def stopping(self, value: bool) -> None:
+        self._stopping = value
+        if value and self._stop is not None:
+            self._stop[1].set()
+
+    async def pause(self, seconds: float) -> None:
+        """Wait ``seconds`` before the next try, or raise ``Stop`` as soon as the run stops."""
+        loop = asyncio.get_running_loop()
+        if self._stop is None or self._stop[0] is not loop:
+            self._stop = (loop, asyncio.Event())
+            if self._stopping:
+                self._stop[1].set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop[1].wait(), seconds)
+        if self._stopping:
+            raise Stop()
 
     async def send(self, request: Request) -> None:
         """Send one request with retries; split on 413, too-long and an all-zero/non-finite vector answered
@@ -145,11 +180,14 @@ class Sender:
         stops the job (``AuthError``, ``ServerIgnoredSettings``, a ``TerminalAPIError`` before
         anything succeeded, too many requests in a row given up), and ``Stop`` when asked to stop
         between attempts."""
-        attempt = 0
+        attempt = 0  # tries that count against max_retries
+        tries = 0  # every try, and the ones in a row the server could not be reached
+        away = 0
         while True:
-            if self.stopping and attempt:
+            if self.stopping and tries:
                 raise Stop()
-            meter = Meter(self, request, first=attempt == 0)
+            meter = Meter(self, request, first=tries == 0)
+            tries += 1
             error: APIError | None = None
             try:
                 answer = await self.task.call(request, meter)
@@ -169,6 +207,8 @@ class Sender:
                     return
             else:
                 self.limits.observe(error.headers, error.status, meter.tokens or request.tokens)
+            if isinstance(error, AuthError) and self.watch is not None:
+                raise self.watch.refused(error)
             if isinstance(error, (AuthError, ServerIgnoredSettings)):
                 raise error
             if isinstance(error, (InputTooLong, PayloadTooLarge, TerminalAPIError)):
@@ -182,8 +222,16 @@ class Sender:
                 await self._split_or_fail(request, error)
                 return
             # transient or malformed: back off and retry
-            attempt += 1
             self.stats.retries[error.label] += 1
+            if error.status in (429, 503):  # an overloaded server paces us whether or not it is also away
+                self.limits.window.on_throttled(error.retry_after)
+            ride = self.watch.failed(error, request, away) if self.watch is not None else None
+            if ride is not None:  # the server cannot be reached: wait for it (max_retries is not used up)
+                away += 1
+                await self.pause(ride)
+                continue
+            away = 0
+            attempt += 1
             if attempt > self.max_retries:
                 self.exhausted_in_a_row += 1
                 if self.exhausted_in_a_row >= self.give_up_after:
@@ -195,9 +243,7 @@ class Sender:
                 dead_letter(request, f"gave up after {self.max_retries} retries: {error}")
                 return
             delay = backoff(attempt - 1, error.retry_after)
-            if error.status in (429, 503):
-                self.limits.window.on_throttled(error.retry_after)
-            await asyncio.sleep(delay)
+            await self.pause(delay)
 
     async def _split_or_fail(self, request: Request, error: APIError) -> None:
         n = len(request.items)
@@ -217,6 +263,8 @@ class Sender:
 
     def _on_success(self, request: Request, reported: int | None, meter: Meter) -> None:
         self.succeeded_once = True
+        if self.watch is not None and meter.used:
+            self.watch.answered()
         self.exhausted_in_a_row = 0
         if not meter.used:
             return  # every answer came from elsewhere: nothing was sent, nothing is paid

@@ -22,6 +22,7 @@ import numpy as np
 
 from batchembed.errors import APIError, AuthError, ResumeRefused, ServerIgnoredSettings, TerminalAPIError
 from batchembed.providers.retry import backoff
+from batchembed.sending.outage import ServerWatch
 
 #: Embedded at the start of every run; its vector identifies the model behind the name.
 CANARY_TEXT = "batchembed canary: the quick brown fox jumps over the lazy dog (0123456789)."
@@ -106,6 +107,7 @@ async def run_canary(
     accept_change: bool,
     where: str,
     say: Callable[[str], None],
+    watch: ServerWatch | None = None,
 ) -> np.ndarray:
     """At the start of a run: embed the canary, check it against the manifest's, record both there.
 
@@ -116,7 +118,7 @@ async def run_canary(
     stored = manifest.server.get("canary")
     if getattr(manifest, "rewrite_only", False) and stored and stored.get("text") == CANARY_TEXT:
         return np.asarray(stored["vector"], dtype=np.float32)
-    answer = await embed_canary(embedder, limits, max_retries)
+    answer = await embed_canary(embedder, limits, max_retries, watch)
     served.observe(answer.model)
     vector = answer.vectors[0]
     manifest.server["canary"] = check_canary(
@@ -131,19 +133,31 @@ async def run_canary(
     return vector
 
 
-async def embed_canary(embedder: Any, limits: Any, max_retries: int) -> Any:
+async def embed_canary(embedder: Any, limits: Any, max_retries: int, watch: ServerWatch | None = None) -> Any:
     """Embed ``CANARY_TEXT`` (retrying transient failures); the answer also teaches the limiter.
 
     Raises what a job's settings cause at once (a wrong model name, a bad key, a refused field, a
     server ignoring ``dimensions``): nothing has been sent yet, so this is the cheapest place to stop.
+    A server that cannot be reached is the ``watch``'s to judge: named at once, retried for the connect
+    window (``ServerUnreachable`` after it), waited for during an outage.
     """
-    attempt = 0
+    attempt = away = 0
     while True:
         try:
             result = await embedder.embed([CANARY_TEXT])
         except APIError as exc:
             limits.observe(exc.headers, exc.status, 20)
-            if isinstance(exc, (AuthError, TerminalAPIError, ServerIgnoredSettings)) or attempt >= max_retries:
+            if isinstance(exc, AuthError) and watch is not None:
+                raise watch.refused(exc) from None
+            if isinstance(exc, (AuthError, TerminalAPIError, ServerIgnoredSettings)):
+                raise
+            ride = watch.failed(exc, embed_canary, away) if watch is not None else None
+            if ride is not None:  # the server cannot be reached: the watch says how long to wait
+                away += 1
+                await asyncio.sleep(ride)
+                continue
+            away = 0
+            if attempt >= max_retries:
                 raise
             if exc.status in (429, 503):
                 limits.window.on_throttled(exc.retry_after)
@@ -151,10 +165,14 @@ async def embed_canary(embedder: Any, limits: Any, max_retries: int) -> Any:
             attempt += 1
             continue
         limits.observe(result.headers, 200, 20)
+        if watch is not None:
+            watch.answered()
         return result
 
 
-def full_vector_probe(embedder: Any, limits: Any, max_retries: int) -> Callable[[], Awaitable[np.ndarray]] | None:
+def full_vector_probe(
+    embedder: Any, limits: Any, max_retries: int, watch: ServerWatch | None = None
+) -> Callable[[], Awaitable[np.ndarray]] | None:
     """What asks for the canary text's full vector (no ``dimensions``; retried like the canary), for
     learning whether the model's vectors are unit length; None for an embedder that cannot ask."""
     full = getattr(embedder, "embed_full", None)
@@ -162,7 +180,7 @@ def full_vector_probe(embedder: Any, limits: Any, max_retries: int) -> Callable[
         return None
 
     async def probe() -> np.ndarray:
-        return (await embed_canary(SimpleNamespace(embed=full), limits, max_retries)).vectors[0]
+        return (await embed_canary(SimpleNamespace(embed=full), limits, max_retries, watch)).vectors[0]
 
     return probe
 

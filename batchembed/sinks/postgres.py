@@ -156,10 +156,27 @@ class PostgresSink:
         """Bring the table to the Delta table's current version in one transaction (None: no table yet)."""
         psycopg = psycopg_module()
         try:
-            with self.connect() as conn, conn.transaction():
-                return self._sync(conn, where, options, shape, columns, say)
+            with self.connect() as conn:
+                self._syncing = conn
+                try:
+                    with conn.transaction():
+                        return self._sync(conn, where, options, shape, columns, say)
+                finally:
+                    self._syncing = None
         except psycopg.Error as exc:
             raise SinkUnavailable(f"{self.name}: {_reason(exc)}") from None
+
+    @property
+    def syncing(self) -> bool:
+        """Whether a sync is under way (a stopped run gives it the grace)."""
+        return getattr(self, "_syncing", None) is not None
+
+    def cancel(self) -> None:
+        """Cancel the sync under way, from another thread (a stopped run's grace is over): its transaction
+        rolls back, the table stays at the version it held, the next run or ``sync`` brings it up."""
+        conn = getattr(self, "_syncing", None)
+        if conn is not None:
+            conn.cancel_safe(timeout=5)
 
     def _sync(self, conn, where, options, shape: Expected, columns: changes.Shape, say) -> Synced | None:
         from psycopg import sql
@@ -270,6 +287,7 @@ class PostgresSink:
     def _copy(self, conn, target, names, shape: Expected, batches, freeze: bool = False) -> int:
         """Binary COPY of ``batches`` into ``target``; returns the rows written."""
         from psycopg import sql
+        from psycopg.copy import QueuedLibpqWriter
         from psycopg.types import TypeInfo
 
         info = TypeInfo.fetch(conn, "vector")
@@ -281,7 +299,8 @@ class PostgresSink:
             cur.copy(
                 sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY{})").format(
                     target, names, sql.SQL(", FREEZE" if freeze else "")
-                )
+                ),
+                writer=QueuedLibpqWriter(cur),  # a worker thread sends while this one encodes the next rows
             ) as copy,
         ):
             copy.set_types(types)

@@ -155,6 +155,19 @@ class SinkSync:
             if done is not None:
                 self.say(describe(sink.name, done))
 
+    @property
+    def syncing(self) -> bool:
+        """Whether a sink's sync is under way."""
+        return any(getattr(sink, "syncing", False) for sink in self.sinks)
+
+    def cancel(self) -> None:
+        """Cancel the syncs under way (called from another thread when a stopped run's grace is over); a
+        sink that cannot cancel finishes its sync (the stop's watchdog bounds the wait)."""
+        for sink in self.sinks:
+            cancel = getattr(sink, "cancel", None)
+            if cancel is not None:
+                cancel()
+
     def exit_code(self, code: int) -> int:
         """``code``, or ``SINK_BEHIND`` when the run succeeded but a sink could not be synced."""
         if code == ExitCode.OK and self.behind:

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from batchembed import __version__
 from batchembed.errors import InputError, MalformedResponse, ServerIgnoredSettings
 from batchembed.input.units import Chunk, Unit
-from batchembed.job.resolved import ResolvedJob
+from batchembed.job.resolved import ResolvedJob, limit_text
 from batchembed.job.templates import text_fields
 from batchembed.output.cache import KEY_COLUMN, OutputCache, key_column
 from batchembed.output.schema import conform
@@ -64,6 +64,7 @@ class EmbedTask:
         self.counter = counter
         self.prefix = resolved.prefix
         self.input_tokens = resolved.input_tokens
+        self.cut_reason = resolved.cut_reason  # limits.input_tokens, or the model's own smaller limit
         self.stats = stats
         self.shared = SharedEmbedder(embedder, memo, stats, self._check_answer)
         self.vectors = Vectors(job.model.dimensions, job.model.normalize)  # width, check, written lengths
@@ -111,13 +112,13 @@ class EmbedTask:
                 at = int(np.flatnonzero(row_to_text == too_long[0])[0])
                 raise InputError(
                     f"{chunk.source_at(at).path}: row {int(positions[at])}: text has about {counts[too_long[0]]} "
-                    f"tokens, over limits.input_tokens = {self.input_tokens} (limits.on_too_long = 'fail')"
+                    f"tokens, over {limit_text(self.cut_reason, self.input_tokens)} (limits.on_too_long = 'fail')"
                 )
             if policy == "truncate":
                 for i in too_long:
                     whole = unique_texts[i]
                     unique_texts[i] = self.counter.truncate(whole, self.input_tokens)
-                    truncated[int(i)] = ("limits.input_tokens", int(counts[i]), len(whole), len(unique_texts[i]))
+                    truncated[int(i)] = (self.cut_reason, int(counts[i]), len(whole), len(unique_texts[i]))
                 cut = self.counter.count(pa.array([unique_texts[i] for i in too_long], pa.string()))
                 counts[too_long] = np.minimum(cut, self.input_tokens)
             else:  # skip: keep the rows with a null vector, never send them

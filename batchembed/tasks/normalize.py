@@ -134,17 +134,38 @@ class NormTally:
     def record(self, manifest: Any, unit: str) -> None:
         """Merge ``unit``'s lengths into ``manifest.server["vector_norms"]`` (saved with the manifest).
 
-        ``shards`` counts the shards they cover: a run that ends without saving the manifest (stopped,
-        killed, rows failed) keeps its lengths in its ``_report.json`` only, so ``status`` says how many
-        of the output's shards its figures describe."""
+        Each unit's lengths are kept (``vector_norms_by_unit``), so the figures describe the shards the
+        output holds (``written_norms``): a shard a refresh replaced no longer counts. ``shards`` counts
+        the shards the figures cover: a run that ends without saving the manifest (stopped, killed, rows
+        failed) keeps its lengths in its ``_report.json`` only, so ``status`` says how many of the
+        output's shards its figures describe."""
         with self._lock:
             got = self._units.pop(unit, None)
         if got is None:
             return
-        was = manifest.server.get("vector_norms") or {}
-        low, high = got if not was else (min(was["min"], got[0]), max(was["max"], got[1]))
-        shards = int(was.get("shards", 0)) + 1
-        manifest.server["vector_norms"] = {"min": round(low, 6), "max": round(high, 6), "shards": shards}
+        replaced = {s.unit_name for s in manifest.retiring}
+        by_unit = {k: v for k, v in (manifest.server.get("vector_norms_by_unit") or {}).items() if k not in replaced}
+        by_unit[unit.removesuffix(".parquet")] = [round(got[0], 6), round(got[1], 6)]  # as ShardRecord.unit_name
+        manifest.server["vector_norms_by_unit"] = by_unit
+        manifest.server["vector_norms"] = _summary(list(by_unit.values()))
+
+
+def _summary(lengths: list[list[float]]) -> dict[str, Any] | None:
+    if not lengths:
+        return None
+    return {"min": min(a for a, _ in lengths), "max": max(b for _, b in lengths), "shards": len(lengths)}
+
+
+def written_norms(manifest: Any) -> dict[str, Any] | None:
+    """The min/max length of the vectors in the shards ``manifest`` holds now, and how many shards that
+    covers (an output written before the lengths were kept per unit: its one recorded figure)."""
+    if manifest is None:
+        return None
+    by_unit = manifest.server.get("vector_norms_by_unit")
+    if by_unit is None:
+        return manifest.server.get("vector_norms")
+    held = {s.unit_name for s in manifest.shards}
+    return _summary([v for k, v in by_unit.items() if k in held])
 
 
 async def learn_unit_norm(

@@ -67,6 +67,7 @@ class RerankTask:
         self.reranker = reranker
         self.counter = counter
         self.input_tokens = resolved.input_tokens
+        self.cut_reason = resolved.cut_reason  # limits.input_tokens, or the model's own smaller limit
         self.stats = stats
         cfg = self.cfg
         names = [cfg.query, cfg.query_id, cfg.document, cfg.doc_id, *job.input.keep]
@@ -313,7 +314,7 @@ class RerankTask:
                 "doc_id": pc.cast(work.doc_ids.take(at), pa.string()),
                 "file": pa.array([piece.chunk.source.name] * len(pairs), pa.string()),
                 "row": pa.array(work.positions[work.pair_row[pairs]], pa.int64()),
-                "reason": pa.array(["limits.input_tokens"] * len(pairs), pa.string()),
+                "reason": pa.array([self.cut_reason] * len(pairs), pa.string()),
                 "tokens_before": pa.array([work.cut[int(i)][0] for i in pairs], pa.int64()),
                 "chars_before": pa.array([work.cut[int(i)][1] for i in pairs], pa.int64()),
                 "chars_after": pa.array([len(work.documents[int(i)]) for i in pairs], pa.int64()),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from batchembed.tasks.normalize import NormTally, VectorCheck
+from batchembed.tasks.normalize import NormTally, VectorCheck, written_norms
 
 
 class Vectors:
@@ -39,6 +39,6 @@ class Vectors:
 
     def report(self, manifest: Any) -> dict[str, Any]:
         """What ``_report.json`` says about the vectors: ``normalize`` (mode, the model's unit norm, whether
-        and how many vectors were normalised here) and ``vector_norms`` (min/max length written)."""
-        norms = manifest.server.get("vector_norms") if manifest is not None else None
-        return {"normalize": self.check.describe(), "vector_norms": norms}
+        and how many vectors were normalised here) and ``vector_norms`` (min/max length of the vectors in the
+        shards the output holds now)."""
+        return {"normalize": self.check.describe(), "vector_norms": written_norms(manifest)}

@@ -11,11 +11,13 @@ Voyage's (``shape="mistral"`` / ``"voyage"``):
 A batch moves one state per ``GET`` of it (validating -> in_progress -> finalizing -> completed), so
 a test advances batches by polling them, without a clock; ``hold_batches = True`` freezes them. When
 a batch ends, every line is answered by the embeddings/rerank fake (a poisoned text gets its line a
-400), and the output file lists the lines in reversed order. Knobs: ``expire_next`` (lines that
+400), and the output file lists the lines in reversed order. ``hold()`` parks the batch routes'
+requests too, unanswered until ``release()``. Knobs: ``expire_next`` (lines that
 expire instead), ``refuse_creations`` (429s at creation), ``quota_failures`` (batches created then
 failed with ``token_limit_exceeded``), ``queue_limit`` (inputs enqueued at once), ``max_inputs``
-(per batch), ``page_size`` (of the list). Records: :attr:`created` (every batch created) and
-:attr:`inputs_billed` (inputs of answered lines).
+(per batch), ``page_size`` (of the list). Records: :attr:`created` (every batch created),
+:attr:`inputs_billed` (inputs of answered lines) and :attr:`batch_calls` (every call of the batch API:
+method and path).
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class FakeBatchProvider(FakeProvider):
         self.inputs_billed = 0
         self.lines_billed = 0
         self.billed_texts: list[str] = []
+        self.batch_calls: list[tuple[str, str]] = []  # (method, path) of every files/batches call
         self._ids = itertools.count(1)
         self._batch_lock = threading.Condition()
 
@@ -88,13 +91,16 @@ class FakeBatchProvider(FakeProvider):
         split = urlsplit(request.url)
         path = split.path.removeprefix("/v1") if split.path.startswith("/v1/") else split.path
         query = {k: v[-1] for k, v in parse_qs(split.query).items()}
+        base = self.batches_path
+        if path == "/files" or path.startswith(("/files/", base)):
+            self.batch_calls.append((request.method, path))
+            await self._wait_while_held()  # ``hold()`` parks the batch routes too (a poll the server never answers)
         try:
             with self._batch_lock:
                 if path == "/files" and request.method == "POST":
                     return self._upload(request)
                 if path.startswith("/files/") and path.endswith("/content") and request.method == "GET":
                     return self._content(path.split("/")[2])
-                base = self.batches_path
                 if path == base and request.method == "POST":
                     return self._create(orjson.loads(request.body or b"{}"))
                 if path == base and request.method == "GET":

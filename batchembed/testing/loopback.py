@@ -59,7 +59,8 @@ class FakeServer(FakeProvider):
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> FakeServer:
-        """Start the loop thread and the HTTP server; return once it accepts connections."""
+        """Start the loop thread and the HTTP server; return once it accepts connections. A server started
+        again after :meth:`stop` listens on the same port (a server restarted under a running client)."""
         if self._thread is not None:
             raise RuntimeError("FakeServer already started")
         self._loop = asyncio.new_event_loop()
@@ -100,7 +101,7 @@ class FakeServer(FakeProvider):
     async def _astart(self) -> None:
         self._runner = web.AppRunner(make_app(self), access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)  # 0 the first time: any free port
         await site.start()
         self.port = self._runner.addresses[0][1]
 

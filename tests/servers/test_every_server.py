@@ -208,8 +208,11 @@ def test_a_refresh_day_buys_only_the_changed_texts(server, tmp_path):
     facts = report(out)
     rows, refresh = facts["rows"], facts["refresh"]
     assert rows["bought"] == len(fresh) == 20 and rows["reused_from_output"] == 35 and rows["failed"] == 0, rows
-    assert rows["removed"] == 50, rows  # f1's old rows, replaced by its 45 current ones
-    assert (refresh["files_changed"], refresh["files_added"], refresh["files_unchanged"]) == (1, 1, 2), refresh
+    # by id: f1's 10 edited rows updated, its 5 deleted ones removed, f3's 10 added; f1's other 35 read again
+    by_id = {"added": 10, "updated": 10, "removed": 5, "unchanged_read_again": 35}
+    assert refresh["rows"] == by_id, refresh
+    files = refresh["files"]
+    assert (files["changed"], files["added"], files["unchanged_not_read"]) == (["f1.parquet"], ["f3.parquet"], 2), files
     assert run_here(None, "verify", str(job)).returncode == 0
 
 

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 import pyarrow as pa
 
 from batchembed.fs.atomic import fsync_dir
+from batchembed.output.journal.fenced import FencedJournalStore
 from batchembed.output.layout import JOURNAL_DIR
+from batchembed.output.store.fencing import TokenFence
 
 if TYPE_CHECKING:
     from batchembed.output.store.base import OutputStore
@@ -53,6 +55,10 @@ class SegmentWriter(Protocol):
 
     def close(self, sync: bool = True) -> None:
         """Release the segment, after a sync unless ``sync`` is False (the journal is being deleted)."""
+        ...
+
+    def discard(self) -> None:
+        """Delete what this segment wrote (a writer that lost its fence: ``fenced``); still to be closed."""
         ...
 
 
@@ -149,6 +155,14 @@ class _LocalSegment:
                 os.close(self._fd)
                 self._fd = -1
 
+    def discard(self) -> None:
+        """Unlink the file (the descriptor stays open until ``close``: a frame appended meanwhile goes nowhere
+        visible), and its unit's directory if nothing else is in it."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        with contextlib.suppress(OSError):  # another run's segment keeps it
+            self.path.parent.rmdir()
+
 
 class _LocalReader:
     """A segment file: sequential reads, then single frames by offset (Arrow buffers, see ``SegmentReader``)."""
@@ -231,6 +245,7 @@ class _ObjectSegment:
         self.number = first
         self._frames: list[bytes] = []
         self._lock = threading.Lock()
+        self.written: list[str] = []  # the objects this segment put
 
     def append(self, frame: list) -> None:
         data = b"".join(bytes(memoryview(part)) for part in frame)
@@ -243,13 +258,22 @@ class _ObjectSegment:
             frames, self._frames = self._frames, []
             number, self.number = self.number, self.number + 1
         if frames:
-            self.store.write_bytes(f"{self.prefix}/{number:06d}{SEGMENT_SUFFIX}", b"".join(frames))
+            name = f"{self.prefix}/{number:06d}{SEGMENT_SUFFIX}"
+            self.store.write_bytes(name, b"".join(frames))
+            self.written.append(name)
 
     def close(self, sync: bool = True) -> None:
         if sync:
             self.sync()
         with self._lock:
             self._frames = []
+
+    def discard(self) -> None:
+        """Delete the objects this segment put and drop the frames not put yet."""
+        with self._lock:
+            self._frames, written, self.written = [], self.written, []
+        for name in written:
+            self.store.delete(name)
 
 
 class _ObjectReader:
@@ -322,8 +346,11 @@ class ObjectJournalStore:
 
 
 def journal_store(store: OutputStore) -> JournalStore:
-    """The journal beside an output: segment files on a local disk, segment objects on an object store."""
+    """The journal beside an output: segment files on a local disk, segment objects on an object store;
+    fenced for a writer under another run's lock (a Ray worker: ``fenced``)."""
     directory = getattr(store, "directory", None)
-    if directory is not None:
-        return LocalJournalStore(Path(directory) / JOURNAL_DIR)
-    return ObjectJournalStore(store)
+    inner: JournalStore = (
+        LocalJournalStore(Path(directory) / JOURNAL_DIR) if directory is not None else ObjectJournalStore(store)
+    )
+    lock = getattr(store, "lock", None)
+    return FencedJournalStore(inner, lock) if isinstance(lock, TokenFence) else inner

@@ -216,6 +216,9 @@ class Journal:
             except OSError as exc:  # a full disk, say: the job goes on, only without this optimisation
                 self.error = f"{exc.strerror or exc} ({exc.filename or unit})"
                 return None
+            except OutputError as exc:  # a fenced writer's fence lost (``fenced``): it journals no more
+                self.error = str(exc)
+                return None
 
     def tick(self) -> None:
         """Called periodically: fsync (on the journal's thread) what was appended, at most once a second."""

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from batchembed import __version__
+from batchembed.job.resolved import resolve_model
 from batchembed.output.publish.delta import check_agrees, publish
 from batchembed.output.publish.files import TableFile, read_table_file
 
@@ -46,7 +47,8 @@ def delta_publisher(store: OutputStore, job: JobConfig) -> Callable[..., int | N
                 return None  # nothing written yet and no table: nothing to publish
             return _files(store, shards, current)
 
-        facts = {"version": __version__, "model": job.model.name, "provider": job.model.provider, "publish": tag}
+        model = resolve_model(job).name  # the provider's default when the job names none (the local model)
+        facts = {"version": __version__, "model": model, "provider": job.model.provider, "publish": tag}
         # the table opened once per attempt
         return publish(store.where, None, files, tag=tag, metadata=facts, releasing=releasing)
 

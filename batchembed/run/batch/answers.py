@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from batchembed.output.journal.recovery import Recovered
 from batchembed.output.journal.writer import Resumed
@@ -22,12 +23,13 @@ from batchembed.run.batch.items import Items
 from batchembed.run.batch.ledger import COLLECTED, FAILED, OK, ONLINE, Ledger
 from batchembed.tasks import Piece, Request
 
-#: Results files kept in memory at once (pieces are planned in input order, so read in that order).
-CACHED_FILES = 4
+#: Row groups of results files kept in memory at once (``ledger.RESULT_ROWS`` answers each; the writing pass
+#: asks for them in planned order, so a group is read once): the answers are never read a whole file at a time.
+CACHED_GROUPS = 8
 
 
 class BatchResults:
-    """Every collected item's final status, and its answer read from its results file on demand."""
+    """Every collected item's final status, and its answer read from its results file's row group on demand."""
 
     def __init__(self, ledger: Ledger, items: Items) -> None:
         self.ledger = ledger
@@ -36,7 +38,10 @@ class BatchResults:
         self.where: dict[bytes, tuple[int, int]] = {}  # key -> (file, row) of its last answer
         self.status: dict[bytes, str] = {}
         self.errors: dict[bytes, str] = {}
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._starts: list[np.ndarray] = []  # per file: the first row of each row group (and its row count)
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._open: tuple[int, pq.ParquetFile] | None = None  # the results file read last
+        self.groups_read = 0  # row groups read (a results file is never read whole)
         self.dim: int | None = None  # the answers' vector size (embed), from the first file with an answer
         self.charged: set[bytes] = set()  # keys whose tokens a unit's shard already counts (this run)
         billed = planned = 0
@@ -51,11 +56,14 @@ class BatchResults:
 
     def _index(self, name: str) -> None:
         table = self.ledger.store.read_table(name, columns=["key", "status", "error"])
-        kind = self.ledger.store.parquet_file(name).schema_arrow.field(self.items.column).type
+        meta = self.ledger.store.parquet_file(name).metadata
+        kind = meta.schema.to_arrow_schema().field(self.items.column).type
         if self.dim is None and pa.types.is_fixed_size_list(kind) and OK in table.column("status").to_pylist():
             self.dim = kind.list_size
         at = len(self.files)
         self.files.append(name)
+        sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+        self._starts.append(np.cumsum([0, *sizes]))
         keys = table.column("key").to_pylist()
         for row, (key, status, error) in enumerate(
             zip(keys, table.column("status").to_pylist(), table.column("error").to_pylist(), strict=True)
@@ -66,24 +74,29 @@ class BatchResults:
             elif status == FAILED:
                 self.errors[key] = f"batch: {error}"
 
-    def answers(self, at: int) -> np.ndarray:
-        """A results file's answer column (a few files are kept)."""
-        if at in self._cache:
-            self._cache.move_to_end(at)
-            return self._cache[at]
-        table = self.ledger.store.read_table(self.files[at], columns=[self.items.column])
-        values = self.items.answers_of(table)
-        self._cache[at] = values
-        if len(self._cache) > CACHED_FILES:
-            self._cache.popitem(last=False)
-        return values
+    def answer(self, at: int, row: int) -> np.ndarray:
+        """The answer in ``row`` of results file ``at``, from its row group (a few groups are kept)."""
+        starts = self._starts[at]
+        group = int(np.searchsorted(starts, row, side="right")) - 1
+        values = self._cache.get((at, group))
+        if values is None:
+            if self._open is None or self._open[0] != at:
+                self._open = (at, self.ledger.store.parquet_file(self.files[at]))
+            values = self.items.answers_of(self._open[1].read_row_group(group, columns=[self.items.column]))
+            self.groups_read += 1
+            self._cache[(at, group)] = values
+            if len(self._cache) > CACHED_GROUPS:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end((at, group))
+        return values[row - int(starts[group])]
 
     def recovered(self, keys: list[bytes]) -> HeldAnswers | None:
         """The answers of ``keys`` that the batches hold, as a journal would give them."""
         found = [(k, self.where[k]) for k in keys if k in self.where]
         if not found:
             return None
-        rows = [self.answers(f)[r] for _, (f, r) in found]
+        rows = [self.answer(f, r) for _, (f, r) in found]
         return HeldAnswers([k for k, _ in found], {self.items.column: np.stack(rows)})
 
 

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from batchembed.exitcodes import ExitCode
+from batchembed.human import plural
 from batchembed.job.config import JobConfig
 from batchembed.job.resolved import resolve
 from batchembed.output.store import open_store
@@ -42,7 +43,7 @@ def cancel(job: JobConfig, transport: Any = None) -> int:
 
     n = asyncio.run(go())
     say(
-        f"asked the provider to cancel {n} batches; what they finished is kept. "
+        f"asked the provider to cancel {plural(n, 'batch')}; what they finished is kept. "
         "`batchembed run` collects it and submits the rest again"
     )
     return ExitCode.OK
@@ -74,13 +75,13 @@ def batch_status(store: Any) -> dict[str, Any] | None:
 def print_batch_status(doc: dict[str, Any]) -> None:
     """The human form of :func:`batch_status`."""
     print(
-        f"batches:  {doc['batches_created']} created, {doc['running']} not finished; "
+        f"batches:  {doc['batches_created']:,} created, {doc['running']:,} not finished; "
         f"{doc['items_billed']:,} inputs and {doc['tokens_billed']:,} tokens billed"
     )
     for p in doc["pieces"]:
-        where = f"batch {p['batch_id']}" if p["batch_id"] else "not created yet"
         state = p["provider_status"] or p["step"]
+        where = f"batch {p['batch_id']}, {state}" if p["batch_id"] else "not created yet"
         print(
-            f"  {p['piece']} attempt {p['attempt']}: {p['step']} ({where}, {state}); "
+            f"  {p['piece']} attempt {p['attempt']}: {p['step']} ({where}); "
             f"{p['answered']:,}/{p['inputs']:,} answered, {p['failed']:,} failed"
         )

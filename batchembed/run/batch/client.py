@@ -4,25 +4,29 @@ Every call goes through the same transport as the online tier (``providers/trans
 answer it in-process (``batchembed.testing.batchapi``) or over loopback. Failures are classified by
 the online tier's policy (``retry.classify``): transient ones (timeouts, resets, 5xx) are retried here
 with backoff, a 429 at creation is handed up as :class:`QueueFull` ("wait and create it again"),
-anything else (401, 404 model...) is the job's failure.
+anything else (401, 404 model...) is the job's failure. A call that gets no answer at all is the run's
+``ServerWatch``'s (``sending/outage``) to judge, as for the online tier: named at once before the first
+answer and given up on after ``limits.connect_timeout``; waited for during an outage, without using up
+``max_retries``, until ``limits.outage_seconds``.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 import orjson
 
 from batchembed import __version__
-from batchembed.errors import APIError, MalformedResponse, TransientAPIError, redact
+from batchembed.errors import APIError, AuthError, MalformedResponse, NoAnswer, TransientAPIError, redact
 from batchembed.providers.http import error_message
 from batchembed.providers.retry import backoff, classify
 from batchembed.providers.transport import AiohttpTransport, Request, Transport, TransportError
 from batchembed.run.assemble import api_key
 from batchembed.run.batch.shapes import BatchView, OpenAIShape
+from batchembed.sending.outage import ServerWatch
 
 
 class QueueFull(Exception):
@@ -64,8 +68,10 @@ class BatchClient:
         max_retries: int,
         transport: Transport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        watch: ServerWatch | None = None,
     ) -> None:
         self.shape = shape
+        self.watch = watch
         self.base_url = base_url.rstrip("/")
         self._headers = {"User-Agent": f"batchembed/{__version__}"}
         if api_key:
@@ -76,30 +82,52 @@ class BatchClient:
         self._sleep = sleep
         self.calls = 0  # HTTP requests sent (for the report)
 
-    async def _send(self, method: str, path: str, body: bytes = b"", content_type: str | None = None) -> bytes:
-        """One call, transient failures retried; returns the 2xx body or raises the classified error."""
+    async def _send(
+        self, method: str, path: str, body: bytes = b"", content_type: str | None = None, into: IO[bytes] | None = None
+    ) -> bytes:
+        """One call, transient failures retried; returns the 2xx body or raises the classified error.
+
+        ``into``: the 2xx body is written there as it arrives instead (emptied before each try)."""
         headers = dict(self._headers)
         if content_type:
             headers["Content-Type"] = content_type
         url = self.base_url + path
         # a download of a large output file gets longer than one embeddings request
         timeout = self._timeout * (10 if method == "GET" and path.endswith("/content") else 1)
-        attempt = 0
+        attempt = away = 0
         while True:
             self.calls += 1
+            request = Request(method, url, headers, body, timeout)
             try:
-                resp = await self._transport.send(Request(method, url, headers, body, timeout))
+                if into is None:
+                    resp = await self._transport.send(request)
+                else:
+                    into.seek(0)
+                    into.truncate()  # a download cut short is started again from its first byte
+                    resp = await self._transport.download(request, into.write)
             except TimeoutError:
-                error: APIError = TransientAPIError(f"{method} {path}: timed out")
+                error: APIError = NoAnswer(f"{method} {path}: timed out", "timeout", url)
             except TransportError as exc:
-                error = TransientAPIError(redact(f"{method} {path}: connection failed: {exc}"))
+                error = NoAnswer(redact(f"{method} {path}: connection failed: {exc}"), exc.why, url)
             else:
                 if 200 <= resp.status < 300:
+                    if self.watch is not None:
+                        self.watch.answered()
                     return resp.body
                 message, code = error_message(resp.body)
                 error = classify(resp.status, redact(f"HTTP {resp.status} from {url}: {message}"), code, resp.headers)
                 if resp.status == 429 and method == "POST" and path == self.shape.batches_path:
                     raise QueueFull(str(error))
+            if isinstance(error, AuthError) and self.watch is not None:
+                raise self.watch.refused(error)
+            ride = self.watch.failed(error, self, away) if self.watch is not None else None
+            if ride is not None:  # the server cannot be reached: waited for (``expired``: the run is stopping)
+                if self.watch.expired is not None:
+                    raise error
+                away += 1
+                await self._sleep(ride)
+                continue
+            away = 0
             if not isinstance(error, TransientAPIError) or attempt >= self._retries:
                 raise error
             await self._sleep(backoff(attempt, error.retry_after))
@@ -151,17 +179,25 @@ class BatchClient:
             if cursor is None:
                 return None
 
-    async def download(self, file_id: str) -> bytes:
-        """A file's content (an output or error file)."""
-        return await self._send("GET", f"/files/{file_id}/content")
+    async def download(self, file_id: str, into: IO[bytes]) -> None:
+        """A file's content (an output or error file) written to ``into`` as it arrives: never held whole
+        (an output file of 50,000 float vectors of 1,536 dimensions is about 1.5 GB)."""
+        await self._send("GET", f"/files/{file_id}/content", into=into)
 
     async def aclose(self) -> None:
         """Close the transport's connections."""
         await self._transport.aclose()
 
 
-def job_client(resolved: Any, shape: OpenAIShape, transport: Any) -> BatchClient:
-    """The batch API client for the job (its key read where every key is read: ``job.api_key``)."""
+def job_client(
+    resolved: Any,
+    shape: OpenAIShape,
+    transport: Any,
+    watch: ServerWatch | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> BatchClient:
+    """The batch API client for the job (its key read where every key is read: ``job.api_key``); ``sleep``:
+    how it waits between tries (the run's, which a stop ends at once)."""
     job = resolved.config
     return BatchClient(
         shape,
@@ -170,4 +206,6 @@ def job_client(resolved: Any, shape: OpenAIShape, transport: Any) -> BatchClient
         timeout=job.model.timeout,
         max_retries=job.limits.max_retries,
         transport=transport,
+        watch=watch,
+        sleep=sleep,
     )

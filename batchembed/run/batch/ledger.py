@@ -38,6 +38,8 @@ PLANNED, UPLOADING, UPLOADED, CREATING, RUNNING, COLLECTED = (
 )
 #: Item statuses in a results file.
 OK, FAILED, RETRY, ONLINE = "ok", "failed", "retry", "online"
+#: Rows per row group of a results file: written and read back (``answers.BatchResults``) a group at a time.
+RESULT_ROWS = 2048
 
 
 @dataclass
@@ -183,6 +185,18 @@ class Ledger:
             "attempts": [asdict(a) for a in piece.attempts],
         }
         self.store.write_bytes(f"{BATCH_DIR}/{piece.name}/state.json", orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+
+    def write_results(self, piece: Piece, n: int, results: pa.Table) -> None:
+        """Attempt ``n``'s results, streamed a row group of ``RESULT_ROWS`` at a time (a batch's answers are
+        never encoded whole in memory) and visible only once complete."""
+        writer = self.store.shard_writer(piece.results_name(n), results.schema, "snappy")
+        try:
+            for at in range(0, results.num_rows, RESULT_ROWS):
+                writer.write(results.slice(at, RESULT_ROWS))
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
 
     def items(self, piece: Piece, n: int | None = None) -> pa.Table:
         """An attempt's items (default: the current one)."""

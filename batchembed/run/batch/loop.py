@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import tempfile
 from collections.abc import Callable
 
 import numpy as np
@@ -23,6 +24,7 @@ import pyarrow as pa
 
 from batchembed.errors import TerminalAPIError
 from batchembed.failpoints import failpoint
+from batchembed.human import plural
 from batchembed.run.batch.client import BatchClient, QueueFull
 from batchembed.run.batch.collect import collect, custom_id, finalize
 from batchembed.run.batch.items import Items
@@ -173,21 +175,31 @@ class BatchLoop:
             self.say(f"{piece.name}: found batch {view.id} created by an interrupted run; not creating another")
         a.batch_id, a.step, a.status = view.id, RUNNING, view.status
         await self._save(piece)
-        self.say(f"batch {view.id} ({piece.name}, attempt {a.n}): submitted {a.items:,} inputs in {a.lines:,} lines")
+        self.say(
+            f"batch {view.id} ({piece.name}, attempt {a.n}): submitted {plural(a.items, 'input')} in "
+            f"{plural(a.lines, 'line')}"
+        )
         return True
 
     async def _collect(self, piece: Piece, view: BatchView) -> None:
         """Download both files, keep one status per item, plan the next attempt for what came back unanswered."""
         a = piece.current
-        output = await self.client.download(view.output_file) if view.output_file else b""
-        errors = await self.client.download(view.error_file) if view.error_file else b""
-        failpoint("batch-after-download")
-        sent = await asyncio.to_thread(self.ledger.items, piece)
-        why = {EXPIRED: "batch_expired", CANCELLED: "batch_cancelled"}.get(view.state, "no answer")
-        got = collect(self.items, sent, output, errors, why)
+        # both files go to temporary files as they arrive and are read back a line at a time (never whole)
+        with (
+            tempfile.TemporaryFile(prefix="batchembed-") as output,
+            tempfile.TemporaryFile(prefix="batchembed-") as errors,
+        ):
+            for file_id, into in ((view.output_file, output), (view.error_file, errors)):
+                if file_id:
+                    await self.client.download(file_id, into)
+                    into.seek(0)
+            failpoint("batch-after-download")
+            sent = await asyncio.to_thread(self.ledger.items, piece)
+            why = {EXPIRED: "batch_expired", CANCELLED: "batch_cancelled"}.get(view.state, "no answer")
+            got = await asyncio.to_thread(collect, self.items, sent, (output, errors), why)
         last = a.n >= self.resubmits
         results = finalize(got.results, last, self.fallback)
-        await asyncio.to_thread(self.ledger.store.write_table, piece.results_name(a.n), results)
+        await asyncio.to_thread(self.ledger.write_results, piece, a.n, results)
         failpoint("batch-after-results")
         a.step, a.status = COLLECTED, view.status
         status = np.array(results.column("status").to_pylist(), dtype=object)

@@ -261,3 +261,9 @@ def job_shape(resolved: Any) -> OpenAIShape:
 def _seconds(value: Any) -> float | None:
     """A creation time as epoch seconds (OpenAI and Mistral give integers; an ISO string is left out)."""
     return float(value) if isinstance(value, (int, float)) else None
+
+
+def window_text(window: str) -> str:
+    """A shape's completion window as people read it: "24h" and Mistral's "24" (hours) are both "24 h"."""
+    hours = window.removesuffix("h")
+    return f"{hours} h" if hours.isdigit() else window

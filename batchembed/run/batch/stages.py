@@ -5,7 +5,9 @@ Setup, the manifest, the lock, the report and ``_SUCCESS`` are the plain run's (
 what differs are its stages (``BatchStages``, given by ``batch_placement``):
 
 1. **plan** (:mod:`.planner`): every chunk of the job's open units through the task's own
-   ``prepare``; items no piece holds yet are cut into pieces in the ledger (:mod:`.ledger`);
+   ``prepare``; items no piece holds yet are cut into pieces in the ledger (:mod:`.ledger`). A plan
+   already complete for this job and these inputs (:mod:`.plan_record`) is not made again: a poll
+   reads no input;
 2. **batches** (:mod:`.loop`): submit, poll every ``model.batch_poll_seconds``, collect, resubmit
    what came back unanswered; ``--no-wait`` does one round and stops;
 3. **write**: the ordinary pipeline over the units whose pieces are all settled, the task's journal
@@ -23,25 +25,32 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from batchembed.errors import UsageError
+from batchembed.errors import APIError, UsageError
 from batchembed.exitcodes import ExitCode
+from batchembed.human import plural
 from batchembed.job.fingerprint import fingerprint_hash
+from batchembed.run.batch import plan_record
 from batchembed.run.batch.answers import BatchCodec, BatchResults
 from batchembed.run.batch.client import job_client
 from batchembed.run.batch.items import job_items
 from batchembed.run.batch.ledger import COLLECTED, PLANNED, RUNNING, UPLOADED, UPLOADING, Ledger
 from batchembed.run.batch.loop import BatchLoop
 from batchembed.run.batch.planner import Planner
-from batchembed.run.batch.shapes import OpenAIShape, job_shape
+from batchembed.run.batch.shapes import OpenAIShape, job_shape, window_text
 from batchembed.run.pipeline import LocalStages
 from batchembed.run.placement import Canary, Placement
 from batchembed.run.runner import JobRunner
+from batchembed.run.stopping import Stopped
 
 
 def batch_placement(job: Any, wait: bool = True, transport: Any = None) -> Placement:
     """How a batch-tier run goes: no canary up front (the first batch answer sets the vector size), its
     stages the batches then the ordinary pipeline; ``wait=False`` is ``run --no-wait``."""
-    return Placement(stages=lambda runner: BatchStages(runner, wait=wait, transport=transport), canary=Canary.DEFERRED)
+    return Placement(
+        stages=lambda runner: BatchStages(runner, wait=wait, transport=transport),
+        canary=Canary.DEFERRED,
+        seen_inputs=plan_record.seen_inputs,  # the inputs of a complete plan: a poll opens none of them
+    )
 
 
 class BatchStages:
@@ -83,6 +92,7 @@ class BatchStages:
         store = runner.output.store
         fingerprint = fingerprint_hash(runner.manifest.fingerprint)
         shape = job_shape(runner.resolved)
+        runner.stats.batch_window = window_text(shape.window)  # progress shows batches and the window, no ETA
         old = await asyncio.to_thread(Ledger.read, store)
         if old is not None and (runner.restart or old.fingerprint != fingerprint):
             await self._abandon(old, shape)
@@ -90,8 +100,19 @@ class BatchStages:
         items = job_items(runner.resolved, runner.task, shape)
         cap = min(shape.max_inputs, runner.job.model.batch_inputs or shape.max_inputs)
         planner = Planner(ledger, items, max_inputs=cap, max_bytes=shape.max_bytes, max_lines=shape.max_lines)
-        await asyncio.to_thread(self._plan, planner, sources, columns, retry_units)
-        client = job_client(runner.resolved, shape, self.batch_transport)
+        sign = plan_record.signature(fingerprint, runner.job, runner.manifest.generation, sources, retry_units)
+        waits = await asyncio.to_thread(plan_record.waits_for, store, sign)
+        if waits is None:
+            await asyncio.to_thread(plan_record.drop, store)
+            await asyncio.to_thread(self._plan, planner, sources, columns, retry_units)
+            if runner.stopping is None:  # complete: the next run (a poll) finds it instead of planning again
+                await asyncio.to_thread(
+                    plan_record.save, store, sign, runner.output.reading, runner.task.output_types, planner.waits
+                )
+        else:
+            planner.waits = waits
+            runner.progress.line(f"batch tier: inputs unchanged since the plan of {len(ledger.live())} batch pieces")
+        client = job_client(runner.resolved, shape, self.batch_transport, runner.watch, runner.stops.pause)
         loop = BatchLoop(
             ledger,
             client,
@@ -110,10 +131,17 @@ class BatchStages:
             runner.stats.texts_bought += loop.collected_items
         if runner.stopping is not None:
             return
-        results = await asyncio.to_thread(BatchResults, ledger, items)
         settled = {p.name for p in ledger.pieces if p.settled}
-        ready = {unit for unit, waits in planner.waits.items() if waits <= settled}
+        committed = runner.output.committed()  # (unit names without ``.parquet``)
+        ready = {
+            unit
+            for unit, waits in planner.waits.items()
+            if waits <= settled and unit.removesuffix(".parquet") not in committed
+        }
         self.still_running = sum(1 for p in ledger.pieces if not p.settled)
+        if not ready:
+            return  # no unit to write yet: nothing read
+        results = await asyncio.to_thread(BatchResults, ledger, items)
         vectors = runner.task.vectors
         if vectors is not None and vectors.dim is None:
             if results.dim is not None:
@@ -133,7 +161,9 @@ class BatchStages:
         finally:
             await client.aclose()
         if n:
-            self.runner.progress.line(f"cancelled {n} batches of the earlier run (their finished lines are billed)")
+            self.runner.progress.line(
+                f"cancelled {plural(n, 'batch')} of the earlier run (their finished lines are billed)"
+            )
         await asyncio.to_thread(old.drop)
 
     def _plan(self, planner: Planner, sources, columns, retry_units) -> None:
@@ -159,7 +189,8 @@ class BatchStages:
         billed = sum(a.billed_items for p in live for a in p.attempts)
         history = len(self.ledger.pieces) - len(live)
         self.runner.progress.line(
-            f"batch tier: {len(live)} batch pieces, {planned:,} inputs planned ({billed:,} already billed)"
+            f"batch tier: {plural(len(live), 'batch')} planned for {plural(planned, 'input')} ({billed:,} already "
+            "billed)"
             + (f"; {history} pieces of finished days are history (their texts are in the output)" if history else "")
         )
 
@@ -167,7 +198,14 @@ class BatchStages:
         """Rounds of submit / poll / collect until every piece is settled (``--no-wait``: one round)."""
         poll = self.runner.job.model.batch_poll_seconds
         while self.runner.stopping is None:
-            await loop.round()
+            try:  # a signal gives the round's remote calls the grace, then cancels it (the ledger is kill-safe)
+                await self.runner.stops.interruptible(loop.round(), graced=True)
+            except Stopped:
+                return
+            except APIError:
+                if self.runner.stopping is None:
+                    raise
+                return  # the server stayed away past limits.outage_seconds: the run stops (exit 68)
             self._show()
             if self.ledger.all_settled() or not self.wait or self.runner.stopping is not None:
                 return
@@ -228,7 +266,8 @@ class BatchStages:
         if self.runner.stopping is None and self.still_running:
             s = self.runner.stats
             self.runner.progress.line(
-                f"{s.rows_embedded:,} rows written; {self.still_running} batches still running at the provider. "
+                f"{plural(s.rows_embedded, 'row')} written; {plural(self.still_running, 'batch')} still running "
+                "at the provider. "
                 "Run the same command again later to collect them (exit code "
                 f"{int(ExitCode.BATCHES_RUNNING)})"
             )
@@ -236,6 +275,7 @@ class BatchStages:
         code = conclude()
         if code == ExitCode.OK and self.ledger is not None:
             self.ledger.prune()
+            plan_record.drop(self.ledger.store)  # (its pieces are the finished job's: a later run plans anew)
         if self.ledger is not None:
             t = self.ledger.totals()
             report = self.batch_report()
@@ -244,8 +284,8 @@ class BatchStages:
                 online = report["cost_usd_online_equivalent"]
                 cost = f", ${report['cost_usd']:,.4f} at the batch price (${online:,.4f} online)"
             self.runner.progress.line(
-                f"batches: {t['batches_created']} created, {t['items_billed']:,} inputs and "
-                f"{t['tokens_billed']:,} tokens billed{cost}"
+                f"batches: {t['batches_created']:,} created, {plural(t['items_billed'], 'input')} and "
+                f"{plural(t['tokens_billed'], 'token')} billed{cost}"
             )
         return code
 

@@ -13,6 +13,7 @@ announces (any header style ``RateLimits.observe`` reads) become the job's, up t
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -23,6 +24,9 @@ from batchembed.sending.limits import AdaptiveWindow, PacedLimit, RateLimits
 #: The job-wide hold after a 429 that announced nothing (seconds), doubling up to the maximum.
 THROTTLE_PAUSE = 0.25
 THROTTLE_PAUSE_MAX = 8.0
+
+#: The budget's epoch when the current request (this asyncio task's) was granted (``SharedLimits``).
+_GRANTED_IN: contextvars.ContextVar[int | None] = contextvars.ContextVar("granted_in", default=None)
 
 
 class _Pacer:
@@ -57,13 +61,18 @@ class JobBudget:
         self.paused_until = 0.0
         self.clock = clock
         self.granted = 0
-        self.throttles = 0
+        self.throttles = 0  # header-less 429s (and 503s) reported
+        self.epoch = 0  # throttling events counted (each one decrease): a grant's epoch dates it
         self._streak = 0  # header-less 429s since the server last accepted a request
         # the job-wide rate a server that announces nothing allows, learned as one process learns it
         self.paces = (
             PacedLimit("requests", requests_per_minute, clock),
             PacedLimit("tokens", tokens_per_minute, clock),
         )
+
+    def grant(self, requests: int, tokens: int, accepted: tuple[int, int] = (0, 0)) -> tuple[float, int]:
+        """``reserve``, and the epoch the grant is made in (handed back with a 429 to ``throttled``)."""
+        return self.reserve(requests, tokens, accepted), self.epoch
 
     def reserve(self, requests: int, tokens: int, accepted: tuple[int, int] = (0, 0)) -> float:
         """Reserve budget for ``requests`` requests of ``tokens`` tokens; seconds the caller must wait.
@@ -83,12 +92,19 @@ class JobBudget:
         """The server asked for a pause (429 Retry-After, a budget spent until reset): hold every worker."""
         self.paused_until = max(self.paused_until, self.clock() + min(seconds, 120.0))
 
-    def throttled(self, status: int) -> None:
-        """A worker got a 429 (or 503) that announced no limit: cut the job's rate (``PacedLimit.throttled``:
-        at most once per few seconds however many workers report the same burst), and hold every worker
-        for a moment, doubling while 429s go on with nothing accepted: what one process's senders do
-        together when all of them back off, so N workers do not send N times the retries into a full window."""
+    def throttled(self, status: int, granted_in: int | None = None) -> None:
+        """A worker got a 429 (or 503) that announced no limit: cut the job's rate (``PacedLimit.throttled``),
+        and hold every worker for a moment, doubling while 429s go on with nothing accepted: what one
+        process's senders do together when all of them back off, so N workers do not send N times the
+        retries into a full window.
+
+        ``granted_in``: the epoch the throttled request was granted in. Granted before the last event, it
+        went out at the rate that event already cut: the same event, counted once (no second decrease, no
+        longer hold), however many workers report it and however late their reports arrive."""
         self.throttles += 1
+        if granted_in is not None and granted_in < self.epoch:
+            return
+        self.epoch += 1
         for pace in self.paces:
             pace.throttled(status)
         self._follow()
@@ -117,6 +133,7 @@ class JobBudget:
             "tokens_per_minute": self.tokens.limit,
             "granted": self.granted,
             "throttled": self.throttles,
+            "throttle_events": self.epoch,
             "source": self.paces[0].source,
         }
 
@@ -149,7 +166,8 @@ class SharedLimits(RateLimits):
         """Wait for the job-wide budget of one request of ``tokens`` (estimated, charged as the server counts)."""
         async with self._admitting:
             accepted, self._accepted = tuple(self._accepted), [0, 0]
-            wait = await self.budget.reserve.remote(1, self.charge(tokens), accepted)
+            wait, epoch = await self.budget.grant.remote(1, self.charge(tokens), accepted)
+            _GRANTED_IN.set(epoch)  # this request's (its task's): ``observe`` hands it back with a 429
             if wait > 0:
                 await asyncio.sleep(wait)
 
@@ -162,7 +180,7 @@ class SharedLimits(RateLimits):
             self._accepted[0] += 1
             self._accepted[1] += self.charge(tokens)
         elif status in (429, 503) and stated == (None, None):
-            self.budget.throttled.remote(status)  # announces nothing: the job's rate backs off
+            self.budget.throttled.remote(status, _GRANTED_IN.get())  # announces nothing: the job's rate backs off
         if any(v is not None for v in stated) and stated != self._known:
             self._known = stated
             self.budget.learn.remote(*(None if v is None else int(v) for v in stated))

@@ -32,7 +32,8 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from batchembed.errors import BatchEmbedError, ConfigError
+from batchembed.errors import BatchEmbedError, ConfigError, ServerUnreachable
+from batchembed.exitcodes import ExitCode
 from batchembed.job.config import JobConfig
 from batchembed.output.manifest import Manifest, ShardRecord
 from batchembed.output.parts import owned_by
@@ -184,6 +185,10 @@ def run_slice(
     thread.join()
     if "error" in outcome:
         raise outcome["error"]
+    if outcome.get("code") == ExitCode.SERVER_UNREACHABLE:  # an outage past its window stopped the slice early
+        expired = runner.watch.expired if runner.watch is not None else None
+        raise ServerUnreachable(f"{expired or 'the server stopped answering'}: committed shards are kept; run the "
+                                "same command again once it answers")  # fmt: skip
     yield ("end", None, None, _delta(counters(runner), sent))
 
 
