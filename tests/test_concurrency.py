@@ -134,6 +134,6 @@ def test_the_summary_says_how_many_were_in_flight(tmp_path, fake):
     result = run_here(fake, "run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
     summary = next(line for line in result.stderr.splitlines() if "done:" in line)
-    assert " in flight (auto)) -> " in summary, summary
+    assert " in flight (auto)); " in summary, summary
     report = json.loads((tmp_path / "out" / "_report.json").read_text())
     assert report["limits"]["concurrency"]["mode"] == "auto"

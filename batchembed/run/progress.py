@@ -210,6 +210,7 @@ class Progress:
             speed, requests = f"{rate}, through the batch tier", plural(s.requests, "online request")
         else:
             speed = f"{rate}, {per_minute(s.requests / self._elapsed() * 60, 'requests')}"
+            speed += f", {s.concurrency}" if s.concurrency else ""
         done = f"{s.rows_embedded:,} rows {verb}"
         if s.rows_reused or s.rows_recovered:  # rows written, not all of them bought now
             found = f"{s.rows_reused:,} reused from the output" + (
@@ -220,7 +221,7 @@ class Progress:
             f"done: {done}, {s.rows_skipped:,} skipped, {s.rows_failed:,} failed, "
             f"{s.rows_truncated:,} truncated in {duration(elapsed)} ({speed}); "
             f"{short(s.tokens)} tokens ({per_minute(s.tokens / self._elapsed() * 60, 'tokens')}), "
-            f"{requests}{f' ({s.concurrency})' if s.concurrency and s.threads is None else ''} -> {where}"
+            f"{requests} -> {where}"
         )
 
     def line(self, text: str) -> None:
