@@ -70,6 +70,16 @@ def test_it_steps_down_when_latency_climbs_with_nothing_gained():
     assert any("latency climbed" in why for _, why in learner.changes)
 
 
+def test_latency_never_takes_the_window_below_its_floor_but_a_throttle_does():
+    learner = ConcurrencyLearner(start=8, ceiling=64, floor=8)
+    now = simulate(learner, fast, 600)
+    simulate(learner, saturating_at(2), 3000, now)  # a server two at a time: more in flight only waits
+    assert any("latency climbed" in why for _, why in learner.changes)
+    assert min(limit for limit, _ in learner.changes) == 8 and learner.limit >= 8, learner.changes
+    learner.throttled(4)  # the server refuses: that takes it below the floor
+    assert learner.limit == 4 and "429/503" in learner.reason
+
+
 def test_a_throttle_holds_the_halved_window():
     learner = ConcurrencyLearner(start=32, ceiling=64)
     learner.throttled(16)
@@ -115,7 +125,10 @@ def test_auto_grows_against_a_fast_server_then_backs_off_when_its_latency_climbs
 
     assert used["mode"] == "auto" and used["start"] == 8 and used["max_concurrency"] == 32
     assert used["highest"] == 32 and fake.max_in_flight == 32  # grew to the ceiling against the fast server
-    assert used["final"] <= 8, used  # the server now answers four at a time: more only waited
+    # the server now answers four at a time: more only waited; the window backs off to its floor (the start,
+    # 8: latency never takes it lower) and stays near it (probes above it come back)
+    limits = [limit for limit, _ in window.learner.changes]
+    assert min(limits) == 8 and used["final"] <= 12, str(limits)
     steps = [why for _, why in window.learner.changes]
     assert any("latency climbed" in why for why in steps) and any("less waiting" in why for why in steps), steps
     assert used["why"] and used["changes"][-1]["to"] == used["final"]

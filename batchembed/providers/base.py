@@ -27,7 +27,7 @@ class EmbeddingResult:
     prompt_tokens: int | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     model: str | None = None  # the model the server says answered (its ``model`` field)
-    norms: np.ndarray | None = None  # each vector's L2 length, when the provider measured it (off the event loop)
+    norms: np.ndarray | None = None  # each vector's L2 length, when the provider measured it (with the decoding)
 
 
 class Embedder(Protocol):
@@ -49,8 +49,9 @@ class Embedder(Protocol):
 
 async def embed_then(embedder: Embedder, texts: list[str], after: Callable[[EmbeddingResult], None]) -> EmbeddingResult:
     """``embedder.embed(texts)``, then ``after(result)`` (which may raise): on the thread that decoded the
-    answer when the embedder offers it (``runs_after``: an HTTP embedder's decoding thread, the local
-    model's worker), so that what is done with each answer stays off the event loop; else right here."""
+    answer when the embedder offers it (``runs_after``: right where an HTTP embedder decoded it, the local
+    model's worker thread), so that what is done with each answer is done once, where the answer is; else
+    right here."""
     if getattr(embedder, "runs_after", False):
         return await embedder.embed(texts, after=after)
     result = await embedder.embed(texts)

@@ -8,10 +8,8 @@ loop (``bulk_answer``), float JSON through orjson and a single ``numpy`` convers
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -24,14 +22,11 @@ from batchembed.providers.http import JSONClient, rate_headers
 from batchembed.providers.request_fields import embedding_options
 from batchembed.providers.transport import Transport
 
-#: Answers at least this large are decoded on a worker thread (a 256-input base64 answer is ~1.4 MB).
-OFF_LOOP_BYTES = 256 << 10
-
 
 class OpenAICompatibleEmbedder:
     """Embeddings over HTTP in the OpenAI wire shape."""
 
-    #: ``embed(texts, after=...)`` runs ``after`` on the decoding thread (``base.embed_then``).
+    #: ``embed(texts, after=...)`` runs ``after`` right after the answer is decoded (``base.embed_then``).
     runs_after = True
 
     def __init__(
@@ -60,9 +55,6 @@ class OpenAICompatibleEmbedder:
         self.use_base64 = use_base64
         self.fall_back_to_float = fall_back_to_float
         self._http = JSONClient(base_url, api_key, timeout, max_connections, transport)
-        # One thread decodes large answers: the second core works while the event loop sends, and
-        # only one answer at a time is being decoded (more threads held more buffers, not more speed).
-        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="batchembed-decode")
 
     def request_body(self, texts: list[str], full: bool = False) -> dict[str, Any]:
         """The JSON body for ``texts`` in the provider's field names (``request_fields``); ``full``: the
@@ -79,8 +71,12 @@ class OpenAICompatibleEmbedder:
     async def embed(self, texts: list[str], after: Callable[[EmbeddingResult], None] | None = None) -> EmbeddingResult:
         """Send one request; raise the ``APIError`` subclass that says what to do on failure.
 
-        ``after(result)`` runs where the answer was decoded (the decoding thread for large answers) and may
-        raise: what the caller does with every answer stays off the event loop."""
+        ``after(result)`` runs as soon as the answer is decoded and may raise.
+
+        The answer is decoded where it was read, on the event loop: one orjson parse and a SIMD base64
+        decode, ~3 ms for 256 x 1024. A decoding thread was measured against this on 2 cores (100k x 1024,
+        32 and 64 in flight, three runs each): the same speed for base64, 1 s slower for float (an orjson
+        parse holds the GIL the event loop needs), and 80-100 MB more peak RSS (answers queued for it)."""
         return await self._embed(texts, full=False, after=after)
 
     async def embed_full(self, texts: list[str]) -> EmbeddingResult:
@@ -103,15 +99,11 @@ class OpenAICompatibleEmbedder:
             raise
         want = None if full else self.dimensions
         cut = None if full else self.cut_to
-        work = (payload, len(texts), want, cut, rate_headers(headers), after)
-        if len(payload) >= OFF_LOOP_BYTES:  # decoding releases the GIL: the event loop keeps sending meanwhile
-            return await asyncio.get_running_loop().run_in_executor(self._decoder, _answer, *work)
-        return _answer(*work)
+        return _answer(payload, len(texts), want, cut, rate_headers(headers), after)
 
     async def aclose(self) -> None:
-        """Close the transport's connections and the decoding thread."""
+        """Close the transport's connections."""
         await self._http.aclose()
-        self._decoder.shutdown(wait=False)
 
 
 def _rejects_base64(exc: TerminalAPIError) -> bool:
@@ -139,7 +131,7 @@ def decode_answer(
     payload: bytes, expected: int, dimensions: int | None, cut: int | None
 ) -> tuple[np.ndarray, int | None, str | None, np.ndarray]:
     """``parse_answer``, the client-side cut to ``cut`` dimensions (when set) and each vector's length
-    (measured here, on the decoding thread for large answers, for ``normalize.VectorCheck``)."""
+    (measured here, for ``normalize.VectorCheck``)."""
     vectors, tokens, served = parse_answer(payload, expected, dimensions)
     if cut is not None:
         vectors = cut_dimensions(vectors, cut)

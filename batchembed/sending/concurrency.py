@@ -11,8 +11,10 @@ answers, counted once the answers to the requests sent before the last change ar
 * hold: every ``PROBE_EVERY`` epochs try a step up (a quarter more), kept, and tried again, while it
   raises throughput by half the step's share at least; when latency climbs to ``CLIMB`` times what it
   was when the window was chosen (the server or this process got slower) try a step down instead, kept,
-  and tried again, while throughput falls by less than half the step's share: as many answers per
-  second with less waiting;
+  and tried again, while throughput falls by less than ``KEEP_DOWN``: as many answers per second with
+  less waiting. Latency never takes the window below ``floor`` (the start): an offline job wants
+  answers per second, not short waits, and on a client short of CPU its own contention looks like a
+  server's latency climbing (on 2 shared cores the window used to ratchet down to 1-3, 25% slower);
 * a change that does not pay goes back to the window before it.
 
 Rate limits are not its business: a paced run (tokens/min, requests/min) does not answer faster with
@@ -32,6 +34,8 @@ from dataclasses import dataclass
 RISE = 0.08
 #: Latency at this multiple of what it was when the window was chosen: a step down is tried.
 CLIMB = 1.3
+#: A step down is kept while throughput falls by less than this share (noise, not a loss).
+KEEP_DOWN = 0.03
 #: Epochs the window holds before it tries a step up again.
 PROBE_EVERY = 4
 #: Answers an epoch measures at least (small windows are noisy).
@@ -85,8 +89,9 @@ class ConcurrencyLearner:
         return self._decide(epoch, now)
 
     def throttled(self, limit: int) -> None:
-        """A 429/503 cut the window to ``limit``: hold there, measure afresh."""
-        limit = max(self.floor, min(limit, self.ceiling))
+        """A 429/503 cut the window to ``limit`` (below ``floor`` too: the server said so): hold there,
+        measure afresh."""
+        limit = max(1, min(limit, self.ceiling))
         if limit != self.limit:
             self._set(limit, "hold", f"halved to {limit} after the server refused requests (429/503)")
         self._previous = self._chosen = None
@@ -108,7 +113,7 @@ class ConcurrencyLearner:
                 if limit >= self.ceiling:
                     return self._hold(epoch, f"reached max_concurrency = {self.ceiling}: {self._why_up(before, epoch)}")
                 return self._step(+1, self._why_up(before, epoch))
-            if state == "down" and epoch.throughput >= before.throughput * (1 - share):
+            if state == "down" and epoch.throughput >= before.throughput * (1 - KEEP_DOWN):
                 why = (
                     f"{limit} in flight answer about as fast as {before.limit} ({epoch.throughput:.1f} vs "
                     f"{before.throughput:.1f} answers/s) with less waiting ({epoch.latency * 1000:.0f} vs "

@@ -126,7 +126,8 @@ class AdaptiveWindow:
 
 def concurrency_window(concurrency: int | str, ceiling: int, clock=time.monotonic) -> AdaptiveWindow:
     """The window for ``limits.concurrency``: a fixed number (AIMD below it), or ``"auto"``: learned from
-    ``AUTO_START`` up to ``ceiling`` (``limits.max_concurrency``)."""
+    ``AUTO_START`` up to ``ceiling`` (``limits.max_concurrency``), never below ``AUTO_START`` unless the
+    server throttles."""
     if concurrency == "auto":
-        return AdaptiveWindow(ceiling, clock, ConcurrencyLearner(AUTO_START, ceiling))
+        return AdaptiveWindow(ceiling, clock, ConcurrencyLearner(AUTO_START, ceiling, floor=AUTO_START))
     return AdaptiveWindow(int(concurrency), clock)

@@ -58,8 +58,8 @@ class EmbedJournalCodec:
         return key_array(request.piece.work.keys[request.items])
 
     def keep(self, request: Request, vectors: np.ndarray, tokens: int) -> None:
-        """Journal a request's checked answer now, on the decoding thread (the event loop never writes one),
-        so that its piece holds only where it lies (``request.kept``); ``tokens``: what it paid."""
+        """Journal a request's checked answer now, where it was decoded, so that its piece holds only
+        where it lies (``request.kept``); ``tokens``: what it paid."""
         journal = self.journal
         if journal is None:
             return

@@ -17,7 +17,7 @@ retried, then the request is split until the row is alone, which is then dead-le
 ``_failed``): it has no direction, and normalising it would make NaN.
 
 ``VectorCheck.check`` runs on every answer (vectorised: the lengths come with the answer, measured
-on the decoding thread, or are measured here in one call). ``NormTally`` keeps the min/max length of
+by the provider as it decoded the answer, or are measured here in one call). ``NormTally`` keeps the min/max length of
 the vectors written into each unit's shard; a commit records them in the manifest
 (``server["vector_norms"]``), which ``_report.json`` and ``status`` show.
 """
@@ -78,7 +78,7 @@ class VectorCheck:
     def check(self, vectors: np.ndarray, norms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """An answer's vectors as they are to be written, and their lengths (raises ``InvalidVectors``).
 
-        ``norms``: the lengths when already measured (the decoding thread does it for large answers)."""
+        ``norms``: the lengths when already measured (the provider measures them as it decodes)."""
         if norms is None:
             norms = vector_norms(vectors)
         check_vectors(vectors, norms)

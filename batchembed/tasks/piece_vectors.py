@@ -8,7 +8,7 @@ the Parquet writer as they lie, one chunk per block. So what the run holds in me
 flight, not what was answered and waits for the writer. Only a piece whose rows are not its texts one
 for one and in order (a text used twice, blank rows, failed rows) gathers its vectors into one matrix.
 
-Each text's vector length is kept beside it (measured on the decoding thread) for the shard's
+Each text's vector length is kept beside it (measured as the answer was decoded) for the shard's
 ``vector_norms`` without another pass over the vectors.
 """
 

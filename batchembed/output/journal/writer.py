@@ -162,7 +162,7 @@ class Journal:
         self._append(unit_key(request.piece.chunk.unit.name), batch, meta)
 
     def keep(self, shard: str, batch: pa.RecordBatch, rows: int, tokens: int) -> Kept:
-        """Write an answers frame now, on the calling thread (the decoding thread: never the event loop),
+        """Write an answers frame now, on the calling thread (where the answer was decoded),
         and say where it lies, so its piece reads the vectors from there (``kept``). ``tokens``: what its
         request paid, counted in this unit."""
         meta = {"version": FORMAT_VERSION, "fingerprint": self.fingerprint, "kind": "answers", "rows": rows}
