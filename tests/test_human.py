@@ -95,7 +95,7 @@ def test_remote_run_summary_uses_human_rates(tmp_path, fake):
     result = run_here(fake, "run", str(job), "--quiet")
     assert result.returncode == 0, result.stderr
     summary = next(line for line in result.stderr.splitlines() if "done:" in line)
-    assert "50 rows embedded" in summary and " rows/s, " in summary and " requests/min, 4 in flight (auto))" in summary
+    assert "50 rows embedded" in summary and " rows/s, " in summary and " requests/min, 4 in flight (fixed))" in summary
     assert " tokens/min)" in summary
 
 
