@@ -2,8 +2,8 @@
 
 Used for Fireworks, OpenAI and any compatible server (vLLM, TEI's OpenAI route, Infinity,
 ``batchembed serve``). Responses are mapped back by ``index`` and checked (count, dimension, finite
-values); vectors go straight into one float32 array: base64 answers decoded in bulk off the event
-loop (``bulk_answer``), float JSON through orjson and a single ``numpy`` conversion.
+values); vectors go straight into one float32 array: base64 answers decoded in bulk (``bulk_answer``),
+float JSON through orjson and a single ``numpy`` conversion, where they are read (see ``embed``).
 """
 
 from __future__ import annotations
