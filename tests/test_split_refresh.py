@@ -9,6 +9,7 @@ import io
 import json
 import os
 import signal
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -315,6 +316,7 @@ def test_split_refresh_in_a_bucket_with_parts_together_and_one_killed(tmp_path, 
     srv.wait_for_requests(4, timeout=120)
     srv.hold()
     kill_held(procs[0], srv)
+    sent_before_kill = {text for r in srv.requests if r.kind == "embeddings" for text in r.inputs}
     _, err = procs[1].communicate(timeout=300)
     assert procs[1].returncode == 0, err
     again = run_here(srv, "run", str(job), "--quiet", "--shard", "0/2", env=env)  # its lease: taken over
@@ -330,7 +332,13 @@ def test_split_refresh_in_a_bucket_with_parts_together_and_one_killed(tmp_path, 
     assert len(ids) == len(set(ids)) and sorted(ids) == sorted(want)
     vectors = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
     np.testing.assert_allclose(vectors, np.stack([expected_vector(want[i], 16) for i in ids]), atol=1e-6)
-    bought = srv.received_texts()
-    assert set(bought) <= fresh and len(bought) <= 1.05 * len(fresh) + IN_FLIGHT
+    bought = Counter(srv.received_texts())
+    # A journal in a bucket is put once a second, so the killed part may lose the answers of its last
+    # second as well as those in flight: texts sent before the kill, and only those, may be bought a
+    # second time. (A bound of 5% over the fresh texts held on an idle machine and failed under CI's load,
+    # 580 for 565: that part had not put its journal yet when it was killed.)
+    twice = {text for text, n in bought.items() if n > 1}
+    assert set(bought) <= fresh and max(bought.values()) <= 2
+    assert twice <= sent_before_kill, sorted(twice - sent_before_kill)[:10]
     verify = run_here(None, "verify", str(job), env=env)
     assert verify.returncode == 0, verify.stdout + verify.stderr
