@@ -49,9 +49,8 @@ class Embedder(Protocol):
 
 async def embed_then(embedder: Embedder, texts: list[str], after: Callable[[EmbeddingResult], None]) -> EmbeddingResult:
     """``embedder.embed(texts)``, then ``after(result)`` (which may raise): on the thread that decoded the
-    answer when the embedder offers it (``runs_after``: right where an HTTP embedder decoded it, the local
-    model's worker thread), so that what is done with each answer is done once, where the answer is; else
-    right here."""
+    answer when the embedder offers it (``runs_after``: the local model's worker thread), so that what is
+    done with each answer stays off the event loop there; else right here, where the answer was decoded."""
     if getattr(embedder, "runs_after", False):
         return await embedder.embed(texts, after=after)
     result = await embedder.embed(texts)

@@ -9,7 +9,7 @@ float JSON through orjson and a single ``numpy`` conversion, where they are read
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -25,9 +25,6 @@ from batchembed.providers.transport import Transport
 
 class OpenAICompatibleEmbedder:
     """Embeddings over HTTP in the OpenAI wire shape."""
-
-    #: ``embed(texts, after=...)`` runs ``after`` right after the answer is decoded (``base.embed_then``).
-    runs_after = True
 
     def __init__(
         self,
@@ -68,25 +65,21 @@ class OpenAICompatibleEmbedder:
         )
         return {**options, "model": self.model, "input": texts}
 
-    async def embed(self, texts: list[str], after: Callable[[EmbeddingResult], None] | None = None) -> EmbeddingResult:
+    async def embed(self, texts: list[str]) -> EmbeddingResult:
         """Send one request; raise the ``APIError`` subclass that says what to do on failure.
-
-        ``after(result)`` runs as soon as the answer is decoded and may raise.
 
         The answer is decoded where it was read, on the event loop: one orjson parse and a SIMD base64
         decode, ~3 ms for 256 x 1024. A decoding thread was measured against this on 2 cores (100k x 1024,
         32 and 64 in flight, three runs each): the same speed for base64, 1 s slower for float (an orjson
         parse holds the GIL the event loop needs), and 80-100 MB more peak RSS (answers queued for it)."""
-        return await self._embed(texts, full=False, after=after)
+        return await self._embed(texts, full=False)
 
     async def embed_full(self, texts: list[str]) -> EmbeddingResult:
         """The model's full vectors for ``texts``: ``dimensions`` neither sent nor cut here (the canary
         asks once, to learn whether the model's vectors are unit length)."""
         return await self._embed(texts, full=True)
 
-    async def _embed(
-        self, texts: list[str], *, full: bool, after: Callable[[EmbeddingResult], None] | None = None
-    ) -> EmbeddingResult:
+    async def _embed(self, texts: list[str], *, full: bool) -> EmbeddingResult:
         body = self.request_body(texts, full)
         try:
             payload, headers = await self._http.post("/embeddings", body)
@@ -95,11 +88,12 @@ class OpenAICompatibleEmbedder:
             # but a server that rejects it gets floats from then on.
             if body.get("encoding_format") == "base64" and self.fall_back_to_float and _rejects_base64(exc):
                 self.use_base64 = False
-                return await self._embed(texts, full=full, after=after)
+                return await self._embed(texts, full=full)
             raise
         want = None if full else self.dimensions
         cut = None if full else self.cut_to
-        return _answer(payload, len(texts), want, cut, rate_headers(headers), after)
+        vectors, tokens, served, norms = decode_answer(payload, len(texts), want, cut)
+        return EmbeddingResult(vectors, tokens, rate_headers(headers), served, norms)
 
     async def aclose(self) -> None:
         """Close the transport's connections."""
@@ -109,22 +103,6 @@ class OpenAICompatibleEmbedder:
 def _rejects_base64(exc: TerminalAPIError) -> bool:
     text = str(exc).lower()
     return exc.status in (400, 422) and ("encoding" in text or "base64" in text)
-
-
-def _answer(
-    payload: bytes,
-    expected: int,
-    dimensions: int | None,
-    cut: int | None,
-    headers: dict[str, str],
-    after: Callable[[EmbeddingResult], None] | None,
-) -> EmbeddingResult:
-    """The decoded answer (``decode_answer``), then ``after`` with it, on the calling thread."""
-    vectors, tokens, served, norms = decode_answer(payload, expected, dimensions, cut)
-    result = EmbeddingResult(vectors, tokens, headers, served, norms)
-    if after is not None:
-        after(result)
-    return result
 
 
 def decode_answer(
