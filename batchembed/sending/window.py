@@ -33,17 +33,8 @@ class AdaptiveWindow:
         self.in_flight = 0
         self._paused_until = 0.0
         self._last_decrease = -1e9
-        self._clock = clock
+        self.clock = clock  # what the window and the latencies it learns from are measured with (tests set their own)
         self._cond = asyncio.Condition()
-
-    @property
-    def clock(self):
-        """The clock the window and the latencies it learns from are measured with (tests set their own)."""
-        return self._clock
-
-    @clock.setter
-    def clock(self, clock) -> None:
-        self._clock = clock
 
     @property
     def current(self) -> int:
@@ -55,7 +46,7 @@ class AdaptiveWindow:
         """Wait for a free slot (and for any pause to end), hold it for one request."""
         async with self._cond:
             while True:
-                wait = self._paused_until - self._clock()
+                wait = self._paused_until - self.clock()
                 if wait > 0:
                     with suppress(TimeoutError):
                         await asyncio.wait_for(self._cond.wait(), timeout=wait)
@@ -77,13 +68,13 @@ class AdaptiveWindow:
         (+1 slot per ``limit`` successes)."""
         if self.learner is None:
             self.limit = min(self.maximum, self.limit + 1.0 / self.limit)
-        elif latency is not None and self.learner.completed(latency, self._clock()):
+        elif latency is not None and self.learner.completed(latency, self.clock()):
             self.limit = float(self.learner.limit)
             self.lowest = min(self.lowest, self.current)
 
     def on_throttled(self, delay: float | None) -> None:
         """Multiplicative decrease (once per second at most) and a shared pause of ``delay`` seconds."""
-        now = self._clock()
+        now = self.clock()
         if now - self._last_decrease >= 1.0:
             self.limit = max(1.0, self.limit / 2)
             self._last_decrease = now
@@ -121,7 +112,7 @@ class AdaptiveWindow:
 
     def pause(self, seconds: float) -> None:
         """Hold every new request for ``seconds`` (extends, never shortens, a pause in progress)."""
-        self._paused_until = max(self._paused_until, self._clock() + seconds)
+        self._paused_until = max(self._paused_until, self.clock() + seconds)
 
 
 def concurrency_window(concurrency: int | str, ceiling: int, clock=time.monotonic) -> AdaptiveWindow:
