@@ -18,6 +18,7 @@ from batchembed.output.journal.writer import MAX_BACKLOG, Journal
 from batchembed.output.shard_writer import vector_array
 from batchembed.stats import Stats
 from batchembed.tasks.memo import text_keys
+from batchembed.tasks.rerank import RerankJournalCodec
 from tests import test_rerank
 from tests.conftest import (
     assert_vectors,
@@ -234,7 +235,8 @@ def test_a_journal_that_cannot_write_steps_aside(tmp_path):
         def open_segment(self, unit):
             raise OSError(28, "No space left on device", str(self.root / unit))
 
-    journal = Journal(FullDisk(tmp_path / "_journal"), "fp", codec=None, stats=Stats(), committed=set())
+    codec = RerankJournalCodec()  # any task's: only the journal's own writing is at stake
+    journal = Journal(FullDisk(tmp_path / "_journal"), "fp", codec=codec, stats=Stats(), committed=set())
     batch = pa.record_batch({"key": pa.array([b"a" * 16], pa.binary(16))})
     journal._append("part-00000", batch, {"version": 1, "fingerprint": "fp", "kind": "sent", "rows": 0})
     journal.close()

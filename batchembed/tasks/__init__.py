@@ -72,9 +72,6 @@ class Task(Protocol):
     group_key: str | None
     #: the job's vectors (width, check, written lengths); None for a task that makes none (rerank)
     vectors: Vectors | None
-    #: ``prepare`` allocates each piece's answers up front; a pass that sends nothing (``plan``, the batch
-    #: tier's planning) turns it off
-    allocate_answers: bool
     #: the type every shard holds each copied column as (``output.schema``), settled by the run before buying
     output_types: dict[str, Any]
 

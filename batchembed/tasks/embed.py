@@ -43,9 +43,6 @@ class EmbedTask:
     """Embeds ``input.text`` of every row with ``embedder``."""
 
     group_key = None
-    #: The Task protocol's switch; a piece's answers are never allocated up front here (they are kept
-    #: block by block as they come: ``PieceVectors``), so a pass that sends nothing changes nothing.
-    allocate_answers = True
 
     def __init__(
         self,
@@ -73,12 +70,12 @@ class EmbedTask:
         self.output_cache: OutputCache | None = None
         #: The type every shard holds each copied column as (``output.schema``), settled by the run before buying.
         self.output_types: dict[str, pa.DataType] = {}
-        self._codec: EmbedJournalCodec | None = None
         cols = list(text_fields(job.input.text))
         for c in ([job.input.id] if job.input.id else []) + list(job.input.keep):
             if c not in cols:
                 cols.append(c)
         self.columns = cols
+        self.codec = EmbedJournalCodec(self)  # the task's one journal codec (the run's journal binds it)
 
     # ------------------------------------------------------------------------------- preparing
 
@@ -238,13 +235,6 @@ class EmbedTask:
                 cut = cuts.get(work.keys[int(i)])
                 if cut is not None:
                     work.truncated[int(i)] = cut
-
-    @property
-    def codec(self) -> EmbedJournalCodec:
-        """The task's journal codec (one per task: the run's journal binds it)."""
-        if self._codec is None:
-            self._codec = EmbedJournalCodec(self)
-        return self._codec
 
     def reuse_output(self, store: Any, shards: list) -> None:
         """Take vectors the output already holds (``shards``: a refresh's kept and retiring ones) instead of

@@ -75,7 +75,6 @@ class RerankTask:
         self.group_key = (cfg.query_id or cfg.query) if cfg.layout == "pairs" else None
         self.vectors = None  # scores, not vectors
         self.output_types: dict[str, Any] = {}  # (a rerank output's columns are not settled yet)
-        self.allocate_answers = True  # (the scores of a piece are allocated as it is prepared either way)
         #: Scores the output already holds (``output.cache.OutputCache``), given by ``reuse_output``.
         self.output_cache: OutputCache | None = None
         #: Whether shards get the pair key column (an output written before it goes on without it).
@@ -365,6 +364,8 @@ class RerankJournalCodec:
     def keys(self, request: Request) -> pa.Array:
         """The place of each pair of ``request``."""
         return self._keys(request.piece).take(pa.array(request.items, pa.int64()))
+
+    def bind(self, journal: Any) -> None: ...  # scores are journaled as accepted (``answers``): none kept
 
     def answers(self, request: Request) -> list[tuple[str, pa.RecordBatch, int]]:
         """Keys and scores of the request's pairs, for its unit; each pair counts as one row."""

@@ -70,6 +70,11 @@ class JournalCodec(Protocol):
 
     Keys identify an answer across runs: 16 bytes per work item (``fixed_size_binary(16)``)."""
 
+    def bind(self, journal: Journal) -> None:
+        """The run's journal, given once: a codec that writes answers itself as they are decoded (the embed
+        task's ``keep``) keeps it; others have nothing to do with it."""
+        ...
+
     def keys(self, request: Any) -> pa.Array:
         """The key of each item of ``request``."""
         ...
@@ -90,8 +95,7 @@ class JournalCodec(Protocol):
 class Journal:
     """The runner's side: recover answers before sending, record answers as they arrive, drop at commit.
 
-    A request's answer is written by ``keep`` on the thread that decoded it, before the answer is
-    accepted (the event loop, which is what limits throughput, writes no answer of its own requests), and
+    A request's answer is written by ``keep`` where it was decoded, before the answer is accepted, and
     the frame is where its piece reads the vectors back when it is written (``kept.Kept``). The keys of a
     request about to be sent are written by the event loop itself (a few KB) before it goes out. Other
     frames (answers shared with other units, memo hits) are appended (one ``writev`` into the page
@@ -119,9 +123,7 @@ class Journal:
         self._backlog = 0  # frames queued for the writer thread
         self._backlog_lock = threading.Lock()
         self.error: str | None = None  # why the journal stopped writing, if it did
-        bind = getattr(codec, "bind", None)
-        if bind is not None:  # a codec that keeps answers itself, as they are decoded (the embed task's)
-            bind(self)
+        codec.bind(self)
         for unit in store.units():
             if unit in committed:  # the run died between the manifest write and this removal
                 store.remove(unit)

@@ -185,6 +185,9 @@ class BatchCodec:
         self.items = items
         self.counts = counts  # rows answered by batches / failed in them / sent online (for the report)
 
+    def bind(self, journal: Any) -> None:
+        self.inner.bind(journal)
+
     def keys(self, request: Request) -> pa.Array:
         return self.inner.keys(request)
 

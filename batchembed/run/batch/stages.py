@@ -171,8 +171,6 @@ class BatchStages:
         planner.known()
         stats = self.runner.stats
         saved = (stats.tokens_saved, stats.rows_reused, stats.texts_reused)
-        allocate = self.runner.task.allocate_answers
-        self.runner.task.allocate_answers = False  # the answers come later, in the writing pass
         try:
             stream = self.runner.chunk_stream(sources, columns, retry_units)
             planner.plan(
@@ -183,7 +181,6 @@ class BatchStages:
         finally:
             # the writing pass prepares the same chunks again and counts
             stats.tokens_saved, stats.rows_reused, stats.texts_reused = saved
-            self.runner.task.allocate_answers = allocate
         live = self.ledger.live()
         planned = sum(p.attempts[0].items for p in live)
         billed = sum(a.billed_items for p in live for a in p.attempts)
