@@ -106,6 +106,15 @@ def start(job: Path, *extra: str) -> Watched:
     return Watched(start_cli("run", str(job), "--quiet", *extra, env=cli_env()))
 
 
+def start_in_flight(srv: FakeServer, job: Path) -> Watched:
+    """Start the run against a holding server and answer it until it has sent 12 requests: it is mid-run,
+    with requests held on the wire."""
+    srv.hold()
+    run = start(job)
+    answer_until(srv, lambda: len(srv.requests) >= 12)
+    return run
+
+
 def assert_exact(tmp_path: Path, texts: list[str], dim: int = 64) -> None:
     table = read_output(tmp_path / "out")
     assert table.num_rows == len(texts)
@@ -214,9 +223,7 @@ def test_sigterm_while_answers_take_90_seconds_exits_143_within_the_grace_and_th
     texts = make_texts(ROWS)
     with FakeServer(dim=64) as srv:
         job = outage_job(tmp_path, srv, texts)
-        srv.hold()
-        run = start(job)
-        answer_until(srv, lambda: len(srv.requests) >= 12)
+        run = start_in_flight(srv, job)
         srv.wait_for_held(1, timeout=None)  # a request on the wire
         srv.latency = 90.0  # from now on the server takes 90 s over every answer, the held ones too
         srv.release()
@@ -249,9 +256,7 @@ def test_a_server_restarted_mid_run_is_waited_for_in_the_open_and_nothing_is_bou
     texts = make_texts(ROWS)
     with FakeServer(dim=64) as srv:
         job = outage_job(tmp_path, srv, texts)
-        srv.hold()
-        run = start(job)
-        answer_until(srv, lambda: len(srv.requests) >= 12)
+        run = start_in_flight(srv, job)
         srv.stop()  # the answers held are given, then the server is gone
         line = run.wait_for("stopped answering")
         assert f"127.0.0.1:{srv.port}" in line and "waiting for it until" in line
@@ -271,9 +276,7 @@ def test_an_outage_longer_than_its_window_stops_like_sigterm_with_exit_68_and_re
     texts = make_texts(ROWS)
     with FakeServer(dim=64) as srv:
         job = outage_job(tmp_path, srv, texts, outage_seconds=1)
-        srv.hold()
-        run = start(job)
-        answer_until(srv, lambda: len(srv.requests) >= 12)
+        run = start_in_flight(srv, job)
         srv.stop()
         run.wait_for("stopped answering")
         err = run.finish()
@@ -289,9 +292,7 @@ def test_sigterm_during_an_outage_exits_143_within_the_grace(tmp_path):
     texts = make_texts(ROWS)
     with FakeServer(dim=64) as srv:
         job = outage_job(tmp_path, srv, texts)
-        srv.hold()
-        run = start(job)
-        answer_until(srv, lambda: len(srv.requests) >= 12)
+        run = start_in_flight(srv, job)
         srv.stop()
         run.wait_for("stopped answering")
         code, took, err = run.stop_with(signal.SIGTERM)
