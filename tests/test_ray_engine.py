@@ -199,8 +199,10 @@ def test_rerun_after_a_driver_kill_says_what_it_recovered_from_the_workers_journ
     _wait_for(lambda: journaled() >= 50, "answers in the worker's journal")
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    srv.release()
+    # the answers stay held until Ray has ended the dead driver's worker: released sooner, the worker could
+    # finish its unit before Ray notices, and the rerun would rightly find nothing left to recover
     _wait_for(lambda: not _slice_workers(), "Ray to end the dead driver's tasks")
+    srv.release()
 
     rerun = run_cli("run", str(job), "--engine", "ray", "--workers", "1", env=env)
 
