@@ -1,4 +1,5 @@
-"""The bulk base64 decoder: the same answers as the general parser, or no answer at all (pure)."""
+"""The bulk decoders (base64, and float lists in one conversion): the same answers as the general parser, or no
+answer at all (pure)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import orjson
 import pytest
 
 from batchembed.errors import MalformedResponse, ServerIgnoredSettings
-from batchembed.providers.bulk_answer import parse_base64_answer
+from batchembed.providers.bulk_answer import float_matrix, parse_base64_answer
 from batchembed.providers.openai_compat import parse_answer
 
 
@@ -90,5 +91,56 @@ def test_the_general_parser_still_says_what_is_wrong():
         parse_answer(nan, 2, None)
     two_dims = b'{"data":[{"index":0,"embedding":"AACAPwAAAEA="},{"index":1,"embedding":"AACAPwAAAEA="}]}'
     assert parse_base64_answer(two_dims, 2, 3) is None
+    with pytest.raises(ServerIgnoredSettings):
+        parse_answer(two_dims, 2, 3)
+
+
+def _float_answer(vectors: np.ndarray, order=None, **extra) -> bytes:
+    order = range(len(vectors)) if order is None else order
+    data = [{"object": "embedding", "embedding": vectors[i].tolist(), "index": i} for i in order]
+    return orjson.dumps({"object": "list", "data": data, **extra})
+
+
+@pytest.mark.parametrize("order", [None, [2, 0, 3, 1]])
+def test_a_float_answer_in_one_conversion_equals_the_item_by_item_parse(order):
+    vectors = np.random.default_rng(3).standard_normal((4, 384)).astype(np.float32)
+    body = _float_answer(vectors, order, model="m-2", usage={"prompt_tokens": 9})
+
+    got, tokens, model = parse_answer(body, 4, 384)
+
+    assert got.dtype == np.float32 and np.array_equal(got, vectors) and (tokens, model) == (9, "m-2")
+    items = orjson.loads(body)["data"]
+    assert (float_matrix(items) is not None) == (order is None)  # out of order: item by item
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [{"index": 0, "embedding": [1.0, 2.0]}, {"index": 1, "embedding": [3.0]}],  # ragged
+        [{"index": 0, "embedding": [1.0, 2.0]}, {"index": 1, "embedding": [3.0, "x"]}],  # not a number
+        [{"index": 0, "embedding": [1.0, 2.0]}, {"index": 1, "embedding": [[3.0], [4.0]]}],  # nested
+        [{"index": 0, "embedding": [1.0, 2.0]}, {"index": 1.0, "embedding": [3.0, 4.0]}],  # a float index
+        [{"index": 0, "embedding": [1.0, 2.0]}, {"index": True, "embedding": [3.0, 4.0]}],  # a bool index
+        [{"index": 0, "embedding": [1.0, 2.0]}, {"embedding": [3.0, 4.0]}],  # no index
+        [{"index": 0, "embedding": [1.0, 2.0]}, {"index": 1, "embedding": "AACAPwAAAEA="}],  # mixed
+        [{"index": 0, "embedding": []}, {"index": 1, "embedding": []}],  # empty vectors
+        [{"index": 0, "embedding": [1.0, 2.0]}, [3.0, 4.0]],  # not an object
+    ],
+)
+def test_a_float_answer_the_one_conversion_is_unsure_of_is_left_to_the_item_by_item_parse(items):
+    assert float_matrix(items) is None
+
+
+def test_the_item_by_item_parse_still_names_what_is_wrong_in_a_float_answer():
+    ragged = b'{"data":[{"index":0,"embedding":[1.0,2.0]},{"index":1,"embedding":[3.0]}]}'
+    with pytest.raises(MalformedResponse, match="embedding 1 has 1 dimensions"):
+        parse_answer(ragged, 2, None)
+    nan = b'{"data":[{"index":0,"embedding":[1.0,2.0]},{"index":1,"embedding":[1e39,2.0]}]}'  # inf as float32
+    with pytest.raises(MalformedResponse, match="infinite"):
+        parse_answer(nan, 2, None)
+    null = b'{"data":[{"index":0,"embedding":[1.0,2.0]},{"index":1,"embedding":[3.0,null]}]}'  # NaN, either way
+    with pytest.raises(MalformedResponse, match="NaN or infinite values \\(vector 1\\)"):
+        parse_answer(null, 2, None)
+    two_dims = b'{"data":[{"index":0,"embedding":[1.0,2.0]},{"index":1,"embedding":[3.0,4.0]}]}'
     with pytest.raises(ServerIgnoredSettings):
         parse_answer(two_dims, 2, 3)

@@ -1,4 +1,5 @@
-"""Decode a whole base64 embeddings answer at once: no Python object per vector beyond its string.
+"""Decode a whole embeddings answer at once: no Python object per vector beyond its string (base64), or
+one conversion of the parsed lists into the matrix (float, ``float_matrix``).
 
 An OpenAI-compatible answer with ``encoding_format = "base64"`` is ~5.5 KB of base64 text per
 1024-dim vector. The standard library's decoder (``binascii``, behind ``base64.b64decode``) reads it a
@@ -75,6 +76,24 @@ def _matrix(strings: list[str]) -> np.ndarray | None:
     if size == 0 or size % 4 or set(map(len, vectors)) != {size}:
         return None
     return np.frombuffer(b"".join(vectors), dtype=np.dtype("<f4")).reshape(len(vectors), size // 4)
+
+
+def float_matrix(items: list) -> np.ndarray | None:
+    """(n, dim) float32 from a float answer's parsed ``data`` in one conversion, when every item is an
+    object whose ``index`` is its position and whose ``embedding`` is a list of numbers, all the same
+    length; None when unsure (the caller's item-by-item parser decides, and names what is wrong)."""
+    try:
+        order = list(map(_INDEX, items))
+        lists = list(map(_EMBEDDING, items))
+    except (TypeError, KeyError, IndexError):
+        return None
+    if set(map(type, order)) != {int} or order != list(range(len(items))) or set(map(type, lists)) != {list}:
+        return None
+    try:
+        matrix = np.array(lists, dtype=np.float32)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return matrix if matrix.ndim == 2 and matrix.shape[1] > 0 else None
 
 
 def _looks_base64(payload: bytes) -> bool:

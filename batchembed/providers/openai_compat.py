@@ -17,7 +17,7 @@ import orjson
 
 from batchembed.errors import InvalidVectors, MalformedResponse, ServerIgnoredSettings, TerminalAPIError
 from batchembed.providers.base import EmbeddingResult, vector_norms
-from batchembed.providers.bulk_answer import parse_base64_answer
+from batchembed.providers.bulk_answer import float_matrix, parse_base64_answer
 from batchembed.providers.http import JSONClient, rate_headers
 from batchembed.providers.request_fields import embedding_options
 from batchembed.providers.transport import Transport
@@ -142,6 +142,9 @@ def parse_answer(payload: bytes, expected: int, dimensions: int | None) -> tuple
     if not isinstance(items, list) or len(items) != expected:
         got = len(items) if isinstance(items, list) else type(items).__name__
         raise MalformedResponse(f"asked for {expected} embeddings, got {got}")
+    fast = float_matrix(items)  # a float answer in order, in one conversion; else item by item below
+    if fast is not None and (dimensions is None or fast.shape[1] == dimensions) and np.isfinite(fast).all():
+        return fast, usage_tokens(doc.get("usage")), _served(doc)
     rows = [_decode(item.get("embedding") if isinstance(item, dict) else None) for item in items]
     dim = len(rows[0]) if rows else (dimensions or 0)
     if dimensions is not None and dim != dimensions:
@@ -167,9 +170,13 @@ def parse_answer(payload: bytes, expected: int, dimensions: int | None) -> tuple
         bad = np.flatnonzero(~finite)
         raise InvalidVectors(f"response holds NaN or infinite values (vector {int(bad[0])})", items=bad)
     usage = doc.get("usage") if isinstance(doc, dict) else None
-    tokens = usage_tokens(usage)
+    return out, usage_tokens(usage), _served(doc)
+
+
+def _served(doc: Any) -> str | None:
+    """The ``model`` an answer names, when it names one."""
     served = doc.get("model") if isinstance(doc, dict) else None
-    return out, tokens, (served if isinstance(served, str) else None)
+    return served if isinstance(served, str) else None
 
 
 def usage_tokens(usage: Any) -> int | None:
