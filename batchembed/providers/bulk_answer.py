@@ -39,14 +39,12 @@ def parse_base64_answer(payload: bytes, expected: int, dimensions: int | None) -
     try:
         doc = orjson.loads(payload)
         items = doc["data"]
-        if not isinstance(items, list) or len(items) != expected:
-            return None
-        strings = list(map(_EMBEDDING, items))
-        order = list(map(_INDEX, items))
-    except (orjson.JSONDecodeError, TypeError, KeyError, IndexError):
+    except (orjson.JSONDecodeError, TypeError, KeyError):
         return None
-    if set(map(type, strings)) != {str} or set(map(type, order)) != {int}:
+    fields = _fields(items, str) if isinstance(items, list) and len(items) == expected else None
+    if fields is None:
         return None
+    order, strings = fields
     usage, model = _usage(doc), _model(doc)
     if usage is False or model is False:
         return None
@@ -63,6 +61,19 @@ def parse_base64_answer(payload: bytes, expected: int, dimensions: int | None) -
     if not np.isfinite(matrix).all():
         return None
     return matrix, usage, model
+
+
+def _fields(items: list, kind: type) -> tuple[list[int], list] | None:
+    """Each item's ``index`` and ``embedding``, when every item is an object with both, every index an int
+    and every embedding a ``kind`` (``str``: base64, ``list``: floats); None otherwise."""
+    try:
+        order = list(map(_INDEX, items))
+        values = list(map(_EMBEDDING, items))
+    except (TypeError, KeyError, IndexError):
+        return None
+    if set(map(type, order)) != {int} or set(map(type, values)) != {kind}:
+        return None
+    return order, values
 
 
 def _matrix(strings: list[str]) -> np.ndarray | None:
@@ -82,12 +93,11 @@ def float_matrix(items: list) -> np.ndarray | None:
     """(n, dim) float32 from a float answer's parsed ``data`` in one conversion, when every item is an
     object whose ``index`` is its position and whose ``embedding`` is a list of numbers, all the same
     length; None when unsure (the caller's item-by-item parser decides, and names what is wrong)."""
-    try:
-        order = list(map(_INDEX, items))
-        lists = list(map(_EMBEDDING, items))
-    except (TypeError, KeyError, IndexError):
+    fields = _fields(items, list)
+    if fields is None:
         return None
-    if set(map(type, order)) != {int} or order != list(range(len(items))) or set(map(type, lists)) != {list}:
+    order, lists = fields
+    if order != list(range(len(items))):
         return None
     try:
         matrix = np.array(lists, dtype=np.float32)
