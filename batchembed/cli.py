@@ -295,6 +295,10 @@ def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> in
         from batchembed.job.catalog import models_command
 
         return models_command(args.json)
+    if args.command == "run":
+        from batchembed.run.allocators import settle_allocators
+
+        settle_allocators()  # before pyarrow is imported or a thread allocates
     from batchembed.job.config import load_job
 
     job = load_job(args.job, args.overrides, args.unsets)

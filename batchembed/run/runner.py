@@ -34,6 +34,7 @@ from batchembed.output.layout import TRUNCATED
 from batchembed.output.manifest import Manifest
 from batchembed.output.store import storage_options
 from batchembed.output.table_view import cache_files
+from batchembed.run.allocators import memory_report
 from batchembed.run.before_buying import check_before_buying
 from batchembed.run.ending import ending_lines
 from batchembed.run.pipeline import LocalStages
@@ -356,6 +357,7 @@ class JobRunner:
             dimensions=self.task.metadata().get("dimensions"),
             output=str(self.out),
             failed_rows_outstanding=outstanding,
+            memory=memory_report(),
             **(self.task.vectors.report(self.manifest) if self.task.vectors is not None else {}),
             **self.stages.report(),
         )

@@ -1,0 +1,72 @@
+"""A run's process keeps Arrow on jemalloc and the C heap in one glibc arena (``run.allocators``, issue 31:
+peak RSS at 1M rows 616-657 MB -> 482-494 MB), says so in ``_report.json``, and a user's own choice in the
+environment wins."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, cli_env, job_for, run_cli, write_parquet
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="jemalloc and glibc arenas: Linux only")
+
+#: A child that lets four threads allocate, then prints how many glibc heaps (arenas) the process has.
+_HEAPS = """
+import ctypes, sys, threading
+if sys.argv[1] == "settled":
+    from batchembed.run.allocators import settle_allocators
+    settle_allocators()
+import pyarrow
+
+def work():
+    kept = [bytes(300_000) for _ in range(20)]
+
+threads = [threading.Thread(target=work) for _ in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+libc = ctypes.CDLL(None)
+libc.open_memstream.restype = ctypes.c_void_p
+text, size = ctypes.c_char_p(), ctypes.c_size_t()
+stream = libc.open_memstream(ctypes.byref(text), ctypes.byref(size))
+libc.malloc_info(0, ctypes.c_void_p(stream))
+libc.fclose(ctypes.c_void_p(stream))
+print(text.value.decode().count("<heap nr="), pyarrow.default_memory_pool().backend_name)
+"""
+
+
+def _heaps(mode: str, **env: str) -> tuple[int, str]:
+    done = subprocess.run(
+        [sys.executable, "-c", _HEAPS, mode], capture_output=True, text=True, env=cli_env(**env), cwd=ROOT, check=True
+    )
+    heaps, pool = done.stdout.split()
+    return int(heaps), pool
+
+
+def test_settled_the_threads_of_a_process_share_one_arena_and_arrow_allocates_with_jemalloc():
+    heaps, pool = _heaps("plain")
+    assert heaps > 1 and pool == "mimalloc"  # what pyarrow and glibc do by themselves
+    assert _heaps("settled") == (1, "jemalloc")
+
+
+def test_settling_leaves_the_users_own_choice():
+    heaps, pool = _heaps("settled", MALLOC_ARENA_MAX="3", ARROW_DEFAULT_MEMORY_POOL="system")
+    assert pool == "system" and heaps > 1
+
+
+def test_a_run_reports_its_peak_memory_and_the_allocators_it_settled(tmp_path, srv):
+    job = job_for(tmp_path, srv, write_parquet(tmp_path / "in.parquet", [f"text {i}" for i in range(100)]))
+    assert run_cli("run", str(job), "--quiet").returncode == 0
+    memory = json.loads((tmp_path / "out" / "_report.json").read_text())["memory"]
+    assert memory["arrow_pool"] == "jemalloc" and memory["glibc_arenas_max"] == 1
+    assert 30 < memory["peak_rss_mb"] < 2000
+
+    chosen = cli_env(ARROW_DEFAULT_MEMORY_POOL="system", MALLOC_ARENA_MAX="4")
+    assert run_cli("run", str(job), "--quiet", "--restart", env=chosen).returncode == 0
+    memory = json.loads((tmp_path / "out" / "_report.json").read_text())["memory"]
+    assert memory["arrow_pool"] == "system" and memory["glibc_arenas_max"] == 4
