@@ -1,16 +1,20 @@
 """A run's process keeps Arrow on jemalloc and the C heap in one glibc arena (``run.allocators``, issue 31:
 peak RSS at 1M rows 616-657 MB -> 482-494 MB), says so in ``_report.json``, and a user's own choice in the
-environment wins."""
+environment wins; while it sends, the collector leaves what setup built alone."""
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
+import weakref
 
 import pytest
 
-from tests.conftest import ROOT, cli_env, job_for, run_cli, write_parquet
+from batchembed.run.allocators import setup_frozen
+from batchembed.run.pipeline import LocalStages
+from tests.conftest import ROOT, cli_env, job_for, run_cli, run_here, write_parquet
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="jemalloc and glibc arenas: Linux only")
 
@@ -70,3 +74,35 @@ def test_a_run_reports_its_peak_memory_and_the_allocators_it_settled(tmp_path, s
     assert run_cli("run", str(job), "--quiet", "--restart", env=chosen).returncode == 0
     memory = json.loads((tmp_path / "out" / "_report.json").read_text())["memory"]
     assert memory["arrow_pool"] == "system" and memory["glibc_arenas_max"] == 4
+
+
+def test_while_sending_the_collector_leaves_what_setup_built_and_gets_it_back_after():
+    class Node:
+        pass
+
+    cycle = Node()
+    cycle.itself = cycle  # garbage only the cyclic collector can free
+    gone = weakref.ref(cycle)
+    del cycle
+    with setup_frozen():
+        assert gc.get_freeze_count() > 0
+        gc.collect()
+        assert gone() is not None  # frozen: not walked, not freed
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert gone() is None  # handed back: collected as before
+
+
+def test_a_run_freezes_its_setup_while_it_sends(tmp_path, fake, monkeypatch):
+    frozen_while_sending = []
+    real_run = LocalStages.run
+
+    async def run(self, *args):
+        frozen_while_sending.append(gc.get_freeze_count())
+        return await real_run(self, *args)
+
+    monkeypatch.setattr(LocalStages, "run", run)
+    job = job_for(tmp_path, fake, write_parquet(tmp_path / "in.parquet", [f"text {i}" for i in range(50)]))
+    assert run_here(fake, "run", str(job), "--quiet").returncode == 0
+    assert frozen_while_sending and frozen_while_sending[0] > 10_000  # the modules, the job, the plan...
+    assert gc.get_freeze_count() == 0

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import os
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 #: glibc's ``mallopt`` parameter for the most arenas it may create (``malloc.h``: ``M_ARENA_MAX``).
@@ -49,6 +50,21 @@ def settle_allocators(environ: MutableMapping[str, str] = os.environ) -> None:
     capped = "MALLOC_ARENA_MAX" not in environ and _glibc() and ctypes.CDLL(None).mallopt(M_ARENA_MAX, ARENAS) == 1
     if capped:  # mallopt returns 1 on success
         _arenas_set = ARENAS
+
+
+@contextlib.contextmanager
+def setup_frozen() -> Iterator[None]:
+    """Within the block, the objects that exist when it starts (modules, the job, the plan, the output's
+    state: hundreds of thousands, living as long as the run) are out of the cyclic collector's sight.
+    Sending allocates a dict per answered item, so the collector runs every few answers, and each full
+    pass walked all of them again: 5.1% of a 100k-row run's CPU samples, 2.4% with them frozen. They
+    are handed back to it at the end (``gc.unfreeze``), so a process that runs on (the tests, a Ray
+    worker) collects them as before."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def memory_report() -> dict[str, Any]:

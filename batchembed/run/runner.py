@@ -34,7 +34,7 @@ from batchembed.output.layout import TRUNCATED
 from batchembed.output.manifest import Manifest
 from batchembed.output.store import storage_options
 from batchembed.output.table_view import cache_files
-from batchembed.run.allocators import memory_report
+from batchembed.run.allocators import memory_report, setup_frozen
 from batchembed.run.before_buying import check_before_buying
 from batchembed.run.ending import ending_lines
 from batchembed.run.pipeline import LocalStages
@@ -213,7 +213,7 @@ class JobRunner:
         failed = True
         finished = False
         try:
-            with contextlib.suppress(Stopped):  # a stop while the stages waited on the server outside the pipeline
+            with contextlib.suppress(Stopped), setup_frozen():  # Stopped: the stages waited on the server
                 await self.stages.run(sources, columns, retry_units)
             failed = False
             finished = self.stopping is None
