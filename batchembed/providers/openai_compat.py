@@ -169,8 +169,7 @@ def parse_answer(payload: bytes, expected: int, dimensions: int | None) -> tuple
     if not finite.all():
         bad = np.flatnonzero(~finite)
         raise InvalidVectors(f"response holds NaN or infinite values (vector {int(bad[0])})", items=bad)
-    usage = doc.get("usage") if isinstance(doc, dict) else None
-    return out, usage_tokens(usage), _served(doc)
+    return out, usage_tokens(doc.get("usage")), _served(doc)
 
 
 def _served(doc: Any) -> str | None:

@@ -41,14 +41,14 @@ def settle_allocators(environ: MutableMapping[str, str] = os.environ) -> None:
     Call it first thing in a run's process: Arrow reads ``ARROW_DEFAULT_MEMORY_POOL`` when it first
     allocates (a child process, such as a Ray worker started by this one, inherits it), and glibc keeps
     the arenas its threads already have. The arena cap is set with ``mallopt`` rather than in the
-    environment, so the processes this one starts (Ray's own) keep glibc's default."""
+    environment, so the processes this one starts (Ray's own) keep glibc's default. Called after Arrow
+    has allocated (a process that imported pyarrow first), Arrow keeps the pool it has; ``memory_report``
+    says which."""
     global _arenas_set
     if sys.platform != "linux":  # Arrow's macOS and Windows wheels are built without jemalloc
         return
     if "ARROW_DEFAULT_MEMORY_POOL" not in environ:
         environ["ARROW_DEFAULT_MEMORY_POOL"] = "jemalloc"
-        if "pyarrow" in sys.modules:  # too late for Arrow's own default: at least pyarrow's allocations
-            _pyarrow_on_jemalloc()
     capped = "MALLOC_ARENA_MAX" not in environ and _glibc() and ctypes.CDLL(None).mallopt(M_ARENA_MAX, ARENAS) == 1
     if capped:  # mallopt returns 1 on success
         _arenas_set = ARENAS
@@ -80,13 +80,6 @@ def memory_report() -> dict[str, Any]:
         "arrow_pool": pa.default_memory_pool().backend_name,
         "glibc_arenas_max": int(arenas) if arenas and str(arenas).isdigit() else None,
     }
-
-
-def _pyarrow_on_jemalloc() -> None:
-    import pyarrow as pa
-
-    with contextlib.suppress(NotImplementedError):  # this pyarrow was built without jemalloc
-        pa.set_memory_pool(pa.jemalloc_memory_pool())
 
 
 def _glibc() -> bool:

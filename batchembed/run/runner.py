@@ -213,7 +213,8 @@ class JobRunner:
         failed = True
         finished = False
         try:
-            with contextlib.suppress(Stopped), setup_frozen():  # Stopped: the stages waited on the server
+            # Stopped: a stop while the stages waited on the server outside the pipeline
+            with contextlib.suppress(Stopped), setup_frozen():
                 await self.stages.run(sources, columns, retry_units)
             failed = False
             finished = self.stopping is None
