@@ -44,9 +44,16 @@ print(text.value.decode().count("<heap nr="), pyarrow.default_memory_pool().back
 """
 
 
+def _env(**chosen: str) -> dict[str, str]:
+    """A child's environment with only ``chosen`` allocator settings: an earlier in-process run of this
+    test worker settled ``ARROW_DEFAULT_MEMORY_POOL`` in ``os.environ``, which ``cli_env`` would pass on."""
+    env = {k: v for k, v in cli_env().items() if k not in ("ARROW_DEFAULT_MEMORY_POOL", "MALLOC_ARENA_MAX")}
+    return {**env, **chosen}
+
+
 def _heaps(mode: str, **env: str) -> tuple[int, str]:
     done = subprocess.run(
-        [sys.executable, "-c", _HEAPS, mode], capture_output=True, text=True, env=cli_env(**env), cwd=ROOT, check=True
+        [sys.executable, "-c", _HEAPS, mode], capture_output=True, text=True, env=_env(**env), cwd=ROOT, check=True
     )
     heaps, pool = done.stdout.split()
     return int(heaps), pool
@@ -65,12 +72,12 @@ def test_settling_leaves_the_users_own_choice():
 
 def test_a_run_reports_its_peak_memory_and_the_allocators_it_settled(tmp_path, srv):
     job = job_for(tmp_path, srv, write_parquet(tmp_path / "in.parquet", [f"text {i}" for i in range(100)]))
-    assert run_cli("run", str(job), "--quiet").returncode == 0
+    assert run_cli("run", str(job), "--quiet", env=_env()).returncode == 0
     memory = json.loads((tmp_path / "out" / "_report.json").read_text())["memory"]
     assert memory["arrow_pool"] == "jemalloc" and memory["glibc_arenas_max"] == 1
     assert 30 < memory["peak_rss_mb"] < 2000
 
-    chosen = cli_env(ARROW_DEFAULT_MEMORY_POOL="system", MALLOC_ARENA_MAX="4")
+    chosen = _env(ARROW_DEFAULT_MEMORY_POOL="system", MALLOC_ARENA_MAX="4")
     assert run_cli("run", str(job), "--quiet", "--restart", env=chosen).returncode == 0
     memory = json.loads((tmp_path / "out" / "_report.json").read_text())["memory"]
     assert memory["arrow_pool"] == "system" and memory["glibc_arenas_max"] == 4
