@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import struct
 import tracemalloc
+import zlib
 from collections import Counter
 
 import numpy as np
@@ -165,6 +167,18 @@ def _store_with(tmp_path, *frames: bytes) -> LocalJournalStore:
         seg.append([frame])
     seg.close()
     return store
+
+
+def test_a_frame_carries_zlibs_crc32_so_journals_of_earlier_versions_resume_and_theirs_read_back():
+    frame = _frame([bytes([i]) * 16 for i in range(5)])
+    length, crc = struct.unpack_from("<II", frame)
+
+    assert crc == zlib.crc32(frame[8 : 8 + length])  # what journals written before ISA-L's crc32 hold
+    (batch, meta), *rest = decode_frames(frame)
+    assert not rest and batch.num_rows == 5 and meta["kind"] == "answers"
+    damaged = bytearray(frame)
+    damaged[-1] ^= 1
+    assert list(decode_frames(bytes(damaged))) == []
 
 
 @pytest.mark.parametrize("cut", [1, 8, 40, -1])

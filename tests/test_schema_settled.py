@@ -230,7 +230,7 @@ def test_verify_fails_when_a_file_of_the_table_has_other_types(day_one):
     where = locate(str(out))
     files = [read_table_file(where, s["name"]) for s in [{"name": name}, *manifest["shards"][1:]]]
     publish(where, None, files, tag=2, schema=table.schema)  # the log takes any file (delta-rs checks nothing)
-    shard.update(name=name, size=written.size, sha256=written.sha256)
+    shard.update(name=name, size=written.size, checksum=written.checksum)
     (out / "_manifest.json").write_text(json.dumps(manifest))
 
     verify = run_here(None, "verify", str(job))

@@ -45,7 +45,7 @@ def verify(job: JobConfig) -> int:
     for rec in manifest.shards:
         try:
             if rec.name not in bad:
-                check_file(out, rec.name, rec.size, rec.sha256)
+                check_file(out, rec.name, rec.size, rec.checksum)
         except OutputError as exc:
             problems.append(str(exc))
             bad.add(rec.name)

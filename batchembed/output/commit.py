@@ -329,7 +329,7 @@ class JobOutput:
             failed=n_failed,
             failed_file=failed_file,
             size=written.size,
-            sha256=written.sha256,
+            checksum=written.checksum,
             tokens=unit.tokens,
             resolves=list(unit.resolves),
             files=[[name, rows] for name, rows in unit.files],

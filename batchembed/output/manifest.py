@@ -65,7 +65,7 @@ class ShardRecord:
     failed: int  # rows of this unit that went to the failure file
     failed_file: str | None
     size: int
-    sha256: str
+    checksum: str  # ``output.checksum``: ``<algorithm>:<hex>`` (a bare sha256 hex in older outputs)
     tokens: int
     resolves: list[str] = field(default_factory=list)  # failure files this retry shard answers
     files: list[list] = field(default_factory=list)  # "files" shards: [[input file, rows], ...] held whole
@@ -82,6 +82,14 @@ class ShardRecord:
     #: its distinct texts with a vector as the job's tokenizer counts them: what turns a reused text's count
     #: into the tokens the server billed for it (``output.cache.OutputCache.ratio``)
     counted: int = 0
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> ShardRecord:
+        """A record as the manifest or the commit journal holds it (older outputs: ``sha256``, a bare hex)."""
+        if "sha256" in doc:
+            doc = {**doc, "checksum": doc["sha256"]}
+            del doc["sha256"]
+        return cls(**doc)
 
     @property
     def unit_name(self) -> str:
@@ -206,7 +214,7 @@ class Manifest:
         known = {s.name for s in self.shards}
         for line in raw.split(b"\n")[:-1]:  # the part after the last newline is torn (or empty)
             entry = json.loads(line)
-            record = ShardRecord(**entry["shard"])
+            record = ShardRecord.from_doc(entry["shard"])
             if record.name in known:
                 continue
             known.add(record.name)
@@ -259,7 +267,7 @@ class Manifest:
                 raise ValueError(f"format version {doc.get('version')!r}, expected {FORMAT_VERSION}")
             if doc["fingerprint_sha256"] != fingerprint_hash(doc["fingerprint"]):
                 raise ValueError("its fingerprint does not match its own checksum")
-            shards = [ShardRecord(**s) for s in doc["shards"]]
+            shards = [ShardRecord.from_doc(s) for s in doc["shards"]]
             manifest = cls(
                 fingerprint=doc["fingerprint"],
                 shards=shards,
@@ -270,7 +278,7 @@ class Manifest:
                 server=dict(doc.get("server") or {}),
                 generation=int(doc.get("generation", 0)),
                 work=dict(doc.get("work") or {}),
-                retiring=[ShardRecord(**r) for r in doc.get("retiring", [])],
+                retiring=[ShardRecord.from_doc(r) for r in doc.get("retiring", [])],
                 retired=list(doc.get("retired", [])),
                 published=int(doc.get("published", 0)),
                 table=dict(doc.get("table") or {}),

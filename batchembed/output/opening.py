@@ -162,8 +162,8 @@ def compacted_shards(store: OutputStore, manifest: Manifest) -> set[str]:
     return set() if state.refused else state.covered()
 
 
-def check_file(store: OutputStore, name: str, size: int | None, digest: str | None) -> None:
-    """Raise OutputError unless ``name`` exists, has ``size`` bytes, a Parquet footer and ``digest``."""
+def check_file(store: OutputStore, name: str, size: int | None, checksum: str | None) -> None:
+    """Raise OutputError unless ``name`` exists, has ``size`` bytes, a Parquet footer and ``checksum``."""
     hint = "Run with --restart to start over."
     path = store.describe(name)
     have = store.size(name)
@@ -175,5 +175,9 @@ def check_file(store: OutputStore, name: str, size: int | None, digest: str | No
         store.parquet_file(name).metadata  # noqa: B018 - reading the footer is the check
     except (pa.ArrowException, OSError) as exc:
         raise OutputError(f"{path} is not a readable Parquet file ({exc}). {hint}") from None
-    if digest is not None and store.sha256(name) != digest:
+    try:
+        same = checksum is None or store.matches(name, checksum)
+    except ValueError as exc:  # a checksum of an algorithm this version does not know
+        raise OutputError(f"{path}: {exc}; {MANIFEST} was written by a newer batchembed") from None
+    if not same:
         raise OutputError(f"{path} does not match the checksum in {MANIFEST}. {hint}")

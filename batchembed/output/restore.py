@@ -149,5 +149,5 @@ def _replace(store: OutputStore, manifest: Manifest, shard: ShardRecord, table: 
         cut = store.read_bytes(f"{TRUNCATED_DIR}/{shard.name}")
         if cut is not None:
             store.write_bytes(f"{TRUNCATED_DIR}/{name}", cut)
-    record = dataclasses.replace(shard, name=name, size=written.size, sha256=written.sha256)
+    record = dataclasses.replace(shard, name=name, size=written.size, checksum=written.checksum)
     manifest.shards = [record if s.name == shard.name else s for s in manifest.shards]

@@ -8,7 +8,6 @@ A shard is only ever visible under its final name once it is complete and durabl
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import mmap
 import os
@@ -21,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchembed.fs.atomic import publish, temp_path
+from batchembed.output.checksum import new_hasher, recorded
 
 #: A shard being written is flushed to disk every this many bytes (see ``ShardWriter.write``).
 SYNC_BYTES = 64 << 20
@@ -41,7 +41,7 @@ class WrittenFile:
     name: str
     rows: int
     size: int
-    sha256: str
+    checksum: str  # ``checksum.recorded``: ``<algorithm>:<hex>``
 
 
 def parquet_writer(sink, schema: pa.Schema, compression: str) -> pq.ParquetWriter:
@@ -63,14 +63,14 @@ _datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 
 class _WrittenDigest:
-    """The sha256 of a file being appended to by another writer, taken from the page cache as it grows
-    (a read-only memory map of the new bytes), so the checksum is ready at commit (hashing a finished
-    400 MB shard took ~0.5 s at the end of every unit, with nothing else to do) while the writer stays
+    """The checksum of a file being appended to by another writer, taken from the page cache as it grows
+    (a read-only memory map of the new bytes), so it is ready at commit (hashing a finished 400 MB shard
+    with sha256 took ~0.5 s at the end of every unit, with nothing else to do) while the writer stays
     native: Parquet writes straight to the file, with no Python callback and no copy per write."""
 
     def __init__(self, path: Path) -> None:
         self.fd = os.open(path, os.O_RDONLY)
-        self.hash = hashlib.sha256()
+        self.hash = new_hasher()
         self.size = 0  # bytes hashed
 
     def update(self, size: int) -> None:
@@ -82,7 +82,7 @@ class _WrittenDigest:
             mmap.mmap(self.fd, size - start, prot=mmap.PROT_READ, offset=start) as view,
             memoryview(view) as data,
         ):
-            self.hash.update(data[self.size - start :])  # releases the GIL
+            self.hash.update(data[self.size - start :])
         self.size = size
 
     def close(self) -> None:
@@ -141,7 +141,7 @@ class ShardWriter:
             self._digest.update(size)
         finally:
             self._digest.close()
-        digest = self._digest.hash.hexdigest()
+        digest = recorded(self._digest.hash)
         if self.before_publish is not None:
             try:
                 self.before_publish()

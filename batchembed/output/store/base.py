@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import hashlib
 import io
 from typing import Any
 
@@ -17,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchembed.fs.location import Location
+from batchembed.output.checksum import hasher_for, matches
 from batchembed.output.layout import COMMITS, MANIFEST, manifest_names
 from batchembed.output.store.locks import WriterLock
 
@@ -161,9 +161,10 @@ class OutputStore(abc.ABC):
         """A whole Parquet file of the output (or some of its columns)."""
         return pq.read_table(self.open_read(name), columns=columns)
 
-    def sha256(self, name: str) -> str:
-        """Hex sha256 of a file's bytes (streamed)."""
-        digest = hashlib.sha256()
+    def matches(self, name: str, checksum: str) -> bool:
+        """Whether a file's bytes (streamed) give ``checksum`` (as ``checksum.recorded`` wrote it, or an older
+        output's bare sha256 hex)."""
+        digest = hasher_for(checksum)
         src = self.open_read(name)
         fh = open(src, "rb") if isinstance(src, str) else src  # noqa: SIM115 - closed below
         try:
@@ -171,4 +172,4 @@ class OutputStore(abc.ABC):
                 digest.update(chunk)
         finally:
             fh.close()
-        return digest.hexdigest()
+        return matches(checksum, digest)

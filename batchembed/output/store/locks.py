@@ -24,7 +24,7 @@ class Written(Protocol):
     name: str
     rows: int
     size: int
-    sha256: str
+    checksum: str
 
 
 class WriterLock(abc.ABC):

@@ -17,7 +17,6 @@ Data reads go through ``pyarrow.fs`` (ranged reads); writes, listings and delete
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import time
 from typing import Any
 
@@ -36,6 +35,7 @@ from batchembed.fs.buckets import (
     version_of,
 )
 from batchembed.fs.location import Location
+from batchembed.output.checksum import new_hasher, recorded
 from batchembed.output.layout import GATE, LEASE_DIR, lease_name, writer_of
 from batchembed.output.shard_writer import WrittenFile, parquet_writer
 from batchembed.output.store.base import OutputStore
@@ -48,7 +48,7 @@ class _HashingSink:
 
     def __init__(self, sink: Any) -> None:
         self.sink = sink
-        self.hash = hashlib.sha256()
+        self.hash = new_hasher()
         self.size = 0
         self.closed = False
 
@@ -119,7 +119,7 @@ class StreamedShard:
         except BaseException:
             self.abort()
             raise
-        return WrittenFile(self.name, self.rows, self._sink.size, self._sink.hash.hexdigest())
+        return WrittenFile(self.name, self.rows, self._sink.size, recorded(self._sink.hash))
 
     def abort(self) -> None:
         """Abort the upload: no object appears."""

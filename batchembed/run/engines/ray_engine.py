@@ -330,7 +330,7 @@ class RayStages:
         """Commit one shard a worker wrote (the commit point), and add up the worker's counters."""
         kind, record, resolves, delta = payload
         if kind == "record" and record["name"] not in {s.name for s in self.runner.manifest.shards}:
-            self.runner.output.record(ShardRecord(**record), resolves)
+            self.runner.output.record(ShardRecord.from_doc(record), resolves)
         s = self.runner.stats
         for key in _COUNTERS:
             setattr(s, key, getattr(s, key) + delta[key])
