@@ -29,20 +29,24 @@ class KeptReader:
     arrays taken from it keep their pages mapped until they are dropped)."""
 
     def __init__(self) -> None:
-        self._maps: dict[str, pa.MemoryMappedFile] = {}
+        self._maps: dict[str, tuple[pa.MemoryMappedFile, pa.Buffer]] = {}
 
     def batch(self, kept: Kept) -> pa.RecordBatch:
-        """The answers batch of ``kept`` (key and answer columns), zero-copy from its segment."""
+        """The answers batch of ``kept`` (key and answer columns), zero-copy from its segment.
+
+        A slice of the map's own buffer, not ``read_at``: pyarrow's ``read_at`` copies into new ``bytes``
+        (every vector once more, and fresh pages to fault in for each piece)."""
         if kept.at is None:
             return kept.batch
         path, offset, length = kept.at
-        source = self._maps.get(path)
-        if source is None:
-            source = self._maps[path] = pa.memory_map(path, "r")
-        return pa.ipc.open_stream(source.read_at(length, offset)).read_next_batch()
+        mapped = self._maps.get(path)
+        if mapped is None or offset + length > mapped[1].size:  # a segment mapped before this frame was written
+            source = pa.memory_map(path, "r")
+            mapped = self._maps[path] = (source, source.read_buffer())
+        return pa.ipc.open_stream(mapped[1].slice(offset, length)).read_next_batch()
 
     def close(self) -> None:
         """Release the maps (pages still referenced by arrays stay mapped until those are dropped)."""
         maps, self._maps = self._maps, {}
-        for source in maps.values():
+        for source, _ in maps.values():
             source.close()
