@@ -10,6 +10,7 @@ by SIGINT/SIGTERM (resumable).
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -257,6 +258,17 @@ def main(argv: list[str] | None = None, *, transport: Transport | None = None) -
         return ExitCode.SIGINT
 
 
+def console() -> int:
+    """The ``batchembed`` command: ``main``, then what it built is frozen out of the cyclic collector's
+    sight before the interpreter exits. Its collections at exit otherwise walk every object pyarrow,
+    polars and the run left (0.2 s after a 100k-row run; 0.05 s frozen); objects are still released,
+    files closed and atexit handlers run as before. Not in ``main``: a test calling it in-process keeps
+    its collector whole."""
+    code = main()
+    gc.freeze()
+    return code
+
+
 def _stdout_closed() -> bool:
     """Whether stdout's reader has gone (a pipe into ``head``): then stdout is pointed at /dev/null, so the
     interpreter's own flush at exit does not fail again."""
@@ -352,4 +364,4 @@ def dispatch(args: argparse.Namespace, transport: Transport | None = None) -> in
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())
