@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import subprocess
 import sys
 import weakref
@@ -43,11 +44,29 @@ libc.fclose(ctypes.c_void_p(stream))
 print(text.value.decode().count("<heap nr="), pyarrow.default_memory_pool().backend_name)
 """
 
+#: A child that imports numpy and prints how many threads the process has (OpenBLAS starts its own at import).
+_THREADS = """
+import sys
+if sys.argv[1] == "settled":
+    from batchembed.run.allocators import settle_allocators
+    settle_allocators()
+import numpy
+with open("/proc/self/status") as status:
+    print(next(int(line.split()[1]) for line in status if line.startswith("Threads:")))
+"""
+
 
 def _env(**chosen: str) -> dict[str, str]:
     """A child's environment with only ``chosen`` allocator settings: an earlier in-process run of this
     test worker settled ``ARROW_DEFAULT_MEMORY_POOL`` in ``os.environ``, which ``cli_env`` would pass on."""
-    env = {k: v for k, v in cli_env().items() if k not in ("ARROW_DEFAULT_MEMORY_POOL", "MALLOC_ARENA_MAX")}
+    settled = (
+        "ARROW_DEFAULT_MEMORY_POOL",
+        "MALLOC_ARENA_MAX",
+        "OPENBLAS_NUM_THREADS",
+        "GOTO_NUM_THREADS",
+        "OMP_NUM_THREADS",
+    )
+    env = {k: v for k, v in cli_env().items() if k not in settled}
     return {**env, **chosen}
 
 
@@ -68,6 +87,21 @@ def test_settled_the_threads_of_a_process_share_one_arena_and_arrow_allocates_wi
 def test_settling_leaves_the_users_own_choice():
     heaps, pool = _heaps("settled", MALLOC_ARENA_MAX="3", ARROW_DEFAULT_MEMORY_POOL="system")
     assert pool == "system" and heaps > 1
+
+
+def _threads(mode: str, **env: str) -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", _THREADS, mode], capture_output=True, text=True, env=_env(**env), cwd=ROOT, check=True
+    )
+    return int(done.stdout)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="OpenBLAS starts no thread of its own on one core")
+def test_settled_numpy_starts_no_blas_threads_unless_the_user_asked_for_them():
+    assert _threads("plain") > 1  # OpenBLAS's threads, waiting (spinning) for work
+    assert _threads("settled") == 1
+    assert _threads("settled", OPENBLAS_NUM_THREADS="2") == 2
+    assert _threads("settled", OMP_NUM_THREADS="2") == 2
 
 
 def test_a_run_reports_its_peak_memory_and_the_allocators_it_settled(tmp_path, srv):

@@ -1,5 +1,5 @@
-"""How a run's process uses memory: Arrow on jemalloc, the C heap in one arena, and the cyclic collector
-kept off what setup built while the stages send (``setup_frozen``).
+"""How a run's process uses memory and threads: Arrow on jemalloc, the C heap in one arena, OpenBLAS on one
+thread, and the cyclic collector kept off what setup built while the stages send (``setup_frozen``).
 
 A run's memory is mostly short-lived blocks of about a megabyte (an answer's body, its decoded matrix,
 a piece's Parquet pages), freed in another order than they came and often by another thread. Measured
@@ -9,9 +9,13 @@ start with keep much of that memory after it is freed: peak RSS 639-645 MB with 
 with jemalloc and one glibc arena, in the same time (36.0-36.3 s against 35.4-38.3 s). So ``run``
 settles both before it imports pyarrow or starts a thread.
 
-A user's own choice wins: ``ARROW_DEFAULT_MEMORY_POOL`` and ``MALLOC_ARENA_MAX`` in the environment
-are left as they are. Elsewhere than Linux (macOS, Windows) neither is changed; on a Linux without glibc
-(musl) only Arrow's pool is.
+numpy's OpenBLAS is held to one thread too: a run's matrix work is a few small products per answer, and
+the threads OpenBLAS starts at import spin waiting for work, on a core the run and the server share
+(2% of a 100k-row run's CPU samples; six alternated pairs: see ``benchmarks/README.md``).
+
+A user's own choice wins: ``ARROW_DEFAULT_MEMORY_POOL``, ``MALLOC_ARENA_MAX`` and ``OPENBLAS_NUM_THREADS``
+(or ``OMP_NUM_THREADS``) in the environment are left as they are. Elsewhere than Linux (macOS, Windows)
+neither allocator is changed; on a Linux without glibc (musl) only Arrow's pool is.
 """
 
 from __future__ import annotations
@@ -30,13 +34,16 @@ M_ARENA_MAX = -8
 #: One arena: measured the smallest peak at no cost in time (two: 529-530 MB).
 ARENAS = 1
 
+#: What OpenBLAS reads for its thread count, in its order: any of them set is the user's choice.
+_BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+
 #: The glibc arena cap this process set (``None``: glibc's default or the environment's).
 _arenas_set: int | None = None
 
 
 def settle_allocators(environ: MutableMapping[str, str] = os.environ) -> None:
-    """Put Arrow's default pool on jemalloc and cap glibc's arenas at :data:`ARENAS`, unless the
-    environment already chose.
+    """Put Arrow's default pool on jemalloc, cap glibc's arenas at :data:`ARENAS` and OpenBLAS at one
+    thread, unless the environment already chose.
 
     Call it first thing in a run's process: Arrow reads ``ARROW_DEFAULT_MEMORY_POOL`` when it first
     allocates (a child process, such as a Ray worker started by this one, inherits it), and glibc keeps
@@ -45,6 +52,8 @@ def settle_allocators(environ: MutableMapping[str, str] = os.environ) -> None:
     has allocated (a process that imported pyarrow first), Arrow keeps the pool it has; ``memory_report``
     says which."""
     global _arenas_set
+    if not any(name in environ for name in _BLAS_THREADS):  # read when numpy is first imported
+        environ["OPENBLAS_NUM_THREADS"] = "1"
     if sys.platform != "linux":  # Arrow's macOS and Windows wheels are built without jemalloc
         return
     if "ARROW_DEFAULT_MEMORY_POOL" not in environ:
