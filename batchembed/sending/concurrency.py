@@ -6,6 +6,9 @@ answers). Past that point more in flight only adds waiting: latency climbs, thro
 the window is hill-climbed on what the answers show, epoch by epoch (an epoch: one window's worth of
 answers, counted once the answers to the requests sent before the last change are in):
 
+* warm-up: the run's first epoch is not measured. The first answers come while the reader prepares
+  its first pieces and the writer opens its shard, on the same cores: measured, that epoch ran at about
+  half the pace of the next ones, so the first doubling always seemed to pay;
 * start: from ``start``, double while an epoch's throughput rises by ``RISE`` over the one before;
   the first doubling that does not pay goes back to the window before it, which is then held;
 * hold: every ``PROBE_EVERY`` epochs try a step up (a quarter more), kept, and tried again, while it
@@ -66,6 +69,7 @@ class ConcurrencyLearner:
         self._previous: Epoch | None = None  # the last epoch, at the window before this one
         self._chosen: float | None = None  # the latency when the window held now was chosen
         self._held = 0
+        self._warming = True  # the first epoch (see the module) is not measured
         self._begin_epoch(None)
 
     # ------------------------------------------------------------------------------------ input
@@ -84,6 +88,10 @@ class ConcurrencyLearner:
             return False
         elapsed = now - self._since
         if elapsed <= 0:
+            return False
+        if self._warming:
+            self._warming = False
+            self._begin_epoch(None)
             return False
         epoch = Epoch(self.limit, len(self._latencies) / elapsed, statistics.median(self._latencies))
         return self._decide(epoch, now)
