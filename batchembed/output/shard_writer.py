@@ -82,7 +82,7 @@ class _WrittenDigest:
             mmap.mmap(self.fd, size - start, prot=mmap.PROT_READ, offset=start) as view,
             memoryview(view) as data,
         ):
-            self.hash.update(data[self.size - start :])
+            self.hash.update(data[self.size - start :])  # releases the GIL on large buffers
         self.size = size
 
     def close(self) -> None:

@@ -6,12 +6,12 @@
 
 Stages hand each other plain values; memory is bounded by a window of pieces (read but not yet
 written, ``PieceWindow``: sized from the requests in flight now), so a slow provider pushes back on the
-reader. A piece is done when its last request is
-settled (answered, dead-lettered or abandoned); the writer takes pieces in reading order, so a
-unit's shard holds its rows in input order, and commits the unit with its last piece. A unit with
-an abandoned piece (a stop) is not committed: the next run redoes it. An input that cannot be read
-to its end (a bad record, a truncated compressed file) ends the reading like a stop: what was read
-before it is still sent and its complete units committed, then the run fails with that error.
+reader. A piece is done when its last request is settled (answered, dead-lettered or abandoned); the
+writer takes pieces in reading order, so a unit's shard holds its rows in input order, and commits the
+unit with its last piece. A unit with an abandoned piece (a stop) is not committed: the next run redoes
+it. An input that cannot be read to its end (a bad record, a truncated compressed file) ends the reading
+like a stop: what was read before it is still sent and its complete units committed, then the run fails
+with that error.
 """
 
 from __future__ import annotations

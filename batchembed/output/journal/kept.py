@@ -41,6 +41,8 @@ class KeptReader:
         path, offset, length = kept.at
         mapped = self._maps.get(path)
         if mapped is None or offset + length > mapped[1].size:  # a segment mapped before this frame was written
+            if mapped is not None:
+                mapped[0].close()  # the arrays read from it keep their pages, as in ``close``
             source = pa.memory_map(path, "r")
             mapped = self._maps[path] = (source, source.read_buffer())
         return pa.ipc.open_stream(mapped[1].slice(offset, length)).read_next_batch()
